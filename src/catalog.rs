@@ -1,0 +1,445 @@
+//! Object naming and the manifest: what a backup *is* in a target.
+//!
+//! ```text
+//! <backup-id>/manifest.json          written last: the commit
+//! <backup-id>/<source>.tar.zst       one archive per source ([.age] when encrypted)
+//! ```
+//!
+//! Keys here are relative to the target's root (its directory or bucket prefix); the storage backend adds the
+//! prefix, so nothing in this crate can name an object outside it. A backup id sorts by time as text (UTC), so
+//! listing a target lists backups in order. A directory without a parseable `manifest.json` is *not* a backup:
+//! it is invisible to `list`, `restore` and `prune` (which only removes such leftovers after a grace period).
+//!
+//! The catalog never deletes anything; `prune` does.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::storage::{Storage, StorageError, StorageExt};
+
+/// Name of the commit object inside a backup directory.
+pub const MANIFEST_NAME: &str = "manifest.json";
+/// Version of the manifest format; bumped on incompatible changes. Readers refuse newer versions.
+pub const FORMAT_VERSION: u32 = 1;
+/// Tag carried by the safety backup taken before a restore.
+pub const TAG_PRE_RESTORE: &str = "pre-restore";
+
+/// A backup id: `YYYYMMDDTHHMMSSZ-xxxx` (UTC time, then 4 random hex digits so two runs in the same second on
+/// one target cannot collide). Text order is time order.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct BackupId(String);
+
+const ID_TIME_FORMAT: &str = "%Y%m%dT%H%M%SZ";
+
+impl BackupId {
+    /// A new id for a backup starting at `at`.
+    pub fn new(at: DateTime<Utc>) -> Self {
+        let suffix: u16 = rand::random();
+        BackupId(format!("{}-{:04x}", at.format(ID_TIME_FORMAT), suffix))
+    }
+
+    /// The time encoded in the id (second precision).
+    pub fn time(&self) -> DateTime<Utc> {
+        let naive = NaiveDateTime::parse_from_str(&self.0[..16], ID_TIME_FORMAT)
+            .expect("validated at construction");
+        Utc.from_utc_datetime(&naive)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for BackupId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for BackupId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let ok = s.len() == 21
+            && s.as_bytes()[16] == b'-'
+            && s[17..].bytes().all(|b| b.is_ascii_hexdigit())
+            && NaiveDateTime::parse_from_str(&s[..16], ID_TIME_FORMAT).is_ok();
+        if ok {
+            Ok(BackupId(s.to_string()))
+        } else {
+            Err(format!(
+                "`{s}` is not a backup id (expected e.g. 20261128T170327Z-a1b2; see `voltar list`)"
+            ))
+        }
+    }
+}
+
+impl TryFrom<String> for BackupId {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<BackupId> for String {
+    fn from(id: BackupId) -> String {
+        id.0
+    }
+}
+
+/// Key of a backup's manifest.
+pub fn manifest_key(id: &BackupId) -> String {
+    format!("{id}/{MANIFEST_NAME}")
+}
+
+/// Key of one source's archive.
+pub fn object_key(id: &BackupId, object: &str) -> String {
+    format!("{id}/{object}")
+}
+
+/// Object file name for a source: `<source>.tar.zst`, plus `.age` when encrypted.
+pub fn object_name(source: &str, encrypted: bool) -> String {
+    if encrypted {
+        format!("{source}.tar.zst.age")
+    } else {
+        format!("{source}.tar.zst")
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SourceKind {
+    Volume,
+    Bind,
+}
+
+impl fmt::Display for SourceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SourceKind::Volume => "volume",
+            SourceKind::Bind => "bind",
+        })
+    }
+}
+
+/// What was done to a container while its source was read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum QuiesceAction {
+    /// Nothing: the container kept running (or was not running).
+    None,
+    Pause,
+    Stop,
+}
+
+impl fmt::Display for QuiesceAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            QuiesceAction::None => "none",
+            QuiesceAction::Pause => "pause",
+            QuiesceAction::Stop => "stop",
+        })
+    }
+}
+
+impl FromStr for QuiesceAction {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "none" => Ok(QuiesceAction::None),
+            "pause" => Ok(QuiesceAction::Pause),
+            "stop" => Ok(QuiesceAction::Stop),
+            other => Err(format!(
+                "`{other}` is not a quiesce mode (use pause, stop or none)"
+            )),
+        }
+    }
+}
+
+/// A container that used a source, and what the backup did to it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ContainerRecord {
+    pub id: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compose_project: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compose_service: Option<String>,
+    /// State when the run found it (`running`, `paused`, `exited`, …).
+    pub state: String,
+    /// Whether it mounts the source read-write.
+    pub rw: bool,
+    pub action: QuiesceAction,
+    /// How long it was paused or stopped, in milliseconds (0 when untouched).
+    pub downtime_ms: u64,
+}
+
+/// Counts of what an archive holds; `verify` recomputes them from the archive and compares.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Counts {
+    /// All tar entries (excluding PAX/GNU metadata headers).
+    pub entries: u64,
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub hardlinks: u64,
+    /// FIFOs and device nodes.
+    pub other: u64,
+    /// Sum of regular-file content sizes as recorded in the headers.
+    pub bytes: u64,
+}
+
+/// One source in a committed backup.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct SourceRecord {
+    pub name: String,
+    pub kind: SourceKind,
+    /// Host path that was read (volume mountpoint or bind source).
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub driver_opts: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Object file name inside the backup directory.
+    pub object: String,
+    pub counts: Counts,
+    /// Size of the stored object in bytes.
+    pub stored_bytes: u64,
+    /// sha256 (hex) of the stored object bytes.
+    pub sha256: String,
+    #[serde(default)]
+    pub containers: Vec<ContainerRecord>,
+    /// Time spent reading this source, milliseconds.
+    pub read_ms: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// A source that was selected but could not be backed up in this run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct FailedSource {
+    pub name: String,
+    pub error: String,
+}
+
+/// Encryption parameters recorded in the manifest: never a secret.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct EncryptionRecord {
+    /// `recipients` or `passphrase`.
+    pub mode: String,
+    /// sha256 fingerprints of the recipients (hex, first 16 bytes), for telling which key is needed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recipient_fingerprints: Vec<String>,
+    /// The per-backup seal key, age-encrypted to the same recipients / passphrase (armored). See `crypto`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_key: Option<String>,
+}
+
+/// The commit record of one backup in one target.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Manifest {
+    pub format: u32,
+    pub tool: String,
+    pub id: BackupId,
+    pub job: String,
+    pub host: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    pub sources: Vec<SourceRecord>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<FailedSource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<EncryptionRecord>,
+    /// HMAC-SHA256 over the manifest with this field empty, keyed by the sealed key (see `crypto`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal: Option<String>,
+}
+
+impl Manifest {
+    pub fn total_stored(&self) -> u64 {
+        self.sources.iter().map(|s| s.stored_bytes).sum()
+    }
+    pub fn total_bytes(&self) -> u64 {
+        self.sources.iter().map(|s| s.counts.bytes).sum()
+    }
+    pub fn source(&self, name: &str) -> Option<&SourceRecord> {
+        self.sources.iter().find(|s| s.name == name)
+    }
+    pub fn is_pre_restore(&self) -> bool {
+        self.tags.iter().any(|t| t == TAG_PRE_RESTORE)
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec_pretty(self).expect("manifest serializes");
+        v.push(b'\n');
+        v
+    }
+
+    /// Parse and check a manifest read from `key`.
+    pub fn from_json(key: &str, bytes: &[u8]) -> Result<Manifest, CatalogError> {
+        let m: Manifest =
+            serde_json::from_slice(bytes).map_err(|e| CatalogError::Corrupt {
+                key: key.to_string(),
+                reason: e.to_string(),
+            })?;
+        if m.format > FORMAT_VERSION {
+            return Err(CatalogError::Corrupt {
+                key: key.to_string(),
+                reason: format!(
+                    "manifest format {} is newer than this voltar understands ({FORMAT_VERSION}); upgrade voltar",
+                    m.format
+                ),
+            });
+        }
+        Ok(m)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("manifest {key} is unreadable: {reason}")]
+    Corrupt { key: String, reason: String },
+    #[error("manifest {key} names backup {found}, but it is stored under {expected}: the manifest was moved or swapped")]
+    Misplaced {
+        key: String,
+        expected: String,
+        found: String,
+    },
+    #[error("no backup `{0}` in this target (see `voltar list`)")]
+    NotFound(String),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// What `list` found in a target: committed backups (oldest first) and directories without a manifest.
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub backups: Vec<Manifest>,
+    /// Backup ids that have objects but no manifest: incomplete or interrupted. Only prune removes them.
+    pub incomplete: Vec<(BackupId, Vec<String>)>,
+    /// Manifests that exist but could not be read, with the reason.
+    pub unreadable: Vec<(BackupId, String)>,
+}
+
+/// List the backups of a target. Objects whose first path component is not a backup id are ignored (they are
+/// not ours).
+pub async fn list(storage: &dyn Storage) -> Result<Listing, CatalogError> {
+    let objects = storage.list("").await?;
+    let mut by_id: BTreeMap<BackupId, Vec<String>> = BTreeMap::new();
+    for o in objects {
+        let Some((first, _)) = o.key.split_once('/') else {
+            continue;
+        };
+        let Ok(id) = first.parse::<BackupId>() else {
+            continue;
+        };
+        by_id.entry(id).or_default().push(o.key);
+    }
+    let mut listing = Listing::default();
+    for (id, keys) in by_id {
+        let mkey = manifest_key(&id);
+        if !keys.iter().any(|k| *k == mkey) {
+            listing.incomplete.push((id, keys));
+            continue;
+        }
+        match read_manifest(storage, &id).await {
+            Ok(m) => listing.backups.push(m),
+            Err(CatalogError::Storage(e)) if !e.is_not_found() => return Err(e.into()),
+            Err(e) => listing.unreadable.push((id, e.to_string())),
+        }
+    }
+    Ok(listing)
+}
+
+/// Read one manifest and check it names the id it is stored under.
+pub async fn read_manifest(storage: &dyn Storage, id: &BackupId) -> Result<Manifest, CatalogError> {
+    let key = manifest_key(id);
+    let bytes = storage.get_bytes(&key).await.map_err(|e| {
+        if e.is_not_found() {
+            CatalogError::NotFound(id.to_string())
+        } else {
+            CatalogError::Storage(e)
+        }
+    })?;
+    let m = Manifest::from_json(&key, &bytes)?;
+    if &m.id != id {
+        return Err(CatalogError::Misplaced {
+            key,
+            expected: id.to_string(),
+            found: m.id.to_string(),
+        });
+    }
+    Ok(m)
+}
+
+/// Resolve `latest`, an id, or `--before TIME` against a listing. Pre-restore safety backups are considered
+/// only when asked for by id.
+pub fn resolve<'a>(
+    listing: &'a Listing,
+    spec: &str,
+    before: Option<DateTime<Utc>>,
+) -> Result<&'a Manifest, CatalogError> {
+    if spec == "latest" {
+        return listing
+            .backups
+            .iter()
+            .rev()
+            .filter(|m| !m.is_pre_restore())
+            .find(|m| before.is_none_or(|b| m.started_at <= b))
+            .ok_or_else(|| {
+                CatalogError::NotFound(match before {
+                    Some(b) => format!("latest before {b}"),
+                    None => "latest".into(),
+                })
+            });
+    }
+    let id: BackupId = spec.parse().map_err(CatalogError::NotFound)?;
+    listing
+        .backups
+        .iter()
+        .find(|m| m.id == id)
+        .ok_or_else(|| CatalogError::NotFound(spec.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backup_ids_sort_by_time_and_round_trip() {
+        let a = BackupId::new(Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap());
+        let b = BackupId::new(Utc.with_ymd_and_hms(2026, 11, 2, 3, 4, 5).unwrap());
+        assert!(a < b);
+        assert_eq!(a.time(), Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap());
+        assert_eq!(a.as_str().parse::<BackupId>().unwrap(), a);
+        assert!(a.as_str().starts_with("20260102T030405Z-"));
+    }
+
+    #[test]
+    fn foreign_names_are_not_backup_ids() {
+        for bad in [
+            "",
+            "latest",
+            "20261128T170327Z",
+            "20261128T170327Z-zzzz",
+            "20261399T170327Z-abcd",
+            "../etc/passwd",
+        ] {
+            assert!(bad.parse::<BackupId>().is_err(), "{bad}");
+        }
+    }
+}

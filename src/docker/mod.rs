@@ -1,0 +1,152 @@
+//! The only module that talks to the Docker Engine. bollard types stay inside `engine.rs`; the rest of the crate
+//! sees the plain types below and the [`Runtime`] trait (which tests can fake to record the order of calls).
+
+pub mod engine;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+
+pub use engine::Engine;
+
+/// Compose labels, read for display and for grouping.
+pub const LABEL_COMPOSE_PROJECT: &str = "com.docker.compose.project";
+pub const LABEL_COMPOSE_SERVICE: &str = "com.docker.compose.service";
+pub const LABEL_SWARM_SERVICE: &str = "com.docker.swarm.service.name";
+
+/// A named volume as the engine reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VolumeInfo {
+    pub name: String,
+    pub driver: String,
+    /// Host path of the volume's data (may not be reachable when voltar runs elsewhere).
+    pub mountpoint: PathBuf,
+    pub labels: BTreeMap<String, String>,
+    pub options: BTreeMap<String, String>,
+    pub scope: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MountKind {
+    Volume,
+    Bind,
+    /// tmpfs, npipe, cluster volumes…: never backed up.
+    Other(String),
+}
+
+/// One mount of a container.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountInfo {
+    pub kind: MountKind,
+    /// Volume name (for volumes).
+    pub name: Option<String>,
+    /// Host path: volume mountpoint or bind source.
+    pub source: PathBuf,
+    /// Path inside the container.
+    pub destination: String,
+    pub rw: bool,
+}
+
+/// Container state as the engine reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ContainerState {
+    Created,
+    Running,
+    Paused,
+    Restarting,
+    Removing,
+    Exited,
+    Dead,
+    Other(String),
+}
+
+impl ContainerState {
+    pub fn parse(s: &str) -> ContainerState {
+        match s {
+            "created" => ContainerState::Created,
+            "running" => ContainerState::Running,
+            "paused" => ContainerState::Paused,
+            "restarting" => ContainerState::Restarting,
+            "removing" => ContainerState::Removing,
+            "exited" => ContainerState::Exited,
+            "dead" => ContainerState::Dead,
+            other => ContainerState::Other(other.to_string()),
+        }
+    }
+}
+
+impl fmt::Display for ContainerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ContainerState::Created => "created",
+            ContainerState::Running => "running",
+            ContainerState::Paused => "paused",
+            ContainerState::Restarting => "restarting",
+            ContainerState::Removing => "removing",
+            ContainerState::Exited => "exited",
+            ContainerState::Dead => "dead",
+            ContainerState::Other(s) => s,
+        })
+    }
+}
+
+/// A container with its mounts and labels.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerInfo {
+    pub id: String,
+    /// Name without the leading `/`.
+    pub name: String,
+    pub image: String,
+    pub state: ContainerState,
+    pub labels: BTreeMap<String, String>,
+    pub mounts: Vec<MountInfo>,
+}
+
+impl ContainerInfo {
+    pub fn compose_project(&self) -> Option<&str> {
+        self.labels.get(LABEL_COMPOSE_PROJECT).map(String::as_str)
+    }
+    pub fn compose_service(&self) -> Option<&str> {
+        self.labels.get(LABEL_COMPOSE_SERVICE).map(String::as_str)
+    }
+    pub fn swarm_service(&self) -> Option<&str> {
+        self.labels.get(LABEL_SWARM_SERVICE).map(String::as_str)
+    }
+}
+
+/// Everything discovery found on the engine.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Discovery {
+    pub volumes: Vec<VolumeInfo>,
+    /// All containers, running or not.
+    pub containers: Vec<ContainerInfo>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    #[error("cannot reach the Docker Engine at {endpoint}: {message} (is dockerd running? set DOCKER_HOST to point elsewhere)")]
+    Unreachable { endpoint: String, message: String },
+    #[error("permission denied on the Docker Engine at {endpoint} (run voltar as root or as a member of the docker group)")]
+    PermissionDenied { endpoint: String },
+    #[error("container {0} not found")]
+    NoSuchContainer(String),
+    #[error("volume {0} not found (see `voltar plan` for the volumes voltar can see)")]
+    NoSuchVolume(String),
+    #[error("volume {0} already exists")]
+    VolumeExists(String),
+    #[error("docker engine: {action}: {message}")]
+    Api { action: String, message: String },
+}
+
+/// What quiesce and restore need from the engine. Implemented by [`Engine`]; tests may fake it.
+#[async_trait]
+pub trait Runtime: Send + Sync {
+    async fn state(&self, id: &str) -> Result<ContainerState, DockerError>;
+    async fn pause(&self, id: &str) -> Result<(), DockerError>;
+    async fn unpause(&self, id: &str) -> Result<(), DockerError>;
+    /// Stop with a grace period before SIGKILL.
+    async fn stop(&self, id: &str, timeout_s: u32) -> Result<(), DockerError>;
+    async fn start(&self, id: &str) -> Result<(), DockerError>;
+}

@@ -1,0 +1,34 @@
+//! voltar — back up and restore Docker volumes.
+//!
+//! The crate is one library with a thin binary (`src/main.rs`). The data path and the module map are described in
+//! `docs/architecture.md`; in short:
+//!
+//! * [`config`] turns TOML + environment into a validated [`config::Config`];
+//! * [`docker`] is the only module that talks to the Docker Engine (bollard types never leave it);
+//! * [`plan`] is pure: discovery + config → what to back up and which containers to quiesce;
+//! * [`quiesce`] pauses/stops containers with a journal so that they are always put back;
+//! * [`archive`] packs a directory into PAX tar and unpacks archives safely;
+//! * [`storage`] is a narrow object-store trait with `local` and `s3` backends;
+//! * [`catalog`] names objects and owns the manifest format;
+//! * [`retention`] is pure: policy + backups + now → keep/delete with reasons;
+//! * [`backup`], [`restore`], [`verify`], [`prune`] orchestrate one command each.
+
+pub mod archive;
+pub mod backup;
+pub mod catalog;
+pub mod cli;
+pub mod config;
+pub mod crypto;
+pub mod docker;
+pub mod pipeline;
+pub mod plan;
+pub mod progress;
+pub mod prune;
+pub mod quiesce;
+pub mod restore;
+pub mod retention;
+pub mod storage;
+pub mod verify;
+
+/// The version string recorded in manifests.
+pub const TOOL: &str = concat!("voltar ", env!("CARGO_PKG_VERSION"));
