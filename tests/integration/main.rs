@@ -1,0 +1,11 @@
+//! Integration tests: one binary of modules (fast to build). Tests that need Docker or S3 use `support` to find
+//! them; under `CI` a missing service is a failure, never a silent pass.
+
+mod support;
+
+mod archive_pack;
+mod archive_unpack;
+mod backup;
+mod prune;
+mod quiesce;
+mod storage;

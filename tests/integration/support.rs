@@ -1,0 +1,139 @@
+//! Shared test helpers: finding the real Docker Engine and S3 server, unique names, cleanup.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// The locally built test image (scripts/env.sh builds it).
+pub const IMAGE: &str = "voltar-test:latest";
+
+/// True when running under CI: a missing service is then a failure.
+pub fn in_ci() -> bool {
+    std::env::var_os("CI").is_some()
+}
+
+/// Whether the Docker Engine answers and the test image exists. Under CI, panics when not; on a developer's
+/// machine, prints a loud message and returns false (the caller returns early).
+pub fn docker_available() -> bool {
+    let ok = Command::new("docker")
+        .args(["image", "inspect", IMAGE])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !ok {
+        let msg = "Docker Engine or the voltar-test image is not available: run scripts/env.sh";
+        if in_ci() {
+            panic!("{msg}");
+        }
+        eprintln!("\n!!! SKIPPING: {msg}\n");
+    }
+    ok
+}
+
+/// Skip (or fail under CI) when Docker is missing.
+#[macro_export]
+macro_rules! require_docker {
+    () => {
+        if !$crate::support::docker_available() {
+            return;
+        }
+    };
+}
+
+/// The S3 endpoint of the test server (scripts/env.sh starts it), or None (panics under CI).
+pub fn s3_endpoint() -> Option<String> {
+    let ep = std::env::var("VOLTAR_TEST_S3_ENDPOINT")
+        .unwrap_or_else(|_| "http://127.0.0.1:9333".to_string());
+    let hostport = ep.trim_start_matches("http://").trim_end_matches('/').to_string();
+    let ok = std::net::TcpStream::connect_timeout(
+        &hostport.parse().expect("VOLTAR_TEST_S3_ENDPOINT is http://ip:port"),
+        std::time::Duration::from_secs(2),
+    )
+    .is_ok();
+    if !ok {
+        let msg = format!("S3 test server not reachable at {ep}: run scripts/env.sh");
+        if in_ci() {
+            panic!("{msg}");
+        }
+        eprintln!("\n!!! SKIPPING: {msg}\n");
+        return None;
+    }
+    Some(ep)
+}
+
+/// A name unique to this test process and call, e.g. `vt-1234-7-pg`.
+pub fn unique(tag: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "vt-{}-{}-{tag}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// Run `docker <args>`; panic with its stderr on failure.
+pub fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker").args(args).output().expect("docker CLI");
+    if !out.status.success() {
+        panic!(
+            "docker {:?} failed: {}",
+            args,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Run `docker <args>` and return the raw output, success or not.
+pub fn docker_raw(args: &[&str]) -> Output {
+    Command::new("docker").args(args).output().expect("docker CLI")
+}
+
+/// Container state as `docker inspect` says: running, paused, exited, created…
+pub fn state(container: &str) -> String {
+    docker(&["inspect", "-f", "{{.State.Status}}", container])
+}
+
+/// Host path of a volume's data.
+pub fn mountpoint(volume: &str) -> PathBuf {
+    PathBuf::from(docker(&["volume", "inspect", "-f", "{{.Mountpoint}}", volume]))
+}
+
+/// Removes containers and volumes when dropped (also when the test panics).
+#[derive(Default)]
+pub struct Cleanup {
+    pub containers: Vec<String>,
+    pub volumes: Vec<String>,
+}
+
+impl Cleanup {
+    pub fn volume(&mut self, tag: &str) -> String {
+        let name = unique(tag);
+        docker(&["volume", "create", &name]);
+        self.volumes.push(name.clone());
+        name
+    }
+
+    /// Start a long-running container of the test image with `mounts` (`-v` specs), returning its name.
+    pub fn run(&mut self, tag: &str, extra: &[&str]) -> String {
+        let name = unique(tag);
+        let mut args = vec!["run", "-d", "--name", name.as_str()];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[IMAGE, "sleep", "100000"]);
+        docker(&args);
+        self.containers.push(name.clone());
+        name
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for c in &self.containers {
+            let _ = docker_raw(&["rm", "-f", c]);
+        }
+        for v in &self.volumes {
+            let _ = docker_raw(&["volume", "rm", "-f", v]);
+        }
+    }
+}
