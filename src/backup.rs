@@ -1,1 +1,607 @@
-//! TODO
+//! `voltar backup`: orchestration of one run, built from the modules below it.
+//!
+//! For each planned source, in order: open one streamed upload per target, quiesce the containers that mount the
+//! source (journaled), pack it (blocking thread: walk → tar → zstd → [age] → sha256 → chunks) while the chunks
+//! fan out to every target, resume the containers *as soon as the source is read* (before the uploads finish),
+//! then finish the uploads. One failing source or target does not stop the others. At the end each target gets
+//! its manifest — the commit — listing the sources stored there; a target where nothing was stored gets none.
+//! Pruning runs per target only after its commit.
+//!
+//! Containers are resumed on every path: success, error, a panic in the packer (caught as a `JoinError`) and
+//! cancellation (SIGINT/SIGTERM set the cancel flag the packer polls). A SIGKILL is repaired from the journal
+//! by the next run or `voltar recover`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::archive::{self, ArchiveError, Counts};
+use crate::catalog::{
+    self, BackupId, ContainerRecord, FailedSource, Manifest, QuiesceAction, SourceKind,
+    SourceRecord,
+};
+use crate::config::{Archive, Config, Job, Target};
+use crate::crypto::{self, Encryptor};
+use crate::docker::Engine;
+use crate::lock::TargetLock;
+use crate::pipeline::{self, ChunkSink, Leg};
+use crate::plan::{self, Plan, PlannedSource};
+use crate::progress::Progress;
+use crate::prune::{self, PruneOptions, PruneReport};
+use crate::quiesce::{self, Hold, Journal, Quiescer};
+use crate::storage::{self, PutOptions, Storage};
+
+/// What to back up and where.
+#[derive(Clone, Debug)]
+pub struct BackupRequest {
+    pub job: Job,
+    pub targets: Vec<Target>,
+    pub only: Vec<String>,
+    pub dry_run: bool,
+    pub tags: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    Ok,
+    /// Stored on some targets, failed on others.
+    Partial,
+    Failed,
+    Skipped,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct SourceReport {
+    pub name: String,
+    pub kind: SourceKind,
+    pub status: Status,
+    pub counts: Counts,
+    pub stored_bytes: u64,
+    pub read_ms: u64,
+    pub containers: Vec<ContainerRecord>,
+    pub warnings: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Target name → error, for targets where this source was not stored.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub target_errors: BTreeMap<String, String>,
+    #[serde(skip)]
+    records: BTreeMap<usize, SourceRecord>,
+}
+
+impl SourceReport {
+    /// Longest downtime of any container of this source.
+    pub fn downtime_ms(&self) -> u64 {
+        self.containers.iter().map(|c| c.downtime_ms).max().unwrap_or(0)
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct TargetReport {
+    pub name: String,
+    pub location: String,
+    pub committed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prune: Option<PruneReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prune_skipped: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct RunReport {
+    pub id: BackupId,
+    pub job: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub dry_run: bool,
+    pub plan: Plan,
+    pub sources: Vec<SourceReport>,
+    pub targets: Vec<TargetReport>,
+    /// Containers put back by the journal replay at the start of the run.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub recovered: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+impl RunReport {
+    /// 0: everything stored everywhere; 1: something failed (a source, a target, a prune).
+    pub fn exit_code(&self) -> i32 {
+        if self.dry_run {
+            return 0;
+        }
+        let sources_ok = self.sources.iter().all(|s| s.status == Status::Ok);
+        let targets_ok = self.targets.iter().all(|t| {
+            t.committed
+                && t.error.is_none()
+                && t.prune.as_ref().is_none_or(|p| p.errors.is_empty())
+        });
+        if sources_ok && targets_ok && !self.sources.is_empty() {
+            0
+        } else {
+            1
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error(transparent)]
+    Docker(#[from] crate::docker::DockerError),
+    #[error(transparent)]
+    Plan(#[from] plan::PlanError),
+    #[error(transparent)]
+    Lock(#[from] crate::lock::LockError),
+    #[error(transparent)]
+    Quiesce(#[from] quiesce::QuiesceError),
+    #[error(transparent)]
+    Crypto(#[from] crypto::CryptoError),
+    #[error("no target to write to: pass --target DIR|s3://bucket/prefix or configure [target.NAME]")]
+    NoTarget,
+    #[error("cannot open target {target}: {source}")]
+    Storage {
+        target: String,
+        source: storage::StorageError,
+    },
+    #[error("interrupted")]
+    Cancelled,
+}
+
+/// Everything a run needs from its surroundings.
+pub struct Env<'a> {
+    pub config: &'a Config,
+    pub engine: &'a Engine,
+    pub progress: Progress,
+    pub cancel: CancellationToken,
+    pub now: DateTime<Utc>,
+}
+
+/// Plan only: discovery + selection, no side effects.
+pub async fn plan_for(
+    engine: &Engine,
+    job: &Job,
+    only: &[String],
+) -> Result<Plan, BackupError> {
+    let discovery = engine.discover().await?;
+    Ok(plan::plan(&discovery, job, only, &plan::probe_path)?)
+}
+
+/// Run one backup job.
+pub async fn run(env: &Env<'_>, req: &BackupRequest) -> Result<RunReport, BackupError> {
+    let started_at = Utc::now();
+    if req.targets.is_empty() {
+        return Err(BackupError::NoTarget);
+    }
+    let mut recovered = Vec::new();
+    if !req.dry_run {
+        // Undo what a killed run left behind before touching anything.
+        let r = quiesce::recover(&env.config.state_dir, env.engine).await?;
+        recovered = r.lines();
+        for line in &recovered {
+            env.progress.warn(&format!("recovered from an interrupted run: {line}"));
+        }
+    }
+    let plan = plan_for(env.engine, &req.job, &req.only).await?;
+    let id = BackupId::new(started_at);
+    let mut report = RunReport {
+        id: id.clone(),
+        job: req.job.name.clone(),
+        started_at,
+        finished_at: started_at,
+        dry_run: req.dry_run,
+        plan: plan.clone(),
+        sources: vec![],
+        targets: vec![],
+        recovered,
+        notes: vec![],
+    };
+    if req.dry_run {
+        report.finished_at = Utc::now();
+        return Ok(report);
+    }
+    if plan.sources.is_empty() {
+        report
+            .notes
+            .push("no source is selected for backup (see `voltar plan`)".into());
+        report.finished_at = Utc::now();
+        return Ok(report);
+    }
+
+    // Open every target and take its lock. A target that cannot be opened fails alone.
+    let mut stores: Vec<Option<Arc<dyn Storage>>> = Vec::new();
+    let mut locks: Vec<TargetLock> = Vec::new();
+    for t in &req.targets {
+        let mut tr = TargetReport {
+            name: t.name.clone(),
+            location: t.name.clone(),
+            committed: false,
+            error: None,
+            prune: None,
+            prune_skipped: None,
+        };
+        match storage::open(t).await {
+            Ok(s) => {
+                tr.location = s.describe();
+                match TargetLock::acquire(&env.config.state_dir, &s.describe()) {
+                    Ok(l) => {
+                        locks.push(l);
+                        stores.push(Some(s));
+                    }
+                    Err(e) => {
+                        tr.error = Some(e.to_string());
+                        stores.push(None);
+                    }
+                }
+            }
+            Err(e) => {
+                tr.error = Some(e.to_string());
+                stores.push(None);
+            }
+        }
+        report.targets.push(tr);
+    }
+    if stores.iter().all(Option::is_none) {
+        let first = report.targets[0].error.clone().unwrap_or_default();
+        return Err(BackupError::Storage {
+            target: report.targets[0].name.clone(),
+            source: storage::StorageError::Permanent {
+                target: report.targets[0].location.clone(),
+                message: first,
+            },
+        });
+    }
+
+    let encryptor = Encryptor::from_config(&env.config.encryption)?;
+    let journal = Journal::open(&env.config.state_dir)?;
+    let quiescer = Quiescer::new(env.engine, &journal);
+    let names: Vec<String> = req.targets.iter().map(|t| t.name.clone()).collect();
+    for src in &plan.sources {
+        if env.cancel.is_cancelled() {
+            break;
+        }
+        let r = back_up_source(
+            env,
+            &quiescer,
+            &id,
+            src,
+            &stores,
+            &names,
+            &env.config.archive,
+            encryptor.as_ref(),
+        )
+        .await;
+        report.sources.push(r);
+    }
+    if env.cancel.is_cancelled() {
+        // Nothing is committed after an interrupt: the run is not a backup.
+        env.progress.finish();
+        return Err(BackupError::Cancelled);
+    }
+
+    // Commit: one manifest per target, listing what is stored there.
+    let finished_at = Utc::now();
+    for (i, store) in stores.iter().enumerate() {
+        let Some(store) = store else { continue };
+        let records: Vec<SourceRecord> = report
+            .sources
+            .iter()
+            .filter_map(|s| s.records.get(&i).cloned())
+            .collect();
+        if records.is_empty() {
+            report.targets[i].error =
+                Some("no source was stored on this target: no backup committed".into());
+            continue;
+        }
+        let failed: Vec<FailedSource> = report
+            .sources
+            .iter()
+            .filter(|s| !s.records.contains_key(&i))
+            .map(|s| FailedSource {
+                name: s.name.clone(),
+                error: s
+                    .target_errors
+                    .get(&names[i])
+                    .or(s.error.as_ref())
+                    .cloned()
+                    .unwrap_or_else(|| "not stored".into()),
+            })
+            .collect();
+        let mut manifest = Manifest {
+            format: catalog::FORMAT_VERSION,
+            tool: crate::TOOL.to_string(),
+            id: id.clone(),
+            job: req.job.name.clone(),
+            host: hostname(),
+            started_at,
+            finished_at,
+            tags: req.tags.clone(),
+            sources: records,
+            failed,
+            encryption: None,
+            seal: None,
+        };
+        if let Some(enc) = &encryptor {
+            enc.seal(&mut manifest)?;
+        }
+        let key = catalog::manifest_key(&id);
+        match store.put(&key, manifest.to_json().into()).await {
+            Ok(()) => report.targets[i].committed = true,
+            Err(e) => report.targets[i].error = Some(format!("writing manifest: {e}")),
+        }
+    }
+
+    // Prune each committed target by its policy, unless the new backup looks wrong.
+    if req.job.prune {
+        for (i, store) in stores.iter().enumerate() {
+            let Some(store) = store else { continue };
+            if !report.targets[i].committed {
+                continue;
+            }
+            let settings = req.targets[i]
+                .retention
+                .clone()
+                .unwrap_or_else(|| req.job.retention.clone());
+            if settings.policy.is_empty() {
+                continue;
+            }
+            env.progress.phase(&format!("pruning {}", report.targets[i].location));
+            match prune::after_backup(store.as_ref(), &settings, &id, env.now).await {
+                Ok(prune::AfterBackup::Pruned(p)) => report.targets[i].prune = Some(p),
+                Ok(prune::AfterBackup::Skipped(why)) => {
+                    env.progress.warn(&format!(
+                        "not pruning {}: {why}",
+                        report.targets[i].location
+                    ));
+                    report.targets[i].prune_skipped = Some(why);
+                }
+                Err(e) => report.targets[i].error = Some(format!("prune: {e}")),
+            }
+        }
+    }
+    drop(locks);
+    report.finished_at = Utc::now();
+    env.progress.finish();
+    Ok(report)
+}
+
+/// Back up one source to every open target. Never returns early without resuming what it held.
+#[allow(clippy::too_many_arguments)]
+async fn back_up_source(
+    env: &Env<'_>,
+    quiescer: &Quiescer<'_>,
+    id: &BackupId,
+    src: &PlannedSource,
+    stores: &[Option<Arc<dyn Storage>>],
+    names: &[String],
+    archive_cfg: &Archive,
+    encryptor: Option<&Encryptor>,
+) -> SourceReport {
+    let mut report = SourceReport {
+        name: src.name.clone(),
+        kind: src.kind,
+        status: Status::Failed,
+        counts: Counts::default(),
+        stored_bytes: 0,
+        read_ms: 0,
+        containers: src
+            .containers
+            .iter()
+            .map(|c| ContainerRecord {
+                id: c.id.clone(),
+                name: c.name.clone(),
+                compose_project: c.compose_project.clone(),
+                compose_service: c.compose_service.clone(),
+                state: c.state.clone(),
+                rw: c.rw,
+                action: QuiesceAction::None,
+                downtime_ms: 0,
+            })
+            .collect(),
+        warnings: vec![],
+        error: None,
+        target_errors: BTreeMap::new(),
+        records: BTreeMap::new(),
+    };
+    env.progress.phase(&format!("{} {}", src.kind, src.name));
+
+    // The source must be readable here, before any container is touched.
+    match std::fs::metadata(&src.path) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            report.error = Some(format!("{} is not a directory", src.path.display()));
+            return report;
+        }
+        Err(e) => {
+            report.error = Some(format!(
+                "cannot read {}: {e} (voltar reads volumes from the host: run it as root on the Docker host, or in a container with /var/lib/docker/volumes mounted read-only at the same path)",
+                src.path.display()
+            ));
+            return report;
+        }
+    }
+
+    let object = catalog::object_name(&src.name, encryptor.is_some());
+    let key = catalog::object_key(id, &object);
+    let mut legs = Vec::new();
+    for (i, store) in stores.iter().enumerate() {
+        let Some(store) = store else { continue };
+        match store.put_stream(&key, PutOptions::default()).await {
+            Ok(writer) => legs.push(Leg { target: i, writer }),
+            Err(e) => {
+                report.target_errors.insert(names[i].clone(), e.to_string());
+            }
+        }
+    }
+    if legs.is_empty() {
+        report.error = Some("no target accepted the upload".into());
+        return report;
+    }
+
+    // Quiesce. On failure `hold` has already resumed whatever it changed.
+    let holds: Vec<Hold> = src
+        .holds()
+        .map(|c| Hold {
+            id: c.id.clone(),
+            name: c.name.clone(),
+            action: c.action,
+            stop_timeout: c.stop_timeout,
+        })
+        .collect();
+    if !holds.is_empty() {
+        env.progress.note(&format!(
+            "{} {} container(s)",
+            if holds.iter().any(|h| h.action == QuiesceAction::Stop) { "stopping/pausing" } else { "pausing" },
+            holds.len()
+        ));
+    }
+    let held = match quiescer.hold(&holds).await {
+        Ok(h) => h,
+        Err(e) => {
+            for leg in legs {
+                let _ = leg.writer.abort().await;
+            }
+            report.error = Some(format!("quiescing containers: {e}"));
+            return report;
+        }
+    };
+
+    // Read: pack on a blocking thread, fan out on this one.
+    let (tx, rx) = mpsc::channel(pipeline::CHANNEL_CHUNKS);
+    let (commit_tx, commit_rx) = oneshot::channel::<bool>();
+    let fan = tokio::spawn(pipeline::fan_out(rx, legs, async move {
+        commit_rx.await.unwrap_or(false)
+    }));
+    let cancel_flag = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let flag = cancel_flag.clone();
+        let token = env.cancel.clone();
+        tokio::spawn(async move {
+            token.cancelled().await;
+            flag.store(true, Ordering::SeqCst);
+        })
+    };
+    let path: PathBuf = src.path.clone();
+    let level = archive_cfg.zstd_level;
+    let threads = archive_cfg.zstd_threads;
+    let progress = env.progress.clone();
+    let enc = encryptor.cloned();
+    let flag = cancel_flag.clone();
+    let started = Instant::now();
+    let packed = tokio::task::spawn_blocking(move || -> Result<(archive::pack::PackReport, String, u64), ArchiveError> {
+        let sink = ChunkSink::new(tx);
+        let stored = crypto::StoredWriter::new(sink, enc.as_ref()).map_err(ArchiveError::Sink)?;
+        let zw = archive::compress::zstd_encoder(stored, level, threads).map_err(ArchiveError::Sink)?;
+        let opts = archive::pack::PackOptions { cancel: Some(&flag) };
+        let (rep, zw) = archive::pack::pack(&path, zw, &opts, &mut |n| progress.inc(n))?;
+        let stored = zw.finish().map_err(ArchiveError::Sink)?;
+        let sink = stored.finish().map_err(ArchiveError::Sink)?;
+        let (sha, size) = sink.finish().map_err(ArchiveError::Sink)?;
+        Ok((rep, sha, size))
+    })
+    .await;
+    report.read_ms = started.elapsed().as_millis() as u64;
+    watcher.abort();
+
+    // Resume right away: the source has been read.
+    let released = quiescer.release(held).await;
+    for r in &released.containers {
+        if let Some(c) = report.containers.iter_mut().find(|c| c.id == r.id) {
+            c.action = r.action;
+            c.downtime_ms = r.downtime.as_millis() as u64;
+        }
+    }
+    for e in &released.errors {
+        report.warnings.push(e.clone());
+        env.progress.warn(e);
+    }
+
+    let packed = match packed {
+        Ok(Ok(p)) => Ok(p),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(join) if join.is_panic() => Err("internal error: the packer panicked (containers were resumed); please report this".to_string()),
+        Err(join) => Err(format!("packer did not finish: {join}")),
+    };
+    let _ = commit_tx.send(packed.is_ok());
+    let legs = fan.await.unwrap_or_default();
+    let (pack_report, sha256, size) = match packed {
+        Ok(p) => p,
+        Err(e) => {
+            // If every target had failed, that is the more useful message.
+            for (i, r) in &legs {
+                if let Err(le) = r {
+                    if !matches!(le, storage::StorageError::Cancelled { .. }) {
+                        report.target_errors.insert(names[*i].clone(), le.to_string());
+                    }
+                }
+            }
+            report.error = Some(e);
+            return report;
+        }
+    };
+    report.counts = pack_report.counts.clone();
+    report.stored_bytes = size;
+    report.warnings.extend(pack_report.warnings.iter().cloned());
+    for w in &pack_report.warnings {
+        env.progress.warn(&format!("{}: {w}", src.name));
+    }
+    for (i, r) in legs {
+        match r {
+            Ok(_meta) => {
+                report.records.insert(
+                    i,
+                    SourceRecord {
+                        name: src.name.clone(),
+                        kind: src.kind,
+                        path: src.path.to_string_lossy().into_owned(),
+                        driver: src.driver.clone(),
+                        driver_opts: src.driver_opts.clone(),
+                        labels: src.labels.clone(),
+                        object: object.clone(),
+                        counts: pack_report.counts.clone(),
+                        stored_bytes: size,
+                        sha256: sha256.clone(),
+                        containers: report.containers.clone(),
+                        read_ms: report.read_ms,
+                        warnings: report.warnings.clone(),
+                    },
+                );
+            }
+            Err(e) => {
+                report.target_errors.insert(names[i].clone(), e.to_string());
+            }
+        }
+    }
+    report.status = if report.records.is_empty() {
+        report.error = Some("not stored on any target".into());
+        Status::Failed
+    } else if report.target_errors.is_empty() {
+        Status::Ok
+    } else {
+        Status::Partial
+    };
+    report
+}
+
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: buf is valid for its length; gethostname NUL-terminates on success.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr() as *mut libc::c_char, buf.len()) };
+    if rc != 0 {
+        return "unknown".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}

@@ -1,1 +1,152 @@
-//! TODO
+//! The streaming bridge between the blocking packer and the async storage writers.
+//!
+//! ```text
+//!  spawn_blocking:  walk -> tar -> zstd -> [age] -> ChunkSink ──(bounded channel)──> fan_out -> writer per target
+//! ```
+//!
+//! [`ChunkSink`] is a `std::io::Write` that hashes (sha256) and counts the stored bytes and cuts them into
+//! [`CHUNK_SIZE`] chunks, sent over a channel of [`CHANNEL_CHUNKS`] slots with `blocking_send`: when the storage
+//! side is slow the packer blocks, so memory stays bounded whatever the volume size. [`fan_out`] writes each chunk
+//! to every target's [`ObjectWriter`] concurrently (a `Bytes` clone is a reference count, not a copy); a slow
+//! target applies backpressure to all, a failing target is aborted and dropped while the others go on.
+//!
+//! Peak memory of one source ≈ `CHANNEL_CHUNKS × CHUNK_SIZE` (here) + the zstd workers' buffers + what each
+//! writer keeps in flight (S3: `(parallel_parts + 1) × part size`; local: one chunk).
+
+use std::io::{self, Write};
+
+use bytes::{Bytes, BytesMut};
+use futures::future::join_all;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use crate::storage::{ObjectMeta, ObjectWriter, StorageError};
+
+/// Size of the chunks handed from the packer to the writers.
+pub const CHUNK_SIZE: usize = 1 << 20;
+/// Chunks that may wait in the channel.
+pub const CHANNEL_CHUNKS: usize = 4;
+
+/// A `Write` that hashes, counts and forwards bytes in chunks over a bounded channel.
+pub struct ChunkSink {
+    tx: Option<mpsc::Sender<Bytes>>,
+    buf: BytesMut,
+    hasher: Sha256,
+    total: u64,
+}
+
+impl ChunkSink {
+    pub fn new(tx: mpsc::Sender<Bytes>) -> Self {
+        ChunkSink {
+            tx: Some(tx),
+            buf: BytesMut::with_capacity(CHUNK_SIZE),
+            hasher: Sha256::new(),
+            total: 0,
+        }
+    }
+
+    fn send(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = self.buf.split().freeze();
+        self.buf.reserve(CHUNK_SIZE);
+        let tx = self.tx.as_ref().ok_or_else(closed)?;
+        tx.blocking_send(chunk).map_err(|_| closed())
+    }
+
+    /// Send what is left and close the channel. Returns (sha256 hex, byte count) of everything written.
+    pub fn finish(mut self) -> io::Result<(String, u64)> {
+        self.send()?;
+        self.tx = None;
+        let hasher = std::mem::take(&mut self.hasher);
+        Ok((hex::encode(hasher.finalize()), self.total))
+    }
+}
+
+fn closed() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::BrokenPipe,
+        "every target of this source failed",
+    )
+}
+
+impl Write for ChunkSink {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.hasher.update(data);
+        self.total += data.len() as u64;
+        let mut rest = data;
+        while !rest.is_empty() {
+            let room = CHUNK_SIZE - self.buf.len();
+            let n = room.min(rest.len());
+            self.buf.extend_from_slice(&rest[..n]);
+            rest = &rest[n..];
+            if self.buf.len() >= CHUNK_SIZE {
+                self.send()?;
+            }
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// One target's writer in a fan-out.
+pub struct Leg {
+    pub target: usize,
+    pub writer: Box<dyn ObjectWriter>,
+}
+
+/// Result of one leg: the stored object, or why it failed.
+pub type LegResult = (usize, Result<ObjectMeta, StorageError>);
+
+/// Drain `rx` into every leg. Legs that fail are aborted and reported; when all have failed the receiver is
+/// dropped so the packer stops at its next write. When `commit` resolves to false after the channel closes (the
+/// packer failed or was cancelled), every leg is aborted instead of finished — nothing half-written is published.
+pub async fn fan_out(
+    mut rx: mpsc::Receiver<Bytes>,
+    legs: Vec<Leg>,
+    commit: impl std::future::Future<Output = bool>,
+) -> Vec<LegResult> {
+    let mut live: Vec<Leg> = legs;
+    let mut done: Vec<LegResult> = Vec::new();
+    while let Some(chunk) = rx.recv().await {
+        let results = join_all(live.iter_mut().map(|l| l.writer.write(chunk.clone()))).await;
+        let mut next = Vec::with_capacity(live.len());
+        for (leg, r) in live.into_iter().zip(results) {
+            match r {
+                Ok(()) => next.push(leg),
+                Err(e) => {
+                    let _ = leg.writer.abort().await;
+                    done.push((leg.target, Err(e)));
+                }
+            }
+        }
+        live = next;
+        if live.is_empty() {
+            break;
+        }
+    }
+    drop(rx);
+    let ok = commit.await;
+    let finals = join_all(live.into_iter().map(|l| async move {
+        if ok {
+            (l.target, l.writer.finish().await)
+        } else {
+            let target = l.target;
+            let _ = l.writer.abort().await;
+            (
+                target,
+                Err(StorageError::Cancelled {
+                    target: "upload".into(),
+                }),
+            )
+        }
+    }))
+    .await;
+    done.extend(finals);
+    done.sort_by_key(|(t, _)| *t);
+    done
+}

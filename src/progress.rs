@@ -1,1 +1,75 @@
-//! TODO
+//! Progress reporting: an indicatif bar on a TTY (bytes, rate, current source), plain log lines otherwise.
+//! Cheap to clone and to call from the packer thread.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+#[derive(Clone)]
+pub struct Progress {
+    bar: Option<ProgressBar>,
+}
+
+impl Progress {
+    /// A bar when stderr is a terminal and `enabled`, otherwise log lines only.
+    pub fn new(enabled: bool) -> Progress {
+        if !enabled || !std::io::stderr().is_terminal() {
+            return Progress { bar: None };
+        }
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(8));
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} {prefix:.bold} {msg} {bytes} read, {binary_bytes_per_sec}, {elapsed}",
+            )
+            .expect("valid template"),
+        );
+        bar.enable_steady_tick(Duration::from_millis(200));
+        Progress { bar: Some(bar) }
+    }
+
+    /// No output at all (tests, `--json`).
+    pub fn hidden() -> Progress {
+        Progress { bar: None }
+    }
+
+    /// A new phase (e.g. `backing up pgdata`).
+    pub fn phase(&self, what: &str) {
+        match &self.bar {
+            Some(b) => {
+                b.set_prefix(what.to_string());
+                b.set_message("");
+            }
+            None => tracing::info!("{what}"),
+        }
+    }
+
+    /// A status note on the current phase (e.g. `pausing 2 containers`).
+    pub fn note(&self, msg: &str) {
+        match &self.bar {
+            Some(b) => b.set_message(msg.to_string()),
+            None => tracing::info!("{msg}"),
+        }
+    }
+
+    /// Bytes read since the last call.
+    pub fn inc(&self, n: u64) {
+        if let Some(b) = &self.bar {
+            b.inc(n);
+        }
+    }
+
+    /// Print a line above the bar (warnings) or to the log.
+    pub fn warn(&self, msg: &str) {
+        match &self.bar {
+            Some(b) => b.suspend(|| tracing::warn!("{msg}")),
+            None => tracing::warn!("{msg}"),
+        }
+    }
+
+    pub fn finish(&self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
