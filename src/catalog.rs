@@ -351,7 +351,7 @@ pub async fn list(storage: &dyn Storage) -> Result<Listing, CatalogError> {
     let mut listing = Listing::default();
     for (id, keys) in by_id {
         let mkey = manifest_key(&id);
-        if !keys.iter().any(|k| *k == mkey) {
+        if !keys.contains(&mkey) {
             listing.incomplete.push((id, keys));
             continue;
         }

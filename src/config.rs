@@ -299,6 +299,8 @@ impl S3Target {
     }
 }
 
+// Few of these exist, once per target: size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum TargetKind {
     /// Root directory = path/prefix.

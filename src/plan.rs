@@ -291,10 +291,10 @@ fn globs(patterns: &[String]) -> Result<GlobSet, PlanError> {
 }
 
 /// Containers mounting something, each with whether any of its matching mounts is read-write.
-fn users_of<'a>(
-    d: &'a Discovery,
+fn users_of(
+    d: &Discovery,
     matches: impl Fn(&MountInfo) -> bool,
-) -> Vec<(&'a ContainerInfo, bool)> {
+) -> Vec<(&ContainerInfo, bool)> {
     let mut v: Vec<(&ContainerInfo, bool)> = d
         .containers
         .iter()
