@@ -111,7 +111,7 @@ pub enum AfterBackup {
     Skipped {
         reason: String,
     },
-    Pruned(PruneReport),
+    Pruned(Box<PruneReport>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -172,9 +172,9 @@ pub async fn prune_after_backup(
         now,
         job: Some(new.job.clone()),
     };
-    Ok(AfterBackup::Pruned(
+    Ok(AfterBackup::Pruned(Box::new(
         prune_listing(storage, &listing, settings, &opts).await,
-    ))
+    )))
 }
 
 /// Whether pruning may follow the backup `new`: compares it with the newest earlier regular backup of the same

@@ -608,6 +608,88 @@ async fn pruning_after_a_backup_is_skipped_when_it_shrank(s: &dyn Storage) {
     }
     assert_eq!(listed_ids(s).await, vec![next]);
 }
+/// Fault injection over a real store: every delete of an archive fails (as if the process died right after the
+/// manifest delete). Manifests are deleted normally.
+#[derive(Debug)]
+struct ArchiveDeletesFail<'a>(&'a dyn Storage);
+
+#[async_trait]
+impl Storage for ArchiveDeletesFail<'_> {
+    fn describe(&self) -> String {
+        self.0.describe()
+    }
+    async fn put(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
+        self.0.put(key, data).await
+    }
+    async fn put_stream(
+        &self,
+        key: &str,
+        opts: PutOptions,
+    ) -> Result<Box<dyn ObjectWriter>, StorageError> {
+        self.0.put_stream(key, opts).await
+    }
+    async fn get(&self, key: &str) -> Result<ByteStream, StorageError> {
+        self.0.get(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
+        self.0.list(prefix).await
+    }
+    async fn delete(&self, keys: &[String]) -> Result<(), StorageError> {
+        if keys.iter().any(|k| !k.ends_with("/manifest.json")) {
+            return Err(StorageError::Transient {
+                target: self.describe(),
+                message: "injected failure".into(),
+            });
+        }
+        self.0.delete(keys).await
+    }
+    async fn sweep_incomplete(
+        &self,
+        older_than: std::time::Duration,
+    ) -> Result<usize, StorageError> {
+        self.0.sweep_incomplete(older_than).await
+    }
+}
+
+/// The manifest goes first: when deleting the archives fails, the backup is already invisible, the failure is
+/// reported per backup, the other backups are still processed, and the next prune removes the orphans.
+async fn manifest_goes_first_and_failures_do_not_stop_the_rest(s: &dyn Storage) {
+    let now = now();
+    write_foreign(s).await;
+    let ids = six_days(s, now).await;
+    let faulty = ArchiveDeletesFail(s);
+
+    let r = prune::prune(&faulty, &settings(keep_last(2)), &opts(now))
+        .await
+        .unwrap();
+
+    assert_eq!(r.errors.len(), 4, "{:?}", r.errors);
+    assert!(
+        r.errors.iter().all(|e| e.step == "delete archives"),
+        "{:?}",
+        r.errors
+    );
+    assert!(r.deleted.is_empty());
+    assert_eq!(listed_ids(s).await, ids[4..].to_vec());
+    let listing = catalog::list(s).await.unwrap();
+    let orphans: Vec<BackupId> = listing
+        .incomplete
+        .iter()
+        .map(|(id, _)| id.clone())
+        .collect();
+    assert_eq!(orphans, ids[..4].to_vec());
+
+    let r = prune::prune(s, &settings(keep_last(2)), &opts(now + Duration::days(2)))
+        .await
+        .unwrap();
+    assert!(r.is_ok(), "{:?}", r.errors);
+    assert_eq!(r.incomplete_removed, ids[..4].to_vec());
+    let mut left = keys(s).await;
+    left.retain(|k| !FOREIGN.contains(&k.as_str()));
+    assert_eq!(left.len(), 6, "two backups of three objects each: {left:?}");
+    assert_foreign_intact(s).await;
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Backends. TODO(lead): add `local` (LocalStorage) and `s3` (moto at support::s3_endpoint()) arms once merged.
 
@@ -641,4 +723,5 @@ on_targets!(
     jobs_are_judged_separately,
     pre_restore_backups_follow_their_own_rule,
     pruning_after_a_backup_is_skipped_when_it_shrank,
+    manifest_goes_first_and_failures_do_not_stop_the_rest,
 );
