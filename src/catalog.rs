@@ -291,10 +291,11 @@ impl Manifest {
 
     /// Parse and check a manifest read from `key`.
     pub fn from_json(key: &str, bytes: &[u8]) -> Result<Manifest, CatalogError> {
-        let m: Manifest = serde_json::from_slice(bytes).map_err(|e| CatalogError::Corrupt {
-            key: key.to_string(),
-            reason: e.to_string(),
-        })?;
+        let m: Manifest =
+            serde_json::from_slice(bytes).map_err(|e| CatalogError::Corrupt {
+                key: key.to_string(),
+                reason: e.to_string(),
+            })?;
         if m.format > FORMAT_VERSION {
             return Err(CatalogError::Corrupt {
                 key: key.to_string(),

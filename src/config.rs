@@ -302,10 +302,7 @@ impl S3Target {
 #[derive(Clone, Debug)]
 pub enum TargetKind {
     /// Root directory = path/prefix.
-    Local {
-        path: PathBuf,
-        prefix: String,
-    },
+    Local { path: PathBuf, prefix: String },
     S3(S3Target),
 }
 
@@ -549,9 +546,7 @@ impl Config {
         c.jobs.clear();
         for (name, j) in raw.job {
             check_name("job", &name)?;
-            let targets = j
-                .targets
-                .unwrap_or_else(|| c.targets.keys().cloned().collect());
+            let targets = j.targets.unwrap_or_else(|| c.targets.keys().cloned().collect());
             for t in &targets {
                 if !c.targets.contains_key(t) {
                     return Err(ConfigError::Invalid(format!(
@@ -622,12 +617,7 @@ fn check_name(what: &str, name: &str) -> Result<(), ConfigError> {
 }
 
 fn target_kind(name: &str, t: RawTarget) -> Result<TargetKind, ConfigError> {
-    let prefix = t
-        .prefix
-        .clone()
-        .unwrap_or_default()
-        .trim_matches('/')
-        .to_string();
+    let prefix = t.prefix.clone().unwrap_or_default().trim_matches('/').to_string();
     if prefix.split('/').any(|c| c == "..") {
         return Err(ConfigError::Invalid(format!(
             "target.{name}.prefix must not contain `..`"
@@ -636,9 +626,7 @@ fn target_kind(name: &str, t: RawTarget) -> Result<TargetKind, ConfigError> {
     match t.kind.as_str() {
         "local" => {
             let path = t.path.ok_or_else(|| {
-                ConfigError::Invalid(format!(
-                    "target.{name}: type = \"local\" needs path = \"/dir\""
-                ))
+                ConfigError::Invalid(format!("target.{name}: type = \"local\" needs path = \"/dir\""))
             })?;
             for (k, set) in [
                 ("bucket", t.bucket.is_some()),
@@ -655,9 +643,7 @@ fn target_kind(name: &str, t: RawTarget) -> Result<TargetKind, ConfigError> {
         }
         "s3" => {
             let bucket = t.bucket.ok_or_else(|| {
-                ConfigError::Invalid(format!(
-                    "target.{name}: type = \"s3\" needs bucket = \"name\""
-                ))
+                ConfigError::Invalid(format!("target.{name}: type = \"s3\" needs bucket = \"name\""))
             })?;
             if t.path.is_some() {
                 return Err(ConfigError::Invalid(format!(
@@ -666,10 +652,7 @@ fn target_kind(name: &str, t: RawTarget) -> Result<TargetKind, ConfigError> {
             }
             let mut s = S3Target::new(bucket, prefix);
             s.region = t.region;
-            s.endpoint = t
-                .endpoint
-                .or_else(|| std::env::var("AWS_ENDPOINT_URL_S3").ok())
-                .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
+            s.endpoint = t.endpoint.or_else(|| std::env::var("AWS_ENDPOINT_URL_S3").ok()).or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
             s.path_style = t.path_style.unwrap_or(false);
             s.profile = t.profile;
             s.access_key_id_file = t.access_key_id_file;
@@ -699,8 +682,9 @@ fn target_kind(name: &str, t: RawTarget) -> Result<TargetKind, ConfigError> {
                 }
             };
             if let Some(p) = t.part_size {
-                s.part_size = parse_size(&p)
-                    .map_err(|m| ConfigError::Invalid(format!("target.{name}.part-size: {m}")))?;
+                s.part_size = parse_size(&p).map_err(|m| {
+                    ConfigError::Invalid(format!("target.{name}.part-size: {m}"))
+                })?;
                 if s.part_size < 5 << 20 {
                     return Err(ConfigError::Invalid(format!(
                         "target.{name}.part-size must be at least 5MiB (the S3 minimum)"
@@ -794,13 +778,9 @@ fn merge_retention(mut r: Retention, raw: Option<&RawRetention>) -> Result<Reten
     set!(keep_monthly);
     set!(keep_yearly);
     if let Some(w) = &x.keep_within {
-        p.keep_within = Some(
-            chrono::Duration::from_std(
-                parse_duration(w)
-                    .map_err(|m| ConfigError::Invalid(format!("retention.keep-within: {m}")))?,
-            )
-            .map_err(|e| ConfigError::Invalid(format!("retention.keep-within: {e}")))?,
-        );
+        p.keep_within = Some(chrono::Duration::from_std(
+            parse_duration(w).map_err(|m| ConfigError::Invalid(format!("retention.keep-within: {m}")))?,
+        ).map_err(|e| ConfigError::Invalid(format!("retention.keep-within: {e}")))?);
     }
     if let Some(tz) = &x.timezone {
         r.timezone = Some(tz.parse().map_err(|_| {
@@ -838,8 +818,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if let Some(n) = t.strip_suffix('w').and_then(|n| n.parse::<u64>().ok()) {
         return Ok(Duration::from_secs(n * 7 * 86400));
     }
-    humantime::parse_duration(t)
-        .map_err(|e| format!("`{s}` is not a duration ({e}); e.g. 30s, 10m, 14d"))
+    humantime::parse_duration(t).map_err(|e| format!("`{s}` is not a duration ({e}); e.g. 30s, 10m, 14d"))
 }
 
 /// Parse a size such as `16MiB`, `64M`, `1GiB`, `1048576`.
@@ -847,9 +826,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (n, unit) = t.split_at(split);
-    let n: u64 = n
-        .parse()
-        .map_err(|_| format!("`{s}` is not a size (e.g. 16MiB)"))?;
+    let n: u64 = n.parse().map_err(|_| format!("`{s}` is not a size (e.g. 16MiB)"))?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
@@ -933,14 +910,8 @@ mod tests {
         assert_eq!(parse_size("16MiB").unwrap(), 16 << 20);
         assert_eq!(parse_size("5m").unwrap(), 5 << 20);
         assert!(parse_size("5 parsecs").is_err());
-        assert_eq!(
-            parse_duration("14d").unwrap(),
-            Duration::from_secs(14 * 86400)
-        );
-        assert_eq!(
-            parse_duration("2w").unwrap(),
-            Duration::from_secs(14 * 86400)
-        );
+        assert_eq!(parse_duration("14d").unwrap(), Duration::from_secs(14 * 86400));
+        assert_eq!(parse_duration("2w").unwrap(), Duration::from_secs(14 * 86400));
         assert!(parse_duration("soon").is_err());
     }
 }

@@ -125,10 +125,8 @@ pub trait Storage: Send + Sync + fmt::Debug {
     async fn delete(&self, keys: &[String]) -> Result<(), StorageError>;
     /// Remove leftovers of interrupted uploads under the root older than `older_than` (local temp files,
     /// S3 incomplete multipart uploads). Returns how many were removed.
-    async fn sweep_incomplete(
-        &self,
-        older_than: std::time::Duration,
-    ) -> Result<usize, StorageError>;
+    async fn sweep_incomplete(&self, older_than: std::time::Duration)
+        -> Result<usize, StorageError>;
 }
 
 /// Conveniences built on [`Storage`].
@@ -151,9 +149,7 @@ impl<T: Storage + ?Sized> StorageExt for T {}
 pub fn check_key(key: &str) -> Result<(), StorageError> {
     let bad = key.is_empty()
         || key.starts_with('/')
-        || key
-            .split('/')
-            .any(|c| c.is_empty() || c == "." || c == "..");
+        || key.split('/').any(|c| c.is_empty() || c == "." || c == "..");
     if bad {
         Err(StorageError::Permanent {
             target: "storage".into(),

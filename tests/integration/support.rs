@@ -45,14 +45,9 @@ macro_rules! require_docker {
 pub fn s3_endpoint() -> Option<String> {
     let ep = std::env::var("VOLTAR_TEST_S3_ENDPOINT")
         .unwrap_or_else(|_| "http://127.0.0.1:9333".to_string());
-    let hostport = ep
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_string();
+    let hostport = ep.trim_start_matches("http://").trim_end_matches('/').to_string();
     let ok = std::net::TcpStream::connect_timeout(
-        &hostport
-            .parse()
-            .expect("VOLTAR_TEST_S3_ENDPOINT is http://ip:port"),
+        &hostport.parse().expect("VOLTAR_TEST_S3_ENDPOINT is http://ip:port"),
         std::time::Duration::from_secs(2),
     )
     .is_ok();
@@ -79,10 +74,7 @@ pub fn unique(tag: &str) -> String {
 
 /// Run `docker <args>`; panic with its stderr on failure.
 pub fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker")
-        .args(args)
-        .output()
-        .expect("docker CLI");
+    let out = Command::new("docker").args(args).output().expect("docker CLI");
     if !out.status.success() {
         panic!(
             "docker {:?} failed: {}",
@@ -95,10 +87,7 @@ pub fn docker(args: &[&str]) -> String {
 
 /// Run `docker <args>` and return the raw output, success or not.
 pub fn docker_raw(args: &[&str]) -> Output {
-    Command::new("docker")
-        .args(args)
-        .output()
-        .expect("docker CLI")
+    Command::new("docker").args(args).output().expect("docker CLI")
 }
 
 /// Container state as `docker inspect` says: running, paused, exited, created…
@@ -108,13 +97,7 @@ pub fn state(container: &str) -> String {
 
 /// Host path of a volume's data.
 pub fn mountpoint(volume: &str) -> PathBuf {
-    PathBuf::from(docker(&[
-        "volume",
-        "inspect",
-        "-f",
-        "{{.Mountpoint}}",
-        volume,
-    ]))
+    PathBuf::from(docker(&["volume", "inspect", "-f", "{{.Mountpoint}}", volume]))
 }
 
 /// Removes containers and volumes when dropped (also when the test panics).
