@@ -1,1 +1,411 @@
-//! TODO
+//! `voltar prune`: apply a retention plan to one target. Plan, then apply; every decision carries its reasons.
+//!
+//! 1. List the target through [`catalog::list`]. Only ids with a readable manifest are backups; objects whose
+//!    first path component is not a backup id are not ours and are never looked at again. Unreadable manifests
+//!    are reported and never deleted (a human should look at them).
+//! 2. Plan with [`retention::plan`], per job: backups written by different jobs into one target are judged
+//!    separately (each series keeps its own newest backup and its own buckets). With [`PruneOptions::job`] set,
+//!    only that job's backups are judged; the others are left alone.
+//! 3. Apply (unless `dry_run`): for each backup to delete, delete its **manifest first** — from that moment it
+//!    is invisible to `list` and `restore` — then list `<id>/` and delete everything under it in one batch.
+//!    A prune killed between the two steps leaves only an *incomplete* backup (objects without a manifest).
+//! 4. Incomplete backups (objects under a backup id, no manifest) are removed once their last activity — the
+//!    newer of the id's time and the objects' modification times — is older than `incomplete_grace`. That
+//!    removes what an interrupted prune or a crashed backup left, but never the archives of a backup that is
+//!    still being written (recent modification times), and never one dated in the future.
+//! 5. Leftovers of interrupted uploads (temp files, S3 multipart uploads) older than the grace period are swept.
+//!
+//! One backup failing to delete does not stop the others: the failure goes into [`PruneReport::errors`]. Only a
+//! target that cannot be listed at all is an `Err` (and then nothing was deleted).
+//!
+//! After a backup run, [`prune_after_backup`] prunes only when the new backup is neither empty nor shrunken
+//! beyond `max_shrink` compared with the previous backup of the same job ([`should_prune_after_backup`]).
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::catalog::{self, manifest_key, BackupId, CatalogError, Listing, Manifest};
+use crate::config::Retention;
+use crate::retention::{self, format_duration, Action, Candidate, Decision};
+use crate::storage::Storage;
+
+/// How to run a prune.
+#[derive(Clone, Debug)]
+pub struct PruneOptions {
+    /// Plan and report, delete nothing.
+    pub dry_run: bool,
+    /// The clock the plan is made at (passed in so that it can be tested).
+    pub now: DateTime<Utc>,
+    /// Judge only this job's backups (the job's own retention). `None`: every job's backups, each job as its
+    /// own series, all with the given settings.
+    pub job: Option<String>,
+}
+
+/// An incomplete backup (objects without a manifest) and what prune does with it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct IncompleteDecision {
+    pub id: BackupId,
+    pub action: Action,
+    /// Number of objects under the id.
+    pub objects: usize,
+    /// The newer of the id's time and the objects' modification times.
+    pub last_activity: DateTime<Utc>,
+    pub reason: String,
+}
+
+/// A manifest that exists but could not be read: never deleted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Unreadable {
+    pub id: BackupId,
+    pub reason: String,
+}
+
+/// A step that failed for one backup; the others went on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct PruneFailure {
+    pub id: Option<BackupId>,
+    pub step: String,
+    pub error: String,
+}
+
+/// Everything a prune decided and did, for the table and `--json`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct PruneReport {
+    /// The target's description (directory or `s3://bucket/prefix`).
+    pub target: String,
+    pub dry_run: bool,
+    /// One per judged backup, newest first.
+    pub decisions: Vec<Decision>,
+    /// Backups actually deleted (empty on a dry run).
+    pub deleted: Vec<BackupId>,
+    pub incomplete: Vec<IncompleteDecision>,
+    /// Incomplete backups actually removed (empty on a dry run).
+    pub incomplete_removed: Vec<BackupId>,
+    pub unreadable: Vec<Unreadable>,
+    /// Backups of other jobs, left alone because [`PruneOptions::job`] named another one.
+    pub other_jobs: Vec<BackupId>,
+    /// Leftovers of interrupted uploads swept from the storage.
+    pub swept_uploads: usize,
+    pub notes: Vec<String>,
+    pub errors: Vec<PruneFailure>,
+}
+
+impl PruneReport {
+    /// True when every step that was attempted succeeded.
+    pub fn is_ok(&self) -> bool {
+        self.errors.is_empty()
+    }
+}
+
+/// What happened to a target after a backup run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "status")]
+pub enum AfterBackup {
+    /// Pruning did not run; the reason says why.
+    Skipped {
+        reason: String,
+    },
+    Pruned(Box<PruneReport>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PruneError {
+    #[error("cannot list the backups in {target}: {source}; nothing was deleted (check the target and retry)")]
+    List {
+        target: String,
+        #[source]
+        source: CatalogError,
+    },
+}
+
+impl PruneError {
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            PruneError::List {
+                source: CatalogError::Storage(e),
+                ..
+            } => e.is_retryable(),
+            PruneError::List { .. } => false,
+        }
+    }
+}
+
+async fn list(storage: &dyn Storage) -> Result<Listing, PruneError> {
+    catalog::list(storage)
+        .await
+        .map_err(|source| PruneError::List {
+            target: storage.describe(),
+            source,
+        })
+}
+
+/// Plan and (unless `dry_run`) apply retention to one target.
+pub async fn prune(
+    storage: &dyn Storage,
+    settings: &Retention,
+    opts: &PruneOptions,
+) -> Result<PruneReport, PruneError> {
+    let listing = list(storage).await?;
+    Ok(prune_listing(storage, &listing, settings, opts).await)
+}
+
+/// After a backup committed `new` to this target: prune with the job's settings unless the new backup is empty
+/// or shrank by more than `settings.max_shrink` versus the previous backup of the same job.
+pub async fn prune_after_backup(
+    storage: &dyn Storage,
+    settings: &Retention,
+    new: &Manifest,
+    now: DateTime<Utc>,
+) -> Result<AfterBackup, PruneError> {
+    let listing = list(storage).await?;
+    if let Err(reason) = should_prune_after_backup(&listing, new, settings.max_shrink) {
+        return Ok(AfterBackup::Skipped { reason });
+    }
+    let opts = PruneOptions {
+        dry_run: false,
+        now,
+        job: Some(new.job.clone()),
+    };
+    Ok(AfterBackup::Pruned(Box::new(
+        prune_listing(storage, &listing, settings, &opts).await,
+    )))
+}
+
+/// Whether pruning may follow the backup `new`: compares it with the newest earlier regular backup of the same
+/// job in `listing` (which may or may not already contain `new`) that had any content — an empty backup is no
+/// reference, else `1000 → 0 → 300` bytes would pass as growth. `Err` is the reason to report.
+pub fn should_prune_after_backup(
+    listing: &Listing,
+    new: &Manifest,
+    max_shrink: f64,
+) -> Result<(), String> {
+    let previous = listing
+        .backups
+        .iter()
+        .filter(|m| {
+            m.id != new.id
+                && m.job == new.job
+                && !m.is_pre_restore()
+                && m.started_at <= new.started_at
+                && m.total_bytes() > 0
+        })
+        .max_by(|a, b| (a.started_at, &a.id).cmp(&(b.started_at, &b.id)))
+        .map(Candidate::from_manifest);
+    retention::shrink_check(
+        previous.as_ref(),
+        &Candidate::from_manifest(new),
+        max_shrink,
+    )
+}
+
+/// Plan and apply against a listing already taken.
+pub async fn prune_listing(
+    storage: &dyn Storage,
+    listing: &Listing,
+    settings: &Retention,
+    opts: &PruneOptions,
+) -> PruneReport {
+    let mut report = PruneReport {
+        target: storage.describe(),
+        dry_run: opts.dry_run,
+        ..PruneReport::default()
+    };
+
+    // Group by job; each job's backups are one series.
+    let mut groups: BTreeMap<&str, Vec<Candidate>> = BTreeMap::new();
+    for m in &listing.backups {
+        match &opts.job {
+            Some(j) if *j != m.job => report.other_jobs.push(m.id.clone()),
+            _ => groups
+                .entry(m.job.as_str())
+                .or_default()
+                .push(Candidate::from_manifest(m)),
+        }
+    }
+    if !report.other_jobs.is_empty() {
+        report.notes.push(format!(
+            "{} backup(s) of other jobs are left alone (they are pruned by their own job's policy)",
+            report.other_jobs.len()
+        ));
+    }
+    let several = groups.len() > 1;
+    for (job, candidates) in &groups {
+        let plan = retention::plan_configured(settings, candidates, opts.now);
+        report.decisions.extend(plan.decisions);
+        report.notes.extend(plan.notes.into_iter().map(|n| {
+            if several {
+                format!("job {job}: {n}")
+            } else {
+                n
+            }
+        }));
+    }
+    report
+        .decisions
+        .sort_by(|a, b| (b.time, &b.id).cmp(&(a.time, &a.id)));
+
+    for (id, reason) in &listing.unreadable {
+        report.unreadable.push(Unreadable {
+            id: id.clone(),
+            reason: reason.clone(),
+        });
+        report.notes.push(format!(
+            "backup {id} has an unreadable manifest and is never deleted: inspect it, then remove it by hand"
+        ));
+    }
+
+    if !opts.dry_run {
+        // Oldest first: if the run is cut short, what is left is the newer part.
+        let doomed: Vec<BackupId> = report
+            .decisions
+            .iter()
+            .rev()
+            .filter(|d| d.action == Action::Delete)
+            .map(|d| d.id.clone())
+            .collect();
+        for id in doomed {
+            match delete_backup(storage, &id).await {
+                Ok(()) => report.deleted.push(id),
+                Err(f) => report.errors.push(f),
+            }
+        }
+    }
+
+    prune_incomplete(storage, listing, settings, opts, &mut report).await;
+
+    if !opts.dry_run {
+        match storage.sweep_incomplete(settings.incomplete_grace).await {
+            Ok(n) => report.swept_uploads = n,
+            Err(e) => report.errors.push(PruneFailure {
+                id: None,
+                step: "sweep interrupted uploads".into(),
+                error: e.to_string(),
+            }),
+        }
+    }
+    report
+}
+
+/// Manifest first (the backup disappears from listings at once), then everything else under `<id>/`.
+async fn delete_backup(storage: &dyn Storage, id: &BackupId) -> Result<(), PruneFailure> {
+    let fail = |step: &str, error: String| PruneFailure {
+        id: Some(id.clone()),
+        step: step.to_string(),
+        error,
+    };
+    storage
+        .delete(&[manifest_key(id)])
+        .await
+        .map_err(|e| fail("delete manifest", format!("{e}; the backup is intact")))?;
+    let left = "the manifest is gone, so the backup is no longer listed; the next prune removes its archives";
+    let keys = object_keys(storage, id)
+        .await
+        .map_err(|e| fail("list archives", format!("{e}; {left}")))?;
+    if !keys.is_empty() {
+        storage
+            .delete(&keys)
+            .await
+            .map_err(|e| fail("delete archives", format!("{e}; {left}")))?;
+    }
+    Ok(())
+}
+
+/// Every object under `<id>/`, checked to really be there: a backend bug must not widen a delete.
+async fn object_keys(
+    storage: &dyn Storage,
+    id: &BackupId,
+) -> Result<Vec<String>, crate::storage::StorageError> {
+    let prefix = format!("{id}/");
+    Ok(storage
+        .list(&prefix)
+        .await?
+        .into_iter()
+        .filter(|o| o.key.starts_with(&prefix))
+        .map(|o| o.key)
+        .collect())
+}
+
+async fn prune_incomplete(
+    storage: &dyn Storage,
+    listing: &Listing,
+    settings: &Retention,
+    opts: &PruneOptions,
+    report: &mut PruneReport,
+) {
+    let grace =
+        chrono::Duration::from_std(settings.incomplete_grace).unwrap_or(chrono::Duration::MAX);
+    for (id, _) in &listing.incomplete {
+        let prefix = format!("{id}/");
+        let objects = match storage.list(&prefix).await {
+            Ok(v) => v
+                .into_iter()
+                .filter(|o| o.key.starts_with(&prefix))
+                .collect::<Vec<_>>(),
+            Err(e) => {
+                report.errors.push(PruneFailure {
+                    id: Some(id.clone()),
+                    step: "list incomplete backup".into(),
+                    error: e.to_string(),
+                });
+                continue;
+            }
+        };
+        if objects.is_empty() {
+            continue; // gone since the listing
+        }
+        if objects.iter().any(|o| o.key == manifest_key(id)) {
+            report.notes.push(format!(
+                "backup {id} was committed while prune ran; it is judged by the next prune"
+            ));
+            continue;
+        }
+        let last_activity = objects
+            .iter()
+            .filter_map(|o| o.modified.map(DateTime::<Utc>::from))
+            .fold(id.time(), |a, b| a.max(b));
+        let age = opts.now.signed_duration_since(last_activity);
+        let (action, reason) = if age > grace {
+            (
+                Action::Delete,
+                format!(
+                    "no manifest, last written {} ago (grace {}): left by an interrupted backup or prune",
+                    format_duration(age),
+                    format_duration(grace)
+                ),
+            )
+        } else {
+            (
+                Action::Keep,
+                format!(
+                    "no manifest, last written {} ago: within the grace period of {} (it may still be running)",
+                    format_duration(age),
+                    format_duration(grace)
+                ),
+            )
+        };
+        report.incomplete.push(IncompleteDecision {
+            id: id.clone(),
+            action,
+            objects: objects.len(),
+            last_activity,
+            reason,
+        });
+        if action == Action::Delete && !opts.dry_run {
+            let keys: Vec<String> = objects.into_iter().map(|o| o.key).collect();
+            match storage.delete(&keys).await {
+                Ok(()) => report.incomplete_removed.push(id.clone()),
+                Err(e) => report.errors.push(PruneFailure {
+                    id: Some(id.clone()),
+                    step: "delete incomplete backup".into(),
+                    error: e.to_string(),
+                }),
+            }
+        }
+    }
+}
