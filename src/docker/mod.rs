@@ -138,6 +138,8 @@ pub enum DockerError {
     VolumeExists(String),
     #[error("docker engine: {action}: {message}")]
     Api { action: String, message: String },
+    #[error("cannot use the Docker Engine endpoint {endpoint}: {message}")]
+    Unsupported { endpoint: String, message: String },
 }
 
 /// What quiesce and restore need from the engine. Implemented by [`Engine`]; tests may fake it.
