@@ -89,7 +89,7 @@ pub enum QuiesceError {
         name: String,
         action: QuiesceAction,
         #[source]
-        source: DockerError,
+        source: Box<DockerError>,
         /// Containers that could not be put back (or whose state is unknown): `voltar recover` will retry them.
         still_held: Vec<String>,
     },
@@ -100,7 +100,7 @@ pub enum QuiesceError {
         name: String,
         action: QuiesceAction,
         #[source]
-        source: DockerError,
+        source: Box<DockerError>,
     },
     /// The journal directory cannot be read during recover.
     #[error(
@@ -581,7 +581,7 @@ impl<'a> Quiescer<'a> {
             id: h.id.clone(),
             name: h.name.clone(),
             action: h.action,
-            source,
+            source: Box::new(source),
             still_held,
         };
         // The plan's view may be minutes old: look again right before acting.
@@ -718,7 +718,7 @@ impl<'a> Quiescer<'a> {
                         id: id.to_string(),
                         name: name.to_string(),
                         action,
-                        source,
+                        source: Box::new(source),
                     })
                 }
             },
@@ -832,9 +832,17 @@ fn claim_opened(path: &Path, file: File) -> io::Result<Claim> {
     }
 }
 
-/// The not-done entries of a journal's text, and descriptions of unreadable lines.
-fn parse_journal(text: &str) -> (Vec<(u64, String, String, QuiesceAction)>, Vec<String>) {
-    let mut holds: BTreeMap<u64, (String, String, QuiesceAction)> = BTreeMap::new();
+/// A journaled change with no `done` record.
+#[derive(Debug, PartialEq, Eq)]
+struct OpenEntry {
+    id: String,
+    name: String,
+    action: QuiesceAction,
+}
+
+/// The not-done entries of a journal's text in journal order, and descriptions of unreadable lines.
+fn parse_journal(text: &str) -> (Vec<OpenEntry>, Vec<String>) {
+    let mut holds: BTreeMap<u64, OpenEntry> = BTreeMap::new();
     let mut problems = Vec::new();
     let lines: Vec<&str> = text.split('\n').collect();
     let last = lines.len().saturating_sub(1);
@@ -850,7 +858,7 @@ fn parse_journal(text: &str) -> (Vec<(u64, String, String, QuiesceAction)>, Vec<
                 action,
                 ..
             }) => {
-                holds.insert(seq, (id, name, action));
+                holds.insert(seq, OpenEntry { id, name, action });
             }
             Ok(Record::Done { seq, .. }) => {
                 holds.remove(&seq);
@@ -861,11 +869,7 @@ fn parse_journal(text: &str) -> (Vec<(u64, String, String, QuiesceAction)>, Vec<
             Err(e) => problems.push(format!("line {}: {e}", i + 1)),
         }
     }
-    let entries = holds
-        .into_iter()
-        .map(|(seq, (id, name, action))| (seq, id, name, action))
-        .collect();
-    (entries, problems)
+    (holds.into_values().collect(), problems)
 }
 
 /// Replay the journals of dead runs under `state_dir`: unpause what they paused, start what they stopped, as far as
@@ -939,7 +943,7 @@ async fn recover_one(
             .push(format!("journal {}: unreadable {p}", path.display()));
     }
     // Newest first, like release.
-    for (_, id, name, action) in entries.into_iter().rev() {
+    for OpenEntry { id, name, action } in entries.into_iter().rev() {
         let outcome = recover_container(runtime, &id, action).await;
         if matches!(outcome, RecoverOutcome::Failed(_)) {
             keep = true;
@@ -1578,7 +1582,14 @@ mod tests {
         let text = format!("{hold_a}\n{hold_b}\n{done_a}\n{{\"event\":\"ho");
         let (entries, problems) = parse_journal(&text);
         assert!(problems.is_empty(), "{problems:?}");
-        assert_eq!(entries, [(1, "b".into(), "bn".into(), Stop)]);
+        assert_eq!(
+            entries,
+            [OpenEntry {
+                id: "b".into(),
+                name: "bn".into(),
+                action: Stop
+            }]
+        );
 
         let text = format!("{hold_a}\ngarbage\n{hold_b}\n");
         let (entries, problems) = parse_journal(&text);
@@ -1600,7 +1611,7 @@ mod tests {
         .unwrap();
         let rep = recover(dir.path(), &fake).await.unwrap();
         assert_eq!(rep.containers[0].outcome, RecoverOutcome::Unpaused);
-        assert_eq!(rep.kept, [path.clone()]);
+        assert_eq!(rep.kept, std::slice::from_ref(&path));
         assert!(!rep.is_clean());
         assert!(path.exists());
     }
@@ -1643,7 +1654,7 @@ mod tests {
         // Recover B has opened the journal but not locked it yet when recover A replays and deletes it.
         let opened_by_b = File::open(&path).unwrap();
         let rep = recover(dir.path(), &fake).await.unwrap();
-        assert_eq!(rep.replayed, [path.clone()]);
+        assert_eq!(rep.replayed, std::slice::from_ref(&path));
         // Someone pauses `a` again (e.g. the user); B must not act on the stale journal.
         fake.set("a", Paused);
         assert!(matches!(
