@@ -11,7 +11,10 @@
 //!   resumes everything this run journaled and did not resume yet, whoever holds the `Held`.
 //! * **Only what was running, only what we changed.** `hold` re-reads each container's state right before acting:
 //!   a container that is not running (stopped, or paused by the user) is skipped and reported, so release never
-//!   starts a container that was down and never unpauses one the user paused.
+//!   starts a container that was down and never unpauses one the user paused. A refused pause (the user paused
+//!   it in between) is never undone; a call whose answer was lost (timeout) is judged by the live state afterwards.
+//!   Known narrow race: the engine answers a stop of an already-stopped container with success (304), so a user
+//!   stop landing in the milliseconds between our state check and our stop would be undone at release.
 //! * **Journal before action.** Each change is appended to a per-run journal file and fsynced *before* the
 //!   container is touched; a `done` record is appended after it is resumed. A run killed with SIGKILL leaves the
 //!   journal behind, and [`recover`] (run by `voltar recover` and at the start of every run) resumes what it names.

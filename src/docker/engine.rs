@@ -239,12 +239,11 @@ impl Engine {
                 action: action.to_string(),
                 message: message.clone(),
             },
-            BollardError::RequestTimeoutError => DockerError::Api {
-                action: action.to_string(),
-                message: format!(
-                    "no answer from the engine at {} in time (is it overloaded?)",
-                    self.endpoint
-                ),
+            // Not `Api`: the engine may still carry the request out. Callers (quiesce) must treat the outcome as
+            // unknown and look at the live state, never assume "refused".
+            BollardError::RequestTimeoutError => DockerError::Unreachable {
+                endpoint: self.endpoint.clone(),
+                message: format!("no answer in time while {action} (is the engine overloaded?)"),
             },
             BollardError::HyperLegacyError { .. }
             | BollardError::IOError { .. }
