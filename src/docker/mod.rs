@@ -136,8 +136,11 @@ pub enum DockerError {
     NoSuchVolume(String),
     #[error("volume {0} already exists")]
     VolumeExists(String),
+    /// The engine answered with an error: it refused, nothing was done. (Timeouts are `Unreachable`: unknown.)
     #[error("docker engine: {action}: {message}")]
     Api { action: String, message: String },
+    #[error("cannot use the Docker Engine endpoint {endpoint}: {message}")]
+    Unsupported { endpoint: String, message: String },
 }
 
 /// What quiesce and restore need from the engine. Implemented by [`Engine`]; tests may fake it.
