@@ -533,6 +533,18 @@ impl Inner {
                         "{what}: the multipart upload no longer exists (aborted elsewhere or by a lifecycle rule)"
                     ),
                 },
+                // Quota codes come with 403 on some stores: check them before the generic 403.
+                (
+                    Some(
+                        "QuotaExceeded" | "ServiceQuotaExceeded" | "InsufficientStorage"
+                        | "XMinioStorageFull" | "StorageFull",
+                    ),
+                    _,
+                )
+                | (_, Some(507)) => StorageError::NoSpace {
+                    target,
+                    message: format!("{what}: {detail}"),
+                },
                 (
                     Some(
                         "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch"
@@ -542,17 +554,6 @@ impl Inner {
                     _,
                 )
                 | (_, Some(401 | 403)) => StorageError::Auth {
-                    target,
-                    message: format!("{what}: {detail}"),
-                },
-                (
-                    Some(
-                        "QuotaExceeded" | "ServiceQuotaExceeded" | "InsufficientStorage"
-                        | "XMinioStorageFull" | "StorageFull",
-                    ),
-                    _,
-                )
-                | (_, Some(507)) => StorageError::NoSpace {
                     target,
                     message: format!("{what}: {detail}"),
                 },
@@ -791,6 +792,12 @@ impl Inner {
     }
 }
 
+/// Whether an upload started at `initiated` is older than `cutoff`. Unknown start time: no — it might be a run
+/// in progress.
+fn stale(initiated: Option<SystemTime>, cutoff: SystemTime) -> bool {
+    initiated.is_some_and(|t| t <= cutoff)
+}
+
 fn on(key: &str) -> String {
     if key.is_empty() {
         String::new()
@@ -1020,8 +1027,7 @@ impl Storage for S3Storage {
             .unwrap_or(SystemTime::UNIX_EPOCH);
         let mut removed = 0;
         for u in self.list_incomplete().await? {
-            // Unknown start time: leave it (it might be a run in progress).
-            if !u.initiated.map(|t| t <= cutoff).unwrap_or(false) {
+            if !stale(u.initiated, cutoff) {
                 continue;
             }
             let full = self.inner.full_key(&u.key)?;
@@ -1284,7 +1290,7 @@ mod tests {
     #[test]
     fn without_a_hint_1000_parts_hold_what_the_docs_say() {
         // 1,000 × 5 GiB = 4.88 TiB is the hard ceiling: no schedule reaches 5 TiB.
-        assert!(1000 * MAX_PART_SIZE < MAX_OBJECT_SIZE);
+        const { assert!(1000 * MAX_PART_SIZE < MAX_OBJECT_SIZE) };
         let c5 = capacity(5 * MIB, None, 1000);
         let c16 = capacity(16 * MIB, None, 1000);
         let c64 = capacity(64 * MIB, None, 1000);
@@ -1364,6 +1370,120 @@ mod tests {
             part_size_for(u32::MAX, 16 * MIB, None, 10_000),
             MAX_PART_SIZE
         );
+    }
+
+    fn test_inner() -> Inner {
+        let conf = aws_sdk_s3::Config::builder()
+            .behavior_version_latest()
+            .region(Region::new("us-east-1"))
+            .build();
+        Inner {
+            client: Client::from_conf(conf),
+            bucket: "bkt".into(),
+            prefix: "pre".into(),
+            region: "us-east-1".into(),
+            endpoint: "http://127.0.0.1:9".into(),
+            describe: "s3://bkt/pre".into(),
+            storage_class: None,
+            sse: None,
+            sse_kms_key_id: None,
+            part_size: 5 * MIB,
+            max_parts: 10_000,
+            parallel_parts: 2,
+            policy: Backoff::default(),
+            list_page_size: 1000,
+        }
+    }
+
+    fn service(
+        code: Option<&str>,
+        status: u16,
+    ) -> SdkError<aws_sdk_s3::operation::upload_part::UploadPartError, HttpResponse> {
+        let mut meta = aws_sdk_s3::error::ErrorMetadata::builder().message("the server says no");
+        if let Some(c) = code {
+            meta = meta.code(c);
+        }
+        let err = aws_sdk_s3::operation::upload_part::UploadPartError::generic(meta.build());
+        let raw = HttpResponse::new(
+            status.try_into().unwrap(),
+            aws_sdk_s3::primitives::SdkBody::empty(),
+        );
+        SdkError::service_error(err, raw)
+    }
+
+    #[test]
+    fn service_errors_map_to_categories() {
+        let s = test_inner();
+        let cases: &[(Option<&str>, u16, &str)] = &[
+            (Some("NoSuchBucket"), 404, "permanent"),
+            (Some("NoSuchKey"), 404, "not-found"),
+            (None, 404, "not-found"),
+            (Some("NoSuchUpload"), 404, "permanent"),
+            (Some("AccessDenied"), 403, "auth"),
+            (Some("InvalidAccessKeyId"), 403, "auth"),
+            (Some("SignatureDoesNotMatch"), 403, "auth"),
+            (None, 403, "auth"),
+            (Some("QuotaExceeded"), 403, "no-space"),
+            (None, 507, "no-space"),
+            (Some("SlowDown"), 503, "transient"),
+            (Some("InternalError"), 500, "transient"),
+            (None, 502, "transient"),
+            (Some("RequestTimeout"), 400, "transient"),
+            (Some("EntityTooSmall"), 400, "permanent"),
+            (Some("InvalidArgument"), 400, "permanent"),
+        ];
+        for (code, status, want) in cases {
+            let f = s.classify("uploading part 3 of", "b/v", service(*code, *status));
+            let got = match f.err {
+                StorageError::NotFound { .. } => "not-found",
+                StorageError::Auth { .. } => "auth",
+                StorageError::NoSpace { .. } => "no-space",
+                StorageError::Transient { .. } => "transient",
+                StorageError::Permanent { .. } => "permanent",
+                StorageError::Cancelled { .. } => "cancelled",
+            };
+            assert_eq!(got, *want, "{code:?} {status}: {}", f.err);
+            assert_eq!(f.code.as_deref(), *code);
+            let msg = f.err.to_string();
+            assert!(
+                !msg.contains("ErrorMetadata") && !msg.contains("ServiceError"),
+                "{msg}"
+            );
+        }
+        let e = s
+            .classify("listing", "", service(Some("NoSuchBucket"), 404))
+            .err;
+        assert!(e.to_string().contains("bucket `bkt` does not exist"), "{e}");
+    }
+
+    #[test]
+    fn transport_errors_are_transient_and_readable() {
+        let s = test_inner();
+        let refused = std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "Connection refused (os error 111)",
+        );
+        let e: SdkError<aws_sdk_s3::operation::upload_part::UploadPartError, HttpResponse> =
+            SdkError::dispatch_failure(aws_sdk_s3::error::ConnectorError::io(Box::new(refused)));
+        let f = s.classify("uploading part 1 of", "b/v", e);
+        assert!(f.err.is_retryable());
+        assert_eq!(
+            f.err.to_string(),
+            "s3://bkt/pre: uploading part 1 of b/v: cannot reach s3 endpoint http://127.0.0.1:9: \
+             connection refused (os error 111) (temporary error)"
+        );
+        let e: SdkError<aws_sdk_s3::operation::upload_part::UploadPartError, HttpResponse> =
+            SdkError::timeout_error(Box::new(std::io::Error::other("slow")));
+        assert!(s.classify("listing", "", e).err.is_retryable());
+    }
+
+    #[test]
+    fn only_uploads_older_than_the_cutoff_are_stale() {
+        let now = SystemTime::now();
+        let cutoff = now - Duration::from_secs(3600);
+        assert!(stale(Some(now - Duration::from_secs(7200)), cutoff));
+        assert!(!stale(Some(now), cutoff));
+        assert!(!stale(None, cutoff));
     }
 
     #[test]
