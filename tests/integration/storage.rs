@@ -789,3 +789,52 @@ async fn s3_server_frozen_mid_upload_times_out_and_publishes_nothing() {
     assert!(s.list("").await.unwrap().is_empty());
     drop(server);
 }
+
+/// Row 19 on a real server: the part size grows with the part number, so a stream larger than
+/// `max_parts × base` still fits; past what the schedule can hold the upload fails and is aborted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_part_size_grows_to_fit_the_part_limit() {
+    let Some(endpoint) = support::s3_endpoint() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = s3_target(
+        &endpoint,
+        &support::unique("grow"),
+        dir.path(),
+        Duration::from_secs(20),
+    );
+    // 4 parts doubling from 5 MiB: 5 + 10 + 20 + 40 MiB. 38 MiB is more than 4 × 5 MiB but fits.
+    t.max_parts = 4;
+    let s = S3Storage::new(&t).await.unwrap();
+    s.ensure_bucket().await.unwrap();
+    let data = pattern(38 * MIB, 40);
+    let mut w = s.put_stream("g/big", PutOptions::default()).await.unwrap();
+    for c in data.chunks(3 * MIB) {
+        w.write(data.slice_ref(c)).await.unwrap();
+    }
+    w.finish().await.unwrap();
+    assert!(s.get_bytes("g/big").await.unwrap() == data);
+
+    // 2 parts hold 5 + 10 MiB: 16 MiB does not fit. The writer says so and leaves nothing behind.
+    t.max_parts = 2;
+    let s = S3Storage::new(&t).await.unwrap();
+    let mut w = s
+        .put_stream("g/too-big", PutOptions::default())
+        .await
+        .unwrap();
+    let r = async {
+        for _ in 0..16 {
+            w.write(pattern(MIB, 41)).await?;
+        }
+        w.finish().await
+    }
+    .await;
+    let e = r.unwrap_err();
+    assert!(
+        e.to_string().contains("larger than 2 parts can hold"),
+        "{e}"
+    );
+    assert!(s.get("g/too-big").await.err().unwrap().is_not_found());
+    assert!(s.list_incomplete().await.unwrap().is_empty());
+}
