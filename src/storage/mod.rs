@@ -15,7 +15,9 @@
 //! Why not a filesystem-like interface: S3 has no rename, no append and no partial overwrite; everything voltar
 //! needs is expressible as whole-object put/get/list/delete, which every backend can do atomically.
 
+pub mod fault;
 pub mod local;
+pub mod retry;
 pub mod s3;
 
 use std::fmt;
@@ -161,5 +163,24 @@ pub fn check_key(key: &str) -> Result<(), StorageError> {
         })
     } else {
         Ok(())
+    }
+}
+
+/// Open the storage of a validated target: a [`local::LocalStorage`] rooted at `path/prefix`, or an
+/// [`s3::S3Storage`] (which retries each request itself, up to the target's `retry-deadline`).
+pub async fn open(
+    target: &crate::config::Target,
+) -> Result<std::sync::Arc<dyn Storage>, StorageError> {
+    use crate::config::TargetKind;
+    match &target.kind {
+        TargetKind::Local { path, prefix } => {
+            let root = if prefix.is_empty() {
+                path.clone()
+            } else {
+                path.join(prefix)
+            };
+            Ok(std::sync::Arc::new(local::LocalStorage::new(root)))
+        }
+        TargetKind::S3(t) => Ok(std::sync::Arc::new(s3::S3Storage::new(t).await?)),
     }
 }
