@@ -162,7 +162,16 @@ pub fn pack<W: io::Write>(
     p.check_cancel()?;
     let root_c = cstring(root.as_os_str().as_bytes());
     p.pax.clear();
-    p.header_simple(b"./", b'5', &root_md, 0, b"", (0, 0), XattrSrc::Path(root_c.as_deref()), b"./")?;
+    p.header_simple(
+        b"./",
+        b'5',
+        &root_md,
+        0,
+        b"",
+        (0, 0),
+        XattrSrc::Path(root_c.as_deref()),
+        b"./",
+    )?;
     p.report.counts.dirs += 1;
     p.report.counts.entries += 1;
 
@@ -229,7 +238,11 @@ impl<W: Write> Packer<'_, '_, W> {
     }
 
     fn warn(&mut self, rel: &[u8], what: std::fmt::Arguments<'_>) {
-        let name = if rel.is_empty() { ".".into() } else { String::from_utf8_lossy(rel) };
+        let name = if rel.is_empty() {
+            ".".into()
+        } else {
+            String::from_utf8_lossy(rel)
+        };
         let line = format!("{name}: {what}");
         tracing::warn!(target: "voltar::pack", "{line}");
         if self.report.warnings.len() < MAX_WARNINGS {
@@ -246,7 +259,9 @@ impl<W: Write> Packer<'_, '_, W> {
     fn pad(&mut self, written: u64) -> Result<(), ArchiveError> {
         let rem = (written % BLOCK as u64) as usize;
         if rem != 0 {
-            self.out.write_all(&[0u8; BLOCK][..BLOCK - rem]).map_err(ArchiveError::Sink)?;
+            self.out
+                .write_all(&[0u8; BLOCK][..BLOCK - rem])
+                .map_err(ArchiveError::Sink)?;
         }
         Ok(())
     }
@@ -266,7 +281,10 @@ impl<W: Write> Packer<'_, '_, W> {
         // End of archive: two zero blocks.
         self.sink(&[0u8; 2 * BLOCK])?;
         self.out.flush().map_err(ArchiveError::Sink)?;
-        let w = self.out.into_inner().map_err(|e| ArchiveError::Sink(e.into_error()))?;
+        let w = self
+            .out
+            .into_inner()
+            .map_err(|e| ArchiveError::Sink(e.into_error()))?;
         let mut report = self.report;
         if self.dropped_warnings > 0 {
             report.warnings.push(format!(
@@ -384,7 +402,16 @@ impl<W: Write> Packer<'_, '_, W> {
             let c = cstring(abs.as_os_str().as_bytes());
             self.pax.clear();
             let target = target.as_os_str().as_bytes();
-            self.header_simple(rel, b'2', &md, 0, target, (0, 0), XattrSrc::Path(c.as_deref()), rel)?;
+            self.header_simple(
+                rel,
+                b'2',
+                &md,
+                0,
+                target,
+                (0, 0),
+                XattrSrc::Path(c.as_deref()),
+                rel,
+            )?;
             self.report.counts.symlinks += 1;
             self.report.counts.entries += 1;
             self.remember_link(rel, &md);
@@ -400,10 +427,23 @@ impl<W: Write> Packer<'_, '_, W> {
             } else {
                 b'4'
             };
-            let rdev = if kind == b'6' { (0, 0) } else { split_dev(md.rdev()) };
+            let rdev = if kind == b'6' {
+                (0, 0)
+            } else {
+                split_dev(md.rdev())
+            };
             let c = cstring(abs.as_os_str().as_bytes());
             self.pax.clear();
-            self.header_simple(rel, kind, &md, 0, b"", rdev, XattrSrc::Path(c.as_deref()), rel)?;
+            self.header_simple(
+                rel,
+                kind,
+                &md,
+                0,
+                b"",
+                rdev,
+                XattrSrc::Path(c.as_deref()),
+                rel,
+            )?;
             self.report.counts.other += 1;
             self.report.counts.entries += 1;
             self.remember_link(rel, &md);
@@ -417,12 +457,26 @@ impl<W: Write> Packer<'_, '_, W> {
         }
     }
 
-    fn directory(&mut self, abs: &mut PathBuf, rel: &mut Vec<u8>, md: &Metadata) -> Result<(), ArchiveError> {
+    fn directory(
+        &mut self,
+        abs: &mut PathBuf,
+        rel: &mut Vec<u8>,
+        md: &Metadata,
+    ) -> Result<(), ArchiveError> {
         let c = cstring(abs.as_os_str().as_bytes());
         let rel_len = rel.len();
         rel.push(b'/');
         self.pax.clear();
-        let r = self.header_simple(rel, b'5', md, 0, b"", (0, 0), XattrSrc::Path(c.as_deref()), rel);
+        let r = self.header_simple(
+            rel,
+            b'5',
+            md,
+            0,
+            b"",
+            (0, 0),
+            XattrSrc::Path(c.as_deref()),
+            rel,
+        );
         rel.truncate(rel_len);
         r?;
         self.report.counts.dirs += 1;
@@ -432,11 +486,17 @@ impl<W: Write> Packer<'_, '_, W> {
         let children = match read_sorted(abs) {
             Ok(c) => c,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                self.warn(rel, format_args!("contents skipped: directory vanished during backup"));
+                self.warn(
+                    rel,
+                    format_args!("contents skipped: directory vanished during backup"),
+                );
                 return Ok(());
             }
             Err(e) => {
-                self.warn(rel, format_args!("contents skipped: cannot list directory: {e}"));
+                self.warn(
+                    rel,
+                    format_args!("contents skipped: cannot list directory: {e}"),
+                );
                 return Ok(());
             }
         };
@@ -461,11 +521,19 @@ impl<W: Write> Packer<'_, '_, W> {
 
     fn remember_link(&mut self, rel: &[u8], md: &Metadata) {
         if md.nlink() > 1 && !md.is_dir() {
-            self.links.entry((md.dev(), md.ino())).or_insert_with(|| rel.to_vec());
+            self.links
+                .entry((md.dev(), md.ino()))
+                .or_insert_with(|| rel.to_vec());
         }
     }
 
-    fn regular(&mut self, abs: &Path, rel: &[u8], f: &File, md: &Metadata) -> Result<(), ArchiveError> {
+    fn regular(
+        &mut self,
+        abs: &Path,
+        rel: &[u8],
+        f: &File,
+        md: &Metadata,
+    ) -> Result<(), ArchiveError> {
         if self.hardlink(rel, md)? {
             return Ok(());
         }
@@ -479,7 +547,16 @@ impl<W: Write> Packer<'_, '_, W> {
         self.pax.clear();
         match regions {
             None => {
-                self.header_simple(rel, b'0', md, size, b"", (0, 0), XattrSrc::Fd(f.as_raw_fd()), rel)?;
+                self.header_simple(
+                    rel,
+                    b'0',
+                    md,
+                    size,
+                    b"",
+                    (0, 0),
+                    XattrSrc::Fd(f.as_raw_fd()),
+                    rel,
+                )?;
                 after_header_hook(abs);
                 let change = self.copy_range(f, 0, size, true)?;
                 self.pad(size)?;
@@ -507,7 +584,7 @@ impl<W: Write> Packer<'_, '_, W> {
         self.map.clear();
         let ends_in_hole = regions.last().map_or(true, |&(o, l)| o + l < size);
         let n = regions.len() + usize::from(ends_in_hole);
-        let _ = write!(self.map, "{n}\n");
+        let _ = writeln!(self.map, "{n}");
         for &(o, l) in regions {
             let _ = write!(self.map, "{o}\n{l}\n");
         }
@@ -526,7 +603,16 @@ impl<W: Write> Packer<'_, '_, W> {
         let mut fake = Vec::with_capacity(100);
         fake.extend_from_slice(b"GNUSparseFile.0/");
         fake.extend_from_slice(&base[..base.len().min(100 - fake.len())]);
-        self.header_simple(&fake, b'0', md, stored, b"", (0, 0), XattrSrc::Fd(f.as_raw_fd()), rel)?;
+        self.header_simple(
+            &fake,
+            b'0',
+            md,
+            stored,
+            b"",
+            (0, 0),
+            XattrSrc::Fd(f.as_raw_fd()),
+            rel,
+        )?;
         after_header_hook(abs);
 
         let map = std::mem::take(&mut self.map);
@@ -575,7 +661,13 @@ impl<W: Write> Packer<'_, '_, W> {
 
     /// Copy exactly `len` bytes from `start` into the archive: cut if the file has more, zero-pad if it has less.
     /// With `probe_end`, also find out whether the file continues past `start + len` (it grew).
-    fn copy_range(&mut self, f: &File, start: u64, len: u64, probe_end: bool) -> Result<Change, ArchiveError> {
+    fn copy_range(
+        &mut self,
+        f: &File,
+        start: u64,
+        len: u64,
+        probe_end: bool,
+    ) -> Result<Change, ArchiveError> {
         let mut done = 0u64;
         let mut probed = false;
         let mut change = Change::Same;
@@ -600,7 +692,9 @@ impl<W: Write> Packer<'_, '_, W> {
                         n = remaining as usize;
                         change = Change::Grew;
                     }
-                    self.out.write_all(&self.buf[..n]).map_err(ArchiveError::Sink)?;
+                    self.out
+                        .write_all(&self.buf[..n])
+                        .map_err(ArchiveError::Sink)?;
                     done += n as u64;
                     self.add_progress(n as u64);
                 }
@@ -616,7 +710,9 @@ impl<W: Write> Packer<'_, '_, W> {
             self.buf.fill(0);
             while done < len {
                 let n = (len - done).min(self.buf.len() as u64) as usize;
-                self.out.write_all(&self.buf[..n]).map_err(ArchiveError::Sink)?;
+                self.out
+                    .write_all(&self.buf[..n])
+                    .map_err(ArchiveError::Sink)?;
                 done += n as u64;
             }
         } else if probe_end && !probed {
@@ -673,7 +769,16 @@ impl<W: Write> Packer<'_, '_, W> {
         }
         let (sec, nsec) = (md.mtime(), md.mtime_nsec());
         let sec_fits = sec >= 0 && (sec as u64) <= octal_max(12);
-        put_octal(&mut h[136..148], if sec_fits { sec as u64 } else if sec < 0 { 0 } else { octal_max(12) });
+        put_octal(
+            &mut h[136..148],
+            if sec_fits {
+                sec as u64
+            } else if sec < 0 {
+                0
+            } else {
+                octal_max(12)
+            },
+        );
         if nsec != 0 || !sec_fits {
             let mut v = Vec::with_capacity(32);
             if sec < 0 && nsec > 0 {
@@ -692,7 +797,10 @@ impl<W: Write> Packer<'_, '_, W> {
 
         if let Err(e) = self.collect_xattrs(xattrs) {
             let e = e.to_string();
-            self.warn(log_name, format_args!("extended attributes not archived: {e}"));
+            self.warn(
+                log_name,
+                format_args!("extended attributes not archived: {e}"),
+            );
         }
 
         if !self.pax.is_empty() {
@@ -737,7 +845,9 @@ impl<W: Write> Packer<'_, '_, W> {
             let n = unsafe {
                 match src {
                     XattrSrc::Fd(fd) => libc::flistxattr(fd, names.as_mut_ptr().cast(), cap),
-                    XattrSrc::Path(Some(p)) => libc::llistxattr(p.as_ptr(), names.as_mut_ptr().cast(), cap),
+                    XattrSrc::Path(Some(p)) => {
+                        libc::llistxattr(p.as_ptr(), names.as_mut_ptr().cast(), cap)
+                    }
                     _ => unreachable!("handled above"),
                 }
             };
@@ -798,7 +908,9 @@ impl<W: Write> Packer<'_, '_, W> {
             // SAFETY: the buffer has `cap` writable bytes; the call writes at most that many.
             let n = unsafe {
                 match src {
-                    XattrSrc::Fd(fd) => libc::fgetxattr(fd, cname.as_ptr(), v.as_mut_ptr().cast(), cap),
+                    XattrSrc::Fd(fd) => {
+                        libc::fgetxattr(fd, cname.as_ptr(), v.as_mut_ptr().cast(), cap)
+                    }
                     XattrSrc::Path(Some(p)) => {
                         libc::lgetxattr(p.as_ptr(), cname.as_ptr(), v.as_mut_ptr().cast(), cap)
                     }
@@ -824,7 +936,11 @@ impl<W: Write> Packer<'_, '_, W> {
 /// and without touching its atime where the kernel allows (O_NOATIME needs ownership or CAP_FOWNER).
 fn open_regular(p: &Path) -> io::Result<File> {
     let base = libc::O_NOFOLLOW | libc::O_NONBLOCK;
-    match OpenOptions::new().read(true).custom_flags(base | libc::O_NOATIME).open(p) {
+    match OpenOptions::new()
+        .read(true)
+        .custom_flags(base | libc::O_NOATIME)
+        .open(p)
+    {
         Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
             OpenOptions::new().read(true).custom_flags(base).open(p)
         }
@@ -1014,7 +1130,9 @@ mod tests {
 
     #[test]
     fn pax_record_length_counts_its_own_digits() {
-        for vlen in [0usize, 1, 3, 4, 5, 90, 93, 94, 95, 96, 990, 995, 996, 997, 1000] {
+        for vlen in [
+            0usize, 1, 3, 4, 5, 90, 93, 94, 95, 96, 990, 995, 996, 997, 1000,
+        ] {
             let mut b = Vec::new();
             pax_record(&mut b, b"path", &vec![b'a'; vlen]);
             let sp = b.iter().position(|&c| c == b' ').unwrap();
@@ -1050,7 +1168,11 @@ mod tests {
         let g = e.iter().find(|e| e.0 == b"g").expect("entry g");
         assert_eq!(g.1, 10_000);
         assert_eq!(g.2, vec![7u8; 10_000]);
-        assert!(rep.warnings.iter().any(|w| w.starts_with("g: file grew")), "{:?}", rep.warnings);
+        assert!(
+            rep.warnings.iter().any(|w| w.starts_with("g: file grew")),
+            "{:?}",
+            rep.warnings
+        );
         assert_eq!(rep.counts.bytes, 10_000);
     }
 
@@ -1067,10 +1189,23 @@ mod tests {
             || pack_vec(d.path()),
         );
         let e = entries(&tar);
-        assert_eq!(e.iter().find(|e| e.0 == b"g").unwrap().2.len(), READ_BUF_SIZE);
+        assert_eq!(
+            e.iter().find(|e| e.0 == b"g").unwrap().2.len(),
+            READ_BUF_SIZE
+        );
         assert_eq!(e.iter().find(|e| e.0 == b"empty").unwrap().2.len(), 0);
-        assert!(rep.warnings.iter().any(|w| w.starts_with("g: file grew")), "{:?}", rep.warnings);
-        assert!(rep.warnings.iter().any(|w| w.starts_with("empty: file grew")), "{:?}", rep.warnings);
+        assert!(
+            rep.warnings.iter().any(|w| w.starts_with("g: file grew")),
+            "{:?}",
+            rep.warnings
+        );
+        assert!(
+            rep.warnings
+                .iter()
+                .any(|w| w.starts_with("empty: file grew")),
+            "{:?}",
+            rep.warnings
+        );
     }
 
     #[test]
@@ -1081,7 +1216,12 @@ mod tests {
         let (rep, tar) = with_hook(
             |p| {
                 if p.ends_with("s") {
-                    OpenOptions::new().write(true).open(p).unwrap().set_len(100).unwrap();
+                    OpenOptions::new()
+                        .write(true)
+                        .open(p)
+                        .unwrap()
+                        .set_len(100)
+                        .unwrap();
                 }
             },
             || pack_vec(d.path()),
@@ -1093,7 +1233,11 @@ mod tests {
         assert!(s.2[100..].iter().all(|&b| b == 0));
         // The entry after it is intact: the archive stayed aligned.
         assert_eq!(e.iter().find(|e| e.0 == b"t").unwrap().2, b"after");
-        assert!(rep.warnings.iter().any(|w| w.starts_with("s: file shrank")), "{:?}", rep.warnings);
+        assert!(
+            rep.warnings.iter().any(|w| w.starts_with("s: file shrank")),
+            "{:?}",
+            rep.warnings
+        );
     }
 
     #[test]
@@ -1107,12 +1251,23 @@ mod tests {
         let (rep, tar) = with_hook(
             |p| {
                 if p.ends_with("sp") {
-                    OpenOptions::new().write(true).open(p).unwrap().set_len(1 << 20).unwrap();
+                    OpenOptions::new()
+                        .write(true)
+                        .open(p)
+                        .unwrap()
+                        .set_len(1 << 20)
+                        .unwrap();
                 }
             },
             || pack_vec(d.path()),
         );
-        assert!(rep.warnings.iter().any(|w| w.starts_with("sp: file shrank")), "{:?}", rep.warnings);
+        assert!(
+            rep.warnings
+                .iter()
+                .any(|w| w.starts_with("sp: file shrank")),
+            "{:?}",
+            rep.warnings
+        );
         assert_eq!(rep.counts.bytes, 64 << 20);
         // Valid archive: the tar crate reads every entry to the end.
         assert_eq!(entries(&tar).len(), 2);
@@ -1135,7 +1290,13 @@ mod tests {
         );
         let names: Vec<_> = entries(&tar).into_iter().map(|e| e.0).collect();
         assert_eq!(names, vec![b"./".to_vec(), b"a".to_vec(), b"c".to_vec()]);
-        assert!(rep.warnings.iter().any(|w| w.starts_with("b: skipped: vanished")), "{:?}", rep.warnings);
+        assert!(
+            rep.warnings
+                .iter()
+                .any(|w| w.starts_with("b: skipped: vanished")),
+            "{:?}",
+            rep.warnings
+        );
         assert_eq!(rep.counts.files, 2);
     }
 
@@ -1146,7 +1307,12 @@ mod tests {
         fs::write(&f, b"x").unwrap();
         let r = pack(&f, Vec::new(), &PackOptions::default(), &mut |_| {});
         assert!(matches!(r, Err(ArchiveError::Io { .. })));
-        let r = pack(&d.path().join("missing"), Vec::new(), &PackOptions::default(), &mut |_| {});
+        let r = pack(
+            &d.path().join("missing"),
+            Vec::new(),
+            &PackOptions::default(),
+            &mut |_| {},
+        );
         assert!(matches!(r, Err(ArchiveError::Io { .. })));
     }
 
@@ -1156,7 +1322,10 @@ mod tests {
         fs::write(d.path().join("a"), vec![1u8; 3 << 20]).unwrap();
         fs::write(d.path().join("b"), vec![1u8; 10]).unwrap();
         let mut total = 0;
-        let (rep, _) = pack(d.path(), Vec::new(), &PackOptions::default(), &mut |n| total += n).unwrap();
+        let (rep, _) = pack(d.path(), Vec::new(), &PackOptions::default(), &mut |n| {
+            total += n
+        })
+        .unwrap();
         assert_eq!(total, (3 << 20) + 10);
         assert_eq!(rep.counts.bytes, total);
     }

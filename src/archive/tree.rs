@@ -93,7 +93,11 @@ pub fn snapshot(root: &Path) -> io::Result<Snapshot> {
     let mut buf = vec![0u8; 1 << 20];
     let mut stack = vec![PathBuf::from(".")];
     while let Some(rel) = stack.pop() {
-        let abs = if rel == Path::new(".") { root.to_path_buf() } else { root.join(&rel) };
+        let abs = if rel == Path::new(".") {
+            root.to_path_buf()
+        } else {
+            root.join(&rel)
+        };
         let md = fs::symlink_metadata(&abs).map_err(|e| ctx(&abs, e))?;
         let t = md.file_type();
         let kind = if t.is_file() {
@@ -120,7 +124,11 @@ pub fn snapshot(root: &Path) -> io::Result<Snapshot> {
             size: 0,
             sha256: None,
             link_target: None,
-            rdev: if matches!(kind, Kind::Char | Kind::Block) { md.rdev() } else { 0 },
+            rdev: if matches!(kind, Kind::Char | Kind::Block) {
+                md.rdev()
+            } else {
+                0
+            },
             xattrs: read_xattrs(&abs).map_err(|e| ctx(&abs, e))?,
             hardlink_group: None,
             blocks: if kind == Kind::File { md.blocks() } else { 0 },
@@ -144,13 +152,20 @@ pub fn snapshot(root: &Path) -> io::Result<Snapshot> {
                 // Reverse order on the stack so children pop in name order (only cosmetic: the map sorts).
                 names.sort();
                 for n in names.into_iter().rev() {
-                    stack.push(if rel == Path::new(".") { PathBuf::from(n) } else { rel.join(n) });
+                    stack.push(if rel == Path::new(".") {
+                        PathBuf::from(n)
+                    } else {
+                        rel.join(n)
+                    });
                 }
             }
             _ => {}
         }
         if kind != Kind::Dir && md.nlink() > 1 {
-            links.entry((md.dev(), md.ino())).or_default().push(rel.clone());
+            links
+                .entry((md.dev(), md.ino()))
+                .or_default()
+                .push(rel.clone());
         }
         out.insert(rel, node);
     }
@@ -169,7 +184,10 @@ pub fn snapshot(root: &Path) -> io::Result<Snapshot> {
 }
 
 fn hash_file(p: &Path, buf: &mut [u8]) -> io::Result<[u8; 32]> {
-    let mut f: File = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(p)?;
+    let mut f: File = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(p)?;
     let mut h = Sha256::new();
     loop {
         let n = match f.read(buf) {
@@ -226,10 +244,14 @@ pub fn diff(a: &Snapshot, b: &Snapshot, opts: &DiffOptions) -> Vec<String> {
             out.push(format!("{s}: mode {:04o} != {:04o}", x.mode, y.mode));
         }
         if (x.uid, x.gid) != (y.uid, y.gid) {
-            out.push(format!("{s}: owner {}:{} != {}:{}", x.uid, x.gid, y.uid, y.gid));
+            out.push(format!(
+                "{s}: owner {}:{} != {}:{}",
+                x.uid, x.gid, y.uid, y.gid
+            ));
         }
         let is_root = p == Path::new(".");
-        let skip_mtime = (x.kind == Kind::Dir && opts.ignore_dir_mtime) || (is_root && opts.ignore_root_mtime);
+        let skip_mtime =
+            (x.kind == Kind::Dir && opts.ignore_dir_mtime) || (is_root && opts.ignore_root_mtime);
         if !skip_mtime && x.mtime_ns != y.mtime_ns {
             out.push(format!("{s}: mtime {} ns != {} ns", x.mtime_ns, y.mtime_ns));
         }
@@ -241,7 +263,11 @@ pub fn diff(a: &Snapshot, b: &Snapshot, opts: &DiffOptions) -> Vec<String> {
         }
         if x.link_target != y.link_target {
             let t = |v: &Option<Vec<u8>>| v.as_deref().map(show_bytes).unwrap_or_default();
-            out.push(format!("{s}: link target {} != {}", t(&x.link_target), t(&y.link_target)));
+            out.push(format!(
+                "{s}: link target {} != {}",
+                t(&x.link_target),
+                t(&y.link_target)
+            ));
         }
         if x.rdev != y.rdev {
             out.push(format!("{s}: device {:#x} != {:#x}", x.rdev, y.rdev));
@@ -249,8 +275,13 @@ pub fn diff(a: &Snapshot, b: &Snapshot, opts: &DiffOptions) -> Vec<String> {
         if x.xattrs != y.xattrs {
             for (k, v) in &x.xattrs {
                 match y.xattrs.get(k) {
-                    None => out.push(format!("{s}: xattr {} missing in second tree", show_bytes(k))),
-                    Some(w) if w != v => out.push(format!("{s}: xattr {} value differs", show_bytes(k))),
+                    None => out.push(format!(
+                        "{s}: xattr {} missing in second tree",
+                        show_bytes(k)
+                    )),
+                    Some(w) if w != v => {
+                        out.push(format!("{s}: xattr {} value differs", show_bytes(k)))
+                    }
                     Some(_) => {}
                 }
             }
@@ -297,24 +328,44 @@ mod tests {
         symlink("sub/f", a.join("l")).unwrap();
         let s1 = snapshot(a).unwrap();
         assert_eq!(diff(&s1, &s1, &opts()), Vec::<String>::new());
-        assert_eq!(s1[Path::new("h")].hardlink_group.as_deref(), Some(Path::new("h")));
-        assert_eq!(s1[Path::new("sub/f")].hardlink_group.as_deref(), Some(Path::new("h")));
+        assert_eq!(
+            s1[Path::new("h")].hardlink_group.as_deref(),
+            Some(Path::new("h"))
+        );
+        assert_eq!(
+            s1[Path::new("sub/f")].hardlink_group.as_deref(),
+            Some(Path::new("h"))
+        );
 
         fs::set_permissions(a.join("sub/f"), fs::Permissions::from_mode(0o4755)).unwrap();
         let s2 = snapshot(a).unwrap();
         let d12 = diff(&s1, &s2, &opts());
-        assert!(d12.iter().any(|l| l == "sub/f: mode 0644 != 4755"), "{d12:?}");
+        assert!(
+            d12.iter().any(|l| l == "sub/f: mode 0644 != 4755"),
+            "{d12:?}"
+        );
 
         fs::write(a.join("sub/f"), b"HELLO").unwrap();
         let s3 = snapshot(a).unwrap();
         let d23 = diff(&s2, &s3, &opts());
         assert!(d23.iter().any(|l| l == "sub/f: content differs"), "{d23:?}");
         // Creating an entry changes the directory's mtime (set to the past first: timestamps are coarse).
-        filetime::set_file_mtime(a.join("sub"), filetime::FileTime::from_unix_time(1_000_000, 5)).unwrap();
+        filetime::set_file_mtime(
+            a.join("sub"),
+            filetime::FileTime::from_unix_time(1_000_000, 5),
+        )
+        .unwrap();
         let s3 = snapshot(a).unwrap();
         fs::write(a.join("sub/new"), b"").unwrap();
         let s4 = snapshot(a).unwrap();
-        let d34 = diff(&s3, &s4, &DiffOptions { ignore_dir_mtime: true, ..opts() });
+        let d34 = diff(
+            &s3,
+            &s4,
+            &DiffOptions {
+                ignore_dir_mtime: true,
+                ..opts()
+            },
+        );
         assert_eq!(d34, vec!["sub/new: only in second tree".to_string()]);
         let d34 = diff(&s3, &s4, &opts());
         assert!(d34.iter().any(|l| l.starts_with("sub: mtime")), "{d34:?}");
@@ -336,9 +387,22 @@ mod tests {
         let sa = snapshot(&a).unwrap();
         let sb = snapshot(&b).unwrap();
         assert!(sa[Path::new("s")].is_sparse());
-        let d = diff(&sa, &sb, &DiffOptions { ignore_dir_mtime: true, ..opts() });
+        let d = diff(
+            &sa,
+            &sb,
+            &DiffOptions {
+                ignore_dir_mtime: true,
+                ..opts()
+            },
+        );
         assert_eq!(d.len(), 1, "{d:?}");
-        assert!(d.iter().any(|l| l.starts_with("s: sparse in first tree")), "{d:?}");
-        assert!(!d.iter().any(|l| l.contains("content")), "same content: {d:?}");
+        assert!(
+            d.iter().any(|l| l.starts_with("s: sparse in first tree")),
+            "{d:?}"
+        );
+        assert!(
+            !d.iter().any(|l| l.contains("content")),
+            "same content: {d:?}"
+        );
     }
 }
