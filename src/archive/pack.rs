@@ -145,20 +145,7 @@ pub fn pack<W: io::Write>(
     // An unreadable root aborts (nothing useful could be archived); anything below it only warns.
     let children = read_sorted(root).map_err(root_err)?;
 
-    let mut p = Packer {
-        out: BufWriter::with_capacity(OUT_BUF_SIZE, out),
-        buf: vec![0; READ_BUF_SIZE],
-        pax: Vec::with_capacity(BLOCK),
-        map: Vec::new(),
-        xattr_names: Vec::new(),
-        xattr_value: Vec::new(),
-        links: HashMap::new(),
-        report: PackReport::default(),
-        dropped_warnings: 0,
-        cancel: opts.cancel,
-        progress,
-        pending_progress: 0,
-    };
+    let mut p = Packer::new(out, opts.cancel, progress);
     p.check_cancel()?;
     let root_c = cstring(root.as_os_str().as_bytes());
     p.pax.clear();
@@ -229,7 +216,24 @@ struct Packer<'o, 'p, W: Write> {
     pending_progress: u64,
 }
 
-impl<W: Write> Packer<'_, '_, W> {
+impl<'o, 'p, W: Write> Packer<'o, 'p, W> {
+    fn new(out: W, cancel: Option<&'o AtomicBool>, progress: &'p mut dyn FnMut(u64)) -> Self {
+        Packer {
+            out: BufWriter::with_capacity(OUT_BUF_SIZE, out),
+            buf: vec![0; READ_BUF_SIZE],
+            pax: Vec::with_capacity(BLOCK),
+            map: Vec::new(),
+            xattr_names: Vec::new(),
+            xattr_value: Vec::new(),
+            links: HashMap::new(),
+            report: PackReport::default(),
+            dropped_warnings: 0,
+            cancel,
+            progress,
+            pending_progress: 0,
+        }
+    }
+
     fn check_cancel(&self) -> Result<(), ArchiveError> {
         match self.cancel {
             Some(c) if c.load(Ordering::Relaxed) => Err(ArchiveError::Cancelled),
@@ -737,7 +741,7 @@ impl<W: Write> Packer<'_, '_, W> {
         &mut self,
         name: &[u8],
         kind: u8,
-        md: &Metadata,
+        md: &impl HeaderStat,
         size: u64,
         link: &[u8],
         rdev: (u64, u64),
@@ -929,6 +933,34 @@ impl<W: Write> Packer<'_, '_, W> {
                 _ => return Err(e),
             }
         }
+    }
+}
+
+/// The inode fields a header needs. A trait so that unit tests can write headers for values (sizes over
+/// 8 GiB, huge ids) that no cheap test file has.
+trait HeaderStat {
+    fn mode(&self) -> u32;
+    fn uid(&self) -> u32;
+    fn gid(&self) -> u32;
+    fn mtime(&self) -> i64;
+    fn mtime_nsec(&self) -> i64;
+}
+
+impl HeaderStat for Metadata {
+    fn mode(&self) -> u32 {
+        MetadataExt::mode(self)
+    }
+    fn uid(&self) -> u32 {
+        MetadataExt::uid(self)
+    }
+    fn gid(&self) -> u32 {
+        MetadataExt::gid(self)
+    }
+    fn mtime(&self) -> i64 {
+        MetadataExt::mtime(self)
+    }
+    fn mtime_nsec(&self) -> i64 {
+        MetadataExt::mtime_nsec(self)
     }
 }
 
@@ -1139,6 +1171,76 @@ mod tests {
             let len: usize = std::str::from_utf8(&b[..sp]).unwrap().parse().unwrap();
             assert_eq!(len, b.len(), "value length {vlen}");
         }
+    }
+
+    struct FakeStat;
+    impl HeaderStat for FakeStat {
+        fn mode(&self) -> u32 {
+            0o100640
+        }
+        fn uid(&self) -> u32 {
+            u32::MAX - 1
+        }
+        fn gid(&self) -> u32 {
+            3_000_000
+        }
+        fn mtime(&self) -> i64 {
+            1 << 40
+        }
+        fn mtime_nsec(&self) -> i64 {
+            7
+        }
+    }
+
+    #[test]
+    fn values_beyond_ustar_fields_are_read_back_by_the_tar_crate() {
+        let mut progress = |_| {};
+        let mut p = Packer::new(Vec::new(), None, &mut progress);
+        let size = 9 << 30; // over ustar's 8 GiB
+        let name = vec![b'x'; 150];
+        let link = vec![b'y'; 200];
+        p.header_simple(
+            b"l",
+            b'2',
+            &FakeStat,
+            0,
+            &link,
+            (0, 0),
+            XattrSrc::None,
+            b"l",
+        )
+        .unwrap();
+        p.header_simple(
+            &name,
+            b'0',
+            &FakeStat,
+            size,
+            b"",
+            (0, 0),
+            XattrSrc::None,
+            b"big",
+        )
+        .unwrap();
+        let out = p.out.into_inner().unwrap();
+        let mut a = tar::Archive::new(&out[..]);
+        let mut it = a.entries().unwrap();
+        let l = it.next().unwrap().unwrap();
+        assert_eq!(l.link_name_bytes().as_deref(), Some(&link[..]));
+        let mut e = it.next().unwrap().unwrap();
+        assert_eq!(e.size(), size);
+        assert_eq!(e.header().size().unwrap(), size, "base-256 ustar field");
+        assert_eq!(e.header().uid().unwrap(), u64::from(u32::MAX - 1));
+        assert_eq!(e.header().gid().unwrap(), 3_000_000);
+        assert_eq!(e.header().mode().unwrap(), 0o640);
+        assert_eq!(e.path_bytes().as_ref(), &name[..]);
+        let mtime = e
+            .pax_extensions()
+            .unwrap()
+            .unwrap()
+            .map(|r| r.unwrap())
+            .find(|r| r.key() == Ok("mtime"))
+            .map(|r| r.value().unwrap().to_string());
+        assert_eq!(mtime.as_deref(), Some("1099511627776.000000007"));
     }
 
     #[test]

@@ -403,6 +403,60 @@ fn every_kind_round_trips_through_gnu_tar() {
     assert_eq!(gnu, expected);
 }
 
+/// Acceptance row 13: a sparse file over 8 GiB (beyond ustar's size field) keeps its size, data and holes.
+#[test]
+fn sparse_file_over_8_gib_round_trips() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let size = 9 * (1 << 30) + 12_345;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+    let head = random_bytes(&mut rng, 65_536);
+    let far = random_bytes(&mut rng, MIB as usize + 3);
+    let far_at = 8 * (1 << 30) + (1 << 29);
+    let f = File::create(src.join("huge.img")).unwrap();
+    f.set_len(size).unwrap();
+    f.write_all_at(&head, 0).unwrap();
+    f.write_all_at(&far, far_at).unwrap();
+    drop(f);
+    set_mtime(&src.join("huge.img"), 1_650_000_000, 42);
+
+    let archive = tmp.path().join("a.tar.zst");
+    let rep = pack_zst(&src, &archive);
+    assert!(rep.warnings.is_empty(), "{:?}", rep.warnings);
+    assert_eq!(rep.counts.bytes, size);
+    assert!(
+        fs::metadata(&archive).unwrap().len() < 4 * MIB,
+        "holes are not stored"
+    );
+    assert_eq!(recount_tar_crate(&archive), rep.counts);
+
+    let dst = tmp.path().join("dst");
+    gnu_extract(&archive, &dst);
+    let out = File::open(dst.join("huge.img")).unwrap();
+    let md = out.metadata().unwrap();
+    assert_eq!(md.len(), size);
+    assert!(
+        std::os::unix::fs::MetadataExt::blocks(&md) * 512 < 8 * MIB,
+        "restored with holes"
+    );
+    let read = |at: u64, n: usize| {
+        let mut v = vec![0u8; n];
+        out.read_exact_at(&mut v, at).unwrap();
+        v
+    };
+    assert_eq!(read(0, head.len()), head);
+    assert_eq!(read(far_at, far.len()), far);
+    assert!(read(far_at - 4096, 4096).iter().all(|&b| b == 0));
+    assert!(read(size - 4096, 4096).iter().all(|&b| b == 0));
+    // Everything except the content hash (9 GiB of hashing is left to the fidelity test's 1 GiB file) agrees.
+    let no_content = tree::SnapshotOptions { content: false };
+    let a = tree::snapshot_with(&src, &no_content).unwrap();
+    let b = tree::snapshot_with(&dst, &no_content).unwrap();
+    let d = tree::diff(&a, &b, &DiffOptions::default());
+    assert!(d.is_empty(), "{}", d.join("\n"));
+}
+
 #[test]
 fn packing_is_deterministic() {
     let tmp = tempfile::tempdir().unwrap();
