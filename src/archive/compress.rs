@@ -116,12 +116,10 @@ pub fn decoder<'a, R: Read + 'a>(mut r: R) -> Result<(Format, Box<dyn Read + 'a>
     let replay = io::Cursor::new(prefix[..got].to_vec()).chain(r);
     let reader: Box<dyn Read + 'a> = match format {
         Format::Zstd => {
-            let mut d = zstd::stream::read::Decoder::new(replay).map_err(|e| {
-                ArchiveError::Corrupt(format!("cannot start zstd decoder: {e}"))
-            })?;
-            d.window_log_max(MAX_WINDOW_LOG).map_err(|e| {
-                ArchiveError::Corrupt(format!("cannot cap the zstd window: {e}"))
-            })?;
+            let mut d = zstd::stream::read::Decoder::new(replay)
+                .map_err(|e| ArchiveError::Corrupt(format!("cannot start zstd decoder: {e}")))?;
+            d.window_log_max(MAX_WINDOW_LOG)
+                .map_err(|e| ArchiveError::Corrupt(format!("cannot cap the zstd window: {e}")))?;
             Box::new(ZstdErrors(d))
         }
         Format::Gzip => Box::new(GzipErrors(flate2::read::MultiGzDecoder::new(replay))),
@@ -163,7 +161,10 @@ fn zstd_error(e: io::Error) -> io::Error {
     } else if e.kind() == io::ErrorKind::Interrupted {
         return e;
     } else {
-        (io::ErrorKind::InvalidData, format!("zstd decoding failed: {msg}"))
+        (
+            io::ErrorKind::InvalidData,
+            format!("zstd decoding failed: {msg}"),
+        )
     };
     io::Error::new(kind, text)
 }

@@ -1099,7 +1099,7 @@ impl Extractor<'_> {
         buf: &mut [u8],
     ) -> Result<(), ArchiveError> {
         let cancel = &self.opts.cancel;
-        let mut write = |f: &mut File, data: &[u8]| {
+        let write = |f: &mut File, data: &[u8]| {
             write_skipping_zeros(f, data).map_err(|e| self.io_err(comps, e))
         };
         match &d.sparse {
