@@ -620,7 +620,7 @@ fn fidelity_tree(root: &Path) {
     sh(Command::new("mkfifo").arg(p("fifo")));
     // sparse: 1 GiB hole, data in the middle and at the end
     let f = fs::OpenOptions::new()
-        .create(true)
+        .create_new(true)
         .write(true)
         .open(p("sparse"))
         .unwrap();
