@@ -321,6 +321,11 @@ fn describe<R: Read>(
         & 0o7777;
     let uid = header.uid().map_err(|e| corrupt(format!("bad uid: {e}")))?;
     let gid = header.gid().map_err(|e| corrupt(format!("bad gid: {e}")))?;
+    // Ids are 32-bit on Linux and (uid_t)-1 means "leave unchanged" to chown: larger values would be truncated
+    // into some other id, so they are refused rather than guessed.
+    if uid >= u64::from(u32::MAX) || gid >= u64::from(u32::MAX) {
+        return Err(corrupt(format!("uid/gid {uid}:{gid} out of range")));
+    }
     let mtime = match pax_mtime {
         Some(v) => parse_pax_time(&v).ok_or_else(|| corrupt("bad PAX mtime".into()))?,
         None => {
