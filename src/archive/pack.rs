@@ -124,7 +124,8 @@ pub struct PackReport {
 
 /// Walk `root` and write a PAX tar of its contents into `out` (layout and count rules in the module docs).
 ///
-/// `progress` is called with the number of content bytes read since its last call. Returns the report and the
+/// `progress` is called with the number of content bytes read since its last call (holes of sparse files are
+/// not read, so they are not reported), in steps of about 1 MiB and once at the end. Returns the report and the
 /// writer (flushed, so the caller can finish a compressor or commit a file). Fails only when the root cannot be
 /// read ([`ArchiveError::Io`]), the writer fails ([`ArchiveError::Sink`]) or `opts.cancel` is set
 /// ([`ArchiveError::Cancelled`]); everything else becomes a warning.
