@@ -34,7 +34,7 @@ use crate::lock::TargetLock;
 use crate::pipeline::{self, ChunkSink, Leg};
 use crate::plan::{self, Plan, PlannedSource};
 use crate::progress::Progress;
-use crate::prune::{self, PruneOptions, PruneReport};
+use crate::prune::{self, PruneReport};
 use crate::quiesce::{self, Hold, Journal, Quiescer};
 use crate::storage::{self, PutOptions, Storage};
 
@@ -81,7 +81,11 @@ pub struct SourceReport {
 impl SourceReport {
     /// Longest downtime of any container of this source.
     pub fn downtime_ms(&self) -> u64 {
-        self.containers.iter().map(|c| c.downtime_ms).max().unwrap_or(0)
+        self.containers
+            .iter()
+            .map(|c| c.downtime_ms)
+            .max()
+            .unwrap_or(0)
     }
 }
 
@@ -125,9 +129,7 @@ impl RunReport {
         }
         let sources_ok = self.sources.iter().all(|s| s.status == Status::Ok);
         let targets_ok = self.targets.iter().all(|t| {
-            t.committed
-                && t.error.is_none()
-                && t.prune.as_ref().is_none_or(|p| p.errors.is_empty())
+            t.committed && t.error.is_none() && t.prune.as_ref().is_none_or(|p| p.is_ok())
         });
         if sources_ok && targets_ok && !self.sources.is_empty() {
             0
@@ -149,7 +151,9 @@ pub enum BackupError {
     Quiesce(#[from] quiesce::QuiesceError),
     #[error(transparent)]
     Crypto(#[from] crypto::CryptoError),
-    #[error("no target to write to: pass --target DIR|s3://bucket/prefix or configure [target.NAME]")]
+    #[error(
+        "no target to write to: pass --target DIR|s3://bucket/prefix or configure [target.NAME]"
+    )]
     NoTarget,
     #[error("cannot open target {target}: {source}")]
     Storage {
@@ -170,11 +174,7 @@ pub struct Env<'a> {
 }
 
 /// Plan only: discovery + selection, no side effects.
-pub async fn plan_for(
-    engine: &Engine,
-    job: &Job,
-    only: &[String],
-) -> Result<Plan, BackupError> {
+pub async fn plan_for(engine: &Engine, job: &Job, only: &[String]) -> Result<Plan, BackupError> {
     let discovery = engine.discover().await?;
     Ok(plan::plan(&discovery, job, only, &plan::probe_path)?)
 }
@@ -191,10 +191,22 @@ pub async fn run(env: &Env<'_>, req: &BackupRequest) -> Result<RunReport, Backup
         let r = quiesce::recover(&env.config.state_dir, env.engine).await?;
         recovered = r.lines();
         for line in &recovered {
-            env.progress.warn(&format!("recovered from an interrupted run: {line}"));
+            env.progress
+                .warn(&format!("recovered from an interrupted run: {line}"));
         }
     }
     let plan = plan_for(env.engine, &req.job, &req.only).await?;
+    execute(env, req, plan, started_at, recovered).await
+}
+
+/// Back up an already-made plan (restore's safety backup uses this with the containers already stopped).
+pub async fn execute(
+    env: &Env<'_>,
+    req: &BackupRequest,
+    plan: Plan,
+    started_at: DateTime<Utc>,
+    recovered: Vec<String>,
+) -> Result<RunReport, BackupError> {
     let id = BackupId::new(started_at);
     let mut report = RunReport {
         id: id.clone(),
@@ -293,6 +305,7 @@ pub async fn run(env: &Env<'_>, req: &BackupRequest) -> Result<RunReport, Backup
 
     // Commit: one manifest per target, listing what is stored there.
     let finished_at = Utc::now();
+    let mut committed: BTreeMap<usize, Manifest> = BTreeMap::new();
     for (i, store) in stores.iter().enumerate() {
         let Some(store) = store else { continue };
         let records: Vec<SourceRecord> = report
@@ -338,7 +351,10 @@ pub async fn run(env: &Env<'_>, req: &BackupRequest) -> Result<RunReport, Backup
         }
         let key = catalog::manifest_key(&id);
         match store.put(&key, manifest.to_json().into()).await {
-            Ok(()) => report.targets[i].committed = true,
+            Ok(()) => {
+                report.targets[i].committed = true;
+                committed.insert(i, manifest);
+            }
             Err(e) => report.targets[i].error = Some(format!("writing manifest: {e}")),
         }
     }
@@ -347,25 +363,23 @@ pub async fn run(env: &Env<'_>, req: &BackupRequest) -> Result<RunReport, Backup
     if req.job.prune {
         for (i, store) in stores.iter().enumerate() {
             let Some(store) = store else { continue };
-            if !report.targets[i].committed {
+            let Some(manifest) = committed.get(&i) else {
                 continue;
-            }
-            let settings = req.targets[i]
-                .retention
-                .clone()
-                .unwrap_or_else(|| req.job.retention.clone());
+            };
+            let settings = req.targets[i].effective_retention(&req.job.retention);
             if settings.policy.is_empty() {
                 continue;
             }
-            env.progress.phase(&format!("pruning {}", report.targets[i].location));
-            match prune::after_backup(store.as_ref(), &settings, &id, env.now).await {
-                Ok(prune::AfterBackup::Pruned(p)) => report.targets[i].prune = Some(p),
-                Ok(prune::AfterBackup::Skipped(why)) => {
+            env.progress
+                .phase(&format!("pruning {}", report.targets[i].location));
+            match prune::prune_after_backup(store.as_ref(), &settings, manifest, env.now).await {
+                Ok(prune::AfterBackup::Pruned(p)) => report.targets[i].prune = Some(*p),
+                Ok(prune::AfterBackup::Skipped { reason }) => {
                     env.progress.warn(&format!(
-                        "not pruning {}: {why}",
+                        "not pruning {}: {reason}",
                         report.targets[i].location
                     ));
-                    report.targets[i].prune_skipped = Some(why);
+                    report.targets[i].prune_skipped = Some(reason);
                 }
                 Err(e) => report.targets[i].error = Some(format!("prune: {e}")),
             }
@@ -463,7 +477,11 @@ async fn back_up_source(
     if !holds.is_empty() {
         env.progress.note(&format!(
             "{} {} container(s)",
-            if holds.iter().any(|h| h.action == QuiesceAction::Stop) { "stopping/pausing" } else { "pausing" },
+            if holds.iter().any(|h| h.action == QuiesceAction::Stop) {
+                "stopping/pausing"
+            } else {
+                "pausing"
+            },
             holds.len()
         ));
     }
@@ -500,38 +518,47 @@ async fn back_up_source(
     let enc = encryptor.cloned();
     let flag = cancel_flag.clone();
     let started = Instant::now();
-    let packed = tokio::task::spawn_blocking(move || -> Result<(archive::pack::PackReport, String, u64), ArchiveError> {
-        let sink = ChunkSink::new(tx);
-        let stored = crypto::StoredWriter::new(sink, enc.as_ref()).map_err(ArchiveError::Sink)?;
-        let zw = archive::compress::zstd_encoder(stored, level, threads).map_err(ArchiveError::Sink)?;
-        let opts = archive::pack::PackOptions { cancel: Some(&flag) };
-        let (rep, zw) = archive::pack::pack(&path, zw, &opts, &mut |n| progress.inc(n))?;
-        let stored = zw.finish().map_err(ArchiveError::Sink)?;
-        let sink = stored.finish().map_err(ArchiveError::Sink)?;
-        let (sha, size) = sink.finish().map_err(ArchiveError::Sink)?;
-        Ok((rep, sha, size))
-    })
+    let packed = tokio::task::spawn_blocking(
+        move || -> Result<(archive::pack::PackReport, String, u64), ArchiveError> {
+            let sink = ChunkSink::new(tx);
+            let stored =
+                crypto::StoredWriter::new(sink, enc.as_ref()).map_err(ArchiveError::Sink)?;
+            let zw = archive::compress::zstd_encoder(stored, level, threads)
+                .map_err(ArchiveError::Sink)?;
+            let opts = archive::pack::PackOptions {
+                cancel: Some(&flag),
+            };
+            let (rep, zw) = archive::pack::pack(&path, zw, &opts, &mut |n| progress.inc(n))?;
+            let stored = zw.finish().map_err(ArchiveError::Sink)?;
+            let sink = stored.finish().map_err(ArchiveError::Sink)?;
+            let (sha, size) = sink.finish().map_err(ArchiveError::Sink)?;
+            Ok((rep, sha, size))
+        },
+    )
     .await;
     report.read_ms = started.elapsed().as_millis() as u64;
     watcher.abort();
 
     // Resume right away: the source has been read.
     let released = quiescer.release(held).await;
-    for r in &released.containers {
+    for r in &released.released {
         if let Some(c) = report.containers.iter_mut().find(|c| c.id == r.id) {
             c.action = r.action;
-            c.downtime_ms = r.downtime.as_millis() as u64;
+            c.downtime_ms = r.downtime_ms();
         }
     }
     for e in &released.errors {
-        report.warnings.push(e.clone());
-        env.progress.warn(e);
+        report.warnings.push(e.to_string());
+        env.progress.warn(&e.to_string());
     }
 
     let packed = match packed {
         Ok(Ok(p)) => Ok(p),
         Ok(Err(e)) => Err(e.to_string()),
-        Err(join) if join.is_panic() => Err("internal error: the packer panicked (containers were resumed); please report this".to_string()),
+        Err(join) if join.is_panic() => Err(
+            "internal error: the packer panicked (containers were resumed); please report this"
+                .to_string(),
+        ),
         Err(join) => Err(format!("packer did not finish: {join}")),
     };
     let _ = commit_tx.send(packed.is_ok());
@@ -543,7 +570,9 @@ async fn back_up_source(
             for (i, r) in &legs {
                 if let Err(le) = r {
                     if !matches!(le, storage::StorageError::Cancelled { .. }) {
-                        report.target_errors.insert(names[*i].clone(), le.to_string());
+                        report
+                            .target_errors
+                            .insert(names[*i].clone(), le.to_string());
                     }
                 }
             }

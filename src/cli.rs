@@ -1,4 +1,821 @@
-//! TODO
+//! Command line: clap types, output formatting (tables, `--json`) and exit codes. No business logic here.
+//!
+//! Exit codes (for cron and monitoring): 0 everything succeeded; 1 the command ran but something failed (a
+//! source, a target, a verification); 2 fatal or usage error (bad config, unreachable engine, unknown backup);
+//! 130/143 interrupted by SIGINT/SIGTERM (containers were resumed, nothing was committed).
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use chrono::{DateTime, Utc};
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::backup::{self, BackupRequest, RunReport, Status};
+use crate::catalog::{self, Manifest};
+use crate::config::{Config, Target};
+use crate::docker::Engine;
+use crate::progress::Progress;
+use crate::storage;
+
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_FAILED: i32 = 1;
+pub const EXIT_FATAL: i32 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "voltar",
+    version,
+    about = "Back up and restore Docker volumes: consistent, streaming, local and S3, encrypted",
+    after_help = "Exit codes: 0 ok, 1 something failed, 2 fatal or usage error, 130/143 interrupted.\nDocs: README.md; config reference: config.example.toml"
+)]
+pub struct Cli {
+    /// Config file (default: /etc/voltar/config.toml, then ./voltar.toml, else built-in defaults).
+    #[arg(short, long, global = true, env = "VOLTAR_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Machine-readable JSON on stdout instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More log output (-v info, -vv debug, -vvv trace). VOLTAR_LOG=... overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only errors on stderr; no progress bar.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TargetArgs {
+    /// Storage to use: a directory, file:///dir, s3://bucket/prefix, or the name of a configured target.
+    /// Repeat to write to several (backup). Overrides the config's targets.
+    #[arg(short = 't', long = "target", value_name = "TARGET")]
+    pub targets: Vec<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct KeyArgs {
+    /// age identity file or ssh private key for encrypted backups (repeatable).
+    #[arg(short = 'i', long = "identity", value_name = "FILE")]
+    pub identities: Vec<PathBuf>,
+    /// File holding the passphrase of passphrase-encrypted backups.
+    #[arg(long, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show what would be backed up: volumes, bind mounts, the containers using them and what voltar will do.
+    #[command(alias = "discover")]
+    Plan {
+        #[arg(long)]
+        job: Option<String>,
+        /// Only these sources.
+        #[arg(long = "only", value_name = "SOURCE")]
+        only: Vec<String>,
+        /// Skip computing sizes (faster on huge volumes).
+        #[arg(long)]
+        no_size: bool,
+    },
+    /// Back up the selected volumes and bind mounts.
+    Backup {
+        #[arg(long)]
+        job: Option<String>,
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Only these sources (volume names or bind-… names from `voltar plan`).
+        #[arg(long = "only", value_name = "SOURCE")]
+        only: Vec<String>,
+        /// Show the plan and stop.
+        #[arg(long)]
+        dry_run: bool,
+        /// Do not prune after the backup, even when the job has a retention policy.
+        #[arg(long)]
+        no_prune: bool,
+    },
+    /// List the backups in a target.
+    List {
+        #[arg(long)]
+        job: Option<String>,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Show one backup: sources, sizes, containers, downtime, sha256.
+    Show {
+        /// Backup id or `latest`.
+        backup: String,
+        #[arg(long)]
+        job: Option<String>,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Restore volumes from a backup (or import a plain archive with --archive).
+    Restore(crate::restore::RestoreArgs),
+    /// Check that backups are complete and restorable.
+    Verify(crate::verify::VerifyArgs),
+    /// Delete backups by the retention policy.
+    Prune(crate::prune::PruneArgs),
+    /// Put back containers that a killed run left paused or stopped.
+    Recover,
+}
+
+/// Entry point used by `main`: parse, run, map to an exit code.
 pub fn main() -> i32 {
-    0
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_FATAL } else { EXIT_OK };
+            let _ = e.print();
+            return code;
+        }
+    };
+    init_logging(cli.verbose, cli.quiet);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("voltar: cannot start the async runtime: {e}");
+            return EXIT_FATAL;
+        }
+    };
+    let cancel = CancellationToken::new();
+    let signal = rt.block_on(async { install_signals(cancel.clone()) });
+    let result = rt.block_on(run(cli, cancel.clone()));
+    let code = match result {
+        Ok(code) => code,
+        Err(e) => {
+            if cancel.is_cancelled() {
+                eprintln!("voltar: interrupted: containers were resumed, nothing was committed");
+            } else {
+                eprintln!("voltar: error: {}", chain(&e));
+            }
+            EXIT_FATAL
+        }
+    };
+    if cancel.is_cancelled() {
+        return signal.load(std::sync::atomic::Ordering::SeqCst);
+    }
+    code
+}
+
+/// Error and its causes on one line, without duplicates (thiserror `transparent` repeats messages).
+fn chain(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for c in e.chain() {
+        let s = c.to_string();
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+    }
+    parts.join(": ")
+}
+
+fn init_logging(verbose: u8, quiet: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = if quiet {
+        "error"
+    } else {
+        match verbose {
+            0 => "voltar=warn",
+            1 => "voltar=info",
+            2 => "voltar=debug",
+            // Never below info for the AWS SDK: it could log request details.
+            _ => "voltar=trace,aws=info,aws_smithy=info,hyper=info",
+        }
+    };
+    let filter = EnvFilter::try_from_env("VOLTAR_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .try_init();
+}
+
+/// First SIGINT/SIGTERM cancels the run (the guard still resumes containers). Returns the exit code to use.
+fn install_signals(cancel: CancellationToken) -> std::sync::Arc<std::sync::atomic::AtomicI32> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let code = std::sync::Arc::new(std::sync::atomic::AtomicI32::new(130));
+    let c2 = code.clone();
+    tokio::spawn(async move {
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return;
+        };
+        loop {
+            let n = tokio::select! {
+                _ = int.recv() => 130,
+                _ = term.recv() => 143,
+            };
+            if cancel.is_cancelled() {
+                eprintln!("voltar: already stopping: putting containers back first");
+                continue;
+            }
+            c2.store(n, std::sync::atomic::Ordering::SeqCst);
+            eprintln!("voltar: stopping: resuming containers and discarding the unfinished backup");
+            cancel.cancel();
+        }
+    });
+    code
+}
+
+/// Write to stdout, exiting quietly on a closed pipe (`voltar list | head`).
+pub fn out(s: &str) {
+    let mut o = std::io::stdout().lock();
+    if let Err(e) = o.write_all(s.as_bytes()).and_then(|_| o.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(EXIT_OK);
+        }
+    }
+}
+
+pub fn out_json<T: serde::Serialize>(v: &T) {
+    let mut s = serde_json::to_string_pretty(v).expect("serializable");
+    s.push('\n');
+    out(&s);
+}
+
+async fn connect(config: &Config) -> Result<Engine> {
+    Ok(Engine::connect(config.docker_host.as_deref()).await?)
+}
+
+/// The targets a command uses: `--target` values (URLs or configured names), else the job's.
+pub fn resolve_targets(
+    config: &Config,
+    job: Option<&str>,
+    args: &TargetArgs,
+) -> Result<Vec<Target>> {
+    if !args.targets.is_empty() {
+        return args
+            .targets
+            .iter()
+            .map(|t| match config.targets.get(t) {
+                Some(c) => Ok(c.clone()),
+                None => Ok(Target::from_url(t)?),
+            })
+            .collect();
+    }
+    let job = config.job(job)?;
+    let targets: Vec<Target> = job
+        .targets
+        .iter()
+        .filter_map(|n| config.targets.get(n).cloned())
+        .collect();
+    if targets.is_empty() {
+        anyhow::bail!(
+            "no target: pass --target DIR or s3://bucket/prefix, or configure [target.NAME] in the config"
+        );
+    }
+    Ok(targets)
+}
+
+/// The one target a read command uses: the first of [`resolve_targets`].
+pub async fn open_one(
+    config: &Config,
+    job: Option<&str>,
+    args: &TargetArgs,
+) -> Result<std::sync::Arc<dyn storage::Storage>> {
+    let t = resolve_targets(config, job, args)?.remove(0);
+    let s = storage::open(&t)
+        .await
+        .with_context(|| format!("opening target {}", t.name))?;
+    Ok(s)
+}
+
+async fn run(cli: Cli, cancel: CancellationToken) -> Result<i32> {
+    let config = Config::load(cli.config.as_deref())?;
+    let progress = if cli.json || cli.quiet {
+        Progress::hidden()
+    } else {
+        Progress::new(true)
+    };
+    match cli.command {
+        Command::Plan { job, only, no_size } => {
+            let engine = connect(&config).await?;
+            let job = config.job(job.as_deref())?;
+            let plan = backup::plan_for(&engine, job, &only).await?;
+            let sizes = if no_size {
+                None
+            } else {
+                let paths: Vec<PathBuf> = plan.sources.iter().map(|s| s.path.clone()).collect();
+                Some(
+                    tokio::task::spawn_blocking(move || {
+                        paths.iter().map(|p| dir_size(p)).collect::<Vec<_>>()
+                    })
+                    .await?,
+                )
+            };
+            if cli.json {
+                let mut v = serde_json::to_value(&plan)?;
+                if let (Some(sizes), Some(arr)) =
+                    (&sizes, v.get_mut("sources").and_then(|s| s.as_array_mut()))
+                {
+                    for (s, size) in arr.iter_mut().zip(sizes) {
+                        s["size"] = serde_json::json!(size);
+                    }
+                }
+                out_json(&v);
+            } else {
+                out(&render_plan(&plan, sizes.as_deref()));
+            }
+            Ok(EXIT_OK)
+        }
+        Command::Backup {
+            job,
+            target,
+            only,
+            dry_run,
+            no_prune,
+        } => {
+            let targets = resolve_targets(&config, job.as_deref(), &target)?;
+            let engine = connect(&config).await?;
+            let mut jobcfg = config.job(job.as_deref())?.clone();
+            if no_prune {
+                jobcfg.prune = false;
+            }
+            let env = backup::Env {
+                config: &config,
+                engine: &engine,
+                progress: progress.clone(),
+                cancel,
+                now: Utc::now(),
+            };
+            let req = BackupRequest {
+                job: jobcfg,
+                targets,
+                only,
+                dry_run,
+                tags: vec![],
+            };
+            let report = backup::run(&env, &req).await?;
+            progress.finish();
+            if cli.json {
+                out_json(&report);
+            } else if dry_run {
+                out(&render_plan(&report.plan, None));
+            } else {
+                out(&render_run(&report));
+            }
+            Ok(report.exit_code())
+        }
+        Command::List { job, target } => {
+            let store = open_one(&config, job.as_deref(), &target).await?;
+            let listing = catalog::list(store.as_ref()).await?;
+            if cli.json {
+                out_json(&serde_json::json!({
+                    "target": store.describe(),
+                    "backups": listing.backups,
+                    "incomplete": listing.incomplete.iter().map(|(id, _)| id.to_string()).collect::<Vec<_>>(),
+                    "unreadable": listing.unreadable.iter().map(|(id, e)| serde_json::json!({"id": id.to_string(), "error": e})).collect::<Vec<_>>(),
+                }));
+            } else {
+                out(&render_list(&store.describe(), &listing));
+            }
+            Ok(if listing.unreadable.is_empty() {
+                EXIT_OK
+            } else {
+                EXIT_FAILED
+            })
+        }
+        Command::Show {
+            backup,
+            job,
+            target,
+        } => {
+            let store = open_one(&config, job.as_deref(), &target).await?;
+            let listing = catalog::list(store.as_ref()).await?;
+            let m = catalog::resolve(&listing, &backup, None)?;
+            if cli.json {
+                out_json(m);
+            } else {
+                out(&render_show(&store.describe(), m));
+            }
+            Ok(EXIT_OK)
+        }
+        Command::Restore(args) => {
+            crate::restore::command(&config, args, cli.json, progress, cancel).await
+        }
+        Command::Verify(args) => {
+            crate::verify::command(&config, args, cli.json, progress, cancel).await
+        }
+        Command::Prune(args) => crate::prune::command(&config, args, cli.json).await,
+        Command::Recover => {
+            let engine = connect(&config).await?;
+            let report = crate::quiesce::recover(&config.state_dir, &engine).await?;
+            let lines = report.lines();
+            if cli.json {
+                out_json(&serde_json::json!({ "recovered": lines }));
+            } else if lines.is_empty() {
+                out("nothing to recover: no interrupted run left containers paused or stopped\n");
+            } else {
+                out(&lines.iter().map(|l| format!("{l}\n")).collect::<String>());
+            }
+            Ok(EXIT_OK)
+        }
+    }
+}
+
+/// Apparent size of a directory tree (regular files), for `plan`.
+fn dir_size(p: &std::path::Path) -> Option<u64> {
+    if !p.is_dir() {
+        return None;
+    }
+    Some(
+        walkdir::WalkDir::new(p)
+            .follow_links(false)
+            .into_iter()
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.metadata().ok())
+            .filter(|m| m.is_file())
+            .map(|m| m.len())
+            .sum(),
+    )
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// Rendering
+
+/// Human size: 1536 → "1.5 KiB".
+pub fn human(n: u64) -> String {
+    const U: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < U.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", U[i])
+    }
+}
+
+pub fn human_ms(ms: u64) -> String {
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    } else {
+        format!("{}m{:02}s", ms / 60_000, (ms / 1000) % 60)
+    }
+}
+
+/// A plain text table: first row is the header. Columns are padded; numbers are right-aligned.
+pub fn table(rows: &[Vec<String>]) -> String {
+    if rows.is_empty() {
+        return String::new();
+    }
+    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let mut w = vec![0usize; cols];
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            w[i] = w[i].max(c.chars().count());
+        }
+    }
+    let numeric = |s: &str| {
+        !s.is_empty() && s.chars().next().is_some_and(|c| c.is_ascii_digit()) && !s.contains(' ')
+            || s.ends_with("iB")
+            || s.ends_with(" B")
+    };
+    let mut out = String::new();
+    for (ri, r) in rows.iter().enumerate() {
+        let mut line = String::new();
+        for (i, c) in r.iter().enumerate() {
+            let pad = w[i] - c.chars().count();
+            if ri > 0 && numeric(c) {
+                line.push_str(&" ".repeat(pad));
+                line.push_str(c);
+            } else {
+                line.push_str(c);
+                if i + 1 < r.len() {
+                    line.push_str(&" ".repeat(pad));
+                }
+            }
+            if i + 1 < r.len() {
+                line.push_str("  ");
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn render_plan(plan: &crate::plan::Plan, sizes: Option<&[Option<u64>]>) -> String {
+    let mut rows = vec![vec![
+        "SOURCE".to_string(),
+        "KIND".into(),
+        "SIZE".into(),
+        "CONTAINER".into(),
+        "PROJECT/SERVICE".into(),
+        "STATE".into(),
+        "MOUNT".into(),
+        "ACTION".into(),
+    ]];
+    for (i, s) in plan.sources.iter().enumerate() {
+        let size = sizes
+            .and_then(|v| v.get(i).copied().flatten())
+            .map(human)
+            .unwrap_or_else(|| "-".into());
+        if s.containers.is_empty() {
+            rows.push(vec![
+                s.name.clone(),
+                s.kind.to_string(),
+                size.clone(),
+                "-".into(),
+                "".into(),
+                "".into(),
+                "".into(),
+                "".into(),
+            ]);
+        }
+        for (j, c) in s.containers.iter().enumerate() {
+            let ps = match (&c.compose_project, &c.compose_service) {
+                (Some(p), Some(sv)) => format!("{p}/{sv}"),
+                _ => String::new(),
+            };
+            rows.push(vec![
+                if j == 0 {
+                    s.name.clone()
+                } else {
+                    String::new()
+                },
+                if j == 0 {
+                    s.kind.to_string()
+                } else {
+                    String::new()
+                },
+                if j == 0 { size.clone() } else { String::new() },
+                c.name.clone(),
+                ps,
+                c.state.clone(),
+                if c.rw { "rw".into() } else { "ro".into() },
+                format!("{} ({})", c.action, c.reason),
+            ]);
+        }
+    }
+    let mut out = format!("{} source(s) to back up:\n", plan.sources.len());
+    out.push_str(&table(&rows));
+    if !plan.skipped.is_empty() {
+        out.push_str(&format!("\n{} skipped:\n", plan.skipped.len()));
+        let mut rows = vec![vec!["SOURCE".to_string(), "KIND".into(), "REASON".into()]];
+        for s in &plan.skipped {
+            rows.push(vec![s.name.clone(), s.kind.to_string(), s.reason.clone()]);
+        }
+        out.push_str(&table(&rows));
+    }
+    out
+}
+
+fn ratio(bytes: u64, stored: u64) -> String {
+    if stored == 0 {
+        "-".into()
+    } else {
+        format!("{:.2}x", bytes as f64 / stored as f64)
+    }
+}
+
+pub fn render_run(r: &RunReport) -> String {
+    let mut rows = vec![vec![
+        "SOURCE".to_string(),
+        "FILES".into(),
+        "BYTES IN".into(),
+        "STORED".into(),
+        "RATIO".into(),
+        "TIME".into(),
+        "DOWNTIME".into(),
+        "STATUS".into(),
+    ]];
+    for s in &r.sources {
+        let status = match s.status {
+            Status::Ok => "ok".to_string(),
+            Status::Partial => format!(
+                "partial: {}",
+                s.target_errors
+                    .iter()
+                    .map(|(t, e)| format!("{t}: {e}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+            Status::Failed => format!("FAILED: {}", s.error.clone().unwrap_or_default()),
+            Status::Skipped => "skipped".into(),
+        };
+        let downtime = s
+            .containers
+            .iter()
+            .filter(|c| c.downtime_ms > 0)
+            .map(|c| format!("{} {} {}", c.name, c.action, human_ms(c.downtime_ms)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        rows.push(vec![
+            s.name.clone(),
+            s.counts.files.to_string(),
+            human(s.counts.bytes),
+            human(s.stored_bytes),
+            ratio(s.counts.bytes, s.stored_bytes),
+            human_ms(s.read_ms),
+            if downtime.is_empty() {
+                "-".into()
+            } else {
+                downtime
+            },
+            status,
+        ]);
+    }
+    let mut out = format!("backup {} (job {})\n", r.id, r.job);
+    out.push_str(&table(&rows));
+    for w in r
+        .sources
+        .iter()
+        .flat_map(|s| s.warnings.iter().map(move |w| (s, w)))
+        .take(20)
+    {
+        out.push_str(&format!("warning: {}: {}\n", w.0.name, w.1));
+    }
+    for t in &r.targets {
+        let state = if t.committed {
+            "committed".to_string()
+        } else {
+            format!("NOT committed: {}", t.error.clone().unwrap_or_default())
+        };
+        out.push_str(&format!("target {}: {state}\n", t.location));
+        if t.committed {
+            if let Some(e) = &t.error {
+                out.push_str(&format!("  error: {e}\n"));
+            }
+        }
+        if let Some(p) = &t.prune {
+            out.push_str(&format!(
+                "  pruned: {} deleted, {} kept\n",
+                p.deleted.len(),
+                p.decisions.len().saturating_sub(p.deleted.len())
+            ));
+        }
+        if let Some(why) = &t.prune_skipped {
+            out.push_str(&format!("  prune skipped: {why}\n"));
+        }
+    }
+    for n in &r.notes {
+        out.push_str(&format!("note: {n}\n"));
+    }
+    for n in &r.recovered {
+        out.push_str(&format!("recovered: {n}\n"));
+    }
+    out
+}
+
+fn local_time(t: DateTime<Utc>) -> String {
+    t.with_timezone(&chrono::Local)
+        .format("%Y-%m-%d %H:%M:%S")
+        .to_string()
+}
+
+fn render_list(target: &str, l: &catalog::Listing) -> String {
+    let mut rows = vec![vec![
+        "ID".to_string(),
+        "TIME".into(),
+        "JOB".into(),
+        "SOURCES".into(),
+        "BYTES".into(),
+        "STORED".into(),
+        "TAGS".into(),
+    ]];
+    for m in &l.backups {
+        let mut tags = m.tags.join(",");
+        if !m.failed.is_empty() {
+            tags.push_str(&format!(
+                "{}{} failed",
+                if tags.is_empty() { "" } else { "," },
+                m.failed.len()
+            ));
+        }
+        if m.encryption.is_some() {
+            tags.push_str(if tags.is_empty() {
+                "encrypted"
+            } else {
+                ",encrypted"
+            });
+        }
+        rows.push(vec![
+            m.id.to_string(),
+            local_time(m.started_at),
+            m.job.clone(),
+            m.sources.len().to_string(),
+            human(m.total_bytes()),
+            human(m.total_stored()),
+            tags,
+        ]);
+    }
+    let mut out = format!("{} backup(s) in {target}\n", l.backups.len());
+    out.push_str(&table(&rows));
+    if !l.incomplete.is_empty() {
+        out.push_str(&format!(
+            "{} incomplete (no manifest; removed by prune after the grace period): {}\n",
+            l.incomplete.len(),
+            l.incomplete
+                .iter()
+                .map(|(i, _)| i.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    for (id, e) in &l.unreadable {
+        out.push_str(&format!("unreadable: {id}: {e}\n"));
+    }
+    out
+}
+
+fn render_show(target: &str, m: &Manifest) -> String {
+    let mut out = format!(
+        "backup {} in {target}\n  job {}  host {}  {}  took {}\n",
+        m.id,
+        m.job,
+        m.host,
+        local_time(m.started_at),
+        human_ms((m.finished_at - m.started_at).num_milliseconds().max(0) as u64)
+    );
+    if !m.tags.is_empty() {
+        out.push_str(&format!("  tags: {}\n", m.tags.join(", ")));
+    }
+    if let Some(e) = &m.encryption {
+        out.push_str(&format!(
+            "  encrypted ({}) {}\n",
+            e.mode,
+            e.recipient_fingerprints.join(" ")
+        ));
+    }
+    let mut rows = vec![vec![
+        "SOURCE".to_string(),
+        "KIND".into(),
+        "FILES".into(),
+        "BYTES".into(),
+        "STORED".into(),
+        "CONTAINERS".into(),
+        "SHA256".into(),
+    ]];
+    for s in &m.sources {
+        let containers = s
+            .containers
+            .iter()
+            .map(|c| {
+                if c.downtime_ms > 0 {
+                    format!("{} ({} {})", c.name, c.action, human_ms(c.downtime_ms))
+                } else {
+                    c.name.clone()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        rows.push(vec![
+            s.name.clone(),
+            s.kind.to_string(),
+            s.counts.files.to_string(),
+            human(s.counts.bytes),
+            human(s.stored_bytes),
+            if containers.is_empty() {
+                "-".into()
+            } else {
+                containers
+            },
+            s.sha256[..16.min(s.sha256.len())].to_string(),
+        ]);
+    }
+    out.push_str(&table(&rows));
+    for f in &m.failed {
+        out.push_str(&format!("failed: {}: {}\n", f.name, f.error));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_sizes() {
+        assert_eq!(human(0), "0 B");
+        assert_eq!(human(1536), "1.5 KiB");
+        assert_eq!(human(5 << 30), "5.0 GiB");
+        assert_eq!(human_ms(1500), "1.5s");
+        assert_eq!(human_ms(61_000), "1m01s");
+    }
+
+    #[test]
+    fn table_aligns_columns() {
+        let t = table(&[
+            vec!["A".into(), "SIZE".into()],
+            vec!["long-name".into(), "1.0 KiB".into()],
+            vec!["x".into(), "10.0 MiB".into()],
+        ]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[1].len(), lines[2].len(), "{t}");
+        assert!(lines[2].starts_with("x "), "{t}");
+    }
 }

@@ -315,8 +315,15 @@ pub enum TargetKind {
 pub struct Target {
     pub name: String,
     pub kind: TargetKind,
-    /// Overrides the job's retention when set.
-    pub retention: Option<Retention>,
+    /// Per-target retention keys, merged over the job's policy when used (validated at load).
+    pub retention: Option<RawRetention>,
+}
+
+impl Target {
+    /// The retention settings for this target under `job`: the job's, with this target's keys on top.
+    pub fn effective_retention(&self, job: &Retention) -> Retention {
+        merge_retention(job.clone(), self.retention.as_ref()).unwrap_or_else(|_| job.clone())
+    }
 }
 
 impl Target {
@@ -523,10 +530,14 @@ impl Config {
 
         for (name, t) in raw.target {
             check_name("target", &name)?;
-            let retention = match &t.retention {
-                Some(r) => Some(merge_retention(base_retention.clone(), Some(r))?),
-                None => None,
-            };
+            // Validate now; merged over the job's policy when used.
+            merge_retention(base_retention.clone(), t.retention.as_ref()).map_err(|e| {
+                ConfigError::Invalid(format!(
+                    "target.{name}.{}",
+                    e.to_string().trim_start_matches("config: ")
+                ))
+            })?;
+            let retention = t.retention.clone();
             let kind = target_kind(&name, t)?;
             c.targets.insert(
                 name.clone(),
@@ -896,6 +907,24 @@ mod tests {
         assert!(e.to_string().contains("defualt"), "{e}");
         let e = Config::parse("colour = 1\n").unwrap_err();
         assert!(e.to_string().contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn example_config_parses_and_means_what_it_says() {
+        let c = Config::parse(include_str!("../config.example.toml")).unwrap();
+        let j = c.job(Some("nightly")).unwrap();
+        assert_eq!(j.targets, vec!["local", "offsite"]);
+        assert!(j.prune);
+        assert_eq!(j.retention.policy.keep_daily, Some(7));
+        assert_eq!(j.quiesce.stop_timeout, Duration::from_secs(30));
+        match &c.targets["offsite"].kind {
+            TargetKind::S3(s) => assert_eq!(
+                (s.bucket.as_str(), s.prefix.as_str()),
+                ("my-backups", "voltar/host1")
+            ),
+            other => panic!("offsite is {other:?}"),
+        }
+        assert!(c.job(None).is_ok(), "a single job is picked without --job");
     }
 
     #[test]

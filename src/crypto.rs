@@ -156,7 +156,7 @@ fn hmac_hex(key: &[u8], data: &[u8]) -> String {
 
 /// The keys to read encrypted backups with.
 pub struct Decryptor {
-    identities: Vec<Box<dyn age::Identity>>,
+    identities: Vec<Box<dyn age::Identity + Send + Sync>>,
 }
 
 impl Decryptor {
@@ -165,7 +165,7 @@ impl Decryptor {
         identity_files: &[PathBuf],
         passphrase_file: Option<&Path>,
     ) -> Result<Decryptor, CryptoError> {
-        let mut identities: Vec<Box<dyn age::Identity>> = Vec::new();
+        let mut identities: Vec<Box<dyn age::Identity + Send + Sync>> = Vec::new();
         for f in identity_files {
             identities.extend(load_identity_file(f)?);
         }
@@ -241,15 +241,28 @@ impl Decryptor {
     }
 }
 
-fn load_identity_file(path: &Path) -> Result<Vec<Box<dyn age::Identity>>, CryptoError> {
+fn load_identity_file(
+    path: &Path,
+) -> Result<Vec<Box<dyn age::Identity + Send + Sync>>, CryptoError> {
     let err = |message: String| CryptoError::Identity {
         path: path.to_path_buf(),
         message,
     };
     let text = read_secret_file(path).map_err(|e| err(e.to_string()))?;
     if text.contains("AGE-SECRET-KEY-") {
-        let f = age::IdentityFile::from_buffer(text.as_bytes()).map_err(|e| err(e.to_string()))?;
-        return f.into_identities().map_err(|e| err(e.to_string()));
+        // An age identity file: one key per line, `#` comments.
+        let mut v: Vec<Box<dyn age::Identity + Send + Sync>> = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let id = line
+                .parse::<age::x25519::Identity>()
+                .map_err(|_| err(format!("line {} is not an AGE-SECRET-KEY-1… key", n + 1)))?;
+            v.push(Box::new(id));
+        }
+        return Ok(v);
     }
     match age::ssh::Identity::from_buffer(text.as_bytes(), Some(path.display().to_string())) {
         Ok(age::ssh::Identity::Unencrypted(k)) => Ok(vec![Box::new(age::ssh::Identity::Unencrypted(k))]),

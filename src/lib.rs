@@ -14,7 +14,7 @@
 //! * [`backup`], [`restore`], [`verify`], [`prune`] orchestrate one command each.
 
 pub mod archive;
-// pub mod backup; (enabled when the pieces it builds on are merged)
+pub mod backup;
 pub mod catalog;
 pub mod cli;
 pub mod config;

@@ -150,3 +150,44 @@ pub async fn fan_out(
     done.sort_by_key(|(t, _)| *t);
     done
 }
+
+/// A `Read` that hashes (sha256) and counts what passes through: verify and restore check stored objects
+/// against the manifest with it.
+pub struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    count: u64,
+}
+
+impl<R: std::io::Read> HashingReader<R> {
+    pub fn new(inner: R) -> Self {
+        HashingReader {
+            inner,
+            hasher: Sha256::new(),
+            count: 0,
+        }
+    }
+
+    /// Read the rest of the stream (so the hash covers every byte), then return (sha256 hex, byte count).
+    pub fn finish(mut self) -> io::Result<(String, u64)> {
+        io::copy(&mut self, &mut io::sink())?;
+        Ok((hex::encode(self.hasher.finalize()), self.count))
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+/// Bridge an async object stream to a blocking `Read`. Create it in async context; read it on a blocking
+/// thread (`spawn_blocking`).
+pub fn blocking_reader(stream: crate::storage::ByteStream) -> impl std::io::Read + Send {
+    use futures::TryStreamExt;
+    let r = tokio_util::io::StreamReader::new(stream.map_err(|e| io::Error::other(e.to_string())));
+    tokio_util::io::SyncIoBridge::new(r)
+}

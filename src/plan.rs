@@ -291,10 +291,7 @@ fn globs(patterns: &[String]) -> Result<GlobSet, PlanError> {
 }
 
 /// Containers mounting something, each with whether any of its matching mounts is read-write.
-fn users_of(
-    d: &Discovery,
-    matches: impl Fn(&MountInfo) -> bool,
-) -> Vec<(&ContainerInfo, bool)> {
+fn users_of(d: &Discovery, matches: impl Fn(&MountInfo) -> bool) -> Vec<(&ContainerInfo, bool)> {
     let mut v: Vec<(&ContainerInfo, bool)> = d
         .containers
         .iter()
@@ -459,7 +456,7 @@ fn plan_containers(users: &[(&ContainerInfo, bool)], job: &Job) -> Vec<PlannedCo
                 .and_then(|t| crate::config::parse_duration(t).ok())
                 .unwrap_or(job.quiesce.stop_timeout);
             let (action, reason) = if mode == QuiesceAction::None {
-                (QuiesceAction::None, format!("quiesce none ({mode_src})"))
+                (QuiesceAction::None, mode_src.to_string())
             } else if c.state == ContainerState::Paused {
                 (
                     QuiesceAction::None,
@@ -476,7 +473,7 @@ fn plan_containers(users: &[(&ContainerInfo, bool)], job: &Job) -> Vec<PlannedCo
                         .to_string(),
                 )
             } else {
-                (mode, format!("{mode} ({mode_src})"))
+                (mode, mode_src.to_string())
             };
             PlannedContainer {
                 id: c.id.clone(),

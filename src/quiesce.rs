@@ -801,6 +801,35 @@ impl RecoverReport {
             })
             .count()
     }
+
+    /// One human line per thing done or found, for the summary and `voltar recover`.
+    pub fn lines(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .containers
+            .iter()
+            .map(|c| {
+                let what = match &c.outcome {
+                    RecoverOutcome::Unpaused => {
+                        "unpaused (left paused by an interrupted run)".to_string()
+                    }
+                    RecoverOutcome::Started => {
+                        "started (left stopped by an interrupted run)".to_string()
+                    }
+                    RecoverOutcome::AlreadyRunning => "already running".to_string(),
+                    RecoverOutcome::LeftAlone(st) => {
+                        format!("{st}: left alone (changed by someone else since)")
+                    }
+                    RecoverOutcome::Gone => "no longer exists".to_string(),
+                    RecoverOutcome::Failed(e) => format!(
+                        "could not be resumed: {e} (journal kept; run `voltar recover` again)"
+                    ),
+                };
+                format!("container {}: {what}", c.name)
+            })
+            .collect();
+        out.extend(self.problems.iter().cloned());
+        out
+    }
 }
 
 enum Claim {

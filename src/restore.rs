@@ -1,1 +1,1095 @@
-//! TODO
+//! `voltar restore`: put a volume (or a directory, or some paths) back from a backup, safely.
+//!
+//! Order of events, per source (architecture.md, acceptance rows 11 and 12):
+//!
+//! 1. Show the plan; `--dry-run` stops here (it lists the files that would be removed).
+//! 2. Stop the running containers that mount the target volume (journaled, like backup's quiesce).
+//! 3. Take a safety backup of the current contents into the same target, tagged `pre-restore`
+//!    (`--no-safety-backup` skips it).
+//! 4. Extract into a staging directory on the same filesystem (a sibling of the volume's `_data`), checking the
+//!    stored object's sha256 and the archive's counts against the manifest *while* streaming. Decryption and
+//!    zstd checksums are verified to the last byte before anything is swapped in.
+//! 5. Swap the staging tree in with one atomic `renameat2(RENAME_EXCHANGE)`, so the volume ends up exactly
+//!    equal to the backup (no stale files), then delete the old tree.
+//! 6. Start exactly the containers that were running.
+//!
+//! Any failure before step 5 leaves the live data byte-identical and the containers as they were found.
+//! The unpacker (`archive::unpack`) refuses entries that would write outside the staging directory.
+
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use chrono::{DateTime, Utc};
+use clap::Args;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::archive::unpack::{UnpackOptions, UnpackReport};
+use crate::archive::{self, Counts};
+use crate::backup::{self, BackupRequest};
+use crate::catalog::{self, Manifest, QuiesceAction, SourceKind, SourceRecord, TAG_PRE_RESTORE};
+use crate::cli::{self, KeyArgs, TargetArgs};
+use crate::config::Config;
+use crate::crypto::Decryptor;
+use crate::docker::{ContainerState, Engine};
+use crate::pipeline::{self, HashingReader};
+use crate::plan::{PlannedContainer, PlannedSource};
+use crate::progress::Progress;
+use crate::quiesce::{Hold, Journal, Quiescer};
+use crate::storage::Storage;
+
+#[derive(Debug, Clone, Args)]
+pub struct RestoreArgs {
+    /// Backup id or `latest` (see `voltar list`).
+    pub backup: Option<String>,
+    /// With `latest`: the newest backup taken at or before TIME (RFC 3339, `YYYY-MM-DD[ HH:MM]` local, or an
+    /// age such as `2d`).
+    #[arg(long, value_name = "TIME")]
+    pub before: Option<String>,
+    /// Only these sources of the backup (default: all).
+    #[arg(long = "source", value_name = "NAME")]
+    pub sources: Vec<String>,
+    /// Restore into a new volume (created with the original driver, options and labels).
+    #[arg(long, value_name = "NAME", conflicts_with = "to_dir")]
+    pub to_volume: Option<String>,
+    /// Restore into a directory on the host.
+    #[arg(long, value_name = "PATH")]
+    pub to_dir: Option<PathBuf>,
+    /// Restore only these files or directories (relative to the volume root).
+    #[arg(long = "path", value_name = "SUBPATH")]
+    pub paths: Vec<PathBuf>,
+    /// Show what would happen (including files that would be removed) and stop.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Do not take a safety backup of the current contents first.
+    #[arg(long)]
+    pub no_safety_backup: bool,
+    /// Allow --to-dir into a non-empty directory (its contents are replaced).
+    #[arg(long)]
+    pub force: bool,
+    /// Import a plain archive made by other tools (.tar, .tar.gz, .tar.zst) instead of a voltar backup.
+    #[arg(long, value_name = "FILE", conflicts_with = "backup")]
+    pub archive: Option<PathBuf>,
+    /// With --archive: drop N leading path components (after a leading `/` is removed, as GNU tar does).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub strip_components: usize,
+    #[arg(long)]
+    pub job: Option<String>,
+    #[command(flatten)]
+    pub target: TargetArgs,
+    #[command(flatten)]
+    pub keys: KeyArgs,
+}
+
+/// Where one source goes.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "kind", content = "name")]
+pub enum Destination {
+    Volume(String),
+    Dir(PathBuf),
+}
+
+impl std::fmt::Display for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Destination::Volume(v) => write!(f, "volume {v}"),
+            Destination::Dir(d) => write!(f, "directory {}", d.display()),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct SourceRestore {
+    pub source: String,
+    pub destination: Destination,
+    /// Host path whose contents are replaced.
+    pub path: PathBuf,
+    pub create_volume: bool,
+    pub stop: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub would_remove: Option<Vec<String>>,
+    pub counts: Counts,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub safety_backup: Option<String>,
+    pub restarted: Vec<String>,
+    pub warnings: Vec<String>,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct RestoreReport {
+    pub backup: Option<String>,
+    pub dry_run: bool,
+    pub sources: Vec<SourceRestore>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("{object}: stored object does not match the manifest: sha256 {found} (expected {expected}), {found_size} bytes (expected {expected_size}); the archive is corrupt or was replaced")]
+    Checksum {
+        object: String,
+        expected: String,
+        found: String,
+        expected_size: u64,
+        found_size: u64,
+    },
+    #[error("{object}: archive content does not match the manifest: {detail}; the archive is truncated or corrupt")]
+    Counts { object: String, detail: String },
+    #[error("{object}: {source}")]
+    Archive {
+        object: String,
+        source: archive::ArchiveError,
+    },
+    #[error("{object}: {source}")]
+    Crypto {
+        object: String,
+        source: crate::crypto::CryptoError,
+    },
+    #[error("{object}: reading: {message}")]
+    Read { object: String, message: String },
+}
+
+/// Parse `--before`: RFC 3339, a local date/time, or an age (`2d`, `12h`).
+pub fn parse_time(s: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    for fmt in ["%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M"] {
+        if let Ok(n) = chrono::NaiveDateTime::parse_from_str(s, fmt) {
+            return local_to_utc(n, s);
+        }
+    }
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        return local_to_utc(d.and_hms_opt(23, 59, 59).expect("valid"), s);
+    }
+    if let Ok(d) = crate::config::parse_duration(s) {
+        return Ok(now - chrono::Duration::from_std(d)?);
+    }
+    bail!("--before `{s}`: not a time (use 2026-11-28T03:00:00Z, \"2026-11-28 03:00\", 2026-11-28 or an age like 2d)")
+}
+
+fn local_to_utc(n: chrono::NaiveDateTime, s: &str) -> Result<DateTime<Utc>> {
+    use chrono::TimeZone;
+    chrono::Local
+        .from_local_datetime(&n)
+        .earliest()
+        .map(|t| t.with_timezone(&Utc))
+        .ok_or_else(|| anyhow!("--before `{s}` does not exist in the local time zone"))
+}
+
+/// Normalize `--path` arguments: relative, no `..`.
+fn clean_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    paths
+        .iter()
+        .map(|p| {
+            let mut out = PathBuf::new();
+            for c in p.components() {
+                match c {
+                    Component::Normal(x) => out.push(x),
+                    Component::CurDir | Component::RootDir => {}
+                    Component::ParentDir | Component::Prefix(_) => {
+                        bail!("--path {}: `..` is not allowed", p.display())
+                    }
+                }
+            }
+            if out.as_os_str().is_empty() {
+                bail!(
+                    "--path {}: names the whole volume; leave --path out instead",
+                    p.display()
+                );
+            }
+            Ok(out)
+        })
+        .collect()
+}
+
+pub async fn command(
+    config: &Config,
+    args: RestoreArgs,
+    json: bool,
+    progress: Progress,
+    cancel: CancellationToken,
+) -> Result<i32> {
+    if args.archive.is_some() {
+        return import(config, args, json, progress).await;
+    }
+    let Some(spec) = args.backup.clone() else {
+        bail!("which backup? give a backup id or `latest` (see `voltar list`), or --archive FILE");
+    };
+    let now = Utc::now();
+    let before = args
+        .before
+        .as_deref()
+        .map(|b| parse_time(b, now))
+        .transpose()?;
+    if before.is_some() && spec != "latest" {
+        bail!("--before only applies to `latest`");
+    }
+    let targets = cli::resolve_targets(config, args.job.as_deref(), &args.target)?;
+    let target = targets[0].clone();
+    let store = crate::storage::open(&target)
+        .await
+        .with_context(|| format!("opening target {}", target.name))?;
+    let listing = catalog::list(store.as_ref()).await?;
+    let manifest = catalog::resolve(&listing, &spec, before)?.clone();
+    let decryptor = Arc::new(Decryptor::load(
+        &args.keys.identities,
+        args.keys.passphrase_file.as_deref(),
+    )?);
+    if manifest.encryption.is_some() {
+        if decryptor.is_empty() {
+            return Err(crate::crypto::CryptoError::NeedKey {
+                what: manifest.id.to_string(),
+            }
+            .into());
+        }
+        decryptor.check_seal(&manifest)?;
+    }
+    let chosen: Vec<SourceRecord> = if args.sources.is_empty() {
+        manifest.sources.clone()
+    } else {
+        args.sources
+            .iter()
+            .map(|n| {
+                manifest.source(n).cloned().ok_or_else(|| {
+                    let failed = manifest.failed.iter().find(|f| &f.name == n);
+                    match failed {
+                        Some(f) => {
+                            anyhow!("source `{n}` failed in backup {}: {}", manifest.id, f.error)
+                        }
+                        None => anyhow!(
+                            "backup {} has no source `{n}` (it has: {})",
+                            manifest.id,
+                            manifest
+                                .sources
+                                .iter()
+                                .map(|s| s.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    }
+                })
+            })
+            .collect::<Result<_>>()?
+    };
+    if chosen.len() > 1 && args.to_volume.is_some() {
+        bail!("--to-volume takes one source; pick it with --source NAME");
+    }
+    let paths = clean_paths(&args.paths)?;
+    let engine = Engine::connect(config.docker_host.as_deref()).await?;
+
+    // Work out destinations and the containers to stop.
+    let discovery = engine.discover().await?;
+    let mut plans = Vec::new();
+    for src in &chosen {
+        let (destination, path, create_volume) = match (&args.to_volume, &args.to_dir) {
+            (Some(v), _) => {
+                if engine.inspect_volume(v).await.is_ok() {
+                    bail!("volume {v} already exists: pick a new name for --to-volume, or restore into it with `--source` and no --to-volume when it is the original");
+                }
+                (Destination::Volume(v.clone()), PathBuf::new(), true)
+            }
+            (None, Some(d)) => {
+                let p = if chosen.len() > 1 {
+                    d.join(&src.name)
+                } else {
+                    d.clone()
+                };
+                (Destination::Dir(p.clone()), p, false)
+            }
+            (None, None) => match src.kind {
+                SourceKind::Volume => match engine.inspect_volume(&src.name).await {
+                    Ok(v) => (Destination::Volume(src.name.clone()), v.mountpoint, false),
+                    Err(crate::docker::DockerError::NoSuchVolume(_)) => {
+                        (Destination::Volume(src.name.clone()), PathBuf::new(), true)
+                    }
+                    Err(e) => return Err(e.into()),
+                },
+                SourceKind::Bind => (
+                    Destination::Dir(PathBuf::from(&src.path)),
+                    PathBuf::from(&src.path),
+                    false,
+                ),
+            },
+        };
+        // Containers using the destination.
+        let mut users: Vec<PlannedContainer> = Vec::new();
+        for c in &discovery.containers {
+            let uses = c.mounts.iter().any(|m| match &destination {
+                Destination::Volume(v) => m.name.as_deref() == Some(v.as_str()),
+                Destination::Dir(d) => {
+                    !d.as_os_str().is_empty() && (m.source == *d || m.source.starts_with(d))
+                }
+            });
+            if !uses {
+                continue;
+            }
+            if let Some(svc) = c.swarm_service() {
+                bail!("{destination} is used by swarm service {svc} (task {}): scale it to 0 first (`docker service scale {svc}=0`), restore, then scale it back", c.name);
+            }
+            if c.state == ContainerState::Paused {
+                bail!(
+                    "container {} uses {destination} and is paused: unpause or stop it first",
+                    c.name
+                );
+            }
+            let running = matches!(
+                c.state,
+                ContainerState::Running | ContainerState::Restarting
+            );
+            users.push(PlannedContainer {
+                id: c.id.clone(),
+                name: c.name.clone(),
+                compose_project: c.compose_project().map(String::from),
+                compose_service: c.compose_service().map(String::from),
+                state: c.state.to_string(),
+                rw: true,
+                action: if running {
+                    QuiesceAction::Stop
+                } else {
+                    QuiesceAction::None
+                },
+                stop_timeout: config
+                    .job(args.job.as_deref())
+                    .map(|j| j.quiesce.stop_timeout)
+                    .unwrap_or(std::time::Duration::from_secs(30)),
+                reason: if running {
+                    "uses the restore target".into()
+                } else {
+                    "not running".into()
+                },
+            });
+        }
+        if let Destination::Dir(d) = &destination {
+            if args.to_dir.is_some() && !args.force && dir_has_entries(d) && paths.is_empty() {
+                bail!(
+                    "{} is not empty: its contents would be replaced; pass --force to allow it",
+                    d.display()
+                );
+            }
+        }
+        plans.push((src.clone(), destination, path, create_volume, users));
+    }
+
+    let mut report = RestoreReport {
+        backup: Some(manifest.id.to_string()),
+        dry_run: args.dry_run,
+        sources: vec![],
+    };
+    if args.dry_run {
+        for (src, destination, path, create_volume, users) in &plans {
+            let archive_names =
+                list_archive(store.clone(), &manifest, src, decryptor.clone()).await?;
+            let would_remove = if path.as_os_str().is_empty() || !paths.is_empty() {
+                vec![]
+            } else {
+                current_names(path)
+                    .difference(&archive_names)
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .collect()
+            };
+            report.sources.push(SourceRestore {
+                source: src.name.clone(),
+                destination: destination.clone(),
+                path: path.clone(),
+                create_volume: *create_volume,
+                stop: users
+                    .iter()
+                    .filter(|u| u.action == QuiesceAction::Stop)
+                    .map(|u| u.name.clone())
+                    .collect(),
+                would_remove: Some(would_remove),
+                counts: src.counts.clone(),
+                safety_backup: None,
+                restarted: vec![],
+                warnings: vec![],
+                status: "dry-run".into(),
+            });
+        }
+        emit(&report, json);
+        return Ok(cli::EXIT_OK);
+    }
+
+    let journal = Journal::open(&config.state_dir)?;
+    let quiescer = Quiescer::new(&engine, &journal);
+    let mut failed = false;
+    for (src, destination, mut path, create_volume, users) in plans {
+        if cancel.is_cancelled() {
+            bail!("interrupted");
+        }
+        progress.phase(&format!("restore {} -> {destination}", src.name));
+        let mut sr = SourceRestore {
+            source: src.name.clone(),
+            destination: destination.clone(),
+            path: path.clone(),
+            create_volume,
+            stop: users
+                .iter()
+                .filter(|u| u.action == QuiesceAction::Stop)
+                .map(|u| u.name.clone())
+                .collect(),
+            would_remove: None,
+            counts: Counts::default(),
+            safety_backup: None,
+            restarted: vec![],
+            warnings: vec![],
+            status: "failed".into(),
+        };
+        if create_volume {
+            let Destination::Volume(name) = &destination else {
+                unreachable!("only volumes are created")
+            };
+            let v = engine
+                .create_volume(
+                    name,
+                    src.driver.as_deref().unwrap_or("local"),
+                    &src.driver_opts,
+                    &src.labels,
+                )
+                .await?;
+            path = v.mountpoint;
+            sr.path = path.clone();
+        }
+        if let Destination::Dir(d) = &destination {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+        }
+
+        // Stop the users (journaled; `release` restarts them on every path below).
+        let holds: Vec<Hold> = users
+            .iter()
+            .filter(|u| u.action == QuiesceAction::Stop)
+            .map(|u| Hold {
+                id: u.id.clone(),
+                name: u.name.clone(),
+                action: QuiesceAction::Stop,
+                stop_timeout: u.stop_timeout,
+            })
+            .collect();
+        let held = quiescer.hold(&holds).await?;
+        let result = restore_one(
+            config,
+            &args,
+            &store,
+            &targets[0],
+            &manifest,
+            &src,
+            &path,
+            &paths,
+            create_volume,
+            decryptor.clone(),
+            &progress,
+            &cancel,
+            &mut sr,
+            &engine,
+        )
+        .await;
+        let released = quiescer.release(held).await;
+        sr.restarted = released.released.iter().map(|c| c.name.clone()).collect();
+        sr.warnings
+            .extend(released.errors.iter().map(|e| e.to_string()));
+        match result {
+            Ok(()) => sr.status = "ok".into(),
+            Err(e) => {
+                failed = true;
+                sr.status = format!("failed: {}", cli_chain(&e));
+                if create_volume {
+                    // Do not leave a half-made new volume behind.
+                    if let Destination::Volume(v) = &destination {
+                        let _ = engine.remove_volume(v).await;
+                    }
+                }
+            }
+        }
+        report.sources.push(sr);
+    }
+    progress.finish();
+    emit(&report, json);
+    Ok(if failed {
+        cli::EXIT_FAILED
+    } else {
+        cli::EXIT_OK
+    })
+}
+
+fn cli_chain(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for c in e.chain() {
+        let s = c.to_string();
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+    }
+    parts.join(": ")
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn restore_one(
+    config: &Config,
+    args: &RestoreArgs,
+    store: &Arc<dyn Storage>,
+    target: &crate::config::Target,
+    manifest: &Manifest,
+    src: &SourceRecord,
+    path: &Path,
+    paths: &[PathBuf],
+    fresh: bool,
+    decryptor: Arc<Decryptor>,
+    progress: &Progress,
+    cancel: &CancellationToken,
+    sr: &mut SourceRestore,
+    engine: &Engine,
+) -> Result<()> {
+    // Safety copy of what is there now.
+    if !fresh && !args.no_safety_backup && dir_has_entries(path) {
+        progress.note("safety backup of the current contents");
+        let job = config
+            .job(args.job.as_deref())
+            .cloned()
+            .unwrap_or_else(|_| config.jobs.values().next().cloned().expect("a job"));
+        let mut job = job;
+        job.prune = false;
+        // Same job as the backup it protects, so that job's pruning applies the pre-restore rule to it.
+        job.name = manifest.job.clone();
+        let req = BackupRequest {
+            job,
+            targets: vec![target.clone()],
+            only: vec![],
+            dry_run: false,
+            tags: vec![TAG_PRE_RESTORE.into()],
+        };
+        let plan = crate::plan::Plan {
+            sources: vec![PlannedSource {
+                name: src.name.clone(),
+                kind: src.kind,
+                path: path.to_path_buf(),
+                driver: src.driver.clone(),
+                driver_opts: src.driver_opts.clone(),
+                labels: src.labels.clone(),
+                containers: vec![],
+                reason: "safety backup before restore".into(),
+            }],
+            skipped: vec![],
+        };
+        let env = backup::Env {
+            config,
+            engine,
+            progress: progress.clone(),
+            cancel: cancel.clone(),
+            now: Utc::now(),
+        };
+        let run = backup::execute(&env, &req, plan, Utc::now(), vec![]).await?;
+        if run.exit_code() != 0 {
+            let why = run
+                .sources
+                .first()
+                .and_then(|s| s.error.clone())
+                .or_else(|| run.targets.first().and_then(|t| t.error.clone()))
+                .unwrap_or_else(|| "unknown error".into());
+            bail!("safety backup failed, nothing was changed: {why} (use --no-safety-backup to restore without one)");
+        }
+        sr.safety_backup = Some(run.id.to_string());
+    }
+
+    // Extract into staging beside the destination (same filesystem, so the swap is a rename).
+    let parent = path
+        .parent()
+        .ok_or_else(|| anyhow!("{} has no parent directory", path.display()))?;
+    let base = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let staging = parent.join(format!(
+        ".voltar-staging-{base}-{:08x}",
+        rand::random::<u32>()
+    ));
+    std::fs::create_dir(&staging)
+        .with_context(|| format!("creating staging directory {}", staging.display()))?;
+    let result = async {
+        progress.note("extracting and verifying");
+        let opts = UnpackOptions {
+            paths: paths.to_vec(),
+            ..UnpackOptions::default()
+        };
+        let rep = fetch_and_unpack(
+            store.clone(),
+            manifest,
+            src,
+            decryptor,
+            staging.clone(),
+            opts,
+            progress.clone(),
+        )
+        .await?;
+        sr.counts = rep.counts.clone();
+        sr.warnings.extend(rep.warnings.iter().cloned());
+        if cancel.is_cancelled() {
+            bail!("interrupted before the swap: nothing was changed");
+        }
+        progress.note("swapping in");
+        if paths.is_empty() {
+            exchange(&staging, path)?;
+        } else {
+            for p in paths {
+                let from = staging.join(p);
+                let to = path.join(p);
+                if std::fs::symlink_metadata(&from).is_err() {
+                    bail!("--path {}: not in the backup", p.display());
+                }
+                if std::fs::symlink_metadata(&to).is_ok() {
+                    exchange(&from, &to)?;
+                } else {
+                    if let Some(dir) = to.parent() {
+                        std::fs::create_dir_all(dir)?;
+                    }
+                    std::fs::rename(&from, &to)
+                        .with_context(|| format!("moving {} into place", p.display()))?;
+                }
+            }
+        }
+        Ok(())
+    }
+    .await;
+    // After a successful exchange, `staging` holds the old contents; after a failure, the partial extraction.
+    let _ = std::fs::remove_dir_all(&staging);
+    result
+}
+
+/// Atomically swap two paths on one filesystem (`renameat2(RENAME_EXCHANGE)`).
+fn exchange(a: &Path, b: &Path) -> Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let ca = CString::new(a.as_os_str().as_bytes())?;
+    let cb = CString::new(b.as_os_str().as_bytes())?;
+    // SAFETY: valid NUL-terminated paths; AT_FDCWD.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        bail!(
+            "swapping {} into {}: {e} (the filesystem must support renameat2 RENAME_EXCHANGE)",
+            a.display(),
+            b.display()
+        );
+    }
+    Ok(())
+}
+
+fn dir_has_entries(p: &Path) -> bool {
+    std::fs::read_dir(p)
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false)
+}
+
+fn current_names(root: &Path) -> BTreeSet<PathBuf> {
+    walkdir::WalkDir::new(root)
+        .min_depth(1)
+        .follow_links(false)
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.path().strip_prefix(root).ok().map(Path::to_path_buf))
+        .collect()
+}
+
+/// Stream one source's object from storage, verify it against the manifest and unpack it into `dest`.
+/// Verification (sha256, size, decryption, zstd checksum, counts) completes before this returns Ok.
+pub async fn fetch_and_unpack(
+    store: Arc<dyn Storage>,
+    manifest: &Manifest,
+    src: &SourceRecord,
+    decryptor: Arc<Decryptor>,
+    dest: PathBuf,
+    opts: UnpackOptions,
+    progress: Progress,
+) -> Result<UnpackReport> {
+    let key = catalog::object_key(&manifest.id, &src.object);
+    let stream = store
+        .get(&key)
+        .await
+        .with_context(|| format!("reading {key}"))?;
+    let reader = pipeline::blocking_reader(stream);
+    let src = src.clone();
+    let encrypted = manifest.encryption.is_some();
+    let partial = !opts.paths.is_empty();
+    let rep = tokio::task::spawn_blocking(move || -> Result<UnpackReport, RestoreError> {
+        let mut hr = HashingReader::new(ProgressReader {
+            inner: reader,
+            progress,
+        });
+        let object = src.object.clone();
+        let rep = {
+            let plain: Box<dyn Read + '_> = if encrypted {
+                decryptor
+                    .reader(&mut hr, &object)
+                    .map_err(|e| RestoreError::Crypto {
+                        object: object.clone(),
+                        source: e,
+                    })?
+            } else {
+                Box::new(&mut hr)
+            };
+            let (_fmt, mut dec) =
+                archive::compress::decoder(plain).map_err(|e| RestoreError::Archive {
+                    object: object.clone(),
+                    source: e,
+                })?;
+            let rep = archive::unpack::unpack(&mut dec, &dest, &opts).map_err(|e| {
+                RestoreError::Archive {
+                    object: object.clone(),
+                    source: e,
+                }
+            })?;
+            // Read to the end so the zstd frame checksum and age's last chunk are checked.
+            std::io::copy(&mut dec, &mut std::io::sink()).map_err(|e| RestoreError::Archive {
+                object: object.clone(),
+                source: archive::ArchiveError::Corrupt(e.to_string()),
+            })?;
+            rep
+        };
+        let (sha, size) = hr.finish().map_err(|e| RestoreError::Read {
+            object: object.clone(),
+            message: e.to_string(),
+        })?;
+        if sha != src.sha256 || size != src.stored_bytes {
+            return Err(RestoreError::Checksum {
+                object,
+                expected: src.sha256.clone(),
+                found: sha,
+                expected_size: src.stored_bytes,
+                found_size: size,
+            });
+        }
+        if !partial && rep.counts != src.counts {
+            return Err(RestoreError::Counts {
+                object,
+                detail: count_diff(&src.counts, &rep.counts),
+            });
+        }
+        Ok(rep)
+    })
+    .await??;
+    Ok(rep)
+}
+
+/// Human description of how two counts differ.
+pub fn count_diff(expected: &Counts, found: &Counts) -> String {
+    let mut d = Vec::new();
+    let pairs = [
+        ("entries", expected.entries, found.entries),
+        ("files", expected.files, found.files),
+        ("dirs", expected.dirs, found.dirs),
+        ("symlinks", expected.symlinks, found.symlinks),
+        ("hardlinks", expected.hardlinks, found.hardlinks),
+        ("other", expected.other, found.other),
+        ("bytes", expected.bytes, found.bytes),
+    ];
+    for (n, e, f) in pairs {
+        if e != f {
+            d.push(format!("{n} {f} (expected {e})"));
+        }
+    }
+    d.join(", ")
+}
+
+/// Counts bytes read into the progress bar.
+pub struct ProgressReader<R> {
+    inner: R,
+    progress: Progress,
+}
+
+impl<R> ProgressReader<R> {
+    pub fn new(inner: R, progress: Progress) -> Self {
+        ProgressReader { inner, progress }
+    }
+}
+
+impl<R: Read> Read for ProgressReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.progress.inc(n as u64);
+        Ok(n)
+    }
+}
+
+/// Names in an archive (for `--dry-run`), normalized as unpack would.
+async fn list_archive(
+    store: Arc<dyn Storage>,
+    manifest: &Manifest,
+    src: &SourceRecord,
+    decryptor: Arc<Decryptor>,
+) -> Result<BTreeSet<PathBuf>> {
+    let key = catalog::object_key(&manifest.id, &src.object);
+    let reader = pipeline::blocking_reader(store.get(&key).await?);
+    let encrypted = manifest.encryption.is_some();
+    let object = src.object.clone();
+    tokio::task::spawn_blocking(move || -> Result<BTreeSet<PathBuf>> {
+        let plain: Box<dyn Read> = if encrypted {
+            decryptor.reader(reader, &object)?
+        } else {
+            Box::new(reader)
+        };
+        let (_f, dec) = archive::compress::decoder(plain)?;
+        let mut a = tar::Archive::new(dec);
+        let mut names = BTreeSet::new();
+        for e in a.entries().map_err(|e| anyhow!("{object}: {e}"))? {
+            let e = e.map_err(|e| anyhow!("{object}: {e}"))?;
+            let p = e.path().map_err(|e| anyhow!("{object}: {e}"))?;
+            let mut clean = PathBuf::new();
+            for c in p.components() {
+                if let Component::Normal(x) = c {
+                    clean.push(x);
+                }
+            }
+            if !clean.as_os_str().is_empty() {
+                names.insert(clean);
+            }
+        }
+        Ok(names)
+    })
+    .await?
+}
+
+fn emit(report: &RestoreReport, json: bool) {
+    if json {
+        cli::out_json(report);
+        return;
+    }
+    let mut out = String::new();
+    if let Some(b) = &report.backup {
+        out.push_str(&format!(
+            "{}restore from backup {b}\n",
+            if report.dry_run { "plan: " } else { "" }
+        ));
+    }
+    for s in &report.sources {
+        out.push_str(&format!(
+            "{} -> {}{}: {}\n",
+            s.source,
+            s.destination,
+            if s.create_volume { " (new)" } else { "" },
+            s.status
+        ));
+        if !s.stop.is_empty() {
+            out.push_str(&format!(
+                "  containers {}: {}\n",
+                if report.dry_run {
+                    "to stop and restart"
+                } else {
+                    "stopped"
+                },
+                s.stop.join(", ")
+            ));
+        }
+        if !s.restarted.is_empty() {
+            out.push_str(&format!("  restarted: {}\n", s.restarted.join(", ")));
+        }
+        if let Some(b) = &s.safety_backup {
+            out.push_str(&format!("  safety backup: {b} (tag pre-restore)\n"));
+        }
+        if !report.dry_run {
+            out.push_str(&format!(
+                "  {} files, {}\n",
+                s.counts.files,
+                cli::human(s.counts.bytes)
+            ));
+        } else {
+            out.push_str(&format!(
+                "  backup has {} files, {}\n",
+                s.counts.files,
+                cli::human(s.counts.bytes)
+            ));
+        }
+        if let Some(r) = &s.would_remove {
+            if r.is_empty() {
+                out.push_str("  no current file would be removed\n");
+            } else {
+                out.push_str(&format!(
+                    "  {} current entries would be removed:\n",
+                    r.len()
+                ));
+                for p in r.iter().take(50) {
+                    out.push_str(&format!("    - {p}\n"));
+                }
+                if r.len() > 50 {
+                    out.push_str(&format!("    … and {} more\n", r.len() - 50));
+                }
+            }
+        }
+        for w in s.warnings.iter().take(20) {
+            out.push_str(&format!("  warning: {w}\n"));
+        }
+    }
+    cli::out(&out);
+}
+
+/// `restore --archive FILE`: import a plain tar / tar.gz / tar.zst made by other tools.
+async fn import(config: &Config, args: RestoreArgs, json: bool, progress: Progress) -> Result<i32> {
+    let file = args.archive.clone().expect("checked by caller");
+    let f = std::fs::File::open(&file).with_context(|| format!("opening {}", file.display()))?;
+    let engine;
+    let (destination, path, created) = match (&args.to_volume, &args.to_dir) {
+        (Some(v), _) => {
+            engine = Some(Engine::connect(config.docker_host.as_deref()).await?);
+            let e = engine.as_ref().expect("set");
+            match e.inspect_volume(v).await {
+                Ok(info) => {
+                    if dir_has_entries(&info.mountpoint) && !args.force {
+                        bail!("volume {v} is not empty: import into a new volume, or pass --force to replace its contents (no safety backup is taken for --archive)");
+                    }
+                    (Destination::Volume(v.clone()), info.mountpoint, false)
+                }
+                Err(crate::docker::DockerError::NoSuchVolume(_)) => {
+                    let info = e
+                        .create_volume(v, "local", &Default::default(), &Default::default())
+                        .await?;
+                    (Destination::Volume(v.clone()), info.mountpoint, true)
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+        (None, Some(d)) => {
+            engine = None;
+            if dir_has_entries(d) && !args.force {
+                bail!(
+                    "{} is not empty: pass --force to replace its contents",
+                    d.display()
+                );
+            }
+            std::fs::create_dir_all(d)?;
+            (Destination::Dir(d.clone()), d.clone(), false)
+        }
+        (None, None) => bail!("--archive needs a destination: --to-volume NAME or --to-dir PATH"),
+    };
+    if args.dry_run {
+        cli::out(&format!(
+            "plan: import {} into {destination}\n",
+            file.display()
+        ));
+        return Ok(cli::EXIT_OK);
+    }
+    let parent = path
+        .parent()
+        .ok_or_else(|| anyhow!("{} has no parent", path.display()))?
+        .to_path_buf();
+    let staging = parent.join(format!(
+        ".voltar-staging-import-{:08x}",
+        rand::random::<u32>()
+    ));
+    std::fs::create_dir(&staging)?;
+    let opts = UnpackOptions {
+        strip_components: args.strip_components,
+        paths: clean_paths(&args.paths)?,
+        ..UnpackOptions::default()
+    };
+    let st = staging.clone();
+    let p2 = progress.clone();
+    let name = file.display().to_string();
+    let result = tokio::task::spawn_blocking(move || -> Result<UnpackReport> {
+        let r = ProgressReader {
+            inner: std::io::BufReader::with_capacity(1 << 20, f),
+            progress: p2,
+        };
+        let (_fmt, mut dec) = archive::compress::decoder(r).map_err(|e| anyhow!("{name}: {e}"))?;
+        let rep =
+            archive::unpack::unpack(&mut dec, &st, &opts).map_err(|e| anyhow!("{name}: {e}"))?;
+        std::io::copy(&mut dec, &mut std::io::sink()).map_err(|e| anyhow!("{name}: {e}"))?;
+        Ok(rep)
+    })
+    .await?;
+    let result = result.and_then(|rep| {
+        exchange(&staging, &path)?;
+        Ok(rep)
+    });
+    let _ = std::fs::remove_dir_all(&staging);
+    progress.finish();
+    match result {
+        Ok(rep) => {
+            let report = RestoreReport {
+                backup: None,
+                dry_run: false,
+                sources: vec![SourceRestore {
+                    source: file.display().to_string(),
+                    destination,
+                    path,
+                    create_volume: created,
+                    stop: vec![],
+                    would_remove: None,
+                    counts: rep.counts,
+                    safety_backup: None,
+                    restarted: vec![],
+                    warnings: rep.warnings,
+                    status: "ok".into(),
+                }],
+            };
+            emit(&report, json);
+            Ok(cli::EXIT_OK)
+        }
+        Err(e) => {
+            if created {
+                if let (Some(e2), Destination::Volume(v)) = (&engine, &destination) {
+                    let _ = e2.remove_volume(v).await;
+                }
+            }
+            Err(e)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn before_times() {
+        let now = DateTime::parse_from_rfc3339("2026-11-28T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(
+            parse_time("2026-11-27T03:00:00Z", now)
+                .unwrap()
+                .to_rfc3339(),
+            "2026-11-27T03:00:00+00:00"
+        );
+        assert_eq!(
+            parse_time("2d", now).unwrap(),
+            now - chrono::Duration::days(2)
+        );
+        assert!(parse_time("yesterday-ish", now).is_err());
+    }
+
+    #[test]
+    fn paths_are_cleaned_and_dotdot_refused() {
+        assert_eq!(
+            clean_paths(&[PathBuf::from("/etc/./app")]).unwrap(),
+            vec![PathBuf::from("etc/app")]
+        );
+        assert!(clean_paths(&[PathBuf::from("a/../../b")]).is_err());
+        assert!(clean_paths(&[PathBuf::from("/")]).is_err());
+    }
+
+    #[test]
+    fn exchange_swaps_directories() {
+        let d = tempfile::tempdir().unwrap();
+        let a = d.path().join("a");
+        let b = d.path().join("b");
+        std::fs::create_dir(&a).unwrap();
+        std::fs::create_dir(&b).unwrap();
+        std::fs::write(a.join("new"), "n").unwrap();
+        std::fs::write(b.join("old"), "o").unwrap();
+        exchange(&a, &b).unwrap();
+        assert!(b.join("new").exists() && !b.join("old").exists());
+        assert!(a.join("old").exists());
+    }
+}

@@ -354,7 +354,7 @@ fn apply_pre_restore_rule(
     let from = within.and_then(|w| now.checked_sub_signed(w));
     let label = within.map_or_else(|| "ever".to_string(), format_duration);
     for &i in pre {
-        if from.map_or(true, |f| sorted[i].time >= f) {
+        if from.is_none_or(|f| sorted[i].time >= f) {
             reasons[i].push(format!("pre-restore within {label}"));
         }
     }

@@ -587,7 +587,7 @@ impl<'o, 'p, W: Write> Packer<'o, 'p, W> {
         let size = md.size();
         // The map, as GNU tar writes it for format 1.0.
         self.map.clear();
-        let ends_in_hole = regions.last().map_or(true, |&(o, l)| o + l < size);
+        let ends_in_hole = regions.last().is_none_or(|&(o, l)| o + l < size);
         let n = regions.len() + usize::from(ends_in_hole);
         let _ = writeln!(self.map, "{n}");
         for &(o, l) in regions {
