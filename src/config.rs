@@ -438,6 +438,21 @@ fn default_state_dir() -> PathBuf {
     }
 }
 
+/// `line L, column C: <what>` — the toml crate's own rendering spans several lines with a source excerpt, which
+/// reads as noise once folded into one error line.
+fn toml_message(text: &str, e: &toml::de::Error) -> String {
+    let what = e.message().trim().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {col}: {what}")
+        }
+        None => what,
+    }
+}
+
 impl Config {
     /// Load from `path`, or from the first of [`DEFAULT_CONFIG_PATHS`] that exists, or defaults.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
@@ -476,7 +491,7 @@ impl Config {
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: PathBuf::from("<config>"),
-            message: e.to_string().trim().replace('\n', " "),
+            message: toml_message(text, &e),
         })?;
         Config::validate(raw)
     }
