@@ -314,8 +314,16 @@ pub async fn execute(
             .filter_map(|s| s.records.get(&i).cloned())
             .collect();
         if records.is_empty() {
-            report.targets[i].error =
-                Some("no source was stored on this target: no backup committed".into());
+            // Say why: the first error of this target, else the first source error.
+            let why = report
+                .sources
+                .iter()
+                .find_map(|s| s.target_errors.get(&names[i]))
+                .or_else(|| report.sources.iter().find_map(|s| s.error.as_ref()));
+            report.targets[i].error = Some(match why {
+                Some(w) => format!("nothing was stored on it ({w})"),
+                None => "nothing was stored on it".into(),
+            });
             continue;
         }
         let failed: Vec<FailedSource> = report
@@ -438,11 +446,22 @@ async fn back_up_source(
             report.error = Some(format!("{} is not a directory", src.path.display()));
             return report;
         }
-        Err(e) => {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
             report.error = Some(format!(
                 "cannot read {}: {e} (voltar reads volumes from the host: run it as root on the Docker host, or in a container with /var/lib/docker/volumes mounted read-only at the same path)",
                 src.path.display()
             ));
+            return report;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            report.error = Some(format!(
+                "{} does not exist (was it removed during the run? when voltar runs in a container, mount /var/lib/docker/volumes at the same path)",
+                src.path.display()
+            ));
+            return report;
+        }
+        Err(e) => {
+            report.error = Some(format!("cannot read {}: {e}", src.path.display()));
             return report;
         }
     }
@@ -460,7 +479,7 @@ async fn back_up_source(
         }
     }
     if legs.is_empty() {
-        report.error = Some("no target accepted the upload".into());
+        report.error = Some(not_stored(&report.target_errors));
         return report;
     }
 
@@ -566,17 +585,23 @@ async fn back_up_source(
     let (pack_report, sha256, size) = match packed {
         Ok(p) => p,
         Err(e) => {
-            // If every target had failed, that is the more useful message.
+            let mut every_target_failed = !legs.is_empty();
             for (i, r) in &legs {
-                if let Err(le) = r {
-                    if !matches!(le, storage::StorageError::Cancelled { .. }) {
+                match r {
+                    Err(le) if !matches!(le, storage::StorageError::Cancelled { .. }) => {
                         report
                             .target_errors
                             .insert(names[*i].clone(), le.to_string());
                     }
+                    _ => every_target_failed = false,
                 }
             }
-            report.error = Some(e);
+            // When every target failed, the packer only saw a closed pipe: the targets' errors are the cause.
+            report.error = Some(if every_target_failed {
+                not_stored(&report.target_errors)
+            } else {
+                e
+            });
             return report;
         }
     };
@@ -622,6 +647,21 @@ async fn back_up_source(
         Status::Partial
     };
     report
+}
+
+/// "not stored: <each target's error>" (the errors name their target).
+fn not_stored(target_errors: &BTreeMap<String, String>) -> String {
+    if target_errors.is_empty() {
+        return "not stored: no target accepted the upload".into();
+    }
+    format!(
+        "not stored: {}",
+        target_errors
+            .values()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("; ")
+    )
 }
 
 fn hostname() -> String {
