@@ -455,7 +455,10 @@ fn plan_containers(users: &[(&ContainerInfo, bool)], job: &Job) -> Vec<PlannedCo
                 .get(LABEL_STOP_TIMEOUT)
                 .and_then(|t| crate::config::parse_duration(t).ok())
                 .unwrap_or(job.quiesce.stop_timeout);
-            let (action, reason) = if mode == QuiesceAction::None {
+            // A read-only user is never quiesced, whatever the label or default says: say that first.
+            let (action, reason) = if !rw {
+                (QuiesceAction::None, "mounted read-only".to_string())
+            } else if mode == QuiesceAction::None {
                 (QuiesceAction::None, mode_src.to_string())
             } else if c.state == ContainerState::Paused {
                 (
@@ -464,8 +467,6 @@ fn plan_containers(users: &[(&ContainerInfo, bool)], job: &Job) -> Vec<PlannedCo
                 )
             } else if c.state != ContainerState::Running {
                 (QuiesceAction::None, format!("{}: not running", c.state))
-            } else if !rw {
-                (QuiesceAction::None, "mounted read-only".to_string())
             } else if mode == QuiesceAction::Stop && c.swarm_service().is_some() {
                 (
                     QuiesceAction::Pause,
