@@ -312,15 +312,32 @@ async fn run(cli: Cli, cancel: CancellationToken) -> Result<i32> {
                 )
             };
             if cli.json {
-                let mut v = serde_json::to_value(&plan)?;
-                if let (Some(sizes), Some(arr)) =
-                    (&sizes, v.get_mut("sources").and_then(|s| s.as_array_mut()))
-                {
-                    for (s, size) in arr.iter_mut().zip(sizes) {
-                        s["size"] = serde_json::json!(size);
-                    }
+                // Fields in the order of the plan's own JSON (as in `backup --json`), with each source's size.
+                #[derive(serde::Serialize)]
+                struct SizedSource<'a> {
+                    #[serde(flatten)]
+                    source: &'a crate::plan::PlannedSource,
+                    #[serde(skip_serializing_if = "Option::is_none")]
+                    size: Option<u64>,
                 }
-                out_json(&v);
+                #[derive(serde::Serialize)]
+                struct PlanOut<'a> {
+                    sources: Vec<SizedSource<'a>>,
+                    skipped: &'a [crate::plan::SkippedSource],
+                }
+                let doc = PlanOut {
+                    sources: plan
+                        .sources
+                        .iter()
+                        .enumerate()
+                        .map(|(i, source)| SizedSource {
+                            source,
+                            size: sizes.as_ref().and_then(|v| v.get(i).copied().flatten()),
+                        })
+                        .collect(),
+                    skipped: &plan.skipped,
+                };
+                out_json(&doc);
             } else {
                 out(&render_plan(&plan, sizes.as_deref()));
             }
@@ -575,7 +592,7 @@ fn render_plan(plan: &crate::plan::Plan, sizes: Option<&[Option<u64>]>) -> Strin
 }
 
 fn ratio(bytes: u64, stored: u64) -> String {
-    if stored == 0 {
+    if stored == 0 || bytes == 0 {
         "-".into()
     } else {
         format!("{:.2}x", bytes as f64 / stored as f64)
@@ -713,8 +730,11 @@ fn render_list(target: &str, l: &catalog::Listing) -> String {
             tags,
         ]);
     }
-    let mut out = format!("{} backup(s) in {target}\n", l.backups.len());
-    out.push_str(&table(&rows));
+    let mut out = if l.backups.is_empty() {
+        format!("no backups in {target}\n")
+    } else {
+        format!("{} backup(s) in {target}\n", l.backups.len()) + &table(&rows)
+    };
     if !l.incomplete.is_empty() {
         out.push_str(&format!(
             "{} incomplete (no manifest; removed by prune after the grace period): {}\n",
