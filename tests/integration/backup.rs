@@ -648,8 +648,8 @@ fn issue2_pause_only_rw_users_and_only_while_their_volume_is_read() {
         ["pause", "unpause"]
     );
     assert!(
-        a[1].nanos < b[0].nanos,
-        "{wa} was still paused when {vb} began to be read: {a:?} / {b:?}"
+        a[1].nanos < b[0].nanos || b[1].nanos < a[0].nanos,
+        "pause intervals overlap: {wa} was paused while {vb} was read or {wb} while {va} was: {a:?} / {b:?}"
     );
     for (name, end) in [
         (&ro, "running"),
@@ -885,8 +885,12 @@ fn issue2_one_failing_source_does_not_stop_the_others() {
     let mut c = Cleanup::default();
     let env = Env::new();
     // Sources are read in name order: the broken one comes first.
-    let bad = c.volume("a-bad");
-    let good = c.volume("b-good");
+    let base = unique("src");
+    let (bad, good) = (format!("{base}-a-bad"), format!("{base}-b-good"));
+    for v in [&bad, &good] {
+        docker(&["volume", "create", v]);
+        c.volumes.push(v.clone());
+    }
     std::fs::write(mountpoint(&good).join("f"), b"good data").unwrap();
     let bad_dir = mountpoint(&bad);
     std::fs::remove_dir_all(&bad_dir).unwrap();
