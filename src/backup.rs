@@ -235,6 +235,7 @@ pub async fn execute(
     // Open every target and take its lock. A target that cannot be opened fails alone.
     let mut stores: Vec<Option<Arc<dyn Storage>>> = Vec::new();
     let mut locks: Vec<TargetLock> = Vec::new();
+    let mut first_error: Option<BackupError> = None;
     for t in &req.targets {
         let mut tr = TargetReport {
             name: t.name.clone(),
@@ -255,25 +256,24 @@ pub async fn execute(
                     Err(e) => {
                         tr.error = Some(e.to_string());
                         stores.push(None);
+                        first_error.get_or_insert(BackupError::Lock(e));
                     }
                 }
             }
             Err(e) => {
                 tr.error = Some(e.to_string());
                 stores.push(None);
+                first_error.get_or_insert(BackupError::Storage {
+                    target: t.name.clone(),
+                    source: e,
+                });
             }
         }
         report.targets.push(tr);
     }
     if stores.iter().all(Option::is_none) {
-        let first = report.targets[0].error.clone().unwrap_or_default();
-        return Err(BackupError::Storage {
-            target: report.targets[0].name.clone(),
-            source: storage::StorageError::Permanent {
-                target: report.targets[0].location.clone(),
-                message: first,
-            },
-        });
+        // No target is usable: fatal, with the first target's own error (its message names the target).
+        return Err(first_error.unwrap_or(BackupError::NoTarget));
     }
 
     let encryptor = Encryptor::from_config(&env.config.encryption)?;
