@@ -1,16 +1,14 @@
-//! `prune` against a real filesystem target: backups are written as real manifests and objects through the
-//! `Storage` trait, pruned, and the target is listed again to see what is really left.
+//! `prune` against real targets: backups are written as real manifests and objects through the `Storage` trait,
+//! pruned, and the target is listed again to see what is really left. Every case is an `async fn(&dyn Storage)`
+//! run unchanged against `LocalStorage` over a temp dir and the S3 backend on the S3 test server (a fresh bucket
+//! per case); the `on_targets!` macro instantiates the cases per backend.
 //!
-//! Every case is an `async fn(&dyn Storage)` so that it runs unchanged against any backend; the `on_targets!`
-//! macro at the bottom instantiates the cases per backend.
+//! Then end to end through the `voltar` binary and the real Docker Engine, on a local and an S3 target:
+//! `voltar prune --keep-last N [--dry-run]`, and a job whose retention policy prunes after each backup but skips
+//! (and says so) when the new backup is empty.
 //!
-//! TODO(lead): run against LocalStorage + S3 once merged. The local and S3 backends are written in a parallel
-//! branch; until they land, the cases run against `FsStorage` below, a small but honest filesystem store (real
-//! files in a temp dir, temp + rename writes, real mtimes) — not a mock. Once merged, add the backends in
-//! `on_targets!` (one line each): `voltar::storage::local::LocalStorage` over a temp dir, and the S3 backend
-//! against `support::s3_endpoint()` with a fresh bucket from `support::unique("prune")`.
-
-use std::path::{Path, PathBuf};
+//! Acceptance rows: 9 (never the newest, never foreign objects, future-dated kept, dry-run first), 10 (empty
+//! backup does not trigger pruning).
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -24,151 +22,7 @@ use voltar::catalog::{
 use voltar::config::Retention;
 use voltar::prune::{self, AfterBackup, PruneOptions};
 use voltar::retention::{Action, Policy};
-use voltar::storage::{
-    check_key, ByteStream, ObjectMeta, ObjectWriter, PutOptions, Storage, StorageError,
-};
-
-// ---------------------------------------------------------------------------------------------------------------
-// A minimal filesystem Storage (to be replaced by the real backends, see the TODO above).
-
-#[derive(Debug)]
-pub struct FsStorage {
-    root: PathBuf,
-}
-
-impl FsStorage {
-    pub fn new(root: &Path) -> FsStorage {
-        FsStorage {
-            root: root.to_path_buf(),
-        }
-    }
-    fn path(&self, key: &str) -> Result<PathBuf, StorageError> {
-        check_key(key)?;
-        Ok(self.root.join(key))
-    }
-    fn io(&self, what: &str, e: std::io::Error) -> StorageError {
-        StorageError::from_io(&self.describe(), what, e)
-    }
-}
-
-/// Write `data` under `key` atomically: temp file in the same directory, then rename.
-fn write_file(root: &Path, key: &str, data: &[u8]) -> Result<(), StorageError> {
-    check_key(key)?;
-    let io = |e| StorageError::from_io(&root.display().to_string(), key, e);
-    let path = root.join(key);
-    let dir = path.parent().expect("key has a parent");
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let tmp = dir.join(format!(
-        ".tmp-{}",
-        path.file_name().unwrap().to_string_lossy()
-    ));
-    std::fs::write(&tmp, data).map_err(io)?;
-    std::fs::rename(&tmp, &path).map_err(io)
-}
-
-struct FsWriter {
-    root: PathBuf,
-    key: String,
-    buf: Vec<u8>,
-}
-
-#[async_trait]
-impl ObjectWriter for FsWriter {
-    async fn write(&mut self, chunk: Bytes) -> Result<(), StorageError> {
-        self.buf.extend_from_slice(&chunk);
-        Ok(())
-    }
-    async fn finish(self: Box<Self>) -> Result<ObjectMeta, StorageError> {
-        write_file(&self.root, &self.key, &self.buf)?;
-        Ok(ObjectMeta {
-            key: self.key.clone(),
-            size: self.buf.len() as u64,
-            modified: Some(std::time::SystemTime::now()),
-        })
-    }
-    async fn abort(self: Box<Self>) -> Result<(), StorageError> {
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl Storage for FsStorage {
-    fn describe(&self) -> String {
-        self.root.display().to_string()
-    }
-    async fn put(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
-        write_file(&self.root, key, &data)
-    }
-    async fn put_stream(
-        &self,
-        key: &str,
-        _opts: PutOptions,
-    ) -> Result<Box<dyn ObjectWriter>, StorageError> {
-        check_key(key)?;
-        Ok(Box::new(FsWriter {
-            root: self.root.clone(),
-            key: key.to_string(),
-            buf: Vec::new(),
-        }))
-    }
-    async fn get(&self, key: &str) -> Result<ByteStream, StorageError> {
-        let data = std::fs::read(self.path(key)?).map_err(|e| self.io(key, e))?;
-        Ok(Box::pin(futures::stream::once(async move {
-            Ok(Bytes::from(data))
-        })))
-    }
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
-        let mut out = Vec::new();
-        for entry in walkdir::WalkDir::new(&self.root).min_depth(1) {
-            let entry = entry.map_err(|e| self.io("list", e.into()))?;
-            if !entry.file_type().is_file()
-                || entry.file_name().to_string_lossy().starts_with(".tmp-")
-            {
-                continue;
-            }
-            let rel = entry.path().strip_prefix(&self.root).unwrap();
-            let key = rel
-                .to_string_lossy()
-                .replace(std::path::MAIN_SEPARATOR, "/");
-            if !key.starts_with(prefix) {
-                continue;
-            }
-            let meta = entry.metadata().map_err(|e| self.io(&key, e.into()))?;
-            out.push(ObjectMeta {
-                key,
-                size: meta.len(),
-                modified: meta.modified().ok(),
-            });
-        }
-        out.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(out)
-    }
-    async fn delete(&self, keys: &[String]) -> Result<(), StorageError> {
-        for key in keys {
-            let path = self.path(key)?;
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(self.io(key, e)),
-            }
-            // Remove directories left empty, up to the root.
-            let mut dir = path.parent();
-            while let Some(d) = dir {
-                if d == self.root || std::fs::remove_dir(d).is_err() {
-                    break;
-                }
-                dir = d.parent();
-            }
-        }
-        Ok(())
-    }
-    async fn sweep_incomplete(
-        &self,
-        _older_than: std::time::Duration,
-    ) -> Result<usize, StorageError> {
-        Ok(0)
-    }
-}
+use voltar::storage::{ByteStream, ObjectMeta, ObjectWriter, PutOptions, Storage, StorageError};
 
 // ---------------------------------------------------------------------------------------------------------------
 // Building a target's content.
@@ -691,21 +545,57 @@ async fn manifest_goes_first_and_failures_do_not_stop_the_rest(s: &dyn Storage) 
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Backends. TODO(lead): add `local` (LocalStorage) and `s3` (moto at support::s3_endpoint()) arms once merged.
+// Backends.
 
-fn fs_target() -> (tempfile::TempDir, FsStorage) {
+/// A real `LocalStorage` over a fresh temp dir.
+fn local_target() -> (tempfile::TempDir, voltar::storage::local::LocalStorage) {
     let dir = tempfile::tempdir().unwrap();
-    let s = FsStorage::new(dir.path());
+    let s = voltar::storage::local::LocalStorage::new(dir.path().join("backups"));
     (dir, s)
+}
+
+/// The S3 backend on the S3 test server, a fresh bucket (None: no server, and not under CI).
+async fn s3_target() -> Option<(tempfile::TempDir, voltar::storage::s3::S3Storage)> {
+    use std::os::unix::fs::PermissionsExt;
+    let endpoint = crate::support::s3_endpoint()?;
+    let dir = tempfile::tempdir().unwrap();
+    let (ak, sk) = (dir.path().join("ak"), dir.path().join("sk"));
+    for (p, v) in [(&ak, "prune-key"), (&sk, "prune-secret")] {
+        std::fs::write(p, v).unwrap();
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let mut t = voltar::config::S3Target::new(crate::support::unique("prune"), "host/a".into());
+    t.endpoint = Some(endpoint);
+    t.region = Some("us-east-1".into());
+    t.path_style = true;
+    t.access_key_id_file = Some(ak);
+    t.secret_access_key_file = Some(sk);
+    t.retry_deadline = std::time::Duration::from_secs(20);
+    // A small list page, so listing and deleting go through several pages.
+    let s = voltar::storage::s3::S3Storage::new(&t)
+        .await
+        .unwrap()
+        .with_list_page_size(7);
+    s.ensure_bucket().await.unwrap();
+    Some((dir, s))
 }
 
 macro_rules! on_targets {
     ($($case:ident),* $(,)?) => {
-        mod fs {
+        mod local {
             $(
                 #[tokio::test]
                 async fn $case() {
-                    let (_dir, s) = super::fs_target();
+                    let (_dir, s) = super::local_target();
+                    super::$case(&s).await;
+                }
+            )*
+        }
+        mod s3 {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let Some((_dir, s)) = super::s3_target().await else { return };
                     super::$case(&s).await;
                 }
             )*
