@@ -163,7 +163,10 @@ secret-access-key-file = "{sk}"
         c.env("VOLTAR_STATE_DIR", self.path("state"))
             .env("HOME", self.path("home"))
             .env("AWS_CONFIG_FILE", self.path("home/no-aws-config"))
-            .env("AWS_SHARED_CREDENTIALS_FILE", self.path("home/no-aws-creds"))
+            .env(
+                "AWS_SHARED_CREDENTIALS_FILE",
+                self.path("home/no-aws-creds"),
+            )
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .stdin(Stdio::null());
         c
@@ -249,7 +252,12 @@ fn ssh_identity(w: &World) -> (PathBuf, String) {
 }
 
 async fn keys(s: &S3Storage) -> Vec<String> {
-    s.list("").await.unwrap().into_iter().map(|o| o.key).collect()
+    s.list("")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect()
 }
 
 fn backup_ids(out: &Out) -> Vec<String> {
@@ -313,7 +321,9 @@ fn s3_round_trip_with_encryption() {
     assert!(!stored.windows(10).any(|x| x == b"round-trip"));
 
     // The manifest records the encryption and the recipients' fingerprints, never a key.
-    let raw = w.block(store.get_bytes(&format!("{id}/manifest.json"))).unwrap();
+    let raw = w
+        .block(store.get_bytes(&format!("{id}/manifest.json")))
+        .unwrap();
     let raw = String::from_utf8(raw.to_vec()).unwrap();
     let m: Manifest = serde_json::from_str(&raw).unwrap();
     let enc = m.encryption.as_ref().expect("encryption recorded");
@@ -335,7 +345,13 @@ fn s3_round_trip_with_encryption() {
 
     // Storage class and SSE reached S3.
     let head = StdCommand::new("aws")
-        .args(["--endpoint-url", &endpoint, "s3api", "head-object", "--bucket"])
+        .args([
+            "--endpoint-url",
+            &endpoint,
+            "s3api",
+            "head-object",
+            "--bucket",
+        ])
         .arg(&w.bucket)
         .args(["--key", &format!("host1/{object}")])
         .env("AWS_ACCESS_KEY_ID", KEY_ID)
@@ -372,7 +388,10 @@ fn s3_round_trip_with_encryption() {
         &["-c", cfg, "verify", "--identity", age_key.to_str().unwrap()],
     );
     assert_eq!(v.code, 0, "{v:?}");
-    assert!(v.stdout.contains("ok ") && v.stdout.contains("0 problem(s)"), "{v:?}");
+    assert!(
+        v.stdout.contains("ok ") && v.stdout.contains("0 problem(s)"),
+        "{v:?}"
+    );
 
     // restore through `--target s3://…` and the AWS environment only (no config), with the ssh key.
     let copy = support::unique("rt-copy");
@@ -451,7 +470,16 @@ fn wrong_or_missing_key_is_a_clear_error_and_writes_nothing() {
     // No key.
     let r = run(
         w.cmd(),
-        &["-c", cfg, "restore", "latest", "--source", &vol, "--to-volume", &copy],
+        &[
+            "-c",
+            cfg,
+            "restore",
+            "latest",
+            "--source",
+            &vol,
+            "--to-volume",
+            &copy,
+        ],
     );
     assert_eq!(r.code, 2, "{r:?}");
     assert!(r.stderr.contains("--identity"), "{r:?}");
@@ -465,7 +493,16 @@ fn wrong_or_missing_key_is_a_clear_error_and_writes_nothing() {
     let r = run(
         w.cmd(),
         &[
-            "-c", cfg, "restore", "latest", "--source", &vol, "--to-volume", &copy, "--identity", wrong,
+            "-c",
+            cfg,
+            "restore",
+            "latest",
+            "--source",
+            &vol,
+            "--to-volume",
+            &copy,
+            "--identity",
+            wrong,
         ],
     );
     assert_ne!(r.code, 0, "{r:?}");
@@ -473,12 +510,24 @@ fn wrong_or_missing_key_is_a_clear_error_and_writes_nothing() {
     assert!(!volume_exists(&copy));
     let r = run(
         w.cmd(),
-        &["-c", cfg, "restore", "latest", "--source", &vol, "--identity", wrong],
+        &[
+            "-c",
+            cfg,
+            "restore",
+            "latest",
+            "--source",
+            &vol,
+            "--identity",
+            wrong,
+        ],
     );
     assert_ne!(r.code, 0, "{r:?}");
     assert!(r.stderr.contains("wrong key"), "{r:?}");
     let d = tree::diff(&before, &snapshot(&src), &DiffOptions::default());
-    assert!(d.is_empty(), "in-place restore with a wrong key changed the volume: {d:?}");
+    assert!(
+        d.is_empty(),
+        "in-place restore with a wrong key changed the volume: {d:?}"
+    );
     let v = run(w.cmd(), &["-c", cfg, "verify", "--identity", wrong]);
     assert_eq!(v.code, 1, "{v:?}");
     assert!(v.all().contains("wrong key"), "{v:?}");
@@ -491,13 +540,7 @@ fn wrong_or_missing_key_is_a_clear_error_and_writes_nothing() {
     );
     let r = run(
         w.cmd(),
-        &[
-            "-c",
-            cfg,
-            "verify",
-            "--identity",
-            loose.to_str().unwrap(),
-        ],
+        &["-c", cfg, "verify", "--identity", loose.to_str().unwrap()],
     );
     assert_eq!(r.code, 2, "{r:?}");
     assert!(r.stderr.contains("chmod 600"), "{r:?}");
@@ -549,7 +592,9 @@ fn tampered_or_swapped_archives_and_manifests_are_detected() {
     let rt = &w.rt;
     let obj = |id: &str| format!("{id}/{vol}.tar.zst.age");
     let original_archive = rt.block_on(store.get_bytes(&obj(&second))).unwrap();
-    let original_manifest = rt.block_on(store.get_bytes(&manifest_key(&second.parse().unwrap()))).unwrap();
+    let original_manifest = rt
+        .block_on(store.get_bytes(&manifest_key(&second.parse().unwrap())))
+        .unwrap();
     let put = |k: &str, b: Vec<u8>| rt.block_on(store.put(k, Bytes::from(b))).unwrap();
     std::fs::write(src.join("conf/app.yml"), "live data\n").unwrap();
     let live = snapshot(&src);
@@ -558,10 +603,22 @@ fn tampered_or_swapped_archives_and_manifests_are_detected() {
         let v = run(w.cmd(), &["-c", cfg, "verify", &second, "--identity", key]);
         assert_eq!(v.code, 1, "{what}: {v:?}");
         assert!(v.stdout.contains("FAILED"), "{what}: {v:?}");
-        assert!(v.all().contains(expect), "{what}: expected `{expect}`: {v:?}");
+        assert!(
+            v.all().contains(expect),
+            "{what}: expected `{expect}`: {v:?}"
+        );
         let r = run(
             w.cmd(),
-            &["-c", cfg, "restore", &second, "--source", &vol, "--identity", key],
+            &[
+                "-c",
+                cfg,
+                "restore",
+                &second,
+                "--source",
+                &vol,
+                "--identity",
+                key,
+            ],
         );
         assert_ne!(r.code, 0, "{what}: restore went through: {r:?}");
         let d = tree::diff(&live, &snapshot(&src), &DiffOptions::default());
@@ -578,9 +635,11 @@ fn tampered_or_swapped_archives_and_manifests_are_detected() {
     // 2. The other backup's archive put in its place, with the manifest's sha256/size edited to match it.
     let other = rt.block_on(store.get_bytes(&obj(&first))).unwrap();
     put(&obj(&second), other.to_vec());
-    let m_first: Manifest =
-        serde_json::from_slice(&rt.block_on(store.get_bytes(&format!("{first}/manifest.json"))).unwrap())
-            .unwrap();
+    let m_first: Manifest = serde_json::from_slice(
+        &rt.block_on(store.get_bytes(&format!("{first}/manifest.json")))
+            .unwrap(),
+    )
+    .unwrap();
     let mut m: Manifest = serde_json::from_slice(&original_manifest).unwrap();
     m.sources[0].sha256 = m_first.sources[0].sha256.clone();
     m.sources[0].stored_bytes = m_first.sources[0].stored_bytes;
@@ -602,7 +661,10 @@ fn tampered_or_swapped_archives_and_manifests_are_detected() {
     check("seal removed", "no seal");
 
     // Put back as it was: verifies again (the checks above failed for the tampering, not for the setup).
-    put(&format!("{second}/manifest.json"), original_manifest.to_vec());
+    put(
+        &format!("{second}/manifest.json"),
+        original_manifest.to_vec(),
+    );
     let v = run(w.cmd(), &["-c", cfg, "verify", "--all", "--identity", key]);
     assert_eq!(v.code, 0, "{v:?}");
 }
@@ -641,7 +703,10 @@ impl PrivateS3 {
         let s = PrivateS3 { child, port };
         let start = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(start.elapsed() < Duration::from_secs(60), "moto did not start");
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "moto did not start"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         Some(s)
@@ -689,7 +754,12 @@ fn a_failing_s3_target_fails_alone_and_leaves_nothing_behind() {
     std::fs::write(src.join("small.txt"), "small").unwrap();
     let app = c.run(
         "fanout-app",
-        &["-v", &format!("{vol}:/data"), "--label", "voltar.quiesce=pause"],
+        &[
+            "-v",
+            &format!("{vol}:/data"),
+            "--label",
+            "voltar.quiesce=pause",
+        ],
     );
     let local = w.path("local-backups");
     let cfg = w.config(
@@ -755,8 +825,14 @@ fn a_failing_s3_target_fails_alone_and_leaves_nothing_behind() {
         .lines()
         .find(|l| l.starts_with(&format!("target {}", local.display())))
         .unwrap_or_else(|| panic!("no line for the local target: {out:?}"));
-    assert!(local_line.ends_with("committed") && !local_line.contains("NOT"), "{out:?}");
-    assert!(out.stdout.contains("offsite"), "the failed target's name: {out:?}");
+    assert!(
+        local_line.ends_with("committed") && !local_line.contains("NOT"),
+        "{out:?}"
+    );
+    assert!(
+        out.stdout.contains("offsite"),
+        "the failed target's name: {out:?}"
+    );
 
     // The container was resumed.
     assert_eq!(support::state(&app), "running");
@@ -778,10 +854,7 @@ fn a_failing_s3_target_fails_alone_and_leaves_nothing_behind() {
     }
 
     // The local target has a complete backup that verifies.
-    let l = run(
-        w.cmd(),
-        &["--json", "list", "-t", local.to_str().unwrap()],
-    );
+    let l = run(w.cmd(), &["--json", "list", "-t", local.to_str().unwrap()]);
     assert_eq!(l.code, 0, "{l:?}");
     assert_eq!(backup_ids(&l).len(), 1, "{l:?}");
     let v = run(w.cmd(), &["verify", "-t", local.to_str().unwrap()]);
@@ -820,9 +893,10 @@ fn secrets_never_reach_the_output_at_any_log_level() {
     fill_volume(&support::mountpoint(&vol), "secrets");
     let sk = write_secret(&w.path("canary-secret"), CANARY_FILE, 0o600);
     let pass = write_secret(&w.path("passphrase"), CANARY_PASS, 0o600);
-    let target = w
-        .s3_target_toml("offsite", "sec", "")
-        .replace(&w.path("secret").display().to_string(), &sk.display().to_string());
+    let target = w.s3_target_toml("offsite", "sec", "").replace(
+        &w.path("secret").display().to_string(),
+        &sk.display().to_string(),
+    );
     let cfg = w.config(
         "voltar.toml",
         &format!(
@@ -847,7 +921,14 @@ fn secrets_never_reach_the_output_at_any_log_level() {
     cmd.env("VOLTAR_LOG", "trace");
     let v = run(
         cmd,
-        &["-vvv", "-c", cfg, "verify", "--passphrase-file", pass.to_str().unwrap()],
+        &[
+            "-vvv",
+            "-c",
+            cfg,
+            "verify",
+            "--passphrase-file",
+            pass.to_str().unwrap(),
+        ],
     );
     assert_eq!(v.code, 0, "{v:?}");
     assert_no_canary("verify", &v);
@@ -862,7 +943,10 @@ fn secrets_never_reach_the_output_at_any_log_level() {
     assert_eq!(raw.len(), 1);
     let raw = String::from_utf8_lossy(&raw[0]).into_owned();
     assert!(raw.contains("\"passphrase\""), "{raw}");
-    assert!(!raw.contains(CANARY_PASS) && !raw.contains(CANARY_FILE), "{raw}");
+    assert!(
+        !raw.contains(CANARY_PASS) && !raw.contains(CANARY_FILE),
+        "{raw}"
+    );
 
     // The secret key from the environment, target from the URL.
     let mut cmd = w.cmd();
