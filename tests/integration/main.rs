@@ -8,5 +8,5 @@ mod archive_unpack;
 mod backup;
 mod prune;
 mod quiesce;
-mod storage;
 mod s3;
+mod storage;
