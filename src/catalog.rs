@@ -361,7 +361,15 @@ pub async fn list(storage: &dyn Storage) -> Result<Listing, CatalogError> {
             Err(e) => listing.unreadable.push((id, e.to_string())),
         }
     }
+    // Ids sort by time only to the second (then by a random suffix): two backups in one second would list, and
+    // resolve `latest`, in random order. The manifest's start time decides; the id breaks exact ties.
+    sort_by_time(&mut listing.backups);
     Ok(listing)
+}
+
+/// Oldest first by `started_at`, then by id.
+pub fn sort_by_time(backups: &mut [Manifest]) {
+    backups.sort_by(|a, b| (a.started_at, &a.id).cmp(&(b.started_at, &b.id)));
 }
 
 /// Read one manifest and check it names the id it is stored under.
@@ -426,6 +434,45 @@ mod tests {
         assert_eq!(a.time(), Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap());
         assert_eq!(a.as_str().parse::<BackupId>().unwrap(), a);
         assert!(a.as_str().starts_with("20260102T030405Z-"));
+    }
+
+    fn manifest_at(id: &str, at: DateTime<Utc>) -> Manifest {
+        Manifest {
+            format: FORMAT_VERSION,
+            tool: "t".into(),
+            id: id.parse().unwrap(),
+            job: "j".into(),
+            host: "h".into(),
+            started_at: at,
+            finished_at: at,
+            tags: vec![],
+            sources: vec![],
+            failed: vec![],
+            encryption: None,
+            seal: None,
+        }
+    }
+
+    /// Two backups in the same second: their ids order by the random suffix, `latest` must still be the newer.
+    #[test]
+    fn latest_is_the_newest_even_within_one_second() {
+        let t = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
+        let newer = manifest_at(
+            "20260102T030405Z-0001",
+            t + chrono::Duration::milliseconds(700),
+        );
+        let older = manifest_at(
+            "20260102T030405Z-ffff",
+            t + chrono::Duration::milliseconds(100),
+        );
+        let mut backups = vec![newer.clone(), older.clone()];
+        sort_by_time(&mut backups);
+        let listing = Listing {
+            backups,
+            ..Listing::default()
+        };
+        assert_eq!(listing.backups[0].id, older.id);
+        assert_eq!(resolve(&listing, "latest", None).unwrap().id, newer.id);
     }
 
     #[test]

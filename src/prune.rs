@@ -536,7 +536,12 @@ pub fn render(r: &PruneReport) -> String {
                     }
                 }
             },
-            d.reasons.join(", "),
+            if d.reasons.is_empty() {
+                // `reasons` are the rules that keep a backup; a deleted one matched none of them.
+                "matches no keep rule".to_string()
+            } else {
+                d.reasons.join(", ")
+            },
         ]);
     }
     let mut out = format!(

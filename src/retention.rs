@@ -16,8 +16,8 @@
 //!   (a broken job, a full disk) — exactly when the last good backups matter most.
 //! * Buckets are computed in the configured zone (default: the machine's local zone). Days, months and years
 //!   are calendar ones, so a day is 23 or 25 hours long across a DST change. An hour bucket is a *real* hour:
-//!   on the fall-back night the repeated local hour 02:00–02:59 is two buckets (they differ in UTC offset), so
-//!   `keep-hourly` never merges two backups taken an hour apart. Weeks are ISO weeks (Monday–Sunday, the week
+//!   the bucket is the real instant its local hour began, so on the fall-back night the repeated local hour
+//!   02:00–02:59 is two buckets and `keep-hourly` never merges two backups taken an hour apart. Weeks are ISO weeks (Monday–Sunday, the week
 //!   of Dec 29 2025 is 2026-W01), so a week is never split at New Year.
 //!
 //! # Safety rules on top of the policy
@@ -39,7 +39,7 @@
 use std::cmp::Ordering;
 use std::fmt;
 
-use chrono::{DateTime, Datelike, Duration, Offset, TimeZone, Timelike, Utc};
+use chrono::{DateTime, Datelike, Duration, TimeZone, Timelike, Utc};
 use serde::Serialize;
 
 use crate::catalog::{BackupId, Manifest};
@@ -161,25 +161,27 @@ fn newest_first(a: &Candidate, b: &Candidate) -> Ordering {
 }
 
 /// A bucket: one real hour / calendar day / ISO week / month / year, as a comparable key.
-type Bucket = (i32, u32, u32, u32, i32);
+type Bucket = (i64, u32, u32);
 
 fn hour_bucket<Z: TimeZone>(t: &DateTime<Z>) -> Bucket {
-    // The UTC offset is part of the key so the repeated hour of a fall-back night is two buckets.
-    let off = t.offset().fix().local_minus_utc();
-    (t.year(), t.month(), t.day(), t.hour(), off)
+    // The real instant the local hour began. The repeated hour of a fall-back night is two buckets (it began
+    // twice), and where a DST jump is not a whole hour (Chatham +12:45 → +13:45 at 02:45) the local hour 03:45
+    // that follows 02:44 is the same real hour, not a new 15-minute bucket.
+    let into_hour = i64::from(t.minute()) * 60 + i64::from(t.second());
+    (t.timestamp() - into_hour, 0, 0)
 }
 fn day_bucket<Z: TimeZone>(t: &DateTime<Z>) -> Bucket {
-    (t.year(), t.month(), t.day(), 0, 0)
+    (i64::from(t.year()), t.month(), t.day())
 }
 fn week_bucket<Z: TimeZone>(t: &DateTime<Z>) -> Bucket {
     let w = t.iso_week();
-    (w.year(), w.week(), 0, 0, 0)
+    (i64::from(w.year()), w.week(), 0)
 }
 fn month_bucket<Z: TimeZone>(t: &DateTime<Z>) -> Bucket {
-    (t.year(), t.month(), 0, 0, 0)
+    (i64::from(t.year()), t.month(), 0)
 }
 fn year_bucket<Z: TimeZone>(t: &DateTime<Z>) -> Bucket {
-    (t.year(), 0, 0, 0, 0)
+    (i64::from(t.year()), 0, 0)
 }
 
 /// `14d`, `36h`, `1d12h`, `90s`: compact, for reasons.
@@ -434,6 +436,30 @@ mod tests {
             .enumerate()
             .map(|(n, s)| cand_at(t(s), n, false, 100))
             .collect()
+    }
+
+    /// Chatham springs forward from 02:45 (+12:45) to 03:45 (+13:45): 02:14 and 03:45 local are 31 real minutes
+    /// apart, in the same real hour (13:15Z–14:15Z). keep-hourly 2 keeps the newer of them and the backup of
+    /// the hour before, not two backups 31 minutes apart (found by the property test below).
+    #[test]
+    fn hourly_is_a_real_hour_where_dst_jumps_mid_hour() {
+        let tz: chrono_tz::Tz = "Pacific/Chatham".parse().unwrap();
+        let c = cands(&["2024-09-28 12:10", "2024-09-28 13:29", "2024-09-28 14:00"]);
+        let p = plan(
+            &with(Policy {
+                keep_hourly: Some(2),
+                ..none()
+            }),
+            &c,
+            t("2024-09-29 00:00"),
+            &tz,
+        );
+        assert_eq!(
+            kept_times(&p),
+            vec!["2024-09-28 12:10", "2024-09-28 14:00"],
+            "{:#?}",
+            p.decisions
+        );
     }
 
     fn with(policy: Policy) -> Retention {

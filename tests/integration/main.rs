@@ -8,4 +8,5 @@ mod archive_unpack;
 mod backup;
 mod prune;
 mod quiesce;
+mod s3;
 mod storage;
