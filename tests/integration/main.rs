@@ -9,3 +9,4 @@ mod backup;
 mod prune;
 mod quiesce;
 mod storage;
+mod restore;
