@@ -22,7 +22,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
-use voltar::archive::tree::{diff, snapshot, snapshot_with, DiffOptions, Snapshot, SnapshotOptions};
+use voltar::archive::tree::{
+    diff, snapshot, snapshot_with, DiffOptions, Snapshot, SnapshotOptions,
+};
 
 use crate::require_docker;
 use crate::support::{self, docker, docker_raw, mountpoint, Cleanup, IMAGE};
@@ -85,7 +87,7 @@ impl World {
             .args(args)
             .current_dir(self.dir.path())
             .env("VOLTAR_STATE_DIR", self.dir.path().join("state"))
-            .env("VOLTAR_CONFIG", self.dir.path().join("no-such-config.toml"))
+            .env_remove("VOLTAR_CONFIG")
             .env_remove("VOLTAR_LOG")
             .output()
             .expect("running voltar");
@@ -340,7 +342,8 @@ fn generate_tree(root: &Path, seed: u64) {
         let ft = md.file_type();
         chown(&abs, rng.gen_range(0..70_000), rng.gen_range(0..70_000));
         if !ft.is_symlink() {
-            if rng.gen_bool(0.4) {
+            // user.* xattrs exist only on regular files and directories.
+            if (ft.is_file() || ft.is_dir()) && rng.gen_bool(0.4) {
                 let v: Vec<u8> = (0..rng.gen_range(0..64)).map(|_| rng.gen()).collect();
                 xattr::set(&abs, format!("user.t{}", rng.gen_range(0..3)), &v).unwrap();
             }
@@ -363,7 +366,11 @@ fn generate_tree(root: &Path, seed: u64) {
     chown(root, rng.gen_range(0..70_000), rng.gen_range(0..70_000));
     xattr::set(root, "user.root", b"root xattr").unwrap();
     chmod(root, modes_dir[rng.gen_range(0..modes_dir.len())]);
-    set_mtime(root, rng.gen_range(0..2_000_000_000), rng.gen_range(0..1_000_000_000));
+    set_mtime(
+        root,
+        rng.gen_range(0..2_000_000_000),
+        rng.gen_range(0..1_000_000_000),
+    );
 }
 
 /// Back up a generated tree from a real volume (with compose-like labels) and restore it into a new volume:
@@ -399,7 +406,7 @@ fn round_trip_case(seed: u64) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 3, failure_persistence: None, .. ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 3, max_shrink_iters: 0, failure_persistence: None, .. ProptestConfig::default() })]
     #[test]
     fn round_trip_generated_trees_into_new_volume(seed in any::<u64>()) {
         if !support::docker_available() {
@@ -449,10 +456,7 @@ fn sparse_file_over_8_gib_round_trips() {
         assert!(n >= 16, "short read at {off}");
         assert_eq!(&buf[..16], b"0123456789abcdef", "data at {off}");
     }
-    assert_eq!(
-        fs::read(dst.join("small")).unwrap(),
-        b"beside the big one"
-    );
+    assert_eq!(fs::read(dst.join("small")).unwrap(), b"beside the big one");
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -491,7 +495,11 @@ fn live_restore_in_place_restarts_users_and_keeps_a_safety_copy() {
         docker(&["exec", &running, "cat", "/data/hello.txt"]),
         "restored content v1"
     );
-    assert_eq!(support::state(&stopped), "exited", "user-stopped stays stopped");
+    assert_eq!(
+        support::state(&stopped),
+        "exited",
+        "user-stopped stays stopped"
+    );
     assert!(
         r.stdout.contains(&format!("restore from backup {id}")) && r.stdout.contains(&running),
         "report names the backup and the restarted container: {r:?}"
@@ -507,7 +515,11 @@ fn live_restore_in_place_restarts_users_and_keeps_a_safety_copy() {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|b| b["tags"].as_array().is_some_and(|t| t.iter().any(|t| t == "pre-restore")))
+        .filter(|b| {
+            b["tags"]
+                .as_array()
+                .is_some_and(|t| t.iter().any(|t| t == "pre-restore"))
+        })
         .collect();
     assert_eq!(safety.len(), 1, "{list:#}");
     let safety_id = safety[0]["id"].as_str().unwrap().to_string();
@@ -582,7 +594,10 @@ fn to_volume_copies_driver_options() {
     // An existing name is refused.
     let r = w.run(&["restore", "latest", "--to-volume", &copy]);
     assert_eq!(r.code, 2, "{r:?}");
-    assert!(r.stderr.contains(&format!("volume {copy} already exists")), "{r:?}");
+    assert!(
+        r.stderr.contains(&format!("volume {copy} already exists")),
+        "{r:?}"
+    );
 }
 
 /// `--dry-run` lists what would be removed and changes nothing: no container stopped, no safety backup, the
@@ -603,8 +618,14 @@ fn dry_run_lists_removals_and_changes_nothing() {
     let r = w.ok(&["restore", "latest", "--source", &vol, "--dry-run"]);
     assert!(r.stdout.contains("stale.txt"), "{r:?}");
     assert!(r.stdout.contains("db/stale-dir/deeper/x"), "{r:?}");
-    assert!(r.stdout.contains(&user), "names the container it would stop: {r:?}");
-    assert!(!r.stdout.contains("hello.txt"), "files in the backup are not removed: {r:?}");
+    assert!(
+        r.stdout.contains(&user),
+        "names the container it would stop: {r:?}"
+    );
+    assert!(
+        !r.stdout.contains("hello.txt"),
+        "files in the backup are not removed: {r:?}"
+    );
     assert_same(&now, &snap(&mp), "volume after --dry-run");
     assert_eq!(started_at(&user), started, "container untouched");
     assert_eq!(w.list()["backups"].as_array().unwrap().len(), 1);
@@ -640,8 +661,15 @@ fn path_restores_only_that_subpath() {
         }
         assert_eq!(Some(n), want.get(p), "{}", p.display());
     }
-    assert_eq!(after.len(), scribbled.len(), "no entry added or lost outside app/");
-    assert_eq!(fs::read(mp.join("hello.txt")).unwrap(), b"CHANGED after the backup\n");
+    assert_eq!(
+        after.len(),
+        scribbled.len(),
+        "no entry added or lost outside app/"
+    );
+    assert_eq!(
+        fs::read(mp.join("hello.txt")).unwrap(),
+        b"CHANGED after the backup\n"
+    );
 
     let r = w.run(&["restore", "latest", "--path", "nope", "--no-safety-backup"]);
     assert_eq!(r.code, 1, "{r:?}");
@@ -667,7 +695,13 @@ fn before_picks_the_older_backup() {
     let second = w.backup(&vol);
     assert_ne!(first, second);
 
-    let r = w.ok(&["restore", "latest", "--before", &between, "--no-safety-backup"]);
+    let r = w.ok(&[
+        "restore",
+        "latest",
+        "--before",
+        &between,
+        "--no-safety-backup",
+    ]);
     assert!(r.stdout.contains(&first), "{r:?}");
     assert_eq!(fs::read(mp.join("v")).unwrap(), b"one");
     w.ok(&["restore", "latest", "--no-safety-backup"]);
@@ -678,10 +712,16 @@ fn before_picks_the_older_backup() {
     assert!(r.stderr.contains("no backup"), "{r:?}");
     let r = w.run(&["restore", "20010101T000000Z-abcd"]);
     assert_eq!(r.code, 2, "{r:?}");
-    assert!(r.stderr.contains("no backup `20010101T000000Z-abcd`"), "{r:?}");
+    assert!(
+        r.stderr.contains("no backup `20010101T000000Z-abcd`"),
+        "{r:?}"
+    );
     let r = w.run(&["restore", &first, "--before", "1d"]);
     assert_eq!(r.code, 2, "{r:?}");
-    assert!(r.stderr.contains("--before only applies to `latest`"), "{r:?}");
+    assert!(
+        r.stderr.contains("--before only applies to `latest`"),
+        "{r:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -692,7 +732,11 @@ fn object_path(w: &World, id: &str, vol: &str) -> PathBuf {
 }
 
 fn flip(p: &Path, off: u64, mask: u8) {
-    let mut f = fs::OpenOptions::new().read(true).write(true).open(p).unwrap();
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(p)
+        .unwrap();
     let mut b = [0u8];
     f.seek(SeekFrom::Start(off)).unwrap();
     f.read_exact(&mut b).unwrap();
@@ -720,13 +764,18 @@ fn corrupt_archive_fails_restore_and_leaves_the_volume_untouched() {
 
     let r = w.run(&["restore", "latest", "--source", &vol]);
     assert_eq!(r.code, 1, "{r:?}");
-    assert!(r.all().contains(&format!("{vol}.tar.zst")), "names the object: {r:?}");
+    assert!(
+        r.all().contains(&format!("{vol}.tar.zst")),
+        "names the object: {r:?}"
+    );
     assert_same(&live, &snap(&mp), "live volume after a failed restore");
     assert_eq!(support::state(&user), "running");
     assert!(
-        fs::read_dir(mp.parent().unwrap())
+        fs::read_dir(mp.parent().unwrap()).unwrap().all(|e| !e
             .unwrap()
-            .all(|e| !e.unwrap().file_name().to_string_lossy().contains("staging")),
+            .file_name()
+            .to_string_lossy()
+            .contains("staging")),
         "no staging directory left behind"
     );
     // A cut archive (at a 512-byte boundary, which reads as a clean tar end) fails the same way.
@@ -777,10 +826,17 @@ fn verify_and_restore_detect_flips_and_cuts_at_random_offsets() {
             bad[off] ^= rng.gen_range(1..=255u8);
             fs::write(&obj, &bad).unwrap();
         }
-        let what = format!("{} at {off} of {}", if cut { "cut" } else { "flip" }, good.len());
+        let what = format!(
+            "{} at {off} of {}",
+            if cut { "cut" } else { "flip" },
+            good.len()
+        );
         let r = w.run(&["verify", &id]);
         assert_eq!(r.code, 1, "{what}: {r:?}");
-        assert!(r.stdout.contains(&format!("FAILED  {id} {vol}: {key}")), "{what}: {r:?}");
+        assert!(
+            r.stdout.contains(&format!("FAILED  {id} {vol}: {key}")),
+            "{what}: {r:?}"
+        );
         if i % 5 == 0 {
             let copy = w.new_volume_name("flip-copy");
             let r = w.run(&["restore", &id, "--to-volume", &copy]);
@@ -824,10 +880,16 @@ fn damaged_manifest_is_reported_not_used() {
         );
         let r = w.run(&["list"]);
         assert_eq!(r.code, 1, "{what}: {r:?}");
-        assert!(r.stdout.contains(&format!("unreadable: {id}")), "{what}: {r:?}");
+        assert!(
+            r.stdout.contains(&format!("unreadable: {id}")),
+            "{what}: {r:?}"
+        );
         let r = w.run(&["verify", "--all"]);
         assert_eq!(r.code, 1, "{what}: {r:?}");
-        assert!(r.stdout.contains(&format!("FAILED  backup {id}")), "{what}: {r:?}");
+        assert!(
+            r.stdout.contains(&format!("FAILED  backup {id}")),
+            "{what}: {r:?}"
+        );
         if i % 5 == 0 {
             let r = w.run(&["restore", &id, "--no-safety-backup"]);
             assert_eq!(r.code, 2, "{what}: {r:?}");
@@ -867,7 +929,10 @@ fn interop_tree(root: &Path) {
 }
 
 fn gnu_tar(args: &[&str]) {
-    let out = std::process::Command::new("tar").args(args).output().unwrap();
+    let out = std::process::Command::new("tar")
+        .args(args)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "tar {args:?}: {}",
@@ -888,7 +953,10 @@ fn archives_of_other_tools_import_and_equal_their_source() {
     let s = src.display().to_string();
     let zst = w.path("plain.tar.zst").display().to_string();
     let gz = w.path("plain.tar.gz").display().to_string();
-    let offen = w.path("backup-2024-01-01T00-00-00.tar.gz").display().to_string();
+    let offen = w
+        .path("backup-2024-01-01T00-00-00.tar.gz")
+        .display()
+        .to_string();
     gnu_tar(&["--zstd", "-cf", &zst, "-C", &s, "."]);
     gnu_tar(&["-czf", &gz, "-C", &s, "."]);
     gnu_tar(&[
@@ -913,7 +981,10 @@ fn archives_of_other_tools_import_and_equal_their_source() {
         ]);
         assert_eq!(r.code, 0, "{file}: {r:?}");
         if strip == "2" {
-            assert!(r.all().contains("leading `/`"), "warns about absolute names: {r:?}");
+            assert!(
+                r.all().contains("leading `/`"),
+                "warns about absolute names: {r:?}"
+            );
         }
         assert_same(&want, &snap(&mountpoint(&v)), file);
     }
