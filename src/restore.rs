@@ -182,6 +182,33 @@ fn local_to_utc(n: chrono::NaiveDateTime, s: &str) -> Result<DateTime<Utc>> {
         .ok_or_else(|| anyhow!("--before `{s}` does not exist in the local time zone"))
 }
 
+/// [`catalog::resolve`], but a backup whose manifest exists and cannot be read is named as such (not "no
+/// backup"), and `latest` warns when a newer backup was passed over because its manifest is unreadable.
+pub fn resolve<'a>(
+    listing: &'a catalog::Listing,
+    spec: &str,
+    before: Option<DateTime<Utc>>,
+) -> Result<&'a Manifest> {
+    if let Some((id, e)) = listing
+        .unreadable
+        .iter()
+        .find(|(id, _)| id.as_str() == spec)
+    {
+        bail!("backup {id} cannot be used: {e}");
+    }
+    let m = catalog::resolve(listing, spec, before)?;
+    if spec == "latest" {
+        for (id, e) in listing
+            .unreadable
+            .iter()
+            .filter(|(id, _)| *id > m.id && before.is_none_or(|b| id.time() <= b))
+        {
+            tracing::warn!("skipping newer backup {id}: {e}; using {}", m.id);
+        }
+    }
+    Ok(m)
+}
+
 /// Normalize `--path` arguments: relative, no `..`.
 fn clean_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     paths
@@ -236,7 +263,7 @@ pub async fn command(
         .await
         .with_context(|| format!("opening target {}", target.name))?;
     let listing = catalog::list(store.as_ref()).await?;
-    let manifest = catalog::resolve(&listing, &spec, before)?.clone();
+    let manifest = resolve(&listing, &spec, before)?.clone();
     let decryptor = Arc::new(Decryptor::load(
         &args.keys.identities,
         args.keys.passphrase_file.as_deref(),

@@ -214,7 +214,12 @@ pub async fn command(
         listing.backups.clone()
     } else {
         let spec = args.backup.clone().unwrap_or_else(|| "latest".into());
-        vec![catalog::resolve(&listing, &spec, None)?.clone()]
+        if listing.unreadable.iter().any(|(id, _)| id.as_str() == spec) {
+            // Already in the problems: its manifest cannot be read.
+            vec![]
+        } else {
+            vec![crate::restore::resolve(&listing, &spec, None)?.clone()]
+        }
     };
     if chosen.is_empty() && report.problems.is_empty() {
         bail!("no backups in {} to verify", store.describe());
