@@ -946,8 +946,11 @@ fn gnu_tar(args: &[&str]) {
 fn archives_of_other_tools_import_and_equal_their_source() {
     require_docker!();
     let mut w = World::new();
-    let src = w.path("src");
-    fs::create_dir(&src).unwrap();
+    // offen/docker-volume-backup archives the volumes mounted under /backup with absolute names:
+    // `/backup/`, `/backup/<name>/`, `/backup/<name>/…`.
+    let offen_root = w.path("offen-root");
+    let src = offen_root.join("appdata");
+    fs::create_dir_all(&src).unwrap();
     interop_tree(&src);
     let want = snap(&src);
     let s = src.display().to_string();
@@ -963,11 +966,22 @@ fn archives_of_other_tools_import_and_equal_their_source() {
         "-czPf",
         &offen,
         "--transform",
-        "s,^\\./,/backup/appdata/,",
+        "s,^\\.,/backup,",
         "-C",
-        &s,
+        &offen_root.display().to_string(),
         ".",
     ]);
+    let listing = std::process::Command::new("tar")
+        .args(["-tPzf", &offen])
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(
+        listing
+            .lines()
+            .any(|l| l == "/backup/appdata/etc/conf.d/a.conf"),
+        "offen layout: {listing}"
+    );
     for (file, strip) in [(&zst, "0"), (&gz, "0"), (&offen, "2")] {
         let v = w.new_volume_name("import");
         let r = w.voltar(&[
