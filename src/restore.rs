@@ -196,7 +196,22 @@ pub fn resolve<'a>(
     {
         bail!("backup {id} cannot be used: {e}");
     }
-    let m = catalog::resolve(listing, spec, before)?;
+    let m = catalog::resolve(listing, spec, before).map_err(|e| {
+        if listing.unreadable.is_empty() {
+            anyhow!(e)
+        } else {
+            anyhow!(
+                "{e}; {} backup(s) here have an unreadable manifest: {}",
+                listing.unreadable.len(),
+                listing
+                    .unreadable
+                    .iter()
+                    .map(|(id, _)| id.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }
+    })?;
     if spec == "latest" {
         for (id, e) in listing
             .unreadable
@@ -524,6 +539,12 @@ pub async fn command(
             Err(e) => {
                 failed = true;
                 sr.status = format!("failed: {}", cli_chain(&e));
+                // Also on stderr, so it is seen when stdout goes to a file or with --json.
+                eprintln!(
+                    "voltar: restoring {} into {destination} failed: {}",
+                    src.name,
+                    cli_chain(&e)
+                );
                 if create_volume {
                     // Do not leave a half-made new volume behind.
                     if let Destination::Volume(v) = &destination {
@@ -755,7 +776,8 @@ pub async fn fetch_and_unpack(
             inner: reader,
             progress,
         });
-        let object = src.object.clone();
+        // Errors name the stored object by its key in the target (`<backup-id>/<source>.tar.zst`).
+        let object = key;
         let rep = {
             let plain: Box<dyn Read + '_> = if encrypted {
                 decryptor
@@ -925,26 +947,31 @@ fn emit(report: &RestoreReport, json: bool) {
         if let Some(b) = &s.safety_backup {
             out.push_str(&format!("  safety backup: {b} (tag pre-restore)\n"));
         }
-        if !report.dry_run {
+        if report.dry_run {
             out.push_str(&format!(
-                "  {} files, {}\n",
+                "  the backup holds {} file(s), {}\n",
                 s.counts.files,
                 cli::human(s.counts.bytes)
             ));
+        } else if s.status == "ok" {
+            out.push_str(&format!(
+                "  restored {} file(s), {}\n",
+                s.counts.files,
+                cli::human(s.counts.bytes)
+            ));
+        } else if s.create_volume {
+            out.push_str("  nothing was restored; the new volume was removed again\n");
         } else {
-            out.push_str(&format!(
-                "  backup has {} files, {}\n",
-                s.counts.files,
-                cli::human(s.counts.bytes)
-            ));
+            out.push_str("  nothing was changed: the data is as it was before the restore\n");
         }
         if let Some(r) = &s.would_remove {
             if r.is_empty() {
-                out.push_str("  no current file would be removed\n");
+                out.push_str("  nothing there now would be removed\n");
             } else {
                 out.push_str(&format!(
-                    "  {} current entries would be removed:\n",
-                    r.len()
+                    "  {} entr{} there now, not in the backup, would be removed:\n",
+                    r.len(),
+                    if r.len() == 1 { "y" } else { "ies" }
                 ));
                 for p in r.iter().take(50) {
                     out.push_str(&format!("    - {p}\n"));

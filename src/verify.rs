@@ -218,7 +218,15 @@ pub async fn command(
             // Already in the problems: its manifest cannot be read.
             vec![]
         } else {
-            vec![crate::restore::resolve(&listing, &spec, None)?.clone()]
+            match crate::restore::resolve(&listing, &spec, None) {
+                Ok(m) => vec![m.clone()],
+                // Nothing to pick because manifests are unreadable: report those (exit 1), not a usage error.
+                Err(e) if !report.problems.is_empty() => {
+                    report.problems.push(format!("{e:#}"));
+                    vec![]
+                }
+                Err(e) => return Err(e),
+            }
         }
     };
     if chosen.is_empty() && report.problems.is_empty() {
