@@ -785,7 +785,7 @@ fn corrupt_archive_fails_restore_and_leaves_the_volume_untouched() {
     f.set_len((data.len() as u64 / 2) & !511).unwrap();
     let r = w.run(&["restore", &id, "--source", &vol, "--no-safety-backup"]);
     assert_eq!(r.code, 1, "{r:?}");
-    assert!(r.all().contains(&format!("{vol}.tar.zst")), "{r:?}");
+    assert!(r.stderr.contains(&format!("{id}/{vol}.tar.zst")), "{r:?}");
     assert_same(&live, &snap(&mp), "live volume after a cut archive");
     assert_eq!(support::state(&user), "running");
 }
@@ -841,7 +841,11 @@ fn verify_and_restore_detect_flips_and_cuts_at_random_offsets() {
             let copy = w.new_volume_name("flip-copy");
             let r = w.run(&["restore", &id, "--to-volume", &copy]);
             assert_eq!(r.code, 1, "{what}: {r:?}");
-            assert!(r.all().contains(&format!("{vol}.tar.zst")), "{what}: {r:?}");
+            assert!(r.stderr.contains(&key), "{what}: {r:?}");
+            assert!(
+                r.stdout.contains("the new volume was removed again"),
+                "{what}: {r:?}"
+            );
             assert!(!volume_exists(&copy), "{what}: half-made volume removed");
         }
     }
@@ -891,6 +895,14 @@ fn damaged_manifest_is_reported_not_used() {
             "{what}: {r:?}"
         );
         if i % 5 == 0 {
+            for spec in [id.as_str(), "latest"] {
+                let r = w.run(&["verify", spec]);
+                assert_eq!(r.code, 1, "{what}: verify {spec}: {r:?}");
+                assert!(
+                    r.stdout.contains(&format!("FAILED  backup {id}")),
+                    "{what}: {r:?}"
+                );
+            }
             let r = w.run(&["restore", &id, "--no-safety-backup"]);
             assert_eq!(r.code, 2, "{what}: {r:?}");
             assert!(r.stderr.contains("unreadable"), "{what}: {r:?}");
