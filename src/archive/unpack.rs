@@ -282,7 +282,7 @@ fn describe<R: Read>(
     };
     // The PAX records, parsed from the raw header data captured by `PaxTap` (the tar crate's own parser splits
     // on newlines and so rejects binary xattr values, ACLs for instance, that contain a 0x0a byte).
-    let records: Vec<(Vec<u8>, Vec<u8>)> = match raw_pax {
+    let records: Vec<PaxRecord> = match raw_pax {
         Some(raw) => parse_pax(&raw).map_err(|e| bad("PAX header", &e))?,
         None => match entry.pax_extensions().map_err(|e| bad("PAX header", &e))? {
             // The tap lost track of the stream (it never should): fall back to the tar crate's parser.
@@ -587,9 +587,12 @@ impl<R: Read> Read for EndCheck<R> {
     }
 }
 
+/// One PAX record: key, value (raw bytes).
+type PaxRecord = (Vec<u8>, Vec<u8>);
+
 /// Parse PAX extended header data by its length fields (`<len> <key>=<value>\n`, `len` counting the whole
 /// record), so values may hold any byte, newlines included, as POSIX allows and GNU tar writes.
-fn parse_pax(data: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, String> {
+fn parse_pax(data: &[u8]) -> Result<Vec<PaxRecord>, String> {
     let mut out = Vec::new();
     let mut rest = data;
     while !rest.is_empty() {

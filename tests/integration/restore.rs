@@ -288,7 +288,7 @@ fn generate_tree(root: &Path, seed: u64) {
                 fs::create_dir(&abs).unwrap();
                 dirs.push(rel.clone());
             }
-            2 | 3 | 4 => {
+            2..=4 => {
                 let len = rng.gen_range(0..40_000);
                 let mut data = vec![0u8; len];
                 rng.fill(&mut data[..]);
