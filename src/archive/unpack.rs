@@ -1717,6 +1717,50 @@ fn check_map(
 mod tests {
     use super::*;
 
+    /// Regression (issue 3 round trip): xattr values holding a newline broke the tar crate's PAX parser.
+    #[test]
+    fn xattr_values_with_newlines_round_trip() {
+        let d = tempfile::tempdir().unwrap();
+        let (src, dst) = (d.path().join("src"), d.path().join("dst"));
+        std::fs::create_dir(&src).unwrap();
+        std::fs::create_dir(&dst).unwrap();
+        std::fs::write(src.join("f"), b"x").unwrap();
+        let value = b"a\nb\n\n12 path=evil\n\x00\xff";
+        if xattr::set(src.join("f"), "user.nl", value).is_err() {
+            eprintln!("SKIPPING: no user xattrs on this filesystem");
+            return;
+        }
+        // A long name, so the PAX header also carries a `path` record after the xattr.
+        let long = "n".repeat(150);
+        std::fs::write(src.join(&long), b"y").unwrap();
+        xattr::set(src.join(&long), "user.nl", value).unwrap();
+        let (_, tar) =
+            crate::archive::pack::pack(&src, Vec::new(), &Default::default(), &mut |_| {}).unwrap();
+        assert_eq!(scan(&tar[..]).unwrap().files, 2);
+        unpack(&tar[..], &dst, &UnpackOptions::default()).unwrap();
+        for name in ["f", long.as_str()] {
+            assert_eq!(
+                xattr::get(dst.join(name), "user.nl").unwrap().as_deref(),
+                Some(&value[..]),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn pax_records_are_parsed_by_length() {
+        assert_eq!(
+            parse_pax(b"11 k=a\nb=c\n7 x=yz\n").unwrap(),
+            vec![
+                (b"k".to_vec(), b"a\nb=c".to_vec()),
+                (b"x".to_vec(), b"yz".to_vec())
+            ]
+        );
+        assert!(parse_pax(b"99 k=v\n").is_err());
+        assert!(parse_pax(b"6 k=vv").is_err());
+        assert!(parse_pax(b"k=v\n").is_err());
+    }
+
     #[test]
     fn pax_time_parsing() {
         assert_eq!(
