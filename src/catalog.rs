@@ -18,6 +18,7 @@ use std::str::FromStr;
 
 use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
+use sha2::Digest;
 
 use crate::storage::{Storage, StorageError, StorageExt};
 
@@ -25,6 +26,8 @@ use crate::storage::{Storage, StorageError, StorageExt};
 pub const MANIFEST_NAME: &str = "manifest.json";
 /// Version of the manifest format; bumped on incompatible changes. Readers refuse newer versions.
 pub const FORMAT_VERSION: u32 = 1;
+/// How the manifest's own checksum, its last field, starts (see [`Manifest::to_json`]).
+const CHECKSUM_FIELD: &str = ",\n  \"checksum\": \"";
 /// Tag carried by the safety backup taken before a restore.
 pub const TAG_PRE_RESTORE: &str = "pre-restore";
 
@@ -283,18 +286,51 @@ impl Manifest {
         self.tags.iter().any(|t| t == TAG_PRE_RESTORE)
     }
 
+    /// The stored form: pretty JSON whose last field, `checksum`, is the sha256 of the same JSON without that
+    /// field. Unencrypted manifests have no seal, and a flipped byte in, say, a source's path or a label would
+    /// otherwise still parse and be trusted; with the checksum every change to the stored bytes is detected.
     pub fn to_json(&self) -> Vec<u8> {
-        let mut v = serde_json::to_vec_pretty(self).expect("manifest serializes");
-        v.push(b'\n');
+        let body = serde_json::to_vec_pretty(self).expect("manifest serializes");
+        debug_assert!(body.ends_with(b"\n}"));
+        let sum = hex::encode(sha2::Sha256::digest(&body));
+        let mut v = body[..body.len() - 1].to_vec();
+        v.extend_from_slice(format!("{CHECKSUM_FIELD}{sum}\"\n}}\n").as_bytes());
         v
     }
 
-    /// Parse and check a manifest read from `key`.
+    /// Parse and check a manifest read from `key`: its checksum must match (see [`Manifest::to_json`]).
     pub fn from_json(key: &str, bytes: &[u8]) -> Result<Manifest, CatalogError> {
-        let m: Manifest = serde_json::from_slice(bytes).map_err(|e| CatalogError::Corrupt {
+        let corrupt = |reason: String| CatalogError::Corrupt {
             key: key.to_string(),
-            reason: e.to_string(),
-        })?;
+            reason,
+        };
+        // `<body without its closing brace>,\n  "checksum": "<64 hex>"\n}\n`
+        let tail = CHECKSUM_FIELD.len() + 64 + 4;
+        let split = bytes.len().checked_sub(tail);
+        let (body_open, sum) = match split {
+            Some(at)
+                if bytes[at..].starts_with(CHECKSUM_FIELD.as_bytes())
+                    && bytes.ends_with(b"\"\n}\n") =>
+            {
+                (&bytes[..at], &bytes[at + CHECKSUM_FIELD.len()..bytes.len() - 4])
+            }
+            _ => {
+                return Err(corrupt(
+                    "it does not end with its checksum: it was cut short, edited, or not written by voltar"
+                        .into(),
+                ))
+            }
+        };
+        let mut body = body_open.to_vec();
+        body.push(b'}');
+        let found = hex::encode(sha2::Sha256::digest(&body));
+        if found.as_bytes() != sum {
+            return Err(corrupt(format!(
+                "checksum mismatch (sha256 {found}, recorded {}): the manifest is damaged or was edited",
+                String::from_utf8_lossy(sum)
+            )));
+        }
+        let m: Manifest = serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
         if m.format > FORMAT_VERSION {
             return Err(CatalogError::Corrupt {
                 key: key.to_string(),
@@ -425,6 +461,33 @@ pub fn resolve<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_flipped_or_cut_manifest_byte_is_detected() {
+        let t = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
+        let m = Manifest {
+            format: FORMAT_VERSION,
+            tool: "voltar 0".into(),
+            id: BackupId::new(t),
+            job: "default".into(),
+            host: "h".into(),
+            started_at: t,
+            finished_at: t,
+            tags: vec![],
+            sources: vec![],
+            failed: vec![],
+            encryption: None,
+            seal: None,
+        };
+        let good = m.to_json();
+        assert_eq!(Manifest::from_json("k", &good).unwrap(), m);
+        for i in 0..good.len() {
+            let mut bad = good.clone();
+            bad[i] ^= 0x01;
+            assert!(Manifest::from_json("k", &bad).is_err(), "flip at {i}");
+            assert!(Manifest::from_json("k", &good[..i]).is_err(), "cut at {i}");
+        }
+    }
 
     #[test]
     fn backup_ids_sort_by_time_and_round_trip() {

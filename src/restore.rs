@@ -182,6 +182,48 @@ fn local_to_utc(n: chrono::NaiveDateTime, s: &str) -> Result<DateTime<Utc>> {
         .ok_or_else(|| anyhow!("--before `{s}` does not exist in the local time zone"))
 }
 
+/// [`catalog::resolve`], but a backup whose manifest exists and cannot be read is named as such (not "no
+/// backup"), and `latest` warns when a newer backup was passed over because its manifest is unreadable.
+pub fn resolve<'a>(
+    listing: &'a catalog::Listing,
+    spec: &str,
+    before: Option<DateTime<Utc>>,
+) -> Result<&'a Manifest> {
+    if let Some((id, e)) = listing
+        .unreadable
+        .iter()
+        .find(|(id, _)| id.as_str() == spec)
+    {
+        bail!("backup {id} cannot be used: {e}");
+    }
+    let m = catalog::resolve(listing, spec, before).map_err(|e| {
+        if listing.unreadable.is_empty() {
+            anyhow!(e)
+        } else {
+            anyhow!(
+                "{e}; {} backup(s) here have an unreadable manifest: {}",
+                listing.unreadable.len(),
+                listing
+                    .unreadable
+                    .iter()
+                    .map(|(id, _)| id.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }
+    })?;
+    if spec == "latest" {
+        for (id, e) in listing
+            .unreadable
+            .iter()
+            .filter(|(id, _)| *id > m.id && before.is_none_or(|b| id.time() <= b))
+        {
+            tracing::warn!("skipping newer backup {id}: {e}; using {}", m.id);
+        }
+    }
+    Ok(m)
+}
+
 /// Normalize `--path` arguments: relative, no `..`.
 fn clean_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     paths
@@ -236,7 +278,7 @@ pub async fn command(
         .await
         .with_context(|| format!("opening target {}", target.name))?;
     let listing = catalog::list(store.as_ref()).await?;
-    let manifest = catalog::resolve(&listing, &spec, before)?.clone();
+    let manifest = resolve(&listing, &spec, before)?.clone();
     let decryptor = Arc::new(Decryptor::load(
         &args.keys.identities,
         args.keys.passphrase_file.as_deref(),
@@ -497,6 +539,12 @@ pub async fn command(
             Err(e) => {
                 failed = true;
                 sr.status = format!("failed: {}", cli_chain(&e));
+                // Also on stderr, so it is seen when stdout goes to a file or with --json.
+                eprintln!(
+                    "voltar: restoring {} into {destination} failed: {}",
+                    src.name,
+                    cli_chain(&e)
+                );
                 if create_volume {
                     // Do not leave a half-made new volume behind.
                     if let Destination::Volume(v) = &destination {
@@ -728,7 +776,8 @@ pub async fn fetch_and_unpack(
             inner: reader,
             progress,
         });
-        let object = src.object.clone();
+        // Errors name the stored object by its key in the target (`<backup-id>/<source>.tar.zst`).
+        let object = key;
         let rep = {
             let plain: Box<dyn Read + '_> = if encrypted {
                 decryptor
@@ -898,26 +947,31 @@ fn emit(report: &RestoreReport, json: bool) {
         if let Some(b) = &s.safety_backup {
             out.push_str(&format!("  safety backup: {b} (tag pre-restore)\n"));
         }
-        if !report.dry_run {
+        if report.dry_run {
             out.push_str(&format!(
-                "  {} files, {}\n",
+                "  the backup holds {} file(s), {}\n",
                 s.counts.files,
                 cli::human(s.counts.bytes)
             ));
+        } else if s.status == "ok" {
+            out.push_str(&format!(
+                "  restored {} file(s), {}\n",
+                s.counts.files,
+                cli::human(s.counts.bytes)
+            ));
+        } else if s.create_volume {
+            out.push_str("  nothing was restored; the new volume was removed again\n");
         } else {
-            out.push_str(&format!(
-                "  backup has {} files, {}\n",
-                s.counts.files,
-                cli::human(s.counts.bytes)
-            ));
+            out.push_str("  nothing was changed: the data is as it was before the restore\n");
         }
         if let Some(r) = &s.would_remove {
             if r.is_empty() {
-                out.push_str("  no current file would be removed\n");
+                out.push_str("  nothing there now would be removed\n");
             } else {
                 out.push_str(&format!(
-                    "  {} current entries would be removed:\n",
-                    r.len()
+                    "  {} entr{} there now, not in the backup, would be removed:\n",
+                    r.len(),
+                    if r.len() == 1 { "y" } else { "ies" }
                 ));
                 for p in r.iter().take(50) {
                     out.push_str(&format!("    - {p}\n"));

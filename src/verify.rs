@@ -214,7 +214,20 @@ pub async fn command(
         listing.backups.clone()
     } else {
         let spec = args.backup.clone().unwrap_or_else(|| "latest".into());
-        vec![catalog::resolve(&listing, &spec, None)?.clone()]
+        if listing.unreadable.iter().any(|(id, _)| id.as_str() == spec) {
+            // Already in the problems: its manifest cannot be read.
+            vec![]
+        } else {
+            match crate::restore::resolve(&listing, &spec, None) {
+                Ok(m) => vec![m.clone()],
+                // Nothing to pick because manifests are unreadable: report those (exit 1), not a usage error.
+                Err(e) if !report.problems.is_empty() => {
+                    report.problems.push(format!("{e:#}"));
+                    vec![]
+                }
+                Err(e) => return Err(e),
+            }
+        }
     };
     if chosen.is_empty() && report.problems.is_empty() {
         bail!("no backups in {} to verify", store.describe());

@@ -151,7 +151,9 @@ pub fn unpack<R: Read>(
         euid: unsafe { libc::geteuid() },
         egid: unsafe { libc::getegid() },
     };
-    let mut archive = tar::Archive::new(EndCheck::new(tar_stream));
+    let tap = PaxTap::new(tar_stream);
+    let pax = tap.current.clone();
+    let mut archive = tar::Archive::new(EndCheck::new(tap));
     {
         let entries = archive
             .entries()
@@ -160,7 +162,7 @@ pub fn unpack<R: Read>(
         for entry in entries {
             check_cancel(&opts.cancel)?;
             let mut entry = entry.map_err(|e| header_error(&last, e))?;
-            let d = describe(&mut entry, opts.max_entry_size)?;
+            let d = describe(&mut entry, pax.take(), opts.max_entry_size)?;
             last = Some(d.display.clone());
             count(&mut x.counts, &d);
             x.extract(&mut entry, &d)?;
@@ -180,7 +182,9 @@ pub fn unpack<R: Read>(
 /// end), and return the counts.
 pub fn scan<R: Read>(tar_stream: R) -> Result<Counts, ArchiveError> {
     let mut counts = Counts::default();
-    let mut archive = tar::Archive::new(EndCheck::new(tar_stream));
+    let tap = PaxTap::new(tar_stream);
+    let pax = tap.current.clone();
+    let mut archive = tar::Archive::new(EndCheck::new(tap));
     {
         let entries = archive
             .entries()
@@ -190,7 +194,7 @@ pub fn scan<R: Read>(tar_stream: R) -> Result<Counts, ArchiveError> {
         for entry in entries {
             let mut entry = entry.map_err(|e| header_error(&last, e))?;
             // Verify reads what is there; size limits are a concern of writing.
-            let d = describe(&mut entry, u64::MAX)?;
+            let d = describe(&mut entry, pax.take(), u64::MAX)?;
             last = Some(d.display.clone());
             count(&mut counts, &d);
             drain(&mut entry, d.data_size, &d.display, &mut buf, &None)?;
@@ -248,9 +252,10 @@ struct Described {
 
 fn describe<R: Read>(
     entry: &mut tar::Entry<'_, R>,
+    raw_pax: Option<Vec<u8>>,
     max_entry_size: u64,
 ) -> Result<Described, ArchiveError> {
-    let header_path = entry.path_bytes().into_owned();
+    let mut header_path = entry.path_bytes().into_owned();
     let hdisplay = String::from_utf8_lossy(&header_path).into_owned();
     let bad = |what: &str, e: &dyn std::fmt::Display| {
         ArchiveError::Corrupt(format!("entry `{hdisplay}`: bad {what}: {e}"))
@@ -275,11 +280,41 @@ fn describe<R: Read>(
                 ))
             })
     };
-    if let Some(pax) = entry.pax_extensions().map_err(|e| bad("PAX header", &e))? {
-        for rec in pax {
-            let rec = rec.map_err(|e| bad("PAX record", &e))?;
-            let (k, v) = (rec.key_bytes(), rec.value_bytes());
+    // The PAX records, parsed from the raw header data captured by `PaxTap` (the tar crate's own parser splits
+    // on newlines and so rejects binary xattr values, ACLs for instance, that contain a 0x0a byte).
+    let records: Vec<PaxRecord> = match raw_pax {
+        Some(raw) => parse_pax(&raw).map_err(|e| bad("PAX header", &e))?,
+        None => match entry.pax_extensions().map_err(|e| bad("PAX header", &e))? {
+            // The tap lost track of the stream (it never should): fall back to the tar crate's parser.
+            Some(pax) => pax
+                .map(|r| {
+                    r.map(|r| (r.key_bytes().to_vec(), r.value_bytes().to_vec()))
+                        .map_err(|e| bad("PAX record", &e))
+                })
+                .collect::<Result<_, _>>()?,
+            None => Vec::new(),
+        },
+    };
+    let mut pax_link: Option<Vec<u8>> = None;
+    let mut pax_ids: (Option<u64>, Option<u64>) = (None, None);
+    {
+        for (k, v) in &records {
+            let (k, v) = (k.as_slice(), v.as_slice());
             match k {
+                b"path" => header_path = v.to_vec(),
+                b"linkpath" => pax_link = Some(v.to_vec()),
+                b"uid" => pax_ids.0 = Some(num(v, "uid")?),
+                b"gid" => pax_ids.1 = Some(num(v, "gid")?),
+                b"size" => {
+                    // The tar crate positions the stream by its own reading of `size`; a disagreement would
+                    // mean reading the wrong bytes as this entry's data.
+                    if num(v, "size")? != entry.size() {
+                        return Err(bad(
+                            "PAX header",
+                            &"its size record is not the one the tar reader used",
+                        ));
+                    }
+                }
                 b"mtime" => pax_mtime = Some(v.to_vec()),
                 b"GNU.sparse.name" => sparse_name = Some(v.to_vec()),
                 b"GNU.sparse.major" => major = Some(v.to_vec()),
@@ -319,8 +354,14 @@ fn describe<R: Read>(
         .mode()
         .map_err(|e| corrupt(format!("bad mode: {e}")))?
         & 0o7777;
-    let uid = header.uid().map_err(|e| corrupt(format!("bad uid: {e}")))?;
-    let gid = header.gid().map_err(|e| corrupt(format!("bad gid: {e}")))?;
+    let uid = match pax_ids.0 {
+        Some(u) => u,
+        None => header.uid().map_err(|e| corrupt(format!("bad uid: {e}")))?,
+    };
+    let gid = match pax_ids.1 {
+        Some(g) => g,
+        None => header.gid().map_err(|e| corrupt(format!("bad gid: {e}")))?,
+    };
     // Ids are 32-bit on Linux and (uid_t)-1 means "leave unchanged" to chown: larger values would be truncated
     // into some other id, so they are refused rather than guessed.
     if uid >= u64::from(u32::MAX) || gid >= u64::from(u32::MAX) {
@@ -349,7 +390,7 @@ fn describe<R: Read>(
     } else {
         (0, 0)
     };
-    let link = entry.link_name_bytes().map(|l| l.into_owned());
+    let link = pax_link.or_else(|| entry.link_name_bytes().map(|l| l.into_owned()));
 
     let sparse = if kind != Kind::File {
         None
@@ -542,6 +583,216 @@ impl<R: Read> Read for EndCheck<R> {
         if n == 0 && !buf.is_empty() {
             self.hit_eof = true;
         }
+        Ok(n)
+    }
+}
+
+/// One PAX record: key, value (raw bytes).
+type PaxRecord = (Vec<u8>, Vec<u8>);
+
+/// Parse PAX extended header data by its length fields (`<len> <key>=<value>\n`, `len` counting the whole
+/// record), so values may hold any byte, newlines included, as POSIX allows and GNU tar writes.
+fn parse_pax(data: &[u8]) -> Result<Vec<PaxRecord>, String> {
+    let mut out = Vec::new();
+    let mut rest = data;
+    while !rest.is_empty() {
+        // Some writers pad the header data with NULs.
+        if rest.iter().all(|&b| b == 0) {
+            break;
+        }
+        let sp = rest
+            .iter()
+            .take(20)
+            .position(|&b| b == b' ')
+            .ok_or("a record without a length")?;
+        let len: usize = std::str::from_utf8(&rest[..sp])
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or("a record with a bad length")?;
+        if len < sp + 3 || len > rest.len() || rest[len - 1] != b'\n' {
+            return Err(format!(
+                "a record whose length {len} does not match its content"
+            ));
+        }
+        let rec = &rest[sp + 1..len - 1];
+        let eq = rec
+            .iter()
+            .position(|&b| b == b'=')
+            .ok_or("a record without `=`")?;
+        out.push((rec[..eq].to_vec(), rec[eq + 1..].to_vec()));
+        rest = &rest[len..];
+    }
+    Ok(out)
+}
+
+/// A pass-through reader that follows the tar block structure of the bytes the tar crate consumes, exactly as
+/// the crate walks it (header, GNU sparse extension blocks, data rounded up to 512 bytes, PAX `size` overrides
+/// as the crate reads them), and captures the raw data of each PAX `x` header. When the header of the entry it
+/// describes has been read, that data is put in `current` for [`describe`]. This exists because the crate only
+/// exposes PAX records through a parser that splits on newlines. On anything it does not understand the tap stops
+/// following (the crate then reports the error, or [`describe`] falls back to the crate's parser).
+struct PaxTap<R> {
+    inner: R,
+    /// PAX data of the entry whose header was read last (`None` if it had none).
+    current: std::rc::Rc<std::cell::Cell<Option<Vec<u8>>>>,
+    hdr: Box<[u8; 512]>,
+    fill: usize,
+    state: TapState,
+    /// Complete `x` data not yet attached to an entry.
+    pending: Option<Vec<u8>>,
+    capture: Option<Vec<u8>>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum TapState {
+    Header,
+    /// GNU sparse extension blocks, then `data` bytes (already rounded).
+    SparseExt {
+        data: u64,
+    },
+    /// Entry data (padding included); the first `keep` bytes are captured when capturing.
+    Data {
+        left: u64,
+        keep: u64,
+    },
+    Done,
+}
+
+impl<R> PaxTap<R> {
+    fn new(inner: R) -> Self {
+        PaxTap {
+            inner,
+            current: Default::default(),
+            hdr: Box::new([0; 512]),
+            fill: 0,
+            state: TapState::Header,
+            pending: None,
+            capture: None,
+        }
+    }
+
+    fn feed(&mut self, mut b: &[u8]) {
+        while !b.is_empty() {
+            match self.state {
+                TapState::Done => return,
+                TapState::Header | TapState::SparseExt { .. } => {
+                    let n = (512 - self.fill).min(b.len());
+                    self.hdr[self.fill..self.fill + n].copy_from_slice(&b[..n]);
+                    self.fill += n;
+                    b = &b[n..];
+                    if self.fill == 512 {
+                        self.fill = 0;
+                        self.block();
+                    }
+                }
+                TapState::Data { left, keep } => {
+                    let n = (left.min(b.len() as u64)) as usize;
+                    if let Some(c) = &mut self.capture {
+                        let k = (keep.min(n as u64)) as usize;
+                        c.extend_from_slice(&b[..k]);
+                    }
+                    b = &b[n..];
+                    let left = left - n as u64;
+                    let keep = keep.saturating_sub(n as u64);
+                    self.state = TapState::Data { left, keep };
+                    if left == 0 {
+                        self.data_done();
+                    }
+                }
+            }
+        }
+    }
+
+    fn data_done(&mut self) {
+        if let Some(c) = self.capture.take() {
+            self.pending = Some(c);
+        }
+        self.state = TapState::Header;
+    }
+
+    fn start_data(&mut self, size: u64, capture: bool) {
+        let rounded = size.div_ceil(512) * 512;
+        self.capture = capture.then(Vec::new);
+        self.state = TapState::Data {
+            left: rounded,
+            keep: size,
+        };
+        if rounded == 0 {
+            self.data_done();
+        }
+    }
+
+    fn block(&mut self) {
+        let h = &*self.hdr;
+        if let TapState::SparseExt { data } = self.state {
+            if h[504] == 0 {
+                self.start_data(data, false);
+            }
+            return;
+        }
+        if h.iter().all(|&b| b == 0) {
+            // End of archive (the crate stops at the first zero block).
+            self.state = TapState::Done;
+            return;
+        }
+        let Some(mut size) = tar_number(&h[124..136]) else {
+            self.state = TapState::Done;
+            return;
+        };
+        let recognized = &h[257..263] == b"ustar\0" || &h[257..263] == b"ustar ";
+        let t = h[156];
+        let extension = matches!(t, b'L' | b'K' | b'x' | b'g');
+        if !extension {
+            let pax = self.pending.take();
+            if let Some(p) = &pax {
+                // Exactly as the crate reads it (it stops at the first record it cannot parse).
+                if let Some(sz) = crate_pax_size(p) {
+                    size = sz;
+                }
+            }
+            self.current.set(pax);
+        }
+        if t == b'S' && h[482] != 0 {
+            self.state = TapState::SparseExt { data: size };
+            return;
+        }
+        self.start_data(size, recognized && t == b'x');
+    }
+}
+
+/// The PAX `size` the tar crate uses: its own parser, stopping at the first record it cannot read.
+fn crate_pax_size(data: &[u8]) -> Option<u64> {
+    for r in tar::PaxExtensions::new(data) {
+        let r = r.ok()?;
+        if r.key() == Ok("size") {
+            return r.value().ok()?.parse().ok();
+        }
+    }
+    None
+}
+
+/// A tar numeric field: octal (space/NUL padded) or GNU base-256.
+fn tar_number(f: &[u8]) -> Option<u64> {
+    if f[0] & 0x80 != 0 {
+        let mut v: u64 = 0;
+        for (i, &b) in f.iter().enumerate() {
+            let b = if i == 0 { b & 0x7f } else { b };
+            v = v.checked_mul(256)?.checked_add(u64::from(b))?;
+        }
+        return Some(v);
+    }
+    let s = std::str::from_utf8(f).ok()?;
+    let s = s.trim_matches(|c| c == ' ' || c == '\0');
+    if s.is_empty() {
+        return Some(0);
+    }
+    u64::from_str_radix(s, 8).ok()
+}
+
+impl<R: Read> Read for PaxTap<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.feed(&buf[..n]);
         Ok(n)
     }
 }
@@ -1465,6 +1716,50 @@ fn check_map(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression (issue 3 round trip): xattr values holding a newline broke the tar crate's PAX parser.
+    #[test]
+    fn xattr_values_with_newlines_round_trip() {
+        let d = tempfile::tempdir().unwrap();
+        let (src, dst) = (d.path().join("src"), d.path().join("dst"));
+        std::fs::create_dir(&src).unwrap();
+        std::fs::create_dir(&dst).unwrap();
+        std::fs::write(src.join("f"), b"x").unwrap();
+        let value = b"a\nb\n\n12 path=evil\n\x00\xff";
+        if xattr::set(src.join("f"), "user.nl", value).is_err() {
+            eprintln!("SKIPPING: no user xattrs on this filesystem");
+            return;
+        }
+        // A long name, so the PAX header also carries a `path` record after the xattr.
+        let long = "n".repeat(150);
+        std::fs::write(src.join(&long), b"y").unwrap();
+        xattr::set(src.join(&long), "user.nl", value).unwrap();
+        let (_, tar) =
+            crate::archive::pack::pack(&src, Vec::new(), &Default::default(), &mut |_| {}).unwrap();
+        assert_eq!(scan(&tar[..]).unwrap().files, 2);
+        unpack(&tar[..], &dst, &UnpackOptions::default()).unwrap();
+        for name in ["f", long.as_str()] {
+            assert_eq!(
+                xattr::get(dst.join(name), "user.nl").unwrap().as_deref(),
+                Some(&value[..]),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn pax_records_are_parsed_by_length() {
+        assert_eq!(
+            parse_pax(b"11 k=a\nb=c\n7 x=yz\n").unwrap(),
+            vec![
+                (b"k".to_vec(), b"a\nb=c".to_vec()),
+                (b"x".to_vec(), b"yz".to_vec())
+            ]
+        );
+        assert!(parse_pax(b"99 k=v\n").is_err());
+        assert!(parse_pax(b"6 k=vv").is_err());
+        assert!(parse_pax(b"k=v\n").is_err());
+    }
 
     #[test]
     fn pax_time_parsing() {

@@ -10,3 +10,4 @@ mod prune;
 mod quiesce;
 mod s3;
 mod storage;
+mod restore;
