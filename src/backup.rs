@@ -608,6 +608,12 @@ async fn back_up_source(
     report.counts = pack_report.counts.clone();
     report.stored_bytes = size;
     report.warnings.extend(pack_report.warnings.iter().cloned());
+    if pack_report.counts.files == 0 && pack_report.counts.bytes == 0 {
+        // Row 10: an empty source is worth a look (a volume mounted at the wrong path, data moved away).
+        let w = "source is empty: no files were found (is this the right volume?)".to_string();
+        env.progress.warn(&format!("{}: {w}", src.name));
+        report.warnings.push(w);
+    }
     for w in &pack_report.warnings {
         env.progress.warn(&format!("{}: {w}", src.name));
     }

@@ -112,6 +112,9 @@ pub async fn fan_out(
 ) -> Vec<LegResult> {
     let mut live: Vec<Leg> = legs;
     let mut done: Vec<LegResult> = Vec::new();
+    // A failed leg is aborted in the background: an abort against a struggling server can take as long as its
+    // retry deadline, and waiting for it here would stall the packer (and keep containers paused) for nothing.
+    let mut aborts = tokio::task::JoinSet::new();
     while let Some(chunk) = rx.recv().await {
         let results = join_all(live.iter_mut().map(|l| l.writer.write(chunk.clone()))).await;
         let mut next = Vec::with_capacity(live.len());
@@ -119,7 +122,9 @@ pub async fn fan_out(
             match r {
                 Ok(()) => next.push(leg),
                 Err(e) => {
-                    let _ = leg.writer.abort().await;
+                    aborts.spawn(async move {
+                        let _ = leg.writer.abort().await;
+                    });
                     done.push((leg.target, Err(e)));
                 }
             }
@@ -147,6 +152,8 @@ pub async fn fan_out(
     }))
     .await;
     done.extend(finals);
+    // Nothing half-written may outlive the run: wait for the background aborts before reporting.
+    while aborts.join_next().await.is_some() {}
     done.sort_by_key(|(t, _)| *t);
     done
 }

@@ -1205,7 +1205,14 @@ impl ObjectWriter for S3Writer {
         }
         match self.write_inner(chunk).await {
             Ok(()) => Ok(()),
-            Err(e) => Err(self.fail(e).await),
+            Err(e) => {
+                // Stop the parts in flight now, but leave the (possibly slow) abort of the upload to `abort()`
+                // or `Drop`: the caller runs it in the background so a struggling server does not stall the
+                // packer — and with it the containers paused for this source.
+                self.state = WriterState::Failed;
+                self.in_flight.abort_all();
+                Err(e)
+            }
         }
     }
 
@@ -1239,7 +1246,9 @@ impl ObjectWriter for S3Writer {
 
 impl Drop for S3Writer {
     fn drop(&mut self) {
-        if self.state != WriterState::Open {
+        // Open (never finished) or Failed in `write` (abort left to us): an upload id still held means the
+        // multipart upload exists and must go.
+        if self.state == WriterState::Done {
             return;
         }
         // Dropping the JoinSet cancels the parts in flight. `Drop` cannot await: the abort runs as a task.

@@ -8,6 +8,6 @@ mod archive_unpack;
 mod backup;
 mod prune;
 mod quiesce;
+mod restore;
 mod s3;
 mod storage;
-mod restore;
