@@ -190,7 +190,7 @@ impl Default for Quiesce {
 #[derive(Clone, Debug)]
 pub struct Archive {
     pub zstd_level: i32,
-    /// 0 = all cores.
+    /// 0 = one per core plus one.
     pub zstd_threads: u32,
 }
 
@@ -291,7 +291,7 @@ impl S3Target {
             sse: None,
             sse_kms_key_id: None,
             checksum: ChecksumMode::Default,
-            part_size: 16 << 20,
+            part_size: 8 << 20,
             max_parts: 10_000,
             parallel_parts: 2,
             retry_deadline: Duration::from_secs(300),

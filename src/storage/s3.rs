@@ -92,10 +92,12 @@ const ABORT_ROUNDS: u32 = 5;
 ///
 /// Resulting limits without a hint (sum over all parts, pinned by the tests):
 ///
-/// | max parts | base 5 MiB | base 16 MiB (default) | base 64 MiB |
+/// | max parts | base 5 MiB | base 16 MiB | base 64 MiB |
 /// | --- | --- | --- | --- |
 /// | 10,000 | 8.8 TiB | 15.9 TiB | 24.8 TiB |
 /// | 1,000 | 0.92 TiB | 1.62 TiB | 2.5 TiB |
+///
+/// The default base (8 MiB) lies between the first two columns: over 8.8 TiB with 10,000 parts.
 ///
 /// With 1,000 parts no schedule reaches 5 TiB (1,000 × 5 GiB = 4.88 TiB is the ceiling): give a size hint for
 /// archives that large. With a hint, the hinted size × 1.25 fits whenever that is at most `max_parts` × 5 GiB
