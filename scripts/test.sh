@@ -23,4 +23,4 @@ if [ $quick = 0 ]; then
   cargo clippy --all-targets -q -- -D warnings
 fi
 echo "[test] cargo test" >&2
-cargo test -q --all-targets -- --test-threads "${VOLTAR_TEST_THREADS:-4}"
+cargo test -q --all-targets

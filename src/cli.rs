@@ -163,7 +163,7 @@ pub fn main() -> i32 {
 }
 
 /// Error and its causes on one line, without duplicates (thiserror `transparent` repeats messages).
-fn chain(e: &anyhow::Error) -> String {
+pub fn chain(e: &anyhow::Error) -> String {
     let mut parts: Vec<String> = Vec::new();
     for c in e.chain() {
         let s = c.to_string();

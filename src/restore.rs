@@ -538,12 +538,12 @@ pub async fn command(
             Ok(()) => sr.status = "ok".into(),
             Err(e) => {
                 failed = true;
-                sr.status = format!("failed: {}", cli_chain(&e));
+                sr.status = format!("failed: {}", cli::chain(&e));
                 // Also on stderr, so it is seen when stdout goes to a file or with --json.
                 eprintln!(
                     "voltar: restoring {} into {destination} failed: {}",
                     src.name,
-                    cli_chain(&e)
+                    cli::chain(&e)
                 );
                 if create_volume {
                     // Do not leave a half-made new volume behind.
@@ -562,17 +562,6 @@ pub async fn command(
     } else {
         cli::EXIT_OK
     })
-}
-
-fn cli_chain(e: &anyhow::Error) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    for c in e.chain() {
-        let s = c.to_string();
-        if !parts.iter().any(|p| p.contains(&s)) {
-            parts.push(s);
-        }
-    }
-    parts.join(": ")
 }
 
 #[allow(clippy::too_many_arguments)]
