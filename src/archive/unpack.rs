@@ -217,6 +217,13 @@ pub fn scan<R: Read>(tar_stream: R) -> Result<Counts, ArchiveError> {
     Ok(counts)
 }
 
+/// Wrap an (already decompressed) tar stream for a caller that walks it with the `tar` crate itself (the
+/// `restore --dry-run` listing): reads fail, with a message naming the header, as soon as a metadata header
+/// declaring more than [`MAX_META_HEADER`] arrives, before the crate reads its data into memory.
+pub fn meta_capped<R: Read>(tar_stream: R) -> impl Read {
+    PaxTap::new(tar_stream)
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // Reading entries
 
@@ -1807,6 +1814,24 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    #[test]
+    fn meta_capped_stops_the_tar_crate_at_an_oversized_header() {
+        let mut h = tar::Header::new_ustar();
+        h.set_path("PaxHeaders/big").unwrap();
+        h.set_entry_type(tar::EntryType::XHeader);
+        h.set_size(MAX_META_HEADER + 1);
+        h.set_cksum();
+        let mut bytes = h.as_bytes().to_vec();
+        bytes.resize(512 + 2 * MAX_META_HEADER as usize, 0);
+        let mut a = tar::Archive::new(meta_capped(&bytes[..]));
+        let err = a.entries().unwrap().next().unwrap().err().unwrap();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("`PaxHeaders/big`") && msg.contains(&MAX_META_HEADER.to_string()),
+            "{msg}"
+        );
     }
 
     #[test]
