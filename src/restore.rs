@@ -879,7 +879,7 @@ async fn list_archive(
             Box::new(reader)
         };
         let (_f, dec) = archive::compress::decoder(plain)?;
-        let mut a = tar::Archive::new(dec);
+        let mut a = tar::Archive::new(archive::unpack::meta_capped(dec));
         let mut names = BTreeSet::new();
         for e in a.entries().map_err(|e| anyhow!("{object}: {e}"))? {
             let e = e.map_err(|e| anyhow!("{object}: {e}"))?;

@@ -46,8 +46,11 @@
 //! without the end-of-archive marker is reported as truncated (an archive cut exactly at an entry boundary is
 //! only detectable through the manifest's sha256 and counts, or through the zstd frame). After the marker the
 //! rest of the stream is read to its end, so the zstd frame checksum is always verified.
-//! Known limit: PAX extension headers and GNU long names are read into memory by the `tar` crate, bounded only
-//! by the (decompressed) size of that header in the stream.
+//! Metadata headers — PAX extended headers (`x`, and global `g`) and GNU long names/links (`L`, `K`) — are read
+//! whole into memory (by the `tar` crate, and for `x` also by [`PaxTap`]); one whose declared size exceeds
+//! [`MAX_META_HEADER`] is refused as [`ArchiveError::Unsafe`] as soon as its header block has been read, before
+//! anything allocates for its data. Without that, a few KiB of zstd declaring a multi-GiB PAX header followed by
+//! zeros would make a restore, verify or dry run read gigabytes into one buffer.
 //!
 //! Counting rules (shared with `pack`, which counts what it writes the same way, so `verify` can compare):
 //! PAX and GNU extension headers (`x`, `g`, `L`, `K`) are not entries. Regular/Continuous (and old GNU sparse)
@@ -80,6 +83,12 @@ pub const DEFAULT_MAX_ENTRY_SIZE: u64 = 16 << 40;
 
 /// Most segments a sparse map may list (16 bytes of memory each, so at most 64 MiB for the map).
 pub const MAX_SPARSE_SEGMENTS: usize = 1 << 22;
+
+/// Largest data a metadata header (PAX `x`/`g`, GNU long name `L`/long link `K`) may declare: 1 MiB. What it
+/// holds is read into memory whole. Real ones are far smaller: a path is at most a few KiB (PATH_MAX is 4 KiB)
+/// and Linux limits an inode's xattrs to 64 KiB each (ext4: about 4 KiB in all), so even a PAX header carrying a
+/// long name, a link target, ACLs and every xattr of a file stays well below this.
+pub const MAX_META_HEADER: u64 = 1 << 20;
 
 /// Copy buffer size; also the granularity at which cancellation is checked during large files.
 const BUF_SIZE: usize = 256 * 1024;
@@ -153,6 +162,7 @@ pub fn unpack<R: Read>(
     };
     let tap = PaxTap::new(tar_stream);
     let pax = tap.current.clone();
+    let refused = tap.refused.clone();
     let mut archive = tar::Archive::new(EndCheck::new(tap));
     {
         let entries = archive
@@ -161,7 +171,8 @@ pub fn unpack<R: Read>(
         let mut last: Option<String> = None;
         for entry in entries {
             check_cancel(&opts.cancel)?;
-            let mut entry = entry.map_err(|e| header_error(&last, e))?;
+            let mut entry =
+                entry.map_err(|e| refused.take().unwrap_or_else(|| header_error(&last, e)))?;
             let d = describe(&mut entry, pax.take(), opts.max_entry_size)?;
             last = Some(d.display.clone());
             count(&mut x.counts, &d);
@@ -184,6 +195,7 @@ pub fn scan<R: Read>(tar_stream: R) -> Result<Counts, ArchiveError> {
     let mut counts = Counts::default();
     let tap = PaxTap::new(tar_stream);
     let pax = tap.current.clone();
+    let refused = tap.refused.clone();
     let mut archive = tar::Archive::new(EndCheck::new(tap));
     {
         let entries = archive
@@ -192,7 +204,8 @@ pub fn scan<R: Read>(tar_stream: R) -> Result<Counts, ArchiveError> {
         let mut last: Option<String> = None;
         let mut buf = vec![0u8; BUF_SIZE];
         for entry in entries {
-            let mut entry = entry.map_err(|e| header_error(&last, e))?;
+            let mut entry =
+                entry.map_err(|e| refused.take().unwrap_or_else(|| header_error(&last, e)))?;
             // Verify reads what is there; size limits are a concern of writing.
             let d = describe(&mut entry, pax.take(), u64::MAX)?;
             last = Some(d.display.clone());
@@ -202,6 +215,13 @@ pub fn scan<R: Read>(tar_stream: R) -> Result<Counts, ArchiveError> {
     }
     finish_stream(archive.into_inner())?;
     Ok(counts)
+}
+
+/// Wrap an (already decompressed) tar stream for a caller that walks it with the `tar` crate itself (the
+/// `restore --dry-run` listing): reads fail, with a message naming the header, as soon as a metadata header
+/// declaring more than [`MAX_META_HEADER`] arrives, before the crate reads its data into memory.
+pub fn meta_capped<R: Read>(tar_stream: R) -> impl Read {
+    PaxTap::new(tar_stream)
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -631,10 +651,18 @@ fn parse_pax(data: &[u8]) -> Result<Vec<PaxRecord>, String> {
 /// describes has been read, that data is put in `current` for [`describe`]. This exists because the crate only
 /// exposes PAX records through a parser that splits on newlines. On anything it does not understand the tap stops
 /// following (the crate then reports the error, or [`describe`] falls back to the crate's parser).
+///
+/// It also enforces [`MAX_META_HEADER`]: when a metadata header's block arrives declaring more, the read that
+/// delivered it fails (and so does every later one), so the crate never gets to read that header's data; the
+/// reason is put in `refused` for the caller to report instead of the crate's wrapped I/O error.
 struct PaxTap<R> {
     inner: R,
     /// PAX data of the entry whose header was read last (`None` if it had none).
     current: std::rc::Rc<std::cell::Cell<Option<Vec<u8>>>>,
+    /// Set once, when a metadata header over [`MAX_META_HEADER`] was seen.
+    refused: std::rc::Rc<std::cell::Cell<Option<ArchiveError>>>,
+    /// The message of that refusal, returned as the error of this and every later read.
+    tripped: Option<String>,
     hdr: Box<[u8; 512]>,
     fill: usize,
     state: TapState,
@@ -663,6 +691,8 @@ impl<R> PaxTap<R> {
         PaxTap {
             inner,
             current: Default::default(),
+            refused: Default::default(),
+            tripped: None,
             hdr: Box::new([0; 512]),
             fill: 0,
             state: TapState::Header,
@@ -742,6 +772,10 @@ impl<R> PaxTap<R> {
         let recognized = &h[257..263] == b"ustar\0" || &h[257..263] == b"ustar ";
         let t = h[156];
         let extension = matches!(t, b'L' | b'K' | b'x' | b'g');
+        if extension && size > MAX_META_HEADER {
+            self.refuse(t, size);
+            return;
+        }
         if !extension {
             let pax = self.pending.take();
             if let Some(p) = &pax {
@@ -757,6 +791,35 @@ impl<R> PaxTap<R> {
             return;
         }
         self.start_data(size, recognized && t == b'x');
+    }
+}
+
+impl<R> PaxTap<R> {
+    /// Stop following the stream and fail reads: the header just read (in `hdr`) is a metadata header of type `t`
+    /// declaring `size` bytes, more than [`MAX_META_HEADER`].
+    fn refuse(&mut self, t: u8, size: u64) {
+        let h = &*self.hdr;
+        let field = |f: &[u8]| f[..f.iter().position(|&b| b == 0).unwrap_or(f.len())].to_vec();
+        let mut name = field(&h[..100]);
+        let prefix = field(&h[345..500]);
+        if &h[257..263] == b"ustar\0" && !prefix.is_empty() {
+            name = [prefix, b"/".to_vec(), name].concat();
+        }
+        let what = match t {
+            b'x' => "PAX extended header (type `x`)",
+            b'g' => "PAX global header (type `g`)",
+            b'L' => "GNU long name (type `L`)",
+            _ => "GNU long link name (type `K`)",
+        };
+        let reason = format!(
+            "{what} declares {size} bytes; metadata headers are read into memory and may hold at most \
+             {MAX_META_HEADER} bytes (1 MiB): the archive is corrupt or hostile"
+        );
+        let entry = String::from_utf8_lossy(&name).into_owned();
+        self.tripped = Some(format!("unsafe archive entry `{entry}`: {reason}"));
+        self.refused
+            .set(Some(ArchiveError::Unsafe { entry, reason }));
+        self.state = TapState::Done;
     }
 }
 
@@ -791,9 +854,15 @@ fn tar_number(f: &[u8]) -> Option<u64> {
 
 impl<R: Read> Read for PaxTap<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(m) = &self.tripped {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, m.clone()));
+        }
         let n = self.inner.read(buf)?;
         self.feed(&buf[..n]);
-        Ok(n)
+        match &self.tripped {
+            Some(m) => Err(io::Error::new(io::ErrorKind::InvalidData, m.clone())),
+            None => Ok(n),
+        }
     }
 }
 
@@ -1745,6 +1814,24 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    #[test]
+    fn meta_capped_stops_the_tar_crate_at_an_oversized_header() {
+        let mut h = tar::Header::new_ustar();
+        h.set_path("PaxHeaders/big").unwrap();
+        h.set_entry_type(tar::EntryType::XHeader);
+        h.set_size(MAX_META_HEADER + 1);
+        h.set_cksum();
+        let mut bytes = h.as_bytes().to_vec();
+        bytes.resize(512 + 2 * MAX_META_HEADER as usize, 0);
+        let mut a = tar::Archive::new(meta_capped(&bytes[..]));
+        let err = a.entries().unwrap().next().unwrap().err().unwrap();
+        let msg = err.to_string();
+        assert!(
+            msg.contains("`PaxHeaders/big`") && msg.contains(&MAX_META_HEADER.to_string()),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -2,9 +2,16 @@
 //!
 //! Design:
 //! * **Endpoint like the docker CLI.** An explicit host (config / `--docker-host`) wins, then `DOCKER_HOST`, then
-//!   `unix:///var/run/docker.sock`. `tcp://` / `http://` speak plain HTTP; TLS (`DOCKER_TLS_VERIFY`, `https://`)
-//!   and `ssh://` are refused with a clear message because this build of bollard has neither feature (we keep the
-//!   dependency tree small; a socket forwarded with `ssh -L` works). Docker contexts are not read.
+//!   `unix:///var/run/docker.sock`. `tcp://` speaks plain HTTP (default port 2375), or TLS when
+//!   `DOCKER_TLS_VERIFY` or `DOCKER_TLS` is non-empty (default port 2376); `https://` is always TLS; `http://` is
+//!   plain HTTP. `ssh://` is refused with a clear message (a socket forwarded with `ssh -L` works). Docker
+//!   contexts are not read.
+//! * **TLS like the docker CLI**: the files `ca.pem`, `cert.pem` and `key.pem` in `DOCKER_CERT_PATH` (default
+//!   `DOCKER_CONFIG`, else `~/.docker`). They are checked before connecting, so a missing or unreadable one is
+//!   named with the fix instead of surfacing as a handshake failure. Differences from the CLI: the engine's
+//!   certificate is always verified (the CLI skips that for `DOCKER_TLS` without `DOCKER_TLS_VERIFY`), and
+//!   bollard trusts the system's root certificates besides `ca.pem`. rustls with the aws-lc-rs provider, which
+//!   the S3 client already builds.
 //! * **Negotiated API version.** bollard 0.19 speaks API 1.49 by default; engines in the field (20.10 here) speak
 //!   1.41, so every connection negotiates down before the first real call, then pings.
 //! * **Errors say where.** A missing socket or refused connection is [`DockerError::Unreachable`] naming the
@@ -54,6 +61,89 @@ enum Endpoint {
     Unix(PathBuf),
     /// `host:port` for plain HTTP.
     Tcp(String),
+    /// `host:port` over TLS with these client files.
+    Tls {
+        addr: String,
+        files: TlsFiles,
+    },
+}
+
+/// The files TLS needs, like the docker CLI's `--tlscacert`, `--tlscert`, `--tlskey` defaults.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct TlsFiles {
+    /// The directory they come from, and what chose it (for messages).
+    dir: PathBuf,
+    dir_from: &'static str,
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl TlsFiles {
+    /// `DOCKER_CERT_PATH`, else `DOCKER_CONFIG`, else `$HOME/.docker`.
+    fn locate(env: &dyn Fn(&str) -> Option<String>) -> Option<TlsFiles> {
+        let set = |k: &str| env(k).filter(|v| !v.trim().is_empty());
+        let (dir, dir_from) = if let Some(d) = set("DOCKER_CERT_PATH") {
+            (PathBuf::from(d), "DOCKER_CERT_PATH")
+        } else if let Some(d) = set("DOCKER_CONFIG") {
+            (PathBuf::from(d), "DOCKER_CONFIG")
+        } else {
+            (PathBuf::from(set("HOME")?).join(".docker"), "the default")
+        };
+        Some(TlsFiles {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("cert.pem"),
+            key: dir.join("key.pem"),
+            dir,
+            dir_from,
+        })
+    }
+
+    /// Every file must be readable PEM of the right kind. bollard reads the client key only during the handshake
+    /// and, if that fails, silently connects without a client certificate, so the engine's refusal would hide the
+    /// real cause: check first and name the file.
+    fn check(&self, endpoint: &str) -> Result<(), DockerError> {
+        let fix = format!(
+            "put ca.pem (the CA that signed the engine's certificate), cert.pem and key.pem (a client certificate \
+             and key the engine accepts) in {} ({}), or set DOCKER_CERT_PATH to the directory that holds them",
+            self.dir.display(),
+            self.dir_from
+        );
+        for (path, what, markers) in [
+            (
+                &self.ca,
+                "CA certificate",
+                &["-----BEGIN CERTIFICATE-----"][..],
+            ),
+            (
+                &self.cert,
+                "client certificate",
+                &["-----BEGIN CERTIFICATE-----"][..],
+            ),
+            (
+                &self.key,
+                "client key",
+                &["-----BEGIN ", "PRIVATE KEY-----"][..],
+            ),
+        ] {
+            let problem = match std::fs::read(path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => "does not exist".to_string(),
+                Err(e) => format!("cannot be read: {e}"),
+                Ok(data) => {
+                    let text = String::from_utf8_lossy(&data);
+                    if markers.iter().all(|m| text.contains(m)) {
+                        continue;
+                    }
+                    format!("is not a PEM {what}")
+                }
+            };
+            return Err(DockerError::Tls {
+                endpoint: endpoint.to_string(),
+                message: format!("the {what} {} {problem}: {fix}", path.display()),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// Pick the endpoint like the docker CLI: explicit host, else `DOCKER_HOST`, else the default socket. `env` is a
@@ -78,37 +168,51 @@ fn resolve_endpoint(
         }
         return Ok((host.clone(), Endpoint::Unix(PathBuf::from(path))));
     }
-    if let Some(rest) = host
-        .strip_prefix("tcp://")
-        .or_else(|| host.strip_prefix("http://"))
-    {
-        // The docker CLI switches to TLS for any non-empty DOCKER_TLS_VERIFY; silently talking plain HTTP to a TLS
-        // port would only produce a confusing protocol error, so say what is missing instead.
-        if env("DOCKER_TLS_VERIFY").is_some_and(|v| !v.is_empty()) {
-            return Err(unsupported(
-                "DOCKER_TLS_VERIFY asks for TLS, which this build of voltar does not support \
-                 (use the unix socket, or forward it with `ssh -L`)",
-            ));
+    // Like the docker CLI: any non-empty value turns TLS on.
+    let tls_var = ["DOCKER_TLS_VERIFY", "DOCKER_TLS"]
+        .into_iter()
+        .find(|k| env(k).is_some_and(|v| !v.is_empty()));
+    let (scheme, rest, tls) = if let Some(rest) = host.strip_prefix("tcp://") {
+        ("tcp", rest, tls_var.is_some())
+    } else if let Some(rest) = host.strip_prefix("https://") {
+        ("https", rest, true)
+    } else if let Some(rest) = host.strip_prefix("http://") {
+        if let Some(var) = tls_var {
+            return Err(unsupported(&format!(
+                "{var} asks for TLS but http:// means plain HTTP: use tcp://HOST:2376 or https://HOST, \
+                 or unset {var}"
+            )));
         }
+        ("http", rest, false)
+    } else {
+        ("", "", false)
+    };
+    if !scheme.is_empty() {
         let rest = rest.trim_end_matches('/');
         if rest.is_empty() || rest.contains('/') {
-            return Err(unsupported("expected tcp://HOST:PORT"));
+            return Err(unsupported(&format!("expected {scheme}://HOST:PORT")));
         }
-        // The docker CLI's default plain-HTTP port.
+        // The docker CLI's default ports: 2376 for TLS, 2375 for plain HTTP.
         let addr = if rest
             .rsplit_once(':')
             .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
         {
             rest.to_string()
         } else {
-            format!("{rest}:2375")
+            format!("{rest}:{}", if tls { 2376 } else { 2375 })
         };
-        return Ok((format!("tcp://{addr}"), Endpoint::Tcp(addr)));
-    }
-    if host.starts_with("https://") {
-        return Err(unsupported(
-            "TLS endpoints are not supported by this build of voltar (use the unix socket, or forward it with `ssh -L`)",
-        ));
+        let endpoint = format!("{scheme}://{addr}");
+        if !tls {
+            return Ok((endpoint, Endpoint::Tcp(addr)));
+        }
+        let files = TlsFiles::locate(env).ok_or_else(|| DockerError::Tls {
+            endpoint: endpoint.clone(),
+            message:
+                "cannot find the TLS certificates: set DOCKER_CERT_PATH to the directory holding \
+                      ca.pem, cert.pem and key.pem (HOME is not set, so ~/.docker cannot be used)"
+                    .to_string(),
+        })?;
+        return Ok((endpoint, Endpoint::Tls { addr, files }));
     }
     if host.starts_with("ssh://") {
         return Err(unsupported(
@@ -134,14 +238,43 @@ fn unreachable(endpoint: &str, err: &(dyn std::error::Error + 'static)) -> Docke
     }
 }
 
-/// Whether an io::Error of `kind` is anywhere in the source chain.
+/// Classify a failure on a TLS connection: rustls reports handshake and certificate problems as `InvalidData` I/O
+/// errors; say that it was TLS and what to check. Anything else is [`unreachable`].
+fn tls_failure(
+    endpoint: &str,
+    files: &TlsFiles,
+    err: &(dyn std::error::Error + 'static),
+) -> DockerError {
+    if !has_io_kind(err, std::io::ErrorKind::InvalidData) {
+        return unreachable(endpoint, err);
+    }
+    DockerError::Tls {
+        endpoint: endpoint.to_string(),
+        message: format!(
+            "TLS handshake failed: {} (check that the engine serves TLS on this port, that {} is the CA that \
+             signed its certificate for this host name, and that it accepts the client certificate {})",
+            error_chain(err),
+            files.ca.display(),
+            files.cert.display()
+        ),
+    }
+}
+
+/// Whether an io::Error of `kind` is anywhere in the source chain. An io::Error wrapping another error hides that
+/// error from `source()` (it returns the wrapped error's source), and hyper-rustls wraps the TLS error, an
+/// `InvalidData` io::Error, in another io::Error: so the errors inside io::Errors are searched too.
 fn has_io_kind(err: &(dyn std::error::Error + 'static), kind: std::io::ErrorKind) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = cur {
-        if e.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == kind)
-        {
-            return true;
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == kind {
+                return true;
+            }
+            if let Some(inner) = io.get_ref() {
+                if has_io_kind(inner, kind) {
+                    return true;
+                }
+            }
         }
         cur = e.source();
     }
@@ -173,8 +306,15 @@ fn status_of(err: &BollardError) -> Option<u16> {
 impl Engine {
     /// Connect like the docker CLI does (see the module docs), negotiate the API version and ping.
     pub async fn connect(host: Option<&str>) -> Result<Engine, DockerError> {
-        let env = |k: &str| std::env::var(k).ok();
-        let (endpoint, target) = resolve_endpoint(host, &env)?;
+        Self::connect_with_env(host, &|k: &str| std::env::var(k).ok()).await
+    }
+
+    /// [`Engine::connect`] with the environment as a parameter (tests must not change the process environment).
+    async fn connect_with_env(
+        host: Option<&str>,
+        env: &(dyn Fn(&str) -> Option<String> + Sync),
+    ) -> Result<Engine, DockerError> {
+        let (endpoint, target) = resolve_endpoint(host, env)?;
         let docker = match &target {
             Endpoint::Unix(path) => {
                 // bollard only checks that the path exists; connecting ourselves tells "not there" / "refused"
@@ -197,16 +337,37 @@ impl Engine {
             Endpoint::Tcp(addr) => {
                 Docker::connect_with_http(addr, CONNECT_TIMEOUT.as_secs(), API_DEFAULT_VERSION)
             }
+            Endpoint::Tls { addr, files } => {
+                files.check(&endpoint)?;
+                match Docker::connect_with_ssl(
+                    addr,
+                    &files.key,
+                    &files.cert,
+                    &files.ca,
+                    CONNECT_TIMEOUT.as_secs(),
+                    API_DEFAULT_VERSION,
+                ) {
+                    Ok(d) => Ok(d),
+                    Err(e) => {
+                        return Err(DockerError::Tls {
+                            message: format!(
+                                "cannot set up TLS with the files in {}: {}",
+                                files.dir.display(),
+                                error_chain(&e)
+                            ),
+                            endpoint,
+                        })
+                    }
+                }
+            }
         }
         .map_err(|e| unreachable(&endpoint, &e))?;
-        let docker = docker
-            .negotiate_version()
-            .await
-            .map_err(|e| unreachable(&endpoint, &e))?;
-        docker
-            .ping()
-            .await
-            .map_err(|e| unreachable(&endpoint, &e))?;
+        let failed = |e: BollardError| match &target {
+            Endpoint::Tls { files, .. } => tls_failure(&endpoint, files, &e),
+            _ => unreachable(&endpoint, &e),
+        };
+        let docker = docker.negotiate_version().await.map_err(failed)?;
+        docker.ping().await.map_err(failed)?;
         Ok(Engine {
             docker: docker.with_timeout(CALL_TIMEOUT),
             endpoint,
@@ -531,11 +692,54 @@ mod tests {
     }
 
     #[test]
-    fn endpoint_tls_and_ssh_are_refused_with_the_reason() {
-        let env = env_of(&[("DOCKER_TLS_VERIFY", "1")]);
-        let err = resolve_endpoint(Some("tcp://h:2376"), &env).unwrap_err();
-        assert!(matches!(err, DockerError::Unsupported { .. }), "{err:?}");
+    fn endpoint_tls_like_the_docker_cli() {
+        let tls = |host: &str, env: &'static [(&'static str, &'static str)]| match resolve_endpoint(
+            Some(host),
+            &env_of(env),
+        )
+        .unwrap()
+        {
+            (ep, Endpoint::Tls { addr, files }) => (ep, addr, files),
+            other => panic!("{host} {env:?}: not TLS: {other:?}"),
+        };
+        let (ep, addr, files) = tls(
+            "tcp://h",
+            &[("DOCKER_TLS_VERIFY", "1"), ("DOCKER_CERT_PATH", "/certs")],
+        );
+        assert_eq!((ep.as_str(), addr.as_str()), ("tcp://h:2376", "h:2376"));
+        assert_eq!(files.ca, PathBuf::from("/certs/ca.pem"));
+        assert_eq!(files.cert, PathBuf::from("/certs/cert.pem"));
+        assert_eq!(files.key, PathBuf::from("/certs/key.pem"));
+        // DOCKER_TLS also turns TLS on; the cert dir falls back to DOCKER_CONFIG, then ~/.docker.
+        let (_, addr, files) = tls(
+            "tcp://h:1234",
+            &[
+                ("DOCKER_TLS", "1"),
+                ("DOCKER_CONFIG", "/cfg"),
+                ("HOME", "/home/u"),
+            ],
+        );
+        assert_eq!(addr, "h:1234");
+        assert_eq!(files.dir, PathBuf::from("/cfg"));
+        let (ep, addr, files) = tls("https://h", &[("HOME", "/home/u")]);
+        assert_eq!((ep.as_str(), addr.as_str()), ("https://h:2376", "h:2376"));
+        assert_eq!(files.dir, PathBuf::from("/home/u/.docker"));
+        // An empty DOCKER_TLS_VERIFY is off, like the CLI.
+        let (_, t) =
+            resolve_endpoint(Some("tcp://h"), &env_of(&[("DOCKER_TLS_VERIFY", "")])).unwrap();
+        assert_eq!(t, Endpoint::Tcp("h:2375".into()));
+        // http:// with TLS asked for is a contradiction, said as such.
+        let err =
+            resolve_endpoint(Some("http://h"), &env_of(&[("DOCKER_TLS_VERIFY", "1")])).unwrap_err();
         assert!(err.to_string().contains("DOCKER_TLS_VERIFY"), "{err}");
+        // Nowhere to look for the files.
+        let err = resolve_endpoint(Some("https://h"), &env_of(&[])).unwrap_err();
+        assert!(matches!(err, DockerError::Tls { .. }), "{err:?}");
+        assert!(err.to_string().contains("DOCKER_CERT_PATH"), "{err}");
+    }
+
+    #[test]
+    fn endpoint_ssh_and_unknown_schemes_are_refused_with_the_reason() {
         let err = resolve_endpoint(Some("ssh://me@h"), &env_of(&[])).unwrap_err();
         assert!(err.to_string().contains("ssh -L"), "{err}");
         let err = resolve_endpoint(Some("ftp://h"), &env_of(&[])).unwrap_err();
@@ -566,6 +770,252 @@ mod tests {
         assert!(
             err.to_string().contains("/nonexistent-voltar-test.sock"),
             "{err}"
+        );
+    }
+
+    // -----------------------------------------------------------------------------------------------------------
+    // TLS against a local `openssl s_server` (no second dockerd: the shared engine stays untouched)
+
+    /// An env for `connect_with_env`: the pairs given, nothing else.
+    fn env_owned(pairs: Vec<(&'static str, String)>) -> impl Fn(&str) -> Option<String> + Sync {
+        move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone())
+    }
+
+    fn have_openssl() -> bool {
+        let ok = std::process::Command::new("openssl")
+            .arg("version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !ok {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "openssl is needed for the TLS tests"
+            );
+            eprintln!("SKIPPING: openssl not installed");
+        }
+        ok
+    }
+
+    /// A CA, a server certificate for 127.0.0.1 and a client certificate signed by it (`ca.pem`, `cert.pem`,
+    /// `key.pem` as the docker CLI names them, plus `server-*.pem`), and in `other/` a client pair from another CA.
+    fn make_certs(dir: &std::path::Path) {
+        let script = r#"set -e
+k() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1"; }
+sign() { # csr-key subject ext ca ca-key out
+  openssl req -new -key "$1" -out t.csr -subj "$2"
+  printf "$3" > t.ext
+  openssl x509 -req -in t.csr -CA "$4" -CAkey "$5" -CAcreateserial -out "$6" -days 2 -extfile t.ext
+}
+k ca-key.pem
+openssl req -x509 -new -key ca-key.pem -out ca.pem -days 2 -subj /CN=voltar-test-ca
+k server-key.pem
+sign server-key.pem /CN=127.0.0.1 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' ca.pem ca-key.pem server-cert.pem
+k key.pem
+sign key.pem /CN=voltar-client 'extendedKeyUsage=clientAuth\n' ca.pem ca-key.pem cert.pem
+mkdir other
+k other/ca-key.pem
+openssl req -x509 -new -key other/ca-key.pem -out other/ca.pem -days 2 -subj /CN=other-ca
+k other/key.pem
+sign other/key.pem /CN=intruder 'extendedKeyUsage=clientAuth\n' other/ca.pem other/ca-key.pem other/cert.pem
+"#;
+        let out = std::process::Command::new("sh")
+            .args(["-c", script])
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    /// `openssl s_server` requiring a client certificate signed by `dir/ca.pem` (`-Verify` asks for one,
+    /// `-verify_return_error` makes a bad one fatal: without it s_server only logs the failure) and serving the files of
+    /// `dir/www` over HTTP (`-WWW`): `version` and `_ping`, which is all `connect` asks for.
+    struct TlsServer {
+        child: std::process::Child,
+        port: u16,
+    }
+
+    impl TlsServer {
+        fn start(dir: &std::path::Path) -> TlsServer {
+            let www = dir.join("www");
+            std::fs::create_dir_all(&www).unwrap();
+            std::fs::write(
+                www.join("version"),
+                r#"{"Version":"20.10.99","ApiVersion":"1.41","MinAPIVersion":"1.12"}"#,
+            )
+            .unwrap();
+            std::fs::write(www.join("_ping"), "OK").unwrap();
+            let port = free_port();
+            let child = std::process::Command::new("openssl")
+                .args([
+                    "s_server",
+                    "-quiet",
+                    "-WWW",
+                    "-Verify",
+                    "1",
+                    "-verify_return_error",
+                ])
+                .arg("-accept")
+                .arg(format!("127.0.0.1:{port}"))
+                .arg("-cert")
+                .arg(dir.join("server-cert.pem"))
+                .arg("-key")
+                .arg(dir.join("server-key.pem"))
+                .arg("-CAfile")
+                .arg(dir.join("ca.pem"))
+                .current_dir(&www)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            let mut server = TlsServer { child, port };
+            let t = std::time::Instant::now();
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(
+                    server.child.try_wait().unwrap().is_none(),
+                    "openssl s_server exited"
+                );
+                assert!(t.elapsed() < Duration::from_secs(10), "s_server not up");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            server
+        }
+    }
+
+    impl Drop for TlsServer {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    #[tokio::test]
+    async fn tls_with_client_certificates_connects() {
+        if !have_openssl() {
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        make_certs(d.path());
+        let server = TlsServer::start(d.path());
+        let certs = d.path().to_string_lossy().into_owned();
+        let host = format!("tcp://127.0.0.1:{}", server.port);
+        let env = env_owned(vec![
+            ("DOCKER_TLS_VERIFY", "1".into()),
+            ("DOCKER_CERT_PATH", certs.clone()),
+        ]);
+        // The server refuses connections without a client certificate from its CA (-Verify), so getting the
+        // version and the ping back proves the whole path: handshake, both certificates, HTTP over TLS.
+        let engine = Engine::connect_with_env(Some(&host), &env)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(engine.api_version(), "1.41");
+        assert_eq!(engine.endpoint(), host);
+        // https:// needs no DOCKER_TLS_VERIFY.
+        let env = env_owned(vec![("DOCKER_CERT_PATH", certs)]);
+        let host = format!("https://127.0.0.1:{}", server.port);
+        Engine::connect_with_env(Some(&host), &env)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[tokio::test]
+    async fn tls_failures_say_what_to_fix() {
+        if !have_openssl() {
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        make_certs(d.path());
+        let server = TlsServer::start(d.path());
+        let host = format!("tcp://127.0.0.1:{}", server.port);
+        let connect = |certs: std::path::PathBuf, host: String| async move {
+            let env = env_owned(vec![
+                ("DOCKER_TLS_VERIFY", "1".into()),
+                ("DOCKER_CERT_PATH", certs.to_string_lossy().into_owned()),
+            ]);
+            let t = std::time::Instant::now();
+            let err = match Engine::connect_with_env(Some(&host), &env).await {
+                Ok(_) => panic!("connected to {host} with the files in {}", certs.display()),
+                Err(e) => e,
+            };
+            assert!(t.elapsed() < Duration::from_secs(10), "{err}");
+            assert!(matches!(err, DockerError::Tls { .. }), "{err:?}");
+            err.to_string()
+        };
+
+        // Missing files, one at a time: each is named, with the fix.
+        let partial = d.path().join("partial");
+        std::fs::create_dir(&partial).unwrap();
+        for (present, missing) in [
+            (&[][..], "ca.pem"),
+            (&["ca.pem"], "cert.pem"),
+            (&["ca.pem", "cert.pem"], "key.pem"),
+        ] {
+            for f in present {
+                std::fs::copy(d.path().join(f), partial.join(f)).unwrap();
+            }
+            let msg = connect(partial.clone(), host.clone()).await;
+            let path = partial.join(missing).display().to_string();
+            assert!(msg.contains(&format!("{path} does not exist")), "{msg}");
+            assert!(msg.contains("DOCKER_CERT_PATH"), "{msg}");
+        }
+        // A key file that is not a key.
+        std::fs::copy(d.path().join("cert.pem"), partial.join("key.pem")).unwrap();
+        let msg = connect(partial.clone(), host.clone()).await;
+        assert!(msg.contains("key.pem is not a PEM client key"), "{msg}");
+
+        // A directory of copies: `ca.pem` from `ca_from`, the client pair from `pair_from`.
+        let mix = |name: &str, ca_from: &str, pair_from: &str| {
+            let dir = d.path().join(name);
+            std::fs::create_dir(&dir).unwrap();
+            let src = |from: &str, f: &str| d.path().join(from).join(f);
+            std::fs::copy(src(ca_from, "ca.pem"), dir.join("ca.pem")).unwrap();
+            std::fs::copy(src(pair_from, "cert.pem"), dir.join("cert.pem")).unwrap();
+            std::fs::copy(src(pair_from, "key.pem"), dir.join("key.pem")).unwrap();
+            dir
+        };
+
+        // A client certificate from another CA: the server refuses it.
+        let msg = connect(mix("intruder", ".", "other"), host.clone()).await;
+        assert!(msg.contains("TLS handshake failed"), "{msg}");
+
+        // The engine's certificate is not signed by our ca.pem.
+        let wrong_ca = mix("wrong-ca", "other", ".");
+        let msg = connect(wrong_ca, host.clone()).await;
+        assert!(
+            msg.contains("TLS handshake failed") && msg.contains("certificate"),
+            "{msg}"
+        );
+
+        // TLS to a port that speaks plain HTTP (a 2375 engine under DOCKER_TLS_VERIFY).
+        let plain = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = plain.local_addr().unwrap().port();
+        let answer = tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok((mut c, _)) = plain.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = c.read(&mut buf).await;
+                let _ = c
+                    .write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .await;
+            }
+        });
+        let msg = connect(d.path().to_path_buf(), format!("tcp://127.0.0.1:{port}")).await;
+        answer.abort();
+        assert!(
+            msg.contains("TLS handshake failed") && msg.contains("serves TLS on this port"),
+            "{msg}"
         );
     }
 }

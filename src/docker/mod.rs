@@ -141,6 +141,9 @@ pub enum DockerError {
     Api { action: String, message: String },
     #[error("cannot use the Docker Engine endpoint {endpoint}: {message}")]
     Unsupported { endpoint: String, message: String },
+    /// TLS to the engine cannot be set up (certificate files) or the handshake failed.
+    #[error("TLS to the Docker Engine at {endpoint}: {message}")]
+    Tls { endpoint: String, message: String },
 }
 
 /// What quiesce and restore need from the engine. Implemented by [`Engine`]; tests may fake it.

@@ -11,9 +11,12 @@
 //!   also after a crash or power loss at any step. An existing object is replaced atomically.
 //! * **Durability.** When `put` or `finish` returns Ok, the data and the directory entry are on stable storage
 //!   (as far as the filesystem honours `fsync`).
-//! * **Abort.** [`ObjectWriter::abort`], an error, or dropping the writer removes the temp file. A process killed
-//!   mid-write leaves a temp file behind: it is never listed, and [`Storage::sweep_incomplete`] removes it once
-//!   it is older than the given age (the age keeps a sweep from removing the temp file of a run in progress).
+//! * **Abort.** [`ObjectWriter::abort`], an error, or dropping the writer removes the temp file, and then the
+//!   directories that this left empty (an interrupted backup leaves no empty `<backup-id>/` behind), up to (not
+//!   including) the root. A process killed mid-write leaves a temp file behind: it is never listed, and
+//!   [`Storage::sweep_incomplete`] removes it (and the directories it leaves empty) once it is older than the
+//!   given age (the age keeps a sweep from removing the temp file of a run in progress). A writer that creates
+//!   its temp file in a directory just as another removes it retries (see `create_temp`).
 //! * **Listing** walks the tree, returns keys relative to the root with `/` separators, sorted, skipping temp
 //!   files, directories, symlinks and names that are not UTF-8 (with a warning).
 //! * **Delete** removes the files, then the directories left empty, up to (not including) the root.
@@ -178,9 +181,19 @@ impl Inner {
             .map_err(|e| self.write_err("writing", &tmp, e))
             .and_then(|()| self.publish(file, &tmp, &path));
         if r.is_err() {
-            let _ = fs::remove_file(&tmp);
+            self.discard_temp(&tmp);
         }
         r
+    }
+
+    /// Remove a temp file that will not be published and the directories that leaves empty; errors are ignored
+    /// (a leftover temp file is swept later).
+    fn discard_temp(&self, tmp: &Path) {
+        match fs::remove_file(tmp) {
+            Ok(()) => self.remove_empty_parents(tmp),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => self.remove_empty_parents(tmp),
+            Err(_) => {}
+        }
     }
 
     fn list_blocking(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
@@ -303,7 +316,10 @@ impl Inner {
             // `<=`: with `older_than` zero, a temp file written in this same instant is stale too.
             if meta.modified().map(|m| m <= cutoff).unwrap_or(false) {
                 match fs::remove_file(entry.path()) {
-                    Ok(()) => removed += 1,
+                    Ok(()) => {
+                        removed += 1;
+                        self.remove_empty_parents(entry.path());
+                    }
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                     Err(e) => return Err(self.write_err("removing temp file", entry.path(), e)),
                 }
@@ -520,19 +536,26 @@ impl ObjectWriter for LocalWriter {
     async fn abort(mut self: Box<Self>) -> Result<(), StorageError> {
         self.file = None;
         self.done = true;
-        match tokio::fs::remove_file(&self.tmp).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(self.inner.write_err("removing temp file", &self.tmp, e)),
-        }
+        let (inner, tmp) = (self.inner.clone(), self.tmp.clone());
+        blocking(&self.inner.describe, move || {
+            match fs::remove_file(&tmp) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(inner.write_err("removing temp file", &tmp, e)),
+            }
+            inner.remove_empty_parents(&tmp);
+            Ok(())
+        })
+        .await
     }
 }
 
 impl Drop for LocalWriter {
     fn drop(&mut self) {
         if !self.done {
-            // Unlinking is one quick syscall: fine to do synchronously even on an async thread.
-            let _ = fs::remove_file(&self.tmp);
+            // Unlinking, and removing the few directories above, are quick syscalls: fine to do synchronously
+            // even on an async thread.
+            self.inner.discard_temp(&self.tmp);
         }
     }
 }
@@ -605,6 +628,60 @@ mod tests {
         assert_eq!(names_in(&d.path().join("k")), vec!["x"]);
         assert!(s.put("k/x", Bytes::from_static(b"data")).await.is_err());
         assert_eq!(names_in(&d.path().join("k")), vec!["x"]);
+    }
+
+    /// An interrupted backup (abort, or the writer dropped by a failed or cancelled run) must not leave its
+    /// `<backup-id>/` directory behind; a directory that still holds objects stays.
+    #[tokio::test]
+    async fn abort_and_drop_remove_directories_they_emptied() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        let s = LocalStorage::new(root.clone());
+
+        let mut w = s
+            .put_stream("b1/deep/vol.tar.zst", PutOptions::default())
+            .await
+            .unwrap();
+        w.write(Bytes::from_static(b"partial")).await.unwrap();
+        assert!(root.join("b1/deep").is_dir());
+        w.abort().await.unwrap();
+        assert!(!root.join("b1").exists(), "{:?}", names_in(&root));
+        assert!(root.is_dir(), "the root itself stays");
+
+        let mut w = s
+            .put_stream("b2/vol.tar.zst", PutOptions::default())
+            .await
+            .unwrap();
+        w.write(Bytes::from_static(b"partial")).await.unwrap();
+        drop(w);
+        assert!(!root.join("b2").exists(), "{:?}", names_in(&root));
+
+        // Another object in the directory: only the temp file goes.
+        s.put("b3/a.tar.zst", Bytes::from_static(b"a"))
+            .await
+            .unwrap();
+        let w = s
+            .put_stream("b3/b.tar.zst", PutOptions::default())
+            .await
+            .unwrap();
+        w.abort().await.unwrap();
+        assert_eq!(names_in(&root.join("b3")), vec!["a.tar.zst"]);
+        let w = s
+            .put_stream("b3/sub/c.tar.zst", PutOptions::default())
+            .await
+            .unwrap();
+        drop(w);
+        assert_eq!(names_in(&root.join("b3")), vec!["a.tar.zst"]);
+
+        // A killed process leaves its temp file; the sweep removes it and the directory it leaves empty.
+        let w = s
+            .put_stream("b4/x/vol.tar.zst", PutOptions::default())
+            .await
+            .unwrap();
+        std::mem::forget(w);
+        assert_eq!(s.sweep_incomplete(Duration::ZERO).await.unwrap(), 1);
+        assert!(!root.join("b4").exists(), "{:?}", names_in(&root));
+        assert_eq!(names_in(&root), vec!["b3"]);
     }
 
     #[test]

@@ -1008,3 +1008,220 @@ fn cancellation_stops_the_unpack() {
     let err = unpack(&sample_tar()[..], &s.dest(), &opts).unwrap_err();
     assert!(matches!(err, ArchiveError::Cancelled), "{err:?}");
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Row 15: metadata headers (PAX `x`/`g`, GNU long names `L`/`K`) are capped
+
+/// A header of type `ty` named `name` declaring `size` bytes of data (none of which is included).
+fn meta_header(ty: u8, name: &str, size: u64) -> Vec<u8> {
+    let mut h = raw_header(&Raw {
+        name: name.as_bytes(),
+        ty: tar::EntryType::new(ty),
+        link: b"",
+        data: b"",
+        mode: 0o644,
+    });
+    h.set_size(size);
+    h.set_cksum();
+    h.as_bytes().to_vec()
+}
+
+/// A zstd frame (written by hand, so building it costs nothing) holding `prefix` followed by `zeros` zero bytes
+/// as RLE blocks: 4 bytes per 128 KiB, so 256 MiB of zeros take 8 KiB.
+fn zstd_zero_bomb(prefix: &[u8], zeros: u64) -> Vec<u8> {
+    assert!(zeros > 0 && prefix.len() < 128 * 1024);
+    // magic; frame header descriptor: no content size, no checksum; window descriptor 2^17 = 128 KiB
+    let mut f = vec![0x28, 0xB5, 0x2F, 0xFD, 0x00, 0x38];
+    let block = |last: bool, ty: u32, size: u64| {
+        let v = u32::from(last) | (ty << 1) | ((size as u32) << 3);
+        v.to_le_bytes()[..3].to_vec()
+    };
+    f.extend(block(false, 0, prefix.len() as u64));
+    f.extend(prefix);
+    let mut left = zeros;
+    while left > 0 {
+        let n = left.min(128 * 1024);
+        left -= n;
+        f.extend(block(left == 0, 1, n));
+        f.push(0);
+    }
+    f
+}
+
+/// Peak resident set size of this process in bytes.
+fn vm_hwm() -> u64 {
+    let s = fs::read_to_string("/proc/self/status").unwrap();
+    let line = s.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kb * 1024
+}
+
+/// The peak RSS is per process, and other tests in this binary run in parallel: the measurement runs alone in a
+/// fresh process (this test binary, running only the ignored test below).
+#[test]
+fn metadata_header_bombs_are_refused_without_allocating() {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "archive_unpack::metadata_header_bomb_in_a_fresh_process",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "child failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+}
+
+#[test]
+#[ignore = "run in a fresh process by metadata_header_bombs_are_refused_without_allocating"]
+fn metadata_header_bomb_in_a_fresh_process() {
+    // A header declaring 8 GiB of metadata, followed by 256 MiB of zeros (a zstd bomb of 8 KiB): without the cap
+    // the tar crate would read all of it into one buffer.
+    const ZEROS: u64 = 256 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let before = vm_hwm();
+    for ty in [b'x', b'g', b'L', b'K'] {
+        let mut prefix = meta_header(ty, "PaxHeaders/bomb", 8 << 30);
+        // Two file entries a reader might reach if it skipped the header's (absent) data.
+        prefix.extend(build(&[file("a", b"1")]));
+        let bomb = zstd_zero_bomb(&prefix, ZEROS);
+        assert!(bomb.len() < 16 * 1024);
+        let t = std::time::Instant::now();
+        let errs = [
+            decode_and_scan(&bomb).unwrap_err(),
+            unpack(
+                decoder(&bomb[..]).unwrap().1,
+                dir.path(),
+                &UnpackOptions::default(),
+            )
+            .unwrap_err(),
+        ];
+        let grown = vm_hwm().saturating_sub(before);
+        assert!(
+            grown < 64 << 20,
+            "type {}: peak RSS grew by {} MiB reading a metadata bomb ({errs:?})",
+            ty as char,
+            grown >> 20
+        );
+        for err in errs {
+            let msg = err.to_string();
+            assert!(
+                matches!(err, ArchiveError::Unsafe { ref entry, .. } if entry == "PaxHeaders/bomb"),
+                "type {}: {err:?}",
+                ty as char
+            );
+            assert!(
+                msg.contains("8589934592") && msg.contains("1048576"),
+                "the error shows the declared size and the limit: {msg}"
+            );
+        }
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(5),
+            "type {}: refused only after {:?}",
+            ty as char,
+            t.elapsed()
+        );
+    }
+    assert!(fs::read_dir(dir.path()).unwrap().next().is_none());
+}
+
+#[test]
+fn metadata_headers_at_the_cap_are_read_and_one_byte_more_is_refused() {
+    use voltar::archive::unpack::MAX_META_HEADER;
+    let cap = MAX_META_HEADER;
+    // PAX: one `comment` record of exactly `cap` bytes (the length counts its own digits).
+    let digits = cap.to_string().len() as u64;
+    let value = "c".repeat((cap - digits - 1 - "comment=".len() as u64 - 1) as usize);
+    let record = format!("{cap} comment={value}\n");
+    assert_eq!(record.len() as u64, cap);
+    // GNU long name of exactly `cap` bytes (NUL-terminated, as GNU tar writes it).
+    let mut long = "n".repeat(cap as usize - 1).into_bytes();
+    long.push(0);
+    for (ty, data) in [(b'x', record.as_bytes()), (b'L', &long[..])] {
+        let mut ok = meta_header(ty, "././@LongLink", cap);
+        ok.extend(data);
+        ok.extend(build(&[file("f", b"data")]));
+        let counts = scan(&ok[..]).unwrap_or_else(|e| panic!("type {}: {e}", ty as char));
+        assert_eq!(counts.files, 1, "type {}", ty as char);
+    }
+    for ty in [b'x', b'g', b'L', b'K'] {
+        let mut over = meta_header(ty, "././@LongLink", cap + 1);
+        over.extend(vec![0u8; cap as usize + 1024]);
+        over.extend(build(&[file("f", b"data")]));
+        let err = scan(&over[..]).unwrap_err();
+        assert!(
+            matches!(err, ArchiveError::Unsafe { ref entry, .. } if entry == "././@LongLink"),
+            "type {}: {err:?}",
+            ty as char
+        );
+        let s = Scene::new();
+        let err = s.unpack(&over).unwrap_err();
+        assert!(
+            matches!(err, ArchiveError::Unsafe { ref entry, .. } if entry == "././@LongLink"),
+            "type {}: {err:?}",
+            ty as char
+        );
+    }
+}
+
+#[test]
+fn large_legitimate_metadata_headers_still_unpack() {
+    // A ~3.8 KiB path (15 components of 250 bytes) as a GNU long name, and the same path plus xattrs and a
+    // 512 KiB comment in one PAX header.
+    let comps: Vec<String> = (0..15)
+        .map(|i| format!("{i:02}{}", "d".repeat(248)))
+        .collect();
+    let deep = comps.join("/");
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_size(5);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(1_600_000_000);
+    b.append_data(&mut h, format!("gnu/{deep}/f"), &b"gnu-1"[..])
+        .unwrap();
+    let xattrs: Vec<(String, Vec<u8>)> = (0..30)
+        .map(|i| {
+            (
+                format!("SCHILY.xattr.user.k{i:02}"),
+                vec![b'a' + i as u8; 64],
+            )
+        })
+        .collect();
+    let path = format!("pax/{deep}/f");
+    let comment = vec![b'c'; 512 * 1024];
+    let mut records: Vec<(&str, &[u8])> = vec![("path", path.as_bytes()), ("comment", &comment)];
+    records.extend(xattrs.iter().map(|(k, v)| (k.as_str(), &v[..])));
+    b.append_pax_extensions(records).unwrap();
+    let mut h = raw_header(&file("pax-placeholder", b"pax-1"));
+    h.set_cksum();
+    b.append(&h, &b"pax-1"[..]).unwrap();
+    let bytes = b.into_inner().unwrap();
+    assert!(bytes.len() > 512 * 1024);
+
+    assert_eq!(scan(&bytes[..]).unwrap().files, 2);
+    let s = Scene::new();
+    s.unpack(&bytes).unwrap();
+    let gnu = s.dest().join("gnu").join(&deep).join("f");
+    let pax = s.dest().join("pax").join(&deep).join("f");
+    // The paths exceed PATH_MAX for a single syscall only in the worst case; 3.8 KiB is below it.
+    assert_eq!(fs::read(&gnu).unwrap(), b"gnu-1");
+    assert_eq!(fs::read(&pax).unwrap(), b"pax-1");
+    for (k, v) in &xattrs {
+        let name = k.strip_prefix("SCHILY.xattr.").unwrap();
+        assert_eq!(
+            xattr::get(&pax, name).unwrap().as_deref(),
+            Some(&v[..]),
+            "{name}"
+        );
+    }
+}
