@@ -24,13 +24,15 @@ use tokio::sync::mpsc;
 
 use crate::storage::{ObjectMeta, ObjectWriter, StorageError};
 
-/// Size of the chunks handed from the packer to the writers.
-pub const CHUNK_SIZE: usize = 1 << 20;
+/// Size of the chunks handed from the packer to the writers. Small enough to stay in the CPU cache between the
+/// packer filling a chunk and a writer copying it into the page cache: with 1 MiB chunks that copy cost 5× what
+/// `zstd` pays for the same bytes (1.9 s vs 0.5 s of system time for 824 MiB in; measured with perf).
+pub const CHUNK_SIZE: usize = 256 << 10;
 /// Chunks that may wait in the channel.
 pub const CHANNEL_CHUNKS: usize = 4;
 
 /// Chunk buffers come back here when every writer is done with them, so the steady state allocates nothing:
-/// a fresh 1 MiB buffer per chunk cost one page fault per 4 KiB of output (280k faults, ~1 s of system time on
+/// a fresh buffer per chunk cost one page fault per 4 KiB of output (280k faults, ~1 s of system time on
 /// the benchmark dataset).
 type Pool = Arc<Mutex<Vec<Vec<u8>>>>;
 
