@@ -40,7 +40,7 @@ pub struct Cli {
     /// More log output (-v info, -vv debug, -vvv trace). VOLTAR_LOG=... overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
-    /// Only errors on stderr; no progress bar.
+    /// Only errors on stderr, no progress bar; `backup` prints its summary only when something failed (cron).
     #[arg(short, long, global = true)]
     pub quiet: bool,
     #[command(subcommand)]
@@ -381,7 +381,8 @@ async fn run(cli: Cli, cancel: CancellationToken) -> Result<i32> {
                 out_json(&report);
             } else if dry_run {
                 out(&render_plan(&report.plan, None));
-            } else {
+            } else if !(cli.quiet && report.exit_code() == EXIT_OK) {
+                // `--quiet` (cron): silent on success, the full summary when something failed.
                 out(&render_run(&report));
             }
             Ok(report.exit_code())

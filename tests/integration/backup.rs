@@ -1361,3 +1361,43 @@ fn issue2_backup_without_any_config() {
         show.stdout
     );
 }
+
+/// `--quiet` is for cron: nothing at all on success (no mail), the full summary and a non-zero exit on failure.
+#[test]
+fn issue2_quiet_is_silent_on_success_and_speaks_on_failure() {
+    require_docker!();
+    let mut c = Cleanup::default();
+    let env = Env::new();
+    let vol = c.volume("quiet");
+    std::fs::write(mountpoint(&vol).join("f"), b"x").unwrap();
+    let ok = env.run(&[
+        "--quiet",
+        "backup",
+        "--only",
+        &vol,
+        "--target",
+        &env.target_str(),
+    ]);
+    ok.expect_code(0);
+    assert_eq!(ok.stdout, "", "quiet success prints nothing");
+    assert_eq!(ok.stderr, "", "quiet success prints nothing");
+    only_manifest(&env.target);
+
+    let file = env.dir().join("a-file");
+    std::fs::write(&file, b"not a dir").unwrap();
+    let bad = env.run(&[
+        "--quiet",
+        "backup",
+        "--only",
+        &vol,
+        "--target",
+        file.to_str().unwrap(),
+    ]);
+    bad.expect_code(1);
+    assert!(
+        table_row(&bad.stdout, &vol).contains("FAILED"),
+        "the summary is printed on failure:\n{}",
+        bad.stdout
+    );
+    assert!(bad.stdout.contains("NOT committed"), "{}", bad.stdout);
+}
