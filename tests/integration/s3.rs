@@ -9,7 +9,7 @@
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command as StdCommand, Stdio};
+use std::process::{Command as StdCommand, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -19,7 +19,7 @@ use voltar::config::S3Target;
 use voltar::storage::s3::S3Storage;
 use voltar::storage::{Storage, StorageExt};
 
-use crate::support::{self, Cleanup};
+use crate::support::{self, free_port, Cleanup, PrivateS3};
 
 // -------------------------------------------------------------------------------------------------------------
 // Harness.
@@ -672,64 +672,6 @@ fn tampered_or_swapped_archives_and_manifests_are_detected() {
 // -------------------------------------------------------------------------------------------------------------
 // Several targets, one of them failing (a private S3 server, frozen mid-upload).
 
-const MOTO: &str = "/opt/voltar-moto/bin/moto_server";
-
-struct PrivateS3 {
-    child: Child,
-    port: u16,
-}
-
-impl PrivateS3 {
-    fn start() -> Option<PrivateS3> {
-        if !Path::new(MOTO).exists() {
-            let msg = format!("{MOTO} is missing: run scripts/env.sh s3");
-            if support::in_ci() {
-                panic!("{msg}");
-            }
-            eprintln!("\n!!! SKIPPING: {msg}\n");
-            return None;
-        }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = StdCommand::new(MOTO)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start moto_server");
-        let s = PrivateS3 { child, port };
-        let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "moto did not start"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Some(s)
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// Signal the server this test started, by its id.
-    fn signal(&self, sig: i32) {
-        unsafe { libc::kill(self.child.id() as i32, sig) };
-    }
-}
-
-impl Drop for PrivateS3 {
-    fn drop(&mut self) {
-        self.signal(libc::SIGCONT);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Fill `path` with `bytes` of random (incompressible) data.
 fn random_file(path: &Path, bytes: u64) {
     let mut f = std::fs::File::create(path).unwrap();
@@ -743,7 +685,7 @@ fn random_file(path: &Path, bytes: u64) {
 #[test]
 fn a_failing_s3_target_fails_alone_and_leaves_nothing_behind() {
     crate::require_docker!();
-    let Some(server) = PrivateS3::start() else {
+    let Some(server) = PrivateS3::start(free_port()) else {
         return;
     };
     let w = World::new(&server.endpoint());

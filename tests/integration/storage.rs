@@ -5,10 +5,8 @@
 //! Acceptance rows: 1 (local atomicity), 2 (S3 complete-or-abort), 19 (part sizing, large streamed upload),
 //! 20 (retry transient, not auth / no-space, within a deadline).
 
-use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,7 +18,7 @@ use voltar::storage::retry::{Backoff, RetryStorage};
 use voltar::storage::s3::S3Storage;
 use voltar::storage::{PutOptions, Storage, StorageError, StorageExt};
 
-use crate::support;
+use crate::support::{self, free_port, PrivateS3};
 
 const MIB: usize = 1 << 20;
 
@@ -645,67 +643,6 @@ async fn open_builds_s3_from_config() {
 
 // -------------------------------------------------------------------------------------------------------------
 // A private S3 server, killed or frozen mid-upload (the shared one on 9333 is left alone).
-
-const MOTO: &str = "/opt/voltar-moto/bin/moto_server";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct PrivateS3 {
-    child: Child,
-    port: u16,
-}
-
-impl PrivateS3 {
-    fn start(port: u16) -> Option<PrivateS3> {
-        if !Path::new(MOTO).exists() {
-            let msg = format!("{MOTO} is missing: run scripts/env.sh s3");
-            if support::in_ci() {
-                panic!("{msg}");
-            }
-            eprintln!("\n!!! SKIPPING: {msg}\n");
-            return None;
-        }
-        let child = Command::new(MOTO)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start moto_server");
-        let s = PrivateS3 { child, port };
-        let start = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "moto did not start"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Some(s)
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn signal(&self, sig: i32) {
-        // Only the process this test started, by its id.
-        unsafe { libc::kill(self.child.id() as i32, sig) };
-    }
-}
-
-impl Drop for PrivateS3 {
-    fn drop(&mut self) {
-        self.signal(libc::SIGCONT);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Kill the server mid-upload: the upload fails within the deadline (no hang, no panic) and after a restart
 /// nothing is there.

@@ -1,9 +1,12 @@
 //! Shared test helpers: finding the real Docker Engine and S3 server, unique names, cleanup.
 #![allow(dead_code)]
 
+use std::net::TcpListener;
+use std::path::Path;
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 /// The locally built test image (scripts/env.sh builds it).
 pub const IMAGE: &str = "voltar-test:latest";
@@ -152,5 +155,70 @@ impl Drop for Cleanup {
         for v in &self.volumes {
             let _ = docker_raw(&["volume", "rm", "-f", v]);
         }
+    }
+}
+
+// -------------------------------------------------------------------------------------------------------------
+// A private S3 server, killed or frozen mid-upload (the shared one is left alone).
+
+pub const MOTO: &str = "/opt/voltar-moto/bin/moto_server";
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A private S3 server (moto) on its own port, for tests that kill or freeze it; stopped when dropped.
+pub struct PrivateS3 {
+    pub child: Child,
+    pub port: u16,
+}
+
+impl PrivateS3 {
+    pub fn start(port: u16) -> Option<PrivateS3> {
+        if !Path::new(MOTO).exists() {
+            let msg = format!("{MOTO} is missing: run scripts/env.sh s3");
+            if in_ci() {
+                panic!("{msg}");
+            }
+            eprintln!("\n!!! SKIPPING: {msg}\n");
+            return None;
+        }
+        let child = Command::new(MOTO)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start moto_server");
+        let s = PrivateS3 { child, port };
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "moto did not start"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Some(s)
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // Only the process this test started, by its id.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+}
+
+impl Drop for PrivateS3 {
+    fn drop(&mut self) {
+        self.signal(libc::SIGCONT);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
