@@ -160,26 +160,10 @@ pub fn unpack<R: Read>(
         euid: unsafe { libc::geteuid() },
         egid: unsafe { libc::getegid() },
     };
-    let tap = PaxTap::new(tar_stream);
-    let pax = tap.current.clone();
-    let refused = tap.refused.clone();
-    let mut archive = tar::Archive::new(EndCheck::new(tap));
-    {
-        let entries = archive
-            .entries()
-            .map_err(|e| ArchiveError::Corrupt(format!("cannot read the archive: {e}")))?;
-        let mut last: Option<String> = None;
-        for entry in entries {
-            check_cancel(&opts.cancel)?;
-            let mut entry =
-                entry.map_err(|e| refused.take().unwrap_or_else(|| header_error(&last, e)))?;
-            let d = describe(&mut entry, pax.take(), opts.max_entry_size)?;
-            last = Some(d.display.clone());
-            count(&mut x.counts, &d);
-            x.extract(&mut entry, &d)?;
-        }
-    }
-    finish_stream(archive.into_inner())?;
+    x.counts = walk(tar_stream, opts.max_entry_size, |entry, d| {
+        check_cancel(&opts.cancel)?;
+        x.extract(entry, d)
+    })?;
     x.finish_dirs()?;
     Ok(UnpackReport {
         counts: x.counts,
@@ -192,6 +176,24 @@ pub fn unpack<R: Read>(
 /// data so that truncation and corruption surface (including the zstd frame checksum, by reading the stream to its
 /// end), and return the counts.
 pub fn scan<R: Read>(tar_stream: R) -> Result<Counts, ArchiveError> {
+    let mut buf = vec![0u8; BUF_SIZE];
+    // Verify reads what is there; size limits are a concern of writing.
+    walk(tar_stream, u64::MAX, |entry, d| {
+        drain(entry, d.data_size, &d.display, &mut buf, &None)
+    })
+}
+
+/// The one loop over an archive's entries that `unpack` and `scan` share: metadata headers capped (`PaxTap`),
+/// a missing end-of-archive marker treated as truncation (`EndCheck`), header errors naming the last good entry,
+/// every entry counted by the module's rules, then handed to `each`; the stream is read to its end.
+fn walk<R: Read>(
+    tar_stream: R,
+    max_entry_size: u64,
+    mut each: impl FnMut(
+        &mut tar::Entry<'_, EndCheck<PaxTap<R>>>,
+        &Described,
+    ) -> Result<(), ArchiveError>,
+) -> Result<Counts, ArchiveError> {
     let mut counts = Counts::default();
     let tap = PaxTap::new(tar_stream);
     let pax = tap.current.clone();
@@ -202,15 +204,13 @@ pub fn scan<R: Read>(tar_stream: R) -> Result<Counts, ArchiveError> {
             .entries()
             .map_err(|e| ArchiveError::Corrupt(format!("cannot read the archive: {e}")))?;
         let mut last: Option<String> = None;
-        let mut buf = vec![0u8; BUF_SIZE];
         for entry in entries {
             let mut entry =
                 entry.map_err(|e| refused.take().unwrap_or_else(|| header_error(&last, e)))?;
-            // Verify reads what is there; size limits are a concern of writing.
-            let d = describe(&mut entry, pax.take(), u64::MAX)?;
+            let d = describe(&mut entry, pax.take(), max_entry_size)?;
             last = Some(d.display.clone());
             count(&mut counts, &d);
-            drain(&mut entry, d.data_size, &d.display, &mut buf, &None)?;
+            each(&mut entry, &d)?;
         }
     }
     finish_stream(archive.into_inner())?;
