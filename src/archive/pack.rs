@@ -839,36 +839,22 @@ impl<'o, 'p, W: Write> Packer<'o, 'p, W> {
         if matches!(src, XattrSrc::None | XattrSrc::Path(None)) {
             return Ok(());
         }
-        let names = &mut self.xattr_names;
-        if names.capacity() < 1024 {
-            names.reserve(1024);
-        }
-        loop {
-            let cap = names.capacity();
-            names.clear();
-            // SAFETY: the buffer has `cap` writable bytes; the call writes at most that many.
-            let n = unsafe {
-                match src {
-                    XattrSrc::Fd(fd) => libc::flistxattr(fd, names.as_mut_ptr().cast(), cap),
-                    XattrSrc::Path(Some(p)) => {
-                        libc::llistxattr(p.as_ptr(), names.as_mut_ptr().cast(), cap)
-                    }
-                    _ => unreachable!("handled above"),
-                }
-            };
-            if n >= 0 {
-                // SAFETY: the kernel initialised the first `n` bytes.
-                unsafe { names.set_len(n as usize) };
-                break;
+        // SAFETY (closure): the buffer has `cap` writable bytes; the call writes at most that many.
+        let listed = fill_growing(&mut self.xattr_names, 1024, |buf, cap| unsafe {
+            match src {
+                XattrSrc::Fd(fd) => libc::flistxattr(fd, buf.cast(), cap),
+                XattrSrc::Path(Some(p)) => libc::llistxattr(p.as_ptr(), buf.cast(), cap),
+                _ => unreachable!("handled above"),
             }
-            let e = io::Error::last_os_error();
-            match e.raw_os_error() {
-                Some(libc::ERANGE) => names.reserve(cap * 2),
-                Some(libc::ENOTSUP) | Some(libc::ENOENT) => return Ok(()),
-                _ => return Err(e),
+        });
+        match listed {
+            Ok(()) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTSUP) | Some(libc::ENOENT)) => {
+                return Ok(())
             }
+            Err(e) => return Err(e),
         }
-        if names.is_empty() {
+        if self.xattr_names.is_empty() {
             return Ok(());
         }
         let names = std::mem::take(&mut self.xattr_names);
@@ -903,36 +889,51 @@ impl<'o, 'p, W: Write> Packer<'o, 'p, W> {
         let Ok(cname) = CString::new(name) else {
             return Ok(false);
         };
-        let v = &mut self.xattr_value;
-        if v.capacity() < 256 {
-            v.reserve(256);
+        if matches!(src, XattrSrc::None | XattrSrc::Path(None)) {
+            return Ok(false);
         }
-        loop {
-            let cap = v.capacity();
-            v.clear();
-            // SAFETY: the buffer has `cap` writable bytes; the call writes at most that many.
-            let n = unsafe {
-                match src {
-                    XattrSrc::Fd(fd) => {
-                        libc::fgetxattr(fd, cname.as_ptr(), v.as_mut_ptr().cast(), cap)
-                    }
-                    XattrSrc::Path(Some(p)) => {
-                        libc::lgetxattr(p.as_ptr(), cname.as_ptr(), v.as_mut_ptr().cast(), cap)
-                    }
-                    _ => return Ok(false),
+        // SAFETY (closure): the buffer has `cap` writable bytes; the call writes at most that many.
+        let read = fill_growing(&mut self.xattr_value, 256, |buf, cap| unsafe {
+            match src {
+                XattrSrc::Fd(fd) => libc::fgetxattr(fd, cname.as_ptr(), buf.cast(), cap),
+                XattrSrc::Path(Some(p)) => {
+                    libc::lgetxattr(p.as_ptr(), cname.as_ptr(), buf.cast(), cap)
                 }
-            };
-            if n >= 0 {
-                // SAFETY: the kernel initialised the first `n` bytes.
-                unsafe { v.set_len(n as usize) };
-                return Ok(true);
+                _ => unreachable!("handled above"),
             }
-            let e = io::Error::last_os_error();
-            match e.raw_os_error() {
-                Some(libc::ERANGE) => v.reserve(cap * 2),
-                Some(libc::ENODATA) => return Ok(false),
-                _ => return Err(e),
-            }
+        });
+        match read {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Call a `*xattr`-style function that fills `buf` (up to `cap` bytes) and returns the length or -1, growing the
+/// buffer (from at least `min`) while it answers ERANGE. On success `buf` holds exactly the returned bytes.
+fn fill_growing(
+    buf: &mut Vec<u8>,
+    min: usize,
+    mut call: impl FnMut(*mut u8, usize) -> isize,
+) -> io::Result<()> {
+    if buf.capacity() < min {
+        buf.reserve(min);
+    }
+    loop {
+        let cap = buf.capacity();
+        buf.clear();
+        let n = call(buf.as_mut_ptr(), cap);
+        if n >= 0 {
+            // SAFETY: the call initialised the first `n` (≤ cap) bytes.
+            unsafe { buf.set_len(n as usize) };
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ERANGE) {
+            buf.reserve(cap * 2);
+        } else {
+            return Err(e);
         }
     }
 }
