@@ -624,7 +624,7 @@ mod e2e {
     use std::path::{Path, PathBuf};
     use std::process::{Command, Stdio};
 
-    use crate::support::{self, Cleanup};
+    use crate::support::{self, Cleanup, Out};
 
     /// A test's private world: state dir and HOME; a target given as `--target` (a directory, or s3://… with
     /// the standard AWS environment pointing at the S3 test server).
@@ -633,22 +633,6 @@ mod e2e {
         target: String,
         /// The S3 endpoint, when the target is S3.
         s3: Option<String>,
-    }
-
-    struct Out {
-        code: i32,
-        stdout: String,
-        stderr: String,
-    }
-
-    impl std::fmt::Debug for Out {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            write!(
-                f,
-                "exit {}\n--- stdout\n{}\n--- stderr\n{}",
-                self.code, self.stdout, self.stderr
-            )
-        }
     }
 
     impl World {
@@ -747,11 +731,7 @@ mod e2e {
                 c.envs(Self::aws_vars(ep));
             }
             let o = c.args(args).output().expect("run voltar");
-            Out {
-                code: o.status.code().unwrap_or(-1),
-                stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-                stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-            }
+            Out::from(o)
         }
 
         /// Backup ids in the target, oldest first.

@@ -19,7 +19,7 @@ use voltar::config::S3Target;
 use voltar::storage::s3::S3Storage;
 use voltar::storage::{Storage, StorageExt};
 
-use crate::support::{self, free_port, Cleanup, PrivateS3};
+use crate::support::{self, free_port, Cleanup, Out, PrivateS3};
 
 // -------------------------------------------------------------------------------------------------------------
 // Harness.
@@ -52,28 +52,6 @@ struct World {
 }
 
 /// What a finished `voltar` run said.
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl std::fmt::Debug for Out {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit {}\n--- stdout\n{}\n--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        )
-    }
-}
-
-impl Out {
-    fn all(&self) -> String {
-        format!("{}\n{}", self.stdout, self.stderr)
-    }
-}
-
 impl World {
     fn new(endpoint: &str) -> World {
         let dir = tempfile::tempdir().unwrap();
@@ -187,11 +165,7 @@ secret-access-key-file = "{sk}"
 
 fn run(mut c: StdCommand, args: &[&str]) -> Out {
     let o = c.args(args).output().expect("run voltar");
-    Out {
-        code: o.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-    }
+    Out::from(o)
 }
 
 /// A small tree with a bit of everything: nested dirs, modes, a symlink, a hardlink, an empty dir.
@@ -745,11 +719,7 @@ fn a_failing_s3_target_fails_alone_and_leaves_nothing_behind() {
     let o = child.wait_with_output().unwrap();
     let took = frozen_at.elapsed();
     server.signal(libc::SIGCONT);
-    let out = Out {
-        code: o.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-    };
+    let out = Out::from(o);
     assert_eq!(out.code, 1, "{out:?}");
     assert!(
         took < Duration::from_secs(120),
