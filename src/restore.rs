@@ -768,21 +768,7 @@ pub async fn fetch_and_unpack(
         // Errors name the stored object by its key in the target (`<backup-id>/<source>.tar.zst`).
         let object = key;
         let rep = {
-            let plain: Box<dyn Read + '_> = if encrypted {
-                decryptor
-                    .reader(&mut hr, &object)
-                    .map_err(|e| RestoreError::Crypto {
-                        object: object.clone(),
-                        source: e,
-                    })?
-            } else {
-                Box::new(&mut hr)
-            };
-            let (_fmt, mut dec) =
-                archive::compress::decoder(plain).map_err(|e| RestoreError::Archive {
-                    object: object.clone(),
-                    source: e,
-                })?;
+            let mut dec = tar_stream(&mut hr, encrypted.then_some(&*decryptor), &object)?;
             let rep = archive::unpack::unpack(&mut dec, &dest, &opts).map_err(|e| {
                 RestoreError::Archive {
                     object: object.clone(),
@@ -819,6 +805,27 @@ pub async fn fetch_and_unpack(
     })
     .await??;
     Ok(rep)
+}
+
+/// The tar stream inside a stored object: age-decrypted when `decryptor` is given (an encrypted backup), then
+/// decompressed by its sniffed format. Errors name `object`.
+pub fn tar_stream<'a, R: Read + 'a>(
+    stored: R,
+    decryptor: Option<&'a Decryptor>,
+    object: &str,
+) -> Result<Box<dyn Read + 'a>, RestoreError> {
+    let plain: Box<dyn Read + 'a> = match decryptor {
+        Some(d) => d.reader(stored, object).map_err(|e| RestoreError::Crypto {
+            object: object.to_string(),
+            source: e,
+        })?,
+        None => Box::new(stored),
+    };
+    let (_format, dec) = archive::compress::decoder(plain).map_err(|e| RestoreError::Archive {
+        object: object.to_string(),
+        source: e,
+    })?;
+    Ok(dec)
 }
 
 /// Human description of how two counts differ.
@@ -873,12 +880,7 @@ async fn list_archive(
     let encrypted = manifest.encryption.is_some();
     let object = src.object.clone();
     tokio::task::spawn_blocking(move || -> Result<BTreeSet<PathBuf>> {
-        let plain: Box<dyn Read> = if encrypted {
-            decryptor.reader(reader, &object)?
-        } else {
-            Box::new(reader)
-        };
-        let (_f, dec) = archive::compress::decoder(plain)?;
+        let dec = tar_stream(reader, encrypted.then_some(&*decryptor), &object)?;
         let mut a = tar::Archive::new(archive::unpack::meta_capped(dec));
         let mut names = BTreeSet::new();
         for e in a.entries().map_err(|e| anyhow!("{object}: {e}"))? {

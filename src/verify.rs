@@ -9,7 +9,6 @@
 //! the same code path as `voltar restore`, and walks the restored tree comparing it with the manifest.
 
 use std::collections::HashSet;
-use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -27,7 +26,7 @@ use crate::config::Config;
 use crate::crypto::Decryptor;
 use crate::pipeline::{self, HashingReader};
 use crate::progress::Progress;
-use crate::restore::{count_diff, fetch_and_unpack, ProgressReader};
+use crate::restore::{count_diff, fetch_and_unpack, tar_stream, ProgressReader, RestoreError};
 use crate::storage::Storage;
 
 #[derive(Debug, Clone, Args)]
@@ -96,14 +95,13 @@ pub async fn check_object(
         let mut problems = Vec::new();
         let mut hr = HashingReader::new(ProgressReader::new(reader, progress));
         let counts: Result<Counts, String> = (|| {
-            let plain: Box<dyn Read + '_> = if encrypted {
-                decryptor
-                    .reader(&mut hr, &src.object)
-                    .map_err(|e| e.to_string())?
-            } else {
-                Box::new(&mut hr)
-            };
-            let (_f, mut dec) = archive::compress::decoder(plain).map_err(|e| e.to_string())?;
+            let mut dec = tar_stream(&mut hr, encrypted.then_some(&*decryptor), &src.object)
+                .map_err(|e| match e {
+                    // The object is named once, by its key, when the problems are reported.
+                    RestoreError::Crypto { source, .. } => source.to_string(),
+                    RestoreError::Archive { source, .. } => source.to_string(),
+                    other => other.to_string(),
+                })?;
             let c = archive::unpack::scan(&mut dec).map_err(|e| e.to_string())?;
             std::io::copy(&mut dec, &mut std::io::sink())
                 .map_err(|e| format!("corrupt archive: {e}"))?;
