@@ -324,9 +324,7 @@ impl Target {
     pub fn effective_retention(&self, job: &Retention) -> Retention {
         merge_retention(job.clone(), self.retention.as_ref()).unwrap_or_else(|_| job.clone())
     }
-}
 
-impl Target {
     /// Parse a `--target` value: `s3://bucket/prefix`, `file:///dir` or a directory path.
     pub fn from_url(url: &str) -> Result<Target, ConfigError> {
         if let Some(rest) = url.strip_prefix("s3://") {

@@ -632,20 +632,7 @@ async fn restore_one(
         sr.safety_backup = Some(run.id.to_string());
     }
 
-    // Extract into staging beside the destination (same filesystem, so the swap is a rename).
-    let parent = path
-        .parent()
-        .ok_or_else(|| anyhow!("{} has no parent directory", path.display()))?;
-    let base = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let staging = parent.join(format!(
-        ".voltar-staging-{base}-{:08x}",
-        rand::random::<u32>()
-    ));
-    std::fs::create_dir(&staging)
-        .with_context(|| format!("creating staging directory {}", staging.display()))?;
+    let staging = make_staging(path)?;
     let result = async {
         progress.note("extracting and verifying");
         let opts = UnpackOptions {
@@ -694,6 +681,24 @@ async fn restore_one(
     // After a successful exchange, `staging` holds the old contents; after a failure, the partial extraction.
     let _ = std::fs::remove_dir_all(&staging);
     result
+}
+
+/// A new, empty staging directory beside `path` (same filesystem, so swapping it in is a rename).
+fn make_staging(path: &Path) -> Result<PathBuf> {
+    let parent = path
+        .parent()
+        .ok_or_else(|| anyhow!("{} has no parent directory", path.display()))?;
+    let base = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let staging = parent.join(format!(
+        ".voltar-staging-{base}-{:08x}",
+        rand::random::<u32>()
+    ));
+    std::fs::create_dir(&staging)
+        .with_context(|| format!("creating staging directory {}", staging.display()))?;
+    Ok(staging)
 }
 
 /// Atomically swap two paths on one filesystem (`renameat2(RENAME_EXCHANGE)`).
@@ -1024,15 +1029,7 @@ async fn import(config: &Config, args: RestoreArgs, json: bool, progress: Progre
         ));
         return Ok(cli::EXIT_OK);
     }
-    let parent = path
-        .parent()
-        .ok_or_else(|| anyhow!("{} has no parent", path.display()))?
-        .to_path_buf();
-    let staging = parent.join(format!(
-        ".voltar-staging-import-{:08x}",
-        rand::random::<u32>()
-    ));
-    std::fs::create_dir(&staging)?;
+    let staging = make_staging(&path)?;
     let opts = UnpackOptions {
         strip_components: args.strip_components,
         paths: clean_paths(&args.paths)?,
