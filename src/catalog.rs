@@ -356,6 +356,8 @@ pub enum CatalogError {
     },
     #[error("no backup `{0}` in this target (see `voltar list`)")]
     NotFound(String),
+    #[error("the sources do not share a newest backup: {common} holds them all, but there are newer backups of {newer}; restore one source at a time (--source NAME), or name a backup id")]
+    Mixed { common: String, newer: String },
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
@@ -431,24 +433,54 @@ pub async fn read_manifest(storage: &dyn Storage, id: &BackupId) -> Result<Manif
 
 /// Resolve `latest`, an id, or `--before TIME` against a listing. Pre-restore safety backups are considered
 /// only when asked for by id.
+///
+/// With `sources`, `latest` is the newest backup that holds every one of them: after a partial run
+/// (`backup --only A`), `latest --source B` is B's newest backup, not the partial one. When the named sources
+/// have different newest backups, that is an error (restoring one of them from an older backup than its newest
+/// would be a silent surprise): the message says to take them one at a time or name a backup id.
 pub fn resolve<'a>(
     listing: &'a Listing,
     spec: &str,
     before: Option<DateTime<Utc>>,
+    sources: &[String],
 ) -> Result<&'a Manifest, CatalogError> {
     if spec == "latest" {
-        return listing
-            .backups
-            .iter()
-            .rev()
-            .filter(|m| !m.is_pre_restore())
-            .find(|m| before.is_none_or(|b| m.started_at <= b))
-            .ok_or_else(|| {
-                CatalogError::NotFound(match before {
-                    Some(b) => format!("latest before {b}"),
-                    None => "latest".into(),
+        let newest_with = |names: &[String]| {
+            listing
+                .backups
+                .iter()
+                .rev()
+                .filter(|m| !m.is_pre_restore())
+                .filter(|m| before.is_none_or(|b| m.started_at <= b))
+                .find(|m| names.iter().all(|n| m.source(n).is_some()))
+        };
+        let found = newest_with(sources).ok_or_else(|| {
+            let mut what = match before {
+                Some(b) => format!("latest before {b}"),
+                None => "latest".into(),
+            };
+            if !sources.is_empty() {
+                what.push_str(&format!(" holding {}", sources.join(", ")));
+            }
+            CatalogError::NotFound(what)
+        })?;
+        if sources.len() > 1 {
+            let newer: Vec<String> = sources
+                .iter()
+                .filter_map(|n| {
+                    newest_with(std::slice::from_ref(n))
+                        .filter(|m| m.id != found.id)
+                        .map(|m| format!("{n} in {}", m.id))
                 })
-            });
+                .collect();
+            if !newer.is_empty() {
+                return Err(CatalogError::Mixed {
+                    common: found.id.to_string(),
+                    newer: newer.join(", "),
+                });
+            }
+        }
+        return Ok(found);
     }
     let id: BackupId = spec.parse().map_err(CatalogError::NotFound)?;
     listing
@@ -535,7 +567,67 @@ mod tests {
             ..Listing::default()
         };
         assert_eq!(listing.backups[0].id, older.id);
-        assert_eq!(resolve(&listing, "latest", None).unwrap().id, newer.id);
+        assert_eq!(resolve(&listing, "latest", None, &[]).unwrap().id, newer.id);
+    }
+
+    /// Issue 8: after a full backup of a and b and a partial one of a, `latest --source b` is the full backup;
+    /// a and b together have different newest backups, which is an error that says what to do.
+    #[test]
+    fn issue8_latest_with_sources_is_the_newest_backup_that_holds_them() {
+        let t = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
+        let src = |name: &str| SourceRecord {
+            name: name.into(),
+            kind: SourceKind::Volume,
+            path: String::new(),
+            driver: None,
+            driver_opts: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            object: object_name(name, false),
+            counts: Counts::default(),
+            stored_bytes: 0,
+            sha256: String::new(),
+            containers: vec![],
+            read_ms: 0,
+            warnings: vec![],
+        };
+        let mut full = manifest_at("20260102T030405Z-0001", t);
+        full.sources = vec![src("a"), src("b")];
+        let mut partial = manifest_at("20260102T040405Z-0002", t + chrono::Duration::hours(1));
+        partial.sources = vec![src("a")];
+        let listing = Listing {
+            backups: vec![full.clone(), partial.clone()],
+            ..Listing::default()
+        };
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            resolve(&listing, "latest", None, &[]).unwrap().id,
+            partial.id
+        );
+        assert_eq!(
+            resolve(&listing, "latest", None, &names(&["a"]))
+                .unwrap()
+                .id,
+            partial.id
+        );
+        assert_eq!(
+            resolve(&listing, "latest", None, &names(&["b"]))
+                .unwrap()
+                .id,
+            full.id
+        );
+        let e = resolve(&listing, "latest", None, &names(&["a", "b"])).unwrap_err();
+        assert!(matches!(e, CatalogError::Mixed { .. }), "{e}");
+        assert!(e.to_string().contains("one source at a time"), "{e}");
+        let e = resolve(&listing, "latest", None, &names(&["c"])).unwrap_err();
+        assert!(e.to_string().contains("holding c"), "{e}");
+        // --before the partial run: the full backup, for both.
+        let before = Some(t + chrono::Duration::minutes(30));
+        assert_eq!(
+            resolve(&listing, "latest", before, &names(&["a", "b"]))
+                .unwrap()
+                .id,
+            full.id
+        );
     }
 
     #[test]

@@ -106,6 +106,9 @@ pub enum Command {
     Show {
         /// Backup id or `latest`.
         backup: String,
+        /// With `latest`: the newest backup that holds these sources.
+        #[arg(long = "source", value_name = "NAME")]
+        sources: Vec<String>,
         #[arg(long)]
         job: Option<String>,
         #[command(flatten)]
@@ -408,12 +411,16 @@ async fn run(cli: Cli, cancel: CancellationToken) -> Result<i32> {
         }
         Command::Show {
             backup,
+            sources,
             job,
             target,
         } => {
             let store = open_one(&config, job.as_deref(), &target).await?;
             let listing = catalog::list(store.as_ref()).await?;
-            let m = catalog::resolve(&listing, &backup, None)?;
+            let m = catalog::resolve(&listing, &backup, None, &sources)?;
+            if let Some(n) = sources.iter().find(|n| m.source(n).is_none()) {
+                anyhow::bail!("backup {} has no source `{n}`", m.id);
+            }
             if cli.json {
                 out_json(m);
             } else {

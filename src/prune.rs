@@ -4,7 +4,9 @@
 //!    first path component is not a backup id are not ours and are never looked at again. Unreadable manifests
 //!    are reported and never deleted (a human should look at them).
 //! 2. Plan with [`retention::plan`], per job: backups written by different jobs into one target are judged
-//!    separately (each series keeps its own newest backup and its own buckets). With [`PruneOptions::job`] set,
+//!    separately (each series keeps its own newest backup and its own buckets). Within a job, the rules run per
+//!    source: a backup is kept while any of its sources needs it, so a partial run (`--only A`) never removes
+//!    the newest backup of a source it did not include. With [`PruneOptions::job`] set,
 //!    only that job's backups are judged; the others are left alone.
 //! 3. Apply (unless `dry_run`): for each backup to delete, delete its **manifest first** — from that moment it
 //!    is invisible to `list` and `restore` — then list `<id>/` and delete everything under it in one batch.
@@ -18,8 +20,9 @@
 //! One backup failing to delete does not stop the others: the failure goes into [`PruneReport::errors`]. Only a
 //! target that cannot be listed at all is an `Err` (and then nothing was deleted).
 //!
-//! After a backup run, [`prune_after_backup`] prunes only when the new backup is neither empty nor shrunken
-//! beyond `max_shrink` compared with the previous backup of the same job ([`should_prune_after_backup`]).
+//! After a backup run, [`prune_after_backup`] prunes only when the new backup is neither empty nor has a source
+//! shrunken beyond `max_shrink` compared with that source's previous backup in the same job
+//! ([`should_prune_after_backup`]).
 
 use std::collections::BTreeMap;
 
@@ -156,7 +159,7 @@ pub async fn prune(
 }
 
 /// After a backup committed `new` to this target: prune with the job's settings unless the new backup is empty
-/// or shrank by more than `settings.max_shrink` versus the previous backup of the same job.
+/// or one of its sources shrank by more than `settings.max_shrink` versus that source's previous backup.
 pub async fn prune_after_backup(
     storage: &dyn Storage,
     settings: &Retention,
@@ -177,31 +180,38 @@ pub async fn prune_after_backup(
     )))
 }
 
-/// Whether pruning may follow the backup `new`: compares it with the newest earlier regular backup of the same
-/// job in `listing` (which may or may not already contain `new`) that had any content — an empty backup is no
-/// reference, else `1000 → 0 → 300` bytes would pass as growth. `Err` is the reason to report.
+/// Whether pruning may follow the backup `new`: compares each of its sources with that source's previous backup
+/// (the newest earlier regular backup of the same job in `listing` that holds the source with content; `listing`
+/// may or may not already contain `new`) — an empty source is no reference, else `1000 → 0 → 300` bytes would
+/// pass as growth, and a partial run (`--only A`) is never compared with a backup that lacks its sources.
+/// `Err` is the reason to report.
 pub fn should_prune_after_backup(
     listing: &Listing,
     new: &Manifest,
     max_shrink: f64,
 ) -> Result<(), String> {
-    let previous = listing
-        .backups
-        .iter()
-        .filter(|m| {
-            m.id != new.id
-                && m.job == new.job
-                && !m.is_pre_restore()
-                && m.started_at <= new.started_at
-                && m.total_bytes() > 0
-        })
-        .max_by(|a, b| (a.started_at, &a.id).cmp(&(b.started_at, &b.id)))
-        .map(Candidate::from_manifest);
-    retention::shrink_check(
-        previous.as_ref(),
-        &Candidate::from_manifest(new),
-        max_shrink,
-    )
+    let mut previous: BTreeMap<String, (BackupId, u64)> = BTreeMap::new();
+    for src in &new.sources {
+        let prev = listing
+            .backups
+            .iter()
+            .filter(|m| {
+                m.id != new.id
+                    && m.job == new.job
+                    && !m.is_pre_restore()
+                    && m.started_at <= new.started_at
+            })
+            .filter_map(|m| {
+                m.source(&src.name)
+                    .filter(|s| s.counts.bytes > 0)
+                    .map(|s| (m, s.counts.bytes))
+            })
+            .max_by(|(a, _), (b, _)| (a.started_at, &a.id).cmp(&(b.started_at, &b.id)));
+        if let Some((m, bytes)) = prev {
+            previous.insert(src.name.clone(), (m.id.clone(), bytes));
+        }
+    }
+    retention::shrink_check(&Candidate::from_manifest(new), &previous, max_shrink)
 }
 
 /// Plan and apply against a listing already taken.

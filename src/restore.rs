@@ -188,6 +188,7 @@ pub fn resolve<'a>(
     listing: &'a catalog::Listing,
     spec: &str,
     before: Option<DateTime<Utc>>,
+    sources: &[String],
 ) -> Result<&'a Manifest> {
     if let Some((id, e)) = listing
         .unreadable
@@ -196,7 +197,7 @@ pub fn resolve<'a>(
     {
         bail!("backup {id} cannot be used: {e}");
     }
-    let m = catalog::resolve(listing, spec, before).map_err(|e| {
+    let m = catalog::resolve(listing, spec, before, sources).map_err(|e| {
         if listing.unreadable.is_empty() {
             anyhow!(e)
         } else {
@@ -222,6 +223,22 @@ pub fn resolve<'a>(
         }
     }
     Ok(m)
+}
+
+/// Sources of `m`'s job that `m` does not hold, each with the newest backup that does (older than `m`).
+fn newer_elsewhere(listing: &catalog::Listing, m: &Manifest) -> Vec<(String, catalog::BackupId)> {
+    let mut out: Vec<(String, catalog::BackupId)> = Vec::new();
+    for other in listing.backups.iter().rev() {
+        if other.job != m.job || other.is_pre_restore() {
+            continue;
+        }
+        for s in &other.sources {
+            if m.source(&s.name).is_none() && !out.iter().any(|(n, _)| *n == s.name) {
+                out.push((s.name.clone(), other.id.clone()));
+            }
+        }
+    }
+    out
 }
 
 /// Normalize `--path` arguments: relative, no `..`.
@@ -278,7 +295,16 @@ pub async fn command(
         .await
         .with_context(|| format!("opening target {}", target.name))?;
     let listing = catalog::list(store.as_ref()).await?;
-    let manifest = resolve(&listing, &spec, before)?.clone();
+    let manifest = resolve(&listing, &spec, before, &args.sources)?.clone();
+    if spec == "latest" && args.sources.is_empty() {
+        // A partial run (`backup --only`) makes a `latest` that lacks some sources: say where they are.
+        for (name, id) in newer_elsewhere(&listing, &manifest) {
+            tracing::warn!(
+                "backup {} does not hold {name}; its newest backup is {id} (restore it with --source {name})",
+                manifest.id
+            );
+        }
+    }
     let decryptor = Arc::new(Decryptor::load(
         &args.keys.identities,
         args.keys.passphrase_file.as_deref(),

@@ -3,6 +3,11 @@
 //!
 //! # Semantics (restic/borg, made explicit)
 //!
+//! * Retention is per source. The rules below run once for each source over that source's *series* — the
+//!   backups that hold it (a source that failed in a run is not in that backup) — and a backup is kept while
+//!   any of its sources keeps it. So `keep-last 1` after a full backup of A and B and a partial `--only A` run
+//!   keeps the partial one (A's newest) *and* the full one (B's newest). Rejected alternative: judging whole
+//!   backups, where a partial run takes the slots of the full ones and B loses its only backup.
 //! * Backups are judged newest first; the time of a backup is its manifest's `started_at`. Ties are broken by
 //!   id, so the result never depends on the order backups are listed in.
 //! * `keep-last N` keeps the N newest backups.
@@ -30,13 +35,15 @@
 //! * Backups dated more than [`FUTURE_TOLERANCE`] after `now` (clock skew, or a wrong clock when they were
 //!   taken) are never deleted, are reported in the notes, and are left out of the rules entirely: counting them
 //!   would let a bogus date take a `keep-last` slot or move the `keep-within` anchor.
-//! * The newest (non-future) regular backup is always kept (reason `newest`), and so is the newest backup of
-//!   all if that is a pre-restore one, whatever the policy says.
-//! * If the rules would keep none of the regular backups (e.g. every `keep-*` is 0), the policy is taken to be
-//!   a mistake: nothing at all is deleted and the notes say why. The same holds for a target that holds only
-//!   pre-restore backups when their rule keeps none.
+//! * The newest (non-future) regular backup of every source is always kept (reason `newest`), and so is the
+//!   newest backup of all if that is a pre-restore one, whatever the policy says.
+//! * If the rules would keep none of a source's regular backups (e.g. every `keep-*` is 0), the policy is taken
+//!   to be a mistake: nothing of that series is deleted and the notes say why. The same holds for a source with
+//!   only pre-restore backups when their rule keeps none.
+//! * The `pre-restore` rule also runs per source (a safety copy holds the one volume it protected).
 
 use std::cmp::Ordering;
+use std::collections::BTreeMap;
 use std::fmt;
 
 use chrono::{DateTime, Datelike, Duration, TimeZone, Timelike, Utc};
@@ -77,8 +84,9 @@ pub struct Candidate {
     pub job: String,
     pub time: DateTime<Utc>,
     pub pre_restore: bool,
-    /// Content bytes of all sources (for the shrink check).
-    pub total_bytes: u64,
+    /// The sources stored in it, with their content bytes: each source's backups are a series of their own
+    /// (see the module docs). Sources that failed in that run are not in it.
+    pub sources: BTreeMap<String, u64>,
 }
 
 impl Candidate {
@@ -88,8 +96,17 @@ impl Candidate {
             job: m.job.clone(),
             time: m.started_at,
             pre_restore: m.is_pre_restore(),
-            total_bytes: m.total_bytes(),
+            sources: m
+                .sources
+                .iter()
+                .map(|s| (s.name.clone(), s.counts.bytes))
+                .collect(),
         }
+    }
+
+    /// Content bytes of all its sources.
+    pub fn total_bytes(&self) -> u64 {
+        self.sources.values().sum()
     }
 }
 
@@ -118,6 +135,8 @@ pub struct Decision {
     pub job: String,
     pub time: DateTime<Utc>,
     pub pre_restore: bool,
+    /// The sources the backup holds.
+    pub sources: Vec<String>,
     pub action: Action,
     pub reasons: Vec<String>,
 }
@@ -156,7 +175,7 @@ fn newest_first(a: &Candidate, b: &Candidate) -> Ordering {
         .cmp(&a.time)
         .then_with(|| b.id.cmp(&a.id))
         .then_with(|| a.pre_restore.cmp(&b.pre_restore))
-        .then_with(|| a.total_bytes.cmp(&b.total_bytes))
+        .then_with(|| a.sources.cmp(&b.sources))
         .then_with(|| a.job.cmp(&b.job))
 }
 
@@ -202,6 +221,10 @@ pub fn format_duration(d: Duration) -> String {
 
 /// Decide, for every candidate, keep or delete — and why. Pure: the result depends only on the arguments.
 /// `tz` is the zone buckets are computed in (tests pass explicit zones; see [`plan_configured`]).
+///
+/// The rules run once per source, over the backups that hold that source (its *series*); a backup is kept
+/// while any of its sources keeps it. With more than one series, each reason names its source (`pgdata: last
+/// 1/7`), so a dry run says which source needs a backup.
 pub fn plan<Z: TimeZone>(
     settings: &Retention,
     candidates: &[Candidate],
@@ -215,47 +238,97 @@ pub fn plan<Z: TimeZone>(
 
     let horizon = now + FUTURE_TOLERANCE;
     let future: Vec<bool> = sorted.iter().map(|c| c.time > horizon).collect();
-    // Indices into `sorted`, newest first.
-    let regular: Vec<usize> = (0..sorted.len())
-        .filter(|&i| !future[i] && !sorted[i].pre_restore)
+
+    // Source → indices into `sorted` of its non-future backups, newest first. A backup that names no source
+    // (none are written, but a hand-made manifest could) is a series of its own.
+    let mut by_source: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, c) in sorted.iter().enumerate() {
+        if future[i] {
+            continue;
+        }
+        if c.sources.is_empty() {
+            by_source.entry("").or_default().push(i);
+        }
+        for name in c.sources.keys() {
+            by_source.entry(name.as_str()).or_default().push(i);
+        }
+    }
+    // Sources held by exactly the same backups decide alike: judge them once, so that the common case (every
+    // run backs up every source) reads `last 1/7`, not the same reason once per source.
+    let mut grouped: BTreeMap<Vec<usize>, Vec<&str>> = BTreeMap::new();
+    for (name, idx) in by_source {
+        grouped.entry(idx).or_default().push(name);
+    }
+    let series: Vec<(String, Vec<usize>)> = grouped
+        .into_iter()
+        .map(|(idx, names)| (names.join(", "), idx))
         .collect();
-    let pre: Vec<usize> = (0..sorted.len())
-        .filter(|&i| !future[i] && sorted[i].pre_restore)
-        .collect();
+    let several = series.len() > 1;
+    let named = |source: &str, reason: String| {
+        if several && !source.is_empty() {
+            format!("{source}: {reason}")
+        } else {
+            reason
+        }
+    };
 
     let policy = &settings.policy;
-    if policy.is_empty() {
-        for &i in regular.iter().chain(&pre) {
-            reasons[i].push("no policy".into());
-        }
-        if !sorted.is_empty() {
-            notes.push("no retention policy is set: every backup is kept".into());
-        }
-    } else {
-        apply_regular_rules(policy, &sorted, &regular, tz, &mut reasons);
-        apply_pre_restore_rule(settings, &sorted, &pre, now, &mut reasons);
-
-        let kept = |idx: &[usize]| idx.iter().any(|&i| !reasons[i].is_empty());
-        let deletes_all = if regular.is_empty() {
-            !pre.is_empty() && !kept(&pre)
-        } else {
-            !kept(&regular)
-        };
-        if deletes_all {
-            let n = regular.len() + pre.len();
-            for &i in regular.iter().chain(&pre) {
-                reasons[i].push("policy would delete every backup".into());
+    if policy.is_empty() && !series.is_empty() {
+        notes.push("no retention policy is set: every backup is kept".into());
+    }
+    for (source, idx) in &series {
+        let regular: Vec<usize> = idx
+            .iter()
+            .copied()
+            .filter(|&i| !sorted[i].pre_restore)
+            .collect();
+        let pre: Vec<usize> = idx
+            .iter()
+            .copied()
+            .filter(|&i| sorted[i].pre_restore)
+            .collect();
+        let mut own: Vec<Vec<String>> = vec![Vec::new(); sorted.len()];
+        if policy.is_empty() {
+            for &i in idx {
+                own[i].push("no policy".into());
             }
-            notes.push(format!(
-                "the retention policy would delete every backup ({n}): nothing is deleted; \
-                 check the keep-* settings (a rule of 0 keeps nothing)"
-            ));
+        } else {
+            apply_regular_rules(policy, &sorted, &regular, tz, &mut own);
+            apply_pre_restore_rule(settings, &sorted, &pre, now, &mut own);
+
+            let kept = |idx: &[usize]| idx.iter().any(|&i| !own[i].is_empty());
+            let deletes_all = if regular.is_empty() {
+                !pre.is_empty() && !kept(&pre)
+            } else {
+                !kept(&regular)
+            };
+            if deletes_all {
+                for &i in idx {
+                    own[i].push("policy would delete every backup".into());
+                }
+                let of = if several && !source.is_empty() {
+                    format!(" of {source}")
+                } else {
+                    String::new()
+                };
+                notes.push(format!(
+                    "the retention policy would delete every backup{of} ({}): nothing of it is deleted; \
+                     check the keep-* settings (a rule of 0 keeps nothing)",
+                    idx.len()
+                ));
+            }
+        }
+        // The newest regular backup of every source survives whatever the policy says.
+        if let Some(&i) = regular.first() {
+            own[i].push("newest".into());
+        }
+        for (i, rs) in own.into_iter().enumerate() {
+            reasons[i].extend(rs.into_iter().map(|r| named(source, r)));
         }
     }
 
-    // The newest regular backup, and the newest backup of all, survive whatever the policy says.
-    let newest_all = (0..sorted.len()).find(|&i| !future[i]);
-    for i in regular.first().copied().into_iter().chain(newest_all) {
+    // The newest backup of all survives too (it may be a pre-restore one).
+    if let Some(i) = (0..sorted.len()).find(|&i| !future[i]) {
         if !reasons[i].iter().any(|r| r == "newest") {
             reasons[i].push("newest".into());
         }
@@ -282,6 +355,7 @@ pub fn plan<Z: TimeZone>(
             job: c.job.clone(),
             time: c.time,
             pre_restore: c.pre_restore,
+            sources: c.sources.keys().cloned().collect(),
             action: if reasons.is_empty() {
                 Action::Delete
             } else {
@@ -362,36 +436,41 @@ fn apply_pre_restore_rule(
     }
 }
 
-/// Decide whether pruning may run after a backup: not when the new backup is empty, nor when it is more than
-/// `max_shrink` (a fraction, 0..=1) smaller than the previous one. `Err` carries the reason to report.
+/// Decide whether pruning may run after a backup: not when the new backup is empty, nor when any of its sources
+/// is more than `max_shrink` (a fraction, 0..=1) smaller than in that source's own previous backup.
+/// `previous` maps each source of `new` to (the id of its previous backup with content, its bytes there); a
+/// source with no earlier backup is not compared. `Err` carries the reason to report, naming the source.
 pub fn shrink_check(
-    previous: Option<&Candidate>,
     new: &Candidate,
+    previous: &BTreeMap<String, (BackupId, u64)>,
     max_shrink: f64,
 ) -> Result<(), String> {
-    if new.total_bytes == 0 {
+    if new.total_bytes() == 0 {
         return Err(format!(
             "backup {} is empty (0 bytes of content): pruning skipped so no older backup is lost; \
              check that the volumes are mounted and selected",
             new.id
         ));
     }
-    let Some(prev) = previous else { return Ok(()) };
-    if prev.total_bytes == 0 || new.total_bytes >= prev.total_bytes {
-        return Ok(());
-    }
-    let shrink = 1.0 - new.total_bytes as f64 / prev.total_bytes as f64;
-    if shrink > max_shrink {
-        return Err(format!(
-            "backup {} holds {} bytes, {:.0}% less than the previous backup {} ({} bytes), more than \
-             max-shrink {:.0}%: pruning skipped; check the data, then run `voltar prune`",
-            new.id,
-            new.total_bytes,
-            shrink * 100.0,
-            prev.id,
-            prev.total_bytes,
-            max_shrink * 100.0
-        ));
+    for (source, &bytes) in &new.sources {
+        let Some((prev_id, prev_bytes)) = previous.get(source) else {
+            continue;
+        };
+        let prev_bytes = *prev_bytes;
+        if prev_bytes == 0 || bytes >= prev_bytes {
+            continue;
+        }
+        let shrink = 1.0 - bytes as f64 / prev_bytes as f64;
+        if shrink > max_shrink {
+            return Err(format!(
+                "source {source} holds {bytes} bytes in backup {}, {:.0}% less than in its previous backup \
+                 {prev_id} ({prev_bytes} bytes), more than max-shrink {:.0}%: pruning skipped; check the data, \
+                 then run `voltar prune`",
+                new.id,
+                shrink * 100.0,
+                max_shrink * 100.0
+            ));
+        }
     }
     Ok(())
 }
@@ -420,13 +499,24 @@ mod tests {
             .unwrap()
     }
 
+    /// A backup of the one source `vol` holding `total_bytes`.
     fn cand_at(time: DateTime<Utc>, n: usize, pre_restore: bool, total_bytes: u64) -> Candidate {
+        cand_of(time, n, pre_restore, &[("vol", total_bytes)])
+    }
+
+    /// A backup of the given sources (name, bytes).
+    fn cand_of(
+        time: DateTime<Utc>,
+        n: usize,
+        pre_restore: bool,
+        sources: &[(&str, u64)],
+    ) -> Candidate {
         Candidate {
             id: id_at(time, n),
             job: "job".into(),
             time,
             pre_restore,
-            total_bytes,
+            sources: sources.iter().map(|(s, b)| (s.to_string(), *b)).collect(),
         }
     }
 
@@ -1194,6 +1284,9 @@ mod tests {
     #[test]
     fn shrink_check_cases() {
         let c = |bytes: u64| cand_at(t("2026-05-01 00:00"), 1, false, bytes);
+        let prev = |bytes: u64| {
+            BTreeMap::from([("vol".to_string(), (id_at(t("2026-04-30 00:00"), 0), bytes))])
+        };
         // (previous, new, max_shrink, allowed)
         let table: &[(Option<u64>, u64, f64, bool)] = &[
             (None, 100, 0.5, true),
@@ -1209,14 +1302,77 @@ mod tests {
             (Some(100), 99, 0.0, false),
             (Some(0), 5, 0.5, true),
         ];
-        for &(prev, new, max, allowed) in table {
-            let p = prev.map(c);
-            let r = shrink_check(p.as_ref(), &c(new), max);
-            assert_eq!(r.is_ok(), allowed, "{prev:?} → {new} at {max}: {r:?}");
+        for &(p, new, max, allowed) in table {
+            let previous = p.map(prev).unwrap_or_default();
+            let r = shrink_check(&c(new), &previous, max);
+            assert_eq!(r.is_ok(), allowed, "{p:?} → {new} at {max}: {r:?}");
             if let Err(msg) = r {
                 assert!(msg.contains("pruning skipped"), "{msg}");
             }
         }
+    }
+
+    /// Issue 8: each source is compared with its own previous backup. A source that lost 90% is caught even when
+    /// another source grew enough to hide it in the total; a source without a previous backup is not compared.
+    #[test]
+    fn issue8_shrink_is_judged_per_source() {
+        let at = t("2026-05-01 00:00");
+        let before = id_at(t("2026-04-30 00:00"), 0);
+        let new = cand_of(at, 1, false, &[("a", 10_000), ("b", 10), ("c", 1)]);
+        let previous = BTreeMap::from([
+            ("a".to_string(), (before.clone(), 100)),
+            ("b".to_string(), (before.clone(), 100)),
+        ]);
+        let e = shrink_check(&new, &previous, 0.5).unwrap_err();
+        assert!(e.contains("source b") && e.contains("90% less"), "{e}");
+        assert!(e.contains(before.as_str()), "{e}");
+        let grown = cand_of(at, 1, false, &[("a", 100), ("b", 60), ("c", 1)]);
+        shrink_check(&grown, &previous, 0.5).unwrap();
+    }
+
+    /// Issue 8 (critical): a full backup of A and B, then two `--only A` runs under `keep-last 1`. Judging whole
+    /// backups deleted the full one and left B with no backup at all. Per source, the full backup is B's newest
+    /// and stays; the older partial one goes; the reasons name the source.
+    #[test]
+    fn issue8_partial_backups_never_remove_the_newest_backup_of_another_source() {
+        let full = cand_of(t("2026-05-01 03:00"), 0, false, &[("a", 100), ("b", 100)]);
+        let only_a1 = cand_of(t("2026-05-01 04:00"), 1, false, &[("a", 100)]);
+        let only_a2 = cand_of(t("2026-05-01 05:00"), 2, false, &[("a", 100)]);
+        let backups = vec![full.clone(), only_a1.clone(), only_a2.clone()];
+        for now in [t("2026-05-01 06:00"), t("2027-01-01 00:00")] {
+            let p = plan(
+                &with(Policy {
+                    keep_last: Some(1),
+                    ..none()
+                }),
+                &backups,
+                now,
+                &UTC,
+            );
+            let d = |id: &BackupId| p.decisions.iter().find(|d| &d.id == id).unwrap();
+            assert_eq!(d(&only_a2.id).action, Action::Keep, "{:#?}", p.decisions);
+            assert!(d(&only_a2.id).reasons.contains(&"a: last 1/1".to_string()));
+            assert_eq!(d(&full.id).action, Action::Keep, "{:#?}", p.decisions);
+            assert!(
+                d(&full.id).reasons.contains(&"b: last 1/1".to_string())
+                    && d(&full.id).reasons.contains(&"b: newest".to_string()),
+                "{:#?}",
+                p.decisions
+            );
+            assert_eq!(d(&only_a1.id).action, Action::Delete, "{:#?}", p.decisions);
+            assert_eq!(d(&full.id).sources, vec!["a", "b"]);
+        }
+        // A source that failed in the full run (so is not in it) is judged by what does hold it.
+        let p = plan(
+            &with(Policy {
+                keep_daily: Some(1),
+                ..none()
+            }),
+            &[full.clone(), only_a1.clone()],
+            t("2026-05-02 00:00"),
+            &UTC,
+        );
+        assert!(p.decisions.iter().all(|d| d.action == Action::Keep));
     }
 
     #[test]
@@ -1272,19 +1428,27 @@ mod tests {
                 0i64..7 * 86400,
                 0i64..90 * 86400
             ];
-            prop::collection::vec((gap, prop::bool::weighted(0.2), 0u64..1000), 0..60).prop_map(
-                |items| {
+            // Each backup holds a non-empty subset of three sources (full and partial runs mixed); most hold
+            // all of them.
+            let subset = prop_oneof![3 => Just(0b111u8), 2 => 1u8..8];
+            prop::collection::vec((gap, prop::bool::weighted(0.2), 0u64..1000, subset), 0..60)
+                .prop_map(|items| {
                     let mut time = base() - Duration::seconds(TWO_YEARS);
                     items
                         .into_iter()
                         .enumerate()
-                        .map(|(n, (gap, pre, bytes))| {
+                        .map(|(n, (gap, pre, bytes, set))| {
                             time += Duration::seconds(gap);
-                            cand_at(time, n, pre, bytes)
+                            let sources: Vec<(&str, u64)> = ["a", "b", "c"]
+                                .into_iter()
+                                .enumerate()
+                                .filter(|(k, _)| set & (1 << k) != 0)
+                                .map(|(_, s)| (s, bytes))
+                                .collect();
+                            cand_of(time, n, pre, &sources)
                         })
                         .collect()
-                },
-            )
+                })
         }
 
         fn arb_count() -> impl Strategy<Value = Option<u32>> {
@@ -1349,7 +1513,8 @@ mod tests {
             }
         }
 
-        /// For every candidate, the labels of what keeps it (empty = delete).
+        /// For every candidate, the labels of what keeps it (empty = delete): the rules of each source over the
+        /// backups that hold it, united.
         fn oracle(
             s: &Retention,
             cands: &[Candidate],
@@ -1363,16 +1528,39 @@ mod tests {
             let mut order: Vec<&Candidate> = cands.iter().collect();
             order.sort_by(|a, b| (b.time, &b.id).cmp(&(a.time, &a.id)));
             let is_future = |c: &Candidate| c.time > now + Duration::minutes(5);
-            let regular: Vec<&Candidate> = order
+            let names: BTreeSet<&String> = cands.iter().flat_map(|c| c.sources.keys()).collect();
+            for name in names {
+                let series: Vec<&Candidate> = order
+                    .iter()
+                    .copied()
+                    .filter(|c| !is_future(c) && c.sources.contains_key(name))
+                    .collect();
+                series_oracle(s, &series, now, tz, &mut out);
+            }
+            if let Some(c) = order.iter().find(|c| !is_future(c)) {
+                out.get_mut(&c.id).unwrap().insert("newest");
+            }
+            for c in order.iter().filter(|c| is_future(c)) {
+                out.get_mut(&c.id).unwrap().insert("future");
+            }
+            out
+        }
+
+        /// One source's series (non-future, newest first).
+        fn series_oracle(
+            s: &Retention,
+            order: &[&Candidate],
+            now: DateTime<Utc>,
+            tz: &Tz,
+            all: &mut BTreeMap<BackupId, BTreeSet<&'static str>>,
+        ) {
+            let mut out: BTreeMap<BackupId, BTreeSet<&'static str>> = order
                 .iter()
-                .copied()
-                .filter(|c| !is_future(c) && !c.pre_restore)
+                .map(|c| (c.id.clone(), BTreeSet::new()))
                 .collect();
-            let pre: Vec<&Candidate> = order
-                .iter()
-                .copied()
-                .filter(|c| !is_future(c) && c.pre_restore)
-                .collect();
+            let regular: Vec<&Candidate> =
+                order.iter().copied().filter(|c| !c.pre_restore).collect();
+            let pre: Vec<&Candidate> = order.iter().copied().filter(|c| c.pre_restore).collect();
             let mut add = |id: &BackupId, l: &'static str| {
                 out.get_mut(id).unwrap().insert(l);
             };
@@ -1443,13 +1631,9 @@ mod tests {
             if let Some(c) = regular.first() {
                 add(&c.id, "newest");
             }
-            if let Some(c) = order.iter().find(|c| !is_future(c)) {
-                add(&c.id, "newest");
+            for (id, labels) in out {
+                all.get_mut(&id).unwrap().extend(labels);
             }
-            for c in order.iter().filter(|c| is_future(c)) {
-                add(&c.id, "future");
-            }
-            out
         }
 
         fn label(reason: &str) -> &'static str {
@@ -1470,6 +1654,12 @@ mod tests {
             ] {
                 if reason.starts_with(prefix) {
                     return l;
+                }
+            }
+            // `a: last 1/3`, `a, c: newest`: a reason of one series.
+            if let Some((sources, rest)) = reason.split_once(": ") {
+                if sources.split(", ").all(|s| ["a", "b", "c"].contains(&s)) {
+                    return label(rest);
                 }
             }
             panic!("unknown reason `{reason}`")
@@ -1521,6 +1711,16 @@ mod tests {
                 }
                 if let Some(d) = p.decisions.iter().find(|d| !future(d.time)) {
                     prop_assert_eq!(d.action, Action::Keep, "newest {:?}", d);
+                }
+                // Issue 8 / row 22: the newest non-future regular backup of every source survives, whatever the
+                // other backups hold.
+                for name in ["a", "b", "c"] {
+                    let newest = p.decisions.iter().find(|d| {
+                        !future(d.time) && !d.pre_restore && d.sources.iter().any(|s| s == name)
+                    });
+                    if let Some(d) = newest {
+                        prop_assert_eq!(d.action, Action::Keep, "newest of {} {:?}", name, d);
+                    }
                 }
                 // Something non-future is always kept when there is anything non-future.
                 if p.decisions.iter().any(|d| !future(d.time)) {

@@ -39,6 +39,9 @@ pub struct VerifyArgs {
     /// Also restore each source into a scratch volume and check the restored tree.
     #[arg(long)]
     pub restore_test: bool,
+    /// Only these sources; with `latest`, the newest backup that holds them.
+    #[arg(long = "source", value_name = "NAME")]
+    pub sources: Vec<String>,
     #[arg(long)]
     pub job: Option<String>,
     #[command(flatten)]
@@ -216,7 +219,7 @@ pub async fn command(
             // Already in the problems: its manifest cannot be read.
             vec![]
         } else {
-            match crate::restore::resolve(&listing, &spec, None) {
+            match crate::restore::resolve(&listing, &spec, None, &args.sources) {
                 Ok(m) => vec![m.clone()],
                 // Nothing to pick because manifests are unreadable: report those (exit 1), not a usage error.
                 Err(e) if !report.problems.is_empty() => {
@@ -252,7 +255,21 @@ pub async fn command(
                 continue;
             }
         }
-        for src in &m.sources {
+        let missing: Vec<&String> = args
+            .sources
+            .iter()
+            .filter(|n| m.source(n).is_none())
+            .collect();
+        for n in missing {
+            report
+                .problems
+                .push(format!("backup {}: has no source `{n}`", m.id));
+        }
+        for src in m
+            .sources
+            .iter()
+            .filter(|s| args.sources.is_empty() || args.sources.contains(&s.name))
+        {
             progress.phase(&format!("verify {} {}", m.id, src.name));
             let mut problems =
                 check_object(store.clone(), m, src, decryptor.clone(), progress.clone()).await;

@@ -854,6 +854,107 @@ mod e2e {
         prune_through_the_binary(&w);
     }
 
+    /// Issue 8 (critical), row 22: a full backup of A and B, then two `--only A` runs, under `keep-last = 1`.
+    /// Pruning after each run judged whole backups and deleted the full one: B had no backup left and
+    /// `restore latest --source B` failed. Now B's newest backup stays, `latest --source B` resolves to it for
+    /// restore, show and verify, and the dry run says which source keeps it.
+    fn partial_backups_keep_every_source_restorable(w: &World) {
+        let mut c = Cleanup::default();
+        let a = c.volume("part-a");
+        let b = c.volume("part-b");
+        fill(&support::mountpoint(&a), 0);
+        fill(&support::mountpoint(&b), 100);
+        std::fs::write(support::mountpoint(&b).join("only-in-b"), "b data\n").unwrap();
+        let cfg = w.path("voltar.toml");
+        std::fs::write(
+            &cfg,
+            format!("[selection]\ninclude = [\"{a}\", \"{b}\"]\n\n[retention]\nkeep-last = 1\n"),
+        )
+        .unwrap();
+        let cfg = cfg.to_str().unwrap();
+        let t = ["-c", cfg, "-t", w.target.as_str()];
+        let with_t = |args: &[&str]| -> Vec<String> {
+            args.iter().chain(t.iter()).map(|s| s.to_string()).collect()
+        };
+        let run = |args: Vec<String>| w.run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+
+        let (full, _) = w.backup(&with_t(&[]).iter().map(String::as_str).collect::<Vec<_>>());
+        let mut partial = Vec::new();
+        for n in 1..=2 {
+            fill(&support::mountpoint(&a), n);
+            let args = with_t(&["--only", &a]);
+            let (id, o) = w.backup(&args.iter().map(String::as_str).collect::<Vec<_>>());
+            let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+            assert!(
+                v["targets"][0]["prune"].is_object(),
+                "pruned after run {n}: {o:?}"
+            );
+            partial.push(id);
+        }
+        assert_eq!(
+            w.ids(&t),
+            vec![full.clone(), partial[1].clone()],
+            "the full backup is B's newest and stays; the older partial one goes"
+        );
+
+        // latest --source B is the full backup, for restore, show and verify.
+        let out = w.path("restored-b");
+        let r = run(with_t(&[
+            "restore",
+            "latest",
+            "--source",
+            &b,
+            "--to-dir",
+            out.to_str().unwrap(),
+        ]));
+        assert_eq!(r.code, 0, "{r:?}");
+        assert_eq!(
+            std::fs::read_to_string(out.join("only-in-b")).unwrap(),
+            "b data\n"
+        );
+        let s = run(with_t(&["--json", "show", "latest", "--source", &b]));
+        assert_eq!(s.code, 0, "{s:?}");
+        let v: serde_json::Value = serde_json::from_str(&s.stdout).unwrap();
+        assert_eq!(v["id"], full.as_str(), "{s:?}");
+        let s = run(with_t(&["--json", "show", "latest"]));
+        let v: serde_json::Value = serde_json::from_str(&s.stdout).unwrap();
+        assert_eq!(
+            v["id"],
+            partial[1].as_str(),
+            "plain latest is the newest: {s:?}"
+        );
+        let v = run(with_t(&["verify", "latest", "--source", &b]));
+        assert_eq!(v.code, 0, "{v:?}");
+        assert!(
+            v.all().contains(&full),
+            "verify checked the full backup: {v:?}"
+        );
+
+        // The dry run says which source keeps what.
+        let d = run(with_t(&["prune", "--keep-last", "1", "--dry-run"]));
+        assert_eq!(d.code, 0, "{d:?}");
+        let line = d
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(&full))
+            .unwrap_or("");
+        assert!(line.contains(&format!("{b}: last 1/1")), "{d:?}");
+        assert!(!d.stdout.contains("would delete"), "{d:?}");
+    }
+
+    #[test]
+    fn issue8_partial_backups_keep_every_source_restorable_local() {
+        crate::require_docker!();
+        partial_backups_keep_every_source_restorable(&World::local());
+    }
+
+    #[test]
+    fn issue8_partial_backups_keep_every_source_restorable_s3() {
+        crate::require_docker!();
+        let Some(w) = World::s3() else { return };
+        partial_backups_keep_every_source_restorable(&w);
+    }
+
     /// A job with `[retention] keep-last = 2` and a local + an S3 target: every backup prunes both targets down
     /// to two; a backup of an emptied volume is committed but does not prune, and the summary says why.
     #[test]
