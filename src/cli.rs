@@ -146,23 +146,75 @@ pub fn main() -> i32 {
         }
     };
     let cancel = CancellationToken::new();
-    let signal = rt.block_on(async { install_signals(cancel.clone()) });
-    let result = rt.block_on(run(cli, cancel.clone()));
+    let stop = Stopping::of(&cli.command);
+    let signal = rt.block_on(async { install_signals(cancel.clone(), stop) });
+    let result = rt.block_on(async {
+        let cmd = run(cli, cancel.clone());
+        if stop == Stopping::Drop {
+            // Nothing to put back: stop at once instead of waiting for a request or its retries.
+            tokio::select! {
+                r = cmd => r,
+                _ = cancel.cancelled() => Err(anyhow::anyhow!("interrupted")),
+            }
+        } else {
+            cmd.await
+        }
+    });
     let code = match result {
         Ok(code) => code,
         Err(e) => {
             if cancel.is_cancelled() {
-                eprintln!("voltar: interrupted: containers were resumed, nothing was committed");
+                eprintln!("voltar: interrupted{}", stop.after());
             } else {
                 eprintln!("voltar: error: {}", chain(&e));
             }
             EXIT_FATAL
         }
     };
+    // A dropped command may leave a blocking read or a request behind: do not wait for it.
+    rt.shutdown_timeout(std::time::Duration::from_millis(500));
     if cancel.is_cancelled() {
         return signal.load(std::sync::atomic::Ordering::SeqCst);
     }
     code
+}
+
+/// What a SIGINT/SIGTERM does to a command, and what it says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stopping {
+    /// Backup: the run resumes its containers and discards the unfinished backup itself.
+    Backup,
+    /// Restore (and verify --restore-test, recover): the command puts containers and volumes back itself.
+    Restore,
+    /// Read-only or crash-safe commands (plan, list, show, verify, prune): dropped at once.
+    Drop,
+}
+
+impl Stopping {
+    fn of(c: &Command) -> Stopping {
+        match c {
+            Command::Backup { .. } => Stopping::Backup,
+            Command::Restore(_) | Command::Recover => Stopping::Restore,
+            Command::Verify(a) if a.restore_test => Stopping::Restore,
+            _ => Stopping::Drop,
+        }
+    }
+    fn now(self) -> &'static str {
+        match self {
+            Stopping::Backup => {
+                "stopping: resuming containers and discarding the unfinished backup"
+            }
+            Stopping::Restore => "stopping: putting containers back; nothing is swapped in",
+            Stopping::Drop => "stopping",
+        }
+    }
+    fn after(self) -> &'static str {
+        match self {
+            Stopping::Backup => ": containers were resumed, nothing was committed",
+            Stopping::Restore => ": containers were put back, the volume was not changed",
+            Stopping::Drop => "",
+        }
+    }
 }
 
 /// Error and its causes on one line, without duplicates (thiserror `transparent` repeats messages).
@@ -205,7 +257,10 @@ fn init_logging(verbose: u8, quiet: bool) {
 }
 
 /// First SIGINT/SIGTERM cancels the run (the guard still resumes containers). Returns the exit code to use.
-fn install_signals(cancel: CancellationToken) -> std::sync::Arc<std::sync::atomic::AtomicI32> {
+fn install_signals(
+    cancel: CancellationToken,
+    stop: Stopping,
+) -> std::sync::Arc<std::sync::atomic::AtomicI32> {
     use tokio::signal::unix::{signal, SignalKind};
     let code = std::sync::Arc::new(std::sync::atomic::AtomicI32::new(130));
     let c2 = code.clone();
@@ -222,11 +277,15 @@ fn install_signals(cancel: CancellationToken) -> std::sync::Arc<std::sync::atomi
                 _ = term.recv() => 143,
             };
             if cancel.is_cancelled() {
-                eprintln!("voltar: already stopping: putting containers back first");
+                if stop != Stopping::Drop {
+                    eprintln!("voltar: already stopping: putting containers back first");
+                }
                 continue;
             }
             c2.store(n, std::sync::atomic::Ordering::SeqCst);
-            eprintln!("voltar: stopping: resuming containers and discarding the unfinished backup");
+            eprintln!("voltar: {}", stop.now());
+            // Retries end now everywhere (storage requests get a short grace, then give up).
+            crate::storage::retry::request_shutdown();
             cancel.cancel();
         }
     });

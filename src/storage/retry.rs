@@ -14,14 +14,21 @@
 //! started plus the duration of the attempt in flight. The error it then returns is the last one, still
 //! `Transient`, with the number of attempts and the time spent added to its message.
 //!
+//! A SIGINT/SIGTERM ([`request_shutdown`]) cuts retries short everywhere: no new retry starts, a waiting backoff
+//! ends at once, and an attempt in flight gets [`SHUTDOWN_GRACE`] more to finish. Requests made after the
+//! signal (the aborts that clean up an unfinished upload) get one attempt of at most that long — so an
+//! interrupted command against a dead endpoint stops within seconds, not after the retry deadline.
+//!
 //! `RetryStorage` does not retry `ObjectWriter::write`/`finish`: the bytes of a streamed upload are consumed as
 //! they go, so a generic wrapper cannot replay them. Backends that can (S3 parts) retry inside the writer.
 //! Do not stack `RetryStorage` on the S3 backend: its requests already retry, and stacking multiplies the
 //! deadline.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -72,7 +79,27 @@ impl Default for Backoff {
     }
 }
 
+/// How long a request may still take once the process was asked to stop (see the module docs).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+fn shutdown_token() -> &'static CancellationToken {
+    static TOKEN: OnceLock<CancellationToken> = OnceLock::new();
+    TOKEN.get_or_init(CancellationToken::new)
+}
+
+/// The process is stopping (SIGINT/SIGTERM): cut every retry short from now on.
+pub fn request_shutdown() {
+    shutdown_token().cancel();
+}
+
+fn interrupted() -> StorageError {
+    StorageError::Cancelled {
+        target: "storage request (interrupted)".into(),
+    }
+}
+
 /// Run `op` until it succeeds, fails with a non-retryable error, or the deadline of `policy` would be passed.
+/// After [`request_shutdown`], it makes no new retry (see the module docs).
 ///
 /// `op` receives the time left until the deadline, so it can bound an attempt that might hang.
 pub async fn retry<T, F, Fut>(policy: &Backoff, mut op: F) -> Result<T, StorageError>
@@ -81,15 +108,34 @@ where
     Fut: Future<Output = Result<T, StorageError>>,
 {
     let start = Instant::now();
+    let shutdown = shutdown_token();
     let mut attempt: u32 = 0;
     loop {
-        let remaining = policy.deadline.saturating_sub(start.elapsed());
-        let err = match op(remaining).await {
+        let stopping = shutdown.is_cancelled();
+        let mut remaining = policy.deadline.saturating_sub(start.elapsed());
+        if stopping {
+            remaining = remaining.min(SHUTDOWN_GRACE);
+        }
+        let fut = op(remaining);
+        tokio::pin!(fut);
+        let result = if stopping {
+            tokio::time::timeout(SHUTDOWN_GRACE, &mut fut)
+                .await
+                .unwrap_or_else(|_| Err(interrupted()))
+        } else {
+            tokio::select! {
+                r = &mut fut => r,
+                _ = shutdown.cancelled() => tokio::time::timeout(SHUTDOWN_GRACE, &mut fut)
+                    .await
+                    .unwrap_or_else(|_| Err(interrupted())),
+            }
+        };
+        let err = match result {
             Ok(v) => return Ok(v),
             Err(e) => e,
         };
         attempt += 1;
-        if !err.is_retryable() {
+        if !err.is_retryable() || shutdown.is_cancelled() {
             return Err(err);
         }
         let delay = policy.delay(attempt - 1);
@@ -97,7 +143,10 @@ where
             return Err(gave_up(err, attempt, start.elapsed()));
         }
         tracing::debug!(attempt, ?delay, error = %err, "transient storage error; retrying");
-        tokio::time::sleep(delay).await;
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.cancelled() => return Err(err),
+        }
     }
 }
 

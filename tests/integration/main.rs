@@ -10,4 +10,5 @@ mod prune;
 mod quiesce;
 mod restore;
 mod s3;
+mod signals;
 mod storage;
