@@ -1079,6 +1079,54 @@ fn chmod_fd(fd: RawFd, mode: u32) -> io::Result<()> {
     cvt(unsafe { libc::fchmod(fd, mode as libc::mode_t) }).map(|_| ())
 }
 
+/// Open the directory `rel` (relative, without `..`: `.` and empty components are dropped) below the trusted
+/// directory `base`, one component at a time with `O_NOFOLLOW`, as extraction walks: so it works at any depth
+/// (no call gets more than one component) and never passes through a symlink. With `create`, missing
+/// directories are made (0777 & ~umask, like GNU tar's implicit parents). Restore's `--path` swap uses it.
+pub fn open_dir_beneath(base: &Path, rel: &Path, create: bool) -> io::Result<OwnedFd> {
+    let mut cur = match open_root(base) {
+        Ok(fd) => fd,
+        Err(ArchiveError::Io { source, .. }) => return Err(source),
+        Err(e) => return Err(io::Error::other(e.to_string())),
+    };
+    for c in filter_components(rel) {
+        if c.as_bytes().contains(&0) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a NUL byte in a name",
+            ));
+        }
+        cur = match open_dir_at(cur.as_raw_fd(), &c) {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) && create => {
+                match mkdir_at(cur.as_raw_fd(), &c, 0o777) {
+                    Err(e) if e.raw_os_error() != Some(libc::EEXIST) => return Err(e),
+                    _ => {}
+                }
+                open_dir_at(cur.as_raw_fd(), &c)?
+            }
+            Err(e) => {
+                if let Ok(Some(libc::S_IFLNK)) = type_at(cur.as_raw_fd(), &c) {
+                    return Err(io::Error::other(format!(
+                        "`{}` is a symlink: refusing to go through it",
+                        c.to_string_lossy()
+                    )));
+                }
+                return Err(e);
+            }
+        };
+    }
+    Ok(cur)
+}
+
+/// Whether anything (a symlink included, never followed) is at `name` in the directory `dir`.
+pub fn exists_at(dir: RawFd, name: &OsStr) -> io::Result<bool> {
+    if name.as_bytes().contains(&0) {
+        return Ok(false);
+    }
+    type_at(dir, name).map(|t| t.is_some())
+}
+
 /// `/proc/self/fd/N/name`: reaches `name` inside the directory fd without resolving the parent path again; used
 /// for the few calls that have no *at variant (lsetxattr, chmod of a FIFO without opening it).
 fn proc_path(parent: RawFd, name: &OsStr) -> PathBuf {
