@@ -13,8 +13,8 @@
 //!   runs over the same tree give the same archive.
 //! * The root directory itself is the first entry, named `./` (type directory): it carries the root's mode,
 //!   owner, mtime and xattrs. GNU tar applies it to the `-C` target. Every other name is relative without a
-//!   leading `./` (`a`, `a/b`); directories end in `/`. No name is absolute or contains `..`. Names have no
-//!   length limit (a path far beyond `PATH_MAX` is stored like any other, see "Walking" below).
+//!   leading `./` (`a`, `a/b`); directories end in `/`. No name is absolute or contains `..`. A path far beyond
+//!   `PATH_MAX` is stored like any other (see "Walking" below), up to [`MAX_PATH_LEN`].
 //! * Regular files, directories, symlinks, hardlinks, FIFOs, character and block devices are written. Sockets
 //!   are skipped with a warning, as GNU tar does: a socket holds no data, and the program listening on it
 //!   creates it again. An entry of a type we do not know is *not archived* (see below).
@@ -69,8 +69,11 @@
 //!   from the archive, wholly or in part: it could not be opened, stat'ed or read (permissions, EIO, …), a
 //!   directory whose contents could not be listed (its own entry is written, its contents are missing), a file
 //!   that hit a read error (the rest of its data is stored as zeros so the archive stays aligned), extended
-//!   attributes that could not be read, an entry of an unknown type. A backup with any such entry is not
-//!   complete, and the caller must say so (`voltar backup` reports the source as `incomplete`, exit code 1).
+//!   attributes that could not be read or are too big for an archive header (over [`MAX_META_HEADER`], which
+//!   restore refuses), an entry of an unknown type, an entry whose path is longer than [`MAX_PATH_LEN`] (480
+//!   KiB: restore refuses bigger headers; everything below it is left out too, under that one line). A backup
+//!   with any such entry is not complete, and the caller must say so (`voltar backup` reports the source as
+//!   `incomplete`, exit code 1).
 //!
 //! Only an unreadable root, a failing sink ([`ArchiveError::Sink`]) or cancellation stop the run. Both lists
 //! are also logged; at most [`MAX_WARNINGS`] lines are kept in each (then [`PackReport::not_archived_count`]
@@ -115,6 +118,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use super::unpack::MAX_META_HEADER;
 use super::ArchiveError;
 use crate::catalog::Counts;
 
@@ -131,6 +135,10 @@ pub const MAX_WARNINGS: usize = 1000;
 pub const MAX_SPARSE_REGIONS: usize = 1 << 16;
 /// Directory descriptors the walk keeps open at most (the root's included); deeper trees re-open on the way up.
 pub const MAX_OPEN_DIRS: usize = 64;
+/// Longest relative path archived (480 KiB, about 1,900 levels of 255-byte names): an entry's PAX header holds
+/// its path and possibly a hardlink target as long, and `voltar restore` refuses headers over
+/// [`MAX_META_HEADER`] (1 MiB). Deeper entries are reported as not archived, never written unrestorable.
+pub const MAX_PATH_LEN: usize = (MAX_META_HEADER as usize - (64 << 10)) / 2;
 
 /// Largest value of an octal ustar field of `len` bytes (len-1 digits and a NUL).
 const fn octal_max(len: usize) -> u64 {
@@ -151,9 +159,9 @@ pub struct PackReport {
     /// Counted by the rules in the module docs.
     pub counts: Counts,
     /// One line per entry skipped, cut or padded because the source changed while it was read, or a socket
-    /// ("<relative path>: <what happened>"). These do not make the archive incomplete.
+    /// (`<relative path>: <what happened>`). These do not make the archive incomplete.
     pub warnings: Vec<String>,
-    /// One line per entry that existed but is not in the archive, or only in part ("<relative path>: <why>"); at
+    /// One line per entry that existed but is not in the archive, or only in part (`<relative path>: <why>`); at
     /// most [`MAX_WARNINGS`] lines.
     pub not_archived: Vec<String>,
     /// How many entries were not archived (may be more than `not_archived` lists).
@@ -616,6 +624,20 @@ impl<'o, 'p, W: Write> Packer<'o, 'p, W> {
                 rel.push(b'/');
             }
             rel.extend_from_slice(name.to_bytes());
+            if rel.len() > max_path_len() {
+                let shown = [&rel[..200], b"...".as_slice(), &rel[rel.len() - 100..]].concat();
+                self.not_archived(
+                    &shown,
+                    format_args!(
+                        "not archived, nor anything below it: its path is {} bytes, more than the {} an archive \
+                         entry may have",
+                        rel.len(),
+                        max_path_len()
+                    ),
+                );
+                rel.truncate(base);
+                continue;
+            }
             match self.entry(dir, &name, d_type, rel)? {
                 Some(mut level) => {
                     level.name = name;
@@ -1231,11 +1253,23 @@ impl<'o, 'p, W: Write> Packer<'o, 'p, W> {
         put_num(&mut h[329..337], rdev.0);
         put_num(&mut h[337..345], rdev.1);
 
+        let before_xattrs = self.pax.len();
         if let Err(e) = self.collect_xattrs(xattrs) {
             let e = e.to_string();
             self.not_archived(
                 log_name,
                 format_args!("extended attributes not archived: {e}"),
+            );
+        }
+        if self.pax.len() as u64 > MAX_META_HEADER {
+            // `voltar restore` (rightly) refuses a PAX header this big: keep the entry, without its xattrs.
+            let n = self.pax.len() - before_xattrs;
+            self.pax.truncate(before_xattrs);
+            self.not_archived(
+                log_name,
+                format_args!(
+                    "extended attributes not archived: {n} bytes of them, more than an archive header may hold"
+                ),
             );
         }
 
@@ -1416,6 +1450,20 @@ impl HeaderStat for Stat {
     }
 }
 
+/// [`MAX_PATH_LEN`] (tests lower it: a real 480 KiB path makes an archive of hundreds of MiB of headers).
+#[cfg(not(test))]
+#[inline(always)]
+fn max_path_len() -> usize {
+    MAX_PATH_LEN
+}
+
+#[cfg(test)]
+fn max_path_len() -> usize {
+    hooks::MAX_PATH_LEN.with(|c| c.get())
+}
+
+const _: () = assert!(2 * MAX_PATH_LEN + (64 << 10) <= MAX_META_HEADER as usize);
+
 /// `pread` (with a test seam that injects a read error).
 #[cfg(not(test))]
 #[inline(always)]
@@ -1574,6 +1622,7 @@ mod hooks {
         pub static AFTER_HEADER: RefCell<Option<Hook>> = const { RefCell::new(None) };
         /// The next content read fails with EIO (then reads work again).
         pub static FAIL_NEXT_READ: Cell<bool> = const { Cell::new(false) };
+        pub static MAX_PATH_LEN: Cell<usize> = const { Cell::new(super::MAX_PATH_LEN) };
     }
 
     pub fn after_header(p: &Path) {
@@ -2009,6 +2058,38 @@ mod tests {
         assert_eq!(rep.warnings.len(), moved - renamed, "{:?}", rep.warnings);
         // Level `renamed - 1` was re-opened by name from the root, and everything above it.
         assert!((0..renamed).all(archived));
+    }
+
+    #[test]
+    fn a_path_longer_than_an_archive_entry_may_have_is_not_archived() {
+        let d = tempfile::tempdir().unwrap();
+        let mut cur = open_root(d.path()).unwrap();
+        let name = "n".repeat(200);
+        for _ in 0..8 {
+            cur = mkdir_at(cur.as_raw_fd(), &name);
+        }
+        write_at(cur.as_raw_fd(), "f", b"deep");
+        fs::write(d.path().join("z"), b"after").unwrap();
+        // 5 levels fit (1,004 bytes), the 6th does not.
+        hooks::MAX_PATH_LEN.with(|c| c.set(1100));
+        let (rep, tar) = pack_vec(d.path());
+        hooks::MAX_PATH_LEN.with(|c| c.set(MAX_PATH_LEN));
+        assert_eq!(rep.not_archived_count, 1, "{:?}", rep.not_archived);
+        let line = &rep.not_archived[0];
+        assert!(
+            line.ends_with(
+                "not archived, nor anything below it: its path is 1205 bytes, more than the 1100 an \
+                 archive entry may have"
+            ),
+            "{line}"
+        );
+        assert!(
+            line.len() < 500,
+            "the name is shortened in the report: {line}"
+        );
+        let e = entries(&tar);
+        assert_eq!(rep.counts.dirs, 6);
+        assert_eq!(e.iter().find(|e| e.0 == b"z").unwrap().2, b"after");
     }
 
     #[test]

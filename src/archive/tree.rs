@@ -128,7 +128,7 @@ struct Dir {
 /// Every call gets one path component, relative to a directory descriptor, and never follows a symlink
 /// (`fstatat(AT_SYMLINK_NOFOLLOW)`, `openat(O_NOFOLLOW)`, `readlinkat`, `l*xattr` through
 /// `/proc/self/fd/<dir>/<name>`), so trees deeper than `PATH_MAX` are snapshotted like any other; at most
-/// [`MAX_OPEN_DIRS`] directories are open at a time.
+/// `MAX_OPEN_DIRS` (64) directories are open at a time.
 pub fn snapshot_with(root: &Path, opts: &SnapshotOptions) -> io::Result<Snapshot> {
     let mut out = Snapshot::new();
     let mut links: HashMap<(u64, u64), Vec<PathBuf>> = HashMap::new();
@@ -507,6 +507,30 @@ mod tests {
         assert_eq!(d34, vec!["sub/new: only in second tree".to_string()]);
         let d34 = diff(&s3, &s4, &opts());
         assert!(d34.iter().any(|l| l.starts_with("sub: mtime")), "{d34:?}");
+    }
+
+    #[test]
+    fn deeper_trees_than_the_open_directory_limit_are_snapshotted_whole() {
+        let d = tempfile::tempdir().unwrap();
+        let depth = 3 * MAX_OPEN_DIRS;
+        let mut p = d.path().to_path_buf();
+        for i in 0..depth {
+            fs::write(p.join("z"), i.to_string()).unwrap();
+            p.push("d");
+            fs::create_dir(&p).unwrap();
+        }
+        symlink("z", p.join("link")).unwrap();
+        let s = snapshot(d.path()).unwrap();
+        // root + depth dirs + depth files + the link
+        assert_eq!(s.len(), 1 + 2 * depth + 1);
+        let mut rel = PathBuf::new();
+        for i in 0..depth {
+            let z = &s[&rel.join("z")];
+            let want: [u8; 32] = Sha256::digest(i.to_string()).into();
+            assert_eq!(z.sha256, Some(want), "{}", rel.display());
+            rel.push("d");
+        }
+        assert_eq!(s[&rel.join("link")].link_target.as_deref(), Some(&b"z"[..]));
     }
 
     #[test]

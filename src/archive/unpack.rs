@@ -85,9 +85,10 @@ pub const DEFAULT_MAX_ENTRY_SIZE: u64 = 16 << 40;
 pub const MAX_SPARSE_SEGMENTS: usize = 1 << 22;
 
 /// Largest data a metadata header (PAX `x`/`g`, GNU long name `L`/long link `K`) may declare: 1 MiB. What it
-/// holds is read into memory whole. Real ones are far smaller: a path is at most a few KiB (PATH_MAX is 4 KiB)
-/// and Linux limits an inode's xattrs to 64 KiB each (ext4: about 4 KiB in all), so even a PAX header carrying a
-/// long name, a link target, ACLs and every xattr of a file stays well below this.
+/// holds is read into memory whole. Real ones are far smaller: a path is rarely more than a few KiB (PATH_MAX is
+/// 4 KiB; `pack` stores deeper paths too, up to [`super::pack::MAX_PATH_LEN`], so that a path and a hardlink
+/// target that long still fit) and Linux limits an inode's xattrs to 64 KiB each (ext4: about 4 KiB in all), so
+/// even a PAX header carrying a long name, a link target, ACLs and every xattr of a file stays below this.
 pub const MAX_META_HEADER: u64 = 1 << 20;
 
 /// Copy buffer size; also the granularity at which cancellation is checked during large files.
