@@ -54,9 +54,15 @@ pub enum Status {
     Ok,
     /// Stored on some targets, failed on others.
     Partial,
+    /// Stored, but entries that existed when the source was read are missing from the archive, wholly or in
+    /// part (unreadable, I/O errors, …; listed in `not_archived`): not a complete backup of the source.
+    Incomplete,
     Failed,
     Skipped,
 }
+
+/// Entries not archived that a source's report and manifest list by name (the count is always exact).
+pub const NOT_ARCHIVED_LISTED: usize = 100;
 
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -69,6 +75,12 @@ pub struct SourceReport {
     pub read_ms: u64,
     pub containers: Vec<ContainerRecord>,
     pub warnings: Vec<String>,
+    /// Entries that existed but are not in the archive, or only in part (`<path>: <why>`), at most
+    /// [`NOT_ARCHIVED_LISTED`]; any makes the source [`Status::Incomplete`].
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_archived: Vec<String>,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub not_archived_count: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// Target name → error, for targets where this source was not stored.
@@ -76,6 +88,10 @@ pub struct SourceReport {
     pub target_errors: BTreeMap<String, String>,
     #[serde(skip)]
     records: BTreeMap<usize, SourceRecord>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl SourceReport {
@@ -433,6 +449,8 @@ async fn back_up_source(
             })
             .collect(),
         warnings: vec![],
+        not_archived: vec![],
+        not_archived_count: 0,
         error: None,
         target_errors: BTreeMap::new(),
         records: BTreeMap::new(),
@@ -617,6 +635,18 @@ async fn back_up_source(
     for w in &pack_report.warnings {
         env.progress.warn(&format!("{}: {w}", src.name));
     }
+    // Row 24: an entry that existed but is not in the archive is never a warning only.
+    report.not_archived_count = pack_report.not_archived_count;
+    report.not_archived = pack_report
+        .not_archived
+        .iter()
+        .take(NOT_ARCHIVED_LISTED)
+        .cloned()
+        .collect();
+    for w in &report.not_archived {
+        env.progress
+            .warn(&format!("{}: NOT ARCHIVED: {w}", src.name));
+    }
     for (i, r) in legs {
         match r {
             Ok(_meta) => {
@@ -636,6 +666,8 @@ async fn back_up_source(
                         containers: report.containers.clone(),
                         read_ms: report.read_ms,
                         warnings: report.warnings.clone(),
+                        not_archived: report.not_archived.clone(),
+                        not_archived_count: report.not_archived_count,
                     },
                 );
             }
@@ -647,12 +679,26 @@ async fn back_up_source(
     report.status = if report.records.is_empty() {
         report.error = Some("not stored on any target".into());
         Status::Failed
+    } else if report.not_archived_count > 0 {
+        report.error = Some(incomplete(&report));
+        Status::Incomplete
     } else if report.target_errors.is_empty() {
         Status::Ok
     } else {
         Status::Partial
     };
     report
+}
+
+/// Why an incomplete source is not ok, naming the first entry and the fix.
+fn incomplete(report: &SourceReport) -> String {
+    let n = report.not_archived_count;
+    format!(
+        "{n} {} could not be archived (first: {}); the backup of this source is incomplete: fix the cause \
+         (permissions, I/O errors) and back up again",
+        if n == 1 { "entry" } else { "entries" },
+        report.not_archived.first().map(String::as_str).unwrap_or("?"),
+    )
 }
 
 /// "not stored: <each target's error>" (the errors name their target).

@@ -225,6 +225,17 @@ pub struct SourceRecord {
     pub read_ms: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Entries that existed when the source was read but are not in the archive, or only in part
+    /// (`<path>: <why>`, a capped list): the source was reported incomplete.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_archived: Vec<String>,
+    /// How many entries were not archived (the list above may be shorter).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub not_archived_count: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A source that was selected but could not be backed up in this run.

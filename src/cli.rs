@@ -671,6 +671,14 @@ fn ratio(bytes: u64, stored: u64) -> String {
     }
 }
 
+/// Entries not archived shown per source in the summary table's footer.
+const NOT_ARCHIVED_SHOWN: usize = 10;
+
+/// "1 entry", "3 entries".
+fn count(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 pub fn render_run(r: &RunReport) -> String {
     let mut rows = vec![vec![
         "SOURCE".to_string(),
@@ -693,6 +701,16 @@ pub fn render_run(r: &RunReport) -> String {
                     .collect::<Vec<_>>()
                     .join("; ")
             ),
+            Status::Incomplete => {
+                let mut t = format!(
+                    "INCOMPLETE: {} not archived",
+                    count(s.not_archived_count, "entry", "entries")
+                );
+                for (target, e) in &s.target_errors {
+                    t.push_str(&format!("; not stored on {target}: {e}"));
+                }
+                t
+            }
             Status::Failed => format!("FAILED: {}", s.error.clone().unwrap_or_default()),
             Status::Skipped => "skipped".into(),
         };
@@ -720,6 +738,22 @@ pub fn render_run(r: &RunReport) -> String {
     }
     let mut out = format!("backup {} (job {})\n", r.id, r.job);
     out.push_str(&table(&rows));
+    // Entries missing from an archive first: they are why a source is incomplete (the list is capped per source,
+    // the count is exact).
+    for s in r.sources.iter().filter(|s| s.not_archived_count > 0) {
+        for e in s.not_archived.iter().take(NOT_ARCHIVED_SHOWN) {
+            out.push_str(&format!("not archived: {}: {e}\n", s.name));
+        }
+        let shown = s.not_archived.len().min(NOT_ARCHIVED_SHOWN) as u64;
+        if s.not_archived_count > shown {
+            out.push_str(&format!(
+                "not archived: {}: … and {} more (--json and `voltar show` list up to {})\n",
+                s.name,
+                s.not_archived_count - shown,
+                backup::NOT_ARCHIVED_LISTED
+            ));
+        }
+    }
     for w in r
         .sources
         .iter()
@@ -882,6 +916,23 @@ fn render_show(target: &str, m: &Manifest) -> String {
     out.push_str(&table(&rows));
     for f in &m.failed {
         out.push_str(&format!("failed: {}: {}\n", f.name, f.error));
+    }
+    for s in m.sources.iter().filter(|s| s.not_archived_count > 0) {
+        out.push_str(&format!(
+            "incomplete: {}: {} not archived:\n",
+            s.name,
+            count(s.not_archived_count, "entry", "entries")
+        ));
+        for e in &s.not_archived {
+            out.push_str(&format!("  {e}\n"));
+        }
+        let listed = s.not_archived.len() as u64;
+        if s.not_archived_count > listed {
+            out.push_str(&format!(
+                "  … and {} more (see the log of that run)\n",
+                s.not_archived_count - listed
+            ));
+        }
     }
     out
 }

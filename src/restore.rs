@@ -685,20 +685,7 @@ async fn restore_one(
             exchange(&staging, path)?;
         } else {
             for p in paths {
-                let from = staging.join(p);
-                let to = path.join(p);
-                if std::fs::symlink_metadata(&from).is_err() {
-                    bail!("--path {}: not in the backup", p.display());
-                }
-                if std::fs::symlink_metadata(&to).is_ok() {
-                    exchange(&from, &to)?;
-                } else {
-                    if let Some(dir) = to.parent() {
-                        std::fs::create_dir_all(dir)?;
-                    }
-                    std::fs::rename(&from, &to)
-                        .with_context(|| format!("moving {} into place", p.display()))?;
-                }
+                swap_path_in(&staging, path, p)?;
             }
         }
         Ok(())
@@ -725,6 +712,57 @@ fn make_staging(path: &Path) -> Result<PathBuf> {
     std::fs::create_dir(&staging)
         .with_context(|| format!("creating staging directory {}", staging.display()))?;
     Ok(staging)
+}
+
+/// Put `--path` `p` from `staging` in place under `path`: swapped with what is there (which ends up in staging), or
+/// moved in. Both sides are reached one component at a time relative to directory descriptors, never through a
+/// symlink, so a path of any length works (longer than PATH_MAX too).
+fn swap_path_in(staging: &Path, path: &Path, p: &Path) -> Result<()> {
+    use crate::archive::unpack::{exists_at, open_dir_beneath};
+    use std::ffi::CString;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let not_in_backup = || anyhow!("--path {}: not in the backup", p.display());
+    let name = p.file_name().ok_or_else(not_in_backup)?;
+    let parent = p.parent().unwrap_or(Path::new(""));
+    let from_dir = open_dir_beneath(staging, parent, false).map_err(|_| not_in_backup())?;
+    if !exists_at(from_dir.as_raw_fd(), name).unwrap_or(false) {
+        return Err(not_in_backup());
+    }
+    let to_dir = open_dir_beneath(path, parent, true).with_context(|| {
+        format!(
+            "--path {}: opening its directory in {}",
+            p.display(),
+            path.display()
+        )
+    })?;
+    let replace = exists_at(to_dir.as_raw_fd(), name)
+        .with_context(|| format!("--path {}: looking at {}", p.display(), path.display()))?;
+    let c = CString::new(name.as_bytes())?;
+    // SAFETY: valid descriptors and NUL-terminated names.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            from_dir.as_raw_fd(),
+            c.as_ptr(),
+            to_dir.as_raw_fd(),
+            c.as_ptr(),
+            if replace {
+                libc::RENAME_EXCHANGE
+            } else {
+                libc::RENAME_NOREPLACE
+            },
+        )
+    };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        bail!(
+            "--path {}: moving it into {}: {e} (the filesystem must support renameat2)",
+            p.display(),
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// Atomically swap two paths on one filesystem (`renameat2(RENAME_EXCHANGE)`).

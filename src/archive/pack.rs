@@ -13,19 +13,22 @@
 //!   runs over the same tree give the same archive.
 //! * The root directory itself is the first entry, named `./` (type directory): it carries the root's mode,
 //!   owner, mtime and xattrs. GNU tar applies it to the `-C` target. Every other name is relative without a
-//!   leading `./` (`a`, `a/b`); directories end in `/`. No name is absolute or contains `..`.
+//!   leading `./` (`a`, `a/b`); directories end in `/`. No name is absolute or contains `..`. A path far beyond
+//!   `PATH_MAX` is stored like any other (see "Walking" below), up to [`MAX_PATH_LEN`].
 //! * Regular files, directories, symlinks, hardlinks, FIFOs, character and block devices are written. Sockets
-//!   (and any unknown type) are skipped with a warning: they cannot be restored meaningfully.
+//!   are skipped with a warning, as GNU tar does: a socket holds no data, and the program listening on it
+//!   creates it again. An entry of a type we do not know is *not archived* (see below).
 //! * ustar fields carry mode (`& 0o7777`, suid/sgid/sticky included), numeric uid/gid (uname/gname are left
 //!   empty, so extraction is by number), size and whole-second mtime. A value that does not fit the octal field
 //!   is written in GNU base-256 there *and* as a PAX record (`size`, `uid`, `gid`, `mtime`), so PAX readers and
 //!   GNU tar agree.
 //! * PAX records (one local `x` header before the entry, only when needed): `path` for names over 100 bytes,
-//!   `linkpath` for link targets over 100 bytes, `mtime=<sec>.<nsec:09>` when the mtime has nanoseconds (or
-//!   does not fit ustar), `SCHILY.xattr.<name>=<raw value>` per extended attribute (all namespaces we can read;
-//!   `%` and `=` in names are written as `%25` and `%3D`, as GNU tar does). Names, link targets and xattr values
-//!   are raw bytes: non-UTF-8 names are stored as they are, and GNU tar extracts the same bytes (in a C or UTF-8
-//!   locale). No global `g` headers and no GNU `L`/`K` headers are ever written.
+//!   `linkpath` for link targets (symlink targets and hardlink targets alike) over 100 bytes,
+//!   `mtime=<sec>.<nsec:09>` when the mtime has nanoseconds (or does not fit ustar),
+//!   `SCHILY.xattr.<name>=<raw value>` per extended attribute (all namespaces we can read; `%` and `=` in names
+//!   are written as `%25` and `%3D`, as GNU tar does). Names, link targets and xattr values are raw bytes:
+//!   non-UTF-8 names are stored as they are, and GNU tar extracts the same bytes (in a C or UTF-8 locale). No
+//!   global `g` headers and no GNU `L`/`K` headers are ever written.
 //! * Hardlinks: the second and later paths of one inode (same `st_dev` + `st_ino`, non-directory, `st_nlink`
 //!   > 1) are written as type `1` entries whose link name is the first path's entry name, with size 0.
 //! * Sparse files (fewer allocated blocks than the size, holes found with `SEEK_DATA`/`SEEK_HOLE`) use the GNU
@@ -53,38 +56,69 @@
 //! `entries` is the sum of the five. `bytes` is thus the apparent size of the regular files stored, not the size
 //! of the tar stream.
 //!
-//! # Files that change while they are read
+//! # No silent gaps: warnings and entries not archived
 //!
-//! The archive must stay valid whatever happens to the source, so the size in a header is a promise kept:
-//! a file that grew is cut at that size, one that shrank (or hit a read error) is padded with zeros, both with a
-//! warning. An entry that vanishes between the directory listing and its `lstat`/`open`, or that we may not
-//! read, is skipped with a warning. Only an unreadable root, a failing sink ([`ArchiveError::Sink`]) or
-//! cancellation stop the run. Warnings are also logged; at most [`MAX_WARNINGS`] are kept in the report (then
-//! one line saying how many more there were), so a directory that vanishes with a million files cannot
-//! exhaust memory.
+//! The archive must stay valid whatever happens to the source, so the size in a header is a promise kept. What
+//! the packer could not store falls in one of two classes, reported separately:
+//!
+//! * **Warnings** ([`PackReport::warnings`]) — the source changed while it was read, which a live backup must
+//!   tolerate: a file that grew is cut at its header size, one that shrank is padded with zeros, an entry (or a
+//!   directory) that vanished between the listing and its `open`/`stat` is skipped. Sockets are skipped with a
+//!   warning too.
+//! * **Not archived** ([`PackReport::not_archived`]) — an entry that existed when it was read but is missing
+//!   from the archive, wholly or in part: it could not be opened, stat'ed or read (permissions, EIO, …), a
+//!   directory whose contents could not be listed (its own entry is written, its contents are missing), a file
+//!   that hit a read error (the rest of its data is stored as zeros so the archive stays aligned), extended
+//!   attributes that could not be read or are too big for an archive header (over [`MAX_META_HEADER`], which
+//!   restore refuses), an entry of an unknown type, an entry whose path is longer than [`MAX_PATH_LEN`] (480
+//!   KiB: restore refuses bigger headers; everything below it is left out too, under that one line). A backup
+//!   with any such entry is not complete, and the caller must say so (`voltar backup` reports the source as
+//!   `incomplete`, exit code 1).
+//!
+//! Only an unreadable root, a failing sink ([`ArchiveError::Sink`]) or cancellation stop the run. Both lists
+//! are also logged; at most [`MAX_WARNINGS`] lines are kept in each (then [`PackReport::not_archived_count`]
+//! and one line saying how many more warnings there were), so a directory that vanishes with a million files
+//! cannot exhaust memory.
+//!
+//! # Walking: `*at()` calls relative to directory descriptors
+//!
+//! No system call ever receives more than one path component (the root, opened once, aside). Each directory is
+//! opened with `openat(parent_fd, name, O_DIRECTORY | O_NOFOLLOW)`, its entries are listed through that
+//! descriptor, and every child is reached with `openat`/`fstatat(AT_SYMLINK_NOFOLLOW)`/`readlinkat` relative to
+//! it; extended attributes are read from the open file or directory (`flistxattr`/`fgetxattr`), and for
+//! symlinks, FIFOs and device nodes (which must not be opened) through `/proc/self/fd/<dir>/<name>` with
+//! `llistxattr`/`lgetxattr`. So a path of any length is archived (the kernel's `PATH_MAX` limits what one
+//! call may be given, not how deep a tree is; `voltar restore` can create such trees), and a symlink swapped in
+//! for a directory during the walk is never followed (`O_NOFOLLOW` on every open).
+//!
+//! Descriptors are bounded: the walk keeps an explicit stack of the directories on the current path (no
+//! recursion, so a deep tree cannot overflow the thread's stack either) with at most [`MAX_OPEN_DIRS`] of them
+//! open. Going deeper closes the shallowest open one (the root stays open); coming back up re-opens a closed
+//! directory through `..` of its child, checked by device and inode to be the same directory, or else by name
+//! from the nearest open ancestor, each step checked the same way. If neither works the directory was moved
+//! during the backup: the rest of its contents is skipped with a warning, as for a vanished directory.
 //!
 //! # Performance and memory
 //!
 //! One 1 MiB read buffer, reused, content read with `pread`; one 256 KiB output buffer (content chunks bypass
-//! it). Per regular file: `open` + `fstat` (+ `flistxattr`, + one 1-byte probe read only when the last read
-//! could not already detect growth). The file-type from `readdir` saves the `lstat` for regular files. Memory
-//! grows only with the names of the directories on the current path, the hardlink table (inodes with
-//! `nlink > 1`) and the sparse map of the current file (capped at [`MAX_SPARSE_REGIONS`]; past that the rest of
-//! the file is stored as data).
-//!
-//! Symlinks are never followed; the root path itself is resolved as given. Paths longer than `PATH_MAX` cannot
-//! be opened with path-based calls and are skipped with a warning.
+//! it). Per regular file: `openat` + `fstat` (+ `flistxattr`, + one 1-byte probe read only when the last read
+//! could not already detect growth). The file type from `readdir` saves the `fstatat` for regular files and
+//! directories. Memory grows only with the names of the entries of the directories on the current path, the
+//! hardlink table (inodes with `nlink > 1`) and the sparse map of the current file (capped at
+//! [`MAX_SPARSE_REGIONS`]; past that the rest of the file is stored as data).
 
 use std::collections::HashMap;
-use std::ffi::{CString, OsString};
-use std::fs::{self, File, FileType, Metadata, OpenOptions};
+use std::ffi::{CStr, CString};
+use std::fs::File;
 use std::io::{self, BufWriter, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use super::unpack::MAX_META_HEADER;
 use super::ArchiveError;
 use crate::catalog::Counts;
 
@@ -95,10 +129,16 @@ const READ_BUF_SIZE: usize = 1 << 20;
 const OUT_BUF_SIZE: usize = 256 << 10;
 /// `progress` is called at most about once per this many bytes (and once at the end).
 const PROGRESS_STEP: u64 = 1 << 20;
-/// Warnings kept in the report; later ones are only counted (and logged).
+/// Warnings (and, separately, entries not archived) kept in the report; later ones are only counted (and logged).
 pub const MAX_WARNINGS: usize = 1000;
 /// Sparse regions recorded per file; past this the rest of the file is stored as one data region.
 pub const MAX_SPARSE_REGIONS: usize = 1 << 16;
+/// Directory descriptors the walk keeps open at most (the root's included); deeper trees re-open on the way up.
+pub const MAX_OPEN_DIRS: usize = 64;
+/// Longest relative path archived (480 KiB, about 1,900 levels of 255-byte names): an entry's PAX header holds
+/// its path and possibly a hardlink target as long, and `voltar restore` refuses headers over
+/// [`MAX_META_HEADER`] (1 MiB). Deeper entries are reported as not archived, never written unrestorable.
+pub const MAX_PATH_LEN: usize = (MAX_META_HEADER as usize - (64 << 10)) / 2;
 
 /// Largest value of an octal ustar field of `len` bytes (len-1 digits and a NUL).
 const fn octal_max(len: usize) -> u64 {
@@ -118,8 +158,21 @@ pub struct PackOptions<'a> {
 pub struct PackReport {
     /// Counted by the rules in the module docs.
     pub counts: Counts,
-    /// One line per entry skipped, cut or padded ("<relative path>: <what happened>").
+    /// One line per entry skipped, cut or padded because the source changed while it was read, or a socket
+    /// (`<relative path>: <what happened>`). These do not make the archive incomplete.
     pub warnings: Vec<String>,
+    /// One line per entry that existed but is not in the archive, or only in part (`<relative path>: <why>`); at
+    /// most [`MAX_WARNINGS`] lines.
+    pub not_archived: Vec<String>,
+    /// How many entries were not archived (may be more than `not_archived` lists).
+    pub not_archived_count: u64,
+}
+
+impl PackReport {
+    /// Every entry that existed when it was read is in the archive, whole.
+    pub fn is_complete(&self) -> bool {
+        self.not_archived_count == 0
+    }
 }
 
 /// Walk `root` and write a PAX tar of its contents into `out` (layout and count rules in the module docs).
@@ -128,7 +181,7 @@ pub struct PackReport {
 /// not read, so they are not reported), in steps of about 1 MiB and once at the end. Returns the report and the
 /// writer (flushed, so the caller can finish a compressor or commit a file). Fails only when the root cannot be
 /// read ([`ArchiveError::Io`]), the writer fails ([`ArchiveError::Sink`]) or `opts.cancel` is set
-/// ([`ArchiveError::Cancelled`]); everything else becomes a warning.
+/// ([`ArchiveError::Cancelled`]); everything else is in the report (check [`PackReport::is_complete`]).
 pub fn pack<W: io::Write>(
     root: &Path,
     out: W,
@@ -139,58 +192,246 @@ pub fn pack<W: io::Write>(
         path: root.to_path_buf(),
         source,
     };
-    let root_md = fs::metadata(root).map_err(root_err)?;
-    if !root_md.is_dir() {
-        return Err(root_err(io::Error::from_raw_os_error(libc::ENOTDIR)));
-    }
-    // An unreadable root aborts (nothing useful could be archived); anything below it only warns.
-    let children = read_sorted(root).map_err(root_err)?;
+    // The root itself is trusted (the caller chose it) and may be reached through symlinks; nothing below it is.
+    let root_fd = open_root(root).map_err(root_err)?;
+    let root_st = Stat::of_fd(root_fd.as_raw_fd()).map_err(root_err)?;
+    // An unreadable root aborts (nothing useful could be archived); anything below it is reported.
+    let children = read_sorted(root_fd.as_raw_fd()).map_err(root_err)?;
 
     let mut p = Packer::new(out, opts.cancel, progress);
+    p.root = root.to_path_buf();
     p.check_cancel()?;
-    let root_c = cstring(root.as_os_str().as_bytes());
     p.pax.clear();
     p.header_simple(
         b"./",
         b'5',
-        &root_md,
+        &root_st,
         0,
         b"",
         (0, 0),
-        XattrSrc::Path(root_c.as_deref()),
+        XattrSrc::Fd(root_fd.as_raw_fd()),
         b"./",
     )?;
     p.report.counts.dirs += 1;
     p.report.counts.entries += 1;
 
-    let mut abs = root.to_path_buf();
     let mut rel = Vec::with_capacity(256);
-    p.walk_entries(&mut abs, &mut rel, children)?;
+    p.walk(
+        Level {
+            fd: Some(root_fd),
+            dev: root_st.dev(),
+            ino: root_st.ino(),
+            name: CString::default(),
+            children,
+            next: 0,
+            rel_len: 0,
+        },
+        &mut rel,
+    )?;
     p.finish()
 }
 
-/// Directory entries sorted by name bytes, with the type from `readdir` when the filesystem gives one. The
-/// directory handle is closed before returning so a deep tree does not hold one descriptor per level.
-fn read_sorted(dir: &Path) -> io::Result<Vec<(OsString, Option<FileType>)>> {
-    let mut v = Vec::new();
-    for e in fs::read_dir(dir)? {
-        let e = e?;
-        v.push((e.file_name(), e.file_type().ok()));
+// ---------------------------------------------------------------------------------------------------------------
+// Filesystem primitives: one path component per call, relative to a directory descriptor, never following a
+// symlink.
+
+pub(super) fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
     }
+}
+
+fn open_root(root: &Path) -> io::Result<OwnedFd> {
+    let c = CString::new(root.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
+    // SAFETY: valid C string; the fd is owned below.
+    let fd = cvt(unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    })?;
+    // SAFETY: fresh fd, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Open the directory `name` in `dir`; fails (ELOOP/ENOTDIR) rather than follow a symlink or open anything else.
+pub(super) fn open_dir_at(dir: RawFd, name: &CStr) -> io::Result<OwnedFd> {
+    // SAFETY: valid fd and C string; the fd is owned below.
+    let fd = cvt(unsafe {
+        libc::openat(
+            dir,
+            name.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    })?;
+    // SAFETY: fresh fd.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Open a regular file for reading without following a symlink, without blocking on a FIFO that replaced it,
+/// and without touching its atime where the kernel allows (O_NOATIME needs ownership or CAP_FOWNER).
+fn open_regular_at(dir: RawFd, name: &CStr) -> io::Result<File> {
+    let base = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
+    let open = |flags| {
+        // SAFETY: valid fd and C string; the fd is owned below.
+        cvt(unsafe { libc::openat(dir, name.as_ptr(), flags) })
+            // SAFETY: fresh fd.
+            .map(|fd| unsafe { File::from_raw_fd(fd) })
+    };
+    match open(base | libc::O_NOATIME) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(base),
+        r => r,
+    }
+}
+
+/// Entries of the open directory `dir` (without `.` and `..`), sorted by name bytes, with the `d_type` from
+/// `readdir` (`DT_UNKNOWN` when the filesystem does not give one). Reads through a duplicate of the descriptor,
+/// closed before returning.
+pub(super) fn read_sorted(dir: RawFd) -> io::Result<Vec<(CString, u8)>> {
+    // SAFETY: valid fd; the duplicate is handed to fdopendir, which owns it from then on.
+    let dup = cvt(unsafe { libc::fcntl(dir, libc::F_DUPFD_CLOEXEC, 0) })?;
+    // SAFETY: `dup` is a fresh descriptor of a directory.
+    let dp = unsafe { libc::fdopendir(dup) };
+    if dp.is_null() {
+        let e = io::Error::last_os_error();
+        // SAFETY: fdopendir failed, so `dup` is still ours to close.
+        unsafe { libc::close(dup) };
+        return Err(e);
+    }
+    // The duplicate shares the file offset with `dir`: start at the beginning whatever happened before.
+    // SAFETY: dp is a valid DIR*.
+    unsafe { libc::rewinddir(dp) };
+    let mut v = Vec::new();
+    let result = loop {
+        // SAFETY: errno is thread-local; resetting it tells "end of directory" from an error below.
+        unsafe { *libc::__errno_location() = 0 };
+        // SAFETY: dp is a valid DIR*; the returned entry is valid until the next readdir/closedir.
+        let ent = unsafe { libc::readdir64(dp) };
+        if ent.is_null() {
+            let e = io::Error::last_os_error();
+            break match e.raw_os_error() {
+                Some(0) | None => Ok(()),
+                Some(_) => Err(e),
+            };
+        }
+        // SAFETY: d_name is NUL-terminated inside the entry.
+        let (name, ty) = unsafe { (CStr::from_ptr((*ent).d_name.as_ptr()), (*ent).d_type) };
+        let b = name.to_bytes();
+        if b == b"." || b == b".." {
+            continue;
+        }
+        v.push((name.to_owned(), ty));
+    };
+    // SAFETY: dp is valid and closed exactly once (this also closes `dup`).
+    unsafe { libc::closedir(dp) };
+    result?;
     v.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
     Ok(v)
 }
 
-fn cstring(b: &[u8]) -> Option<CString> {
-    CString::new(b).ok()
+/// Read the target of the symlink `name` in `dir` into `buf` (grown until the target fits).
+pub(super) fn read_link_at(dir: RawFd, name: &CStr, buf: &mut Vec<u8>) -> io::Result<()> {
+    if buf.capacity() < 256 {
+        buf.reserve(256);
+    }
+    loop {
+        buf.clear();
+        let cap = buf.capacity();
+        // SAFETY: valid fd and C string; the buffer has `cap` writable bytes.
+        let n = unsafe { libc::readlinkat(dir, name.as_ptr(), buf.as_mut_ptr().cast(), cap) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = n as usize;
+        if n < cap {
+            // SAFETY: readlinkat initialised the first n bytes.
+            unsafe { buf.set_len(n) };
+            return Ok(());
+        }
+        // Possibly truncated: try again with more room.
+        buf.reserve(cap * 2);
+    }
 }
 
-/// Where extended attributes are read from: the open file (no path lookup), or the path without following it.
+/// `struct stat` of an entry, from `fstat` or `fstatat(AT_SYMLINK_NOFOLLOW)`.
+#[derive(Clone, Copy)]
+struct Stat(libc::stat);
+
+impl Stat {
+    fn of_fd(fd: RawFd) -> io::Result<Stat> {
+        let mut st = MaybeUninit::<libc::stat>::uninit();
+        // SAFETY: valid fd and out pointer.
+        cvt(unsafe { libc::fstat(fd, st.as_mut_ptr()) })?;
+        // SAFETY: fstat succeeded and filled it.
+        Ok(Stat(unsafe { st.assume_init() }))
+    }
+
+    fn at(dir: RawFd, name: &CStr) -> io::Result<Stat> {
+        let mut st = MaybeUninit::<libc::stat>::uninit();
+        // SAFETY: valid fd, C string and out pointer.
+        cvt(unsafe {
+            libc::fstatat(
+                dir,
+                name.as_ptr(),
+                st.as_mut_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        })?;
+        // SAFETY: fstatat succeeded and filled it.
+        Ok(Stat(unsafe { st.assume_init() }))
+    }
+
+    fn kind(&self) -> libc::mode_t {
+        self.0.st_mode & libc::S_IFMT
+    }
+    fn is_dir(&self) -> bool {
+        self.kind() == libc::S_IFDIR
+    }
+    fn is_file(&self) -> bool {
+        self.kind() == libc::S_IFREG
+    }
+    fn nlink(&self) -> u64 {
+        self.0.st_nlink
+    }
+    fn dev(&self) -> u64 {
+        self.0.st_dev
+    }
+    fn ino(&self) -> u64 {
+        self.0.st_ino
+    }
+    fn size(&self) -> u64 {
+        self.0.st_size.max(0) as u64
+    }
+    fn blocks(&self) -> u64 {
+        self.0.st_blocks.max(0) as u64
+    }
+    fn rdev(&self) -> u64 {
+        self.0.st_rdev
+    }
+}
+
+fn is_enoent(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ENOENT)
+}
+
+/// Where extended attributes are read from: the open file or directory, or (for entries that must not be
+/// opened: symlinks, FIFOs, devices) the name in a directory, without following it.
 #[derive(Clone, Copy)]
 enum XattrSrc<'a> {
     Fd(RawFd),
-    Path(Option<&'a std::ffi::CStr>),
+    /// Directory fd, name in it, and the entry's relative path (only used when `/proc` is not mounted).
+    At(RawFd, &'a CStr, &'a [u8]),
     None,
+}
+
+/// An [`XattrSrc`] ready for the syscalls.
+#[derive(Clone, Copy)]
+enum XattrAt<'a> {
+    Fd(RawFd),
+    Path(&'a CStr),
 }
 
 /// What happened while copying a file range.
@@ -198,7 +439,23 @@ enum Change {
     Same,
     Grew,
     Shrank,
-    ReadError(io::Error),
+    ReadError(io::Error, u64),
+}
+
+/// One directory on the current path of the walk.
+struct Level {
+    /// None while closed to keep the number of open descriptors bounded (see the module docs).
+    fd: Option<OwnedFd>,
+    /// Identity, to check a re-opened descriptor is the same directory.
+    dev: u64,
+    ino: u64,
+    /// Name in its parent (empty for the root).
+    name: CString,
+    /// Sorted entries with their `d_type`; `next` is the first not yet archived.
+    children: Vec<(CString, u8)>,
+    next: usize,
+    /// Length of the relative path of this directory (children are that plus `/` plus their name).
+    rel_len: usize,
 }
 
 struct Packer<'o, 'p, W: Write> {
@@ -208,6 +465,7 @@ struct Packer<'o, 'p, W: Write> {
     map: Vec<u8>,
     xattr_names: Vec<u8>,
     xattr_value: Vec<u8>,
+    link_buf: Vec<u8>,
     /// (dev, ino) of archived inodes with nlink > 1 → their entry name.
     links: HashMap<(u64, u64), Vec<u8>>,
     report: PackReport,
@@ -215,6 +473,10 @@ struct Packer<'o, 'p, W: Write> {
     cancel: Option<&'o AtomicBool>,
     progress: &'p mut dyn FnMut(u64),
     pending_progress: u64,
+    /// The root as given, for reaching xattrs of unopenable entries by path when `/proc` is not mounted.
+    root: PathBuf,
+    /// `/proc/self/fd` is there (it is wherever voltar normally runs, containers included).
+    proc_fd: bool,
 }
 
 impl<'o, 'p, W: Write> Packer<'o, 'p, W> {
@@ -226,12 +488,15 @@ impl<'o, 'p, W: Write> Packer<'o, 'p, W> {
             map: Vec::new(),
             xattr_names: Vec::new(),
             xattr_value: Vec::new(),
+            link_buf: Vec::new(),
             links: HashMap::new(),
             report: PackReport::default(),
             dropped_warnings: 0,
             cancel,
             progress,
             pending_progress: 0,
+            root: PathBuf::new(),
+            proc_fd: Path::new("/proc/self/fd").is_dir(),
         }
     }
 
@@ -242,19 +507,38 @@ impl<'o, 'p, W: Write> Packer<'o, 'p, W> {
         }
     }
 
-    fn warn(&mut self, rel: &[u8], what: std::fmt::Arguments<'_>) {
+    fn line(rel: &[u8], what: std::fmt::Arguments<'_>) -> String {
         let name = if rel.is_empty() {
             ".".into()
         } else {
             String::from_utf8_lossy(rel)
         };
-        let line = format!("{name}: {what}");
+        format!("{name}: {what}")
+    }
+
+    /// The source changed under us (or a socket): the archive is still complete.
+    fn warn(&mut self, rel: &[u8], what: std::fmt::Arguments<'_>) {
+        let line = Self::line(rel, what);
         tracing::warn!(target: "voltar::pack", "{line}");
         if self.report.warnings.len() < MAX_WARNINGS {
             self.report.warnings.push(line);
         } else {
             self.dropped_warnings += 1;
         }
+    }
+
+    /// An entry that exists is missing from the archive, wholly or in part: the archive is incomplete.
+    fn not_archived(&mut self, rel: &[u8], what: std::fmt::Arguments<'_>) {
+        let line = Self::line(rel, what);
+        tracing::warn!(target: "voltar::pack", "not archived: {line}");
+        self.report.not_archived_count += 1;
+        if self.report.not_archived.len() < MAX_WARNINGS {
+            self.report.not_archived.push(line);
+        }
+    }
+
+    fn vanished(&mut self, rel: &[u8]) {
+        self.warn(rel, format_args!("skipped: vanished during backup"));
     }
 
     fn sink(&mut self, data: &[u8]) -> Result<(), ArchiveError> {
@@ -300,251 +584,411 @@ impl<'o, 'p, W: Write> Packer<'o, 'p, W> {
         Ok((report, w))
     }
 
-    fn walk_entries(
-        &mut self,
-        abs: &mut PathBuf,
-        rel: &mut Vec<u8>,
-        entries: Vec<(OsString, Option<FileType>)>,
-    ) -> Result<(), ArchiveError> {
-        for (name, ft) in entries {
+    /// Depth-first walk from `root` with an explicit stack of the directories on the current path, at most
+    /// [`MAX_OPEN_DIRS`] of them open (module docs, "Walking").
+    fn walk(&mut self, root: Level, rel: &mut Vec<u8>) -> Result<(), ArchiveError> {
+        let mut stack = vec![root];
+        // Levels 1..first_open have their descriptor closed (always a contiguous run just below the root).
+        let mut first_open = 1usize;
+        while let Some(top) = stack.last_mut() {
+            if top.next == top.children.len() {
+                let done = stack.pop().expect("non-empty");
+                if done.fd.is_none() {
+                    // Only after a failed re-open (below): a closed level leaves the stack.
+                    first_open -= 1;
+                }
+                let Some(parent) = stack.last_mut() else {
+                    break;
+                };
+                rel.truncate(parent.rel_len);
+                if parent.fd.is_none() {
+                    match Self::reopen(&mut stack, done.fd.as_ref()) {
+                        Ok(()) => first_open -= 1,
+                        // It stays closed and is popped next, with nothing more read from it.
+                        Err(e) => self.moved(stack.last_mut().expect("non-empty"), rel, &e),
+                    }
+                }
+                continue;
+            }
             self.check_cancel()?;
-            let rel_len = rel.len();
-            if !rel.is_empty() {
+            let i = top.next;
+            top.next += 1;
+            let (name, d_type) = std::mem::take(&mut top.children[i]);
+            let dir = top
+                .fd
+                .as_ref()
+                .expect("the deepest level is open")
+                .as_raw_fd();
+            let base = rel.len();
+            if base > 0 {
                 rel.push(b'/');
             }
-            rel.extend_from_slice(name.as_bytes());
-            abs.push(&name);
-            let r = self.entry(abs, rel, ft);
-            abs.pop();
-            rel.truncate(rel_len);
-            r?;
+            rel.extend_from_slice(name.to_bytes());
+            if rel.len() > max_path_len() {
+                let shown = [&rel[..200], b"...".as_slice(), &rel[rel.len() - 100..]].concat();
+                self.not_archived(
+                    &shown,
+                    format_args!(
+                        "not archived, nor anything below it: its path is {} bytes, more than the {} an archive \
+                         entry may have",
+                        rel.len(),
+                        max_path_len()
+                    ),
+                );
+                rel.truncate(base);
+                continue;
+            }
+            match self.entry(dir, &name, d_type, rel)? {
+                Some(mut level) => {
+                    level.name = name;
+                    level.rel_len = rel.len();
+                    if stack.len() - first_open + 1 >= MAX_OPEN_DIRS {
+                        // Too deep: close the shallowest open directory below the root.
+                        stack[first_open].fd = None;
+                        first_open += 1;
+                    }
+                    stack.push(level);
+                }
+                None => rel.truncate(base),
+            }
         }
         Ok(())
     }
 
+    /// The directory `level` (at `rel`) could not be re-opened: skip the rest of it, as for a vanished directory.
+    fn moved(&mut self, level: &mut Level, rel: &[u8], e: &io::Error) {
+        let rest = level.children.len() - level.next;
+        level.next = level.children.len();
+        if rest > 0 {
+            let entries = if rest == 1 { "entry" } else { "entries" };
+            self.warn(
+                rel,
+                format_args!(
+                    "rest of the directory skipped ({rest} {entries}): it was moved or removed during backup ({e})"
+                ),
+            );
+        }
+    }
+
+    /// Re-open the last level of `stack` (closed while deeper levels were walked): through `..` of `child`, its
+    /// finished subdirectory, or else by name from the nearest open ancestor. Each step must land on the same
+    /// directory (device and inode) as the one listed before.
+    fn reopen(stack: &mut [Level], child: Option<&OwnedFd>) -> io::Result<()> {
+        let idx = stack.len() - 1;
+        let same = |fd: &OwnedFd, l: &Level| -> io::Result<bool> {
+            let st = Stat::of_fd(fd.as_raw_fd())?;
+            Ok(st.dev() == l.dev && st.ino() == l.ino)
+        };
+        if let Some(Ok(fd)) = child.map(|c| open_dir_at(c.as_raw_fd(), c"..")) {
+            if same(&fd, &stack[idx])? {
+                stack[idx].fd = Some(fd);
+                return Ok(());
+            }
+        }
+        let from = (0..idx)
+            .rev()
+            .find(|&i| stack[i].fd.is_some())
+            .expect("the root stays open");
+        let mut cur = stack[from].fd.as_ref().expect("open").try_clone()?;
+        for l in &stack[from + 1..=idx] {
+            let next = open_dir_at(cur.as_raw_fd(), &l.name)?;
+            if !same(&next, l)? {
+                return Err(io::Error::other("a different directory is at its path now"));
+            }
+            cur = next;
+        }
+        stack[idx].fd = Some(cur);
+        Ok(())
+    }
+
+    /// Archive the entry `name` of the directory `dir` (relative path `rel`). Returns the directory level to walk
+    /// next when the entry is a directory with contents.
     fn entry(
         &mut self,
-        abs: &mut PathBuf,
+        dir: RawFd,
+        name: &CStr,
+        d_type: u8,
         rel: &mut Vec<u8>,
-        hint: Option<FileType>,
-    ) -> Result<(), ArchiveError> {
-        // Fast path for what readdir says is a regular file: open + fstat, no lstat. The metadata then
-        // describes exactly the file we read.
-        if hint.is_some_and(|t| t.is_file()) {
-            match open_regular(abs) {
-                Ok(f) => match f.metadata() {
-                    Ok(md) if md.is_file() => return self.regular(abs, rel, &f, &md),
+    ) -> Result<Option<Level>, ArchiveError> {
+        // Fast paths for what readdir says is a regular file or a directory: open + fstat, no fstatat. The
+        // metadata then describes exactly what we read.
+        if d_type == libc::DT_REG {
+            match open_regular_at(dir, name) {
+                Ok(f) => match Stat::of_fd(f.as_raw_fd()) {
+                    Ok(st) if st.is_file() => {
+                        self.regular(dir, name, rel, &f, &st)?;
+                        return Ok(None);
+                    }
                     Ok(_) => {} // replaced by another type since readdir: look again below
                     Err(e) => {
-                        self.warn(rel, format_args!("skipped: cannot stat: {e}"));
-                        return Ok(());
+                        self.not_archived(rel, format_args!("cannot stat: {e}"));
+                        return Ok(None);
                     }
                 },
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    self.warn(rel, format_args!("skipped: vanished during backup"));
-                    return Ok(());
+                Err(e) if is_enoent(&e) => {
+                    self.vanished(rel);
+                    return Ok(None);
                 }
                 // Became a symlink (ELOOP) or a socket (ENXIO) since readdir: look again below.
                 Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENXIO)) => {}
                 Err(e) => {
-                    self.warn(rel, format_args!("skipped: cannot open: {e}"));
-                    return Ok(());
+                    self.not_archived(rel, format_args!("cannot open: {e}"));
+                    return Ok(None);
                 }
+            }
+        } else if d_type == libc::DT_DIR {
+            match open_dir_at(dir, name) {
+                Ok(fd) => return self.directory(fd, rel),
+                Err(e) if is_enoent(&e) => {
+                    self.vanished(rel);
+                    return Ok(None);
+                }
+                // Replaced since readdir, or cannot be opened (its metadata is still archived): look below.
+                Err(_) => {}
             }
         }
-        let md = match fs::symlink_metadata(&*abs) {
-            Ok(md) => md,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                self.warn(rel, format_args!("skipped: vanished during backup"));
-                return Ok(());
+        let st = match Stat::at(dir, name) {
+            Ok(st) => st,
+            Err(e) if is_enoent(&e) => {
+                self.vanished(rel);
+                return Ok(None);
             }
             Err(e) => {
-                self.warn(rel, format_args!("skipped: cannot stat: {e}"));
-                return Ok(());
+                self.not_archived(rel, format_args!("cannot stat: {e}"));
+                return Ok(None);
             }
         };
-        let t = md.file_type();
-        if t.is_dir() {
-            self.directory(abs, rel, &md)
-        } else if t.is_file() {
-            let f = match open_regular(abs) {
-                Ok(f) => f,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    self.warn(rel, format_args!("skipped: vanished during backup"));
-                    return Ok(());
+        match st.kind() {
+            libc::S_IFDIR => match open_dir_at(dir, name) {
+                Ok(fd) => self.directory(fd, rel),
+                Err(e) if is_enoent(&e) => {
+                    self.vanished(rel);
+                    Ok(None)
                 }
                 Err(e) => {
-                    self.warn(rel, format_args!("skipped: cannot open: {e}"));
-                    return Ok(());
+                    // The directory's own entry (mode, owner, mtime) is archived; its contents are missing.
+                    let at = rel.clone();
+                    self.dir_header(rel, &st, XattrSrc::At(dir, name, &at))?;
+                    rel.push(b'/');
+                    self.not_archived(
+                        rel,
+                        format_args!("contents not archived: cannot open directory: {e}"),
+                    );
+                    rel.pop();
+                    Ok(None)
                 }
-            };
-            match f.metadata() {
-                Ok(md) if md.is_file() => self.regular(abs, rel, &f, &md),
-                Ok(_) => {
-                    self.warn(rel, format_args!("skipped: changed type during backup"));
-                    Ok(())
+            },
+            libc::S_IFREG => {
+                let f = match open_regular_at(dir, name) {
+                    Ok(f) => f,
+                    Err(e) if is_enoent(&e) => {
+                        self.vanished(rel);
+                        return Ok(None);
+                    }
+                    Err(e) => {
+                        self.not_archived(rel, format_args!("cannot open: {e}"));
+                        return Ok(None);
+                    }
+                };
+                match Stat::of_fd(f.as_raw_fd()) {
+                    Ok(st) if st.is_file() => self.regular(dir, name, rel, &f, &st)?,
+                    Ok(_) => self.warn(rel, format_args!("skipped: changed type during backup")),
+                    Err(e) => self.not_archived(rel, format_args!("cannot stat: {e}")),
                 }
-                Err(e) => {
-                    self.warn(rel, format_args!("skipped: cannot stat: {e}"));
-                    Ok(())
-                }
+                Ok(None)
             }
-        } else if t.is_symlink() {
-            let target = match fs::read_link(&*abs) {
-                Ok(t) => t,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    self.warn(rel, format_args!("skipped: vanished during backup"));
-                    return Ok(());
-                }
-                Err(e) => {
-                    self.warn(rel, format_args!("skipped: cannot read symlink: {e}"));
-                    return Ok(());
-                }
-            };
-            if self.hardlink(rel, &md)? {
-                return Ok(());
+            libc::S_IFLNK => {
+                let mut target = std::mem::take(&mut self.link_buf);
+                let r = self.symlink(dir, name, rel, &st, &mut target);
+                self.link_buf = target;
+                r.map(|()| None)
             }
-            let c = cstring(abs.as_os_str().as_bytes());
-            self.pax.clear();
-            let target = target.as_os_str().as_bytes();
-            self.header_simple(
-                rel,
-                b'2',
-                &md,
-                0,
-                target,
-                (0, 0),
-                XattrSrc::Path(c.as_deref()),
-                rel,
-            )?;
-            self.report.counts.symlinks += 1;
-            self.report.counts.entries += 1;
-            self.remember_link(rel, &md);
-            Ok(())
-        } else if t.is_fifo() || t.is_char_device() || t.is_block_device() {
-            if self.hardlink(rel, &md)? {
-                return Ok(());
+            libc::S_IFIFO | libc::S_IFCHR | libc::S_IFBLK => {
+                if self.hardlink(rel, &st)? {
+                    return Ok(None);
+                }
+                let kind = match st.kind() {
+                    libc::S_IFIFO => b'6',
+                    libc::S_IFCHR => b'3',
+                    _ => b'4',
+                };
+                let rdev = if kind == b'6' {
+                    (0, 0)
+                } else {
+                    split_dev(st.rdev())
+                };
+                self.pax.clear();
+                self.header_simple(
+                    rel,
+                    kind,
+                    &st,
+                    0,
+                    b"",
+                    rdev,
+                    XattrSrc::At(dir, name, rel),
+                    rel,
+                )?;
+                self.report.counts.other += 1;
+                self.report.counts.entries += 1;
+                self.remember_link(rel, &st);
+                Ok(None)
             }
-            let kind = if t.is_fifo() {
-                b'6'
-            } else if t.is_char_device() {
-                b'3'
-            } else {
-                b'4'
-            };
-            let rdev = if kind == b'6' {
-                (0, 0)
-            } else {
-                split_dev(md.rdev())
-            };
-            let c = cstring(abs.as_os_str().as_bytes());
-            self.pax.clear();
-            self.header_simple(
-                rel,
-                kind,
-                &md,
-                0,
-                b"",
-                rdev,
-                XattrSrc::Path(c.as_deref()),
-                rel,
-            )?;
-            self.report.counts.other += 1;
-            self.report.counts.entries += 1;
-            self.remember_link(rel, &md);
-            Ok(())
-        } else if t.is_socket() {
-            self.warn(rel, format_args!("skipped: sockets cannot be archived"));
-            Ok(())
-        } else {
-            self.warn(rel, format_args!("skipped: unknown file type"));
-            Ok(())
+            libc::S_IFSOCK => {
+                self.warn(
+                    rel,
+                    format_args!(
+                        "skipped: a socket (sockets hold no data; the program listening on it creates it again)"
+                    ),
+                );
+                Ok(None)
+            }
+            other => {
+                self.not_archived(rel, format_args!("unknown file type {:o}", other >> 12));
+                Ok(None)
+            }
         }
     }
 
-    fn directory(
+    fn symlink(
         &mut self,
-        abs: &mut PathBuf,
-        rel: &mut Vec<u8>,
-        md: &Metadata,
+        dir: RawFd,
+        name: &CStr,
+        rel: &[u8],
+        st: &Stat,
+        target: &mut Vec<u8>,
     ) -> Result<(), ArchiveError> {
-        let c = cstring(abs.as_os_str().as_bytes());
+        match read_link_at(dir, name, target) {
+            Ok(()) => {}
+            Err(e) if is_enoent(&e) => {
+                self.vanished(rel);
+                return Ok(());
+            }
+            Err(e) => {
+                self.not_archived(rel, format_args!("cannot read symlink: {e}"));
+                return Ok(());
+            }
+        }
+        if self.hardlink(rel, st)? {
+            return Ok(());
+        }
+        self.pax.clear();
+        self.header_simple(
+            rel,
+            b'2',
+            st,
+            0,
+            target,
+            (0, 0),
+            XattrSrc::At(dir, name, rel),
+            rel,
+        )?;
+        self.report.counts.symlinks += 1;
+        self.report.counts.entries += 1;
+        self.remember_link(rel, st);
+        Ok(())
+    }
+
+    /// The header of a directory (`rel` + `/`).
+    fn dir_header(
+        &mut self,
+        rel: &mut Vec<u8>,
+        st: &Stat,
+        xattrs: XattrSrc<'_>,
+    ) -> Result<(), ArchiveError> {
         let rel_len = rel.len();
         rel.push(b'/');
         self.pax.clear();
-        let r = self.header_simple(
-            rel,
-            b'5',
-            md,
-            0,
-            b"",
-            (0, 0),
-            XattrSrc::Path(c.as_deref()),
-            rel,
-        );
+        let r = self.header_simple(rel, b'5', st, 0, b"", (0, 0), xattrs, rel);
         rel.truncate(rel_len);
         r?;
         self.report.counts.dirs += 1;
         self.report.counts.entries += 1;
+        Ok(())
+    }
+
+    /// Write the entry of the open directory `fd` and list it; returns its level when it has entries.
+    fn directory(&mut self, fd: OwnedFd, rel: &mut Vec<u8>) -> Result<Option<Level>, ArchiveError> {
+        let st = match Stat::of_fd(fd.as_raw_fd()) {
+            Ok(st) => st,
+            Err(e) => {
+                self.not_archived(rel, format_args!("cannot stat: {e}"));
+                return Ok(None);
+            }
+        };
+        self.dir_header(rel, &st, XattrSrc::Fd(fd.as_raw_fd()))?;
         // The directory entry is already written: if its contents cannot be listed, the archive still holds the
-        // (empty) directory with its metadata, and the warning says what is missing.
-        let children = match read_sorted(abs) {
+        // (empty) directory with its metadata, and the report says what is missing.
+        let children = match read_sorted(fd.as_raw_fd()) {
             Ok(c) => c,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            Err(e) if is_enoent(&e) => {
                 self.warn(
                     rel,
                     format_args!("contents skipped: directory vanished during backup"),
                 );
-                return Ok(());
+                return Ok(None);
             }
             Err(e) => {
-                self.warn(
+                rel.push(b'/');
+                self.not_archived(
                     rel,
-                    format_args!("contents skipped: cannot list directory: {e}"),
+                    format_args!("contents not archived: cannot list directory: {e}"),
                 );
-                return Ok(());
+                rel.pop();
+                return Ok(None);
             }
         };
-        self.walk_entries(abs, rel, children)
+        if children.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Level {
+            fd: Some(fd),
+            dev: st.dev(),
+            ino: st.ino(),
+            name: CString::default(),
+            children,
+            next: 0,
+            rel_len: 0,
+        }))
     }
 
     /// If this inode was archived before under another name, write a hardlink entry and return true.
-    fn hardlink(&mut self, rel: &[u8], md: &Metadata) -> Result<bool, ArchiveError> {
-        if md.nlink() < 2 || md.is_dir() {
+    fn hardlink(&mut self, rel: &[u8], st: &Stat) -> Result<bool, ArchiveError> {
+        if st.nlink() < 2 || st.is_dir() {
             return Ok(false);
         }
-        let Some(target) = self.links.get(&(md.dev(), md.ino())) else {
+        let Some(target) = self.links.get(&(st.dev(), st.ino())) else {
             return Ok(false);
         };
         let target = target.clone();
         self.pax.clear();
-        self.header_simple(rel, b'1', md, 0, &target, (0, 0), XattrSrc::None, rel)?;
+        self.header_simple(rel, b'1', st, 0, &target, (0, 0), XattrSrc::None, rel)?;
         self.report.counts.hardlinks += 1;
         self.report.counts.entries += 1;
         Ok(true)
     }
 
-    fn remember_link(&mut self, rel: &[u8], md: &Metadata) {
-        if md.nlink() > 1 && !md.is_dir() {
+    fn remember_link(&mut self, rel: &[u8], st: &Stat) {
+        if st.nlink() > 1 && !st.is_dir() {
             self.links
-                .entry((md.dev(), md.ino()))
+                .entry((st.dev(), st.ino()))
                 .or_insert_with(|| rel.to_vec());
         }
     }
 
     fn regular(
         &mut self,
-        abs: &Path,
+        dir: RawFd,
+        name: &CStr,
         rel: &[u8],
         f: &File,
-        md: &Metadata,
+        st: &Stat,
     ) -> Result<(), ArchiveError> {
-        if self.hardlink(rel, md)? {
+        if self.hardlink(rel, st)? {
             return Ok(());
         }
-        let size = md.size();
+        let size = st.size();
         // Cheap test first: only a file with fewer allocated bytes than its size can have holes.
-        let regions = if md.blocks().saturating_mul(512) < size {
+        let regions = if st.blocks().saturating_mul(512) < size {
             data_regions(f, size)
         } else {
             None
@@ -555,36 +999,37 @@ impl<'o, 'p, W: Write> Packer<'o, 'p, W> {
                 self.header_simple(
                     rel,
                     b'0',
-                    md,
+                    st,
                     size,
                     b"",
                     (0, 0),
                     XattrSrc::Fd(f.as_raw_fd()),
                     rel,
                 )?;
-                after_header_hook(abs);
+                after_header_hook(dir, name);
                 let change = self.copy_range(f, 0, size, true)?;
                 self.pad(size)?;
                 self.report_change(rel, change, size);
             }
-            Some(regions) => self.sparse(abs, rel, f, md, &regions)?,
+            Some(regions) => self.sparse(dir, name, rel, f, st, &regions)?,
         }
         self.report.counts.files += 1;
         self.report.counts.entries += 1;
         self.report.counts.bytes += size;
-        self.remember_link(rel, md);
+        self.remember_link(rel, st);
         Ok(())
     }
 
     fn sparse(
         &mut self,
-        abs: &Path,
+        dir: RawFd,
+        name: &CStr,
         rel: &[u8],
         f: &File,
-        md: &Metadata,
+        st: &Stat,
         regions: &[(u64, u64)],
     ) -> Result<(), ArchiveError> {
-        let size = md.size();
+        let size = st.size();
         // The map, as GNU tar writes it for format 1.0.
         self.map.clear();
         let ends_in_hole = regions.last().is_none_or(|&(o, l)| o + l < size);
@@ -611,14 +1056,14 @@ impl<'o, 'p, W: Write> Packer<'o, 'p, W> {
         self.header_simple(
             &fake,
             b'0',
-            md,
+            st,
             stored,
             b"",
             (0, 0),
             XattrSrc::Fd(f.as_raw_fd()),
             rel,
         )?;
-        after_header_hook(abs);
+        after_header_hook(dir, name);
 
         let map = std::mem::take(&mut self.map);
         let r = self.sink(&map);
@@ -628,13 +1073,19 @@ impl<'o, 'p, W: Write> Packer<'o, 'p, W> {
         for &(o, l) in regions {
             match self.copy_range(f, o, l, false)? {
                 Change::Same => {}
-                c => worst = c,
+                // A read error outranks a size change: it is what makes the entry incomplete.
+                c @ Change::ReadError(..) => worst = c,
+                c => {
+                    if !matches!(worst, Change::ReadError(..)) {
+                        worst = c
+                    }
+                }
             }
         }
         self.pad(stored)?;
         if matches!(worst, Change::Same) {
             // The regions were taken at one moment; a size change since then is still worth a warning.
-            if let Ok(now) = f.metadata() {
+            if let Ok(now) = Stat::of_fd(f.as_raw_fd()) {
                 if now.size() > size {
                     worst = Change::Grew;
                 } else if now.size() < size {
@@ -657,9 +1108,11 @@ impl<'o, 'p, W: Write> Packer<'o, 'p, W> {
                 rel,
                 format_args!("file shrank while being read; padded with zeros to {size} bytes"),
             ),
-            Change::ReadError(e) => self.warn(
+            Change::ReadError(e, at) => self.not_archived(
                 rel,
-                format_args!("read error ({e}); the rest of the file is archived as zeros"),
+                format_args!(
+                    "read error at byte {at} ({e}); the rest of the file is archived as zeros"
+                ),
             ),
         }
     }
@@ -687,7 +1140,7 @@ impl<'o, 'p, W: Write> Packer<'o, 'p, W> {
             } else {
                 remaining.min(self.buf.len() as u64) as usize
             };
-            match f.read_at(&mut self.buf[..want], start + done) {
+            match read_at(f, &mut self.buf[..want], start + done) {
                 Ok(0) => {
                     change = Change::Shrank;
                     break;
@@ -705,7 +1158,7 @@ impl<'o, 'p, W: Write> Packer<'o, 'p, W> {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    change = Change::ReadError(e);
+                    change = Change::ReadError(e, start + done);
                     break;
                 }
             }
@@ -736,7 +1189,7 @@ impl<'o, 'p, W: Write> Packer<'o, 'p, W> {
 
     /// Write the PAX extended header (records already in `self.pax` plus the ones this entry needs) and the
     /// ustar header. `name` goes in the header (PAX `path` when longer than 100 bytes); `log_name` names the
-    /// entry in warnings.
+    /// entry in the report.
     #[allow(clippy::too_many_arguments)]
     fn header_simple(
         &mut self,
@@ -800,11 +1253,23 @@ impl<'o, 'p, W: Write> Packer<'o, 'p, W> {
         put_num(&mut h[329..337], rdev.0);
         put_num(&mut h[337..345], rdev.1);
 
+        let before_xattrs = self.pax.len();
         if let Err(e) = self.collect_xattrs(xattrs) {
             let e = e.to_string();
-            self.warn(
+            self.not_archived(
                 log_name,
                 format_args!("extended attributes not archived: {e}"),
+            );
+        }
+        if self.pax.len() as u64 > MAX_META_HEADER {
+            // `voltar restore` (rightly) refuses a PAX header this big: keep the entry, without its xattrs.
+            let n = self.pax.len() - before_xattrs;
+            self.pax.truncate(before_xattrs);
+            self.not_archived(
+                log_name,
+                format_args!(
+                    "extended attributes not archived: {n} bytes of them, more than an archive header may hold"
+                ),
             );
         }
 
@@ -834,17 +1299,40 @@ impl<'o, 'p, W: Write> Packer<'o, 'p, W> {
         self.sink(&h)
     }
 
+    /// A path naming `name` in `dir` for the `l*xattr` calls: `/proc/self/fd/<dir>/<name>` (short whatever the
+    /// depth), or, without `/proc`, the root joined with the relative path.
+    fn xattr_path(&self, dir: RawFd, name: &CStr, rel: &[u8]) -> Option<CString> {
+        let mut p = Vec::with_capacity(32 + name.to_bytes().len());
+        if self.proc_fd {
+            let _ = write!(p, "/proc/self/fd/{dir}/");
+            p.extend_from_slice(name.to_bytes());
+        } else {
+            p.extend_from_slice(self.root.as_os_str().as_bytes());
+            p.push(b'/');
+            p.extend_from_slice(rel);
+        }
+        CString::new(p).ok()
+    }
+
     /// Append `SCHILY.xattr.*` records for every extended attribute of the source to `self.pax`.
     fn collect_xattrs(&mut self, src: XattrSrc<'_>) -> io::Result<()> {
-        if matches!(src, XattrSrc::None | XattrSrc::Path(None)) {
-            return Ok(());
-        }
+        let path;
+        let at = match src {
+            XattrSrc::None => return Ok(()),
+            XattrSrc::Fd(fd) => XattrAt::Fd(fd),
+            XattrSrc::At(dir, name, rel) => match self.xattr_path(dir, name, rel) {
+                Some(p) => {
+                    path = p;
+                    XattrAt::Path(&path)
+                }
+                None => return Ok(()),
+            },
+        };
         // SAFETY (closure): the buffer has `cap` writable bytes; the call writes at most that many.
         let listed = fill_growing(&mut self.xattr_names, 1024, |buf, cap| unsafe {
-            match src {
-                XattrSrc::Fd(fd) => libc::flistxattr(fd, buf.cast(), cap),
-                XattrSrc::Path(Some(p)) => libc::llistxattr(p.as_ptr(), buf.cast(), cap),
-                _ => unreachable!("handled above"),
+            match at {
+                XattrAt::Fd(fd) => libc::flistxattr(fd, buf.cast(), cap),
+                XattrAt::Path(p) => libc::llistxattr(p.as_ptr(), buf.cast(), cap),
             }
         });
         match listed {
@@ -860,7 +1348,7 @@ impl<'o, 'p, W: Write> Packer<'o, 'p, W> {
         let names = std::mem::take(&mut self.xattr_names);
         let mut result = Ok(());
         for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
-            match self.read_xattr(src, name) {
+            match self.read_xattr(at, name) {
                 Ok(true) => {
                     let mut key = Vec::with_capacity(13 + name.len());
                     key.extend_from_slice(b"SCHILY.xattr.");
@@ -885,26 +1373,22 @@ impl<'o, 'p, W: Write> Packer<'o, 'p, W> {
     }
 
     /// Read one attribute value into `self.xattr_value`; false when it no longer exists.
-    fn read_xattr(&mut self, src: XattrSrc<'_>, name: &[u8]) -> io::Result<bool> {
+    fn read_xattr(&mut self, at: XattrAt<'_>, name: &[u8]) -> io::Result<bool> {
         let Ok(cname) = CString::new(name) else {
             return Ok(false);
         };
-        if matches!(src, XattrSrc::None | XattrSrc::Path(None)) {
-            return Ok(false);
-        }
         // SAFETY (closure): the buffer has `cap` writable bytes; the call writes at most that many.
         let read = fill_growing(&mut self.xattr_value, 256, |buf, cap| unsafe {
-            match src {
-                XattrSrc::Fd(fd) => libc::fgetxattr(fd, cname.as_ptr(), buf.cast(), cap),
-                XattrSrc::Path(Some(p)) => {
-                    libc::lgetxattr(p.as_ptr(), cname.as_ptr(), buf.cast(), cap)
-                }
-                _ => unreachable!("handled above"),
+            match at {
+                XattrAt::Fd(fd) => libc::fgetxattr(fd, cname.as_ptr(), buf.cast(), cap),
+                XattrAt::Path(p) => libc::lgetxattr(p.as_ptr(), cname.as_ptr(), buf.cast(), cap),
             }
         });
         match read {
             Ok(()) => Ok(true),
-            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => Ok(false),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENODATA) | Some(libc::ENOENT)) => {
+                Ok(false)
+            }
             Err(e) => Err(e),
         }
     }
@@ -948,38 +1432,51 @@ trait HeaderStat {
     fn mtime_nsec(&self) -> i64;
 }
 
-impl HeaderStat for Metadata {
+impl HeaderStat for Stat {
     fn mode(&self) -> u32 {
-        MetadataExt::mode(self)
+        self.0.st_mode
     }
     fn uid(&self) -> u32 {
-        MetadataExt::uid(self)
+        self.0.st_uid
     }
     fn gid(&self) -> u32 {
-        MetadataExt::gid(self)
+        self.0.st_gid
     }
     fn mtime(&self) -> i64 {
-        MetadataExt::mtime(self)
+        self.0.st_mtime
     }
     fn mtime_nsec(&self) -> i64 {
-        MetadataExt::mtime_nsec(self)
+        self.0.st_mtime_nsec
     }
 }
 
-/// Open a regular file for reading without following a symlink, without blocking on a FIFO that replaced it,
-/// and without touching its atime where the kernel allows (O_NOATIME needs ownership or CAP_FOWNER).
-fn open_regular(p: &Path) -> io::Result<File> {
-    let base = libc::O_NOFOLLOW | libc::O_NONBLOCK;
-    match OpenOptions::new()
-        .read(true)
-        .custom_flags(base | libc::O_NOATIME)
-        .open(p)
-    {
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
-            OpenOptions::new().read(true).custom_flags(base).open(p)
-        }
-        r => r,
+/// [`MAX_PATH_LEN`] (tests lower it: a real 480 KiB path makes an archive of hundreds of MiB of headers).
+#[cfg(not(test))]
+#[inline(always)]
+fn max_path_len() -> usize {
+    MAX_PATH_LEN
+}
+
+#[cfg(test)]
+fn max_path_len() -> usize {
+    hooks::MAX_PATH_LEN.with(|c| c.get())
+}
+
+const _: () = assert!(2 * MAX_PATH_LEN + (64 << 10) <= MAX_META_HEADER as usize);
+
+/// `pread` (with a test seam that injects a read error).
+#[cfg(not(test))]
+#[inline(always)]
+fn read_at(f: &File, buf: &mut [u8], at: u64) -> io::Result<usize> {
+    f.read_at(buf, at)
+}
+
+#[cfg(test)]
+fn read_at(f: &File, buf: &mut [u8], at: u64) -> io::Result<usize> {
+    if hooks::FAIL_NEXT_READ.with(|c| c.replace(false)) {
+        return Err(io::Error::from_raw_os_error(libc::EIO));
     }
+    f.read_at(buf, at)
 }
 
 /// The data regions of a file with holes, or None when it has no hole (or the filesystem cannot tell).
@@ -1104,22 +1601,28 @@ fn decimal_digits(mut n: usize) -> usize {
 
 #[cfg(not(test))]
 #[inline(always)]
-fn after_header_hook(_: &Path) {}
+fn after_header_hook(_: RawFd, _: &CStr) {}
 
 #[cfg(test)]
-fn after_header_hook(p: &Path) {
-    hooks::after_header(p)
+fn after_header_hook(dir: RawFd, name: &CStr) {
+    // Tests see the file as a path they can open, however deep it is.
+    let mut p = PathBuf::from(format!("/proc/self/fd/{dir}"));
+    p.push(std::ffi::OsStr::from_bytes(name.to_bytes()));
+    hooks::after_header(&p)
 }
 
 #[cfg(test)]
 mod hooks {
-    //! A deterministic way to change a file between writing its header and reading it.
-    use std::cell::RefCell;
+    //! Deterministic ways to change a file between writing its header and reading it, or to fail its next read.
+    use std::cell::{Cell, RefCell};
     use std::path::Path;
 
     type Hook = Box<dyn FnMut(&Path)>;
     thread_local! {
         pub static AFTER_HEADER: RefCell<Option<Hook>> = const { RefCell::new(None) };
+        /// The next content read fails with EIO (then reads work again).
+        pub static FAIL_NEXT_READ: Cell<bool> = const { Cell::new(false) };
+        pub static MAX_PATH_LEN: Cell<usize> = const { Cell::new(super::MAX_PATH_LEN) };
     }
 
     pub fn after_header(p: &Path) {
@@ -1134,6 +1637,7 @@ mod hooks {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::{self, OpenOptions};
     use std::io::Read;
 
     fn pack_vec(root: &Path) -> (PackReport, Vec<u8>) {
@@ -1402,6 +1906,190 @@ mod tests {
             rep.warnings
         );
         assert_eq!(rep.counts.files, 2);
+        assert!(rep.is_complete(), "a vanished file is not a gap: {rep:?}");
+    }
+
+    #[test]
+    fn read_error_is_not_archived_and_the_archive_stays_aligned() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("a-bad"), vec![7u8; 3 * READ_BUF_SIZE]).unwrap();
+        fs::write(d.path().join("b-good"), b"after").unwrap();
+        let (rep, tar) = with_hook(
+            |p| {
+                if p.ends_with("a-bad") {
+                    hooks::FAIL_NEXT_READ.with(|c| c.set(true));
+                }
+            },
+            || pack_vec(d.path()),
+        );
+        assert!(!rep.is_complete());
+        assert_eq!(rep.not_archived_count, 1);
+        assert!(
+            rep.not_archived[0].starts_with("a-bad: read error at byte 0 ("),
+            "{:?}",
+            rep.not_archived
+        );
+        assert!(rep.warnings.is_empty(), "{:?}", rep.warnings);
+        let e = entries(&tar);
+        let bad = e.iter().find(|e| e.0 == b"a-bad").expect("entry a-bad");
+        assert_eq!(bad.1, 3 * READ_BUF_SIZE as u64, "the header's size is kept");
+        assert!(bad.2.iter().all(|&b| b == 0), "the unread rest is zeros");
+        assert_eq!(e.iter().find(|e| e.0 == b"b-good").unwrap().2, b"after");
+    }
+
+    /// mkdir + open, relative to a directory descriptor (paths here may exceed PATH_MAX).
+    fn mkdir_at(dir: RawFd, name: &str) -> OwnedFd {
+        let c = CString::new(name).unwrap();
+        // SAFETY: valid fd and C string.
+        cvt(unsafe { libc::mkdirat(dir, c.as_ptr(), 0o755) }).unwrap();
+        open_dir_at(dir, &c).unwrap()
+    }
+
+    fn write_at(dir: RawFd, name: &str, data: &[u8]) {
+        let c = CString::new(name).unwrap();
+        // SAFETY: valid fd and C string; the fd is owned by the File.
+        let fd = cvt(unsafe {
+            libc::openat(
+                dir,
+                c.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
+                0o644,
+            )
+        })
+        .unwrap();
+        let mut f = unsafe { File::from_raw_fd(fd) };
+        f.write_all(data).unwrap();
+    }
+
+    /// `root/d/d/…/d` (`depth` levels), each level also holding a file `z` (after `d` in name order) whose
+    /// content is its depth; the deepest holds `f`. Returns the entry names expected for the `z` files.
+    fn chain(root: &Path, depth: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut cur = open_root(root).unwrap();
+        let mut rel = Vec::new();
+        let mut zs = Vec::new();
+        for level in 0..depth {
+            write_at(cur.as_raw_fd(), "z", level.to_string().as_bytes());
+            let mut z = rel.clone();
+            z.extend_from_slice(b"z");
+            zs.push((z, level.to_string().into_bytes()));
+            cur = mkdir_at(cur.as_raw_fd(), "d");
+            rel.extend_from_slice(b"d/");
+        }
+        write_at(cur.as_raw_fd(), "f", b"bottom");
+        zs
+    }
+
+    /// Descriptors this process has open on something under `root`.
+    fn fds_under(root: &Path) -> usize {
+        fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .flatten()
+            .filter(|e| fs::read_link(e.path()).is_ok_and(|t| t.starts_with(root)))
+            .count()
+    }
+
+    #[test]
+    fn deep_tree_keeps_dir_fds_bounded_and_reopens_on_the_way_up() {
+        let d = tempfile::tempdir().unwrap();
+        let depth = 3 * MAX_OPEN_DIRS;
+        let zs = chain(d.path(), depth);
+        let root = d.path().to_path_buf();
+        let at_bottom = std::rc::Rc::new(std::cell::Cell::new(None));
+        let seen = at_bottom.clone();
+        let (rep, tar) = with_hook(
+            move |p| {
+                if p.ends_with("f") {
+                    seen.set(Some(fds_under(&root)));
+                }
+            },
+            || pack_vec(d.path()),
+        );
+        // At the deepest file: the window of directories plus the file itself, not one per level.
+        assert_eq!(at_bottom.get(), Some(MAX_OPEN_DIRS + 1));
+        assert!(rep.is_complete() && rep.warnings.is_empty(), "{rep:?}");
+        let e = entries(&tar);
+        // Every `z` was read after coming back up through levels whose descriptors had been closed.
+        for (name, content) in &zs {
+            let z = e
+                .iter()
+                .find(|e| &e.0 == name)
+                .expect("every z is archived");
+            assert_eq!(&z.2, content);
+        }
+        assert_eq!(rep.counts.dirs, depth as u64 + 1);
+        assert_eq!(rep.counts.files, depth as u64 + 1);
+    }
+
+    #[test]
+    fn deep_directories_moved_during_the_walk_are_followed_or_skipped_with_warnings() {
+        let d = tempfile::tempdir().unwrap();
+        let depth = 3 * MAX_OPEN_DIRS;
+        let zs = chain(d.path(), depth);
+        let (renamed, moved) = (10, MAX_OPEN_DIRS / 2 + 1);
+        let root = d.path().to_path_buf();
+        // While the deepest file is read (the levels between the root and the open window are closed): the
+        // subtree from level `moved` goes to the root, and level `renamed` gets another name.
+        let (rep, tar) = with_hook(
+            move |p| {
+                if p.ends_with("f") {
+                    fs::rename(root.join("d/".repeat(moved)), root.join("elsewhere")).unwrap();
+                    let r = root.join("d/".repeat(renamed));
+                    fs::rename(&r, r.with_file_name("e")).unwrap();
+                }
+            },
+            || pack_vec(d.path()),
+        );
+        assert!(rep.is_complete(), "moved entries are not gaps: {rep:?}");
+        let e = entries(&tar);
+        let archived = |i: usize| e.iter().any(|e| e.0 == zs[i].0 && e.2 == zs[i].1);
+        // The moved subtree was followed through `..` of the open directories.
+        assert!((moved..depth).all(archived));
+        // Level `moved - 1` could not be reached through `..` (that is the root now) nor by name (level
+        // `renamed` is not called `d` any more), and so on up to `renamed`: skipped, each with a warning.
+        assert!(!(renamed..moved).any(archived));
+        let skipped = rep
+            .warnings
+            .iter()
+            .filter(|w| {
+                w.contains("rest of the directory skipped (1 entry): it was moved or removed")
+            })
+            .count();
+        assert_eq!(skipped, moved - renamed, "{:?}", rep.warnings);
+        assert_eq!(rep.warnings.len(), moved - renamed, "{:?}", rep.warnings);
+        // Level `renamed - 1` was re-opened by name from the root, and everything above it.
+        assert!((0..renamed).all(archived));
+    }
+
+    #[test]
+    fn a_path_longer_than_an_archive_entry_may_have_is_not_archived() {
+        let d = tempfile::tempdir().unwrap();
+        let mut cur = open_root(d.path()).unwrap();
+        let name = "n".repeat(200);
+        for _ in 0..8 {
+            cur = mkdir_at(cur.as_raw_fd(), &name);
+        }
+        write_at(cur.as_raw_fd(), "f", b"deep");
+        fs::write(d.path().join("z"), b"after").unwrap();
+        // 5 levels fit (1,004 bytes), the 6th does not.
+        hooks::MAX_PATH_LEN.with(|c| c.set(1100));
+        let (rep, tar) = pack_vec(d.path());
+        hooks::MAX_PATH_LEN.with(|c| c.set(MAX_PATH_LEN));
+        assert_eq!(rep.not_archived_count, 1, "{:?}", rep.not_archived);
+        let line = &rep.not_archived[0];
+        assert!(
+            line.ends_with(
+                "not archived, nor anything below it: its path is 1205 bytes, more than the 1100 an \
+                 archive entry may have"
+            ),
+            "{line}"
+        );
+        assert!(
+            line.len() < 500,
+            "the name is shortened in the report: {line}"
+        );
+        let e = entries(&tar);
+        assert_eq!(rep.counts.dirs, 6);
+        assert_eq!(e.iter().find(|e| e.0 == b"z").unwrap().2, b"after");
     }
 
     #[test]

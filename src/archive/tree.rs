@@ -6,7 +6,8 @@
 //! the diff.
 //!
 //! Design notes:
-//! * Symlinks are never followed (`lstat`, `llistxattr`, `O_NOFOLLOW`).
+//! * Symlinks are never followed (`fstatat(AT_SYMLINK_NOFOLLOW)`, `llistxattr`, `O_NOFOLLOW`); every call is
+//!   relative to a directory descriptor, so paths longer than `PATH_MAX` are snapshotted too.
 //! * Keys are paths relative to the root, as raw bytes (`PathBuf` may hold non-UTF-8); the root itself is `.`.
 //! * Hardlink groups are described by the smallest relative path of the inode's links *inside the tree*, and
 //!   only when at least two links are inside: a file that also has a link elsewhere compares equal to a
@@ -17,13 +18,17 @@
 //! * Directory sizes and allocated blocks of non-files depend on the filesystem and are not compared.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{self, File, OpenOptions};
+use std::ffi::{CStr, CString, OsStr};
+use std::fs::File;
 use std::io::{self, Read};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
+
+use super::pack;
 
 /// File type of a [`Node`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -105,90 +110,125 @@ pub fn snapshot(root: &Path) -> io::Result<Snapshot> {
     snapshot_with(root, &SnapshotOptions::default())
 }
 
+/// Directory descriptors [`snapshot_with`] keeps open at most; deeper directories are re-opened by name.
+const MAX_OPEN_DIRS: usize = 64;
+
+/// One directory on the current path of the walk.
+struct Dir {
+    /// None while closed (too deep); re-opened by name from the nearest open ancestor.
+    fd: Option<OwnedFd>,
+    name: CString,
+    rel: PathBuf,
+    names: Vec<(CString, u8)>,
+    next: usize,
+}
+
 /// [`snapshot`] with options.
+///
+/// Every call gets one path component, relative to a directory descriptor, and never follows a symlink
+/// (`fstatat(AT_SYMLINK_NOFOLLOW)`, `openat(O_NOFOLLOW)`, `readlinkat`, `l*xattr` through
+/// `/proc/self/fd/<dir>/<name>`), so trees deeper than `PATH_MAX` are snapshotted like any other; at most
+/// `MAX_OPEN_DIRS` (64) directories are open at a time.
 pub fn snapshot_with(root: &Path, opts: &SnapshotOptions) -> io::Result<Snapshot> {
     let mut out = Snapshot::new();
     let mut links: HashMap<(u64, u64), Vec<PathBuf>> = HashMap::new();
     let mut buf = vec![0u8; 1 << 20];
-    let mut stack = vec![PathBuf::from(".")];
-    while let Some(rel) = stack.pop() {
-        let abs = if rel == Path::new(".") {
-            root.to_path_buf()
+    let mut link_buf = Vec::new();
+    let proc_fd = Path::new("/proc/self/fd").is_dir();
+
+    let root_fd = File::open(root).map_err(|e| ctx(root, e))?;
+    let md = root_fd.metadata().map_err(|e| ctx(root, e))?;
+    if !md.is_dir() {
+        return Err(ctx(root, io::Error::from_raw_os_error(libc::ENOTDIR)));
+    }
+    let st = fstat(root_fd.as_raw_fd()).map_err(|e| ctx(root, e))?;
+    let mut node = node_from(&st);
+    node.xattrs = read_xattrs(root).map_err(|e| ctx(root, e))?;
+    out.insert(PathBuf::from("."), node);
+    let root_fd = OwnedFd::from(root_fd);
+    let names = pack::read_sorted(root_fd.as_raw_fd()).map_err(|e| ctx(root, e))?;
+    let mut stack = vec![Dir {
+        fd: Some(root_fd),
+        name: CString::default(),
+        rel: PathBuf::new(),
+        names,
+        next: 0,
+    }];
+    let mut first_open = 1usize;
+
+    while let Some(top) = stack.last_mut() {
+        if top.next == top.names.len() {
+            if stack.pop().is_some_and(|d| d.fd.is_none()) {
+                first_open -= 1;
+            }
+            continue;
+        }
+        let (name, _) = std::mem::take(&mut top.names[top.next]);
+        top.next += 1;
+        let rel = top.rel.join(OsStr::from_bytes(name.to_bytes()));
+        let abs = root.join(&rel);
+        if top.fd.is_none() {
+            reopen(&mut stack).map_err(|e| ctx(&abs, e))?;
+            first_open -= 1;
+        }
+        let top = stack.last().expect("non-empty");
+        let dir = top.fd.as_ref().expect("open").as_raw_fd();
+
+        let st = fstatat(dir, &name).map_err(|e| ctx(&abs, e))?;
+        let mut node = node_from(&st);
+        let xpath = if proc_fd {
+            let mut p = PathBuf::from(format!("/proc/self/fd/{dir}"));
+            p.push(OsStr::from_bytes(name.to_bytes()));
+            p
         } else {
-            root.join(&rel)
+            abs.clone()
         };
-        let md = fs::symlink_metadata(&abs).map_err(|e| ctx(&abs, e))?;
-        let t = md.file_type();
-        let kind = if t.is_file() {
-            Kind::File
-        } else if t.is_dir() {
-            Kind::Dir
-        } else if t.is_symlink() {
-            Kind::Symlink
-        } else if t.is_fifo() {
-            Kind::Fifo
-        } else if t.is_char_device() {
-            Kind::Char
-        } else if t.is_block_device() {
-            Kind::Block
-        } else {
-            Kind::Socket
-        };
-        let mut node = Node {
-            kind,
-            mode: md.mode() & 0o7777,
-            uid: md.uid(),
-            gid: md.gid(),
-            mtime_ns: i128::from(md.mtime()) * 1_000_000_000 + i128::from(md.mtime_nsec()),
-            size: 0,
-            sha256: None,
-            link_target: None,
-            rdev: if matches!(kind, Kind::Char | Kind::Block) {
-                md.rdev()
-            } else {
-                0
-            },
-            xattrs: read_xattrs(&abs).map_err(|e| ctx(&abs, e))?,
-            hardlink_group: None,
-            blocks: if kind == Kind::File { md.blocks() } else { 0 },
-        };
-        match kind {
+        node.xattrs = read_xattrs(&xpath).map_err(|e| ctx(&abs, e))?;
+        let mut child = None;
+        match node.kind {
             Kind::File => {
-                node.size = md.size();
+                node.size = st.st_size as u64;
                 if opts.content {
-                    node.sha256 = Some(hash_file(&abs, &mut buf).map_err(|e| ctx(&abs, e))?);
+                    let f = open_at(dir, &name, libc::O_RDONLY | libc::O_NOFOLLOW)
+                        .map_err(|e| ctx(&abs, e))?;
+                    node.sha256 =
+                        Some(hash_file(File::from(f), &mut buf).map_err(|e| ctx(&abs, e))?);
                 }
             }
             Kind::Symlink => {
-                let t = fs::read_link(&abs).map_err(|e| ctx(&abs, e))?;
-                let t = t.as_os_str().as_bytes().to_vec();
-                node.size = t.len() as u64;
-                node.link_target = Some(t);
+                pack::read_link_at(dir, &name, &mut link_buf).map_err(|e| ctx(&abs, e))?;
+                node.size = link_buf.len() as u64;
+                node.link_target = Some(link_buf.clone());
             }
             Kind::Dir => {
-                let mut names = Vec::new();
-                for e in fs::read_dir(&abs).map_err(|e| ctx(&abs, e))? {
-                    names.push(e.map_err(|e| ctx(&abs, e))?.file_name());
-                }
-                // Reverse order on the stack so children pop in name order (only cosmetic: the map sorts).
-                names.sort();
-                for n in names.into_iter().rev() {
-                    stack.push(if rel == Path::new(".") {
-                        PathBuf::from(n)
-                    } else {
-                        rel.join(n)
+                let fd = pack::open_dir_at(dir, &name).map_err(|e| ctx(&abs, e))?;
+                let names = pack::read_sorted(fd.as_raw_fd()).map_err(|e| ctx(&abs, e))?;
+                if !names.is_empty() {
+                    child = Some(Dir {
+                        fd: Some(fd),
+                        name: name.clone(),
+                        rel: rel.clone(),
+                        names,
+                        next: 0,
                     });
                 }
             }
             _ => {}
         }
-        if kind != Kind::Dir && md.nlink() > 1 {
+        if node.kind != Kind::Dir && st.st_nlink > 1 {
             links
-                .entry((md.dev(), md.ino()))
+                .entry((st.st_dev, st.st_ino))
                 .or_default()
                 .push(rel.clone());
         }
         out.insert(rel, node);
+        if let Some(child) = child {
+            if stack.len() - first_open + 1 >= MAX_OPEN_DIRS {
+                stack[first_open].fd = None;
+                first_open += 1;
+            }
+            stack.push(child);
+        }
     }
     for paths in links.into_values() {
         if paths.len() < 2 {
@@ -204,11 +244,87 @@ pub fn snapshot_with(root: &Path, opts: &SnapshotOptions) -> io::Result<Snapshot
     Ok(out)
 }
 
-fn hash_file(p: &Path, buf: &mut [u8]) -> io::Result<[u8; 32]> {
-    let mut f: File = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(p)?;
+/// Open the last directory of `stack` (closed while deeper ones were walked) by name from the nearest open
+/// ancestor, never following a symlink.
+fn reopen(stack: &mut [Dir]) -> io::Result<()> {
+    let idx = stack.len() - 1;
+    let from = (0..idx)
+        .rev()
+        .find(|&i| stack[i].fd.is_some())
+        .expect("the root stays open");
+    let mut cur = stack[from].fd.as_ref().expect("open").try_clone()?;
+    for d in &stack[from + 1..=idx] {
+        cur = pack::open_dir_at(cur.as_raw_fd(), &d.name)?;
+    }
+    stack[idx].fd = Some(cur);
+    Ok(())
+}
+
+fn node_from(st: &libc::stat) -> Node {
+    let kind = match st.st_mode & libc::S_IFMT {
+        libc::S_IFREG => Kind::File,
+        libc::S_IFDIR => Kind::Dir,
+        libc::S_IFLNK => Kind::Symlink,
+        libc::S_IFIFO => Kind::Fifo,
+        libc::S_IFCHR => Kind::Char,
+        libc::S_IFBLK => Kind::Block,
+        _ => Kind::Socket,
+    };
+    Node {
+        kind,
+        mode: st.st_mode & 0o7777,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        mtime_ns: i128::from(st.st_mtime) * 1_000_000_000 + i128::from(st.st_mtime_nsec),
+        size: 0,
+        sha256: None,
+        link_target: None,
+        rdev: if matches!(kind, Kind::Char | Kind::Block) {
+            st.st_rdev
+        } else {
+            0
+        },
+        xattrs: BTreeMap::new(),
+        hardlink_group: None,
+        blocks: if kind == Kind::File {
+            st.st_blocks as u64
+        } else {
+            0
+        },
+    }
+}
+
+fn fstat(fd: RawFd) -> io::Result<libc::stat> {
+    let mut st = MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: valid fd and out pointer.
+    pack::cvt(unsafe { libc::fstat(fd, st.as_mut_ptr()) })?;
+    // SAFETY: filled by fstat.
+    Ok(unsafe { st.assume_init() })
+}
+
+fn fstatat(dir: RawFd, name: &CStr) -> io::Result<libc::stat> {
+    let mut st = MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: valid fd, C string and out pointer.
+    pack::cvt(unsafe {
+        libc::fstatat(
+            dir,
+            name.as_ptr(),
+            st.as_mut_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    // SAFETY: filled by fstatat.
+    Ok(unsafe { st.assume_init() })
+}
+
+fn open_at(dir: RawFd, name: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: valid fd and C string; the fd is owned below.
+    let fd = pack::cvt(unsafe { libc::openat(dir, name.as_ptr(), flags | libc::O_CLOEXEC) })?;
+    // SAFETY: fresh fd.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn hash_file(mut f: File, buf: &mut [u8]) -> io::Result<[u8; 32]> {
     let mut h = Sha256::new();
     loop {
         let n = match f.read(buf) {
@@ -333,6 +449,7 @@ pub fn diff(a: &Snapshot, b: &Snapshot, opts: &DiffOptions) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
     use std::os::unix::fs::{symlink, PermissionsExt};
 
     fn opts() -> DiffOptions {
@@ -390,6 +507,30 @@ mod tests {
         assert_eq!(d34, vec!["sub/new: only in second tree".to_string()]);
         let d34 = diff(&s3, &s4, &opts());
         assert!(d34.iter().any(|l| l.starts_with("sub: mtime")), "{d34:?}");
+    }
+
+    #[test]
+    fn deeper_trees_than_the_open_directory_limit_are_snapshotted_whole() {
+        let d = tempfile::tempdir().unwrap();
+        let depth = 3 * MAX_OPEN_DIRS;
+        let mut p = d.path().to_path_buf();
+        for i in 0..depth {
+            fs::write(p.join("z"), i.to_string()).unwrap();
+            p.push("d");
+            fs::create_dir(&p).unwrap();
+        }
+        symlink("z", p.join("link")).unwrap();
+        let s = snapshot(d.path()).unwrap();
+        // root + depth dirs + depth files + the link
+        assert_eq!(s.len(), 1 + 2 * depth + 1);
+        let mut rel = PathBuf::new();
+        for i in 0..depth {
+            let z = &s[&rel.join("z")];
+            let want: [u8; 32] = Sha256::digest(i.to_string()).into();
+            assert_eq!(z.sha256, Some(want), "{}", rel.display());
+            rel.push("d");
+        }
+        assert_eq!(s[&rel.join("link")].link_target.as_deref(), Some(&b"z"[..]));
     }
 
     #[test]

@@ -85,9 +85,10 @@ pub const DEFAULT_MAX_ENTRY_SIZE: u64 = 16 << 40;
 pub const MAX_SPARSE_SEGMENTS: usize = 1 << 22;
 
 /// Largest data a metadata header (PAX `x`/`g`, GNU long name `L`/long link `K`) may declare: 1 MiB. What it
-/// holds is read into memory whole. Real ones are far smaller: a path is at most a few KiB (PATH_MAX is 4 KiB)
-/// and Linux limits an inode's xattrs to 64 KiB each (ext4: about 4 KiB in all), so even a PAX header carrying a
-/// long name, a link target, ACLs and every xattr of a file stays well below this.
+/// holds is read into memory whole. Real ones are far smaller: a path is rarely more than a few KiB (PATH_MAX is
+/// 4 KiB; `pack` stores deeper paths too, up to [`super::pack::MAX_PATH_LEN`], so that a path and a hardlink
+/// target that long still fit) and Linux limits an inode's xattrs to 64 KiB each (ext4: about 4 KiB in all), so
+/// even a PAX header carrying a long name, a link target, ACLs and every xattr of a file stays below this.
 pub const MAX_META_HEADER: u64 = 1 << 20;
 
 /// Copy buffer size; also the granularity at which cancellation is checked during large files.
@@ -1077,6 +1078,54 @@ fn chown_fd(fd: RawFd, uid: u64, gid: u64) -> io::Result<()> {
 fn chmod_fd(fd: RawFd, mode: u32) -> io::Result<()> {
     // SAFETY: valid fd.
     cvt(unsafe { libc::fchmod(fd, mode as libc::mode_t) }).map(|_| ())
+}
+
+/// Open the directory `rel` (relative, without `..`: `.` and empty components are dropped) below the trusted
+/// directory `base`, one component at a time with `O_NOFOLLOW`, as extraction walks: so it works at any depth
+/// (no call gets more than one component) and never passes through a symlink. With `create`, missing
+/// directories are made (0777 & ~umask, like GNU tar's implicit parents). Restore's `--path` swap uses it.
+pub fn open_dir_beneath(base: &Path, rel: &Path, create: bool) -> io::Result<OwnedFd> {
+    let mut cur = match open_root(base) {
+        Ok(fd) => fd,
+        Err(ArchiveError::Io { source, .. }) => return Err(source),
+        Err(e) => return Err(io::Error::other(e.to_string())),
+    };
+    for c in filter_components(rel) {
+        if c.as_bytes().contains(&0) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a NUL byte in a name",
+            ));
+        }
+        cur = match open_dir_at(cur.as_raw_fd(), &c) {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) && create => {
+                match mkdir_at(cur.as_raw_fd(), &c, 0o777) {
+                    Err(e) if e.raw_os_error() != Some(libc::EEXIST) => return Err(e),
+                    _ => {}
+                }
+                open_dir_at(cur.as_raw_fd(), &c)?
+            }
+            Err(e) => {
+                if let Ok(Some(libc::S_IFLNK)) = type_at(cur.as_raw_fd(), &c) {
+                    return Err(io::Error::other(format!(
+                        "`{}` is a symlink: refusing to go through it",
+                        c.to_string_lossy()
+                    )));
+                }
+                return Err(e);
+            }
+        };
+    }
+    Ok(cur)
+}
+
+/// Whether anything (a symlink included, never followed) is at `name` in the directory `dir`.
+pub fn exists_at(dir: RawFd, name: &OsStr) -> io::Result<bool> {
+    if name.as_bytes().contains(&0) {
+        return Ok(false);
+    }
+    type_at(dir, name).map(|t| t.is_some())
 }
 
 /// `/proc/self/fd/N/name`: reaches `name` inside the directory fd without resolving the parent path again; used

@@ -5,6 +5,7 @@
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{lchown, symlink, FileExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
@@ -18,6 +19,7 @@ use filetime::FileTime;
 use rand::{RngCore, SeedableRng};
 use voltar::archive::pack::{pack, PackOptions, PackReport};
 use voltar::archive::tree::{self, DiffOptions, Kind, Snapshot};
+use voltar::archive::unpack;
 use voltar::archive::ArchiveError;
 use voltar::catalog::Counts;
 
@@ -642,8 +644,11 @@ fn as_nobody<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     .unwrap()
 }
 
+/// Issue 8 / row 24: an entry that exists but cannot be read is never just a warning. Here the packer runs as
+/// nobody (root would bypass the permission bits): the unreadable file and the contents of the closed directory
+/// are reported as not archived, with the reason, and everything else is archived.
 #[test]
-fn unreadable_entries_are_skipped_with_a_warning_and_an_unreadable_root_fails() {
+fn issue8_unreadable_entries_are_reported_not_archived_and_an_unreadable_root_fails() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
     fs::create_dir(&src).unwrap();
@@ -660,26 +665,23 @@ fn unreadable_entries_are_skipped_with_a_warning_and_an_unreadable_root_fails() 
     let (rep, tar) = as_nobody(move || {
         pack(&root, Vec::new(), &PackOptions::default(), &mut |_| {}).expect("pack")
     });
-    assert!(
-        rep.warnings
-            .iter()
-            .any(|w| w.starts_with("b-secret: skipped: cannot open")),
-        "{:?}",
-        rep.warnings
+    assert!(!rep.is_complete());
+    assert_eq!(rep.not_archived_count, 2, "{:?}", rep.not_archived);
+    assert_eq!(
+        rep.not_archived,
+        vec![
+            "b-secret: cannot open: Permission denied (os error 13)".to_string(),
+            "c-closed/: contents not archived: cannot open directory: Permission denied (os error 13)"
+                .to_string(),
+        ]
     );
-    assert!(
-        rep.warnings
-            .iter()
-            .any(|w| w.starts_with("c-closed: contents skipped")),
-        "{:?}",
-        rep.warnings
-    );
-    assert_eq!(rep.warnings.len(), 2, "{:?}", rep.warnings);
+    assert!(rep.warnings.is_empty(), "{:?}", rep.warnings);
     let names: Vec<Vec<u8>> = tar::Archive::new(&tar[..])
         .entries()
         .unwrap()
         .map(|e| e.unwrap().path_bytes().into_owned())
         .collect();
+    // The closed directory itself (mode, owner, mtime) is archived; what it holds is not.
     let want: Vec<&[u8]> = vec![b"./", b"a-ok", b"c-closed/", b"d-ok"];
     assert_eq!(names, want);
 
@@ -689,6 +691,192 @@ fn unreadable_entries_are_skipped_with_a_warning_and_an_unreadable_root_fails() 
         pack(&root, Vec::new(), &PackOptions::default(), &mut |_| {}).map(|x| x.0)
     });
     assert!(matches!(r, Err(ArchiveError::Io { .. })), "{r:?}");
+}
+
+// -------------------------------------------------------------------------------------------------------------
+// Paths longer than PATH_MAX (issue 8): built, packed, listed and extracted with calls relative to directory
+// descriptors, as no path-based call can reach them.
+
+fn cstr(s: &[u8]) -> std::ffi::CString {
+    std::ffi::CString::new(s).unwrap()
+}
+
+fn check(r: libc::c_int, what: &str) {
+    assert!(r >= 0, "{what}: {}", io::Error::last_os_error());
+}
+
+fn open_dir(dir: RawFd, name: &[u8]) -> OwnedFd {
+    let c = cstr(name);
+    // SAFETY: valid fd and C string; the fd is owned below.
+    let fd = unsafe {
+        libc::openat(
+            dir,
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+        )
+    };
+    check(fd, "openat");
+    // SAFETY: fresh fd.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// `levels` nested directories of `name_len`-byte names under `root`; returns the deepest (open) and its
+/// relative path.
+fn deep_dirs(root: &Path, levels: usize, name_len: usize) -> (OwnedFd, Vec<u8>) {
+    let mut cur: OwnedFd = File::open(root).unwrap().into();
+    let mut rel = Vec::new();
+    for i in 0..levels {
+        let mut name = format!("{i:03}-").into_bytes();
+        name.resize(name_len, b'n');
+        let c = cstr(&name);
+        // SAFETY: valid fd and C string.
+        check(
+            unsafe { libc::mkdirat(cur.as_raw_fd(), c.as_ptr(), 0o750) },
+            "mkdirat",
+        );
+        cur = open_dir(cur.as_raw_fd(), &name);
+        rel.extend_from_slice(&name);
+        rel.push(b'/');
+    }
+    (cur, rel)
+}
+
+/// In the open directory `dir`: a file with random data and an xattr, a hardlink to it, a symlink with a long
+/// target, a FIFO and a subdirectory with an xattr, all with set mtimes.
+fn populate_deep(dir: RawFd, seed: u64) -> Vec<u8> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let data = random_bytes(&mut rng, 100_000);
+    let c = cstr(b"data.bin");
+    // SAFETY: valid fd and C string; the fd is owned by the File.
+    let fd = unsafe {
+        libc::openat(
+            dir,
+            c.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+            0o640,
+        )
+    };
+    check(fd, "create data.bin");
+    let mut f = unsafe { File::from_raw_fd(fd) };
+    f.write_all(&data).unwrap();
+    xattr::FileExt::set_xattr(&f, "user.deep", b"deep value").unwrap();
+    drop(f);
+    let h = cstr(b"hard");
+    // SAFETY: valid fds and C strings.
+    check(
+        unsafe { libc::linkat(dir, c.as_ptr(), dir, h.as_ptr(), 0) },
+        "linkat",
+    );
+    let target = cstr(&[b"t/".repeat(150), b"end".to_vec()].concat());
+    let l = cstr(b"link");
+    // SAFETY: valid fd and C strings.
+    check(
+        unsafe { libc::symlinkat(target.as_ptr(), dir, l.as_ptr()) },
+        "symlinkat",
+    );
+    let p = cstr(b"fifo");
+    // SAFETY: valid fd and C string.
+    check(
+        unsafe { libc::mkfifoat(dir, p.as_ptr(), 0o600) },
+        "mkfifoat",
+    );
+    let s = cstr(b"sub");
+    // SAFETY: valid fd and C string.
+    check(
+        unsafe { libc::mkdirat(dir, s.as_ptr(), 0o700) },
+        "mkdirat sub",
+    );
+    let sub = File::from(open_dir(dir, b"sub"));
+    xattr::FileExt::set_xattr(&sub, "user.sub", b"\x00\xff").unwrap();
+    let times = [
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        libc::timespec {
+            tv_sec: 1_600_000_000,
+            tv_nsec: 123_456_789,
+        },
+    ];
+    for n in [&c, &h, &l, &p] {
+        // SAFETY: valid fd, C string and a two-element array.
+        check(
+            unsafe { libc::utimensat(dir, n.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) },
+            "utimensat",
+        );
+    }
+    data
+}
+
+#[test]
+fn issue8_paths_longer_than_path_max_are_listed_by_gnu_tar_and_round_trip_through_voltar_unpack() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("shallow"), b"near the root").unwrap();
+    // 25 levels of 200-byte names: the deepest entries are over 5,000 bytes from the root.
+    let (deep, rel) = deep_dirs(&src, 25, 200);
+    assert!(rel.len() > 5000);
+    let data = populate_deep(deep.as_raw_fd(), 8);
+    drop(deep);
+
+    let archive = tmp.path().join("a.tar.zst");
+    let rep = pack_zst(&src, &archive);
+    assert!(rep.is_complete(), "{:?}", rep.not_archived);
+    assert!(rep.warnings.is_empty(), "{:?}", rep.warnings);
+    // root + 25 levels + sub; shallow + data.bin; link; hard; fifo.
+    assert_eq!(
+        rep.counts,
+        Counts {
+            entries: 32,
+            files: 2,
+            dirs: 27,
+            symlinks: 1,
+            hardlinks: 1,
+            other: 1,
+            bytes: 13 + data.len() as u64,
+        }
+    );
+    assert_eq!(recount_tar_crate(&archive), rep.counts);
+
+    // GNU tar lists the deep entries under their full names, the hardlink pointing at the full deep name.
+    let listing = gnu_list(&archive);
+    let deep_name = String::from_utf8([rel.clone(), b"data.bin".to_vec()].concat()).unwrap();
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.starts_with('-') && l.ends_with(&deep_name)),
+        "{deep_name} not listed"
+    );
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.starts_with('h') && l.ends_with(&format!("link to {deep_name}"))),
+        "hardlink not listed"
+    );
+
+    let a = tree::snapshot(&src).unwrap();
+    assert_eq!(a.len(), 32, "the snapshot reaches the deep entries too");
+    let deep_data = Path::new(std::str::from_utf8(&rel).unwrap()).join("data.bin");
+    assert_eq!(
+        a[&deep_data].xattrs.get(b"user.deep".as_slice()),
+        Some(&b"deep value".to_vec())
+    );
+
+    // GNU tar (1.34) cannot extract them: it passes the whole relative name to mkdir/open ("File name too
+    // long"). voltar's unpack walks with *at() calls like the packer.
+    let by_voltar = tmp.path().join("voltar");
+    fs::create_dir(&by_voltar).unwrap();
+    let dec = zstd::stream::read::Decoder::new(File::open(&archive).unwrap()).unwrap();
+    let urep = unpack::unpack(dec, &by_voltar, &unpack::UnpackOptions::default()).unwrap();
+    assert_eq!(urep.counts, rep.counts);
+    assert!(urep.warnings.is_empty(), "{:?}", urep.warnings);
+    let d = tree::diff(
+        &a,
+        &tree::snapshot(&by_voltar).unwrap(),
+        &DiffOptions::default(),
+    );
+    assert!(d.is_empty(), "after voltar unpack:\n{}", d.join("\n"));
 }
 
 /// A writer that fails after `ok` bytes.

@@ -9,7 +9,10 @@
 //! buffer is only 256 events: with parallel tests a `--since/--until` query could miss ours).
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
+use std::ffi::{CString, OsStr};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -1400,4 +1403,392 @@ fn issue2_quiet_is_silent_on_success_and_speaks_on_failure() {
         bad.stdout
     );
     assert!(bad.stdout.contains("NOT committed"), "{}", bad.stdout);
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// Issue 8, "Silent gaps" (row 24): every entry that existed is in the archive, at any path length; one that
+// cannot be read makes the source incomplete (exit 1), never a warning under "ok".
+
+/// `levels` nested directories of 200-byte names under `root`, made with calls relative to directory
+/// descriptors (the path grows past PATH_MAX, where path-based calls fail). Returns the deepest, open, and the
+/// relative path of the chain.
+fn deep_dirs(root: &Path, levels: usize) -> (OwnedFd, PathBuf) {
+    let mut cur: OwnedFd = std::fs::File::open(root).unwrap().into();
+    let mut rel = PathBuf::new();
+    for i in 0..levels {
+        let mut name = format!("level-{i:02}-").into_bytes();
+        name.resize(200, b'x');
+        let c = CString::new(name.clone()).unwrap();
+        // SAFETY: valid fd and C string.
+        assert_eq!(
+            unsafe { libc::mkdirat(cur.as_raw_fd(), c.as_ptr(), 0o755) },
+            0
+        );
+        cur = open_dir_at(cur.as_raw_fd(), OsStr::from_bytes(&name)).unwrap();
+        rel.push(OsStr::from_bytes(&name));
+    }
+    (cur, rel)
+}
+
+fn open_dir_at(dir: RawFd, name: &OsStr) -> std::io::Result<OwnedFd> {
+    let c = CString::new(name.as_bytes()).unwrap();
+    // SAFETY: valid fd and C string; the fd is owned below.
+    let fd = unsafe {
+        libc::openat(
+            dir,
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fresh fd.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Create (or replace) the file `name` in the open directory `dir`.
+fn write_at(dir: RawFd, name: &str, data: &[u8]) {
+    let c = CString::new(name).unwrap();
+    // SAFETY: valid fd and C string; the fd is owned by the File.
+    let fd = unsafe {
+        libc::openat(
+            dir,
+            c.as_ptr(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
+            0o640,
+        )
+    };
+    assert!(fd >= 0, "{}", std::io::Error::last_os_error());
+    let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
+    f.write_all(data).unwrap();
+}
+
+/// The content of the file at `rel` under `root`, reached one component at a time.
+fn read_deep(root: &Path, rel: &Path) -> std::io::Result<Vec<u8>> {
+    let mut cur: OwnedFd = std::fs::File::open(root)?.into();
+    let parent = rel.parent().unwrap();
+    for c in parent.components() {
+        cur = open_dir_at(cur.as_raw_fd(), c.as_os_str())?;
+    }
+    let c = CString::new(rel.file_name().unwrap().as_bytes()).unwrap();
+    // SAFETY: valid fd and C string; the fd is owned by the File.
+    let fd = unsafe { libc::openat(cur.as_raw_fd(), c.as_ptr(), libc::O_RDONLY) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut v = Vec::new();
+    unsafe { std::fs::File::from_raw_fd(fd) }.read_to_end(&mut v)?;
+    Ok(v)
+}
+
+#[track_caller]
+fn assert_same_tree(a: &Path, b: &Path) {
+    let d = tree::diff(
+        &tree::snapshot(a).unwrap(),
+        &tree::snapshot(b).unwrap(),
+        &DiffOptions::default(),
+    );
+    assert!(
+        d.is_empty(),
+        "{} differs from {}:\n{}",
+        b.display(),
+        a.display(),
+        d.join("\n")
+    );
+}
+
+/// A file 5,000+ bytes deep in a volume is backed up (GNU tar lists it), and comes back byte-identical from
+/// `restore --to-dir`, into a new volume, and alone with `--path` (moved in, and swapped with a changed copy).
+#[test]
+fn issue8_a_path_longer_than_path_max_round_trips_through_backup_and_restore() {
+    require_docker!();
+    let mut c = Cleanup::default();
+    let env = Env::new();
+    let vol = c.volume("deep");
+    let mp = mountpoint(&vol);
+    std::fs::write(mp.join("top.txt"), b"near the root").unwrap();
+    let (deep, rel) = deep_dirs(&mp, 25);
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    write_at(deep.as_raw_fd(), "deep.bin", &data);
+    drop(deep);
+    let deep_file = rel.join("deep.bin");
+    assert!(deep_file.as_os_str().len() > 5000);
+
+    let run = env.run(&["--json", "backup", "--only", &vol, "-t", &env.target_str()]);
+    run.expect_code(0);
+    let report = run.json();
+    let s = &report["sources"][0];
+    assert_eq!(s["status"], "ok", "{s:#}");
+    assert_eq!(s["counts"]["files"], 2, "the deep file is counted: {s:#}");
+    assert_eq!(s["counts"]["dirs"], 26, "{s:#}");
+    assert!(s.get("not-archived").is_none(), "{s:#}");
+    let id = report["id"].as_str().unwrap().to_string();
+
+    // The archive holds it, as GNU tar sees it.
+    let (_, m) = only_manifest(&env.target);
+    let archive = env
+        .target
+        .join(&id)
+        .join(source(&m, &vol)["object"].as_str().unwrap());
+    let list = Command::new("tar")
+        .env("LC_ALL", "C")
+        .args(["--zstd", "-tvf"])
+        .arg(&archive)
+        .output()
+        .unwrap();
+    assert!(list.status.success() && list.stderr.is_empty());
+    let listing = String::from_utf8(list.stdout).unwrap();
+    let deep_name = deep_file.to_str().unwrap();
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.starts_with("-rw-r-----") && l.ends_with(deep_name)),
+        "GNU tar does not list the deep file"
+    );
+
+    // Whole restores: into a directory and into a new volume.
+    let to_dir = env.dir().join("to-dir");
+    let to_dir_s = to_dir.to_str().unwrap();
+    env.run(&[
+        "restore",
+        &id,
+        "--source",
+        &vol,
+        "--to-dir",
+        to_dir_s,
+        "-t",
+        &env.target_str(),
+    ])
+    .expect_code(0);
+    assert_same_tree(&mp, &to_dir);
+    assert_eq!(read_deep(&to_dir, &deep_file).unwrap(), data);
+
+    let copy = unique("deep-copy");
+    c.volumes.push(copy.clone());
+    env.run(&[
+        "restore",
+        &id,
+        "--source",
+        &vol,
+        "--to-volume",
+        &copy,
+        "-t",
+        &env.target_str(),
+    ])
+    .expect_code(0);
+    assert_same_tree(&mp, &mountpoint(&copy));
+
+    // `--path` of the deep file alone: moved into an empty directory...
+    let part = env.dir().join("part");
+    env.run(&[
+        "restore",
+        &id,
+        "--source",
+        &vol,
+        "--to-dir",
+        part.to_str().unwrap(),
+        "--path",
+        deep_name,
+        "-t",
+        &env.target_str(),
+    ])
+    .expect_code(0);
+    assert_eq!(read_deep(&part, &deep_file).unwrap(), data);
+    assert!(!part.join("top.txt").exists(), "only the selected path");
+
+    // ... and swapped with a changed copy in the original volume (its safety backup packs the deep tree too).
+    let (deep, _) = {
+        let mut cur: OwnedFd = std::fs::File::open(&mp).unwrap().into();
+        for comp in rel.components() {
+            cur = open_dir_at(cur.as_raw_fd(), comp.as_os_str()).unwrap();
+        }
+        (cur, ())
+    };
+    write_at(deep.as_raw_fd(), "deep.bin", b"changed");
+    drop(deep);
+    env.run(&[
+        "restore",
+        &id,
+        "--source",
+        &vol,
+        "--path",
+        deep_name,
+        "-t",
+        &env.target_str(),
+    ])
+    .expect_code(0);
+    assert_eq!(read_deep(&mp, &deep_file).unwrap(), data);
+    assert_eq!(std::fs::read(mp.join("top.txt")).unwrap(), b"near the root");
+}
+
+impl Env {
+    /// `voltar <args>` without the capabilities that let root ignore permission bits (CAP_DAC_OVERRIDE,
+    /// CAP_DAC_READ_SEARCH): a file root cannot read then really cannot be read, as on a filesystem that
+    /// refuses root (root-squashed NFS, FUSE).
+    fn run_without_dac_override(&self, args: &[&str]) -> Run {
+        let out = Command::new("setpriv")
+            .args(["--bounding-set", "-dac_override,-dac_read_search", "--"])
+            .arg(BIN)
+            .args(args)
+            .current_dir(&self.cwd)
+            .env("VOLTAR_STATE_DIR", &self.state)
+            .env_remove("VOLTAR_CONFIG")
+            .env_remove("VOLTAR_LOG")
+            .env_remove("RUST_BACKTRACE")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run setpriv voltar");
+        Run::from(args, out)
+    }
+}
+
+/// An unreadable file and an unreadable directory: the source is "incomplete", the run exits 1, and the JSON
+/// report, the summary, the manifest and `voltar show` name both entries.
+#[test]
+fn issue8_unreadable_entries_make_the_source_incomplete_and_the_run_exit_1() {
+    require_docker!();
+    let mut c = Cleanup::default();
+    let env = Env::new();
+    let vol = c.volume("unreadable");
+    let mp = mountpoint(&vol);
+    std::fs::write(mp.join("a-readable"), b"fine").unwrap();
+    std::fs::write(mp.join("b-secret"), b"nobody may read this").unwrap();
+    std::fs::set_permissions(mp.join("b-secret"), std::fs::Permissions::from_mode(0o000)).unwrap();
+    std::fs::create_dir(mp.join("c-locked")).unwrap();
+    std::fs::write(mp.join("c-locked/inside"), b"hidden").unwrap();
+    std::fs::set_permissions(mp.join("c-locked"), std::fs::Permissions::from_mode(0o000)).unwrap();
+    std::fs::write(mp.join("d-readable"), b"fine too").unwrap();
+
+    let run = env.run_without_dac_override(&[
+        "--json",
+        "backup",
+        "--only",
+        &vol,
+        "-t",
+        &env.target_str(),
+    ]);
+    run.expect_code(1);
+    let report = run.json();
+    let s = &report["sources"][0];
+    assert_eq!(s["status"], "incomplete", "{s:#}");
+    assert_eq!(s["not-archived-count"], 2, "{s:#}");
+    let expected = [
+        "b-secret: cannot open: Permission denied (os error 13)",
+        "c-locked/: contents not archived: cannot open directory: Permission denied (os error 13)",
+    ];
+    assert_eq!(s["not-archived"], serde_json::json!(expected), "{s:#}");
+    let error = s["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("2 entries could not be archived (first: b-secret: cannot open"),
+        "{error}"
+    );
+    // What could be read is stored and committed: better than nothing, and it says what it lacks.
+    assert_eq!(s["counts"]["files"], 2, "{s:#}");
+    assert_eq!(report["targets"][0]["committed"], true);
+    let (_, m) = only_manifest(&env.target);
+    let rec = source(&m, &vol);
+    assert_eq!(rec["not-archived-count"], 2, "{rec:#}");
+    assert_eq!(rec["not-archived"], serde_json::json!(expected), "{rec:#}");
+
+    // The summary a cron mail shows.
+    let target2 = env.dir().join("second");
+    let human = env.run_without_dac_override(&[
+        "--quiet",
+        "backup",
+        "--only",
+        &vol,
+        "-t",
+        target2.to_str().unwrap(),
+    ]);
+    human.expect_code(1);
+    assert!(
+        table_row(&human.stdout, &vol).contains("INCOMPLETE: 2 entries not archived"),
+        "{}",
+        human.stdout
+    );
+    for e in expected {
+        assert!(
+            human.stdout.contains(&format!("not archived: {vol}: {e}")),
+            "{e} not in:\n{}",
+            human.stdout
+        );
+    }
+    let show = env.run(&["show", "latest", "-t", target2.to_str().unwrap()]);
+    show.expect_code(0);
+    assert!(
+        show.stdout.contains(&format!(
+            "incomplete: {vol}: 2 entries not archived:\n  {}",
+            expected[0]
+        )),
+        "{}",
+        show.stdout
+    );
+}
+
+/// Live changes stay warnings: files deleted while the volume is read, and a socket (no data; the program
+/// listening on it creates it again), leave the source "ok" and the exit code 0.
+#[test]
+fn issue8_files_vanishing_during_backup_and_sockets_stay_ok() {
+    require_docker!();
+    let mut c = Cleanup::default();
+    let env = Env::new();
+    let vol = c.volume("vanishing");
+    let mp = mountpoint(&vol);
+    let _sock = std::os::unix::net::UnixListener::bind(mp.join("app.sock")).unwrap();
+    let many = mp.join("many");
+    for attempt in 0..10 {
+        let _ = std::fs::remove_dir_all(&many);
+        std::fs::create_dir(&many).unwrap();
+        for i in 0..20_000 {
+            std::fs::write(many.join(format!("f{i:05}")), b"x").unwrap();
+        }
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let deleter = {
+            let (stop, many) = (stop.clone(), many.clone());
+            // From the end, so the walk (in name order) meets names that were listed but are gone.
+            std::thread::spawn(move || {
+                for i in (0..20_000).rev() {
+                    if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        return;
+                    }
+                    let _ = std::fs::remove_file(many.join(format!("f{i:05}")));
+                }
+            })
+        };
+        let target = env.dir().join(format!("t{attempt}"));
+        let run = env.run(&[
+            "--json",
+            "backup",
+            "--only",
+            &vol,
+            "-t",
+            target.to_str().unwrap(),
+        ]);
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        deleter.join().unwrap();
+        run.expect_code(0);
+        let s = &run.json()["sources"][0];
+        assert_eq!(s["status"], "ok", "{s:#}");
+        assert!(s.get("not-archived").is_none(), "{s:#}");
+        let warnings: Vec<&str> = s["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w.as_str().unwrap())
+            .collect();
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.starts_with("app.sock: skipped: a socket")),
+            "{warnings:?}"
+        );
+        if warnings
+            .iter()
+            .any(|w| w.ends_with(": skipped: vanished during backup"))
+        {
+            return;
+        }
+    }
+    panic!("no file vanished during any of the backups: the deleter was too slow to test anything");
 }

@@ -78,6 +78,8 @@ async fn write_backup(
             containers: vec![],
             read_ms: 1,
             warnings: vec![],
+            not_archived: vec![],
+            not_archived_count: 0,
         });
     }
     let m = Manifest {
