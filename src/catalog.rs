@@ -600,6 +600,8 @@ mod tests {
             containers: vec![],
             read_ms: 0,
             warnings: vec![],
+            not_archived: vec![],
+            not_archived_count: 0,
         };
         let mut full = manifest_at("20260102T030405Z-0001", t);
         full.sources = vec![src("a"), src("b")];

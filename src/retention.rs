@@ -36,14 +36,16 @@
 //!   taken) are never deleted, are reported in the notes, and are left out of the rules entirely: counting them
 //!   would let a bogus date take a `keep-last` slot or move the `keep-within` anchor.
 //! * The newest (non-future) regular backup of every source is always kept (reason `newest`), and so is the
-//!   newest backup of all if that is a pre-restore one, whatever the policy says.
+//!   newest backup of all if that is a pre-restore one, whatever the policy says. When a source's newest
+//!   backup is *incomplete* (entries that existed could not be archived), its newest complete backup is kept
+//!   too (reason `newest complete`): an incomplete run never pushes out the last good copy.
 //! * If the rules would keep none of a source's regular backups (e.g. every `keep-*` is 0), the policy is taken
 //!   to be a mistake: nothing of that series is deleted and the notes say why. The same holds for a source with
 //!   only pre-restore backups when their rule keeps none.
 //! * The `pre-restore` rule also runs per source (a safety copy holds the one volume it protected).
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use chrono::{DateTime, Datelike, Duration, TimeZone, Timelike, Utc};
@@ -87,6 +89,9 @@ pub struct Candidate {
     /// The sources stored in it, with their content bytes: each source's backups are a series of their own
     /// (see the module docs). Sources that failed in that run are not in it.
     pub sources: BTreeMap<String, u64>,
+    /// Sources stored incomplete (entries that existed could not be archived).
+    #[serde(skip_serializing_if = "BTreeSet::is_empty")]
+    pub incomplete: BTreeSet<String>,
 }
 
 impl Candidate {
@@ -100,6 +105,12 @@ impl Candidate {
                 .sources
                 .iter()
                 .map(|s| (s.name.clone(), s.counts.bytes))
+                .collect(),
+            incomplete: m
+                .sources
+                .iter()
+                .filter(|s| s.not_archived_count > 0)
+                .map(|s| s.name.clone())
                 .collect(),
         }
     }
@@ -176,6 +187,7 @@ fn newest_first(a: &Candidate, b: &Candidate) -> Ordering {
         .then_with(|| b.id.cmp(&a.id))
         .then_with(|| a.pre_restore.cmp(&b.pre_restore))
         .then_with(|| a.sources.cmp(&b.sources))
+        .then_with(|| a.incomplete.cmp(&b.incomplete))
         .then_with(|| a.job.cmp(&b.job))
 }
 
@@ -256,8 +268,8 @@ pub fn plan<Z: TimeZone>(
     // Sources held by exactly the same backups decide alike: judge them once, so that the common case (every
     // run backs up every source) reads `last 1/7`, not the same reason once per source.
     let mut grouped: BTreeMap<Vec<usize>, Vec<&str>> = BTreeMap::new();
-    for (name, idx) in by_source {
-        grouped.entry(idx).or_default().push(name);
+    for (name, idx) in &by_source {
+        grouped.entry(idx.clone()).or_default().push(name);
     }
     let series: Vec<(String, Vec<usize>)> = grouped
         .into_iter()
@@ -324,6 +336,26 @@ pub fn plan<Z: TimeZone>(
         }
         for (i, rs) in own.into_iter().enumerate() {
             reasons[i].extend(rs.into_iter().map(|r| named(source, r)));
+        }
+    }
+
+    // A source whose newest backup is incomplete (entries could not be archived) keeps its newest complete one
+    // too: an incomplete run must not push the last good copy out.
+    for (name, idx) in &by_source {
+        let mut regular = idx.iter().copied().filter(|&i| !sorted[i].pre_restore);
+        let Some(newest) = regular.next() else {
+            continue;
+        };
+        if !sorted[newest].incomplete.contains(*name) {
+            continue;
+        }
+        if let Some(i) = regular.find(|&i| !sorted[i].incomplete.contains(*name)) {
+            let reason = if several {
+                format!("{name}: newest complete")
+            } else {
+                "newest complete".to_string()
+            };
+            reasons[i].push(reason);
         }
     }
 
@@ -517,6 +549,7 @@ mod tests {
             time,
             pre_restore,
             sources: sources.iter().map(|(s, b)| (s.to_string(), *b)).collect(),
+            incomplete: BTreeSet::new(),
         }
     }
 
@@ -1373,6 +1406,35 @@ mod tests {
             &UTC,
         );
         assert!(p.decisions.iter().all(|d| d.action == Action::Keep));
+    }
+
+    /// An incomplete backup (entries that existed could not be archived) is the newest of its source, but the
+    /// newest complete one stays too, whatever the policy: pruning never removes the newest good backup.
+    #[test]
+    fn the_newest_complete_backup_of_a_source_survives_incomplete_ones() {
+        let good = cand_at(t("2026-05-01 03:00"), 0, false, 100);
+        let mut bad1 = cand_at(t("2026-05-02 03:00"), 1, false, 90);
+        bad1.incomplete.insert("vol".into());
+        let mut bad2 = cand_at(t("2026-05-03 03:00"), 2, false, 90);
+        bad2.incomplete.insert("vol".into());
+        let p = plan(
+            &with(Policy {
+                keep_last: Some(1),
+                ..none()
+            }),
+            &[good.clone(), bad1.clone(), bad2.clone()],
+            t("2026-05-04 00:00"),
+            &UTC,
+        );
+        let d = |id: &BackupId| p.decisions.iter().find(|d| &d.id == id).unwrap();
+        assert_eq!(
+            d(&good.id).reasons,
+            vec!["newest complete"],
+            "{:#?}",
+            p.decisions
+        );
+        assert_eq!(d(&bad1.id).action, Action::Delete, "{:#?}", p.decisions);
+        assert_eq!(d(&bad2.id).action, Action::Keep);
     }
 
     #[test]
