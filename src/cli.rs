@@ -50,6 +50,7 @@ pub struct Cli {
 #[derive(Debug, Clone, Args)]
 pub struct TargetArgs {
     /// Storage to use: a directory, file:///dir, s3://bucket/prefix, or the name of a configured target.
+    /// A bare name must be a configured target or an existing directory (write ./NAME for a new one).
     /// Repeat to write to several (backup). Overrides the config's targets.
     #[arg(short = 't', long = "target", value_name = "TARGET")]
     pub targets: Vec<String>,
@@ -260,10 +261,7 @@ pub fn resolve_targets(
         return args
             .targets
             .iter()
-            .map(|t| match config.targets.get(t) {
-                Some(c) => Ok(c.clone()),
-                None => Ok(Target::from_url(t)?),
-            })
+            .map(|t| Ok(config.target_arg(t)?))
             .collect();
     }
     let job = config.job(job)?;

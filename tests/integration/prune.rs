@@ -841,6 +841,81 @@ mod e2e {
         assert_eq!(v.code, 0, "{v:?}");
     }
 
+    /// Issue 8: a directory holding only the temp file of an interrupted upload is invisible to `list`, and prune
+    /// used to remove it (file and directory) without a word, also on `--dry-run`. Whatever prune removes is listed
+    /// first by `--dry-run`, then in the report and `--json`; a young temp file (a run in progress) is left alone.
+    #[test]
+    fn issue8_dry_run_lists_the_leftover_uploads_that_prune_removes() {
+        let w = World::local();
+        let root = PathBuf::from(&w.target);
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let kept = rt.block_on(async {
+            let s = voltar::storage::local::LocalStorage::new(root.clone());
+            super::write_backup(
+                &s,
+                super::now() - chrono::Duration::days(1),
+                1,
+                "default",
+                &[],
+                1000,
+            )
+            .await
+        });
+        let stale_dir = root.join("20200101T000000Z-abcd");
+        let stale = stale_dir.join(".voltar-tmp-0123456789abcdef-pg.tar.zst");
+        let young_dir = root.join("20300101T000000Z-beef");
+        let young = young_dir.join(".voltar-tmp-fedcba9876543210-pg.tar.zst");
+        for (d, f) in [(&stale_dir, &stale), (&young_dir, &young)] {
+            std::fs::create_dir_all(d).unwrap();
+            std::fs::write(f, vec![7u8; 4096]).unwrap();
+        }
+        let old = filetime::FileTime::from_system_time(
+            std::time::SystemTime::now() - std::time::Duration::from_secs(3 * 86400),
+        );
+        filetime::set_file_mtime(&stale, old).unwrap();
+        let key = "20200101T000000Z-abcd/.voltar-tmp-0123456789abcdef-pg.tar.zst";
+        let young_key = "20300101T000000Z-beef/.voltar-tmp-fedcba9876543210-pg.tar.zst";
+
+        let d = w.run(&["prune", "--keep-last", "1", "--dry-run", "-t", &w.target]);
+        assert_eq!(d.code, 0, "{d:?}");
+        let line = d
+            .stdout
+            .lines()
+            .find(|l| l.contains(key))
+            .unwrap_or_else(|| panic!("the dry run does not list {key}: {d:?}"));
+        assert!(line.contains("would"), "{d:?}");
+        assert!(!d.stdout.contains(young_key), "a young upload is no leftover: {d:?}");
+        assert!(stale.exists(), "a dry run removes nothing");
+
+        let j = w.run(&[
+            "--json",
+            "prune",
+            "--keep-last",
+            "1",
+            "--dry-run",
+            "-t",
+            &w.target,
+        ]);
+        assert_eq!(j.code, 0, "{j:?}");
+        let v: serde_json::Value = serde_json::from_str(&j.stdout).unwrap();
+        assert!(
+            v[0].to_string().contains(key),
+            "--json of the dry run lists it: {j:?}"
+        );
+
+        let p = w.run(&["prune", "--keep-last", "1", "-t", &w.target]);
+        assert_eq!(p.code, 0, "{p:?}");
+        let line = p
+            .stdout
+            .lines()
+            .find(|l| l.contains(key))
+            .unwrap_or_else(|| panic!("the report does not list {key}: {p:?}"));
+        assert!(line.contains("removed"), "{p:?}");
+        assert!(!stale_dir.exists(), "the leftover and its directory are gone");
+        assert!(young.exists(), "a run in progress keeps its temp file");
+        assert_eq!(w.ids(&["-t", &w.target]), vec![kept.to_string()]);
+    }
+
     #[test]
     fn prune_keep_last_on_a_local_target() {
         crate::require_docker!();
