@@ -248,7 +248,7 @@ pub async fn execute(
         match storage::open(t).await {
             Ok(s) => {
                 tr.location = s.describe();
-                match TargetLock::acquire(&env.config.state_dir, &s.describe()) {
+                match TargetLock::acquire(&env.config.state_dir, t) {
                     Ok(l) => {
                         locks.push(l);
                         stores.push(Some(s));

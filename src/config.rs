@@ -1053,7 +1053,14 @@ mod tests {
         let e = c.target_arg("zzz-nothing-alike").unwrap_err().to_string();
         assert!(!e.contains("did you mean"), "{e}");
         assert_eq!(c.target_arg("offsite").unwrap().name, "offsite");
-        for ok in ["./new", "/abs/new", "file://new", "s3://b/p", "rel/new", "."] {
+        for ok in [
+            "./new",
+            "/abs/new",
+            "file://new",
+            "s3://b/p",
+            "rel/new",
+            ".",
+        ] {
             assert!(c.target_arg(ok).is_ok(), "{ok}");
         }
         let none = Config::parse("").unwrap();
@@ -1066,7 +1073,10 @@ mod tests {
         assert_eq!(edit_distance("offsitee", "offsite"), 1);
         assert_eq!(edit_distance("", "abc"), 3);
         assert_eq!(edit_distance("kitten", "sitting"), 3);
-        assert_eq!(closest("lcoal", ["local".to_string()].iter()), Some("local"));
+        assert_eq!(
+            closest("lcoal", ["local".to_string()].iter()),
+            Some("local")
+        );
     }
 
     #[test]

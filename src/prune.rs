@@ -487,7 +487,7 @@ pub async fn command(
         let store = crate::storage::open(t)
             .await
             .with_context(|| format!("opening target {}", t.name))?;
-        let _lock = crate::lock::TargetLock::acquire(&config.state_dir, &store.describe())?;
+        let _lock = crate::lock::TargetLock::acquire(&config.state_dir, t)?;
         let opts = PruneOptions {
             dry_run: args.dry_run,
             now: Utc::now(),

@@ -1497,7 +1497,8 @@ fn issue8_lock_is_keyed_by_the_canonical_target_not_its_spelling() {
         let r = env.run(&["backup", "--only", &small, "-t", sp]);
         r.expect_code(2).expect_clean_error();
         assert!(
-            r.stderr.contains("another voltar run") && r.stderr.contains(&format!("pid {}", p.pid())),
+            r.stderr.contains("another voltar run")
+                && r.stderr.contains(&format!("pid {}", p.pid())),
             "{sp} got past the lock:\n{}",
             r.stderr
         );
@@ -1510,7 +1511,10 @@ fn issue8_lock_is_keyed_by_the_canonical_target_not_its_spelling() {
     p.signal(libc::SIGTERM);
     let (code, _, stderr) = p.wait_output(Duration::from_secs(30));
     assert_eq!(code, 143, "{stderr}");
-    assert!(manifests(&env.target).is_empty(), "no spelling wrote a backup");
+    assert!(
+        manifests(&env.target).is_empty(),
+        "no spelling wrote a backup"
+    );
     // Once released, every spelling works.
     env.run(&["backup", "--only", &small, "-t", &spellings[3]])
         .expect_code(0);

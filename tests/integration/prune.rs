@@ -884,7 +884,10 @@ mod e2e {
             .find(|l| l.contains(key))
             .unwrap_or_else(|| panic!("the dry run does not list {key}: {d:?}"));
         assert!(line.contains("would"), "{d:?}");
-        assert!(!d.stdout.contains(young_key), "a young upload is no leftover: {d:?}");
+        assert!(
+            !d.stdout.contains(young_key),
+            "a young upload is no leftover: {d:?}"
+        );
         assert!(stale.exists(), "a dry run removes nothing");
 
         let j = w.run(&[
@@ -911,7 +914,10 @@ mod e2e {
             .find(|l| l.contains(key))
             .unwrap_or_else(|| panic!("the report does not list {key}: {p:?}"));
         assert!(line.contains("removed"), "{p:?}");
-        assert!(!stale_dir.exists(), "the leftover and its directory are gone");
+        assert!(
+            !stale_dir.exists(),
+            "the leftover and its directory are gone"
+        );
         assert!(young.exists(), "a run in progress keeps its temp file");
         assert_eq!(w.ids(&["-t", &w.target]), vec![kept.to_string()]);
     }

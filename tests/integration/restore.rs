@@ -1197,7 +1197,11 @@ fn issue8_killed_restore_staging_is_removed_by_recover_and_the_next_restore() {
     let live = snap(&mp);
 
     let staging = kill_restore_while_extracting(&w, &vol, &volume_dir);
-    assert_eq!(support::state(&user), "exited", "the killed restore had stopped it");
+    assert_eq!(
+        support::state(&user),
+        "exited",
+        "the killed restore had stopped it"
+    );
     assert!(staging.exists());
 
     let r = w.voltar(&["recover"]);
@@ -1208,9 +1212,17 @@ fn issue8_killed_restore_staging_is_removed_by_recover_and_the_next_restore() {
         "recover reports the staging directory it removed: {r:?}"
     );
     assert!(r.stdout.contains(&user), "{r:?}");
-    assert!(staging_dirs(&volume_dir).is_empty(), "{:?}", staging_dirs(&volume_dir));
+    assert!(
+        staging_dirs(&volume_dir).is_empty(),
+        "{:?}",
+        staging_dirs(&volume_dir)
+    );
     assert_eq!(support::state(&user), "running");
-    assert_same(&live, &snap(&mp), "the volume is as it was before the killed restore");
+    assert_same(
+        &live,
+        &snap(&mp),
+        "the volume is as it was before the killed restore",
+    );
 
     let staging = kill_restore_while_extracting(&w, &vol, &volume_dir);
     let name = staging.file_name().unwrap().to_string_lossy().into_owned();
@@ -1219,7 +1231,11 @@ fn issue8_killed_restore_staging_is_removed_by_recover_and_the_next_restore() {
         r.all().contains(&name) && r.all().contains("removed"),
         "the next restore reports the staging directory it removed: {r:?}"
     );
-    assert!(staging_dirs(&volume_dir).is_empty(), "{:?}", staging_dirs(&volume_dir));
+    assert!(
+        staging_dirs(&volume_dir).is_empty(),
+        "{:?}",
+        staging_dirs(&volume_dir)
+    );
     assert_eq!(fs::read_to_string(mp.join("marker")).unwrap(), "backed up");
     assert_eq!(support::state(&user), "running");
 }
