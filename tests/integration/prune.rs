@@ -503,6 +503,12 @@ impl Storage for ArchiveDeletesFail<'_> {
     ) -> Result<usize, StorageError> {
         self.0.sweep_incomplete(older_than).await
     }
+    async fn stale_uploads(
+        &self,
+        older_than: std::time::Duration,
+    ) -> Result<Vec<ObjectMeta>, StorageError> {
+        self.0.stale_uploads(older_than).await
+    }
 }
 
 /// The manifest goes first: when deleting the archives fails, the backup is already invisible, the failure is
@@ -580,6 +586,66 @@ async fn s3_target() -> Option<(tempfile::TempDir, voltar::storage::s3::S3Storag
     Some((dir, s))
 }
 
+/// Issue 8: the leftover of an interrupted upload (a temp file or an unfinished multipart upload, under an id
+/// that has nothing else) is listed by a dry run, which removes nothing, then removed by prune and listed in
+/// its report.
+async fn leftover_uploads_are_listed_first_then_removed(s: &dyn Storage) {
+    let now = now();
+    let kept = write_backup(s, now - Duration::days(1), 1, "nightly", &[], 1000).await;
+    let key = "20200101T000000Z-abcd/pgdata.tar.zst";
+    let mut w = s.put_stream(key, PutOptions::default()).await.unwrap();
+    // More than one S3 part (8 MiB by default), so the multipart upload exists on the server.
+    w.write(Bytes::from(vec![7u8; 9 << 20])).await.unwrap();
+    std::mem::forget(w); // a killed process runs no destructor
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let mut settings = settings(keep_last(5));
+    settings.incomplete_grace = std::time::Duration::from_secs(1);
+    let mut o = opts(now);
+    o.dry_run = true;
+
+    let dry = prune::prune(s, &settings, &o).await.unwrap();
+    assert_eq!(dry.leftover_uploads.len(), 1, "{dry:?}");
+    assert!(
+        dry.leftover_uploads[0]
+            .key
+            .starts_with("20200101T000000Z-abcd/"),
+        "{dry:?}"
+    );
+    assert_eq!(dry.swept_uploads, 0);
+    let text = prune::render(&dry);
+    assert!(text.contains("would be removed"), "{text}");
+    assert_eq!(
+        s.stale_uploads(std::time::Duration::ZERO)
+            .await
+            .unwrap()
+            .len(),
+        1,
+        "a dry run removes nothing"
+    );
+
+    o.dry_run = false;
+    let r = prune::prune(s, &settings, &o).await.unwrap();
+    assert!(r.is_ok(), "{:?}", r.errors);
+    assert_eq!(r.leftover_uploads, dry.leftover_uploads);
+    assert_eq!(r.swept_uploads, 1);
+    assert!(prune::render(&r).contains("1 leftover upload(s) removed"));
+    assert!(s
+        .stale_uploads(std::time::Duration::ZERO)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        catalog::list(s)
+            .await
+            .unwrap()
+            .backups
+            .iter()
+            .map(|m| m.id.clone())
+            .collect::<Vec<_>>(),
+        vec![kept]
+    );
+}
+
 macro_rules! on_targets {
     ($($case:ident),* $(,)?) => {
         mod local {
@@ -614,6 +680,7 @@ on_targets!(
     pre_restore_backups_follow_their_own_rule,
     pruning_after_a_backup_is_skipped_when_it_shrank,
     manifest_goes_first_and_failures_do_not_stop_the_rest,
+    leftover_uploads_are_listed_first_then_removed,
 );
 
 // ---------------------------------------------------------------------------------------------------------------
