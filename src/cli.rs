@@ -118,7 +118,8 @@ pub enum Command {
     Verify(crate::verify::VerifyArgs),
     /// Delete backups by the retention policy.
     Prune(crate::prune::PruneArgs),
-    /// Put back containers that a killed run left paused or stopped.
+    /// Put back containers that a killed run left paused or stopped, and remove restore staging directories it
+    /// left behind.
     Recover,
 }
 
@@ -302,7 +303,7 @@ async fn run(cli: Cli, cancel: CancellationToken) -> Result<i32> {
         Command::Plan { job, only, no_size } => {
             let engine = connect(&config).await?;
             let job = config.job(job.as_deref())?;
-            let plan = backup::plan_for(&engine, job, &only).await?;
+            let plan = backup::plan_for(&engine, job, &only, &config.state_dir).await?;
             let sizes = if no_size {
                 None
             } else {
@@ -433,7 +434,7 @@ async fn run(cli: Cli, cancel: CancellationToken) -> Result<i32> {
             if cli.json {
                 out_json(&serde_json::json!({ "recovered": lines }));
             } else if lines.is_empty() {
-                out("nothing to recover: no interrupted run left containers paused or stopped\n");
+                out("nothing to recover: no interrupted run left containers paused or stopped, or restore staging directories behind\n");
             } else {
                 out(&lines.iter().map(|l| format!("{l}\n")).collect::<String>());
             }
