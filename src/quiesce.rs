@@ -77,8 +77,9 @@ pub const JOURNAL_DIR: &str = "journal";
 /// A temporary journal name older than this, whose lock is free, is debris of a run that died while opening it.
 const STALE_TMP_AGE: Duration = Duration::from_secs(60);
 
-/// How long `hold` waits for another voltar run to resume a container it holds before failing that source. As
-/// long as `[quiesce] max-downtime`'s default: a run holding a container longer than that is itself failing.
+/// How long `hold` waits for another voltar run to resume a container it holds before failing that source: the
+/// 10 minutes issue 8 sets as the default cap on one container's downtime (`[quiesce] max-downtime`); a run that
+/// holds a container longer than that is in trouble itself, and waiting on it longer would only stack runs up.
 pub const QUIESCE_WAIT: Duration = Duration::from_secs(10 * 60);
 
 /// How often a waiting `hold` looks whether the other run has resumed the container.

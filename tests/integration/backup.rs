@@ -1530,15 +1530,39 @@ fn issue8_two_runs_never_share_a_pause() {
     require_docker!();
     let mut c = Cleanup::default();
     let env = Env::new();
-    let s = slow_setup(&mut c, &env);
+    // Like `slow_setup`, smaller: the first run holds the pause for some seconds, long enough for the second to
+    // start and plan meanwhile.
+    let volume = c.volume("shared");
+    fill_slowly_compressible(&volume, 2, 4);
+    let web = idle(
+        &mut c,
+        "sharedweb",
+        &[
+            "--label",
+            "voltar.quiesce=pause",
+            "-v",
+            &format!("{volume}:/data"),
+        ],
+    );
+    let config = env.config(
+        "slow.toml",
+        "[archive]\nzstd-level = 19\nzstd-threads = 1\n",
+    );
+    let s = Slow {
+        volume,
+        web,
+        config,
+    };
     let flusher = idle(&mut c, "flush", &[]);
     let ev = Events::watch(&[&s.web], &flusher);
+    // The second run only has to start while the first holds the pause; it need not be slow itself.
+    let fast = env.config("fast.toml", "[archive]\nzstd-level = 1\n");
     let first = start_slow(&env, &s);
     let other = env.dir().join("other-target");
     let second = env
         .cmd(&[
             "-c",
-            &s.config,
+            &fast,
             "--json",
             "backup",
             "--only",
@@ -1549,6 +1573,11 @@ fn issue8_two_runs_never_share_a_pause() {
         .output()
         .unwrap();
     let second = Run::from(&["backup", "(second)"], second);
+    assert!(
+        second.stderr.contains("held by another voltar run"),
+        "the second run started while the first held the pause, and waited for it: {}",
+        second.stderr
+    );
     let (code, _, stderr) = first.wait_output(Duration::from_secs(300));
     assert_eq!(code, 0, "first run: {stderr}");
     second.expect_code(0);

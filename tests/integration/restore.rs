@@ -842,8 +842,13 @@ fn verify_and_restore_detect_flips_and_cuts_at_random_offsets() {
             let r = w.run(&["restore", &id, "--to-volume", &copy]);
             assert_eq!(r.code, 1, "{what}: {r:?}");
             assert!(r.stderr.contains(&key), "{what}: {r:?}");
+            // A cut archive no longer has the recorded size: it fails the check before the volume is made.
             assert!(
-                r.stdout.contains("the new volume was removed again"),
+                r.stdout.contains(if cut {
+                    "nothing was stopped or changed"
+                } else {
+                    "the new volume was removed again"
+                }),
                 "{what}: {r:?}"
             );
             assert!(!volume_exists(&copy), "{what}: half-made volume removed");
