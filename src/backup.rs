@@ -189,9 +189,16 @@ pub struct Env<'a> {
     pub now: DateTime<Utc>,
 }
 
-/// Plan only: discovery + selection, no side effects.
-pub async fn plan_for(engine: &Engine, job: &Job, only: &[String]) -> Result<Plan, BackupError> {
-    let discovery = engine.discover().await?;
+/// Plan only: discovery + selection, no side effects. A container another live voltar run holds paused or
+/// stopped is planned as running (`quiesce::see_through_other_runs`): its pause is not the user's.
+pub async fn plan_for(
+    engine: &Engine,
+    job: &Job,
+    only: &[String],
+    state_dir: &std::path::Path,
+) -> Result<Plan, BackupError> {
+    let mut discovery = engine.discover().await?;
+    quiesce::see_through_other_runs(state_dir, &mut discovery.containers);
     Ok(plan::plan(&discovery, job, only, &plan::probe_path)?)
 }
 
@@ -211,7 +218,7 @@ pub async fn run(env: &Env<'_>, req: &BackupRequest) -> Result<RunReport, Backup
                 .warn(&format!("recovered from an interrupted run: {line}"));
         }
     }
-    let plan = plan_for(env.engine, &req.job, &req.only).await?;
+    let plan = plan_for(env.engine, &req.job, &req.only, &env.config.state_dir).await?;
     execute(env, req, plan, started_at, recovered).await
 }
 
@@ -264,7 +271,7 @@ pub async fn execute(
         match storage::open(t).await {
             Ok(s) => {
                 tr.location = s.describe();
-                match TargetLock::acquire(&env.config.state_dir, &s.describe()) {
+                match TargetLock::acquire(&env.config.state_dir, t) {
                     Ok(l) => {
                         locks.push(l);
                         stores.push(Some(s));
@@ -294,7 +301,7 @@ pub async fn execute(
 
     let encryptor = Encryptor::from_config(&env.config.encryption)?;
     let journal = Journal::open(&env.config.state_dir)?;
-    let quiescer = Quiescer::new(env.engine, &journal);
+    let quiescer = Quiescer::new(env.engine, &journal).cancel_on(env.cancel.clone());
     let names: Vec<String> = req.targets.iter().map(|t| t.name.clone()).collect();
     for src in &plan.sources {
         if env.cancel.is_cancelled() {

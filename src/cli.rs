@@ -50,6 +50,7 @@ pub struct Cli {
 #[derive(Debug, Clone, Args)]
 pub struct TargetArgs {
     /// Storage to use: a directory, file:///dir, s3://bucket/prefix, or the name of a configured target.
+    /// A bare name must be a configured target or an existing directory (write ./NAME for a new one).
     /// Repeat to write to several (backup). Overrides the config's targets.
     #[arg(short = 't', long = "target", value_name = "TARGET")]
     pub targets: Vec<String>,
@@ -120,7 +121,8 @@ pub enum Command {
     Verify(crate::verify::VerifyArgs),
     /// Delete backups by the retention policy.
     Prune(crate::prune::PruneArgs),
-    /// Put back containers that a killed run left paused or stopped.
+    /// Put back containers that a killed run left paused or stopped, and remove restore staging directories it
+    /// left behind.
     Recover,
 }
 
@@ -322,10 +324,7 @@ pub fn resolve_targets(
         return args
             .targets
             .iter()
-            .map(|t| match config.targets.get(t) {
-                Some(c) => Ok(c.clone()),
-                None => Ok(Target::from_url(t)?),
-            })
+            .map(|t| Ok(config.target_arg(t)?))
             .collect();
     }
     let job = config.job(job)?;
@@ -366,7 +365,7 @@ async fn run(cli: Cli, cancel: CancellationToken) -> Result<i32> {
         Command::Plan { job, only, no_size } => {
             let engine = connect(&config).await?;
             let job = config.job(job.as_deref())?;
-            let plan = backup::plan_for(&engine, job, &only).await?;
+            let plan = backup::plan_for(&engine, job, &only, &config.state_dir).await?;
             let sizes = if no_size {
                 None
             } else {
@@ -501,7 +500,7 @@ async fn run(cli: Cli, cancel: CancellationToken) -> Result<i32> {
             if cli.json {
                 out_json(&serde_json::json!({ "recovered": lines }));
             } else if lines.is_empty() {
-                out("nothing to recover: no interrupted run left containers paused or stopped\n");
+                out("nothing to recover: no interrupted run left containers paused or stopped, or restore staging directories behind\n");
             } else {
                 out(&lines.iter().map(|l| format!("{l}\n")).collect::<String>());
             }

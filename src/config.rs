@@ -146,6 +146,9 @@ pub enum ConfigError {
     Invalid(String),
     #[error("secret file {path}: {message}")]
     Secret { path: PathBuf, message: String },
+    /// A `--target` bare word that names neither a configured target nor an existing directory.
+    #[error("unknown target `{name}`: {detail}")]
+    UnknownTarget { name: String, detail: String },
 }
 
 #[derive(Clone, Debug)]
@@ -364,6 +367,40 @@ impl Target {
             retention: None,
         })
     }
+}
+
+/// Whether a `--target` value is a bare word: no path separator and no scheme. Only an existing directory or a
+/// configured target's name may be given that way; everything else must say it is a path.
+fn is_bare_word(arg: &str) -> bool {
+    !arg.contains('/') && !arg.contains("://")
+}
+
+/// The configured name closest to `arg`, for "did you mean" hints: within 1 edit for names of up to 3 chars,
+/// else within a third of the length (at least 2, so a swapped pair of letters is found).
+fn closest<'a>(arg: &str, names: impl Iterator<Item = &'a String>) -> Option<&'a str> {
+    let len = arg.chars().count();
+    let limit = if len <= 3 { 1 } else { (len / 3).max(2) };
+    names
+        .map(|n| (edit_distance(arg, n), n))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, n)| n.as_str())
+}
+
+/// Levenshtein distance over chars.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
 }
 
 #[derive(Clone, Debug)]
@@ -598,6 +635,31 @@ impl Config {
             c.jobs.insert(name, job);
         }
         Ok(c)
+    }
+
+    /// What one `--target` value means: the configured target of that name, else a URL or directory path
+    /// ([`Target::from_url`]). A bare word (no `/`, no scheme) that is neither is an error naming the configured
+    /// targets: `-t offsitee` must not quietly back up into a new `./offsitee` (issue 8). An existing directory
+    /// of that name in the working directory is still accepted, as before.
+    pub fn target_arg(&self, arg: &str) -> Result<Target, ConfigError> {
+        if let Some(t) = self.targets.get(arg) {
+            return Ok(t.clone());
+        }
+        if is_bare_word(arg) && !Path::new(arg).is_dir() {
+            let hint = match closest(arg, self.targets.keys()) {
+                Some(n) => format!("did you mean `{n}`? "),
+                None => String::new(),
+            };
+            return Err(ConfigError::UnknownTarget {
+                name: arg.to_string(),
+                detail: format!(
+                    "it is not a configured target ({hint}configured: {}) and no directory `{arg}` exists here; \
+                     to write to a new local directory, say so: `./{arg}`, an absolute path or `file://{arg}`",
+                    known(self.targets.keys())
+                ),
+            });
+        }
+        Target::from_url(arg)
     }
 
     /// The job named `name`, or the only/default one when `None`.
@@ -970,6 +1032,51 @@ mod tests {
             TargetKind::Local { .. }
         ));
         assert!(Target::from_url("ftp://x").is_err());
+    }
+
+    #[test]
+    fn a_bare_word_must_be_a_configured_target_or_an_existing_directory() {
+        let c = Config::parse(
+            "[target.offsite]\ntype = \"local\"\npath = \"/srv/o\"\n[target.local]\ntype = \"local\"\npath = \"/srv/l\"\n",
+        )
+        .unwrap();
+        let e = c.target_arg("offsitee").unwrap_err().to_string();
+        for want in [
+            "unknown target `offsitee`",
+            "did you mean `offsite`?",
+            "configured: local, offsite",
+            "`./offsitee`",
+            "`file://offsitee`",
+        ] {
+            assert!(e.contains(want), "missing `{want}`: {e}");
+        }
+        let e = c.target_arg("zzz-nothing-alike").unwrap_err().to_string();
+        assert!(!e.contains("did you mean"), "{e}");
+        assert_eq!(c.target_arg("offsite").unwrap().name, "offsite");
+        for ok in [
+            "./new",
+            "/abs/new",
+            "file://new",
+            "s3://b/p",
+            "rel/new",
+            ".",
+        ] {
+            assert!(c.target_arg(ok).is_ok(), "{ok}");
+        }
+        let none = Config::parse("").unwrap();
+        let e = none.target_arg("backups-typo").unwrap_err().to_string();
+        assert!(e.contains("configured: none"), "{e}");
+    }
+
+    #[test]
+    fn edit_distances() {
+        assert_eq!(edit_distance("offsitee", "offsite"), 1);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(
+            closest("lcoal", ["local".to_string()].iter()),
+            Some("local")
+        );
     }
 
     #[test]

@@ -1,16 +1,34 @@
-//! One run per target at a time (acceptance row 8): an exclusive `flock` on a file in the state directory,
-//! named after the target. The kernel releases the lock when the holder dies (also on SIGKILL), so a lock held
-//! by a dead process is recovered simply by taking it. The holder's pid is written into the file for messages.
+//! Locks in the state directory, as exclusive `flock`s. The kernel releases a lock when its holder dies (also on
+//! SIGKILL), so a lock held by a dead process is recovered simply by taking it. The holder's pid is written into
+//! the file for messages.
+//!
+//! * [`TargetLock`]: one run per target at a time (acceptance rows 8, 25). The lock is keyed by what the target
+//!   *is*, not by how it was spelled: a local directory by its canonical path (`/x/bk/`, `/x/./bk`,
+//!   `/x/y/../bk` and a symlink to `/x/bk` are one target, also before the directory exists), an S3 target by
+//!   endpoint + bucket + prefix (without leading or trailing `/`).
+//! * [`ContainerLock`]: one quiesce per container at a time (row 27), held from before a container is paused or
+//!   stopped until after it is resumed (see `quiesce`). Another run that finds a container paused while its lock
+//!   is held knows the pause is voltar's, not the user's.
 //!
 //! This guards runs on one host. Two hosts writing to the same S3 prefix are not detected; give each host its
 //! own prefix.
 
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, Write};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::io::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use sha2::{Digest, Sha256};
+
+use crate::config::{Target, TargetKind};
+
+/// Sub-directory of the state dir that holds the lock files.
+pub const LOCK_DIR: &str = "locks";
+
+/// Symlinks followed while canonicalising one target path before giving up (as the kernel's `ELOOP`).
+const MAX_SYMLINKS: u32 = 40;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
@@ -18,6 +36,11 @@ pub enum LockError {
     Busy { target: String, pid: String },
     #[error("cannot create lock file {path}: {source} (set state-dir in the config to a writable directory)")]
     Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot resolve target directory {path}: {source}")]
+    Resolve {
         path: PathBuf,
         source: std::io::Error,
     },
@@ -30,57 +53,389 @@ pub struct TargetLock {
     pub path: PathBuf,
 }
 
-impl TargetLock {
-    /// Take the lock for `target` (its `describe()` string) without waiting.
-    pub fn acquire(state_dir: &Path, target: &str) -> Result<TargetLock, LockError> {
-        let dir = state_dir.join("locks");
-        let io = |path: &Path, source| LockError::Io {
+/// What identifies a target for locking, and how to name it in messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetKey {
+    /// Hashed into the lock file name.
+    pub key: Vec<u8>,
+    /// The canonical form, for messages.
+    pub display: String,
+}
+
+/// The lock key of a target: see the module docs.
+pub fn target_key(target: &Target) -> Result<TargetKey, LockError> {
+    match &target.kind {
+        TargetKind::Local { path, prefix } => {
+            let root = if prefix.is_empty() {
+                path.clone()
+            } else {
+                path.join(prefix)
+            };
+            let canon = canonical_path(&root).map_err(|source| LockError::Resolve {
+                path: root.clone(),
+                source,
+            })?;
+            let mut key = b"local:".to_vec();
+            key.extend_from_slice(canon.as_os_str().as_bytes());
+            Ok(TargetKey {
+                key,
+                display: canon.display().to_string(),
+            })
+        }
+        TargetKind::S3(s) => {
+            let endpoint = s
+                .endpoint
+                .as_deref()
+                .unwrap_or("")
+                .trim()
+                .trim_end_matches('/')
+                .to_ascii_lowercase();
+            let prefix = s.prefix.trim_matches('/');
+            let display = if prefix.is_empty() {
+                format!("s3://{}", s.bucket)
+            } else {
+                format!("s3://{}/{prefix}", s.bucket)
+            };
+            Ok(TargetKey {
+                key: format!("s3:{endpoint}\n{}\n{prefix}", s.bucket).into_bytes(),
+                display: if endpoint.is_empty() {
+                    display
+                } else {
+                    format!("{display} at {endpoint}")
+                },
+            })
+        }
+    }
+}
+
+/// `path` made absolute with every symlink resolved, like `realpath -m`: the part that does not exist yet is
+/// resolved lexically (a name that does not exist cannot be a symlink), so a target directory has the same key
+/// before and after the run creates it. A dangling symlink is followed to where it points.
+pub fn canonical_path(path: &Path) -> io::Result<PathBuf> {
+    let abs = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(path)
+    };
+    if let Ok(c) = fs::canonicalize(&abs) {
+        return Ok(c);
+    }
+    let mut todo: Vec<PathBuf> = Vec::new();
+    push_components(&mut todo, &abs);
+    let mut out = PathBuf::from("/");
+    let mut links = 0;
+    while let Some(c) = todo.pop() {
+        if c.as_os_str() == ".." {
+            // `out` holds no symlinks, so `..` is its parent.
+            out.pop();
+            continue;
+        }
+        let next = out.join(&c);
+        match fs::symlink_metadata(&next) {
+            Ok(m) if m.file_type().is_symlink() => {
+                links += 1;
+                if links > MAX_SYMLINKS {
+                    return Err(io::Error::other(format!(
+                        "too many levels of symbolic links at {}",
+                        next.display()
+                    )));
+                }
+                let to = fs::read_link(&next)?;
+                if to.is_absolute() {
+                    out = PathBuf::from("/");
+                }
+                push_components(&mut todo, &to);
+            }
+            // Existing, or not there (yet): either way a plain name from here on.
+            _ => out = next,
+        }
+    }
+    Ok(out)
+}
+
+/// Push the normal and `..` components of `p` onto the stack `todo` so that they pop in order.
+fn push_components(todo: &mut Vec<PathBuf>, p: &Path) {
+    for c in p.components().rev() {
+        match c {
+            Component::Normal(n) => todo.push(PathBuf::from(n)),
+            Component::ParentDir => todo.push(PathBuf::from("..")),
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+}
+
+fn lock_dir(state_dir: &Path) -> Result<PathBuf, LockError> {
+    let dir = state_dir.join(LOCK_DIR);
+    fs::create_dir_all(&dir).map_err(|source| LockError::Io {
+        path: dir.clone(),
+        source,
+    })?;
+    Ok(dir)
+}
+
+fn open_lock_file(path: &Path) -> Result<File, LockError> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|source| LockError::Io {
             path: path.to_path_buf(),
             source,
-        };
-        std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
-        let h = hex::encode(Sha256::digest(target.as_bytes()));
-        let path = dir.join(format!("target-{}.lock", &h[..16]));
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| io(&path, e))?;
+        })
+}
+
+/// Take an exclusive flock without waiting. `Ok(false)`: someone else holds it.
+fn try_flock(file: &File) -> io::Result<bool> {
+    loop {
         // SAFETY: flock on a valid, owned descriptor.
         let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
-            let mut pid = String::new();
-            let _ = file.read_to_string(&mut pid);
+        if rc == 0 {
+            return Ok(true);
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EWOULDBLOCK) => return Ok(false),
+            _ => return Err(err),
+        }
+    }
+}
+
+fn read_pid(file: &mut File) -> String {
+    let mut pid = String::new();
+    let _ = file.rewind();
+    let _ = file.read_to_string(&mut pid);
+    pid.trim().to_string()
+}
+
+fn write_pid(file: &mut File) {
+    let _ = file.set_len(0);
+    let _ = file.rewind();
+    let _ = write!(file, "{}", std::process::id());
+}
+
+impl TargetLock {
+    /// Take the lock for `target` without waiting.
+    pub fn acquire(state_dir: &Path, target: &Target) -> Result<TargetLock, LockError> {
+        let key = target_key(target)?;
+        let dir = lock_dir(state_dir)?;
+        let h = hex::encode(Sha256::digest(&key.key));
+        let path = dir.join(format!("target-{}.lock", &h[..16]));
+        let mut file = open_lock_file(&path)?;
+        let got = try_flock(&file).map_err(|source| LockError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        if !got {
             return Err(LockError::Busy {
-                target: target.to_string(),
-                pid: pid.trim().to_string(),
+                target: key.display,
+                pid: read_pid(&mut file),
             });
         }
-        let _ = file.set_len(0);
-        let _ = file.rewind();
-        let _ = write!(file, "{}", std::process::id());
+        write_pid(&mut file);
         Ok(TargetLock { _file: file, path })
+    }
+}
+
+/// The quiesce lock of one container: see the module docs. Released (and its file removed) on drop.
+#[derive(Debug)]
+pub struct ContainerLock {
+    file: Option<File>,
+    path: PathBuf,
+}
+
+/// The lock file of container `id`.
+fn container_lock_path(state_dir: &Path, id: &str) -> Result<PathBuf, LockError> {
+    let name = if !id.is_empty()
+        && id.len() <= 128
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
+        id.to_string()
+    } else {
+        hex::encode(Sha256::digest(id.as_bytes()))
+    };
+    Ok(lock_dir(state_dir)?.join(format!("container-{name}.lock")))
+}
+
+impl ContainerLock {
+    /// Take the quiesce lock of container `id` without waiting. `Ok(Err(pid))`: another live run holds it (its
+    /// pid as written in the file, possibly empty).
+    pub fn try_acquire(
+        state_dir: &Path,
+        id: &str,
+    ) -> Result<Result<ContainerLock, String>, LockError> {
+        let path = container_lock_path(state_dir, id)?;
+        let io = |source| LockError::Io {
+            path: path.clone(),
+            source,
+        };
+        // The file is removed by the holder on release; a waiter that locked the removed inode tries again.
+        for _ in 0..16 {
+            let mut file = open_lock_file(&path)?;
+            if !try_flock(&file).map_err(io)? {
+                return Ok(Err(read_pid(&mut file)));
+            }
+            let ours = file.metadata().map_err(io)?;
+            match fs::metadata(&path) {
+                Ok(m) if m.ino() == ours.ino() && m.dev() == ours.dev() => {
+                    write_pid(&mut file);
+                    return Ok(Ok(ContainerLock {
+                        file: Some(file),
+                        path,
+                    }));
+                }
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io(e)),
+            }
+        }
+        Err(io(io::Error::other(
+            "the lock file keeps being replaced while it is taken",
+        )))
+    }
+
+    /// Whether another live run holds the quiesce lock of container `id`; `Some(pid)` when it does. Never
+    /// creates anything; a lock this process holds counts as held too.
+    pub fn holder(state_dir: &Path, id: &str) -> Option<String> {
+        let path = container_lock_path(state_dir, id).ok()?;
+        let mut file = File::open(&path).ok()?;
+        match try_flock(&file) {
+            // Free: closing the file drops our probe's lock at once. The file is left for its next user.
+            Ok(true) => None,
+            Ok(false) => Some(read_pid(&mut file)),
+            Err(_) => None,
+        }
+    }
+}
+
+impl Drop for ContainerLock {
+    fn drop(&mut self) {
+        // Unlink while still holding the lock, so the files do not pile up (one per container ever quiesced);
+        // a run waiting on this inode sees the path no longer names it and opens a fresh one.
+        let _ = fs::remove_file(&self.path);
+        drop(self.file.take());
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::S3Target;
+
+    fn local(p: &str) -> Target {
+        Target::from_url(p).unwrap()
+    }
 
     #[test]
     fn second_holder_is_refused_until_released() {
         let dir = tempfile::tempdir().unwrap();
-        let a = TargetLock::acquire(dir.path(), "/backups").unwrap();
-        let e = TargetLock::acquire(dir.path(), "/backups").unwrap_err();
+        let bk = dir.path().join("backups");
+        let t = local(bk.to_str().unwrap());
+        let a = TargetLock::acquire(dir.path(), &t).unwrap();
+        let e = TargetLock::acquire(dir.path(), &t).unwrap_err();
         assert!(
             e.to_string().contains(&std::process::id().to_string()),
             "{e}"
         );
         // Another target is independent.
-        let _c = TargetLock::acquire(dir.path(), "s3://b/p").unwrap();
+        let _c = TargetLock::acquire(dir.path(), &local("s3://b/p")).unwrap();
         drop(a);
-        TargetLock::acquire(dir.path(), "/backups").unwrap();
+        TargetLock::acquire(dir.path(), &t).unwrap();
+    }
+
+    /// Row 25: the spellings of one directory are one lock, whether or not the directory exists yet.
+    #[test]
+    fn spellings_of_one_directory_collide() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let base = fs::canonicalize(dir.path()).unwrap();
+        std::os::unix::fs::symlink(base.join("bk"), base.join("link")).unwrap();
+        std::os::unix::fs::symlink("bk", base.join("rel-link")).unwrap();
+        fs::create_dir(base.join("other")).unwrap();
+        let b = base.display();
+        let spellings = [
+            format!("{b}/bk/"),
+            format!("{b}/./bk"),
+            format!("{b}/other/../bk"),
+            format!("{b}/link"),
+            format!("{b}/rel-link/"),
+            format!("file://{b}/bk"),
+        ];
+        for exists in [false, true] {
+            if exists {
+                fs::create_dir(base.join("bk")).unwrap();
+            }
+            let held = TargetLock::acquire(&state, &local(&format!("{b}/bk"))).unwrap();
+            for sp in &spellings {
+                match TargetLock::acquire(&state, &local(sp)) {
+                    Err(LockError::Busy { target, .. }) => {
+                        assert_eq!(target, format!("{b}/bk"), "{sp}")
+                    }
+                    other => panic!("{sp} (exists: {exists}) got past the lock: {other:?}"),
+                }
+            }
+            // A sibling is another target.
+            drop(TargetLock::acquire(&state, &local(&format!("{b}/bk2"))).unwrap());
+            drop(held);
+        }
+    }
+
+    #[test]
+    fn relative_spellings_resolve_against_the_working_directory() {
+        let cwd = fs::canonicalize(std::env::current_dir().unwrap()).unwrap();
+        assert_eq!(
+            canonical_path(Path::new("no-such-dir-xyz/./a/../b")).unwrap(),
+            cwd.join("no-such-dir-xyz/b")
+        );
+    }
+
+    #[test]
+    fn s3_keys_are_endpoint_bucket_and_prefix() {
+        let s3 = |endpoint: Option<&str>, bucket: &str, prefix: &str| {
+            let mut s = S3Target::new(bucket.into(), prefix.into());
+            s.endpoint = endpoint.map(String::from);
+            Target {
+                name: "t".into(),
+                kind: TargetKind::S3(s),
+                retention: None,
+            }
+        };
+        let k = |t: &Target| target_key(t).unwrap().key;
+        let a = s3(Some("http://127.0.0.1:9333"), "b", "p");
+        assert_eq!(k(&a), k(&s3(Some("http://127.0.0.1:9333/"), "b", "/p/")));
+        assert_eq!(k(&a), k(&s3(Some("HTTP://127.0.0.1:9333"), "b", "p")));
+        assert_ne!(k(&a), k(&s3(Some("http://127.0.0.1:9334"), "b", "p")));
+        assert_ne!(k(&a), k(&s3(Some("http://127.0.0.1:9333"), "b", "p/q")));
+        assert_ne!(k(&a), k(&s3(Some("http://127.0.0.1:9333"), "c", "p")));
+        assert_ne!(k(&a), k(&s3(None, "b", "p")));
+    }
+
+    #[test]
+    fn container_lock_is_exclusive_and_cleans_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = "0123abcd";
+        assert_eq!(ContainerLock::holder(dir.path(), id), None);
+        let held = ContainerLock::try_acquire(dir.path(), id).unwrap().unwrap();
+        assert_eq!(
+            ContainerLock::holder(dir.path(), id),
+            Some(std::process::id().to_string())
+        );
+        let pid = ContainerLock::try_acquire(dir.path(), id)
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(pid, std::process::id().to_string());
+        drop(held);
+        assert_eq!(ContainerLock::holder(dir.path(), id), None);
+        assert!(
+            fs::read_dir(dir.path().join(LOCK_DIR))
+                .unwrap()
+                .next()
+                .is_none(),
+            "the lock file is removed on release"
+        );
+        let again = ContainerLock::try_acquire(dir.path(), id).unwrap().unwrap();
+        drop(again);
     }
 }

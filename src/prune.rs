@@ -15,7 +15,10 @@
 //!    newer of the id's time and the objects' modification times — is older than `incomplete_grace`. That
 //!    removes what an interrupted prune or a crashed backup left, but never the archives of a backup that is
 //!    still being written (recent modification times), and never one dated in the future.
-//! 5. Leftovers of interrupted uploads (temp files, S3 multipart uploads) older than the grace period are swept.
+//! 5. Leftovers of interrupted uploads (temp files, S3 multipart uploads) older than the grace period are listed
+//!    ([`Storage::stale_uploads`]) and then swept with the same cutoff, so everything removed is in the report —
+//!    and in `--dry-run`, which removes nothing. (Before issue 8 a directory that held only a temp file vanished
+//!    without a word: `list` does not see temp files, so it was no "incomplete backup" either.)
 //!
 //! One backup failing to delete does not stop the others: the failure goes into [`PruneReport::errors`]. Only a
 //! target that cannot be listed at all is an `Err` (and then nothing was deleted).
@@ -59,6 +62,22 @@ pub struct IncompleteDecision {
     pub reason: String,
 }
 
+/// The leftover of an interrupted upload (a local temp file, an S3 multipart upload) older than the grace period:
+/// removed by prune (on a dry run: would be).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct LeftoverUpload {
+    /// Local: the temp file's path under the target (its directory goes too when that leaves it empty).
+    /// S3: the key the upload was writing.
+    pub key: String,
+    /// Bytes written so far, when the backend knows (local); `None` for S3 (and an empty temp file).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// When it was last written (local) or started (S3).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_activity: Option<DateTime<Utc>>,
+}
+
 /// A manifest that exists but could not be read: never deleted.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -93,7 +112,9 @@ pub struct PruneReport {
     pub unreadable: Vec<Unreadable>,
     /// Backups of other jobs, left alone because [`PruneOptions::job`] named another one.
     pub other_jobs: Vec<BackupId>,
-    /// Leftovers of interrupted uploads swept from the storage.
+    /// Leftovers of interrupted uploads older than the grace period: removed (dry run: would be removed).
+    pub leftover_uploads: Vec<LeftoverUpload>,
+    /// How many of them were removed (0 on a dry run).
     pub swept_uploads: usize,
     pub notes: Vec<String>,
     pub errors: Vec<PruneFailure>,
@@ -289,17 +310,64 @@ pub async fn prune_listing(
 
     prune_incomplete(storage, listing, settings, opts, &mut report).await;
 
-    if !opts.dry_run {
-        match storage.sweep_incomplete(settings.incomplete_grace).await {
-            Ok(n) => report.swept_uploads = n,
-            Err(e) => report.errors.push(PruneFailure {
-                id: None,
-                step: "sweep interrupted uploads".into(),
-                error: e.to_string(),
-            }),
-        }
-    }
+    sweep_uploads(storage, settings, opts, &mut report).await;
     report
+}
+
+/// List the leftovers of interrupted uploads, then (unless a dry run) sweep exactly those: the sweep runs with the
+/// listing's cutoff, so it cannot remove an upload that turned stale after the listing and is not in the report.
+async fn sweep_uploads(
+    storage: &dyn Storage,
+    settings: &Retention,
+    opts: &PruneOptions,
+    report: &mut PruneReport,
+) {
+    let grace = settings.incomplete_grace;
+    let listed_at = std::time::Instant::now();
+    let stale = match storage.stale_uploads(grace).await {
+        Ok(v) => v,
+        Err(e) => {
+            // Nothing is swept that could not be listed first.
+            report.errors.push(PruneFailure {
+                id: None,
+                step: "list interrupted uploads".into(),
+                error: e.to_string(),
+            });
+            return;
+        }
+    };
+    report.leftover_uploads = stale
+        .iter()
+        .map(|o| LeftoverUpload {
+            key: o.key.clone(),
+            // 0 is "unknown" (S3 does not say how much an unfinished upload holds).
+            size: (o.size > 0).then_some(o.size),
+            last_activity: o.modified.map(DateTime::<Utc>::from),
+        })
+        .collect();
+    if opts.dry_run || stale.is_empty() {
+        return;
+    }
+    match storage
+        .sweep_incomplete(grace.saturating_add(listed_at.elapsed()))
+        .await
+    {
+        Ok(n) => {
+            report.swept_uploads = n;
+            if n != stale.len() {
+                report.notes.push(format!(
+                    "{} of {} leftover upload(s) were gone or written to again before the sweep",
+                    stale.len().saturating_sub(n),
+                    stale.len()
+                ));
+            }
+        }
+        Err(e) => report.errors.push(PruneFailure {
+            id: None,
+            step: "sweep interrupted uploads".into(),
+            error: e.to_string(),
+        }),
+    }
 }
 
 /// Manifest first (the backup disappears from listings at once), then everything else under `<id>/`.
@@ -497,7 +565,7 @@ pub async fn command(
         let store = crate::storage::open(t)
             .await
             .with_context(|| format!("opening target {}", t.name))?;
-        let _lock = crate::lock::TargetLock::acquire(&config.state_dir, &store.describe())?;
+        let _lock = crate::lock::TargetLock::acquire(&config.state_dir, t)?;
         let opts = PruneOptions {
             dry_run: args.dry_run,
             now: Utc::now(),
@@ -566,6 +634,34 @@ pub fn render(r: &PruneReport) -> String {
             i.id, i.action, i.reason
         ));
     }
+    for u in &r.leftover_uploads {
+        let mut what = Vec::new();
+        if let Some(n) = u.size {
+            what.push(crate::cli::human(n));
+        }
+        if let Some(t) = u.last_activity {
+            what.push(format!(
+                "last written {} ago",
+                format_duration(Utc::now().signed_duration_since(t))
+            ));
+        }
+        out.push_str(&format!(
+            "leftover upload {}{}: {} (left by an interrupted backup; older than the grace period)\n",
+            u.key,
+            if what.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", what.join(", "))
+            },
+            if r.dry_run {
+                "would be removed"
+            } else if r.errors.iter().any(|e| e.step == "sweep interrupted uploads") {
+                "not removed (see the error below)"
+            } else {
+                "removed"
+            }
+        ));
+    }
     for u in &r.unreadable {
         out.push_str(&format!("unreadable {}: {} (kept)\n", u.id, u.reason));
     }
@@ -581,7 +677,7 @@ pub fn render(r: &PruneReport) -> String {
         ));
     }
     out.push_str(&format!(
-        "{} backup(s) {}deleted, {} incomplete removed\n",
+        "{} backup(s) {}deleted, {} incomplete removed",
         if r.dry_run {
             r.decisions
                 .iter()
@@ -593,5 +689,21 @@ pub fn render(r: &PruneReport) -> String {
         if r.dry_run { "would be " } else { "" },
         r.incomplete_removed.len()
     ));
+    if !r.leftover_uploads.is_empty() {
+        out.push_str(&format!(
+            ", {} leftover upload(s) {}",
+            if r.dry_run {
+                r.leftover_uploads.len()
+            } else {
+                r.swept_uploads
+            },
+            if r.dry_run {
+                "would be removed"
+            } else {
+                "removed"
+            }
+        ));
+    }
+    out.push('\n');
     out
 }

@@ -34,6 +34,24 @@
 //!   running is reported as fine, one that is gone as gone, and one that is in some other state (e.g. stopped by
 //!   the user after being paused) is left alone.
 //!
+//! * **One quiesce per container** (acceptance row 27). Before it changes any container, `hold` takes the
+//!   container's quiesce lock ([`ContainerLock`], a `flock` in `<state_dir>/locks`) and keeps it until the
+//!   container is resumed (the lock lives with the journal entry, so the [`Quiescer::release_pending`] backstop
+//!   releases it too). A second run that wants the same container waits for that run to resume it — bounded by
+//!   [`QUIESCE_WAIT`], and cut short by its cancel token — then looks at the live state again and quiesces the
+//!   container itself; when the wait runs out, that source fails with a message naming the other run. Without
+//!   the lock the second run took the first one's pause for the user's: it recorded no downtime, and if the first
+//!   resumed during the second's read, that backup was silently inconsistent. The locks of one `hold` are all
+//!   taken (in id order, so two runs cannot deadlock) before any container is touched, so waiting never extends
+//!   a pause this run made. At plan time [`see_through_other_runs`] marks a container held by another live run as
+//!   running (that is its state for the user), so the plan quiesces it again instead of leaving it "as found".
+//!   A container paused while its lock is free was paused by the user (or by a dead run, which recover — run
+//!   first by every backup — puts back) and stays untouched.
+//! * **Leftovers are journaled too** (row 26). A restore's staging directory is journaled before it is created
+//!   and marked done when it is removed; `recover` (and so the next backup or restore) removes what a killed
+//!   run left and reports it with its size. [`Leftover`] is the place for other things a run creates and must
+//!   remove again (helper containers, later).
+//!
 //! The journal directory is `<state_dir>/journal` (mode 0700), one file `<pid>-<random>.json` (0600) per live run.
 //! Journal writes are small synchronous `write` + `fdatasync` calls (milliseconds), done inline.
 
@@ -47,15 +65,28 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 
 use crate::catalog::QuiesceAction;
-use crate::docker::{ContainerState, DockerError, Runtime};
+use crate::docker::{ContainerInfo, ContainerState, DockerError, Runtime};
+use crate::lock::{ContainerLock, LockError};
 
 /// Sub-directory of the state dir that holds the journals.
 pub const JOURNAL_DIR: &str = "journal";
 
 /// A temporary journal name older than this, whose lock is free, is debris of a run that died while opening it.
 const STALE_TMP_AGE: Duration = Duration::from_secs(60);
+
+/// How long `hold` waits for another voltar run to resume a container it holds before failing that source: the
+/// 10 minutes issue 8 sets as the default cap on one container's downtime (`[quiesce] max-downtime`); a run that
+/// holds a container longer than that is in trouble itself, and waiting on it longer would only stack runs up.
+pub const QUIESCE_WAIT: Duration = Duration::from_secs(10 * 60);
+
+/// How often a waiting `hold` looks whether the other run has resumed the container.
+const QUIESCE_POLL: Duration = Duration::from_millis(200);
+
+/// Name prefix of a restore's staging directories; recover removes nothing else.
+pub const STAGING_PREFIX: &str = ".voltar-staging-";
 
 /// Where the journals of `state_dir` live.
 pub fn journal_dir(state_dir: &Path) -> PathBuf {
@@ -105,6 +136,19 @@ pub enum QuiesceError {
         #[source]
         source: Box<DockerError>,
     },
+    /// Another voltar run holds the container (paused or stopped) and did not resume it in time.
+    #[error("container {name} ({}) is held by another voltar run (pid {pid}), which has not resumed it after {}; nothing was quiesced for this source: run it again once that run is done", short(.id), humantime::format_duration(*.waited))]
+    Busy {
+        id: String,
+        name: String,
+        pid: String,
+        waited: Duration,
+    },
+    /// Interrupted (SIGINT/SIGTERM) while waiting for another run to resume a container.
+    #[error("interrupted while waiting for another voltar run to resume container {name}; nothing was quiesced for this source")]
+    Interrupted { name: String },
+    #[error(transparent)]
+    Lock(#[from] LockError),
     /// The journal directory cannot be read during recover.
     #[error(
         "cannot read the quiesce journals in {path}: {source} (check the state dir's permissions)"
@@ -182,8 +226,68 @@ enum Record {
         state_before: String,
         at: String,
     },
-    /// Written after the container is back (or found not to need it).
+    /// Written (and fsynced) before a leftover is created, e.g. a restore's staging directory.
+    Create {
+        seq: u64,
+        leftover: Leftover,
+        at: String,
+    },
+    /// Written after the container is back (or found not to need it), or the leftover is removed.
     Done { seq: u64, at: String },
+}
+
+/// Something a run creates and removes again itself; journaled before it exists, so what a killed run leaves is
+/// found and removed by [`recover`]. (Helper containers for the engine's archive API belong here later.)
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Leftover {
+    /// A restore's staging directory beside its destination (`.voltar-staging-*`), absolute: removed with
+    /// everything in it (a partial extraction, or the old contents after the swap).
+    StagingDir {
+        #[serde(with = "path_repr")]
+        path: PathBuf,
+    },
+}
+
+impl std::fmt::Display for Leftover {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Leftover::StagingDir { path } => {
+                write!(f, "restore staging directory {}", path.display())
+            }
+        }
+    }
+}
+
+/// Paths in the journal: a string when UTF-8, else the raw bytes (a volume or `--to-dir` path need not be UTF-8).
+mod path_repr {
+    use std::ffi::OsString;
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    use std::path::{Path, PathBuf};
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum Repr {
+        Utf8(String),
+        Bytes(Vec<u8>),
+    }
+
+    pub fn serialize<S: Serializer>(p: &Path, s: S) -> Result<S::Ok, S::Error> {
+        match p.to_str() {
+            Some(t) => Repr::Utf8(t.to_string()),
+            None => Repr::Bytes(p.as_os_str().as_bytes().to_vec()),
+        }
+        .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+        Ok(match Repr::deserialize(d)? {
+            Repr::Utf8(t) => PathBuf::from(t),
+            Repr::Bytes(b) => PathBuf::from(OsString::from_vec(b)),
+        })
+    }
 }
 
 /// A container this run journaled and has not resumed yet.
@@ -199,6 +303,10 @@ struct Inner {
     file: File,
     next_seq: u64,
     pending: BTreeMap<u64, Pending>,
+    /// The quiesce locks of pending containers, released when their entry is done.
+    locks: BTreeMap<u64, ContainerLock>,
+    /// Leftovers journaled and not removed yet.
+    leftovers: BTreeMap<u64, Leftover>,
     poisoned: bool,
     /// Tests simulate a crash: close the file (dropping the lock) without cleaning up.
     #[cfg(test)]
@@ -209,6 +317,7 @@ struct Inner {
 pub struct Journal {
     path: PathBuf,
     dir: PathBuf,
+    state_dir: PathBuf,
     inner: Mutex<Inner>,
 }
 
@@ -287,10 +396,13 @@ impl Journal {
         Ok(Journal {
             path,
             dir,
+            state_dir: state_dir.to_path_buf(),
             inner: Mutex::new(Inner {
                 file,
                 next_seq: 0,
                 pending: BTreeMap::new(),
+                locks: BTreeMap::new(),
+                leftovers: BTreeMap::new(),
                 poisoned: false,
                 #[cfg(test)]
                 abandon: false,
@@ -301,6 +413,11 @@ impl Journal {
     /// This run's journal file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The state directory the journal (and the quiesce locks) live in.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
     }
 
     fn lock_inner(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -315,30 +432,19 @@ impl Journal {
         inner.file.sync_data()
     }
 
-    /// Journal `id` before it is changed; returns the entry's sequence number.
-    fn begin(
+    /// Append a new entry (fsynced); returns its sequence number.
+    fn record(
         &self,
-        id: &str,
-        name: &str,
-        action: QuiesceAction,
-        state_before: &ContainerState,
+        inner: &mut Inner,
+        rec: impl FnOnce(u64) -> Record,
     ) -> Result<u64, QuiesceError> {
-        let mut inner = self.lock_inner();
         if inner.poisoned {
             return Err(QuiesceError::JournalPoisoned {
                 path: self.path.clone(),
             });
         }
         let seq = inner.next_seq;
-        let rec = Record::Hold {
-            seq,
-            id: id.to_string(),
-            name: name.to_string(),
-            action,
-            state_before: state_before.to_string(),
-            at: now_rfc3339(),
-        };
-        if let Err(source) = self.append(&mut inner, &rec) {
+        if let Err(source) = self.append(inner, &rec(seq)) {
             // A half-written line would merge with the next one: write nothing more to this file.
             inner.poisoned = true;
             return Err(QuiesceError::Journal {
@@ -347,6 +453,31 @@ impl Journal {
             });
         }
         inner.next_seq += 1;
+        Ok(seq)
+    }
+
+    /// Journal `id` before it is changed; returns the entry's sequence number. The container's quiesce lock is
+    /// kept with the entry until it is done.
+    fn begin(
+        &self,
+        id: &str,
+        name: &str,
+        action: QuiesceAction,
+        state_before: &ContainerState,
+        lock: Option<ContainerLock>,
+    ) -> Result<u64, QuiesceError> {
+        let mut inner = self.lock_inner();
+        let seq = self.record(&mut inner, |seq| Record::Hold {
+            seq,
+            id: id.to_string(),
+            name: name.to_string(),
+            action,
+            state_before: state_before.to_string(),
+            at: now_rfc3339(),
+        })?;
+        if let Some(l) = lock {
+            inner.locks.insert(seq, l);
+        }
         inner.pending.insert(
             seq,
             Pending {
@@ -359,21 +490,40 @@ impl Journal {
         Ok(seq)
     }
 
-    /// Mark an entry resumed. A failure here is harmless (recover will find the container running) and is logged.
+    /// Mark an entry resumed (or a leftover removed). A failure here is harmless (recover will find the
+    /// container running, the leftover gone) and is logged. Releases the container's quiesce lock last.
     fn done(&self, seq: u64) {
         let mut inner = self.lock_inner();
         inner.pending.remove(&seq);
-        if inner.poisoned {
-            return;
+        inner.leftovers.remove(&seq);
+        if !inner.poisoned {
+            let rec = Record::Done {
+                seq,
+                at: now_rfc3339(),
+            };
+            if let Err(e) = self.append(&mut inner, &rec) {
+                inner.poisoned = true;
+                tracing::warn!(journal = %self.path.display(), error = %e, "cannot mark an entry done in the journal");
+            }
         }
-        let rec = Record::Done {
+        inner.locks.remove(&seq);
+    }
+
+    /// Journal `what` before it is created. Call [`Journal::removed`] once it is gone again (or was never made).
+    pub fn will_create(&self, what: &Leftover) -> Result<u64, QuiesceError> {
+        let mut inner = self.lock_inner();
+        let seq = self.record(&mut inner, |seq| Record::Create {
             seq,
+            leftover: what.clone(),
             at: now_rfc3339(),
-        };
-        if let Err(e) = self.append(&mut inner, &rec) {
-            inner.poisoned = true;
-            tracing::warn!(journal = %self.path.display(), error = %e, "cannot mark a container resumed in the journal");
-        }
+        })?;
+        inner.leftovers.insert(seq, what.clone());
+        Ok(seq)
+    }
+
+    /// The leftover journaled as `seq` is gone.
+    pub fn removed(&self, seq: u64) {
+        self.done(seq);
     }
 
     fn pending_entries(&self) -> Vec<(u64, Pending)> {
@@ -410,7 +560,7 @@ impl Drop for Journal {
         if inner.abandon {
             return;
         }
-        if inner.pending.is_empty() {
+        if inner.pending.is_empty() && inner.leftovers.is_empty() {
             // Everything is back: the journal has nothing left to say. Unlink while still holding the lock, so a
             // concurrent recover that opened it sees the inode is gone and skips it.
             if let Err(e) = fs::remove_file(&self.path) {
@@ -418,12 +568,19 @@ impl Drop for Journal {
             } else {
                 let _ = fsync_dir(&self.dir);
             }
-        } else {
+        } else if !inner.pending.is_empty() {
             let names: Vec<&str> = inner.pending.values().map(|p| p.name.as_str()).collect();
             tracing::error!(
                 journal = %self.path.display(),
                 containers = ?names,
                 "containers were not resumed; the journal is kept so `voltar recover` (or the next run) can resume them"
+            );
+        } else {
+            let what: Vec<String> = inner.leftovers.values().map(|l| l.to_string()).collect();
+            tracing::warn!(
+                journal = %self.path.display(),
+                leftovers = ?what,
+                "could not remove everything this run created; `voltar recover` (or the next run) removes it"
             );
         }
         // The file closes with `inner`, which releases the lock.
@@ -532,6 +689,10 @@ impl ReleaseReport {
 pub struct Quiescer<'a> {
     runtime: &'a dyn Runtime,
     journal: &'a Journal,
+    /// Cuts a wait for another run's container short (SIGINT/SIGTERM).
+    cancel: Option<CancellationToken>,
+    /// How long to wait for another run to resume a container.
+    wait: Duration,
 }
 
 /// How one hold ended.
@@ -542,15 +703,85 @@ enum Step {
 
 impl<'a> Quiescer<'a> {
     pub fn new(runtime: &'a dyn Runtime, journal: &'a Journal) -> Quiescer<'a> {
-        Quiescer { runtime, journal }
+        Quiescer {
+            runtime,
+            journal,
+            cancel: None,
+            wait: QUIESCE_WAIT,
+        }
+    }
+
+    /// Stop waiting for other runs' containers when `token` is cancelled.
+    pub fn cancel_on(mut self, token: CancellationToken) -> Quiescer<'a> {
+        self.cancel = Some(token);
+        self
+    }
+
+    /// Wait at most `wait` (instead of [`QUIESCE_WAIT`]) for another run to resume a container.
+    pub fn wait_for_others(mut self, wait: Duration) -> Quiescer<'a> {
+        self.wait = wait;
+        self
+    }
+
+    /// Take the quiesce lock of every container `holds` may change, in id order, waiting (bounded) for other
+    /// runs that hold one. Nothing is touched yet, so a wait never extends a pause or stop of this run.
+    async fn lock_all(
+        &self,
+        holds: &[Hold],
+    ) -> Result<BTreeMap<String, ContainerLock>, QuiesceError> {
+        let wanted: BTreeMap<&str, &str> = holds
+            .iter()
+            .filter(|h| h.action != QuiesceAction::None)
+            .map(|h| (h.id.as_str(), h.name.as_str()))
+            .collect();
+        let deadline = Instant::now() + self.wait;
+        let mut locks = BTreeMap::new();
+        for (id, name) in wanted {
+            let mut announced = false;
+            let lock = loop {
+                match ContainerLock::try_acquire(self.journal.state_dir(), id)? {
+                    Ok(l) => break l,
+                    Err(pid) => {
+                        if Instant::now() >= deadline {
+                            return Err(QuiesceError::Busy {
+                                id: id.to_string(),
+                                name: name.to_string(),
+                                pid,
+                                waited: self.wait,
+                            });
+                        }
+                        if !announced {
+                            announced = true;
+                            tracing::warn!(
+                                "container {name} is held by another voltar run (pid {pid}); waiting up to {} for it to resume it",
+                                humantime::format_duration(self.wait)
+                            );
+                        }
+                        let nap = tokio::time::sleep(QUIESCE_POLL);
+                        match &self.cancel {
+                            Some(c) => tokio::select! {
+                                _ = c.cancelled() => {
+                                    return Err(QuiesceError::Interrupted { name: name.to_string() })
+                                }
+                                _ = nap => {}
+                            },
+                            None => nap.await,
+                        }
+                    }
+                }
+            };
+            locks.insert(id.to_string(), lock);
+        }
+        Ok(locks)
     }
 
     /// Quiesce `holds` in order. Only containers running right now are touched. On the first failure the
     /// containers already quiesced are resumed (in reverse order) before the error is returned.
     pub async fn hold(&self, holds: &[Hold]) -> Result<Held, QuiesceError> {
+        let mut locks = self.lock_all(holds).await?;
         let mut held = Held::default();
         for h in holds {
-            match self.hold_one(h).await {
+            match self.hold_one(h, locks.remove(&h.id)).await {
                 Ok(Step::Held(c)) => held.held.push(c),
                 Ok(Step::Skipped(s)) => held.skipped.push(s),
                 Err(mut err) => {
@@ -579,7 +810,7 @@ impl<'a> Quiescer<'a> {
         Ok(held)
     }
 
-    async fn hold_one(&self, h: &Hold) -> Result<Step, QuiesceError> {
+    async fn hold_one(&self, h: &Hold, lock: Option<ContainerLock>) -> Result<Step, QuiesceError> {
         let hold_err = |source: DockerError, still_held: Vec<String>| QuiesceError::Hold {
             id: h.id.clone(),
             name: h.name.clone(),
@@ -600,7 +831,7 @@ impl<'a> Quiescer<'a> {
                 state,
             }));
         }
-        let seq = self.journal.begin(&h.id, &h.name, h.action, &state)?;
+        let seq = self.journal.begin(&h.id, &h.name, h.action, &state, lock)?;
         let since = Instant::now();
         let res = match h.action {
             QuiesceAction::Pause => self.runtime.pause(&h.id).await,
@@ -780,8 +1011,29 @@ pub struct RecoverReport {
     /// Journals of runs still alive: left alone.
     pub live: usize,
     pub containers: Vec<Recovered>,
+    /// Leftovers of dead runs (restore staging directories) and what became of them.
+    pub leftovers: Vec<RecoveredLeftover>,
     /// Problems other than containers: unreadable journal lines, files that could not be removed.
     pub problems: Vec<String>,
+}
+
+/// What recover did with one leftover of an abandoned journal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeftoverOutcome {
+    /// Removed; how many bytes of regular files it held.
+    Removed { bytes: u64 },
+    /// Not there (the run removed it and died before saying so).
+    AlreadyGone,
+    /// Not what the journal says it is (not a directory, or not named like a staging directory): left alone.
+    LeftAlone(String),
+    /// Could not be removed; the journal is kept for the next attempt.
+    Failed(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecoveredLeftover {
+    pub leftover: Leftover,
+    pub outcome: LeftoverOutcome,
 }
 
 impl RecoverReport {
@@ -827,6 +1079,21 @@ impl RecoverReport {
                 format!("container {}: {what}", c.name)
             })
             .collect();
+        for l in &self.leftovers {
+            out.push(match &l.outcome {
+                LeftoverOutcome::Removed { bytes } => format!(
+                    "{}: removed ({}, left by an interrupted run)",
+                    l.leftover,
+                    crate::cli::human(*bytes)
+                ),
+                LeftoverOutcome::AlreadyGone => format!("{}: already gone", l.leftover),
+                LeftoverOutcome::LeftAlone(why) => format!("{}: left alone ({why})", l.leftover),
+                LeftoverOutcome::Failed(e) => format!(
+                    "{}: could not be removed: {e} (journal kept; run `voltar recover` again)",
+                    l.leftover
+                ),
+            });
+        }
         out.extend(self.problems.iter().cloned());
         out
     }
@@ -872,9 +1139,18 @@ struct OpenEntry {
     action: QuiesceAction,
 }
 
-/// The not-done entries of a journal's text in journal order, and descriptions of unreadable lines.
-fn parse_journal(text: &str) -> (Vec<OpenEntry>, Vec<String>) {
+/// What a journal's text says is still open, in journal order.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Parsed {
+    containers: Vec<OpenEntry>,
+    leftovers: Vec<Leftover>,
+    /// Descriptions of unreadable lines.
+    problems: Vec<String>,
+}
+
+fn parse_journal(text: &str) -> Parsed {
     let mut holds: BTreeMap<u64, OpenEntry> = BTreeMap::new();
+    let mut leftovers: BTreeMap<u64, Leftover> = BTreeMap::new();
     let mut problems = Vec::new();
     let lines: Vec<&str> = text.split('\n').collect();
     let last = lines.len().saturating_sub(1);
@@ -892,8 +1168,12 @@ fn parse_journal(text: &str) -> (Vec<OpenEntry>, Vec<String>) {
             }) => {
                 holds.insert(seq, OpenEntry { id, name, action });
             }
+            Ok(Record::Create { seq, leftover, .. }) => {
+                leftovers.insert(seq, leftover);
+            }
             Ok(Record::Done { seq, .. }) => {
                 holds.remove(&seq);
+                leftovers.remove(&seq);
             }
             // A last line without its newline is a write cut short by the crash; we fsync before acting, so the
             // container it names was not touched yet.
@@ -901,12 +1181,16 @@ fn parse_journal(text: &str) -> (Vec<OpenEntry>, Vec<String>) {
             Err(e) => problems.push(format!("line {}: {e}", i + 1)),
         }
     }
-    (holds.into_values().collect(), problems)
+    Parsed {
+        containers: holds.into_values().collect(),
+        leftovers: leftovers.into_values().collect(),
+        problems,
+    }
 }
 
 /// Replay the journals of dead runs under `state_dir`: unpause what they paused, start what they stopped, as far as
-/// the live state says it is still needed. Journals of live runs are never touched. Run by `voltar recover` and at
-/// the start of every run.
+/// the live state says it is still needed, and remove the leftovers they journaled (restore staging directories).
+/// Journals of live runs are never touched. Run by `voltar recover` and at the start of every backup and restore.
 pub async fn recover(
     state_dir: &Path,
     runtime: &dyn Runtime,
@@ -967,7 +1251,11 @@ async fn recover_one(
         report.kept.push(path.to_path_buf());
         return;
     }
-    let (entries, problems) = parse_journal(&text);
+    let Parsed {
+        containers: entries,
+        leftovers,
+        problems,
+    } = parse_journal(&text);
     let mut keep = !problems.is_empty();
     for p in problems {
         report
@@ -987,6 +1275,16 @@ async fn recover_one(
             action,
             outcome,
         });
+    }
+    for leftover in leftovers {
+        let outcome = remove_leftover(&leftover);
+        if matches!(outcome, LeftoverOutcome::Failed(_)) {
+            keep = true;
+        }
+        tracing::info!(leftover = %leftover, outcome = ?outcome, "recover");
+        report
+            .leftovers
+            .push(RecoveredLeftover { leftover, outcome });
     }
     if keep {
         report.kept.push(path.to_path_buf());
@@ -1036,6 +1334,74 @@ async fn recover_container(
         Err(DockerError::NoSuchContainer(_)) => RecoverOutcome::Gone,
         Err(e) => RecoverOutcome::Failed(e.to_string()),
     }
+}
+
+/// Remove a leftover of a dead run, after checking it is what the journal says it is.
+fn remove_leftover(leftover: &Leftover) -> LeftoverOutcome {
+    match leftover {
+        Leftover::StagingDir { path } => {
+            use std::os::unix::ffi::OsStrExt;
+            let named = path.is_absolute()
+                && path
+                    .file_name()
+                    .is_some_and(|n| n.as_bytes().starts_with(STAGING_PREFIX.as_bytes()));
+            if !named {
+                return LeftoverOutcome::LeftAlone(format!(
+                    "not named {STAGING_PREFIX}*: not voltar's to remove"
+                ));
+            }
+            match fs::symlink_metadata(path) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => LeftoverOutcome::AlreadyGone,
+                Err(e) => LeftoverOutcome::Failed(e.to_string()),
+                Ok(m) if !m.is_dir() => {
+                    LeftoverOutcome::LeftAlone("not a directory: not voltar's to remove".into())
+                }
+                Ok(_) => {
+                    let bytes = tree_bytes(path);
+                    match fs::remove_dir_all(path) {
+                        Ok(()) => LeftoverOutcome::Removed { bytes },
+                        Err(e) => LeftoverOutcome::Failed(e.to_string()),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Bytes of the regular files under `dir` (symlinks not followed), for the report.
+fn tree_bytes(dir: &Path) -> u64 {
+    walkdir::WalkDir::new(dir)
+        .follow_links(false)
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_file())
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// At plan time: a container that another live voltar run holds paused or stopped right now (that run holds its
+/// quiesce lock) is, for its user, running — that run resumes it soon. Mark it running, so the plan quiesces it
+/// again (and `hold` waits for the other run first) instead of taking that run's pause for the user's. A
+/// container paused or stopped while its lock is free is left as found. Returns the names it changed.
+pub fn see_through_other_runs(state_dir: &Path, containers: &mut [ContainerInfo]) -> Vec<String> {
+    let mut changed = Vec::new();
+    for c in containers.iter_mut() {
+        if !matches!(c.state, ContainerState::Paused | ContainerState::Exited) {
+            continue;
+        }
+        if let Some(pid) = ContainerLock::holder(state_dir, &c.id) {
+            tracing::info!(
+                container = %c.name,
+                state = %c.state,
+                pid = %pid,
+                "held by another voltar run: planned as running"
+            );
+            c.state = ContainerState::Running;
+            changed.push(c.name.clone());
+        }
+    }
+    changed
 }
 
 /// Remove a temporary journal left by a run that died between creating and naming it (it holds no entries).
@@ -1612,10 +1978,10 @@ mod tests {
         let hold_b = r#"{"event":"hold","seq":1,"id":"b","name":"bn","action":"stop","state_before":"running","at":"x"}"#;
         let done_a = r#"{"event":"done","seq":0,"at":"x"}"#;
         let text = format!("{hold_a}\n{hold_b}\n{done_a}\n{{\"event\":\"ho");
-        let (entries, problems) = parse_journal(&text);
-        assert!(problems.is_empty(), "{problems:?}");
+        let p = parse_journal(&text);
+        assert!(p.problems.is_empty(), "{p:?}");
         assert_eq!(
-            entries,
+            p.containers,
             [OpenEntry {
                 id: "b".into(),
                 name: "bn".into(),
@@ -1624,10 +1990,210 @@ mod tests {
         );
 
         let text = format!("{hold_a}\ngarbage\n{hold_b}\n");
-        let (entries, problems) = parse_journal(&text);
-        assert_eq!(problems.len(), 1, "{problems:?}");
-        assert!(problems[0].starts_with("line 2"), "{problems:?}");
-        assert_eq!(entries.len(), 2, "what can be read is still acted on");
+        let p = parse_journal(&text);
+        assert_eq!(p.problems.len(), 1, "{p:?}");
+        assert!(p.problems[0].starts_with("line 2"), "{p:?}");
+        assert_eq!(p.containers.len(), 2, "what can be read is still acted on");
+    }
+
+    /// Row 27: a second run that wants a container the first holds waits for the first to resume it, then
+    /// quiesces it itself (its own journal entry, its own downtime); it never takes the first one's pause for the
+    /// user's. When the first does not let go in time, the second fails without touching anything.
+    #[tokio::test]
+    async fn a_second_run_waits_for_the_first_and_then_quiesces_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Fake::new(dir.path(), &[("a", Running)]);
+        let j1 = Journal::open(dir.path()).unwrap();
+        let j2 = Journal::open(dir.path()).unwrap();
+        let q1 = Quiescer::new(&fake, &j1);
+        let q2 = Quiescer::new(&fake, &j2).wait_for_others(Duration::from_millis(400));
+
+        let held1 = q1.hold(&[hold("a", Pause)]).await.unwrap();
+        assert_eq!(fake.state_of("a"), Paused);
+        let t0 = Instant::now();
+        match q2.hold(&[hold("a", Pause)]).await {
+            Err(e @ QuiesceError::Busy { .. }) => {
+                let msg = e.to_string();
+                assert!(msg.contains("another voltar run"), "{msg}");
+                assert!(msg.contains(&std::process::id().to_string()), "{msg}");
+                assert!(!e.leaves_containers_quiesced());
+            }
+            other => panic!("expected Busy, got {other:?}"),
+        }
+        assert!(t0.elapsed() >= Duration::from_millis(400));
+        let ops = || -> Vec<String> {
+            fake.calls()
+                .into_iter()
+                .filter(|c| !c.starts_with("journaled"))
+                .collect()
+        };
+        assert_eq!(ops(), ["pause:a"], "the second run touched nothing");
+
+        let q2 = q2.wait_for_others(Duration::from_secs(30));
+        let holds = [hold("a", Pause)];
+        let (held2, rep1) = tokio::join!(q2.hold(&holds), async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            q1.release(held1).await
+        });
+        assert!(rep1.is_ok());
+        let held2 = held2.unwrap();
+        assert_eq!(
+            held2.containers().len(),
+            1,
+            "quiesced by the second run itself"
+        );
+        assert!(held2.skipped().is_empty());
+        assert_eq!(ops(), ["pause:a", "unpause:a", "pause:a"]);
+        assert_eq!(j2.pending(), ["a-name"]);
+        let rep2 = q2.release(held2).await;
+        assert!(rep2.is_ok() && rep2.released[0].outcome == ReleaseOutcome::Resumed);
+        assert_eq!(fake.state_of("a"), Running);
+    }
+
+    /// A cancelled run stops waiting at once.
+    #[tokio::test]
+    async fn waiting_for_another_run_is_cut_short_by_cancel() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Fake::new(dir.path(), &[("a", Running)]);
+        let j1 = Journal::open(dir.path()).unwrap();
+        let j2 = Journal::open(dir.path()).unwrap();
+        let q1 = Quiescer::new(&fake, &j1);
+        let token = CancellationToken::new();
+        let q2 = Quiescer::new(&fake, &j2).cancel_on(token.clone());
+        let held1 = q1.hold(&[hold("a", Pause)]).await.unwrap();
+        let t0 = Instant::now();
+        let holds = [hold("a", Pause)];
+        let (r, ()) = tokio::join!(q2.hold(&holds), async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            token.cancel();
+        });
+        assert!(matches!(r, Err(QuiesceError::Interrupted { .. })), "{r:?}");
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        assert!(q1.release(held1).await.is_ok());
+    }
+
+    /// At plan time a container another live run holds paused or stopped counts as running; one the user paused
+    /// (its quiesce lock is free) stays paused.
+    #[tokio::test]
+    async fn plan_sees_through_another_runs_hold_but_not_the_users() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Fake::new(dir.path(), &[("a", Running), ("b", Running)]);
+        let j = Journal::open(dir.path()).unwrap();
+        let q = Quiescer::new(&fake, &j);
+        let held = q.hold(&[hold("a", Pause), hold("b", Stop)]).await.unwrap();
+        let info = |id: &str, state: ContainerState| ContainerInfo {
+            id: id.into(),
+            name: format!("{id}n"),
+            image: "img".into(),
+            state,
+            labels: Default::default(),
+            mounts: vec![],
+        };
+        let mut found = vec![
+            info("a", Paused),
+            info("b", ContainerState::Exited),
+            info("user", Paused),
+        ];
+        let changed = see_through_other_runs(dir.path(), &mut found);
+        assert_eq!(changed, ["an", "bn"]);
+        assert_eq!(found[0].state, Running);
+        assert_eq!(found[1].state, Running);
+        assert_eq!(found[2].state, Paused, "the user's pause is the user's");
+        assert!(q.release(held).await.is_ok());
+        let mut again = vec![info("a", Paused)];
+        assert!(see_through_other_runs(dir.path(), &mut again).is_empty());
+    }
+
+    /// Row 26: a staging directory journaled by a run that died is removed by recover and reported with its
+    /// size; one marked done is not touched; a journaled path that is not a staging directory is left alone.
+    #[tokio::test]
+    async fn recover_removes_the_staging_directories_of_a_dead_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let vols = tempfile::tempdir().unwrap();
+        let fake = Fake::new(dir.path(), &[]);
+        let staging = vols.path().join(".voltar-staging-_data-0000abcd");
+        let finished = vols.path().join(".voltar-staging-_data-0000beef");
+        let not_ours = vols.path().join("_data");
+        let journal = Journal::open(dir.path()).unwrap();
+        for p in [&staging, &finished, &not_ours] {
+            fs::create_dir_all(p.join("sub")).unwrap();
+            fs::write(p.join("sub/f"), vec![0u8; 3000]).unwrap();
+        }
+        let seq = journal
+            .will_create(&Leftover::StagingDir {
+                path: staging.clone(),
+            })
+            .unwrap();
+        assert!(seq < 10);
+        let done = journal
+            .will_create(&Leftover::StagingDir {
+                path: finished.clone(),
+            })
+            .unwrap();
+        journal.removed(done);
+        journal
+            .will_create(&Leftover::StagingDir {
+                path: not_ours.clone(),
+            })
+            .unwrap();
+        // Still alive: recover leaves it alone.
+        let rep = recover(dir.path(), &fake).await.unwrap();
+        assert_eq!(rep.live, 1);
+        assert!(rep.leftovers.is_empty() && staging.exists());
+
+        journal.abandon(); // the run dies
+        let rep = recover(dir.path(), &fake).await.unwrap();
+        assert!(rep.is_clean(), "{rep:?}");
+        assert_eq!(rep.leftovers.len(), 2, "{rep:?}");
+        assert_eq!(
+            rep.leftovers[0].outcome,
+            LeftoverOutcome::Removed { bytes: 3000 }
+        );
+        assert!(matches!(
+            rep.leftovers[1].outcome,
+            LeftoverOutcome::LeftAlone(_)
+        ));
+        assert!(!staging.exists());
+        assert!(finished.exists(), "marked done: not recover's business");
+        assert!(not_ours.join("sub/f").exists());
+        let lines = rep.lines();
+        assert!(
+            lines[0].contains(&staging.display().to_string())
+                && lines[0].contains("removed (2.9 KiB"),
+            "{lines:?}"
+        );
+        assert!(journal_files(dir.path()).is_empty());
+    }
+
+    /// A run that removed its staging directory itself leaves no journal; one that could not keeps it for recover.
+    /// Paths that are not UTF-8 survive the journal.
+    #[test]
+    fn a_leftover_keeps_the_journal_until_removed() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::open(dir.path()).unwrap();
+        let seq = journal
+            .will_create(&Leftover::StagingDir {
+                path: PathBuf::from("/x/.voltar-staging-a"),
+            })
+            .unwrap();
+        journal.removed(seq);
+        drop(journal);
+        assert!(journal_files(dir.path()).is_empty());
+
+        let journal = Journal::open(dir.path()).unwrap();
+        let odd = PathBuf::from(std::ffi::OsStr::from_bytes(b"/x/\xff/.voltar-staging-b"));
+        journal
+            .will_create(&Leftover::StagingDir { path: odd.clone() })
+            .unwrap();
+        let path = journal.path().to_path_buf();
+        drop(journal);
+        assert!(
+            path.exists(),
+            "kept: the staging directory may still be there"
+        );
+        let p = parse_journal(&fs::read_to_string(&path).unwrap());
+        assert_eq!(p.leftovers, [Leftover::StagingDir { path: odd }], "{p:?}");
     }
 
     #[tokio::test]

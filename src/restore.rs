@@ -3,17 +3,23 @@
 //! Order of events, per source (architecture.md, acceptance rows 11 and 12):
 //!
 //! 1. Show the plan; `--dry-run` stops here (it lists the files that would be removed).
-//! 2. Stop the running containers that mount the target volume (journaled, like backup's quiesce).
-//! 3. Take a safety backup of the current contents into the same target, tagged `pre-restore`
+//! 2. Check each source's archive before anything is stopped: the object is in the target with the size the
+//!    manifest recorded, and an encrypted one opens with the given keys. A source that fails this is reported
+//!    failed and nothing is done for it. Leftovers of killed runs (journaled staging directories, containers
+//!    left stopped) are recovered first.
+//! 3. Stop the running containers that mount the target volume (journaled, like backup's quiesce; each with its
+//!    `voltar.stop-timeout` label, else the configured stop-timeout).
+//! 4. Take a safety backup of the current contents into the same target, tagged `pre-restore`
 //!    (`--no-safety-backup` skips it).
-//! 4. Extract into a staging directory on the same filesystem (a sibling of the volume's `_data`), checking the
+//! 5. Extract into a staging directory on the same filesystem (a sibling of the volume's `_data`, journaled
+//!    before it is created so that `voltar recover` or the next run removes it after a kill), checking the
 //!    stored object's sha256 and the archive's counts against the manifest *while* streaming. Decryption and
 //!    zstd checksums are verified to the last byte before anything is swapped in.
-//! 5. Swap the staging tree in with one atomic `renameat2(RENAME_EXCHANGE)`, so the volume ends up exactly
+//! 6. Swap the staging tree in with one atomic `renameat2(RENAME_EXCHANGE)`, so the volume ends up exactly
 //!    equal to the backup (no stale files), then delete the old tree.
-//! 6. Start exactly the containers that were running.
+//! 7. Start exactly the containers that were running.
 //!
-//! Any failure before step 5 leaves the live data byte-identical and the containers as they were found.
+//! Any failure before step 6 leaves the live data byte-identical and the containers as they were found.
 //! The unpacker (`archive::unpack`) refuses entries that would write outside the staging directory.
 
 use std::collections::BTreeSet;
@@ -38,8 +44,8 @@ use crate::docker::{ContainerState, Engine};
 use crate::pipeline::{self, HashingReader};
 use crate::plan::{PlannedContainer, PlannedSource};
 use crate::progress::Progress;
-use crate::quiesce::{Hold, Journal, Quiescer};
-use crate::storage::Storage;
+use crate::quiesce::{self, Hold, Journal, Leftover, Quiescer, STAGING_PREFIX};
+use crate::storage::{ObjectMeta, Storage};
 
 #[derive(Debug, Clone, Args)]
 pub struct RestoreArgs {
@@ -126,6 +132,10 @@ pub struct RestoreReport {
     pub backup: Option<String>,
     pub dry_run: bool,
     pub sources: Vec<SourceRestore>,
+    /// What was put right before starting: containers left stopped and staging directories left behind by
+    /// interrupted runs.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub recovered: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -350,9 +360,20 @@ pub async fn command(
     }
     let paths = clean_paths(&args.paths)?;
     let engine = Engine::connect(config.docker_host.as_deref()).await?;
+    let mut recovered = Vec::new();
+    if !args.dry_run {
+        // Put back what a killed run left (stopped containers, staging directories) before looking around.
+        recovered = quiesce::recover(&config.state_dir, &engine).await?.lines();
+        for line in &recovered {
+            progress.warn(&format!("recovered from an interrupted run: {line}"));
+        }
+    }
 
     // Work out destinations and the containers to stop.
-    let discovery = engine.discover().await?;
+    let mut discovery = engine.discover().await?;
+    // A container another voltar run holds (paused for its backup) is running for its user: stop it like one,
+    // after that run lets go of it.
+    quiesce::see_through_other_runs(&config.state_dir, &mut discovery.containers);
     let mut plans = Vec::new();
     for src in &chosen {
         let (destination, path, create_volume) = match (&args.to_volume, &args.to_dir) {
@@ -422,10 +443,17 @@ pub async fn command(
                 } else {
                     QuiesceAction::None
                 },
-                stop_timeout: config
-                    .job(args.job.as_deref())
-                    .map(|j| j.quiesce.stop_timeout)
-                    .unwrap_or(std::time::Duration::from_secs(30)),
+                // As backup does: the container's own label first, then the job's setting.
+                stop_timeout: c
+                    .labels
+                    .get(crate::plan::LABEL_STOP_TIMEOUT)
+                    .and_then(|t| crate::config::parse_duration(t).ok())
+                    .unwrap_or_else(|| {
+                        config
+                            .job(args.job.as_deref())
+                            .map(|j| j.quiesce.stop_timeout)
+                            .unwrap_or(crate::config::Quiesce::default().stop_timeout)
+                    }),
                 reason: if running {
                     "uses the restore target".into()
                 } else {
@@ -448,6 +476,7 @@ pub async fn command(
         backup: Some(manifest.id.to_string()),
         dry_run: args.dry_run,
         sources: vec![],
+        recovered,
     };
     if args.dry_run {
         for (src, destination, path, create_volume, users) in &plans {
@@ -483,12 +512,46 @@ pub async fn command(
         return Ok(cli::EXIT_OK);
     }
 
+    // Check every archive before anything is stopped (the full sha256 and counts are checked while extracting).
+    let objects = store
+        .list(&format!("{}/", manifest.id))
+        .await
+        .with_context(|| format!("listing backup {}", manifest.id))?;
+    let mut checks = Vec::new();
+    for (src, ..) in &plans {
+        checks.push(check_archive(&store, &objects, &manifest, src, &decryptor).await);
+    }
+
     let journal = Journal::open(&config.state_dir)?;
-    let quiescer = Quiescer::new(&engine, &journal);
+    let quiescer = Quiescer::new(&engine, &journal).cancel_on(cancel.clone());
     let mut failed = false;
-    for (src, destination, mut path, create_volume, users) in plans {
+    for ((src, destination, mut path, create_volume, users), check) in plans.into_iter().zip(checks)
+    {
         if cancel.is_cancelled() {
             bail!("interrupted");
+        }
+        if let Err(e) = check {
+            failed = true;
+            eprintln!(
+                "voltar: restoring {} into {destination} failed: {}",
+                src.name,
+                cli::chain(&e)
+            );
+            report.sources.push(SourceRestore {
+                source: src.name.clone(),
+                destination: destination.clone(),
+                path: path.clone(),
+                // Not created: nothing was done for this source.
+                create_volume: false,
+                stop: vec![],
+                would_remove: None,
+                counts: Counts::default(),
+                safety_backup: None,
+                restarted: vec![],
+                warnings: vec![],
+                status: format!("failed: {}", cli::chain(&e)),
+            });
+            continue;
         }
         progress.phase(&format!("restore {} -> {destination}", src.name));
         let mut sr = SourceRestore {
@@ -554,6 +617,7 @@ pub async fn command(
             &cancel,
             &mut sr,
             &engine,
+            &journal,
         )
         .await;
         let released = quiescer.release(held).await;
@@ -606,6 +670,7 @@ async fn restore_one(
     cancel: &CancellationToken,
     sr: &mut SourceRestore,
     engine: &Engine,
+    journal: &Journal,
 ) -> Result<()> {
     // Safety copy of what is there now.
     if !fresh && !args.no_safety_backup && dir_has_entries(path) {
@@ -658,7 +723,7 @@ async fn restore_one(
         sr.safety_backup = Some(run.id.to_string());
     }
 
-    let staging = make_staging(path)?;
+    let staging = Staging::make(path, journal)?;
     let result = async {
         progress.note("extracting and verifying");
         let opts = UnpackOptions {
@@ -670,7 +735,7 @@ async fn restore_one(
             manifest,
             src,
             decryptor,
-            staging.clone(),
+            staging.path.clone(),
             opts,
             progress.clone(),
         )
@@ -682,36 +747,115 @@ async fn restore_one(
         }
         progress.note("swapping in");
         if paths.is_empty() {
-            exchange(&staging, path)?;
+            exchange(&staging.path, path)?;
         } else {
             for p in paths {
-                swap_path_in(&staging, path, p)?;
+                swap_path_in(&staging.path, path, p)?;
             }
         }
         Ok(())
     }
     .await;
     // After a successful exchange, `staging` holds the old contents; after a failure, the partial extraction.
-    let _ = std::fs::remove_dir_all(&staging);
+    if let Err(e) = staging.remove(journal) {
+        sr.warnings.push(e);
+    }
     result
 }
 
-/// A new, empty staging directory beside `path` (same filesystem, so swapping it in is a rename).
-fn make_staging(path: &Path) -> Result<PathBuf> {
-    let parent = path
-        .parent()
-        .ok_or_else(|| anyhow!("{} has no parent directory", path.display()))?;
-    let base = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let staging = parent.join(format!(
-        ".voltar-staging-{base}-{:08x}",
-        rand::random::<u32>()
-    ));
-    std::fs::create_dir(&staging)
-        .with_context(|| format!("creating staging directory {}", staging.display()))?;
-    Ok(staging)
+/// A staging directory beside a destination (same filesystem, so swapping it in is a rename), journaled before
+/// it is created: a restore killed while it exists leaves a journal entry that `voltar recover` (and the next
+/// backup or restore) acts on by removing it.
+struct Staging {
+    /// Absolute (the journal is read from any working directory).
+    path: PathBuf,
+    seq: u64,
+}
+
+impl Staging {
+    fn make(path: &Path, journal: &Journal) -> Result<Staging> {
+        let parent = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let parent = std::fs::canonicalize(parent)
+            .with_context(|| format!("resolving {}", parent.display()))?;
+        let base = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let staging = parent.join(format!(
+            "{STAGING_PREFIX}{base}-{:08x}",
+            rand::random::<u32>()
+        ));
+        let seq = journal.will_create(&Leftover::StagingDir {
+            path: staging.clone(),
+        })?;
+        if let Err(e) = std::fs::create_dir(&staging) {
+            journal.removed(seq);
+            return Err(anyhow!(e))
+                .with_context(|| format!("creating staging directory {}", staging.display()));
+        }
+        Ok(Staging { path: staging, seq })
+    }
+
+    /// Remove the directory and everything in it; the journal entry is closed only once it is gone. The error
+    /// is a warning for the report: the journal keeps the entry, so recover removes it later.
+    fn remove(self, journal: &Journal) -> Result<(), String> {
+        match std::fs::remove_dir_all(&self.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(format!(
+                    "cannot remove staging directory {}: {e} (`voltar recover` removes it later)",
+                    self.path.display()
+                ))
+            }
+        }
+        journal.removed(self.seq);
+        Ok(())
+    }
+}
+
+/// Before anything is stopped: `src`'s object is in the target (`objects`, the listing of the backup's prefix)
+/// with the size the manifest recorded, and an encrypted one opens with the keys given. The sha256, the counts
+/// and the decryption of the whole stream are checked while extracting, before the swap.
+async fn check_archive(
+    store: &Arc<dyn Storage>,
+    objects: &[ObjectMeta],
+    manifest: &Manifest,
+    src: &SourceRecord,
+    decryptor: &Arc<Decryptor>,
+) -> Result<()> {
+    let key = catalog::object_key(&manifest.id, &src.object);
+    let untouched = "nothing was stopped or changed";
+    match objects.iter().find(|o| o.key == key) {
+        None => bail!(
+            "{key} is missing from {}: this source cannot be restored from backup {} ({untouched})",
+            store.describe(),
+            manifest.id
+        ),
+        Some(o) if o.size != src.stored_bytes => bail!(
+            "{key} holds {} bytes, but the manifest recorded {}: the archive is truncated or was replaced ({untouched})",
+            o.size,
+            src.stored_bytes
+        ),
+        Some(_) => {}
+    }
+    if manifest.encryption.is_some() {
+        // The age header only: the keys must unwrap its file key.
+        let stream = store
+            .get(&key)
+            .await
+            .with_context(|| format!("reading {key} ({untouched})"))?;
+        let reader = pipeline::blocking_reader(stream);
+        let d = decryptor.clone();
+        let k = key.clone();
+        tokio::task::spawn_blocking(move || d.reader(reader, &k).map(|_| ()))
+            .await?
+            .with_context(|| untouched.to_string())?;
+    }
+    Ok(())
 }
 
 /// Put `--path` `p` from `staging` in place under `path`: swapped with what is there (which ends up in staging), or
@@ -976,6 +1120,9 @@ fn emit(report: &RestoreReport, json: bool) {
         return;
     }
     let mut out = String::new();
+    for r in &report.recovered {
+        out.push_str(&format!("recovered: {r}\n"));
+    }
     if let Some(b) = &report.backup {
         out.push_str(&format!(
             "{}restore from backup {b}\n",
@@ -1093,13 +1240,14 @@ async fn import(config: &Config, args: RestoreArgs, json: bool, progress: Progre
         ));
         return Ok(cli::EXIT_OK);
     }
-    let staging = make_staging(&path)?;
+    let journal = Journal::open(&config.state_dir)?;
+    let staging = Staging::make(&path, &journal)?;
     let opts = UnpackOptions {
         strip_components: args.strip_components,
         paths: clean_paths(&args.paths)?,
         ..UnpackOptions::default()
     };
-    let st = staging.clone();
+    let st = staging.path.clone();
     let p2 = progress.clone();
     let name = file.display().to_string();
     let result = tokio::task::spawn_blocking(move || -> Result<UnpackReport> {
@@ -1115,10 +1263,10 @@ async fn import(config: &Config, args: RestoreArgs, json: bool, progress: Progre
     })
     .await?;
     let result = result.and_then(|rep| {
-        exchange(&staging, &path)?;
+        exchange(&staging.path, &path)?;
         Ok(rep)
     });
-    let _ = std::fs::remove_dir_all(&staging);
+    let cleanup = staging.remove(&journal);
     progress.finish();
     match result {
         Ok(rep) => {
@@ -1135,9 +1283,10 @@ async fn import(config: &Config, args: RestoreArgs, json: bool, progress: Progre
                     counts: rep.counts,
                     safety_backup: None,
                     restarted: vec![],
-                    warnings: rep.warnings,
+                    warnings: rep.warnings.into_iter().chain(cleanup.err()).collect(),
                     status: "ok".into(),
                 }],
+                recovered: vec![],
             };
             emit(&report, json);
             Ok(cli::EXIT_OK)

@@ -174,6 +174,11 @@ impl Storage for FaultStorage {
         self.check(Op::Sweep, "")?;
         self.inner.sweep_incomplete(older_than).await
     }
+
+    async fn stale_uploads(&self, older_than: Duration) -> Result<Vec<ObjectMeta>, StorageError> {
+        self.check(Op::List, "")?;
+        self.inner.stale_uploads(older_than).await
+    }
 }
 
 struct FaultWriter {

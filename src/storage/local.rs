@@ -300,11 +300,12 @@ impl Inner {
         }
     }
 
-    fn sweep_blocking(&self, older_than: Duration) -> Result<usize, StorageError> {
+    /// Temp files under the root last written `older_than` ago or earlier, with their metadata.
+    fn stale_temps(&self, older_than: Duration) -> Vec<(PathBuf, fs::Metadata)> {
         let cutoff = SystemTime::now()
             .checked_sub(older_than)
             .unwrap_or(SystemTime::UNIX_EPOCH);
-        let mut removed = 0;
+        let mut out = Vec::new();
         for entry in walkdir::WalkDir::new(&self.root).follow_links(false) {
             let Ok(entry) = entry else { continue };
             if !entry.file_type().is_file()
@@ -315,17 +316,40 @@ impl Inner {
             let Ok(meta) = entry.metadata() else { continue };
             // `<=`: with `older_than` zero, a temp file written in this same instant is stale too.
             if meta.modified().map(|m| m <= cutoff).unwrap_or(false) {
-                match fs::remove_file(entry.path()) {
-                    Ok(()) => {
-                        removed += 1;
-                        self.remove_empty_parents(entry.path());
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(self.write_err("removing temp file", entry.path(), e)),
+                out.push((entry.into_path(), meta));
+            }
+        }
+        out
+    }
+
+    fn sweep_blocking(&self, older_than: Duration) -> Result<usize, StorageError> {
+        let mut removed = 0;
+        for (path, _) in self.stale_temps(older_than) {
+            match fs::remove_file(&path) {
+                Ok(()) => {
+                    removed += 1;
+                    self.remove_empty_parents(&path);
                 }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(self.write_err("removing temp file", &path, e)),
             }
         }
         Ok(removed)
+    }
+
+    fn stale_uploads_blocking(&self, older_than: Duration) -> Vec<ObjectMeta> {
+        self.stale_temps(older_than)
+            .into_iter()
+            .map(|(path, meta)| ObjectMeta {
+                key: path
+                    .strip_prefix(&self.root)
+                    .unwrap_or(&path)
+                    .to_string_lossy()
+                    .into_owned(),
+                size: meta.len(),
+                modified: meta.modified().ok(),
+            })
+            .collect()
     }
 }
 
@@ -458,6 +482,14 @@ impl Storage for LocalStorage {
         let inner = self.inner.clone();
         blocking(&self.inner.describe, move || {
             inner.sweep_blocking(older_than)
+        })
+        .await
+    }
+
+    async fn stale_uploads(&self, older_than: Duration) -> Result<Vec<ObjectMeta>, StorageError> {
+        let inner = self.inner.clone();
+        blocking(&self.inner.describe, move || {
+            Ok(inner.stale_uploads_blocking(older_than))
         })
         .await
     }
@@ -704,6 +736,16 @@ mod tests {
             .await
             .unwrap();
         std::mem::forget(w);
+        let stale = s.stale_uploads(Duration::ZERO).await.unwrap();
+        assert_eq!(stale.len(), 1, "{stale:?}");
+        assert!(stale[0].key.starts_with("b4/x/.voltar-tmp-"), "{stale:?}");
+        assert!(
+            s.stale_uploads(Duration::from_secs(3600))
+                .await
+                .unwrap()
+                .is_empty(),
+            "a young temp file is no leftover"
+        );
         assert_eq!(s.sweep_incomplete(Duration::ZERO).await.unwrap(), 1);
         assert!(!root.join("b4").exists(), "{:?}", names_in(&root));
         assert_eq!(names_in(&root), vec!["b3"]);

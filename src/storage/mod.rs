@@ -131,6 +131,14 @@ pub trait Storage: Send + Sync + fmt::Debug {
         &self,
         older_than: std::time::Duration,
     ) -> Result<usize, StorageError>;
+    /// The leftovers [`Storage::sweep_incomplete`] would remove with the same `older_than` right now, so that
+    /// `prune --dry-run` and prune's report can list them: the key each upload was writing (local: the temp
+    /// file's own path under the root), its size when known (0 otherwise), and when it was last written
+    /// (local) or started (S3).
+    async fn stale_uploads(
+        &self,
+        older_than: std::time::Duration,
+    ) -> Result<Vec<ObjectMeta>, StorageError>;
 }
 
 /// Conveniences built on [`Storage`].

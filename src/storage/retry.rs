@@ -212,6 +212,10 @@ impl Storage for RetryStorage {
     async fn sweep_incomplete(&self, older_than: Duration) -> Result<usize, StorageError> {
         retry(&self.policy, |_| self.inner.sweep_incomplete(older_than)).await
     }
+
+    async fn stale_uploads(&self, older_than: Duration) -> Result<Vec<ObjectMeta>, StorageError> {
+        retry(&self.policy, |_| self.inner.stale_uploads(older_than)).await
+    }
 }
 
 #[cfg(test)]

@@ -1038,6 +1038,23 @@ impl Storage for S3Storage {
         }
         Ok(removed)
     }
+
+    async fn stale_uploads(&self, older_than: Duration) -> Result<Vec<ObjectMeta>, StorageError> {
+        let cutoff = SystemTime::now()
+            .checked_sub(older_than)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        Ok(self
+            .list_incomplete()
+            .await?
+            .into_iter()
+            .filter(|u| stale(u.initiated, cutoff))
+            .map(|u| ObjectMeta {
+                key: u.key,
+                size: 0,
+                modified: u.initiated,
+            })
+            .collect())
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

@@ -1792,3 +1792,200 @@ fn issue8_files_vanishing_during_backup_and_sockets_stay_ok() {
     }
     panic!("no file vanished during any of the backups: the deleter was too slow to test anything");
 }
+
+// ------------------------------------------------------------------------------------------------------------
+// Issue 8: silent gaps (acceptance rows 8, 25, 26, 27)
+
+/// `-t offsitee` (a typo of the configured target `offsite`) must not back up into a new `./offsitee`: a bare
+/// word that is neither a configured target nor an existing directory is an error (exit 2) that names the
+/// configured targets, the closest one, and how to ask for a new directory. Every command that takes `-t`.
+#[test]
+fn issue8_target_typo_is_an_error_and_writes_nothing() {
+    require_docker!();
+    let mut c = Cleanup::default();
+    let env = Env::new();
+    let vol = c.volume("typo");
+    std::fs::write(mountpoint(&vol).join("f"), b"x").unwrap();
+    let offsite = env.dir().join("offsite-dir");
+    let local = env.dir().join("local-dir");
+    let cfg = env.config(
+        "targets.toml",
+        &format!(
+            "[target.offsite]\ntype = \"local\"\npath = \"{}\"\n\n[target.local]\ntype = \"local\"\npath = \"{}\"\n",
+            offsite.display(),
+            local.display()
+        ),
+    );
+    let commands: [&[&str]; 7] = [
+        &["backup", "--only", &vol],
+        &["list"],
+        &["show", "latest"],
+        &["verify", "--all"],
+        &["prune", "--keep-last", "1", "--dry-run"],
+        &["restore", "latest", "--dry-run"],
+        &["backup", "--only", &vol, "-t", "offsite"],
+    ];
+    for cmd in commands {
+        let mut args = vec!["-c", cfg.as_str()];
+        args.extend_from_slice(cmd);
+        args.extend_from_slice(&["-t", "offsitee"]);
+        let r = env.run(&args);
+        r.expect_code(2).expect_clean_error();
+        for want in [
+            "offsitee",
+            "did you mean `offsite`",
+            "local, offsite",
+            "./offsitee",
+            "file://",
+        ] {
+            assert!(r.stderr.contains(want), "missing `{want}`:\n{}", r.stderr);
+        }
+    }
+    let left: Vec<_> = std::fs::read_dir(&env.cwd)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "created in the working dir: {left:?}");
+    assert!(!offsite.exists() && !local.exists(), "a target was written");
+
+    // A bare word naming an existing directory, `./name`, `file://name` and configured names still work.
+    std::fs::create_dir(env.cwd.join("existing")).unwrap();
+    for t in ["existing", "./fresh", "file://other", "offsite"] {
+        env.run(&["-c", &cfg, "backup", "--only", &vol, "-t", t])
+            .expect_code(0);
+    }
+    for d in ["existing", "fresh", "other"] {
+        assert_eq!(manifests(&env.cwd.join(d)).len(), 1, "{d}");
+    }
+    assert_eq!(manifests(&offsite).len(), 1);
+}
+
+/// Row 25: the target lock is keyed by the canonical target, not by its spelling. While a run holds
+/// `<tmp>/backups`, `<tmp>/backups/`, `<tmp>/./backups`, a symlink to it, `../backups` from the working
+/// directory and `file://<tmp>/backups` are all refused (backup and prune), naming the holder.
+#[test]
+fn issue8_lock_is_keyed_by_the_canonical_target_not_its_spelling() {
+    require_docker!();
+    let mut c = Cleanup::default();
+    let env = Env::new();
+    let s = slow_setup(&mut c, &env);
+    let small = c.volume("small");
+    let link = env.dir().join("link-to-backups");
+    std::os::unix::fs::symlink(&env.target, &link).unwrap();
+    let p = start_slow(&env, &s);
+
+    let t = env.target_str();
+    let spellings = [
+        format!("{t}/"),
+        format!("{}/./backups", env.dir().display()),
+        format!("{}/cwd/../backups", env.dir().display()),
+        link.display().to_string(),
+        "../backups".to_string(),
+        format!("file://{t}"),
+    ];
+    for sp in &spellings {
+        let r = env.run(&["backup", "--only", &small, "-t", sp]);
+        r.expect_code(2).expect_clean_error();
+        assert!(
+            r.stderr.contains("another voltar run")
+                && r.stderr.contains(&format!("pid {}", p.pid())),
+            "{sp} got past the lock:\n{}",
+            r.stderr
+        );
+    }
+    let r = env.run(&["prune", "--keep-last", "1", "-t", &spellings[3]]);
+    r.expect_code(2);
+    assert!(r.stderr.contains("another voltar run"), "{}", r.stderr);
+    assert_eq!(state(&s.web), "paused", "the first run is undisturbed");
+
+    p.signal(libc::SIGTERM);
+    let (code, _, stderr) = p.wait_output(Duration::from_secs(30));
+    assert_eq!(code, 143, "{stderr}");
+    assert!(
+        manifests(&env.target).is_empty(),
+        "no spelling wrote a backup"
+    );
+    // Once released, every spelling works.
+    env.run(&["backup", "--only", &small, "-t", &spellings[3]])
+        .expect_code(0);
+    assert_eq!(manifests(&env.target).len(), 1);
+}
+
+/// Row 27: two runs over the same volume (two targets, so the target lock does not serialise them) never share
+/// a pause. The second starts while the first holds the `voltar.quiesce=pause` container; it must not take that
+/// pause for the user's: it waits for the first to resume the container, pauses it itself, and both manifests
+/// record the container's downtime. The container ends running, paused exactly twice.
+#[test]
+fn issue8_two_runs_never_share_a_pause() {
+    require_docker!();
+    let mut c = Cleanup::default();
+    let env = Env::new();
+    // Like `slow_setup`, smaller: the first run holds the pause for some seconds, long enough for the second to
+    // start and plan meanwhile.
+    let volume = c.volume("shared");
+    fill_slowly_compressible(&volume, 2, 4);
+    let web = idle(
+        &mut c,
+        "sharedweb",
+        &[
+            "--label",
+            "voltar.quiesce=pause",
+            "-v",
+            &format!("{volume}:/data"),
+        ],
+    );
+    let config = env.config(
+        "slow.toml",
+        "[archive]\nzstd-level = 19\nzstd-threads = 1\n",
+    );
+    let s = Slow {
+        volume,
+        web,
+        config,
+    };
+    let flusher = idle(&mut c, "flush", &[]);
+    let ev = Events::watch(&[&s.web], &flusher);
+    // The second run only has to start while the first holds the pause; it need not be slow itself.
+    let fast = env.config("fast.toml", "[archive]\nzstd-level = 1\n");
+    let first = start_slow(&env, &s);
+    let other = env.dir().join("other-target");
+    let second = env
+        .cmd(&[
+            "-c",
+            &fast,
+            "--json",
+            "backup",
+            "--only",
+            &s.volume,
+            "-t",
+            other.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let second = Run::from(&["backup", "(second)"], second);
+    assert!(
+        second.stderr.contains("held by another voltar run"),
+        "the second run started while the first held the pause, and waited for it: {}",
+        second.stderr
+    );
+    let (code, _, stderr) = first.wait_output(Duration::from_secs(300));
+    assert_eq!(code, 0, "first run: {stderr}");
+    second.expect_code(0);
+
+    for (which, target) in [("first", &env.target), ("second", &other)] {
+        let (_, m) = only_manifest(target);
+        let r = container_record(source(&m, &s.volume), &s.web);
+        assert_eq!(r["action"], "pause", "{which}: {r:#}");
+        assert!(
+            r["downtime-ms"].as_u64().unwrap() > 0,
+            "{which} run recorded no downtime: it took the other run's pause for the user's: {r:#}"
+        );
+    }
+    assert_eq!(
+        ev.actions(&s.web),
+        ["pause", "unpause", "pause", "unpause"],
+        "one pause per run, one after the other"
+    );
+    assert_eq!(state(&s.web), "running");
+}

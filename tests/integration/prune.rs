@@ -505,6 +505,12 @@ impl Storage for ArchiveDeletesFail<'_> {
     ) -> Result<usize, StorageError> {
         self.0.sweep_incomplete(older_than).await
     }
+    async fn stale_uploads(
+        &self,
+        older_than: std::time::Duration,
+    ) -> Result<Vec<ObjectMeta>, StorageError> {
+        self.0.stale_uploads(older_than).await
+    }
 }
 
 /// The manifest goes first: when deleting the archives fails, the backup is already invisible, the failure is
@@ -582,6 +588,66 @@ async fn s3_target() -> Option<(tempfile::TempDir, voltar::storage::s3::S3Storag
     Some((dir, s))
 }
 
+/// Issue 8: the leftover of an interrupted upload (a temp file or an unfinished multipart upload, under an id
+/// that has nothing else) is listed by a dry run, which removes nothing, then removed by prune and listed in
+/// its report.
+async fn leftover_uploads_are_listed_first_then_removed(s: &dyn Storage) {
+    let now = now();
+    let kept = write_backup(s, now - Duration::days(1), 1, "nightly", &[], 1000).await;
+    let key = "20200101T000000Z-abcd/pgdata.tar.zst";
+    let mut w = s.put_stream(key, PutOptions::default()).await.unwrap();
+    // More than one S3 part (8 MiB by default), so the multipart upload exists on the server.
+    w.write(Bytes::from(vec![7u8; 9 << 20])).await.unwrap();
+    std::mem::forget(w); // a killed process runs no destructor
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let mut settings = settings(keep_last(5));
+    settings.incomplete_grace = std::time::Duration::from_secs(1);
+    let mut o = opts(now);
+    o.dry_run = true;
+
+    let dry = prune::prune(s, &settings, &o).await.unwrap();
+    assert_eq!(dry.leftover_uploads.len(), 1, "{dry:?}");
+    assert!(
+        dry.leftover_uploads[0]
+            .key
+            .starts_with("20200101T000000Z-abcd/"),
+        "{dry:?}"
+    );
+    assert_eq!(dry.swept_uploads, 0);
+    let text = prune::render(&dry);
+    assert!(text.contains("would be removed"), "{text}");
+    assert_eq!(
+        s.stale_uploads(std::time::Duration::ZERO)
+            .await
+            .unwrap()
+            .len(),
+        1,
+        "a dry run removes nothing"
+    );
+
+    o.dry_run = false;
+    let r = prune::prune(s, &settings, &o).await.unwrap();
+    assert!(r.is_ok(), "{:?}", r.errors);
+    assert_eq!(r.leftover_uploads, dry.leftover_uploads);
+    assert_eq!(r.swept_uploads, 1);
+    assert!(prune::render(&r).contains("1 leftover upload(s) removed"));
+    assert!(s
+        .stale_uploads(std::time::Duration::ZERO)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        catalog::list(s)
+            .await
+            .unwrap()
+            .backups
+            .iter()
+            .map(|m| m.id.clone())
+            .collect::<Vec<_>>(),
+        vec![kept]
+    );
+}
+
 macro_rules! on_targets {
     ($($case:ident),* $(,)?) => {
         mod local {
@@ -616,6 +682,7 @@ on_targets!(
     pre_restore_backups_follow_their_own_rule,
     pruning_after_a_backup_is_skipped_when_it_shrank,
     manifest_goes_first_and_failures_do_not_stop_the_rest,
+    leftover_uploads_are_listed_first_then_removed,
 );
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -841,6 +908,87 @@ mod e2e {
         // The survivors are intact.
         let v = w.run(&["verify", "--all", "-t", &w.target]);
         assert_eq!(v.code, 0, "{v:?}");
+    }
+
+    /// Issue 8: a directory holding only the temp file of an interrupted upload is invisible to `list`, and prune
+    /// used to remove it (file and directory) without a word, also on `--dry-run`. Whatever prune removes is listed
+    /// first by `--dry-run`, then in the report and `--json`; a young temp file (a run in progress) is left alone.
+    #[test]
+    fn issue8_dry_run_lists_the_leftover_uploads_that_prune_removes() {
+        let w = World::local();
+        let root = PathBuf::from(&w.target);
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let kept = rt.block_on(async {
+            let s = voltar::storage::local::LocalStorage::new(root.clone());
+            super::write_backup(
+                &s,
+                super::now() - chrono::Duration::days(1),
+                1,
+                "default",
+                &[],
+                1000,
+            )
+            .await
+        });
+        let stale_dir = root.join("20200101T000000Z-abcd");
+        let stale = stale_dir.join(".voltar-tmp-0123456789abcdef-pg.tar.zst");
+        let young_dir = root.join("20300101T000000Z-beef");
+        let young = young_dir.join(".voltar-tmp-fedcba9876543210-pg.tar.zst");
+        for (d, f) in [(&stale_dir, &stale), (&young_dir, &young)] {
+            std::fs::create_dir_all(d).unwrap();
+            std::fs::write(f, vec![7u8; 4096]).unwrap();
+        }
+        let old = filetime::FileTime::from_system_time(
+            std::time::SystemTime::now() - std::time::Duration::from_secs(3 * 86400),
+        );
+        filetime::set_file_mtime(&stale, old).unwrap();
+        let key = "20200101T000000Z-abcd/.voltar-tmp-0123456789abcdef-pg.tar.zst";
+        let young_key = "20300101T000000Z-beef/.voltar-tmp-fedcba9876543210-pg.tar.zst";
+
+        let d = w.run(&["prune", "--keep-last", "1", "--dry-run", "-t", &w.target]);
+        assert_eq!(d.code, 0, "{d:?}");
+        let line = d
+            .stdout
+            .lines()
+            .find(|l| l.contains(key))
+            .unwrap_or_else(|| panic!("the dry run does not list {key}: {d:?}"));
+        assert!(line.contains("would"), "{d:?}");
+        assert!(
+            !d.stdout.contains(young_key),
+            "a young upload is no leftover: {d:?}"
+        );
+        assert!(stale.exists(), "a dry run removes nothing");
+
+        let j = w.run(&[
+            "--json",
+            "prune",
+            "--keep-last",
+            "1",
+            "--dry-run",
+            "-t",
+            &w.target,
+        ]);
+        assert_eq!(j.code, 0, "{j:?}");
+        let v: serde_json::Value = serde_json::from_str(&j.stdout).unwrap();
+        assert!(
+            v[0].to_string().contains(key),
+            "--json of the dry run lists it: {j:?}"
+        );
+
+        let p = w.run(&["prune", "--keep-last", "1", "-t", &w.target]);
+        assert_eq!(p.code, 0, "{p:?}");
+        let line = p
+            .stdout
+            .lines()
+            .find(|l| l.contains(key))
+            .unwrap_or_else(|| panic!("the report does not list {key}: {p:?}"));
+        assert!(line.contains("removed"), "{p:?}");
+        assert!(
+            !stale_dir.exists(),
+            "the leftover and its directory are gone"
+        );
+        assert!(young.exists(), "a run in progress keeps its temp file");
+        assert_eq!(w.ids(&["-t", &w.target]), vec![kept.to_string()]);
     }
 
     #[test]
