@@ -286,9 +286,11 @@ fn install_signals(
             }
             c2.store(n, std::sync::atomic::Ordering::SeqCst);
             eprintln!("voltar: {}", stop.now());
+            // Cancel first: a request that gives up because of the shutdown below must find the run
+            // cancelled, so that its error is reported as the interruption it is.
+            cancel.cancel();
             // Retries end now everywhere (storage requests get a short grace, then give up).
             crate::storage::retry::request_shutdown();
-            cancel.cancel();
         }
     });
     code
