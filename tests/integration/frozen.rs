@@ -34,7 +34,7 @@ const DEADLINE: &str = "30s";
 
 /// One container lifecycle event.
 #[derive(Clone, Debug)]
-struct Ev {
+pub(crate) struct Ev {
     nanos: i128,
     container: String,
     action: String,
@@ -42,13 +42,13 @@ struct Ev {
 
 /// A streamed `docker events` subscription for some containers, started before the run under test (the engine's
 /// replay buffer is small: a `--since` query after the fact could miss events while other tests run).
-struct Watch {
+pub(crate) struct Watch {
     child: Child,
     seen: Arc<Mutex<Vec<Ev>>>,
 }
 
 impl Watch {
-    fn start(containers: &[&str]) -> Watch {
+    pub(crate) fn start(containers: &[&str]) -> Watch {
         // To the nanosecond: earlier runs of the same test (the baseline reads) must not show up.
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
         let since = format!("{}.{:09}", now.as_secs(), now.subsec_nanos());
@@ -119,7 +119,7 @@ impl Watch {
     }
 
     /// Actions that change a container's state (pause, unpause, stop, die, start), in order, after a flush.
-    fn touched(&self, container: &str) -> Vec<Ev> {
+    pub(crate) fn touched(&self, container: &str) -> Vec<Ev> {
         self.flush(container);
         self.seen
             .lock()
@@ -137,7 +137,7 @@ impl Watch {
     }
 
     /// How long each pause of `container` lasted (a pause without its unpause fails the test).
-    fn pauses(&self, container: &str) -> Vec<Duration> {
+    pub(crate) fn pauses(&self, container: &str) -> Vec<Duration> {
         let evs = self.touched(container);
         let mut out = Vec::new();
         let mut since: Option<i128> = None;
@@ -243,7 +243,7 @@ fn target<'a>(report: &'a Value, location: &str) -> &'a Value {
 
 /// How long reading `vol` takes at local speed with `archive` settings (a TOML `[archive]` section or ""):
 /// the reference for how long a pause may last. Measured by a backup of it to a local directory.
-fn local_read_time(w: &World, vol: &str, archive: &str) -> Duration {
+pub(crate) fn local_read_time(w: &World, vol: &str, archive: &str) -> Duration {
     let cfg = w.config(&format!("baseline-{vol}.toml"), archive);
     let dir = w.path(&format!("baseline-{vol}"));
     let out = crate::s3::run(
@@ -266,7 +266,7 @@ fn local_read_time(w: &World, vol: &str, archive: &str) -> Duration {
 
 /// Every pause of `container` lasted no longer than reading its volume at local speed (`read`, with half of it
 /// again for a busy machine) plus [`SLACK`].
-fn assert_pauses_bounded(watch: &Watch, container: &str, read: Duration, out: &Out) {
+pub(crate) fn assert_pauses_bounded(watch: &Watch, container: &str, read: Duration, out: &Out) {
     let bound = read + read / 2 + SLACK;
     let pauses = watch.pauses(container);
     assert!(!pauses.is_empty(), "{container} was never paused: {out:?}");
@@ -288,12 +288,17 @@ fn files_in(dir: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Wait until `store` shows a multipart upload in progress (true), or the run ended first (false).
+/// Wait until `store` shows the upload of an archive in progress (true), or the run ended first (false).
 fn wait_for_upload(w: &World, prefix: &str, child: &mut Child) -> bool {
     let store = w.store(prefix);
     let start = Instant::now();
     loop {
-        if !w.block(store.list_incomplete()).unwrap().is_empty() {
+        // Not the check's probe upload (started and aborted before anything is quiesced): the archive's.
+        let ups = w.block(store.list_incomplete()).unwrap();
+        if ups
+            .iter()
+            .any(|u| !u.key.starts_with(voltar::storage::CHECK_KEY_PREFIX))
+        {
             return true;
         }
         if child.try_wait().unwrap().is_some() {
@@ -397,7 +402,11 @@ fn a_killed_s3_server_does_not_extend_the_pause() {
         "the run took {took:?}: the second source waited for the dead target again"
     );
 
-    assert_eq!(target(&r, &local.display().to_string())["committed"], true);
+    assert_eq!(
+        target(&r, &local.display().to_string())["committed"],
+        true,
+        "{out:?}"
+    );
     assert_eq!(target(&r, "s3://")["committed"], false, "{out:?}");
     assert!(
         files_in(&w.path("state/spool")).is_empty(),
@@ -540,7 +549,11 @@ fn a_dead_s3_target_next_to_a_local_target_is_skipped() {
         assert_eq!(out.code, 1, "{endpoint}: {out:?}");
         let r = json(&out);
         assert_pauses_bounded(&watch, &app, read, &out);
-        assert_eq!(target(&r, &local.display().to_string())["committed"], true);
+        assert_eq!(
+            target(&r, &local.display().to_string())["committed"],
+            true,
+            "{out:?}"
+        );
         let s3 = target(&r, "s3://");
         assert_eq!(s3["committed"], false, "{out:?}");
         let err = s3["error"].as_str().unwrap_or("");
@@ -613,7 +626,11 @@ fn max_downtime_aborts_a_slow_read_and_resumes_the_container() {
         pauses[0]
     );
     assert_eq!(support::state(&app), "running");
-    assert_eq!(target(&r, &local.display().to_string())["committed"], false);
+    assert_eq!(
+        target(&r, &local.display().to_string())["committed"],
+        false,
+        "{out:?}"
+    );
     let mut left = Vec::new();
     for e in walkdir::WalkDir::new(&local)
         .into_iter()
@@ -718,8 +735,12 @@ fn a_spool_that_would_fill_the_disk_fails_only_its_leg() {
     let why = s["target-errors"]["offsite"].as_str().unwrap_or("");
     assert!(why.contains("spool"), "{out:?}");
     assert!(why.contains(&spool.display().to_string()), "{out:?}");
-    assert_eq!(target(&r, &local.display().to_string())["committed"], true);
-    assert_eq!(target(&r, "s3://")["committed"], false);
+    assert_eq!(
+        target(&r, &local.display().to_string())["committed"],
+        true,
+        "{out:?}"
+    );
+    assert_eq!(target(&r, "s3://")["committed"], false, "{out:?}");
     assert!(files_in(&spool).is_empty(), "{:?}", files_in(&spool));
 
     let store = w.store("full");

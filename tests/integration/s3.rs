@@ -650,6 +650,42 @@ fn tampered_or_swapped_archives_and_manifests_are_detected() {
 }
 
 // -------------------------------------------------------------------------------------------------------------
+// The check made before anything is quiesced (row 23).
+
+/// `Storage::check` against a real S3 server: passes on a usable bucket and leaves no object and no multipart
+/// upload behind; on a bucket that does not exist it fails at once (not retried), saying so.
+#[test]
+fn the_target_check_leaves_nothing_and_names_a_missing_bucket() {
+    let Some(endpoint) = support::s3_endpoint() else {
+        return;
+    };
+    let w = World::new(&endpoint);
+    let store = w.store("checked");
+    w.block(store.check(Duration::from_secs(5))).unwrap();
+    assert!(w.block(keys(&store)).is_empty());
+    assert!(w.block(store.list_incomplete()).unwrap().is_empty());
+
+    let missing = {
+        let mut t = S3Target::new(support::unique("no-such-bucket"), "p".into());
+        t.endpoint = Some(endpoint.clone());
+        t.region = Some("us-east-1".into());
+        t.path_style = true;
+        t.access_key_id_file = Some(w.path("key-id"));
+        t.secret_access_key_file = Some(w.path("secret"));
+        w.block(S3Storage::new(&t)).unwrap()
+    };
+    let started = Instant::now();
+    let e = w.block(missing.check(Duration::from_secs(5))).unwrap_err();
+    assert!(!e.is_retryable(), "{e}");
+    assert!(e.to_string().contains("does not exist"), "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+// -------------------------------------------------------------------------------------------------------------
 // Several targets, one of them failing (a private S3 server, frozen mid-upload).
 
 /// Fill `path` with `bytes` of random (incompressible) data.
@@ -659,9 +695,10 @@ pub(crate) fn random_file(path: &Path, bytes: u64) {
     std::io::copy(&mut r, &mut f).unwrap();
 }
 
-/// A job with a local and an S3 target; the S3 server freezes while the archive is being uploaded. The run
-/// ends (exit 1) naming the failed target; the local target has a complete, verifiable backup; S3 has no
-/// manifest, no object and no multipart upload left; the paused container is running again.
+/// A job with a local and an S3 target; the S3 server freezes while the archive is being uploaded (it accepts
+/// connections and never answers). The run ends (exit 1) naming the failed target; the local target has a
+/// complete, verifiable backup; S3 has no manifest, no object and no multipart upload left; the paused container
+/// was paused only while its volume was read (row 23: the frozen leg is spooled) and is running again.
 #[test]
 fn a_failing_s3_target_fails_alone_and_leaves_nothing_behind() {
     crate::require_docker!();
@@ -697,6 +734,8 @@ fn a_failing_s3_target_fails_alone_and_leaves_nothing_behind() {
         ),
     );
     let cfg = cfg.to_str().unwrap();
+    let read = crate::frozen::local_read_time(&w, &vol, "");
+    let watch = crate::frozen::Watch::start(&[&app]);
 
     let mut cmd = w.cmd();
     cmd.args(["-c", cfg, "backup", "--only", &vol])
@@ -705,12 +744,15 @@ fn a_failing_s3_target_fails_alone_and_leaves_nothing_behind() {
     let child = cmd.spawn().unwrap();
     let started = Instant::now();
 
-    // Freeze the server once the multipart upload is under way.
+    // Freeze the server once the archive's multipart upload is under way (not the check's probe upload).
     let store = w.store("fan");
     let rt = &w.rt;
     loop {
         let ups = rt.block_on(store.list_incomplete()).unwrap();
-        if !ups.is_empty() {
+        if ups
+            .iter()
+            .any(|u| !u.key.starts_with(voltar::storage::CHECK_KEY_PREFIX))
+        {
             break;
         }
         assert!(
@@ -752,8 +794,9 @@ fn a_failing_s3_target_fails_alone_and_leaves_nothing_behind() {
         "the failed target's name: {out:?}"
     );
 
-    // The container was resumed.
+    // The container was resumed, and was paused only for the read.
     assert_eq!(support::state(&app), "running");
+    crate::frozen::assert_pauses_bounded(&watch, &app, read, &out);
 
     // Nothing is left on S3: no object, no manifest, no multipart upload (the abort may land only once the
     // server thaws and works through its queue).
