@@ -326,6 +326,7 @@ pub async fn execute(
         c = checks => c,
         _ = env.cancel.cancelled() => return Err(BackupError::Cancelled),
     };
+    let names: Vec<String> = req.targets.iter().map(|t| t.name.clone()).collect();
     // Target index → why later sources do not write to it.
     let mut skip: BTreeMap<usize, String> = BTreeMap::new();
     for (i, c) in checks.into_iter().enumerate() {
@@ -337,11 +338,17 @@ pub async fn execute(
                 stores[i] = None;
                 skip.insert(
                     i,
-                    "skipped: the target failed its check before the run".into(),
+                    format!(
+                        "skipped: target {} failed its check before the run",
+                        names[i]
+                    ),
                 );
             }
             None => {
-                skip.insert(i, "skipped: the target could not be opened".into());
+                skip.insert(
+                    i,
+                    format!("skipped: target {} could not be opened", names[i]),
+                );
             }
         }
     }
@@ -365,7 +372,6 @@ pub async fn execute(
     let encryptor = Encryptor::from_config(&env.config.encryption)?;
     let journal = Journal::open(&env.config.state_dir)?;
     let quiescer = Quiescer::new(env.engine, &journal);
-    let names: Vec<String> = req.targets.iter().map(|t| t.name.clone()).collect();
     for src in &plan.sources {
         if env.cancel.is_cancelled() {
             break;
@@ -389,8 +395,8 @@ pub async fn execute(
         for &i in &r.failed_targets {
             skip.entry(i).or_insert_with(|| {
                 format!(
-                    "skipped: the target failed earlier in this run (while storing {})",
-                    r.name
+                    "skipped: target {} failed earlier in this run (while storing {})",
+                    names[i], r.name
                 )
             });
         }
@@ -733,6 +739,11 @@ async fn back_up_source(
     let legs = fan.await.unwrap_or_default();
     for l in &legs {
         if l.spooled > 0 {
+            env.progress.note(&format!(
+                "{} fell behind while containers were held: {} MiB went through the spool",
+                names[l.target],
+                l.spooled >> 20
+            ));
             report.spooled.insert(names[l.target].clone(), l.spooled);
         }
         if let Err(e) = &l.result {

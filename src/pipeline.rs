@@ -1,17 +1,35 @@
 //! The streaming bridge between the blocking packer and the async storage writers.
 //!
 //! ```text
-//!  spawn_blocking:  walk -> tar -> zstd -> [age] -> ChunkSink ──(bounded channel)──> fan_out -> writer per target
+//!  spawn_blocking:  walk -> tar -> zstd -> [age] -> ChunkSink ──(bounded channel)──> fan_out ─┬─ queue ─> leg task -> writer
+//!                                                                                             └─ queue ─> leg task -> writer
+//!                                                                          (while containers are held, a full queue
+//!                                                                           switches its leg to a spool file)
 //! ```
 //!
 //! [`ChunkSink`] is a `std::io::Write` that hashes (sha256) and counts the stored bytes and cuts them into
-//! [`CHUNK_SIZE`] chunks, sent over a channel of [`CHANNEL_CHUNKS`] slots with `blocking_send`: when the storage
-//! side is slow the packer blocks, so memory stays bounded whatever the volume size. [`fan_out`] writes each chunk
-//! to every target's [`ObjectWriter`] concurrently (a `Bytes` clone is a reference count, not a copy); a slow
-//! target applies backpressure to all, a failing target is aborted and dropped while the others go on.
+//! [`CHUNK_SIZE`] chunks, sent over a channel of [`CHANNEL_CHUNKS`] slots with `blocking_send`. [`fan_out`] hands
+//! each chunk to every target's queue (a `Bytes` clone is a reference count, not a copy); each target's
+//! [`ObjectWriter`] is driven by a task of its own, so a failing target is aborted and dropped while the others
+//! go on.
 //!
-//! Peak memory of one source ≈ `CHANNEL_CHUNKS × CHUNK_SIZE` (here) + the zstd workers' buffers + what each
-//! writer keeps in flight (S3: `(parallel_parts + 1) × part size`; local: one chunk).
+//! What a slow writer does to the packer depends on the [`Pace`]:
+//!
+//! * [`Pace::Backpressure`] (no container is held): the packer waits for the slowest writer, so memory stays
+//!   bounded whatever the volume size and nothing touches the local disk.
+//! * [`Pace::Spool`] (containers are held for this read): the packer never waits for a writer. A writer whose
+//!   queue is full gets the rest of its stream through a spool file, an unlinked file under `spool-dir` that the
+//!   packer appends to and the writer reads from at its own pace, so the read — and the downtime — ends at local
+//!   speed and the upload finishes after the containers are resumed. The spool checks free space (statvfs) before
+//!   every append and fails only its own leg when the disk would get too full ([`spool_reserve`]).
+//!
+//! Alternatives rejected: an unbounded in-memory queue (a 100 GiB volume against a dead server would exhaust
+//! memory); spooling every stream always (a second copy through the disk for every backup, even when the
+//! targets keep up — the fast path stays copy-free); waiting with a timeout (it still extends every pause).
+//!
+//! Peak memory of one source ≈ `CHANNEL_CHUNKS × CHUNK_SIZE` (here) + per target [`LEG_QUEUE`] chunks
+//! ([`LEG_QUEUE_HELD`] while containers are held) + the zstd workers' buffers + what each writer keeps in flight
+//! (S3: `(parallel_parts + 1) × part size`; local: one chunk).
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};

@@ -54,13 +54,15 @@ pub struct PutOptions {
 /// a tiny request in this time would make the backup wait for it, and a backup that waits holds containers.
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Name prefix of the object a check writes (and removes at once). At the root of the target and without a `/`,
-/// so it is never a backup id: the catalog only looks at `<backup-id>/…` keys.
+/// Name prefix of the object a check writes (and removes at once): `.voltar-check-<random>/probe`. Its first
+/// component is never a backup id, so the catalog (which looks only at `<backup-id>/…` keys) never sees it. It
+/// sits one level down, like an archive, so that the check creates a directory where a backup would (and fails
+/// the same way, e.g. "Not a directory" when the target path is a file).
 pub const CHECK_KEY_PREFIX: &str = ".voltar-check-";
 
 /// A fresh key for a check.
 pub fn check_probe_key() -> String {
-    format!("{CHECK_KEY_PREFIX}{:016x}", rand::random::<u64>())
+    format!("{CHECK_KEY_PREFIX}{:016x}/probe", rand::random::<u64>())
 }
 
 /// Errors of every backend, by category: callers match the category, never the message.
@@ -149,7 +151,7 @@ pub trait Storage: Send + Sync + fmt::Debug {
 
     /// Prove, within about `timeout`, that a backup can be written here: the target answers, accepts the
     /// credentials, the bucket or directory exists (or can be created) and takes a write. Leaves nothing behind
-    /// (a probe that could not be removed is a [`CHECK_KEY_PREFIX`] key, which nothing lists as a backup).
+    /// (a probe that could not be removed is under a [`CHECK_KEY_PREFIX`] name, which nothing lists as a backup).
     ///
     /// The default puts a tiny object and deletes it, all bounded by `timeout` (a timeout is `Transient`).
     /// Backends override it when they can bound their own retries by `timeout` (so the error is the server's last
