@@ -1,21 +1,30 @@
 //! `voltar backup`: orchestration of one run, built from the modules below it.
 //!
+//! Before anything is quiesced every target is checked (`Storage::check`, a few seconds at most): a target that
+//! is dead, hung, unauthorised or has no bucket is skipped for the whole run, and when none is usable the run
+//! is fatal — no container is touched for a target that cannot take the backup.
+//!
 //! For each planned source, in order: open one streamed upload per target, quiesce the containers that mount the
 //! source (journaled), pack it (blocking thread: walk → tar → zstd → [age] → sha256 → chunks) while the chunks
 //! fan out to every target, resume the containers *as soon as the source is read* (before the uploads finish),
-//! then finish the uploads. One failing source or target does not stop the others. At the end each target gets
-//! its manifest — the commit — listing the sources stored there; a target where nothing was stored gets none.
-//! Pruning runs per target only after its commit.
+//! then finish the uploads. One failing source or target does not stop the others; a target that failed is
+//! skipped by the sources after it. At the end each target gets its manifest — the commit — listing the sources
+//! stored there; a target where nothing was stored gets none. Pruning runs per target only after its commit.
+//!
+//! A container's downtime is bounded by reading its volume at local speed (acceptance row 23): while containers
+//! are held, a writer that falls behind gets the rest of its stream through a spool file (`spool-dir`, see
+//! `pipeline::Pace`) and finishes after they are resumed; `[quiesce] max-downtime` caps a read that is slow by
+//! itself (the source is aborted, the containers resumed).
 //!
 //! Containers are resumed on every path: success, error, a panic in the packer (caught as a `JoinError`) and
 //! cancellation (SIGINT/SIGTERM set the cancel flag the packer polls). A SIGKILL is repaired from the journal
 //! by the next run or `voltar recover`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -31,7 +40,7 @@ use crate::config::{Archive, Config, Job, Target};
 use crate::crypto::{self, Encryptor};
 use crate::docker::Engine;
 use crate::lock::TargetLock;
-use crate::pipeline::{self, ChunkSink, Leg};
+use crate::pipeline::{self, ChunkSink, Leg, Pace};
 use crate::plan::{self, Plan, PlannedSource};
 use crate::progress::Progress;
 use crate::prune::{self, PruneReport};
@@ -86,8 +95,16 @@ pub struct SourceReport {
     /// Target name → error, for targets where this source was not stored.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub target_errors: BTreeMap<String, String>,
+    /// Target name → bytes that went through a spool file because that target fell behind while containers
+    /// were held.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub spooled: BTreeMap<String, u64>,
     #[serde(skip)]
     records: BTreeMap<usize, SourceRecord>,
+    /// Targets that failed while storing this source (not because of the source or the local spool): the
+    /// sources after it skip them.
+    #[serde(skip)]
+    failed_targets: BTreeSet<usize>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -176,6 +193,9 @@ pub enum BackupError {
         target: String,
         source: storage::StorageError,
     },
+    /// Every target failed to open or failed its check: nothing was quiesced.
+    #[error("no usable target, nothing was backed up and no container was touched: {0}")]
+    NoUsableTarget(String),
     #[error("interrupted")]
     Cancelled,
 }
@@ -255,6 +275,21 @@ pub async fn execute(
         return Ok(report);
     }
 
+    // Spool files a killed run left behind (a live run's are unlinked at once, see `pipeline::SPOOL_PREFIX`).
+    let spool_dir = env.config.spool_dir();
+    match pipeline::sweep_spool(&spool_dir) {
+        Ok(gone) if !gone.is_empty() => report.notes.push(format!(
+            "removed {} spool file(s) left in {} by an interrupted run",
+            gone.len(),
+            spool_dir.display()
+        )),
+        Ok(_) => {}
+        Err(e) => env.progress.warn(&format!(
+            "cannot clean the spool directory {}: {e}",
+            spool_dir.display()
+        )),
+    }
+
     // Open every target and take its lock. A target that cannot be opened fails alone.
     let mut stores: Vec<Option<Arc<dyn Storage>>> = Vec::new();
     let mut locks: Vec<TargetLock> = Vec::new();
@@ -299,10 +334,67 @@ pub async fn execute(
         return Err(first_error.unwrap_or(BackupError::NoTarget));
     }
 
+    // Check every opened target before anything is quiesced, all at once, each within its check-timeout: a dead,
+    // hung or unauthorised target is skipped for the whole run instead of holding containers while it is retried.
+    env.progress.phase("checking targets");
+    let checks = futures::future::join_all(stores.iter().zip(&req.targets).map(
+        |(store, t)| async move {
+            match store {
+                Some(s) => Some(s.check(t.check_timeout()).await),
+                None => None,
+            }
+        },
+    ));
+    let checks = tokio::select! {
+        c = checks => c,
+        _ = env.cancel.cancelled() => return Err(BackupError::Cancelled),
+    };
+    let names: Vec<String> = req.targets.iter().map(|t| t.name.clone()).collect();
+    // Target index → why later sources do not write to it.
+    let mut skip: BTreeMap<usize, String> = BTreeMap::new();
+    for (i, c) in checks.into_iter().enumerate() {
+        match c {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                let why = check_failed(&e);
+                report.targets[i].error = Some(why);
+                stores[i] = None;
+                skip.insert(
+                    i,
+                    format!(
+                        "skipped: target {} failed its check before the run",
+                        names[i]
+                    ),
+                );
+            }
+            None => {
+                skip.insert(
+                    i,
+                    format!("skipped: target {} could not be opened", names[i]),
+                );
+            }
+        }
+    }
+    if stores.iter().all(Option::is_none) {
+        let why: Vec<String> = report
+            .targets
+            .iter()
+            .zip(&req.targets)
+            .map(|(tr, t)| {
+                let name = if t.name == tr.location {
+                    t.name.clone()
+                } else {
+                    format!("{} ({})", t.name, tr.location)
+                };
+                format!("target {name}: {}", tr.error.clone().unwrap_or_default())
+            })
+            .collect();
+        return Err(BackupError::NoUsableTarget(why.join("; ")));
+    }
+
     let encryptor = Encryptor::from_config(&env.config.encryption)?;
     let journal = Journal::open(&env.config.state_dir)?;
     let quiescer = Quiescer::new(env.engine, &journal).cancel_on(env.cancel.clone());
-    let names: Vec<String> = req.targets.iter().map(|t| t.name.clone()).collect();
     for src in &plan.sources {
         if env.cancel.is_cancelled() {
             break;
@@ -314,10 +406,23 @@ pub async fn execute(
             src,
             &stores,
             &names,
+            &skip,
+            &spool_dir,
+            req.job.quiesce.max_downtime,
             &env.config.archive,
             encryptor.as_ref(),
         )
         .await;
+        // A target that failed here (dead, out of space, credentials revoked…) would make every later source
+        // wait out its retry deadline again: skip it from now on.
+        for &i in &r.failed_targets {
+            skip.entry(i).or_insert_with(|| {
+                format!(
+                    "skipped: target {} failed earlier in this run (while storing {})",
+                    names[i], r.name
+                )
+            });
+        }
         report.sources.push(r);
     }
     if env.cancel.is_cancelled() {
@@ -431,6 +536,9 @@ async fn back_up_source(
     src: &PlannedSource,
     stores: &[Option<Arc<dyn Storage>>],
     names: &[String],
+    skip: &BTreeMap<usize, String>,
+    spool_dir: &std::path::Path,
+    max_downtime: Duration,
     archive_cfg: &Archive,
     encryptor: Option<&Encryptor>,
 ) -> SourceReport {
@@ -460,7 +568,9 @@ async fn back_up_source(
         not_archived_count: 0,
         error: None,
         target_errors: BTreeMap::new(),
+        spooled: BTreeMap::new(),
         records: BTreeMap::new(),
+        failed_targets: BTreeSet::new(),
     };
     env.progress.phase(&format!("{} {}", src.kind, src.name));
 
@@ -495,10 +605,17 @@ async fn back_up_source(
     let key = catalog::object_key(id, &object);
     let mut legs = Vec::new();
     for (i, store) in stores.iter().enumerate() {
+        if let Some(why) = skip.get(&i) {
+            report.target_errors.insert(names[i].clone(), why.clone());
+            continue;
+        }
         let Some(store) = store else { continue };
         match store.put_stream(&key, PutOptions::default()).await {
             Ok(writer) => legs.push(Leg { target: i, writer }),
             Err(e) => {
+                if target_failed(&e) {
+                    report.failed_targets.insert(i);
+                }
                 report.target_errors.insert(names[i].clone(), e.to_string());
             }
         }
@@ -540,12 +657,25 @@ async fn back_up_source(
         }
     };
 
-    // Read: pack on a blocking thread, fan out on this one.
+    // Read: pack on a blocking thread, fan out on this one. While containers are held no writer may slow the
+    // read down: one that falls behind is fed from a spool file once they are resumed.
+    let holding = !held.is_empty();
+    let pace = if holding {
+        Pace::Spool {
+            dir: spool_dir.to_path_buf(),
+        }
+    } else {
+        Pace::Backpressure
+    };
     let (tx, rx) = mpsc::channel(pipeline::CHANNEL_CHUNKS);
     let (commit_tx, commit_rx) = oneshot::channel::<bool>();
-    let fan = tokio::spawn(pipeline::fan_out(rx, legs, async move {
-        commit_rx.await.unwrap_or(false)
-    }));
+    let fan = tokio::spawn(pipeline::fan_out(
+        rx,
+        legs,
+        async move { commit_rx.await.unwrap_or(false) },
+        pace,
+        env.cancel.clone(),
+    ));
     let cancel_flag = Arc::new(AtomicBool::new(false));
     let watcher = {
         let flag = cancel_flag.clone();
@@ -562,7 +692,7 @@ async fn back_up_source(
     let enc = encryptor.cloned();
     let flag = cancel_flag.clone();
     let started = Instant::now();
-    let packed = tokio::task::spawn_blocking(
+    let mut packer = tokio::task::spawn_blocking(
         move || -> Result<(archive::pack::PackReport, String, u64), ArchiveError> {
             let sink = ChunkSink::new(tx);
             let stored =
@@ -578,12 +708,27 @@ async fn back_up_source(
             let (sha, size) = sink.finish().map_err(ArchiveError::Sink)?;
             Ok((rep, sha, size))
         },
-    )
-    .await;
-    report.read_ms = started.elapsed().as_millis() as u64;
-    watcher.abort();
+    );
+    // The hard cap on downtime: a read that is slow by itself (a huge volume, a slow disk) is aborted at
+    // `max-downtime`, and the containers are resumed right then, not when the packer has noticed.
+    let mut capped = false;
+    let packed = if holding {
+        match tokio::time::timeout(max_downtime, &mut packer).await {
+            Ok(p) => Some(p),
+            Err(_) => {
+                capped = true;
+                cancel_flag.store(true, Ordering::SeqCst);
+                None
+            }
+        }
+    } else {
+        Some((&mut packer).await)
+    };
+    if !capped {
+        report.read_ms = started.elapsed().as_millis() as u64;
+    }
 
-    // Resume right away: the source has been read.
+    // Resume right away: the source has been read (or the cap was reached).
     let released = quiescer.release(held).await;
     for r in &released.released {
         if let Some(c) = report.containers.iter_mut().find(|c| c.id == r.id) {
@@ -595,8 +740,18 @@ async fn back_up_source(
         report.warnings.push(e.to_string());
         env.progress.warn(&e.to_string());
     }
+    let packed = match packed {
+        Some(p) => p,
+        None => packer.await,
+    };
+    if capped {
+        report.read_ms = started.elapsed().as_millis() as u64;
+    }
+    watcher.abort();
 
     let packed = match packed {
+        // Even a read that ended just after the cap is discarded: the containers were already running again.
+        _ if capped => Err(cap_error(max_downtime)),
         Ok(Ok(p)) => Ok(p),
         Ok(Err(e)) => Err(e.to_string()),
         Err(join) if join.is_panic() => Err(
@@ -607,16 +762,43 @@ async fn back_up_source(
     };
     let _ = commit_tx.send(packed.is_ok());
     let legs = fan.await.unwrap_or_default();
+    for l in &legs {
+        if l.spooled > 0 {
+            env.progress.note(&format!(
+                "{} fell behind while containers were held: {} MiB went through the spool",
+                names[l.target],
+                l.spooled >> 20
+            ));
+            report.spooled.insert(names[l.target].clone(), l.spooled);
+        }
+        if let Err(e) = &l.result {
+            if !l.spool_failed && target_failed(e) {
+                report.failed_targets.insert(l.target);
+            }
+        }
+    }
+    let mut legs = legs;
+    for l in legs.iter_mut() {
+        if l.spool_failed {
+            if let Err(e) = &l.result {
+                // Say which stream was spooled and why: the error itself names only the spool directory.
+                l.result = Err(storage::StorageError::Permanent {
+                    target: names[l.target].clone(),
+                    message: format!("fell behind while containers were held, and {e}"),
+                });
+            }
+        }
+    }
     let (pack_report, sha256, size) = match packed {
         Ok(p) => p,
         Err(e) => {
-            let mut every_target_failed = !legs.is_empty();
-            for (i, r) in &legs {
-                match r {
+            let mut every_target_failed = !legs.is_empty() && !capped;
+            for l in &legs {
+                match &l.result {
                     Err(le) if !matches!(le, storage::StorageError::Cancelled { .. }) => {
                         report
                             .target_errors
-                            .insert(names[*i].clone(), le.to_string());
+                            .insert(names[l.target].clone(), le.to_string());
                     }
                     _ => every_target_failed = false,
                 }
@@ -654,8 +836,9 @@ async fn back_up_source(
         env.progress
             .warn(&format!("{}: NOT ARCHIVED: {w}", src.name));
     }
-    for (i, r) in legs {
-        match r {
+    for l in legs {
+        let i = l.target;
+        match l.result {
             Ok(_meta) => {
                 report.records.insert(
                     i,
@@ -705,6 +888,33 @@ fn incomplete(report: &SourceReport) -> String {
          (permissions, I/O errors) and back up again",
         if n == 1 { "entry" } else { "entries" },
         report.not_archived.first().map(String::as_str).unwrap_or("?"),
+    )
+}
+
+/// Whether a leg's error means the target itself failed (so later sources skip it), rather than the run being
+/// cancelled.
+fn target_failed(e: &storage::StorageError) -> bool {
+    !matches!(e, storage::StorageError::Cancelled { .. })
+}
+
+/// A target's line when it failed the check before the run, with the likely fix for what is not obvious.
+fn check_failed(e: &storage::StorageError) -> String {
+    use storage::StorageError as E;
+    let hint = match e {
+        E::Transient { .. } => {
+            " (is the endpoint right and the server up? a slow link may need a longer check-timeout)"
+        }
+        _ => "",
+    };
+    format!("failed its check before the run, nothing was written to it: {e}{hint}")
+}
+
+/// The error of a source whose read reached `[quiesce] max-downtime`.
+fn cap_error(cap: Duration) -> String {
+    format!(
+        "reading took longer than max-downtime ({}) while containers were held: aborted, nothing was stored, \
+         the containers were resumed (raise `max-downtime` in [quiesce], or quiesce this source with `none`)",
+        humantime::format_duration(cap)
     )
 }
 

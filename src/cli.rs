@@ -498,7 +498,17 @@ async fn run(cli: Cli, cancel: CancellationToken) -> Result<i32> {
         Command::Recover => {
             let engine = connect(&config).await?;
             let report = crate::quiesce::recover(&config.state_dir, &engine).await?;
-            let lines = report.lines();
+            let mut lines = report.lines();
+            // Spool files of a killed backup (see `pipeline::sweep_spool`).
+            let spool = config.spool_dir();
+            for p in crate::pipeline::sweep_spool(&spool)
+                .with_context(|| format!("cleaning the spool directory {}", spool.display()))?
+            {
+                lines.push(format!(
+                    "removed spool file {} left by an interrupted run",
+                    p.display()
+                ));
+            }
             if cli.json {
                 out_json(&serde_json::json!({ "recovered": lines }));
             } else if lines.is_empty() {

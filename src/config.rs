@@ -25,6 +25,7 @@ pub const DEFAULT_CONFIG_PATHS: &[&str] = &["/etc/voltar/config.toml", "voltar.t
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawConfig {
     pub state_dir: Option<PathBuf>,
+    pub spool_dir: Option<PathBuf>,
     pub docker: Option<RawDocker>,
     pub selection: Option<RawSelection>,
     pub quiesce: Option<RawQuiesce>,
@@ -58,6 +59,7 @@ pub struct RawSelection {
 pub struct RawQuiesce {
     pub default: Option<String>,
     pub stop_timeout: Option<String>,
+    pub max_downtime: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -117,6 +119,7 @@ pub struct RawTarget {
     pub max_parts: Option<u32>,
     pub parallel_parts: Option<u32>,
     pub retry_deadline: Option<String>,
+    pub check_timeout: Option<String>,
     pub retention: Option<RawRetention>,
 }
 
@@ -179,13 +182,20 @@ impl Default for Selection {
 pub struct Quiesce {
     pub default: QuiesceAction,
     pub stop_timeout: Duration,
+    /// The longest a source's read may keep its containers paused or stopped; past it the source is aborted
+    /// and the containers are resumed.
+    pub max_downtime: Duration,
 }
+
+/// Default of `[quiesce] max-downtime`.
+pub const DEFAULT_MAX_DOWNTIME: Duration = Duration::from_secs(600);
 
 impl Default for Quiesce {
     fn default() -> Self {
         Quiesce {
             default: QuiesceAction::None,
             stop_timeout: Duration::from_secs(30),
+            max_downtime: DEFAULT_MAX_DOWNTIME,
         }
     }
 }
@@ -277,6 +287,8 @@ pub struct S3Target {
     pub parallel_parts: u32,
     /// Overall deadline for retrying one request.
     pub retry_deadline: Duration,
+    /// Budget of the check made before a backup quiesces anything (see `Storage::check`).
+    pub check_timeout: Duration,
 }
 
 impl S3Target {
@@ -298,6 +310,7 @@ impl S3Target {
             max_parts: 10_000,
             parallel_parts: 2,
             retry_deadline: Duration::from_secs(300),
+            check_timeout: crate::storage::CHECK_TIMEOUT,
         }
     }
 }
@@ -323,6 +336,14 @@ pub struct Target {
 }
 
 impl Target {
+    /// Budget of the check made before a backup quiesces anything (`check-timeout`, S3 targets only).
+    pub fn check_timeout(&self) -> Duration {
+        match &self.kind {
+            TargetKind::S3(s) => s.check_timeout,
+            TargetKind::Local { .. } => crate::storage::CHECK_TIMEOUT,
+        }
+    }
+
     /// The retention settings for this target under `job`: the job's, with this target's keys on top.
     pub fn effective_retention(&self, job: &Retention) -> Retention {
         merge_retention(job.clone(), self.retention.as_ref()).unwrap_or_else(|_| job.clone())
@@ -419,6 +440,9 @@ pub struct Job {
 pub struct Config {
     /// Where the crash journal and locks live.
     pub state_dir: PathBuf,
+    /// Where a backup spools the stream of a target that falls behind while containers are held; `None`:
+    /// `<state_dir>/spool` (see [`Config::spool_dir`]).
+    pub spool_dir: Option<PathBuf>,
     pub docker_host: Option<String>,
     pub archive: Archive,
     pub encryption: Encryption,
@@ -446,6 +470,7 @@ impl Default for Config {
         );
         Config {
             state_dir: default_state_dir(),
+            spool_dir: None,
             docker_host: None,
             archive: Archive::default(),
             encryption: Encryption::default(),
@@ -489,6 +514,13 @@ fn toml_message(text: &str, e: &toml::de::Error) -> String {
 }
 
 impl Config {
+    /// The spool directory: `spool-dir`, else `<state-dir>/spool`.
+    pub fn spool_dir(&self) -> PathBuf {
+        self.spool_dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("spool"))
+    }
+
     /// Load from `path`, or from the first of [`DEFAULT_CONFIG_PATHS`] that exists, or defaults.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
         let path = match path {
@@ -536,6 +568,7 @@ impl Config {
         if let Some(d) = raw.state_dir {
             c.state_dir = d;
         }
+        c.spool_dir = raw.spool_dir;
         c.docker_host = raw.docker.and_then(|d| d.host);
         if let Some(a) = raw.archive {
             if let Some(l) = a.zstd_level {
@@ -732,6 +765,7 @@ fn target_kind(name: &str, t: RawTarget) -> Result<TargetKind, ConfigError> {
                 ("bucket", t.bucket.is_some()),
                 ("endpoint", t.endpoint.is_some()),
                 ("region", t.region.is_some()),
+                ("check-timeout", t.check_timeout.is_some()),
             ] {
                 if set {
                     return Err(ConfigError::Invalid(format!(
@@ -811,6 +845,16 @@ fn target_kind(name: &str, t: RawTarget) -> Result<TargetKind, ConfigError> {
                     ConfigError::Invalid(format!("target.{name}.retry-deadline: {m}"))
                 })?;
             }
+            if let Some(d) = t.check_timeout {
+                s.check_timeout = parse_duration(&d).map_err(|m| {
+                    ConfigError::Invalid(format!("target.{name}.check-timeout: {m}"))
+                })?;
+                if s.check_timeout.is_zero() {
+                    return Err(ConfigError::Invalid(format!(
+                        "target.{name}.check-timeout must be more than 0s"
+                    )));
+                }
+            }
             Ok(TargetKind::S3(s))
         }
         other => Err(ConfigError::Invalid(format!(
@@ -860,6 +904,15 @@ fn merge_quiesce(mut q: Quiesce, raw: Option<&RawQuiesce>) -> Result<Quiesce, Co
         if let Some(t) = &r.stop_timeout {
             q.stop_timeout = parse_duration(t)
                 .map_err(|m| ConfigError::Invalid(format!("quiesce.stop-timeout: {m}")))?;
+        }
+        if let Some(t) = &r.max_downtime {
+            q.max_downtime = parse_duration(t)
+                .map_err(|m| ConfigError::Invalid(format!("quiesce.max-downtime: {m}")))?;
+            if q.max_downtime.is_zero() {
+                return Err(ConfigError::Invalid(
+                    "quiesce.max-downtime must be more than 0s".into(),
+                ));
+            }
         }
     }
     Ok(q)
@@ -992,6 +1045,8 @@ mod tests {
         assert!(j.prune);
         assert_eq!(j.retention.policy.keep_daily, Some(7));
         assert_eq!(j.quiesce.stop_timeout, Duration::from_secs(30));
+        assert_eq!(j.quiesce.max_downtime, DEFAULT_MAX_DOWNTIME);
+        assert_eq!(c.spool_dir(), PathBuf::from("/var/lib/voltar/spool"));
         match &c.targets["offsite"].kind {
             TargetKind::S3(s) => assert_eq!(
                 (s.bucket.as_str(), s.prefix.as_str()),
@@ -1009,6 +1064,38 @@ mod tests {
         assert_eq!(j.selection.include, vec!["*"]);
         assert_eq!(j.quiesce.default, QuiesceAction::None);
         assert_eq!(c.archive.zstd_level, 3);
+    }
+
+    #[test]
+    fn spool_dir_max_downtime_and_check_timeout() {
+        let c = Config::parse(
+            "state-dir = \"/st\"\n[quiesce]\nmax-downtime = \"90s\"\n[target.s]\ntype = \"s3\"\nbucket = \"b\"\ncheck-timeout = \"12s\"\n[job.a]\n[job.a.quiesce]\nmax-downtime = \"2m\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.spool_dir(), PathBuf::from("/st/spool"));
+        assert_eq!(
+            c.job(Some("a")).unwrap().quiesce.max_downtime,
+            Duration::from_secs(120)
+        );
+        assert_eq!(c.targets["s"].check_timeout(), Duration::from_secs(12));
+        let c = Config::parse("spool-dir = \"/fast/spool\"\n").unwrap();
+        assert_eq!(c.spool_dir(), PathBuf::from("/fast/spool"));
+        assert_eq!(
+            c.job(None).unwrap().quiesce.max_downtime,
+            Duration::from_secs(600)
+        );
+        for bad in [
+            "[quiesce]\nmax-downtime = \"0s\"\n",
+            "[quiesce]\nmax-downtime = \"soon\"\n",
+            "[target.l]\ntype = \"local\"\npath = \"/b\"\ncheck-timeout = \"5s\"\n",
+            "[target.s]\ntype = \"s3\"\nbucket = \"b\"\ncheck-timeout = \"0s\"\n",
+        ] {
+            let e = Config::parse(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("max-downtime") || e.contains("check-timeout"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -1,26 +1,44 @@
 //! The streaming bridge between the blocking packer and the async storage writers.
 //!
 //! ```text
-//!  spawn_blocking:  walk -> tar -> zstd -> [age] -> ChunkSink ──(bounded channel)──> fan_out -> writer per target
+//!  spawn_blocking:  walk -> tar -> zstd -> [age] -> ChunkSink ──(bounded channel)──> fan_out ─┬─ queue ─> leg task -> writer
+//!                                                                                             └─ queue ─> leg task -> writer
+//!                                                                          (while containers are held, a full queue
+//!                                                                           switches its leg to a spool file)
 //! ```
 //!
 //! [`ChunkSink`] is a `std::io::Write` that hashes (sha256) and counts the stored bytes and cuts them into
-//! [`CHUNK_SIZE`] chunks, sent over a channel of [`CHANNEL_CHUNKS`] slots with `blocking_send`: when the storage
-//! side is slow the packer blocks, so memory stays bounded whatever the volume size. [`fan_out`] writes each chunk
-//! to every target's [`ObjectWriter`] concurrently (a `Bytes` clone is a reference count, not a copy); a slow
-//! target applies backpressure to all, a failing target is aborted and dropped while the others go on.
+//! [`CHUNK_SIZE`] chunks, sent over a channel of [`CHANNEL_CHUNKS`] slots with `blocking_send`. [`fan_out`] hands
+//! each chunk to every target's queue (a `Bytes` clone is a reference count, not a copy); each target's
+//! [`ObjectWriter`] is driven by a task of its own, so a failing target is aborted and dropped while the others
+//! go on.
 //!
-//! Peak memory of one source ≈ `CHANNEL_CHUNKS × CHUNK_SIZE` (here) + the zstd workers' buffers + what each
-//! writer keeps in flight (S3: `(parallel_parts + 1) × part size`; local: one chunk).
+//! What a slow writer does to the packer depends on the [`Pace`]:
+//!
+//! * [`Pace::Backpressure`] (no container is held): the packer waits for the slowest writer, so memory stays
+//!   bounded whatever the volume size and nothing touches the local disk.
+//! * [`Pace::Spool`] (containers are held for this read): the packer never waits for a writer. A writer whose
+//!   queue is full gets the rest of its stream through a spool file, an unlinked file under `spool-dir` that the
+//!   packer appends to and the writer reads from at its own pace, so the read — and the downtime — ends at local
+//!   speed and the upload finishes after the containers are resumed. The spool checks free space (statvfs) before
+//!   every append and fails only its own leg when the disk would get too full ([`spool_reserve`]).
+//!
+//! Alternatives rejected: an unbounded in-memory queue (a 100 GiB volume against a dead server would exhaust
+//! memory); spooling every stream always (a second copy through the disk for every backup, even when the
+//! targets keep up — the fast path stays copy-free); waiting with a timeout (it still extends every pause).
+//!
+//! Peak memory of one source ≈ `CHANNEL_CHUNKS × CHUNK_SIZE` (here) + per target [`LEG_QUEUE`] chunks
+//! ([`LEG_QUEUE_HELD`] while containers are held) + the zstd workers' buffers + what each writer keeps in flight
+//! (S3: `(parallel_parts + 1) × part size`; local: one chunk).
 
 use std::io::{self, Write};
-
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use futures::future::join_all;
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
 
 use crate::storage::{ObjectMeta, ObjectWriter, StorageError};
 
@@ -146,63 +164,570 @@ pub struct Leg {
     pub writer: Box<dyn ObjectWriter>,
 }
 
-/// Result of one leg: the stored object, or why it failed.
-pub type LegResult = (usize, Result<ObjectMeta, StorageError>);
+/// How one leg ended.
+#[derive(Debug)]
+pub struct LegResult {
+    pub target: usize,
+    /// The stored object, or why the leg failed (`Cancelled` when the packer failed or the run was interrupted).
+    pub result: Result<ObjectMeta, StorageError>,
+    /// Bytes of this leg's stream that went through a spool file.
+    pub spooled: u64,
+    /// The leg failed because of the spool (the local disk), not because of its target.
+    pub spool_failed: bool,
+}
 
-/// Drain `rx` into every leg. Legs that fail are aborted and reported; when all have failed the receiver is
-/// dropped so the packer stops at its next write. When `commit` resolves to false after the channel closes (the
-/// packer failed or was cancelled), every leg is aborted instead of finished — nothing half-written is published.
+/// How [`fan_out`] treats a writer that falls behind.
+#[derive(Clone, Debug)]
+pub enum Pace {
+    /// Wait for the slowest writer: the packer blocks until every writer took the chunk (bounded memory, no
+    /// disk). For sources whose read holds no container.
+    Backpressure,
+    /// Never make the packer wait for a writer: once a writer's queue is full, the rest of its stream is appended
+    /// to a spool file in `dir` and the writer reads it from there at its own pace, so the read — and with it
+    /// the containers held for it — ends at local speed. For sources whose read holds containers.
+    Spool { dir: PathBuf },
+}
+
+/// Chunks a writer may have queued before the packer waits for it, under [`Pace::Backpressure`].
+pub const LEG_QUEUE: usize = CHANNEL_CHUNKS;
+/// Chunks a writer may have queued before it counts as falling behind, under [`Pace::Spool`]: 8 MiB, so that a
+/// writer that stalls for a moment (a local disk flushing, a part waiting for its slot) keeps its stream in
+/// memory instead of sending it through the spool's disk.
+pub const LEG_QUEUE_HELD: usize = 32;
+
+/// Drain `rx` into every leg, each written by a task of its own through a queue of [`LEG_QUEUE`] chunks
+/// ([`LEG_QUEUE_HELD`] under [`Pace::Spool`]).
+///
+/// A writer that fails stops getting chunks and is aborted; when all have failed the receiver is dropped so the
+/// packer stops at its next write. Under [`Pace::Spool`] a writer whose queue is full gets the rest of its
+/// stream through a spool file (see [`Pace`]); a spool that would fill its disk fails that leg only.
+///
+/// Once the channel closes, `commit` decides: true — each leg finishes (after writing what is left in its queue
+/// and spool) and publishes its object; false (the packer failed or was cancelled) — every leg is aborted,
+/// nothing half-written is published. `cancel` (SIGINT/SIGTERM) aborts every leg that is still writing.
+/// Returns when every leg has finished or been aborted, in target order.
 pub async fn fan_out(
     mut rx: mpsc::Receiver<Bytes>,
     legs: Vec<Leg>,
     commit: impl std::future::Future<Output = bool>,
+    pace: Pace,
+    cancel: CancellationToken,
 ) -> Vec<LegResult> {
-    let mut live: Vec<Leg> = legs;
-    let mut done: Vec<LegResult> = Vec::new();
-    // A failed leg is aborted in the background: an abort against a struggling server can take as long as its
-    // retry deadline, and waiting for it here would stall the packer (and keep containers paused) for nothing.
-    let mut aborts = tokio::task::JoinSet::new();
+    let (decision_tx, decision_rx) = watch::channel(None::<bool>);
+    let mut feeds = Vec::with_capacity(legs.len());
+    let mut tasks = Vec::with_capacity(legs.len());
+    let depth = match pace {
+        Pace::Backpressure => LEG_QUEUE,
+        Pace::Spool { .. } => LEG_QUEUE_HELD,
+    };
+    for leg in legs {
+        let (tx, queue) = mpsc::channel(depth);
+        let (handoff, spool) = oneshot::channel();
+        let stop = cancel.child_token();
+        tasks.push((
+            leg.target,
+            tokio::spawn(run_leg(
+                leg.writer,
+                queue,
+                spool,
+                decision_rx.clone(),
+                stop.clone(),
+            )),
+        ));
+        feeds.push(Feed {
+            target: leg.target,
+            queue: Some(tx),
+            handoff: Some(handoff),
+            spool: None,
+            stop,
+            spooled: 0,
+            error: None,
+            dead: false,
+        });
+    }
+    drop(decision_rx);
+    let mut done: Vec<Feed> = Vec::new();
     while let Some(chunk) = rx.recv().await {
-        let results = join_all(live.iter_mut().map(|l| l.writer.write(chunk.clone()))).await;
-        let mut next = Vec::with_capacity(live.len());
-        for (leg, r) in live.into_iter().zip(results) {
-            match r {
-                Ok(()) => next.push(leg),
-                Err(e) => {
-                    aborts.spawn(async move {
-                        let _ = leg.writer.abort().await;
-                    });
-                    done.push((leg.target, Err(e)));
-                }
-            }
+        for f in feeds.iter_mut() {
+            f.push(chunk.clone(), &pace).await;
         }
-        live = next;
-        if live.is_empty() {
+        let (live, dead): (Vec<Feed>, Vec<Feed>) = feeds.into_iter().partition(|f| !f.dead);
+        done.extend(dead);
+        feeds = live;
+        if feeds.is_empty() {
             break;
         }
     }
     drop(rx);
-    let ok = commit.await;
-    let finals = join_all(live.into_iter().map(|l| async move {
-        if ok {
-            (l.target, l.writer.finish().await)
-        } else {
-            let target = l.target;
-            let _ = l.writer.abort().await;
-            (
+    for f in feeds.iter_mut() {
+        f.close();
+    }
+    done.extend(feeds);
+    let ok = commit.await && !cancel.is_cancelled();
+    let _ = decision_tx.send(Some(ok));
+
+    let mut results = Vec::with_capacity(tasks.len());
+    for (target, task) in tasks {
+        let result = match task.await {
+            Ok(r) => r,
+            Err(e) => Err(StorageError::Permanent {
+                target: "upload".into(),
+                message: format!("internal error: the upload task failed: {e}"),
+            }),
+        };
+        let feed = done.iter_mut().find(|f| f.target == target);
+        let (spooled, spool_error) = match feed {
+            Some(f) => (f.spooled, f.error.take()),
+            None => (0, None),
+        };
+        results.push(match spool_error {
+            // The leg was stopped because of its spool: that is the cause, not the `Cancelled` it ended with.
+            Some(e) => LegResult {
                 target,
+                result: Err(e),
+                spooled,
+                spool_failed: true,
+            },
+            None => LegResult {
+                target,
+                result,
+                spooled,
+                spool_failed: false,
+            },
+        });
+    }
+    results.sort_by_key(|r| r.target);
+    results
+}
+
+/// The packer's side of one leg: its queue, then (once it fell behind) its spool file.
+struct Feed {
+    target: usize,
+    /// `None` once spooling (dropping it tells the leg that the queue part of the stream has ended).
+    queue: Option<mpsc::Sender<Bytes>>,
+    /// Hands the spool to the leg; dropped unused when the leg never fell behind.
+    handoff: Option<oneshot::Sender<SpoolReader>>,
+    spool: Option<SpoolWriter>,
+    /// Stops this leg's task (a spool failure).
+    stop: CancellationToken,
+    spooled: u64,
+    /// Why this leg was stopped, when the spool failed.
+    error: Option<StorageError>,
+    /// Takes no more chunks (its task failed, or its spool did).
+    dead: bool,
+}
+
+impl Feed {
+    async fn push(&mut self, chunk: Bytes, pace: &Pace) {
+        if let Some(sp) = &mut self.spool {
+            if sp.reader_gone() {
+                // The leg's task ended early: its writer failed.
+                self.dead = true;
+                return;
+            }
+            let len = chunk.len() as u64;
+            match sp.append(chunk).await {
+                Ok(()) => self.spooled += len,
+                Err(e) => self.fail(e),
+            }
+            return;
+        }
+        let Some(q) = &self.queue else {
+            self.dead = true;
+            return;
+        };
+        let dir = match pace {
+            Pace::Backpressure => {
+                if q.send(chunk).await.is_err() {
+                    self.dead = true;
+                }
+                return;
+            }
+            Pace::Spool { dir } => dir,
+        };
+        let chunk = match q.try_send(chunk) {
+            Ok(()) => return,
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.dead = true;
+                return;
+            }
+            Err(mpsc::error::TrySendError::Full(chunk)) => chunk,
+        };
+        // The writer fell behind while containers are held: the rest of its stream goes to a spool file.
+        let (mut writer, reader) = match SpoolWriter::create(dir).await {
+            Ok(p) => p,
+            Err(e) => {
+                self.fail(e);
+                return;
+            }
+        };
+        tracing::debug!(target = self.target, dir = %dir.display(), "a writer fell behind: spooling the rest of its stream");
+        let len = chunk.len() as u64;
+        if let Err(e) = writer.append(chunk).await {
+            self.fail(e);
+            return;
+        }
+        self.spooled += len;
+        // Hand the spool over before closing the queue: the leg reads the queue to its end, then the spool.
+        if let Some(h) = self.handoff.take() {
+            if h.send(reader).is_err() {
+                self.dead = true;
+                return;
+            }
+        }
+        self.queue = None;
+        self.spool = Some(writer);
+    }
+
+    /// The stream has ended: close the queue and the spool.
+    fn close(&mut self) {
+        self.queue = None;
+        self.handoff = None;
+        if let Some(sp) = &mut self.spool {
+            sp.finish();
+        }
+    }
+
+    fn fail(&mut self, e: StorageError) {
+        self.error = Some(e);
+        self.dead = true;
+        self.queue = None;
+        self.handoff = None;
+        self.spool = None;
+        self.stop.cancel();
+    }
+}
+
+/// One leg's task: write the queued chunks, then the spool (if the leg fell behind), then finish or abort as
+/// the commit decision says. Stopped (and aborted) early by `stop` or a negative decision.
+async fn run_leg(
+    mut writer: Box<dyn ObjectWriter>,
+    queue: mpsc::Receiver<Bytes>,
+    spool: oneshot::Receiver<SpoolReader>,
+    mut decision: watch::Receiver<Option<bool>>,
+    stop: CancellationToken,
+) -> Result<ObjectMeta, StorageError> {
+    enum Drained {
+        All,
+        Failed(StorageError),
+        Stopped,
+    }
+    let drained = {
+        let w = &mut writer;
+        // Owns the queue and the spool: when it is dropped (done, failed or stopped) the packer's side sees the
+        // leg gone at once, before the (possibly slow) abort below.
+        let drain = async move {
+            let mut queue = queue;
+            while let Some(c) = queue.recv().await {
+                w.write(c).await?;
+            }
+            drop(queue);
+            if let Ok(mut reader) = spool.await {
+                while let Some(c) = reader.next().await? {
+                    w.write(c).await?;
+                }
+            }
+            Ok::<(), StorageError>(())
+        };
+        let mut d = decision.clone();
+        tokio::select! {
+            r = drain => match r {
+                Ok(()) => Drained::All,
+                Err(e) => Drained::Failed(e),
+            },
+            _ = stop.cancelled() => Drained::Stopped,
+            _ = decided(&mut d, false) => Drained::Stopped,
+        }
+    };
+    match drained {
+        Drained::Failed(e) => {
+            let _ = writer.abort().await;
+            Err(e)
+        }
+        Drained::Stopped => {
+            let _ = writer.abort().await;
+            Err(StorageError::Cancelled {
+                target: "upload".into(),
+            })
+        }
+        Drained::All => {
+            let ok = tokio::select! {
+                ok = decision_of(&mut decision) => ok,
+                _ = stop.cancelled() => false,
+            };
+            if ok {
+                writer.finish().await
+            } else {
+                let _ = writer.abort().await;
                 Err(StorageError::Cancelled {
                     target: "upload".into(),
-                }),
-            )
+                })
+            }
         }
-    }))
-    .await;
-    done.extend(finals);
-    // Nothing half-written may outlive the run: wait for the background aborts before reporting.
-    while aborts.join_next().await.is_some() {}
-    done.sort_by_key(|(t, _)| *t);
-    done
+    }
+}
+
+/// The commit decision once made (false when the deciding side is gone).
+async fn decision_of(rx: &mut watch::Receiver<Option<bool>>) -> bool {
+    match rx.wait_for(Option::is_some).await {
+        Ok(v) => v.unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// Resolves when the decision is `want`; pends forever otherwise.
+async fn decided(rx: &mut watch::Receiver<Option<bool>>, want: bool) {
+    if decision_of(rx).await != want {
+        std::future::pending::<()>().await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The spool: a file-backed queue between the packer and one writer that fell behind.
+
+/// Prefix of spool file names (`.voltar-spool-<pid>-<random>`). A spool file is unlinked as soon as it is
+/// created, so it vanishes with the last open handle — also when the process is killed. Only a kill between
+/// create and unlink leaves a named one: [`sweep_spool`] removes those.
+pub const SPOOL_PREFIX: &str = ".voltar-spool-";
+
+/// Bytes read from a spool per write to the writer.
+const SPOOL_READ: usize = 1 << 20;
+
+/// Free space a spool leaves on its filesystem: 5% of its size, at least 16 MiB and at most 1 GiB. A spool
+/// write that would go below this fails its leg instead of filling the disk under the state dir (and the
+/// journal and locks in it).
+pub fn spool_reserve(fs_size: u64) -> u64 {
+    (fs_size / 20).clamp(16 << 20, 1 << 30)
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct SpoolState {
+    len: u64,
+    done: bool,
+}
+
+/// The appending side of a spool file.
+struct SpoolWriter {
+    file: Arc<std::fs::File>,
+    dir: PathBuf,
+    len: u64,
+    state: watch::Sender<SpoolState>,
+}
+
+/// The reading side, owned by the leg's task.
+struct SpoolReader {
+    file: Arc<std::fs::File>,
+    dir: PathBuf,
+    pos: u64,
+    state: watch::Receiver<SpoolState>,
+}
+
+fn spool_target(dir: &Path) -> String {
+    format!("spool directory {}", dir.display())
+}
+
+async fn blocking<T: Send + 'static>(
+    dir: &Path,
+    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, StorageError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(StorageError::Permanent {
+            target: spool_target(dir),
+            message: format!("internal error: spool task failed: {e}"),
+        })
+    })
+}
+
+/// Refuse to grow the spool by `more` bytes when that would leave less than [`spool_reserve`] free.
+fn check_room(dir: &Path, more: u64) -> Result<(), StorageError> {
+    let (avail, size) = fs_space(dir)
+        .map_err(|e| StorageError::from_io(&spool_target(dir), "checking free space", e))?;
+    let reserve = spool_reserve(size);
+    if avail < reserve.saturating_add(more) {
+        return Err(StorageError::NoSpace {
+            target: spool_target(dir),
+            message: format!(
+                "{} MiB free, and spooling keeps at least {} MiB free (free space there, or set `spool-dir` to a \
+                 larger disk)",
+                avail >> 20,
+                reserve >> 20
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// (bytes available to us, filesystem size) of the filesystem holding `dir`.
+fn fs_space(dir: &Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out-pointer.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let frsize = st.f_frsize as u64;
+    Ok((
+        (st.f_bavail as u64).saturating_mul(frsize),
+        (st.f_blocks as u64).saturating_mul(frsize),
+    ))
+}
+
+impl SpoolWriter {
+    /// A new, already unlinked spool file in `dir` (created 0700 if missing), after checking for room.
+    async fn create(dir: &Path) -> Result<(SpoolWriter, SpoolReader), StorageError> {
+        let d = dir.to_path_buf();
+        let file = blocking(dir, move || {
+            use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+            let target = spool_target(&d);
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&d)
+                .map_err(|e| StorageError::from_io(&target, "creating it", e))?;
+            check_room(&d, CHUNK_SIZE as u64)?;
+            let name = format!(
+                "{SPOOL_PREFIX}{}-{:016x}",
+                std::process::id(),
+                rand::random::<u64>()
+            );
+            let path = d.join(name);
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| StorageError::from_io(&target, "creating a spool file", e))?;
+            // Unlinked at once: the data lives as long as the handles, and no path of any kind (error, panic,
+            // SIGKILL) can leave it behind.
+            std::fs::remove_file(&path)
+                .map_err(|e| StorageError::from_io(&target, "unlinking a spool file", e))?;
+            Ok(file)
+        })
+        .await?;
+        let file = Arc::new(file);
+        let (tx, rx) = watch::channel(SpoolState::default());
+        Ok((
+            SpoolWriter {
+                file: file.clone(),
+                dir: dir.to_path_buf(),
+                len: 0,
+                state: tx,
+            },
+            SpoolReader {
+                file,
+                dir: dir.to_path_buf(),
+                pos: 0,
+                state: rx,
+            },
+        ))
+    }
+
+    fn reader_gone(&self) -> bool {
+        self.state.is_closed()
+    }
+
+    async fn append(&mut self, chunk: Bytes) -> Result<(), StorageError> {
+        use std::os::unix::fs::FileExt;
+        let (file, dir, at) = (self.file.clone(), self.dir.clone(), self.len);
+        let len = chunk.len() as u64;
+        blocking(&self.dir, move || {
+            check_room(&dir, len)?;
+            file.write_all_at(&chunk, at)
+                .map_err(|e| StorageError::from_io(&spool_target(&dir), "writing the spool", e))
+        })
+        .await?;
+        self.len += len;
+        let n = self.len;
+        self.state.send_modify(|s| s.len = n);
+        Ok(())
+    }
+
+    fn finish(&mut self) {
+        self.state.send_modify(|s| s.done = true);
+    }
+}
+
+impl SpoolReader {
+    /// The next piece of the spool; waits for the packer while it is still appending. `None` at the end.
+    async fn next(&mut self) -> Result<Option<Bytes>, StorageError> {
+        use std::os::unix::fs::FileExt;
+        loop {
+            let st = *self.state.borrow_and_update();
+            if self.pos < st.len {
+                let n = (st.len - self.pos).min(SPOOL_READ as u64) as usize;
+                let (file, dir, at) = (self.file.clone(), self.dir.clone(), self.pos);
+                let buf = blocking(&self.dir, move || {
+                    let mut buf = vec![0u8; n];
+                    file.read_exact_at(&mut buf, at).map_err(|e| {
+                        StorageError::from_io(&spool_target(&dir), "reading the spool", e)
+                    })?;
+                    Ok(buf)
+                })
+                .await?;
+                self.pos += n as u64;
+                return Ok(Some(Bytes::from(buf)));
+            }
+            if st.done {
+                return Ok(None);
+            }
+            if self.state.changed().await.is_err() {
+                let st = *self.state.borrow();
+                if self.pos < st.len || st.done {
+                    continue;
+                }
+                return Err(StorageError::Cancelled {
+                    target: spool_target(&self.dir),
+                });
+            }
+        }
+    }
+}
+
+fn process_exists(pid: i32) -> bool {
+    // SAFETY: signal 0 sends nothing; it only checks that the process exists.
+    if unsafe { libc::kill(pid, 0) } == 0 {
+        return true;
+    }
+    io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Remove spool files that a killed run left under `dir` (named [`SPOOL_PREFIX`]`<pid>-…`): those of processes
+/// that no longer exist, and any older than a minute (a live run unlinks its spool file right after creating
+/// it). Returns the paths removed; a missing `dir` is not an error.
+pub fn sweep_spool(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => return Err(e),
+    };
+    let mut removed = Vec::new();
+    for e in entries {
+        let e = e?;
+        let name = e.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(SPOOL_PREFIX)) else {
+            continue;
+        };
+        let pid: Option<i32> = rest.split('-').next().and_then(|p| p.parse().ok());
+        let alive = pid.is_some_and(|p| p > 0 && process_exists(p));
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > std::time::Duration::from_secs(60));
+        if alive && !old {
+            continue;
+        }
+        match std::fs::remove_file(e.path()) {
+            Ok(()) => removed.push(e.path()),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(removed)
 }
 
 /// A `Read` that hashes (sha256) and counts what passes through: verify and restore check stored objects
@@ -244,4 +769,256 @@ pub fn blocking_reader(stream: crate::storage::ByteStream) -> impl std::io::Read
     use futures::TryStreamExt;
     let r = tokio_util::io::StreamReader::new(stream.map_err(|e| io::Error::other(e.to_string())));
     tokio_util::io::SyncIoBridge::new(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_trait::async_trait;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    /// A writer that accepts nothing until its gate opens, and records what it got and how it ended.
+    struct Gated {
+        gate: watch::Receiver<bool>,
+        got: Arc<Mutex<Vec<u8>>>,
+        finished: Arc<AtomicBool>,
+        aborted: Arc<AtomicBool>,
+    }
+
+    #[async_trait]
+    impl ObjectWriter for Gated {
+        async fn write(&mut self, chunk: Bytes) -> Result<(), StorageError> {
+            let _ = self.gate.wait_for(|open| *open).await;
+            self.got.lock().unwrap().extend_from_slice(&chunk);
+            Ok(())
+        }
+        async fn finish(self: Box<Self>) -> Result<ObjectMeta, StorageError> {
+            self.finished.store(true, Ordering::SeqCst);
+            Ok(ObjectMeta {
+                key: "k".into(),
+                size: self.got.lock().unwrap().len() as u64,
+                modified: None,
+            })
+        }
+        async fn abort(self: Box<Self>) -> Result<(), StorageError> {
+            self.aborted.store(true, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    struct Probe {
+        got: Arc<Mutex<Vec<u8>>>,
+        finished: Arc<AtomicBool>,
+        aborted: Arc<AtomicBool>,
+    }
+
+    fn gated(gate: &watch::Sender<bool>) -> (Box<dyn ObjectWriter>, Probe) {
+        let p = Probe {
+            got: Arc::default(),
+            finished: Arc::default(),
+            aborted: Arc::default(),
+        };
+        let w = Gated {
+            gate: gate.subscribe(),
+            got: p.got.clone(),
+            finished: p.finished.clone(),
+            aborted: p.aborted.clone(),
+        };
+        (Box::new(w), p)
+    }
+
+    /// `n` chunks of distinct bytes, and all of them in one piece.
+    fn stream(n: usize) -> (Vec<Bytes>, Vec<u8>) {
+        let chunks: Vec<Bytes> = (0..n)
+            .map(|i| Bytes::from(vec![(i % 251) as u8; CHUNK_SIZE]))
+            .collect();
+        let all = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+        (chunks, all)
+    }
+
+    fn files_in(dir: &Path) -> Vec<PathBuf> {
+        std::fs::read_dir(dir)
+            .map(|r| r.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn while_containers_are_held_a_stalled_writer_never_holds_up_the_packer() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = dir.path().join("spool");
+        let (gate, _) = watch::channel(false);
+        let (stalled, slow) = gated(&gate);
+        let (open_gate, _) = watch::channel(true);
+        let (healthy, fast) = gated(&open_gate);
+        let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
+        let (commit_tx, commit_rx) = oneshot::channel();
+        let fan = tokio::spawn(fan_out(
+            rx,
+            vec![
+                Leg {
+                    target: 0,
+                    writer: stalled,
+                },
+                Leg {
+                    target: 1,
+                    writer: healthy,
+                },
+            ],
+            async move { commit_rx.await.unwrap_or(false) },
+            Pace::Spool { dir: spool.clone() },
+            CancellationToken::new(),
+        ));
+        // 16 MiB, far more than the queues hold: the sender (the packer) gets through it all while one writer
+        // has not taken a single chunk. The other writer takes each chunk before the next is sent (it keeps up).
+        let (chunks, all) = stream(64);
+        tokio::time::timeout(Duration::from_secs(20), async {
+            for (i, c) in chunks.into_iter().enumerate() {
+                tx.send(c).await.unwrap();
+                while fast.got.lock().unwrap().len() < (i + 1) * CHUNK_SIZE {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        })
+        .await
+        .expect("the packer was held up by a stalled writer");
+        drop(tx);
+        assert!(slow.got.lock().unwrap().len() <= CHUNK_SIZE);
+        // The spool file is unlinked from the start: nothing to see in the directory.
+        assert!(files_in(&spool).is_empty(), "{:?}", files_in(&spool));
+
+        // Containers resumed: the writer catches up from its queue and the spool, in order, then finishes.
+        let _ = commit_tx.send(true);
+        gate.send_replace(true);
+        let results = fan.await.unwrap();
+        assert_eq!(results.len(), 2);
+        for (r, p) in results.iter().zip([&slow, &fast]) {
+            assert!(r.result.is_ok(), "{r:?}");
+            assert!(p.finished.load(Ordering::SeqCst));
+            assert!(!p.aborted.load(Ordering::SeqCst));
+            assert!(
+                *p.got.lock().unwrap() == all,
+                "target {}: bytes differ",
+                r.target
+            );
+        }
+        assert!(results[0].spooled > 0);
+        assert_eq!(
+            results[1].spooled, 0,
+            "the writer that kept up was not spooled"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_held_containers_a_stalled_writer_holds_up_the_packer() {
+        let dir = tempfile::tempdir().unwrap();
+        let (gate, _) = watch::channel(false);
+        let (stalled, slow) = gated(&gate);
+        let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
+        let (commit_tx, commit_rx) = oneshot::channel();
+        let fan = tokio::spawn(fan_out(
+            rx,
+            vec![Leg {
+                target: 0,
+                writer: stalled,
+            }],
+            async move { commit_rx.await.unwrap_or(false) },
+            Pace::Backpressure,
+            CancellationToken::new(),
+        ));
+        let (chunks, all) = stream(64);
+        let mut chunks = chunks.into_iter();
+        // Send until a send makes no progress for a while: the packer is blocked, with only the channel, the
+        // leg's queue and the chunks in hand taken — no spool.
+        let mut sent = 0;
+        for c in chunks.by_ref() {
+            if tokio::time::timeout(Duration::from_millis(300), tx.send(c))
+                .await
+                .is_err()
+            {
+                break;
+            }
+            sent += 1;
+        }
+        assert!(
+            sent <= CHANNEL_CHUNKS + LEG_QUEUE + 2,
+            "{sent} chunks were taken while the writer took none"
+        );
+        assert!(files_in(dir.path()).is_empty());
+        // Once the writer moves, what was taken arrives in order (the chunk whose send timed out was dropped).
+        gate.send_replace(true);
+        drop(tx);
+        let _ = commit_tx.send(true);
+        let results = fan.await.unwrap();
+        assert!(results[0].result.is_ok(), "{:?}", results[0]);
+        assert_eq!(results[0].spooled, 0);
+        let got = slow.got.lock().unwrap();
+        assert_eq!(got.len(), sent * CHUNK_SIZE);
+        assert!(got[..] == all[..got.len()]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_read_aborts_a_spooled_leg_and_publishes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (gate, _) = watch::channel(false);
+        let (stalled, slow) = gated(&gate);
+        let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
+        let (commit_tx, commit_rx) = oneshot::channel();
+        let fan = tokio::spawn(fan_out(
+            rx,
+            vec![Leg {
+                target: 0,
+                writer: stalled,
+            }],
+            async move { commit_rx.await.unwrap_or(false) },
+            Pace::Spool {
+                dir: dir.path().to_path_buf(),
+            },
+            CancellationToken::new(),
+        ));
+        for c in stream(48).0 {
+            tx.send(c).await.unwrap();
+        }
+        drop(tx);
+        let _ = commit_tx.send(false);
+        let results = fan.await.unwrap();
+        assert!(matches!(
+            results[0].result,
+            Err(StorageError::Cancelled { .. })
+        ));
+        assert!(slow.aborted.load(Ordering::SeqCst));
+        assert!(!slow.finished.load(Ordering::SeqCst));
+        assert!(files_in(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn sweep_removes_spool_files_of_dead_processes_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut dead = std::process::Command::new("true").spawn().unwrap();
+        let dead_pid = dead.id();
+        dead.wait().unwrap();
+        let gone = dir.path().join(format!("{SPOOL_PREFIX}{dead_pid}-00ff"));
+        let live = dir
+            .path()
+            .join(format!("{SPOOL_PREFIX}{}-00ff", std::process::id()));
+        let other = dir.path().join("journal.json");
+        let junk = dir.path().join(format!("{SPOOL_PREFIX}not-a-pid"));
+        for p in [&gone, &live, &other, &junk] {
+            std::fs::write(p, b"x").unwrap();
+        }
+        let mut removed = sweep_spool(dir.path()).unwrap();
+        removed.sort();
+        let mut want = vec![gone.clone(), junk.clone()];
+        want.sort();
+        assert_eq!(removed, want);
+        assert!(live.exists() && other.exists());
+        assert!(sweep_spool(&dir.path().join("missing")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_spool_keeps_5_percent_free_within_bounds() {
+        assert_eq!(spool_reserve(0), 16 << 20);
+        assert_eq!(spool_reserve(10 << 30), 512 << 20);
+        assert_eq!(spool_reserve(1 << 40), 1 << 30);
+    }
 }

@@ -11,6 +11,8 @@
 //!   finishing must not publish anything either.
 //! * [`Storage::get`] streams an object; [`Storage::list`] returns every object under a prefix (all pages).
 //! * [`Storage::delete`] removes keys; deleting a missing key is not an error.
+//! * [`Storage::check`] proves, within a short budget, that a backup can be written: it is called before a backup
+//!   quiesces anything, so that a dead, hung or unauthorised target is found without a container held for it.
 //!
 //! Why not a filesystem-like interface: S3 has no rename, no append and no partial overwrite; everything voltar
 //! needs is expressible as whole-object put/get/list/delete, which every backend can do atomically.
@@ -22,7 +24,7 @@ pub mod s3;
 
 use std::fmt;
 use std::pin::Pin;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -46,6 +48,21 @@ pub struct PutOptions {
     /// Expected size in bytes, when known (an upper bound is fine). Lets S3 pick a part size that fits the part
     /// limit from the start.
     pub size_hint: Option<u64>,
+}
+
+/// Budget of [`Storage::check`] unless the target sets `check-timeout`. A few seconds: a target that cannot take
+/// a tiny request in this time would make the backup wait for it, and a backup that waits holds containers.
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Name prefix of the object a check writes (and removes at once): `.voltar-check-<random>/probe`. Its first
+/// component is never a backup id, so the catalog (which looks only at `<backup-id>/…` keys) never sees it. It
+/// sits one level down, like an archive, so that the check creates a directory where a backup would (and fails
+/// the same way, e.g. "Not a directory" when the target path is a file).
+pub const CHECK_KEY_PREFIX: &str = ".voltar-check-";
+
+/// A fresh key for a check.
+pub fn check_probe_key() -> String {
+    format!("{CHECK_KEY_PREFIX}{:016x}/probe", rand::random::<u64>())
 }
 
 /// Errors of every backend, by category: callers match the category, never the message.
@@ -139,6 +156,32 @@ pub trait Storage: Send + Sync + fmt::Debug {
         &self,
         older_than: std::time::Duration,
     ) -> Result<Vec<ObjectMeta>, StorageError>;
+
+    /// Prove, within about `timeout`, that a backup can be written here: the target answers, accepts the
+    /// credentials, the bucket or directory exists (or can be created) and takes a write. Leaves nothing behind
+    /// (a probe that could not be removed is under a [`CHECK_KEY_PREFIX`] name, which nothing lists as a backup).
+    ///
+    /// The default puts a tiny object and deletes it, all bounded by `timeout` (a timeout is `Transient`).
+    /// Backends override it when they can bound their own retries by `timeout` (so the error is the server's last
+    /// answer, not just "no answer") or have a cheaper or more telling probe.
+    async fn check(&self, timeout: Duration) -> Result<(), StorageError> {
+        let key = check_probe_key();
+        let probe = async {
+            self.put(&key, Bytes::from_static(b"voltar target check\n"))
+                .await?;
+            self.delete(std::slice::from_ref(&key)).await
+        };
+        match tokio::time::timeout(timeout, probe).await {
+            Ok(r) => r,
+            Err(_) => Err(StorageError::Transient {
+                target: self.describe(),
+                message: format!(
+                    "no answer to a test write within {}",
+                    humantime::format_duration(timeout)
+                ),
+            }),
+        }
+    }
 }
 
 /// Conveniences built on [`Storage`].

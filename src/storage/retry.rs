@@ -4,7 +4,9 @@
 //!   exponential backoff and jitter, until an overall deadline. The S3 backend wraps every request in it (each
 //!   `UploadPart` is re-sent with the same bytes, which is idempotent: S3 keeps the last upload of a part number).
 //! * [`RetryStorage`] wraps any [`Storage`] and applies the same policy to its whole-object calls (`put`, `get`,
-//!   `list`, `delete`, `sweep_incomplete`, and the *start* of `put_stream`).
+//!   `list`, `delete`, `sweep_incomplete`, and the *start* of `put_stream`). `check` is retried too, but within
+//!   the check's own (short) budget instead of the deadline: it runs before a backup quiesces anything, and a
+//!   target that needs minutes to answer is better skipped than waited for.
 //!
 //! Only `Transient` errors are retried. Auth (refused credentials), NoSpace (full disk / quota), NotFound and
 //! Permanent errors are returned at once: retrying them wastes the deadline and hides the cause.
@@ -216,6 +218,17 @@ impl Storage for RetryStorage {
     async fn stale_uploads(&self, older_than: Duration) -> Result<Vec<ObjectMeta>, StorageError> {
         retry(&self.policy, |_| self.inner.stale_uploads(older_than)).await
     }
+
+    async fn check(&self, timeout: Duration) -> Result<(), StorageError> {
+        let policy = Backoff {
+            deadline: timeout,
+            ..self.policy.clone()
+        };
+        retry(&policy, |remaining| {
+            self.inner.check(remaining.max(Duration::from_millis(100)))
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
@@ -297,6 +310,84 @@ mod tests {
             assert_eq!(std::mem::discriminant(&r.unwrap_err()), kind);
             assert_eq!(n.load(Ordering::SeqCst), 1);
         }
+    }
+
+    /// A storage whose check fails transiently `fails` times, then passes; nothing else is called.
+    #[derive(Debug)]
+    struct FlakyCheck {
+        fails: u32,
+        calls: AtomicU32,
+    }
+
+    #[async_trait]
+    impl Storage for FlakyCheck {
+        fn describe(&self) -> String {
+            "flaky".into()
+        }
+        async fn put(&self, _: &str, _: Bytes) -> Result<(), StorageError> {
+            unreachable!()
+        }
+        async fn put_stream(
+            &self,
+            _: &str,
+            _: PutOptions,
+        ) -> Result<Box<dyn ObjectWriter>, StorageError> {
+            unreachable!()
+        }
+        async fn get(&self, _: &str) -> Result<ByteStream, StorageError> {
+            unreachable!()
+        }
+        async fn list(&self, _: &str) -> Result<Vec<ObjectMeta>, StorageError> {
+            unreachable!()
+        }
+        async fn delete(&self, _: &[String]) -> Result<(), StorageError> {
+            unreachable!()
+        }
+        async fn sweep_incomplete(&self, _: Duration) -> Result<usize, StorageError> {
+            unreachable!()
+        }
+        async fn stale_uploads(&self, _: Duration) -> Result<Vec<ObjectMeta>, StorageError> {
+            unreachable!()
+        }
+        async fn check(&self, _: Duration) -> Result<(), StorageError> {
+            if self.calls.fetch_add(1, Ordering::SeqCst) < self.fails {
+                Err(transient())
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_check_is_retried_within_its_own_budget_not_the_deadline() {
+        let policy = Backoff {
+            deadline: Duration::from_secs(300),
+            ..fast(0)
+        };
+        let flaky = RetryStorage::new(
+            Arc::new(FlakyCheck {
+                fails: 2,
+                calls: AtomicU32::new(0),
+            }),
+            policy.clone(),
+        );
+        flaky.check(Duration::from_secs(5)).await.unwrap();
+        let dead = Arc::new(FlakyCheck {
+            fails: u32::MAX,
+            calls: AtomicU32::new(0),
+        });
+        let start = Instant::now();
+        let e = RetryStorage::new(dead.clone(), policy)
+            .check(Duration::from_millis(200))
+            .await
+            .unwrap_err();
+        assert!(e.is_retryable(), "{e}");
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(dead.calls.load(Ordering::SeqCst) >= 2);
     }
 
     #[tokio::test]

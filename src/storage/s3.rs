@@ -25,11 +25,18 @@
 //! # Retries and timeouts
 //!
 //! The SDK's own retries are **disabled**: each request is retried by [`super::retry::retry`] with exponential
-//! backoff and jitter on transient errors (5xx, throttling, timeouts, connection errors) until the target's
-//! `retry-deadline`, so one deadline bounds every request, parts included. Auth errors (403,
-//! `InvalidAccessKeyId`, `SignatureDoesNotMatch`), missing buckets/keys and quota errors are returned at once.
+//! backoff and jitter on transient errors (5xx, throttling, timeouts, connection errors, a host name that does
+//! not resolve) until the target's `retry-deadline`, so one deadline bounds every request, parts included.
+//! Credentials errors — none found, the instance metadata service (IMDS) refusing them, 401/403,
+//! `InvalidAccessKeyId`, `SignatureDoesNotMatch`, `AccessDenied`, `InvalidToken`, `ExpiredToken` — are
+//! [`StorageError::Auth`] and, like missing buckets/keys and quota errors, returned at once, never retried.
 //! A hung server is caught by a per-attempt timeout: the time left until the deadline, but at least
 //! [`MIN_ATTEMPT`] and at least the body size at [`MIN_THROUGHPUT`] (so a slow link still gets to finish a part).
+//!
+//! [`Storage::check`] starts and aborts a multipart upload of a [`super::CHECK_KEY_PREFIX`] key with the
+//! target's `check-timeout` as its deadline: it proves the endpoint answers, the credentials are accepted, the
+//! bucket exists and uploads are allowed (with the configured storage class and encryption) — without needing
+//! the delete permission a write-only backup key may lack, and without leaving an object behind.
 //!
 //! # Credentials
 //!
@@ -493,10 +500,26 @@ impl Inner {
             },
             SdkError::DispatchFailure(d) => {
                 let cause = root_cause(&e);
-                if cause.to_ascii_lowercase().contains("credential") {
+                if !d.is_io() && !d.is_timeout() && credentials_failed(&e) {
+                    // Resolving the credentials failed before anything was sent: none found, the instance
+                    // metadata service refused, a profile or SSO login is broken. Retrying cannot fix that.
                     StorageError::Auth {
                         target,
-                        message: format!("{what}: no usable credentials: {cause}"),
+                        message: format!(
+                            "{what}: no usable credentials ({cause}); set access-key-id-file and \
+                             secret-access-key-file in the target, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, \
+                             or a profile"
+                        ),
+                    }
+                } else if d.is_io() && does_not_resolve(&e) {
+                    // Transient (resolvers fail now and then), but say what it is: "cannot reach … dns error"
+                    // reads like a dead server.
+                    StorageError::Transient {
+                        target,
+                        message: format!(
+                            "{what}: the host name of s3 endpoint {} does not resolve ({cause}); check `endpoint` and DNS",
+                            self.endpoint
+                        ),
                     }
                 } else if d.is_user() {
                     StorageError::Permanent {
@@ -809,18 +832,60 @@ fn on(key: &str) -> String {
 }
 
 /// The innermost message of an error chain, e.g. "Connection refused (os error 111)": the most specific and
-/// readable part (the outer layers say "dispatch failure", "io error", "client error (Connect)").
+/// readable part (the outer layers say "dispatch failure", "io error", "client error (Connect)"). On one line:
+/// the credentials chain lists each provider it tried on a line of its own.
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     let mut cur = e;
     while let Some(next) = cur.source() {
         cur = next;
     }
-    let s = cur.to_string();
+    let s = one_line(&cur.to_string());
     let mut c = s.chars();
     match c.next() {
         Some(f) => f.to_lowercase().collect::<String>() + c.as_str(),
         None => s,
     }
+}
+
+/// Lines trimmed and joined with "; " ("Attempted:" + a list reads as "Attempted: a; b").
+fn one_line(s: &str) -> String {
+    let mut out = String::new();
+    for l in s.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if !out.is_empty() {
+            out.push_str(if out.ends_with(':') { " " } else { "; " });
+        }
+        out.push_str(l);
+    }
+    out
+}
+
+/// Every message of an error chain, outermost first, lowercased.
+fn chain_text(e: &(dyn std::error::Error + 'static)) -> Vec<String> {
+    let mut out = vec![e.to_string().to_ascii_lowercase()];
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        out.push(next.to_string().to_ascii_lowercase());
+        cur = next;
+    }
+    out
+}
+
+/// Whether a dispatch failure came from resolving the credentials. The SDK wraps the credential providers'
+/// errors (`CredentialsError`: "the credential provider was not enabled", "an error occurred while loading
+/// credentials", "credentials provider timed out", …) without a type this crate can name, so the chain's
+/// messages decide; the caller has already ruled out I/O errors and timeouts of the request itself.
+fn credentials_failed(e: &(dyn std::error::Error + 'static)) -> bool {
+    chain_text(e)
+        .iter()
+        .any(|m| m.contains("credential") || m.contains("imds"))
+}
+
+/// Whether an I/O dispatch failure is a name lookup failure (hyper: "dns error: failed to lookup address
+/// information: Name or service not known").
+fn does_not_resolve(e: &(dyn std::error::Error + 'static)) -> bool {
+    chain_text(e)
+        .iter()
+        .any(|m| m.contains("dns error") || m.contains("failed to lookup address"))
 }
 
 #[async_trait]
@@ -1054,6 +1119,67 @@ impl Storage for S3Storage {
                 modified: u.initiated,
             })
             .collect())
+    }
+
+    async fn check(&self, timeout: Duration) -> Result<(), StorageError> {
+        // The same requests as a real upload, under the check's budget instead of the retry deadline.
+        let mut probe = (*self.inner).clone();
+        probe.policy = Backoff::with_deadline(timeout);
+        let s = &probe;
+        let key = super::check_probe_key();
+        let full = s.full_key(&key)?;
+        let run = async {
+            let out = retry(&s.policy, |remaining| {
+                let req = s
+                    .client
+                    .create_multipart_upload()
+                    .bucket(&s.bucket)
+                    .key(&full)
+                    .set_storage_class(s.storage_class.clone())
+                    .set_server_side_encryption(s.sse.clone())
+                    .set_ssekms_key_id(s.sse_kms_key_id.clone());
+                async move {
+                    s.attempt(
+                        "checking that uploads are allowed",
+                        "",
+                        0,
+                        remaining,
+                        req.send(),
+                    )
+                    .await
+                    .map_err(StorageError::from)
+                }
+            })
+            .await?;
+            let Some(id) = out.upload_id() else {
+                return Err(
+                    s.err("checking that uploads are allowed: no upload id in the answer".into())
+                );
+            };
+            match s.abort_upload(&key, &full, id).await {
+                Err(e @ StorageError::Auth { .. }) => Err(e),
+                // The target took the upload: it is usable. A probe that could not be removed is swept later
+                // like any unfinished upload.
+                Err(e) => {
+                    tracing::debug!(error = %e, "aborting the check's multipart upload");
+                    Ok(())
+                }
+                Ok(()) => Ok(()),
+            }
+        };
+        // Each attempt is bounded by the time left (at least MIN_ATTEMPT): this outer bound only catches what
+        // slips past that, such as an abort that hangs.
+        match tokio::time::timeout(timeout + MIN_ATTEMPT, run).await {
+            Ok(r) => r,
+            Err(_) => Err(StorageError::Transient {
+                target: s.describe.clone(),
+                message: format!(
+                    "checking that uploads are allowed: no answer from s3 endpoint {} within {}s",
+                    s.endpoint,
+                    timeout.as_secs()
+                ),
+            }),
+        }
     }
 }
 
@@ -1450,6 +1576,8 @@ mod tests {
             (Some("AccessDenied"), 403, "auth"),
             (Some("InvalidAccessKeyId"), 403, "auth"),
             (Some("SignatureDoesNotMatch"), 403, "auth"),
+            (Some("InvalidToken"), 400, "auth"),
+            (Some("ExpiredToken"), 400, "auth"),
             (None, 403, "auth"),
             (Some("QuotaExceeded"), 403, "no-space"),
             (None, 507, "no-space"),
@@ -1503,6 +1631,80 @@ mod tests {
         let e: SdkError<aws_sdk_s3::operation::upload_part::UploadPartError, HttpResponse> =
             SdkError::timeout_error(Box::new(std::io::Error::other("slow")));
         assert!(s.classify("listing", "", e).err.is_retryable());
+    }
+
+    /// An error with a message and an optional cause, like the SDK's wrappers.
+    #[derive(Debug)]
+    struct Chain(
+        &'static str,
+        Option<Box<dyn std::error::Error + Send + Sync>>,
+    );
+
+    impl std::fmt::Display for Chain {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Chain {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|e| e as _)
+        }
+    }
+
+    type PartErr = SdkError<aws_sdk_s3::operation::upload_part::UploadPartError, HttpResponse>;
+
+    #[test]
+    fn credentials_that_cannot_be_resolved_are_auth_errors_on_one_line() {
+        let s = test_inner();
+        // The instance metadata service refusing (what the SDK's IMDS provider says under its credentials
+        // error), and the default chain finding nothing (one line per provider).
+        let imds = Chain(
+            "an error occurred while loading credentials",
+            Some(Box::new(Chain(
+                "request forbidden: IMDS is disabled or the caller has insufficient permissions.",
+                None,
+            ))),
+        );
+        let none = Chain(
+            "the credential provider was not enabled",
+            Some(Box::new(Chain(
+                "no credentials found in chain. Attempted:\n  Environment: the credential provider was not enabled: environment variable not set\n  Profile: the credential provider was not enabled\n",
+                None,
+            ))),
+        );
+        for (e, says) in [
+            (imds, "IMDS is disabled"),
+            (none, "Attempted: Environment:"),
+        ] {
+            let e: PartErr = SdkError::dispatch_failure(aws_sdk_s3::error::ConnectorError::other(
+                Box::new(e),
+                None,
+            ));
+            let f = s.classify("starting upload", "b/v", e);
+            assert!(matches!(f.err, StorageError::Auth { .. }), "{}", f.err);
+            assert!(!f.err.is_retryable());
+            let msg = f.err.to_string();
+            assert!(msg.contains("credentials") && msg.contains(says), "{msg}");
+            assert!(!msg.contains("cannot reach"), "{msg}");
+            assert!(!msg.contains('\n'), "{msg}");
+        }
+    }
+
+    #[test]
+    fn a_host_that_does_not_resolve_says_so() {
+        let s = test_inner();
+        let dns = Chain(
+            "dns error",
+            Some(Box::new(std::io::Error::other(
+                "failed to lookup address information: Name or service not known",
+            ))),
+        );
+        let e: PartErr =
+            SdkError::dispatch_failure(aws_sdk_s3::error::ConnectorError::io(Box::new(dns)));
+        let f = s.classify("starting upload", "b/v", e);
+        assert!(f.err.is_retryable(), "{}", f.err);
+        assert!(f.err.to_string().contains("does not resolve"), "{}", f.err);
     }
 
     #[test]

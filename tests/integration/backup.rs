@@ -1386,6 +1386,8 @@ fn issue2_quiet_is_silent_on_success_and_speaks_on_failure() {
     assert_eq!(ok.stderr, "", "quiet success prints nothing");
     only_manifest(&env.target);
 
+    // One of two targets cannot be written (a file): it is skipped, the run finishes with exit 1 and prints
+    // the summary.
     let file = env.dir().join("a-file");
     std::fs::write(&file, b"not a dir").unwrap();
     let bad = env.run(&[
@@ -1394,15 +1396,28 @@ fn issue2_quiet_is_silent_on_success_and_speaks_on_failure() {
         "--only",
         &vol,
         "--target",
+        &env.target_str(),
+        "--target",
         file.to_str().unwrap(),
     ]);
     bad.expect_code(1);
     assert!(
-        table_row(&bad.stdout, &vol).contains("FAILED"),
+        table_row(&bad.stdout, &vol).contains("partial"),
         "the summary is printed on failure:\n{}",
         bad.stdout
     );
     assert!(bad.stdout.contains("NOT committed"), "{}", bad.stdout);
+    // With no usable target at all the run is fatal (exit 2) and says why on stderr.
+    let fatal = env.run(&[
+        "--quiet",
+        "backup",
+        "--only",
+        &vol,
+        "--target",
+        file.to_str().unwrap(),
+    ]);
+    fatal.expect_code(2);
+    assert!(fatal.stderr.contains("a-file"), "{}", fatal.stderr);
 }
 
 // ------------------------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ mod support;
 mod archive_pack;
 mod archive_unpack;
 mod backup;
+mod frozen;
 mod prune;
 mod quiesce;
 mod restore;

@@ -25,8 +25,8 @@ use crate::support::{self, free_port, Cleanup, Out, PrivateS3};
 // Harness.
 
 /// Placeholder credentials the S3 test server accepts (it checks none).
-const KEY_ID: &str = "AKIAVOLTARTEST";
-const SECRET: &str = "voltar-test-secret";
+pub(crate) const KEY_ID: &str = "AKIAVOLTARTEST";
+pub(crate) const SECRET: &str = "voltar-test-secret";
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -36,24 +36,32 @@ fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-fn write_secret(path: &Path, text: &str, mode: u32) -> PathBuf {
+pub(crate) fn write_secret(path: &Path, text: &str, mode: u32) -> PathBuf {
     std::fs::write(path, format!("{text}\n")).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
     path.to_path_buf()
 }
 
 /// A test's private world: state dir, HOME (so no ~/.aws is read), key files, config files.
-struct World {
+pub(crate) struct World {
     dir: tempfile::TempDir,
-    endpoint: String,
-    bucket: String,
+    pub(crate) endpoint: String,
+    pub(crate) bucket: String,
     /// One runtime for every library call of the test (the S3 client's connections belong to it).
-    rt: tokio::runtime::Runtime,
+    pub(crate) rt: tokio::runtime::Runtime,
 }
 
-/// What a finished `voltar` run said.
 impl World {
-    fn new(endpoint: &str) -> World {
+    /// A world on `endpoint` with its own bucket.
+    pub(crate) fn new(endpoint: &str) -> World {
+        let w = World::without_bucket(endpoint);
+        let s = w.store("");
+        w.block(s.ensure_bucket()).unwrap();
+        w
+    }
+
+    /// A world on `endpoint` that creates nothing on the server (for servers that refuse every request).
+    pub(crate) fn without_bucket(endpoint: &str) -> World {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("home")).unwrap();
         let w = World {
@@ -64,21 +72,19 @@ impl World {
         };
         write_secret(&w.path("key-id"), KEY_ID, 0o600);
         write_secret(&w.path("secret"), SECRET, 0o600);
-        let s = w.store("");
-        w.block(s.ensure_bucket()).unwrap();
         w
     }
 
-    fn block<T>(&self, f: impl std::future::Future<Output = T>) -> T {
+    pub(crate) fn block<T>(&self, f: impl std::future::Future<Output = T>) -> T {
         self.rt.block_on(f)
     }
 
     /// The library's view of `bucket/prefix` (to inspect and tamper with what the binary wrote).
-    fn store(&self, prefix: &str) -> S3Storage {
+    pub(crate) fn store(&self, prefix: &str) -> S3Storage {
         self.block(self.open(prefix))
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
@@ -94,7 +100,7 @@ impl World {
     }
 
     /// `[target.NAME]` of type s3 on this world's bucket, credentials from the key files.
-    fn s3_target_toml(&self, name: &str, prefix: &str, extra: &str) -> String {
+    pub(crate) fn s3_target_toml(&self, name: &str, prefix: &str, extra: &str) -> String {
         format!(
             r#"
 [target.{name}]
@@ -115,14 +121,14 @@ secret-access-key-file = "{sk}"
         )
     }
 
-    fn config(&self, name: &str, text: &str) -> PathBuf {
+    pub(crate) fn config(&self, name: &str, text: &str) -> PathBuf {
         let p = self.path(name);
         std::fs::write(&p, text).unwrap();
         p
     }
 
     /// The binary with a clean environment: own state dir and HOME, no AWS variables from the outside.
-    fn cmd(&self) -> StdCommand {
+    pub(crate) fn cmd(&self) -> StdCommand {
         let mut c = StdCommand::new(assert_cmd::cargo::cargo_bin("voltar"));
         for v in [
             "VOLTAR_CONFIG",
@@ -151,19 +157,19 @@ secret-access-key-file = "{sk}"
     }
 
     /// The standard AWS environment, as the AWS CLI reads it, for `--target s3://…`.
-    fn aws_env(&self, c: &mut StdCommand, secret: &str) {
+    pub(crate) fn aws_env(&self, c: &mut StdCommand, secret: &str) {
         c.env("AWS_ENDPOINT_URL", &self.endpoint)
             .env("AWS_ACCESS_KEY_ID", KEY_ID)
             .env("AWS_SECRET_ACCESS_KEY", secret)
             .env("AWS_REGION", "us-east-1");
     }
 
-    fn url(&self, prefix: &str) -> String {
+    pub(crate) fn url(&self, prefix: &str) -> String {
         format!("s3://{}/{prefix}", self.bucket)
     }
 }
 
-fn run(mut c: StdCommand, args: &[&str]) -> Out {
+pub(crate) fn run(mut c: StdCommand, args: &[&str]) -> Out {
     let o = c.args(args).output().expect("run voltar");
     Out::from(o)
 }
@@ -225,7 +231,7 @@ fn ssh_identity(w: &World) -> (PathBuf, String) {
     (key, public)
 }
 
-async fn keys(s: &S3Storage) -> Vec<String> {
+pub(crate) async fn keys(s: &S3Storage) -> Vec<String> {
     s.list("")
         .await
         .unwrap()
@@ -234,7 +240,7 @@ async fn keys(s: &S3Storage) -> Vec<String> {
         .collect()
 }
 
-fn backup_ids(out: &Out) -> Vec<String> {
+pub(crate) fn backup_ids(out: &Out) -> Vec<String> {
     let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("list --json");
     v["backups"]
         .as_array()
@@ -644,18 +650,55 @@ fn tampered_or_swapped_archives_and_manifests_are_detected() {
 }
 
 // -------------------------------------------------------------------------------------------------------------
+// The check made before anything is quiesced (row 23).
+
+/// `Storage::check` against a real S3 server: passes on a usable bucket and leaves no object and no multipart
+/// upload behind; on a bucket that does not exist it fails at once (not retried), saying so.
+#[test]
+fn the_target_check_leaves_nothing_and_names_a_missing_bucket() {
+    let Some(endpoint) = support::s3_endpoint() else {
+        return;
+    };
+    let w = World::new(&endpoint);
+    let store = w.store("checked");
+    w.block(store.check(Duration::from_secs(5))).unwrap();
+    assert!(w.block(keys(&store)).is_empty());
+    assert!(w.block(store.list_incomplete()).unwrap().is_empty());
+
+    let missing = {
+        let mut t = S3Target::new(support::unique("no-such-bucket"), "p".into());
+        t.endpoint = Some(endpoint.clone());
+        t.region = Some("us-east-1".into());
+        t.path_style = true;
+        t.access_key_id_file = Some(w.path("key-id"));
+        t.secret_access_key_file = Some(w.path("secret"));
+        w.block(S3Storage::new(&t)).unwrap()
+    };
+    let started = Instant::now();
+    let e = w.block(missing.check(Duration::from_secs(5))).unwrap_err();
+    assert!(!e.is_retryable(), "{e}");
+    assert!(e.to_string().contains("does not exist"), "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+// -------------------------------------------------------------------------------------------------------------
 // Several targets, one of them failing (a private S3 server, frozen mid-upload).
 
 /// Fill `path` with `bytes` of random (incompressible) data.
-fn random_file(path: &Path, bytes: u64) {
+pub(crate) fn random_file(path: &Path, bytes: u64) {
     let mut f = std::fs::File::create(path).unwrap();
     let mut r = std::fs::File::open("/dev/urandom").unwrap().take(bytes);
     std::io::copy(&mut r, &mut f).unwrap();
 }
 
-/// A job with a local and an S3 target; the S3 server freezes while the archive is being uploaded. The run
-/// ends (exit 1) naming the failed target; the local target has a complete, verifiable backup; S3 has no
-/// manifest, no object and no multipart upload left; the paused container is running again.
+/// A job with a local and an S3 target; the S3 server freezes while the archive is being uploaded (it accepts
+/// connections and never answers). The run ends (exit 1) naming the failed target; the local target has a
+/// complete, verifiable backup; S3 has no manifest, no object and no multipart upload left; the paused container
+/// was paused only while its volume was read (row 23: the frozen leg is spooled) and is running again.
 #[test]
 fn a_failing_s3_target_fails_alone_and_leaves_nothing_behind() {
     crate::require_docker!();
@@ -691,6 +734,8 @@ fn a_failing_s3_target_fails_alone_and_leaves_nothing_behind() {
         ),
     );
     let cfg = cfg.to_str().unwrap();
+    let read = crate::frozen::local_read_time(&w, &vol, "");
+    let watch = crate::frozen::Watch::start(&[&app]);
 
     let mut cmd = w.cmd();
     cmd.args(["-c", cfg, "backup", "--only", &vol])
@@ -699,12 +744,15 @@ fn a_failing_s3_target_fails_alone_and_leaves_nothing_behind() {
     let child = cmd.spawn().unwrap();
     let started = Instant::now();
 
-    // Freeze the server once the multipart upload is under way.
+    // Freeze the server once the archive's multipart upload is under way (not the check's probe upload).
     let store = w.store("fan");
     let rt = &w.rt;
     loop {
         let ups = rt.block_on(store.list_incomplete()).unwrap();
-        if !ups.is_empty() {
+        if ups
+            .iter()
+            .any(|u| !u.key.starts_with(voltar::storage::CHECK_KEY_PREFIX))
+        {
             break;
         }
         assert!(
@@ -746,8 +794,9 @@ fn a_failing_s3_target_fails_alone_and_leaves_nothing_behind() {
         "the failed target's name: {out:?}"
     );
 
-    // The container was resumed.
+    // The container was resumed, and was paused only for the read.
     assert_eq!(support::state(&app), "running");
+    crate::frozen::assert_pauses_bounded(&watch, &app, read, &out);
 
     // Nothing is left on S3: no object, no manifest, no multipart upload (the abort may land only once the
     // server thaws and works through its queue).
