@@ -10,20 +10,20 @@
 
 use std::collections::BTreeMap;
 use std::ffi::{CString, OsStr};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use voltar::archive::tree::{self, DiffOptions};
 
 use crate::require_docker;
-use crate::support::{docker, mountpoint, state, unique, Cleanup, IMAGE};
+use crate::support::{self, docker, mountpoint, state, unique, Cleanup, Ev, IMAGE};
 
 const BIN: &str = env!("CARGO_BIN_EXE_voltar");
 
@@ -193,19 +193,6 @@ fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
-fn now_ts() -> String {
-    let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-    format!("{}.{:09}", d.as_secs(), d.subsec_nanos())
-}
-
-/// One container lifecycle event.
-#[derive(Clone, Debug)]
-struct Ev {
-    nanos: i128,
-    container: String,
-    action: String,
-}
-
 /// A streamed `docker events` subscription for some containers, collected in the background.
 struct Events {
     child: Child,
@@ -216,42 +203,8 @@ struct Events {
 
 impl Events {
     fn watch(containers: &[&str], flusher: &str) -> Events {
-        let mut args = vec![
-            "events".to_string(),
-            "--since".into(),
-            now_ts(),
-            "--filter".into(),
-            "type=container".into(),
-            "--format".into(),
-            "{{.TimeNano}} {{.Actor.Attributes.name}} {{.Action}}".into(),
-        ];
-        for c in containers.iter().chain([&flusher]) {
-            args.push("--filter".into());
-            args.push(format!("container={c}"));
-        }
-        let mut child = Command::new("docker")
-            .args(&args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("docker events");
-        let out = child.stdout.take().unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let s2 = seen.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let mut it = line.split_whitespace();
-                let (Some(n), Some(c), Some(a)) = (it.next(), it.next(), it.next()) else {
-                    continue;
-                };
-                s2.lock().unwrap().push(Ev {
-                    nanos: n.parse().unwrap_or(0),
-                    container: c.to_string(),
-                    // "exec_start: sh" and the like: keep the verb.
-                    action: a.trim_end_matches(':').to_string(),
-                });
-            }
-        });
+        let all: Vec<&str> = containers.iter().copied().chain([flusher]).collect();
+        let (child, seen) = support::stream_events(&all);
         let ev = Events {
             child,
             seen,

@@ -9,17 +9,16 @@
 //! Pauses are measured from the engine's own event stream (`docker events`, exact times), subscribed to before
 //! each run: no sampling gap can hide a short pause.
 
-use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::s3::{random_file, World};
-use crate::support::{self, docker, free_port, Cleanup, Out, PrivateS3, MOTO};
+use crate::support::{self, docker, free_port, Cleanup, Ev, Out, PrivateS3};
 
 // -------------------------------------------------------------------------------------------------------------
 // Harness.
@@ -32,14 +31,6 @@ const SLACK: Duration = Duration::from_secs(3);
 /// does not.
 const DEADLINE: &str = "30s";
 
-/// One container lifecycle event.
-#[derive(Clone, Debug)]
-pub(crate) struct Ev {
-    nanos: i128,
-    container: String,
-    action: String,
-}
-
 /// A streamed `docker events` subscription for some containers, started before the run under test (the engine's
 /// replay buffer is small: a `--since` query after the fact could miss events while other tests run).
 pub(crate) struct Watch {
@@ -49,44 +40,8 @@ pub(crate) struct Watch {
 
 impl Watch {
     pub(crate) fn start(containers: &[&str]) -> Watch {
-        // To the nanosecond: earlier runs of the same test (the baseline reads) must not show up.
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-        let since = format!("{}.{:09}", now.as_secs(), now.subsec_nanos());
-        let mut args = vec![
-            "events".to_string(),
-            "--since".into(),
-            since,
-            "--filter".into(),
-            "type=container".into(),
-            "--format".into(),
-            "{{.TimeNano}} {{.Actor.Attributes.name}} {{.Action}}".into(),
-        ];
-        for c in containers {
-            args.push("--filter".into());
-            args.push(format!("container={c}"));
-        }
-        let mut child = Command::new("docker")
-            .args(&args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("docker events");
-        let out = child.stdout.take().unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let s2 = seen.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let mut it = line.split_whitespace();
-                let (Some(n), Some(c), Some(a)) = (it.next(), it.next(), it.next()) else {
-                    continue;
-                };
-                s2.lock().unwrap().push(Ev {
-                    nanos: n.parse().unwrap_or(0),
-                    container: c.to_string(),
-                    action: a.trim_end_matches(':').to_string(),
-                });
-            }
-        });
+        // From now on, to the nanosecond: earlier runs of the same test (the baseline reads) must not show up.
+        let (child, seen) = support::stream_events(containers);
         let w = Watch { child, seen };
         // Live once our own marker comes through.
         for c in containers {
@@ -166,35 +121,7 @@ impl Drop for Watch {
 
 /// A private moto server started with extra environment (e.g. one that checks access keys).
 fn moto_with_env(env: &[(&str, &str)]) -> Option<PrivateS3> {
-    if !Path::new(MOTO).exists() {
-        let msg = format!("{MOTO} is missing: run scripts/env.sh s3");
-        if support::in_ci() {
-            panic!("{msg}");
-        }
-        eprintln!("\n!!! SKIPPING: {msg}\n");
-        return None;
-    }
-    let port = free_port();
-    let mut cmd = Command::new(MOTO);
-    cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let s = PrivateS3 {
-        child: cmd.spawn().expect("start moto_server"),
-        port,
-    };
-    let start = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "moto did not start"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Some(s)
+    PrivateS3::start_with_env(free_port(), env)
 }
 
 /// A running container of the test image that mounts `vol` read-write and asks to be paused while it is read.

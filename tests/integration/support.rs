@@ -1,11 +1,13 @@
 //! Shared test helpers: finding the real Docker Engine and S3 server, unique names, cleanup.
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::Path;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The locally built test image (scripts/env.sh builds it).
@@ -179,6 +181,11 @@ pub struct PrivateS3 {
 
 impl PrivateS3 {
     pub fn start(port: u16) -> Option<PrivateS3> {
+        Self::start_with_env(port, &[])
+    }
+
+    /// Started with extra environment (e.g. `INITIAL_NO_AUTH_ACTION_COUNT=0`: a server that checks access keys).
+    pub fn start_with_env(port: u16, env: &[(&str, &str)]) -> Option<PrivateS3> {
         if !Path::new(MOTO).exists() {
             let msg = format!("{MOTO} is missing: run scripts/env.sh s3");
             if in_ci() {
@@ -189,6 +196,7 @@ impl PrivateS3 {
         }
         let child = Command::new(MOTO)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -221,6 +229,67 @@ impl Drop for PrivateS3 {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+// -------------------------------------------------------------------------------------------------------------
+// Container lifecycle events, streamed from the engine.
+
+/// One container lifecycle event.
+#[derive(Clone, Debug)]
+pub struct Ev {
+    pub nanos: i128,
+    pub container: String,
+    pub action: String,
+}
+
+/// Now as `docker events --since` takes it, to the nanosecond.
+pub fn now_ts() -> String {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    format!("{}.{:09}", d.as_secs(), d.subsec_nanos())
+}
+
+/// Stream `docker events` of `containers` from now on into the returned list (collected by a background thread).
+/// Kill the child when done. Callers flush the stream with a marker event before trusting the list.
+pub fn stream_events(containers: &[&str]) -> (Child, Arc<Mutex<Vec<Ev>>>) {
+    let mut args = vec![
+        "events".to_string(),
+        "--since".into(),
+        now_ts(),
+        "--filter".into(),
+        "type=container".into(),
+        "--format".into(),
+        "{{.TimeNano}} {{.Actor.Attributes.name}} {{.Action}}".into(),
+    ];
+    for c in containers {
+        args.push("--filter".into());
+        args.push(format!("container={c}"));
+    }
+    let mut child = Command::new("docker")
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("docker events");
+    let out = child.stdout.take().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s2 = seen.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let mut it = line.split_whitespace();
+            let (Some(n), Some(c), Some(a)) = (it.next(), it.next(), it.next()) else {
+                continue;
+            };
+            s2.lock().unwrap().push(Ev {
+                nanos: n.parse().unwrap_or(0),
+                container: c.to_string(),
+                // "exec_start: sh" and the like: keep the verb.
+                action: a.trim_end_matches(':').to_string(),
+            });
+        }
+    });
+    (child, seen)
 }
 
 /// What a finished `voltar` run said.
