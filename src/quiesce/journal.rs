@@ -4,7 +4,6 @@ use std::collections::BTreeMap;
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
@@ -14,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::QuiesceError;
 use crate::catalog::QuiesceAction;
 use crate::docker::ContainerState;
-use crate::lock::ContainerLock;
+use crate::lock::{try_flock, ContainerLock};
 
 /// Sub-directory of the state dir that holds the journals.
 pub const JOURNAL_DIR: &str = "journal";
@@ -145,23 +144,6 @@ impl std::fmt::Debug for Journal {
     }
 }
 
-/// Take an exclusive flock without waiting. `Ok(false)`: someone else holds it.
-pub(super) fn try_lock(file: &File) -> io::Result<bool> {
-    loop {
-        // SAFETY: flock on a file descriptor we own; no memory is involved.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc == 0 {
-            return Ok(true);
-        }
-        let err = io::Error::last_os_error();
-        match err.raw_os_error() {
-            Some(libc::EINTR) => continue,
-            Some(libc::EWOULDBLOCK) => return Ok(false),
-            _ => return Err(err),
-        }
-    }
-}
-
 pub(super) fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -189,7 +171,7 @@ impl Journal {
             .open(&tmp)
             .map_err(err(&tmp))?;
         // Lock before the file gets a name recover looks at: recover must never find an unlocked live journal.
-        match try_lock(&file) {
+        match try_flock(&file) {
             Ok(true) => {}
             Ok(false) => {
                 let _ = fs::remove_file(&tmp);

@@ -3,15 +3,15 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, Read};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use super::journal::{fsync_dir, journal_dir, try_lock, Leftover, Record, STAGING_PREFIX};
+use super::journal::{fsync_dir, journal_dir, Leftover, Record, STAGING_PREFIX};
 use super::quiescer::still_quiesced;
 use super::QuiesceError;
 use crate::catalog::QuiesceAction;
 use crate::docker::{ContainerState, DockerError, Runtime};
+use crate::lock::{still_at, try_flock};
 
 /// A temporary journal name older than this, whose lock is free, is debris of a run that died while opening it.
 const STALE_TMP_AGE: Duration = Duration::from_secs(60);
@@ -155,17 +155,15 @@ fn claim(path: &Path) -> io::Result<Claim> {
 }
 
 pub(super) fn claim_opened(path: &Path, file: File) -> io::Result<Claim> {
-    if !try_lock(&file)? {
+    if !try_flock(&file)? {
         return Ok(Claim::Live);
     }
     // Between our open and our lock, another recover may have replayed the journal and unlinked it: then the path
     // no longer names the inode we locked.
-    let ours = file.metadata()?;
-    match fs::metadata(path) {
-        Ok(m) if m.ino() == ours.ino() && m.dev() == ours.dev() => Ok(Claim::Claimed(file)),
-        Ok(_) => Ok(Claim::Vanished),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Claim::Vanished),
-        Err(e) => Err(e),
+    if still_at(path, &file)? {
+        Ok(Claim::Claimed(file))
+    } else {
+        Ok(Claim::Vanished)
     }
 }
 
