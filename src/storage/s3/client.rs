@@ -82,38 +82,11 @@ impl S3Storage {
                 .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
                 .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
         }
-        // Region: config, else environment / profile; with a custom endpoint default to us-east-1 (what most
-        // S3-compatible stores expect) without asking the EC2 metadata service.
-        let region = match &t.region {
-            Some(r) => Some(r.clone()),
-            None => {
-                let mut profile = aws_config::profile::ProfileFileRegionProvider::builder();
-                if let Some(p) = &t.profile {
-                    profile = profile.profile_name(p);
-                }
-                aws_config::meta::region::RegionProviderChain::first_try(
-                    aws_config::environment::EnvironmentVariableRegionProvider::new(),
-                )
-                .or_else(profile.build())
-                .region()
-                .await
-                .map(|r| r.to_string())
-                .or_else(|| t.endpoint.as_ref().map(|_| "us-east-1".to_string()))
-            }
-        };
-        if let Some(r) = &region {
-            loader = loader.region(Region::new(r.clone()));
+        if let Some(r) = configured_region(t).await {
+            loader = loader.region(Region::new(r));
         }
-        if let (Some(akf), Some(skf)) = (&t.access_key_id_file, &t.secret_access_key_file) {
-            let ak = crate::config::read_secret_file(akf).map_err(|e| auth_err(e.to_string()))?;
-            let sk = crate::config::read_secret_file(skf).map_err(|e| auth_err(e.to_string()))?;
-            loader = loader.credentials_provider(Credentials::new(
-                ak,
-                sk,
-                None,
-                None,
-                "voltar-secret-files",
-            ));
+        if let Some(creds) = secret_file_credentials(t).map_err(auth_err)? {
+            loader = loader.credentials_provider(creds);
         }
         let sdk = loader.load().await;
         let Some(region) = sdk.region().map(|r| r.to_string()) else {
@@ -148,6 +121,44 @@ impl S3Storage {
             }),
         })
     }
+}
+
+/// The region of target `t`: its `region`, else the environment / profile; with a custom endpoint default to
+/// us-east-1 (what most S3-compatible stores expect) without asking the EC2 metadata service. `None`: nothing
+/// configured (the SDK's own chain may still find one).
+async fn configured_region(t: &S3Target) -> Option<String> {
+    if let Some(r) = &t.region {
+        return Some(r.clone());
+    }
+    let mut profile = aws_config::profile::ProfileFileRegionProvider::builder();
+    if let Some(p) = &t.profile {
+        profile = profile.profile_name(p);
+    }
+    aws_config::meta::region::RegionProviderChain::first_try(
+        aws_config::environment::EnvironmentVariableRegionProvider::new(),
+    )
+    .or_else(profile.build())
+    .region()
+    .await
+    .map(|r| r.to_string())
+    .or_else(|| t.endpoint.as_ref().map(|_| "us-east-1".to_string()))
+}
+
+/// Credentials from `access-key-id-file` + `secret-access-key-file`, when both are set; `Err`: a file cannot be
+/// used (its message names it).
+fn secret_file_credentials(t: &S3Target) -> Result<Option<Credentials>, String> {
+    let (Some(akf), Some(skf)) = (&t.access_key_id_file, &t.secret_access_key_file) else {
+        return Ok(None);
+    };
+    let ak = crate::config::read_secret_file(akf).map_err(|e| e.to_string())?;
+    let sk = crate::config::read_secret_file(skf).map_err(|e| e.to_string())?;
+    Ok(Some(Credentials::new(
+        ak,
+        sk,
+        None,
+        None,
+        "voltar-secret-files",
+    )))
 }
 
 impl Inner {
