@@ -17,9 +17,10 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::io::AsRawFd;
 use std::path::{Component, Path, PathBuf};
 
+use rustix::fs::FlockOperation;
+use rustix::io::Errno;
 use sha2::{Digest, Sha256};
 
 use crate::config::{Target, TargetKind};
@@ -186,20 +187,29 @@ fn open_lock_file(path: &Path) -> Result<File, LockError> {
         })
 }
 
-/// Take an exclusive flock without waiting. `Ok(false)`: someone else holds it.
-fn try_flock(file: &File) -> io::Result<bool> {
+/// Take an exclusive `flock` on `file` without waiting. `Ok(false)`: another open file description holds it
+/// (another process, or this one through a separate `open`). The one flock call of the crate: the target lock, the
+/// container lock, the quiesce journal and recover's claim on a dead run's journal all take their locks here.
+pub(crate) fn try_flock(file: &File) -> io::Result<bool> {
     loop {
-        // SAFETY: flock on a valid, owned descriptor.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc == 0 {
-            return Ok(true);
+        match rustix::fs::flock(file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok(true),
+            Err(Errno::INTR) => continue,
+            Err(Errno::WOULDBLOCK) => return Ok(false),
+            Err(e) => return Err(e.into()),
         }
-        let err = io::Error::last_os_error();
-        match err.raw_os_error() {
-            Some(libc::EINTR) => continue,
-            Some(libc::EWOULDBLOCK) => return Ok(false),
-            _ => return Err(err),
-        }
+    }
+}
+
+/// Whether `path` still names the inode `file` has open. A lock file that its holder unlinks on release (a
+/// container lock, a finished journal) may be locked by a waiter after it is gone from its path: that lock guards
+/// nothing, and the waiter must open the path again.
+pub(crate) fn still_at(path: &Path, file: &File) -> io::Result<bool> {
+    let ours = file.metadata()?;
+    match fs::metadata(path) {
+        Ok(m) => Ok(m.ino() == ours.ino() && m.dev() == ours.dev()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
@@ -277,18 +287,12 @@ impl ContainerLock {
             if !try_flock(&file).map_err(io)? {
                 return Ok(Err(read_pid(&mut file)));
             }
-            let ours = file.metadata().map_err(io)?;
-            match fs::metadata(&path) {
-                Ok(m) if m.ino() == ours.ino() && m.dev() == ours.dev() => {
-                    write_pid(&mut file);
-                    return Ok(Ok(ContainerLock {
-                        file: Some(file),
-                        path,
-                    }));
-                }
-                Ok(_) => continue,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(io(e)),
+            if still_at(&path, &file).map_err(io)? {
+                write_pid(&mut file);
+                return Ok(Ok(ContainerLock {
+                    file: Some(file),
+                    path,
+                }));
             }
         }
         Err(io(io::Error::other(

@@ -17,7 +17,6 @@
 //! Why not a filesystem-like interface: S3 has no rename, no append and no partial overwrite; everything voltar
 //! needs is expressible as whole-object put/get/list/delete, which every backend can do atomically.
 
-pub mod fault;
 pub mod local;
 pub mod retry;
 pub mod s3;

@@ -3,10 +3,10 @@
 //! * [`retry`] runs one idempotent request again while it fails with a [`StorageError::Transient`] error, with
 //!   exponential backoff and jitter, until an overall deadline. The S3 backend wraps every request in it (each
 //!   `UploadPart` is re-sent with the same bytes, which is idempotent: S3 keeps the last upload of a part number).
-//! * [`RetryStorage`] wraps any [`Storage`] and applies the same policy to its whole-object calls (`put`, `get`,
-//!   `list`, `delete`, `sweep_incomplete`, and the *start* of `put_stream`). `check` is retried too, but within
-//!   the check's own (short) budget instead of the deadline: it runs before a backup quiesces anything, and a
-//!   target that needs minutes to answer is better skipped than waited for.
+//! * The tests' `RetryStorage` wrapper (`tests/integration/storage/fault.rs`) applies the same policy to any
+//!   [`super::Storage`]'s whole-object calls, to prove the policy against faults injected into real backends.
+//!   The product does not use it: S3 retries inside each request (above), and a local directory has no
+//!   transient failures worth a retry.
 //!
 //! Only `Transient` errors are retried. Auth (refused credentials), NoSpace (full disk / quota), NotFound and
 //! Permanent errors are returned at once: retrying them wastes the deadline and hides the cause.
@@ -20,23 +20,16 @@
 //! ends at once, and an attempt in flight gets [`SHUTDOWN_GRACE`] more to finish. Requests made after the
 //! signal (the aborts that clean up an unfinished upload) get one attempt of at most that long — so an
 //! interrupted command against a dead endpoint stops within seconds, not after the retry deadline.
-//!
-//! `RetryStorage` does not retry `ObjectWriter::write`/`finish`: the bytes of a streamed upload are consumed as
-//! they go, so a generic wrapper cannot replay them. Backends that can (S3 parts) retry inside the writer.
-//! Do not stack `RetryStorage` on the S3 backend: its requests already retry, and stacking multiplies the
-//! deadline.
 
 use std::future::Future;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use async_trait::async_trait;
-use bytes::Bytes;
 use rand::Rng;
 
-use super::{ByteStream, ObjectMeta, ObjectWriter, PutOptions, Storage, StorageError};
+use super::StorageError;
 
 /// Exponential backoff with jitter and an overall deadline.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -166,71 +159,6 @@ fn gave_up(err: StorageError, attempts: u32, spent: Duration) -> StorageError {
     }
 }
 
-/// A [`Storage`] that retries the transient failures of another one (see the module docs for what is retried).
-#[derive(Debug)]
-pub struct RetryStorage {
-    inner: Arc<dyn Storage>,
-    policy: Backoff,
-}
-
-impl RetryStorage {
-    pub fn new(inner: Arc<dyn Storage>, policy: Backoff) -> RetryStorage {
-        RetryStorage { inner, policy }
-    }
-}
-
-#[async_trait]
-impl Storage for RetryStorage {
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-
-    async fn put(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
-        // `Bytes` clones share the buffer: replaying a put costs no copy.
-        retry(&self.policy, |_| self.inner.put(key, data.clone())).await
-    }
-
-    async fn put_stream(
-        &self,
-        key: &str,
-        opts: PutOptions,
-    ) -> Result<Box<dyn ObjectWriter>, StorageError> {
-        retry(&self.policy, |_| self.inner.put_stream(key, opts.clone())).await
-    }
-
-    async fn get(&self, key: &str) -> Result<ByteStream, StorageError> {
-        retry(&self.policy, |_| self.inner.get(key)).await
-    }
-
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
-        retry(&self.policy, |_| self.inner.list(prefix)).await
-    }
-
-    async fn delete(&self, keys: &[String]) -> Result<(), StorageError> {
-        // Deleting is idempotent (a missing key is not an error), so a replay after a lost answer is safe.
-        retry(&self.policy, |_| self.inner.delete(keys)).await
-    }
-
-    async fn sweep_incomplete(&self, older_than: Duration) -> Result<usize, StorageError> {
-        retry(&self.policy, |_| self.inner.sweep_incomplete(older_than)).await
-    }
-
-    async fn stale_uploads(&self, older_than: Duration) -> Result<Vec<ObjectMeta>, StorageError> {
-        retry(&self.policy, |_| self.inner.stale_uploads(older_than)).await
-    }
-
-    async fn check(&self, timeout: Duration) -> Result<(), StorageError> {
-        let policy = Backoff {
-            deadline: timeout,
-            ..self.policy.clone()
-        };
-        retry(&policy, |remaining| {
-            self.inner.check(remaining.max(Duration::from_millis(100)))
-        })
-        .await
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,84 +238,6 @@ mod tests {
             assert_eq!(std::mem::discriminant(&r.unwrap_err()), kind);
             assert_eq!(n.load(Ordering::SeqCst), 1);
         }
-    }
-
-    /// A storage whose check fails transiently `fails` times, then passes; nothing else is called.
-    #[derive(Debug)]
-    struct FlakyCheck {
-        fails: u32,
-        calls: AtomicU32,
-    }
-
-    #[async_trait]
-    impl Storage for FlakyCheck {
-        fn describe(&self) -> String {
-            "flaky".into()
-        }
-        async fn put(&self, _: &str, _: Bytes) -> Result<(), StorageError> {
-            unreachable!()
-        }
-        async fn put_stream(
-            &self,
-            _: &str,
-            _: PutOptions,
-        ) -> Result<Box<dyn ObjectWriter>, StorageError> {
-            unreachable!()
-        }
-        async fn get(&self, _: &str) -> Result<ByteStream, StorageError> {
-            unreachable!()
-        }
-        async fn list(&self, _: &str) -> Result<Vec<ObjectMeta>, StorageError> {
-            unreachable!()
-        }
-        async fn delete(&self, _: &[String]) -> Result<(), StorageError> {
-            unreachable!()
-        }
-        async fn sweep_incomplete(&self, _: Duration) -> Result<usize, StorageError> {
-            unreachable!()
-        }
-        async fn stale_uploads(&self, _: Duration) -> Result<Vec<ObjectMeta>, StorageError> {
-            unreachable!()
-        }
-        async fn check(&self, _: Duration) -> Result<(), StorageError> {
-            if self.calls.fetch_add(1, Ordering::SeqCst) < self.fails {
-                Err(transient())
-            } else {
-                Ok(())
-            }
-        }
-    }
-
-    #[tokio::test]
-    async fn a_check_is_retried_within_its_own_budget_not_the_deadline() {
-        let policy = Backoff {
-            deadline: Duration::from_secs(300),
-            ..fast(0)
-        };
-        let flaky = RetryStorage::new(
-            Arc::new(FlakyCheck {
-                fails: 2,
-                calls: AtomicU32::new(0),
-            }),
-            policy.clone(),
-        );
-        flaky.check(Duration::from_secs(5)).await.unwrap();
-        let dead = Arc::new(FlakyCheck {
-            fails: u32::MAX,
-            calls: AtomicU32::new(0),
-        });
-        let start = Instant::now();
-        let e = RetryStorage::new(dead.clone(), policy)
-            .check(Duration::from_millis(200))
-            .await
-            .unwrap_err();
-        assert!(e.is_retryable(), "{e}");
-        assert!(
-            start.elapsed() < Duration::from_secs(2),
-            "{:?}",
-            start.elapsed()
-        );
-        assert!(dead.calls.load(Ordering::SeqCst) >= 2);
     }
 
     #[tokio::test]

@@ -13,12 +13,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::StreamExt;
 use voltar::config::{ChecksumMode, S3Target, Target, TargetKind};
-use voltar::storage::fault::{FaultKind, FaultStorage, Op};
-use voltar::storage::retry::{Backoff, RetryStorage};
+use voltar::storage::retry::Backoff;
 use voltar::storage::s3::S3Storage;
 use voltar::storage::{PutOptions, Storage, StorageError, StorageExt};
 
 use crate::support::{self, free_port, PrivateS3};
+
+mod fault;
+use fault::{FaultKind, FaultStorage, Op, RetryStorage};
 
 const MIB: usize = 1 << 20;
 

@@ -1,0 +1,436 @@
+//! `voltar recover`: replay the journals of dead runs by the live state, and remove their leftovers.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use super::journal::{fsync_dir, journal_dir, Leftover, Record, STAGING_PREFIX};
+use super::quiescer::still_quiesced;
+use super::QuiesceError;
+use crate::catalog::QuiesceAction;
+use crate::docker::{ContainerState, DockerError, Runtime};
+use crate::lock::{still_at, try_flock};
+
+/// A temporary journal name older than this, whose lock is free, is debris of a run that died while opening it.
+const STALE_TMP_AGE: Duration = Duration::from_secs(60);
+
+/// What recover did to one container of an abandoned journal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RecoverOutcome {
+    Unpaused,
+    Started,
+    /// Running already: nothing to do.
+    AlreadyRunning,
+    /// In a state the journaled action does not explain (e.g. stopped by the user): left alone.
+    LeftAlone(ContainerState),
+    /// Removed since: nothing to do.
+    Gone,
+    /// Could not be resumed; the journal is kept for the next attempt.
+    Failed(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recovered {
+    pub id: String,
+    pub name: String,
+    pub action: QuiesceAction,
+    pub outcome: RecoverOutcome,
+}
+
+/// What [`recover`] found and did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoverReport {
+    /// Journals of dead runs that were fully handled and deleted.
+    pub replayed: Vec<PathBuf>,
+    /// Journals of dead runs that were kept: a container could not be resumed, or a line was unreadable.
+    pub kept: Vec<PathBuf>,
+    /// Journals of runs still alive: left alone.
+    pub live: usize,
+    pub containers: Vec<Recovered>,
+    /// Leftovers of dead runs (restore staging directories) and what became of them.
+    pub leftovers: Vec<RecoveredLeftover>,
+    /// Problems other than containers: unreadable journal lines, files that could not be removed.
+    pub problems: Vec<String>,
+}
+
+/// What recover did with one leftover of an abandoned journal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeftoverOutcome {
+    /// Removed; how many bytes of regular files it held.
+    Removed { bytes: u64 },
+    /// Not there (the run removed it and died before saying so).
+    AlreadyGone,
+    /// Not what the journal says it is (not a directory, or not named like a staging directory): left alone.
+    LeftAlone(String),
+    /// Could not be removed; the journal is kept for the next attempt.
+    Failed(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecoveredLeftover {
+    pub leftover: Leftover,
+    pub outcome: LeftoverOutcome,
+}
+
+impl RecoverReport {
+    /// Whether everything found was handled.
+    pub fn is_clean(&self) -> bool {
+        self.kept.is_empty() && self.problems.is_empty()
+    }
+    /// How many containers recover unpaused or started.
+    pub fn resumed(&self) -> usize {
+        self.containers
+            .iter()
+            .filter(|c| {
+                matches!(
+                    c.outcome,
+                    RecoverOutcome::Unpaused | RecoverOutcome::Started
+                )
+            })
+            .count()
+    }
+
+    /// One human line per thing done or found, for the summary and `voltar recover`.
+    pub fn lines(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .containers
+            .iter()
+            .map(|c| {
+                let what = match &c.outcome {
+                    RecoverOutcome::Unpaused => {
+                        "unpaused (left paused by an interrupted run)".to_string()
+                    }
+                    RecoverOutcome::Started => {
+                        "started (left stopped by an interrupted run)".to_string()
+                    }
+                    RecoverOutcome::AlreadyRunning => "already running".to_string(),
+                    RecoverOutcome::LeftAlone(st) => {
+                        format!("{st}: left alone (changed by someone else since)")
+                    }
+                    RecoverOutcome::Gone => "no longer exists".to_string(),
+                    RecoverOutcome::Failed(e) => format!(
+                        "could not be resumed: {e} (journal kept; run `voltar recover` again)"
+                    ),
+                };
+                format!("container {}: {what}", c.name)
+            })
+            .collect();
+        for l in &self.leftovers {
+            out.push(match &l.outcome {
+                LeftoverOutcome::Removed { bytes } => format!(
+                    "{}: removed ({}, left by an interrupted run)",
+                    l.leftover,
+                    crate::cli::human(*bytes)
+                ),
+                LeftoverOutcome::AlreadyGone => format!("{}: already gone", l.leftover),
+                LeftoverOutcome::LeftAlone(why) => format!("{}: left alone ({why})", l.leftover),
+                LeftoverOutcome::Failed(e) => format!(
+                    "{}: could not be removed: {e} (journal kept; run `voltar recover` again)",
+                    l.leftover
+                ),
+            });
+        }
+        out.extend(self.problems.iter().cloned());
+        out
+    }
+}
+
+pub(super) enum Claim {
+    Claimed(File),
+    /// Locked by a live run.
+    Live,
+    /// Deleted meanwhile (another recover replayed it).
+    Vanished,
+}
+
+/// Open and lock a journal; succeed only if its run is dead and nobody replayed it meanwhile.
+fn claim(path: &Path) -> io::Result<Claim> {
+    match File::open(path) {
+        Ok(f) => claim_opened(path, f),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Claim::Vanished),
+        Err(e) => Err(e),
+    }
+}
+
+pub(super) fn claim_opened(path: &Path, file: File) -> io::Result<Claim> {
+    if !try_flock(&file)? {
+        return Ok(Claim::Live);
+    }
+    // Between our open and our lock, another recover may have replayed the journal and unlinked it: then the path
+    // no longer names the inode we locked.
+    if still_at(path, &file)? {
+        Ok(Claim::Claimed(file))
+    } else {
+        Ok(Claim::Vanished)
+    }
+}
+
+/// A journaled change with no `done` record.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct OpenEntry {
+    pub(super) id: String,
+    pub(super) name: String,
+    pub(super) action: QuiesceAction,
+}
+
+/// What a journal's text says is still open, in journal order.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct Parsed {
+    pub(super) containers: Vec<OpenEntry>,
+    pub(super) leftovers: Vec<Leftover>,
+    /// Descriptions of unreadable lines.
+    pub(super) problems: Vec<String>,
+}
+
+pub(super) fn parse_journal(text: &str) -> Parsed {
+    let mut holds: BTreeMap<u64, OpenEntry> = BTreeMap::new();
+    let mut leftovers: BTreeMap<u64, Leftover> = BTreeMap::new();
+    let mut problems = Vec::new();
+    let lines: Vec<&str> = text.split('\n').collect();
+    let last = lines.len().saturating_sub(1);
+    for (i, line) in lines.iter().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<Record>(line) {
+            Ok(Record::Hold {
+                seq,
+                id,
+                name,
+                action,
+                ..
+            }) => {
+                holds.insert(seq, OpenEntry { id, name, action });
+            }
+            Ok(Record::Create { seq, leftover, .. }) => {
+                leftovers.insert(seq, leftover);
+            }
+            Ok(Record::Done { seq, .. }) => {
+                holds.remove(&seq);
+                leftovers.remove(&seq);
+            }
+            // A last line without its newline is a write cut short by the crash; we fsync before acting, so the
+            // container it names was not touched yet.
+            Err(_) if i == last => {}
+            Err(e) => problems.push(format!("line {}: {e}", i + 1)),
+        }
+    }
+    Parsed {
+        containers: holds.into_values().collect(),
+        leftovers: leftovers.into_values().collect(),
+        problems,
+    }
+}
+
+/// Replay the journals of dead runs under `state_dir`: unpause what they paused, start what they stopped, as far as
+/// the live state says it is still needed, and remove the leftovers they journaled (restore staging directories).
+/// Journals of live runs are never touched. Run by `voltar recover` and at the start of every backup and restore.
+pub async fn recover(
+    state_dir: &Path,
+    runtime: &dyn Runtime,
+) -> Result<RecoverReport, QuiesceError> {
+    let dir = journal_dir(state_dir);
+    let mut report = RecoverReport::default();
+    let entries = match fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(report),
+        Err(source) => return Err(QuiesceError::JournalDir { path: dir, source }),
+    };
+    let mut journals = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| QuiesceError::JournalDir {
+            path: dir.clone(),
+            source,
+        })?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        if name.starts_with('.') && name.ends_with(".tmp") {
+            sweep_tmp(&path, &mut report);
+        } else if name.ends_with(".json") && !name.starts_with('.') {
+            journals.push(path);
+        }
+    }
+    journals.sort();
+    for path in journals {
+        let file = match claim(&path) {
+            Ok(Claim::Claimed(f)) => f,
+            Ok(Claim::Live) => {
+                report.live += 1;
+                continue;
+            }
+            Ok(Claim::Vanished) => continue,
+            Err(e) => {
+                report
+                    .problems
+                    .push(format!("cannot open journal {}: {e}", path.display()));
+                continue;
+            }
+        };
+        recover_one(&path, file, runtime, &mut report).await;
+    }
+    Ok(report)
+}
+
+async fn recover_one(
+    path: &Path,
+    mut file: File,
+    runtime: &dyn Runtime,
+    report: &mut RecoverReport,
+) {
+    let mut text = String::new();
+    if let Err(e) = file.read_to_string(&mut text) {
+        report
+            .problems
+            .push(format!("cannot read journal {}: {e}", path.display()));
+        report.kept.push(path.to_path_buf());
+        return;
+    }
+    let Parsed {
+        containers: entries,
+        leftovers,
+        problems,
+    } = parse_journal(&text);
+    let mut keep = !problems.is_empty();
+    for p in problems {
+        report
+            .problems
+            .push(format!("journal {}: unreadable {p}", path.display()));
+    }
+    // Newest first, like release.
+    for OpenEntry { id, name, action } in entries.into_iter().rev() {
+        let outcome = recover_container(runtime, &id, action).await;
+        if matches!(outcome, RecoverOutcome::Failed(_)) {
+            keep = true;
+        }
+        tracing::info!(container = %name, action = %action, outcome = ?outcome, "recover");
+        report.containers.push(Recovered {
+            id,
+            name,
+            action,
+            outcome,
+        });
+    }
+    for leftover in leftovers {
+        let outcome = remove_leftover(&leftover);
+        if matches!(outcome, LeftoverOutcome::Failed(_)) {
+            keep = true;
+        }
+        tracing::info!(leftover = %leftover, outcome = ?outcome, "recover");
+        report
+            .leftovers
+            .push(RecoveredLeftover { leftover, outcome });
+    }
+    if keep {
+        report.kept.push(path.to_path_buf());
+        return;
+    }
+    // Unlink while still holding the lock (see `claim`).
+    match fs::remove_file(path) {
+        Ok(()) => {
+            if let Some(dir) = path.parent() {
+                let _ = fsync_dir(dir);
+            }
+            report.replayed.push(path.to_path_buf());
+        }
+        Err(e) => {
+            report.problems.push(format!(
+                "cannot remove replayed journal {}: {e}",
+                path.display()
+            ));
+            report.kept.push(path.to_path_buf());
+        }
+    }
+    drop(file);
+}
+
+async fn recover_container(
+    runtime: &dyn Runtime,
+    id: &str,
+    action: QuiesceAction,
+) -> RecoverOutcome {
+    let state = match runtime.state(id).await {
+        Ok(s) => s,
+        Err(DockerError::NoSuchContainer(_)) => return RecoverOutcome::Gone,
+        Err(e) => return RecoverOutcome::Failed(e.to_string()),
+    };
+    if state == ContainerState::Running {
+        return RecoverOutcome::AlreadyRunning;
+    }
+    if !still_quiesced(action, &state) {
+        return RecoverOutcome::LeftAlone(state);
+    }
+    let (res, done) = match action {
+        QuiesceAction::Pause => (runtime.unpause(id).await, RecoverOutcome::Unpaused),
+        _ => (runtime.start(id).await, RecoverOutcome::Started),
+    };
+    match res {
+        Ok(()) => done,
+        Err(DockerError::NoSuchContainer(_)) => RecoverOutcome::Gone,
+        Err(e) => RecoverOutcome::Failed(e.to_string()),
+    }
+}
+
+/// Remove a leftover of a dead run, after checking it is what the journal says it is.
+fn remove_leftover(leftover: &Leftover) -> LeftoverOutcome {
+    match leftover {
+        Leftover::StagingDir { path } => {
+            use std::os::unix::ffi::OsStrExt;
+            let named = path.is_absolute()
+                && path
+                    .file_name()
+                    .is_some_and(|n| n.as_bytes().starts_with(STAGING_PREFIX.as_bytes()));
+            if !named {
+                return LeftoverOutcome::LeftAlone(format!(
+                    "not named {STAGING_PREFIX}*: not voltar's to remove"
+                ));
+            }
+            match fs::symlink_metadata(path) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => LeftoverOutcome::AlreadyGone,
+                Err(e) => LeftoverOutcome::Failed(e.to_string()),
+                Ok(m) if !m.is_dir() => {
+                    LeftoverOutcome::LeftAlone("not a directory: not voltar's to remove".into())
+                }
+                Ok(_) => {
+                    let bytes = tree_bytes(path);
+                    match fs::remove_dir_all(path) {
+                        Ok(()) => LeftoverOutcome::Removed { bytes },
+                        Err(e) => LeftoverOutcome::Failed(e.to_string()),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Bytes of the regular files under `dir` (symlinks not followed), for the report.
+fn tree_bytes(dir: &Path) -> u64 {
+    walkdir::WalkDir::new(dir)
+        .follow_links(false)
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_file())
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// Remove a temporary journal left by a run that died between creating and naming it (it holds no entries).
+fn sweep_tmp(path: &Path, report: &mut RecoverReport) {
+    let old = fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| SystemTime::now().duration_since(t).ok())
+        .is_some_and(|age| age > STALE_TMP_AGE);
+    if !old {
+        return;
+    }
+    if let Ok(Claim::Claimed(_f)) = claim(path) {
+        if let Err(e) = fs::remove_file(path) {
+            report
+                .problems
+                .push(format!("cannot remove stale {}: {e}", path.display()));
+        }
+    }
+}

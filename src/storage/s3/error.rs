@@ -1,0 +1,224 @@
+//! Error classification: an SDK error becomes a `StorageError` category with one readable line.
+
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+
+use super::super::StorageError;
+
+use super::client::Inner;
+use super::HttpResponse;
+
+/// A failed attempt: the category, plus the S3 error code for the few places that branch on it.
+pub(super) struct Failure {
+    pub(super) err: StorageError,
+    pub(super) code: Option<String>,
+}
+
+impl From<Failure> for StorageError {
+    fn from(f: Failure) -> Self {
+        f.err
+    }
+}
+
+impl Inner {
+    /// Map an SDK error to a category and a readable message.
+    pub(super) fn classify<E>(&self, op: &str, key: &str, e: SdkError<E, HttpResponse>) -> Failure
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        let target = self.describe.clone();
+        let what = format!("{op}{}", on(key));
+        let status = e.raw_response().map(|r| r.status().as_u16());
+        let (code, msg) = match e.as_service_error() {
+            Some(se) => (
+                se.code().map(str::to_string),
+                se.message().map(str::to_string),
+            ),
+            None => (None, None),
+        };
+        let detail = match (&code, &msg, status) {
+            (Some(c), Some(m), Some(s)) => format!("{c}: {m} (HTTP {s})"),
+            (Some(c), None, Some(s)) => format!("{c} (HTTP {s})"),
+            (None, _, Some(s)) => format!("HTTP {s}"),
+            (Some(c), _, None) => c.clone(),
+            (None, _, None) => root_cause(&e),
+        };
+        let err = match &e {
+            SdkError::TimeoutError(_) => StorageError::Transient {
+                target,
+                message: format!("{what}: request to {} timed out", self.endpoint),
+            },
+            SdkError::DispatchFailure(d) => {
+                let cause = root_cause(&e);
+                if !d.is_io() && !d.is_timeout() && credentials_failed(&e) {
+                    // Resolving the credentials failed before anything was sent: none found, the instance
+                    // metadata service refused, a profile or SSO login is broken. Retrying cannot fix that.
+                    StorageError::Auth {
+                        target,
+                        message: format!(
+                            "{what}: no usable credentials ({cause}); set access-key-id-file and \
+                             secret-access-key-file in the target, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, \
+                             or a profile"
+                        ),
+                    }
+                } else if d.is_io() && does_not_resolve(&e) {
+                    // Transient (resolvers fail now and then), but say what it is: "cannot reach … dns error"
+                    // reads like a dead server.
+                    StorageError::Transient {
+                        target,
+                        message: format!(
+                            "{what}: the host name of s3 endpoint {} does not resolve ({cause}); check `endpoint` and DNS",
+                            self.endpoint
+                        ),
+                    }
+                } else if d.is_user() {
+                    StorageError::Permanent {
+                        target,
+                        message: format!("{what}: {cause}"),
+                    }
+                } else {
+                    StorageError::Transient {
+                        target,
+                        message: format!(
+                            "{what}: cannot reach s3 endpoint {}: {cause}",
+                            self.endpoint
+                        ),
+                    }
+                }
+            }
+            SdkError::ConstructionFailure(_) => StorageError::Permanent {
+                target,
+                message: format!("{what}: cannot build the request: {}", root_cause(&e)),
+            },
+            _ => match (code.as_deref(), status) {
+                (Some("NoSuchBucket"), _) => StorageError::Permanent {
+                    target,
+                    message: format!(
+                        "bucket `{}` does not exist (create it, or fix `bucket` in the target)",
+                        self.bucket
+                    ),
+                },
+                (Some("NoSuchKey"), _) | (None, Some(404)) => StorageError::NotFound {
+                    target,
+                    key: key.to_string(),
+                },
+                (Some("NoSuchUpload"), _) => StorageError::Permanent {
+                    target,
+                    message: format!(
+                        "{what}: the multipart upload no longer exists (aborted elsewhere or by a lifecycle rule)"
+                    ),
+                },
+                // Quota codes come with 403 on some stores: check them before the generic 403.
+                (
+                    Some(
+                        "QuotaExceeded" | "ServiceQuotaExceeded" | "InsufficientStorage"
+                        | "XMinioStorageFull" | "StorageFull",
+                    ),
+                    _,
+                )
+                | (_, Some(507)) => StorageError::NoSpace {
+                    target,
+                    message: format!("{what}: {detail}"),
+                },
+                (
+                    Some(
+                        "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch"
+                        | "ExpiredToken" | "InvalidToken" | "AllAccessDisabled"
+                        | "AccountProblem" | "InvalidSecurity",
+                    ),
+                    _,
+                )
+                | (_, Some(401 | 403)) => StorageError::Auth {
+                    target,
+                    message: format!("{what}: {detail}"),
+                },
+                (
+                    Some(
+                        "SlowDown" | "RequestTimeout" | "InternalError" | "ServiceUnavailable"
+                        | "Throttling" | "ThrottlingException" | "RequestTimeTooSkewed"
+                        | "OperationAborted",
+                    ),
+                    _,
+                )
+                | (_, Some(408 | 429 | 500..=599)) => StorageError::Transient {
+                    target,
+                    message: format!("{what}: {detail}"),
+                },
+                // A 2xx whose body could not be read or parsed: most likely cut off on the way.
+                (None, Some(200..=299)) => StorageError::Transient {
+                    target,
+                    message: format!("{what}: unreadable answer: {}", root_cause(&e)),
+                },
+                _ => StorageError::Permanent {
+                    target,
+                    message: format!("{what}: {detail}"),
+                },
+            },
+        };
+        Failure { err, code }
+    }
+}
+
+pub(super) fn on(key: &str) -> String {
+    if key.is_empty() {
+        String::new()
+    } else {
+        format!(" {key}")
+    }
+}
+
+/// The innermost message of an error chain, e.g. "Connection refused (os error 111)": the most specific and
+/// readable part (the outer layers say "dispatch failure", "io error", "client error (Connect)"). On one line:
+/// the credentials chain lists each provider it tried on a line of its own.
+pub(super) fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    let s = one_line(&cur.to_string());
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_lowercase().collect::<String>() + c.as_str(),
+        None => s,
+    }
+}
+
+/// Lines trimmed and joined with "; " ("Attempted:" + a list reads as "Attempted: a; b").
+fn one_line(s: &str) -> String {
+    let mut out = String::new();
+    for l in s.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if !out.is_empty() {
+            out.push_str(if out.ends_with(':') { " " } else { "; " });
+        }
+        out.push_str(l);
+    }
+    out
+}
+
+/// Every message of an error chain, outermost first, lowercased.
+fn chain_text(e: &(dyn std::error::Error + 'static)) -> Vec<String> {
+    let mut out = vec![e.to_string().to_ascii_lowercase()];
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        out.push(next.to_string().to_ascii_lowercase());
+        cur = next;
+    }
+    out
+}
+
+/// Whether a dispatch failure came from resolving the credentials. The SDK wraps the credential providers'
+/// errors (`CredentialsError`: "the credential provider was not enabled", "an error occurred while loading
+/// credentials", "credentials provider timed out", …) without a type this crate can name, so the chain's
+/// messages decide; the caller has already ruled out I/O errors and timeouts of the request itself.
+fn credentials_failed(e: &(dyn std::error::Error + 'static)) -> bool {
+    chain_text(e)
+        .iter()
+        .any(|m| m.contains("credential") || m.contains("imds"))
+}
+
+/// Whether an I/O dispatch failure is a name lookup failure (hyper: "dns error: failed to lookup address
+/// information: Name or service not known").
+fn does_not_resolve(e: &(dyn std::error::Error + 'static)) -> bool {
+    chain_text(e)
+        .iter()
+        .any(|m| m.contains("dns error") || m.contains("failed to lookup address"))
+}
