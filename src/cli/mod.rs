@@ -4,21 +4,26 @@
 //! source, a target, a verification); 2 fatal or usage error (bad config, unreachable engine, unknown backup);
 //! 130/143 interrupted by SIGINT/SIGTERM (containers were resumed, nothing was committed).
 
-use std::io::Write;
+mod backup;
+mod catalog;
+mod render;
+
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use crate::backup::{self, BackupRequest, RunReport, Status};
-use crate::catalog::{self, Manifest};
+use crate::backup::BackupRequest;
 use crate::config::{Config, Target};
 use crate::docker::Engine;
 use crate::progress::Progress;
 use crate::storage;
 
+use self::backup::{dir_size, render_plan, render_run};
+use self::catalog::{render_list, render_show};
+pub use self::render::{human, human_ms, out, out_json, table};
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_FAILED: i32 = 1;
 pub const EXIT_FATAL: i32 = 2;
@@ -296,22 +301,6 @@ fn install_signals(
     code
 }
 
-/// Write to stdout, exiting quietly on a closed pipe (`voltar list | head`).
-pub fn out(s: &str) {
-    let mut o = std::io::stdout().lock();
-    if let Err(e) = o.write_all(s.as_bytes()).and_then(|_| o.flush()) {
-        if e.kind() == std::io::ErrorKind::BrokenPipe {
-            std::process::exit(EXIT_OK);
-        }
-    }
-}
-
-pub fn out_json<T: serde::Serialize>(v: &T) {
-    let mut s = serde_json::to_string_pretty(v).expect("serializable");
-    s.push('\n');
-    out(&s);
-}
-
 async fn connect(config: &Config) -> Result<Engine> {
     Ok(Engine::connect(config.docker_host.as_deref()).await?)
 }
@@ -367,7 +356,7 @@ async fn run(cli: Cli, cancel: CancellationToken) -> Result<i32> {
         Command::Plan { job, only, no_size } => {
             let engine = connect(&config).await?;
             let job = config.job(job.as_deref())?;
-            let plan = backup::plan_for(&engine, job, &only, &config.state_dir).await?;
+            let plan = crate::backup::plan_for(&engine, job, &only, &config.state_dir).await?;
             let sizes = if no_size {
                 None
             } else {
@@ -424,7 +413,7 @@ async fn run(cli: Cli, cancel: CancellationToken) -> Result<i32> {
             if no_prune {
                 jobcfg.prune = false;
             }
-            let env = backup::Env {
+            let env = crate::backup::Env {
                 config: &config,
                 engine: &engine,
                 progress: progress.clone(),
@@ -438,7 +427,7 @@ async fn run(cli: Cli, cancel: CancellationToken) -> Result<i32> {
                 dry_run,
                 tags: vec![],
             };
-            let report = backup::run(&env, &req).await?;
+            let report = crate::backup::run(&env, &req).await?;
             progress.finish();
             if cli.json {
                 out_json(&report);
@@ -452,7 +441,7 @@ async fn run(cli: Cli, cancel: CancellationToken) -> Result<i32> {
         }
         Command::List { job, target } => {
             let store = open_one(&config, job.as_deref(), &target).await?;
-            let listing = catalog::list(store.as_ref()).await?;
+            let listing = crate::catalog::list(store.as_ref()).await?;
             if cli.json {
                 out_json(&serde_json::json!({
                     "target": store.describe(),
@@ -476,8 +465,8 @@ async fn run(cli: Cli, cancel: CancellationToken) -> Result<i32> {
             target,
         } => {
             let store = open_one(&config, job.as_deref(), &target).await?;
-            let listing = catalog::list(store.as_ref()).await?;
-            let m = catalog::resolve(&listing, &backup, None, &sources)?;
+            let listing = crate::catalog::list(store.as_ref()).await?;
+            let m = crate::catalog::resolve(&listing, &backup, None, &sources)?;
             if let Some(n) = sources.iter().find(|n| m.source(n).is_none()) {
                 anyhow::bail!("backup {} has no source `{n}`", m.id);
             }
@@ -518,458 +507,5 @@ async fn run(cli: Cli, cancel: CancellationToken) -> Result<i32> {
             }
             Ok(EXIT_OK)
         }
-    }
-}
-
-/// Apparent size of a directory tree (regular files), for `plan`.
-fn dir_size(p: &std::path::Path) -> Option<u64> {
-    if !p.is_dir() {
-        return None;
-    }
-    Some(
-        walkdir::WalkDir::new(p)
-            .follow_links(false)
-            .into_iter()
-            .filter_map(|e| e.ok())
-            .filter_map(|e| e.metadata().ok())
-            .filter(|m| m.is_file())
-            .map(|m| m.len())
-            .sum(),
-    )
-}
-
-// ------------------------------------------------------------------------------------------------------------
-// Rendering
-
-/// Human size: 1536 → "1.5 KiB".
-pub fn human(n: u64) -> String {
-    const U: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = n as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i < U.len() - 1 {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", U[i])
-    }
-}
-
-pub fn human_ms(ms: u64) -> String {
-    if ms < 1000 {
-        format!("{ms}ms")
-    } else if ms < 60_000 {
-        format!("{:.1}s", ms as f64 / 1000.0)
-    } else {
-        format!("{}m{:02}s", ms / 60_000, (ms / 1000) % 60)
-    }
-}
-
-/// A plain text table: first row is the header. Columns are padded; numbers are right-aligned.
-pub fn table(rows: &[Vec<String>]) -> String {
-    if rows.is_empty() {
-        return String::new();
-    }
-    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let mut w = vec![0usize; cols];
-    for r in rows {
-        for (i, c) in r.iter().enumerate() {
-            w[i] = w[i].max(c.chars().count());
-        }
-    }
-    let numeric = |s: &str| {
-        !s.is_empty() && s.chars().next().is_some_and(|c| c.is_ascii_digit()) && !s.contains(' ')
-            || s.ends_with("iB")
-            || s.ends_with(" B")
-    };
-    let mut out = String::new();
-    for (ri, r) in rows.iter().enumerate() {
-        let mut line = String::new();
-        for (i, c) in r.iter().enumerate() {
-            let pad = w[i] - c.chars().count();
-            if ri > 0 && numeric(c) {
-                line.push_str(&" ".repeat(pad));
-                line.push_str(c);
-            } else {
-                line.push_str(c);
-                if i + 1 < r.len() {
-                    line.push_str(&" ".repeat(pad));
-                }
-            }
-            if i + 1 < r.len() {
-                line.push_str("  ");
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
-}
-
-fn render_plan(plan: &crate::plan::Plan, sizes: Option<&[Option<u64>]>) -> String {
-    let mut rows = vec![vec![
-        "SOURCE".to_string(),
-        "KIND".into(),
-        "SIZE".into(),
-        "CONTAINER".into(),
-        "PROJECT/SERVICE".into(),
-        "STATE".into(),
-        "MOUNT".into(),
-        "ACTION".into(),
-    ]];
-    for (i, s) in plan.sources.iter().enumerate() {
-        let size = sizes
-            .and_then(|v| v.get(i).copied().flatten())
-            .map(human)
-            .unwrap_or_else(|| "-".into());
-        if s.containers.is_empty() {
-            rows.push(vec![
-                s.name.clone(),
-                s.kind.to_string(),
-                size.clone(),
-                "-".into(),
-                "".into(),
-                "".into(),
-                "".into(),
-                "".into(),
-            ]);
-        }
-        for (j, c) in s.containers.iter().enumerate() {
-            let ps = match (&c.compose_project, &c.compose_service) {
-                (Some(p), Some(sv)) => format!("{p}/{sv}"),
-                _ => String::new(),
-            };
-            rows.push(vec![
-                if j == 0 {
-                    s.name.clone()
-                } else {
-                    String::new()
-                },
-                if j == 0 {
-                    s.kind.to_string()
-                } else {
-                    String::new()
-                },
-                if j == 0 { size.clone() } else { String::new() },
-                c.name.clone(),
-                ps,
-                c.state.clone(),
-                if c.rw { "rw".into() } else { "ro".into() },
-                format!("{} ({})", c.action, c.reason),
-            ]);
-        }
-    }
-    let mut out = format!("{} source(s) to back up:\n", plan.sources.len());
-    out.push_str(&table(&rows));
-    if !plan.skipped.is_empty() {
-        out.push_str(&format!("\n{} skipped:\n", plan.skipped.len()));
-        let mut rows = vec![vec!["SOURCE".to_string(), "KIND".into(), "REASON".into()]];
-        for s in &plan.skipped {
-            rows.push(vec![s.name.clone(), s.kind.to_string(), s.reason.clone()]);
-        }
-        out.push_str(&table(&rows));
-    }
-    out
-}
-
-fn ratio(bytes: u64, stored: u64) -> String {
-    if stored == 0 || bytes == 0 {
-        "-".into()
-    } else {
-        format!("{:.2}x", bytes as f64 / stored as f64)
-    }
-}
-
-/// Entries not archived shown per source in the summary table's footer.
-const NOT_ARCHIVED_SHOWN: usize = 10;
-
-/// "1 entry", "3 entries".
-fn count(n: u64, one: &str, many: &str) -> String {
-    format!("{n} {}", if n == 1 { one } else { many })
-}
-
-pub fn render_run(r: &RunReport) -> String {
-    let mut rows = vec![vec![
-        "SOURCE".to_string(),
-        "FILES".into(),
-        "BYTES IN".into(),
-        "STORED".into(),
-        "RATIO".into(),
-        "TIME".into(),
-        "DOWNTIME".into(),
-        "STATUS".into(),
-    ]];
-    for s in &r.sources {
-        let status = match s.status {
-            Status::Ok => "ok".to_string(),
-            Status::Partial => format!(
-                "partial: {}",
-                s.target_errors
-                    .iter()
-                    .map(|(t, e)| format!("{t}: {e}"))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            ),
-            Status::Incomplete => {
-                let mut t = format!(
-                    "INCOMPLETE: {} not archived",
-                    count(s.not_archived_count, "entry", "entries")
-                );
-                for (target, e) in &s.target_errors {
-                    t.push_str(&format!("; not stored on {target}: {e}"));
-                }
-                t
-            }
-            Status::Failed => format!("FAILED: {}", s.error.clone().unwrap_or_default()),
-            Status::Skipped => "skipped".into(),
-        };
-        let downtime = s
-            .containers
-            .iter()
-            .filter(|c| c.downtime_ms > 0)
-            .map(|c| format!("{} {} {}", c.name, c.action, human_ms(c.downtime_ms)))
-            .collect::<Vec<_>>()
-            .join(", ");
-        rows.push(vec![
-            s.name.clone(),
-            s.counts.files.to_string(),
-            human(s.counts.bytes),
-            human(s.stored_bytes),
-            ratio(s.counts.bytes, s.stored_bytes),
-            human_ms(s.read_ms),
-            if downtime.is_empty() {
-                "-".into()
-            } else {
-                downtime
-            },
-            status,
-        ]);
-    }
-    let mut out = format!("backup {} (job {})\n", r.id, r.job);
-    out.push_str(&table(&rows));
-    // Entries missing from an archive first: they are why a source is incomplete (the list is capped per source,
-    // the count is exact).
-    for s in r.sources.iter().filter(|s| s.not_archived_count > 0) {
-        for e in s.not_archived.iter().take(NOT_ARCHIVED_SHOWN) {
-            out.push_str(&format!("not archived: {}: {e}\n", s.name));
-        }
-        let shown = s.not_archived.len().min(NOT_ARCHIVED_SHOWN) as u64;
-        if s.not_archived_count > shown {
-            out.push_str(&format!(
-                "not archived: {}: … and {} more (--json and `voltar show` list up to {})\n",
-                s.name,
-                s.not_archived_count - shown,
-                backup::NOT_ARCHIVED_LISTED
-            ));
-        }
-    }
-    for w in r
-        .sources
-        .iter()
-        .flat_map(|s| s.warnings.iter().map(move |w| (s, w)))
-        .take(20)
-    {
-        out.push_str(&format!("warning: {}: {}\n", w.0.name, w.1));
-    }
-    for t in &r.targets {
-        let state = if t.committed {
-            "committed".to_string()
-        } else {
-            format!("NOT committed: {}", t.error.clone().unwrap_or_default())
-        };
-        out.push_str(&format!("target {}: {state}\n", t.location));
-        if t.committed {
-            if let Some(e) = &t.error {
-                out.push_str(&format!("  error: {e}\n"));
-            }
-        }
-        if let Some(p) = &t.prune {
-            out.push_str(&format!(
-                "  pruned: {} deleted, {} kept\n",
-                p.deleted.len(),
-                p.decisions.len().saturating_sub(p.deleted.len())
-            ));
-        }
-        if let Some(why) = &t.prune_skipped {
-            out.push_str(&format!("  prune skipped: {why}\n"));
-        }
-    }
-    for n in &r.notes {
-        out.push_str(&format!("note: {n}\n"));
-    }
-    for n in &r.recovered {
-        out.push_str(&format!("recovered: {n}\n"));
-    }
-    out
-}
-
-fn local_time(t: DateTime<Utc>) -> String {
-    t.with_timezone(&chrono::Local)
-        .format("%Y-%m-%d %H:%M:%S")
-        .to_string()
-}
-
-fn render_list(target: &str, l: &catalog::Listing) -> String {
-    let mut rows = vec![vec![
-        "ID".to_string(),
-        "TIME".into(),
-        "JOB".into(),
-        "SOURCES".into(),
-        "BYTES".into(),
-        "STORED".into(),
-        "TAGS".into(),
-    ]];
-    for m in &l.backups {
-        let mut tags = m.tags.join(",");
-        if !m.failed.is_empty() {
-            tags.push_str(&format!(
-                "{}{} failed",
-                if tags.is_empty() { "" } else { "," },
-                m.failed.len()
-            ));
-        }
-        if m.encryption.is_some() {
-            tags.push_str(if tags.is_empty() {
-                "encrypted"
-            } else {
-                ",encrypted"
-            });
-        }
-        rows.push(vec![
-            m.id.to_string(),
-            local_time(m.started_at),
-            m.job.clone(),
-            m.sources.len().to_string(),
-            human(m.total_bytes()),
-            human(m.total_stored()),
-            tags,
-        ]);
-    }
-    let mut out = if l.backups.is_empty() {
-        format!("no backups in {target}\n")
-    } else {
-        format!("{} backup(s) in {target}\n", l.backups.len()) + &table(&rows)
-    };
-    if !l.incomplete.is_empty() {
-        out.push_str(&format!(
-            "{} incomplete (no manifest; removed by prune after the grace period): {}\n",
-            l.incomplete.len(),
-            l.incomplete
-                .iter()
-                .map(|(i, _)| i.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-    }
-    for (id, e) in &l.unreadable {
-        out.push_str(&format!("unreadable: {id}: {e}\n"));
-    }
-    out
-}
-
-fn render_show(target: &str, m: &Manifest) -> String {
-    let mut out = format!(
-        "backup {} in {target}\n  job {}  host {}  {}  took {}\n",
-        m.id,
-        m.job,
-        m.host,
-        local_time(m.started_at),
-        human_ms((m.finished_at - m.started_at).num_milliseconds().max(0) as u64)
-    );
-    if !m.tags.is_empty() {
-        out.push_str(&format!("  tags: {}\n", m.tags.join(", ")));
-    }
-    if let Some(e) = &m.encryption {
-        out.push_str(&format!(
-            "  encrypted ({}) {}\n",
-            e.mode,
-            e.recipient_fingerprints.join(" ")
-        ));
-    }
-    let mut rows = vec![vec![
-        "SOURCE".to_string(),
-        "KIND".into(),
-        "FILES".into(),
-        "BYTES".into(),
-        "STORED".into(),
-        "CONTAINERS".into(),
-        "SHA256".into(),
-    ]];
-    for s in &m.sources {
-        let containers = s
-            .containers
-            .iter()
-            .map(|c| {
-                if c.downtime_ms > 0 {
-                    format!("{} ({} {})", c.name, c.action, human_ms(c.downtime_ms))
-                } else {
-                    c.name.clone()
-                }
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
-        rows.push(vec![
-            s.name.clone(),
-            s.kind.to_string(),
-            s.counts.files.to_string(),
-            human(s.counts.bytes),
-            human(s.stored_bytes),
-            if containers.is_empty() {
-                "-".into()
-            } else {
-                containers
-            },
-            s.sha256[..16.min(s.sha256.len())].to_string(),
-        ]);
-    }
-    out.push_str(&table(&rows));
-    for f in &m.failed {
-        out.push_str(&format!("failed: {}: {}\n", f.name, f.error));
-    }
-    for s in m.sources.iter().filter(|s| s.not_archived_count > 0) {
-        out.push_str(&format!(
-            "incomplete: {}: {} not archived:\n",
-            s.name,
-            count(s.not_archived_count, "entry", "entries")
-        ));
-        for e in &s.not_archived {
-            out.push_str(&format!("  {e}\n"));
-        }
-        let listed = s.not_archived.len() as u64;
-        if s.not_archived_count > listed {
-            out.push_str(&format!(
-                "  … and {} more (see the log of that run)\n",
-                s.not_archived_count - listed
-            ));
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn human_sizes() {
-        assert_eq!(human(0), "0 B");
-        assert_eq!(human(1536), "1.5 KiB");
-        assert_eq!(human(5 << 30), "5.0 GiB");
-        assert_eq!(human_ms(1500), "1.5s");
-        assert_eq!(human_ms(61_000), "1m01s");
-    }
-
-    #[test]
-    fn table_aligns_columns() {
-        let t = table(&[
-            vec!["A".into(), "SIZE".into()],
-            vec!["long-name".into(), "1.0 KiB".into()],
-            vec!["x".into(), "10.0 MiB".into()],
-        ]);
-        let lines: Vec<&str> = t.lines().collect();
-        assert_eq!(lines[1].len(), lines[2].len(), "{t}");
-        assert!(lines[2].starts_with("x "), "{t}");
     }
 }

@@ -1,0 +1,142 @@
+//! Rendering of `list` and `show`.
+
+use crate::catalog::{self, Manifest};
+
+use super::render::{count, human, human_ms, local_time, table};
+
+pub(super) fn render_list(target: &str, l: &catalog::Listing) -> String {
+    let mut rows = vec![vec![
+        "ID".to_string(),
+        "TIME".into(),
+        "JOB".into(),
+        "SOURCES".into(),
+        "BYTES".into(),
+        "STORED".into(),
+        "TAGS".into(),
+    ]];
+    for m in &l.backups {
+        let mut tags = m.tags.join(",");
+        if !m.failed.is_empty() {
+            tags.push_str(&format!(
+                "{}{} failed",
+                if tags.is_empty() { "" } else { "," },
+                m.failed.len()
+            ));
+        }
+        if m.encryption.is_some() {
+            tags.push_str(if tags.is_empty() {
+                "encrypted"
+            } else {
+                ",encrypted"
+            });
+        }
+        rows.push(vec![
+            m.id.to_string(),
+            local_time(m.started_at),
+            m.job.clone(),
+            m.sources.len().to_string(),
+            human(m.total_bytes()),
+            human(m.total_stored()),
+            tags,
+        ]);
+    }
+    let mut out = if l.backups.is_empty() {
+        format!("no backups in {target}\n")
+    } else {
+        format!("{} backup(s) in {target}\n", l.backups.len()) + &table(&rows)
+    };
+    if !l.incomplete.is_empty() {
+        out.push_str(&format!(
+            "{} incomplete (no manifest; removed by prune after the grace period): {}\n",
+            l.incomplete.len(),
+            l.incomplete
+                .iter()
+                .map(|(i, _)| i.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    for (id, e) in &l.unreadable {
+        out.push_str(&format!("unreadable: {id}: {e}\n"));
+    }
+    out
+}
+
+pub(super) fn render_show(target: &str, m: &Manifest) -> String {
+    let mut out = format!(
+        "backup {} in {target}\n  job {}  host {}  {}  took {}\n",
+        m.id,
+        m.job,
+        m.host,
+        local_time(m.started_at),
+        human_ms((m.finished_at - m.started_at).num_milliseconds().max(0) as u64)
+    );
+    if !m.tags.is_empty() {
+        out.push_str(&format!("  tags: {}\n", m.tags.join(", ")));
+    }
+    if let Some(e) = &m.encryption {
+        out.push_str(&format!(
+            "  encrypted ({}) {}\n",
+            e.mode,
+            e.recipient_fingerprints.join(" ")
+        ));
+    }
+    let mut rows = vec![vec![
+        "SOURCE".to_string(),
+        "KIND".into(),
+        "FILES".into(),
+        "BYTES".into(),
+        "STORED".into(),
+        "CONTAINERS".into(),
+        "SHA256".into(),
+    ]];
+    for s in &m.sources {
+        let containers = s
+            .containers
+            .iter()
+            .map(|c| {
+                if c.downtime_ms > 0 {
+                    format!("{} ({} {})", c.name, c.action, human_ms(c.downtime_ms))
+                } else {
+                    c.name.clone()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        rows.push(vec![
+            s.name.clone(),
+            s.kind.to_string(),
+            s.counts.files.to_string(),
+            human(s.counts.bytes),
+            human(s.stored_bytes),
+            if containers.is_empty() {
+                "-".into()
+            } else {
+                containers
+            },
+            s.sha256[..16.min(s.sha256.len())].to_string(),
+        ]);
+    }
+    out.push_str(&table(&rows));
+    for f in &m.failed {
+        out.push_str(&format!("failed: {}: {}\n", f.name, f.error));
+    }
+    for s in m.sources.iter().filter(|s| s.not_archived_count > 0) {
+        out.push_str(&format!(
+            "incomplete: {}: {} not archived:\n",
+            s.name,
+            count(s.not_archived_count, "entry", "entries")
+        ));
+        for e in &s.not_archived {
+            out.push_str(&format!("  {e}\n"));
+        }
+        let listed = s.not_archived.len() as u64;
+        if s.not_archived_count > listed {
+            out.push_str(&format!(
+                "  … and {} more (see the log of that run)\n",
+                s.not_archived_count - listed
+            ));
+        }
+    }
+    out
+}
