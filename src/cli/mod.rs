@@ -6,6 +6,7 @@
 
 mod backup;
 mod catalog;
+pub mod prune;
 mod render;
 
 use std::path::PathBuf;
@@ -125,7 +126,7 @@ pub enum Command {
     /// Check that backups are complete and restorable.
     Verify(crate::verify::VerifyArgs),
     /// Delete backups by the retention policy.
-    Prune(crate::prune::PruneArgs),
+    Prune(prune::PruneArgs),
     /// Put back containers that a killed run left paused or stopped, and remove restore staging directories it
     /// left behind.
     Recover,
@@ -483,7 +484,7 @@ async fn run(cli: Cli, cancel: CancellationToken) -> Result<i32> {
         Command::Verify(args) => {
             crate::verify::command(&config, args, cli.json, progress, cancel).await
         }
-        Command::Prune(args) => crate::prune::command(&config, args, cli.json).await,
+        Command::Prune(args) => prune::command(&config, args, cli.json).await,
         Command::Recover => {
             let engine = connect(&config).await?;
             let report = crate::quiesce::recover(&config.state_dir, &engine).await?;
