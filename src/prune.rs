@@ -33,8 +33,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::catalog::{self, manifest_key, BackupId, CatalogError, Listing, Manifest};
-use crate::config::Retention;
-use crate::retention::{self, format_duration, Action, Candidate, Decision};
+use crate::config::{Config, Retention, Target};
+use crate::retention::{self, format_duration, Action, Candidate, Decision, Policy};
 use crate::storage::Storage;
 
 /// How to run a prune.
@@ -486,4 +486,47 @@ async fn prune_incomplete(
             }
         }
     }
+}
+
+/// `voltar prune`: which targets, whose backups, and the policy that overrides the configured one.
+#[derive(Clone, Debug)]
+pub struct PruneRequest {
+    pub targets: Vec<Target>,
+    /// Judge only this job's backups, with its retention (see [`PruneOptions::job`]); `None`: the default job's
+    /// retention, every job's backups.
+    pub job: Option<String>,
+    /// Replaces the configured `keep-*` rules (the command line's `--keep-*` flags).
+    pub policy: Option<Policy>,
+    pub dry_run: bool,
+    pub now: DateTime<Utc>,
+}
+
+/// Prune each target of `req` in turn, under its target lock: one report per target.
+pub async fn run(config: &Config, req: &PruneRequest) -> anyhow::Result<Vec<PruneReport>> {
+    use anyhow::Context;
+    let job = config.job(req.job.as_deref())?;
+    let mut reports = Vec::new();
+    for t in &req.targets {
+        let mut settings = t.effective_retention(&job.retention);
+        if let Some(p) = &req.policy {
+            settings.policy = p.clone();
+        }
+        if settings.policy.is_empty() {
+            anyhow::bail!(
+                "no retention policy for {}: set [retention] keep-* in the config or pass --keep-daily N etc.",
+                t.name
+            );
+        }
+        let store = crate::storage::open(t)
+            .await
+            .with_context(|| format!("opening target {}", t.name))?;
+        let _lock = crate::lock::TargetLock::acquire(&config.state_dir, t)?;
+        let opts = PruneOptions {
+            dry_run: req.dry_run,
+            now: req.now,
+            job: req.job.clone(),
+        };
+        reports.push(prune(store.as_ref(), &settings, &opts).await?);
+    }
+    Ok(reports)
 }

@@ -2,7 +2,8 @@
 
 use chrono::Utc;
 
-use crate::prune::{prune, PruneOptions, PruneReport};
+use crate::prune::{run, PruneReport, PruneRequest};
+use crate::retention::Policy;
 use crate::retention::{format_duration, Action};
 
 /// Arguments of `voltar prune`.
@@ -39,9 +40,8 @@ pub async fn command(
     args: PruneArgs,
     json: bool,
 ) -> anyhow::Result<i32> {
-    use anyhow::Context;
     let targets = super::resolve_targets(config, args.job.as_deref(), &args.target)?;
-    let job = config.job(args.job.as_deref())?;
+    config.job(args.job.as_deref())?;
     let flags = args.keep_last.is_some()
         || args.keep_hourly.is_some()
         || args.keep_daily.is_some()
@@ -49,48 +49,33 @@ pub async fn command(
         || args.keep_monthly.is_some()
         || args.keep_yearly.is_some()
         || args.keep_within.is_some();
-    let mut code = super::EXIT_OK;
-    let mut reports = Vec::new();
-    for t in &targets {
-        let mut settings = t.effective_retention(&job.retention);
-        if flags {
-            settings.policy = crate::retention::Policy {
-                keep_last: args.keep_last,
-                keep_hourly: args.keep_hourly,
-                keep_daily: args.keep_daily,
-                keep_weekly: args.keep_weekly,
-                keep_monthly: args.keep_monthly,
-                keep_yearly: args.keep_yearly,
-                keep_within: match &args.keep_within {
-                    Some(w) => Some(chrono::Duration::from_std(
-                        crate::config::parse_duration(w)
-                            .map_err(|m| anyhow::anyhow!("--keep-within: {m}"))?,
-                    )?),
-                    None => None,
-                },
-            };
-        }
-        if settings.policy.is_empty() {
-            anyhow::bail!(
-                "no retention policy for {}: set [retention] keep-* in the config or pass --keep-daily N etc.",
-                t.name
-            );
-        }
-        let store = crate::storage::open(t)
-            .await
-            .with_context(|| format!("opening target {}", t.name))?;
-        let _lock = crate::lock::TargetLock::acquire(&config.state_dir, t)?;
-        let opts = PruneOptions {
-            dry_run: args.dry_run,
-            now: Utc::now(),
-            job: args.job.clone(),
-        };
-        let report = prune(store.as_ref(), &settings, &opts).await?;
-        if !report.is_ok() {
-            code = super::EXIT_FAILED;
-        }
-        reports.push(report);
-    }
+    let policy = if flags {
+        Some(Policy {
+            keep_last: args.keep_last,
+            keep_hourly: args.keep_hourly,
+            keep_daily: args.keep_daily,
+            keep_weekly: args.keep_weekly,
+            keep_monthly: args.keep_monthly,
+            keep_yearly: args.keep_yearly,
+            keep_within: match &args.keep_within {
+                Some(w) => Some(chrono::Duration::from_std(
+                    crate::config::parse_duration(w)
+                        .map_err(|m| anyhow::anyhow!("--keep-within: {m}"))?,
+                )?),
+                None => None,
+            },
+        })
+    } else {
+        None
+    };
+    let req = PruneRequest {
+        targets,
+        job: args.job,
+        policy,
+        dry_run: args.dry_run,
+        now: Utc::now(),
+    };
+    let reports = run(config, &req).await?;
     if json {
         super::out_json(&reports);
     } else {
@@ -98,7 +83,11 @@ pub async fn command(
             super::out(&render(r));
         }
     }
-    Ok(code)
+    Ok(if reports.iter().all(PruneReport::is_ok) {
+        super::EXIT_OK
+    } else {
+        super::EXIT_FAILED
+    })
 }
 
 /// The prune table: one line per backup with its decision and reasons.
