@@ -10,44 +10,37 @@
 
 use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use chrono::Utc;
-use clap::Args;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::archive::{self, Counts};
 use crate::catalog::{self, Manifest, SourceRecord};
-use crate::cli::{self, KeyArgs, TargetArgs};
-use crate::config::Config;
+use crate::config::{Config, Target};
 use crate::crypto::Decryptor;
 use crate::pipeline::{self, HashingReader};
 use crate::progress::Progress;
 use crate::restore::{count_diff, fetch_and_unpack, tar_stream, ProgressReader, RestoreError};
 use crate::storage::Storage;
 
-#[derive(Debug, Clone, Args)]
-pub struct VerifyArgs {
+/// `voltar verify`: which backups of which target, and the keys for encrypted ones.
+#[derive(Clone, Debug)]
+pub struct VerifyRequest {
+    pub target: Target,
     /// Backup id or `latest` (default: latest).
     pub backup: Option<String>,
-    /// Verify every backup in the target.
-    #[arg(long, conflicts_with = "backup")]
+    /// Every backup in the target.
     pub all: bool,
     /// Also restore each source into a scratch volume and check the restored tree.
-    #[arg(long)]
     pub restore_test: bool,
     /// Only these sources; with `latest`, the newest backup that holds them.
-    #[arg(long = "source", value_name = "NAME")]
     pub sources: Vec<String>,
-    #[arg(long)]
-    pub job: Option<String>,
-    #[command(flatten)]
-    pub target: TargetArgs,
-    #[command(flatten)]
-    pub keys: KeyArgs,
+    pub identities: Vec<PathBuf>,
+    pub passphrase_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -190,18 +183,20 @@ pub fn check_tree(root: &Path, expected: &Counts) -> Vec<String> {
     }
 }
 
-pub async fn command(
+/// Check the chosen backups; problems are in the report, `Err` is a fatal or usage error.
+pub async fn run(
     config: &Config,
-    args: VerifyArgs,
-    json: bool,
+    args: &VerifyRequest,
     progress: Progress,
     cancel: CancellationToken,
-) -> Result<i32> {
-    let store = cli::open_one(config, args.job.as_deref(), &args.target).await?;
+) -> Result<VerifyReport> {
+    let store = crate::storage::open(&args.target)
+        .await
+        .with_context(|| format!("opening target {}", args.target.name))?;
     let listing = catalog::list(store.as_ref()).await?;
     let decryptor = Arc::new(Decryptor::load(
-        &args.keys.identities,
-        args.keys.passphrase_file.as_deref(),
+        &args.identities,
+        args.passphrase_file.as_deref(),
     )?);
     let mut report = VerifyReport {
         target: store.describe(),
@@ -292,46 +287,7 @@ pub async fn command(
         }
     }
     progress.finish();
-    if json {
-        cli::out_json(&report);
-    } else {
-        let mut out = String::new();
-        for c in &report.checks {
-            if c.ok {
-                out.push_str(&format!(
-                    "ok      {} {} ({}){}\n",
-                    c.backup,
-                    c.source,
-                    cli::human(c.stored_bytes),
-                    if c.restore_tested {
-                        ", restore-tested"
-                    } else {
-                        ""
-                    }
-                ));
-            } else {
-                for p in &c.problems {
-                    out.push_str(&format!("FAILED  {} {}: {p}\n", c.backup, c.source));
-                }
-            }
-        }
-        for p in &report.problems {
-            out.push_str(&format!("FAILED  {p}\n"));
-        }
-        let bad = report.checks.iter().filter(|c| !c.ok).count() + report.problems.len();
-        out.push_str(&format!(
-            "{} object(s) checked in {}, {} problem(s)\n",
-            report.checks.len(),
-            report.target,
-            bad
-        ));
-        cli::out(&out);
-    }
-    Ok(if report.ok() {
-        cli::EXIT_OK
-    } else {
-        cli::EXIT_FAILED
-    })
+    Ok(report)
 }
 
 async fn restore_test(

@@ -8,6 +8,7 @@ mod backup;
 mod catalog;
 pub mod prune;
 mod render;
+mod verify;
 
 use std::path::PathBuf;
 
@@ -124,7 +125,7 @@ pub enum Command {
     /// Restore volumes from a backup (or import a plain archive with --archive).
     Restore(crate::restore::RestoreArgs),
     /// Check that backups are complete and restorable.
-    Verify(crate::verify::VerifyArgs),
+    Verify(verify::VerifyArgs),
     /// Delete backups by the retention policy.
     Prune(prune::PruneArgs),
     /// Put back containers that a killed run left paused or stopped, and remove restore staging directories it
@@ -481,9 +482,7 @@ async fn run(cli: Cli, cancel: CancellationToken) -> Result<i32> {
         Command::Restore(args) => {
             crate::restore::command(&config, args, cli.json, progress, cancel).await
         }
-        Command::Verify(args) => {
-            crate::verify::command(&config, args, cli.json, progress, cancel).await
-        }
+        Command::Verify(args) => verify::command(&config, args, cli.json, progress, cancel).await,
         Command::Prune(args) => prune::command(&config, args, cli.json).await,
         Command::Recover => {
             let engine = connect(&config).await?;
