@@ -33,3 +33,15 @@ pub mod verify;
 
 /// The version string recorded in manifests.
 pub const TOOL: &str = concat!("voltar ", env!("CARGO_PKG_VERSION"));
+
+/// Error and its causes on one line, without duplicates (thiserror `transparent` repeats messages).
+pub fn error_chain(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for c in e.chain() {
+        let s = c.to_string();
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+    }
+    parts.join(": ")
+}

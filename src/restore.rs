@@ -29,7 +29,6 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
 use chrono::{DateTime, Utc};
-use clap::Args;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -37,8 +36,7 @@ use crate::archive::unpack::{UnpackOptions, UnpackReport};
 use crate::archive::{self, Counts};
 use crate::backup::{self, BackupRequest};
 use crate::catalog::{self, Manifest, QuiesceAction, SourceKind, SourceRecord, TAG_PRE_RESTORE};
-use crate::cli::{self, KeyArgs, TargetArgs};
-use crate::config::Config;
+use crate::config::{Config, Target};
 use crate::crypto::Decryptor;
 use crate::docker::{ContainerState, Engine};
 use crate::pipeline::{self, HashingReader};
@@ -47,47 +45,71 @@ use crate::progress::Progress;
 use crate::quiesce::{self, Hold, Journal, Leftover, Quiescer, STAGING_PREFIX};
 use crate::storage::{ObjectMeta, Storage};
 
-#[derive(Debug, Clone, Args)]
-pub struct RestoreArgs {
-    /// Backup id or `latest` (see `voltar list`).
+/// `voltar restore`: what to restore from, which sources, where to, and how.
+#[derive(Clone, Debug, Default)]
+pub struct RestoreRequest {
+    /// The target holding the backup (`None` with `archive`).
+    pub target: Option<Target>,
+    /// Backup id or `latest` (`None` with `archive`).
     pub backup: Option<String>,
-    /// With `latest`: the newest backup taken at or before TIME (RFC 3339, `YYYY-MM-DD[ HH:MM]` local, or an
-    /// age such as `2d`).
-    #[arg(long, value_name = "TIME")]
-    pub before: Option<String>,
+    /// With `latest`: the newest backup taken at or before this time.
+    pub before: Option<DateTime<Utc>>,
     /// Only these sources of the backup (default: all).
-    #[arg(long = "source", value_name = "NAME")]
     pub sources: Vec<String>,
     /// Restore into a new volume (created with the original driver, options and labels).
-    #[arg(long, value_name = "NAME", conflicts_with = "to_dir")]
     pub to_volume: Option<String>,
     /// Restore into a directory on the host.
-    #[arg(long, value_name = "PATH")]
     pub to_dir: Option<PathBuf>,
     /// Restore only these files or directories (relative to the volume root).
-    #[arg(long = "path", value_name = "SUBPATH")]
     pub paths: Vec<PathBuf>,
-    /// Show what would happen (including files that would be removed) and stop.
-    #[arg(long)]
+    /// Plan only: say what would happen (including files that would be removed).
     pub dry_run: bool,
     /// Do not take a safety backup of the current contents first.
-    #[arg(long)]
     pub no_safety_backup: bool,
-    /// Allow --to-dir into a non-empty directory (its contents are replaced).
-    #[arg(long)]
+    /// Allow a non-empty `to_dir` (its contents are replaced).
     pub force: bool,
-    /// Import a plain archive made by other tools (.tar, .tar.gz, .tar.zst) instead of a voltar backup.
-    #[arg(long, value_name = "FILE", conflicts_with = "backup")]
+    /// Import this plain archive made by other tools instead of a voltar backup.
     pub archive: Option<PathBuf>,
-    /// With --archive: drop N leading path components (after a leading `/` is removed, as GNU tar does).
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    /// With `archive`: drop N leading path components.
     pub strip_components: usize,
-    #[arg(long)]
     pub job: Option<String>,
-    #[command(flatten)]
-    pub target: TargetArgs,
-    #[command(flatten)]
-    pub keys: KeyArgs,
+    pub identities: Vec<PathBuf>,
+    pub passphrase_file: Option<PathBuf>,
+}
+
+/// What `restore` did, or (dry run) would do.
+#[derive(Clone, Debug)]
+pub enum RestoreOutcome {
+    Report(RestoreReport),
+    /// `--archive` with `--dry-run`: the file and where it would go.
+    ImportPlan {
+        file: PathBuf,
+        destination: Destination,
+    },
+}
+
+/// How one source's restore ended. Serialized (and shown) as `ok`, `dry-run` or `failed: <why>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RestoreStatus {
+    Ok,
+    DryRun,
+    Failed(String),
+}
+
+impl std::fmt::Display for RestoreStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RestoreStatus::Ok => f.write_str("ok"),
+            RestoreStatus::DryRun => f.write_str("dry-run"),
+            RestoreStatus::Failed(why) => write!(f, "failed: {why}"),
+        }
+    }
+}
+
+impl Serialize for RestoreStatus {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 /// Where one source goes.
@@ -123,7 +145,7 @@ pub struct SourceRestore {
     pub safety_backup: Option<String>,
     pub restarted: Vec<String>,
     pub warnings: Vec<String>,
-    pub status: String,
+    pub status: RestoreStatus,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -136,6 +158,16 @@ pub struct RestoreReport {
     /// interrupted runs.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub recovered: Vec<String>,
+}
+
+impl RestoreReport {
+    /// True when no source failed.
+    pub fn ok(&self) -> bool {
+        !self
+            .sources
+            .iter()
+            .any(|s| matches!(s.status, RestoreStatus::Failed(_)))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -277,30 +309,21 @@ fn clean_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
         .collect()
 }
 
-pub async fn command(
+/// Restore (or, with `dry_run`, plan) what `args` asks for. Per-source failures are in the report; `Err` is a
+/// fatal or usage error.
+pub async fn run(
     config: &Config,
-    args: RestoreArgs,
-    json: bool,
+    args: RestoreRequest,
     progress: Progress,
     cancel: CancellationToken,
-) -> Result<i32> {
+) -> Result<RestoreOutcome> {
     if args.archive.is_some() {
-        return import(config, args, json, progress).await;
+        return import(config, args, progress).await;
     }
-    let Some(spec) = args.backup.clone() else {
+    let (Some(target), Some(spec)) = (args.target.clone(), args.backup.clone()) else {
         bail!("which backup? give a backup id or `latest` (see `voltar list`), or --archive FILE");
     };
-    let now = Utc::now();
-    let before = args
-        .before
-        .as_deref()
-        .map(|b| parse_time(b, now))
-        .transpose()?;
-    if before.is_some() && spec != "latest" {
-        bail!("--before only applies to `latest`");
-    }
-    let targets = cli::resolve_targets(config, args.job.as_deref(), &args.target)?;
-    let target = targets[0].clone();
+    let before = args.before;
     let store = crate::storage::open(&target)
         .await
         .with_context(|| format!("opening target {}", target.name))?;
@@ -316,8 +339,8 @@ pub async fn command(
         }
     }
     let decryptor = Arc::new(Decryptor::load(
-        &args.keys.identities,
-        args.keys.passphrase_file.as_deref(),
+        &args.identities,
+        args.passphrase_file.as_deref(),
     )?);
     if manifest.encryption.is_some() {
         if decryptor.is_empty() {
@@ -505,11 +528,10 @@ pub async fn command(
                 safety_backup: None,
                 restarted: vec![],
                 warnings: vec![],
-                status: "dry-run".into(),
+                status: RestoreStatus::DryRun,
             });
         }
-        emit(&report, json);
-        return Ok(cli::EXIT_OK);
+        return Ok(RestoreOutcome::Report(report));
     }
 
     // Check every archive before anything is stopped (the full sha256 and counts are checked while extracting).
@@ -524,19 +546,12 @@ pub async fn command(
 
     let journal = Journal::open(&config.state_dir)?;
     let quiescer = Quiescer::new(&engine, &journal).cancel_on(cancel.clone());
-    let mut failed = false;
     for ((src, destination, mut path, create_volume, users), check) in plans.into_iter().zip(checks)
     {
         if cancel.is_cancelled() {
             bail!("interrupted");
         }
         if let Err(e) = check {
-            failed = true;
-            eprintln!(
-                "voltar: restoring {} into {destination} failed: {}",
-                src.name,
-                cli::chain(&e)
-            );
             report.sources.push(SourceRestore {
                 source: src.name.clone(),
                 destination: destination.clone(),
@@ -549,7 +564,7 @@ pub async fn command(
                 safety_backup: None,
                 restarted: vec![],
                 warnings: vec![],
-                status: format!("failed: {}", cli::chain(&e)),
+                status: RestoreStatus::Failed(crate::error_chain(&e)),
             });
             continue;
         }
@@ -569,7 +584,7 @@ pub async fn command(
             safety_backup: None,
             restarted: vec![],
             warnings: vec![],
-            status: "failed".into(),
+            status: RestoreStatus::Failed("not restored".into()),
         };
         if create_volume {
             let Destination::Volume(name) = &destination else {
@@ -606,7 +621,7 @@ pub async fn command(
             config,
             &args,
             &store,
-            &targets[0],
+            &target,
             &manifest,
             &src,
             &path,
@@ -625,16 +640,9 @@ pub async fn command(
         sr.warnings
             .extend(released.errors.iter().map(|e| e.to_string()));
         match result {
-            Ok(()) => sr.status = "ok".into(),
+            Ok(()) => sr.status = RestoreStatus::Ok,
             Err(e) => {
-                failed = true;
-                sr.status = format!("failed: {}", cli::chain(&e));
-                // Also on stderr, so it is seen when stdout goes to a file or with --json.
-                eprintln!(
-                    "voltar: restoring {} into {destination} failed: {}",
-                    src.name,
-                    cli::chain(&e)
-                );
+                sr.status = RestoreStatus::Failed(crate::error_chain(&e));
                 if create_volume {
                     // Do not leave a half-made new volume behind.
                     if let Destination::Volume(v) = &destination {
@@ -646,18 +654,13 @@ pub async fn command(
         report.sources.push(sr);
     }
     progress.finish();
-    emit(&report, json);
-    Ok(if failed {
-        cli::EXIT_FAILED
-    } else {
-        cli::EXIT_OK
-    })
+    Ok(RestoreOutcome::Report(report))
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn restore_one(
     config: &Config,
-    args: &RestoreArgs,
+    args: &RestoreRequest,
     store: &Arc<dyn Storage>,
     target: &crate::config::Target,
     manifest: &Manifest,
@@ -1114,89 +1117,12 @@ async fn list_archive(
     .await?
 }
 
-fn emit(report: &RestoreReport, json: bool) {
-    if json {
-        cli::out_json(report);
-        return;
-    }
-    let mut out = String::new();
-    for r in &report.recovered {
-        out.push_str(&format!("recovered: {r}\n"));
-    }
-    if let Some(b) = &report.backup {
-        out.push_str(&format!(
-            "{}restore from backup {b}\n",
-            if report.dry_run { "plan: " } else { "" }
-        ));
-    }
-    for s in &report.sources {
-        out.push_str(&format!(
-            "{} -> {}{}: {}\n",
-            s.source,
-            s.destination,
-            if s.create_volume { " (new)" } else { "" },
-            s.status
-        ));
-        if !s.stop.is_empty() {
-            out.push_str(&format!(
-                "  containers {}: {}\n",
-                if report.dry_run {
-                    "to stop and restart"
-                } else {
-                    "stopped"
-                },
-                s.stop.join(", ")
-            ));
-        }
-        if !s.restarted.is_empty() {
-            out.push_str(&format!("  restarted: {}\n", s.restarted.join(", ")));
-        }
-        if let Some(b) = &s.safety_backup {
-            out.push_str(&format!("  safety backup: {b} (tag pre-restore)\n"));
-        }
-        if report.dry_run {
-            out.push_str(&format!(
-                "  the backup holds {} file(s), {}\n",
-                s.counts.files,
-                cli::human(s.counts.bytes)
-            ));
-        } else if s.status == "ok" {
-            out.push_str(&format!(
-                "  restored {} file(s), {}\n",
-                s.counts.files,
-                cli::human(s.counts.bytes)
-            ));
-        } else if s.create_volume {
-            out.push_str("  nothing was restored; the new volume was removed again\n");
-        } else {
-            out.push_str("  nothing was changed: the data is as it was before the restore\n");
-        }
-        if let Some(r) = &s.would_remove {
-            if r.is_empty() {
-                out.push_str("  nothing there now would be removed\n");
-            } else {
-                out.push_str(&format!(
-                    "  {} entr{} there now, not in the backup, would be removed:\n",
-                    r.len(),
-                    if r.len() == 1 { "y" } else { "ies" }
-                ));
-                for p in r.iter().take(50) {
-                    out.push_str(&format!("    - {p}\n"));
-                }
-                if r.len() > 50 {
-                    out.push_str(&format!("    … and {} more\n", r.len() - 50));
-                }
-            }
-        }
-        for w in s.warnings.iter().take(20) {
-            out.push_str(&format!("  warning: {w}\n"));
-        }
-    }
-    cli::out(&out);
-}
-
 /// `restore --archive FILE`: import a plain tar / tar.gz / tar.zst made by other tools.
-async fn import(config: &Config, args: RestoreArgs, json: bool, progress: Progress) -> Result<i32> {
+async fn import(
+    config: &Config,
+    args: RestoreRequest,
+    progress: Progress,
+) -> Result<RestoreOutcome> {
     let file = args.archive.clone().expect("checked by caller");
     let f = std::fs::File::open(&file).with_context(|| format!("opening {}", file.display()))?;
     let engine;
@@ -1234,11 +1160,7 @@ async fn import(config: &Config, args: RestoreArgs, json: bool, progress: Progre
         (None, None) => bail!("--archive needs a destination: --to-volume NAME or --to-dir PATH"),
     };
     if args.dry_run {
-        cli::out(&format!(
-            "plan: import {} into {destination}\n",
-            file.display()
-        ));
-        return Ok(cli::EXIT_OK);
+        return Ok(RestoreOutcome::ImportPlan { file, destination });
     }
     let journal = Journal::open(&config.state_dir)?;
     let staging = Staging::make(&path, &journal)?;
@@ -1284,12 +1206,11 @@ async fn import(config: &Config, args: RestoreArgs, json: bool, progress: Progre
                     safety_backup: None,
                     restarted: vec![],
                     warnings: rep.warnings.into_iter().chain(cleanup.err()).collect(),
-                    status: "ok".into(),
+                    status: RestoreStatus::Ok,
                 }],
                 recovered: vec![],
             };
-            emit(&report, json);
-            Ok(cli::EXIT_OK)
+            Ok(RestoreOutcome::Report(report))
         }
         Err(e) => {
             if created {

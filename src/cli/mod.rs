@@ -8,6 +8,7 @@ mod backup;
 mod catalog;
 pub mod prune;
 mod render;
+mod restore;
 mod verify;
 
 use std::path::PathBuf;
@@ -123,7 +124,7 @@ pub enum Command {
         target: TargetArgs,
     },
     /// Restore volumes from a backup (or import a plain archive with --archive).
-    Restore(crate::restore::RestoreArgs),
+    Restore(restore::RestoreArgs),
     /// Check that backups are complete and restorable.
     Verify(verify::VerifyArgs),
     /// Delete backups by the retention policy.
@@ -226,17 +227,7 @@ impl Stopping {
     }
 }
 
-/// Error and its causes on one line, without duplicates (thiserror `transparent` repeats messages).
-pub fn chain(e: &anyhow::Error) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    for c in e.chain() {
-        let s = c.to_string();
-        if !parts.iter().any(|p| p.contains(&s)) {
-            parts.push(s);
-        }
-    }
-    parts.join(": ")
-}
+pub use crate::error_chain as chain;
 
 fn init_logging(verbose: u8, quiet: bool) {
     use tracing_subscriber::EnvFilter;
@@ -479,9 +470,7 @@ async fn run(cli: Cli, cancel: CancellationToken) -> Result<i32> {
             }
             Ok(EXIT_OK)
         }
-        Command::Restore(args) => {
-            crate::restore::command(&config, args, cli.json, progress, cancel).await
-        }
+        Command::Restore(args) => restore::command(&config, args, cli.json, progress, cancel).await,
         Command::Verify(args) => verify::command(&config, args, cli.json, progress, cancel).await,
         Command::Prune(args) => prune::command(&config, args, cli.json).await,
         Command::Recover => {
