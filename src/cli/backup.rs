@@ -1,11 +1,133 @@
-//! Rendering of `plan` and `backup`.
+//! `voltar plan` and `voltar backup`: run them, render the plan and the run summary (tables or `--json`), exit codes.
 
-use crate::backup::{self, RunReport, Status};
+use std::path::PathBuf;
+
+use anyhow::Result;
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+
+use crate::backup::{self, BackupRequest, RunReport, Status};
+use crate::config::Config;
+use crate::progress::Progress;
 
 use super::render::{count, human, human_ms, table};
+use super::{out, out_json, TargetArgs, EXIT_OK};
+
+/// `voltar plan`: the plan, with each source's size unless `no_size`.
+pub(super) async fn plan(
+    config: &Config,
+    job: Option<String>,
+    only: Vec<String>,
+    no_size: bool,
+    json: bool,
+) -> Result<i32> {
+    let engine = super::connect(config).await?;
+    let job = config.job(job.as_deref())?;
+    let plan = crate::backup::plan_for(&engine, job, &only, &config.state_dir).await?;
+    let sizes = if no_size {
+        None
+    } else {
+        let paths: Vec<PathBuf> = plan.sources.iter().map(|s| s.path.clone()).collect();
+        Some(
+            tokio::task::spawn_blocking(move || {
+                paths.iter().map(|p| dir_size(p)).collect::<Vec<_>>()
+            })
+            .await?,
+        )
+    };
+    if json {
+        // Fields in the order of the plan's own JSON (as in `backup --json`), with each source's size.
+        #[derive(serde::Serialize)]
+        struct SizedSource<'a> {
+            #[serde(flatten)]
+            source: &'a crate::plan::PlannedSource,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            size: Option<u64>,
+        }
+        #[derive(serde::Serialize)]
+        struct PlanOut<'a> {
+            sources: Vec<SizedSource<'a>>,
+            skipped: &'a [crate::plan::SkippedSource],
+        }
+        let doc = PlanOut {
+            sources: plan
+                .sources
+                .iter()
+                .enumerate()
+                .map(|(i, source)| SizedSource {
+                    source,
+                    size: sizes.as_ref().and_then(|v| v.get(i).copied().flatten()),
+                })
+                .collect(),
+            skipped: &plan.skipped,
+        };
+        out_json(&doc);
+    } else {
+        out(&render_plan(&plan, sizes.as_deref()));
+    }
+    Ok(EXIT_OK)
+}
+
+/// The flags of `voltar backup`.
+pub(super) struct BackupFlags {
+    pub job: Option<String>,
+    pub target: TargetArgs,
+    pub only: Vec<String>,
+    pub dry_run: bool,
+    pub no_prune: bool,
+}
+
+/// `voltar backup`: the run's summary table (`--quiet`: only when something failed), or the plan (`--dry-run`).
+pub(super) async fn backup(
+    config: &Config,
+    flags: BackupFlags,
+    json: bool,
+    quiet: bool,
+    progress: Progress,
+    cancel: CancellationToken,
+) -> Result<i32> {
+    let BackupFlags {
+        job,
+        target,
+        only,
+        dry_run,
+        no_prune,
+    } = flags;
+    let targets = super::resolve_targets(config, job.as_deref(), &target)?;
+    let engine = super::connect(config).await?;
+    let mut jobcfg = config.job(job.as_deref())?.clone();
+    if no_prune {
+        jobcfg.prune = false;
+    }
+    let env = backup::Env {
+        config,
+        engine: &engine,
+        progress: progress.clone(),
+        cancel,
+        now: Utc::now(),
+    };
+    let req = BackupRequest {
+        job: jobcfg,
+        targets,
+        only,
+        dry_run,
+        tags: vec![],
+    };
+    let report = backup::run(&env, &req).await?;
+    progress.finish();
+    if json {
+        out_json(&report);
+    } else if dry_run {
+        out(&render_plan(&report.plan, None));
+    } else if !(quiet && report.exit_code() == EXIT_OK) {
+        // `--quiet` (cron): silent on success, the full summary when something failed.
+        out(&render_run(&report));
+    }
+    Ok(report.exit_code())
+}
 
 /// Apparent size of a directory tree (regular files), for `plan`.
-pub(super) fn dir_size(p: &std::path::Path) -> Option<u64> {
+fn dir_size(p: &std::path::Path) -> Option<u64> {
     if !p.is_dir() {
         return None;
     }
@@ -21,7 +143,7 @@ pub(super) fn dir_size(p: &std::path::Path) -> Option<u64> {
     )
 }
 
-pub(super) fn render_plan(plan: &crate::plan::Plan, sizes: Option<&[Option<u64>]>) -> String {
+fn render_plan(plan: &crate::plan::Plan, sizes: Option<&[Option<u64>]>) -> String {
     let mut rows = vec![vec![
         "SOURCE".to_string(),
         "KIND".into(),
@@ -98,7 +220,7 @@ fn ratio(bytes: u64, stored: u64) -> String {
 /// Entries not archived shown per source in the summary table's footer.
 const NOT_ARCHIVED_SHOWN: usize = 10;
 
-pub fn render_run(r: &RunReport) -> String {
+fn render_run(r: &RunReport) -> String {
     let mut rows = vec![vec![
         "SOURCE".to_string(),
         "FILES".into(),

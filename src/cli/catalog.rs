@@ -1,10 +1,63 @@
-//! Rendering of `list` and `show`.
+//! `voltar list` and `voltar show`: read the catalog, render it (tables or `--json`), exit codes.
+
+use anyhow::Result;
 
 use crate::catalog::{self, Manifest};
+use crate::config::Config;
 
 use super::render::{count, human, human_ms, local_time, table};
+use super::{out, out_json, TargetArgs, EXIT_FAILED, EXIT_OK};
 
-pub(super) fn render_list(target: &str, l: &catalog::Listing) -> String {
+/// `voltar list`: the backups in the target (exit 1 when a manifest is unreadable).
+pub(super) async fn list(
+    config: &Config,
+    job: Option<String>,
+    target: TargetArgs,
+    json: bool,
+) -> Result<i32> {
+    let store = super::open_one(config, job.as_deref(), &target).await?;
+    let listing = catalog::list(store.as_ref()).await?;
+    if json {
+        out_json(&serde_json::json!({
+            "target": store.describe(),
+            "backups": listing.backups,
+            "incomplete": listing.incomplete.iter().map(|(id, _)| id.to_string()).collect::<Vec<_>>(),
+            "unreadable": listing.unreadable.iter().map(|(id, e)| serde_json::json!({"id": id.to_string(), "error": e})).collect::<Vec<_>>(),
+        }));
+    } else {
+        out(&render_list(&store.describe(), &listing));
+    }
+    Ok(if listing.unreadable.is_empty() {
+        EXIT_OK
+    } else {
+        EXIT_FAILED
+    })
+}
+
+/// `voltar show`: one backup.
+pub(super) async fn show(
+    config: &Config,
+    backup: String,
+    sources: Vec<String>,
+    job: Option<String>,
+    target: TargetArgs,
+    json: bool,
+) -> Result<i32> {
+    let store = super::open_one(config, job.as_deref(), &target).await?;
+    let listing = catalog::list(store.as_ref()).await?;
+    let m = catalog::resolve(&listing, &backup, None, &sources)?;
+    if let Some(n) = sources.iter().find(|n| m.source(n).is_none()) {
+        anyhow::bail!("backup {} has no source `{n}`", m.id);
+    }
+    if json {
+        out_json(m);
+    } else {
+        out(&render_show(&store.describe(), m));
+    }
+    Ok(EXIT_OK)
+}
+
+fn render_list(target: &str, l: &catalog::Listing) -> String {
     let mut rows = vec![vec![
         "ID".to_string(),
         "TIME".into(),
@@ -62,7 +115,7 @@ pub(super) fn render_list(target: &str, l: &catalog::Listing) -> String {
     out
 }
 
-pub(super) fn render_show(target: &str, m: &Manifest) -> String {
+fn render_show(target: &str, m: &Manifest) -> String {
     let mut out = format!(
         "backup {} in {target}\n  job {}  host {}  {}  took {}\n",
         m.id,

@@ -14,18 +14,14 @@ mod verify;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use chrono::Utc;
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use crate::backup::BackupRequest;
 use crate::config::{Config, Target};
 use crate::docker::Engine;
 use crate::progress::Progress;
 use crate::storage;
 
-use self::backup::{dir_size, render_plan, render_run};
-use self::catalog::{render_list, render_show};
 pub use self::render::{human, human_ms, out, out_json, table};
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_FAILED: i32 = 1;
@@ -347,51 +343,7 @@ async fn run(cli: Cli, cancel: CancellationToken) -> Result<i32> {
     };
     match cli.command {
         Command::Plan { job, only, no_size } => {
-            let engine = connect(&config).await?;
-            let job = config.job(job.as_deref())?;
-            let plan = crate::backup::plan_for(&engine, job, &only, &config.state_dir).await?;
-            let sizes = if no_size {
-                None
-            } else {
-                let paths: Vec<PathBuf> = plan.sources.iter().map(|s| s.path.clone()).collect();
-                Some(
-                    tokio::task::spawn_blocking(move || {
-                        paths.iter().map(|p| dir_size(p)).collect::<Vec<_>>()
-                    })
-                    .await?,
-                )
-            };
-            if cli.json {
-                // Fields in the order of the plan's own JSON (as in `backup --json`), with each source's size.
-                #[derive(serde::Serialize)]
-                struct SizedSource<'a> {
-                    #[serde(flatten)]
-                    source: &'a crate::plan::PlannedSource,
-                    #[serde(skip_serializing_if = "Option::is_none")]
-                    size: Option<u64>,
-                }
-                #[derive(serde::Serialize)]
-                struct PlanOut<'a> {
-                    sources: Vec<SizedSource<'a>>,
-                    skipped: &'a [crate::plan::SkippedSource],
-                }
-                let doc = PlanOut {
-                    sources: plan
-                        .sources
-                        .iter()
-                        .enumerate()
-                        .map(|(i, source)| SizedSource {
-                            source,
-                            size: sizes.as_ref().and_then(|v| v.get(i).copied().flatten()),
-                        })
-                        .collect(),
-                    skipped: &plan.skipped,
-                };
-                out_json(&doc);
-            } else {
-                out(&render_plan(&plan, sizes.as_deref()));
-            }
-            Ok(EXIT_OK)
+            backup::plan(&config, job, only, no_size, cli.json).await
         }
         Command::Backup {
             job,
@@ -400,76 +352,22 @@ async fn run(cli: Cli, cancel: CancellationToken) -> Result<i32> {
             dry_run,
             no_prune,
         } => {
-            let targets = resolve_targets(&config, job.as_deref(), &target)?;
-            let engine = connect(&config).await?;
-            let mut jobcfg = config.job(job.as_deref())?.clone();
-            if no_prune {
-                jobcfg.prune = false;
-            }
-            let env = crate::backup::Env {
-                config: &config,
-                engine: &engine,
-                progress: progress.clone(),
-                cancel,
-                now: Utc::now(),
-            };
-            let req = BackupRequest {
-                job: jobcfg,
-                targets,
+            let flags = backup::BackupFlags {
+                job,
+                target,
                 only,
                 dry_run,
-                tags: vec![],
+                no_prune,
             };
-            let report = crate::backup::run(&env, &req).await?;
-            progress.finish();
-            if cli.json {
-                out_json(&report);
-            } else if dry_run {
-                out(&render_plan(&report.plan, None));
-            } else if !(cli.quiet && report.exit_code() == EXIT_OK) {
-                // `--quiet` (cron): silent on success, the full summary when something failed.
-                out(&render_run(&report));
-            }
-            Ok(report.exit_code())
+            backup::backup(&config, flags, cli.json, cli.quiet, progress, cancel).await
         }
-        Command::List { job, target } => {
-            let store = open_one(&config, job.as_deref(), &target).await?;
-            let listing = crate::catalog::list(store.as_ref()).await?;
-            if cli.json {
-                out_json(&serde_json::json!({
-                    "target": store.describe(),
-                    "backups": listing.backups,
-                    "incomplete": listing.incomplete.iter().map(|(id, _)| id.to_string()).collect::<Vec<_>>(),
-                    "unreadable": listing.unreadable.iter().map(|(id, e)| serde_json::json!({"id": id.to_string(), "error": e})).collect::<Vec<_>>(),
-                }));
-            } else {
-                out(&render_list(&store.describe(), &listing));
-            }
-            Ok(if listing.unreadable.is_empty() {
-                EXIT_OK
-            } else {
-                EXIT_FAILED
-            })
-        }
+        Command::List { job, target } => catalog::list(&config, job, target, cli.json).await,
         Command::Show {
             backup,
             sources,
             job,
             target,
-        } => {
-            let store = open_one(&config, job.as_deref(), &target).await?;
-            let listing = crate::catalog::list(store.as_ref()).await?;
-            let m = crate::catalog::resolve(&listing, &backup, None, &sources)?;
-            if let Some(n) = sources.iter().find(|n| m.source(n).is_none()) {
-                anyhow::bail!("backup {} has no source `{n}`", m.id);
-            }
-            if cli.json {
-                out_json(m);
-            } else {
-                out(&render_show(&store.describe(), m));
-            }
-            Ok(EXIT_OK)
-        }
+        } => catalog::show(&config, backup, sources, job, target, cli.json).await,
         Command::Restore(args) => restore::command(&config, args, cli.json, progress, cancel).await,
         Command::Verify(args) => verify::command(&config, args, cli.json, progress, cancel).await,
         Command::Prune(args) => prune::command(&config, args, cli.json).await,
