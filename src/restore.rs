@@ -224,49 +224,6 @@ fn local_to_utc(n: chrono::NaiveDateTime, s: &str) -> Result<DateTime<Utc>> {
         .ok_or_else(|| anyhow!("--before `{s}` does not exist in the local time zone"))
 }
 
-/// [`catalog::resolve`], but a backup whose manifest exists and cannot be read is named as such (not "no
-/// backup"), and `latest` warns when a newer backup was passed over because its manifest is unreadable.
-pub fn resolve<'a>(
-    listing: &'a catalog::Listing,
-    spec: &str,
-    before: Option<DateTime<Utc>>,
-    sources: &[String],
-) -> Result<&'a Manifest> {
-    if let Some((id, e)) = listing
-        .unreadable
-        .iter()
-        .find(|(id, _)| id.as_str() == spec)
-    {
-        bail!("backup {id} cannot be used: {e}");
-    }
-    let m = catalog::resolve(listing, spec, before, sources).map_err(|e| {
-        if listing.unreadable.is_empty() {
-            anyhow!(e)
-        } else {
-            anyhow!(
-                "{e}; {} backup(s) here have an unreadable manifest: {}",
-                listing.unreadable.len(),
-                listing
-                    .unreadable
-                    .iter()
-                    .map(|(id, _)| id.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        }
-    })?;
-    if spec == "latest" {
-        for (id, e) in listing
-            .unreadable
-            .iter()
-            .filter(|(id, _)| *id > m.id && before.is_none_or(|b| id.time() <= b))
-        {
-            tracing::warn!("skipping newer backup {id}: {e}; using {}", m.id);
-        }
-    }
-    Ok(m)
-}
-
 /// Sources of `m`'s job that `m` does not hold, each with the newest backup that does (older than `m`).
 fn newer_elsewhere(listing: &catalog::Listing, m: &Manifest) -> Vec<(String, catalog::BackupId)> {
     let mut out: Vec<(String, catalog::BackupId)> = Vec::new();
@@ -328,7 +285,7 @@ pub async fn run(
         .await
         .with_context(|| format!("opening target {}", target.name))?;
     let listing = catalog::list(store.as_ref()).await?;
-    let manifest = resolve(&listing, &spec, before, &args.sources)?.clone();
+    let manifest = catalog::resolve(&listing, &spec, before, &args.sources)?.clone();
     if spec == "latest" && args.sources.is_empty() {
         // A partial run (`backup --only`) makes a `latest` that lacks some sources: say where they are.
         for (name, id) in newer_elsewhere(&listing, &manifest) {

@@ -214,14 +214,14 @@ pub async fn run(
             // Already in the problems: its manifest cannot be read.
             vec![]
         } else {
-            match crate::restore::resolve(&listing, &spec, None, &args.sources) {
+            match catalog::resolve(&listing, &spec, None, &args.sources) {
                 Ok(m) => vec![m.clone()],
                 // Nothing to pick because manifests are unreadable: report those (exit 1), not a usage error.
                 Err(e) if !report.problems.is_empty() => {
-                    report.problems.push(format!("{e:#}"));
+                    report.problems.push(e.to_string());
                     vec![]
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             }
         }
     };
