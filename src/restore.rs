@@ -268,6 +268,8 @@ fn clean_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
 
 /// Restore (or, with `dry_run`, plan) what `args` asks for. Per-source failures are in the report; `Err` is a
 /// fatal or usage error.
+/// Restore (or, with `dry_run`, plan) what `args` asks for. Per-source failures are in the report; `Err` is a
+/// fatal or usage error.
 pub async fn run(
     config: &Config,
     args: RestoreRequest,
@@ -277,6 +279,97 @@ pub async fn run(
     if args.archive.is_some() {
         return import(config, args, progress).await;
     }
+    let (plan, resources) = plan(config, &args, &progress).await?;
+    let report = if args.dry_run {
+        dry_run(&plan, &resources).await?
+    } else {
+        apply(config, &args, plan, resources, progress, cancel).await?
+    };
+    Ok(RestoreOutcome::Report(report))
+}
+
+/// What a restore will do, worked out before anything is stopped: the backup and, per source, where it goes and
+/// which containers are stopped. `--dry-run` reports it ([`RestorePlan::dry_run_report`]); [`apply`] carries it
+/// out.
+#[derive(Clone, Debug)]
+pub struct RestorePlan {
+    pub manifest: Manifest,
+    pub sources: Vec<SourcePlan>,
+    /// `--path` arguments, cleaned (empty: whole volumes).
+    pub paths: Vec<PathBuf>,
+    /// What was put right before planning (not on a dry run): leftovers of interrupted runs.
+    pub recovered: Vec<String>,
+}
+
+/// One source of a [`RestorePlan`].
+#[derive(Clone, Debug)]
+pub struct SourcePlan {
+    pub source: SourceRecord,
+    pub destination: Destination,
+    /// Host path whose contents are replaced (empty while the volume is still to be created).
+    pub path: PathBuf,
+    pub create_volume: bool,
+    /// Containers that use the destination; those to stop have [`QuiesceAction::Stop`].
+    pub users: Vec<PlannedContainer>,
+}
+
+impl SourcePlan {
+    /// Names of the containers stopped (and restarted) for this source.
+    pub fn stops(&self) -> Vec<String> {
+        self.users
+            .iter()
+            .filter(|u| u.action == QuiesceAction::Stop)
+            .map(|u| u.name.clone())
+            .collect()
+    }
+}
+
+impl RestorePlan {
+    /// The report of a dry run. `would_remove[i]`: the entries at source `i`'s destination now that the backup
+    /// does not hold.
+    pub fn dry_run_report(&self, would_remove: Vec<Vec<String>>) -> RestoreReport {
+        RestoreReport {
+            backup: Some(self.manifest.id.to_string()),
+            dry_run: true,
+            sources: self
+                .sources
+                .iter()
+                .zip(would_remove)
+                .map(|(sp, would_remove)| SourceRestore {
+                    source: sp.source.name.clone(),
+                    destination: sp.destination.clone(),
+                    path: sp.path.clone(),
+                    create_volume: sp.create_volume,
+                    stop: sp.stops(),
+                    would_remove: Some(would_remove),
+                    counts: sp.source.counts.clone(),
+                    safety_backup: None,
+                    restarted: vec![],
+                    warnings: vec![],
+                    status: RestoreStatus::DryRun,
+                })
+                .collect(),
+            recovered: self.recovered.clone(),
+        }
+    }
+}
+
+/// What a plan is applied with: the opened target, the keys, the engine.
+pub struct Resources {
+    store: Arc<dyn Storage>,
+    target: Target,
+    decryptor: Arc<Decryptor>,
+    engine: Engine,
+}
+
+/// Resolve the backup, check the keys, pick the sources and work out destinations and the containers to stop.
+/// Nothing is stopped or written; except on a dry run, leftovers of interrupted runs are recovered first (so that
+/// the containers are seen as they should be).
+pub async fn plan(
+    config: &Config,
+    args: &RestoreRequest,
+    progress: &Progress,
+) -> Result<(RestorePlan, Resources)> {
     let (Some(target), Some(spec)) = (args.target.clone(), args.backup.clone()) else {
         bail!("which backup? give a backup id or `latest` (see `voltar list`), or --archive FILE");
     };
@@ -449,62 +542,103 @@ pub async fn run(
                 );
             }
         }
-        plans.push((src.clone(), destination, path, create_volume, users));
+        plans.push(SourcePlan {
+            source: src.clone(),
+            destination,
+            path,
+            create_volume,
+            users,
+        });
     }
-
-    let mut report = RestoreReport {
-        backup: Some(manifest.id.to_string()),
-        dry_run: args.dry_run,
-        sources: vec![],
+    let plan = RestorePlan {
+        manifest,
+        sources: plans,
+        paths,
         recovered,
     };
-    if args.dry_run {
-        for (src, destination, path, create_volume, users) in &plans {
-            let archive_names =
-                list_archive(store.clone(), &manifest, src, decryptor.clone()).await?;
-            let would_remove = if path.as_os_str().is_empty() || !paths.is_empty() {
+    let resources = Resources {
+        store,
+        target,
+        decryptor,
+        engine,
+    };
+    Ok((plan, resources))
+}
+
+/// `--dry-run`: the plan, with what each destination holds now that the backup does not.
+async fn dry_run(plan: &RestorePlan, res: &Resources) -> Result<RestoreReport> {
+    let mut would_remove = Vec::new();
+    for sp in &plan.sources {
+        let archive_names = list_archive(
+            res.store.clone(),
+            &plan.manifest,
+            &sp.source,
+            res.decryptor.clone(),
+        )
+        .await?;
+        would_remove.push(
+            if sp.path.as_os_str().is_empty() || !plan.paths.is_empty() {
                 vec![]
             } else {
-                current_names(path)
+                current_names(&sp.path)
                     .difference(&archive_names)
                     .map(|p| p.to_string_lossy().into_owned())
                     .collect()
-            };
-            report.sources.push(SourceRestore {
-                source: src.name.clone(),
-                destination: destination.clone(),
-                path: path.clone(),
-                create_volume: *create_volume,
-                stop: users
-                    .iter()
-                    .filter(|u| u.action == QuiesceAction::Stop)
-                    .map(|u| u.name.clone())
-                    .collect(),
-                would_remove: Some(would_remove),
-                counts: src.counts.clone(),
-                safety_backup: None,
-                restarted: vec![],
-                warnings: vec![],
-                status: RestoreStatus::DryRun,
-            });
-        }
-        return Ok(RestoreOutcome::Report(report));
+            },
+        );
     }
+    Ok(plan.dry_run_report(would_remove))
+}
 
+/// Carry out a plan: check every archive, then per source stop its users, take the safety backup, extract,
+/// verify, swap in and restart them.
+pub async fn apply(
+    config: &Config,
+    args: &RestoreRequest,
+    plan: RestorePlan,
+    res: Resources,
+    progress: Progress,
+    cancel: CancellationToken,
+) -> Result<RestoreReport> {
+    let Resources {
+        store,
+        target,
+        decryptor,
+        engine,
+    } = res;
+    let RestorePlan {
+        manifest,
+        sources: plans,
+        paths,
+        recovered,
+    } = plan;
+    let mut report = RestoreReport {
+        backup: Some(manifest.id.to_string()),
+        dry_run: false,
+        sources: vec![],
+        recovered,
+    };
     // Check every archive before anything is stopped (the full sha256 and counts are checked while extracting).
     let objects = store
         .list(&format!("{}/", manifest.id))
         .await
         .with_context(|| format!("listing backup {}", manifest.id))?;
     let mut checks = Vec::new();
-    for (src, ..) in &plans {
-        checks.push(check_archive(&store, &objects, &manifest, src, &decryptor).await);
+    for sp in &plans {
+        checks.push(check_archive(&store, &objects, &manifest, &sp.source, &decryptor).await);
     }
 
     let journal = Journal::open(&config.state_dir)?;
     let quiescer = Quiescer::new(&engine, &journal).cancel_on(cancel.clone());
-    for ((src, destination, mut path, create_volume, users), check) in plans.into_iter().zip(checks)
-    {
+    for (sp, check) in plans.into_iter().zip(checks) {
+        let stop = sp.stops();
+        let SourcePlan {
+            source: src,
+            destination,
+            mut path,
+            create_volume,
+            users,
+        } = sp;
         if cancel.is_cancelled() {
             bail!("interrupted");
         }
@@ -531,11 +665,7 @@ pub async fn run(
             destination: destination.clone(),
             path: path.clone(),
             create_volume,
-            stop: users
-                .iter()
-                .filter(|u| u.action == QuiesceAction::Stop)
-                .map(|u| u.name.clone())
-                .collect(),
+            stop,
             would_remove: None,
             counts: Counts::default(),
             safety_backup: None,
@@ -576,7 +706,7 @@ pub async fn run(
         let held = quiescer.hold(&holds).await?;
         let result = restore_one(
             config,
-            &args,
+            args,
             &store,
             &target,
             &manifest,
@@ -611,7 +741,7 @@ pub async fn run(
         report.sources.push(sr);
     }
     progress.finish();
-    Ok(RestoreOutcome::Report(report))
+    Ok(report)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1181,8 +1311,90 @@ async fn import(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A plan for `restore` of one volume used by a running and a stopped container.
+    pub(crate) fn sample_plan() -> RestorePlan {
+        let t = DateTime::parse_from_rfc3339("2026-11-28T03:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let source: SourceRecord = serde_json::from_value(serde_json::json!({
+            "name": "pgdata",
+            "kind": "volume",
+            "path": "/var/lib/docker/volumes/pgdata/_data",
+            "object": "pgdata.tar.zst",
+            "counts": {"entries": 4, "files": 3, "dirs": 1, "symlinks": 0, "hardlinks": 0, "other": 0,
+                       "bytes": 3072},
+            "stored-bytes": 900,
+            "sha256": "00",
+            "read-ms": 5,
+        }))
+        .unwrap();
+        let user = |name: &str, action: QuiesceAction| PlannedContainer {
+            id: format!("id-{name}"),
+            name: name.into(),
+            compose_project: None,
+            compose_service: None,
+            state: "running".into(),
+            rw: true,
+            action,
+            stop_timeout: std::time::Duration::from_secs(10),
+            reason: String::new(),
+        };
+        RestorePlan {
+            manifest: Manifest {
+                format: catalog::FORMAT_VERSION,
+                tool: "t".into(),
+                id: "20261128T030000Z-abcd".parse().unwrap(),
+                job: "default".into(),
+                host: "h".into(),
+                started_at: t,
+                finished_at: t,
+                tags: vec![],
+                sources: vec![source.clone()],
+                failed: vec![],
+                encryption: None,
+                seal: None,
+            },
+            sources: vec![SourcePlan {
+                source,
+                destination: Destination::Volume("pgdata".into()),
+                path: PathBuf::from("/var/lib/docker/volumes/pgdata/_data"),
+                create_volume: false,
+                users: vec![
+                    user("db", QuiesceAction::Stop),
+                    user("old", QuiesceAction::None),
+                ],
+            }],
+            paths: vec![],
+            recovered: vec![],
+        }
+    }
+
+    /// Issue 9: the dry run reports the plan: the backup, each source's destination, the containers the plan
+    /// stops (not the ones it leaves alone), what the backup holds and what would be removed; nothing restored.
+    #[test]
+    fn issue9_the_dry_run_reports_the_plan() {
+        let plan = sample_plan();
+        assert_eq!(plan.sources[0].stops(), vec!["db".to_string()]);
+        let r = plan.dry_run_report(vec![vec!["stale.log".into()]]);
+        assert!(r.dry_run);
+        assert!(r.ok());
+        assert_eq!(r.backup.as_deref(), Some("20261128T030000Z-abcd"));
+        assert_eq!(r.sources.len(), 1);
+        let s = &r.sources[0];
+        assert_eq!(s.source, "pgdata");
+        assert_eq!(s.destination.to_string(), "volume pgdata");
+        assert!(!s.create_volume);
+        assert_eq!(s.stop, vec!["db".to_string()]);
+        assert_eq!(s.would_remove, Some(vec!["stale.log".to_string()]));
+        assert_eq!((s.counts.files, s.counts.bytes), (3, 3072));
+        assert_eq!(s.status, RestoreStatus::DryRun);
+        assert!(s.restarted.is_empty() && s.safety_backup.is_none());
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["sources"][0]["status"], "dry-run");
+    }
 
     #[test]
     fn before_times() {

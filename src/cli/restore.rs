@@ -202,3 +202,23 @@ pub fn render(report: &RestoreReport) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 9: the `restore --dry-run` text is rendered from the plan's report.
+    #[test]
+    fn issue9_dry_run_text_comes_from_the_plan() {
+        let report = restore::tests::sample_plan().dry_run_report(vec![vec!["stale.log".into()]]);
+        assert_eq!(
+            render(&report),
+            "plan: restore from backup 20261128T030000Z-abcd\n\
+             pgdata -> volume pgdata: dry-run\n\
+             \x20 containers to stop and restart: db\n\
+             \x20 the backup holds 3 file(s), 3.0 KiB\n\
+             \x20 1 entry there now, not in the backup, would be removed:\n\
+             \x20   - stale.log\n"
+        );
+    }
+}
