@@ -26,6 +26,7 @@ pub mod plan;
 pub mod progress;
 pub mod prune;
 pub mod quiesce;
+pub mod readback;
 pub mod restore;
 pub mod retention;
 pub mod storage;

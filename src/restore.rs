@@ -23,7 +23,6 @@
 //! The unpacker (`archive::unpack`) refuses entries that would write outside the staging directory.
 
 use std::collections::BTreeSet;
-use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
@@ -39,10 +38,12 @@ use crate::catalog::{self, Manifest, QuiesceAction, SourceKind, SourceRecord, TA
 use crate::config::{Config, Target};
 use crate::crypto::Decryptor;
 use crate::docker::{ContainerState, Engine};
-use crate::pipeline::{self, HashingReader};
+use crate::pipeline;
 use crate::plan::{PlannedContainer, PlannedSource};
 use crate::progress::Progress;
 use crate::quiesce::{self, Hold, Journal, Leftover, Quiescer, STAGING_PREFIX};
+use crate::readback::{self, Entries, ReadBack, WalkError, Walked};
+pub use crate::readback::{count_diff, ProgressReader, RestoreError};
 use crate::storage::{ObjectMeta, Storage};
 
 /// `voltar restore`: what to restore from, which sources, where to, and how.
@@ -168,32 +169,6 @@ impl RestoreReport {
             .iter()
             .any(|s| matches!(s.status, RestoreStatus::Failed(_)))
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum RestoreError {
-    #[error("{object}: stored object does not match the manifest: sha256 {found} (expected {expected}), {found_size} bytes (expected {expected_size}); the archive is corrupt or was replaced")]
-    Checksum {
-        object: String,
-        expected: String,
-        found: String,
-        expected_size: u64,
-        found_size: u64,
-    },
-    #[error("{object}: archive content does not match the manifest: {detail}; the archive is truncated or corrupt")]
-    Counts { object: String, detail: String },
-    #[error("{object}: {source}")]
-    Archive {
-        object: String,
-        source: archive::ArchiveError,
-    },
-    #[error("{object}: {source}")]
-    Crypto {
-        object: String,
-        source: crate::crypto::CryptoError,
-    },
-    #[error("{object}: reading: {message}")]
-    Read { object: String, message: String },
 }
 
 /// Parse `--before`: RFC 3339, a local date/time, or an age (`2d`, `12h`).
@@ -1054,154 +1029,85 @@ pub async fn fetch_and_unpack(
     opts: UnpackOptions,
     progress: Progress,
 ) -> Result<UnpackReport> {
-    let key = catalog::object_key(&manifest.id, &src.object);
-    let stream = store
-        .get(&key)
-        .await
-        .with_context(|| format!("reading {key}"))?;
-    let reader = pipeline::blocking_reader(stream);
-    let src = src.clone();
-    let encrypted = manifest.encryption.is_some();
     let partial = !opts.paths.is_empty();
-    let rep = tokio::task::spawn_blocking(move || -> Result<UnpackReport, RestoreError> {
-        let mut hr = HashingReader::new(ProgressReader {
-            inner: reader,
-            progress,
-        });
-        // Errors name the stored object by its key in the target (`<backup-id>/<source>.tar.zst`).
-        let object = key;
-        let rep = {
-            let mut dec = tar_stream(&mut hr, encrypted.then_some(&*decryptor), &object)?;
-            let rep = archive::unpack::unpack(&mut dec, &dest, &opts).map_err(|e| {
-                RestoreError::Archive {
-                    object: object.clone(),
-                    source: e,
-                }
-            })?;
-            // Read to the end so the zstd frame checksum and age's last chunk are checked.
-            std::io::copy(&mut dec, &mut std::io::sink()).map_err(|e| RestoreError::Archive {
-                object: object.clone(),
-                source: archive::ArchiveError::Corrupt(e.to_string()),
-            })?;
-            rep
-        };
-        let (sha, size) = hr.finish().map_err(|e| RestoreError::Read {
-            object: object.clone(),
-            message: e.to_string(),
-        })?;
-        if sha != src.sha256 || size != src.stored_bytes {
-            return Err(RestoreError::Checksum {
-                object,
-                expected: src.sha256.clone(),
-                found: sha,
-                expected_size: src.stored_bytes,
-                found_size: size,
-            });
-        }
-        if !partial && rep.counts != src.counts {
-            return Err(RestoreError::Counts {
-                object,
-                detail: count_diff(&src.counts, &rep.counts),
-            });
-        }
-        Ok(rep)
-    })
-    .await??;
+    let rb = readback::read(
+        store,
+        manifest,
+        src,
+        decryptor,
+        Entries::Unpack { dest, opts },
+        false,
+        progress,
+    )
+    .await
+    .with_context(|| format!("reading {}", catalog::object_key(&manifest.id, &src.object)))?;
+    let Walked::Unpacked(rep) = checked(rb, src, !partial)? else {
+        unreachable!("unpack unpacks")
+    };
     Ok(rep)
 }
 
-/// The tar stream inside a stored object: age-decrypted when `decryptor` is given (an encrypted backup), then
-/// decompressed by its sniffed format. Errors name `object`.
-pub fn tar_stream<'a, R: Read + 'a>(
-    stored: R,
-    decryptor: Option<&'a Decryptor>,
-    object: &str,
-) -> Result<Box<dyn Read + 'a>, RestoreError> {
-    let plain: Box<dyn Read + 'a> = match decryptor {
-        Some(d) => d.reader(stored, object).map_err(|e| RestoreError::Crypto {
-            object: object.to_string(),
-            source: e,
-        })?,
-        None => Box::new(stored),
-    };
-    let (_format, dec) = archive::compress::decoder(plain).map_err(|e| RestoreError::Archive {
-        object: object.to_string(),
-        source: e,
+/// A read-back judged against the manifest: the first problem is the error (walk, then sha256 and size, then
+/// counts when `counts` is asked for).
+fn checked(rb: ReadBack, src: &SourceRecord, counts: bool) -> Result<Walked, RestoreError> {
+    let object = rb.key;
+    let walked = rb.walked.map_err(|e| match e {
+        WalkError::Open(e) => e,
+        WalkError::Entries(source) => RestoreError::Archive {
+            object: object.clone(),
+            source,
+        },
+        WalkError::Trailer(e) => RestoreError::Archive {
+            object: object.clone(),
+            source: archive::ArchiveError::Corrupt(e.to_string()),
+        },
     })?;
-    Ok(dec)
-}
-
-/// Human description of how two counts differ.
-pub fn count_diff(expected: &Counts, found: &Counts) -> String {
-    let mut d = Vec::new();
-    let pairs = [
-        ("entries", expected.entries, found.entries),
-        ("files", expected.files, found.files),
-        ("dirs", expected.dirs, found.dirs),
-        ("symlinks", expected.symlinks, found.symlinks),
-        ("hardlinks", expected.hardlinks, found.hardlinks),
-        ("other", expected.other, found.other),
-        ("bytes", expected.bytes, found.bytes),
-    ];
-    for (n, e, f) in pairs {
-        if e != f {
-            d.push(format!("{n} {f} (expected {e})"));
-        }
+    let (sha, size) = rb
+        .digest
+        .expect("a successful walk is hashed")
+        .map_err(|e| RestoreError::Read {
+            object: object.clone(),
+            message: e.to_string(),
+        })?;
+    if sha != src.sha256 || size != src.stored_bytes {
+        return Err(RestoreError::Checksum {
+            object,
+            expected: src.sha256.clone(),
+            found: sha,
+            expected_size: src.stored_bytes,
+            found_size: size,
+        });
     }
-    d.join(", ")
-}
-
-/// Counts bytes read into the progress bar.
-pub struct ProgressReader<R> {
-    inner: R,
-    progress: Progress,
-}
-
-impl<R> ProgressReader<R> {
-    pub fn new(inner: R, progress: Progress) -> Self {
-        ProgressReader { inner, progress }
+    if let Some(c) = walked.counts().filter(|c| counts && **c != src.counts) {
+        return Err(RestoreError::Counts {
+            detail: count_diff(&src.counts, c),
+            object,
+        });
     }
+    Ok(walked)
 }
 
-impl<R: Read> Read for ProgressReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.progress.inc(n as u64);
-        Ok(n)
-    }
-}
-
-/// Names in an archive (for `--dry-run`), normalized as unpack would.
+/// Names in an archive (for `--dry-run`), read back and checked like a restore reads it.
 async fn list_archive(
     store: Arc<dyn Storage>,
     manifest: &Manifest,
     src: &SourceRecord,
     decryptor: Arc<Decryptor>,
 ) -> Result<BTreeSet<PathBuf>> {
-    let key = catalog::object_key(&manifest.id, &src.object);
-    let reader = pipeline::blocking_reader(store.get(&key).await?);
-    let encrypted = manifest.encryption.is_some();
-    let object = src.object.clone();
-    tokio::task::spawn_blocking(move || -> Result<BTreeSet<PathBuf>> {
-        let dec = tar_stream(reader, encrypted.then_some(&*decryptor), &object)?;
-        let mut a = tar::Archive::new(archive::unpack::meta_capped(dec));
-        let mut names = BTreeSet::new();
-        for e in a.entries().map_err(|e| anyhow!("{object}: {e}"))? {
-            let e = e.map_err(|e| anyhow!("{object}: {e}"))?;
-            let p = e.path().map_err(|e| anyhow!("{object}: {e}"))?;
-            let mut clean = PathBuf::new();
-            for c in p.components() {
-                if let Component::Normal(x) = c {
-                    clean.push(x);
-                }
-            }
-            if !clean.as_os_str().is_empty() {
-                names.insert(clean);
-            }
-        }
-        Ok(names)
-    })
-    .await?
+    let rb = readback::read(
+        store,
+        manifest,
+        src,
+        decryptor,
+        Entries::List,
+        false,
+        Progress::hidden(),
+    )
+    .await?;
+    let Walked::Listed(names) = checked(rb, src, false)? else {
+        unreachable!("list lists")
+    };
+    Ok(names)
 }
 
 /// `restore --archive FILE`: import a plain tar / tar.gz / tar.zst made by other tools.
@@ -1260,15 +1166,16 @@ async fn import(
     let p2 = progress.clone();
     let name = file.display().to_string();
     let result = tokio::task::spawn_blocking(move || -> Result<UnpackReport> {
-        let r = ProgressReader {
-            inner: std::io::BufReader::with_capacity(1 << 20, f),
-            progress: p2,
-        };
-        let (_fmt, mut dec) = archive::compress::decoder(r).map_err(|e| anyhow!("{name}: {e}"))?;
-        let rep =
-            archive::unpack::unpack(&mut dec, &st, &opts).map_err(|e| anyhow!("{name}: {e}"))?;
-        std::io::copy(&mut dec, &mut std::io::sink()).map_err(|e| anyhow!("{name}: {e}"))?;
-        Ok(rep)
+        let r = ProgressReader::new(std::io::BufReader::with_capacity(1 << 20, f), p2);
+        let (_fmt, dec) = archive::compress::decoder(r).map_err(|e| anyhow!("{name}: {e}"))?;
+        let entries = Entries::Unpack { dest: st, opts };
+        match readback::walk(dec, entries) {
+            Ok(Walked::Unpacked(rep)) => Ok(rep),
+            Ok(_) => unreachable!("unpack unpacks"),
+            Err(WalkError::Entries(e)) => Err(anyhow!("{name}: {e}")),
+            Err(WalkError::Trailer(e)) => Err(anyhow!("{name}: {e}")),
+            Err(WalkError::Open(e)) => Err(anyhow!("{name}: {e}")),
+        }
     })
     .await?;
     let result = result.and_then(|rep| {

@@ -18,13 +18,13 @@ use chrono::Utc;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::archive::{self, Counts};
+use crate::archive::Counts;
 use crate::catalog::{self, Manifest, SourceRecord};
 use crate::config::{Config, Target};
 use crate::crypto::Decryptor;
-use crate::pipeline::{self, HashingReader};
 use crate::progress::Progress;
-use crate::restore::{count_diff, fetch_and_unpack, tar_stream, ProgressReader, RestoreError};
+use crate::readback::{self, count_diff, Entries, RestoreError, WalkError};
+use crate::restore::fetch_and_unpack;
 use crate::storage::Storage;
 
 /// `voltar verify`: which backups of which target, and the keys for encrypted ones.
@@ -71,7 +71,8 @@ impl VerifyReport {
     }
 }
 
-/// Check one stored object against its manifest entry: sha256, size, decryption, decompression, counts.
+/// Check one stored object against its manifest entry: sha256, size, decryption, decompression, counts. Every
+/// problem found is listed, each naming the object by its key.
 pub async fn check_object(
     store: Arc<dyn Storage>,
     manifest: &Manifest,
@@ -79,62 +80,68 @@ pub async fn check_object(
     decryptor: Arc<Decryptor>,
     progress: Progress,
 ) -> Vec<String> {
-    let key = catalog::object_key(&manifest.id, &src.object);
-    let stream = match store.get(&key).await {
-        Ok(s) => s,
-        Err(e) => return vec![format!("{key}: {e}")],
+    let rb = match readback::read(
+        store,
+        manifest,
+        src,
+        decryptor,
+        Entries::Scan,
+        true,
+        progress,
+    )
+    .await
+    {
+        Ok(rb) => rb,
+        Err(e) => {
+            return vec![format!(
+                "{}: {e}",
+                catalog::object_key(&manifest.id, &src.object)
+            )]
+        }
     };
-    let reader = pipeline::blocking_reader(stream);
-    let src = src.clone();
-    let encrypted = manifest.encryption.is_some();
-    let joined = tokio::task::spawn_blocking(move || -> Vec<String> {
-        let mut problems = Vec::new();
-        let mut hr = HashingReader::new(ProgressReader::new(reader, progress));
-        let counts: Result<Counts, String> = (|| {
-            let mut dec = tar_stream(&mut hr, encrypted.then_some(&*decryptor), &src.object)
-                .map_err(|e| match e {
-                    // The object is named once, by its key, when the problems are reported.
-                    RestoreError::Crypto { source, .. } => source.to_string(),
-                    RestoreError::Archive { source, .. } => source.to_string(),
-                    other => other.to_string(),
-                })?;
-            let c = archive::unpack::scan(&mut dec).map_err(|e| e.to_string())?;
-            std::io::copy(&mut dec, &mut std::io::sink())
-                .map_err(|e| format!("corrupt archive: {e}"))?;
-            Ok(c)
-        })();
-        match counts {
-            Ok(c) if c != src.counts => problems.push(format!(
-                "archive content does not match the manifest: {}",
-                count_diff(&src.counts, &c)
-            )),
-            Ok(_) => {}
-            Err(e) => problems.push(e),
-        }
-        match hr.finish() {
-            Ok((sha, size)) => {
-                if size != src.stored_bytes {
-                    problems.push(format!(
-                        "size {size} bytes, manifest says {}",
-                        src.stored_bytes
-                    ));
-                }
-                if sha != src.sha256 {
-                    problems.push(format!(
-                        "sha256 {sha} does not match the manifest ({})",
-                        src.sha256
-                    ));
-                }
+    let mut problems = Vec::new();
+    match rb.walked {
+        Ok(w) => {
+            if let Some(c) = w.counts().filter(|c| **c != src.counts) {
+                problems.push(format!(
+                    "archive content does not match the manifest: {}",
+                    count_diff(&src.counts, c)
+                ));
             }
-            Err(e) => problems.push(format!("reading: {e}")),
         }
-        problems
-    })
-    .await;
-    match joined {
-        Ok(p) => p.into_iter().map(|m| format!("{key}: {m}")).collect(),
-        Err(e) => vec![format!("{key}: internal error: {e}")],
+        // The object is named once, by its key, when the problems are reported.
+        Err(WalkError::Open(RestoreError::Crypto { source, .. })) => {
+            problems.push(source.to_string())
+        }
+        Err(WalkError::Open(RestoreError::Archive { source, .. })) => {
+            problems.push(source.to_string())
+        }
+        Err(WalkError::Open(other)) => problems.push(other.to_string()),
+        Err(WalkError::Entries(e)) => problems.push(e.to_string()),
+        Err(WalkError::Trailer(e)) => problems.push(format!("corrupt archive: {e}")),
     }
+    match rb.digest {
+        Some(Ok((sha, size))) => {
+            if size != src.stored_bytes {
+                problems.push(format!(
+                    "size {size} bytes, manifest says {}",
+                    src.stored_bytes
+                ));
+            }
+            if sha != src.sha256 {
+                problems.push(format!(
+                    "sha256 {sha} does not match the manifest ({})",
+                    src.sha256
+                ));
+            }
+        }
+        Some(Err(e)) => problems.push(format!("reading: {e}")),
+        None => {}
+    }
+    problems
+        .into_iter()
+        .map(|m| format!("{}: {m}", rb.key))
+        .collect()
 }
 
 /// Walk a restored tree and compare it with the manifest's counts. Hardlinked files count once as a file and
