@@ -8,6 +8,20 @@ use crate::config::Config;
 use super::render::{count, human, human_ms, local_time, table};
 use super::{out, out_json, TargetArgs, EXIT_FAILED, EXIT_OK};
 
+/// The target a read command uses, and its listing.
+async fn open_listing(
+    config: &Config,
+    job: Option<String>,
+    target: TargetArgs,
+) -> Result<(
+    std::sync::Arc<dyn crate::storage::Storage>,
+    catalog::Listing,
+)> {
+    let store = super::open_one(config, job.as_deref(), &target).await?;
+    let listing = catalog::list(store.as_ref()).await?;
+    Ok((store, listing))
+}
+
 /// `voltar list`: the backups in the target (exit 1 when a manifest is unreadable).
 pub(super) async fn list(
     config: &Config,
@@ -15,8 +29,7 @@ pub(super) async fn list(
     target: TargetArgs,
     json: bool,
 ) -> Result<i32> {
-    let store = super::open_one(config, job.as_deref(), &target).await?;
-    let listing = catalog::list(store.as_ref()).await?;
+    let (store, listing) = open_listing(config, job, target).await?;
     if json {
         out_json(&serde_json::json!({
             "target": store.describe(),
@@ -43,8 +56,7 @@ pub(super) async fn show(
     target: TargetArgs,
     json: bool,
 ) -> Result<i32> {
-    let store = super::open_one(config, job.as_deref(), &target).await?;
-    let listing = catalog::list(store.as_ref()).await?;
+    let (store, listing) = open_listing(config, job, target).await?;
     let m = catalog::resolve(&listing, &backup, None, &sources)?;
     if let Some(n) = sources.iter().find(|n| m.source(n).is_none()) {
         anyhow::bail!("backup {} has no source `{n}`", m.id);

@@ -22,7 +22,7 @@ use crate::docker::Engine;
 use crate::progress::Progress;
 use crate::storage;
 
-pub use self::render::{human, human_ms, out, out_json, table};
+pub use self::render::{emit, human, human_ms, out, out_json, table};
 pub const EXIT_OK: i32 = 0;
 pub const EXIT_FAILED: i32 = 1;
 pub const EXIT_FATAL: i32 = 2;

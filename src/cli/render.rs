@@ -16,6 +16,15 @@ pub fn out(s: &str) {
     }
 }
 
+/// A report on stdout: `--json`, or the text `render` makes of it.
+pub fn emit<T: serde::Serialize>(json: bool, report: &T, render: impl FnOnce(&T) -> String) {
+    if json {
+        out_json(report);
+    } else {
+        out(&render(report));
+    }
+}
+
 pub fn out_json<T: serde::Serialize>(v: &T) {
     let mut s = serde_json::to_string_pretty(v).expect("serializable");
     s.push('\n');

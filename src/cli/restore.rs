@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::progress::Progress;
 use crate::restore::{self, RestoreOutcome, RestoreReport, RestoreRequest, RestoreStatus};
 
-use super::{human, out, out_json, KeyArgs, TargetArgs, EXIT_FAILED, EXIT_OK};
+use super::{emit, human, out, KeyArgs, TargetArgs, EXIT_FAILED, EXIT_OK};
 
 #[derive(Debug, Clone, Args)]
 pub struct RestoreArgs {
@@ -117,11 +117,7 @@ pub async fn command(
             );
         }
     }
-    if json {
-        out_json(&report);
-    } else {
-        out(&render(&report));
-    }
+    emit(json, &report, render);
     Ok(if report.ok() { EXIT_OK } else { EXIT_FAILED })
 }
 

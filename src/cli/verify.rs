@@ -8,7 +8,7 @@ use crate::config::Config;
 use crate::progress::Progress;
 use crate::verify::{self, VerifyReport, VerifyRequest};
 
-use super::{human, out, out_json, KeyArgs, TargetArgs, EXIT_FAILED, EXIT_OK};
+use super::{emit, human, KeyArgs, TargetArgs, EXIT_FAILED, EXIT_OK};
 
 #[derive(Debug, Clone, Args)]
 pub struct VerifyArgs {
@@ -49,11 +49,7 @@ pub async fn command(
         passphrase_file: args.keys.passphrase_file,
     };
     let report = verify::run(config, &req, progress, cancel).await?;
-    if json {
-        out_json(&report);
-    } else {
-        out(&render(&report));
-    }
+    emit(json, &report, render);
     Ok(if report.ok() { EXIT_OK } else { EXIT_FAILED })
 }
 
