@@ -11,7 +11,9 @@
 //! * [`storage`] is a narrow object-store trait with `local` and `s3` backends;
 //! * [`catalog`] names objects and owns the manifest format;
 //! * [`retention`] is pure: policy + backups + now → keep/delete with reasons;
-//! * [`backup`], [`restore`], [`verify`], [`prune`] orchestrate one command each.
+//! * [`backup`], [`restore`], [`verify`], [`prune`] orchestrate one command each: a request in, a report out;
+//! * [`readback`] is the one verified read of a stored object (restore, verify, the dry-run listing, import);
+//! * [`cli`] is the only face: flags → request, report → table or `--json`, exit codes.
 
 pub mod archive;
 pub mod backup;
