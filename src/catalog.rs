@@ -367,6 +367,14 @@ pub enum CatalogError {
     },
     #[error("no backup `{0}` in this target (see `voltar list`)")]
     NotFound(String),
+    #[error("backup {id} cannot be used: {reason}")]
+    Unusable { id: String, reason: String },
+    #[error("no backup `{what}` in this target (see `voltar list`); {count} backup(s) here have an unreadable manifest: {ids}")]
+    NotFoundBesideUnreadable {
+        what: String,
+        count: usize,
+        ids: String,
+    },
     #[error("the sources do not share a newest backup: {common} holds them all, but there are newer backups of {newer}; restore one source at a time (--source NAME), or name a backup id")]
     Mixed { common: String, newer: String },
     #[error(transparent)]
@@ -443,13 +451,59 @@ pub async fn read_manifest(storage: &dyn Storage, id: &BackupId) -> Result<Manif
 }
 
 /// Resolve `latest`, an id, or `--before TIME` against a listing. Pre-restore safety backups are considered
-/// only when asked for by id.
+/// only when asked for by id. The one resolver of `show`, `restore` and `verify`: a backup whose manifest exists
+/// but cannot be read is named as such ("cannot be used", not "no backup"), a failed lookup lists the unreadable
+/// manifests, and `latest` warns (log) when it passes over a newer backup whose manifest is unreadable.
 ///
 /// With `sources`, `latest` is the newest backup that holds every one of them: after a partial run
 /// (`backup --only A`), `latest --source B` is B's newest backup, not the partial one. When the named sources
 /// have different newest backups, that is an error (restoring one of them from an older backup than its newest
 /// would be a silent surprise): the message says to take them one at a time or name a backup id.
 pub fn resolve<'a>(
+    listing: &'a Listing,
+    spec: &str,
+    before: Option<DateTime<Utc>>,
+    sources: &[String],
+) -> Result<&'a Manifest, CatalogError> {
+    if let Some((id, reason)) = listing
+        .unreadable
+        .iter()
+        .find(|(id, _)| id.as_str() == spec)
+    {
+        return Err(CatalogError::Unusable {
+            id: id.to_string(),
+            reason: reason.clone(),
+        });
+    }
+    let m = find(listing, spec, before, sources).map_err(|e| match e {
+        CatalogError::NotFound(what) if !listing.unreadable.is_empty() => {
+            CatalogError::NotFoundBesideUnreadable {
+                what,
+                count: listing.unreadable.len(),
+                ids: listing
+                    .unreadable
+                    .iter()
+                    .map(|(id, _)| id.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }
+        }
+        e => e,
+    })?;
+    if spec == "latest" {
+        for (id, e) in listing
+            .unreadable
+            .iter()
+            .filter(|(id, _)| *id > m.id && before.is_none_or(|b| id.time() <= b))
+        {
+            tracing::warn!("skipping newer backup {id}: {e}; using {}", m.id);
+        }
+    }
+    Ok(m)
+}
+
+/// [`resolve`] among the readable manifests.
+fn find<'a>(
     listing: &'a Listing,
     spec: &str,
     before: Option<DateTime<Utc>>,
@@ -579,6 +633,32 @@ mod tests {
         };
         assert_eq!(listing.backups[0].id, older.id);
         assert_eq!(resolve(&listing, "latest", None, &[]).unwrap().id, newer.id);
+    }
+
+    /// Issue 9: `resolve` is the one resolver of show, restore and verify: a backup whose manifest exists but
+    /// cannot be read is named as such (not "no backup"), and a failed lookup says which manifests are unreadable.
+    #[test]
+    fn issue9_resolve_names_unreadable_manifests() {
+        let t = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
+        let good = manifest_at("20260102T030405Z-0001", t);
+        let bad: BackupId = "20260103T030405Z-0002".parse().unwrap();
+        let listing = Listing {
+            backups: vec![good.clone()],
+            unreadable: vec![(bad.clone(), "truncated JSON".into())],
+            ..Listing::default()
+        };
+        let e = resolve(&listing, bad.as_str(), None, &[]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("backup {bad} cannot be used: truncated JSON")
+        );
+        let e = resolve(&listing, "20010101T000000Z-abcd", None, &[]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("no backup `20010101T000000Z-abcd` in this target (see `voltar list`); 1 backup(s) here have an unreadable manifest: {bad}")
+        );
+        // `latest` passes over the newer unreadable one (with a warning in the log).
+        assert_eq!(resolve(&listing, "latest", None, &[]).unwrap().id, good.id);
     }
 
     /// Issue 8: after a full backup of a and b and a partial one of a, `latest --source b` is the full backup;

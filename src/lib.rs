@@ -11,7 +11,9 @@
 //! * [`storage`] is a narrow object-store trait with `local` and `s3` backends;
 //! * [`catalog`] names objects and owns the manifest format;
 //! * [`retention`] is pure: policy + backups + now → keep/delete with reasons;
-//! * [`backup`], [`restore`], [`verify`], [`prune`] orchestrate one command each.
+//! * [`backup`], [`restore`], [`verify`], [`prune`] orchestrate one command each: a request in, a report out;
+//! * [`readback`] is the one verified read of a stored object (restore, verify, the dry-run listing, import);
+//! * [`cli`] is the only face: flags → request, report → table or `--json`, exit codes.
 
 pub mod archive;
 pub mod backup;
@@ -26,6 +28,7 @@ pub mod plan;
 pub mod progress;
 pub mod prune;
 pub mod quiesce;
+pub mod readback;
 pub mod restore;
 pub mod retention;
 pub mod storage;
@@ -33,3 +36,15 @@ pub mod verify;
 
 /// The version string recorded in manifests.
 pub const TOOL: &str = concat!("voltar ", env!("CARGO_PKG_VERSION"));
+
+/// Error and its causes on one line, without duplicates (thiserror `transparent` repeats messages).
+pub fn error_chain(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for c in e.chain() {
+        let s = c.to_string();
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+    }
+    parts.join(": ")
+}

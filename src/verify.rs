@@ -10,44 +10,37 @@
 
 use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use chrono::Utc;
-use clap::Args;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::archive::{self, Counts};
+use crate::archive::Counts;
 use crate::catalog::{self, Manifest, SourceRecord};
-use crate::cli::{self, KeyArgs, TargetArgs};
-use crate::config::Config;
+use crate::config::{Config, Target};
 use crate::crypto::Decryptor;
-use crate::pipeline::{self, HashingReader};
 use crate::progress::Progress;
-use crate::restore::{count_diff, fetch_and_unpack, tar_stream, ProgressReader, RestoreError};
+use crate::readback::{self, count_diff, Entries, RestoreError, WalkError};
+use crate::restore::fetch_and_unpack;
 use crate::storage::Storage;
 
-#[derive(Debug, Clone, Args)]
-pub struct VerifyArgs {
+/// `voltar verify`: which backups of which target, and the keys for encrypted ones.
+#[derive(Clone, Debug)]
+pub struct VerifyRequest {
+    pub target: Target,
     /// Backup id or `latest` (default: latest).
     pub backup: Option<String>,
-    /// Verify every backup in the target.
-    #[arg(long, conflicts_with = "backup")]
+    /// Every backup in the target.
     pub all: bool,
     /// Also restore each source into a scratch volume and check the restored tree.
-    #[arg(long)]
     pub restore_test: bool,
     /// Only these sources; with `latest`, the newest backup that holds them.
-    #[arg(long = "source", value_name = "NAME")]
     pub sources: Vec<String>,
-    #[arg(long)]
-    pub job: Option<String>,
-    #[command(flatten)]
-    pub target: TargetArgs,
-    #[command(flatten)]
-    pub keys: KeyArgs,
+    pub identities: Vec<PathBuf>,
+    pub passphrase_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -78,7 +71,8 @@ impl VerifyReport {
     }
 }
 
-/// Check one stored object against its manifest entry: sha256, size, decryption, decompression, counts.
+/// Check one stored object against its manifest entry: sha256, size, decryption, decompression, counts. Every
+/// problem found is listed, each naming the object by its key.
 pub async fn check_object(
     store: Arc<dyn Storage>,
     manifest: &Manifest,
@@ -86,62 +80,68 @@ pub async fn check_object(
     decryptor: Arc<Decryptor>,
     progress: Progress,
 ) -> Vec<String> {
-    let key = catalog::object_key(&manifest.id, &src.object);
-    let stream = match store.get(&key).await {
-        Ok(s) => s,
-        Err(e) => return vec![format!("{key}: {e}")],
+    let rb = match readback::read(
+        store,
+        manifest,
+        src,
+        decryptor,
+        Entries::Scan,
+        true,
+        progress,
+    )
+    .await
+    {
+        Ok(rb) => rb,
+        Err(e) => {
+            return vec![format!(
+                "{}: {e}",
+                catalog::object_key(&manifest.id, &src.object)
+            )]
+        }
     };
-    let reader = pipeline::blocking_reader(stream);
-    let src = src.clone();
-    let encrypted = manifest.encryption.is_some();
-    let joined = tokio::task::spawn_blocking(move || -> Vec<String> {
-        let mut problems = Vec::new();
-        let mut hr = HashingReader::new(ProgressReader::new(reader, progress));
-        let counts: Result<Counts, String> = (|| {
-            let mut dec = tar_stream(&mut hr, encrypted.then_some(&*decryptor), &src.object)
-                .map_err(|e| match e {
-                    // The object is named once, by its key, when the problems are reported.
-                    RestoreError::Crypto { source, .. } => source.to_string(),
-                    RestoreError::Archive { source, .. } => source.to_string(),
-                    other => other.to_string(),
-                })?;
-            let c = archive::unpack::scan(&mut dec).map_err(|e| e.to_string())?;
-            std::io::copy(&mut dec, &mut std::io::sink())
-                .map_err(|e| format!("corrupt archive: {e}"))?;
-            Ok(c)
-        })();
-        match counts {
-            Ok(c) if c != src.counts => problems.push(format!(
-                "archive content does not match the manifest: {}",
-                count_diff(&src.counts, &c)
-            )),
-            Ok(_) => {}
-            Err(e) => problems.push(e),
-        }
-        match hr.finish() {
-            Ok((sha, size)) => {
-                if size != src.stored_bytes {
-                    problems.push(format!(
-                        "size {size} bytes, manifest says {}",
-                        src.stored_bytes
-                    ));
-                }
-                if sha != src.sha256 {
-                    problems.push(format!(
-                        "sha256 {sha} does not match the manifest ({})",
-                        src.sha256
-                    ));
-                }
+    let mut problems = Vec::new();
+    match rb.walked {
+        Ok(w) => {
+            if let Some(c) = w.counts().filter(|c| **c != src.counts) {
+                problems.push(format!(
+                    "archive content does not match the manifest: {}",
+                    count_diff(&src.counts, c)
+                ));
             }
-            Err(e) => problems.push(format!("reading: {e}")),
         }
-        problems
-    })
-    .await;
-    match joined {
-        Ok(p) => p.into_iter().map(|m| format!("{key}: {m}")).collect(),
-        Err(e) => vec![format!("{key}: internal error: {e}")],
+        // The object is named once, by its key, when the problems are reported.
+        Err(WalkError::Open(RestoreError::Crypto { source, .. })) => {
+            problems.push(source.to_string())
+        }
+        Err(WalkError::Open(RestoreError::Archive { source, .. })) => {
+            problems.push(source.to_string())
+        }
+        Err(WalkError::Open(other)) => problems.push(other.to_string()),
+        Err(WalkError::Entries(e)) => problems.push(e.to_string()),
+        Err(WalkError::Trailer(e)) => problems.push(format!("corrupt archive: {e}")),
     }
+    match rb.digest {
+        Some(Ok((sha, size))) => {
+            if size != src.stored_bytes {
+                problems.push(format!(
+                    "size {size} bytes, manifest says {}",
+                    src.stored_bytes
+                ));
+            }
+            if sha != src.sha256 {
+                problems.push(format!(
+                    "sha256 {sha} does not match the manifest ({})",
+                    src.sha256
+                ));
+            }
+        }
+        Some(Err(e)) => problems.push(format!("reading: {e}")),
+        None => {}
+    }
+    problems
+        .into_iter()
+        .map(|m| format!("{}: {m}", rb.key))
+        .collect()
 }
 
 /// Walk a restored tree and compare it with the manifest's counts. Hardlinked files count once as a file and
@@ -190,18 +190,20 @@ pub fn check_tree(root: &Path, expected: &Counts) -> Vec<String> {
     }
 }
 
-pub async fn command(
+/// Check the chosen backups; problems are in the report, `Err` is a fatal or usage error.
+pub async fn run(
     config: &Config,
-    args: VerifyArgs,
-    json: bool,
+    args: &VerifyRequest,
     progress: Progress,
     cancel: CancellationToken,
-) -> Result<i32> {
-    let store = cli::open_one(config, args.job.as_deref(), &args.target).await?;
+) -> Result<VerifyReport> {
+    let store = crate::storage::open(&args.target)
+        .await
+        .with_context(|| format!("opening target {}", args.target.name))?;
     let listing = catalog::list(store.as_ref()).await?;
     let decryptor = Arc::new(Decryptor::load(
-        &args.keys.identities,
-        args.keys.passphrase_file.as_deref(),
+        &args.identities,
+        args.passphrase_file.as_deref(),
     )?);
     let mut report = VerifyReport {
         target: store.describe(),
@@ -219,14 +221,14 @@ pub async fn command(
             // Already in the problems: its manifest cannot be read.
             vec![]
         } else {
-            match crate::restore::resolve(&listing, &spec, None, &args.sources) {
+            match catalog::resolve(&listing, &spec, None, &args.sources) {
                 Ok(m) => vec![m.clone()],
                 // Nothing to pick because manifests are unreadable: report those (exit 1), not a usage error.
                 Err(e) if !report.problems.is_empty() => {
-                    report.problems.push(format!("{e:#}"));
+                    report.problems.push(e.to_string());
                     vec![]
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             }
         }
     };
@@ -292,46 +294,7 @@ pub async fn command(
         }
     }
     progress.finish();
-    if json {
-        cli::out_json(&report);
-    } else {
-        let mut out = String::new();
-        for c in &report.checks {
-            if c.ok {
-                out.push_str(&format!(
-                    "ok      {} {} ({}){}\n",
-                    c.backup,
-                    c.source,
-                    cli::human(c.stored_bytes),
-                    if c.restore_tested {
-                        ", restore-tested"
-                    } else {
-                        ""
-                    }
-                ));
-            } else {
-                for p in &c.problems {
-                    out.push_str(&format!("FAILED  {} {}: {p}\n", c.backup, c.source));
-                }
-            }
-        }
-        for p in &report.problems {
-            out.push_str(&format!("FAILED  {p}\n"));
-        }
-        let bad = report.checks.iter().filter(|c| !c.ok).count() + report.problems.len();
-        out.push_str(&format!(
-            "{} object(s) checked in {}, {} problem(s)\n",
-            report.checks.len(),
-            report.target,
-            bad
-        ));
-        cli::out(&out);
-    }
-    Ok(if report.ok() {
-        cli::EXIT_OK
-    } else {
-        cli::EXIT_FAILED
-    })
+    Ok(report)
 }
 
 async fn restore_test(

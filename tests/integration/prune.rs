@@ -614,7 +614,7 @@ async fn leftover_uploads_are_listed_first_then_removed(s: &dyn Storage) {
         "{dry:?}"
     );
     assert_eq!(dry.swept_uploads, 0);
-    let text = prune::render(&dry);
+    let text = voltar::cli::prune::render(&dry);
     assert!(text.contains("would be removed"), "{text}");
     assert_eq!(
         s.stale_uploads(std::time::Duration::ZERO)
@@ -630,7 +630,7 @@ async fn leftover_uploads_are_listed_first_then_removed(s: &dyn Storage) {
     assert!(r.is_ok(), "{:?}", r.errors);
     assert_eq!(r.leftover_uploads, dry.leftover_uploads);
     assert_eq!(r.swept_uploads, 1);
-    assert!(prune::render(&r).contains("1 leftover upload(s) removed"));
+    assert!(voltar::cli::prune::render(&r).contains("1 leftover upload(s) removed"));
     assert!(s
         .stale_uploads(std::time::Duration::ZERO)
         .await

@@ -1,0 +1,336 @@
+//! `voltar plan` and `voltar backup`: run them, render the plan and the run summary (tables or `--json`), exit codes.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+
+use crate::backup::{self, BackupRequest, RunReport, Status};
+use crate::config::Config;
+use crate::progress::Progress;
+
+use super::render::{count, human, human_ms, table};
+use super::{out, out_json, TargetArgs, EXIT_OK};
+
+/// `voltar plan`: the plan, with each source's size unless `no_size`.
+pub(super) async fn plan(
+    config: &Config,
+    job: Option<String>,
+    only: Vec<String>,
+    no_size: bool,
+    json: bool,
+) -> Result<i32> {
+    let engine = super::connect(config).await?;
+    let job = config.job(job.as_deref())?;
+    let plan = crate::backup::plan_for(&engine, job, &only, &config.state_dir).await?;
+    let sizes = if no_size {
+        None
+    } else {
+        let paths: Vec<PathBuf> = plan.sources.iter().map(|s| s.path.clone()).collect();
+        Some(
+            tokio::task::spawn_blocking(move || {
+                paths.iter().map(|p| dir_size(p)).collect::<Vec<_>>()
+            })
+            .await?,
+        )
+    };
+    if json {
+        // Fields in the order of the plan's own JSON (as in `backup --json`), with each source's size.
+        #[derive(serde::Serialize)]
+        struct SizedSource<'a> {
+            #[serde(flatten)]
+            source: &'a crate::plan::PlannedSource,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            size: Option<u64>,
+        }
+        #[derive(serde::Serialize)]
+        struct PlanOut<'a> {
+            sources: Vec<SizedSource<'a>>,
+            skipped: &'a [crate::plan::SkippedSource],
+        }
+        let doc = PlanOut {
+            sources: plan
+                .sources
+                .iter()
+                .enumerate()
+                .map(|(i, source)| SizedSource {
+                    source,
+                    size: sizes.as_ref().and_then(|v| v.get(i).copied().flatten()),
+                })
+                .collect(),
+            skipped: &plan.skipped,
+        };
+        out_json(&doc);
+    } else {
+        out(&render_plan(&plan, sizes.as_deref()));
+    }
+    Ok(EXIT_OK)
+}
+
+/// The flags of `voltar backup`.
+pub(super) struct BackupFlags {
+    pub job: Option<String>,
+    pub target: TargetArgs,
+    pub only: Vec<String>,
+    pub dry_run: bool,
+    pub no_prune: bool,
+}
+
+/// `voltar backup`: the run's summary table (`--quiet`: only when something failed), or the plan (`--dry-run`).
+pub(super) async fn backup(
+    config: &Config,
+    flags: BackupFlags,
+    json: bool,
+    quiet: bool,
+    progress: Progress,
+    cancel: CancellationToken,
+) -> Result<i32> {
+    let BackupFlags {
+        job,
+        target,
+        only,
+        dry_run,
+        no_prune,
+    } = flags;
+    let targets = super::resolve_targets(config, job.as_deref(), &target)?;
+    let engine = super::connect(config).await?;
+    let mut jobcfg = config.job(job.as_deref())?.clone();
+    if no_prune {
+        jobcfg.prune = false;
+    }
+    let env = backup::Env {
+        config,
+        engine: &engine,
+        progress: progress.clone(),
+        cancel,
+        now: Utc::now(),
+    };
+    let req = BackupRequest {
+        job: jobcfg,
+        targets,
+        only,
+        dry_run,
+        tags: vec![],
+    };
+    let report = backup::run(&env, &req).await?;
+    progress.finish();
+    if json {
+        out_json(&report);
+    } else if dry_run {
+        out(&render_plan(&report.plan, None));
+    } else if !(quiet && report.exit_code() == EXIT_OK) {
+        // `--quiet` (cron): silent on success, the full summary when something failed.
+        out(&render_run(&report));
+    }
+    Ok(report.exit_code())
+}
+
+/// Apparent size of a directory tree (regular files), for `plan`.
+fn dir_size(p: &std::path::Path) -> Option<u64> {
+    if !p.is_dir() {
+        return None;
+    }
+    Some(
+        walkdir::WalkDir::new(p)
+            .follow_links(false)
+            .into_iter()
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.metadata().ok())
+            .filter(|m| m.is_file())
+            .map(|m| m.len())
+            .sum(),
+    )
+}
+
+fn render_plan(plan: &crate::plan::Plan, sizes: Option<&[Option<u64>]>) -> String {
+    let mut rows = vec![vec![
+        "SOURCE".to_string(),
+        "KIND".into(),
+        "SIZE".into(),
+        "CONTAINER".into(),
+        "PROJECT/SERVICE".into(),
+        "STATE".into(),
+        "MOUNT".into(),
+        "ACTION".into(),
+    ]];
+    for (i, s) in plan.sources.iter().enumerate() {
+        let size = sizes
+            .and_then(|v| v.get(i).copied().flatten())
+            .map(human)
+            .unwrap_or_else(|| "-".into());
+        if s.containers.is_empty() {
+            rows.push(vec![
+                s.name.clone(),
+                s.kind.to_string(),
+                size.clone(),
+                "-".into(),
+                "".into(),
+                "".into(),
+                "".into(),
+                "".into(),
+            ]);
+        }
+        for (j, c) in s.containers.iter().enumerate() {
+            let ps = match (&c.compose_project, &c.compose_service) {
+                (Some(p), Some(sv)) => format!("{p}/{sv}"),
+                _ => String::new(),
+            };
+            rows.push(vec![
+                if j == 0 {
+                    s.name.clone()
+                } else {
+                    String::new()
+                },
+                if j == 0 {
+                    s.kind.to_string()
+                } else {
+                    String::new()
+                },
+                if j == 0 { size.clone() } else { String::new() },
+                c.name.clone(),
+                ps,
+                c.state.clone(),
+                if c.rw { "rw".into() } else { "ro".into() },
+                format!("{} ({})", c.action, c.reason),
+            ]);
+        }
+    }
+    let mut out = format!("{} source(s) to back up:\n", plan.sources.len());
+    out.push_str(&table(&rows));
+    if !plan.skipped.is_empty() {
+        out.push_str(&format!("\n{} skipped:\n", plan.skipped.len()));
+        let mut rows = vec![vec!["SOURCE".to_string(), "KIND".into(), "REASON".into()]];
+        for s in &plan.skipped {
+            rows.push(vec![s.name.clone(), s.kind.to_string(), s.reason.clone()]);
+        }
+        out.push_str(&table(&rows));
+    }
+    out
+}
+
+fn ratio(bytes: u64, stored: u64) -> String {
+    if stored == 0 || bytes == 0 {
+        "-".into()
+    } else {
+        format!("{:.2}x", bytes as f64 / stored as f64)
+    }
+}
+
+/// Entries not archived shown per source in the summary table's footer.
+const NOT_ARCHIVED_SHOWN: usize = 10;
+
+fn render_run(r: &RunReport) -> String {
+    let mut rows = vec![vec![
+        "SOURCE".to_string(),
+        "FILES".into(),
+        "BYTES IN".into(),
+        "STORED".into(),
+        "RATIO".into(),
+        "TIME".into(),
+        "DOWNTIME".into(),
+        "STATUS".into(),
+    ]];
+    for s in &r.sources {
+        let status = match s.status {
+            Status::Ok => "ok".to_string(),
+            Status::Partial => format!(
+                "partial: {}",
+                s.target_errors
+                    .iter()
+                    .map(|(t, e)| format!("{t}: {e}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+            Status::Incomplete => {
+                let mut t = format!(
+                    "INCOMPLETE: {} not archived",
+                    count(s.not_archived_count, "entry", "entries")
+                );
+                for (target, e) in &s.target_errors {
+                    t.push_str(&format!("; not stored on {target}: {e}"));
+                }
+                t
+            }
+            Status::Failed => format!("FAILED: {}", s.error.clone().unwrap_or_default()),
+            Status::Skipped => "skipped".into(),
+        };
+        let downtime = s
+            .containers
+            .iter()
+            .filter(|c| c.downtime_ms > 0)
+            .map(|c| format!("{} {} {}", c.name, c.action, human_ms(c.downtime_ms)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        rows.push(vec![
+            s.name.clone(),
+            s.counts.files.to_string(),
+            human(s.counts.bytes),
+            human(s.stored_bytes),
+            ratio(s.counts.bytes, s.stored_bytes),
+            human_ms(s.read_ms),
+            if downtime.is_empty() {
+                "-".into()
+            } else {
+                downtime
+            },
+            status,
+        ]);
+    }
+    let mut out = format!("backup {} (job {})\n", r.id, r.job);
+    out.push_str(&table(&rows));
+    // Entries missing from an archive first: they are why a source is incomplete (the list is capped per source,
+    // the count is exact).
+    for s in r.sources.iter().filter(|s| s.not_archived_count > 0) {
+        for e in s.not_archived.iter().take(NOT_ARCHIVED_SHOWN) {
+            out.push_str(&format!("not archived: {}: {e}\n", s.name));
+        }
+        let shown = s.not_archived.len().min(NOT_ARCHIVED_SHOWN) as u64;
+        if s.not_archived_count > shown {
+            out.push_str(&format!(
+                "not archived: {}: … and {} more (--json and `voltar show` list up to {})\n",
+                s.name,
+                s.not_archived_count - shown,
+                backup::NOT_ARCHIVED_LISTED
+            ));
+        }
+    }
+    for w in r
+        .sources
+        .iter()
+        .flat_map(|s| s.warnings.iter().map(move |w| (s, w)))
+        .take(20)
+    {
+        out.push_str(&format!("warning: {}: {}\n", w.0.name, w.1));
+    }
+    for t in &r.targets {
+        let state = if t.committed {
+            "committed".to_string()
+        } else {
+            format!("NOT committed: {}", t.error.clone().unwrap_or_default())
+        };
+        out.push_str(&format!("target {}: {state}\n", t.location));
+        if t.committed {
+            if let Some(e) = &t.error {
+                out.push_str(&format!("  error: {e}\n"));
+            }
+        }
+        if let Some(p) = &t.prune {
+            out.push_str(&format!(
+                "  pruned: {} deleted, {} kept\n",
+                p.deleted.len(),
+                p.decisions.len().saturating_sub(p.deleted.len())
+            ));
+        }
+        if let Some(why) = &t.prune_skipped {
+            out.push_str(&format!("  prune skipped: {why}\n"));
+        }
+    }
+    for n in &r.notes {
+        out.push_str(&format!("note: {n}\n"));
+    }
+    for n in &r.recovered {
+        out.push_str(&format!("recovered: {n}\n"));
+    }
+    out
+}

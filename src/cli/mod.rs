@@ -1,0 +1,398 @@
+//! Command line: clap types, output formatting (tables, `--json`) and exit codes. No business logic here.
+//!
+//! Exit codes (for cron and monitoring): 0 everything succeeded; 1 the command ran but something failed (a
+//! source, a target, a verification); 2 fatal or usage error (bad config, unreachable engine, unknown backup);
+//! 130/143 interrupted by SIGINT/SIGTERM (containers were resumed, nothing was committed).
+
+mod backup;
+mod catalog;
+pub mod prune;
+mod render;
+mod restore;
+mod verify;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, Target};
+use crate::docker::Engine;
+use crate::progress::Progress;
+use crate::storage;
+
+pub use self::render::{emit, human, human_ms, out, out_json, table};
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_FAILED: i32 = 1;
+pub const EXIT_FATAL: i32 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "voltar",
+    version,
+    about = "Back up and restore Docker volumes: consistent, streaming, local and S3, encrypted",
+    after_help = "Exit codes: 0 ok, 1 something failed, 2 fatal or usage error, 130/143 interrupted.\nDocs: README.md; config reference: config.example.toml"
+)]
+pub struct Cli {
+    /// Config file (default: /etc/voltar/config.toml, then ./voltar.toml, else built-in defaults).
+    #[arg(short, long, global = true, env = "VOLTAR_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Machine-readable JSON on stdout instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More log output (-v info, -vv debug, -vvv trace). VOLTAR_LOG=... overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only errors on stderr, no progress bar; `backup` prints its summary only when something failed (cron).
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TargetArgs {
+    /// Storage to use: a directory, file:///dir, s3://bucket/prefix, or the name of a configured target.
+    /// A bare name must be a configured target or an existing directory (write ./NAME for a new one).
+    /// Repeat to write to several (backup). Overrides the config's targets.
+    #[arg(short = 't', long = "target", value_name = "TARGET")]
+    pub targets: Vec<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct KeyArgs {
+    /// age identity file or ssh private key for encrypted backups (repeatable).
+    #[arg(short = 'i', long = "identity", value_name = "FILE")]
+    pub identities: Vec<PathBuf>,
+    /// File holding the passphrase of passphrase-encrypted backups.
+    #[arg(long, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show what would be backed up: volumes, bind mounts, the containers using them and what voltar will do.
+    #[command(alias = "discover")]
+    Plan {
+        #[arg(long)]
+        job: Option<String>,
+        /// Only these sources.
+        #[arg(long = "only", value_name = "SOURCE")]
+        only: Vec<String>,
+        /// Skip computing sizes (faster on huge volumes).
+        #[arg(long)]
+        no_size: bool,
+    },
+    /// Back up the selected volumes and bind mounts.
+    Backup {
+        #[arg(long)]
+        job: Option<String>,
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Only these sources (volume names or bind-… names from `voltar plan`).
+        #[arg(long = "only", value_name = "SOURCE")]
+        only: Vec<String>,
+        /// Show the plan and stop.
+        #[arg(long)]
+        dry_run: bool,
+        /// Do not prune after the backup, even when the job has a retention policy.
+        #[arg(long)]
+        no_prune: bool,
+    },
+    /// List the backups in a target.
+    List {
+        #[arg(long)]
+        job: Option<String>,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Show one backup: sources, sizes, containers, downtime, sha256.
+    Show {
+        /// Backup id or `latest`.
+        backup: String,
+        /// With `latest`: the newest backup that holds these sources.
+        #[arg(long = "source", value_name = "NAME")]
+        sources: Vec<String>,
+        #[arg(long)]
+        job: Option<String>,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Restore volumes from a backup (or import a plain archive with --archive).
+    Restore(restore::RestoreArgs),
+    /// Check that backups are complete and restorable.
+    Verify(verify::VerifyArgs),
+    /// Delete backups by the retention policy.
+    Prune(prune::PruneArgs),
+    /// Put back containers that a killed run left paused or stopped, and remove restore staging directories it
+    /// left behind.
+    Recover,
+}
+
+/// Entry point used by `main`: parse, run, map to an exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_FATAL } else { EXIT_OK };
+            let _ = e.print();
+            return code;
+        }
+    };
+    init_logging(cli.verbose, cli.quiet);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("voltar: cannot start the async runtime: {e}");
+            return EXIT_FATAL;
+        }
+    };
+    let cancel = CancellationToken::new();
+    let stop = Stopping::of(&cli.command);
+    let signal = rt.block_on(async { install_signals(cancel.clone(), stop) });
+    let result = rt.block_on(async {
+        let cmd = run(cli, cancel.clone());
+        if stop == Stopping::Drop {
+            // Nothing to put back: stop at once instead of waiting for a request or its retries.
+            tokio::select! {
+                r = cmd => r,
+                _ = cancel.cancelled() => Err(anyhow::anyhow!("interrupted")),
+            }
+        } else {
+            cmd.await
+        }
+    });
+    let code = match result {
+        Ok(code) => code,
+        Err(e) => {
+            if cancel.is_cancelled() {
+                eprintln!("voltar: interrupted{}", stop.after());
+            } else {
+                eprintln!("voltar: error: {}", chain(&e));
+            }
+            EXIT_FATAL
+        }
+    };
+    // A dropped command may leave a blocking read or a request behind: do not wait for it.
+    rt.shutdown_timeout(std::time::Duration::from_millis(500));
+    if cancel.is_cancelled() {
+        return signal.load(std::sync::atomic::Ordering::SeqCst);
+    }
+    code
+}
+
+/// What a SIGINT/SIGTERM does to a command, and what it says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stopping {
+    /// Backup: the run resumes its containers and discards the unfinished backup itself.
+    Backup,
+    /// Restore (and verify --restore-test, recover): the command puts containers and volumes back itself.
+    Restore,
+    /// Read-only or crash-safe commands (plan, list, show, verify, prune): dropped at once.
+    Drop,
+}
+
+impl Stopping {
+    fn of(c: &Command) -> Stopping {
+        match c {
+            Command::Backup { .. } => Stopping::Backup,
+            Command::Restore(_) | Command::Recover => Stopping::Restore,
+            Command::Verify(a) if a.restore_test => Stopping::Restore,
+            _ => Stopping::Drop,
+        }
+    }
+    fn now(self) -> &'static str {
+        match self {
+            Stopping::Backup => {
+                "stopping: resuming containers and discarding the unfinished backup"
+            }
+            Stopping::Restore => "stopping: putting containers back; nothing is swapped in",
+            Stopping::Drop => "stopping",
+        }
+    }
+    fn after(self) -> &'static str {
+        match self {
+            Stopping::Backup => ": containers were resumed, nothing was committed",
+            Stopping::Restore => ": containers were put back, the volume was not changed",
+            Stopping::Drop => "",
+        }
+    }
+}
+
+pub use crate::error_chain as chain;
+
+fn init_logging(verbose: u8, quiet: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = if quiet {
+        "error"
+    } else {
+        match verbose {
+            0 => "voltar=warn",
+            1 => "voltar=info",
+            2 => "voltar=debug",
+            // Never below info for the AWS SDK: it could log request details.
+            _ => "voltar=trace,aws=info,aws_smithy=info,hyper=info",
+        }
+    };
+    let filter = EnvFilter::try_from_env("VOLTAR_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        // No colour codes in cron mails, log files and pipes.
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none(),
+        )
+        .with_target(false)
+        .without_time()
+        .try_init();
+}
+
+/// First SIGINT/SIGTERM cancels the run (the guard still resumes containers). Returns the exit code to use.
+fn install_signals(
+    cancel: CancellationToken,
+    stop: Stopping,
+) -> std::sync::Arc<std::sync::atomic::AtomicI32> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let code = std::sync::Arc::new(std::sync::atomic::AtomicI32::new(130));
+    let c2 = code.clone();
+    tokio::spawn(async move {
+        let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            return;
+        };
+        loop {
+            let n = tokio::select! {
+                _ = int.recv() => 130,
+                _ = term.recv() => 143,
+            };
+            if cancel.is_cancelled() {
+                if stop != Stopping::Drop {
+                    eprintln!("voltar: already stopping: putting containers back first");
+                }
+                continue;
+            }
+            c2.store(n, std::sync::atomic::Ordering::SeqCst);
+            eprintln!("voltar: {}", stop.now());
+            // Cancel first: a request that gives up because of the shutdown below must find the run
+            // cancelled, so that its error is reported as the interruption it is.
+            cancel.cancel();
+            // Retries end now everywhere (storage requests get a short grace, then give up).
+            crate::storage::retry::request_shutdown();
+        }
+    });
+    code
+}
+
+async fn connect(config: &Config) -> Result<Engine> {
+    Ok(Engine::connect(config.docker_host.as_deref()).await?)
+}
+
+/// The targets a command uses: `--target` values (URLs or configured names), else the job's.
+pub fn resolve_targets(
+    config: &Config,
+    job: Option<&str>,
+    args: &TargetArgs,
+) -> Result<Vec<Target>> {
+    if !args.targets.is_empty() {
+        return args
+            .targets
+            .iter()
+            .map(|t| Ok(config.target_arg(t)?))
+            .collect();
+    }
+    let job = config.job(job)?;
+    let targets: Vec<Target> = job
+        .targets
+        .iter()
+        .filter_map(|n| config.targets.get(n).cloned())
+        .collect();
+    if targets.is_empty() {
+        anyhow::bail!(
+            "no target: pass --target DIR or s3://bucket/prefix, or configure [target.NAME] in the config"
+        );
+    }
+    Ok(targets)
+}
+
+/// The one target a read command uses: the first of [`resolve_targets`].
+pub async fn open_one(
+    config: &Config,
+    job: Option<&str>,
+    args: &TargetArgs,
+) -> Result<std::sync::Arc<dyn storage::Storage>> {
+    let t = resolve_targets(config, job, args)?.remove(0);
+    let s = storage::open(&t)
+        .await
+        .with_context(|| format!("opening target {}", t.name))?;
+    Ok(s)
+}
+
+async fn run(cli: Cli, cancel: CancellationToken) -> Result<i32> {
+    let config = Config::load(cli.config.as_deref())?;
+    let progress = if cli.json || cli.quiet {
+        Progress::hidden()
+    } else {
+        Progress::new(true)
+    };
+    match cli.command {
+        Command::Plan { job, only, no_size } => {
+            backup::plan(&config, job, only, no_size, cli.json).await
+        }
+        Command::Backup {
+            job,
+            target,
+            only,
+            dry_run,
+            no_prune,
+        } => {
+            let flags = backup::BackupFlags {
+                job,
+                target,
+                only,
+                dry_run,
+                no_prune,
+            };
+            backup::backup(&config, flags, cli.json, cli.quiet, progress, cancel).await
+        }
+        Command::List { job, target } => catalog::list(&config, job, target, cli.json).await,
+        Command::Show {
+            backup,
+            sources,
+            job,
+            target,
+        } => catalog::show(&config, backup, sources, job, target, cli.json).await,
+        Command::Restore(args) => restore::command(&config, args, cli.json, progress, cancel).await,
+        Command::Verify(args) => verify::command(&config, args, cli.json, progress, cancel).await,
+        Command::Prune(args) => prune::command(&config, args, cli.json).await,
+        Command::Recover => {
+            let engine = connect(&config).await?;
+            let report = crate::quiesce::recover(&config.state_dir, &engine).await?;
+            let mut lines = report.lines();
+            // Spool files of a killed backup (see `pipeline::sweep_spool`).
+            let spool = config.spool_dir();
+            for p in crate::pipeline::sweep_spool(&spool)
+                .with_context(|| format!("cleaning the spool directory {}", spool.display()))?
+            {
+                lines.push(format!(
+                    "removed spool file {} left by an interrupted run",
+                    p.display()
+                ));
+            }
+            if cli.json {
+                out_json(&serde_json::json!({ "recovered": lines }));
+            } else if lines.is_empty() {
+                out("nothing to recover: no interrupted run left containers paused or stopped, or restore staging directories behind\n");
+            } else {
+                out(&lines.iter().map(|l| format!("{l}\n")).collect::<String>());
+            }
+            Ok(EXIT_OK)
+        }
+    }
+}

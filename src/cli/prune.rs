@@ -1,0 +1,212 @@
+//! `voltar prune`: flags (as restic's `forget` has them) override the configured policy; the table.
+
+use chrono::Utc;
+
+use crate::prune::{run, PruneReport, PruneRequest};
+use crate::retention::Policy;
+use crate::retention::{format_duration, Action};
+
+/// Arguments of `voltar prune`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PruneArgs {
+    /// Prune only this job's backups, with its policy (default: the default job's policy, all jobs' backups
+    /// judged per job).
+    #[arg(long)]
+    pub job: Option<String>,
+    #[command(flatten)]
+    pub target: super::TargetArgs,
+    #[arg(long, value_name = "N")]
+    pub keep_last: Option<u32>,
+    #[arg(long, value_name = "N")]
+    pub keep_hourly: Option<u32>,
+    #[arg(long, value_name = "N")]
+    pub keep_daily: Option<u32>,
+    #[arg(long, value_name = "N")]
+    pub keep_weekly: Option<u32>,
+    #[arg(long, value_name = "N")]
+    pub keep_monthly: Option<u32>,
+    #[arg(long, value_name = "N")]
+    pub keep_yearly: Option<u32>,
+    /// Keep everything within this duration of the newest backup (e.g. 14d).
+    #[arg(long, value_name = "DURATION")]
+    pub keep_within: Option<String>,
+    /// Show the decisions, delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+pub async fn command(
+    config: &crate::config::Config,
+    args: PruneArgs,
+    json: bool,
+) -> anyhow::Result<i32> {
+    let targets = super::resolve_targets(config, args.job.as_deref(), &args.target)?;
+    config.job(args.job.as_deref())?;
+    let flags = args.keep_last.is_some()
+        || args.keep_hourly.is_some()
+        || args.keep_daily.is_some()
+        || args.keep_weekly.is_some()
+        || args.keep_monthly.is_some()
+        || args.keep_yearly.is_some()
+        || args.keep_within.is_some();
+    let policy = if flags {
+        Some(Policy {
+            keep_last: args.keep_last,
+            keep_hourly: args.keep_hourly,
+            keep_daily: args.keep_daily,
+            keep_weekly: args.keep_weekly,
+            keep_monthly: args.keep_monthly,
+            keep_yearly: args.keep_yearly,
+            keep_within: match &args.keep_within {
+                Some(w) => Some(chrono::Duration::from_std(
+                    crate::config::parse_duration(w)
+                        .map_err(|m| anyhow::anyhow!("--keep-within: {m}"))?,
+                )?),
+                None => None,
+            },
+        })
+    } else {
+        None
+    };
+    let req = PruneRequest {
+        targets,
+        job: args.job,
+        policy,
+        dry_run: args.dry_run,
+        now: Utc::now(),
+    };
+    let reports = run(config, &req).await?;
+    if json {
+        super::out_json(&reports);
+    } else {
+        for r in &reports {
+            super::out(&render(r));
+        }
+    }
+    Ok(if reports.iter().all(PruneReport::is_ok) {
+        super::EXIT_OK
+    } else {
+        super::EXIT_FAILED
+    })
+}
+
+/// The prune table: one line per backup with its decision and reasons.
+pub fn render(r: &PruneReport) -> String {
+    let mut rows = vec![vec![
+        "ID".to_string(),
+        "TIME".into(),
+        "JOB".into(),
+        "ACTION".into(),
+        "REASONS".into(),
+    ]];
+    for d in &r.decisions {
+        rows.push(vec![
+            d.id.to_string(),
+            d.time
+                .with_timezone(&chrono::Local)
+                .format("%Y-%m-%d %H:%M")
+                .to_string(),
+            d.job.clone(),
+            match d.action {
+                Action::Keep => "keep".into(),
+                Action::Delete => {
+                    if r.dry_run {
+                        "would delete".into()
+                    } else {
+                        "delete".into()
+                    }
+                }
+            },
+            if d.reasons.is_empty() {
+                // `reasons` are the rules that keep a backup; a deleted one matched none of them.
+                "matches no keep rule".to_string()
+            } else {
+                d.reasons.join(", ")
+            },
+        ]);
+    }
+    let mut out = format!(
+        "{}prune {}\n",
+        if r.dry_run { "dry-run: " } else { "" },
+        r.target
+    );
+    out.push_str(&super::table(&rows));
+    for i in &r.incomplete {
+        out.push_str(&format!(
+            "incomplete {}: {:?} ({})\n",
+            i.id, i.action, i.reason
+        ));
+    }
+    for u in &r.leftover_uploads {
+        let mut what = Vec::new();
+        if let Some(n) = u.size {
+            what.push(super::human(n));
+        }
+        if let Some(t) = u.last_activity {
+            what.push(format!(
+                "last written {} ago",
+                format_duration(Utc::now().signed_duration_since(t))
+            ));
+        }
+        out.push_str(&format!(
+            "leftover upload {}{}: {} (left by an interrupted backup; older than the grace period)\n",
+            u.key,
+            if what.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", what.join(", "))
+            },
+            if r.dry_run {
+                "would be removed"
+            } else if r.errors.iter().any(|e| e.step == "sweep interrupted uploads") {
+                "not removed (see the error below)"
+            } else {
+                "removed"
+            }
+        ));
+    }
+    for u in &r.unreadable {
+        out.push_str(&format!("unreadable {}: {} (kept)\n", u.id, u.reason));
+    }
+    for n in &r.notes {
+        out.push_str(&format!("note: {n}\n"));
+    }
+    for e in &r.errors {
+        out.push_str(&format!(
+            "error: {}{}: {}\n",
+            e.id.as_ref().map(|i| format!("{i} ")).unwrap_or_default(),
+            e.step,
+            e.error
+        ));
+    }
+    out.push_str(&format!(
+        "{} backup(s) {}deleted, {} incomplete removed",
+        if r.dry_run {
+            r.decisions
+                .iter()
+                .filter(|d| matches!(d.action, Action::Delete))
+                .count()
+        } else {
+            r.deleted.len()
+        },
+        if r.dry_run { "would be " } else { "" },
+        r.incomplete_removed.len()
+    ));
+    if !r.leftover_uploads.is_empty() {
+        out.push_str(&format!(
+            ", {} leftover upload(s) {}",
+            if r.dry_run {
+                r.leftover_uploads.len()
+            } else {
+                r.swept_uploads
+            },
+            if r.dry_run {
+                "would be removed"
+            } else {
+                "removed"
+            }
+        ));
+    }
+    out.push('\n');
+    out
+}

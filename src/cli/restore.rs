@@ -1,0 +1,220 @@
+//! `voltar restore`: flags, the report text, failures on stderr, the exit code.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use chrono::Utc;
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::progress::Progress;
+use crate::restore::{self, RestoreOutcome, RestoreReport, RestoreRequest, RestoreStatus};
+
+use super::{emit, human, out, KeyArgs, TargetArgs, EXIT_FAILED, EXIT_OK};
+
+#[derive(Debug, Clone, Args)]
+pub struct RestoreArgs {
+    /// Backup id or `latest` (see `voltar list`).
+    pub backup: Option<String>,
+    /// With `latest`: the newest backup taken at or before TIME (RFC 3339, `YYYY-MM-DD[ HH:MM]` local, or an
+    /// age such as `2d`).
+    #[arg(long, value_name = "TIME")]
+    pub before: Option<String>,
+    /// Only these sources of the backup (default: all).
+    #[arg(long = "source", value_name = "NAME")]
+    pub sources: Vec<String>,
+    /// Restore into a new volume (created with the original driver, options and labels).
+    #[arg(long, value_name = "NAME", conflicts_with = "to_dir")]
+    pub to_volume: Option<String>,
+    /// Restore into a directory on the host.
+    #[arg(long, value_name = "PATH")]
+    pub to_dir: Option<PathBuf>,
+    /// Restore only these files or directories (relative to the volume root).
+    #[arg(long = "path", value_name = "SUBPATH")]
+    pub paths: Vec<PathBuf>,
+    /// Show what would happen (including files that would be removed) and stop.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Do not take a safety backup of the current contents first.
+    #[arg(long)]
+    pub no_safety_backup: bool,
+    /// Allow --to-dir into a non-empty directory (its contents are replaced).
+    #[arg(long)]
+    pub force: bool,
+    /// Import a plain archive made by other tools (.tar, .tar.gz, .tar.zst) instead of a voltar backup.
+    #[arg(long, value_name = "FILE", conflicts_with = "backup")]
+    pub archive: Option<PathBuf>,
+    /// With --archive: drop N leading path components (after a leading `/` is removed, as GNU tar does).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub strip_components: usize,
+    #[arg(long)]
+    pub job: Option<String>,
+    #[command(flatten)]
+    pub target: TargetArgs,
+    #[command(flatten)]
+    pub keys: KeyArgs,
+}
+
+pub async fn command(
+    config: &Config,
+    args: RestoreArgs,
+    json: bool,
+    progress: Progress,
+    cancel: CancellationToken,
+) -> Result<i32> {
+    let mut target = None;
+    let mut before = None;
+    if args.archive.is_none() {
+        let Some(spec) = &args.backup else {
+            bail!(
+                "which backup? give a backup id or `latest` (see `voltar list`), or --archive FILE"
+            );
+        };
+        before = args
+            .before
+            .as_deref()
+            .map(|b| restore::parse_time(b, Utc::now()))
+            .transpose()?;
+        if before.is_some() && spec != "latest" {
+            bail!("--before only applies to `latest`");
+        }
+        target = Some(super::resolve_targets(config, args.job.as_deref(), &args.target)?.remove(0));
+    }
+    let req = RestoreRequest {
+        target,
+        backup: args.backup,
+        before,
+        sources: args.sources,
+        to_volume: args.to_volume,
+        to_dir: args.to_dir,
+        paths: args.paths,
+        dry_run: args.dry_run,
+        no_safety_backup: args.no_safety_backup,
+        force: args.force,
+        archive: args.archive,
+        strip_components: args.strip_components,
+        job: args.job,
+        identities: args.keys.identities,
+        passphrase_file: args.keys.passphrase_file,
+    };
+    let report = match restore::run(config, req, progress, cancel).await? {
+        RestoreOutcome::Report(r) => r,
+        RestoreOutcome::ImportPlan { file, destination } => {
+            out(&format!(
+                "plan: import {} into {destination}\n",
+                file.display()
+            ));
+            return Ok(EXIT_OK);
+        }
+    };
+    // Also on stderr, so that a failure is seen when stdout goes to a file or with --json.
+    for s in &report.sources {
+        if let RestoreStatus::Failed(why) = &s.status {
+            eprintln!(
+                "voltar: restoring {} into {} failed: {why}",
+                s.source, s.destination
+            );
+        }
+    }
+    emit(json, &report, render);
+    Ok(if report.ok() { EXIT_OK } else { EXIT_FAILED })
+}
+
+/// The restore report as text: per source, where it went, what was stopped and restarted, what was restored.
+pub fn render(report: &RestoreReport) -> String {
+    let mut out = String::new();
+    for r in &report.recovered {
+        out.push_str(&format!("recovered: {r}\n"));
+    }
+    if let Some(b) = &report.backup {
+        out.push_str(&format!(
+            "{}restore from backup {b}\n",
+            if report.dry_run { "plan: " } else { "" }
+        ));
+    }
+    for s in &report.sources {
+        out.push_str(&format!(
+            "{} -> {}{}: {}\n",
+            s.source,
+            s.destination,
+            if s.create_volume { " (new)" } else { "" },
+            s.status
+        ));
+        if !s.stop.is_empty() {
+            out.push_str(&format!(
+                "  containers {}: {}\n",
+                if report.dry_run {
+                    "to stop and restart"
+                } else {
+                    "stopped"
+                },
+                s.stop.join(", ")
+            ));
+        }
+        if !s.restarted.is_empty() {
+            out.push_str(&format!("  restarted: {}\n", s.restarted.join(", ")));
+        }
+        if let Some(b) = &s.safety_backup {
+            out.push_str(&format!("  safety backup: {b} (tag pre-restore)\n"));
+        }
+        if report.dry_run {
+            out.push_str(&format!(
+                "  the backup holds {} file(s), {}\n",
+                s.counts.files,
+                human(s.counts.bytes)
+            ));
+        } else if s.status == RestoreStatus::Ok {
+            out.push_str(&format!(
+                "  restored {} file(s), {}\n",
+                s.counts.files,
+                human(s.counts.bytes)
+            ));
+        } else if s.create_volume {
+            out.push_str("  nothing was restored; the new volume was removed again\n");
+        } else {
+            out.push_str("  nothing was changed: the data is as it was before the restore\n");
+        }
+        if let Some(r) = &s.would_remove {
+            if r.is_empty() {
+                out.push_str("  nothing there now would be removed\n");
+            } else {
+                out.push_str(&format!(
+                    "  {} entr{} there now, not in the backup, would be removed:\n",
+                    r.len(),
+                    if r.len() == 1 { "y" } else { "ies" }
+                ));
+                for p in r.iter().take(50) {
+                    out.push_str(&format!("    - {p}\n"));
+                }
+                if r.len() > 50 {
+                    out.push_str(&format!("    … and {} more\n", r.len() - 50));
+                }
+            }
+        }
+        for w in s.warnings.iter().take(20) {
+            out.push_str(&format!("  warning: {w}\n"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 9: the `restore --dry-run` text is rendered from the plan's report.
+    #[test]
+    fn issue9_dry_run_text_comes_from_the_plan() {
+        let report = restore::tests::sample_plan().dry_run_report(vec![vec!["stale.log".into()]]);
+        assert_eq!(
+            render(&report),
+            "plan: restore from backup 20261128T030000Z-abcd\n\
+             pgdata -> volume pgdata: dry-run\n\
+             \x20 containers to stop and restart: db\n\
+             \x20 the backup holds 3 file(s), 3.0 KiB\n\
+             \x20 1 entry there now, not in the backup, would be removed:\n\
+             \x20   - stale.log\n"
+        );
+    }
+}

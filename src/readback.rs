@@ -1,0 +1,238 @@
+//! The one verified read of a stored object, used by `restore` (unpack), `verify` (scan), the `restore --dry-run`
+//! listing (list) and `restore --archive` (unpack, without the storage part):
+//!
+//! get → sha256 and size of the stored bytes → [age decryption] → decompression (format sniffed) → tar walk
+//! ([`Entries`]: scan, unpack or list) → the stream read to its end, so that the zstd frame checksum and age's
+//! last chunk are checked.
+//!
+//! [`read`] returns what was found ([`ReadBack`]: the walk's result and the digest) and leaves the judgement
+//! against the manifest to the caller: restore stops at the first mismatch, verify reports every one.
+
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::path::{Component, PathBuf};
+use std::sync::Arc;
+
+use crate::archive::unpack::{UnpackOptions, UnpackReport};
+use crate::archive::{self, ArchiveError, Counts};
+use crate::catalog::{self, Manifest, SourceRecord};
+use crate::crypto::Decryptor;
+use crate::pipeline::{self, HashingReader};
+use crate::progress::Progress;
+use crate::storage::{Storage, StorageError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("{object}: stored object does not match the manifest: sha256 {found} (expected {expected}), {found_size} bytes (expected {expected_size}); the archive is corrupt or was replaced")]
+    Checksum {
+        object: String,
+        expected: String,
+        found: String,
+        expected_size: u64,
+        found_size: u64,
+    },
+    #[error("{object}: archive content does not match the manifest: {detail}; the archive is truncated or corrupt")]
+    Counts { object: String, detail: String },
+    #[error("{object}: {source}")]
+    Archive {
+        object: String,
+        source: archive::ArchiveError,
+    },
+    #[error("{object}: {source}")]
+    Crypto {
+        object: String,
+        source: crate::crypto::CryptoError,
+    },
+    #[error("{object}: reading: {message}")]
+    Read { object: String, message: String },
+}
+
+/// What to do with the entries of an archive.
+#[derive(Clone, Debug)]
+pub enum Entries {
+    /// Count them and read all data (verify).
+    Scan,
+    /// Extract them into the existing directory `dest` (restore, import).
+    Unpack { dest: PathBuf, opts: UnpackOptions },
+    /// Collect their names, relative (the dry run's "would be removed").
+    List,
+}
+
+/// The result of walking the entries, by [`Entries`].
+#[derive(Clone, Debug)]
+pub enum Walked {
+    Scanned(Counts),
+    Unpacked(UnpackReport),
+    Listed(BTreeSet<PathBuf>),
+}
+
+impl Walked {
+    /// The archive's counts (none for a listing).
+    pub fn counts(&self) -> Option<&Counts> {
+        match self {
+            Walked::Scanned(c) => Some(c),
+            Walked::Unpacked(r) => Some(&r.counts),
+            Walked::Listed(_) => None,
+        }
+    }
+}
+
+/// Why a walk failed.
+#[derive(Debug)]
+pub enum WalkError {
+    /// The stream could not be opened: decryption header, compression format ([`tar_stream`]).
+    Open(RestoreError),
+    /// An entry, a header or the data could not be read (or, unpacking, written).
+    Entries(ArchiveError),
+    /// The stream after the end of the archive did not read cleanly (zstd checksum, age's last chunk).
+    Trailer(std::io::Error),
+}
+
+/// What one read of a stored object found.
+#[derive(Debug)]
+pub struct ReadBack {
+    /// The object's key in the target (`<backup-id>/<source>.tar.zst`).
+    pub key: String,
+    pub walked: Result<Walked, WalkError>,
+    /// sha256 and size of the stored bytes; `None` when the walk failed and the caller did not ask for it then.
+    pub digest: Option<Result<(String, u64), std::io::Error>>,
+}
+
+/// Read `src`'s stored object of backup `manifest` (decrypting when the backup is encrypted) and do `entries`
+/// with it. With `digest_on_error`, the rest of the object is still read and hashed after a failed walk (verify
+/// reports every problem); otherwise a failed walk ends the read at once. `Err`: the object could not be got.
+pub async fn read(
+    store: Arc<dyn Storage>,
+    manifest: &Manifest,
+    src: &SourceRecord,
+    decryptor: Arc<Decryptor>,
+    entries: Entries,
+    digest_on_error: bool,
+    progress: Progress,
+) -> Result<ReadBack, StorageError> {
+    let key = catalog::object_key(&manifest.id, &src.object);
+    let stream = store.get(&key).await?;
+    let reader = pipeline::blocking_reader(stream);
+    let encrypted = manifest.encryption.is_some();
+    let object = key.clone();
+    let joined = tokio::task::spawn_blocking(move || {
+        let mut hr = HashingReader::new(ProgressReader::new(reader, progress));
+        let walked = tar_stream(&mut hr, encrypted.then_some(&*decryptor), &object)
+            .map_err(WalkError::Open)
+            .and_then(|dec| walk(dec, entries));
+        let digest = (walked.is_ok() || digest_on_error).then(|| hr.finish());
+        (walked, digest)
+    })
+    .await;
+    let (walked, digest) = match joined {
+        Ok(r) => r,
+        Err(e) => (
+            Err(WalkError::Trailer(std::io::Error::other(format!(
+                "internal error: {e}"
+            )))),
+            None,
+        ),
+    };
+    Ok(ReadBack {
+        key,
+        walked,
+        digest,
+    })
+}
+
+/// Walk an (already decrypted and decompressed) tar stream, then read the stream to its end.
+pub fn walk<R: Read>(mut dec: R, entries: Entries) -> Result<Walked, WalkError> {
+    let walked = match entries {
+        Entries::Scan => {
+            Walked::Scanned(archive::unpack::scan(&mut dec).map_err(WalkError::Entries)?)
+        }
+        Entries::Unpack { dest, opts } => Walked::Unpacked(
+            archive::unpack::unpack(&mut dec, &dest, &opts).map_err(WalkError::Entries)?,
+        ),
+        Entries::List => Walked::Listed(list(&mut dec)?),
+    };
+    std::io::copy(&mut dec, &mut std::io::sink()).map_err(WalkError::Trailer)?;
+    Ok(walked)
+}
+
+/// Names in an archive, relative: only the normal components of each entry's path are kept.
+fn list<R: Read>(dec: R) -> Result<BTreeSet<PathBuf>, WalkError> {
+    let corrupt = |e: std::io::Error| WalkError::Entries(ArchiveError::Corrupt(e.to_string()));
+    let mut a = tar::Archive::new(archive::unpack::meta_capped(dec));
+    let mut names = BTreeSet::new();
+    for e in a.entries().map_err(corrupt)? {
+        let e = e.map_err(corrupt)?;
+        let p = e.path().map_err(corrupt)?;
+        let mut clean = PathBuf::new();
+        for c in p.components() {
+            if let Component::Normal(x) = c {
+                clean.push(x);
+            }
+        }
+        if !clean.as_os_str().is_empty() {
+            names.insert(clean);
+        }
+    }
+    Ok(names)
+}
+
+/// The tar stream inside a stored object: age-decrypted when `decryptor` is given (an encrypted backup), then
+/// decompressed by its sniffed format. Errors name `object`.
+pub fn tar_stream<'a, R: Read + 'a>(
+    stored: R,
+    decryptor: Option<&'a Decryptor>,
+    object: &str,
+) -> Result<Box<dyn Read + 'a>, RestoreError> {
+    let plain: Box<dyn Read + 'a> = match decryptor {
+        Some(d) => d.reader(stored, object).map_err(|e| RestoreError::Crypto {
+            object: object.to_string(),
+            source: e,
+        })?,
+        None => Box::new(stored),
+    };
+    let (_format, dec) = archive::compress::decoder(plain).map_err(|e| RestoreError::Archive {
+        object: object.to_string(),
+        source: e,
+    })?;
+    Ok(dec)
+}
+
+/// Human description of how two counts differ.
+pub fn count_diff(expected: &Counts, found: &Counts) -> String {
+    let mut d = Vec::new();
+    let pairs = [
+        ("entries", expected.entries, found.entries),
+        ("files", expected.files, found.files),
+        ("dirs", expected.dirs, found.dirs),
+        ("symlinks", expected.symlinks, found.symlinks),
+        ("hardlinks", expected.hardlinks, found.hardlinks),
+        ("other", expected.other, found.other),
+        ("bytes", expected.bytes, found.bytes),
+    ];
+    for (n, e, f) in pairs {
+        if e != f {
+            d.push(format!("{n} {f} (expected {e})"));
+        }
+    }
+    d.join(", ")
+}
+
+/// Counts bytes read into the progress bar.
+pub struct ProgressReader<R> {
+    inner: R,
+    progress: Progress,
+}
+
+impl<R> ProgressReader<R> {
+    pub fn new(inner: R, progress: Progress) -> Self {
+        ProgressReader { inner, progress }
+    }
+}
+
+impl<R: Read> Read for ProgressReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.progress.inc(n as u64);
+        Ok(n)
+    }
+}

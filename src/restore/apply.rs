@@ -1,0 +1,380 @@
+//! Restore, step 2: apply a plan — check every archive, stop, safety backup, extract and verify, swap, restart.
+
+use super::*;
+
+/// Carry out a plan: check every archive, then per source stop its users, take the safety backup, extract,
+/// verify, swap in and restart them.
+pub async fn apply(
+    config: &Config,
+    args: &RestoreRequest,
+    plan: RestorePlan,
+    res: Resources,
+    progress: Progress,
+    cancel: CancellationToken,
+) -> Result<RestoreReport> {
+    let Resources {
+        store,
+        target,
+        decryptor,
+        engine,
+    } = res;
+    let RestorePlan {
+        manifest,
+        sources: plans,
+        paths,
+        recovered,
+    } = plan;
+    let mut report = RestoreReport {
+        backup: Some(manifest.id.to_string()),
+        dry_run: false,
+        sources: vec![],
+        recovered,
+    };
+    // Check every archive before anything is stopped (the full sha256 and counts are checked while extracting).
+    let objects = store
+        .list(&format!("{}/", manifest.id))
+        .await
+        .with_context(|| format!("listing backup {}", manifest.id))?;
+    let mut checks = Vec::new();
+    for sp in &plans {
+        checks.push(check_archive(&store, &objects, &manifest, &sp.source, &decryptor).await);
+    }
+
+    let journal = Journal::open(&config.state_dir)?;
+    let quiescer = Quiescer::new(&engine, &journal).cancel_on(cancel.clone());
+    for (sp, check) in plans.into_iter().zip(checks) {
+        let stop = sp.stops();
+        let SourcePlan {
+            source: src,
+            destination,
+            mut path,
+            create_volume,
+            users,
+        } = sp;
+        if cancel.is_cancelled() {
+            bail!("interrupted");
+        }
+        if let Err(e) = check {
+            report.sources.push(SourceRestore {
+                source: src.name.clone(),
+                destination: destination.clone(),
+                path: path.clone(),
+                // Not created: nothing was done for this source.
+                create_volume: false,
+                stop: vec![],
+                would_remove: None,
+                counts: Counts::default(),
+                safety_backup: None,
+                restarted: vec![],
+                warnings: vec![],
+                status: RestoreStatus::Failed(crate::error_chain(&e)),
+            });
+            continue;
+        }
+        progress.phase(&format!("restore {} -> {destination}", src.name));
+        let mut sr = SourceRestore {
+            source: src.name.clone(),
+            destination: destination.clone(),
+            path: path.clone(),
+            create_volume,
+            stop,
+            would_remove: None,
+            counts: Counts::default(),
+            safety_backup: None,
+            restarted: vec![],
+            warnings: vec![],
+            status: RestoreStatus::Failed("not restored".into()),
+        };
+        if create_volume {
+            let Destination::Volume(name) = &destination else {
+                unreachable!("only volumes are created")
+            };
+            let v = engine
+                .create_volume(
+                    name,
+                    src.driver.as_deref().unwrap_or("local"),
+                    &src.driver_opts,
+                    &src.labels,
+                )
+                .await?;
+            path = v.mountpoint;
+            sr.path = path.clone();
+        }
+        if let Destination::Dir(d) = &destination {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+        }
+
+        // Stop the users (journaled; `release` restarts them on every path below).
+        let holds: Vec<Hold> = users
+            .iter()
+            .filter(|u| u.action == QuiesceAction::Stop)
+            .map(|u| Hold {
+                id: u.id.clone(),
+                name: u.name.clone(),
+                action: QuiesceAction::Stop,
+                stop_timeout: u.stop_timeout,
+            })
+            .collect();
+        let held = quiescer.hold(&holds).await?;
+        let result = restore_one(
+            config,
+            args,
+            &store,
+            &target,
+            &manifest,
+            &src,
+            &path,
+            &paths,
+            create_volume,
+            decryptor.clone(),
+            &progress,
+            &cancel,
+            &mut sr,
+            &engine,
+            &journal,
+        )
+        .await;
+        let released = quiescer.release(held).await;
+        sr.restarted = released.released.iter().map(|c| c.name.clone()).collect();
+        sr.warnings
+            .extend(released.errors.iter().map(|e| e.to_string()));
+        match result {
+            Ok(()) => sr.status = RestoreStatus::Ok,
+            Err(e) => {
+                sr.status = RestoreStatus::Failed(crate::error_chain(&e));
+                if create_volume {
+                    // Do not leave a half-made new volume behind.
+                    if let Destination::Volume(v) = &destination {
+                        let _ = engine.remove_volume(v).await;
+                    }
+                }
+            }
+        }
+        report.sources.push(sr);
+    }
+    progress.finish();
+    Ok(report)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn restore_one(
+    config: &Config,
+    args: &RestoreRequest,
+    store: &Arc<dyn Storage>,
+    target: &crate::config::Target,
+    manifest: &Manifest,
+    src: &SourceRecord,
+    path: &Path,
+    paths: &[PathBuf],
+    fresh: bool,
+    decryptor: Arc<Decryptor>,
+    progress: &Progress,
+    cancel: &CancellationToken,
+    sr: &mut SourceRestore,
+    engine: &Engine,
+    journal: &Journal,
+) -> Result<()> {
+    // Safety copy of what is there now.
+    if !fresh && !args.no_safety_backup && dir_has_entries(path) {
+        progress.note("safety backup of the current contents");
+        let job = config
+            .job(args.job.as_deref())
+            .cloned()
+            .unwrap_or_else(|_| config.jobs.values().next().cloned().expect("a job"));
+        let mut job = job;
+        job.prune = false;
+        // Same job as the backup it protects, so that job's pruning applies the pre-restore rule to it.
+        job.name = manifest.job.clone();
+        let req = BackupRequest {
+            job,
+            targets: vec![target.clone()],
+            only: vec![],
+            dry_run: false,
+            tags: vec![TAG_PRE_RESTORE.into()],
+        };
+        let plan = crate::plan::Plan {
+            sources: vec![PlannedSource {
+                name: src.name.clone(),
+                kind: src.kind,
+                path: path.to_path_buf(),
+                driver: src.driver.clone(),
+                driver_opts: src.driver_opts.clone(),
+                labels: src.labels.clone(),
+                containers: vec![],
+                reason: "safety backup before restore".into(),
+            }],
+            skipped: vec![],
+        };
+        let env = backup::Env {
+            config,
+            engine,
+            progress: progress.clone(),
+            cancel: cancel.clone(),
+            now: Utc::now(),
+        };
+        let run = backup::execute(&env, &req, plan, Utc::now(), vec![]).await?;
+        if run.exit_code() != 0 {
+            let why = run
+                .sources
+                .first()
+                .and_then(|s| s.error.clone())
+                .or_else(|| run.targets.first().and_then(|t| t.error.clone()))
+                .unwrap_or_else(|| "unknown error".into());
+            bail!("safety backup failed, nothing was changed: {why} (use --no-safety-backup to restore without one)");
+        }
+        sr.safety_backup = Some(run.id.to_string());
+    }
+
+    let staging = Staging::make(path, journal)?;
+    let result = async {
+        progress.note("extracting and verifying");
+        let opts = UnpackOptions {
+            paths: paths.to_vec(),
+            ..UnpackOptions::default()
+        };
+        let rep = fetch_and_unpack(
+            store.clone(),
+            manifest,
+            src,
+            decryptor,
+            staging.path.clone(),
+            opts,
+            progress.clone(),
+        )
+        .await?;
+        sr.counts = rep.counts.clone();
+        sr.warnings.extend(rep.warnings.iter().cloned());
+        if cancel.is_cancelled() {
+            bail!("interrupted before the swap: nothing was changed");
+        }
+        progress.note("swapping in");
+        if paths.is_empty() {
+            exchange(&staging.path, path)?;
+        } else {
+            for p in paths {
+                swap_path_in(&staging.path, path, p)?;
+            }
+        }
+        Ok(())
+    }
+    .await;
+    // After a successful exchange, `staging` holds the old contents; after a failure, the partial extraction.
+    if let Err(e) = staging.remove(journal) {
+        sr.warnings.push(e);
+    }
+    result
+}
+
+/// Before anything is stopped: `src`'s object is in the target (`objects`, the listing of the backup's prefix)
+/// with the size the manifest recorded, and an encrypted one opens with the keys given. The sha256, the counts
+/// and the decryption of the whole stream are checked while extracting, before the swap.
+async fn check_archive(
+    store: &Arc<dyn Storage>,
+    objects: &[ObjectMeta],
+    manifest: &Manifest,
+    src: &SourceRecord,
+    decryptor: &Arc<Decryptor>,
+) -> Result<()> {
+    let key = catalog::object_key(&manifest.id, &src.object);
+    let untouched = "nothing was stopped or changed";
+    match objects.iter().find(|o| o.key == key) {
+        None => bail!(
+            "{key} is missing from {}: this source cannot be restored from backup {} ({untouched})",
+            store.describe(),
+            manifest.id
+        ),
+        Some(o) if o.size != src.stored_bytes => bail!(
+            "{key} holds {} bytes, but the manifest recorded {}: the archive is truncated or was replaced ({untouched})",
+            o.size,
+            src.stored_bytes
+        ),
+        Some(_) => {}
+    }
+    if manifest.encryption.is_some() {
+        // The age header only: the keys must unwrap its file key.
+        let stream = store
+            .get(&key)
+            .await
+            .with_context(|| format!("reading {key} ({untouched})"))?;
+        let reader = pipeline::blocking_reader(stream);
+        let d = decryptor.clone();
+        let k = key.clone();
+        tokio::task::spawn_blocking(move || d.reader(reader, &k).map(|_| ()))
+            .await?
+            .with_context(|| untouched.to_string())?;
+    }
+    Ok(())
+}
+
+/// Stream one source's object from storage, verify it against the manifest and unpack it into `dest`.
+/// Verification (sha256, size, decryption, zstd checksum, counts) completes before this returns Ok.
+pub async fn fetch_and_unpack(
+    store: Arc<dyn Storage>,
+    manifest: &Manifest,
+    src: &SourceRecord,
+    decryptor: Arc<Decryptor>,
+    dest: PathBuf,
+    opts: UnpackOptions,
+    progress: Progress,
+) -> Result<UnpackReport> {
+    let partial = !opts.paths.is_empty();
+    let rb = readback::read(
+        store,
+        manifest,
+        src,
+        decryptor,
+        Entries::Unpack { dest, opts },
+        false,
+        progress,
+    )
+    .await
+    .with_context(|| format!("reading {}", catalog::object_key(&manifest.id, &src.object)))?;
+    let Walked::Unpacked(rep) = checked(rb, src, !partial)? else {
+        unreachable!("unpack unpacks")
+    };
+    Ok(rep)
+}
+
+/// A read-back judged against the manifest: the first problem is the error (walk, then sha256 and size, then
+/// counts when `counts` is asked for).
+pub(super) fn checked(
+    rb: ReadBack,
+    src: &SourceRecord,
+    counts: bool,
+) -> Result<Walked, RestoreError> {
+    let object = rb.key;
+    let walked = rb.walked.map_err(|e| match e {
+        WalkError::Open(e) => e,
+        WalkError::Entries(source) => RestoreError::Archive {
+            object: object.clone(),
+            source,
+        },
+        WalkError::Trailer(e) => RestoreError::Archive {
+            object: object.clone(),
+            source: archive::ArchiveError::Corrupt(e.to_string()),
+        },
+    })?;
+    let (sha, size) = rb
+        .digest
+        .expect("a successful walk is hashed")
+        .map_err(|e| RestoreError::Read {
+            object: object.clone(),
+            message: e.to_string(),
+        })?;
+    if sha != src.sha256 || size != src.stored_bytes {
+        return Err(RestoreError::Checksum {
+            object,
+            expected: src.sha256.clone(),
+            found: sha,
+            expected_size: src.stored_bytes,
+            found_size: size,
+        });
+    }
+    if let Some(c) = walked.counts().filter(|c| counts && **c != src.counts) {
+        return Err(RestoreError::Counts {
+            detail: count_diff(&src.counts, c),
+            object,
+        });
+    }
+    Ok(walked)
+}

@@ -1,0 +1,110 @@
+//! `restore --archive FILE`: import a plain archive made by other tools.
+
+use super::*;
+
+/// `restore --archive FILE`: import a plain tar / tar.gz / tar.zst made by other tools.
+pub(super) async fn import(
+    config: &Config,
+    args: RestoreRequest,
+    progress: Progress,
+) -> Result<RestoreOutcome> {
+    let file = args.archive.clone().expect("checked by caller");
+    let f = std::fs::File::open(&file).with_context(|| format!("opening {}", file.display()))?;
+    let engine;
+    let (destination, path, created) = match (&args.to_volume, &args.to_dir) {
+        (Some(v), _) => {
+            engine = Some(Engine::connect(config.docker_host.as_deref()).await?);
+            let e = engine.as_ref().expect("set");
+            match e.inspect_volume(v).await {
+                Ok(info) => {
+                    if dir_has_entries(&info.mountpoint) && !args.force {
+                        bail!("volume {v} is not empty: import into a new volume, or pass --force to replace its contents (no safety backup is taken for --archive)");
+                    }
+                    (Destination::Volume(v.clone()), info.mountpoint, false)
+                }
+                Err(crate::docker::DockerError::NoSuchVolume(_)) => {
+                    let info = e
+                        .create_volume(v, "local", &Default::default(), &Default::default())
+                        .await?;
+                    (Destination::Volume(v.clone()), info.mountpoint, true)
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+        (None, Some(d)) => {
+            engine = None;
+            if dir_has_entries(d) && !args.force {
+                bail!(
+                    "{} is not empty: pass --force to replace its contents",
+                    d.display()
+                );
+            }
+            std::fs::create_dir_all(d)?;
+            (Destination::Dir(d.clone()), d.clone(), false)
+        }
+        (None, None) => bail!("--archive needs a destination: --to-volume NAME or --to-dir PATH"),
+    };
+    if args.dry_run {
+        return Ok(RestoreOutcome::ImportPlan { file, destination });
+    }
+    let journal = Journal::open(&config.state_dir)?;
+    let staging = Staging::make(&path, &journal)?;
+    let opts = UnpackOptions {
+        strip_components: args.strip_components,
+        paths: clean_paths(&args.paths)?,
+        ..UnpackOptions::default()
+    };
+    let st = staging.path.clone();
+    let p2 = progress.clone();
+    let name = file.display().to_string();
+    let result = tokio::task::spawn_blocking(move || -> Result<UnpackReport> {
+        let r = ProgressReader::new(std::io::BufReader::with_capacity(1 << 20, f), p2);
+        let (_fmt, dec) = archive::compress::decoder(r).map_err(|e| anyhow!("{name}: {e}"))?;
+        let entries = Entries::Unpack { dest: st, opts };
+        match readback::walk(dec, entries) {
+            Ok(Walked::Unpacked(rep)) => Ok(rep),
+            Ok(_) => unreachable!("unpack unpacks"),
+            Err(WalkError::Entries(e)) => Err(anyhow!("{name}: {e}")),
+            Err(WalkError::Trailer(e)) => Err(anyhow!("{name}: {e}")),
+            Err(WalkError::Open(e)) => Err(anyhow!("{name}: {e}")),
+        }
+    })
+    .await?;
+    let result = result.and_then(|rep| {
+        exchange(&staging.path, &path)?;
+        Ok(rep)
+    });
+    let cleanup = staging.remove(&journal);
+    progress.finish();
+    match result {
+        Ok(rep) => {
+            let report = RestoreReport {
+                backup: None,
+                dry_run: false,
+                sources: vec![SourceRestore {
+                    source: file.display().to_string(),
+                    destination,
+                    path,
+                    create_volume: created,
+                    stop: vec![],
+                    would_remove: None,
+                    counts: rep.counts,
+                    safety_backup: None,
+                    restarted: vec![],
+                    warnings: rep.warnings.into_iter().chain(cleanup.err()).collect(),
+                    status: RestoreStatus::Ok,
+                }],
+                recovered: vec![],
+            };
+            Ok(RestoreOutcome::Report(report))
+        }
+        Err(e) => {
+            if created {
+                if let (Some(e2), Destination::Volume(v)) = (&engine, &destination) {
+                    let _ = e2.remove_volume(v).await;
+                }
+            }
+            Err(e)
+        }
+    }
+}

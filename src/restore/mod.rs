@@ -1,0 +1,404 @@
+//! `voltar restore`: put a volume (or a directory, or some paths) back from a backup, safely.
+//!
+//! Order of events, per source (architecture.md, acceptance rows 11 and 12):
+//!
+//! 1. Show the plan; `--dry-run` stops here (it lists the files that would be removed).
+//! 2. Check each source's archive before anything is stopped: the object is in the target with the size the
+//!    manifest recorded, and an encrypted one opens with the given keys. A source that fails this is reported
+//!    failed and nothing is done for it. Leftovers of killed runs (journaled staging directories, containers
+//!    left stopped) are recovered first.
+//! 3. Stop the running containers that mount the target volume (journaled, like backup's quiesce; each with its
+//!    `voltar.stop-timeout` label, else the configured stop-timeout).
+//! 4. Take a safety backup of the current contents into the same target, tagged `pre-restore`
+//!    (`--no-safety-backup` skips it).
+//! 5. Extract into a staging directory on the same filesystem (a sibling of the volume's `_data`, journaled
+//!    before it is created so that `voltar recover` or the next run removes it after a kill), checking the
+//!    stored object's sha256 and the archive's counts against the manifest *while* streaming. Decryption and
+//!    zstd checksums are verified to the last byte before anything is swapped in.
+//! 6. Swap the staging tree in with one atomic `renameat2(RENAME_EXCHANGE)`, so the volume ends up exactly
+//!    equal to the backup (no stale files), then delete the old tree.
+//! 7. Start exactly the containers that were running.
+//!
+//! Any failure before step 6 leaves the live data byte-identical and the containers as they were found.
+//! The unpacker (`archive::unpack`) refuses entries that would write outside the staging directory.
+
+mod apply;
+mod import;
+mod plan;
+mod swap;
+
+use std::collections::BTreeSet;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::archive::unpack::{UnpackOptions, UnpackReport};
+use crate::archive::{self, Counts};
+use crate::backup::{self, BackupRequest};
+use crate::catalog::{self, Manifest, QuiesceAction, SourceKind, SourceRecord, TAG_PRE_RESTORE};
+use crate::config::{Config, Target};
+use crate::crypto::Decryptor;
+use crate::docker::{ContainerState, Engine};
+use crate::pipeline;
+use crate::plan::{PlannedContainer, PlannedSource};
+use crate::progress::Progress;
+use crate::quiesce::{self, Hold, Journal, Leftover, Quiescer, STAGING_PREFIX};
+use crate::readback::{self, Entries, ReadBack, WalkError, Walked};
+pub use crate::readback::{count_diff, ProgressReader, RestoreError};
+use crate::storage::{ObjectMeta, Storage};
+
+use self::apply::checked;
+pub use self::apply::{apply, fetch_and_unpack};
+use self::import::import;
+use self::plan::dry_run;
+pub use self::plan::{plan, Resources, RestorePlan, SourcePlan};
+use self::swap::{current_names, dir_has_entries, exchange, swap_path_in, Staging};
+/// `voltar restore`: what to restore from, which sources, where to, and how.
+#[derive(Clone, Debug, Default)]
+pub struct RestoreRequest {
+    /// The target holding the backup (`None` with `archive`).
+    pub target: Option<Target>,
+    /// Backup id or `latest` (`None` with `archive`).
+    pub backup: Option<String>,
+    /// With `latest`: the newest backup taken at or before this time.
+    pub before: Option<DateTime<Utc>>,
+    /// Only these sources of the backup (default: all).
+    pub sources: Vec<String>,
+    /// Restore into a new volume (created with the original driver, options and labels).
+    pub to_volume: Option<String>,
+    /// Restore into a directory on the host.
+    pub to_dir: Option<PathBuf>,
+    /// Restore only these files or directories (relative to the volume root).
+    pub paths: Vec<PathBuf>,
+    /// Plan only: say what would happen (including files that would be removed).
+    pub dry_run: bool,
+    /// Do not take a safety backup of the current contents first.
+    pub no_safety_backup: bool,
+    /// Allow a non-empty `to_dir` (its contents are replaced).
+    pub force: bool,
+    /// Import this plain archive made by other tools instead of a voltar backup.
+    pub archive: Option<PathBuf>,
+    /// With `archive`: drop N leading path components.
+    pub strip_components: usize,
+    pub job: Option<String>,
+    pub identities: Vec<PathBuf>,
+    pub passphrase_file: Option<PathBuf>,
+}
+
+/// What `restore` did, or (dry run) would do.
+#[derive(Clone, Debug)]
+pub enum RestoreOutcome {
+    Report(RestoreReport),
+    /// `--archive` with `--dry-run`: the file and where it would go.
+    ImportPlan {
+        file: PathBuf,
+        destination: Destination,
+    },
+}
+
+/// How one source's restore ended. Serialized (and shown) as `ok`, `dry-run` or `failed: <why>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RestoreStatus {
+    Ok,
+    DryRun,
+    Failed(String),
+}
+
+impl std::fmt::Display for RestoreStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RestoreStatus::Ok => f.write_str("ok"),
+            RestoreStatus::DryRun => f.write_str("dry-run"),
+            RestoreStatus::Failed(why) => write!(f, "failed: {why}"),
+        }
+    }
+}
+
+impl Serialize for RestoreStatus {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// Where one source goes.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "kind", content = "name")]
+pub enum Destination {
+    Volume(String),
+    Dir(PathBuf),
+}
+
+impl std::fmt::Display for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Destination::Volume(v) => write!(f, "volume {v}"),
+            Destination::Dir(d) => write!(f, "directory {}", d.display()),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct SourceRestore {
+    pub source: String,
+    pub destination: Destination,
+    /// Host path whose contents are replaced.
+    pub path: PathBuf,
+    pub create_volume: bool,
+    pub stop: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub would_remove: Option<Vec<String>>,
+    pub counts: Counts,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub safety_backup: Option<String>,
+    pub restarted: Vec<String>,
+    pub warnings: Vec<String>,
+    pub status: RestoreStatus,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct RestoreReport {
+    pub backup: Option<String>,
+    pub dry_run: bool,
+    pub sources: Vec<SourceRestore>,
+    /// What was put right before starting: containers left stopped and staging directories left behind by
+    /// interrupted runs.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub recovered: Vec<String>,
+}
+
+impl RestoreReport {
+    /// True when no source failed.
+    pub fn ok(&self) -> bool {
+        !self
+            .sources
+            .iter()
+            .any(|s| matches!(s.status, RestoreStatus::Failed(_)))
+    }
+}
+
+/// Parse `--before`: RFC 3339, a local date/time, or an age (`2d`, `12h`).
+pub fn parse_time(s: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    for fmt in ["%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M"] {
+        if let Ok(n) = chrono::NaiveDateTime::parse_from_str(s, fmt) {
+            return local_to_utc(n, s);
+        }
+    }
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        return local_to_utc(d.and_hms_opt(23, 59, 59).expect("valid"), s);
+    }
+    if let Ok(d) = crate::config::parse_duration(s) {
+        return Ok(now - chrono::Duration::from_std(d)?);
+    }
+    bail!("--before `{s}`: not a time (use 2026-11-28T03:00:00Z, \"2026-11-28 03:00\", 2026-11-28 or an age like 2d)")
+}
+
+fn local_to_utc(n: chrono::NaiveDateTime, s: &str) -> Result<DateTime<Utc>> {
+    use chrono::TimeZone;
+    chrono::Local
+        .from_local_datetime(&n)
+        .earliest()
+        .map(|t| t.with_timezone(&Utc))
+        .ok_or_else(|| anyhow!("--before `{s}` does not exist in the local time zone"))
+}
+
+/// Sources of `m`'s job that `m` does not hold, each with the newest backup that does (older than `m`).
+fn newer_elsewhere(listing: &catalog::Listing, m: &Manifest) -> Vec<(String, catalog::BackupId)> {
+    let mut out: Vec<(String, catalog::BackupId)> = Vec::new();
+    for other in listing.backups.iter().rev() {
+        if other.job != m.job || other.is_pre_restore() {
+            continue;
+        }
+        for s in &other.sources {
+            if m.source(&s.name).is_none() && !out.iter().any(|(n, _)| *n == s.name) {
+                out.push((s.name.clone(), other.id.clone()));
+            }
+        }
+    }
+    out
+}
+
+/// Normalize `--path` arguments: relative, no `..`.
+fn clean_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    paths
+        .iter()
+        .map(|p| {
+            let mut out = PathBuf::new();
+            for c in p.components() {
+                match c {
+                    Component::Normal(x) => out.push(x),
+                    Component::CurDir | Component::RootDir => {}
+                    Component::ParentDir | Component::Prefix(_) => {
+                        bail!("--path {}: `..` is not allowed", p.display())
+                    }
+                }
+            }
+            if out.as_os_str().is_empty() {
+                bail!(
+                    "--path {}: names the whole volume; leave --path out instead",
+                    p.display()
+                );
+            }
+            Ok(out)
+        })
+        .collect()
+}
+
+/// Restore (or, with `dry_run`, plan) what `args` asks for. Per-source failures are in the report; `Err` is a
+/// fatal or usage error.
+/// Restore (or, with `dry_run`, plan) what `args` asks for. Per-source failures are in the report; `Err` is a
+/// fatal or usage error.
+pub async fn run(
+    config: &Config,
+    args: RestoreRequest,
+    progress: Progress,
+    cancel: CancellationToken,
+) -> Result<RestoreOutcome> {
+    if args.archive.is_some() {
+        return import(config, args, progress).await;
+    }
+    let (plan, resources) = plan(config, &args, &progress).await?;
+    let report = if args.dry_run {
+        dry_run(&plan, &resources).await?
+    } else {
+        apply(config, &args, plan, resources, progress, cancel).await?
+    };
+    Ok(RestoreOutcome::Report(report))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A plan for `restore` of one volume used by a running and a stopped container.
+    pub(crate) fn sample_plan() -> RestorePlan {
+        let t = DateTime::parse_from_rfc3339("2026-11-28T03:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let source: SourceRecord = serde_json::from_value(serde_json::json!({
+            "name": "pgdata",
+            "kind": "volume",
+            "path": "/var/lib/docker/volumes/pgdata/_data",
+            "object": "pgdata.tar.zst",
+            "counts": {"entries": 4, "files": 3, "dirs": 1, "symlinks": 0, "hardlinks": 0, "other": 0,
+                       "bytes": 3072},
+            "stored-bytes": 900,
+            "sha256": "00",
+            "read-ms": 5,
+        }))
+        .unwrap();
+        let user = |name: &str, action: QuiesceAction| PlannedContainer {
+            id: format!("id-{name}"),
+            name: name.into(),
+            compose_project: None,
+            compose_service: None,
+            state: "running".into(),
+            rw: true,
+            action,
+            stop_timeout: std::time::Duration::from_secs(10),
+            reason: String::new(),
+        };
+        RestorePlan {
+            manifest: Manifest {
+                format: catalog::FORMAT_VERSION,
+                tool: "t".into(),
+                id: "20261128T030000Z-abcd".parse().unwrap(),
+                job: "default".into(),
+                host: "h".into(),
+                started_at: t,
+                finished_at: t,
+                tags: vec![],
+                sources: vec![source.clone()],
+                failed: vec![],
+                encryption: None,
+                seal: None,
+            },
+            sources: vec![SourcePlan {
+                source,
+                destination: Destination::Volume("pgdata".into()),
+                path: PathBuf::from("/var/lib/docker/volumes/pgdata/_data"),
+                create_volume: false,
+                users: vec![
+                    user("db", QuiesceAction::Stop),
+                    user("old", QuiesceAction::None),
+                ],
+            }],
+            paths: vec![],
+            recovered: vec![],
+        }
+    }
+
+    /// Issue 9: the dry run reports the plan: the backup, each source's destination, the containers the plan
+    /// stops (not the ones it leaves alone), what the backup holds and what would be removed; nothing restored.
+    #[test]
+    fn issue9_the_dry_run_reports_the_plan() {
+        let plan = sample_plan();
+        assert_eq!(plan.sources[0].stops(), vec!["db".to_string()]);
+        let r = plan.dry_run_report(vec![vec!["stale.log".into()]]);
+        assert!(r.dry_run);
+        assert!(r.ok());
+        assert_eq!(r.backup.as_deref(), Some("20261128T030000Z-abcd"));
+        assert_eq!(r.sources.len(), 1);
+        let s = &r.sources[0];
+        assert_eq!(s.source, "pgdata");
+        assert_eq!(s.destination.to_string(), "volume pgdata");
+        assert!(!s.create_volume);
+        assert_eq!(s.stop, vec!["db".to_string()]);
+        assert_eq!(s.would_remove, Some(vec!["stale.log".to_string()]));
+        assert_eq!((s.counts.files, s.counts.bytes), (3, 3072));
+        assert_eq!(s.status, RestoreStatus::DryRun);
+        assert!(s.restarted.is_empty() && s.safety_backup.is_none());
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["sources"][0]["status"], "dry-run");
+    }
+
+    #[test]
+    fn before_times() {
+        let now = DateTime::parse_from_rfc3339("2026-11-28T12:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(
+            parse_time("2026-11-27T03:00:00Z", now)
+                .unwrap()
+                .to_rfc3339(),
+            "2026-11-27T03:00:00+00:00"
+        );
+        assert_eq!(
+            parse_time("2d", now).unwrap(),
+            now - chrono::Duration::days(2)
+        );
+        assert!(parse_time("yesterday-ish", now).is_err());
+    }
+
+    #[test]
+    fn paths_are_cleaned_and_dotdot_refused() {
+        assert_eq!(
+            clean_paths(&[PathBuf::from("/etc/./app")]).unwrap(),
+            vec![PathBuf::from("etc/app")]
+        );
+        assert!(clean_paths(&[PathBuf::from("a/../../b")]).is_err());
+        assert!(clean_paths(&[PathBuf::from("/")]).is_err());
+    }
+
+    #[test]
+    fn exchange_swaps_directories() {
+        let d = tempfile::tempdir().unwrap();
+        let a = d.path().join("a");
+        let b = d.path().join("b");
+        std::fs::create_dir(&a).unwrap();
+        std::fs::create_dir(&b).unwrap();
+        std::fs::write(a.join("new"), "n").unwrap();
+        std::fs::write(b.join("old"), "o").unwrap();
+        exchange(&a, &b).unwrap();
+        assert!(b.join("new").exists() && !b.join("old").exists());
+        assert!(a.join("old").exists());
+    }
+}

@@ -1,0 +1,328 @@
+//! Restore, step 1: the plan — the backup, and per source where it goes and which containers are stopped.
+
+use super::*;
+
+/// What a restore will do, worked out before anything is stopped: the backup and, per source, where it goes and
+/// which containers are stopped. `--dry-run` reports it ([`RestorePlan::dry_run_report`]); [`apply`] carries it
+/// out.
+#[derive(Clone, Debug)]
+pub struct RestorePlan {
+    pub manifest: Manifest,
+    pub sources: Vec<SourcePlan>,
+    /// `--path` arguments, cleaned (empty: whole volumes).
+    pub paths: Vec<PathBuf>,
+    /// What was put right before planning (not on a dry run): leftovers of interrupted runs.
+    pub recovered: Vec<String>,
+}
+
+/// One source of a [`RestorePlan`].
+#[derive(Clone, Debug)]
+pub struct SourcePlan {
+    pub source: SourceRecord,
+    pub destination: Destination,
+    /// Host path whose contents are replaced (empty while the volume is still to be created).
+    pub path: PathBuf,
+    pub create_volume: bool,
+    /// Containers that use the destination; those to stop have [`QuiesceAction::Stop`].
+    pub users: Vec<PlannedContainer>,
+}
+
+impl SourcePlan {
+    /// Names of the containers stopped (and restarted) for this source.
+    pub fn stops(&self) -> Vec<String> {
+        self.users
+            .iter()
+            .filter(|u| u.action == QuiesceAction::Stop)
+            .map(|u| u.name.clone())
+            .collect()
+    }
+}
+
+impl RestorePlan {
+    /// The report of a dry run. `would_remove[i]`: the entries at source `i`'s destination now that the backup
+    /// does not hold.
+    pub fn dry_run_report(&self, would_remove: Vec<Vec<String>>) -> RestoreReport {
+        RestoreReport {
+            backup: Some(self.manifest.id.to_string()),
+            dry_run: true,
+            sources: self
+                .sources
+                .iter()
+                .zip(would_remove)
+                .map(|(sp, would_remove)| SourceRestore {
+                    source: sp.source.name.clone(),
+                    destination: sp.destination.clone(),
+                    path: sp.path.clone(),
+                    create_volume: sp.create_volume,
+                    stop: sp.stops(),
+                    would_remove: Some(would_remove),
+                    counts: sp.source.counts.clone(),
+                    safety_backup: None,
+                    restarted: vec![],
+                    warnings: vec![],
+                    status: RestoreStatus::DryRun,
+                })
+                .collect(),
+            recovered: self.recovered.clone(),
+        }
+    }
+}
+
+/// What a plan is applied with: the opened target, the keys, the engine.
+pub struct Resources {
+    pub(super) store: Arc<dyn Storage>,
+    pub(super) target: Target,
+    pub(super) decryptor: Arc<Decryptor>,
+    pub(super) engine: Engine,
+}
+
+/// Resolve the backup, check the keys, pick the sources and work out destinations and the containers to stop.
+/// Nothing is stopped or written; except on a dry run, leftovers of interrupted runs are recovered first (so that
+/// the containers are seen as they should be).
+pub async fn plan(
+    config: &Config,
+    args: &RestoreRequest,
+    progress: &Progress,
+) -> Result<(RestorePlan, Resources)> {
+    let (Some(target), Some(spec)) = (args.target.clone(), args.backup.clone()) else {
+        bail!("which backup? give a backup id or `latest` (see `voltar list`), or --archive FILE");
+    };
+    let before = args.before;
+    let store = crate::storage::open(&target)
+        .await
+        .with_context(|| format!("opening target {}", target.name))?;
+    let listing = catalog::list(store.as_ref()).await?;
+    let manifest = catalog::resolve(&listing, &spec, before, &args.sources)?.clone();
+    if spec == "latest" && args.sources.is_empty() {
+        // A partial run (`backup --only`) makes a `latest` that lacks some sources: say where they are.
+        for (name, id) in newer_elsewhere(&listing, &manifest) {
+            tracing::warn!(
+                "backup {} does not hold {name}; its newest backup is {id} (restore it with --source {name})",
+                manifest.id
+            );
+        }
+    }
+    let decryptor = Arc::new(Decryptor::load(
+        &args.identities,
+        args.passphrase_file.as_deref(),
+    )?);
+    if manifest.encryption.is_some() {
+        if decryptor.is_empty() {
+            return Err(crate::crypto::CryptoError::NeedKey {
+                what: manifest.id.to_string(),
+            }
+            .into());
+        }
+        decryptor.check_seal(&manifest)?;
+    }
+    let chosen: Vec<SourceRecord> = if args.sources.is_empty() {
+        manifest.sources.clone()
+    } else {
+        args.sources
+            .iter()
+            .map(|n| {
+                manifest.source(n).cloned().ok_or_else(|| {
+                    let failed = manifest.failed.iter().find(|f| &f.name == n);
+                    match failed {
+                        Some(f) => {
+                            anyhow!("source `{n}` failed in backup {}: {}", manifest.id, f.error)
+                        }
+                        None => anyhow!(
+                            "backup {} has no source `{n}` (it has: {})",
+                            manifest.id,
+                            manifest
+                                .sources
+                                .iter()
+                                .map(|s| s.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    }
+                })
+            })
+            .collect::<Result<_>>()?
+    };
+    if chosen.len() > 1 && args.to_volume.is_some() {
+        bail!("--to-volume takes one source; pick it with --source NAME");
+    }
+    let paths = clean_paths(&args.paths)?;
+    let engine = Engine::connect(config.docker_host.as_deref()).await?;
+    let mut recovered = Vec::new();
+    if !args.dry_run {
+        // Put back what a killed run left (stopped containers, staging directories) before looking around.
+        recovered = quiesce::recover(&config.state_dir, &engine).await?.lines();
+        for line in &recovered {
+            progress.warn(&format!("recovered from an interrupted run: {line}"));
+        }
+    }
+
+    // Work out destinations and the containers to stop.
+    let mut discovery = engine.discover().await?;
+    // A container another voltar run holds (paused for its backup) is running for its user: stop it like one,
+    // after that run lets go of it.
+    quiesce::see_through_other_runs(&config.state_dir, &mut discovery.containers);
+    let mut plans = Vec::new();
+    for src in &chosen {
+        let (destination, path, create_volume) = match (&args.to_volume, &args.to_dir) {
+            (Some(v), _) => {
+                if engine.inspect_volume(v).await.is_ok() {
+                    bail!("volume {v} already exists: pick a new name for --to-volume, or restore into it with `--source` and no --to-volume when it is the original");
+                }
+                (Destination::Volume(v.clone()), PathBuf::new(), true)
+            }
+            (None, Some(d)) => {
+                let p = if chosen.len() > 1 {
+                    d.join(&src.name)
+                } else {
+                    d.clone()
+                };
+                (Destination::Dir(p.clone()), p, false)
+            }
+            (None, None) => match src.kind {
+                SourceKind::Volume => match engine.inspect_volume(&src.name).await {
+                    Ok(v) => (Destination::Volume(src.name.clone()), v.mountpoint, false),
+                    Err(crate::docker::DockerError::NoSuchVolume(_)) => {
+                        (Destination::Volume(src.name.clone()), PathBuf::new(), true)
+                    }
+                    Err(e) => return Err(e.into()),
+                },
+                SourceKind::Bind => (
+                    Destination::Dir(PathBuf::from(&src.path)),
+                    PathBuf::from(&src.path),
+                    false,
+                ),
+            },
+        };
+        // Containers using the destination.
+        let mut users: Vec<PlannedContainer> = Vec::new();
+        for c in &discovery.containers {
+            let uses = c.mounts.iter().any(|m| match &destination {
+                Destination::Volume(v) => m.name.as_deref() == Some(v.as_str()),
+                Destination::Dir(d) => {
+                    !d.as_os_str().is_empty() && (m.source == *d || m.source.starts_with(d))
+                }
+            });
+            if !uses {
+                continue;
+            }
+            if let Some(svc) = c.swarm_service() {
+                bail!("{destination} is used by swarm service {svc} (task {}): scale it to 0 first (`docker service scale {svc}=0`), restore, then scale it back", c.name);
+            }
+            if c.state == ContainerState::Paused {
+                bail!(
+                    "container {} uses {destination} and is paused: unpause or stop it first",
+                    c.name
+                );
+            }
+            let running = matches!(
+                c.state,
+                ContainerState::Running | ContainerState::Restarting
+            );
+            users.push(PlannedContainer {
+                id: c.id.clone(),
+                name: c.name.clone(),
+                compose_project: c.compose_project().map(String::from),
+                compose_service: c.compose_service().map(String::from),
+                state: c.state.to_string(),
+                rw: true,
+                action: if running {
+                    QuiesceAction::Stop
+                } else {
+                    QuiesceAction::None
+                },
+                // As backup does: the container's own label first, then the job's setting.
+                stop_timeout: c
+                    .labels
+                    .get(crate::plan::LABEL_STOP_TIMEOUT)
+                    .and_then(|t| crate::config::parse_duration(t).ok())
+                    .unwrap_or_else(|| {
+                        config
+                            .job(args.job.as_deref())
+                            .map(|j| j.quiesce.stop_timeout)
+                            .unwrap_or(crate::config::Quiesce::default().stop_timeout)
+                    }),
+                reason: if running {
+                    "uses the restore target".into()
+                } else {
+                    "not running".into()
+                },
+            });
+        }
+        if let Destination::Dir(d) = &destination {
+            if args.to_dir.is_some() && !args.force && dir_has_entries(d) && paths.is_empty() {
+                bail!(
+                    "{} is not empty: its contents would be replaced; pass --force to allow it",
+                    d.display()
+                );
+            }
+        }
+        plans.push(SourcePlan {
+            source: src.clone(),
+            destination,
+            path,
+            create_volume,
+            users,
+        });
+    }
+    let plan = RestorePlan {
+        manifest,
+        sources: plans,
+        paths,
+        recovered,
+    };
+    let resources = Resources {
+        store,
+        target,
+        decryptor,
+        engine,
+    };
+    Ok((plan, resources))
+}
+
+/// `--dry-run`: the plan, with what each destination holds now that the backup does not.
+pub(super) async fn dry_run(plan: &RestorePlan, res: &Resources) -> Result<RestoreReport> {
+    let mut would_remove = Vec::new();
+    for sp in &plan.sources {
+        let archive_names = list_archive(
+            res.store.clone(),
+            &plan.manifest,
+            &sp.source,
+            res.decryptor.clone(),
+        )
+        .await?;
+        would_remove.push(
+            if sp.path.as_os_str().is_empty() || !plan.paths.is_empty() {
+                vec![]
+            } else {
+                current_names(&sp.path)
+                    .difference(&archive_names)
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .collect()
+            },
+        );
+    }
+    Ok(plan.dry_run_report(would_remove))
+}
+
+/// Names in an archive (for `--dry-run`), read back and checked like a restore reads it.
+async fn list_archive(
+    store: Arc<dyn Storage>,
+    manifest: &Manifest,
+    src: &SourceRecord,
+    decryptor: Arc<Decryptor>,
+) -> Result<BTreeSet<PathBuf>> {
+    let rb = readback::read(
+        store,
+        manifest,
+        src,
+        decryptor,
+        Entries::List,
+        false,
+        Progress::hidden(),
+    )
+    .await?;
+    let Walked::Listed(names) = checked(rb, src, false)? else {
+        unreachable!("list lists")
+    };
+    Ok(names)
+}

@@ -1,0 +1,152 @@
+//! Restore's filesystem side: the journaled staging directory and the atomic swaps (`renameat2`).
+
+use super::*;
+
+/// A staging directory beside a destination (same filesystem, so swapping it in is a rename), journaled before
+/// it is created: a restore killed while it exists leaves a journal entry that `voltar recover` (and the next
+/// backup or restore) acts on by removing it.
+pub(super) struct Staging {
+    /// Absolute (the journal is read from any working directory).
+    pub(super) path: PathBuf,
+    seq: u64,
+}
+
+impl Staging {
+    pub(super) fn make(path: &Path, journal: &Journal) -> Result<Staging> {
+        let parent = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let parent = std::fs::canonicalize(parent)
+            .with_context(|| format!("resolving {}", parent.display()))?;
+        let base = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let staging = parent.join(format!(
+            "{STAGING_PREFIX}{base}-{:08x}",
+            rand::random::<u32>()
+        ));
+        let seq = journal.will_create(&Leftover::StagingDir {
+            path: staging.clone(),
+        })?;
+        if let Err(e) = std::fs::create_dir(&staging) {
+            journal.removed(seq);
+            return Err(anyhow!(e))
+                .with_context(|| format!("creating staging directory {}", staging.display()));
+        }
+        Ok(Staging { path: staging, seq })
+    }
+
+    /// Remove the directory and everything in it; the journal entry is closed only once it is gone. The error
+    /// is a warning for the report: the journal keeps the entry, so recover removes it later.
+    pub(super) fn remove(self, journal: &Journal) -> Result<(), String> {
+        match std::fs::remove_dir_all(&self.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(format!(
+                    "cannot remove staging directory {}: {e} (`voltar recover` removes it later)",
+                    self.path.display()
+                ))
+            }
+        }
+        journal.removed(self.seq);
+        Ok(())
+    }
+}
+
+/// Put `--path` `p` from `staging` in place under `path`: swapped with what is there (which ends up in staging), or
+/// moved in. Both sides are reached one component at a time relative to directory descriptors, never through a
+/// symlink, so a path of any length works (longer than PATH_MAX too).
+pub(super) fn swap_path_in(staging: &Path, path: &Path, p: &Path) -> Result<()> {
+    use crate::archive::unpack::{exists_at, open_dir_beneath};
+    use std::ffi::CString;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let not_in_backup = || anyhow!("--path {}: not in the backup", p.display());
+    let name = p.file_name().ok_or_else(not_in_backup)?;
+    let parent = p.parent().unwrap_or(Path::new(""));
+    let from_dir = open_dir_beneath(staging, parent, false).map_err(|_| not_in_backup())?;
+    if !exists_at(from_dir.as_raw_fd(), name).unwrap_or(false) {
+        return Err(not_in_backup());
+    }
+    let to_dir = open_dir_beneath(path, parent, true).with_context(|| {
+        format!(
+            "--path {}: opening its directory in {}",
+            p.display(),
+            path.display()
+        )
+    })?;
+    let replace = exists_at(to_dir.as_raw_fd(), name)
+        .with_context(|| format!("--path {}: looking at {}", p.display(), path.display()))?;
+    let c = CString::new(name.as_bytes())?;
+    // SAFETY: valid descriptors and NUL-terminated names.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            from_dir.as_raw_fd(),
+            c.as_ptr(),
+            to_dir.as_raw_fd(),
+            c.as_ptr(),
+            if replace {
+                libc::RENAME_EXCHANGE
+            } else {
+                libc::RENAME_NOREPLACE
+            },
+        )
+    };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        bail!(
+            "--path {}: moving it into {}: {e} (the filesystem must support renameat2)",
+            p.display(),
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Atomically swap two paths on one filesystem (`renameat2(RENAME_EXCHANGE)`).
+pub(super) fn exchange(a: &Path, b: &Path) -> Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let ca = CString::new(a.as_os_str().as_bytes())?;
+    let cb = CString::new(b.as_os_str().as_bytes())?;
+    // SAFETY: valid NUL-terminated paths; AT_FDCWD.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc != 0 {
+        let e = std::io::Error::last_os_error();
+        bail!(
+            "swapping {} into {}: {e} (the filesystem must support renameat2 RENAME_EXCHANGE)",
+            a.display(),
+            b.display()
+        );
+    }
+    Ok(())
+}
+
+pub(super) fn dir_has_entries(p: &Path) -> bool {
+    std::fs::read_dir(p)
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false)
+}
+
+pub(super) fn current_names(root: &Path) -> BTreeSet<PathBuf> {
+    walkdir::WalkDir::new(root)
+        .min_depth(1)
+        .follow_links(false)
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.path().strip_prefix(root).ok().map(Path::to_path_buf))
+        .collect()
+}
