@@ -3,6 +3,7 @@
 
 pub mod compress;
 pub mod pack;
+mod pax;
 pub mod tree;
 pub mod unpack;
 

@@ -118,7 +118,9 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::unpack::MAX_META_HEADER;
+use super::pax::{
+    checksum, octal_max, pax_record, pax_record_num, put_num, put_octal, MAX_META_HEADER,
+};
 use super::ArchiveError;
 use crate::catalog::Counts;
 
@@ -139,11 +141,6 @@ pub const MAX_OPEN_DIRS: usize = 64;
 /// its path and possibly a hardlink target as long, and `voltar restore` refuses headers over
 /// [`MAX_META_HEADER`] (1 MiB). Deeper entries are reported as not archived, never written unrestorable.
 pub const MAX_PATH_LEN: usize = (MAX_META_HEADER as usize - (64 << 10)) / 2;
-
-/// Largest value of an octal ustar field of `len` bytes (len-1 digits and a NUL).
-const fn octal_max(len: usize) -> u64 {
-    (1u64 << (3 * (len as u32 - 1))) - 1
-}
 
 /// Options for [`pack`].
 #[derive(Default, Clone, Copy)]
@@ -1531,74 +1528,6 @@ fn split_dev(dev: u64) -> (u64, u64) {
     (major, minor)
 }
 
-/// Octal, zero-padded, NUL-terminated; the caller guarantees the value fits.
-fn put_octal(field: &mut [u8], v: u64) {
-    let digits = field.len() - 1;
-    let mut v = v;
-    for i in (0..digits).rev() {
-        field[i] = b'0' + (v & 7) as u8;
-        v >>= 3;
-    }
-    field[digits] = 0;
-}
-
-/// Octal if it fits (returns true), else GNU base-256 (returns false: the caller adds a PAX record).
-fn put_num(field: &mut [u8], v: u64) -> bool {
-    if v <= octal_max(field.len()) {
-        put_octal(field, v);
-        true
-    } else {
-        // Big-endian in the low bytes, high bit of the first byte set (values here are < 2^63).
-        field.fill(0);
-        let n = field.len();
-        field[n - 8..].copy_from_slice(&v.to_be_bytes());
-        field[0] |= 0x80;
-        false
-    }
-}
-
-fn checksum(h: &mut [u8; BLOCK]) {
-    h[148..156].fill(b' ');
-    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
-    put_octal(&mut h[148..155], u64::from(sum));
-    h[155] = b' ';
-}
-
-/// One PAX record: `<len> <key>=<value>\n`, where len counts the whole record including its own digits.
-fn pax_record(buf: &mut Vec<u8>, key: &[u8], value: &[u8]) {
-    let base = key.len() + value.len() + 3; // ' ', '=', '\n'
-    let mut len = base + 1;
-    loop {
-        let next = base + decimal_digits(len);
-        if next == len {
-            break;
-        }
-        len = next;
-    }
-    let _ = write!(buf, "{len} ");
-    buf.extend_from_slice(key);
-    buf.push(b'=');
-    buf.extend_from_slice(value);
-    buf.push(b'\n');
-}
-
-fn pax_record_num(buf: &mut Vec<u8>, key: &[u8], v: u64) {
-    let mut tmp = [0u8; 20];
-    let mut w = &mut tmp[..];
-    let _ = write!(w, "{v}");
-    let n = 20 - w.len();
-    pax_record(buf, key, &tmp[..n]);
-}
-
-fn decimal_digits(mut n: usize) -> usize {
-    let mut d = 1;
-    while n >= 10 {
-        n /= 10;
-        d += 1;
-    }
-    d
-}
-
 #[cfg(not(test))]
 #[inline(always)]
 fn after_header_hook(_: RawFd, _: &CStr) {}
@@ -1664,19 +1593,6 @@ mod tests {
             v.push((name, size, data));
         }
         v
-    }
-
-    #[test]
-    fn pax_record_length_counts_its_own_digits() {
-        for vlen in [
-            0usize, 1, 3, 4, 5, 90, 93, 94, 95, 96, 990, 995, 996, 997, 1000,
-        ] {
-            let mut b = Vec::new();
-            pax_record(&mut b, b"path", &vec![b'a'; vlen]);
-            let sp = b.iter().position(|&c| c == b' ').unwrap();
-            let len: usize = std::str::from_utf8(&b[..sp]).unwrap().parse().unwrap();
-            assert_eq!(len, b.len(), "value length {vlen}");
-        }
     }
 
     struct FakeStat;
@@ -1747,16 +1663,6 @@ mod tests {
             .find(|r| r.key() == Ok("mtime"))
             .map(|r| r.value().unwrap().to_string());
         assert_eq!(mtime.as_deref(), Some("1099511627776.000000007"));
-    }
-
-    #[test]
-    fn numbers_that_do_not_fit_use_base256() {
-        let mut f = [0u8; 8];
-        assert!(put_num(&mut f, 2_097_151));
-        assert_eq!(&f, b"7777777\0");
-        assert!(!put_num(&mut f, 2_097_152));
-        assert_eq!(f[0], 0x80);
-        assert_eq!(u64::from_be_bytes(f) & !(0x80 << 56), 2_097_152);
     }
 
     #[test]
