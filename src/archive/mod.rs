@@ -2,6 +2,7 @@
 //! Knows nothing about Docker or storage.
 
 pub mod compress;
+mod fsat;
 pub mod pack;
 mod pax;
 pub mod tree;

@@ -111,13 +111,15 @@ use std::collections::HashMap;
 use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
-use std::mem::MaybeUninit;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use super::fsat::{
+    is_enoent, open_dir_at, open_regular_at, open_root, read_link_at, read_sorted, Stat,
+};
 use super::pax::{
     checksum, octal_max, pax_record, pax_record_num, put_num, put_octal, MAX_META_HEADER,
 };
@@ -226,192 +228,6 @@ pub fn pack<W: io::Write>(
         &mut rel,
     )?;
     p.finish()
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// Filesystem primitives: one path component per call, relative to a directory descriptor, never following a
-// symlink.
-
-pub(super) fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
-}
-
-fn open_root(root: &Path) -> io::Result<OwnedFd> {
-    let c = CString::new(root.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
-    // SAFETY: valid C string; the fd is owned below.
-    let fd = cvt(unsafe {
-        libc::open(
-            c.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    })?;
-    // SAFETY: fresh fd, owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Open the directory `name` in `dir`; fails (ELOOP/ENOTDIR) rather than follow a symlink or open anything else.
-pub(super) fn open_dir_at(dir: RawFd, name: &CStr) -> io::Result<OwnedFd> {
-    // SAFETY: valid fd and C string; the fd is owned below.
-    let fd = cvt(unsafe {
-        libc::openat(
-            dir,
-            name.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-        )
-    })?;
-    // SAFETY: fresh fd.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Open a regular file for reading without following a symlink, without blocking on a FIFO that replaced it,
-/// and without touching its atime where the kernel allows (O_NOATIME needs ownership or CAP_FOWNER).
-fn open_regular_at(dir: RawFd, name: &CStr) -> io::Result<File> {
-    let base = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
-    let open = |flags| {
-        // SAFETY: valid fd and C string; the fd is owned below.
-        cvt(unsafe { libc::openat(dir, name.as_ptr(), flags) })
-            // SAFETY: fresh fd.
-            .map(|fd| unsafe { File::from_raw_fd(fd) })
-    };
-    match open(base | libc::O_NOATIME) {
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(base),
-        r => r,
-    }
-}
-
-/// Entries of the open directory `dir` (without `.` and `..`), sorted by name bytes, with the `d_type` from
-/// `readdir` (`DT_UNKNOWN` when the filesystem does not give one). Reads through a duplicate of the descriptor,
-/// closed before returning.
-pub(super) fn read_sorted(dir: RawFd) -> io::Result<Vec<(CString, u8)>> {
-    // SAFETY: valid fd; the duplicate is handed to fdopendir, which owns it from then on.
-    let dup = cvt(unsafe { libc::fcntl(dir, libc::F_DUPFD_CLOEXEC, 0) })?;
-    // SAFETY: `dup` is a fresh descriptor of a directory.
-    let dp = unsafe { libc::fdopendir(dup) };
-    if dp.is_null() {
-        let e = io::Error::last_os_error();
-        // SAFETY: fdopendir failed, so `dup` is still ours to close.
-        unsafe { libc::close(dup) };
-        return Err(e);
-    }
-    // The duplicate shares the file offset with `dir`: start at the beginning whatever happened before.
-    // SAFETY: dp is a valid DIR*.
-    unsafe { libc::rewinddir(dp) };
-    let mut v = Vec::new();
-    let result = loop {
-        // SAFETY: errno is thread-local; resetting it tells "end of directory" from an error below.
-        unsafe { *libc::__errno_location() = 0 };
-        // SAFETY: dp is a valid DIR*; the returned entry is valid until the next readdir/closedir.
-        let ent = unsafe { libc::readdir64(dp) };
-        if ent.is_null() {
-            let e = io::Error::last_os_error();
-            break match e.raw_os_error() {
-                Some(0) | None => Ok(()),
-                Some(_) => Err(e),
-            };
-        }
-        // SAFETY: d_name is NUL-terminated inside the entry.
-        let (name, ty) = unsafe { (CStr::from_ptr((*ent).d_name.as_ptr()), (*ent).d_type) };
-        let b = name.to_bytes();
-        if b == b"." || b == b".." {
-            continue;
-        }
-        v.push((name.to_owned(), ty));
-    };
-    // SAFETY: dp is valid and closed exactly once (this also closes `dup`).
-    unsafe { libc::closedir(dp) };
-    result?;
-    v.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-    Ok(v)
-}
-
-/// Read the target of the symlink `name` in `dir` into `buf` (grown until the target fits).
-pub(super) fn read_link_at(dir: RawFd, name: &CStr, buf: &mut Vec<u8>) -> io::Result<()> {
-    if buf.capacity() < 256 {
-        buf.reserve(256);
-    }
-    loop {
-        buf.clear();
-        let cap = buf.capacity();
-        // SAFETY: valid fd and C string; the buffer has `cap` writable bytes.
-        let n = unsafe { libc::readlinkat(dir, name.as_ptr(), buf.as_mut_ptr().cast(), cap) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let n = n as usize;
-        if n < cap {
-            // SAFETY: readlinkat initialised the first n bytes.
-            unsafe { buf.set_len(n) };
-            return Ok(());
-        }
-        // Possibly truncated: try again with more room.
-        buf.reserve(cap * 2);
-    }
-}
-
-/// `struct stat` of an entry, from `fstat` or `fstatat(AT_SYMLINK_NOFOLLOW)`.
-#[derive(Clone, Copy)]
-struct Stat(libc::stat);
-
-impl Stat {
-    fn of_fd(fd: RawFd) -> io::Result<Stat> {
-        let mut st = MaybeUninit::<libc::stat>::uninit();
-        // SAFETY: valid fd and out pointer.
-        cvt(unsafe { libc::fstat(fd, st.as_mut_ptr()) })?;
-        // SAFETY: fstat succeeded and filled it.
-        Ok(Stat(unsafe { st.assume_init() }))
-    }
-
-    fn at(dir: RawFd, name: &CStr) -> io::Result<Stat> {
-        let mut st = MaybeUninit::<libc::stat>::uninit();
-        // SAFETY: valid fd, C string and out pointer.
-        cvt(unsafe {
-            libc::fstatat(
-                dir,
-                name.as_ptr(),
-                st.as_mut_ptr(),
-                libc::AT_SYMLINK_NOFOLLOW,
-            )
-        })?;
-        // SAFETY: fstatat succeeded and filled it.
-        Ok(Stat(unsafe { st.assume_init() }))
-    }
-
-    fn kind(&self) -> libc::mode_t {
-        self.0.st_mode & libc::S_IFMT
-    }
-    fn is_dir(&self) -> bool {
-        self.kind() == libc::S_IFDIR
-    }
-    fn is_file(&self) -> bool {
-        self.kind() == libc::S_IFREG
-    }
-    fn nlink(&self) -> u64 {
-        self.0.st_nlink
-    }
-    fn dev(&self) -> u64 {
-        self.0.st_dev
-    }
-    fn ino(&self) -> u64 {
-        self.0.st_ino
-    }
-    fn size(&self) -> u64 {
-        self.0.st_size.max(0) as u64
-    }
-    fn blocks(&self) -> u64 {
-        self.0.st_blocks.max(0) as u64
-    }
-    fn rdev(&self) -> u64 {
-        self.0.st_rdev
-    }
-}
-
-fn is_enoent(e: &io::Error) -> bool {
-    e.raw_os_error() == Some(libc::ENOENT)
 }
 
 /// Where extended attributes are read from: the open file or directory, or (for entries that must not be
@@ -1566,8 +1382,10 @@ mod hooks {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::archive::fsat::cvt;
     use std::fs::{self, OpenOptions};
     use std::io::Read;
+    use std::os::fd::FromRawFd;
 
     fn pack_vec(root: &Path) -> (PackReport, Vec<u8>) {
         pack(root, Vec::new(), &PackOptions::default(), &mut |_| {}).expect("pack")

@@ -76,6 +76,10 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use super::fsat::{
+    chmod_fd, chown_at, chown_fd, cstr, cvt, mkdir_at, open_dir_at, open_root, proc_path,
+    set_mtime_at, set_mtime_fd, type_at, unlink_at,
+};
 use super::pax::{check_map, describe, read_sparse_map, Described, Kind, PaxTap, Sparse};
 pub use super::pax::{MAX_META_HEADER, MAX_SPARSE_SEGMENTS};
 use super::{ArchiveError, Counts};
@@ -138,7 +142,7 @@ pub fn unpack<R: Read>(
     dest: &Path,
     opts: &UnpackOptions,
 ) -> Result<UnpackReport, ArchiveError> {
-    let root = open_root(dest)?;
+    let root = open_dest(dest)?;
     let mut x = Extractor {
         root,
         dest: dest.to_path_buf(),
@@ -381,148 +385,14 @@ fn join(comps: &[OsString]) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Filesystem primitives (all relative to directory fds, never following symlinks)
+// Beneath a trusted directory
 
-fn cstr(name: &OsStr) -> CString {
-    // Components come from `sanitize`, which rejected NUL bytes.
-    CString::new(name.as_bytes()).expect("NUL rejected by sanitize")
-}
-
-fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
-}
-
-fn open_root(dest: &Path) -> Result<OwnedFd, ArchiveError> {
-    let c = CString::new(dest.as_os_str().as_bytes()).map_err(|_| ArchiveError::Io {
-        path: dest.to_path_buf(),
-        source: io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"),
-    })?;
-    // The destination itself is trusted (the caller chose it), so it may be reached through symlinks.
-    // SAFETY: c is a valid C string; the returned fd is owned below.
-    let fd = unsafe {
-        libc::open(
-            c.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    };
-    let fd = cvt(fd).map_err(|e| ArchiveError::Io {
+/// Open the destination directory: trusted (the caller chose it), so it may be reached through symlinks.
+fn open_dest(dest: &Path) -> Result<OwnedFd, ArchiveError> {
+    open_root(dest).map_err(|e| ArchiveError::Io {
         path: dest.to_path_buf(),
         source: e,
-    })?;
-    // SAFETY: fd was just opened and is owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn open_dir_at(parent: RawFd, name: &OsStr) -> io::Result<OwnedFd> {
-    let c = cstr(name);
-    // SAFETY: valid fd and C string.
-    let fd = cvt(unsafe {
-        libc::openat(
-            parent,
-            c.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-        )
-    })?;
-    // SAFETY: fresh fd.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// File type at `name` in `parent` without following a symlink; None when nothing is there.
-fn type_at(parent: RawFd, name: &OsStr) -> io::Result<Option<libc::mode_t>> {
-    let c = cstr(name);
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: valid fd, C string and out pointer.
-    let r = unsafe { libc::fstatat(parent, c.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) };
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::ENOENT) {
-            return Ok(None);
-        }
-        return Err(e);
-    }
-    Ok(Some(st.st_mode & libc::S_IFMT))
-}
-
-fn unlink_at(parent: RawFd, name: &OsStr) -> io::Result<()> {
-    let c = cstr(name);
-    // SAFETY: valid fd and C string.
-    cvt(unsafe { libc::unlinkat(parent, c.as_ptr(), 0) }).map(|_| ())
-}
-
-fn mkdir_at(parent: RawFd, name: &OsStr, mode: libc::mode_t) -> io::Result<()> {
-    let c = cstr(name);
-    // SAFETY: valid fd and C string.
-    cvt(unsafe { libc::mkdirat(parent, c.as_ptr(), mode) }).map(|_| ())
-}
-
-fn timespec(t: (i64, u32)) -> libc::timespec {
-    libc::timespec {
-        tv_sec: t.0 as libc::time_t,
-        tv_nsec: t.1 as _,
-    }
-}
-
-/// Set mtime (atime left as is) of `name` in `parent`, not following a symlink.
-fn set_mtime_at(parent: RawFd, name: &OsStr, t: (i64, u32)) -> io::Result<()> {
-    let c = cstr(name);
-    let times = [
-        libc::timespec {
-            tv_sec: 0,
-            tv_nsec: libc::UTIME_OMIT,
-        },
-        timespec(t),
-    ];
-    // SAFETY: valid fd, C string and a two-element array.
-    cvt(unsafe {
-        libc::utimensat(
-            parent,
-            c.as_ptr(),
-            times.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
     })
-    .map(|_| ())
-}
-
-fn set_mtime_fd(fd: RawFd, t: (i64, u32)) -> io::Result<()> {
-    let times = [
-        libc::timespec {
-            tv_sec: 0,
-            tv_nsec: libc::UTIME_OMIT,
-        },
-        timespec(t),
-    ];
-    // SAFETY: valid fd and a two-element array.
-    cvt(unsafe { libc::futimens(fd, times.as_ptr()) }).map(|_| ())
-}
-
-fn chown_at(parent: RawFd, name: &OsStr, uid: u64, gid: u64) -> io::Result<()> {
-    let c = cstr(name);
-    // SAFETY: valid fd and C string.
-    cvt(unsafe {
-        libc::fchownat(
-            parent,
-            c.as_ptr(),
-            uid as libc::uid_t,
-            gid as libc::gid_t,
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    })
-    .map(|_| ())
-}
-
-fn chown_fd(fd: RawFd, uid: u64, gid: u64) -> io::Result<()> {
-    // SAFETY: valid fd.
-    cvt(unsafe { libc::fchown(fd, uid as libc::uid_t, gid as libc::gid_t) }).map(|_| ())
-}
-
-fn chmod_fd(fd: RawFd, mode: u32) -> io::Result<()> {
-    // SAFETY: valid fd.
-    cvt(unsafe { libc::fchmod(fd, mode as libc::mode_t) }).map(|_| ())
 }
 
 /// Open the directory `rel` (relative, without `..`: `.` and empty components are dropped) below the trusted
@@ -530,11 +400,7 @@ fn chmod_fd(fd: RawFd, mode: u32) -> io::Result<()> {
 /// (no call gets more than one component) and never passes through a symlink. With `create`, missing
 /// directories are made (0777 & ~umask, like GNU tar's implicit parents). Restore's `--path` swap uses it.
 pub fn open_dir_beneath(base: &Path, rel: &Path, create: bool) -> io::Result<OwnedFd> {
-    let mut cur = match open_root(base) {
-        Ok(fd) => fd,
-        Err(ArchiveError::Io { source, .. }) => return Err(source),
-        Err(e) => return Err(io::Error::other(e.to_string())),
-    };
+    let mut cur = open_root(base)?;
     for c in filter_components(rel) {
         if c.as_bytes().contains(&0) {
             return Err(io::Error::new(
@@ -542,14 +408,14 @@ pub fn open_dir_beneath(base: &Path, rel: &Path, create: bool) -> io::Result<Own
                 "a NUL byte in a name",
             ));
         }
-        cur = match open_dir_at(cur.as_raw_fd(), &c) {
+        cur = match open_dir_at(cur.as_raw_fd(), &cstr(&c)) {
             Ok(fd) => fd,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) && create => {
                 match mkdir_at(cur.as_raw_fd(), &c, 0o777) {
                     Err(e) if e.raw_os_error() != Some(libc::EEXIST) => return Err(e),
                     _ => {}
                 }
-                open_dir_at(cur.as_raw_fd(), &c)?
+                open_dir_at(cur.as_raw_fd(), &cstr(&c))?
             }
             Err(e) => {
                 if let Ok(Some(libc::S_IFLNK)) = type_at(cur.as_raw_fd(), &c) {
@@ -571,14 +437,6 @@ pub fn exists_at(dir: RawFd, name: &OsStr) -> io::Result<bool> {
         return Ok(false);
     }
     type_at(dir, name).map(|t| t.is_some())
-}
-
-/// `/proc/self/fd/N/name`: reaches `name` inside the directory fd without resolving the parent path again; used
-/// for the few calls that have no *at variant (lsetxattr, chmod of a FIFO without opening it).
-fn proc_path(parent: RawFd, name: &OsStr) -> PathBuf {
-    let mut p = PathBuf::from(format!("/proc/self/fd/{parent}"));
-    p.push(name);
-    p
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -703,7 +561,7 @@ impl Extractor<'_> {
     fn walk(&self, comps: &[OsString], create: bool, entry: &str) -> Result<OwnedFd, ArchiveError> {
         let mut cur = self.root.try_clone().map_err(|e| self.io_err(&[], e))?;
         for (i, c) in comps.iter().enumerate() {
-            let next = match open_dir_at(cur.as_raw_fd(), c) {
+            let next = match open_dir_at(cur.as_raw_fd(), &cstr(c)) {
                 Ok(fd) => fd,
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) && create => {
                     // Implicit parent: default permissions like GNU tar (0777 & ~umask).
@@ -712,7 +570,7 @@ impl Extractor<'_> {
                         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
                         Err(e) => return Err(self.io_err(&comps[..=i], e)),
                     }
-                    open_dir_at(cur.as_raw_fd(), c).map_err(|e| {
+                    open_dir_at(cur.as_raw_fd(), &cstr(c)).map_err(|e| {
                         self.classify_walk_error(&comps[..=i], cur.as_raw_fd(), e, entry)
                     })?
                 }
@@ -854,7 +712,7 @@ impl Extractor<'_> {
                 Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
                 Err(e) => return Err(self.io_err(comps, e)),
             }
-            open_dir_at(parent.as_raw_fd(), name)
+            open_dir_at(parent.as_raw_fd(), &cstr(name))
                 .map_err(|e| self.classify_walk_error(comps, parent.as_raw_fd(), e, &d.display))?
         };
         if !d.xattrs.is_empty() {
@@ -1137,9 +995,11 @@ impl Extractor<'_> {
                 self.root.try_clone().map_err(|e| self.io_err(&[], e))?
             } else {
                 let parent = self.walk(&m.comps[..m.comps.len() - 1], false, &shown)?;
-                open_dir_at(parent.as_raw_fd(), m.comps.last().expect("non-empty")).map_err(
-                    |e| self.classify_walk_error(&m.comps, parent.as_raw_fd(), e, &shown),
-                )?
+                open_dir_at(
+                    parent.as_raw_fd(),
+                    &cstr(m.comps.last().expect("non-empty")),
+                )
+                .map_err(|e| self.classify_walk_error(&m.comps, parent.as_raw_fd(), e, &shown))?
             };
             if self.opts.same_owner {
                 if let Err(e) = chown_fd(fd.as_raw_fd(), m.uid, m.gid) {
