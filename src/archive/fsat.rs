@@ -1,15 +1,29 @@
 //! The filesystem layer: calls relative to a directory descriptor, one path component per call, never following
 //! a symlink (`O_NOFOLLOW`, `AT_SYMLINK_NOFOLLOW`). `pack` walks the source with these and `unpack` writes the
 //! destination with them, so a symlink in a path is never passed through, whoever planted it and whenever.
+//!
+//! The calls go through `rustix`, which checks their arguments and results; the one `unsafe` here is [`fd`],
+//! which borrows a raw descriptor for the length of a call.
 
 use std::ffi::{CStr, CString, OsStr};
 use std::fs::File;
 use std::io;
-use std::mem::MaybeUninit;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use rustix::buffer::spare_capacity;
+use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps};
+
+/// Borrow a raw descriptor for one call.
+#[inline]
+fn fd<'a>(raw: RawFd) -> BorrowedFd<'a> {
+    // SAFETY: every function here is handed a descriptor its caller holds open (an `OwnedFd`, `File` or directory
+    // level of the walk) for at least the duration of the call, and the borrow does not outlive the call.
+    unsafe { BorrowedFd::borrow_raw(raw) }
+}
+
+/// Turn a C return value into an `io::Result` (for the libc calls that remain outside this module).
 pub(super) fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     if r < 0 {
         Err(io::Error::last_os_error())
@@ -18,149 +32,186 @@ pub(super) fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
+/// Open a trusted directory by path (it may be reached through symlinks: the caller chose it).
 pub(super) fn open_root(root: &Path) -> io::Result<OwnedFd> {
     let c = CString::new(root.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
-    // SAFETY: valid C string; the fd is owned below.
-    let fd = cvt(unsafe {
-        libc::open(
-            c.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    })?;
-    // SAFETY: fresh fd, owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    Ok(rustix::fs::open(
+        c.as_c_str(),
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
 }
 
 /// Open the directory `name` in `dir`; fails (ELOOP/ENOTDIR) rather than follow a symlink or open anything else.
 pub(super) fn open_dir_at(dir: RawFd, name: &CStr) -> io::Result<OwnedFd> {
-    // SAFETY: valid fd and C string; the fd is owned below.
-    let fd = cvt(unsafe {
-        libc::openat(
-            dir,
-            name.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-        )
-    })?;
-    // SAFETY: fresh fd.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    Ok(rustix::fs::openat(
+        fd(dir),
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
 }
 
 /// Open a regular file for reading without following a symlink, without blocking on a FIFO that replaced it,
 /// and without touching its atime where the kernel allows (O_NOATIME needs ownership or CAP_FOWNER).
 pub(super) fn open_regular_at(dir: RawFd, name: &CStr) -> io::Result<File> {
-    let base = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
-    let open = |flags| {
-        // SAFETY: valid fd and C string; the fd is owned below.
-        cvt(unsafe { libc::openat(dir, name.as_ptr(), flags) })
-            // SAFETY: fresh fd.
-            .map(|fd| unsafe { File::from_raw_fd(fd) })
-    };
-    match open(base | libc::O_NOATIME) {
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(base),
-        r => r,
+    let base = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let open = |flags| rustix::fs::openat(fd(dir), name, flags, Mode::empty()).map(File::from);
+    match open(base | OFlags::NOATIME) {
+        Err(rustix::io::Errno::PERM) => Ok(open(base)?),
+        r => Ok(r?),
+    }
+}
+
+/// Create the regular file `name` in `dir` for writing: `O_EXCL | O_NOFOLLOW`, so nothing already there (a
+/// symlink included) is ever written through.
+pub(super) fn create_excl_at(dir: RawFd, name: &CStr, mode: u32) -> io::Result<File> {
+    Ok(rustix::fs::openat(
+        fd(dir),
+        name,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(mode),
+    )
+    .map(File::from)?)
+}
+
+/// Create the symlink `name` in `dir` pointing at `target`, stored verbatim (it is content, never followed here).
+pub(super) fn symlink_at(target: &CStr, dir: RawFd, name: &CStr) -> io::Result<()> {
+    Ok(rustix::fs::symlinkat(target, fd(dir), name)?)
+}
+
+/// Hardlink `name` in `dir` to `target` in `tdir`; flags 0: if the target is a symlink, link the symlink itself,
+/// never what it points to.
+pub(super) fn link_at(tdir: RawFd, target: &CStr, dir: RawFd, name: &CStr) -> io::Result<()> {
+    Ok(rustix::fs::linkat(
+        fd(tdir),
+        target,
+        fd(dir),
+        name,
+        AtFlags::empty(),
+    )?)
+}
+
+/// A FIFO (`dev` None) or a character/block device node `name` in `dir`, mode 0600 (set properly later).
+pub(super) fn mknod_at(
+    dir: RawFd,
+    name: &CStr,
+    kind: rustix::fs::FileType,
+    dev: (u32, u32),
+) -> io::Result<()> {
+    Ok(rustix::fs::mknodat(
+        fd(dir),
+        name,
+        kind,
+        Mode::from_raw_mode(0o600),
+        rustix::fs::makedev(dev.0, dev.1),
+    )?)
+}
+
+/// Where extended attributes are read: an open file or directory, or a path not followed if it is a symlink
+/// (pack's `XattrSrc` turned ready for the calls).
+#[derive(Clone, Copy)]
+pub(super) enum XattrAt<'a> {
+    Fd(RawFd),
+    Path(&'a CStr),
+}
+
+/// The names of the extended attributes of `at`, NUL-separated, into `buf` (reused).
+pub(super) fn list_xattrs(at: XattrAt<'_>, buf: &mut Vec<u8>) -> io::Result<()> {
+    fill_growing(buf, 1024, |b| match at {
+        XattrAt::Fd(f) => rustix::fs::flistxattr(fd(f), spare_capacity(b)),
+        XattrAt::Path(p) => rustix::fs::llistxattr(p, spare_capacity(b)),
+    })
+}
+
+/// The value of the extended attribute `name` of `at` into `buf` (reused).
+pub(super) fn get_xattr(at: XattrAt<'_>, name: &CStr, buf: &mut Vec<u8>) -> io::Result<()> {
+    fill_growing(buf, 256, |b| match at {
+        XattrAt::Fd(f) => rustix::fs::fgetxattr(fd(f), name, spare_capacity(b)),
+        XattrAt::Path(p) => rustix::fs::lgetxattr(p, name, spare_capacity(b)),
+    })
+}
+
+/// Call a `*xattr`-style function that fills the spare capacity of `buf`, growing the buffer (from at least
+/// `min`) while it answers ERANGE. On success `buf` holds exactly the returned bytes.
+fn fill_growing(
+    buf: &mut Vec<u8>,
+    min: usize,
+    mut call: impl FnMut(&mut Vec<u8>) -> rustix::io::Result<usize>,
+) -> io::Result<()> {
+    if buf.capacity() < min {
+        buf.reserve(min);
+    }
+    loop {
+        buf.clear();
+        match call(buf) {
+            Ok(_) => return Ok(()),
+            Err(rustix::io::Errno::RANGE) => {
+                let cap = buf.capacity();
+                buf.reserve(cap * 2);
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 
 /// Entries of the open directory `dir` (without `.` and `..`), sorted by name bytes, with the `d_type` from
-/// `readdir` (`DT_UNKNOWN` when the filesystem does not give one). Reads through a duplicate of the descriptor,
-/// closed before returning.
+/// `readdir` (`DT_UNKNOWN` when the filesystem does not give one). Reads through a descriptor of its own (the
+/// directory reopened as `.`), closed before returning, so `dir`'s offset does not matter.
 pub(super) fn read_sorted(dir: RawFd) -> io::Result<Vec<(CString, u8)>> {
-    // SAFETY: valid fd; the duplicate is handed to fdopendir, which owns it from then on.
-    let dup = cvt(unsafe { libc::fcntl(dir, libc::F_DUPFD_CLOEXEC, 0) })?;
-    // SAFETY: `dup` is a fresh descriptor of a directory.
-    let dp = unsafe { libc::fdopendir(dup) };
-    if dp.is_null() {
-        let e = io::Error::last_os_error();
-        // SAFETY: fdopendir failed, so `dup` is still ours to close.
-        unsafe { libc::close(dup) };
-        return Err(e);
-    }
-    // The duplicate shares the file offset with `dir`: start at the beginning whatever happened before.
-    // SAFETY: dp is a valid DIR*.
-    unsafe { libc::rewinddir(dp) };
+    use rustix::fs::FileType;
+    let mut d = rustix::fs::Dir::read_from(fd(dir))?;
     let mut v = Vec::new();
-    let result = loop {
-        // SAFETY: errno is thread-local; resetting it tells "end of directory" from an error below.
-        unsafe { *libc::__errno_location() = 0 };
-        // SAFETY: dp is a valid DIR*; the returned entry is valid until the next readdir/closedir.
-        let ent = unsafe { libc::readdir64(dp) };
-        if ent.is_null() {
-            let e = io::Error::last_os_error();
-            break match e.raw_os_error() {
-                Some(0) | None => Ok(()),
-                Some(_) => Err(e),
-            };
-        }
-        // SAFETY: d_name is NUL-terminated inside the entry.
-        let (name, ty) = unsafe { (CStr::from_ptr((*ent).d_name.as_ptr()), (*ent).d_type) };
+    while let Some(ent) = d.read() {
+        let ent = ent?;
+        let name = ent.file_name();
         let b = name.to_bytes();
         if b == b"." || b == b".." {
             continue;
         }
+        let ty = match ent.file_type() {
+            FileType::RegularFile => libc::DT_REG,
+            FileType::Directory => libc::DT_DIR,
+            FileType::Symlink => libc::DT_LNK,
+            FileType::Fifo => libc::DT_FIFO,
+            FileType::Socket => libc::DT_SOCK,
+            FileType::CharacterDevice => libc::DT_CHR,
+            FileType::BlockDevice => libc::DT_BLK,
+            _ => libc::DT_UNKNOWN,
+        };
         v.push((name.to_owned(), ty));
-    };
-    // SAFETY: dp is valid and closed exactly once (this also closes `dup`).
-    unsafe { libc::closedir(dp) };
-    result?;
+    }
     v.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
     Ok(v)
 }
 
-/// Read the target of the symlink `name` in `dir` into `buf` (grown until the target fits).
+/// Read the target of the symlink `name` in `dir` into `buf` (its allocation is reused).
 pub(super) fn read_link_at(dir: RawFd, name: &CStr, buf: &mut Vec<u8>) -> io::Result<()> {
-    if buf.capacity() < 256 {
-        buf.reserve(256);
-    }
-    loop {
-        buf.clear();
-        let cap = buf.capacity();
-        // SAFETY: valid fd and C string; the buffer has `cap` writable bytes.
-        let n = unsafe { libc::readlinkat(dir, name.as_ptr(), buf.as_mut_ptr().cast(), cap) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let n = n as usize;
-        if n < cap {
-            // SAFETY: readlinkat initialised the first n bytes.
-            unsafe { buf.set_len(n) };
-            return Ok(());
-        }
-        // Possibly truncated: try again with more room.
-        buf.reserve(cap * 2);
-    }
+    let reuse = std::mem::take(buf);
+    *buf = rustix::fs::readlinkat(fd(dir), name, reuse)?.into_bytes();
+    Ok(())
 }
 
 /// `struct stat` of an entry, from `fstat` or `fstatat(AT_SYMLINK_NOFOLLOW)`.
 #[derive(Clone, Copy)]
-pub(super) struct Stat(pub(super) libc::stat);
+pub(super) struct Stat(pub(super) rustix::fs::Stat);
 
 impl Stat {
-    pub(super) fn of_fd(fd: RawFd) -> io::Result<Stat> {
-        let mut st = MaybeUninit::<libc::stat>::uninit();
-        // SAFETY: valid fd and out pointer.
-        cvt(unsafe { libc::fstat(fd, st.as_mut_ptr()) })?;
-        // SAFETY: fstat succeeded and filled it.
-        Ok(Stat(unsafe { st.assume_init() }))
+    pub(super) fn of_fd(f: RawFd) -> io::Result<Stat> {
+        Ok(Stat(rustix::fs::fstat(fd(f))?))
     }
 
     pub(super) fn at(dir: RawFd, name: &CStr) -> io::Result<Stat> {
-        let mut st = MaybeUninit::<libc::stat>::uninit();
-        // SAFETY: valid fd, C string and out pointer.
-        cvt(unsafe {
-            libc::fstatat(
-                dir,
-                name.as_ptr(),
-                st.as_mut_ptr(),
-                libc::AT_SYMLINK_NOFOLLOW,
-            )
-        })?;
-        // SAFETY: fstatat succeeded and filled it.
-        Ok(Stat(unsafe { st.assume_init() }))
+        Ok(Stat(rustix::fs::statat(
+            fd(dir),
+            name,
+            AtFlags::SYMLINK_NOFOLLOW,
+        )?))
     }
 
     pub(super) fn kind(&self) -> libc::mode_t {
-        self.0.st_mode & libc::S_IFMT
+        self.0.st_mode as libc::mode_t & libc::S_IFMT
     }
     pub(super) fn is_dir(&self) -> bool {
         self.kind() == libc::S_IFDIR
@@ -169,13 +220,13 @@ impl Stat {
         self.kind() == libc::S_IFREG
     }
     pub(super) fn nlink(&self) -> u64 {
-        self.0.st_nlink
+        self.0.st_nlink as u64
     }
     pub(super) fn dev(&self) -> u64 {
-        self.0.st_dev
+        self.0.st_dev as u64
     }
     pub(super) fn ino(&self) -> u64 {
-        self.0.st_ino
+        self.0.st_ino as u64
     }
     pub(super) fn size(&self) -> u64 {
         self.0.st_size.max(0) as u64
@@ -184,7 +235,7 @@ impl Stat {
         self.0.st_blocks.max(0) as u64
     }
     pub(super) fn rdev(&self) -> u64 {
-        self.0.st_rdev
+        self.0.st_rdev as u64
     }
 }
 
@@ -199,96 +250,73 @@ pub(super) fn cstr(name: &OsStr) -> CString {
 
 /// File type at `name` in `parent` without following a symlink; None when nothing is there.
 pub(super) fn type_at(parent: RawFd, name: &OsStr) -> io::Result<Option<libc::mode_t>> {
-    let c = cstr(name);
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: valid fd, C string and out pointer.
-    let r = unsafe { libc::fstatat(parent, c.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) };
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::ENOENT) {
-            return Ok(None);
-        }
-        return Err(e);
+    match rustix::fs::statat(fd(parent), name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(Some(st.st_mode as libc::mode_t & libc::S_IFMT)),
+        Err(rustix::io::Errno::NOENT) => Ok(None),
+        Err(e) => Err(e.into()),
     }
-    Ok(Some(st.st_mode & libc::S_IFMT))
 }
 
 pub(super) fn unlink_at(parent: RawFd, name: &OsStr) -> io::Result<()> {
-    let c = cstr(name);
-    // SAFETY: valid fd and C string.
-    cvt(unsafe { libc::unlinkat(parent, c.as_ptr(), 0) }).map(|_| ())
+    Ok(rustix::fs::unlinkat(fd(parent), name, AtFlags::empty())?)
 }
 
 pub(super) fn mkdir_at(parent: RawFd, name: &OsStr, mode: libc::mode_t) -> io::Result<()> {
-    let c = cstr(name);
-    // SAFETY: valid fd and C string.
-    cvt(unsafe { libc::mkdirat(parent, c.as_ptr(), mode) }).map(|_| ())
+    Ok(rustix::fs::mkdirat(
+        fd(parent),
+        name,
+        Mode::from_raw_mode(mode),
+    )?)
 }
 
-pub(super) fn timespec(t: (i64, u32)) -> libc::timespec {
-    libc::timespec {
-        tv_sec: t.0 as libc::time_t,
-        tv_nsec: t.1 as _,
+/// mtime `t`, atime left as is.
+fn mtime_only(t: (i64, u32)) -> Timestamps {
+    Timestamps {
+        last_access: Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_OMIT,
+        },
+        last_modification: Timespec {
+            tv_sec: t.0,
+            tv_nsec: t.1 as _,
+        },
     }
 }
 
 /// Set mtime (atime left as is) of `name` in `parent`, not following a symlink.
 pub(super) fn set_mtime_at(parent: RawFd, name: &OsStr, t: (i64, u32)) -> io::Result<()> {
-    let c = cstr(name);
-    let times = [
-        libc::timespec {
-            tv_sec: 0,
-            tv_nsec: libc::UTIME_OMIT,
-        },
-        timespec(t),
-    ];
-    // SAFETY: valid fd, C string and a two-element array.
-    cvt(unsafe {
-        libc::utimensat(
-            parent,
-            c.as_ptr(),
-            times.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    })
-    .map(|_| ())
+    Ok(rustix::fs::utimensat(
+        fd(parent),
+        name,
+        &mtime_only(t),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )?)
 }
 
-pub(super) fn set_mtime_fd(fd: RawFd, t: (i64, u32)) -> io::Result<()> {
-    let times = [
-        libc::timespec {
-            tv_sec: 0,
-            tv_nsec: libc::UTIME_OMIT,
-        },
-        timespec(t),
-    ];
-    // SAFETY: valid fd and a two-element array.
-    cvt(unsafe { libc::futimens(fd, times.as_ptr()) }).map(|_| ())
+pub(super) fn set_mtime_fd(f: RawFd, t: (i64, u32)) -> io::Result<()> {
+    Ok(rustix::fs::futimens(fd(f), &mtime_only(t))?)
 }
 
 pub(super) fn chown_at(parent: RawFd, name: &OsStr, uid: u64, gid: u64) -> io::Result<()> {
-    let c = cstr(name);
-    // SAFETY: valid fd and C string.
-    cvt(unsafe {
-        libc::fchownat(
-            parent,
-            c.as_ptr(),
-            uid as libc::uid_t,
-            gid as libc::gid_t,
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    })
-    .map(|_| ())
+    Ok(rustix::fs::chownat(
+        fd(parent),
+        name,
+        Some(rustix::fs::Uid::from_raw_unchecked(uid as u32)),
+        Some(rustix::fs::Gid::from_raw_unchecked(gid as u32)),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )?)
 }
 
-pub(super) fn chown_fd(fd: RawFd, uid: u64, gid: u64) -> io::Result<()> {
-    // SAFETY: valid fd.
-    cvt(unsafe { libc::fchown(fd, uid as libc::uid_t, gid as libc::gid_t) }).map(|_| ())
+pub(super) fn chown_fd(f: RawFd, uid: u64, gid: u64) -> io::Result<()> {
+    Ok(rustix::fs::fchown(
+        fd(f),
+        Some(rustix::fs::Uid::from_raw_unchecked(uid as u32)),
+        Some(rustix::fs::Gid::from_raw_unchecked(gid as u32)),
+    )?)
 }
 
-pub(super) fn chmod_fd(fd: RawFd, mode: u32) -> io::Result<()> {
-    // SAFETY: valid fd.
-    cvt(unsafe { libc::fchmod(fd, mode as libc::mode_t) }).map(|_| ())
+pub(super) fn chmod_fd(f: RawFd, mode: u32) -> io::Result<()> {
+    Ok(rustix::fs::fchmod(fd(f), Mode::from_raw_mode(mode))?)
 }
 
 /// `/proc/self/fd/N/name`: reaches `name` inside the directory fd without resolving the parent path again; used

@@ -117,8 +117,12 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use rustix::fs::SeekFrom;
+use rustix::io::Errno;
+
 use super::fsat::{
-    is_enoent, open_dir_at, open_regular_at, open_root, read_link_at, read_sorted, Stat,
+    get_xattr, is_enoent, list_xattrs, open_dir_at, open_regular_at, open_root, read_link_at,
+    read_sorted, Stat, XattrAt,
 };
 use super::pax::{
     checksum, octal_max, pax_record, pax_record_num, put_num, put_octal, MAX_META_HEADER,
@@ -238,13 +242,6 @@ enum XattrSrc<'a> {
     /// Directory fd, name in it, and the entry's relative path (only used when `/proc` is not mounted).
     At(RawFd, &'a CStr, &'a [u8]),
     None,
-}
-
-/// An [`XattrSrc`] ready for the syscalls.
-#[derive(Clone, Copy)]
-enum XattrAt<'a> {
-    Fd(RawFd),
-    Path(&'a CStr),
 }
 
 /// What happened while copying a file range.
@@ -1141,13 +1138,7 @@ impl<'o, 'p, W: Write> Packer<'o, 'p, W> {
                 None => return Ok(()),
             },
         };
-        // SAFETY (closure): the buffer has `cap` writable bytes; the call writes at most that many.
-        let listed = fill_growing(&mut self.xattr_names, 1024, |buf, cap| unsafe {
-            match at {
-                XattrAt::Fd(fd) => libc::flistxattr(fd, buf.cast(), cap),
-                XattrAt::Path(p) => libc::llistxattr(p.as_ptr(), buf.cast(), cap),
-            }
-        });
+        let listed = list_xattrs(at, &mut self.xattr_names);
         match listed {
             Ok(()) => {}
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTSUP) | Some(libc::ENOENT)) => {
@@ -1190,47 +1181,13 @@ impl<'o, 'p, W: Write> Packer<'o, 'p, W> {
         let Ok(cname) = CString::new(name) else {
             return Ok(false);
         };
-        // SAFETY (closure): the buffer has `cap` writable bytes; the call writes at most that many.
-        let read = fill_growing(&mut self.xattr_value, 256, |buf, cap| unsafe {
-            match at {
-                XattrAt::Fd(fd) => libc::fgetxattr(fd, cname.as_ptr(), buf.cast(), cap),
-                XattrAt::Path(p) => libc::lgetxattr(p.as_ptr(), cname.as_ptr(), buf.cast(), cap),
-            }
-        });
+        let read = get_xattr(at, &cname, &mut self.xattr_value);
         match read {
             Ok(()) => Ok(true),
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENODATA) | Some(libc::ENOENT)) => {
                 Ok(false)
             }
             Err(e) => Err(e),
-        }
-    }
-}
-
-/// Call a `*xattr`-style function that fills `buf` (up to `cap` bytes) and returns the length or -1, growing the
-/// buffer (from at least `min`) while it answers ERANGE. On success `buf` holds exactly the returned bytes.
-fn fill_growing(
-    buf: &mut Vec<u8>,
-    min: usize,
-    mut call: impl FnMut(*mut u8, usize) -> isize,
-) -> io::Result<()> {
-    if buf.capacity() < min {
-        buf.reserve(min);
-    }
-    loop {
-        let cap = buf.capacity();
-        buf.clear();
-        let n = call(buf.as_mut_ptr(), cap);
-        if n >= 0 {
-            // SAFETY: the call initialised the first `n` (≤ cap) bytes.
-            unsafe { buf.set_len(n as usize) };
-            return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::ERANGE) {
-            buf.reserve(cap * 2);
-        } else {
-            return Err(e);
         }
     }
 }
@@ -1259,7 +1216,7 @@ impl HeaderStat for Stat {
         self.0.st_mtime
     }
     fn mtime_nsec(&self) -> i64 {
-        self.0.st_mtime_nsec
+        self.0.st_mtime_nsec as i64
     }
 }
 
@@ -1294,19 +1251,15 @@ fn read_at(f: &File, buf: &mut [u8], at: u64) -> io::Result<usize> {
 
 /// The data regions of a file with holes, or None when it has no hole (or the filesystem cannot tell).
 fn data_regions(f: &File, size: u64) -> Option<Vec<(u64, u64)>> {
-    let fd = f.as_raw_fd();
     let mut regions = Vec::new();
     let mut pos: u64 = 0;
     while pos < size {
-        // SAFETY: lseek on a valid descriptor; only the file offset changes (we read with pread).
-        let data = unsafe { libc::lseek(fd, pos as libc::off_t, libc::SEEK_DATA) };
-        if data < 0 {
-            if io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO) {
-                break; // only a hole from `pos` to the end
-            }
-            return None;
-        }
-        let data = data as u64;
+        // Only the file offset changes (content is read with pread).
+        let data = match rustix::fs::seek(f, SeekFrom::Data(pos)) {
+            Ok(d) => d,
+            Err(Errno::NXIO) => break, // only a hole from `pos` to the end
+            Err(_) => return None,
+        };
         if data >= size {
             break;
         }
@@ -1314,12 +1267,10 @@ fn data_regions(f: &File, size: u64) -> Option<Vec<(u64, u64)>> {
             regions.push((data, size - data));
             break;
         }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(fd, data as libc::off_t, libc::SEEK_HOLE) };
-        if hole < 0 {
+        let Ok(hole) = rustix::fs::seek(f, SeekFrom::Hole(data)) else {
             return None;
-        }
-        let hole = (hole as u64).min(size);
+        };
+        let hole = hole.min(size);
         regions.push((data, hole - data));
         pos = hole;
     }
@@ -1382,10 +1333,9 @@ mod hooks {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::archive::fsat::cvt;
+    use std::ffi::OsStr;
     use std::fs::{self, OpenOptions};
     use std::io::Read;
-    use std::os::fd::FromRawFd;
 
     fn pack_vec(root: &Path) -> (PackReport, Vec<u8>) {
         pack(root, Vec::new(), &PackOptions::default(), &mut |_| {}).expect("pack")
@@ -1664,24 +1614,13 @@ mod tests {
     /// mkdir + open, relative to a directory descriptor (paths here may exceed PATH_MAX).
     fn mkdir_at(dir: RawFd, name: &str) -> OwnedFd {
         let c = CString::new(name).unwrap();
-        // SAFETY: valid fd and C string.
-        cvt(unsafe { libc::mkdirat(dir, c.as_ptr(), 0o755) }).unwrap();
+        crate::archive::fsat::mkdir_at(dir, OsStr::new(name), 0o755).unwrap();
         open_dir_at(dir, &c).unwrap()
     }
 
     fn write_at(dir: RawFd, name: &str, data: &[u8]) {
         let c = CString::new(name).unwrap();
-        // SAFETY: valid fd and C string; the fd is owned by the File.
-        let fd = cvt(unsafe {
-            libc::openat(
-                dir,
-                c.as_ptr(),
-                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
-                0o644,
-            )
-        })
-        .unwrap();
-        let mut f = unsafe { File::from_raw_fd(fd) };
+        let mut f = crate::archive::fsat::create_excl_at(dir, &c, 0o644).unwrap();
         f.write_all(data).unwrap();
     }
 

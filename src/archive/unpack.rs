@@ -69,16 +69,18 @@ use std::collections::BTreeMap;
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use rustix::fs::FileType;
+
 use super::fsat::{
-    chmod_fd, chown_at, chown_fd, cstr, cvt, mkdir_at, open_dir_at, open_root, proc_path,
-    set_mtime_at, set_mtime_fd, type_at, unlink_at,
+    chmod_fd, chown_at, chown_fd, create_excl_at, cstr, link_at, mkdir_at, mknod_at, open_dir_at,
+    open_root, proc_path, set_mtime_at, set_mtime_fd, symlink_at, type_at, unlink_at,
 };
 use super::pax::{check_map, describe, read_sparse_map, Described, Kind, PaxTap, Sparse};
 pub use super::pax::{MAX_META_HEADER, MAX_SPARSE_SEGMENTS};
@@ -110,8 +112,7 @@ pub struct UnpackOptions {
 
 impl Default for UnpackOptions {
     fn default() -> Self {
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        let root = unsafe { libc::geteuid() } == 0;
+        let root = rustix::process::geteuid().is_root();
         UnpackOptions {
             strip_components: 0,
             paths: Vec::new(),
@@ -153,9 +154,8 @@ pub fn unpack<R: Read>(
         counts: Counts::default(),
         skipped: 0,
         buf: vec![0u8; BUF_SIZE],
-        // SAFETY: no preconditions.
-        euid: unsafe { libc::geteuid() },
-        egid: unsafe { libc::getegid() },
+        euid: rustix::process::geteuid().as_raw(),
+        egid: rustix::process::getegid().as_raw(),
     };
     x.counts = walk(tar_stream, opts.max_entry_size, |entry, d| {
         check_cancel(&opts.cancel)?;
@@ -738,18 +738,8 @@ impl Extractor<'_> {
         let parent = self.walk(&comps[..comps.len() - 1], true, &d.display)?;
         self.clear_leaf(parent.as_raw_fd(), comps, &d.display)?;
         let c = cstr(comps.last().expect("leaf"));
-        // SAFETY: valid fd and C string; the fd is owned below.
-        let fd = unsafe {
-            libc::openat(
-                parent.as_raw_fd(),
-                c.as_ptr(),
-                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-                0o600 as libc::c_uint,
-            )
-        };
-        let fd = cvt(fd).map_err(|e| self.io_err(comps, e))?;
-        // SAFETY: fresh fd.
-        let mut file = unsafe { File::from_raw_fd(fd) };
+        let mut file =
+            create_excl_at(parent.as_raw_fd(), &c, 0o600).map_err(|e| self.io_err(comps, e))?;
         let mut buf = std::mem::take(&mut self.buf);
         let res = self.write_data(entry, &mut file, comps, d, &mut buf);
         self.buf = buf;
@@ -846,9 +836,7 @@ impl Extractor<'_> {
         let name = comps.last().expect("leaf");
         let c = cstr(name);
         // The target is stored verbatim (it may point anywhere: it is content, never followed here).
-        // SAFETY: valid C strings and fd.
-        cvt(unsafe { libc::symlinkat(target.as_ptr(), parent.as_raw_fd(), c.as_ptr()) })
-            .map_err(|e| self.io_err(comps, e))?;
+        symlink_at(&target, parent.as_raw_fd(), &c).map_err(|e| self.io_err(comps, e))?;
         self.leaf_meta(parent.as_raw_fd(), comps, d, false);
         Ok(())
     }
@@ -944,18 +932,9 @@ impl Extractor<'_> {
         let parent = self.walk(&comps[..comps.len() - 1], true, &d.display)?;
         self.clear_leaf(parent.as_raw_fd(), comps, &d.display)?;
         let (ct, cn) = (cstr(tname), cstr(comps.last().expect("leaf")));
-        // flags 0: if the target is a symlink, link the symlink itself, never what it points to.
-        // SAFETY: valid fds and C strings.
-        cvt(unsafe {
-            libc::linkat(
-                tparent.as_raw_fd(),
-                ct.as_ptr(),
-                parent.as_raw_fd(),
-                cn.as_ptr(),
-                0,
-            )
-        })
-        .map_err(|e| self.io_err(comps, e))?;
+        // Never follows a symlink target: the symlink itself is linked.
+        link_at(tparent.as_raw_fd(), &ct, parent.as_raw_fd(), &cn)
+            .map_err(|e| self.io_err(comps, e))?;
         Ok(())
     }
 
@@ -964,15 +943,13 @@ impl Extractor<'_> {
         self.clear_leaf(parent.as_raw_fd(), comps, &d.display)?;
         let c = cstr(comps.last().expect("leaf"));
         let (ty, dev) = match d.kind {
-            Kind::Fifo => (libc::S_IFIFO, 0),
-            Kind::Char => (libc::S_IFCHR, libc::makedev(d.dev.0, d.dev.1)),
-            _ => (libc::S_IFBLK, libc::makedev(d.dev.0, d.dev.1)),
+            Kind::Fifo => (FileType::Fifo, (0, 0)),
+            Kind::Char => (FileType::CharacterDevice, d.dev),
+            _ => (FileType::BlockDevice, d.dev),
         };
-        // SAFETY: valid fd and C string.
-        let r = cvt(unsafe { libc::mknodat(parent.as_raw_fd(), c.as_ptr(), ty | 0o600, dev) });
-        match r {
-            Ok(_) => {}
-            Err(e) if ty != libc::S_IFIFO && e.raw_os_error() == Some(libc::EPERM) => {
+        match mknod_at(parent.as_raw_fd(), &c, ty, dev) {
+            Ok(()) => {}
+            Err(e) if ty != FileType::Fifo && e.raw_os_error() == Some(libc::EPERM) => {
                 match &mut self.notes.devices_skipped {
                     Some((n, _)) => *n += 1,
                     None => self.notes.devices_skipped = Some((1, d.display.clone())),
