@@ -68,85 +68,15 @@ pub(super) fn describe<R: Read>(
     raw_pax: Option<Vec<u8>>,
     max_entry_size: u64,
 ) -> Result<Described, ArchiveError> {
-    let mut header_path = entry.path_bytes().into_owned();
+    let header_path = entry.path_bytes().into_owned();
     let hdisplay = String::from_utf8_lossy(&header_path).into_owned();
-    let bad = |what: &str, e: &dyn std::fmt::Display| {
-        ArchiveError::Corrupt(format!("entry `{hdisplay}`: bad {what}: {e}"))
-    };
+    let mut pax = PaxFields::read(entry, raw_pax, &hdisplay)?;
 
-    let mut pax_mtime: Option<Vec<u8>> = None;
-    let mut xattrs = Vec::new();
-    let mut sparse_name: Option<Vec<u8>> = None;
-    let (mut major, mut minor) = (None::<Vec<u8>>, None::<Vec<u8>>);
-    let mut realsize: Option<u64> = None;
-    let mut size0: Option<u64> = None;
-    let mut map01: Option<Vec<u8>> = None;
-    let mut offsets: Vec<u64> = Vec::new();
-    let mut numbytes: Vec<u64> = Vec::new();
-    let num = |v: &[u8], key: &str| -> Result<u64, ArchiveError> {
-        std::str::from_utf8(v)
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .ok_or_else(|| {
-                ArchiveError::Corrupt(format!(
-                    "entry `{hdisplay}`: PAX record {key} is not a number"
-                ))
-            })
-    };
-    // The PAX records, parsed from the raw header data captured by `PaxTap` (the tar crate's own parser splits
-    // on newlines and so rejects binary xattr values, ACLs for instance, that contain a 0x0a byte).
-    let records: Vec<PaxRecord> = match raw_pax {
-        Some(raw) => parse_pax(&raw).map_err(|e| bad("PAX header", &e))?,
-        None => match entry.pax_extensions().map_err(|e| bad("PAX header", &e))? {
-            // The tap lost track of the stream (it never should): fall back to the tar crate's parser.
-            Some(pax) => pax
-                .map(|r| {
-                    r.map(|r| (r.key_bytes().to_vec(), r.value_bytes().to_vec()))
-                        .map_err(|e| bad("PAX record", &e))
-                })
-                .collect::<Result<_, _>>()?,
-            None => Vec::new(),
-        },
-    };
-    let mut pax_link: Option<Vec<u8>> = None;
-    let mut pax_ids: (Option<u64>, Option<u64>) = (None, None);
-    {
-        for (k, v) in &records {
-            let (k, v) = (k.as_slice(), v.as_slice());
-            match k {
-                b"path" => header_path = v.to_vec(),
-                b"linkpath" => pax_link = Some(v.to_vec()),
-                b"uid" => pax_ids.0 = Some(num(v, "uid")?),
-                b"gid" => pax_ids.1 = Some(num(v, "gid")?),
-                b"size" => {
-                    // The tar crate positions the stream by its own reading of `size`; a disagreement would
-                    // mean reading the wrong bytes as this entry's data.
-                    if num(v, "size")? != entry.size() {
-                        return Err(bad(
-                            "PAX header",
-                            &"its size record is not the one the tar reader used",
-                        ));
-                    }
-                }
-                b"mtime" => pax_mtime = Some(v.to_vec()),
-                b"GNU.sparse.name" => sparse_name = Some(v.to_vec()),
-                b"GNU.sparse.major" => major = Some(v.to_vec()),
-                b"GNU.sparse.minor" => minor = Some(v.to_vec()),
-                b"GNU.sparse.realsize" => realsize = Some(num(v, "GNU.sparse.realsize")?),
-                b"GNU.sparse.size" => size0 = Some(num(v, "GNU.sparse.size")?),
-                b"GNU.sparse.map" => map01 = Some(v.to_vec()),
-                b"GNU.sparse.offset" => offsets.push(num(v, "GNU.sparse.offset")?),
-                b"GNU.sparse.numbytes" => numbytes.push(num(v, "GNU.sparse.numbytes")?),
-                _ => {
-                    if let Some(name) = k.strip_prefix(b"SCHILY.xattr.") {
-                        xattrs.push((name.to_vec(), v.to_vec()));
-                    }
-                }
-            }
-        }
-    }
-
-    let path = sparse_name.unwrap_or(header_path);
+    let path = pax
+        .sparse_name
+        .take()
+        .or(pax.path.take())
+        .unwrap_or(header_path);
     let display = String::from_utf8_lossy(&path).into_owned();
     let corrupt = |msg: String| ArchiveError::Corrupt(format!("entry `{display}`: {msg}"));
     let header = entry.header();
@@ -167,11 +97,11 @@ pub(super) fn describe<R: Read>(
         .mode()
         .map_err(|e| corrupt(format!("bad mode: {e}")))?
         & 0o7777;
-    let uid = match pax_ids.0 {
+    let uid = match pax.uid {
         Some(u) => u,
         None => header.uid().map_err(|e| corrupt(format!("bad uid: {e}")))?,
     };
-    let gid = match pax_ids.1 {
+    let gid = match pax.gid {
         Some(g) => g,
         None => header.gid().map_err(|e| corrupt(format!("bad gid: {e}")))?,
     };
@@ -180,8 +110,8 @@ pub(super) fn describe<R: Read>(
     if uid >= u64::from(u32::MAX) || gid >= u64::from(u32::MAX) {
         return Err(corrupt(format!("uid/gid {uid}:{gid} out of range")));
     }
-    let mtime = match pax_mtime {
-        Some(v) => parse_pax_time(&v).ok_or_else(|| corrupt("bad PAX mtime".into()))?,
+    let mtime = match &pax.mtime {
+        Some(v) => parse_pax_time(v).ok_or_else(|| corrupt("bad PAX mtime".into()))?,
         None => {
             let t = header
                 .mtime()
@@ -203,45 +133,12 @@ pub(super) fn describe<R: Read>(
     } else {
         (0, 0)
     };
-    let link = pax_link.or_else(|| entry.link_name_bytes().map(|l| l.into_owned()));
-
-    let sparse = if kind != Kind::File {
-        None
-    } else if major.as_deref() == Some(b"1") && minor.as_deref() == Some(b"0") {
-        let realsize =
-            realsize.ok_or_else(|| corrupt("PAX sparse 1.0 without GNU.sparse.realsize".into()))?;
-        Some(Sparse::V1 { realsize })
-    } else if major.is_some() {
-        return Err(corrupt(format!(
-            "unsupported GNU sparse format {}.{}",
-            String::from_utf8_lossy(major.as_deref().unwrap_or_default()),
-            String::from_utf8_lossy(minor.as_deref().unwrap_or_default())
-        )));
-    } else if map01.is_some() || !offsets.is_empty() {
-        let realsize = size0
-            .or(realsize)
-            .ok_or_else(|| corrupt("PAX sparse 0.x without GNU.sparse.size".into()))?;
-        let map = match map01 {
-            Some(m) => {
-                let nums = std::str::from_utf8(&m)
-                    .ok()
-                    .and_then(|s| {
-                        s.split(',')
-                            .map(|n| n.trim().parse::<u64>().ok())
-                            .collect::<Option<Vec<u64>>>()
-                    })
-                    .filter(|n| n.len() % 2 == 0)
-                    .ok_or_else(|| corrupt("bad GNU.sparse.map".into()))?;
-                nums.chunks(2).map(|c| (c[0], c[1])).collect()
-            }
-            None => {
-                if offsets.len() != numbytes.len() {
-                    return Err(corrupt("GNU.sparse.offset/numbytes do not pair up".into()));
-                }
-                offsets.into_iter().zip(numbytes).collect()
-            }
-        };
-        Some(Sparse::V0 { realsize, map })
+    let link = pax
+        .link
+        .take()
+        .or_else(|| entry.link_name_bytes().map(|l| l.into_owned()));
+    let sparse = if kind == Kind::File {
+        pax.sparse(&corrupt)?
     } else {
         None
     };
@@ -269,10 +166,155 @@ pub(super) fn describe<R: Read>(
         uid,
         gid,
         mtime,
-        xattrs,
+        xattrs: pax.xattrs,
         sparse,
         dev,
     })
+}
+
+/// The PAX records of one entry that [`describe`] uses, by key.
+#[derive(Default)]
+struct PaxFields {
+    path: Option<Vec<u8>>,
+    link: Option<Vec<u8>>,
+    uid: Option<u64>,
+    gid: Option<u64>,
+    mtime: Option<Vec<u8>>,
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    sparse_name: Option<Vec<u8>>,
+    major: Option<Vec<u8>>,
+    minor: Option<Vec<u8>>,
+    realsize: Option<u64>,
+    size0: Option<u64>,
+    map01: Option<Vec<u8>>,
+    offsets: Vec<u64>,
+    numbytes: Vec<u64>,
+}
+
+impl PaxFields {
+    /// Parse the entry's PAX records (from the raw data `PaxTap` captured, else the tar crate's parser); errors
+    /// name the entry by its header name `hdisplay`.
+    fn read<R: Read>(
+        entry: &mut tar::Entry<'_, R>,
+        raw_pax: Option<Vec<u8>>,
+        hdisplay: &str,
+    ) -> Result<PaxFields, ArchiveError> {
+        let bad = |what: &str, e: &dyn std::fmt::Display| {
+            ArchiveError::Corrupt(format!("entry `{hdisplay}`: bad {what}: {e}"))
+        };
+        let num = |v: &[u8], key: &str| -> Result<u64, ArchiveError> {
+            std::str::from_utf8(v)
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ArchiveError::Corrupt(format!(
+                        "entry `{hdisplay}`: PAX record {key} is not a number"
+                    ))
+                })
+        };
+        // The PAX records, parsed from the raw header data captured by `PaxTap` (the tar crate's own parser
+        // splits on newlines and so rejects binary xattr values, ACLs for instance, that contain a 0x0a byte).
+        let records: Vec<PaxRecord> = match raw_pax {
+            Some(raw) => parse_pax(&raw).map_err(|e| bad("PAX header", &e))?,
+            None => match entry.pax_extensions().map_err(|e| bad("PAX header", &e))? {
+                // The tap lost track of the stream (it never should): fall back to the tar crate's parser.
+                Some(pax) => pax
+                    .map(|r| {
+                        r.map(|r| (r.key_bytes().to_vec(), r.value_bytes().to_vec()))
+                            .map_err(|e| bad("PAX record", &e))
+                    })
+                    .collect::<Result<_, _>>()?,
+                None => Vec::new(),
+            },
+        };
+        let mut f = PaxFields::default();
+        for (k, v) in &records {
+            let (k, v) = (k.as_slice(), v.as_slice());
+            match k {
+                b"path" => f.path = Some(v.to_vec()),
+                b"linkpath" => f.link = Some(v.to_vec()),
+                b"uid" => f.uid = Some(num(v, "uid")?),
+                b"gid" => f.gid = Some(num(v, "gid")?),
+                b"size" => {
+                    // The tar crate positions the stream by its own reading of `size`; a disagreement would
+                    // mean reading the wrong bytes as this entry's data.
+                    if num(v, "size")? != entry.size() {
+                        return Err(bad(
+                            "PAX header",
+                            &"its size record is not the one the tar reader used",
+                        ));
+                    }
+                }
+                b"mtime" => f.mtime = Some(v.to_vec()),
+                b"GNU.sparse.name" => f.sparse_name = Some(v.to_vec()),
+                b"GNU.sparse.major" => f.major = Some(v.to_vec()),
+                b"GNU.sparse.minor" => f.minor = Some(v.to_vec()),
+                b"GNU.sparse.realsize" => f.realsize = Some(num(v, "GNU.sparse.realsize")?),
+                b"GNU.sparse.size" => f.size0 = Some(num(v, "GNU.sparse.size")?),
+                b"GNU.sparse.map" => f.map01 = Some(v.to_vec()),
+                b"GNU.sparse.offset" => f.offsets.push(num(v, "GNU.sparse.offset")?),
+                b"GNU.sparse.numbytes" => f.numbytes.push(num(v, "GNU.sparse.numbytes")?),
+                _ => {
+                    if let Some(name) = k.strip_prefix(b"SCHILY.xattr.") {
+                        f.xattrs.push((name.to_vec(), v.to_vec()));
+                    }
+                }
+            }
+        }
+        Ok(f)
+    }
+
+    /// The GNU PAX sparse format of a regular file, if its records declare one.
+    fn sparse(
+        &mut self,
+        corrupt: &dyn Fn(String) -> ArchiveError,
+    ) -> Result<Option<Sparse>, ArchiveError> {
+        let (major, minor) = (self.major.as_deref(), self.minor.as_deref());
+        if major == Some(b"1") && minor == Some(b"0") {
+            let realsize = self
+                .realsize
+                .ok_or_else(|| corrupt("PAX sparse 1.0 without GNU.sparse.realsize".into()))?;
+            return Ok(Some(Sparse::V1 { realsize }));
+        }
+        if major.is_some() {
+            return Err(corrupt(format!(
+                "unsupported GNU sparse format {}.{}",
+                String::from_utf8_lossy(major.unwrap_or_default()),
+                String::from_utf8_lossy(minor.unwrap_or_default())
+            )));
+        }
+        if self.map01.is_none() && self.offsets.is_empty() {
+            return Ok(None);
+        }
+        let realsize = self
+            .size0
+            .or(self.realsize)
+            .ok_or_else(|| corrupt("PAX sparse 0.x without GNU.sparse.size".into()))?;
+        let map = match self.map01.take() {
+            Some(m) => {
+                let nums = std::str::from_utf8(&m)
+                    .ok()
+                    .and_then(|s| {
+                        s.split(',')
+                            .map(|n| n.trim().parse::<u64>().ok())
+                            .collect::<Option<Vec<u64>>>()
+                    })
+                    .filter(|n| n.len() % 2 == 0)
+                    .ok_or_else(|| corrupt("bad GNU.sparse.map".into()))?;
+                nums.chunks(2).map(|c| (c[0], c[1])).collect()
+            }
+            None => {
+                if self.offsets.len() != self.numbytes.len() {
+                    return Err(corrupt("GNU.sparse.offset/numbytes do not pair up".into()));
+                }
+                std::mem::take(&mut self.offsets)
+                    .into_iter()
+                    .zip(std::mem::take(&mut self.numbytes))
+                    .collect()
+            }
+        };
+        Ok(Some(Sparse::V0 { realsize, map }))
+    }
 }
 
 /// Parse a PAX time value `[-]secs[.fraction]` into (seconds, nanoseconds), nanoseconds always positive.
