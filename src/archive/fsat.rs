@@ -8,10 +8,11 @@
 use std::ffi::{CStr, CString, OsStr};
 use std::fs::File;
 use std::io;
-use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use super::names::filter_components;
 use rustix::buffer::spare_capacity;
 use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps};
 
@@ -325,4 +326,48 @@ pub(super) fn proc_path(parent: RawFd, name: &OsStr) -> PathBuf {
     let mut p = PathBuf::from(format!("/proc/self/fd/{parent}"));
     p.push(name);
     p
+}
+
+/// Open the directory `rel` (relative, without `..`: `.` and empty components are dropped) below the trusted
+/// directory `base`, one component at a time with `O_NOFOLLOW`, as extraction walks: so it works at any depth
+/// (no call gets more than one component) and never passes through a symlink. With `create`, missing
+/// directories are made (0777 & ~umask, like GNU tar's implicit parents). Restore's `--path` swap uses it.
+pub fn open_dir_beneath(base: &Path, rel: &Path, create: bool) -> io::Result<OwnedFd> {
+    let mut cur = open_root(base)?;
+    for c in filter_components(rel) {
+        if c.as_bytes().contains(&0) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a NUL byte in a name",
+            ));
+        }
+        cur = match open_dir_at(cur.as_raw_fd(), &cstr(&c)) {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) && create => {
+                match mkdir_at(cur.as_raw_fd(), &c, 0o777) {
+                    Err(e) if e.raw_os_error() != Some(libc::EEXIST) => return Err(e),
+                    _ => {}
+                }
+                open_dir_at(cur.as_raw_fd(), &cstr(&c))?
+            }
+            Err(e) => {
+                if let Ok(Some(libc::S_IFLNK)) = type_at(cur.as_raw_fd(), &c) {
+                    return Err(io::Error::other(format!(
+                        "`{}` is a symlink: refusing to go through it",
+                        c.to_string_lossy()
+                    )));
+                }
+                return Err(e);
+            }
+        };
+    }
+    Ok(cur)
+}
+
+/// Whether anything (a symlink included, never followed) is at `name` in the directory `dir`.
+pub fn exists_at(dir: RawFd, name: &OsStr) -> io::Result<bool> {
+    if name.as_bytes().contains(&0) {
+        return Ok(false);
+    }
+    type_at(dir, name).map(|t| t.is_some())
 }

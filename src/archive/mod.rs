@@ -3,6 +3,7 @@
 
 pub mod compress;
 mod fsat;
+mod names;
 pub mod pack;
 mod pax;
 pub mod tree;

@@ -70,9 +70,9 @@ use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -82,6 +82,8 @@ use super::fsat::{
     chmod_fd, chown_at, chown_fd, create_excl_at, cstr, link_at, mkdir_at, mknod_at, open_dir_at,
     open_root, proc_path, set_mtime_at, set_mtime_fd, symlink_at, type_at, unlink_at,
 };
+pub use super::fsat::{exists_at, open_dir_beneath};
+use super::names::{filter_components, join, sanitize, NameError};
 use super::pax::{check_map, describe, read_sparse_map, Described, Kind, PaxTap, Sparse};
 pub use super::pax::{MAX_META_HEADER, MAX_SPARSE_SEGMENTS};
 use super::{ArchiveError, Counts};
@@ -330,62 +332,7 @@ fn finish_stream<R: Read>(mut s: EndCheck<R>) -> Result<(), ArchiveError> {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Paths
-
-/// Why a member name cannot be used.
-enum NameError {
-    DotDot,
-    Nul,
-}
-
-/// Sanitize a member name: returns (whether a leading `/` was removed, components after stripping), or `None`
-/// components when the name has fewer than `strip` components (GNU tar skips those). A directory whose name has
-/// exactly `strip` components maps to the destination root (empty component list).
-fn sanitize(raw: &[u8], strip: usize) -> Result<(bool, Option<Vec<OsString>>), NameError> {
-    if raw.contains(&0) {
-        return Err(NameError::Nul);
-    }
-    let had_slash = raw.first() == Some(&b'/');
-    let comps: Vec<&[u8]> = raw
-        .split(|&b| b == b'/')
-        .filter(|c| !c.is_empty())
-        .collect();
-    if comps.iter().any(|c| *c == b"..") {
-        return Err(NameError::DotDot);
-    }
-    if comps.len() < strip {
-        return Ok((had_slash, None));
-    }
-    let kept = comps[strip..]
-        .iter()
-        .filter(|c| **c != b".")
-        .map(|c| OsString::from_vec(c.to_vec()))
-        .collect();
-    Ok((had_slash, Some(kept)))
-}
-
-fn filter_components(p: &Path) -> Vec<OsString> {
-    p.components()
-        .filter_map(|c| match c {
-            Component::Normal(n) => Some(n.to_os_string()),
-            _ => None,
-        })
-        .collect()
-}
-
-fn join(comps: &[OsString]) -> String {
-    if comps.is_empty() {
-        return ".".into();
-    }
-    let mut p = PathBuf::new();
-    for c in comps {
-        p.push(c);
-    }
-    p.to_string_lossy().into_owned()
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// Beneath a trusted directory
+// The destination
 
 /// Open the destination directory: trusted (the caller chose it), so it may be reached through symlinks.
 fn open_dest(dest: &Path) -> Result<OwnedFd, ArchiveError> {
@@ -394,51 +341,6 @@ fn open_dest(dest: &Path) -> Result<OwnedFd, ArchiveError> {
         source: e,
     })
 }
-
-/// Open the directory `rel` (relative, without `..`: `.` and empty components are dropped) below the trusted
-/// directory `base`, one component at a time with `O_NOFOLLOW`, as extraction walks: so it works at any depth
-/// (no call gets more than one component) and never passes through a symlink. With `create`, missing
-/// directories are made (0777 & ~umask, like GNU tar's implicit parents). Restore's `--path` swap uses it.
-pub fn open_dir_beneath(base: &Path, rel: &Path, create: bool) -> io::Result<OwnedFd> {
-    let mut cur = open_root(base)?;
-    for c in filter_components(rel) {
-        if c.as_bytes().contains(&0) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "a NUL byte in a name",
-            ));
-        }
-        cur = match open_dir_at(cur.as_raw_fd(), &cstr(&c)) {
-            Ok(fd) => fd,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) && create => {
-                match mkdir_at(cur.as_raw_fd(), &c, 0o777) {
-                    Err(e) if e.raw_os_error() != Some(libc::EEXIST) => return Err(e),
-                    _ => {}
-                }
-                open_dir_at(cur.as_raw_fd(), &cstr(&c))?
-            }
-            Err(e) => {
-                if let Ok(Some(libc::S_IFLNK)) = type_at(cur.as_raw_fd(), &c) {
-                    return Err(io::Error::other(format!(
-                        "`{}` is a symlink: refusing to go through it",
-                        c.to_string_lossy()
-                    )));
-                }
-                return Err(e);
-            }
-        };
-    }
-    Ok(cur)
-}
-
-/// Whether anything (a symlink included, never followed) is at `name` in the directory `dir`.
-pub fn exists_at(dir: RawFd, name: &OsStr) -> io::Result<bool> {
-    if name.as_bytes().contains(&0) {
-        return Ok(false);
-    }
-    type_at(dir, name).map(|t| t.is_some())
-}
-
 // ---------------------------------------------------------------------------------------------------------------
 // Extraction
 
@@ -1068,34 +970,6 @@ mod tests {
             msg.contains("`PaxHeaders/big`") && msg.contains(&MAX_META_HEADER.to_string()),
             "{msg}"
         );
-    }
-
-    fn comps(v: &[&str]) -> Vec<OsString> {
-        v.iter().map(OsString::from).collect()
-    }
-
-    #[test]
-    fn sanitize_rules() {
-        let ok = |raw: &str, strip| match sanitize(raw.as_bytes(), strip) {
-            Ok(v) => v,
-            Err(_) => panic!("{raw} rejected"),
-        };
-        assert_eq!(ok("a/b", 0), (false, Some(comps(&["a", "b"]))));
-        assert_eq!(ok("./a//b/", 0), (false, Some(comps(&["a", "b"]))));
-        assert_eq!(ok("/etc/x", 0), (true, Some(comps(&["etc", "x"]))));
-        assert_eq!(ok("///etc/x", 0), (true, Some(comps(&["etc", "x"]))));
-        // GNU tar counts `.` as a component when stripping.
-        assert_eq!(ok("./a/b", 1), (false, Some(comps(&["a", "b"]))));
-        assert_eq!(
-            ok("/backup/vol/data/x", 2),
-            (true, Some(comps(&["data", "x"])))
-        );
-        assert_eq!(ok("/backup/vol/", 2), (true, Some(comps(&[]))));
-        assert_eq!(ok("/backup/", 2), (true, None));
-        assert!(matches!(sanitize(b"../x", 0), Err(NameError::DotDot)));
-        assert!(matches!(sanitize(b"a/../../x", 0), Err(NameError::DotDot)));
-        assert!(matches!(sanitize(b"x/../y", 1), Err(NameError::DotDot)));
-        assert!(matches!(sanitize(b"a\0b", 0), Err(NameError::Nul)));
     }
 
     #[test]
