@@ -221,13 +221,13 @@ impl Stat {
         self.kind() == libc::S_IFREG
     }
     pub(super) fn nlink(&self) -> u64 {
-        self.0.st_nlink as u64
+        self.0.st_nlink
     }
     pub(super) fn dev(&self) -> u64 {
-        self.0.st_dev as u64
+        self.0.st_dev
     }
     pub(super) fn ino(&self) -> u64 {
-        self.0.st_ino as u64
+        self.0.st_ino
     }
     pub(super) fn size(&self) -> u64 {
         self.0.st_size.max(0) as u64
@@ -236,7 +236,7 @@ impl Stat {
         self.0.st_blocks.max(0) as u64
     }
     pub(super) fn rdev(&self) -> u64 {
-        self.0.st_rdev as u64
+        self.0.st_rdev
     }
 }
 
