@@ -2,7 +2,10 @@
 //! Knows nothing about Docker or storage.
 
 pub mod compress;
+mod fsat;
+mod names;
 pub mod pack;
+mod pax;
 pub mod tree;
 pub mod unpack;
 

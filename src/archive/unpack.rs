@@ -69,27 +69,27 @@ use std::collections::BTreeMap;
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use rustix::fs::FileType;
+
+use super::fsat::{
+    chmod_fd, chown_at, chown_fd, create_excl_at, cstr, link_at, mkdir_at, mknod_at, open_dir_at,
+    open_root, proc_path, set_mtime_at, set_mtime_fd, symlink_at, type_at, unlink_at,
+};
+pub use super::fsat::{exists_at, open_dir_beneath};
+use super::names::{filter_components, join, sanitize, NameError};
+use super::pax::{check_map, describe, read_sparse_map, Described, Kind, PaxTap, Sparse};
+pub use super::pax::{MAX_META_HEADER, MAX_SPARSE_SEGMENTS};
 use super::{ArchiveError, Counts};
 
 /// Default header sanity limit for one entry's size: 16 TiB.
 pub const DEFAULT_MAX_ENTRY_SIZE: u64 = 16 << 40;
-
-/// Most segments a sparse map may list (16 bytes of memory each, so at most 64 MiB for the map).
-pub const MAX_SPARSE_SEGMENTS: usize = 1 << 22;
-
-/// Largest data a metadata header (PAX `x`/`g`, GNU long name `L`/long link `K`) may declare: 1 MiB. What it
-/// holds is read into memory whole. Real ones are far smaller: a path is rarely more than a few KiB (PATH_MAX is
-/// 4 KiB; `pack` stores deeper paths too, up to [`super::pack::MAX_PATH_LEN`], so that a path and a hardlink
-/// target that long still fit) and Linux limits an inode's xattrs to 64 KiB each (ext4: about 4 KiB in all), so
-/// even a PAX header carrying a long name, a link target, ACLs and every xattr of a file stays below this.
-pub const MAX_META_HEADER: u64 = 1 << 20;
 
 /// Copy buffer size; also the granularity at which cancellation is checked during large files.
 const BUF_SIZE: usize = 256 * 1024;
@@ -114,8 +114,7 @@ pub struct UnpackOptions {
 
 impl Default for UnpackOptions {
     fn default() -> Self {
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        let root = unsafe { libc::geteuid() } == 0;
+        let root = rustix::process::geteuid().is_root();
         UnpackOptions {
             strip_components: 0,
             paths: Vec::new(),
@@ -146,7 +145,7 @@ pub fn unpack<R: Read>(
     dest: &Path,
     opts: &UnpackOptions,
 ) -> Result<UnpackReport, ArchiveError> {
-    let root = open_root(dest)?;
+    let root = open_dest(dest)?;
     let mut x = Extractor {
         root,
         dest: dest.to_path_buf(),
@@ -157,9 +156,8 @@ pub fn unpack<R: Read>(
         counts: Counts::default(),
         skipped: 0,
         buf: vec![0u8; BUF_SIZE],
-        // SAFETY: no preconditions.
-        euid: unsafe { libc::geteuid() },
-        egid: unsafe { libc::getegid() },
+        euid: rustix::process::geteuid().as_raw(),
+        egid: rustix::process::getegid().as_raw(),
     };
     x.counts = walk(tar_stream, opts.max_entry_size, |entry, d| {
         check_cancel(&opts.cancel)?;
@@ -225,264 +223,6 @@ pub fn meta_capped<R: Read>(tar_stream: R) -> impl Read {
     PaxTap::new(tar_stream)
 }
 
-// ---------------------------------------------------------------------------------------------------------------
-// Reading entries
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
-    File,
-    Dir,
-    Symlink,
-    Hardlink,
-    Fifo,
-    Char,
-    Block,
-    /// Not an entry of its own (PAX global header) or a type we do not restore; value = the type byte.
-    Skip(u8),
-}
-
-#[derive(Debug)]
-enum Sparse {
-    /// GNU PAX sparse 1.0: the map is at the start of the data.
-    V1 { realsize: u64 },
-    /// GNU PAX sparse 0.0/0.1: the map came in PAX records; the data is the segments back to back.
-    V0 { realsize: u64, map: Vec<(u64, u64)> },
-}
-
-/// Everything about one entry that extraction needs, read from its header and PAX records.
-#[derive(Debug)]
-struct Described {
-    kind: Kind,
-    /// Raw member name (`GNU.sparse.name` for PAX sparse files).
-    path: Vec<u8>,
-    /// The name for messages.
-    display: String,
-    link: Option<Vec<u8>>,
-    /// Bytes of data stored in the archive for this entry.
-    data_size: u64,
-    /// Size of the file it represents (the sparse real size, or `data_size`).
-    logical_size: u64,
-    mode: u32,
-    uid: u64,
-    gid: u64,
-    mtime: (i64, u32),
-    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
-    sparse: Option<Sparse>,
-    dev: (u32, u32),
-}
-
-fn describe<R: Read>(
-    entry: &mut tar::Entry<'_, R>,
-    raw_pax: Option<Vec<u8>>,
-    max_entry_size: u64,
-) -> Result<Described, ArchiveError> {
-    let mut header_path = entry.path_bytes().into_owned();
-    let hdisplay = String::from_utf8_lossy(&header_path).into_owned();
-    let bad = |what: &str, e: &dyn std::fmt::Display| {
-        ArchiveError::Corrupt(format!("entry `{hdisplay}`: bad {what}: {e}"))
-    };
-
-    let mut pax_mtime: Option<Vec<u8>> = None;
-    let mut xattrs = Vec::new();
-    let mut sparse_name: Option<Vec<u8>> = None;
-    let (mut major, mut minor) = (None::<Vec<u8>>, None::<Vec<u8>>);
-    let mut realsize: Option<u64> = None;
-    let mut size0: Option<u64> = None;
-    let mut map01: Option<Vec<u8>> = None;
-    let mut offsets: Vec<u64> = Vec::new();
-    let mut numbytes: Vec<u64> = Vec::new();
-    let num = |v: &[u8], key: &str| -> Result<u64, ArchiveError> {
-        std::str::from_utf8(v)
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .ok_or_else(|| {
-                ArchiveError::Corrupt(format!(
-                    "entry `{hdisplay}`: PAX record {key} is not a number"
-                ))
-            })
-    };
-    // The PAX records, parsed from the raw header data captured by `PaxTap` (the tar crate's own parser splits
-    // on newlines and so rejects binary xattr values, ACLs for instance, that contain a 0x0a byte).
-    let records: Vec<PaxRecord> = match raw_pax {
-        Some(raw) => parse_pax(&raw).map_err(|e| bad("PAX header", &e))?,
-        None => match entry.pax_extensions().map_err(|e| bad("PAX header", &e))? {
-            // The tap lost track of the stream (it never should): fall back to the tar crate's parser.
-            Some(pax) => pax
-                .map(|r| {
-                    r.map(|r| (r.key_bytes().to_vec(), r.value_bytes().to_vec()))
-                        .map_err(|e| bad("PAX record", &e))
-                })
-                .collect::<Result<_, _>>()?,
-            None => Vec::new(),
-        },
-    };
-    let mut pax_link: Option<Vec<u8>> = None;
-    let mut pax_ids: (Option<u64>, Option<u64>) = (None, None);
-    {
-        for (k, v) in &records {
-            let (k, v) = (k.as_slice(), v.as_slice());
-            match k {
-                b"path" => header_path = v.to_vec(),
-                b"linkpath" => pax_link = Some(v.to_vec()),
-                b"uid" => pax_ids.0 = Some(num(v, "uid")?),
-                b"gid" => pax_ids.1 = Some(num(v, "gid")?),
-                b"size" => {
-                    // The tar crate positions the stream by its own reading of `size`; a disagreement would
-                    // mean reading the wrong bytes as this entry's data.
-                    if num(v, "size")? != entry.size() {
-                        return Err(bad(
-                            "PAX header",
-                            &"its size record is not the one the tar reader used",
-                        ));
-                    }
-                }
-                b"mtime" => pax_mtime = Some(v.to_vec()),
-                b"GNU.sparse.name" => sparse_name = Some(v.to_vec()),
-                b"GNU.sparse.major" => major = Some(v.to_vec()),
-                b"GNU.sparse.minor" => minor = Some(v.to_vec()),
-                b"GNU.sparse.realsize" => realsize = Some(num(v, "GNU.sparse.realsize")?),
-                b"GNU.sparse.size" => size0 = Some(num(v, "GNU.sparse.size")?),
-                b"GNU.sparse.map" => map01 = Some(v.to_vec()),
-                b"GNU.sparse.offset" => offsets.push(num(v, "GNU.sparse.offset")?),
-                b"GNU.sparse.numbytes" => numbytes.push(num(v, "GNU.sparse.numbytes")?),
-                _ => {
-                    if let Some(name) = k.strip_prefix(b"SCHILY.xattr.") {
-                        xattrs.push((name.to_vec(), v.to_vec()));
-                    }
-                }
-            }
-        }
-    }
-
-    let path = sparse_name.unwrap_or(header_path);
-    let display = String::from_utf8_lossy(&path).into_owned();
-    let corrupt = |msg: String| ArchiveError::Corrupt(format!("entry `{display}`: {msg}"));
-    let header = entry.header();
-    let kind = match header.entry_type() {
-        tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
-            Kind::File
-        }
-        tar::EntryType::Directory => Kind::Dir,
-        tar::EntryType::Symlink => Kind::Symlink,
-        tar::EntryType::Link => Kind::Hardlink,
-        tar::EntryType::Fifo => Kind::Fifo,
-        tar::EntryType::Char => Kind::Char,
-        tar::EntryType::Block => Kind::Block,
-        other => Kind::Skip(other.as_byte()),
-    };
-    let data_size = entry.size();
-    let mode = header
-        .mode()
-        .map_err(|e| corrupt(format!("bad mode: {e}")))?
-        & 0o7777;
-    let uid = match pax_ids.0 {
-        Some(u) => u,
-        None => header.uid().map_err(|e| corrupt(format!("bad uid: {e}")))?,
-    };
-    let gid = match pax_ids.1 {
-        Some(g) => g,
-        None => header.gid().map_err(|e| corrupt(format!("bad gid: {e}")))?,
-    };
-    // Ids are 32-bit on Linux and (uid_t)-1 means "leave unchanged" to chown: larger values would be truncated
-    // into some other id, so they are refused rather than guessed.
-    if uid >= u64::from(u32::MAX) || gid >= u64::from(u32::MAX) {
-        return Err(corrupt(format!("uid/gid {uid}:{gid} out of range")));
-    }
-    let mtime = match pax_mtime {
-        Some(v) => parse_pax_time(&v).ok_or_else(|| corrupt("bad PAX mtime".into()))?,
-        None => {
-            let t = header
-                .mtime()
-                .map_err(|e| corrupt(format!("bad mtime: {e}")))?;
-            (i64::try_from(t).unwrap_or(i64::MAX), 0)
-        }
-    };
-    let dev = if matches!(kind, Kind::Char | Kind::Block) {
-        (
-            header
-                .device_major()
-                .map_err(|e| corrupt(format!("bad device major: {e}")))?
-                .unwrap_or(0),
-            header
-                .device_minor()
-                .map_err(|e| corrupt(format!("bad device minor: {e}")))?
-                .unwrap_or(0),
-        )
-    } else {
-        (0, 0)
-    };
-    let link = pax_link.or_else(|| entry.link_name_bytes().map(|l| l.into_owned()));
-
-    let sparse = if kind != Kind::File {
-        None
-    } else if major.as_deref() == Some(b"1") && minor.as_deref() == Some(b"0") {
-        let realsize =
-            realsize.ok_or_else(|| corrupt("PAX sparse 1.0 without GNU.sparse.realsize".into()))?;
-        Some(Sparse::V1 { realsize })
-    } else if major.is_some() {
-        return Err(corrupt(format!(
-            "unsupported GNU sparse format {}.{}",
-            String::from_utf8_lossy(major.as_deref().unwrap_or_default()),
-            String::from_utf8_lossy(minor.as_deref().unwrap_or_default())
-        )));
-    } else if map01.is_some() || !offsets.is_empty() {
-        let realsize = size0
-            .or(realsize)
-            .ok_or_else(|| corrupt("PAX sparse 0.x without GNU.sparse.size".into()))?;
-        let map = match map01 {
-            Some(m) => {
-                let nums = std::str::from_utf8(&m)
-                    .ok()
-                    .and_then(|s| {
-                        s.split(',')
-                            .map(|n| n.trim().parse::<u64>().ok())
-                            .collect::<Option<Vec<u64>>>()
-                    })
-                    .filter(|n| n.len() % 2 == 0)
-                    .ok_or_else(|| corrupt("bad GNU.sparse.map".into()))?;
-                nums.chunks(2).map(|c| (c[0], c[1])).collect()
-            }
-            None => {
-                if offsets.len() != numbytes.len() {
-                    return Err(corrupt("GNU.sparse.offset/numbytes do not pair up".into()));
-                }
-                offsets.into_iter().zip(numbytes).collect()
-            }
-        };
-        Some(Sparse::V0 { realsize, map })
-    } else {
-        None
-    };
-    let logical_size = match &sparse {
-        Some(Sparse::V1 { realsize }) | Some(Sparse::V0 { realsize, .. }) => *realsize,
-        None => data_size,
-    };
-    if data_size > max_entry_size || logical_size > max_entry_size {
-        return Err(ArchiveError::Unsafe {
-            entry: display,
-            reason: format!(
-                "declares {} bytes, more than the limit of {max_entry_size} bytes (max_entry_size)",
-                data_size.max(logical_size)
-            ),
-        });
-    }
-    Ok(Described {
-        kind,
-        path,
-        display,
-        link,
-        data_size,
-        logical_size,
-        mode,
-        uid,
-        gid,
-        mtime,
-        xattrs,
-        sparse,
-        dev,
-    })
-}
-
 fn count(c: &mut Counts, d: &Described) {
     match d.kind {
         Kind::File => {
@@ -496,36 +236,6 @@ fn count(c: &mut Counts, d: &Described) {
         Kind::Skip(_) => return,
     }
     c.entries += 1;
-}
-
-/// Parse a PAX time value `[-]secs[.fraction]` into (seconds, nanoseconds), nanoseconds always positive.
-fn parse_pax_time(v: &[u8]) -> Option<(i64, u32)> {
-    let s = std::str::from_utf8(v).ok()?.trim();
-    let (neg, s) = match s.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, s),
-    };
-    let (secs, frac) = s.split_once('.').unwrap_or((s, ""));
-    if secs.is_empty() || !secs.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    if !frac.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let secs: i64 = secs.parse().ok()?;
-    let mut ns: u32 = 0;
-    for (i, b) in frac.bytes().take(9).enumerate() {
-        ns += u32::from(b - b'0') * 10u32.pow(8 - i as u32);
-    }
-    if neg {
-        if ns == 0 {
-            Some((-secs, 0))
-        } else {
-            Some((-secs - 1, 1_000_000_000 - ns))
-        }
-    } else {
-        Some((secs, ns))
-    }
 }
 
 fn header_error(last: &Option<String>, e: io::Error) -> ArchiveError {
@@ -608,265 +318,6 @@ impl<R: Read> Read for EndCheck<R> {
     }
 }
 
-/// One PAX record: key, value (raw bytes).
-type PaxRecord = (Vec<u8>, Vec<u8>);
-
-/// Parse PAX extended header data by its length fields (`<len> <key>=<value>\n`, `len` counting the whole
-/// record), so values may hold any byte, newlines included, as POSIX allows and GNU tar writes.
-fn parse_pax(data: &[u8]) -> Result<Vec<PaxRecord>, String> {
-    let mut out = Vec::new();
-    let mut rest = data;
-    while !rest.is_empty() {
-        // Some writers pad the header data with NULs.
-        if rest.iter().all(|&b| b == 0) {
-            break;
-        }
-        let sp = rest
-            .iter()
-            .take(20)
-            .position(|&b| b == b' ')
-            .ok_or("a record without a length")?;
-        let len: usize = std::str::from_utf8(&rest[..sp])
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or("a record with a bad length")?;
-        if len < sp + 3 || len > rest.len() || rest[len - 1] != b'\n' {
-            return Err(format!(
-                "a record whose length {len} does not match its content"
-            ));
-        }
-        let rec = &rest[sp + 1..len - 1];
-        let eq = rec
-            .iter()
-            .position(|&b| b == b'=')
-            .ok_or("a record without `=`")?;
-        out.push((rec[..eq].to_vec(), rec[eq + 1..].to_vec()));
-        rest = &rest[len..];
-    }
-    Ok(out)
-}
-
-/// A pass-through reader that follows the tar block structure of the bytes the tar crate consumes, exactly as
-/// the crate walks it (header, GNU sparse extension blocks, data rounded up to 512 bytes, PAX `size` overrides
-/// as the crate reads them), and captures the raw data of each PAX `x` header. When the header of the entry it
-/// describes has been read, that data is put in `current` for [`describe`]. This exists because the crate only
-/// exposes PAX records through a parser that splits on newlines. On anything it does not understand the tap stops
-/// following (the crate then reports the error, or [`describe`] falls back to the crate's parser).
-///
-/// It also enforces [`MAX_META_HEADER`]: when a metadata header's block arrives declaring more, the read that
-/// delivered it fails (and so does every later one), so the crate never gets to read that header's data; the
-/// reason is put in `refused` for the caller to report instead of the crate's wrapped I/O error.
-struct PaxTap<R> {
-    inner: R,
-    /// PAX data of the entry whose header was read last (`None` if it had none).
-    current: std::rc::Rc<std::cell::Cell<Option<Vec<u8>>>>,
-    /// Set once, when a metadata header over [`MAX_META_HEADER`] was seen.
-    refused: std::rc::Rc<std::cell::Cell<Option<ArchiveError>>>,
-    /// The message of that refusal, returned as the error of this and every later read.
-    tripped: Option<String>,
-    hdr: Box<[u8; 512]>,
-    fill: usize,
-    state: TapState,
-    /// Complete `x` data not yet attached to an entry.
-    pending: Option<Vec<u8>>,
-    capture: Option<Vec<u8>>,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum TapState {
-    Header,
-    /// GNU sparse extension blocks, then `data` bytes (already rounded).
-    SparseExt {
-        data: u64,
-    },
-    /// Entry data (padding included); the first `keep` bytes are captured when capturing.
-    Data {
-        left: u64,
-        keep: u64,
-    },
-    Done,
-}
-
-impl<R> PaxTap<R> {
-    fn new(inner: R) -> Self {
-        PaxTap {
-            inner,
-            current: Default::default(),
-            refused: Default::default(),
-            tripped: None,
-            hdr: Box::new([0; 512]),
-            fill: 0,
-            state: TapState::Header,
-            pending: None,
-            capture: None,
-        }
-    }
-
-    fn feed(&mut self, mut b: &[u8]) {
-        while !b.is_empty() {
-            match self.state {
-                TapState::Done => return,
-                TapState::Header | TapState::SparseExt { .. } => {
-                    let n = (512 - self.fill).min(b.len());
-                    self.hdr[self.fill..self.fill + n].copy_from_slice(&b[..n]);
-                    self.fill += n;
-                    b = &b[n..];
-                    if self.fill == 512 {
-                        self.fill = 0;
-                        self.block();
-                    }
-                }
-                TapState::Data { left, keep } => {
-                    let n = (left.min(b.len() as u64)) as usize;
-                    if let Some(c) = &mut self.capture {
-                        let k = (keep.min(n as u64)) as usize;
-                        c.extend_from_slice(&b[..k]);
-                    }
-                    b = &b[n..];
-                    let left = left - n as u64;
-                    let keep = keep.saturating_sub(n as u64);
-                    self.state = TapState::Data { left, keep };
-                    if left == 0 {
-                        self.data_done();
-                    }
-                }
-            }
-        }
-    }
-
-    fn data_done(&mut self) {
-        if let Some(c) = self.capture.take() {
-            self.pending = Some(c);
-        }
-        self.state = TapState::Header;
-    }
-
-    fn start_data(&mut self, size: u64, capture: bool) {
-        let rounded = size.div_ceil(512) * 512;
-        self.capture = capture.then(Vec::new);
-        self.state = TapState::Data {
-            left: rounded,
-            keep: size,
-        };
-        if rounded == 0 {
-            self.data_done();
-        }
-    }
-
-    fn block(&mut self) {
-        let h = &*self.hdr;
-        if let TapState::SparseExt { data } = self.state {
-            if h[504] == 0 {
-                self.start_data(data, false);
-            }
-            return;
-        }
-        if h.iter().all(|&b| b == 0) {
-            // End of archive (the crate stops at the first zero block).
-            self.state = TapState::Done;
-            return;
-        }
-        let Some(mut size) = tar_number(&h[124..136]) else {
-            self.state = TapState::Done;
-            return;
-        };
-        let recognized = &h[257..263] == b"ustar\0" || &h[257..263] == b"ustar ";
-        let t = h[156];
-        let extension = matches!(t, b'L' | b'K' | b'x' | b'g');
-        if extension && size > MAX_META_HEADER {
-            self.refuse(t, size);
-            return;
-        }
-        if !extension {
-            let pax = self.pending.take();
-            if let Some(p) = &pax {
-                // Exactly as the crate reads it (it stops at the first record it cannot parse).
-                if let Some(sz) = crate_pax_size(p) {
-                    size = sz;
-                }
-            }
-            self.current.set(pax);
-        }
-        if t == b'S' && h[482] != 0 {
-            self.state = TapState::SparseExt { data: size };
-            return;
-        }
-        self.start_data(size, recognized && t == b'x');
-    }
-}
-
-impl<R> PaxTap<R> {
-    /// Stop following the stream and fail reads: the header just read (in `hdr`) is a metadata header of type `t`
-    /// declaring `size` bytes, more than [`MAX_META_HEADER`].
-    fn refuse(&mut self, t: u8, size: u64) {
-        let h = &*self.hdr;
-        let field = |f: &[u8]| f[..f.iter().position(|&b| b == 0).unwrap_or(f.len())].to_vec();
-        let mut name = field(&h[..100]);
-        let prefix = field(&h[345..500]);
-        if &h[257..263] == b"ustar\0" && !prefix.is_empty() {
-            name = [prefix, b"/".to_vec(), name].concat();
-        }
-        let what = match t {
-            b'x' => "PAX extended header (type `x`)",
-            b'g' => "PAX global header (type `g`)",
-            b'L' => "GNU long name (type `L`)",
-            _ => "GNU long link name (type `K`)",
-        };
-        let reason = format!(
-            "{what} declares {size} bytes; metadata headers are read into memory and may hold at most \
-             {MAX_META_HEADER} bytes (1 MiB): the archive is corrupt or hostile"
-        );
-        let entry = String::from_utf8_lossy(&name).into_owned();
-        self.tripped = Some(format!("unsafe archive entry `{entry}`: {reason}"));
-        self.refused
-            .set(Some(ArchiveError::Unsafe { entry, reason }));
-        self.state = TapState::Done;
-    }
-}
-
-/// The PAX `size` the tar crate uses: its own parser, stopping at the first record it cannot read.
-fn crate_pax_size(data: &[u8]) -> Option<u64> {
-    for r in tar::PaxExtensions::new(data) {
-        let r = r.ok()?;
-        if r.key() == Ok("size") {
-            return r.value().ok()?.parse().ok();
-        }
-    }
-    None
-}
-
-/// A tar numeric field: octal (space/NUL padded) or GNU base-256.
-fn tar_number(f: &[u8]) -> Option<u64> {
-    if f[0] & 0x80 != 0 {
-        let mut v: u64 = 0;
-        for (i, &b) in f.iter().enumerate() {
-            let b = if i == 0 { b & 0x7f } else { b };
-            v = v.checked_mul(256)?.checked_add(u64::from(b))?;
-        }
-        return Some(v);
-    }
-    let s = std::str::from_utf8(f).ok()?;
-    let s = s.trim_matches(|c| c == ' ' || c == '\0');
-    if s.is_empty() {
-        return Some(0);
-    }
-    u64::from_str_radix(s, 8).ok()
-}
-
-impl<R: Read> Read for PaxTap<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if let Some(m) = &self.tripped {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, m.clone()));
-        }
-        let n = self.inner.read(buf)?;
-        self.feed(&buf[..n]);
-        match &self.tripped {
-            Some(m) => Err(io::Error::new(io::ErrorKind::InvalidData, m.clone())),
-            None => Ok(n),
-        }
-    }
-}
-
 /// After the last entry: require that the end-of-archive marker was seen, then read the rest of the stream (record
 /// padding) so that the decompressor reaches the end of its frame and verifies the checksum.
 fn finish_stream<R: Read>(mut s: EndCheck<R>) -> Result<(), ArchiveError> {
@@ -881,261 +332,15 @@ fn finish_stream<R: Read>(mut s: EndCheck<R>) -> Result<(), ArchiveError> {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Paths
+// The destination
 
-/// Why a member name cannot be used.
-enum NameError {
-    DotDot,
-    Nul,
-}
-
-/// Sanitize a member name: returns (whether a leading `/` was removed, components after stripping), or `None`
-/// components when the name has fewer than `strip` components (GNU tar skips those). A directory whose name has
-/// exactly `strip` components maps to the destination root (empty component list).
-fn sanitize(raw: &[u8], strip: usize) -> Result<(bool, Option<Vec<OsString>>), NameError> {
-    if raw.contains(&0) {
-        return Err(NameError::Nul);
-    }
-    let had_slash = raw.first() == Some(&b'/');
-    let comps: Vec<&[u8]> = raw
-        .split(|&b| b == b'/')
-        .filter(|c| !c.is_empty())
-        .collect();
-    if comps.iter().any(|c| *c == b"..") {
-        return Err(NameError::DotDot);
-    }
-    if comps.len() < strip {
-        return Ok((had_slash, None));
-    }
-    let kept = comps[strip..]
-        .iter()
-        .filter(|c| **c != b".")
-        .map(|c| OsString::from_vec(c.to_vec()))
-        .collect();
-    Ok((had_slash, Some(kept)))
-}
-
-fn filter_components(p: &Path) -> Vec<OsString> {
-    p.components()
-        .filter_map(|c| match c {
-            Component::Normal(n) => Some(n.to_os_string()),
-            _ => None,
-        })
-        .collect()
-}
-
-fn join(comps: &[OsString]) -> String {
-    if comps.is_empty() {
-        return ".".into();
-    }
-    let mut p = PathBuf::new();
-    for c in comps {
-        p.push(c);
-    }
-    p.to_string_lossy().into_owned()
-}
-
-// ---------------------------------------------------------------------------------------------------------------
-// Filesystem primitives (all relative to directory fds, never following symlinks)
-
-fn cstr(name: &OsStr) -> CString {
-    // Components come from `sanitize`, which rejected NUL bytes.
-    CString::new(name.as_bytes()).expect("NUL rejected by sanitize")
-}
-
-fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
-}
-
-fn open_root(dest: &Path) -> Result<OwnedFd, ArchiveError> {
-    let c = CString::new(dest.as_os_str().as_bytes()).map_err(|_| ArchiveError::Io {
-        path: dest.to_path_buf(),
-        source: io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"),
-    })?;
-    // The destination itself is trusted (the caller chose it), so it may be reached through symlinks.
-    // SAFETY: c is a valid C string; the returned fd is owned below.
-    let fd = unsafe {
-        libc::open(
-            c.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    };
-    let fd = cvt(fd).map_err(|e| ArchiveError::Io {
+/// Open the destination directory: trusted (the caller chose it), so it may be reached through symlinks.
+fn open_dest(dest: &Path) -> Result<OwnedFd, ArchiveError> {
+    open_root(dest).map_err(|e| ArchiveError::Io {
         path: dest.to_path_buf(),
         source: e,
-    })?;
-    // SAFETY: fd was just opened and is owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn open_dir_at(parent: RawFd, name: &OsStr) -> io::Result<OwnedFd> {
-    let c = cstr(name);
-    // SAFETY: valid fd and C string.
-    let fd = cvt(unsafe {
-        libc::openat(
-            parent,
-            c.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-        )
-    })?;
-    // SAFETY: fresh fd.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// File type at `name` in `parent` without following a symlink; None when nothing is there.
-fn type_at(parent: RawFd, name: &OsStr) -> io::Result<Option<libc::mode_t>> {
-    let c = cstr(name);
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: valid fd, C string and out pointer.
-    let r = unsafe { libc::fstatat(parent, c.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) };
-    if r < 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::ENOENT) {
-            return Ok(None);
-        }
-        return Err(e);
-    }
-    Ok(Some(st.st_mode & libc::S_IFMT))
-}
-
-fn unlink_at(parent: RawFd, name: &OsStr) -> io::Result<()> {
-    let c = cstr(name);
-    // SAFETY: valid fd and C string.
-    cvt(unsafe { libc::unlinkat(parent, c.as_ptr(), 0) }).map(|_| ())
-}
-
-fn mkdir_at(parent: RawFd, name: &OsStr, mode: libc::mode_t) -> io::Result<()> {
-    let c = cstr(name);
-    // SAFETY: valid fd and C string.
-    cvt(unsafe { libc::mkdirat(parent, c.as_ptr(), mode) }).map(|_| ())
-}
-
-fn timespec(t: (i64, u32)) -> libc::timespec {
-    libc::timespec {
-        tv_sec: t.0 as libc::time_t,
-        tv_nsec: t.1 as _,
-    }
-}
-
-/// Set mtime (atime left as is) of `name` in `parent`, not following a symlink.
-fn set_mtime_at(parent: RawFd, name: &OsStr, t: (i64, u32)) -> io::Result<()> {
-    let c = cstr(name);
-    let times = [
-        libc::timespec {
-            tv_sec: 0,
-            tv_nsec: libc::UTIME_OMIT,
-        },
-        timespec(t),
-    ];
-    // SAFETY: valid fd, C string and a two-element array.
-    cvt(unsafe {
-        libc::utimensat(
-            parent,
-            c.as_ptr(),
-            times.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
     })
-    .map(|_| ())
 }
-
-fn set_mtime_fd(fd: RawFd, t: (i64, u32)) -> io::Result<()> {
-    let times = [
-        libc::timespec {
-            tv_sec: 0,
-            tv_nsec: libc::UTIME_OMIT,
-        },
-        timespec(t),
-    ];
-    // SAFETY: valid fd and a two-element array.
-    cvt(unsafe { libc::futimens(fd, times.as_ptr()) }).map(|_| ())
-}
-
-fn chown_at(parent: RawFd, name: &OsStr, uid: u64, gid: u64) -> io::Result<()> {
-    let c = cstr(name);
-    // SAFETY: valid fd and C string.
-    cvt(unsafe {
-        libc::fchownat(
-            parent,
-            c.as_ptr(),
-            uid as libc::uid_t,
-            gid as libc::gid_t,
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    })
-    .map(|_| ())
-}
-
-fn chown_fd(fd: RawFd, uid: u64, gid: u64) -> io::Result<()> {
-    // SAFETY: valid fd.
-    cvt(unsafe { libc::fchown(fd, uid as libc::uid_t, gid as libc::gid_t) }).map(|_| ())
-}
-
-fn chmod_fd(fd: RawFd, mode: u32) -> io::Result<()> {
-    // SAFETY: valid fd.
-    cvt(unsafe { libc::fchmod(fd, mode as libc::mode_t) }).map(|_| ())
-}
-
-/// Open the directory `rel` (relative, without `..`: `.` and empty components are dropped) below the trusted
-/// directory `base`, one component at a time with `O_NOFOLLOW`, as extraction walks: so it works at any depth
-/// (no call gets more than one component) and never passes through a symlink. With `create`, missing
-/// directories are made (0777 & ~umask, like GNU tar's implicit parents). Restore's `--path` swap uses it.
-pub fn open_dir_beneath(base: &Path, rel: &Path, create: bool) -> io::Result<OwnedFd> {
-    let mut cur = match open_root(base) {
-        Ok(fd) => fd,
-        Err(ArchiveError::Io { source, .. }) => return Err(source),
-        Err(e) => return Err(io::Error::other(e.to_string())),
-    };
-    for c in filter_components(rel) {
-        if c.as_bytes().contains(&0) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "a NUL byte in a name",
-            ));
-        }
-        cur = match open_dir_at(cur.as_raw_fd(), &c) {
-            Ok(fd) => fd,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) && create => {
-                match mkdir_at(cur.as_raw_fd(), &c, 0o777) {
-                    Err(e) if e.raw_os_error() != Some(libc::EEXIST) => return Err(e),
-                    _ => {}
-                }
-                open_dir_at(cur.as_raw_fd(), &c)?
-            }
-            Err(e) => {
-                if let Ok(Some(libc::S_IFLNK)) = type_at(cur.as_raw_fd(), &c) {
-                    return Err(io::Error::other(format!(
-                        "`{}` is a symlink: refusing to go through it",
-                        c.to_string_lossy()
-                    )));
-                }
-                return Err(e);
-            }
-        };
-    }
-    Ok(cur)
-}
-
-/// Whether anything (a symlink included, never followed) is at `name` in the directory `dir`.
-pub fn exists_at(dir: RawFd, name: &OsStr) -> io::Result<bool> {
-    if name.as_bytes().contains(&0) {
-        return Ok(false);
-    }
-    type_at(dir, name).map(|t| t.is_some())
-}
-
-/// `/proc/self/fd/N/name`: reaches `name` inside the directory fd without resolving the parent path again; used
-/// for the few calls that have no *at variant (lsetxattr, chmod of a FIFO without opening it).
-fn proc_path(parent: RawFd, name: &OsStr) -> PathBuf {
-    let mut p = PathBuf::from(format!("/proc/self/fd/{parent}"));
-    p.push(name);
-    p
-}
-
 // ---------------------------------------------------------------------------------------------------------------
 // Extraction
 
@@ -1258,7 +463,7 @@ impl Extractor<'_> {
     fn walk(&self, comps: &[OsString], create: bool, entry: &str) -> Result<OwnedFd, ArchiveError> {
         let mut cur = self.root.try_clone().map_err(|e| self.io_err(&[], e))?;
         for (i, c) in comps.iter().enumerate() {
-            let next = match open_dir_at(cur.as_raw_fd(), c) {
+            let next = match open_dir_at(cur.as_raw_fd(), &cstr(c)) {
                 Ok(fd) => fd,
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) && create => {
                     // Implicit parent: default permissions like GNU tar (0777 & ~umask).
@@ -1267,7 +472,7 @@ impl Extractor<'_> {
                         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
                         Err(e) => return Err(self.io_err(&comps[..=i], e)),
                     }
-                    open_dir_at(cur.as_raw_fd(), c).map_err(|e| {
+                    open_dir_at(cur.as_raw_fd(), &cstr(c)).map_err(|e| {
                         self.classify_walk_error(&comps[..=i], cur.as_raw_fd(), e, entry)
                     })?
                 }
@@ -1409,7 +614,7 @@ impl Extractor<'_> {
                 Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
                 Err(e) => return Err(self.io_err(comps, e)),
             }
-            open_dir_at(parent.as_raw_fd(), name)
+            open_dir_at(parent.as_raw_fd(), &cstr(name))
                 .map_err(|e| self.classify_walk_error(comps, parent.as_raw_fd(), e, &d.display))?
         };
         if !d.xattrs.is_empty() {
@@ -1435,18 +640,8 @@ impl Extractor<'_> {
         let parent = self.walk(&comps[..comps.len() - 1], true, &d.display)?;
         self.clear_leaf(parent.as_raw_fd(), comps, &d.display)?;
         let c = cstr(comps.last().expect("leaf"));
-        // SAFETY: valid fd and C string; the fd is owned below.
-        let fd = unsafe {
-            libc::openat(
-                parent.as_raw_fd(),
-                c.as_ptr(),
-                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-                0o600 as libc::c_uint,
-            )
-        };
-        let fd = cvt(fd).map_err(|e| self.io_err(comps, e))?;
-        // SAFETY: fresh fd.
-        let mut file = unsafe { File::from_raw_fd(fd) };
+        let mut file =
+            create_excl_at(parent.as_raw_fd(), &c, 0o600).map_err(|e| self.io_err(comps, e))?;
         let mut buf = std::mem::take(&mut self.buf);
         let res = self.write_data(entry, &mut file, comps, d, &mut buf);
         self.buf = buf;
@@ -1543,9 +738,7 @@ impl Extractor<'_> {
         let name = comps.last().expect("leaf");
         let c = cstr(name);
         // The target is stored verbatim (it may point anywhere: it is content, never followed here).
-        // SAFETY: valid C strings and fd.
-        cvt(unsafe { libc::symlinkat(target.as_ptr(), parent.as_raw_fd(), c.as_ptr()) })
-            .map_err(|e| self.io_err(comps, e))?;
+        symlink_at(&target, parent.as_raw_fd(), &c).map_err(|e| self.io_err(comps, e))?;
         self.leaf_meta(parent.as_raw_fd(), comps, d, false);
         Ok(())
     }
@@ -1641,18 +834,9 @@ impl Extractor<'_> {
         let parent = self.walk(&comps[..comps.len() - 1], true, &d.display)?;
         self.clear_leaf(parent.as_raw_fd(), comps, &d.display)?;
         let (ct, cn) = (cstr(tname), cstr(comps.last().expect("leaf")));
-        // flags 0: if the target is a symlink, link the symlink itself, never what it points to.
-        // SAFETY: valid fds and C strings.
-        cvt(unsafe {
-            libc::linkat(
-                tparent.as_raw_fd(),
-                ct.as_ptr(),
-                parent.as_raw_fd(),
-                cn.as_ptr(),
-                0,
-            )
-        })
-        .map_err(|e| self.io_err(comps, e))?;
+        // Never follows a symlink target: the symlink itself is linked.
+        link_at(tparent.as_raw_fd(), &ct, parent.as_raw_fd(), &cn)
+            .map_err(|e| self.io_err(comps, e))?;
         Ok(())
     }
 
@@ -1661,15 +845,13 @@ impl Extractor<'_> {
         self.clear_leaf(parent.as_raw_fd(), comps, &d.display)?;
         let c = cstr(comps.last().expect("leaf"));
         let (ty, dev) = match d.kind {
-            Kind::Fifo => (libc::S_IFIFO, 0),
-            Kind::Char => (libc::S_IFCHR, libc::makedev(d.dev.0, d.dev.1)),
-            _ => (libc::S_IFBLK, libc::makedev(d.dev.0, d.dev.1)),
+            Kind::Fifo => (FileType::Fifo, (0, 0)),
+            Kind::Char => (FileType::CharacterDevice, d.dev),
+            _ => (FileType::BlockDevice, d.dev),
         };
-        // SAFETY: valid fd and C string.
-        let r = cvt(unsafe { libc::mknodat(parent.as_raw_fd(), c.as_ptr(), ty | 0o600, dev) });
-        match r {
-            Ok(_) => {}
-            Err(e) if ty != libc::S_IFIFO && e.raw_os_error() == Some(libc::EPERM) => {
+        match mknod_at(parent.as_raw_fd(), &c, ty, dev) {
+            Ok(()) => {}
+            Err(e) if ty != FileType::Fifo && e.raw_os_error() == Some(libc::EPERM) => {
                 match &mut self.notes.devices_skipped {
                     Some((n, _)) => *n += 1,
                     None => self.notes.devices_skipped = Some((1, d.display.clone())),
@@ -1692,9 +874,11 @@ impl Extractor<'_> {
                 self.root.try_clone().map_err(|e| self.io_err(&[], e))?
             } else {
                 let parent = self.walk(&m.comps[..m.comps.len() - 1], false, &shown)?;
-                open_dir_at(parent.as_raw_fd(), m.comps.last().expect("non-empty")).map_err(
-                    |e| self.classify_walk_error(&m.comps, parent.as_raw_fd(), e, &shown),
-                )?
+                open_dir_at(
+                    parent.as_raw_fd(),
+                    &cstr(m.comps.last().expect("non-empty")),
+                )
+                .map_err(|e| self.classify_walk_error(&m.comps, parent.as_raw_fd(), e, &shown))?
             };
             if self.opts.same_owner {
                 if let Err(e) = chown_fd(fd.as_raw_fd(), m.uid, m.gid) {
@@ -1732,101 +916,6 @@ fn write_skipping_zeros(f: &mut File, data: &[u8]) -> io::Result<()> {
             f.write_all(&data[i..j])?;
         }
         i = j;
-    }
-    Ok(())
-}
-
-/// Read a GNU PAX sparse 1.0 map from the start of the entry data: decimal numbers, one per line — the segment
-/// count, then offset and size of each segment — padded with NULs to a 512-byte boundary. Returns the map and the
-/// number of data bytes it used.
-fn read_sparse_map<R: Read>(
-    entry: &mut R,
-    data_size: u64,
-    name: &str,
-) -> Result<(Vec<(u64, u64)>, u64), ArchiveError> {
-    let corrupt = |m: &str| ArchiveError::Corrupt(format!("entry `{name}`: sparse map: {m}"));
-    let mut used = 0u64;
-    let mut block = [0u8; 512];
-    let mut digits: Vec<u8> = Vec::with_capacity(20);
-    let mut count: Option<u64> = None;
-    let mut nums: Vec<u64> = Vec::new();
-    loop {
-        if used + 512 > data_size {
-            return Err(corrupt("runs past the entry's data"));
-        }
-        entry
-            .read_exact(&mut block)
-            .map_err(|e| ArchiveError::Corrupt(format!("entry `{name}`: sparse map: {e}")))?;
-        used += 512;
-        for &b in block.iter() {
-            if count.is_some_and(|c| nums.len() as u64 == 2 * c) {
-                break;
-            }
-            match b {
-                b'0'..=b'9' if digits.len() < 20 => digits.push(b),
-                b'\n' if !digits.is_empty() => {
-                    let n: u64 = std::str::from_utf8(&digits)
-                        .ok()
-                        .and_then(|s| s.parse().ok())
-                        .ok_or_else(|| corrupt("number out of range"))?;
-                    digits.clear();
-                    match count {
-                        None => {
-                            if n > MAX_SPARSE_SEGMENTS as u64 {
-                                return Err(corrupt(&format!(
-                                    "{n} segments, more than the limit of {MAX_SPARSE_SEGMENTS}"
-                                )));
-                            }
-                            count = Some(n);
-                        }
-                        Some(_) => nums.push(n),
-                    }
-                }
-                _ => return Err(corrupt("unexpected byte")),
-            }
-        }
-        if count.is_some_and(|c| nums.len() as u64 == 2 * c) {
-            break;
-        }
-    }
-    Ok((nums.chunks(2).map(|c| (c[0], c[1])).collect(), used))
-}
-
-/// Segments must be sorted, not overlap, end within the real size, and with the map account for all data bytes.
-fn check_map(
-    map: &[(u64, u64)],
-    realsize: u64,
-    map_bytes: u64,
-    data_size: u64,
-    name: &str,
-) -> Result<(), ArchiveError> {
-    let corrupt = |m: String| ArchiveError::Corrupt(format!("entry `{name}`: sparse map: {m}"));
-    if map.len() > MAX_SPARSE_SEGMENTS {
-        return Err(corrupt(format!("more than {MAX_SPARSE_SEGMENTS} segments")));
-    }
-    let mut end = 0u64;
-    let mut total = map_bytes;
-    for &(off, len) in map {
-        let seg_end = off
-            .checked_add(len)
-            .ok_or_else(|| corrupt("segment overflows".into()))?;
-        if off < end {
-            return Err(corrupt("segments overlap or are out of order".into()));
-        }
-        if seg_end > realsize {
-            return Err(corrupt(format!(
-                "segment ends at {seg_end}, beyond the real size {realsize}"
-            )));
-        }
-        end = seg_end;
-        total = total
-            .checked_add(len)
-            .ok_or_else(|| corrupt("sizes overflow".into()))?;
-    }
-    if total != data_size {
-        return Err(corrupt(format!(
-            "segments hold {total} bytes but the entry has {data_size}"
-        )));
     }
     Ok(())
 }
@@ -1881,96 +970,6 @@ mod tests {
             msg.contains("`PaxHeaders/big`") && msg.contains(&MAX_META_HEADER.to_string()),
             "{msg}"
         );
-    }
-
-    #[test]
-    fn pax_records_are_parsed_by_length() {
-        assert_eq!(
-            parse_pax(b"11 k=a\nb=c\n7 x=yz\n").unwrap(),
-            vec![
-                (b"k".to_vec(), b"a\nb=c".to_vec()),
-                (b"x".to_vec(), b"yz".to_vec())
-            ]
-        );
-        assert!(parse_pax(b"99 k=v\n").is_err());
-        assert!(parse_pax(b"6 k=vv").is_err());
-        assert!(parse_pax(b"k=v\n").is_err());
-    }
-
-    #[test]
-    fn pax_time_parsing() {
-        assert_eq!(
-            parse_pax_time(b"1795886096.975024828"),
-            Some((1795886096, 975024828))
-        );
-        assert_eq!(parse_pax_time(b"12"), Some((12, 0)));
-        assert_eq!(parse_pax_time(b"12.5"), Some((12, 500_000_000)));
-        assert_eq!(parse_pax_time(b"12.1234567891"), Some((12, 123_456_789)));
-        assert_eq!(parse_pax_time(b"-1.5"), Some((-2, 500_000_000)));
-        assert_eq!(parse_pax_time(b"-3"), Some((-3, 0)));
-        assert_eq!(parse_pax_time(b"x"), None);
-        assert_eq!(parse_pax_time(b"1.x"), None);
-        assert_eq!(parse_pax_time(b""), None);
-    }
-
-    fn comps(v: &[&str]) -> Vec<OsString> {
-        v.iter().map(OsString::from).collect()
-    }
-
-    #[test]
-    fn sanitize_rules() {
-        let ok = |raw: &str, strip| match sanitize(raw.as_bytes(), strip) {
-            Ok(v) => v,
-            Err(_) => panic!("{raw} rejected"),
-        };
-        assert_eq!(ok("a/b", 0), (false, Some(comps(&["a", "b"]))));
-        assert_eq!(ok("./a//b/", 0), (false, Some(comps(&["a", "b"]))));
-        assert_eq!(ok("/etc/x", 0), (true, Some(comps(&["etc", "x"]))));
-        assert_eq!(ok("///etc/x", 0), (true, Some(comps(&["etc", "x"]))));
-        // GNU tar counts `.` as a component when stripping.
-        assert_eq!(ok("./a/b", 1), (false, Some(comps(&["a", "b"]))));
-        assert_eq!(
-            ok("/backup/vol/data/x", 2),
-            (true, Some(comps(&["data", "x"])))
-        );
-        assert_eq!(ok("/backup/vol/", 2), (true, Some(comps(&[]))));
-        assert_eq!(ok("/backup/", 2), (true, None));
-        assert!(matches!(sanitize(b"../x", 0), Err(NameError::DotDot)));
-        assert!(matches!(sanitize(b"a/../../x", 0), Err(NameError::DotDot)));
-        assert!(matches!(sanitize(b"x/../y", 1), Err(NameError::DotDot)));
-        assert!(matches!(sanitize(b"a\0b", 0), Err(NameError::Nul)));
-    }
-
-    #[test]
-    fn sparse_map_checks() {
-        assert!(check_map(&[(0, 10), (100, 5)], 105, 512, 527, "f").is_ok());
-        assert!(check_map(&[(100, 5), (0, 10)], 105, 512, 527, "f").is_err());
-        assert!(check_map(&[(0, 10), (5, 10)], 105, 512, 532, "f").is_err());
-        assert!(check_map(&[(0, 10), (100, 10)], 105, 512, 532, "f").is_err());
-        assert!(check_map(&[(0, 10)], 105, 512, 600, "f").is_err());
-        assert!(check_map(&[(u64::MAX, 10)], u64::MAX, 0, 10, "f").is_err());
-    }
-
-    #[test]
-    fn sparse_map_reading() {
-        let mut data = b"3\n499998720\n4096\n1073741824\n5\n1073741829\n0\n".to_vec();
-        data.resize(512, 0);
-        data.extend(b"payload");
-        let mut r = &data[..];
-        let (map, used) = read_sparse_map(&mut r, data.len() as u64, "f").unwrap();
-        assert_eq!(used, 512);
-        assert_eq!(
-            map,
-            vec![(499998720, 4096), (1073741824, 5), (1073741829, 0)]
-        );
-        assert_eq!(r, b"payload");
-
-        let mut huge = format!("{}\n", MAX_SPARSE_SEGMENTS + 1).into_bytes();
-        huge.resize(512, 0);
-        assert!(read_sparse_map(&mut &huge[..], 512, "f").is_err());
-        let mut junk = b"2\n1x\n".to_vec();
-        junk.resize(512, 0);
-        assert!(read_sparse_map(&mut &junk[..], 512, "f").is_err());
     }
 
     #[test]

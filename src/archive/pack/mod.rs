@@ -111,16 +111,28 @@ use std::collections::HashMap;
 use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
-use std::mem::MaybeUninit;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::unpack::MAX_META_HEADER;
+use rustix::fs::SeekFrom;
+use rustix::io::Errno;
+
+use super::fsat::{
+    get_xattr, is_enoent, list_xattrs, open_dir_at, open_regular_at, open_root, read_link_at,
+    read_sorted, Stat, XattrAt,
+};
+use super::pax::{
+    checksum, octal_max, pax_record, pax_record_num, put_num, put_octal, MAX_META_HEADER,
+};
 use super::ArchiveError;
 use crate::catalog::Counts;
+
+mod content;
+mod header;
+use header::split_dev;
 
 const BLOCK: usize = 512;
 /// Content read buffer, reused for every file.
@@ -139,11 +151,6 @@ pub const MAX_OPEN_DIRS: usize = 64;
 /// its path and possibly a hardlink target as long, and `voltar restore` refuses headers over
 /// [`MAX_META_HEADER`] (1 MiB). Deeper entries are reported as not archived, never written unrestorable.
 pub const MAX_PATH_LEN: usize = (MAX_META_HEADER as usize - (64 << 10)) / 2;
-
-/// Largest value of an octal ustar field of `len` bytes (len-1 digits and a NUL).
-const fn octal_max(len: usize) -> u64 {
-    (1u64 << (3 * (len as u32 - 1))) - 1
-}
 
 /// Options for [`pack`].
 #[derive(Default, Clone, Copy)]
@@ -231,192 +238,6 @@ pub fn pack<W: io::Write>(
     p.finish()
 }
 
-// ---------------------------------------------------------------------------------------------------------------
-// Filesystem primitives: one path component per call, relative to a directory descriptor, never following a
-// symlink.
-
-pub(super) fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
-}
-
-fn open_root(root: &Path) -> io::Result<OwnedFd> {
-    let c = CString::new(root.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
-    // SAFETY: valid C string; the fd is owned below.
-    let fd = cvt(unsafe {
-        libc::open(
-            c.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    })?;
-    // SAFETY: fresh fd, owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Open the directory `name` in `dir`; fails (ELOOP/ENOTDIR) rather than follow a symlink or open anything else.
-pub(super) fn open_dir_at(dir: RawFd, name: &CStr) -> io::Result<OwnedFd> {
-    // SAFETY: valid fd and C string; the fd is owned below.
-    let fd = cvt(unsafe {
-        libc::openat(
-            dir,
-            name.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-        )
-    })?;
-    // SAFETY: fresh fd.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// Open a regular file for reading without following a symlink, without blocking on a FIFO that replaced it,
-/// and without touching its atime where the kernel allows (O_NOATIME needs ownership or CAP_FOWNER).
-fn open_regular_at(dir: RawFd, name: &CStr) -> io::Result<File> {
-    let base = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
-    let open = |flags| {
-        // SAFETY: valid fd and C string; the fd is owned below.
-        cvt(unsafe { libc::openat(dir, name.as_ptr(), flags) })
-            // SAFETY: fresh fd.
-            .map(|fd| unsafe { File::from_raw_fd(fd) })
-    };
-    match open(base | libc::O_NOATIME) {
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(base),
-        r => r,
-    }
-}
-
-/// Entries of the open directory `dir` (without `.` and `..`), sorted by name bytes, with the `d_type` from
-/// `readdir` (`DT_UNKNOWN` when the filesystem does not give one). Reads through a duplicate of the descriptor,
-/// closed before returning.
-pub(super) fn read_sorted(dir: RawFd) -> io::Result<Vec<(CString, u8)>> {
-    // SAFETY: valid fd; the duplicate is handed to fdopendir, which owns it from then on.
-    let dup = cvt(unsafe { libc::fcntl(dir, libc::F_DUPFD_CLOEXEC, 0) })?;
-    // SAFETY: `dup` is a fresh descriptor of a directory.
-    let dp = unsafe { libc::fdopendir(dup) };
-    if dp.is_null() {
-        let e = io::Error::last_os_error();
-        // SAFETY: fdopendir failed, so `dup` is still ours to close.
-        unsafe { libc::close(dup) };
-        return Err(e);
-    }
-    // The duplicate shares the file offset with `dir`: start at the beginning whatever happened before.
-    // SAFETY: dp is a valid DIR*.
-    unsafe { libc::rewinddir(dp) };
-    let mut v = Vec::new();
-    let result = loop {
-        // SAFETY: errno is thread-local; resetting it tells "end of directory" from an error below.
-        unsafe { *libc::__errno_location() = 0 };
-        // SAFETY: dp is a valid DIR*; the returned entry is valid until the next readdir/closedir.
-        let ent = unsafe { libc::readdir64(dp) };
-        if ent.is_null() {
-            let e = io::Error::last_os_error();
-            break match e.raw_os_error() {
-                Some(0) | None => Ok(()),
-                Some(_) => Err(e),
-            };
-        }
-        // SAFETY: d_name is NUL-terminated inside the entry.
-        let (name, ty) = unsafe { (CStr::from_ptr((*ent).d_name.as_ptr()), (*ent).d_type) };
-        let b = name.to_bytes();
-        if b == b"." || b == b".." {
-            continue;
-        }
-        v.push((name.to_owned(), ty));
-    };
-    // SAFETY: dp is valid and closed exactly once (this also closes `dup`).
-    unsafe { libc::closedir(dp) };
-    result?;
-    v.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-    Ok(v)
-}
-
-/// Read the target of the symlink `name` in `dir` into `buf` (grown until the target fits).
-pub(super) fn read_link_at(dir: RawFd, name: &CStr, buf: &mut Vec<u8>) -> io::Result<()> {
-    if buf.capacity() < 256 {
-        buf.reserve(256);
-    }
-    loop {
-        buf.clear();
-        let cap = buf.capacity();
-        // SAFETY: valid fd and C string; the buffer has `cap` writable bytes.
-        let n = unsafe { libc::readlinkat(dir, name.as_ptr(), buf.as_mut_ptr().cast(), cap) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let n = n as usize;
-        if n < cap {
-            // SAFETY: readlinkat initialised the first n bytes.
-            unsafe { buf.set_len(n) };
-            return Ok(());
-        }
-        // Possibly truncated: try again with more room.
-        buf.reserve(cap * 2);
-    }
-}
-
-/// `struct stat` of an entry, from `fstat` or `fstatat(AT_SYMLINK_NOFOLLOW)`.
-#[derive(Clone, Copy)]
-struct Stat(libc::stat);
-
-impl Stat {
-    fn of_fd(fd: RawFd) -> io::Result<Stat> {
-        let mut st = MaybeUninit::<libc::stat>::uninit();
-        // SAFETY: valid fd and out pointer.
-        cvt(unsafe { libc::fstat(fd, st.as_mut_ptr()) })?;
-        // SAFETY: fstat succeeded and filled it.
-        Ok(Stat(unsafe { st.assume_init() }))
-    }
-
-    fn at(dir: RawFd, name: &CStr) -> io::Result<Stat> {
-        let mut st = MaybeUninit::<libc::stat>::uninit();
-        // SAFETY: valid fd, C string and out pointer.
-        cvt(unsafe {
-            libc::fstatat(
-                dir,
-                name.as_ptr(),
-                st.as_mut_ptr(),
-                libc::AT_SYMLINK_NOFOLLOW,
-            )
-        })?;
-        // SAFETY: fstatat succeeded and filled it.
-        Ok(Stat(unsafe { st.assume_init() }))
-    }
-
-    fn kind(&self) -> libc::mode_t {
-        self.0.st_mode & libc::S_IFMT
-    }
-    fn is_dir(&self) -> bool {
-        self.kind() == libc::S_IFDIR
-    }
-    fn is_file(&self) -> bool {
-        self.kind() == libc::S_IFREG
-    }
-    fn nlink(&self) -> u64 {
-        self.0.st_nlink
-    }
-    fn dev(&self) -> u64 {
-        self.0.st_dev
-    }
-    fn ino(&self) -> u64 {
-        self.0.st_ino
-    }
-    fn size(&self) -> u64 {
-        self.0.st_size.max(0) as u64
-    }
-    fn blocks(&self) -> u64 {
-        self.0.st_blocks.max(0) as u64
-    }
-    fn rdev(&self) -> u64 {
-        self.0.st_rdev
-    }
-}
-
-fn is_enoent(e: &io::Error) -> bool {
-    e.raw_os_error() == Some(libc::ENOENT)
-}
-
 /// Where extended attributes are read from: the open file or directory, or (for entries that must not be
 /// opened: symlinks, FIFOs, devices) the name in a directory, without following it.
 #[derive(Clone, Copy)]
@@ -425,13 +246,6 @@ enum XattrSrc<'a> {
     /// Directory fd, name in it, and the entry's relative path (only used when `/proc` is not mounted).
     At(RawFd, &'a CStr, &'a [u8]),
     None,
-}
-
-/// An [`XattrSrc`] ready for the syscalls.
-#[derive(Clone, Copy)]
-enum XattrAt<'a> {
-    Fd(RawFd),
-    Path(&'a CStr),
 }
 
 /// What happened while copying a file range.
@@ -974,480 +788,6 @@ impl<'o, 'p, W: Write> Packer<'o, 'p, W> {
                 .or_insert_with(|| rel.to_vec());
         }
     }
-
-    fn regular(
-        &mut self,
-        dir: RawFd,
-        name: &CStr,
-        rel: &[u8],
-        f: &File,
-        st: &Stat,
-    ) -> Result<(), ArchiveError> {
-        if self.hardlink(rel, st)? {
-            return Ok(());
-        }
-        let size = st.size();
-        // Cheap test first: only a file with fewer allocated bytes than its size can have holes.
-        let regions = if st.blocks().saturating_mul(512) < size {
-            data_regions(f, size)
-        } else {
-            None
-        };
-        self.pax.clear();
-        match regions {
-            None => {
-                self.header_simple(
-                    rel,
-                    b'0',
-                    st,
-                    size,
-                    b"",
-                    (0, 0),
-                    XattrSrc::Fd(f.as_raw_fd()),
-                    rel,
-                )?;
-                after_header_hook(dir, name);
-                let change = self.copy_range(f, 0, size, true)?;
-                self.pad(size)?;
-                self.report_change(rel, change, size);
-            }
-            Some(regions) => self.sparse(dir, name, rel, f, st, &regions)?,
-        }
-        self.report.counts.files += 1;
-        self.report.counts.entries += 1;
-        self.report.counts.bytes += size;
-        self.remember_link(rel, st);
-        Ok(())
-    }
-
-    fn sparse(
-        &mut self,
-        dir: RawFd,
-        name: &CStr,
-        rel: &[u8],
-        f: &File,
-        st: &Stat,
-        regions: &[(u64, u64)],
-    ) -> Result<(), ArchiveError> {
-        let size = st.size();
-        // The map, as GNU tar writes it for format 1.0.
-        self.map.clear();
-        let ends_in_hole = regions.last().is_none_or(|&(o, l)| o + l < size);
-        let n = regions.len() + usize::from(ends_in_hole);
-        let _ = writeln!(self.map, "{n}");
-        for &(o, l) in regions {
-            let _ = write!(self.map, "{o}\n{l}\n");
-        }
-        if ends_in_hole {
-            let _ = write!(self.map, "{size}\n0\n");
-        }
-        let map_len = self.map.len().div_ceil(BLOCK) * BLOCK;
-        self.map.resize(map_len, 0);
-        let stored = map_len as u64 + regions.iter().map(|r| r.1).sum::<u64>();
-
-        pax_record_num(&mut self.pax, b"GNU.sparse.major", 1);
-        pax_record_num(&mut self.pax, b"GNU.sparse.minor", 0);
-        pax_record(&mut self.pax, b"GNU.sparse.name", rel);
-        pax_record_num(&mut self.pax, b"GNU.sparse.realsize", size);
-        let base = basename(rel);
-        let mut fake = Vec::with_capacity(100);
-        fake.extend_from_slice(b"GNUSparseFile.0/");
-        fake.extend_from_slice(&base[..base.len().min(100 - fake.len())]);
-        self.header_simple(
-            &fake,
-            b'0',
-            st,
-            stored,
-            b"",
-            (0, 0),
-            XattrSrc::Fd(f.as_raw_fd()),
-            rel,
-        )?;
-        after_header_hook(dir, name);
-
-        let map = std::mem::take(&mut self.map);
-        let r = self.sink(&map);
-        self.map = map;
-        r?;
-        let mut worst = Change::Same;
-        for &(o, l) in regions {
-            match self.copy_range(f, o, l, false)? {
-                Change::Same => {}
-                // A read error outranks a size change: it is what makes the entry incomplete.
-                c @ Change::ReadError(..) => worst = c,
-                c => {
-                    if !matches!(worst, Change::ReadError(..)) {
-                        worst = c
-                    }
-                }
-            }
-        }
-        self.pad(stored)?;
-        if matches!(worst, Change::Same) {
-            // The regions were taken at one moment; a size change since then is still worth a warning.
-            if let Ok(now) = Stat::of_fd(f.as_raw_fd()) {
-                if now.size() > size {
-                    worst = Change::Grew;
-                } else if now.size() < size {
-                    worst = Change::Shrank;
-                }
-            }
-        }
-        self.report_change(rel, worst, size);
-        Ok(())
-    }
-
-    fn report_change(&mut self, rel: &[u8], change: Change, size: u64) {
-        match change {
-            Change::Same => {}
-            Change::Grew => self.warn(
-                rel,
-                format_args!("file grew while being read; archived its first {size} bytes"),
-            ),
-            Change::Shrank => self.warn(
-                rel,
-                format_args!("file shrank while being read; padded with zeros to {size} bytes"),
-            ),
-            Change::ReadError(e, at) => self.not_archived(
-                rel,
-                format_args!(
-                    "read error at byte {at} ({e}); the rest of the file is archived as zeros"
-                ),
-            ),
-        }
-    }
-
-    /// Copy exactly `len` bytes from `start` into the archive: cut if the file has more, zero-pad if it has less.
-    /// With `probe_end`, also find out whether the file continues past `start + len` (it grew).
-    fn copy_range(
-        &mut self,
-        f: &File,
-        start: u64,
-        len: u64,
-        probe_end: bool,
-    ) -> Result<Change, ArchiveError> {
-        let mut done = 0u64;
-        let mut probed = false;
-        let mut change = Change::Same;
-        while done < len {
-            self.check_cancel()?;
-            let remaining = len - done;
-            // On the last read ask for one byte more than needed: if it comes, the file grew. This costs no
-            // extra syscall in the common case.
-            let want = if probe_end && remaining < self.buf.len() as u64 {
-                probed = true;
-                remaining as usize + 1
-            } else {
-                remaining.min(self.buf.len() as u64) as usize
-            };
-            match read_at(f, &mut self.buf[..want], start + done) {
-                Ok(0) => {
-                    change = Change::Shrank;
-                    break;
-                }
-                Ok(mut n) => {
-                    if n as u64 > remaining {
-                        n = remaining as usize;
-                        change = Change::Grew;
-                    }
-                    self.out
-                        .write_all(&self.buf[..n])
-                        .map_err(ArchiveError::Sink)?;
-                    done += n as u64;
-                    self.add_progress(n as u64);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    change = Change::ReadError(e, start + done);
-                    break;
-                }
-            }
-        }
-        if done < len {
-            // Keep the header's promise: fill the rest with zeros.
-            self.buf.fill(0);
-            while done < len {
-                let n = (len - done).min(self.buf.len() as u64) as usize;
-                self.out
-                    .write_all(&self.buf[..n])
-                    .map_err(ArchiveError::Sink)?;
-                done += n as u64;
-            }
-        } else if probe_end && !probed {
-            let mut one = [0u8; 1];
-            loop {
-                match f.read_at(&mut one, start + len) {
-                    Ok(1) => change = Change::Grew,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    _ => {}
-                }
-                break;
-            }
-        }
-        Ok(change)
-    }
-
-    /// Write the PAX extended header (records already in `self.pax` plus the ones this entry needs) and the
-    /// ustar header. `name` goes in the header (PAX `path` when longer than 100 bytes); `log_name` names the
-    /// entry in the report.
-    #[allow(clippy::too_many_arguments)]
-    fn header_simple(
-        &mut self,
-        name: &[u8],
-        kind: u8,
-        md: &impl HeaderStat,
-        size: u64,
-        link: &[u8],
-        rdev: (u64, u64),
-        xattrs: XattrSrc<'_>,
-        log_name: &[u8],
-    ) -> Result<(), ArchiveError> {
-        let mut h = [0u8; BLOCK];
-        if name.len() > 100 {
-            pax_record(&mut self.pax, b"path", name);
-            h[..100].copy_from_slice(&name[..100]);
-        } else {
-            h[..name.len()].copy_from_slice(name);
-        }
-        if link.len() > 100 {
-            pax_record(&mut self.pax, b"linkpath", link);
-            h[157..257].copy_from_slice(&link[..100]);
-        } else {
-            h[157..157 + link.len()].copy_from_slice(link);
-        }
-        put_octal(&mut h[100..108], u64::from(md.mode() & 0o7777));
-        if !put_num(&mut h[108..116], u64::from(md.uid())) {
-            pax_record_num(&mut self.pax, b"uid", u64::from(md.uid()));
-        }
-        if !put_num(&mut h[116..124], u64::from(md.gid())) {
-            pax_record_num(&mut self.pax, b"gid", u64::from(md.gid()));
-        }
-        if !put_num(&mut h[124..136], size) {
-            pax_record_num(&mut self.pax, b"size", size);
-        }
-        let (sec, nsec) = (md.mtime(), md.mtime_nsec());
-        let sec_fits = sec >= 0 && (sec as u64) <= octal_max(12);
-        put_octal(
-            &mut h[136..148],
-            if sec_fits {
-                sec as u64
-            } else if sec < 0 {
-                0
-            } else {
-                octal_max(12)
-            },
-        );
-        if nsec != 0 || !sec_fits {
-            let mut v = Vec::with_capacity(32);
-            if sec < 0 && nsec > 0 {
-                // stat gives floor seconds + positive nanoseconds; PAX wants a signed decimal number.
-                let _ = write!(v, "-{}.{:09}", -(sec + 1), 1_000_000_000 - nsec);
-            } else {
-                let _ = write!(v, "{sec}.{nsec:09}");
-            }
-            pax_record(&mut self.pax, b"mtime", &v);
-        }
-        h[156] = kind;
-        h[257..263].copy_from_slice(b"ustar\0");
-        h[263..265].copy_from_slice(b"00");
-        put_num(&mut h[329..337], rdev.0);
-        put_num(&mut h[337..345], rdev.1);
-
-        let before_xattrs = self.pax.len();
-        if let Err(e) = self.collect_xattrs(xattrs) {
-            let e = e.to_string();
-            self.not_archived(
-                log_name,
-                format_args!("extended attributes not archived: {e}"),
-            );
-        }
-        if self.pax.len() as u64 > MAX_META_HEADER {
-            // `voltar restore` (rightly) refuses a PAX header this big: keep the entry, without its xattrs.
-            let n = self.pax.len() - before_xattrs;
-            self.pax.truncate(before_xattrs);
-            self.not_archived(
-                log_name,
-                format_args!(
-                    "extended attributes not archived: {n} bytes of them, more than an archive header may hold"
-                ),
-            );
-        }
-
-        if !self.pax.is_empty() {
-            let mut x = [0u8; BLOCK];
-            let base = basename(name);
-            let mut xn = Vec::with_capacity(100);
-            xn.extend_from_slice(b"PaxHeaders/");
-            xn.extend_from_slice(&base[..base.len().min(100 - xn.len())]);
-            x[..xn.len()].copy_from_slice(&xn);
-            put_octal(&mut x[100..108], 0o644);
-            put_octal(&mut x[108..116], 0);
-            put_octal(&mut x[116..124], 0);
-            put_num(&mut x[124..136], self.pax.len() as u64);
-            put_octal(&mut x[136..148], if sec_fits { sec as u64 } else { 0 });
-            x[156] = b'x';
-            x[257..263].copy_from_slice(b"ustar\0");
-            x[263..265].copy_from_slice(b"00");
-            checksum(&mut x);
-            self.sink(&x)?;
-            let pax = std::mem::take(&mut self.pax);
-            let r = self.sink(&pax).and_then(|()| self.pad(pax.len() as u64));
-            self.pax = pax;
-            r?;
-        }
-        checksum(&mut h);
-        self.sink(&h)
-    }
-
-    /// A path naming `name` in `dir` for the `l*xattr` calls: `/proc/self/fd/<dir>/<name>` (short whatever the
-    /// depth), or, without `/proc`, the root joined with the relative path.
-    fn xattr_path(&self, dir: RawFd, name: &CStr, rel: &[u8]) -> Option<CString> {
-        let mut p = Vec::with_capacity(32 + name.to_bytes().len());
-        if self.proc_fd {
-            let _ = write!(p, "/proc/self/fd/{dir}/");
-            p.extend_from_slice(name.to_bytes());
-        } else {
-            p.extend_from_slice(self.root.as_os_str().as_bytes());
-            p.push(b'/');
-            p.extend_from_slice(rel);
-        }
-        CString::new(p).ok()
-    }
-
-    /// Append `SCHILY.xattr.*` records for every extended attribute of the source to `self.pax`.
-    fn collect_xattrs(&mut self, src: XattrSrc<'_>) -> io::Result<()> {
-        let path;
-        let at = match src {
-            XattrSrc::None => return Ok(()),
-            XattrSrc::Fd(fd) => XattrAt::Fd(fd),
-            XattrSrc::At(dir, name, rel) => match self.xattr_path(dir, name, rel) {
-                Some(p) => {
-                    path = p;
-                    XattrAt::Path(&path)
-                }
-                None => return Ok(()),
-            },
-        };
-        // SAFETY (closure): the buffer has `cap` writable bytes; the call writes at most that many.
-        let listed = fill_growing(&mut self.xattr_names, 1024, |buf, cap| unsafe {
-            match at {
-                XattrAt::Fd(fd) => libc::flistxattr(fd, buf.cast(), cap),
-                XattrAt::Path(p) => libc::llistxattr(p.as_ptr(), buf.cast(), cap),
-            }
-        });
-        match listed {
-            Ok(()) => {}
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTSUP) | Some(libc::ENOENT)) => {
-                return Ok(())
-            }
-            Err(e) => return Err(e),
-        }
-        if self.xattr_names.is_empty() {
-            return Ok(());
-        }
-        let names = std::mem::take(&mut self.xattr_names);
-        let mut result = Ok(());
-        for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
-            match self.read_xattr(at, name) {
-                Ok(true) => {
-                    let mut key = Vec::with_capacity(13 + name.len());
-                    key.extend_from_slice(b"SCHILY.xattr.");
-                    for &b in name {
-                        match b {
-                            b'%' => key.extend_from_slice(b"%25"),
-                            b'=' => key.extend_from_slice(b"%3D"),
-                            b => key.push(b),
-                        }
-                    }
-                    pax_record(&mut self.pax, &key, &self.xattr_value);
-                }
-                Ok(false) => {} // removed since the listing
-                Err(e) => {
-                    result = Err(e);
-                    break;
-                }
-            }
-        }
-        self.xattr_names = names;
-        result
-    }
-
-    /// Read one attribute value into `self.xattr_value`; false when it no longer exists.
-    fn read_xattr(&mut self, at: XattrAt<'_>, name: &[u8]) -> io::Result<bool> {
-        let Ok(cname) = CString::new(name) else {
-            return Ok(false);
-        };
-        // SAFETY (closure): the buffer has `cap` writable bytes; the call writes at most that many.
-        let read = fill_growing(&mut self.xattr_value, 256, |buf, cap| unsafe {
-            match at {
-                XattrAt::Fd(fd) => libc::fgetxattr(fd, cname.as_ptr(), buf.cast(), cap),
-                XattrAt::Path(p) => libc::lgetxattr(p.as_ptr(), cname.as_ptr(), buf.cast(), cap),
-            }
-        });
-        match read {
-            Ok(()) => Ok(true),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENODATA) | Some(libc::ENOENT)) => {
-                Ok(false)
-            }
-            Err(e) => Err(e),
-        }
-    }
-}
-
-/// Call a `*xattr`-style function that fills `buf` (up to `cap` bytes) and returns the length or -1, growing the
-/// buffer (from at least `min`) while it answers ERANGE. On success `buf` holds exactly the returned bytes.
-fn fill_growing(
-    buf: &mut Vec<u8>,
-    min: usize,
-    mut call: impl FnMut(*mut u8, usize) -> isize,
-) -> io::Result<()> {
-    if buf.capacity() < min {
-        buf.reserve(min);
-    }
-    loop {
-        let cap = buf.capacity();
-        buf.clear();
-        let n = call(buf.as_mut_ptr(), cap);
-        if n >= 0 {
-            // SAFETY: the call initialised the first `n` (≤ cap) bytes.
-            unsafe { buf.set_len(n as usize) };
-            return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::ERANGE) {
-            buf.reserve(cap * 2);
-        } else {
-            return Err(e);
-        }
-    }
-}
-
-/// The inode fields a header needs. A trait so that unit tests can write headers for values (sizes over
-/// 8 GiB, huge ids) that no cheap test file has.
-trait HeaderStat {
-    fn mode(&self) -> u32;
-    fn uid(&self) -> u32;
-    fn gid(&self) -> u32;
-    fn mtime(&self) -> i64;
-    fn mtime_nsec(&self) -> i64;
-}
-
-impl HeaderStat for Stat {
-    fn mode(&self) -> u32 {
-        self.0.st_mode
-    }
-    fn uid(&self) -> u32 {
-        self.0.st_uid
-    }
-    fn gid(&self) -> u32 {
-        self.0.st_gid
-    }
-    fn mtime(&self) -> i64 {
-        self.0.st_mtime
-    }
-    fn mtime_nsec(&self) -> i64 {
-        self.0.st_mtime_nsec
-    }
 }
 
 /// [`MAX_PATH_LEN`] (tests lower it: a real 480 KiB path makes an archive of hundreds of MiB of headers).
@@ -1464,139 +804,12 @@ fn max_path_len() -> usize {
 
 const _: () = assert!(2 * MAX_PATH_LEN + (64 << 10) <= MAX_META_HEADER as usize);
 
-/// `pread` (with a test seam that injects a read error).
-#[cfg(not(test))]
-#[inline(always)]
-fn read_at(f: &File, buf: &mut [u8], at: u64) -> io::Result<usize> {
-    f.read_at(buf, at)
-}
-
-#[cfg(test)]
-fn read_at(f: &File, buf: &mut [u8], at: u64) -> io::Result<usize> {
-    if hooks::FAIL_NEXT_READ.with(|c| c.replace(false)) {
-        return Err(io::Error::from_raw_os_error(libc::EIO));
-    }
-    f.read_at(buf, at)
-}
-
-/// The data regions of a file with holes, or None when it has no hole (or the filesystem cannot tell).
-fn data_regions(f: &File, size: u64) -> Option<Vec<(u64, u64)>> {
-    let fd = f.as_raw_fd();
-    let mut regions = Vec::new();
-    let mut pos: u64 = 0;
-    while pos < size {
-        // SAFETY: lseek on a valid descriptor; only the file offset changes (we read with pread).
-        let data = unsafe { libc::lseek(fd, pos as libc::off_t, libc::SEEK_DATA) };
-        if data < 0 {
-            if io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO) {
-                break; // only a hole from `pos` to the end
-            }
-            return None;
-        }
-        let data = data as u64;
-        if data >= size {
-            break;
-        }
-        if regions.len() + 1 >= MAX_SPARSE_REGIONS {
-            regions.push((data, size - data));
-            break;
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(fd, data as libc::off_t, libc::SEEK_HOLE) };
-        if hole < 0 {
-            return None;
-        }
-        let hole = (hole as u64).min(size);
-        regions.push((data, hole - data));
-        pos = hole;
-    }
-    if regions.len() == 1 && regions[0] == (0, size) {
-        return None;
-    }
-    Some(regions)
-}
-
 fn basename(name: &[u8]) -> &[u8] {
     let trimmed = name.strip_suffix(b"/").unwrap_or(name);
     match trimmed.iter().rposition(|&b| b == b'/') {
         Some(i) => &trimmed[i + 1..],
         None => trimmed,
     }
-}
-
-/// glibc's `major()`/`minor()`.
-fn split_dev(dev: u64) -> (u64, u64) {
-    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & 0xffff_f000);
-    let minor = (dev & 0xff) | ((dev >> 12) & 0xffff_ff00);
-    (major, minor)
-}
-
-/// Octal, zero-padded, NUL-terminated; the caller guarantees the value fits.
-fn put_octal(field: &mut [u8], v: u64) {
-    let digits = field.len() - 1;
-    let mut v = v;
-    for i in (0..digits).rev() {
-        field[i] = b'0' + (v & 7) as u8;
-        v >>= 3;
-    }
-    field[digits] = 0;
-}
-
-/// Octal if it fits (returns true), else GNU base-256 (returns false: the caller adds a PAX record).
-fn put_num(field: &mut [u8], v: u64) -> bool {
-    if v <= octal_max(field.len()) {
-        put_octal(field, v);
-        true
-    } else {
-        // Big-endian in the low bytes, high bit of the first byte set (values here are < 2^63).
-        field.fill(0);
-        let n = field.len();
-        field[n - 8..].copy_from_slice(&v.to_be_bytes());
-        field[0] |= 0x80;
-        false
-    }
-}
-
-fn checksum(h: &mut [u8; BLOCK]) {
-    h[148..156].fill(b' ');
-    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
-    put_octal(&mut h[148..155], u64::from(sum));
-    h[155] = b' ';
-}
-
-/// One PAX record: `<len> <key>=<value>\n`, where len counts the whole record including its own digits.
-fn pax_record(buf: &mut Vec<u8>, key: &[u8], value: &[u8]) {
-    let base = key.len() + value.len() + 3; // ' ', '=', '\n'
-    let mut len = base + 1;
-    loop {
-        let next = base + decimal_digits(len);
-        if next == len {
-            break;
-        }
-        len = next;
-    }
-    let _ = write!(buf, "{len} ");
-    buf.extend_from_slice(key);
-    buf.push(b'=');
-    buf.extend_from_slice(value);
-    buf.push(b'\n');
-}
-
-fn pax_record_num(buf: &mut Vec<u8>, key: &[u8], v: u64) {
-    let mut tmp = [0u8; 20];
-    let mut w = &mut tmp[..];
-    let _ = write!(w, "{v}");
-    let n = 20 - w.len();
-    pax_record(buf, key, &tmp[..n]);
-}
-
-fn decimal_digits(mut n: usize) -> usize {
-    let mut d = 1;
-    while n >= 10 {
-        n /= 10;
-        d += 1;
-    }
-    d
 }
 
 #[cfg(not(test))]
@@ -1636,7 +849,9 @@ mod hooks {
 
 #[cfg(test)]
 mod tests {
+    use super::header::HeaderStat;
     use super::*;
+    use std::ffi::OsStr;
     use std::fs::{self, OpenOptions};
     use std::io::Read;
 
@@ -1664,19 +879,6 @@ mod tests {
             v.push((name, size, data));
         }
         v
-    }
-
-    #[test]
-    fn pax_record_length_counts_its_own_digits() {
-        for vlen in [
-            0usize, 1, 3, 4, 5, 90, 93, 94, 95, 96, 990, 995, 996, 997, 1000,
-        ] {
-            let mut b = Vec::new();
-            pax_record(&mut b, b"path", &vec![b'a'; vlen]);
-            let sp = b.iter().position(|&c| c == b' ').unwrap();
-            let len: usize = std::str::from_utf8(&b[..sp]).unwrap().parse().unwrap();
-            assert_eq!(len, b.len(), "value length {vlen}");
-        }
     }
 
     struct FakeStat;
@@ -1747,16 +949,6 @@ mod tests {
             .find(|r| r.key() == Ok("mtime"))
             .map(|r| r.value().unwrap().to_string());
         assert_eq!(mtime.as_deref(), Some("1099511627776.000000007"));
-    }
-
-    #[test]
-    fn numbers_that_do_not_fit_use_base256() {
-        let mut f = [0u8; 8];
-        assert!(put_num(&mut f, 2_097_151));
-        assert_eq!(&f, b"7777777\0");
-        assert!(!put_num(&mut f, 2_097_152));
-        assert_eq!(f[0], 0x80);
-        assert_eq!(u64::from_be_bytes(f) & !(0x80 << 56), 2_097_152);
     }
 
     #[test]
@@ -1940,24 +1132,13 @@ mod tests {
     /// mkdir + open, relative to a directory descriptor (paths here may exceed PATH_MAX).
     fn mkdir_at(dir: RawFd, name: &str) -> OwnedFd {
         let c = CString::new(name).unwrap();
-        // SAFETY: valid fd and C string.
-        cvt(unsafe { libc::mkdirat(dir, c.as_ptr(), 0o755) }).unwrap();
+        crate::archive::fsat::mkdir_at(dir, OsStr::new(name), 0o755).unwrap();
         open_dir_at(dir, &c).unwrap()
     }
 
     fn write_at(dir: RawFd, name: &str, data: &[u8]) {
         let c = CString::new(name).unwrap();
-        // SAFETY: valid fd and C string; the fd is owned by the File.
-        let fd = cvt(unsafe {
-            libc::openat(
-                dir,
-                c.as_ptr(),
-                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
-                0o644,
-            )
-        })
-        .unwrap();
-        let mut f = unsafe { File::from_raw_fd(fd) };
+        let mut f = crate::archive::fsat::create_excl_at(dir, &c, 0o644).unwrap();
         f.write_all(data).unwrap();
     }
 
