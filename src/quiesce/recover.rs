@@ -122,7 +122,7 @@ impl RecoverReport {
                 LeftoverOutcome::Removed { bytes } => format!(
                     "{}: removed ({}, left by an interrupted run)",
                     l.leftover,
-                    crate::cli::human(*bytes)
+                    crate::progress::human(*bytes)
                 ),
                 LeftoverOutcome::AlreadyGone => format!("{}: already gone", l.leftover),
                 LeftoverOutcome::LeftAlone(why) => format!("{}: left alone ({why})", l.leftover),
