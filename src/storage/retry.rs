@@ -113,17 +113,13 @@ where
         }
         let fut = op(remaining);
         tokio::pin!(fut);
-        let result = if stopping {
-            tokio::time::timeout(SHUTDOWN_GRACE, &mut fut)
+        // Once stopping (already, or during the attempt), the attempt gets SHUTDOWN_GRACE more and no longer.
+        let result = tokio::select! {
+            biased;
+            r = &mut fut => r,
+            _ = shutdown.cancelled() => tokio::time::timeout(SHUTDOWN_GRACE, &mut fut)
                 .await
-                .unwrap_or_else(|_| Err(interrupted()))
-        } else {
-            tokio::select! {
-                r = &mut fut => r,
-                _ = shutdown.cancelled() => tokio::time::timeout(SHUTDOWN_GRACE, &mut fut)
-                    .await
-                    .unwrap_or_else(|_| Err(interrupted())),
-            }
+                .unwrap_or_else(|_| Err(interrupted())),
         };
         let err = match result {
             Ok(v) => return Ok(v),
