@@ -8,8 +8,8 @@ use std::time::Duration;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde::Serialize;
 
-use crate::catalog::{QuiesceAction, SourceKind};
-use crate::config::Job;
+use crate::catalog::SourceKind;
+use crate::config::{Job, QuiesceAction};
 use crate::docker::{ContainerInfo, ContainerState, Discovery, MountInfo, MountKind, VolumeInfo};
 
 /// A container to act on while one source is read.

@@ -52,30 +52,11 @@ use chrono::{DateTime, Datelike, Duration, TimeZone, Timelike, Utc};
 use serde::Serialize;
 
 use crate::catalog::{BackupId, Manifest};
-use crate::config::Retention;
+use crate::config::{Policy, Retention};
 
 /// How far after `now` a backup may be dated and still count as a normal one (small clock differences between
 /// hosts writing to one target). Later than this, it is future-dated: kept and reported.
 pub const FUTURE_TOLERANCE: Duration = Duration::minutes(5);
-
-/// A grandfather-father-son policy with restic/borg semantics. `None` = rule not set.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Policy {
-    pub keep_last: Option<u32>,
-    pub keep_hourly: Option<u32>,
-    pub keep_daily: Option<u32>,
-    pub keep_weekly: Option<u32>,
-    pub keep_monthly: Option<u32>,
-    pub keep_yearly: Option<u32>,
-    pub keep_within: Option<chrono::Duration>,
-}
-
-impl Policy {
-    /// An empty policy keeps everything.
-    pub fn is_empty(&self) -> bool {
-        *self == Policy::default()
-    }
-}
 
 /// One committed backup as retention sees it (built from its manifest).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
