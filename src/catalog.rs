@@ -554,6 +554,24 @@ mod tests {
         }
     }
 
+    /// `QuiesceAction` is defined in `config` now; the manifests already written spell it `none`/`pause`/`stop`
+    /// in each container record, and must still read back and be written the same way.
+    #[test]
+    fn container_records_keep_their_quiesce_action_spelling() {
+        for (text, action) in [
+            ("none", QuiesceAction::None),
+            ("pause", QuiesceAction::Pause),
+            ("stop", QuiesceAction::Stop),
+        ] {
+            let json = format!(
+                r#"{{"id":"c1","name":"db","state":"running","rw":true,"action":"{text}","downtime-ms":7}}"#
+            );
+            let r: ContainerRecord = serde_json::from_str(&json).unwrap();
+            assert_eq!(r.action, action);
+            assert_eq!(serde_json::to_string(&r).unwrap(), json);
+        }
+    }
+
     #[test]
     fn backup_ids_sort_by_time_and_round_trip() {
         let a = BackupId::new(Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap());
