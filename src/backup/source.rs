@@ -227,9 +227,25 @@ async fn read(
     }
     watcher.abort();
 
-    let packed = match packed {
+    let packed = judge_packed(packed, capped, ctx.max_downtime);
+    let _ = commit_tx.send(packed.is_ok());
+    let legs = fan.await.unwrap_or_default();
+    Read {
+        packed,
+        legs,
+        capped,
+    }
+}
+
+/// The packer's outcome as the source sees it: its result, or why the read failed.
+fn judge_packed(
+    packed: Result<Result<Packed, ArchiveError>, tokio::task::JoinError>,
+    capped: bool,
+    cap: Duration,
+) -> Result<Packed, String> {
+    match packed {
         // Even a read that ended just after the cap is discarded: the containers were already running again.
-        _ if capped => Err(cap_error(ctx.max_downtime)),
+        _ if capped => Err(cap_error(cap)),
         Ok(Ok(p)) => Ok(p),
         Ok(Err(e)) => Err(e.to_string()),
         Err(join) if join.is_panic() => Err(
@@ -237,13 +253,6 @@ async fn read(
                 .to_string(),
         ),
         Err(join) => Err(format!("packer did not finish: {join}")),
-    };
-    let _ = commit_tx.send(packed.is_ok());
-    let legs = fan.await.unwrap_or_default();
-    Read {
-        packed,
-        legs,
-        capped,
     }
 }
 
