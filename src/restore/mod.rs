@@ -254,8 +254,6 @@ fn clean_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
 
 /// Restore (or, with `dry_run`, plan) what `args` asks for. Per-source failures are in the report; `Err` is a
 /// fatal or usage error.
-/// Restore (or, with `dry_run`, plan) what `args` asks for. Per-source failures are in the report; `Err` is a
-/// fatal or usage error.
 pub async fn run(
     config: &Config,
     args: RestoreRequest,
