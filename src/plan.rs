@@ -475,11 +475,7 @@ fn plan_containers(users: &[(&ContainerInfo, bool)], job: &Job) -> Vec<PlannedCo
                 ),
                 None => (job.quiesce.default, "config default"),
             };
-            let stop_timeout = c
-                .labels
-                .get(LABEL_STOP_TIMEOUT)
-                .and_then(|t| crate::config::parse_duration(t).ok())
-                .unwrap_or(job.quiesce.stop_timeout);
+            let stop_timeout = stop_timeout(c, job.quiesce.stop_timeout);
             // A read-only user is never quiesced, whatever the label or default says: say that first.
             let (action, reason) = if !rw {
                 (QuiesceAction::None, "mounted read-only".to_string())
@@ -501,19 +497,39 @@ fn plan_containers(users: &[(&ContainerInfo, bool)], job: &Job) -> Vec<PlannedCo
             } else {
                 (mode, mode_src.to_string())
             };
-            PlannedContainer {
-                id: c.id.clone(),
-                name: c.name.clone(),
-                compose_project: c.compose_project().map(String::from),
-                compose_service: c.compose_service().map(String::from),
-                state: c.state.to_string(),
-                rw: *rw,
-                action,
-                stop_timeout,
-                reason,
-            }
+            PlannedContainer::new(c, *rw, action, stop_timeout, reason)
         })
         .collect()
+}
+
+/// How long a stop waits for `c`: its `voltar.stop-timeout` label, else `default` (the job's setting).
+pub fn stop_timeout(c: &ContainerInfo, default: Duration) -> Duration {
+    c.labels
+        .get(LABEL_STOP_TIMEOUT)
+        .and_then(|t| crate::config::parse_duration(t).ok())
+        .unwrap_or(default)
+}
+
+impl PlannedContainer {
+    pub fn new(
+        c: &ContainerInfo,
+        rw: bool,
+        action: QuiesceAction,
+        stop_timeout: Duration,
+        reason: String,
+    ) -> PlannedContainer {
+        PlannedContainer {
+            id: c.id.clone(),
+            name: c.name.clone(),
+            compose_project: c.compose_project().map(String::from),
+            compose_service: c.compose_service().map(String::from),
+            state: c.state.to_string(),
+            rw,
+            action,
+            stop_timeout,
+            reason,
+        }
+    }
 }
 
 /// Probe a host path for [`plan`]: what kind of thing it is (following no symlinks at the last component).

@@ -289,35 +289,23 @@ fn planned_user(config: &Config, args: &RestoreRequest, c: &ContainerInfo) -> Pl
         c.state,
         ContainerState::Running | ContainerState::Restarting
     );
-    PlannedContainer {
-        id: c.id.clone(),
-        name: c.name.clone(),
-        compose_project: c.compose_project().map(String::from),
-        compose_service: c.compose_service().map(String::from),
-        state: c.state.to_string(),
-        rw: true,
-        action: if running {
-            QuiesceAction::Stop
-        } else {
-            QuiesceAction::None
-        },
-        // As backup does: the container's own label first, then the job's setting.
-        stop_timeout: c
-            .labels
-            .get(crate::plan::LABEL_STOP_TIMEOUT)
-            .and_then(|t| crate::config::parse_duration(t).ok())
-            .unwrap_or_else(|| {
-                config
-                    .job(args.job.as_deref())
-                    .map(|j| j.quiesce.stop_timeout)
-                    .unwrap_or(crate::config::Quiesce::default().stop_timeout)
-            }),
-        reason: if running {
-            "uses the restore target".into()
-        } else {
-            "not running".into()
-        },
-    }
+    // As backup does: the container's own label first, then the job's setting.
+    let default = config
+        .job(args.job.as_deref())
+        .map(|j| j.quiesce.stop_timeout)
+        .unwrap_or(crate::config::Quiesce::default().stop_timeout);
+    let (action, reason) = if running {
+        (QuiesceAction::Stop, "uses the restore target")
+    } else {
+        (QuiesceAction::None, "not running")
+    };
+    PlannedContainer::new(
+        c,
+        true,
+        action,
+        crate::plan::stop_timeout(c, default),
+        reason.into(),
+    )
 }
 
 /// `--dry-run`: the plan, with what each destination holds now that the backup does not.
