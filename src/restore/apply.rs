@@ -1,4 +1,5 @@
-//! Restore, step 2: apply a plan — check every archive, stop, safety backup, extract and verify, swap, restart.
+//! Restore, step 2: apply a plan — check every archive, extract and verify into staging, then stop, safety
+//! backup, swap, restart.
 
 use super::*;
 
@@ -20,8 +21,8 @@ struct ApplyCtx<'a> {
     cancel: CancellationToken,
 }
 
-/// Carry out a plan: check every archive, then per source stop its users, take the safety backup, extract,
-/// verify, swap in and restart them.
+/// Carry out a plan: check every archive, then per source extract and verify into staging, stop its users,
+/// take the safety backup, swap in and restart them.
 pub async fn apply(
     config: &Config,
     args: &RestoreRequest,
@@ -152,13 +153,7 @@ async fn restore_source(ctx: &ApplyCtx<'_>, sp: SourcePlan) -> Result<SourceRest
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
 
-    // Stop the users (journaled; `release` restarts them on every path below).
-    let held = ctx.quiescer.hold(&stop_holds(&users)).await?;
-    let result = restore_one(ctx, &src, &path, create_volume, &mut sr).await;
-    let released = ctx.quiescer.release(held).await;
-    sr.restarted = released.released.iter().map(|c| c.name.clone()).collect();
-    sr.warnings
-        .extend(released.errors.iter().map(|e| e.to_string()));
+    let result = restore_one(ctx, &src, &path, create_volume, &users, &mut sr).await;
     match result {
         Ok(()) => sr.status = RestoreStatus::Ok,
         Err(e) => {
@@ -210,25 +205,58 @@ fn stop_holds(users: &[PlannedContainer]) -> Vec<Hold> {
         .collect()
 }
 
-/// With the users stopped: the safety backup of what is at `path` (unless `fresh` or not wanted), then extract
-/// into a journaled staging directory, verify and swap in. The staging directory is removed on every path.
+/// Extract into a journaled staging directory and verify it while the users keep running; then stop them, take
+/// the safety backup of what is at `path` (unless `fresh` or not wanted), swap in and restart them. So the users
+/// are down for the safety backup and the swap only, and a bad archive never stops them. The staging directory
+/// is removed on every path; `Err` from stopping the users is fatal for the whole restore.
 async fn restore_one(
     ctx: &ApplyCtx<'_>,
     src: &SourceRecord,
     path: &Path,
     fresh: bool,
+    users: &[PlannedContainer],
     sr: &mut SourceRestore,
 ) -> Result<()> {
-    if !fresh && !ctx.args.no_safety_backup && dir_has_entries(path) {
-        sr.safety_backup = Some(safety_backup(ctx, src, path).await?);
-    }
     let staging = Staging::make(path, ctx.journal)?;
-    let result = extract_and_swap(ctx, src, path, &staging, sr).await;
+    let result = match extract(ctx, src, &staging, sr).await {
+        Ok(()) => stopped_for_swap(ctx, src, path, fresh, users, &staging, sr).await,
+        Err(e) => Ok(Err(e)),
+    };
     // After a successful exchange, `staging` holds the old contents; after a failure, the partial extraction.
     if let Err(e) = staging.remove(ctx.journal) {
         sr.warnings.push(e);
     }
-    result
+    result?
+}
+
+/// With the users stopped (journaled; restarted on every path): safety backup, then swap. The outer `Err` is a
+/// failure to stop them (fatal), the inner one this source's failure.
+async fn stopped_for_swap(
+    ctx: &ApplyCtx<'_>,
+    src: &SourceRecord,
+    path: &Path,
+    fresh: bool,
+    users: &[PlannedContainer],
+    staging: &Staging,
+    sr: &mut SourceRestore,
+) -> Result<Result<()>> {
+    let held = ctx.quiescer.hold(&stop_holds(users)).await?;
+    let result = async {
+        if !fresh && !ctx.args.no_safety_backup && dir_has_entries(path) {
+            sr.safety_backup = Some(safety_backup(ctx, src, path).await?);
+        }
+        if ctx.cancel.is_cancelled() {
+            bail!("interrupted before the swap: nothing was changed");
+        }
+        ctx.progress.note("swapping in");
+        swap(ctx, path, staging)
+    }
+    .await;
+    let released = ctx.quiescer.release(held).await;
+    sr.restarted = released.released.iter().map(|c| c.name.clone()).collect();
+    sr.warnings
+        .extend(released.errors.iter().map(|e| e.to_string()));
+    Ok(result)
 }
 
 /// Safety copy of what is at `path` now, into the same target, tagged `pre-restore`; returns its backup id.
@@ -283,12 +311,10 @@ async fn safety_backup(ctx: &ApplyCtx<'_>, src: &SourceRecord, path: &Path) -> R
     Ok(run.id.to_string())
 }
 
-/// Extract into `staging` and verify (sha256, counts, decryption to the last byte), then swap it in for `path`
-/// (the whole tree, or each `--path`). Nothing is swapped after an interrupt.
-async fn extract_and_swap(
+/// Extract into `staging` and verify (sha256, counts, decryption to the last byte). Nothing is stopped yet.
+async fn extract(
     ctx: &ApplyCtx<'_>,
     src: &SourceRecord,
-    path: &Path,
     staging: &Staging,
     sr: &mut SourceRestore,
 ) -> Result<()> {
@@ -312,7 +338,11 @@ async fn extract_and_swap(
     if ctx.cancel.is_cancelled() {
         bail!("interrupted before the swap: nothing was changed");
     }
-    ctx.progress.note("swapping in");
+    Ok(())
+}
+
+/// Swap the verified staging tree in for `path` (the whole tree, or each `--path`).
+fn swap(ctx: &ApplyCtx<'_>, path: &Path, staging: &Staging) -> Result<()> {
     if ctx.paths.is_empty() {
         exchange(&staging.path, path)?;
     } else {

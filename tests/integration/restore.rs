@@ -746,7 +746,8 @@ fn flip(p: &Path, off: u64, mask: u8) {
 }
 
 /// A corrupt archive makes an in-place restore fail with exit 1 naming the object; the live volume stays
-/// byte-identical and the running container runs again.
+/// byte-identical, and the running container was never stopped: the archive is extracted and checked into
+/// staging before the users are stopped, so a bad archive costs the app no downtime.
 #[test]
 fn corrupt_archive_fails_restore_and_leaves_the_volume_untouched() {
     require_docker!();
@@ -761,6 +762,7 @@ fn corrupt_archive_fails_restore_and_leaves_the_volume_untouched() {
     let obj = object_path(&w, &id, &vol);
     let len = fs::metadata(&obj).unwrap().len();
     flip(&obj, len / 2, 0x40);
+    let started = docker(&["inspect", "-f", "{{.State.StartedAt}}", &user]);
 
     let r = w.run(&["restore", "latest", "--source", &vol]);
     assert_eq!(r.code, 1, "{r:?}");
@@ -770,6 +772,11 @@ fn corrupt_archive_fails_restore_and_leaves_the_volume_untouched() {
     );
     assert_same(&live, &snap(&mp), "live volume after a failed restore");
     assert_eq!(support::state(&user), "running");
+    assert_eq!(
+        docker(&["inspect", "-f", "{{.State.StartedAt}}", &user]),
+        started,
+        "the user was stopped for a restore whose archive was bad: {r:?}"
+    );
     assert!(
         fs::read_dir(mp.parent().unwrap()).unwrap().all(|e| !e
             .unwrap()
@@ -1136,18 +1143,25 @@ fn staging_dirs(volume_dir: &Path) -> Vec<PathBuf> {
 }
 
 /// A restore running as a child process, SIGKILLed (no cleanup at all) once it is extracting into its staging
-/// directory.
+/// directory (the users are still running then).
 fn kill_restore_while_extracting(w: &World, vol: &str, volume_dir: &Path) -> PathBuf {
+    kill_restore_when(w, vol, volume_dir, &["--no-safety-backup"], |_| true)
+}
+
+/// A restore (with `extra` flags) running as a child process, SIGKILLed once its staging directory has started
+/// to fill and `ready` says so; returns the staging directory.
+fn kill_restore_when(
+    w: &World,
+    vol: &str,
+    volume_dir: &Path,
+    extra: &[&str],
+    ready: impl Fn(&Path) -> bool,
+) -> PathBuf {
+    let target = w.target();
+    let mut args = vec!["restore", "latest", "--source", vol, "-t", &target];
+    args.extend_from_slice(extra);
     let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("voltar"))
-        .args([
-            "restore",
-            "latest",
-            "--source",
-            vol,
-            "--no-safety-backup",
-            "-t",
-            &w.target(),
-        ])
+        .args(&args)
         .current_dir(w.dir.path())
         .env("VOLTAR_STATE_DIR", w.path("state"))
         .env_remove("VOLTAR_CONFIG")
@@ -1163,12 +1177,12 @@ fn kill_restore_while_extracting(w: &World, vol: &str, volume_dir: &Path) -> Pat
         }
         assert!(
             start.elapsed() < std::time::Duration::from_secs(120),
-            "no staging directory appeared"
+            "the restore never reached the point to kill it at"
         );
         // Extracting: the staging directory has started to fill.
         if let Some(s) = staging_dirs(volume_dir)
             .into_iter()
-            .find(|s| fs::read_dir(s).is_ok_and(|mut d| d.next().is_some()))
+            .find(|s| fs::read_dir(s).is_ok_and(|mut d| d.next().is_some()) && ready(s))
         {
             break s;
         }
@@ -1179,9 +1193,10 @@ fn kill_restore_while_extracting(w: &World, vol: &str, volume_dir: &Path) -> Pat
     staging
 }
 
-/// Row 26: a restore killed with SIGKILL while it extracts leaves its container stopped and its staging tree
-/// behind. `voltar recover` starts the container and removes the staging tree, saying so; after a second
-/// kill, the next `restore` removes it itself (and says so) before doing its work.
+/// Row 26: a restore killed with SIGKILL while it extracts leaves its staging tree behind, its container still
+/// running (it is stopped only for the safety backup and the swap). Killed while the container is stopped, it
+/// leaves the container stopped. `voltar recover` starts the container and removes the staging tree, saying so;
+/// after a third kill, the next `restore` removes it itself (and says so) before doing its work.
 #[test]
 fn issue8_killed_restore_staging_is_removed_by_recover_and_the_next_restore() {
     require_docker!();
@@ -1202,6 +1217,25 @@ fn issue8_killed_restore_staging_is_removed_by_recover_and_the_next_restore() {
     let live = snap(&mp);
 
     let staging = kill_restore_while_extracting(&w, &vol, &volume_dir);
+    assert_eq!(
+        support::state(&user),
+        "running",
+        "extracting into staging does not stop the users"
+    );
+    assert!(staging.exists());
+    let r = w.voltar(&["recover"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let name = staging.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        r.stdout.contains(&name) && r.stdout.contains("removed"),
+        "recover reports the staging directory it removed: {r:?}"
+    );
+    assert!(staging_dirs(&volume_dir).is_empty());
+
+    // Killed during the safety backup, which runs with the users stopped.
+    let staging = kill_restore_when(&w, &vol, &volume_dir, &[], |_| {
+        support::state(&user) == "exited"
+    });
     assert_eq!(
         support::state(&user),
         "exited",
