@@ -132,23 +132,27 @@ impl Target {
     /// Parse a `--target` value: `s3://bucket/prefix`, `file:///dir` or a directory path.
     pub fn from_url(url: &str) -> Result<Target, ConfigError> {
         if let Some(rest) = url.strip_prefix("s3://") {
-            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-            if bucket.is_empty() {
-                return Err(ConfigError::Invalid(format!(
-                    "target `{url}` has no bucket (use s3://bucket/prefix)"
-                )));
-            }
-            let mut t = S3Target::new(bucket.to_string(), prefix.trim_matches('/').to_string());
-            // The AWS CLI honours these; so do we.
-            t.endpoint = std::env::var("AWS_ENDPOINT_URL_S3")
-                .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
-                .ok();
-            t.path_style = t.endpoint.is_some();
-            return Ok(Target {
-                name: url.to_string(),
-                kind: TargetKind::S3(t),
-                retention: None,
-            });
+            return s3_url(url, rest, None);
+        }
+        if let Some(rest) = url.strip_prefix("s3:") {
+            // restic's form: s3:http(s)://host[:port]/bucket/prefix.
+            let bad = || {
+                ConfigError::Invalid(format!(
+                    "target `{url}`: write s3:http://host:port/bucket/prefix (the endpoint starts with http:// or https://), or s3://bucket/prefix"
+                ))
+            };
+            let scheme_len = if rest.starts_with("http://") {
+                "http://".len()
+            } else if rest.starts_with("https://") {
+                "https://".len()
+            } else {
+                return Err(bad());
+            };
+            let (endpoint, path) = match rest[scheme_len..].find('/') {
+                Some(i) => rest.split_at(scheme_len + i),
+                None => (rest, ""),
+            };
+            return s3_url(url, path.trim_start_matches('/'), Some(endpoint));
         }
         if url.contains("://") && !url.starts_with("file://") {
             return Err(ConfigError::Invalid(format!(
@@ -168,6 +172,57 @@ impl Target {
             retention: None,
         })
     }
+}
+
+/// An `s3://` target URL: `bucket[/prefix][?endpoint=URL&path-style=BOOL&region=NAME]` (`rest`), or restic's
+/// form with its `endpoint`. Without an endpoint in the URL, `AWS_ENDPOINT_URL(_S3)` is used as the AWS CLI does.
+fn s3_url(url: &str, rest: &str, endpoint: Option<&str>) -> Result<Target, ConfigError> {
+    let invalid = |why: String| ConfigError::Invalid(format!("target `{url}`: {why}"));
+    let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let (bucket, prefix) = location.split_once('/').unwrap_or((location, ""));
+    if bucket.is_empty() {
+        return Err(invalid("no bucket (use s3://bucket/prefix)".into()));
+    }
+    let mut t = S3Target::new(bucket.to_string(), prefix.trim_matches('/').to_string());
+    t.endpoint = endpoint.map(String::from);
+    let mut path_style = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "endpoint" if value.is_empty() => {
+                return Err(invalid(
+                    "`endpoint=` needs a URL, e.g. endpoint=http://host:9000".into(),
+                ))
+            }
+            "endpoint" => t.endpoint = Some(value.to_string()),
+            "region" if !value.is_empty() => t.region = Some(value.to_string()),
+            "path-style" => {
+                path_style = Some(match value {
+                    "1" | "true" | "yes" | "" => true,
+                    "0" | "false" | "no" => false,
+                    _ => return Err(invalid(format!("`path-style={value}`: use 1 or 0"))),
+                })
+            }
+            _ => {
+                return Err(invalid(format!(
+                    "unknown option `{key}` (the URL takes endpoint=, path-style= and region=)"
+                )))
+            }
+        }
+    }
+    if t.endpoint.is_none() {
+        // The AWS CLI honours these; so do we.
+        t.endpoint = std::env::var("AWS_ENDPOINT_URL_S3")
+            .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
+            .ok();
+    }
+    // S3-compatible servers at an endpoint of their own expect path-style requests.
+    t.path_style = path_style.unwrap_or(t.endpoint.is_some());
+    Ok(Target {
+        name: url.to_string(),
+        kind: TargetKind::S3(t),
+        retention: None,
+    })
 }
 
 /// Whether a `--target` value is a bare word: no path separator and no scheme. Only an existing directory or a
@@ -389,6 +444,45 @@ mod tests {
             TargetKind::Local { .. }
         ));
         assert!(Target::from_url("ftp://x").is_err());
+    }
+
+    fn s3(url: &str) -> S3Target {
+        match Target::from_url(url).unwrap().kind {
+            TargetKind::S3(s) => s,
+            other => panic!("{url}: not s3: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn s3_urls_carry_their_endpoint_path_style_and_region() {
+        let t = s3("s3://bkt/host1?endpoint=http://127.0.0.1:9000&path-style=1&region=eu-west-3");
+        assert_eq!((t.bucket.as_str(), t.prefix.as_str()), ("bkt", "host1"));
+        assert_eq!(t.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert!(t.path_style);
+        assert_eq!(t.region.as_deref(), Some("eu-west-3"));
+        // An endpoint alone means path style (what S3-compatible servers expect); it can be turned off.
+        assert!(s3("s3://bkt?endpoint=https://minio.lan").path_style);
+        assert!(!s3("s3://bkt/p?endpoint=https://minio.lan&path-style=false").path_style);
+        // restic's form: s3:http(s)://host[:port]/bucket/prefix.
+        let r = s3("s3:http://127.0.0.1:9000/bkt/a/b/");
+        assert_eq!((r.bucket.as_str(), r.prefix.as_str()), ("bkt", "a/b"));
+        assert_eq!(r.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert!(r.path_style);
+        assert_eq!(
+            s3("s3:https://s3.example.com/b").endpoint.as_deref(),
+            Some("https://s3.example.com")
+        );
+
+        for (bad, want) in [
+            ("s3://bkt/p?endpoit=http://x", "unknown option `endpoit`"),
+            ("s3://bkt/p?path-style=maybe", "path-style"),
+            ("s3://bkt/p?endpoint=", "endpoint"),
+            ("s3:http://127.0.0.1:9000", "no bucket"),
+            ("s3:ftp://host/b", "http:// or https://"),
+        ] {
+            let e = Target::from_url(bad).unwrap_err().to_string();
+            assert!(e.contains(want) && e.contains(bad), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -685,6 +685,39 @@ fn the_target_check_leaves_nothing_and_names_a_missing_bucket() {
     );
 }
 
+/// A new user's `-t` with nothing but credentials in the environment (no region, no AWS_ENDPOINT_URL): the
+/// endpoint comes from the URL, in restic's form and as a query, and the region defaults to us-east-1. Both
+/// spellings address the same bucket and prefix.
+#[test]
+fn s3_urls_carry_the_endpoint_and_need_no_region() {
+    crate::require_docker!();
+    let Some(endpoint) = support::s3_endpoint() else {
+        return;
+    };
+    let w = World::new(&endpoint);
+    let mut cleanup = Cleanup::default();
+    let vol = cleanup.volume("s3url");
+    std::fs::write(support::mountpoint(&vol).join("f"), "x").unwrap();
+    let creds = |mut c: StdCommand| {
+        c.env("AWS_ACCESS_KEY_ID", KEY_ID)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET);
+        c
+    };
+    let restic = format!("s3:{endpoint}/{}/urls", w.bucket);
+    let b = run(creds(w.cmd()), &["backup", "--only", &vol, "-t", &restic]);
+    assert_eq!(b.code, 0, "{b:?}");
+    let query = format!("s3://{}/urls?endpoint={endpoint}", w.bucket);
+    let l = run(creds(w.cmd()), &["--json", "list", "-t", &query]);
+    assert_eq!(l.code, 0, "{l:?}");
+    assert_eq!(backup_ids(&l).len(), 1, "{l:?}");
+    // The same prefix through the library: the backup is where both URLs say.
+    let listed = w.block(keys(&w.store("urls")));
+    assert!(
+        listed.iter().any(|k| k.ends_with("/manifest.json")),
+        "{listed:?}"
+    );
+}
+
 // -------------------------------------------------------------------------------------------------------------
 // Several targets, one of them failing (a private S3 server, frozen mid-upload).
 

@@ -89,13 +89,14 @@ impl S3Storage {
             loader = loader.credentials_provider(creds);
         }
         let sdk = loader.load().await;
-        let Some(region) = sdk.region().map(|r| r.to_string()) else {
-            return Err(StorageError::Permanent {
-                target: describe,
-                message: "no region configured: set `region` in the target, or AWS_REGION".into(),
-            });
-        };
+        // Nothing configured anywhere: us-east-1, as the AWS CLI does (AWS redirects other regions' buckets, and
+        // that error says which region to set).
+        let region = sdk
+            .region()
+            .map(|r| r.to_string())
+            .unwrap_or_else(|| DEFAULT_REGION.to_string());
         let conf = aws_sdk_s3::config::Builder::from(&sdk)
+            .region(Region::new(region.clone()))
             .force_path_style(t.path_style)
             .build();
         let endpoint = t
@@ -123,6 +124,9 @@ impl S3Storage {
     }
 }
 
+/// The region when neither the target, the environment nor a profile names one.
+const DEFAULT_REGION: &str = "us-east-1";
+
 /// The region of target `t`: its `region`, else the environment / profile; with a custom endpoint default to
 /// us-east-1 (what most S3-compatible stores expect) without asking the EC2 metadata service. `None`: nothing
 /// configured (the SDK's own chain may still find one).
@@ -141,7 +145,7 @@ async fn configured_region(t: &S3Target) -> Option<String> {
     .region()
     .await
     .map(|r| r.to_string())
-    .or_else(|| t.endpoint.as_ref().map(|_| "us-east-1".to_string()))
+    .or_else(|| t.endpoint.as_ref().map(|_| DEFAULT_REGION.to_string()))
 }
 
 /// Credentials from `access-key-id-file` + `secret-access-key-file`, when both are set; `Err`: a file cannot be
