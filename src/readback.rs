@@ -10,7 +10,7 @@
 
 use std::collections::BTreeSet;
 use std::io::Read;
-use std::path::{Component, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::archive::unpack::{UnpackOptions, UnpackReport};
@@ -54,8 +54,9 @@ pub enum Entries {
     Scan,
     /// Extract them into the existing directory `dest` (restore, import).
     Unpack { dest: PathBuf, opts: UnpackOptions },
-    /// Collect their names, relative (the dry run's "would be removed").
-    List,
+    /// Collect the relative names unpacking with these options would write, by unpack's rules (the dry run's
+    /// "would be removed").
+    List(UnpackOptions),
 }
 
 /// The result of walking the entries, by [`Entries`].
@@ -149,31 +150,12 @@ pub fn walk<R: Read>(mut dec: R, entries: Entries) -> Result<Walked, WalkError> 
         Entries::Unpack { dest, opts } => Walked::Unpacked(
             archive::unpack::unpack(&mut dec, &dest, &opts).map_err(WalkError::Entries)?,
         ),
-        Entries::List => Walked::Listed(list(&mut dec)?),
+        Entries::List(opts) => {
+            Walked::Listed(archive::unpack::list(&mut dec, &opts).map_err(WalkError::Entries)?)
+        }
     };
     std::io::copy(&mut dec, &mut std::io::sink()).map_err(WalkError::Trailer)?;
     Ok(walked)
-}
-
-/// Names in an archive, relative: only the normal components of each entry's path are kept.
-fn list<R: Read>(dec: R) -> Result<BTreeSet<PathBuf>, WalkError> {
-    let corrupt = |e: std::io::Error| WalkError::Entries(ArchiveError::Corrupt(e.to_string()));
-    let mut a = tar::Archive::new(archive::unpack::meta_capped(dec));
-    let mut names = BTreeSet::new();
-    for e in a.entries().map_err(corrupt)? {
-        let e = e.map_err(corrupt)?;
-        let p = e.path().map_err(corrupt)?;
-        let mut clean = PathBuf::new();
-        for c in p.components() {
-            if let Component::Normal(x) = c {
-                clean.push(x);
-            }
-        }
-        if !clean.as_os_str().is_empty() {
-            names.insert(clean);
-        }
-    }
-    Ok(names)
 }
 
 /// The tar stream inside a stored object: age-decrypted when `decryptor` is given (an encrypted backup), then
@@ -234,5 +216,128 @@ impl<R: Read> Read for ProgressReader<R> {
         let n = self.inner.read(buf)?;
         self.progress.inc(n as u64);
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::unpack::UnpackOptions;
+
+    /// A ustar archive whose member names are written as given (no checks by the `tar` crate).
+    fn raw_tar(members: &[(&str, tar::EntryType, &str)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, ty, link) in members {
+            let mut h = tar::Header::new_ustar();
+            let old = h.as_old_mut();
+            old.name[..name.len()].copy_from_slice(name.as_bytes());
+            old.linkname[..link.len()].copy_from_slice(link.as_bytes());
+            h.set_entry_type(*ty);
+            let data: &[u8] = if *ty == tar::EntryType::Regular {
+                b"x"
+            } else {
+                b""
+            };
+            h.set_size(data.len() as u64);
+            h.set_mode(0o755);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(1_600_000_000);
+            h.set_cksum();
+            b.append(&h, data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    /// What unpack writes, as relative names (the destination root itself left out).
+    fn unpacked(tar: &[u8], opts: UnpackOptions) -> Result<BTreeSet<PathBuf>, ArchiveError> {
+        let d = tempfile::tempdir().unwrap();
+        let dest = d.path().to_path_buf();
+        match walk(
+            tar,
+            Entries::Unpack {
+                dest: dest.clone(),
+                opts,
+            },
+        ) {
+            Ok(_) => {}
+            Err(WalkError::Entries(e)) => return Err(e),
+            Err(e) => panic!("{e:?}"),
+        }
+        Ok(walkdir::WalkDir::new(&dest)
+            .min_depth(1)
+            .into_iter()
+            .map(|e| e.unwrap().path().strip_prefix(&dest).unwrap().to_path_buf())
+            .collect())
+    }
+
+    fn listed(tar: &[u8], opts: UnpackOptions) -> Result<BTreeSet<PathBuf>, ArchiveError> {
+        match walk(tar, Entries::List(opts)) {
+            Ok(Walked::Listed(names)) => Ok(names),
+            Ok(w) => panic!("{w:?}"),
+            Err(WalkError::Entries(e)) => Err(e),
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+
+    fn opts(strip: usize, paths: &[&str]) -> UnpackOptions {
+        UnpackOptions {
+            strip_components: strip,
+            paths: paths.iter().map(PathBuf::from).collect(),
+            same_owner: false,
+            ..UnpackOptions::default()
+        }
+    }
+
+    /// Issue 9: the dry-run listing walked names without unpack's rules, so a `..` member was listed (as if it
+    /// would be restored) while the restore itself refuses the archive.
+    #[test]
+    fn issue9_listing_refuses_what_unpack_refuses() {
+        use tar::EntryType::{Directory, Link, Regular};
+        for members in [
+            vec![("a/", Directory, ""), ("a/../../x", Regular, "")],
+            vec![("a", Regular, ""), ("l", Link, "../a")],
+        ] {
+            let tar = raw_tar(&members);
+            let u = unpacked(&tar, opts(0, &[])).unwrap_err();
+            let l = listed(&tar, opts(0, &[])).unwrap_err();
+            assert!(matches!(u, ArchiveError::Unsafe { .. }), "{u}");
+            assert_eq!(l.to_string(), u.to_string(), "{members:?}");
+        }
+    }
+
+    /// Issue 9: the listing is what unpack writes, with `--path` selection, `--strip`, `./` and `/` prefixes,
+    /// and hardlinks whose target lies outside the selection left out.
+    #[test]
+    fn issue9_listing_is_what_unpack_writes() {
+        use tar::EntryType::{Directory, Link, Regular, Symlink};
+        let tar = raw_tar(&[
+            ("./top/", Directory, ""),
+            ("./top/conf/", Directory, ""),
+            ("./top/conf/a", Regular, ""),
+            ("/top/conf/b", Regular, ""),
+            ("top//data/", Directory, ""),
+            ("top/data/c", Regular, ""),
+            ("top/./data/s", Symlink, "../conf/a"),
+            ("top/conf/h", Link, "top/data/c"),
+            ("top/conf/h2", Link, "./top/conf/a"),
+            ("top/f", Regular, ""),
+        ]);
+        for (strip, paths) in [
+            (0, vec![]),
+            (0, vec!["top/conf"]),
+            (0, vec!["top/data", "top/f"]),
+            (1, vec![]),
+            (1, vec!["conf"]),
+            (2, vec![]),
+            (3, vec![]),
+        ] {
+            let o = || opts(strip, &paths);
+            assert_eq!(
+                listed(&tar, o()).unwrap(),
+                unpacked(&tar, o()).unwrap(),
+                "strip {strip}, paths {paths:?}"
+            );
+        }
     }
 }

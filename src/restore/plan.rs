@@ -279,7 +279,8 @@ pub async fn plan(
     Ok((plan, resources))
 }
 
-/// `--dry-run`: the plan, with what each destination holds now that the backup does not.
+/// `--dry-run`: the plan, with what each destination holds now that the backup does not (with `--path`: below
+/// those paths, which the restore swaps whole).
 pub(super) async fn dry_run(plan: &RestorePlan, res: &Resources) -> Result<RestoreReport> {
     let mut would_remove = Vec::new();
     for sp in &plan.sources {
@@ -288,20 +289,45 @@ pub(super) async fn dry_run(plan: &RestorePlan, res: &Resources) -> Result<Resto
             &plan.manifest,
             &sp.source,
             res.decryptor.clone(),
+            &plan.paths,
         )
         .await?;
+        let now = if sp.path.as_os_str().is_empty() {
+            BTreeSet::new()
+        } else if plan.paths.is_empty() {
+            current_names(&sp.path)
+        } else {
+            plan.paths
+                .iter()
+                .flat_map(|p| names_below(&sp.path, p))
+                .collect()
+        };
         would_remove.push(
-            if sp.path.as_os_str().is_empty() || !plan.paths.is_empty() {
-                vec![]
-            } else {
-                current_names(&sp.path)
-                    .difference(&archive_names)
-                    .map(|p| p.to_string_lossy().into_owned())
-                    .collect()
-            },
+            now.difference(&archive_names)
+                .map(|p| p.to_string_lossy().into_owned())
+                .collect(),
         );
     }
     Ok(plan.dry_run_report(would_remove))
+}
+
+/// The entries below `root/p` now, relative to `root`; none when a parent of `p` is not a directory (a symlink
+/// included: the swap refuses to go through one).
+fn names_below(root: &Path, p: &Path) -> BTreeSet<PathBuf> {
+    let mut at = root.to_path_buf();
+    for c in p.parent().into_iter().flat_map(Path::components) {
+        at.push(c);
+        if !std::fs::symlink_metadata(&at).is_ok_and(|m| m.is_dir()) {
+            return BTreeSet::new();
+        }
+    }
+    walkdir::WalkDir::new(root.join(p))
+        .min_depth(1)
+        .follow_root_links(false)
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.path().strip_prefix(root).ok().map(Path::to_path_buf))
+        .collect()
 }
 
 /// Names in an archive (for `--dry-run`), read back and checked like a restore reads it.
@@ -310,13 +336,17 @@ async fn list_archive(
     manifest: &Manifest,
     src: &SourceRecord,
     decryptor: Arc<Decryptor>,
+    paths: &[PathBuf],
 ) -> Result<BTreeSet<PathBuf>> {
     let rb = readback::read(
         store,
         manifest,
         src,
         decryptor,
-        Entries::List,
+        Entries::List(UnpackOptions {
+            paths: paths.to_vec(),
+            ..UnpackOptions::default()
+        }),
         false,
         Progress::hidden(),
     )

@@ -679,6 +679,46 @@ fn path_restores_only_that_subpath() {
     assert!(r.stderr.contains("`..` is not allowed"), "{r:?}");
 }
 
+/// Issue 9: `--dry-run --path` lists what the restore of that path removes (the swap replaces it whole), by the
+/// same name rules as the restore; before, a `--path` dry run said nothing would be removed.
+#[test]
+fn issue9_dry_run_with_path_lists_what_the_restore_removes() {
+    require_docker!();
+    let mut w = World::new();
+    let vol = w.volume_with("dry-path", &[]);
+    let mp = mountpoint(&vol);
+    fill_simple(&mp);
+    w.backup(&vol);
+    scribble(&mp);
+    fs::write(mp.join("app/conf/extra.yml"), b"added after the backup\n").unwrap();
+    fs::create_dir_all(mp.join("app/new/deeper")).unwrap();
+    let now = snap(&mp);
+
+    let j: Value = serde_json::from_str(
+        &w.ok(&["--json", "restore", "latest", "--path", "app", "--dry-run"])
+            .stdout,
+    )
+    .unwrap();
+    let rm: Vec<&str> = j["sources"][0]["would-remove"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        rm,
+        ["app/conf/extra.yml", "app/new", "app/new/deeper"],
+        "only below app/, only what the backup lacks: {j:#}"
+    );
+    assert_same(&now, &snap(&mp), "volume after --dry-run");
+
+    w.ok(&["restore", "latest", "--path", "app", "--no-safety-backup"]);
+    for p in rm {
+        assert!(!mp.join(p).exists(), "the restore removed {p}");
+    }
+    assert!(mp.join("stale.txt").exists(), "outside app/: kept");
+}
+
 /// `--before` picks the newest backup at or before the time; an unknown id is a clear usage error.
 #[test]
 fn before_picks_the_older_backup() {
