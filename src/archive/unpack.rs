@@ -86,7 +86,7 @@ pub use super::fsat::{exists_at, open_dir_beneath};
 use super::names::{join, Selection};
 use super::pax::{check_map, describe, read_sparse_map, Described, Kind, PaxTap, Sparse};
 pub use super::pax::{MAX_META_HEADER, MAX_SPARSE_SEGMENTS};
-use super::{ArchiveError, Counts};
+use super::{ArchiveError, Counted, Counts};
 
 /// Default header sanity limit for one entry's size: 16 TiB.
 pub const DEFAULT_MAX_ENTRY_SIZE: u64 = 16 << 40;
@@ -264,18 +264,14 @@ pub fn meta_capped<R: Read>(tar_stream: R) -> impl Read {
 }
 
 fn count(c: &mut Counts, d: &Described) {
-    match d.kind {
-        Kind::File => {
-            c.files += 1;
-            c.bytes += d.logical_size;
-        }
-        Kind::Dir => c.dirs += 1,
-        Kind::Symlink => c.symlinks += 1,
-        Kind::Hardlink => c.hardlinks += 1,
-        Kind::Fifo | Kind::Char | Kind::Block => c.other += 1,
+    c.add(match d.kind {
+        Kind::File => Counted::File(d.logical_size),
+        Kind::Dir => Counted::Dir,
+        Kind::Symlink => Counted::Symlink,
+        Kind::Hardlink => Counted::Hardlink,
+        Kind::Fifo | Kind::Char | Kind::Block => Counted::Other,
         Kind::Skip(_) => return,
-    }
-    c.entries += 1;
+    });
 }
 
 fn header_error(last: &Option<String>, e: io::Error) -> ArchiveError {

@@ -15,10 +15,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 
+use crate::tree::{self, DiffOptions, Kind, Snapshot};
 use filetime::FileTime;
 use rand::{RngCore, SeedableRng};
 use voltar::archive::pack::{pack, PackOptions, PackReport};
-use voltar::archive::tree::{self, DiffOptions, Kind, Snapshot};
 use voltar::archive::unpack;
 use voltar::archive::ArchiveError;
 use voltar::catalog::Counts;

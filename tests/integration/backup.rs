@@ -19,8 +19,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::tree::{self, DiffOptions};
 use serde_json::Value;
-use voltar::archive::tree::{self, DiffOptions};
 
 use crate::require_docker;
 use crate::support::{self, docker, mountpoint, state, unique, Cleanup, Ev, IMAGE};

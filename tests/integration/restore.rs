@@ -2,7 +2,7 @@
 //! Docker Engine (acceptance rows 3, 4, 11, 12, 13, 14).
 //!
 //! Every test backs up real volumes with `voltar backup`, restores with `voltar restore`, and compares trees with
-//! the metadata-aware walker `voltar::archive::tree::{snapshot, diff}` (type, mode incl. suid/sgid/sticky,
+//! the metadata-aware walker `crate::tree::{snapshot, diff}` (type, mode incl. suid/sgid/sticky,
 //! owner, ns mtime — of the volume root too —, content, link targets, hardlink groups, xattrs, sparseness).
 //! Each test has its own target directory and `VOLTAR_STATE_DIR`, unique volume/container names, and a
 //! `Cleanup` guard. Containers that use volumes exit promptly on SIGTERM so a restore's stop is quick.
@@ -22,9 +22,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
-use voltar::archive::tree::{
-    diff, snapshot, snapshot_with, DiffOptions, Snapshot, SnapshotOptions,
-};
+use crate::tree::{diff, snapshot, snapshot_with, DiffOptions, Snapshot, SnapshotOptions};
 
 use crate::require_docker;
 use crate::support::{self, docker, docker_raw, mountpoint, Cleanup, IMAGE};

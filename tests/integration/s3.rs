@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command as StdCommand, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::tree::{self, DiffOptions};
 use bytes::Bytes;
-use voltar::archive::tree::{self, DiffOptions};
 use voltar::catalog::{manifest_key, Manifest};
 use voltar::config::S3Target;
 use voltar::storage::s3::S3Storage;

@@ -127,7 +127,7 @@ use super::fsat::{
 use super::pax::{
     checksum, octal_max, pax_record, pax_record_num, put_num, put_octal, MAX_META_HEADER,
 };
-use super::ArchiveError;
+use super::{ArchiveError, Counted};
 use crate::catalog::Counts;
 
 mod content;
@@ -219,8 +219,7 @@ pub fn pack<W: io::Write>(
         XattrSrc::Fd(root_fd.as_raw_fd()),
         b"./",
     )?;
-    p.report.counts.dirs += 1;
-    p.report.counts.entries += 1;
+    p.report.counts.add(Counted::Dir);
 
     let mut rel = Vec::with_capacity(256);
     p.walk(
@@ -642,8 +641,7 @@ impl<'o, 'p, W: Write> Packer<'o, 'p, W> {
                     XattrSrc::At(dir, name, rel),
                     rel,
                 )?;
-                self.report.counts.other += 1;
-                self.report.counts.entries += 1;
+                self.report.counts.add(Counted::Other);
                 self.remember_link(rel, &st);
                 Ok(None)
             }
@@ -696,8 +694,7 @@ impl<'o, 'p, W: Write> Packer<'o, 'p, W> {
             XattrSrc::At(dir, name, rel),
             rel,
         )?;
-        self.report.counts.symlinks += 1;
-        self.report.counts.entries += 1;
+        self.report.counts.add(Counted::Symlink);
         self.remember_link(rel, st);
         Ok(())
     }
@@ -715,8 +712,7 @@ impl<'o, 'p, W: Write> Packer<'o, 'p, W> {
         let r = self.header_simple(rel, b'5', st, 0, b"", (0, 0), xattrs, rel);
         rel.truncate(rel_len);
         r?;
-        self.report.counts.dirs += 1;
-        self.report.counts.entries += 1;
+        self.report.counts.add(Counted::Dir);
         Ok(())
     }
 
@@ -776,8 +772,7 @@ impl<'o, 'p, W: Write> Packer<'o, 'p, W> {
         let target = target.clone();
         self.pax.clear();
         self.header_simple(rel, b'1', st, 0, &target, (0, 0), XattrSrc::None, rel)?;
-        self.report.counts.hardlinks += 1;
-        self.report.counts.entries += 1;
+        self.report.counts.add(Counted::Hardlink);
         Ok(true)
     }
 
