@@ -15,6 +15,8 @@ use voltar::archive::compress::{decoder, zstd_encoder, Format};
 use voltar::archive::unpack::{scan, unpack, UnpackOptions, UnpackReport};
 use voltar::archive::{ArchiveError, Counts};
 
+use crate::support::set_mtime;
+
 // ---------------------------------------------------------------------------------------------------------------
 // Crafting archives
 
@@ -592,15 +594,6 @@ fn sh(cmd: &mut Command) {
         "{cmd:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-fn set_mtime(p: &Path, s: i64, ns: u32) {
-    filetime::set_symlink_file_times(
-        p,
-        filetime::FileTime::from_unix_time(s, ns),
-        filetime::FileTime::from_unix_time(s, ns),
-    )
-    .unwrap();
 }
 
 /// Build a tree with the variety GNU tar can archive. Needs root (chown, and `mknod` not used).

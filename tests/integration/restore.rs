@@ -11,12 +11,11 @@ use std::ffi::OsStr;
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{symlink, PermissionsExt};
+use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use assert_cmd::Command;
-use filetime::FileTime;
 use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -25,7 +24,9 @@ use serde_json::Value;
 use crate::tree::{diff, snapshot, snapshot_with, DiffOptions, Snapshot, SnapshotOptions};
 
 use crate::require_docker;
-use crate::support::{self, docker, docker_raw, mountpoint, Cleanup, IMAGE};
+use crate::support::{
+    self, chmod, docker, mkfifo, mountpoint, set_mtime, volume_exists, Cleanup, IMAGE,
+};
 
 // ---------------------------------------------------------------------------------------------------------------
 // Harness
@@ -175,30 +176,9 @@ fn assert_same(a: &Snapshot, b: &Snapshot, what: &str) {
     assert!(d.is_empty(), "{what}: trees differ:\n{}", d.join("\n"));
 }
 
-fn set_mtime(p: &Path, secs: i64, ns: u32) {
-    filetime::set_symlink_file_times(
-        p,
-        FileTime::from_unix_time(secs, ns),
-        FileTime::from_unix_time(secs, ns),
-    )
-    .unwrap_or_else(|e| panic!("mtime {}: {e}", p.display()));
-}
-
 fn chown(p: &Path, uid: u32, gid: u32) {
     std::os::unix::fs::lchown(p, Some(uid), Some(gid))
         .unwrap_or_else(|e| panic!("lchown {}: {e}", p.display()));
-}
-
-fn chmod(p: &Path, mode: u32) {
-    fs::set_permissions(p, fs::Permissions::from_mode(mode))
-        .unwrap_or_else(|e| panic!("chmod {}: {e}", p.display()));
-}
-
-fn mkfifo(p: &Path) {
-    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
-    // SAFETY: valid NUL-terminated path.
-    let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o640) };
-    assert_eq!(rc, 0, "mkfifo {}", p.display());
 }
 
 /// A small tree with a distinctive root (mode, owner, ns mtime), a stable set of files to overwrite later.
@@ -243,10 +223,6 @@ fn volume_inspect(name: &str) -> Value {
     let s = docker(&["volume", "inspect", name]);
     let v: Value = serde_json::from_str(&s).expect("volume inspect JSON");
     v[0].clone()
-}
-
-fn volume_exists(name: &str) -> bool {
-    docker_raw(&["volume", "inspect", name]).status.success()
 }
 
 fn started_at(container: &str) -> String {
