@@ -1,7 +1,5 @@
 //! `voltar plan` and `voltar backup`: run them, render the plan and the run summary (tables or `--json`), exit codes.
 
-use std::path::PathBuf;
-
 use anyhow::Result;
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
@@ -27,13 +25,7 @@ pub(super) async fn plan(
     let sizes = if no_size {
         None
     } else {
-        let paths: Vec<PathBuf> = plan.sources.iter().map(|s| s.path.clone()).collect();
-        Some(
-            tokio::task::spawn_blocking(move || {
-                paths.iter().map(|p| dir_size(p)).collect::<Vec<_>>()
-            })
-            .await?,
-        )
+        Some(crate::sizes::of_sources(&plan).await?)
     };
     if json {
         // Fields in the order of the plan's own JSON (as in `backup --json`), with each source's size.
@@ -124,23 +116,6 @@ pub(super) async fn backup(
         out(&render_run(&report));
     }
     Ok(report.exit_code())
-}
-
-/// Apparent size of a directory tree (regular files), for `plan`.
-fn dir_size(p: &std::path::Path) -> Option<u64> {
-    if !p.is_dir() {
-        return None;
-    }
-    Some(
-        walkdir::WalkDir::new(p)
-            .follow_links(false)
-            .into_iter()
-            .filter_map(|e| e.ok())
-            .filter_map(|e| e.metadata().ok())
-            .filter(|m| m.is_file())
-            .map(|m| m.len())
-            .sum(),
-    )
 }
 
 fn render_plan(plan: &crate::plan::Plan, sizes: Option<&[Option<u64>]>) -> String {
