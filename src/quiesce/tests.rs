@@ -904,7 +904,7 @@ async fn recover_run_replays_journals_and_sweeps_the_spool() {
 
     let run = recover_run(dir.path(), &spool, &fake).await.unwrap();
     assert_eq!(run.journals.resumed(), 1);
-    assert_eq!(run.spool_files, [left.clone()]);
+    assert_eq!(run.spool_files, std::slice::from_ref(&left));
     let lines = run.lines();
     assert_eq!(lines.len(), 2, "{lines:?}");
     assert!(lines[0].contains("unpaused"), "{lines:?}");
