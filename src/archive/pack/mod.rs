@@ -583,7 +583,7 @@ impl<'o, 'p, W: Write> Packer<'o, 'p, W> {
         &mut self,
         dir: RawFd,
         name: &CStr,
-        rel: &mut Vec<u8>,
+        rel: &[u8],
     ) -> Result<bool, ArchiveError> {
         match open_regular_at(dir, name) {
             Ok(f) => match Stat::of_fd(f.as_raw_fd()) {
@@ -602,12 +602,7 @@ impl<'o, 'p, W: Write> Packer<'o, 'p, W> {
     }
 
     /// A regular file found by `fstatat`: open it and archive what was opened, if it is still a regular file.
-    fn regular_at(
-        &mut self,
-        dir: RawFd,
-        name: &CStr,
-        rel: &mut Vec<u8>,
-    ) -> Result<(), ArchiveError> {
+    fn regular_at(&mut self, dir: RawFd, name: &CStr, rel: &[u8]) -> Result<(), ArchiveError> {
         let f = match open_regular_at(dir, name) {
             Ok(f) => f,
             Err(e) if is_enoent(&e) => {
