@@ -311,23 +311,18 @@ pub(super) async fn dry_run(plan: &RestorePlan, res: &Resources) -> Result<Resto
     Ok(plan.dry_run_report(would_remove))
 }
 
-/// The entries below `root/p` now, relative to `root`; none when a parent of `p` is not a directory (a symlink
-/// included: the swap refuses to go through one).
+/// The entries below `root/p` now, relative to `root`; none when `p` or a parent of it is not a directory (a
+/// symlink included: the swap refuses to go through one, and replaces a symlink at `p` itself, not what it
+/// points to).
 fn names_below(root: &Path, p: &Path) -> BTreeSet<PathBuf> {
     let mut at = root.to_path_buf();
-    for c in p.parent().into_iter().flat_map(Path::components) {
+    for c in p.components() {
         at.push(c);
         if !std::fs::symlink_metadata(&at).is_ok_and(|m| m.is_dir()) {
             return BTreeSet::new();
         }
     }
-    walkdir::WalkDir::new(root.join(p))
-        .min_depth(1)
-        .follow_root_links(false)
-        .into_iter()
-        .filter_map(|e| e.ok())
-        .filter_map(|e| e.path().strip_prefix(root).ok().map(Path::to_path_buf))
-        .collect()
+    current_names(&at).into_iter().map(|n| p.join(n)).collect()
 }
 
 /// Names in an archive (for `--dry-run`), read back and checked like a restore reads it.
