@@ -20,6 +20,8 @@ use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
+/// What was done to a container while its source was read: the config's type, recorded here as it is.
+pub use crate::config::QuiesceAction;
 use crate::storage::{Storage, StorageError, StorageExt};
 
 /// Name of the commit object inside a backup directory.
@@ -126,40 +128,6 @@ impl fmt::Display for SourceKind {
             SourceKind::Volume => "volume",
             SourceKind::Bind => "bind",
         })
-    }
-}
-
-/// What was done to a container while its source was read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum QuiesceAction {
-    /// Nothing: the container kept running (or was not running).
-    None,
-    Pause,
-    Stop,
-}
-
-impl fmt::Display for QuiesceAction {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            QuiesceAction::None => "none",
-            QuiesceAction::Pause => "pause",
-            QuiesceAction::Stop => "stop",
-        })
-    }
-}
-
-impl FromStr for QuiesceAction {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "none" => Ok(QuiesceAction::None),
-            "pause" => Ok(QuiesceAction::Pause),
-            "stop" => Ok(QuiesceAction::Stop),
-            other => Err(format!(
-                "`{other}` is not a quiesce mode (use pause, stop or none)"
-            )),
-        }
     }
 }
 
@@ -583,6 +551,24 @@ mod tests {
             bad[i] ^= 0x01;
             assert!(Manifest::from_json("k", &bad).is_err(), "flip at {i}");
             assert!(Manifest::from_json("k", &good[..i]).is_err(), "cut at {i}");
+        }
+    }
+
+    /// `QuiesceAction` is defined in `config` now; the manifests already written spell it `none`/`pause`/`stop`
+    /// in each container record, and must still read back and be written the same way.
+    #[test]
+    fn container_records_keep_their_quiesce_action_spelling() {
+        for (text, action) in [
+            ("none", QuiesceAction::None),
+            ("pause", QuiesceAction::Pause),
+            ("stop", QuiesceAction::Stop),
+        ] {
+            let json = format!(
+                r#"{{"id":"c1","name":"db","state":"running","rw":true,"action":"{text}","downtime-ms":7}}"#
+            );
+            let r: ContainerRecord = serde_json::from_str(&json).unwrap();
+            assert_eq!(r.action, action);
+            assert_eq!(serde_json::to_string(&r).unwrap(), json);
         }
     }
 

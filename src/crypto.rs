@@ -250,19 +250,11 @@ fn load_identity_file(
     };
     let text = read_secret_file(path).map_err(|e| err(e.to_string()))?;
     if text.contains("AGE-SECRET-KEY-") {
-        // An age identity file: one key per line, `#` comments.
-        let mut v: Vec<Box<dyn age::Identity + Send + Sync>> = Vec::new();
-        for (n, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let id = line
-                .parse::<age::x25519::Identity>()
-                .map_err(|_| err(format!("line {} is not an AGE-SECRET-KEY-1… key", n + 1)))?;
-            v.push(Box::new(id));
-        }
-        return Ok(v);
+        return Ok(age_identities(&text)
+            .map_err(err)?
+            .into_iter()
+            .map(|id| Box::new(id) as Box<dyn age::Identity + Send + Sync>)
+            .collect());
     }
     match age::ssh::Identity::from_buffer(text.as_bytes(), Some(path.display().to_string())) {
         Ok(age::ssh::Identity::Unencrypted(k)) => Ok(vec![Box::new(age::ssh::Identity::Unencrypted(k))]),
@@ -312,6 +304,50 @@ impl<W: Write> Write for StoredWriter<W> {
             StoredWriter::Age(a) => a.flush(),
         }
     }
+}
+
+/// The public keys (`age1…`) of the age identities in an identity file, in file order.
+pub fn public_keys(path: &Path) -> Result<Vec<String>, CryptoError> {
+    let err = |message: String| CryptoError::Identity {
+        path: path.to_path_buf(),
+        message,
+    };
+    let text = read_secret_file(path).map_err(|e| err(e.to_string()))?;
+    if !text.contains("AGE-SECRET-KEY-") {
+        return Err(err(
+            "holds no AGE-SECRET-KEY-1… line (for an ssh key, its public key is the .pub file next to it)"
+                .into(),
+        ));
+    }
+    Ok(age_identities(&text)
+        .map_err(err)?
+        .iter()
+        .map(|id| id.to_public().to_string())
+        .collect())
+}
+
+/// The keys of an age identity file: one per line, `#` comments and blank lines ignored.
+fn age_identities(text: &str) -> Result<Vec<age::x25519::Identity>, String> {
+    text.lines()
+        .enumerate()
+        .map(|(n, line)| (n, line.trim()))
+        .filter(|(_, line)| !line.is_empty() && !line.starts_with('#'))
+        .map(|(n, line)| {
+            line.parse::<age::x25519::Identity>()
+                .map_err(|_| format!("line {} is not an AGE-SECRET-KEY-1… key", n + 1))
+        })
+        .collect()
+}
+
+/// The text of a new age identity file, as `age-keygen` writes it (so either tool reads the other's files),
+/// and its public key.
+pub fn identity_file_text(created: chrono::DateTime<chrono::Utc>) -> (String, String) {
+    let (secret, public) = generate_identity();
+    let text = format!(
+        "# created: {}\n# public key: {public}\n{secret}\n",
+        created.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    );
+    (text, public)
 }
 
 /// Convenience for tests and the CLI: a fresh x25519 identity (secret, public).

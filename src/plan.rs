@@ -8,8 +8,8 @@ use std::time::Duration;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde::Serialize;
 
-use crate::catalog::{QuiesceAction, SourceKind};
-use crate::config::Job;
+use crate::catalog::SourceKind;
+use crate::config::{Job, QuiesceAction};
 use crate::docker::{ContainerInfo, ContainerState, Discovery, MountInfo, MountKind, VolumeInfo};
 
 /// A container to act on while one source is read.
@@ -132,19 +132,28 @@ pub fn plan(
     only: &[String],
     probe: &dyn Fn(&Path) -> PathKind,
 ) -> Result<Plan, PlanError> {
+    let mut plan = Plan::default();
+    plan_volumes(discovery, job, &mut plan)?;
+    plan_binds(discovery, job, probe, &mut plan)?;
+    if !only.is_empty() {
+        check_only(&plan, only)?;
+        promote_named(discovery, job, only, &mut plan);
+        keep_only_named(only, &mut plan);
+    }
+    plan.sources.sort_by(|a, b| a.name.cmp(&b.name));
+    plan.skipped.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(plan)
+}
+
+/// Every named volume: selected (with the containers that use it) or skipped, with the reason.
+fn plan_volumes(discovery: &Discovery, job: &Job, plan: &mut Plan) -> Result<(), PlanError> {
     let include = globs(&job.selection.include)?;
     let exclude = globs(&job.selection.exclude)?;
-    let include_binds = globs(&job.selection.include_binds)?;
-    let exclude_binds = globs(&job.selection.exclude_binds)?;
-    let mut plan = Plan::default();
-
-    // Named volumes.
     for v in &discovery.volumes {
         let users: Vec<(&ContainerInfo, bool)> = users_of(discovery, |m| {
             m.kind == MountKind::Volume && m.name.as_deref() == Some(v.name.as_str())
         });
-        let decision = select_volume(v, &users, &include, &exclude);
-        match decision {
+        match select_volume(v, &users, &include, &exclude) {
             Ok(reason) => plan.sources.push(PlannedSource {
                 name: v.name.clone(),
                 kind: SourceKind::Volume,
@@ -163,8 +172,18 @@ pub fn plan(
             }),
         }
     }
+    Ok(())
+}
 
-    // Bind mounts, grouped by host path.
+/// Every bind mount, one source per host path however many containers mount it.
+fn plan_binds(
+    discovery: &Discovery,
+    job: &Job,
+    probe: &dyn Fn(&Path) -> PathKind,
+    plan: &mut Plan,
+) -> Result<(), PlanError> {
+    let include_binds = globs(&job.selection.include_binds)?;
+    let exclude_binds = globs(&job.selection.exclude_binds)?;
     let mut bind_paths: BTreeMap<PathBuf, ()> = BTreeMap::new();
     for c in &discovery.containers {
         for m in &c.mounts {
@@ -179,8 +198,7 @@ pub fn plan(
             m.kind == MountKind::Bind && m.source == *path
         });
         let name = bind_name(path, &mut used_names);
-        let decision = select_bind(path, &users, job, &include_binds, &exclude_binds, probe);
-        match decision {
+        match select_bind(path, &users, job, &include_binds, &exclude_binds, probe) {
             Ok(reason) => plan.sources.push(PlannedSource {
                 name,
                 kind: SourceKind::Bind,
@@ -199,84 +217,91 @@ pub fn plan(
             }),
         }
     }
+    Ok(())
+}
 
-    if !only.is_empty() {
-        for name in only {
-            if plan.sources.iter().any(|s| &s.name == name) {
-                continue;
-            }
-            if let Some(s) = plan.skipped.iter().find(|s| &s.name == name) {
-                // Naming a source explicitly overrides the selection defaults, but not the hard rules.
-                if s.reason.starts_with(HARD_RULE) {
-                    return Err(PlanError::NotSelected {
-                        name: name.clone(),
-                        reason: s.reason.clone(),
-                    });
-                }
-                continue;
-            }
-            let mut known: Vec<&str> = plan
-                .sources
-                .iter()
-                .map(|s| s.name.as_str())
-                .chain(plan.skipped.iter().map(|s| s.name.as_str()))
-                .collect();
-            known.sort();
-            return Err(PlanError::UnknownSource {
-                name: name.clone(),
-                known: if known.is_empty() {
-                    "none".into()
-                } else {
-                    known.join(", ")
-                },
-            });
+/// Every `--only` name must be a source: selected, or skipped by a default that naming it overrides (not by a
+/// hard rule).
+fn check_only(plan: &Plan, only: &[String]) -> Result<(), PlanError> {
+    for name in only {
+        if plan.sources.iter().any(|s| &s.name == name) {
+            continue;
         }
-        // Promote explicitly named skipped sources, then keep only the named ones.
-        let mut promoted = Vec::new();
-        plan.skipped.retain(|s| {
-            if only.contains(&s.name) {
-                promoted.push(s.clone());
-                false
-            } else {
-                true
+        if let Some(s) = plan.skipped.iter().find(|s| &s.name == name) {
+            // Naming a source explicitly overrides the selection defaults, but not the hard rules.
+            if s.reason.starts_with(HARD_RULE) {
+                return Err(PlanError::NotSelected {
+                    name: name.clone(),
+                    reason: s.reason.clone(),
+                });
             }
-        });
-        for s in promoted {
-            let users = match s.kind {
-                SourceKind::Volume => users_of(discovery, |m| {
-                    m.kind == MountKind::Volume && m.name.as_deref() == Some(s.name.as_str())
-                }),
-                SourceKind::Bind => users_of(discovery, |m| {
-                    m.kind == MountKind::Bind && m.source == s.path
-                }),
-            };
-            let vol = discovery.volumes.iter().find(|v| v.name == s.name);
-            plan.sources.push(PlannedSource {
-                name: s.name.clone(),
-                kind: s.kind,
-                path: s.path.clone(),
-                driver: vol.map(|v| v.driver.clone()),
-                driver_opts: vol.map(|v| v.options.clone()).unwrap_or_default(),
-                labels: vol.map(|v| v.labels.clone()).unwrap_or_default(),
-                containers: plan_containers(&users, job),
-                reason: format!("named with --only (was: {})", s.reason),
-            });
+            continue;
         }
-        let (keep, drop): (Vec<_>, Vec<_>) = plan
+        let mut known: Vec<&str> = plan
             .sources
-            .into_iter()
-            .partition(|s| only.contains(&s.name));
-        plan.sources = keep;
-        plan.skipped.extend(drop.into_iter().map(|s| SkippedSource {
-            name: s.name,
-            kind: s.kind,
-            path: s.path,
-            reason: "not named with --only".into(),
-        }));
+            .iter()
+            .map(|s| s.name.as_str())
+            .chain(plan.skipped.iter().map(|s| s.name.as_str()))
+            .collect();
+        known.sort();
+        return Err(PlanError::UnknownSource {
+            name: name.clone(),
+            known: if known.is_empty() {
+                "none".into()
+            } else {
+                known.join(", ")
+            },
+        });
     }
-    plan.sources.sort_by(|a, b| a.name.cmp(&b.name));
-    plan.skipped.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(plan)
+    Ok(())
+}
+
+/// Skipped sources named with `--only` become sources, their reason saying so.
+fn promote_named(discovery: &Discovery, job: &Job, only: &[String], plan: &mut Plan) {
+    let mut promoted = Vec::new();
+    plan.skipped.retain(|s| {
+        if only.contains(&s.name) {
+            promoted.push(s.clone());
+            false
+        } else {
+            true
+        }
+    });
+    for s in promoted {
+        let users = match s.kind {
+            SourceKind::Volume => users_of(discovery, |m| {
+                m.kind == MountKind::Volume && m.name.as_deref() == Some(s.name.as_str())
+            }),
+            SourceKind::Bind => users_of(discovery, |m| {
+                m.kind == MountKind::Bind && m.source == s.path
+            }),
+        };
+        let vol = discovery.volumes.iter().find(|v| v.name == s.name);
+        plan.sources.push(PlannedSource {
+            name: s.name.clone(),
+            kind: s.kind,
+            path: s.path.clone(),
+            driver: vol.map(|v| v.driver.clone()),
+            driver_opts: vol.map(|v| v.options.clone()).unwrap_or_default(),
+            labels: vol.map(|v| v.labels.clone()).unwrap_or_default(),
+            containers: plan_containers(&users, job),
+            reason: format!("named with --only (was: {})", s.reason),
+        });
+    }
+}
+
+/// Sources not named with `--only` are skipped.
+fn keep_only_named(only: &[String], plan: &mut Plan) {
+    let (keep, drop): (Vec<_>, Vec<_>) = std::mem::take(&mut plan.sources)
+        .into_iter()
+        .partition(|s| only.contains(&s.name));
+    plan.sources = keep;
+    plan.skipped.extend(drop.into_iter().map(|s| SkippedSource {
+        name: s.name,
+        kind: s.kind,
+        path: s.path,
+        reason: "not named with --only".into(),
+    }));
 }
 
 /// Prefix of skip reasons that `--only` cannot override.
@@ -450,11 +475,7 @@ fn plan_containers(users: &[(&ContainerInfo, bool)], job: &Job) -> Vec<PlannedCo
                 ),
                 None => (job.quiesce.default, "config default"),
             };
-            let stop_timeout = c
-                .labels
-                .get(LABEL_STOP_TIMEOUT)
-                .and_then(|t| crate::config::parse_duration(t).ok())
-                .unwrap_or(job.quiesce.stop_timeout);
+            let stop_timeout = stop_timeout(c, job.quiesce.stop_timeout);
             // A read-only user is never quiesced, whatever the label or default says: say that first.
             let (action, reason) = if !rw {
                 (QuiesceAction::None, "mounted read-only".to_string())
@@ -476,19 +497,39 @@ fn plan_containers(users: &[(&ContainerInfo, bool)], job: &Job) -> Vec<PlannedCo
             } else {
                 (mode, mode_src.to_string())
             };
-            PlannedContainer {
-                id: c.id.clone(),
-                name: c.name.clone(),
-                compose_project: c.compose_project().map(String::from),
-                compose_service: c.compose_service().map(String::from),
-                state: c.state.to_string(),
-                rw: *rw,
-                action,
-                stop_timeout,
-                reason,
-            }
+            PlannedContainer::new(c, *rw, action, stop_timeout, reason)
         })
         .collect()
+}
+
+/// How long a stop waits for `c`: its `voltar.stop-timeout` label, else `default` (the job's setting).
+pub fn stop_timeout(c: &ContainerInfo, default: Duration) -> Duration {
+    c.labels
+        .get(LABEL_STOP_TIMEOUT)
+        .and_then(|t| crate::config::parse_duration(t).ok())
+        .unwrap_or(default)
+}
+
+impl PlannedContainer {
+    pub fn new(
+        c: &ContainerInfo,
+        rw: bool,
+        action: QuiesceAction,
+        stop_timeout: Duration,
+        reason: String,
+    ) -> PlannedContainer {
+        PlannedContainer {
+            id: c.id.clone(),
+            name: c.name.clone(),
+            compose_project: c.compose_project().map(String::from),
+            compose_service: c.compose_service().map(String::from),
+            state: c.state.to_string(),
+            rw,
+            action,
+            stop_timeout,
+            reason,
+        }
+    }
 }
 
 /// Probe a host path for [`plan`]: what kind of thing it is (following no symlinks at the last component).

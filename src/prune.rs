@@ -33,8 +33,8 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::catalog::{self, manifest_key, BackupId, CatalogError, Listing, Manifest};
-use crate::config::{Config, Retention, Target};
-use crate::retention::{self, format_duration, Action, Candidate, Decision, Policy};
+use crate::config::{Config, Policy, Retention, Target};
+use crate::retention::{self, format_duration, Action, Candidate, Decision};
 use crate::storage::Storage;
 
 /// How to run a prune.

@@ -52,30 +52,11 @@ use chrono::{DateTime, Datelike, Duration, TimeZone, Timelike, Utc};
 use serde::Serialize;
 
 use crate::catalog::{BackupId, Manifest};
-use crate::config::Retention;
+use crate::config::{Policy, Retention};
 
 /// How far after `now` a backup may be dated and still count as a normal one (small clock differences between
 /// hosts writing to one target). Later than this, it is future-dated: kept and reported.
 pub const FUTURE_TOLERANCE: Duration = Duration::minutes(5);
-
-/// A grandfather-father-son policy with restic/borg semantics. `None` = rule not set.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Policy {
-    pub keep_last: Option<u32>,
-    pub keep_hourly: Option<u32>,
-    pub keep_daily: Option<u32>,
-    pub keep_weekly: Option<u32>,
-    pub keep_monthly: Option<u32>,
-    pub keep_yearly: Option<u32>,
-    pub keep_within: Option<chrono::Duration>,
-}
-
-impl Policy {
-    /// An empty policy keeps everything.
-    pub fn is_empty(&self) -> bool {
-        *self == Policy::default()
-    }
-}
 
 /// One committed backup as retention sees it (built from its manifest).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -250,9 +231,66 @@ pub fn plan<Z: TimeZone>(
 
     let horizon = now + FUTURE_TOLERANCE;
     let future: Vec<bool> = sorted.iter().map(|c| c.time > horizon).collect();
+    let by_source = by_source(&sorted, &future);
+    let series = series(&by_source);
+    let several = series.len() > 1;
 
-    // Source → indices into `sorted` of its non-future backups, newest first. A backup that names no source
-    // (none are written, but a hand-made manifest could) is a series of its own.
+    if settings.policy.is_empty() && !series.is_empty() {
+        notes.push("no retention policy is set: every backup is kept".into());
+    }
+    for (source, idx) in &series {
+        let own = judge_series(settings, &sorted, idx, now, tz);
+        if own.deletes_all {
+            let of = if several && !source.is_empty() {
+                format!(" of {source}")
+            } else {
+                String::new()
+            };
+            notes.push(format!(
+                "the retention policy would delete every backup{of} ({}): nothing of it is deleted; \
+                 check the keep-* settings (a rule of 0 keeps nothing)",
+                idx.len()
+            ));
+        }
+        for (i, rs) in own.reasons.into_iter().enumerate() {
+            reasons[i].extend(rs.into_iter().map(|r| {
+                if several && !source.is_empty() {
+                    format!("{source}: {r}")
+                } else {
+                    r
+                }
+            }));
+        }
+    }
+    keep_newest_complete(&sorted, &by_source, several, &mut reasons);
+
+    // The newest backup of all survives too (it may be a pre-restore one).
+    if let Some(i) = (0..sorted.len()).find(|&i| !future[i]) {
+        if !reasons[i].iter().any(|r| r == "newest") {
+            reasons[i].push("newest".into());
+        }
+    }
+    for (i, c) in sorted.iter().enumerate() {
+        if future[i] {
+            reasons[i].push("future-dated (clock skew): never deleted".into());
+            notes.push(format!(
+                "backup {} is dated {} ({} after now): check the clock of the host that wrote it; \
+                 it is never deleted and not counted by the rules",
+                c.id,
+                c.time.to_rfc3339(),
+                format_duration(c.time - now)
+            ));
+        }
+    }
+    RetentionPlan {
+        decisions: decisions(&sorted, reasons),
+        notes,
+    }
+}
+
+/// Source → indices into `sorted` of its non-future backups, newest first. A backup that names no source (none
+/// are written, but a hand-made manifest could) is a series of its own, named "".
+fn by_source<'a>(sorted: &[&'a Candidate], future: &[bool]) -> BTreeMap<&'a str, Vec<usize>> {
     let mut by_source: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (i, c) in sorted.iter().enumerate() {
         if future[i] {
@@ -265,83 +303,82 @@ pub fn plan<Z: TimeZone>(
             by_source.entry(name.as_str()).or_default().push(i);
         }
     }
-    // Sources held by exactly the same backups decide alike: judge them once, so that the common case (every
-    // run backs up every source) reads `last 1/7`, not the same reason once per source.
+    by_source
+}
+
+/// The series to judge, each named by its sources. Sources held by exactly the same backups decide alike: they
+/// are judged once, so that the common case (every run backs up every source) reads `last 1/7`, not the same
+/// reason once per source.
+fn series(by_source: &BTreeMap<&str, Vec<usize>>) -> Vec<(String, Vec<usize>)> {
     let mut grouped: BTreeMap<Vec<usize>, Vec<&str>> = BTreeMap::new();
-    for (name, idx) in &by_source {
+    for (name, idx) in by_source {
         grouped.entry(idx.clone()).or_default().push(name);
     }
-    let series: Vec<(String, Vec<usize>)> = grouped
+    grouped
         .into_iter()
         .map(|(idx, names)| (names.join(", "), idx))
-        .collect();
-    let several = series.len() > 1;
-    let named = |source: &str, reason: String| {
-        if several && !source.is_empty() {
-            format!("{source}: {reason}")
-        } else {
-            reason
-        }
-    };
+        .collect()
+}
 
-    let policy = &settings.policy;
-    if policy.is_empty() && !series.is_empty() {
-        notes.push("no retention policy is set: every backup is kept".into());
-    }
-    for (source, idx) in &series {
-        let regular: Vec<usize> = idx
-            .iter()
-            .copied()
-            .filter(|&i| !sorted[i].pre_restore)
-            .collect();
-        let pre: Vec<usize> = idx
-            .iter()
-            .copied()
-            .filter(|&i| sorted[i].pre_restore)
-            .collect();
-        let mut own: Vec<Vec<String>> = vec![Vec::new(); sorted.len()];
-        if policy.is_empty() {
+/// What one series' rules keep: reasons per index into `sorted` (empty for backups outside the series).
+struct SeriesJudgement {
+    reasons: Vec<Vec<String>>,
+    /// The rules kept none of it, so all of it is kept (the policy is taken to be a mistake).
+    deletes_all: bool,
+}
+
+/// Run the rules over one series (`idx`, indices into `sorted`, newest first): the regular rules over its
+/// regular backups, the pre-restore rule over its safety copies, the "would delete everything" guard, and its
+/// newest regular backup kept whatever the policy says.
+fn judge_series<Z: TimeZone>(
+    settings: &Retention,
+    sorted: &[&Candidate],
+    idx: &[usize],
+    now: DateTime<Utc>,
+    tz: &Z,
+) -> SeriesJudgement {
+    let (pre, regular): (Vec<usize>, Vec<usize>) =
+        idx.iter().copied().partition(|&i| sorted[i].pre_restore);
+    let mut own: Vec<Vec<String>> = vec![Vec::new(); sorted.len()];
+    let mut deletes_all = false;
+    if settings.policy.is_empty() {
+        for &i in idx {
+            own[i].push("no policy".into());
+        }
+    } else {
+        apply_regular_rules(&settings.policy, sorted, &regular, tz, &mut own);
+        apply_pre_restore_rule(settings, sorted, &pre, now, &mut own);
+        let kept = |idx: &[usize]| idx.iter().any(|&i| !own[i].is_empty());
+        deletes_all = if regular.is_empty() {
+            !pre.is_empty() && !kept(&pre)
+        } else {
+            !kept(&regular)
+        };
+        if deletes_all {
             for &i in idx {
-                own[i].push("no policy".into());
+                own[i].push("policy would delete every backup".into());
             }
-        } else {
-            apply_regular_rules(policy, &sorted, &regular, tz, &mut own);
-            apply_pre_restore_rule(settings, &sorted, &pre, now, &mut own);
-
-            let kept = |idx: &[usize]| idx.iter().any(|&i| !own[i].is_empty());
-            let deletes_all = if regular.is_empty() {
-                !pre.is_empty() && !kept(&pre)
-            } else {
-                !kept(&regular)
-            };
-            if deletes_all {
-                for &i in idx {
-                    own[i].push("policy would delete every backup".into());
-                }
-                let of = if several && !source.is_empty() {
-                    format!(" of {source}")
-                } else {
-                    String::new()
-                };
-                notes.push(format!(
-                    "the retention policy would delete every backup{of} ({}): nothing of it is deleted; \
-                     check the keep-* settings (a rule of 0 keeps nothing)",
-                    idx.len()
-                ));
-            }
-        }
-        // The newest regular backup of every source survives whatever the policy says.
-        if let Some(&i) = regular.first() {
-            own[i].push("newest".into());
-        }
-        for (i, rs) in own.into_iter().enumerate() {
-            reasons[i].extend(rs.into_iter().map(|r| named(source, r)));
         }
     }
+    // The newest regular backup of every source survives whatever the policy says.
+    if let Some(&i) = regular.first() {
+        own[i].push("newest".into());
+    }
+    SeriesJudgement {
+        reasons: own,
+        deletes_all,
+    }
+}
 
-    // A source whose newest backup is incomplete (entries could not be archived) keeps its newest complete one
-    // too: an incomplete run must not push the last good copy out.
-    for (name, idx) in &by_source {
+/// A source whose newest backup is incomplete (entries could not be archived) keeps its newest complete one
+/// too: an incomplete run must not push the last good copy out.
+fn keep_newest_complete(
+    sorted: &[&Candidate],
+    by_source: &BTreeMap<&str, Vec<usize>>,
+    several: bool,
+    reasons: &mut [Vec<String>],
+) {
+    for (name, idx) in by_source {
         let mut regular = idx.iter().copied().filter(|&i| !sorted[i].pre_restore);
         let Some(newest) = regular.next() else {
             continue;
@@ -358,28 +395,11 @@ pub fn plan<Z: TimeZone>(
             reasons[i].push(reason);
         }
     }
+}
 
-    // The newest backup of all survives too (it may be a pre-restore one).
-    if let Some(i) = (0..sorted.len()).find(|&i| !future[i]) {
-        if !reasons[i].iter().any(|r| r == "newest") {
-            reasons[i].push("newest".into());
-        }
-    }
-
-    for (i, c) in sorted.iter().enumerate() {
-        if future[i] {
-            reasons[i].push("future-dated (clock skew): never deleted".into());
-            notes.push(format!(
-                "backup {} is dated {} ({} after now): check the clock of the host that wrote it; \
-                 it is never deleted and not counted by the rules",
-                c.id,
-                c.time.to_rfc3339(),
-                format_duration(c.time - now)
-            ));
-        }
-    }
-
-    let decisions = sorted
+/// One decision per candidate, in `sorted`'s order: kept exactly when something gave a reason.
+fn decisions(sorted: &[&Candidate], reasons: Vec<Vec<String>>) -> Vec<Decision> {
+    sorted
         .iter()
         .zip(reasons)
         .map(|(c, reasons)| Decision {
@@ -395,8 +415,7 @@ pub fn plan<Z: TimeZone>(
             },
             reasons,
         })
-        .collect();
-    RetentionPlan { decisions, notes }
+        .collect()
 }
 
 fn apply_regular_rules<Z: TimeZone>(

@@ -186,6 +186,15 @@ pub fn check_tree(root: &Path, expected: &Counts) -> Vec<String> {
     }
 }
 
+/// What every backup of one verify run is checked with: the opened target, the keys, the engine for
+/// `--restore-test`, progress.
+struct VerifyCtx {
+    store: Arc<dyn Storage>,
+    decryptor: Arc<Decryptor>,
+    engine: Option<crate::docker::Engine>,
+    progress: Progress,
+}
+
 /// Check the chosen backups; problems are in the report, `Err` is a fatal or usage error.
 pub async fn run(
     config: &Config,
@@ -209,25 +218,7 @@ pub async fn run(
     for (id, e) in &listing.unreadable {
         report.problems.push(format!("backup {id}: {e}"));
     }
-    let chosen: Vec<Manifest> = if args.all {
-        listing.backups.clone()
-    } else {
-        let spec = args.backup.clone().unwrap_or_else(|| "latest".into());
-        if listing.unreadable.iter().any(|(id, _)| id.as_str() == spec) {
-            // Already in the problems: its manifest cannot be read.
-            vec![]
-        } else {
-            match catalog::resolve(&listing, &spec, None, &args.sources) {
-                Ok(m) => vec![m.clone()],
-                // Nothing to pick because manifests are unreadable: report those (exit 1), not a usage error.
-                Err(e) if !report.problems.is_empty() => {
-                    report.problems.push(e.to_string());
-                    vec![]
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-    };
+    let chosen = choose(&listing, args, &mut report)?;
     if chosen.is_empty() && report.problems.is_empty() {
         bail!("no backups in {} to verify", store.describe());
     }
@@ -236,61 +227,101 @@ pub async fn run(
     } else {
         None
     };
+    let ctx = VerifyCtx {
+        store,
+        decryptor,
+        engine,
+        progress,
+    };
     for m in &chosen {
         if cancel.is_cancelled() {
             bail!("interrupted");
         }
-        if m.encryption.is_some() {
-            if decryptor.is_empty() {
-                report.problems.push(format!(
-                    "backup {}: encrypted; pass --identity FILE or --passphrase-file FILE to verify it",
-                    m.id
-                ));
-                continue;
-            }
-            if let Err(e) = decryptor.check_seal(m) {
-                report.problems.push(e.to_string());
-                continue;
-            }
+        verify_backup(&ctx, args, m, &mut report).await;
+    }
+    ctx.progress.finish();
+    Ok(report)
+}
+
+/// The backups to check: all of them, or the one the request names (default `latest`). One whose manifest
+/// cannot be read is already among the report's problems.
+fn choose(
+    listing: &catalog::Listing,
+    args: &VerifyRequest,
+    report: &mut VerifyReport,
+) -> Result<Vec<Manifest>> {
+    if args.all {
+        return Ok(listing.backups.clone());
+    }
+    let spec = args.backup.clone().unwrap_or_else(|| "latest".into());
+    if listing.unreadable.iter().any(|(id, _)| id.as_str() == spec) {
+        // Already in the problems: its manifest cannot be read.
+        return Ok(vec![]);
+    }
+    match catalog::resolve(listing, &spec, None, &args.sources) {
+        Ok(m) => Ok(vec![m.clone()]),
+        // Nothing to pick because manifests are unreadable: report those (exit 1), not a usage error.
+        Err(e) if !report.problems.is_empty() => {
+            report.problems.push(e.to_string());
+            Ok(vec![])
         }
-        let missing: Vec<&String> = args
-            .sources
-            .iter()
-            .filter(|n| m.source(n).is_none())
-            .collect();
-        for n in missing {
-            report
-                .problems
-                .push(format!("backup {}: has no source `{n}`", m.id));
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Check one backup: its keys and seal, the `--source` names it lacks, then each (chosen) source's object, and
+/// with `--restore-test` a restore of each object that passed.
+async fn verify_backup(
+    ctx: &VerifyCtx,
+    args: &VerifyRequest,
+    m: &Manifest,
+    report: &mut VerifyReport,
+) {
+    if m.encryption.is_some() {
+        if ctx.decryptor.is_empty() {
+            report.problems.push(format!(
+                "backup {}: encrypted; pass --identity FILE or --passphrase-file FILE to verify it",
+                m.id
+            ));
+            return;
         }
-        for src in m
-            .sources
-            .iter()
-            .filter(|s| args.sources.is_empty() || args.sources.contains(&s.name))
-        {
-            progress.phase(&format!("verify {} {}", m.id, src.name));
-            let mut problems =
-                check_object(store.clone(), m, src, decryptor.clone(), progress.clone()).await;
-            let mut tested = false;
-            if let (Some(engine), true) = (&engine, problems.is_empty()) {
-                tested = true;
-                problems.extend(
-                    restore_test(engine, store.clone(), m, src, decryptor.clone(), &progress).await,
-                );
-            }
-            report.checks.push(ObjectCheck {
-                backup: m.id.to_string(),
-                source: src.name.clone(),
-                object: catalog::object_key(&m.id, &src.object),
-                ok: problems.is_empty(),
-                problems,
-                stored_bytes: src.stored_bytes,
-                restore_tested: tested,
-            });
+        if let Err(e) = ctx.decryptor.check_seal(m) {
+            report.problems.push(e.to_string());
+            return;
         }
     }
-    progress.finish();
-    Ok(report)
+    for n in args.sources.iter().filter(|n| m.source(n).is_none()) {
+        report
+            .problems
+            .push(format!("backup {}: has no source `{n}`", m.id));
+    }
+    for src in m
+        .sources
+        .iter()
+        .filter(|s| args.sources.is_empty() || args.sources.contains(&s.name))
+    {
+        ctx.progress.phase(&format!("verify {} {}", m.id, src.name));
+        let store = ctx.store.clone();
+        let mut problems =
+            check_object(store, m, src, ctx.decryptor.clone(), ctx.progress.clone()).await;
+        let mut tested = false;
+        if let (Some(engine), true) = (&ctx.engine, problems.is_empty()) {
+            tested = true;
+            let store = ctx.store.clone();
+            problems.extend(
+                restore_test(engine, store, m, src, ctx.decryptor.clone(), &ctx.progress).await,
+            );
+        }
+        report.checks.push(ObjectCheck {
+            backup: m.id.to_string(),
+            source: src.name.clone(),
+            object: catalog::object_key(&m.id, &src.object),
+            ok: problems.is_empty(),
+            problems,
+            stored_bytes: src.stored_bytes,
+            restore_tested: tested,
+        });
+    }
 }
 
 async fn restore_test(

@@ -6,6 +6,7 @@
 
 mod backup;
 mod catalog;
+mod key;
 pub mod prune;
 mod render;
 mod restore;
@@ -125,6 +126,9 @@ pub enum Command {
     Verify(verify::VerifyArgs),
     /// Delete backups by the retention policy.
     Prune(prune::PruneArgs),
+    /// Make an age key for encrypted backups, or show the public key of one.
+    #[command(subcommand)]
+    Key(key::KeyCommand),
     /// Put back containers that a killed run left paused or stopped, and remove restore staging directories it
     /// left behind.
     Recover,
@@ -335,7 +339,11 @@ pub async fn open_one(
 }
 
 async fn run(cli: Cli, cancel: CancellationToken) -> Result<i32> {
-    let config = Config::load(cli.config.as_deref())?;
+    let config = match cli.command {
+        // Needs no config (and works where none exists yet).
+        Command::Key(_) => Config::default(),
+        _ => Config::load(cli.config.as_deref())?,
+    };
     let progress = if cli.json || cli.quiet {
         Progress::hidden()
     } else {
@@ -371,6 +379,7 @@ async fn run(cli: Cli, cancel: CancellationToken) -> Result<i32> {
         Command::Restore(args) => restore::command(&config, args, cli.json, progress, cancel).await,
         Command::Verify(args) => verify::command(&config, args, cli.json, progress, cancel).await,
         Command::Prune(args) => prune::command(&config, args, cli.json).await,
+        Command::Key(cmd) => key::command(cmd, cli.json, cli.quiet),
         Command::Recover => {
             let engine = connect(&config).await?;
             let run = crate::quiesce::recover_run(&config.state_dir, &config.spool_dir(), &engine)

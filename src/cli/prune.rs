@@ -2,8 +2,8 @@
 
 use chrono::Utc;
 
+use crate::config::Policy;
 use crate::prune::{run, LeftoverUpload, PruneReport, PruneRequest};
-use crate::retention::Policy;
 use crate::retention::{format_duration, Action};
 
 /// Arguments of `voltar prune`.

@@ -2,6 +2,24 @@
 
 use super::*;
 
+/// What every source of one restore shares: the request, the opened target and keys, the backup, the engine and
+/// the journal (with the quiescer on them), progress and the cancel token.
+struct ApplyCtx<'a> {
+    config: &'a Config,
+    args: &'a RestoreRequest,
+    store: Arc<dyn Storage>,
+    target: Target,
+    decryptor: Arc<Decryptor>,
+    engine: &'a Engine,
+    journal: &'a Journal,
+    quiescer: Quiescer<'a>,
+    manifest: Manifest,
+    /// `--path` arguments, cleaned (empty: whole volumes).
+    paths: Vec<PathBuf>,
+    progress: Progress,
+    cancel: CancellationToken,
+}
+
 /// Carry out a plan: check every archive, then per source stop its users, take the safety backup, extract,
 /// verify, swap in and restart them.
 pub async fn apply(
@@ -31,238 +49,278 @@ pub async fn apply(
         recovered,
     };
     // Check every archive before anything is stopped (the full sha256 and counts are checked while extracting).
-    let objects = store
-        .list(&format!("{}/", manifest.id))
-        .await
-        .with_context(|| format!("listing backup {}", manifest.id))?;
-    let mut checks = Vec::new();
-    for sp in &plans {
-        checks.push(check_archive(&store, &objects, &manifest, &sp.source, &decryptor).await);
-    }
+    let checks = check_archives(&store, &manifest, &plans, &decryptor).await?;
 
     let journal = Journal::open(&config.state_dir)?;
-    let quiescer = Quiescer::new(&engine, &journal).cancel_on(cancel.clone());
+    let ctx = ApplyCtx {
+        config,
+        args,
+        store,
+        target,
+        decryptor,
+        engine: &engine,
+        journal: &journal,
+        quiescer: Quiescer::new(&engine, &journal).cancel_on(cancel.clone()),
+        manifest,
+        paths,
+        progress,
+        cancel,
+    };
     for (sp, check) in plans.into_iter().zip(checks) {
-        let stop = sp.stops();
-        let SourcePlan {
-            source: src,
-            destination,
-            mut path,
-            create_volume,
-            users,
-        } = sp;
-        if cancel.is_cancelled() {
+        if ctx.cancel.is_cancelled() {
             bail!("interrupted");
         }
-        if let Err(e) = check {
-            report.sources.push(SourceRestore {
-                source: src.name.clone(),
-                destination: destination.clone(),
-                path: path.clone(),
-                // Not created: nothing was done for this source.
-                create_volume: false,
-                stop: vec![],
-                would_remove: None,
-                counts: Counts::default(),
-                safety_backup: None,
-                restarted: vec![],
-                warnings: vec![],
-                status: RestoreStatus::Failed(crate::error_chain(&e)),
-            });
-            continue;
-        }
-        progress.phase(&format!("restore {} -> {destination}", src.name));
-        let mut sr = SourceRestore {
-            source: src.name.clone(),
-            destination: destination.clone(),
-            path: path.clone(),
-            create_volume,
-            stop,
+        let sr = match check {
+            Ok(()) => restore_source(&ctx, sp).await?,
+            Err(e) => SourceRestore::not_attempted(&sp, &e),
+        };
+        report.sources.push(sr);
+    }
+    ctx.progress.finish();
+    Ok(report)
+}
+
+impl SourceRestore {
+    /// A source whose archive failed its check: nothing was done for it.
+    fn not_attempted(sp: &SourcePlan, e: &anyhow::Error) -> SourceRestore {
+        SourceRestore {
+            source: sp.source.name.clone(),
+            destination: sp.destination.clone(),
+            path: sp.path.clone(),
+            // Not created: nothing was done for this source.
+            create_volume: false,
+            stop: vec![],
             would_remove: None,
             counts: Counts::default(),
             safety_backup: None,
             restarted: vec![],
             warnings: vec![],
-            status: RestoreStatus::Failed("not restored".into()),
-        };
-        if create_volume {
-            let Destination::Volume(name) = &destination else {
-                unreachable!("only volumes are created")
-            };
-            let v = engine
-                .create_volume(
-                    name,
-                    src.driver.as_deref().unwrap_or("local"),
-                    &src.driver_opts,
-                    &src.labels,
-                )
-                .await?;
-            path = v.mountpoint;
-            sr.path = path.clone();
+            status: RestoreStatus::Failed(crate::error_chain(e)),
         }
-        if let Destination::Dir(d) = &destination {
-            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-        }
+    }
+}
 
-        // Stop the users (journaled; `release` restarts them on every path below).
-        let holds: Vec<Hold> = users
-            .iter()
-            .filter(|u| u.action == QuiesceAction::Stop)
-            .map(|u| Hold {
-                id: u.id.clone(),
-                name: u.name.clone(),
-                action: QuiesceAction::Stop,
-                stop_timeout: u.stop_timeout,
-            })
-            .collect();
-        let held = quiescer.hold(&holds).await?;
-        let result = restore_one(
-            config,
-            args,
-            &store,
-            &target,
-            &manifest,
-            &src,
-            &path,
-            &paths,
-            create_volume,
-            decryptor.clone(),
-            &progress,
-            &cancel,
-            &mut sr,
-            &engine,
-            &journal,
-        )
-        .await;
-        let released = quiescer.release(held).await;
-        sr.restarted = released.released.iter().map(|c| c.name.clone()).collect();
-        sr.warnings
-            .extend(released.errors.iter().map(|e| e.to_string()));
-        match result {
-            Ok(()) => sr.status = RestoreStatus::Ok,
-            Err(e) => {
-                sr.status = RestoreStatus::Failed(crate::error_chain(&e));
-                if create_volume {
-                    // Do not leave a half-made new volume behind.
-                    if let Destination::Volume(v) = &destination {
-                        let _ = engine.remove_volume(v).await;
-                    }
+/// [`check_archive`] for every source of the plan, in order (`Err` only when the backup cannot be listed).
+async fn check_archives(
+    store: &Arc<dyn Storage>,
+    manifest: &Manifest,
+    plans: &[SourcePlan],
+    decryptor: &Arc<Decryptor>,
+) -> Result<Vec<Result<()>>> {
+    let objects = store
+        .list(&format!("{}/", manifest.id))
+        .await
+        .with_context(|| format!("listing backup {}", manifest.id))?;
+    let mut checks = Vec::new();
+    for sp in plans {
+        checks.push(check_archive(store, &objects, manifest, &sp.source, decryptor).await);
+    }
+    Ok(checks)
+}
+
+/// Restore one source whose archive passed its check: make the destination, stop its users (journaled),
+/// restore, restart them on every path. A failure of the restore itself is the source's status; `Err` is fatal.
+async fn restore_source(ctx: &ApplyCtx<'_>, sp: SourcePlan) -> Result<SourceRestore> {
+    let stop = sp.stops();
+    let SourcePlan {
+        source: src,
+        destination,
+        mut path,
+        create_volume,
+        users,
+    } = sp;
+    ctx.progress
+        .phase(&format!("restore {} -> {destination}", src.name));
+    let mut sr = SourceRestore {
+        source: src.name.clone(),
+        destination: destination.clone(),
+        path: path.clone(),
+        create_volume,
+        stop,
+        would_remove: None,
+        counts: Counts::default(),
+        safety_backup: None,
+        restarted: vec![],
+        warnings: vec![],
+        status: RestoreStatus::Failed("not restored".into()),
+    };
+    if create_volume {
+        path = create_destination_volume(ctx, &src, &destination).await?;
+        sr.path = path.clone();
+    }
+    if let Destination::Dir(d) = &destination {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+
+    // Stop the users (journaled; `release` restarts them on every path below).
+    let held = ctx.quiescer.hold(&stop_holds(&users)).await?;
+    let result = restore_one(ctx, &src, &path, create_volume, &mut sr).await;
+    let released = ctx.quiescer.release(held).await;
+    sr.restarted = released.released.iter().map(|c| c.name.clone()).collect();
+    sr.warnings
+        .extend(released.errors.iter().map(|e| e.to_string()));
+    match result {
+        Ok(()) => sr.status = RestoreStatus::Ok,
+        Err(e) => {
+            sr.status = RestoreStatus::Failed(crate::error_chain(&e));
+            if create_volume {
+                // Do not leave a half-made new volume behind.
+                if let Destination::Volume(v) = &destination {
+                    let _ = ctx.engine.remove_volume(v).await;
                 }
             }
         }
-        report.sources.push(sr);
     }
-    progress.finish();
-    Ok(report)
+    Ok(sr)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn restore_one(
-    config: &Config,
-    args: &RestoreRequest,
-    store: &Arc<dyn Storage>,
-    target: &crate::config::Target,
-    manifest: &Manifest,
+/// Create the new volume a source is restored into (with the original driver, options and labels); returns
+/// its mountpoint.
+async fn create_destination_volume(
+    ctx: &ApplyCtx<'_>,
     src: &SourceRecord,
-    path: &Path,
-    paths: &[PathBuf],
-    fresh: bool,
-    decryptor: Arc<Decryptor>,
-    progress: &Progress,
-    cancel: &CancellationToken,
-    sr: &mut SourceRestore,
-    engine: &Engine,
-    journal: &Journal,
-) -> Result<()> {
-    // Safety copy of what is there now.
-    if !fresh && !args.no_safety_backup && dir_has_entries(path) {
-        progress.note("safety backup of the current contents");
-        let job = config
-            .job(args.job.as_deref())
-            .cloned()
-            .unwrap_or_else(|_| config.jobs.values().next().cloned().expect("a job"));
-        let mut job = job;
-        job.prune = false;
-        // Same job as the backup it protects, so that job's pruning applies the pre-restore rule to it.
-        job.name = manifest.job.clone();
-        let req = BackupRequest {
-            job,
-            targets: vec![target.clone()],
-            only: vec![],
-            dry_run: false,
-            tags: vec![TAG_PRE_RESTORE.into()],
-        };
-        let plan = crate::plan::Plan {
-            sources: vec![PlannedSource {
-                name: src.name.clone(),
-                kind: src.kind,
-                path: path.to_path_buf(),
-                driver: src.driver.clone(),
-                driver_opts: src.driver_opts.clone(),
-                labels: src.labels.clone(),
-                containers: vec![],
-                reason: "safety backup before restore".into(),
-            }],
-            skipped: vec![],
-        };
-        let env = backup::Env {
-            config,
-            engine,
-            progress: progress.clone(),
-            cancel: cancel.clone(),
-            now: Utc::now(),
-        };
-        let run = backup::execute(&env, &req, plan, Utc::now(), vec![]).await?;
-        if run.exit_code() != 0 {
-            let why = run
-                .sources
-                .first()
-                .and_then(|s| s.error.clone())
-                .or_else(|| run.targets.first().and_then(|t| t.error.clone()))
-                .unwrap_or_else(|| "unknown error".into());
-            bail!("safety backup failed, nothing was changed: {why} (use --no-safety-backup to restore without one)");
-        }
-        sr.safety_backup = Some(run.id.to_string());
-    }
-
-    let staging = Staging::make(path, journal)?;
-    let result = async {
-        progress.note("extracting and verifying");
-        let opts = UnpackOptions {
-            paths: paths.to_vec(),
-            ..UnpackOptions::default()
-        };
-        let rep = fetch_and_unpack(
-            store.clone(),
-            manifest,
-            src,
-            decryptor,
-            staging.path.clone(),
-            opts,
-            progress.clone(),
+    destination: &Destination,
+) -> Result<PathBuf> {
+    let Destination::Volume(name) = destination else {
+        unreachable!("only volumes are created")
+    };
+    let v = ctx
+        .engine
+        .create_volume(
+            name,
+            src.driver.as_deref().unwrap_or("local"),
+            &src.driver_opts,
+            &src.labels,
         )
         .await?;
-        sr.counts = rep.counts.clone();
-        sr.warnings.extend(rep.warnings.iter().cloned());
-        if cancel.is_cancelled() {
-            bail!("interrupted before the swap: nothing was changed");
-        }
-        progress.note("swapping in");
-        if paths.is_empty() {
-            exchange(&staging.path, path)?;
-        } else {
-            for p in paths {
-                swap_path_in(&staging.path, path, p)?;
-            }
-        }
-        Ok(())
+    Ok(v.mountpoint)
+}
+
+/// The holds that stop the users the plan stops.
+fn stop_holds(users: &[PlannedContainer]) -> Vec<Hold> {
+    users
+        .iter()
+        .filter(|u| u.action == QuiesceAction::Stop)
+        .map(|u| Hold {
+            id: u.id.clone(),
+            name: u.name.clone(),
+            action: QuiesceAction::Stop,
+            stop_timeout: u.stop_timeout,
+        })
+        .collect()
+}
+
+/// With the users stopped: the safety backup of what is at `path` (unless `fresh` or not wanted), then extract
+/// into a journaled staging directory, verify and swap in. The staging directory is removed on every path.
+async fn restore_one(
+    ctx: &ApplyCtx<'_>,
+    src: &SourceRecord,
+    path: &Path,
+    fresh: bool,
+    sr: &mut SourceRestore,
+) -> Result<()> {
+    if !fresh && !ctx.args.no_safety_backup && dir_has_entries(path) {
+        sr.safety_backup = Some(safety_backup(ctx, src, path).await?);
     }
-    .await;
+    let staging = Staging::make(path, ctx.journal)?;
+    let result = extract_and_swap(ctx, src, path, &staging, sr).await;
     // After a successful exchange, `staging` holds the old contents; after a failure, the partial extraction.
-    if let Err(e) = staging.remove(journal) {
+    if let Err(e) = staging.remove(ctx.journal) {
         sr.warnings.push(e);
     }
     result
+}
+
+/// Safety copy of what is at `path` now, into the same target, tagged `pre-restore`; returns its backup id.
+async fn safety_backup(ctx: &ApplyCtx<'_>, src: &SourceRecord, path: &Path) -> Result<String> {
+    let config = ctx.config;
+    ctx.progress.note("safety backup of the current contents");
+    let job = config
+        .job(ctx.args.job.as_deref())
+        .cloned()
+        .unwrap_or_else(|_| config.jobs.values().next().cloned().expect("a job"));
+    let mut job = job;
+    job.prune = false;
+    // Same job as the backup it protects, so that job's pruning applies the pre-restore rule to it.
+    job.name = ctx.manifest.job.clone();
+    let req = BackupRequest {
+        job,
+        targets: vec![ctx.target.clone()],
+        only: vec![],
+        dry_run: false,
+        tags: vec![TAG_PRE_RESTORE.into()],
+    };
+    let plan = crate::plan::Plan {
+        sources: vec![PlannedSource {
+            name: src.name.clone(),
+            kind: src.kind,
+            path: path.to_path_buf(),
+            driver: src.driver.clone(),
+            driver_opts: src.driver_opts.clone(),
+            labels: src.labels.clone(),
+            containers: vec![],
+            reason: "safety backup before restore".into(),
+        }],
+        skipped: vec![],
+    };
+    let env = backup::Env {
+        config,
+        engine: ctx.engine,
+        progress: ctx.progress.clone(),
+        cancel: ctx.cancel.clone(),
+        now: Utc::now(),
+    };
+    let run = backup::execute(&env, &req, plan, Utc::now(), vec![]).await?;
+    if run.exit_code() != 0 {
+        let why = run
+            .sources
+            .first()
+            .and_then(|s| s.error.clone())
+            .or_else(|| run.targets.first().and_then(|t| t.error.clone()))
+            .unwrap_or_else(|| "unknown error".into());
+        bail!("safety backup failed, nothing was changed: {why} (use --no-safety-backup to restore without one)");
+    }
+    Ok(run.id.to_string())
+}
+
+/// Extract into `staging` and verify (sha256, counts, decryption to the last byte), then swap it in for `path`
+/// (the whole tree, or each `--path`). Nothing is swapped after an interrupt.
+async fn extract_and_swap(
+    ctx: &ApplyCtx<'_>,
+    src: &SourceRecord,
+    path: &Path,
+    staging: &Staging,
+    sr: &mut SourceRestore,
+) -> Result<()> {
+    ctx.progress.note("extracting and verifying");
+    let opts = UnpackOptions {
+        paths: ctx.paths.clone(),
+        ..UnpackOptions::default()
+    };
+    let rep = fetch_and_unpack(
+        ctx.store.clone(),
+        &ctx.manifest,
+        src,
+        ctx.decryptor.clone(),
+        staging.path.clone(),
+        opts,
+        ctx.progress.clone(),
+    )
+    .await?;
+    sr.counts = rep.counts.clone();
+    sr.warnings.extend(rep.warnings.iter().cloned());
+    if ctx.cancel.is_cancelled() {
+        bail!("interrupted before the swap: nothing was changed");
+    }
+    ctx.progress.note("swapping in");
+    if ctx.paths.is_empty() {
+        exchange(&staging.path, path)?;
+    } else {
+        for p in &ctx.paths {
+            swap_path_in(&staging.path, path, p)?;
+        }
+    }
+    Ok(())
 }
 
 /// Before anything is stopped: `src`'s object is in the target (`objects`, the listing of the backup's prefix)

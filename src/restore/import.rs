@@ -10,40 +10,7 @@ pub(super) async fn import(
 ) -> Result<RestoreOutcome> {
     let file = args.archive.clone().expect("checked by caller");
     let f = std::fs::File::open(&file).with_context(|| format!("opening {}", file.display()))?;
-    let engine;
-    let (destination, path, created) = match (&args.to_volume, &args.to_dir) {
-        (Some(v), _) => {
-            engine = Some(Engine::connect(config.docker_host.as_deref()).await?);
-            let e = engine.as_ref().expect("set");
-            match e.inspect_volume(v).await {
-                Ok(info) => {
-                    if dir_has_entries(&info.mountpoint) && !args.force {
-                        bail!("volume {v} is not empty: import into a new volume, or pass --force to replace its contents (no safety backup is taken for --archive)");
-                    }
-                    (Destination::Volume(v.clone()), info.mountpoint, false)
-                }
-                Err(crate::docker::DockerError::NoSuchVolume(_)) => {
-                    let info = e
-                        .create_volume(v, "local", &Default::default(), &Default::default())
-                        .await?;
-                    (Destination::Volume(v.clone()), info.mountpoint, true)
-                }
-                Err(err) => return Err(err.into()),
-            }
-        }
-        (None, Some(d)) => {
-            engine = None;
-            if dir_has_entries(d) && !args.force {
-                bail!(
-                    "{} is not empty: pass --force to replace its contents",
-                    d.display()
-                );
-            }
-            std::fs::create_dir_all(d)?;
-            (Destination::Dir(d.clone()), d.clone(), false)
-        }
-        (None, None) => bail!("--archive needs a destination: --to-volume NAME or --to-dir PATH"),
-    };
+    let (engine, destination, path, created) = import_destination(config, &args).await?;
     if args.dry_run {
         return Ok(RestoreOutcome::ImportPlan { file, destination });
     }
@@ -54,22 +21,7 @@ pub(super) async fn import(
         paths: clean_paths(&args.paths)?,
         ..UnpackOptions::default()
     };
-    let st = staging.path.clone();
-    let p2 = progress.clone();
-    let name = file.display().to_string();
-    let result = tokio::task::spawn_blocking(move || -> Result<UnpackReport> {
-        let r = ProgressReader::new(std::io::BufReader::with_capacity(1 << 20, f), p2);
-        let (_fmt, dec) = archive::compress::decoder(r).map_err(|e| anyhow!("{name}: {e}"))?;
-        let entries = Entries::Unpack { dest: st, opts };
-        match readback::walk(dec, entries) {
-            Ok(Walked::Unpacked(rep)) => Ok(rep),
-            Ok(_) => unreachable!("unpack unpacks"),
-            Err(WalkError::Entries(e)) => Err(anyhow!("{name}: {e}")),
-            Err(WalkError::Trailer(e)) => Err(anyhow!("{name}: {e}")),
-            Err(WalkError::Open(e)) => Err(anyhow!("{name}: {e}")),
-        }
-    })
-    .await?;
+    let result = unpack_file(f, &file, staging.path.clone(), opts, progress.clone()).await?;
     let result = result.and_then(|rep| {
         exchange(&staging.path, &path)?;
         Ok(rep)
@@ -107,4 +59,72 @@ pub(super) async fn import(
             Err(e)
         }
     }
+}
+
+/// Where an import goes: `--to-volume` (created when missing; an existing one must be empty unless `--force`)
+/// or `--to-dir` (likewise). Returns the engine (for a volume), the destination, the host path and whether the
+/// volume was created here.
+async fn import_destination(
+    config: &Config,
+    args: &RestoreRequest,
+) -> Result<(Option<Engine>, Destination, PathBuf, bool)> {
+    match (&args.to_volume, &args.to_dir) {
+        (Some(v), _) => {
+            let e = Engine::connect(config.docker_host.as_deref()).await?;
+            let (destination, path, created) = match e.inspect_volume(v).await {
+                Ok(info) => {
+                    if dir_has_entries(&info.mountpoint) && !args.force {
+                        bail!("volume {v} is not empty: import into a new volume, or pass --force to replace its contents (no safety backup is taken for --archive)");
+                    }
+                    (Destination::Volume(v.clone()), info.mountpoint, false)
+                }
+                Err(crate::docker::DockerError::NoSuchVolume(_)) => {
+                    let info = e
+                        .create_volume(v, "local", &Default::default(), &Default::default())
+                        .await?;
+                    (Destination::Volume(v.clone()), info.mountpoint, true)
+                }
+                Err(err) => return Err(err.into()),
+            };
+            Ok((Some(e), destination, path, created))
+        }
+        (None, Some(d)) => {
+            if dir_has_entries(d) && !args.force {
+                bail!(
+                    "{} is not empty: pass --force to replace its contents",
+                    d.display()
+                );
+            }
+            std::fs::create_dir_all(d)?;
+            Ok((None, Destination::Dir(d.clone()), d.clone(), false))
+        }
+        (None, None) => bail!("--archive needs a destination: --to-volume NAME or --to-dir PATH"),
+    }
+}
+
+/// Decompress `f` (tar, tar.gz or tar.zst, by its first bytes) and unpack it into `dest` on a blocking thread.
+/// The outer `Err` is a failed task; the inner one names the file.
+async fn unpack_file(
+    f: std::fs::File,
+    file: &Path,
+    dest: PathBuf,
+    opts: UnpackOptions,
+    progress: Progress,
+) -> Result<Result<UnpackReport>> {
+    let name = file.display().to_string();
+    Ok(
+        tokio::task::spawn_blocking(move || -> Result<UnpackReport> {
+            let r = ProgressReader::new(std::io::BufReader::with_capacity(1 << 20, f), progress);
+            let (_fmt, dec) = archive::compress::decoder(r).map_err(|e| anyhow!("{name}: {e}"))?;
+            let entries = Entries::Unpack { dest, opts };
+            match readback::walk(dec, entries) {
+                Ok(Walked::Unpacked(rep)) => Ok(rep),
+                Ok(_) => unreachable!("unpack unpacks"),
+                Err(WalkError::Entries(e)) => Err(anyhow!("{name}: {e}")),
+                Err(WalkError::Trailer(e)) => Err(anyhow!("{name}: {e}")),
+                Err(WalkError::Open(e)) => Err(anyhow!("{name}: {e}")),
+            }
+        })
+        .await?,
+    )
 }

@@ -42,7 +42,7 @@ use crate::backup::{self, BackupRequest};
 use crate::catalog::{self, Manifest, QuiesceAction, SourceKind, SourceRecord, TAG_PRE_RESTORE};
 use crate::config::{Config, Target};
 use crate::crypto::Decryptor;
-use crate::docker::{ContainerState, Engine};
+use crate::docker::{ContainerInfo, ContainerState, Engine};
 use crate::pipeline;
 use crate::plan::{PlannedContainer, PlannedSource};
 use crate::progress::Progress;
@@ -252,8 +252,6 @@ fn clean_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
         .collect()
 }
 
-/// Restore (or, with `dry_run`, plan) what `args` asks for. Per-source failures are in the report; `Err` is a
-/// fatal or usage error.
 /// Restore (or, with `dry_run`, plan) what `args` asks for. Per-source failures are in the report; `Err` is a
 /// fatal or usage error.
 pub async fn run(

@@ -84,64 +84,9 @@ pub async fn plan(
     args: &RestoreRequest,
     progress: &Progress,
 ) -> Result<(RestorePlan, Resources)> {
-    let (Some(target), Some(spec)) = (args.target.clone(), args.backup.clone()) else {
-        bail!("which backup? give a backup id or `latest` (see `voltar list`), or --archive FILE");
-    };
-    let before = args.before;
-    let store = crate::storage::open(&target)
-        .await
-        .with_context(|| format!("opening target {}", target.name))?;
-    let listing = catalog::list(store.as_ref()).await?;
-    let manifest = catalog::resolve(&listing, &spec, before, &args.sources)?.clone();
-    if spec == "latest" && args.sources.is_empty() {
-        // A partial run (`backup --only`) makes a `latest` that lacks some sources: say where they are.
-        for (name, id) in newer_elsewhere(&listing, &manifest) {
-            tracing::warn!(
-                "backup {} does not hold {name}; its newest backup is {id} (restore it with --source {name})",
-                manifest.id
-            );
-        }
-    }
-    let decryptor = Arc::new(Decryptor::load(
-        &args.identities,
-        args.passphrase_file.as_deref(),
-    )?);
-    if manifest.encryption.is_some() {
-        if decryptor.is_empty() {
-            return Err(crate::crypto::CryptoError::NeedKey {
-                what: manifest.id.to_string(),
-            }
-            .into());
-        }
-        decryptor.check_seal(&manifest)?;
-    }
-    let chosen: Vec<SourceRecord> = if args.sources.is_empty() {
-        manifest.sources.clone()
-    } else {
-        args.sources
-            .iter()
-            .map(|n| {
-                manifest.source(n).cloned().ok_or_else(|| {
-                    let failed = manifest.failed.iter().find(|f| &f.name == n);
-                    match failed {
-                        Some(f) => {
-                            anyhow!("source `{n}` failed in backup {}: {}", manifest.id, f.error)
-                        }
-                        None => anyhow!(
-                            "backup {} has no source `{n}` (it has: {})",
-                            manifest.id,
-                            manifest
-                                .sources
-                                .iter()
-                                .map(|s| s.name.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                    }
-                })
-            })
-            .collect::<Result<_>>()?
-    };
+    let (target, store, manifest) = open_backup(args).await?;
+    let decryptor = load_keys(args, &manifest)?;
+    let chosen = choose_sources(args, &manifest)?;
     if chosen.len() > 1 && args.to_volume.is_some() {
         bail!("--to-volume takes one source; pick it with --source NAME");
     }
@@ -163,91 +108,9 @@ pub async fn plan(
     quiesce::see_through_other_runs(&config.state_dir, &mut discovery.containers);
     let mut plans = Vec::new();
     for src in &chosen {
-        let (destination, path, create_volume) = match (&args.to_volume, &args.to_dir) {
-            (Some(v), _) => {
-                if engine.inspect_volume(v).await.is_ok() {
-                    bail!("volume {v} already exists: pick a new name for --to-volume, or restore into it with `--source` and no --to-volume when it is the original");
-                }
-                (Destination::Volume(v.clone()), PathBuf::new(), true)
-            }
-            (None, Some(d)) => {
-                let p = if chosen.len() > 1 {
-                    d.join(&src.name)
-                } else {
-                    d.clone()
-                };
-                (Destination::Dir(p.clone()), p, false)
-            }
-            (None, None) => match src.kind {
-                SourceKind::Volume => match engine.inspect_volume(&src.name).await {
-                    Ok(v) => (Destination::Volume(src.name.clone()), v.mountpoint, false),
-                    Err(crate::docker::DockerError::NoSuchVolume(_)) => {
-                        (Destination::Volume(src.name.clone()), PathBuf::new(), true)
-                    }
-                    Err(e) => return Err(e.into()),
-                },
-                SourceKind::Bind => (
-                    Destination::Dir(PathBuf::from(&src.path)),
-                    PathBuf::from(&src.path),
-                    false,
-                ),
-            },
-        };
-        // Containers using the destination.
-        let mut users: Vec<PlannedContainer> = Vec::new();
-        for c in &discovery.containers {
-            let uses = c.mounts.iter().any(|m| match &destination {
-                Destination::Volume(v) => m.name.as_deref() == Some(v.as_str()),
-                Destination::Dir(d) => {
-                    !d.as_os_str().is_empty() && (m.source == *d || m.source.starts_with(d))
-                }
-            });
-            if !uses {
-                continue;
-            }
-            if let Some(svc) = c.swarm_service() {
-                bail!("{destination} is used by swarm service {svc} (task {}): scale it to 0 first (`docker service scale {svc}=0`), restore, then scale it back", c.name);
-            }
-            if c.state == ContainerState::Paused {
-                bail!(
-                    "container {} uses {destination} and is paused: unpause or stop it first",
-                    c.name
-                );
-            }
-            let running = matches!(
-                c.state,
-                ContainerState::Running | ContainerState::Restarting
-            );
-            users.push(PlannedContainer {
-                id: c.id.clone(),
-                name: c.name.clone(),
-                compose_project: c.compose_project().map(String::from),
-                compose_service: c.compose_service().map(String::from),
-                state: c.state.to_string(),
-                rw: true,
-                action: if running {
-                    QuiesceAction::Stop
-                } else {
-                    QuiesceAction::None
-                },
-                // As backup does: the container's own label first, then the job's setting.
-                stop_timeout: c
-                    .labels
-                    .get(crate::plan::LABEL_STOP_TIMEOUT)
-                    .and_then(|t| crate::config::parse_duration(t).ok())
-                    .unwrap_or_else(|| {
-                        config
-                            .job(args.job.as_deref())
-                            .map(|j| j.quiesce.stop_timeout)
-                            .unwrap_or(crate::config::Quiesce::default().stop_timeout)
-                    }),
-                reason: if running {
-                    "uses the restore target".into()
-                } else {
-                    "not running".into()
-                },
-            });
-        }
+        let (destination, path, create_volume) =
+            destination(args, &engine, src, chosen.len() > 1).await?;
+        let users = users_of(config, args, &discovery.containers, &destination)?;
         if let Destination::Dir(d) = &destination {
             if args.to_dir.is_some() && !args.force && dir_has_entries(d) && paths.is_empty() {
                 bail!(
@@ -277,6 +140,172 @@ pub async fn plan(
         engine,
     };
     Ok((plan, resources))
+}
+
+/// Open the target and resolve the backup the request names (an id, `latest`, `--before`). With `latest` and no
+/// `--source`, warn about the sources of the job that a partial run left out of it.
+async fn open_backup(args: &RestoreRequest) -> Result<(Target, Arc<dyn Storage>, Manifest)> {
+    let (Some(target), Some(spec)) = (args.target.clone(), args.backup.clone()) else {
+        bail!("which backup? give a backup id or `latest` (see `voltar list`), or --archive FILE");
+    };
+    let store = crate::storage::open(&target)
+        .await
+        .with_context(|| format!("opening target {}", target.name))?;
+    let listing = catalog::list(store.as_ref()).await?;
+    let manifest = catalog::resolve(&listing, &spec, args.before, &args.sources)?.clone();
+    if spec == "latest" && args.sources.is_empty() {
+        // A partial run (`backup --only`) makes a `latest` that lacks some sources: say where they are.
+        for (name, id) in newer_elsewhere(&listing, &manifest) {
+            tracing::warn!(
+                "backup {} does not hold {name}; its newest backup is {id} (restore it with --source {name})",
+                manifest.id
+            );
+        }
+    }
+    Ok((target, store, manifest))
+}
+
+/// The keys given; an encrypted backup needs one, and its manifest's seal must check out.
+fn load_keys(args: &RestoreRequest, manifest: &Manifest) -> Result<Arc<Decryptor>> {
+    let decryptor = Arc::new(Decryptor::load(
+        &args.identities,
+        args.passphrase_file.as_deref(),
+    )?);
+    if manifest.encryption.is_some() {
+        if decryptor.is_empty() {
+            return Err(crate::crypto::CryptoError::NeedKey {
+                what: manifest.id.to_string(),
+            }
+            .into());
+        }
+        decryptor.check_seal(manifest)?;
+    }
+    Ok(decryptor)
+}
+
+/// The sources to restore: `--source` names (each must be in the backup), else all of them.
+fn choose_sources(args: &RestoreRequest, manifest: &Manifest) -> Result<Vec<SourceRecord>> {
+    if args.sources.is_empty() {
+        return Ok(manifest.sources.clone());
+    }
+    args.sources
+        .iter()
+        .map(|n| {
+            manifest.source(n).cloned().ok_or_else(|| {
+                let failed = manifest.failed.iter().find(|f| &f.name == n);
+                match failed {
+                    Some(f) => {
+                        anyhow!("source `{n}` failed in backup {}: {}", manifest.id, f.error)
+                    }
+                    None => anyhow!(
+                        "backup {} has no source `{n}` (it has: {})",
+                        manifest.id,
+                        manifest
+                            .sources
+                            .iter()
+                            .map(|s| s.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                }
+            })
+        })
+        .collect()
+}
+
+/// Where `src` goes: the destination, the host path replaced (empty while a volume is still to be created) and
+/// whether the volume is created. `many`: more than one source is restored (each gets its own `--to-dir`
+/// subdirectory).
+async fn destination(
+    args: &RestoreRequest,
+    engine: &Engine,
+    src: &SourceRecord,
+    many: bool,
+) -> Result<(Destination, PathBuf, bool)> {
+    Ok(match (&args.to_volume, &args.to_dir) {
+        (Some(v), _) => {
+            if engine.inspect_volume(v).await.is_ok() {
+                bail!("volume {v} already exists: pick a new name for --to-volume, or restore into it with `--source` and no --to-volume when it is the original");
+            }
+            (Destination::Volume(v.clone()), PathBuf::new(), true)
+        }
+        (None, Some(d)) => {
+            let p = if many { d.join(&src.name) } else { d.clone() };
+            (Destination::Dir(p.clone()), p, false)
+        }
+        (None, None) => match src.kind {
+            SourceKind::Volume => match engine.inspect_volume(&src.name).await {
+                Ok(v) => (Destination::Volume(src.name.clone()), v.mountpoint, false),
+                Err(crate::docker::DockerError::NoSuchVolume(_)) => {
+                    (Destination::Volume(src.name.clone()), PathBuf::new(), true)
+                }
+                Err(e) => return Err(e.into()),
+            },
+            SourceKind::Bind => (
+                Destination::Dir(PathBuf::from(&src.path)),
+                PathBuf::from(&src.path),
+                false,
+            ),
+        },
+    })
+}
+
+/// The containers that use `destination`: the running ones are stopped. A swarm task or a paused container
+/// using it stops the plan (the fix is the user's).
+fn users_of(
+    config: &Config,
+    args: &RestoreRequest,
+    containers: &[ContainerInfo],
+    destination: &Destination,
+) -> Result<Vec<PlannedContainer>> {
+    let mut users: Vec<PlannedContainer> = Vec::new();
+    for c in containers {
+        let uses = c.mounts.iter().any(|m| match destination {
+            Destination::Volume(v) => m.name.as_deref() == Some(v.as_str()),
+            Destination::Dir(d) => {
+                !d.as_os_str().is_empty() && (m.source == *d || m.source.starts_with(d))
+            }
+        });
+        if !uses {
+            continue;
+        }
+        if let Some(svc) = c.swarm_service() {
+            bail!("{destination} is used by swarm service {svc} (task {}): scale it to 0 first (`docker service scale {svc}=0`), restore, then scale it back", c.name);
+        }
+        if c.state == ContainerState::Paused {
+            bail!(
+                "container {} uses {destination} and is paused: unpause or stop it first",
+                c.name
+            );
+        }
+        users.push(planned_user(config, args, c));
+    }
+    Ok(users)
+}
+
+/// A container using the destination: stopped when it is running, left alone otherwise.
+fn planned_user(config: &Config, args: &RestoreRequest, c: &ContainerInfo) -> PlannedContainer {
+    let running = matches!(
+        c.state,
+        ContainerState::Running | ContainerState::Restarting
+    );
+    // As backup does: the container's own label first, then the job's setting.
+    let default = config
+        .job(args.job.as_deref())
+        .map(|j| j.quiesce.stop_timeout)
+        .unwrap_or(crate::config::Quiesce::default().stop_timeout);
+    let (action, reason) = if running {
+        (QuiesceAction::Stop, "uses the restore target")
+    } else {
+        (QuiesceAction::None, "not running")
+    };
+    PlannedContainer::new(
+        c,
+        true,
+        action,
+        crate::plan::stop_timeout(c, default),
+        reason.into(),
+    )
 }
 
 /// `--dry-run`: the plan, with what each destination holds now that the backup does not (with `--path`: below

@@ -49,10 +49,6 @@ pub struct PutOptions {
     pub size_hint: Option<u64>,
 }
 
-/// Budget of [`Storage::check`] unless the target sets `check-timeout`. A few seconds: a target that cannot take
-/// a tiny request in this time would make the backup wait for it, and a backup that waits holds containers.
-pub const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// Name prefix of the object a check writes (and removes at once): `.voltar-check-<random>/probe`. Its first
 /// component is never a backup id, so the catalog (which looks only at `<backup-id>/…` keys) never sees it. It
 /// sits one level down, like an archive, so that the check creates a directory where a backup would (and fails

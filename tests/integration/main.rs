@@ -8,6 +8,7 @@ mod archive_pack;
 mod archive_unpack;
 mod backup;
 mod frozen;
+mod key;
 mod prune;
 mod quiesce;
 mod restore;

@@ -19,9 +19,9 @@ use voltar::catalog::{
     self, manifest_key, object_key, object_name, BackupId, Counts, Manifest, SourceKind,
     SourceRecord, FORMAT_VERSION, TAG_PRE_RESTORE,
 };
-use voltar::config::Retention;
+use voltar::config::{Policy, Retention};
 use voltar::prune::{self, AfterBackup, PruneOptions};
-use voltar::retention::{Action, Policy};
+use voltar::retention::Action;
 use voltar::storage::{ByteStream, ObjectMeta, ObjectWriter, PutOptions, Storage, StorageError};
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -1,0 +1,506 @@
+//! One source of a run: check it is readable, open one streamed upload per target, quiesce its containers, pack
+//! it while the chunks fan out to every target, resume the containers as soon as it is read (at the latest at
+//! `max-downtime`), finish the uploads and judge what each target stored.
+//!
+//! Nothing here waits on a target while containers are held: the uploads are opened before the quiesce, and a
+//! writer that falls behind during the read is fed from a spool file (`Pace::Spool`) after the release.
+
+use super::*;
+
+/// What the packer returns: its report, and the sha256 and size of the stored object.
+type Packed = (archive::pack::PackReport, String, u64);
+
+/// Back up one source to every open target. Never returns early without resuming what it held.
+pub(super) async fn back_up_source(ctx: &RunCtx<'_>, src: &PlannedSource) -> SourceReport {
+    let mut report = SourceReport::planned(src);
+    ctx.env
+        .progress
+        .phase(&format!("{} {}", src.kind, src.name));
+
+    // The source must be readable here, before any container is touched.
+    if let Err(why) = readable(&src.path) {
+        report.error = Some(why);
+        return report;
+    }
+    let object = catalog::object_name(&src.name, ctx.encryptor.is_some());
+    let legs = open_legs(ctx, &catalog::object_key(&ctx.id, &object), &mut report).await;
+    if legs.is_empty() {
+        report.error = Some(not_stored(&report.target_errors));
+        return report;
+    }
+    // Quiesce. On failure `hold` has already resumed whatever it changed.
+    let held = match quiesce(ctx, src).await {
+        Ok(h) => h,
+        Err(e) => {
+            for leg in legs {
+                let _ = leg.writer.abort().await;
+            }
+            report.error = Some(format!("quiescing containers: {e}"));
+            return report;
+        }
+    };
+    // `read` releases what is held on every path.
+    let read = read(ctx, src, legs, held, &mut report).await;
+    let legs = settle_legs(ctx, read.legs, &mut report);
+    let packed = match read.packed {
+        Ok(p) => p,
+        Err(e) => {
+            report.error = Some(pack_failed(ctx, e, read.capped, &legs, &mut report));
+            return report;
+        }
+    };
+    take_pack_report(ctx, src, &packed, &mut report);
+    record_legs(ctx, src, &object, legs, &packed, &mut report);
+    report.status = status(&mut report);
+    report
+}
+
+impl SourceReport {
+    /// A source not backed up yet: failed until proven otherwise, its containers not touched.
+    fn planned(src: &PlannedSource) -> SourceReport {
+        SourceReport {
+            name: src.name.clone(),
+            kind: src.kind,
+            status: Status::Failed,
+            counts: Counts::default(),
+            stored_bytes: 0,
+            read_ms: 0,
+            containers: src
+                .containers
+                .iter()
+                .map(|c| ContainerRecord {
+                    id: c.id.clone(),
+                    name: c.name.clone(),
+                    compose_project: c.compose_project.clone(),
+                    compose_service: c.compose_service.clone(),
+                    state: c.state.clone(),
+                    rw: c.rw,
+                    action: QuiesceAction::None,
+                    downtime_ms: 0,
+                })
+                .collect(),
+            warnings: vec![],
+            not_archived: vec![],
+            not_archived_count: 0,
+            error: None,
+            target_errors: BTreeMap::new(),
+            spooled: BTreeMap::new(),
+            records: BTreeMap::new(),
+            failed_targets: BTreeSet::new(),
+        }
+    }
+}
+
+/// Whether the source is a directory this process can read; else why not, with the likely fix.
+fn readable(path: &Path) -> Result<(), String> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(format!("{} is not a directory", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Err(format!(
+            "cannot read {}: {e} (voltar reads volumes from the host: run it as root on the Docker host, or in a container with /var/lib/docker/volumes mounted read-only at the same path)",
+            path.display()
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(format!(
+            "{} does not exist (was it removed during the run? when voltar runs in a container, mount /var/lib/docker/volumes at the same path)",
+            path.display()
+        )),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+/// Open one streamed upload of `key` per target that is not skipped. A target that refuses is recorded in the
+/// report (and skipped by later sources when the target itself failed).
+async fn open_legs(ctx: &RunCtx<'_>, key: &str, report: &mut SourceReport) -> Vec<Leg> {
+    let names = &ctx.targets.names;
+    let mut legs = Vec::new();
+    for (i, store) in ctx.targets.stores.iter().enumerate() {
+        if let Some(why) = ctx.targets.skip.get(&i) {
+            report.target_errors.insert(names[i].clone(), why.clone());
+            continue;
+        }
+        let Some(store) = store else { continue };
+        match store.put_stream(key, PutOptions::default()).await {
+            Ok(writer) => legs.push(Leg { target: i, writer }),
+            Err(e) => {
+                if target_failed(&e) {
+                    report.failed_targets.insert(i);
+                }
+                report.target_errors.insert(names[i].clone(), e.to_string());
+            }
+        }
+    }
+    legs
+}
+
+/// Pause or stop the containers the plan holds for this source (journaled). On failure whatever was changed has
+/// already been resumed.
+async fn quiesce(ctx: &RunCtx<'_>, src: &PlannedSource) -> Result<Held, quiesce::QuiesceError> {
+    let holds: Vec<Hold> = src
+        .holds()
+        .map(|c| Hold {
+            id: c.id.clone(),
+            name: c.name.clone(),
+            action: c.action,
+            stop_timeout: c.stop_timeout,
+        })
+        .collect();
+    if !holds.is_empty() {
+        ctx.env.progress.note(&format!(
+            "{} {} container(s)",
+            if holds.iter().any(|h| h.action == QuiesceAction::Stop) {
+                "stopping/pausing"
+            } else {
+                "pausing"
+            },
+            holds.len()
+        ));
+    }
+    ctx.quiescer.hold(&holds).await
+}
+
+/// What reading a source left: the packer's outcome (an error message when it failed or was capped) and how
+/// each leg ended.
+struct Read {
+    packed: Result<Packed, String>,
+    legs: Vec<LegResult>,
+    /// The read reached `max-downtime` and was aborted.
+    capped: bool,
+}
+
+/// Read the source: pack on a blocking thread, fan out on this one, then release `held` as soon as the read
+/// ends (or reaches `max-downtime`), and only then wait for the uploads. While containers are held no writer may
+/// slow the read down: one that falls behind is fed from a spool file once they are resumed.
+async fn read(
+    ctx: &RunCtx<'_>,
+    src: &PlannedSource,
+    legs: Vec<Leg>,
+    held: Held,
+    report: &mut SourceReport,
+) -> Read {
+    let holding = !held.is_empty();
+    let pace = if holding {
+        Pace::Spool {
+            dir: ctx.spool_dir.clone(),
+        }
+    } else {
+        Pace::Backpressure
+    };
+    let (tx, rx) = mpsc::channel(pipeline::CHANNEL_CHUNKS);
+    let (commit_tx, commit_rx) = oneshot::channel::<bool>();
+    let fan = tokio::spawn(pipeline::fan_out(
+        rx,
+        legs,
+        async move { commit_rx.await.unwrap_or(false) },
+        pace,
+        ctx.env.cancel.clone(),
+    ));
+    let cancel_flag = Arc::new(AtomicBool::new(false));
+    let watcher = watch_cancel(&ctx.env.cancel, &cancel_flag);
+    let started = Instant::now();
+    let mut packer = spawn_packer(ctx, src, tx, cancel_flag.clone());
+    // The hard cap on downtime: a read that is slow by itself (a huge volume, a slow disk) is aborted at
+    // `max-downtime`, and the containers are resumed right then, not when the packer has noticed.
+    let packed = if holding {
+        match tokio::time::timeout(ctx.max_downtime, &mut packer).await {
+            Ok(p) => Some(p),
+            Err(_) => {
+                cancel_flag.store(true, Ordering::SeqCst);
+                None
+            }
+        }
+    } else {
+        Some((&mut packer).await)
+    };
+    let capped = packed.is_none();
+    if !capped {
+        report.read_ms = started.elapsed().as_millis() as u64;
+    }
+
+    // Resume right away: the source has been read (or the cap was reached).
+    release(ctx, held, report).await;
+    let packed = match packed {
+        Some(p) => p,
+        None => packer.await,
+    };
+    if capped {
+        report.read_ms = started.elapsed().as_millis() as u64;
+    }
+    watcher.abort();
+
+    let packed = judge_packed(packed, capped, ctx.max_downtime);
+    let _ = commit_tx.send(packed.is_ok());
+    let legs = fan.await.unwrap_or_default();
+    Read {
+        packed,
+        legs,
+        capped,
+    }
+}
+
+/// The packer's outcome as the source sees it: its result, or why the read failed.
+fn judge_packed(
+    packed: Result<Result<Packed, ArchiveError>, tokio::task::JoinError>,
+    capped: bool,
+    cap: Duration,
+) -> Result<Packed, String> {
+    match packed {
+        // Even a read that ended just after the cap is discarded: the containers were already running again.
+        _ if capped => Err(cap_error(cap)),
+        Ok(Ok(p)) => Ok(p),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(join) if join.is_panic() => Err(
+            "internal error: the packer panicked (containers were resumed); please report this"
+                .to_string(),
+        ),
+        Err(join) => Err(format!("packer did not finish: {join}")),
+    }
+}
+
+/// Set `flag` (which the blocking packer polls) when the run is cancelled.
+fn watch_cancel(token: &CancellationToken, flag: &Arc<AtomicBool>) -> tokio::task::JoinHandle<()> {
+    let flag = flag.clone();
+    let token = token.clone();
+    tokio::spawn(async move {
+        token.cancelled().await;
+        flag.store(true, Ordering::SeqCst);
+    })
+}
+
+/// Start the packer on a blocking thread: walk → tar → zstd → [age] → sha256 → chunks into `tx`.
+fn spawn_packer(
+    ctx: &RunCtx<'_>,
+    src: &PlannedSource,
+    tx: mpsc::Sender<bytes::Bytes>,
+    flag: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Result<Packed, ArchiveError>> {
+    let path: PathBuf = src.path.clone();
+    let level = ctx.archive.zstd_level;
+    let threads = ctx.archive.zstd_threads;
+    let progress = ctx.env.progress.clone();
+    let enc = ctx.encryptor.clone();
+    tokio::task::spawn_blocking(move || -> Result<Packed, ArchiveError> {
+        let sink = ChunkSink::new(tx);
+        let stored = crypto::StoredWriter::new(sink, enc.as_ref()).map_err(ArchiveError::Sink)?;
+        let zw =
+            archive::compress::zstd_encoder(stored, level, threads).map_err(ArchiveError::Sink)?;
+        let opts = archive::pack::PackOptions {
+            cancel: Some(&flag),
+        };
+        let (rep, zw) = archive::pack::pack(&path, zw, &opts, &mut |n| progress.inc(n))?;
+        let stored = zw.finish().map_err(ArchiveError::Sink)?;
+        let sink = stored.finish().map_err(ArchiveError::Sink)?;
+        let (sha, size) = sink.finish().map_err(ArchiveError::Sink)?;
+        Ok((rep, sha, size))
+    })
+}
+
+/// Resume what was held, recording each container's action and downtime; a failure to resume is a warning.
+async fn release(ctx: &RunCtx<'_>, held: Held, report: &mut SourceReport) {
+    let released = ctx.quiescer.release(held).await;
+    for r in &released.released {
+        if let Some(c) = report.containers.iter_mut().find(|c| c.id == r.id) {
+            c.action = r.action;
+            c.downtime_ms = r.downtime_ms();
+        }
+    }
+    for e in &released.errors {
+        report.warnings.push(e.to_string());
+        ctx.env.progress.warn(&e.to_string());
+    }
+}
+
+/// Note the streams that went through a spool file, mark the targets that failed (not the spool), and say in a
+/// spool failure's error which stream was spooled and why.
+fn settle_legs(
+    ctx: &RunCtx<'_>,
+    mut legs: Vec<LegResult>,
+    report: &mut SourceReport,
+) -> Vec<LegResult> {
+    let names = &ctx.targets.names;
+    for l in &legs {
+        if l.spooled > 0 {
+            ctx.env.progress.note(&format!(
+                "{} fell behind while containers were held: {} MiB went through the spool",
+                names[l.target],
+                l.spooled >> 20
+            ));
+            report.spooled.insert(names[l.target].clone(), l.spooled);
+        }
+        if let Err(e) = &l.result {
+            if !l.spool_failed && target_failed(e) {
+                report.failed_targets.insert(l.target);
+            }
+        }
+    }
+    for l in legs.iter_mut() {
+        if l.spool_failed {
+            if let Err(e) = &l.result {
+                // Say which stream was spooled and why: the error itself names only the spool directory.
+                l.result = Err(storage::StorageError::Permanent {
+                    target: names[l.target].clone(),
+                    message: format!("fell behind while containers were held, and {e}"),
+                });
+            }
+        }
+    }
+    legs
+}
+
+/// The error of a source whose packer failed (`e`), with each target's error recorded. When every target
+/// failed, the packer only saw a closed pipe: the targets' errors are the cause.
+fn pack_failed(
+    ctx: &RunCtx<'_>,
+    e: String,
+    capped: bool,
+    legs: &[LegResult],
+    report: &mut SourceReport,
+) -> String {
+    let mut every_target_failed = !legs.is_empty() && !capped;
+    for l in legs {
+        match &l.result {
+            Err(le) if !matches!(le, storage::StorageError::Cancelled { .. }) => {
+                report
+                    .target_errors
+                    .insert(ctx.targets.names[l.target].clone(), le.to_string());
+            }
+            _ => every_target_failed = false,
+        }
+    }
+    if every_target_failed {
+        not_stored(&report.target_errors)
+    } else {
+        e
+    }
+}
+
+/// Take the packer's counts, size, warnings and entries not archived into the report (and say them).
+fn take_pack_report(
+    ctx: &RunCtx<'_>,
+    src: &PlannedSource,
+    packed: &Packed,
+    report: &mut SourceReport,
+) {
+    let progress = &ctx.env.progress;
+    let (pack_report, _, size) = packed;
+    report.counts = pack_report.counts.clone();
+    report.stored_bytes = *size;
+    report.warnings.extend(pack_report.warnings.iter().cloned());
+    if pack_report.counts.files == 0 && pack_report.counts.bytes == 0 {
+        // Row 10: an empty source is worth a look (a volume mounted at the wrong path, data moved away).
+        let w = "source is empty: no files were found (is this the right volume?)".to_string();
+        progress.warn(&format!("{}: {w}", src.name));
+        report.warnings.push(w);
+    }
+    for w in &pack_report.warnings {
+        progress.warn(&format!("{}: {w}", src.name));
+    }
+    // Row 24: an entry that existed but is not in the archive is never a warning only.
+    report.not_archived_count = pack_report.not_archived_count;
+    report.not_archived = pack_report
+        .not_archived
+        .iter()
+        .take(NOT_ARCHIVED_LISTED)
+        .cloned()
+        .collect();
+    for w in &report.not_archived {
+        progress.warn(&format!("{}: NOT ARCHIVED: {w}", src.name));
+    }
+}
+
+/// Per leg: the record the target's manifest lists when the upload was stored, else the target's error.
+fn record_legs(
+    ctx: &RunCtx<'_>,
+    src: &PlannedSource,
+    object: &str,
+    legs: Vec<LegResult>,
+    packed: &Packed,
+    report: &mut SourceReport,
+) {
+    let (pack_report, sha256, size) = packed;
+    for l in legs {
+        let i = l.target;
+        match l.result {
+            Ok(_meta) => {
+                let record = SourceRecord {
+                    name: src.name.clone(),
+                    kind: src.kind,
+                    path: src.path.to_string_lossy().into_owned(),
+                    driver: src.driver.clone(),
+                    driver_opts: src.driver_opts.clone(),
+                    labels: src.labels.clone(),
+                    object: object.to_string(),
+                    counts: pack_report.counts.clone(),
+                    stored_bytes: *size,
+                    sha256: sha256.clone(),
+                    containers: report.containers.clone(),
+                    read_ms: report.read_ms,
+                    warnings: report.warnings.clone(),
+                    not_archived: report.not_archived.clone(),
+                    not_archived_count: report.not_archived_count,
+                };
+                report.records.insert(i, record);
+            }
+            Err(e) => {
+                report
+                    .target_errors
+                    .insert(ctx.targets.names[i].clone(), e.to_string());
+            }
+        }
+    }
+}
+
+/// The source's status from what was stored where (setting its error when it is not ok or partial).
+fn status(report: &mut SourceReport) -> Status {
+    if report.records.is_empty() {
+        report.error = Some("not stored on any target".into());
+        Status::Failed
+    } else if report.not_archived_count > 0 {
+        report.error = Some(incomplete(report));
+        Status::Incomplete
+    } else if report.target_errors.is_empty() {
+        Status::Ok
+    } else {
+        Status::Partial
+    }
+}
+
+/// Why an incomplete source is not ok, naming the first entry and the fix.
+fn incomplete(report: &SourceReport) -> String {
+    let n = report.not_archived_count;
+    format!(
+        "{n} {} could not be archived (first: {}); the backup of this source is incomplete: fix the cause \
+         (permissions, I/O errors) and back up again",
+        if n == 1 { "entry" } else { "entries" },
+        report.not_archived.first().map(String::as_str).unwrap_or("?"),
+    )
+}
+
+/// Whether a leg's error means the target itself failed (so later sources skip it), rather than the run being
+/// cancelled.
+fn target_failed(e: &storage::StorageError) -> bool {
+    !matches!(e, storage::StorageError::Cancelled { .. })
+}
+
+/// The error of a source whose read reached `[quiesce] max-downtime`.
+fn cap_error(cap: Duration) -> String {
+    format!(
+        "reading took longer than max-downtime ({}) while containers were held: aborted, nothing was stored, \
+         the containers were resumed (raise `max-downtime` in [quiesce], or quiesce this source with `none`)",
+        humantime::format_duration(cap)
+    )
+}
+
+/// "not stored: <each target's error>" (the errors name their target).
+fn not_stored(target_errors: &BTreeMap<String, String>) -> String {
+    if target_errors.is_empty() {
+        return "not stored: no target accepted the upload".into();
+    }
+    format!(
+        "not stored: {}",
+        target_errors
+            .values()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("; ")
+    )
+}

@@ -1,0 +1,600 @@
+//! Configuration in two stages: raw serde structs that mirror the TOML file exactly (`deny_unknown_fields`,
+//! kebab-case, so a typo is an error naming the key), then a validated [`Config`] the rest of the crate uses.
+//! CLI flags are a separate type (`cli`) applied on top. Secrets are read from `*_file` keys or the environment,
+//! never stored in the TOML itself; a secrets file readable by group or others is refused.
+//!
+//! This is the bottom floor of the crate: it imports nothing from it. The settings types the file is parsed into
+//! are defined here once (quiesce, retention, targets) and the domain modules read them (`retention` plans with
+//! [`Retention`], `storage` opens a [`Target`], the manifest records a [`QuiesceAction`]).
+//!
+//! `raw` is the file as written, `retention` the retention settings, `target` the targets and `--target` words,
+//! `units` durations, sizes and secret files; this file is [`Config`] itself: loading, validating, jobs.
+//!
+//! With no config file at all, [`Config::default`] is a usable configuration: one job `default`, all named
+//! volumes, quiesce `none`, no targets (so `--target` is needed).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+mod raw;
+mod retention;
+mod target;
+mod units;
+
+pub use raw::RawConfig;
+use raw::{RawArchive, RawEncryption, RawJob, RawQuiesce, RawSelection};
+use retention::merge_retention;
+pub use retention::{Policy, RawRetention, Retention};
+pub use target::{ChecksumMode, S3Target, Target, TargetKind, CHECK_TIMEOUT};
+pub use units::{parse_duration, parse_size, read_secret_file};
+
+/// Where the config is looked for when `--config` is not given.
+pub const DEFAULT_CONFIG_PATHS: &[&str] = &["/etc/voltar/config.toml", "voltar.toml"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config: {0}")]
+    Invalid(String),
+    #[error("secret file {path}: {message}")]
+    Secret { path: PathBuf, message: String },
+    /// A `--target` bare word that names neither a configured target nor an existing directory.
+    #[error("unknown target `{name}`: {detail}")]
+    UnknownTarget { name: String, detail: String },
+}
+
+#[derive(Clone, Debug)]
+pub struct Selection {
+    /// Glob patterns of volume names to include (default `*`).
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+    /// Back up every bind mount of every container (still never `/`, sockets or devices).
+    pub bind_mounts: bool,
+    /// Glob patterns of host paths of bind mounts to include.
+    pub include_binds: Vec<String>,
+    pub exclude_binds: Vec<String>,
+}
+
+impl Default for Selection {
+    fn default() -> Self {
+        Selection {
+            include: vec!["*".into()],
+            exclude: vec![],
+            bind_mounts: false,
+            include_binds: vec![],
+            exclude_binds: vec![],
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Quiesce {
+    pub default: QuiesceAction,
+    pub stop_timeout: Duration,
+    /// The longest a source's read may keep its containers paused or stopped; past it the source is aborted
+    /// and the containers are resumed.
+    pub max_downtime: Duration,
+}
+
+/// Default of `[quiesce] max-downtime`.
+pub const DEFAULT_MAX_DOWNTIME: Duration = Duration::from_secs(600);
+
+impl Default for Quiesce {
+    fn default() -> Self {
+        Quiesce {
+            default: QuiesceAction::None,
+            stop_timeout: Duration::from_secs(30),
+            max_downtime: DEFAULT_MAX_DOWNTIME,
+        }
+    }
+}
+
+/// What is done to a container while a source is read, as the config and labels name it and as the manifest
+/// records it (`none`, `pause`, `stop`: this serde form is in every manifest and must not change).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum QuiesceAction {
+    /// Nothing: the container kept running (or was not running).
+    None,
+    Pause,
+    Stop,
+}
+
+impl fmt::Display for QuiesceAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            QuiesceAction::None => "none",
+            QuiesceAction::Pause => "pause",
+            QuiesceAction::Stop => "stop",
+        })
+    }
+}
+
+impl FromStr for QuiesceAction {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "none" => Ok(QuiesceAction::None),
+            "pause" => Ok(QuiesceAction::Pause),
+            "stop" => Ok(QuiesceAction::Stop),
+            other => Err(format!(
+                "`{other}` is not a quiesce mode (use pause, stop or none)"
+            )),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Archive {
+    pub zstd_level: i32,
+    /// 0 = one per core plus one.
+    pub zstd_threads: u32,
+}
+
+impl Default for Archive {
+    fn default() -> Self {
+        Archive {
+            zstd_level: 3,
+            zstd_threads: 0,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Encryption {
+    /// `age1…` or ssh public keys.
+    pub recipients: Vec<String>,
+    /// Path of the passphrase file (read when needed).
+    pub passphrase_file: Option<PathBuf>,
+}
+
+impl Encryption {
+    pub fn enabled(&self) -> bool {
+        !self.recipients.is_empty() || self.passphrase_file.is_some()
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Job {
+    pub name: String,
+    /// Names of targets in [`Config::targets`].
+    pub targets: Vec<String>,
+    pub selection: Selection,
+    pub quiesce: Quiesce,
+    pub retention: Retention,
+    /// Prune after each successful backup.
+    pub prune: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where the crash journal and locks live.
+    pub state_dir: PathBuf,
+    /// Where a backup spools the stream of a target that falls behind while containers are held; `None`:
+    /// `<state_dir>/spool` (see [`Config::spool_dir`]).
+    pub spool_dir: Option<PathBuf>,
+    pub docker_host: Option<String>,
+    pub archive: Archive,
+    pub encryption: Encryption,
+    pub targets: BTreeMap<String, Target>,
+    pub jobs: BTreeMap<String, Job>,
+    /// Path the config was read from, if any.
+    pub source: Option<PathBuf>,
+}
+
+pub const DEFAULT_JOB: &str = "default";
+
+impl Default for Config {
+    fn default() -> Self {
+        let mut jobs = BTreeMap::new();
+        jobs.insert(
+            DEFAULT_JOB.to_string(),
+            Job {
+                name: DEFAULT_JOB.into(),
+                targets: vec![],
+                selection: Selection::default(),
+                quiesce: Quiesce::default(),
+                retention: Retention::default(),
+                prune: false,
+            },
+        );
+        Config {
+            state_dir: default_state_dir(),
+            spool_dir: None,
+            docker_host: None,
+            archive: Archive::default(),
+            encryption: Encryption::default(),
+            targets: BTreeMap::new(),
+            jobs,
+            source: None,
+        }
+    }
+}
+
+fn default_state_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("VOLTAR_STATE_DIR") {
+        return PathBuf::from(d);
+    }
+    // root: /var/lib/voltar; others: $XDG_STATE_HOME/voltar or ~/.local/state/voltar.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/var/lib/voltar");
+    }
+    if let Ok(x) = std::env::var("XDG_STATE_HOME") {
+        return PathBuf::from(x).join("voltar");
+    }
+    match std::env::var("HOME") {
+        Ok(h) => PathBuf::from(h).join(".local/state/voltar"),
+        Err(_) => std::env::temp_dir().join("voltar-state"),
+    }
+}
+
+/// `line L, column C: <what>` — the toml crate's own rendering spans several lines with a source excerpt, which
+/// reads as noise once folded into one error line.
+fn toml_message(text: &str, e: &toml::de::Error) -> String {
+    let what = e.message().trim().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {col}: {what}")
+        }
+        None => what,
+    }
+}
+
+impl Config {
+    /// The spool directory: `spool-dir`, else `<state-dir>/spool`.
+    pub fn spool_dir(&self) -> PathBuf {
+        self.spool_dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("spool"))
+    }
+
+    /// Load from `path`, or from the first of [`DEFAULT_CONFIG_PATHS`] that exists, or defaults.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let path = match path {
+            Some(p) => Some(p.to_path_buf()),
+            None => DEFAULT_CONFIG_PATHS
+                .iter()
+                .map(PathBuf::from)
+                .find(|p| p.exists()),
+        };
+        match path {
+            None => Ok(Config::default()),
+            Some(p) => {
+                let text = std::fs::read_to_string(&p).map_err(|source| ConfigError::Read {
+                    path: p.clone(),
+                    source,
+                })?;
+                let mut c = Config::parse(&text).map_err(|e| match e {
+                    ConfigError::Parse { message, .. } => ConfigError::Parse {
+                        path: p.clone(),
+                        message,
+                    },
+                    ConfigError::Invalid(message) => ConfigError::Parse {
+                        path: p.clone(),
+                        message,
+                    },
+                    other => other,
+                })?;
+                c.source = Some(p);
+                Ok(c)
+            }
+        }
+    }
+
+    /// Parse and validate TOML text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<config>"),
+            message: toml_message(text, &e),
+        })?;
+        Config::validate(raw)
+    }
+
+    /// The validated config of a parsed file: defaults filled in, every value checked, each message naming its
+    /// key. The top-level sections are the base every job starts from.
+    pub fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+        let mut c = Config::default();
+        if let Some(d) = raw.state_dir {
+            c.state_dir = d;
+        }
+        c.spool_dir = raw.spool_dir;
+        c.docker_host = raw.docker.and_then(|d| d.host);
+        if let Some(a) = raw.archive {
+            c.archive = archive(a)?;
+        }
+        if let Some(e) = raw.encryption {
+            c.encryption = encryption(e)?;
+        }
+        let selection = merge_selection(Selection::default(), raw.selection.as_ref())?;
+        let quiesce = merge_quiesce(Quiesce::default(), raw.quiesce.as_ref())?;
+        let retention = merge_retention(Retention::default(), raw.retention.as_ref())?;
+        for (name, t) in raw.target {
+            let target = Target::from_raw(name, t, &retention)?;
+            c.targets.insert(target.name.clone(), target);
+        }
+        // The top level as a job: with no [job.*] it is the implicit `default` job, writing to every target.
+        let base = Job {
+            name: DEFAULT_JOB.into(),
+            targets: c.targets.keys().cloned().collect(),
+            selection,
+            quiesce,
+            prune: !retention.policy.is_empty(),
+            retention,
+        };
+        c.jobs = if raw.job.is_empty() {
+            BTreeMap::from([(base.name.clone(), base)])
+        } else {
+            raw.job
+                .into_iter()
+                .map(|(name, j)| Ok((name.clone(), job(name, j, &c.targets, &base)?)))
+                .collect::<Result<_, ConfigError>>()?
+        };
+        Ok(c)
+    }
+
+    /// The job named `name`, or the only/default one when `None`.
+    pub fn job(&self, name: Option<&str>) -> Result<&Job, ConfigError> {
+        match name {
+            Some(n) => self.jobs.get(n).ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "no job `{n}` in the config (known: {})",
+                    known(self.jobs.keys())
+                ))
+            }),
+            None => {
+                if let Some(j) = self.jobs.get(DEFAULT_JOB) {
+                    return Ok(j);
+                }
+                if self.jobs.len() == 1 {
+                    return Ok(self.jobs.values().next().expect("one job"));
+                }
+                Err(ConfigError::Invalid(format!(
+                    "several jobs are configured; pick one with --job (known: {})",
+                    known(self.jobs.keys())
+                )))
+            }
+        }
+    }
+}
+
+fn known<'a>(names: impl Iterator<Item = &'a String>) -> String {
+    let v: Vec<&str> = names.map(String::as_str).collect();
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+fn check_name(what: &str, name: &str) -> Result<(), ConfigError> {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(ConfigError::Invalid(format!(
+            "{what} name `{name}`: use letters, digits, `-` and `_` only"
+        )));
+    }
+    Ok(())
+}
+
+/// `[archive]` over the defaults.
+fn archive(a: RawArchive) -> Result<Archive, ConfigError> {
+    let mut archive = Archive::default();
+    if let Some(l) = a.zstd_level {
+        if !(1..=22).contains(&l) {
+            return Err(ConfigError::Invalid(format!(
+                "archive.zstd-level = {l}: must be between 1 and 22"
+            )));
+        }
+        archive.zstd_level = l;
+    }
+    if let Some(t) = a.zstd_threads {
+        archive.zstd_threads = t;
+    }
+    Ok(archive)
+}
+
+/// `[encryption]`: recipients (inline and from `recipients-file`) or a passphrase file, not both.
+fn encryption(e: RawEncryption) -> Result<Encryption, ConfigError> {
+    let mut recipients = e.recipients.unwrap_or_default();
+    if let Some(f) = e.recipients_file {
+        let text = std::fs::read_to_string(&f).map_err(|source| ConfigError::Read {
+            path: f.clone(),
+            source,
+        })?;
+        recipients.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(String::from),
+        );
+    }
+    if !recipients.is_empty() && e.passphrase_file.is_some() {
+        return Err(ConfigError::Invalid(
+            "encryption: set either recipients or passphrase-file, not both".into(),
+        ));
+    }
+    Ok(Encryption {
+        recipients,
+        passphrase_file: e.passphrase_file,
+    })
+}
+
+/// A `[job.NAME]` table over `base` (the top-level sections); its targets must be configured ones.
+fn job(
+    name: String,
+    j: RawJob,
+    targets: &BTreeMap<String, Target>,
+    base: &Job,
+) -> Result<Job, ConfigError> {
+    check_name("job", &name)?;
+    let job_targets = j.targets.unwrap_or_else(|| base.targets.clone());
+    for t in &job_targets {
+        if !targets.contains_key(t) {
+            return Err(ConfigError::Invalid(format!(
+                "job.{name}.targets names `{t}`, but there is no [target.{t}] (known: {})",
+                known(targets.keys())
+            )));
+        }
+    }
+    let retention = merge_retention(base.retention.clone(), j.retention.as_ref())?;
+    Ok(Job {
+        targets: job_targets,
+        selection: merge_selection(base.selection.clone(), j.selection.as_ref())?,
+        quiesce: merge_quiesce(base.quiesce.clone(), j.quiesce.as_ref())?,
+        prune: j.prune.unwrap_or(!retention.policy.is_empty()),
+        retention,
+        name,
+    })
+}
+
+fn merge_selection(mut s: Selection, raw: Option<&RawSelection>) -> Result<Selection, ConfigError> {
+    if let Some(r) = raw {
+        if let Some(v) = &r.include {
+            s.include = v.clone();
+        }
+        if let Some(v) = &r.exclude {
+            s.exclude = v.clone();
+        }
+        if let Some(v) = r.bind_mounts {
+            s.bind_mounts = v;
+        }
+        if let Some(v) = &r.include_binds {
+            s.include_binds = v.clone();
+        }
+        if let Some(v) = &r.exclude_binds {
+            s.exclude_binds = v.clone();
+        }
+    }
+    for p in s
+        .include
+        .iter()
+        .chain(&s.exclude)
+        .chain(&s.include_binds)
+        .chain(&s.exclude_binds)
+    {
+        globset::Glob::new(p)
+            .map_err(|e| ConfigError::Invalid(format!("selection pattern `{p}`: {e}")))?;
+    }
+    Ok(s)
+}
+
+fn merge_quiesce(mut q: Quiesce, raw: Option<&RawQuiesce>) -> Result<Quiesce, ConfigError> {
+    if let Some(r) = raw {
+        if let Some(d) = &r.default {
+            q.default = d
+                .parse()
+                .map_err(|m| ConfigError::Invalid(format!("quiesce.default: {m}")))?;
+        }
+        if let Some(t) = &r.stop_timeout {
+            q.stop_timeout = parse_duration(t)
+                .map_err(|m| ConfigError::Invalid(format!("quiesce.stop-timeout: {m}")))?;
+        }
+        if let Some(t) = &r.max_downtime {
+            q.max_downtime = parse_duration(t)
+                .map_err(|m| ConfigError::Invalid(format!("quiesce.max-downtime: {m}")))?;
+            if q.max_downtime.is_zero() {
+                return Err(ConfigError::Invalid(
+                    "quiesce.max-downtime must be more than 0s".into(),
+                ));
+            }
+        }
+    }
+    Ok(q)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_errors_naming_the_key() {
+        let e = Config::parse("[quiesce]\ndefualt = \"pause\"\n").unwrap_err();
+        assert!(e.to_string().contains("defualt"), "{e}");
+        let e = Config::parse("colour = 1\n").unwrap_err();
+        assert!(e.to_string().contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn example_config_parses_and_means_what_it_says() {
+        let c = Config::parse(include_str!("../../config.example.toml")).unwrap();
+        let j = c.job(Some("nightly")).unwrap();
+        assert_eq!(j.targets, vec!["local", "offsite"]);
+        assert!(j.prune);
+        assert_eq!(j.retention.policy.keep_daily, Some(7));
+        assert_eq!(j.quiesce.stop_timeout, Duration::from_secs(30));
+        assert_eq!(j.quiesce.max_downtime, DEFAULT_MAX_DOWNTIME);
+        assert_eq!(c.spool_dir(), PathBuf::from("/var/lib/voltar/spool"));
+        match &c.targets["offsite"].kind {
+            TargetKind::S3(s) => assert_eq!(
+                (s.bucket.as_str(), s.prefix.as_str()),
+                ("my-backups", "voltar/host1")
+            ),
+            other => panic!("offsite is {other:?}"),
+        }
+        assert!(c.job(None).is_ok(), "a single job is picked without --job");
+    }
+
+    #[test]
+    fn empty_config_is_the_default() {
+        let c = Config::parse("").unwrap();
+        let j = c.job(None).unwrap();
+        assert_eq!(j.selection.include, vec!["*"]);
+        assert_eq!(j.quiesce.default, QuiesceAction::None);
+        assert_eq!(c.archive.zstd_level, 3);
+    }
+
+    #[test]
+    fn spool_dir_max_downtime_and_check_timeout() {
+        let c = Config::parse(
+            "state-dir = \"/st\"\n[quiesce]\nmax-downtime = \"90s\"\n[target.s]\ntype = \"s3\"\nbucket = \"b\"\ncheck-timeout = \"12s\"\n[job.a]\n[job.a.quiesce]\nmax-downtime = \"2m\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.spool_dir(), PathBuf::from("/st/spool"));
+        assert_eq!(
+            c.job(Some("a")).unwrap().quiesce.max_downtime,
+            Duration::from_secs(120)
+        );
+        assert_eq!(c.targets["s"].check_timeout(), Duration::from_secs(12));
+        let c = Config::parse("spool-dir = \"/fast/spool\"\n").unwrap();
+        assert_eq!(c.spool_dir(), PathBuf::from("/fast/spool"));
+        assert_eq!(
+            c.job(None).unwrap().quiesce.max_downtime,
+            Duration::from_secs(600)
+        );
+        for bad in [
+            "[quiesce]\nmax-downtime = \"0s\"\n",
+            "[quiesce]\nmax-downtime = \"soon\"\n",
+            "[target.l]\ntype = \"local\"\npath = \"/b\"\ncheck-timeout = \"5s\"\n",
+            "[target.s]\ntype = \"s3\"\nbucket = \"b\"\ncheck-timeout = \"0s\"\n",
+        ] {
+            let e = Config::parse(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("max-downtime") || e.contains("check-timeout"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn job_naming_an_unknown_target_is_an_error() {
+        let e = Config::parse("[job.nightly]\ntargets = [\"nas\"]\n").unwrap_err();
+        assert!(e.to_string().contains("nas"), "{e}");
+    }
+}
