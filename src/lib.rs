@@ -5,7 +5,8 @@
 //!
 //! * [`config`] turns TOML + environment into a validated [`config::Config`];
 //! * [`docker`] is the only module that talks to the Docker Engine (bollard types never leave it);
-//! * [`plan`] is pure: discovery + config → what to back up and which containers to quiesce;
+//! * [`plan`] is pure: discovery + config → what to back up and which containers to quiesce ([`sizes`]: how big
+//!   its sources are now, for `voltar plan`);
 //! * [`quiesce`] pauses/stops containers with a journal so that they are always put back;
 //! * [`archive`] packs a directory into PAX tar and unpacks archives safely;
 //! * [`storage`] is a narrow object-store trait with `local` and `s3` backends;
@@ -31,6 +32,7 @@ pub mod quiesce;
 pub mod readback;
 pub mod restore;
 pub mod retention;
+pub mod sizes;
 pub mod storage;
 pub mod verify;
 

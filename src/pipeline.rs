@@ -207,19 +207,33 @@ pub const LEG_QUEUE_HELD: usize = 32;
 /// nothing half-written is published. `cancel` (SIGINT/SIGTERM) aborts every leg that is still writing.
 /// Returns when every leg has finished or been aborted, in target order.
 pub async fn fan_out(
-    mut rx: mpsc::Receiver<Bytes>,
+    rx: mpsc::Receiver<Bytes>,
     legs: Vec<Leg>,
     commit: impl std::future::Future<Output = bool>,
     pace: Pace,
     cancel: CancellationToken,
 ) -> Vec<LegResult> {
     let (decision_tx, decision_rx) = watch::channel(None::<bool>);
-    let mut feeds = Vec::with_capacity(legs.len());
-    let mut tasks = Vec::with_capacity(legs.len());
     let depth = match pace {
         Pace::Backpressure => LEG_QUEUE,
         Pace::Spool { .. } => LEG_QUEUE_HELD,
     };
+    let (feeds, tasks) = start_legs(legs, depth, decision_rx, &cancel);
+    let done = feed_legs(rx, feeds, &pace).await;
+    let ok = commit.await && !cancel.is_cancelled();
+    let _ = decision_tx.send(Some(ok));
+    leg_results(tasks, done).await
+}
+
+/// A writer task per leg, and the packer's [`Feed`] into it.
+fn start_legs(
+    legs: Vec<Leg>,
+    depth: usize,
+    decision: watch::Receiver<Option<bool>>,
+    cancel: &CancellationToken,
+) -> (Vec<Feed>, Vec<LegTask>) {
+    let mut feeds = Vec::with_capacity(legs.len());
+    let mut tasks = Vec::with_capacity(legs.len());
     for leg in legs {
         let (tx, queue) = mpsc::channel(depth);
         let (handoff, spool) = oneshot::channel();
@@ -230,7 +244,7 @@ pub async fn fan_out(
                 leg.writer,
                 queue,
                 spool,
-                decision_rx.clone(),
+                decision.clone(),
                 stop.clone(),
             )),
         ));
@@ -245,11 +259,22 @@ pub async fn fan_out(
             dead: false,
         });
     }
-    drop(decision_rx);
+    (feeds, tasks)
+}
+
+/// A leg's target and its writer task.
+type LegTask = (
+    usize,
+    tokio::task::JoinHandle<Result<ObjectMeta, StorageError>>,
+);
+
+/// Every chunk of `rx` to every leg still alive; `rx` is dropped as soon as none is (the packer then stops). Then
+/// the feeds are closed; returns them all.
+async fn feed_legs(mut rx: mpsc::Receiver<Bytes>, mut feeds: Vec<Feed>, pace: &Pace) -> Vec<Feed> {
     let mut done: Vec<Feed> = Vec::new();
     while let Some(chunk) = rx.recv().await {
         for f in feeds.iter_mut() {
-            f.push(chunk.clone(), &pace).await;
+            f.push(chunk.clone(), pace).await;
         }
         let (live, dead): (Vec<Feed>, Vec<Feed>) = feeds.into_iter().partition(|f| !f.dead);
         done.extend(dead);
@@ -263,9 +288,11 @@ pub async fn fan_out(
         f.close();
     }
     done.extend(feeds);
-    let ok = commit.await && !cancel.is_cancelled();
-    let _ = decision_tx.send(Some(ok));
+    done
+}
 
+/// How each leg ended, in target order: its writer task's result, unless its spool failed it first.
+async fn leg_results(tasks: Vec<LegTask>, mut done: Vec<Feed>) -> Vec<LegResult> {
     let mut results = Vec::with_capacity(tasks.len());
     for (target, task) in tasks {
         let result = match task.await {

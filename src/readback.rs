@@ -10,7 +10,7 @@
 
 use std::collections::BTreeSet;
 use std::io::Read;
-use std::path::{Component, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::archive::unpack::{UnpackOptions, UnpackReport};
@@ -54,8 +54,9 @@ pub enum Entries {
     Scan,
     /// Extract them into the existing directory `dest` (restore, import).
     Unpack { dest: PathBuf, opts: UnpackOptions },
-    /// Collect their names, relative (the dry run's "would be removed").
-    List,
+    /// Collect the relative names unpacking with these options would write, by unpack's rules (the dry run's
+    /// "would be removed").
+    List(UnpackOptions),
 }
 
 /// The result of walking the entries, by [`Entries`].
@@ -149,31 +150,12 @@ pub fn walk<R: Read>(mut dec: R, entries: Entries) -> Result<Walked, WalkError> 
         Entries::Unpack { dest, opts } => Walked::Unpacked(
             archive::unpack::unpack(&mut dec, &dest, &opts).map_err(WalkError::Entries)?,
         ),
-        Entries::List => Walked::Listed(list(&mut dec)?),
+        Entries::List(opts) => {
+            Walked::Listed(archive::unpack::list(&mut dec, &opts).map_err(WalkError::Entries)?)
+        }
     };
     std::io::copy(&mut dec, &mut std::io::sink()).map_err(WalkError::Trailer)?;
     Ok(walked)
-}
-
-/// Names in an archive, relative: only the normal components of each entry's path are kept.
-fn list<R: Read>(dec: R) -> Result<BTreeSet<PathBuf>, WalkError> {
-    let corrupt = |e: std::io::Error| WalkError::Entries(ArchiveError::Corrupt(e.to_string()));
-    let mut a = tar::Archive::new(archive::unpack::meta_capped(dec));
-    let mut names = BTreeSet::new();
-    for e in a.entries().map_err(corrupt)? {
-        let e = e.map_err(corrupt)?;
-        let p = e.path().map_err(corrupt)?;
-        let mut clean = PathBuf::new();
-        for c in p.components() {
-            if let Component::Normal(x) = c {
-                clean.push(x);
-            }
-        }
-        if !clean.as_os_str().is_empty() {
-            names.insert(clean);
-        }
-    }
-    Ok(names)
 }
 
 /// The tar stream inside a stored object: age-decrypted when `decryptor` is given (an encrypted backup), then

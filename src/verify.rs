@@ -18,7 +18,7 @@ use chrono::Utc;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::archive::Counts;
+use crate::archive::{Counted, Counts};
 use crate::catalog::{self, Manifest, SourceRecord};
 use crate::config::{Config, Target};
 use crate::crypto::Decryptor;
@@ -158,21 +158,17 @@ pub fn check_tree(root: &Path, expected: &Counts) -> Vec<String> {
             continue;
         };
         let ft = m.file_type();
-        found.entries += 1;
-        if ft.is_dir() {
-            found.dirs += 1;
+        found.add(if ft.is_dir() {
+            Counted::Dir
         } else if ft.is_symlink() {
-            found.symlinks += 1;
-        } else if ft.is_file() {
-            if m.nlink() > 1 && !seen.insert((m.dev(), m.ino())) {
-                found.hardlinks += 1;
-            } else {
-                found.files += 1;
-                found.bytes += m.len();
-            }
+            Counted::Symlink
+        } else if !ft.is_file() {
+            Counted::Other
+        } else if m.nlink() > 1 && !seen.insert((m.dev(), m.ino())) {
+            Counted::Hardlink
         } else {
-            found.other += 1;
-        }
+            Counted::File(m.len())
+        });
     }
     // The archive may carry the root directory itself as an entry.
     let mut exp = expected.clone();

@@ -24,15 +24,6 @@ fn fd<'a>(raw: RawFd) -> BorrowedFd<'a> {
     unsafe { BorrowedFd::borrow_raw(raw) }
 }
 
-/// Turn a C return value into an `io::Result` (for the libc calls that remain outside this module).
-pub(super) fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
-}
-
 /// Open a trusted directory by path (it may be reached through symlinks: the caller chose it).
 pub(super) fn open_root(root: &Path) -> io::Result<OwnedFd> {
     let c = CString::new(root.as_os_str().as_bytes())

@@ -1,4 +1,4 @@
-//! Archives: streaming pack (walk → PAX tar), compression layers, safe unpack, and a metadata-aware tree walker.
+//! Archives: streaming pack (walk → PAX tar), compression layers, and safe unpack.
 //! Knows nothing about Docker or storage.
 
 pub mod compress;
@@ -6,12 +6,42 @@ mod fsat;
 mod names;
 pub mod pack;
 mod pax;
-pub mod tree;
 pub mod unpack;
 
 use std::path::PathBuf;
 
 pub use crate::catalog::Counts;
+
+/// What one archive entry counts as in [`Counts`]. The one place the counting rules (`unpack`'s module docs) are
+/// applied: `pack` counts what it writes, `unpack`/`scan` what they read, verify's restore test what it restored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counted {
+    /// A regular file, with its logical size.
+    File(u64),
+    Dir,
+    Symlink,
+    Hardlink,
+    /// A FIFO or a device node.
+    Other,
+}
+
+impl Counts {
+    /// Count one entry.
+    #[inline]
+    pub fn add(&mut self, kind: Counted) {
+        match kind {
+            Counted::File(bytes) => {
+                self.files += 1;
+                self.bytes += bytes;
+            }
+            Counted::Dir => self.dirs += 1,
+            Counted::Symlink => self.symlinks += 1,
+            Counted::Hardlink => self.hardlinks += 1,
+            Counted::Other => self.other += 1,
+        }
+        self.entries += 1;
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {

@@ -80,56 +80,16 @@ pub(super) fn describe<R: Read>(
     let display = String::from_utf8_lossy(&path).into_owned();
     let corrupt = |msg: String| ArchiveError::Corrupt(format!("entry `{display}`: {msg}"));
     let header = entry.header();
-    let kind = match header.entry_type() {
-        tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
-            Kind::File
-        }
-        tar::EntryType::Directory => Kind::Dir,
-        tar::EntryType::Symlink => Kind::Symlink,
-        tar::EntryType::Link => Kind::Hardlink,
-        tar::EntryType::Fifo => Kind::Fifo,
-        tar::EntryType::Char => Kind::Char,
-        tar::EntryType::Block => Kind::Block,
-        other => Kind::Skip(other.as_byte()),
-    };
+    let kind = kind_of(header.entry_type());
     let data_size = entry.size();
     let mode = header
         .mode()
         .map_err(|e| corrupt(format!("bad mode: {e}")))?
         & 0o7777;
-    let uid = match pax.uid {
-        Some(u) => u,
-        None => header.uid().map_err(|e| corrupt(format!("bad uid: {e}")))?,
-    };
-    let gid = match pax.gid {
-        Some(g) => g,
-        None => header.gid().map_err(|e| corrupt(format!("bad gid: {e}")))?,
-    };
-    // Ids are 32-bit on Linux and (uid_t)-1 means "leave unchanged" to chown: larger values would be truncated
-    // into some other id, so they are refused rather than guessed.
-    if uid >= u64::from(u32::MAX) || gid >= u64::from(u32::MAX) {
-        return Err(corrupt(format!("uid/gid {uid}:{gid} out of range")));
-    }
-    let mtime = match &pax.mtime {
-        Some(v) => parse_pax_time(v).ok_or_else(|| corrupt("bad PAX mtime".into()))?,
-        None => {
-            let t = header
-                .mtime()
-                .map_err(|e| corrupt(format!("bad mtime: {e}")))?;
-            (i64::try_from(t).unwrap_or(i64::MAX), 0)
-        }
-    };
+    let (uid, gid) = owner(header, &pax).map_err(corrupt)?;
+    let mtime = mtime_of(header, &pax).map_err(corrupt)?;
     let dev = if matches!(kind, Kind::Char | Kind::Block) {
-        (
-            header
-                .device_major()
-                .map_err(|e| corrupt(format!("bad device major: {e}")))?
-                .unwrap_or(0),
-            header
-                .device_minor()
-                .map_err(|e| corrupt(format!("bad device minor: {e}")))?
-                .unwrap_or(0),
-        )
+        device(header).map_err(corrupt)?
     } else {
         (0, 0)
     };
@@ -170,6 +130,61 @@ pub(super) fn describe<R: Read>(
         sparse,
         dev,
     })
+}
+
+fn kind_of(t: tar::EntryType) -> Kind {
+    match t {
+        tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+            Kind::File
+        }
+        tar::EntryType::Directory => Kind::Dir,
+        tar::EntryType::Symlink => Kind::Symlink,
+        tar::EntryType::Link => Kind::Hardlink,
+        tar::EntryType::Fifo => Kind::Fifo,
+        tar::EntryType::Char => Kind::Char,
+        tar::EntryType::Block => Kind::Block,
+        other => Kind::Skip(other.as_byte()),
+    }
+}
+
+/// uid and gid, from the PAX records or else the header. `Err`: what is wrong with them.
+fn owner(header: &tar::Header, pax: &PaxFields) -> Result<(u64, u64), String> {
+    let uid = match pax.uid {
+        Some(u) => u,
+        None => header.uid().map_err(|e| format!("bad uid: {e}"))?,
+    };
+    let gid = match pax.gid {
+        Some(g) => g,
+        None => header.gid().map_err(|e| format!("bad gid: {e}"))?,
+    };
+    // Ids are 32-bit on Linux and (uid_t)-1 means "leave unchanged" to chown: larger values would be truncated
+    // into some other id, so they are refused rather than guessed.
+    if uid >= u64::from(u32::MAX) || gid >= u64::from(u32::MAX) {
+        return Err(format!("uid/gid {uid}:{gid} out of range"));
+    }
+    Ok((uid, gid))
+}
+
+/// The mtime (seconds, nanoseconds), from the PAX record or else the header.
+fn mtime_of(header: &tar::Header, pax: &PaxFields) -> Result<(i64, u32), String> {
+    match &pax.mtime {
+        Some(v) => parse_pax_time(v).ok_or_else(|| "bad PAX mtime".to_string()),
+        None => {
+            let t = header.mtime().map_err(|e| format!("bad mtime: {e}"))?;
+            Ok((i64::try_from(t).unwrap_or(i64::MAX), 0))
+        }
+    }
+}
+
+/// A device node's major and minor numbers.
+fn device(header: &tar::Header) -> Result<(u32, u32), String> {
+    let major = header
+        .device_major()
+        .map_err(|e| format!("bad device major: {e}"))?;
+    let minor = header
+        .device_minor()
+        .map_err(|e| format!("bad device minor: {e}"))?;
+    Ok((major.unwrap_or(0), minor.unwrap_or(0)))
 }
 
 /// The PAX records of one entry that [`describe`] uses, by key.

@@ -65,7 +65,7 @@
 //! that name in a non-empty destination would be wrong); it is listed in the warnings so the user can widen
 //! the filter.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -83,10 +83,10 @@ use super::fsat::{
     open_root, proc_path, set_mtime_at, set_mtime_fd, symlink_at, type_at, unlink_at,
 };
 pub use super::fsat::{exists_at, open_dir_beneath};
-use super::names::{filter_components, join, sanitize, NameError};
+use super::names::{join, Selection};
 use super::pax::{check_map, describe, read_sparse_map, Described, Kind, PaxTap, Sparse};
 pub use super::pax::{MAX_META_HEADER, MAX_SPARSE_SEGMENTS};
-use super::{ArchiveError, Counts};
+use super::{ArchiveError, Counted, Counts};
 
 /// Default header sanity limit for one entry's size: 16 TiB.
 pub const DEFAULT_MAX_ENTRY_SIZE: u64 = 16 << 40;
@@ -150,7 +150,7 @@ pub fn unpack<R: Read>(
         root,
         dest: dest.to_path_buf(),
         opts,
-        filter: opts.paths.iter().map(|p| filter_components(p)).collect(),
+        sel: Selection::new(opts.strip_components, &opts.paths),
         dirs: Vec::new(),
         notes: Notes::default(),
         counts: Counts::default(),
@@ -180,6 +180,46 @@ pub fn scan<R: Read>(tar_stream: R) -> Result<Counts, ArchiveError> {
     walk(tar_stream, u64::MAX, |entry, d| {
         drain(entry, d.data_size, &d.display, &mut buf, &None)
     })
+}
+
+/// What [`unpack`] with `opts` would write, without writing anything: the relative paths of the entries it
+/// extracts and of the parent directories it creates for them (the destination root left out). The same walk,
+/// name rules and selection as `unpack` (`..`, NUL, `--strip`, `--path`, hardlinks to outside the selection), so
+/// an archive unpack refuses fails here too, with the same error. The `restore --dry-run` listing.
+pub fn list<R: Read>(
+    tar_stream: R,
+    opts: &UnpackOptions,
+) -> Result<BTreeSet<PathBuf>, ArchiveError> {
+    let sel = Selection::new(opts.strip_components, &opts.paths);
+    let mut names = BTreeSet::new();
+    let mut buf = vec![0u8; BUF_SIZE];
+    walk(tar_stream, opts.max_entry_size, |entry, d| {
+        check_cancel(&opts.cancel)?;
+        if !matches!(d.kind, Kind::Skip(_)) {
+            let (_, comps) = sel
+                .member(&d.path, d.kind == Kind::Dir)
+                .map_err(|e| unsafe_entry(&d.display, e.reason()))?;
+            let written = match (&comps, d.kind) {
+                (None, _) => false,
+                (Some(_), Kind::Hardlink) => {
+                    let (_, target) = sel
+                        .link_target(hardlink_target(d)?)
+                        .map_err(|reason| unsafe_entry(&d.display, reason))?;
+                    sel.selected(&target)
+                }
+                (Some(_), _) => true,
+            };
+            if let (true, Some(comps)) = (written, comps) {
+                let mut p: PathBuf = comps.iter().collect();
+                // The entry, then its parents up to the first one already listed.
+                while !p.as_os_str().is_empty() && names.insert(p.clone()) {
+                    p.pop();
+                }
+            }
+        }
+        drain(entry, d.data_size, &d.display, &mut buf, &opts.cancel)
+    })?;
+    Ok(names)
 }
 
 /// The one loop over an archive's entries that `unpack` and `scan` share: metadata headers capped (`PaxTap`),
@@ -224,18 +264,14 @@ pub fn meta_capped<R: Read>(tar_stream: R) -> impl Read {
 }
 
 fn count(c: &mut Counts, d: &Described) {
-    match d.kind {
-        Kind::File => {
-            c.files += 1;
-            c.bytes += d.logical_size;
-        }
-        Kind::Dir => c.dirs += 1,
-        Kind::Symlink => c.symlinks += 1,
-        Kind::Hardlink => c.hardlinks += 1,
-        Kind::Fifo | Kind::Char | Kind::Block => c.other += 1,
+    c.add(match d.kind {
+        Kind::File => Counted::File(d.logical_size),
+        Kind::Dir => Counted::Dir,
+        Kind::Symlink => Counted::Symlink,
+        Kind::Hardlink => Counted::Hardlink,
+        Kind::Fifo | Kind::Char | Kind::Block => Counted::Other,
         Kind::Skip(_) => return,
-    }
-    c.entries += 1;
+    });
 }
 
 fn header_error(last: &Option<String>, e: io::Error) -> ArchiveError {
@@ -428,7 +464,7 @@ struct Extractor<'o> {
     root: OwnedFd,
     dest: PathBuf,
     opts: &'o UnpackOptions,
-    filter: Vec<Vec<OsString>>,
+    sel: Selection,
     dirs: Vec<DirMeta>,
     notes: Notes,
     counts: Counts,
@@ -436,6 +472,14 @@ struct Extractor<'o> {
     buf: Vec<u8>,
     euid: libc::uid_t,
     egid: libc::gid_t,
+}
+
+/// The raw target of hardlink entry `d`.
+fn hardlink_target(d: &Described) -> Result<&[u8], ArchiveError> {
+    d.link
+        .as_deref()
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| ArchiveError::Corrupt(format!("hardlink `{}` has no target", d.display)))
 }
 
 fn unsafe_entry(entry: &str, reason: impl Into<String>) -> ArchiveError {
@@ -446,10 +490,6 @@ fn unsafe_entry(entry: &str, reason: impl Into<String>) -> ArchiveError {
 }
 
 impl Extractor<'_> {
-    fn selected(&self, comps: &[OsString]) -> bool {
-        self.filter.is_empty() || self.filter.iter().any(|f| comps.starts_with(f))
-    }
-
     fn io_err(&self, comps: &[OsString], e: io::Error) -> ArchiveError {
         let mut p = self.dest.clone();
         for c in comps {
@@ -542,35 +582,15 @@ impl Extractor<'_> {
             self.skipped += 1;
             return Ok(());
         }
-        let (slash, comps) = match sanitize(&d.path, self.opts.strip_components) {
-            Ok(v) => v,
-            Err(NameError::DotDot) => {
-                return Err(unsafe_entry(&d.display, "the path contains `..`"))
-            }
-            Err(NameError::Nul) => {
-                return Err(unsafe_entry(&d.display, "the path contains a NUL byte"))
-            }
-        };
+        let (slash, comps) = self
+            .sel
+            .member(&d.path, d.kind == Kind::Dir)
+            .map_err(|e| unsafe_entry(&d.display, e.reason()))?;
         self.notes.leading_slash |= slash;
-        let comps = match comps {
-            Some(c) => c,
-            None => {
-                self.skipped += 1;
-                return Ok(());
-            }
-        };
-        if comps.is_empty() && d.kind != Kind::Dir {
-            // Only a directory can stand for the destination itself.
-            if self.opts.strip_components > 0 {
-                self.skipped += 1;
-                return Ok(());
-            }
-            return Err(unsafe_entry(&d.display, "the path is empty"));
-        }
-        if !self.selected(&comps) {
+        let Some(comps) = comps else {
             self.skipped += 1;
             return Ok(());
-        }
+        };
         if self.opts.same_owner {
             // chown failures are noted where they happen
         } else if d.uid != u64::from(self.euid) || d.gid != u64::from(self.egid) {
@@ -768,35 +788,13 @@ impl Extractor<'_> {
     }
 
     fn make_hardlink(&mut self, comps: &[OsString], d: &Described) -> Result<(), ArchiveError> {
-        let raw = d.link.as_deref().filter(|t| !t.is_empty()).ok_or_else(|| {
-            ArchiveError::Corrupt(format!("hardlink `{}` has no target", d.display))
-        })?;
-        let shown = String::from_utf8_lossy(raw).into_owned();
-        let target = match sanitize(raw, self.opts.strip_components) {
-            Ok((slash, Some(t))) if !t.is_empty() => {
-                self.notes.leading_slash |= slash;
-                t
-            }
-            Ok(_) => {
-                return Err(unsafe_entry(
-                    &d.display,
-                    format!("hardlink target `{shown}` lies outside the extracted tree"),
-                ))
-            }
-            Err(NameError::DotDot) => {
-                return Err(unsafe_entry(
-                    &d.display,
-                    format!("hardlink target `{shown}` contains `..`"),
-                ))
-            }
-            Err(NameError::Nul) => {
-                return Err(unsafe_entry(
-                    &d.display,
-                    "hardlink target contains a NUL byte",
-                ))
-            }
-        };
-        if !self.selected(&target) {
+        let raw = hardlink_target(d)?;
+        let (slash, target) = self
+            .sel
+            .link_target(raw)
+            .map_err(|reason| unsafe_entry(&d.display, reason))?;
+        self.notes.leading_slash |= slash;
+        if !self.sel.selected(&target) {
             self.notes
                 .link_outside_filter
                 .push(format!("{} -> {}", join(comps), join(&target)));

@@ -1,12 +1,10 @@
 //! `voltar plan` and `voltar backup`: run them, render the plan and the run summary (tables or `--json`), exit codes.
 
-use std::path::PathBuf;
-
 use anyhow::Result;
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
-use crate::backup::{self, BackupRequest, RunReport, Status};
+use crate::backup::{self, BackupRequest, RunReport, SourceReport, Status, TargetReport};
 use crate::config::Config;
 use crate::progress::Progress;
 
@@ -27,13 +25,7 @@ pub(super) async fn plan(
     let sizes = if no_size {
         None
     } else {
-        let paths: Vec<PathBuf> = plan.sources.iter().map(|s| s.path.clone()).collect();
-        Some(
-            tokio::task::spawn_blocking(move || {
-                paths.iter().map(|p| dir_size(p)).collect::<Vec<_>>()
-            })
-            .await?,
-        )
+        Some(crate::sizes::of_sources(&plan).await?)
     };
     if json {
         // Fields in the order of the plan's own JSON (as in `backup --json`), with each source's size.
@@ -126,23 +118,6 @@ pub(super) async fn backup(
     Ok(report.exit_code())
 }
 
-/// Apparent size of a directory tree (regular files), for `plan`.
-fn dir_size(p: &std::path::Path) -> Option<u64> {
-    if !p.is_dir() {
-        return None;
-    }
-    Some(
-        walkdir::WalkDir::new(p)
-            .follow_links(false)
-            .into_iter()
-            .filter_map(|e| e.ok())
-            .filter_map(|e| e.metadata().ok())
-            .filter(|m| m.is_file())
-            .map(|m| m.len())
-            .sum(),
-    )
-}
-
 fn render_plan(plan: &crate::plan::Plan, sizes: Option<&[Option<u64>]>) -> String {
     let mut rows = vec![vec![
         "SOURCE".to_string(),
@@ -232,29 +207,6 @@ fn render_run(r: &RunReport) -> String {
         "STATUS".into(),
     ]];
     for s in &r.sources {
-        let status = match s.status {
-            Status::Ok => "ok".to_string(),
-            Status::Partial => format!(
-                "partial: {}",
-                s.target_errors
-                    .iter()
-                    .map(|(t, e)| format!("{t}: {e}"))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            ),
-            Status::Incomplete => {
-                let mut t = format!(
-                    "INCOMPLETE: {} not archived",
-                    count(s.not_archived_count, "entry", "entries")
-                );
-                for (target, e) in &s.target_errors {
-                    t.push_str(&format!("; not stored on {target}: {e}"));
-                }
-                t
-            }
-            Status::Failed => format!("FAILED: {}", s.error.clone().unwrap_or_default()),
-            Status::Skipped => "skipped".into(),
-        };
         let downtime = s
             .containers
             .iter()
@@ -274,7 +226,7 @@ fn render_run(r: &RunReport) -> String {
             } else {
                 downtime
             },
-            status,
+            status_cell(s),
         ]);
     }
     let mut out = format!("backup {} (job {})\n", r.id, r.job);
@@ -282,18 +234,7 @@ fn render_run(r: &RunReport) -> String {
     // Entries missing from an archive first: they are why a source is incomplete (the list is capped per source,
     // the count is exact).
     for s in r.sources.iter().filter(|s| s.not_archived_count > 0) {
-        for e in s.not_archived.iter().take(NOT_ARCHIVED_SHOWN) {
-            out.push_str(&format!("not archived: {}: {e}\n", s.name));
-        }
-        let shown = s.not_archived.len().min(NOT_ARCHIVED_SHOWN) as u64;
-        if s.not_archived_count > shown {
-            out.push_str(&format!(
-                "not archived: {}: … and {} more (--json and `voltar show` list up to {})\n",
-                s.name,
-                s.not_archived_count - shown,
-                backup::NOT_ARCHIVED_LISTED
-            ));
-        }
+        out.push_str(&not_archived_lines(s));
     }
     for w in r
         .sources
@@ -304,33 +245,84 @@ fn render_run(r: &RunReport) -> String {
         out.push_str(&format!("warning: {}: {}\n", w.0.name, w.1));
     }
     for t in &r.targets {
-        let state = if t.committed {
-            "committed".to_string()
-        } else {
-            format!("NOT committed: {}", t.error.clone().unwrap_or_default())
-        };
-        out.push_str(&format!("target {}: {state}\n", t.location));
-        if t.committed {
-            if let Some(e) = &t.error {
-                out.push_str(&format!("  error: {e}\n"));
-            }
-        }
-        if let Some(p) = &t.prune {
-            out.push_str(&format!(
-                "  pruned: {} deleted, {} kept\n",
-                p.deleted.len(),
-                p.decisions.len().saturating_sub(p.deleted.len())
-            ));
-        }
-        if let Some(why) = &t.prune_skipped {
-            out.push_str(&format!("  prune skipped: {why}\n"));
-        }
+        out.push_str(&target_lines(t));
     }
     for n in &r.notes {
         out.push_str(&format!("note: {n}\n"));
     }
     for n in &r.recovered {
         out.push_str(&format!("recovered: {n}\n"));
+    }
+    out
+}
+
+/// The STATUS cell of a source's row.
+fn status_cell(s: &SourceReport) -> String {
+    match s.status {
+        Status::Ok => "ok".to_string(),
+        Status::Partial => format!(
+            "partial: {}",
+            s.target_errors
+                .iter()
+                .map(|(t, e)| format!("{t}: {e}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+        Status::Incomplete => {
+            let mut t = format!(
+                "INCOMPLETE: {} not archived",
+                count(s.not_archived_count, "entry", "entries")
+            );
+            for (target, e) in &s.target_errors {
+                t.push_str(&format!("; not stored on {target}: {e}"));
+            }
+            t
+        }
+        Status::Failed => format!("FAILED: {}", s.error.clone().unwrap_or_default()),
+        Status::Skipped => "skipped".into(),
+    }
+}
+
+/// The entries of source `s` that are not in its archive, the first [`NOT_ARCHIVED_SHOWN`] of them by name.
+fn not_archived_lines(s: &SourceReport) -> String {
+    let mut out = String::new();
+    for e in s.not_archived.iter().take(NOT_ARCHIVED_SHOWN) {
+        out.push_str(&format!("not archived: {}: {e}\n", s.name));
+    }
+    let shown = s.not_archived.len().min(NOT_ARCHIVED_SHOWN) as u64;
+    if s.not_archived_count > shown {
+        out.push_str(&format!(
+            "not archived: {}: … and {} more (--json and `voltar show` list up to {})\n",
+            s.name,
+            s.not_archived_count - shown,
+            backup::NOT_ARCHIVED_LISTED
+        ));
+    }
+    out
+}
+
+/// Whether the run was committed on target `t`, and what its prune did.
+fn target_lines(t: &TargetReport) -> String {
+    let state = if t.committed {
+        "committed".to_string()
+    } else {
+        format!("NOT committed: {}", t.error.clone().unwrap_or_default())
+    };
+    let mut out = format!("target {}: {state}\n", t.location);
+    if t.committed {
+        if let Some(e) = &t.error {
+            out.push_str(&format!("  error: {e}\n"));
+        }
+    }
+    if let Some(p) = &t.prune {
+        out.push_str(&format!(
+            "  pruned: {} deleted, {} kept\n",
+            p.deleted.len(),
+            p.decisions.len().saturating_sub(p.deleted.len())
+        ));
+    }
+    if let Some(why) = &t.prune_skipped {
+        out.push_str(&format!("  prune skipped: {why}\n"));
     }
     out
 }

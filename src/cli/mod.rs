@@ -382,18 +382,9 @@ async fn run(cli: Cli, cancel: CancellationToken) -> Result<i32> {
         Command::Key(cmd) => key::command(cmd, cli.json, cli.quiet),
         Command::Recover => {
             let engine = connect(&config).await?;
-            let report = crate::quiesce::recover(&config.state_dir, &engine).await?;
-            let mut lines = report.lines();
-            // Spool files of a killed backup (see `pipeline::sweep_spool`).
-            let spool = config.spool_dir();
-            for p in crate::pipeline::sweep_spool(&spool)
-                .with_context(|| format!("cleaning the spool directory {}", spool.display()))?
-            {
-                lines.push(format!(
-                    "removed spool file {} left by an interrupted run",
-                    p.display()
-                ));
-            }
+            let run = crate::quiesce::recover_run(&config.state_dir, &config.spool_dir(), &engine)
+                .await?;
+            let lines = run.lines();
             if cli.json {
                 out_json(&serde_json::json!({ "recovered": lines }));
             } else if lines.is_empty() {

@@ -3,7 +3,7 @@
 use chrono::Utc;
 
 use crate::config::Policy;
-use crate::prune::{run, PruneReport, PruneRequest};
+use crate::prune::{run, LeftoverUpload, PruneReport, PruneRequest};
 use crate::retention::{format_duration, Action};
 
 /// Arguments of `voltar prune`.
@@ -90,8 +90,44 @@ pub async fn command(
     })
 }
 
-/// The prune table: one line per backup with its decision and reasons.
+/// The prune table: one line per backup with its decision and reasons, then incomplete backups, leftover
+/// uploads, unreadable manifests, notes, errors and the totals.
 pub fn render(r: &PruneReport) -> String {
+    let mut out = format!(
+        "{}prune {}\n",
+        if r.dry_run { "dry-run: " } else { "" },
+        r.target
+    );
+    out.push_str(&super::table(&decision_rows(r)));
+    for i in &r.incomplete {
+        out.push_str(&format!(
+            "incomplete {}: {:?} ({})\n",
+            i.id, i.action, i.reason
+        ));
+    }
+    for u in &r.leftover_uploads {
+        out.push_str(&leftover_line(r, u));
+    }
+    for u in &r.unreadable {
+        out.push_str(&format!("unreadable {}: {} (kept)\n", u.id, u.reason));
+    }
+    for n in &r.notes {
+        out.push_str(&format!("note: {n}\n"));
+    }
+    for e in &r.errors {
+        out.push_str(&format!(
+            "error: {}{}: {}\n",
+            e.id.as_ref().map(|i| format!("{i} ")).unwrap_or_default(),
+            e.step,
+            e.error
+        ));
+    }
+    out.push_str(&totals(r));
+    out
+}
+
+/// The table's rows: a header, then per backup its id, time, job, action and reasons.
+fn decision_rows(r: &PruneReport) -> Vec<Vec<String>> {
     let mut rows = vec![vec![
         "ID".to_string(),
         "TIME".into(),
@@ -125,61 +161,46 @@ pub fn render(r: &PruneReport) -> String {
             },
         ]);
     }
+    rows
+}
+
+/// One leftover upload: its key, size and age, and what became (or would become) of it.
+fn leftover_line(r: &PruneReport, u: &LeftoverUpload) -> String {
+    let mut what = Vec::new();
+    if let Some(n) = u.size {
+        what.push(super::human(n));
+    }
+    if let Some(t) = u.last_activity {
+        what.push(format!(
+            "last written {} ago",
+            format_duration(Utc::now().signed_duration_since(t))
+        ));
+    }
+    format!(
+        "leftover upload {}{}: {} (left by an interrupted backup; older than the grace period)\n",
+        u.key,
+        if what.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", what.join(", "))
+        },
+        if r.dry_run {
+            "would be removed"
+        } else if r
+            .errors
+            .iter()
+            .any(|e| e.step == "sweep interrupted uploads")
+        {
+            "not removed (see the error below)"
+        } else {
+            "removed"
+        }
+    )
+}
+
+/// The last line: backups (that would be) deleted, incomplete ones removed, leftover uploads.
+fn totals(r: &PruneReport) -> String {
     let mut out = format!(
-        "{}prune {}\n",
-        if r.dry_run { "dry-run: " } else { "" },
-        r.target
-    );
-    out.push_str(&super::table(&rows));
-    for i in &r.incomplete {
-        out.push_str(&format!(
-            "incomplete {}: {:?} ({})\n",
-            i.id, i.action, i.reason
-        ));
-    }
-    for u in &r.leftover_uploads {
-        let mut what = Vec::new();
-        if let Some(n) = u.size {
-            what.push(super::human(n));
-        }
-        if let Some(t) = u.last_activity {
-            what.push(format!(
-                "last written {} ago",
-                format_duration(Utc::now().signed_duration_since(t))
-            ));
-        }
-        out.push_str(&format!(
-            "leftover upload {}{}: {} (left by an interrupted backup; older than the grace period)\n",
-            u.key,
-            if what.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", what.join(", "))
-            },
-            if r.dry_run {
-                "would be removed"
-            } else if r.errors.iter().any(|e| e.step == "sweep interrupted uploads") {
-                "not removed (see the error below)"
-            } else {
-                "removed"
-            }
-        ));
-    }
-    for u in &r.unreadable {
-        out.push_str(&format!("unreadable {}: {} (kept)\n", u.id, u.reason));
-    }
-    for n in &r.notes {
-        out.push_str(&format!("note: {n}\n"));
-    }
-    for e in &r.errors {
-        out.push_str(&format!(
-            "error: {}{}: {}\n",
-            e.id.as_ref().map(|i| format!("{i} ")).unwrap_or_default(),
-            e.step,
-            e.error
-        ));
-    }
-    out.push_str(&format!(
         "{} backup(s) {}deleted, {} incomplete removed",
         if r.dry_run {
             r.decisions
@@ -191,7 +212,7 @@ pub fn render(r: &PruneReport) -> String {
         },
         if r.dry_run { "would be " } else { "" },
         r.incomplete_removed.len()
-    ));
+    );
     if !r.leftover_uploads.is_empty() {
         out.push_str(&format!(
             ", {} leftover upload(s) {}",

@@ -73,7 +73,8 @@ pub use quiescer::{
     Released, Skipped, QUIESCE_WAIT,
 };
 pub use recover::{
-    recover, LeftoverOutcome, RecoverOutcome, RecoverReport, Recovered, RecoveredLeftover,
+    recover, recover_run, LeftoverOutcome, RecoverOutcome, RecoverReport, Recovered,
+    RecoveredLeftover,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +127,13 @@ pub enum QuiesceError {
         "cannot read the quiesce journals in {path}: {source} (check the state dir's permissions)"
     )]
     JournalDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The spool directory cannot be cleaned during recover.
+    #[error("cleaning the spool directory {}", path.display())]
+    SpoolDir {
         path: PathBuf,
         #[source]
         source: io::Error,

@@ -137,6 +137,48 @@ impl RecoverReport {
     }
 }
 
+/// What `voltar recover` did: the journals of dead runs replayed ([`recover`]) and the spool files of killed
+/// backups removed (`pipeline::sweep_spool`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecoverRun {
+    pub journals: RecoverReport,
+    /// Spool files removed.
+    pub spool_files: Vec<PathBuf>,
+}
+
+impl RecoverRun {
+    /// One human line per thing done or found; none: there was nothing to recover.
+    pub fn lines(&self) -> Vec<String> {
+        let mut lines = self.journals.lines();
+        lines.extend(self.spool_files.iter().map(|p| {
+            format!(
+                "removed spool file {} left by an interrupted run",
+                p.display()
+            )
+        }));
+        lines
+    }
+}
+
+/// `voltar recover`: [`recover`] the journals under `state_dir`, then remove the spool files killed runs left in
+/// `spool_dir`.
+pub async fn recover_run(
+    state_dir: &Path,
+    spool_dir: &Path,
+    runtime: &dyn Runtime,
+) -> Result<RecoverRun, QuiesceError> {
+    let journals = recover(state_dir, runtime).await?;
+    let spool_files =
+        crate::pipeline::sweep_spool(spool_dir).map_err(|source| QuiesceError::SpoolDir {
+            path: spool_dir.to_path_buf(),
+            source,
+        })?;
+    Ok(RecoverRun {
+        journals,
+        spool_files,
+    })
+}
+
 pub(super) enum Claim {
     Claimed(File),
     /// Locked by a live run.

@@ -878,3 +878,44 @@ fn two_recovers_at_once_replay_a_journal_exactly_once() {
         assert_eq!(fake.state_of("a"), Running);
     }
 }
+
+/// `voltar recover` as a value: the journal replayed, a killed backup's spool file removed, one line for each
+/// (what the CLI prints), and nothing the second time.
+#[tokio::test]
+async fn recover_run_replays_journals_and_sweeps_the_spool() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    fs::create_dir(&spool).unwrap();
+    // pid 0 never names a live run.
+    let left = spool.join(format!(
+        "{}0-0000000000000001",
+        crate::pipeline::SPOOL_PREFIX
+    ));
+    fs::write(&left, b"spooled").unwrap();
+    fs::write(spool.join("not-ours"), b"kept").unwrap();
+    let fake = Fake::new(dir.path(), &[("p", Running)]);
+    let journal = Journal::open(dir.path()).unwrap();
+    let held = Quiescer::new(&fake, &journal)
+        .hold(&[hold("p", Pause)])
+        .await
+        .unwrap();
+    std::mem::forget(held);
+    journal.abandon();
+
+    let run = recover_run(dir.path(), &spool, &fake).await.unwrap();
+    assert_eq!(run.journals.resumed(), 1);
+    assert_eq!(run.spool_files, std::slice::from_ref(&left));
+    let lines = run.lines();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines[0].contains("unpaused"), "{lines:?}");
+    assert_eq!(
+        lines[1],
+        format!(
+            "removed spool file {} left by an interrupted run",
+            left.display()
+        )
+    );
+    assert!(!left.exists() && spool.join("not-ours").exists());
+    let again = recover_run(dir.path(), &spool, &fake).await.unwrap();
+    assert!(again.lines().is_empty(), "{:?}", again.lines());
+}

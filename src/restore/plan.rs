@@ -308,7 +308,8 @@ fn planned_user(config: &Config, args: &RestoreRequest, c: &ContainerInfo) -> Pl
     )
 }
 
-/// `--dry-run`: the plan, with what each destination holds now that the backup does not.
+/// `--dry-run`: the plan, with what each destination holds now that the backup does not (with `--path`: below
+/// those paths, which the restore swaps whole).
 pub(super) async fn dry_run(plan: &RestorePlan, res: &Resources) -> Result<RestoreReport> {
     let mut would_remove = Vec::new();
     for sp in &plan.sources {
@@ -317,20 +318,40 @@ pub(super) async fn dry_run(plan: &RestorePlan, res: &Resources) -> Result<Resto
             &plan.manifest,
             &sp.source,
             res.decryptor.clone(),
+            &plan.paths,
         )
         .await?;
+        let now = if sp.path.as_os_str().is_empty() {
+            BTreeSet::new()
+        } else if plan.paths.is_empty() {
+            current_names(&sp.path)
+        } else {
+            plan.paths
+                .iter()
+                .flat_map(|p| names_below(&sp.path, p))
+                .collect()
+        };
         would_remove.push(
-            if sp.path.as_os_str().is_empty() || !plan.paths.is_empty() {
-                vec![]
-            } else {
-                current_names(&sp.path)
-                    .difference(&archive_names)
-                    .map(|p| p.to_string_lossy().into_owned())
-                    .collect()
-            },
+            now.difference(&archive_names)
+                .map(|p| p.to_string_lossy().into_owned())
+                .collect(),
         );
     }
     Ok(plan.dry_run_report(would_remove))
+}
+
+/// The entries below `root/p` now, relative to `root`; none when `p` or a parent of it is not a directory (a
+/// symlink included: the swap refuses to go through one, and replaces a symlink at `p` itself, not what it
+/// points to).
+fn names_below(root: &Path, p: &Path) -> BTreeSet<PathBuf> {
+    let mut at = root.to_path_buf();
+    for c in p.components() {
+        at.push(c);
+        if !std::fs::symlink_metadata(&at).is_ok_and(|m| m.is_dir()) {
+            return BTreeSet::new();
+        }
+    }
+    current_names(&at).into_iter().map(|n| p.join(n)).collect()
 }
 
 /// Names in an archive (for `--dry-run`), read back and checked like a restore reads it.
@@ -339,13 +360,17 @@ async fn list_archive(
     manifest: &Manifest,
     src: &SourceRecord,
     decryptor: Arc<Decryptor>,
+    paths: &[PathBuf],
 ) -> Result<BTreeSet<PathBuf>> {
     let rb = readback::read(
         store,
         manifest,
         src,
         decryptor,
-        Entries::List,
+        Entries::List(UnpackOptions {
+            paths: paths.to_vec(),
+            ..UnpackOptions::default()
+        }),
         false,
         Progress::hidden(),
     )

@@ -7,7 +7,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{lchown, symlink, FileExt, PermissionsExt};
+use std::os::unix::fs::{lchown, symlink, FileExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -15,13 +15,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 
-use filetime::FileTime;
+use crate::tree::{self, DiffOptions, Kind, Snapshot};
 use rand::{RngCore, SeedableRng};
 use voltar::archive::pack::{pack, PackOptions, PackReport};
-use voltar::archive::tree::{self, DiffOptions, Kind, Snapshot};
 use voltar::archive::unpack;
 use voltar::archive::ArchiveError;
 use voltar::catalog::Counts;
+
+use crate::support::{chmod, mkfifo, set_mtime};
 
 const MIB: u64 = 1 << 20;
 
@@ -156,22 +157,6 @@ fn expected_counts(src: &Snapshot) -> Counts {
     c
 }
 
-fn set_mtime(p: &Path, sec: i64, nsec: u32) {
-    let t = FileTime::from_unix_time(sec, nsec);
-    filetime::set_symlink_file_times(p, t, t).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-}
-
-fn mkfifo(p: &Path) {
-    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
-    // SAFETY: valid NUL-terminated path.
-    assert_eq!(
-        unsafe { libc::mkfifo(c.as_ptr(), 0o640) },
-        0,
-        "mkfifo {}",
-        p.display()
-    );
-}
-
 fn mknod(p: &Path, kind: libc::mode_t, major: u32, minor: u32) {
     let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
     // SAFETY: valid NUL-terminated path.
@@ -183,10 +168,6 @@ fn mknod(p: &Path, kind: libc::mode_t, major: u32, minor: u32) {
         p.display(),
         io::Error::last_os_error()
     );
-}
-
-fn chmod(p: &Path, mode: u32) {
-    fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
 }
 
 fn random_bytes(rng: &mut impl RngCore, n: usize) -> Vec<u8> {

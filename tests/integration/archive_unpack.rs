@@ -2,7 +2,7 @@
 //! truncation of zstd streams, the zstd window cap, header size sanity, and a fidelity round trip against
 //! archives written by GNU tar. No Docker needed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -14,6 +14,9 @@ use rand::{Rng, SeedableRng};
 use voltar::archive::compress::{decoder, zstd_encoder, Format};
 use voltar::archive::unpack::{scan, unpack, UnpackOptions, UnpackReport};
 use voltar::archive::{ArchiveError, Counts};
+use voltar::readback::{self, Entries, WalkError, Walked};
+
+use crate::support::set_mtime;
 
 // ---------------------------------------------------------------------------------------------------------------
 // Crafting archives
@@ -87,6 +90,99 @@ fn build(entries: &[Raw]) -> Vec<u8> {
         b.append(&raw_header(e), e.data).unwrap();
     }
     b.into_inner().unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The restore dry run's listing: what unpack would write
+
+/// What unpack writes, as relative names (the destination root left out).
+fn unpacked(tar: &[u8], opts: UnpackOptions) -> Result<BTreeSet<PathBuf>, ArchiveError> {
+    let d = tempfile::tempdir().unwrap();
+    let dest = d.path().to_path_buf();
+    match readback::walk(
+        tar,
+        Entries::Unpack {
+            dest: dest.clone(),
+            opts,
+        },
+    ) {
+        Ok(_) => {}
+        Err(WalkError::Entries(e)) => return Err(e),
+        Err(e) => panic!("{e:?}"),
+    }
+    Ok(walkdir::WalkDir::new(&dest)
+        .min_depth(1)
+        .into_iter()
+        .map(|e| e.unwrap().path().strip_prefix(&dest).unwrap().to_path_buf())
+        .collect())
+}
+
+fn listed(tar: &[u8], opts: UnpackOptions) -> Result<BTreeSet<PathBuf>, ArchiveError> {
+    match readback::walk(tar, Entries::List(opts)) {
+        Ok(Walked::Listed(names)) => Ok(names),
+        Ok(w) => panic!("{w:?}"),
+        Err(WalkError::Entries(e)) => Err(e),
+        Err(e) => panic!("{e:?}"),
+    }
+}
+
+fn selecting(strip: usize, paths: &[&str]) -> UnpackOptions {
+    UnpackOptions {
+        strip_components: strip,
+        paths: paths.iter().map(PathBuf::from).collect(),
+        same_owner: false,
+        ..UnpackOptions::default()
+    }
+}
+
+/// Issue 9: the dry-run listing walked names without unpack's rules, so a `..` member was listed (as if it
+/// would be restored) while the restore itself refuses the archive.
+#[test]
+fn issue9_listing_refuses_what_unpack_refuses() {
+    for members in [
+        vec![dir("a/"), file("a/../../x", b"x")],
+        vec![file("a", b"x"), hardlink("l", "../a")],
+    ] {
+        let tar = build(&members);
+        let u = unpacked(&tar, selecting(0, &[])).unwrap_err();
+        let l = listed(&tar, selecting(0, &[])).unwrap_err();
+        assert!(matches!(u, ArchiveError::Unsafe { .. }), "{u}");
+        assert_eq!(l.to_string(), u.to_string());
+    }
+}
+
+/// Issue 9: the listing is what unpack writes, with `--path` selection, `--strip`, `./` and `/` prefixes,
+/// and hardlinks whose target lies outside the selection left out.
+#[test]
+fn issue9_listing_is_what_unpack_writes() {
+    let tar = build(&[
+        dir("./top/"),
+        dir("./top/conf/"),
+        file("./top/conf/a", b"x"),
+        file("/top/conf/b", b"x"),
+        dir("top//data/"),
+        file("top/data/c", b"x"),
+        symlink("top/./data/s", "../conf/a"),
+        hardlink("top/conf/h", "top/data/c"),
+        hardlink("top/conf/h2", "./top/conf/a"),
+        file("top/f", b"x"),
+    ]);
+    for (strip, paths) in [
+        (0, vec![]),
+        (0, vec!["top/conf"]),
+        (0, vec!["top/data", "top/f"]),
+        (1, vec![]),
+        (1, vec!["conf"]),
+        (2, vec![]),
+        (3, vec![]),
+    ] {
+        let o = || selecting(strip, &paths);
+        assert_eq!(
+            listed(&tar, o()).unwrap(),
+            unpacked(&tar, o()).unwrap(),
+            "strip {strip}, paths {paths:?}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -592,15 +688,6 @@ fn sh(cmd: &mut Command) {
         "{cmd:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-fn set_mtime(p: &Path, s: i64, ns: u32) {
-    filetime::set_symlink_file_times(
-        p,
-        filetime::FileTime::from_unix_time(s, ns),
-        filetime::FileTime::from_unix_time(s, ns),
-    )
-    .unwrap();
 }
 
 /// Build a tree with the variety GNU tar can archive. Needs root (chown, and `mknod` not used).

@@ -19,11 +19,13 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::tree::{self, DiffOptions};
 use serde_json::Value;
-use voltar::archive::tree::{self, DiffOptions};
 
 use crate::require_docker;
-use crate::support::{self, docker, mountpoint, state, unique, Cleanup, Ev, IMAGE};
+use crate::support::{
+    self, container_record, docker, mountpoint, source, state, unique, Cleanup, Ev, IMAGE,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_voltar");
 
@@ -294,24 +296,6 @@ fn files_under(dir: &Path) -> Vec<String> {
         .filter(|e| !e.file_type().is_dir())
         .map(|e| e.path().strip_prefix(dir).unwrap().display().to_string())
         .collect()
-}
-
-fn source<'a>(m: &'a Value, name: &str) -> &'a Value {
-    m["sources"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == name)
-        .unwrap_or_else(|| panic!("source {name} not in {m:#}"))
-}
-
-fn container_record<'a>(src: &'a Value, name: &str) -> &'a Value {
-    src["containers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == name)
-        .unwrap_or_else(|| panic!("container {name} not in {src:#}"))
 }
 
 /// The line of the summary table that starts with `source`.
@@ -869,15 +853,7 @@ fn issue2_one_failing_source_does_not_stop_the_others() {
     ]);
     run.expect_code(1);
     let r = run.json();
-    let status = |n: &str| {
-        r["sources"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["name"] == n)
-            .unwrap()["status"]
-            .clone()
-    };
+    let status = |n: &str| source(&r, n)["status"].clone();
     assert_eq!(status(&bad), "failed");
     assert_eq!(status(&good), "ok");
     assert_eq!(r["targets"][0]["committed"], true);

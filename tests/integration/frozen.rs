@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::s3::{random_file, World};
-use crate::support::{self, docker, free_port, Cleanup, Ev, Out, PrivateS3};
+use crate::support::{self, docker, free_port, source, target, Cleanup, Ev, Out, PrivateS3};
 
 // -------------------------------------------------------------------------------------------------------------
 // Harness.
@@ -149,25 +149,6 @@ fn json(out: &Out) -> Value {
 }
 
 /// The report of source `name` in a `backup --json` run.
-fn source<'a>(report: &'a Value, name: &str) -> &'a Value {
-    report["sources"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == name)
-        .unwrap_or_else(|| panic!("no source {name} in {report}"))
-}
-
-/// The report of the target whose location starts with `location`.
-fn target<'a>(report: &'a Value, location: &str) -> &'a Value {
-    report["targets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["location"].as_str().unwrap_or("").starts_with(location))
-        .unwrap_or_else(|| panic!("no target {location} in {report}"))
-}
-
 /// How long reading `vol` takes at local speed with `archive` settings (a TOML `[archive]` section or ""):
 /// the reference for how long a pause may last. Measured by a backup of it to a local directory.
 pub(crate) fn local_read_time(w: &World, vol: &str, archive: &str) -> Duration {

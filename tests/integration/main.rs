@@ -2,6 +2,7 @@
 //! them; under `CI` a missing service is a failure, never a silent pass.
 
 mod support;
+mod tree;
 
 mod archive_pack;
 mod archive_unpack;

@@ -2,7 +2,7 @@
 //! Docker Engine (acceptance rows 3, 4, 11, 12, 13, 14).
 //!
 //! Every test backs up real volumes with `voltar backup`, restores with `voltar restore`, and compares trees with
-//! the metadata-aware walker `voltar::archive::tree::{snapshot, diff}` (type, mode incl. suid/sgid/sticky,
+//! the metadata-aware walker `crate::tree::{snapshot, diff}` (type, mode incl. suid/sgid/sticky,
 //! owner, ns mtime — of the volume root too —, content, link targets, hardlink groups, xattrs, sparseness).
 //! Each test has its own target directory and `VOLTAR_STATE_DIR`, unique volume/container names, and a
 //! `Cleanup` guard. Containers that use volumes exit promptly on SIGTERM so a restore's stop is quick.
@@ -11,23 +11,22 @@ use std::ffi::OsStr;
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{symlink, PermissionsExt};
+use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use assert_cmd::Command;
-use filetime::FileTime;
 use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
-use voltar::archive::tree::{
-    diff, snapshot, snapshot_with, DiffOptions, Snapshot, SnapshotOptions,
-};
+use crate::tree::{diff, snapshot, snapshot_with, DiffOptions, Snapshot, SnapshotOptions};
 
 use crate::require_docker;
-use crate::support::{self, docker, docker_raw, mountpoint, Cleanup, IMAGE};
+use crate::support::{
+    self, chmod, docker, mkfifo, mountpoint, set_mtime, volume_exists, Cleanup, IMAGE,
+};
 
 // ---------------------------------------------------------------------------------------------------------------
 // Harness
@@ -177,30 +176,9 @@ fn assert_same(a: &Snapshot, b: &Snapshot, what: &str) {
     assert!(d.is_empty(), "{what}: trees differ:\n{}", d.join("\n"));
 }
 
-fn set_mtime(p: &Path, secs: i64, ns: u32) {
-    filetime::set_symlink_file_times(
-        p,
-        FileTime::from_unix_time(secs, ns),
-        FileTime::from_unix_time(secs, ns),
-    )
-    .unwrap_or_else(|e| panic!("mtime {}: {e}", p.display()));
-}
-
 fn chown(p: &Path, uid: u32, gid: u32) {
     std::os::unix::fs::lchown(p, Some(uid), Some(gid))
         .unwrap_or_else(|e| panic!("lchown {}: {e}", p.display()));
-}
-
-fn chmod(p: &Path, mode: u32) {
-    fs::set_permissions(p, fs::Permissions::from_mode(mode))
-        .unwrap_or_else(|e| panic!("chmod {}: {e}", p.display()));
-}
-
-fn mkfifo(p: &Path) {
-    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
-    // SAFETY: valid NUL-terminated path.
-    let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o640) };
-    assert_eq!(rc, 0, "mkfifo {}", p.display());
 }
 
 /// A small tree with a distinctive root (mode, owner, ns mtime), a stable set of files to overwrite later.
@@ -245,10 +223,6 @@ fn volume_inspect(name: &str) -> Value {
     let s = docker(&["volume", "inspect", name]);
     let v: Value = serde_json::from_str(&s).expect("volume inspect JSON");
     v[0].clone()
-}
-
-fn volume_exists(name: &str) -> bool {
-    docker_raw(&["volume", "inspect", name]).status.success()
 }
 
 fn started_at(container: &str) -> String {
@@ -677,6 +651,46 @@ fn path_restores_only_that_subpath() {
     let r = w.run(&["restore", "latest", "--path", "../etc"]);
     assert_eq!(r.code, 2, "{r:?}");
     assert!(r.stderr.contains("`..` is not allowed"), "{r:?}");
+}
+
+/// Issue 9: `--dry-run --path` lists what the restore of that path removes (the swap replaces it whole), by the
+/// same name rules as the restore; before, a `--path` dry run said nothing would be removed.
+#[test]
+fn issue9_dry_run_with_path_lists_what_the_restore_removes() {
+    require_docker!();
+    let mut w = World::new();
+    let vol = w.volume_with("dry-path", &[]);
+    let mp = mountpoint(&vol);
+    fill_simple(&mp);
+    w.backup(&vol);
+    scribble(&mp);
+    fs::write(mp.join("app/conf/extra.yml"), b"added after the backup\n").unwrap();
+    fs::create_dir_all(mp.join("app/new/deeper")).unwrap();
+    let now = snap(&mp);
+
+    let j: Value = serde_json::from_str(
+        &w.ok(&["--json", "restore", "latest", "--path", "app", "--dry-run"])
+            .stdout,
+    )
+    .unwrap();
+    let rm: Vec<&str> = j["sources"][0]["would-remove"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        rm,
+        ["app/conf/extra.yml", "app/new", "app/new/deeper"],
+        "only below app/, only what the backup lacks: {j:#}"
+    );
+    assert_same(&now, &snap(&mp), "volume after --dry-run");
+
+    w.ok(&["restore", "latest", "--path", "app", "--no-safety-backup"]);
+    for p in rm {
+        assert!(!mp.join(p).exists(), "the restore removed {p}");
+    }
+    assert!(mp.join("stale.txt").exists(), "outside app/: kept");
 }
 
 /// `--before` picks the newest backup at or before the time; an unknown id is a clear usage error.

@@ -12,14 +12,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command as StdCommand, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::tree::{self, DiffOptions};
 use bytes::Bytes;
-use voltar::archive::tree::{self, DiffOptions};
 use voltar::catalog::{manifest_key, Manifest};
 use voltar::config::S3Target;
 use voltar::storage::s3::S3Storage;
 use voltar::storage::{Storage, StorageExt};
 
-use crate::support::{self, free_port, Cleanup, Out, PrivateS3};
+use crate::support::{self, free_port, volume_exists, Cleanup, Out, PrivateS3};
 
 // -------------------------------------------------------------------------------------------------------------
 // Harness.
@@ -197,12 +197,6 @@ fn snapshot(root: &Path) -> tree::Snapshot {
 fn assert_same_tree(a: &Path, b: &Path) {
     let d = tree::diff(&snapshot(a), &snapshot(b), &DiffOptions::default());
     assert!(d.is_empty(), "trees differ:\n{}", d.join("\n"));
-}
-
-fn volume_exists(name: &str) -> bool {
-    support::docker_raw(&["volume", "inspect", name])
-        .status
-        .success()
 }
 
 fn age_identity(w: &World, name: &str) -> (PathBuf, String) {

@@ -325,3 +325,76 @@ impl std::fmt::Debug for Out {
         )
     }
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Reports (`--json`) and manifests
+
+/// The entry of `report["sources"]` (a run report or a manifest) named `name`.
+#[track_caller]
+pub fn source<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    named(report, "sources", name)
+}
+
+/// The entry of `source["containers"]` named `name`.
+#[track_caller]
+pub fn container_record<'a>(source: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    named(source, "containers", name)
+}
+
+#[track_caller]
+fn named<'a>(v: &'a serde_json::Value, list: &str, name: &str) -> &'a serde_json::Value {
+    v[list]
+        .as_array()
+        .unwrap_or_else(|| panic!("no {list} in {v:#}"))
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("{name} not in the {list} of {v:#}"))
+}
+
+/// The report of the target whose location starts with `location`.
+#[track_caller]
+pub fn target<'a>(report: &'a serde_json::Value, location: &str) -> &'a serde_json::Value {
+    report["targets"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no targets in {report:#}"))
+        .iter()
+        .find(|t| t["location"].as_str().unwrap_or("").starts_with(location))
+        .unwrap_or_else(|| panic!("no target {location} in {report:#}"))
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Trees on disk
+
+/// Set the mtime (and atime) of `p`, a symlink itself rather than its target.
+#[track_caller]
+pub fn set_mtime(p: &Path, secs: i64, ns: u32) {
+    let t = filetime::FileTime::from_unix_time(secs, ns);
+    filetime::set_symlink_file_times(p, t, t)
+        .unwrap_or_else(|e| panic!("mtime {}: {e}", p.display()));
+}
+
+#[track_caller]
+pub fn chmod(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+        .unwrap_or_else(|e| panic!("chmod {}: {e}", p.display()));
+}
+
+#[track_caller]
+pub fn mkfifo(p: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    // SAFETY: valid NUL-terminated path.
+    let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o640) };
+    assert_eq!(
+        rc,
+        0,
+        "mkfifo {}: {}",
+        p.display(),
+        std::io::Error::last_os_error()
+    );
+}
+
+pub fn volume_exists(name: &str) -> bool {
+    docker_raw(&["volume", "inspect", name]).status.success()
+}

@@ -42,9 +42,7 @@ impl<W: Write> Packer<'_, '_, W> {
             }
             Some(regions) => self.sparse(dir, name, rel, f, st, &regions)?,
         }
-        self.report.counts.files += 1;
-        self.report.counts.entries += 1;
-        self.report.counts.bytes += size;
+        self.report.counts.add(Counted::File(size));
         self.remember_link(rel, st);
         Ok(())
     }

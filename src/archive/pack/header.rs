@@ -19,6 +19,30 @@ impl<W: Write> Packer<'_, '_, W> {
         log_name: &[u8],
     ) -> Result<(), ArchiveError> {
         let mut h = [0u8; BLOCK];
+        self.ustar_fields(&mut h, name, link, md, size);
+        let header_mtime = self.mtime_field(&mut h, md);
+        h[156] = kind;
+        h[257..263].copy_from_slice(b"ustar\0");
+        h[263..265].copy_from_slice(b"00");
+        put_num(&mut h[329..337], rdev.0);
+        put_num(&mut h[337..345], rdev.1);
+        self.xattr_records(xattrs, log_name);
+        if !self.pax.is_empty() {
+            self.pax_header(name, header_mtime)?;
+        }
+        checksum(&mut h);
+        self.sink(&h)
+    }
+
+    /// Name, link name, mode, owner and size into the ustar header `h`; a PAX record for each that does not fit.
+    fn ustar_fields(
+        &mut self,
+        h: &mut [u8; BLOCK],
+        name: &[u8],
+        link: &[u8],
+        md: &impl HeaderStat,
+        size: u64,
+    ) {
         if name.len() > 100 {
             pax_record(&mut self.pax, b"path", name);
             h[..100].copy_from_slice(&name[..100]);
@@ -41,6 +65,11 @@ impl<W: Write> Packer<'_, '_, W> {
         if !put_num(&mut h[124..136], size) {
             pax_record_num(&mut self.pax, b"size", size);
         }
+    }
+
+    /// The mtime into the ustar header `h` (whole seconds, clamped to the field) and, with nanoseconds or out of
+    /// the field's range, as a PAX record. Returns the seconds the PAX header itself carries (0 when clamped).
+    fn mtime_field(&mut self, h: &mut [u8; BLOCK], md: &impl HeaderStat) -> u64 {
         let (sec, nsec) = (md.mtime(), md.mtime_nsec());
         let sec_fits = sec >= 0 && (sec as u64) <= octal_max(12);
         put_octal(
@@ -63,12 +92,16 @@ impl<W: Write> Packer<'_, '_, W> {
             }
             pax_record(&mut self.pax, b"mtime", &v);
         }
-        h[156] = kind;
-        h[257..263].copy_from_slice(b"ustar\0");
-        h[263..265].copy_from_slice(b"00");
-        put_num(&mut h[329..337], rdev.0);
-        put_num(&mut h[337..345], rdev.1);
+        if sec_fits {
+            sec as u64
+        } else {
+            0
+        }
+    }
 
+    /// The entry's xattrs as PAX records, unless they would make the PAX header bigger than a restore accepts;
+    /// what is left out is named as not archived.
+    fn xattr_records(&mut self, xattrs: XattrSrc<'_>, log_name: &[u8]) {
         let before_xattrs = self.pax.len();
         if let Err(e) = self.collect_xattrs(xattrs) {
             let e = e.to_string();
@@ -88,31 +121,30 @@ impl<W: Write> Packer<'_, '_, W> {
                 ),
             );
         }
+    }
 
-        if !self.pax.is_empty() {
-            let mut x = [0u8; BLOCK];
-            let base = basename(name);
-            let mut xn = Vec::with_capacity(100);
-            xn.extend_from_slice(b"PaxHeaders/");
-            xn.extend_from_slice(&base[..base.len().min(100 - xn.len())]);
-            x[..xn.len()].copy_from_slice(&xn);
-            put_octal(&mut x[100..108], 0o644);
-            put_octal(&mut x[108..116], 0);
-            put_octal(&mut x[116..124], 0);
-            put_num(&mut x[124..136], self.pax.len() as u64);
-            put_octal(&mut x[136..148], if sec_fits { sec as u64 } else { 0 });
-            x[156] = b'x';
-            x[257..263].copy_from_slice(b"ustar\0");
-            x[263..265].copy_from_slice(b"00");
-            checksum(&mut x);
-            self.sink(&x)?;
-            let pax = std::mem::take(&mut self.pax);
-            let r = self.sink(&pax).and_then(|()| self.pad(pax.len() as u64));
-            self.pax = pax;
-            r?;
-        }
-        checksum(&mut h);
-        self.sink(&h)
+    /// Write the PAX extended header holding `self.pax` for the entry `name`, then its records.
+    fn pax_header(&mut self, name: &[u8], mtime: u64) -> Result<(), ArchiveError> {
+        let mut x = [0u8; BLOCK];
+        let base = basename(name);
+        let mut xn = Vec::with_capacity(100);
+        xn.extend_from_slice(b"PaxHeaders/");
+        xn.extend_from_slice(&base[..base.len().min(100 - xn.len())]);
+        x[..xn.len()].copy_from_slice(&xn);
+        put_octal(&mut x[100..108], 0o644);
+        put_octal(&mut x[108..116], 0);
+        put_octal(&mut x[116..124], 0);
+        put_num(&mut x[124..136], self.pax.len() as u64);
+        put_octal(&mut x[136..148], mtime);
+        x[156] = b'x';
+        x[257..263].copy_from_slice(b"ustar\0");
+        x[263..265].copy_from_slice(b"00");
+        checksum(&mut x);
+        self.sink(&x)?;
+        let pax = std::mem::take(&mut self.pax);
+        let r = self.sink(&pax).and_then(|()| self.pad(pax.len() as u64));
+        self.pax = pax;
+        r
     }
 
     /// A path naming `name` in `dir` for the `l*xattr` calls: `/proc/self/fd/<dir>/<name>` (short whatever the

@@ -127,7 +127,7 @@ use super::fsat::{
 use super::pax::{
     checksum, octal_max, pax_record, pax_record_num, put_num, put_octal, MAX_META_HEADER,
 };
-use super::ArchiveError;
+use super::{ArchiveError, Counted};
 use crate::catalog::Counts;
 
 mod content;
@@ -219,8 +219,7 @@ pub fn pack<W: io::Write>(
         XattrSrc::Fd(root_fd.as_raw_fd()),
         b"./",
     )?;
-    p.report.counts.dirs += 1;
-    p.report.counts.entries += 1;
+    p.report.counts.add(Counted::Dir);
 
     let mut rel = Vec::with_capacity(256);
     p.walk(
@@ -526,30 +525,8 @@ impl<'o, 'p, W: Write> Packer<'o, 'p, W> {
     ) -> Result<Option<Level>, ArchiveError> {
         // Fast paths for what readdir says is a regular file or a directory: open + fstat, no fstatat. The
         // metadata then describes exactly what we read.
-        if d_type == libc::DT_REG {
-            match open_regular_at(dir, name) {
-                Ok(f) => match Stat::of_fd(f.as_raw_fd()) {
-                    Ok(st) if st.is_file() => {
-                        self.regular(dir, name, rel, &f, &st)?;
-                        return Ok(None);
-                    }
-                    Ok(_) => {} // replaced by another type since readdir: look again below
-                    Err(e) => {
-                        self.not_archived(rel, format_args!("cannot stat: {e}"));
-                        return Ok(None);
-                    }
-                },
-                Err(e) if is_enoent(&e) => {
-                    self.vanished(rel);
-                    return Ok(None);
-                }
-                // Became a symlink (ELOOP) or a socket (ENXIO) since readdir: look again below.
-                Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENXIO)) => {}
-                Err(e) => {
-                    self.not_archived(rel, format_args!("cannot open: {e}"));
-                    return Ok(None);
-                }
-            }
+        if d_type == libc::DT_REG && self.regular_as_listed(dir, name, rel)? {
+            return Ok(None);
         } else if d_type == libc::DT_DIR {
             match open_dir_at(dir, name) {
                 Ok(fd) => return self.directory(fd, rel),
@@ -573,44 +550,8 @@ impl<'o, 'p, W: Write> Packer<'o, 'p, W> {
             }
         };
         match st.kind() {
-            libc::S_IFDIR => match open_dir_at(dir, name) {
-                Ok(fd) => self.directory(fd, rel),
-                Err(e) if is_enoent(&e) => {
-                    self.vanished(rel);
-                    Ok(None)
-                }
-                Err(e) => {
-                    // The directory's own entry (mode, owner, mtime) is archived; its contents are missing.
-                    let at = rel.clone();
-                    self.dir_header(rel, &st, XattrSrc::At(dir, name, &at))?;
-                    rel.push(b'/');
-                    self.not_archived(
-                        rel,
-                        format_args!("contents not archived: cannot open directory: {e}"),
-                    );
-                    rel.pop();
-                    Ok(None)
-                }
-            },
-            libc::S_IFREG => {
-                let f = match open_regular_at(dir, name) {
-                    Ok(f) => f,
-                    Err(e) if is_enoent(&e) => {
-                        self.vanished(rel);
-                        return Ok(None);
-                    }
-                    Err(e) => {
-                        self.not_archived(rel, format_args!("cannot open: {e}"));
-                        return Ok(None);
-                    }
-                };
-                match Stat::of_fd(f.as_raw_fd()) {
-                    Ok(st) if st.is_file() => self.regular(dir, name, rel, &f, &st)?,
-                    Ok(_) => self.warn(rel, format_args!("skipped: changed type during backup")),
-                    Err(e) => self.not_archived(rel, format_args!("cannot stat: {e}")),
-                }
-                Ok(None)
-            }
+            libc::S_IFDIR => self.directory_at(dir, name, rel, &st),
+            libc::S_IFREG => self.regular_at(dir, name, rel).map(|()| None),
             libc::S_IFLNK => {
                 let mut target = std::mem::take(&mut self.link_buf);
                 let r = self.symlink(dir, name, rel, &st, &mut target);
@@ -618,34 +559,7 @@ impl<'o, 'p, W: Write> Packer<'o, 'p, W> {
                 r.map(|()| None)
             }
             libc::S_IFIFO | libc::S_IFCHR | libc::S_IFBLK => {
-                if self.hardlink(rel, &st)? {
-                    return Ok(None);
-                }
-                let kind = match st.kind() {
-                    libc::S_IFIFO => b'6',
-                    libc::S_IFCHR => b'3',
-                    _ => b'4',
-                };
-                let rdev = if kind == b'6' {
-                    (0, 0)
-                } else {
-                    split_dev(st.rdev())
-                };
-                self.pax.clear();
-                self.header_simple(
-                    rel,
-                    kind,
-                    &st,
-                    0,
-                    b"",
-                    rdev,
-                    XattrSrc::At(dir, name, rel),
-                    rel,
-                )?;
-                self.report.counts.other += 1;
-                self.report.counts.entries += 1;
-                self.remember_link(rel, &st);
-                Ok(None)
+                self.node(dir, name, rel, &st).map(|()| None)
             }
             libc::S_IFSOCK => {
                 self.warn(
@@ -661,6 +575,112 @@ impl<'o, 'p, W: Write> Packer<'o, 'p, W> {
                 Ok(None)
             }
         }
+    }
+
+    /// The fast path for what readdir listed as a regular file: open, then fstat. `false`: it is something else
+    /// by now (a symlink, a socket, another type), to be looked at again with `fstatat`.
+    fn regular_as_listed(
+        &mut self,
+        dir: RawFd,
+        name: &CStr,
+        rel: &[u8],
+    ) -> Result<bool, ArchiveError> {
+        match open_regular_at(dir, name) {
+            Ok(f) => match Stat::of_fd(f.as_raw_fd()) {
+                Ok(st) if st.is_file() => self.regular(dir, name, rel, &f, &st)?,
+                Ok(_) => return Ok(false), // replaced by another type since readdir
+                Err(e) => self.not_archived(rel, format_args!("cannot stat: {e}")),
+            },
+            Err(e) if is_enoent(&e) => self.vanished(rel),
+            // Became a symlink (ELOOP) or a socket (ENXIO) since readdir.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP) | Some(libc::ENXIO)) => {
+                return Ok(false)
+            }
+            Err(e) => self.not_archived(rel, format_args!("cannot open: {e}")),
+        }
+        Ok(true)
+    }
+
+    /// A regular file found by `fstatat`: open it and archive what was opened, if it is still a regular file.
+    fn regular_at(&mut self, dir: RawFd, name: &CStr, rel: &[u8]) -> Result<(), ArchiveError> {
+        let f = match open_regular_at(dir, name) {
+            Ok(f) => f,
+            Err(e) if is_enoent(&e) => {
+                self.vanished(rel);
+                return Ok(());
+            }
+            Err(e) => {
+                self.not_archived(rel, format_args!("cannot open: {e}"));
+                return Ok(());
+            }
+        };
+        match Stat::of_fd(f.as_raw_fd()) {
+            Ok(st) if st.is_file() => self.regular(dir, name, rel, &f, &st)?,
+            Ok(_) => self.warn(rel, format_args!("skipped: changed type during backup")),
+            Err(e) => self.not_archived(rel, format_args!("cannot stat: {e}")),
+        }
+        Ok(())
+    }
+
+    /// A directory found by `fstatat`: descend into it, or, when it cannot be opened, archive its own entry and
+    /// name its contents as not archived.
+    fn directory_at(
+        &mut self,
+        dir: RawFd,
+        name: &CStr,
+        rel: &mut Vec<u8>,
+        st: &Stat,
+    ) -> Result<Option<Level>, ArchiveError> {
+        match open_dir_at(dir, name) {
+            Ok(fd) => self.directory(fd, rel),
+            Err(e) if is_enoent(&e) => {
+                self.vanished(rel);
+                Ok(None)
+            }
+            Err(e) => {
+                // The directory's own entry (mode, owner, mtime) is archived; its contents are missing.
+                let at = rel.clone();
+                self.dir_header(rel, st, XattrSrc::At(dir, name, &at))?;
+                rel.push(b'/');
+                self.not_archived(
+                    rel,
+                    format_args!("contents not archived: cannot open directory: {e}"),
+                );
+                rel.pop();
+                Ok(None)
+            }
+        }
+    }
+
+    /// A FIFO or a device node: a header only (or a hardlink to an earlier one).
+    fn node(&mut self, dir: RawFd, name: &CStr, rel: &[u8], st: &Stat) -> Result<(), ArchiveError> {
+        if self.hardlink(rel, st)? {
+            return Ok(());
+        }
+        let kind = match st.kind() {
+            libc::S_IFIFO => b'6',
+            libc::S_IFCHR => b'3',
+            _ => b'4',
+        };
+        let rdev = if kind == b'6' {
+            (0, 0)
+        } else {
+            split_dev(st.rdev())
+        };
+        self.pax.clear();
+        self.header_simple(
+            rel,
+            kind,
+            st,
+            0,
+            b"",
+            rdev,
+            XattrSrc::At(dir, name, rel),
+            rel,
+        )?;
+        self.report.counts.add(Counted::Other);
+        self.remember_link(rel, st);
+        Ok(())
     }
 
     fn symlink(
@@ -696,8 +716,7 @@ impl<'o, 'p, W: Write> Packer<'o, 'p, W> {
             XattrSrc::At(dir, name, rel),
             rel,
         )?;
-        self.report.counts.symlinks += 1;
-        self.report.counts.entries += 1;
+        self.report.counts.add(Counted::Symlink);
         self.remember_link(rel, st);
         Ok(())
     }
@@ -715,8 +734,7 @@ impl<'o, 'p, W: Write> Packer<'o, 'p, W> {
         let r = self.header_simple(rel, b'5', st, 0, b"", (0, 0), xattrs, rel);
         rel.truncate(rel_len);
         r?;
-        self.report.counts.dirs += 1;
-        self.report.counts.entries += 1;
+        self.report.counts.add(Counted::Dir);
         Ok(())
     }
 
@@ -776,8 +794,7 @@ impl<'o, 'p, W: Write> Packer<'o, 'p, W> {
         let target = target.clone();
         self.pax.clear();
         self.header_simple(rel, b'1', st, 0, &target, (0, 0), XattrSrc::None, rel)?;
-        self.report.counts.hardlinks += 1;
-        self.report.counts.entries += 1;
+        self.report.counts.add(Counted::Hardlink);
         Ok(true)
     }
 

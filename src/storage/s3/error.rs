@@ -1,6 +1,6 @@
 //! Error classification: an SDK error becomes a `StorageError` category with one readable line.
 
-use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ConnectorError, ProvideErrorMetadata, SdkError};
 
 use super::super::StorageError;
 
@@ -48,113 +48,170 @@ impl Inner {
                 message: format!("{what}: request to {} timed out", self.endpoint),
             },
             SdkError::DispatchFailure(d) => {
-                let cause = root_cause(&e);
-                if !d.is_io() && !d.is_timeout() && credentials_failed(&e) {
-                    // Resolving the credentials failed before anything was sent: none found, the instance
-                    // metadata service refused, a profile or SSO login is broken. Retrying cannot fix that.
-                    StorageError::Auth {
-                        target,
-                        message: format!(
-                            "{what}: no usable credentials ({cause}); set access-key-id-file and \
-                             secret-access-key-file in the target, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, \
-                             or a profile"
-                        ),
-                    }
-                } else if d.is_io() && does_not_resolve(&e) {
-                    // Transient (resolvers fail now and then), but say what it is: "cannot reach … dns error"
-                    // reads like a dead server.
-                    StorageError::Transient {
-                        target,
-                        message: format!(
-                            "{what}: the host name of s3 endpoint {} does not resolve ({cause}); check `endpoint` and DNS",
-                            self.endpoint
-                        ),
-                    }
-                } else if d.is_user() {
-                    StorageError::Permanent {
-                        target,
-                        message: format!("{what}: {cause}"),
-                    }
-                } else {
-                    StorageError::Transient {
-                        target,
-                        message: format!(
-                            "{what}: cannot reach s3 endpoint {}: {cause}",
-                            self.endpoint
-                        ),
-                    }
-                }
+                self.not_sent(&what, target, d.as_connector_error(), &e)
             }
             SdkError::ConstructionFailure(_) => StorageError::Permanent {
                 target,
                 message: format!("{what}: cannot build the request: {}", root_cause(&e)),
             },
-            _ => match (code.as_deref(), status) {
-                (Some("NoSuchBucket"), _) => StorageError::Permanent {
-                    target,
-                    message: format!(
-                        "bucket `{}` does not exist (create it, or fix `bucket` in the target)",
-                        self.bucket
-                    ),
-                },
-                (Some("NoSuchKey"), _) | (None, Some(404)) => StorageError::NotFound {
-                    target,
-                    key: key.to_string(),
-                },
-                (Some("NoSuchUpload"), _) => StorageError::Permanent {
-                    target,
-                    message: format!(
-                        "{what}: the multipart upload no longer exists (aborted elsewhere or by a lifecycle rule)"
-                    ),
-                },
-                // Quota codes come with 403 on some stores: check them before the generic 403.
-                (
-                    Some(
-                        "QuotaExceeded" | "ServiceQuotaExceeded" | "InsufficientStorage"
-                        | "XMinioStorageFull" | "StorageFull",
-                    ),
-                    _,
-                )
-                | (_, Some(507)) => StorageError::NoSpace {
-                    target,
-                    message: format!("{what}: {detail}"),
-                },
-                (
-                    Some(
-                        "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch"
-                        | "ExpiredToken" | "InvalidToken" | "AllAccessDisabled"
-                        | "AccountProblem" | "InvalidSecurity",
-                    ),
-                    _,
-                )
-                | (_, Some(401 | 403)) => StorageError::Auth {
-                    target,
-                    message: format!("{what}: {detail}"),
-                },
-                (
-                    Some(
-                        "SlowDown" | "RequestTimeout" | "InternalError" | "ServiceUnavailable"
-                        | "Throttling" | "ThrottlingException" | "RequestTimeTooSkewed"
-                        | "OperationAborted",
-                    ),
-                    _,
-                )
-                | (_, Some(408 | 429 | 500..=599)) => StorageError::Transient {
-                    target,
-                    message: format!("{what}: {detail}"),
-                },
-                // A 2xx whose body could not be read or parsed: most likely cut off on the way.
-                (None, Some(200..=299)) => StorageError::Transient {
-                    target,
-                    message: format!("{what}: unreadable answer: {}", root_cause(&e)),
-                },
-                _ => StorageError::Permanent {
-                    target,
-                    message: format!("{what}: {detail}"),
-                },
-            },
+            _ => {
+                let message = |detail: &str| format!("{what}: {detail}");
+                match Answer::of(code.as_deref(), status) {
+                    Answer::NoSuchBucket => StorageError::Permanent {
+                        target,
+                        message: format!(
+                            "bucket `{}` does not exist (create it, or fix `bucket` in the target)",
+                            self.bucket
+                        ),
+                    },
+                    Answer::NotFound => StorageError::NotFound {
+                        target,
+                        key: key.to_string(),
+                    },
+                    Answer::NoSuchUpload => StorageError::Permanent {
+                        target,
+                        message: message(
+                            "the multipart upload no longer exists (aborted elsewhere or by a lifecycle rule)",
+                        ),
+                    },
+                    Answer::NoSpace => StorageError::NoSpace {
+                        target,
+                        message: message(&detail),
+                    },
+                    Answer::Auth => StorageError::Auth {
+                        target,
+                        message: message(&detail),
+                    },
+                    Answer::Transient => StorageError::Transient {
+                        target,
+                        message: message(&detail),
+                    },
+                    Answer::Unreadable => StorageError::Transient {
+                        target,
+                        message: message(&format!("unreadable answer: {}", root_cause(&e))),
+                    },
+                    Answer::Permanent => StorageError::Permanent {
+                        target,
+                        message: message(&detail),
+                    },
+                }
+            }
         };
         Failure { err, code }
+    }
+
+    /// A request that was not sent, or got no answer (`c`: the connector's error). Credentials and DNS failures
+    /// are named as such.
+    fn not_sent(
+        &self,
+        what: &str,
+        target: String,
+        c: Option<&ConnectorError>,
+        e: &(dyn std::error::Error + 'static),
+    ) -> StorageError {
+        let cause = root_cause(e);
+        let is = |f: fn(&ConnectorError) -> bool| c.is_some_and(f);
+        if !is(ConnectorError::is_io) && !is(ConnectorError::is_timeout) && credentials_failed(e) {
+            // Resolving the credentials failed before anything was sent: none found, the instance
+            // metadata service refused, a profile or SSO login is broken. Retrying cannot fix that.
+            StorageError::Auth {
+                target,
+                message: format!(
+                    "{what}: no usable credentials ({cause}); set access-key-id-file and \
+                     secret-access-key-file in the target, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, \
+                     or a profile"
+                ),
+            }
+        } else if is(ConnectorError::is_io) && does_not_resolve(e) {
+            // Transient (resolvers fail now and then), but say what it is: "cannot reach … dns error"
+            // reads like a dead server.
+            StorageError::Transient {
+                target,
+                message: format!(
+                    "{what}: the host name of s3 endpoint {} does not resolve ({cause}); check `endpoint` and DNS",
+                    self.endpoint
+                ),
+            }
+        } else if is(ConnectorError::is_user) {
+            StorageError::Permanent {
+                target,
+                message: format!("{what}: {cause}"),
+            }
+        } else {
+            StorageError::Transient {
+                target,
+                message: format!(
+                    "{what}: cannot reach s3 endpoint {}: {cause}",
+                    self.endpoint
+                ),
+            }
+        }
+    }
+}
+
+/// What an S3 answer means, by its error code and HTTP status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Answer {
+    NoSuchBucket,
+    NotFound,
+    NoSuchUpload,
+    NoSpace,
+    Auth,
+    Transient,
+    /// A 2xx whose body could not be read or parsed: most likely cut off on the way.
+    Unreadable,
+    Permanent,
+}
+
+impl Answer {
+    fn of(code: Option<&str>, status: Option<u16>) -> Answer {
+        match (code, status) {
+            (Some("NoSuchBucket"), _) => Answer::NoSuchBucket,
+            (Some("NoSuchKey"), _) | (None, Some(404)) => Answer::NotFound,
+            (Some("NoSuchUpload"), _) => Answer::NoSuchUpload,
+            // Quota codes come with 403 on some stores: check them before the generic 403.
+            (
+                Some(
+                    "QuotaExceeded"
+                    | "ServiceQuotaExceeded"
+                    | "InsufficientStorage"
+                    | "XMinioStorageFull"
+                    | "StorageFull",
+                ),
+                _,
+            )
+            | (_, Some(507)) => Answer::NoSpace,
+            (
+                Some(
+                    "AccessDenied"
+                    | "InvalidAccessKeyId"
+                    | "SignatureDoesNotMatch"
+                    | "ExpiredToken"
+                    | "InvalidToken"
+                    | "AllAccessDisabled"
+                    | "AccountProblem"
+                    | "InvalidSecurity",
+                ),
+                _,
+            )
+            | (_, Some(401 | 403)) => Answer::Auth,
+            (
+                Some(
+                    "SlowDown"
+                    | "RequestTimeout"
+                    | "InternalError"
+                    | "ServiceUnavailable"
+                    | "Throttling"
+                    | "ThrottlingException"
+                    | "RequestTimeTooSkewed"
+                    | "OperationAborted",
+                ),
+                _,
+            )
+            | (_, Some(408 | 429 | 500..=599)) => Answer::Transient,
+            (None, Some(200..=299)) => Answer::Unreadable,
+            _ => Answer::Permanent,
+        }
     }
 }
 
@@ -221,4 +278,32 @@ fn does_not_resolve(e: &(dyn std::error::Error + 'static)) -> bool {
     chain_text(e)
         .iter()
         .any(|m| m.contains("dns error") || m.contains("failed to lookup address"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Answer;
+
+    #[test]
+    fn answers_by_code_then_status() {
+        for (code, status, want) in [
+            (Some("NoSuchBucket"), Some(404), Answer::NoSuchBucket),
+            (Some("NoSuchKey"), Some(404), Answer::NotFound),
+            (None, Some(404), Answer::NotFound),
+            (Some("NoSuchUpload"), Some(404), Answer::NoSuchUpload),
+            // A quota code wins over its 403.
+            (Some("QuotaExceeded"), Some(403), Answer::NoSpace),
+            (None, Some(507), Answer::NoSpace),
+            (Some("SignatureDoesNotMatch"), Some(403), Answer::Auth),
+            (None, Some(401), Answer::Auth),
+            (Some("SlowDown"), Some(503), Answer::Transient),
+            (None, Some(500), Answer::Transient),
+            (None, Some(429), Answer::Transient),
+            (None, Some(200), Answer::Unreadable),
+            (Some("InvalidArgument"), Some(400), Answer::Permanent),
+            (None, None, Answer::Permanent),
+        ] {
+            assert_eq!(Answer::of(code, status), want, "{code:?} {status:?}");
+        }
+    }
 }

@@ -1,7 +1,7 @@
 //! A metadata-aware snapshot of a directory tree, and a human-readable diff of two snapshots.
 //!
-//! Used by the round-trip tests and by `verify --restore-test`: restore an archive somewhere, snapshot both,
-//! and every difference in type, mode (suid/sgid/sticky included), owner, mtime (nanoseconds, for directories
+//! Used by the round-trip tests (test support: it lives here, not in the library): restore an archive somewhere,
+//! snapshot both, and every difference in type, mode (suid/sgid/sticky included), owner, mtime (nanoseconds, for directories
 //! and symlinks too), content, link target, device number, xattrs, hardlink grouping or sparseness is a line in
 //! the diff.
 //!
@@ -22,13 +22,11 @@ use std::ffi::{CStr, CString, OsStr};
 use std::fs::File;
 use std::io::{self, Read};
 use std::mem::MaybeUninit;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
-
-use super::fsat as pack;
 
 /// File type of a [`Node`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -119,7 +117,7 @@ struct Dir {
     fd: Option<OwnedFd>,
     name: CString,
     rel: PathBuf,
-    names: Vec<(CString, u8)>,
+    names: Vec<CString>,
     next: usize,
 }
 
@@ -146,7 +144,7 @@ pub fn snapshot_with(root: &Path, opts: &SnapshotOptions) -> io::Result<Snapshot
     node.xattrs = read_xattrs(root).map_err(|e| ctx(root, e))?;
     out.insert(PathBuf::from("."), node);
     let root_fd = OwnedFd::from(root_fd);
-    let names = pack::read_sorted(root_fd.as_raw_fd()).map_err(|e| ctx(root, e))?;
+    let names = read_sorted(root_fd.as_raw_fd()).map_err(|e| ctx(root, e))?;
     let mut stack = vec![Dir {
         fd: Some(root_fd),
         name: CString::default(),
@@ -163,7 +161,7 @@ pub fn snapshot_with(root: &Path, opts: &SnapshotOptions) -> io::Result<Snapshot
             }
             continue;
         }
-        let (name, _) = std::mem::take(&mut top.names[top.next]);
+        let name = std::mem::take(&mut top.names[top.next]);
         top.next += 1;
         let rel = top.rel.join(OsStr::from_bytes(name.to_bytes()));
         let abs = root.join(&rel);
@@ -196,13 +194,13 @@ pub fn snapshot_with(root: &Path, opts: &SnapshotOptions) -> io::Result<Snapshot
                 }
             }
             Kind::Symlink => {
-                pack::read_link_at(dir, &name, &mut link_buf).map_err(|e| ctx(&abs, e))?;
+                read_link_at(dir, &name, &mut link_buf).map_err(|e| ctx(&abs, e))?;
                 node.size = link_buf.len() as u64;
                 node.link_target = Some(link_buf.clone());
             }
             Kind::Dir => {
-                let fd = pack::open_dir_at(dir, &name).map_err(|e| ctx(&abs, e))?;
-                let names = pack::read_sorted(fd.as_raw_fd()).map_err(|e| ctx(&abs, e))?;
+                let fd = open_dir_at(dir, &name).map_err(|e| ctx(&abs, e))?;
+                let names = read_sorted(fd.as_raw_fd()).map_err(|e| ctx(&abs, e))?;
                 if !names.is_empty() {
                     child = Some(Dir {
                         fd: Some(fd),
@@ -254,7 +252,7 @@ fn reopen(stack: &mut [Dir]) -> io::Result<()> {
         .expect("the root stays open");
     let mut cur = stack[from].fd.as_ref().expect("open").try_clone()?;
     for d in &stack[from + 1..=idx] {
-        cur = pack::open_dir_at(cur.as_raw_fd(), &d.name)?;
+        cur = open_dir_at(cur.as_raw_fd(), &d.name)?;
     }
     stack[idx].fd = Some(cur);
     Ok(())
@@ -297,7 +295,7 @@ fn node_from(st: &libc::stat) -> Node {
 fn fstat(fd: RawFd) -> io::Result<libc::stat> {
     let mut st = MaybeUninit::<libc::stat>::uninit();
     // SAFETY: valid fd and out pointer.
-    pack::cvt(unsafe { libc::fstat(fd, st.as_mut_ptr()) })?;
+    cvt(unsafe { libc::fstat(fd, st.as_mut_ptr()) })?;
     // SAFETY: filled by fstat.
     Ok(unsafe { st.assume_init() })
 }
@@ -305,7 +303,7 @@ fn fstat(fd: RawFd) -> io::Result<libc::stat> {
 fn fstatat(dir: RawFd, name: &CStr) -> io::Result<libc::stat> {
     let mut st = MaybeUninit::<libc::stat>::uninit();
     // SAFETY: valid fd, C string and out pointer.
-    pack::cvt(unsafe {
+    cvt(unsafe {
         libc::fstatat(
             dir,
             name.as_ptr(),
@@ -319,9 +317,50 @@ fn fstatat(dir: RawFd, name: &CStr) -> io::Result<libc::stat> {
 
 fn open_at(dir: RawFd, name: &CStr, flags: libc::c_int) -> io::Result<OwnedFd> {
     // SAFETY: valid fd and C string; the fd is owned below.
-    let fd = pack::cvt(unsafe { libc::openat(dir, name.as_ptr(), flags | libc::O_CLOEXEC) })?;
+    let fd = cvt(unsafe { libc::openat(dir, name.as_ptr(), flags | libc::O_CLOEXEC) })?;
     // SAFETY: fresh fd.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+// The `*at()` calls of the walk, one path component each, never following a symlink (the library's own layer,
+// `archive::fsat`, is private to it).
+
+fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+fn open_dir_at(dir: RawFd, name: &CStr) -> io::Result<OwnedFd> {
+    open_at(
+        dir,
+        name,
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+    )
+}
+
+fn read_link_at(dir: RawFd, name: &CStr, buf: &mut Vec<u8>) -> io::Result<()> {
+    // SAFETY: `dir` is held open by the caller for the length of the call.
+    let at = unsafe { BorrowedFd::borrow_raw(dir) };
+    *buf = rustix::fs::readlinkat(at, name, std::mem::take(buf))?.into_bytes();
+    Ok(())
+}
+
+/// The names in directory `dir` but `.` and `..`, sorted by bytes.
+fn read_sorted(dir: RawFd) -> io::Result<Vec<CString>> {
+    // SAFETY: `dir` is held open by the caller for the length of the call.
+    let at = unsafe { BorrowedFd::borrow_raw(dir) };
+    let mut names = Vec::new();
+    for ent in rustix::fs::Dir::read_from(at)? {
+        let name = ent?.file_name().to_owned();
+        if !matches!(name.to_bytes(), b"." | b"..") {
+            names.push(name);
+        }
+    }
+    names.sort_unstable();
+    Ok(names)
 }
 
 fn hash_file(mut f: File, buf: &mut [u8]) -> io::Result<[u8; 32]> {
