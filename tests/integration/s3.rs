@@ -712,6 +712,26 @@ fn s3_urls_carry_the_endpoint_and_need_no_region() {
     );
 }
 
+/// A mistyped endpoint host fails a read command at once, saying the name does not resolve, instead of retrying
+/// for the whole `retry-deadline` (5 minutes by default) as it did.
+#[test]
+fn a_host_name_that_does_not_exist_fails_list_at_once() {
+    let w = World::without_bucket("http://127.0.0.1:9");
+    let url = "s3://b/p?endpoint=http://voltar-test-nowhere.invalid:9000";
+    let mut c = w.cmd();
+    c.env("AWS_ACCESS_KEY_ID", KEY_ID)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET);
+    let started = Instant::now();
+    let l = run(c, &["list", "-t", url]);
+    assert_eq!(l.code, 2, "{l:?}");
+    assert!(l.stderr.contains("does not resolve"), "{l:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}: {l:?}",
+        started.elapsed()
+    );
+}
+
 // -------------------------------------------------------------------------------------------------------------
 // Several targets, one of them failing (a private S3 server, frozen mid-upload).
 

@@ -123,14 +123,16 @@ impl Inner {
                 ),
             }
         } else if is(ConnectorError::is_io) && does_not_resolve(e) {
-            // Transient (resolvers fail now and then), but say what it is: "cannot reach … dns error"
-            // reads like a dead server.
-            StorageError::Transient {
-                target,
-                message: format!(
-                    "{what}: the host name of s3 endpoint {} does not resolve ({cause}); check `endpoint` and DNS",
-                    self.endpoint
-                ),
+            // Say what it is: "cannot reach … dns error" reads like a dead server. A name the resolver says
+            // does not exist is a mistyped endpoint: fail now. A resolver that could not answer may next time.
+            let message = format!(
+                "{what}: the host name of s3 endpoint {} does not resolve ({cause}); check `endpoint` and DNS",
+                self.endpoint
+            );
+            if resolver_was_unsure(e) {
+                StorageError::Transient { target, message }
+            } else {
+                StorageError::Permanent { target, message }
             }
         } else if is(ConnectorError::is_user) {
             StorageError::Permanent {
@@ -278,6 +280,14 @@ fn does_not_resolve(e: &(dyn std::error::Error + 'static)) -> bool {
     chain_text(e)
         .iter()
         .any(|m| m.contains("dns error") || m.contains("failed to lookup address"))
+}
+
+/// Whether a failed name lookup may succeed when asked again: the resolver could not answer (EAI_AGAIN, or no
+/// reason given), rather than answering that the name does not exist (EAI_NONAME, EAI_NODATA).
+fn resolver_was_unsure(e: &(dyn std::error::Error + 'static)) -> bool {
+    !chain_text(e).iter().any(|m| {
+        m.contains("name or service not known") || m.contains("no address associated with hostname")
+    })
 }
 
 #[cfg(test)]

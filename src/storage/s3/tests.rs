@@ -271,20 +271,29 @@ fn credentials_that_cannot_be_resolved_are_auth_errors_on_one_line() {
     }
 }
 
+/// A host name the resolver says does not exist (EAI_NONAME, EAI_NODATA) fails at once: waiting out the
+/// retry deadline (minutes) cannot fix a mistyped endpoint. A resolver that could not answer (EAI_AGAIN) is
+/// retried. Both say what they are.
 #[test]
 fn a_host_that_does_not_resolve_says_so() {
     let s = test_inner();
-    let dns = Chain(
-        "dns error",
-        Some(Box::new(std::io::Error::other(
-            "failed to lookup address information: Name or service not known",
-        ))),
-    );
-    let e: PartErr =
-        SdkError::dispatch_failure(aws_sdk_s3::error::ConnectorError::io(Box::new(dns)));
-    let f = s.classify("starting upload", "b/v", e);
-    assert!(f.err.is_retryable(), "{}", f.err);
-    assert!(f.err.to_string().contains("does not resolve"), "{}", f.err);
+    for (lookup, retried) in [
+        ("Name or service not known", false),
+        ("No address associated with hostname", false),
+        ("Temporary failure in name resolution", true),
+    ] {
+        let dns = Chain(
+            "dns error",
+            Some(Box::new(std::io::Error::other(format!(
+                "failed to lookup address information: {lookup}"
+            )))),
+        );
+        let e: PartErr =
+            SdkError::dispatch_failure(aws_sdk_s3::error::ConnectorError::io(Box::new(dns)));
+        let f = s.classify("starting upload", "b/v", e);
+        assert_eq!(f.err.is_retryable(), retried, "{lookup}: {}", f.err);
+        assert!(f.err.to_string().contains("does not resolve"), "{}", f.err);
+    }
 }
 
 #[test]
