@@ -362,3 +362,39 @@ pub fn exists_at(dir: RawFd, name: &OsStr) -> io::Result<bool> {
     }
     type_at(dir, name).map(|t| t.is_some())
 }
+
+/// Set the extended attribute `name` of the open file or directory `f`.
+pub(super) fn set_xattr_fd(f: RawFd, name: &[u8], value: &[u8]) -> io::Result<()> {
+    let name = CString::new(name)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL byte in an xattr name"))?;
+    Ok(rustix::fs::fsetxattr(
+        fd(f),
+        name.as_c_str(),
+        value,
+        rustix::fs::XattrFlags::empty(),
+    )?)
+}
+
+/// Flush the whole filesystem holding `f` to stable storage (`syncfs`): one call for a whole extracted tree instead
+/// of an fsync per file.
+pub(super) fn syncfs_fd(f: RawFd) -> io::Result<()> {
+    Ok(rustix::fs::syncfs(fd(f))?)
+}
+
+/// The process's umask, read without changing it (`Umask:` in /proc/self/status, Linux 4.7+; setting and
+/// restoring it would race with other threads creating files). None when it cannot be read.
+pub(super) fn current_umask() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("Umask:"))?;
+    u32::from_str_radix(line["Umask:".len()..].trim(), 8).ok()
+}
+
+/// Whether the directory `dir` has a default ACL, which replaces the umask for files created in it (so their
+/// mode is not simply `mode & !umask`). Unknown counts as yes.
+pub(super) fn has_default_acl(dir: RawFd) -> bool {
+    match rustix::fs::fgetxattr(fd(dir), c"system.posix_acl_default", &mut [0u8; 0][..]) {
+        Ok(_) => true,
+        Err(rustix::io::Errno::NODATA | rustix::io::Errno::NOTSUP) => false,
+        Err(_) => true,
+    }
+}

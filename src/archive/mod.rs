@@ -6,6 +6,7 @@ mod fsat;
 mod names;
 pub mod pack;
 mod pax;
+mod readahead;
 pub mod unpack;
 
 use std::path::PathBuf;
