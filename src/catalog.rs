@@ -20,6 +20,7 @@ use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
+pub use crate::archive::Counts;
 /// What was done to a container while its source was read: the config's type, recorded here as it is.
 pub use crate::config::QuiesceAction;
 use crate::storage::{Storage, StorageError, StorageExt};
@@ -148,22 +149,6 @@ pub struct ContainerRecord {
     pub action: QuiesceAction,
     /// How long it was paused or stopped, in milliseconds (0 when untouched).
     pub downtime_ms: u64,
-}
-
-/// Counts of what an archive holds; `verify` recomputes them from the archive and compares.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub struct Counts {
-    /// All tar entries (excluding PAX/GNU metadata headers).
-    pub entries: u64,
-    pub files: u64,
-    pub dirs: u64,
-    pub symlinks: u64,
-    pub hardlinks: u64,
-    /// FIFOs and device nodes.
-    pub other: u64,
-    /// Sum of regular-file content sizes as recorded in the headers.
-    pub bytes: u64,
 }
 
 /// One source in a committed backup.

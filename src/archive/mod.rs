@@ -11,7 +11,24 @@ pub mod unpack;
 
 use std::path::PathBuf;
 
-pub use crate::catalog::Counts;
+use serde::{Deserialize, Serialize};
+
+/// Counts of what an archive holds: the manifest records them per source (`catalog`), `verify` and `restore`
+/// recompute them from the archive and compare.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Counts {
+    /// All tar entries (excluding PAX/GNU metadata headers).
+    pub entries: u64,
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub hardlinks: u64,
+    /// FIFOs and device nodes.
+    pub other: u64,
+    /// Sum of regular-file content sizes as recorded in the headers.
+    pub bytes: u64,
+}
 
 /// What one archive entry counts as in [`Counts`]. The one place the counting rules (`unpack`'s module docs) are
 /// applied: `pack` counts what it writes, `unpack`/`scan` what they read, verify's restore test what it restored.

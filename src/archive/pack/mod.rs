@@ -128,7 +128,7 @@ use super::pax::{
     checksum, octal_max, pax_record, pax_record_num, put_num, put_octal, MAX_META_HEADER,
 };
 use super::{ArchiveError, Counted};
-use crate::catalog::Counts;
+use crate::archive::Counts;
 
 mod content;
 mod header;
