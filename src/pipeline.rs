@@ -586,18 +586,11 @@ fn check_room(dir: &Path, more: u64) -> Result<(), StorageError> {
 
 /// (bytes available to us, filesystem size) of the filesystem holding `dir`.
 fn fs_space(dir: &Path) -> std::io::Result<(u64, u64)> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out-pointer.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let frsize = st.f_frsize as u64;
+    let st = rustix::fs::statvfs(dir)?;
+    let frsize = st.f_frsize;
     Ok((
-        (st.f_bavail as u64).saturating_mul(frsize),
-        (st.f_blocks as u64).saturating_mul(frsize),
+        st.f_bavail.saturating_mul(frsize),
+        st.f_blocks.saturating_mul(frsize),
     ))
 }
 
@@ -714,11 +707,14 @@ impl SpoolReader {
 }
 
 fn process_exists(pid: i32) -> bool {
-    // SAFETY: signal 0 sends nothing; it only checks that the process exists.
-    if unsafe { libc::kill(pid, 0) } == 0 {
-        return true;
-    }
-    io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    // Signal 0 sends nothing; it only checks that the process exists (EPERM: it does, as another user's).
+    let Some(pid) = rustix::process::Pid::from_raw(pid) else {
+        return false;
+    };
+    matches!(
+        rustix::process::test_kill_process(pid),
+        Ok(()) | Err(rustix::io::Errno::PERM)
+    )
 }
 
 /// Remove spool files that a killed run left under `dir` (named [`SPOOL_PREFIX`]`<pid>-…`): those of processes

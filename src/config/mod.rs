@@ -227,7 +227,7 @@ fn default_state_dir() -> PathBuf {
         return PathBuf::from(d);
     }
     // root: /var/lib/voltar; others: $XDG_STATE_HOME/voltar or ~/.local/state/voltar.
-    if unsafe { libc::geteuid() } == 0 {
+    if rustix::process::geteuid().is_root() {
         return PathBuf::from("/var/lib/voltar");
     }
     if let Ok(x) = std::env::var("XDG_STATE_HOME") {

@@ -1,5 +1,7 @@
 //! Restore's filesystem side: the journaled staging directory and the atomic swaps (`renameat2`).
 
+use rustix::fs::{Mode, OFlags, RenameFlags, CWD};
+
 use super::*;
 
 /// A staging directory beside a destination (same filesystem, so swapping it in is a rename), journaled before
@@ -61,9 +63,7 @@ impl Staging {
 /// symlink, so a path of any length works (longer than PATH_MAX too).
 pub(super) fn swap_path_in(staging: &Path, path: &Path, p: &Path) -> Result<()> {
     use crate::archive::unpack::{exists_at, open_dir_beneath};
-    use std::ffi::CString;
     use std::os::fd::AsRawFd;
-    use std::os::unix::ffi::OsStrExt;
     let not_in_backup = || anyhow!("--path {}: not in the backup", p.display());
     let name = p.file_name().ok_or_else(not_in_backup)?;
     let parent = p.parent().unwrap_or(Path::new(""));
@@ -80,57 +80,53 @@ pub(super) fn swap_path_in(staging: &Path, path: &Path, p: &Path) -> Result<()> 
     })?;
     let replace = exists_at(to_dir.as_raw_fd(), name)
         .with_context(|| format!("--path {}: looking at {}", p.display(), path.display()))?;
-    let c = CString::new(name.as_bytes())?;
-    // SAFETY: valid descriptors and NUL-terminated names.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_renameat2,
-            from_dir.as_raw_fd(),
-            c.as_ptr(),
-            to_dir.as_raw_fd(),
-            c.as_ptr(),
-            if replace {
-                libc::RENAME_EXCHANGE
-            } else {
-                libc::RENAME_NOREPLACE
-            },
-        )
+    let flags = if replace {
+        RenameFlags::EXCHANGE
+    } else {
+        RenameFlags::NOREPLACE
     };
-    if rc != 0 {
-        let e = std::io::Error::last_os_error();
-        bail!(
+    rustix::fs::renameat_with(&from_dir, name, &to_dir, name, flags).map_err(|e| {
+        anyhow!(
             "--path {}: moving it into {}: {e} (the filesystem must support renameat2)",
             p.display(),
             path.display()
-        );
+        )
+    })?;
+    // The swap is a change to both directories: on disk before the restore reports it done.
+    for dir in [&to_dir, &from_dir] {
+        rustix::fs::fsync(dir)
+            .with_context(|| format!("--path {}: flushing {}", p.display(), path.display()))?;
     }
     Ok(())
 }
 
 /// Atomically swap two paths on one filesystem (`renameat2(RENAME_EXCHANGE)`).
 pub(super) fn exchange(a: &Path, b: &Path) -> Result<()> {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
-    let ca = CString::new(a.as_os_str().as_bytes())?;
-    let cb = CString::new(b.as_os_str().as_bytes())?;
-    // SAFETY: valid NUL-terminated paths; AT_FDCWD.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_renameat2,
-            libc::AT_FDCWD,
-            ca.as_ptr(),
-            libc::AT_FDCWD,
-            cb.as_ptr(),
-            libc::RENAME_EXCHANGE,
-        )
-    };
-    if rc != 0 {
-        let e = std::io::Error::last_os_error();
-        bail!(
+    rustix::fs::renameat_with(CWD, a, CWD, b, RenameFlags::EXCHANGE).map_err(|e| {
+        anyhow!(
             "swapping {} into {}: {e} (the filesystem must support renameat2 RENAME_EXCHANGE)",
             a.display(),
             b.display()
-        );
+        )
+    })?;
+    // Staging is made beside its destination, so this is one directory (two when called otherwise): flush the
+    // exchange there before the restore reports it done.
+    let mut parents: Vec<&Path> = [a, b]
+        .iter()
+        .map(|p| match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        })
+        .collect();
+    parents.dedup();
+    for parent in parents {
+        rustix::fs::open(
+            parent,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .and_then(|d| rustix::fs::fsync(&d))
+        .map_err(|e| anyhow!("flushing {} after the swap: {e}", parent.display()))?;
     }
     Ok(())
 }
