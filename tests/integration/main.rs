@@ -9,6 +9,7 @@ mod archive_unpack;
 mod backup;
 mod frozen;
 mod key;
+mod layers;
 mod prune;
 mod quiesce;
 mod restore;
