@@ -34,7 +34,7 @@ use crate::config::{read_secret_file, Encryption};
 pub enum CryptoError {
     #[error("encryption recipient `{0}` is not an age (age1…) or ssh public key")]
     BadRecipient(String),
-    #[error("{0}")]
+    #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     #[error("identity file {path}: {message}")]
     Identity { path: PathBuf, message: String },

@@ -140,19 +140,15 @@ pub enum AfterBackup {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PruneError {
-    #[error("cannot list the backups in {target}: {source}; nothing was deleted (check the target and retry)")]
-    List {
-        target: String,
-        #[source]
-        source: CatalogError,
-    },
+    #[error("cannot list the backups in {target}: {cause}; nothing was deleted (check the target and retry)")]
+    List { target: String, cause: CatalogError },
 }
 
 impl PruneError {
     pub fn is_retryable(&self) -> bool {
         match self {
             PruneError::List {
-                source: CatalogError::Storage(e),
+                cause: CatalogError::Storage(e),
                 ..
             } => e.is_retryable(),
             PruneError::List { .. } => false,
@@ -165,7 +161,7 @@ async fn list(storage: &dyn Storage) -> Result<Listing, PruneError> {
         .await
         .map_err(|source| PruneError::List {
             target: storage.describe(),
-            source,
+            cause: source,
         })
 }
 

@@ -125,7 +125,7 @@ pub fn decoder<'a, R: Read + 'a>(mut r: R) -> Result<(Format, Box<dyn Read + 'a>
             Err(e) => {
                 return Err(ArchiveError::Io {
                     path: PathBuf::from("(archive stream)"),
-                    source: e,
+                    cause: e,
                 })
             }
         }

@@ -63,16 +63,16 @@ impl Counts {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
-    /// Reading the source or writing the destination failed.
-    #[error("{path}: {source}")]
+    /// Reading the source or writing the destination failed. (Errors here that print their cause do not also
+    /// chain it as `source()`: the message is the whole story, once.)
+    #[error("{path}: {cause}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// Writing the archive stream failed (the sink: storage, pipe…).
     #[error("writing archive: {0}")]
-    Sink(#[source] std::io::Error),
+    Sink(std::io::Error),
     /// The archive tries to write outside its target or otherwise breaks the safety rules.
     #[error("unsafe archive entry `{entry}`: {reason}")]
     Unsafe { entry: String, reason: String },

@@ -411,7 +411,7 @@ fn finish_stream<R: Read>(mut s: EndCheck<R>) -> Result<(), ArchiveError> {
 fn open_dest(dest: &Path) -> Result<OwnedFd, ArchiveError> {
     open_root(dest).map_err(|e| ArchiveError::Io {
         path: dest.to_path_buf(),
-        source: e,
+        cause: e,
     })
 }
 // ---------------------------------------------------------------------------------------------------------------
@@ -562,7 +562,7 @@ impl Extractor<'_> {
         for c in comps {
             p.push(c);
         }
-        ArchiveError::Io { path: p, source: e }
+        ArchiveError::Io { path: p, cause: e }
     }
 
     /// Make `dirs` (relative to the destination) the current directory and return its descriptor, creating
@@ -1086,7 +1086,7 @@ impl Extractor<'_> {
         }
         let tparent = match self.walk(&target[..target.len() - 1], false, &d.display) {
             Ok(fd) => fd,
-            Err(ArchiveError::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => {
+            Err(ArchiveError::Io { cause, .. }) if cause.raw_os_error() == Some(libc::ENOENT) => {
                 return Err(missing_target(&d.display, &target))
             }
             Err(ArchiveError::Unsafe { entry, reason }) => {
@@ -1131,7 +1131,7 @@ impl Extractor<'_> {
         };
         match self.create_leaf(parent, comps, &d.display, || mknod_at(parent, &c, ty, dev)) {
             Ok(()) => {}
-            Err(ArchiveError::Io { source: e, .. })
+            Err(ArchiveError::Io { cause: e, .. })
                 if ty != FileType::Fifo && e.raw_os_error() == Some(libc::EPERM) =>
             {
                 match &mut self.notes.devices_skipped {

@@ -154,7 +154,10 @@ impl Journal {
         let dir = journal_dir(state_dir);
         let err = |path: &Path| {
             let path = path.to_path_buf();
-            move |source| QuiesceError::Journal { path, source }
+            move |source| QuiesceError::Journal {
+                path,
+                cause: source,
+            }
         };
         DirBuilder::new()
             .recursive(true)
@@ -177,7 +180,7 @@ impl Journal {
                 let _ = fs::remove_file(&tmp);
                 return Err(QuiesceError::Journal {
                     path: tmp,
-                    source: io::Error::new(
+                    cause: io::Error::new(
                         io::ErrorKind::WouldBlock,
                         "a fresh journal file is locked by someone else",
                     ),
@@ -187,7 +190,7 @@ impl Journal {
                 let _ = fs::remove_file(&tmp);
                 return Err(QuiesceError::Journal {
                     path: tmp,
-                    source: e,
+                    cause: e,
                 });
             }
         }
@@ -249,7 +252,7 @@ impl Journal {
             inner.poisoned = true;
             return Err(QuiesceError::Journal {
                 path: self.path.clone(),
-                source,
+                cause: source,
             });
         }
         inner.next_seq += 1;

@@ -80,12 +80,8 @@ pub use recover::{
 #[derive(Debug, thiserror::Error)]
 pub enum QuiesceError {
     /// The journal cannot be created or written: nothing is quiesced without it.
-    #[error("cannot write the quiesce journal {path}: {source} (check that the state dir is writable by this user)")]
-    Journal {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error("cannot write the quiesce journal {path}: {cause} (check that the state dir is writable by this user)")]
+    Journal { path: PathBuf, cause: io::Error },
     /// An earlier journal write failed; the run refuses to quiesce more containers.
     #[error("the quiesce journal {path} could not be written earlier; no more containers are quiesced in this run (check the state dir's disk)")]
     JournalPoisoned { path: PathBuf },

@@ -197,7 +197,7 @@ pub fn pack<W: io::Write>(
 ) -> Result<(PackReport, W), ArchiveError> {
     let root_err = |source| ArchiveError::Io {
         path: root.to_path_buf(),
-        source,
+        cause: source,
     };
     // The root itself is trusted (the caller chose it) and may be reached through symlinks; nothing below it is.
     let root_fd = open_root(root).map_err(root_err)?;
