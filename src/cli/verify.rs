@@ -66,6 +66,8 @@ pub fn render(report: &VerifyReport) -> String {
                 human(c.stored_bytes),
                 if c.restore_tested {
                     ", restore-tested"
+                } else if !c.content_checked {
+                    ", stored bytes only"
                 } else {
                     ""
                 }
@@ -78,6 +80,12 @@ pub fn render(report: &VerifyReport) -> String {
     }
     for p in &report.problems {
         out.push_str(&format!("FAILED  {p}\n"));
+    }
+    if report.checks.iter().any(|c| !c.content_checked) {
+        out.push_str(
+            "encrypted backups: size and sha256 of the stored objects checked; content not checked \
+             (pass --identity FILE or --passphrase-file FILE to decrypt and check it)\n",
+        );
     }
     let bad = report.checks.iter().filter(|c| !c.ok).count() + report.problems.len();
     out.push_str(&format!(

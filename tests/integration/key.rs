@@ -168,3 +168,58 @@ fn walkdir(root: &Path) -> Vec<std::path::PathBuf> {
     }
     files
 }
+
+/// On the backup host, which holds only public keys: `verify` without a key still checks every stored object's
+/// size and sha256 (and the manifest's checksum, when it is read), says that the content needs the key, and
+/// exits 0 when that much is sound; a damaged archive still fails it (exit 1). `restore` without the key fails
+/// with the same hint.
+#[test]
+fn verify_without_the_key_checks_the_stored_bytes_and_says_what_it_could_not() {
+    require_docker!();
+    let mut cleanup = Cleanup::default();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let target = dir.path().join("target");
+    let vol = cleanup.volume("key-verify");
+    std::fs::write(
+        mountpoint(&vol).join("data.txt"),
+        "some data\n".repeat(1000),
+    )
+    .unwrap();
+    let (_, public) = voltar::crypto::generate_identity();
+    let config = dir.path().join("voltar.toml");
+    std::fs::write(
+        &config,
+        format!("[encryption]\nrecipients = [\"{public}\"]\n"),
+    )
+    .unwrap();
+    let t = target.to_str().unwrap();
+    let b = voltar(&state, Some(&config), &["backup", "--only", &vol, "-t", t]);
+    assert_eq!(b.code, 0, "{b:?}");
+
+    let v = voltar(&state, Some(&config), &["verify", "-t", t]);
+    assert_eq!(v.code, 0, "{v:?}");
+    assert!(v.stdout.contains(&vol), "{v:?}");
+    assert!(
+        v.stdout.contains("content not checked") && v.stdout.contains("--identity"),
+        "{v:?}"
+    );
+    let j = voltar(&state, Some(&config), &["--json", "verify", "-t", t]);
+    assert_eq!(j.code, 0, "{j:?}");
+    let r: serde_json::Value = serde_json::from_str(&j.stdout).unwrap();
+    assert_eq!(r["checks"][0]["ok"], true, "{r}");
+    assert_eq!(r["checks"][0]["content-checked"], false, "{r}");
+
+    // One flipped byte in the stored object: caught by its sha256, without the key.
+    let obj = walkdir(&target)
+        .into_iter()
+        .find(|p| p.to_string_lossy().ends_with(".tar.zst.age"))
+        .expect("an encrypted archive");
+    let mut bytes = std::fs::read(&obj).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x20;
+    std::fs::write(&obj, &bytes).unwrap();
+    let bad = voltar(&state, Some(&config), &["verify", "-t", t]);
+    assert_eq!(bad.code, 1, "{bad:?}");
+    assert!(bad.stdout.contains("sha256"), "{bad:?}");
+}
