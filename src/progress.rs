@@ -18,14 +18,28 @@ impl Progress {
             return Progress { bar: None };
         }
         let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(8));
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{spinner} {prefix:.bold} {msg} {bytes} read, {binary_bytes_per_sec}, {elapsed}",
-            )
-            .expect("valid template"),
-        );
+        bar.set_style(style(OPEN_ENDED));
         bar.enable_steady_tick(Duration::from_millis(200));
         Progress { bar: Some(bar) }
+    }
+
+    /// Count the next bytes against `total` when it is known (a stored object being read back: percentage and
+    /// ETA), else open-ended. Starts the count at zero.
+    pub fn expect_bytes(&self, total: Option<u64>) {
+        if let Some(b) = &self.bar {
+            b.set_position(0);
+            b.reset_eta();
+            match total {
+                Some(t) => {
+                    b.set_length(t);
+                    b.set_style(style(KNOWN_TOTAL));
+                }
+                None => {
+                    b.unset_length();
+                    b.set_style(style(OPEN_ENDED));
+                }
+            }
+        }
     }
 
     /// No output at all (tests, `--json`).
@@ -72,6 +86,18 @@ impl Progress {
             b.finish_and_clear();
         }
     }
+}
+
+const OPEN_ENDED: &str =
+    "{spinner} {prefix:.bold} {msg} {bytes} read, {binary_bytes_per_sec}, {elapsed}";
+const KNOWN_TOTAL: &str =
+    "{spinner} {prefix:.bold} {msg} [{bar:20}] {bytes}/{total_bytes} ({percent}%), \
+     {binary_bytes_per_sec}, eta {eta}";
+
+fn style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template)
+        .expect("valid template")
+        .progress_chars("=> ")
 }
 
 /// Human size: 1536 → "1.5 KiB".

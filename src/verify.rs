@@ -349,6 +349,7 @@ async fn verify_backup(
         .filter(|s| args.sources.is_empty() || args.sources.contains(&s.name))
     {
         ctx.progress.phase(&format!("verify {} {}", m.id, src.name));
+        ctx.progress.expect_bytes(Some(src.stored_bytes));
         let store = ctx.store.clone();
         let mut problems = if keyless {
             check_stored(store, m, src).await

@@ -16,6 +16,8 @@ pub(super) async fn back_up_source(ctx: &RunCtx<'_>, src: &PlannedSource) -> Sou
     ctx.env
         .progress
         .phase(&format!("{} {}", src.kind, src.name));
+    // How much a volume holds is not known before it is read (`voltar plan` measures it): open-ended count.
+    ctx.env.progress.expect_bytes(None);
 
     // The source must be readable here, before any container is touched.
     if let Err(why) = readable(&src.path) {

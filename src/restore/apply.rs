@@ -319,6 +319,7 @@ async fn extract(
     sr: &mut SourceRestore,
 ) -> Result<()> {
     ctx.progress.note("extracting and verifying");
+    ctx.progress.expect_bytes(Some(src.stored_bytes));
     let opts = UnpackOptions {
         paths: ctx.paths.clone(),
         ..UnpackOptions::default()
