@@ -8,8 +8,6 @@
 //! `--restore-test` additionally restores each source into a scratch volume (created and removed here) through
 //! the same code path as `voltar restore`, and walks the restored tree comparing it with the manifest.
 
-use std::collections::HashSet;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -18,7 +16,7 @@ use chrono::Utc;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::archive::{Counted, Counts};
+use crate::archive::Counts;
 use crate::catalog::{self, Manifest, SourceRecord};
 use crate::config::{Config, Target};
 use crate::crypto::Decryptor;
@@ -190,29 +188,10 @@ async fn check_stored(
 /// Walk a restored tree and compare it with the manifest's counts. Hardlinked files count once as a file and
 /// once per extra link; bytes count each inode once, as the archive does.
 pub fn check_tree(root: &Path, expected: &Counts) -> Vec<String> {
-    let mut found = Counts::default();
-    let mut seen: HashSet<(u64, u64)> = HashSet::new();
-    for e in walkdir::WalkDir::new(root).min_depth(1).follow_links(false) {
-        let e = match e {
-            Ok(e) => e,
-            Err(err) => return vec![format!("walking the restored tree: {err}")],
-        };
-        let Ok(m) = e.path().symlink_metadata() else {
-            continue;
-        };
-        let ft = m.file_type();
-        found.add(if ft.is_dir() {
-            Counted::Dir
-        } else if ft.is_symlink() {
-            Counted::Symlink
-        } else if !ft.is_file() {
-            Counted::Other
-        } else if m.nlink() > 1 && !seen.insert((m.dev(), m.ino())) {
-            Counted::Hardlink
-        } else {
-            Counted::File(m.len())
-        });
-    }
+    let found = match crate::archive::count_tree(root) {
+        Ok(c) => c,
+        Err(e) => return vec![format!("the restored tree: {e}")],
+    };
     // The archive may carry the root directory itself as an entry.
     let mut exp = expected.clone();
     if exp.dirs == found.dirs + 1 && exp.entries == found.entries + 1 {

@@ -61,6 +61,33 @@ impl Counts {
     }
 }
 
+/// Count a tree on disk as an archive of it counts (without the root itself): a file with several links in the
+/// tree counts once as a file and once per extra link, bytes once per inode.
+pub fn count_tree(root: &std::path::Path) -> Result<Counts, String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut found = Counts::default();
+    let mut seen = std::collections::HashSet::new();
+    for e in walkdir::WalkDir::new(root).min_depth(1).follow_links(false) {
+        let e = e.map_err(|err| format!("walking {}: {err}", root.display()))?;
+        let Ok(m) = e.path().symlink_metadata() else {
+            continue;
+        };
+        let ft = m.file_type();
+        found.add(if ft.is_dir() {
+            Counted::Dir
+        } else if ft.is_symlink() {
+            Counted::Symlink
+        } else if !ft.is_file() {
+            Counted::Other
+        } else if m.nlink() > 1 && !seen.insert((m.dev(), m.ino())) {
+            Counted::Hardlink
+        } else {
+            Counted::File(m.len())
+        });
+    }
+    Ok(found)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
     /// Reading the source or writing the destination failed. (Errors here that print their cause do not also

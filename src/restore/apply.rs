@@ -334,7 +334,12 @@ async fn extract(
         ctx.progress.clone(),
     )
     .await?;
-    sr.counts = rep.counts.clone();
+    // What the restore writes: the whole archive, or with `--path` what the selection staged.
+    sr.counts = if ctx.paths.is_empty() {
+        rep.counts.clone()
+    } else {
+        crate::archive::count_tree(&staging.path).map_err(|e| anyhow!(e))?
+    };
     sr.warnings.extend(rep.warnings.iter().cloned());
     if ctx.cancel.is_cancelled() {
         bail!("interrupted before the swap: nothing was changed");

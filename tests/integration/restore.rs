@@ -623,7 +623,26 @@ fn path_restores_only_that_subpath() {
     scribble(&mp);
     let scribbled = snap(&mp);
 
-    w.ok(&["restore", "latest", "--path", "app", "--no-safety-backup"]);
+    let r = w.ok(&[
+        "--json",
+        "restore",
+        "latest",
+        "--path",
+        "app",
+        "--no-safety-backup",
+    ]);
+    // The report counts what was written (issue 10: it counted the whole archive).
+    let j: Value = serde_json::from_str(&r.stdout).unwrap();
+    let under_app = backed_up
+        .iter()
+        .filter(|(p, n)| p.starts_with("app") && n.kind == crate::tree::Kind::File);
+    let (files, bytes) = under_app.fold((0, 0), |(f, b), (_, n)| (f + 1, b + n.size));
+    let counts = &j["sources"][0]["counts"];
+    assert_eq!(
+        (counts["files"].as_u64(), counts["bytes"].as_u64()),
+        (Some(files), Some(bytes)),
+        "{j:#}"
+    );
     let after = snap(&mp);
     for (p, n) in &after {
         let from_backup = p.starts_with("app");
