@@ -153,7 +153,15 @@ pub fn render(report: &RestoreReport) -> String {
             ));
         }
         if !s.restarted.is_empty() {
-            out.push_str(&format!("  restarted: {}\n", s.restarted.join(", ")));
+            let restarted: Vec<String> = s
+                .restarted
+                .iter()
+                .map(|n| match s.downtime_ms.get(n) {
+                    Some(ms) => format!("{n} (down {})", super::human_ms(*ms)),
+                    None => n.clone(),
+                })
+                .collect();
+            out.push_str(&format!("  restarted: {}\n", restarted.join(", ")));
         }
         if let Some(b) = &s.safety_backup {
             out.push_str(&format!("  safety backup: {b} (tag pre-restore)\n"));

@@ -95,6 +95,7 @@ impl SourceRestore {
             counts: Counts::default(),
             safety_backup: None,
             restarted: vec![],
+            downtime_ms: BTreeMap::new(),
             warnings: vec![],
             status: RestoreStatus::Failed(crate::error_chain(e)),
         }
@@ -142,6 +143,7 @@ async fn restore_source(ctx: &ApplyCtx<'_>, sp: SourcePlan) -> Result<SourceRest
         counts: Counts::default(),
         safety_backup: None,
         restarted: vec![],
+        downtime_ms: BTreeMap::new(),
         warnings: vec![],
         status: RestoreStatus::Failed("not restored".into()),
     };
@@ -240,7 +242,16 @@ async fn stopped_for_swap(
     staging: &Staging,
     sr: &mut SourceRestore,
 ) -> Result<Result<()>> {
-    let held = ctx.quiescer.hold(&stop_holds(users)).await?;
+    let holds = stop_holds(users);
+    if !holds.is_empty() {
+        let stopping: Vec<String> = holds
+            .iter()
+            .map(|h| format!("{} (timeout {}s)", h.name, h.stop_timeout.as_secs()))
+            .collect();
+        ctx.progress
+            .note(&format!("stopping {}…", stopping.join(", ")));
+    }
+    let held = ctx.quiescer.hold(&holds).await?;
     let result = async {
         if !fresh && !ctx.args.no_safety_backup && dir_has_entries(path) {
             sr.safety_backup = Some(safety_backup(ctx, src, path).await?);
@@ -254,6 +265,11 @@ async fn stopped_for_swap(
     .await;
     let released = ctx.quiescer.release(held).await;
     sr.restarted = released.released.iter().map(|c| c.name.clone()).collect();
+    sr.downtime_ms = released
+        .released
+        .iter()
+        .map(|c| (c.name.clone(), c.downtime_ms()))
+        .collect();
     sr.warnings
         .extend(released.errors.iter().map(|e| e.to_string()));
     Ok(result)

@@ -43,6 +43,7 @@ pub(super) async fn import(
                     counts: rep.counts,
                     safety_backup: None,
                     restarted: vec![],
+                    downtime_ms: Default::default(),
                     warnings: rep.warnings.into_iter().chain(cleanup.err()).collect(),
                     status: RestoreStatus::Ok,
                 }],

@@ -27,6 +27,7 @@ mod import;
 mod plan;
 mod swap;
 
+use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
@@ -156,6 +157,9 @@ pub struct SourceRestore {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub safety_backup: Option<String>,
     pub restarted: Vec<String>,
+    /// How long each stopped container was down (name → milliseconds), as backup reports it.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub downtime_ms: BTreeMap<String, u64>,
     pub warnings: Vec<String>,
     pub status: RestoreStatus,
 }

@@ -59,6 +59,7 @@ impl RestorePlan {
                     counts: sp.source.counts.clone(),
                     safety_backup: None,
                     restarted: vec![],
+                    downtime_ms: Default::default(),
                     warnings: vec![],
                     status: RestoreStatus::DryRun,
                 })

@@ -482,6 +482,11 @@ fn live_restore_in_place_restarts_users_and_keeps_a_safety_copy() {
         !r.stdout.contains(&stopped),
         "a stopped container is neither stopped nor restarted: {r:?}"
     );
+    // Downtime per container, as backup reports it (issue 10: a restore said nothing about it).
+    assert!(
+        r.stdout.contains(&format!("restarted: {running} (down ")),
+        "{r:?}"
+    );
 
     // The safety backup: listed with its tag, and it holds the pre-restore contents.
     let list = w.list();
