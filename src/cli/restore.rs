@@ -24,7 +24,8 @@ pub struct RestoreArgs {
     /// Only these sources of the backup (default: all).
     #[arg(long = "source", value_name = "NAME")]
     pub sources: Vec<String>,
-    /// Restore into a new volume (created with the original driver, options and labels).
+    /// Restore into another volume: a new one (created with the original driver, options and labels), or an
+    /// existing empty one (a non-empty one needs --force).
     #[arg(long, value_name = "NAME", conflicts_with = "to_dir")]
     pub to_volume: Option<String>,
     /// Restore into a directory on the host.
@@ -39,7 +40,7 @@ pub struct RestoreArgs {
     /// Do not take a safety backup of the current contents first.
     #[arg(long)]
     pub no_safety_backup: bool,
-    /// Allow --to-dir into a non-empty directory (its contents are replaced).
+    /// Allow --to-dir or --to-volume into a non-empty directory or volume (its contents are replaced).
     #[arg(long)]
     pub force: bool,
     /// Import a plain archive made by other tools (.tar, .tar.gz, .tar.zst) instead of a voltar backup.
