@@ -6,18 +6,18 @@ use crate::catalog::{self, Manifest};
 use crate::config::Config;
 
 use super::render::{count, human, human_ms, local_time, table};
-use super::{out, out_json, TargetArgs, EXIT_FAILED, EXIT_OK};
+use super::{out, out_json, ReadTargetArgs, EXIT_FAILED, EXIT_OK};
 
 /// The target a read command uses, and its listing.
 async fn open_listing(
     config: &Config,
     job: Option<String>,
-    target: TargetArgs,
+    target: ReadTargetArgs,
 ) -> Result<(
     std::sync::Arc<dyn crate::storage::Storage>,
     catalog::Listing,
 )> {
-    let store = super::open_one(config, job.as_deref(), &target).await?;
+    let store = super::open_one(config, job.as_deref(), &target.as_list()).await?;
     let listing = catalog::list(store.as_ref()).await?;
     Ok((store, listing))
 }
@@ -26,7 +26,7 @@ async fn open_listing(
 pub(super) async fn list(
     config: &Config,
     job: Option<String>,
-    target: TargetArgs,
+    target: ReadTargetArgs,
     json: bool,
 ) -> Result<i32> {
     let (store, listing) = open_listing(config, job, target).await?;
@@ -53,7 +53,7 @@ pub(super) async fn show(
     backup: String,
     sources: Vec<String>,
     job: Option<String>,
-    target: TargetArgs,
+    target: ReadTargetArgs,
     json: bool,
 ) -> Result<i32> {
     let (store, listing) = open_listing(config, job, target).await?;

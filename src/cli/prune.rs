@@ -11,21 +11,27 @@ use crate::retention::{format_duration, Action};
 pub struct PruneArgs {
     /// Prune only this job's backups, with its policy (default: the default job's policy, all jobs' backups
     /// judged per job).
-    #[arg(long)]
+    #[arg(long, value_name = "NAME")]
     pub job: Option<String>,
     #[command(flatten)]
     pub target: super::TargetArgs,
-    #[arg(long, value_name = "N")]
+    /// Keep the last N backups.
+    #[arg(long, value_name = "N", value_parser = super::whole_number::<u32>)]
     pub keep_last: Option<u32>,
-    #[arg(long, value_name = "N")]
+    /// Keep the newest backup of each of the last N hours that have one.
+    #[arg(long, value_name = "N", value_parser = super::whole_number::<u32>)]
     pub keep_hourly: Option<u32>,
-    #[arg(long, value_name = "N")]
+    /// Keep the newest backup of each of the last N days that have one.
+    #[arg(long, value_name = "N", value_parser = super::whole_number::<u32>)]
     pub keep_daily: Option<u32>,
-    #[arg(long, value_name = "N")]
+    /// Keep the newest backup of each of the last N weeks that have one.
+    #[arg(long, value_name = "N", value_parser = super::whole_number::<u32>)]
     pub keep_weekly: Option<u32>,
-    #[arg(long, value_name = "N")]
+    /// Keep the newest backup of each of the last N months that have one.
+    #[arg(long, value_name = "N", value_parser = super::whole_number::<u32>)]
     pub keep_monthly: Option<u32>,
-    #[arg(long, value_name = "N")]
+    /// Keep the newest backup of each of the last N years that have one.
+    #[arg(long, value_name = "N", value_parser = super::whole_number::<u32>)]
     pub keep_yearly: Option<u32>,
     /// Keep everything within this duration of the newest backup (e.g. 14d).
     #[arg(long, value_name = "DURATION")]

@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::progress::Progress;
 use crate::restore::{self, RestoreOutcome, RestoreReport, RestoreRequest, RestoreStatus};
 
-use super::{emit, human, out, KeyArgs, TargetArgs, EXIT_FAILED, EXIT_OK};
+use super::{emit, human, out, KeyArgs, ReadTargetArgs, EXIT_FAILED, EXIT_OK, JOB_HELP};
 
 #[derive(Debug, Clone, Args)]
 pub struct RestoreArgs {
@@ -47,12 +47,12 @@ pub struct RestoreArgs {
     #[arg(long, value_name = "FILE", conflicts_with = "backup")]
     pub archive: Option<PathBuf>,
     /// With --archive: drop N leading path components (after a leading `/` is removed, as GNU tar does).
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = super::whole_number::<usize>)]
     pub strip_components: usize,
-    #[arg(long)]
+    #[arg(long, value_name = "NAME", help = JOB_HELP)]
     pub job: Option<String>,
     #[command(flatten)]
-    pub target: TargetArgs,
+    pub target: ReadTargetArgs,
     #[command(flatten)]
     pub keys: KeyArgs,
 }
@@ -80,7 +80,9 @@ pub async fn command(
         if before.is_some() && spec != "latest" {
             bail!("--before only applies to `latest`");
         }
-        target = Some(super::resolve_targets(config, args.job.as_deref(), &args.target)?.remove(0));
+        target = Some(
+            super::resolve_targets(config, args.job.as_deref(), &args.target.as_list())?.remove(0),
+        );
     }
     let req = RestoreRequest {
         target,
