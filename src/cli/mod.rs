@@ -169,22 +169,35 @@ pub(crate) fn whole_number<T: std::str::FromStr>(s: &str) -> Result<T, String> {
 
 /// Entry point used by `main`: parse, run, map to an exit code.
 pub fn main() -> i32 {
+    // Known before parsing, so that a usage error is JSON too when `--json` was asked for.
+    let json_asked = std::env::args_os()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .any(|a| a == "--json");
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() { EXIT_FATAL } else { EXIT_OK };
             let _ = e.print();
+            if json_asked && e.use_stderr() {
+                error_json(&usage_error(&e), code);
+            }
             return code;
         }
     };
     init_logging(cli.verbose, cli.quiet);
+    let json = cli.json;
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("voltar: cannot start the async runtime: {e}");
+            let msg = format!("cannot start the async runtime: {e}");
+            eprintln!("voltar: error: {msg}");
+            if json {
+                error_json(&msg, EXIT_FATAL);
+            }
             return EXIT_FATAL;
         }
     };
@@ -203,23 +216,55 @@ pub fn main() -> i32 {
             cmd.await
         }
     });
-    let code = match result {
-        Ok(code) => code,
+    let (code, error) = match result {
+        Ok(code) => (code, None),
         Err(e) => {
-            if cancel.is_cancelled() {
-                eprintln!("voltar: interrupted{}", stop.after());
+            let msg = if cancel.is_cancelled() {
+                let msg = format!("interrupted{}", stop.after());
+                eprintln!("voltar: {msg}");
+                msg
             } else {
-                eprintln!("voltar: error: {}", chain(&e));
-            }
-            EXIT_FATAL
+                let msg = chain(&e);
+                eprintln!("voltar: error: {msg}");
+                msg
+            };
+            (EXIT_FATAL, Some(msg))
         }
     };
     // A dropped command may leave a blocking read or a request behind: do not wait for it.
     rt.shutdown_timeout(std::time::Duration::from_millis(500));
-    if cancel.is_cancelled() {
-        return signal.load(std::sync::atomic::Ordering::SeqCst);
+    let code = if cancel.is_cancelled() {
+        signal.load(std::sync::atomic::Ordering::SeqCst)
+    } else {
+        code
+    };
+    if let (true, Some(msg)) = (json, error) {
+        error_json(&msg, code);
     }
     code
+}
+
+/// A command that failed as a whole, with `--json`: the error on stdout as well (`{"error": …, "exit-code": …}`),
+/// so that scripts never parse stderr. The human line stays on stderr (cron mails).
+fn error_json(msg: &str, code: i32) {
+    #[derive(serde::Serialize)]
+    struct Failure<'a> {
+        error: &'a str,
+        #[serde(rename = "exit-code")]
+        exit_code: i32,
+    }
+    out_json(&Failure {
+        error: msg,
+        exit_code: code,
+    });
+}
+
+/// A usage error in one line: clap's first paragraph, without its `error: ` (usage and tips stay on stderr).
+fn usage_error(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let first = text.split("\n\n").next().unwrap_or_default().trim();
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    format!("{} (see --help)", first.replace('\n', " "))
 }
 
 /// What a SIGINT/SIGTERM does to a command, and what it says.
