@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::progress::Progress;
 use crate::restore::{self, RestoreOutcome, RestoreReport, RestoreRequest, RestoreStatus};
 
-use super::{emit, human, out, KeyArgs, ReadTargetArgs, EXIT_FAILED, EXIT_OK, JOB_HELP};
+use super::{emit, human, out, out_json, KeyArgs, ReadTargetArgs, EXIT_FAILED, EXIT_OK, JOB_HELP};
 
 #[derive(Debug, Clone, Args)]
 pub struct RestoreArgs {
@@ -104,10 +104,18 @@ pub async fn command(
     let report = match restore::run(config, req, progress, cancel).await? {
         RestoreOutcome::Report(r) => r,
         RestoreOutcome::ImportPlan { file, destination } => {
-            out(&format!(
-                "plan: import {} into {destination}\n",
-                file.display()
-            ));
+            if json {
+                out_json(&serde_json::json!({
+                    "dry-run": true,
+                    "archive": file,
+                    "destination": destination,
+                }));
+            } else {
+                out(&format!(
+                    "plan: import {} into {destination}\n",
+                    file.display()
+                ));
+            }
             return Ok(EXIT_OK);
         }
     };

@@ -261,3 +261,67 @@ fn issue10_backup_json_status_goes_with_the_exit_code() {
         assert_eq!(b["tags"], serde_json::json!([]), "{b:#}");
     }
 }
+
+/// A tar of one small file, for `restore --archive`.
+fn small_tar(h: &Here) -> String {
+    let src = h.path("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("a"), b"hi").unwrap();
+    let archive = h.path("a.tar");
+    let mut b = tar::Builder::new(std::fs::File::create(&archive).unwrap());
+    b.append_dir_all(".", &src).unwrap();
+    b.finish().unwrap();
+    archive.display().to_string()
+}
+
+/// Issue 10: `restore --archive … --dry-run --json` is JSON too (it printed its one text line), and the dry run
+/// does not create the directory it names.
+#[test]
+fn issue10_import_dry_run_is_json_with_json() {
+    let h = Here::new();
+    let archive = small_tar(&h);
+    let to = h.path("out").display().to_string();
+    let args = [
+        "--json",
+        "restore",
+        "--archive",
+        &archive,
+        "--to-dir",
+        &to,
+        "--dry-run",
+    ];
+    let out = h.voltar(&args);
+    assert_eq!(out.code, 0, "{out:?}");
+    let v: Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {out:?}"));
+    assert_eq!(v["dry-run"], true, "{v:#}");
+    assert_eq!(v["archive"], archive.as_str(), "{v:#}");
+    assert!(v["destination"].to_string().contains(&to), "{v:#}");
+    assert!(!h.path("out").exists(), "a dry run writes nothing");
+}
+
+/// A dry run of `restore --archive … --to-volume NEW` does not create the volume (it did, and left it behind).
+#[test]
+fn import_dry_run_creates_no_volume() {
+    crate::require_docker!();
+    let h = Here::new();
+    let archive = small_tar(&h);
+    let mut c = crate::support::Cleanup::default();
+    let vol = crate::support::unique("import-dry");
+    c.volumes.push(vol.clone());
+    let args = [
+        "restore",
+        "--archive",
+        &archive,
+        "--to-volume",
+        &vol,
+        "--dry-run",
+    ];
+    let out = h.voltar(&args);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains(&vol), "{out:?}");
+    assert!(
+        !crate::support::volume_exists(&vol),
+        "the dry run created {vol}"
+    );
+}
