@@ -320,6 +320,8 @@ pub enum CatalogError {
     },
     #[error("no backup `{0}` in this target (see `voltar list`)")]
     NotFound(String),
+    #[error("`{0}` is neither a backup id nor `latest` (ids look like 20261128T170327Z-a1b2; see `voltar list`)")]
+    NotAnId(String),
     #[error("backup {id} cannot be used: {reason}")]
     Unusable { id: String, reason: String },
     #[error("no backup `{what}` in this target (see `voltar list`); {count} backup(s) here have an unreadable manifest: {ids}")]
@@ -474,7 +476,7 @@ fn find<'a>(
         };
         let found = newest_with(sources).ok_or_else(|| {
             let mut what = match before {
-                Some(b) => format!("latest before {b}"),
+                Some(b) => format!("latest before {}", b.format("%Y-%m-%d %H:%M:%S UTC")),
                 None => "latest".into(),
             };
             if !sources.is_empty() {
@@ -500,7 +502,9 @@ fn find<'a>(
         }
         return Ok(found);
     }
-    let id: BackupId = spec.parse().map_err(CatalogError::NotFound)?;
+    let id: BackupId = spec
+        .parse()
+        .map_err(|_| CatalogError::NotAnId(spec.to_string()))?;
     listing
         .backups
         .iter()

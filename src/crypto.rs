@@ -44,7 +44,7 @@ pub enum CryptoError {
     WrongKey { what: String, message: String },
     #[error("manifest of backup {id} failed its authenticity check: it was modified or does not belong to these keys")]
     BadSeal { id: String },
-    #[error("manifest of backup {id} is encrypted but carries no seal: it was modified")]
+    #[error("manifest of backup {id} is encrypted but has no authenticity check (its `seal` field is gone): it was modified")]
     MissingSeal { id: String },
     #[error("encrypting: {0}")]
     Encrypt(String),
@@ -221,10 +221,12 @@ impl Decryptor {
             return Err(CryptoError::MissingSeal { id });
         };
         let armored = age::armor::ArmoredReader::new(sealed.as_bytes());
-        let mut r = self.reader(armored, &format!("manifest seal of {id}"))?;
+        // In the user's words: the seal is the manifest's authenticity check.
+        let what = format!("the key that authenticates the manifest of backup {id}");
+        let mut r = self.reader(armored, &what)?;
         let mut key = Vec::new();
         r.read_to_end(&mut key).map_err(|e| CryptoError::WrongKey {
-            what: format!("manifest seal of {id}"),
+            what,
             message: e.to_string(),
         })?;
         let mut unsealed = m.clone();
@@ -441,6 +443,17 @@ mod tests {
             .err()
             .expect("wrong key fails");
         assert!(e.to_string().contains("pg.tar.zst.age"), "{e}");
+        // Issue 10: no jargon ("manifest seal") without saying what it is.
+        let e = d2.check_seal(&m).expect_err("wrong key fails").to_string();
+        assert!(
+            e.starts_with(&format!(
+                "cannot decrypt the key that authenticates the manifest of backup {}: ",
+                m.id
+            )) && e.ends_with("(wrong key or passphrase?)"),
+            "{e}"
+        );
+        let e = dec.check_seal(&unsealed).unwrap_err().to_string();
+        assert!(e.contains("has no authenticity check"), "{e}");
     }
 
     #[test]

@@ -108,7 +108,10 @@ pub(super) async fn backup(
     let report = backup::run(&env, &req).await?;
     progress.finish();
     if json {
-        out_json(&report);
+        out_json(&RunOut {
+            status: overall(&report),
+            report: &report,
+        });
     } else if dry_run {
         out(&render_plan(&report.plan, None));
     } else if !(quiet && report.exit_code() == EXIT_OK) {
@@ -116,6 +119,57 @@ pub(super) async fn backup(
         out(&render_run(&report));
     }
     Ok(report.exit_code())
+}
+
+/// `backup --json`: the run's report behind its overall status.
+#[derive(serde::Serialize)]
+struct RunOut<'a> {
+    status: Overall,
+    #[serde(flatten)]
+    report: &'a RunReport,
+}
+
+/// The outcome of a whole run, in step with its exit code: `ok` is exit 0 (also for `--dry-run`), the others
+/// exit 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+enum Overall {
+    /// Every source stored whole on every target (and pruned as configured).
+    Ok,
+    /// Something was committed, but not everything: a source failed or was skipped, a target was not written,
+    /// or pruning failed.
+    Partial,
+    /// Every source stored on every target, but some source misses entries (`not-archived`).
+    Incomplete,
+    /// Nothing was committed: no target took the backup, or no source could be stored.
+    Failed,
+}
+
+fn overall(r: &RunReport) -> Overall {
+    if r.exit_code() == EXIT_OK {
+        return Overall::Ok;
+    }
+    let committed = r.targets.iter().any(|t| t.committed);
+    let stored = r
+        .sources
+        .iter()
+        .any(|s| matches!(s.status, Status::Ok | Status::Partial | Status::Incomplete));
+    let sources_whole = r
+        .sources
+        .iter()
+        .all(|s| matches!(s.status, Status::Ok | Status::Incomplete));
+    let targets_ok = r
+        .targets
+        .iter()
+        .all(|t| t.committed && t.error.is_none() && t.prune.as_ref().is_none_or(|p| p.is_ok()));
+    if !committed || !stored {
+        Overall::Failed
+    } else if !sources_whole || !targets_ok {
+        Overall::Partial
+    } else {
+        // Exit 1 with every source stored everywhere: some source is incomplete.
+        Overall::Incomplete
+    }
 }
 
 fn render_plan(plan: &crate::plan::Plan, sizes: Option<&[Option<u64>]>) -> String {

@@ -1,23 +1,25 @@
 //! `voltar list` and `voltar show`: read the catalog, render it (tables or `--json`), exit codes.
 
 use anyhow::Result;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
 
-use crate::catalog::{self, Manifest};
+use crate::catalog::{self, BackupId, Manifest};
 use crate::config::Config;
 
 use super::render::{count, human, human_ms, local_time, table};
-use super::{out, out_json, TargetArgs, EXIT_FAILED, EXIT_OK};
+use super::{out, out_json, ReadTargetArgs, EXIT_FAILED, EXIT_OK};
 
 /// The target a read command uses, and its listing.
 async fn open_listing(
     config: &Config,
     job: Option<String>,
-    target: TargetArgs,
+    target: ReadTargetArgs,
 ) -> Result<(
     std::sync::Arc<dyn crate::storage::Storage>,
     catalog::Listing,
 )> {
-    let store = super::open_one(config, job.as_deref(), &target).await?;
+    let store = super::open_one(config, job.as_deref(), &target.as_list()).await?;
     let listing = catalog::list(store.as_ref()).await?;
     Ok((store, listing))
 }
@@ -26,17 +28,12 @@ async fn open_listing(
 pub(super) async fn list(
     config: &Config,
     job: Option<String>,
-    target: TargetArgs,
+    target: ReadTargetArgs,
     json: bool,
 ) -> Result<i32> {
     let (store, listing) = open_listing(config, job, target).await?;
     if json {
-        out_json(&serde_json::json!({
-            "target": store.describe(),
-            "backups": listing.backups,
-            "incomplete": listing.incomplete.iter().map(|(id, _)| id.to_string()).collect::<Vec<_>>(),
-            "unreadable": listing.unreadable.iter().map(|(id, e)| serde_json::json!({"id": id.to_string(), "error": e})).collect::<Vec<_>>(),
-        }));
+        out_json(&list_out(&store.describe(), &listing));
     } else {
         out(&render_list(&store.describe(), &listing));
     }
@@ -47,13 +44,98 @@ pub(super) async fn list(
     })
 }
 
+/// `list --json`, fields in a fixed order.
+#[derive(Serialize)]
+struct ListOut<'a> {
+    target: &'a str,
+    backups: Vec<Listed<'a>>,
+    /// Ids with objects but no manifest.
+    incomplete: Vec<&'a BackupId>,
+    unreadable: Vec<Unreadable<'a>>,
+}
+
+#[derive(Serialize)]
+struct Unreadable<'a> {
+    id: &'a BackupId,
+    error: &'a str,
+}
+
+/// One backup in `list --json`: its manifest as `show --json` prints it (the same fields in the same order),
+/// with `tags` always there (`[]` when none) for scripts that filter on them.
+#[derive(Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct Listed<'a> {
+    format: u32,
+    tool: &'a str,
+    id: &'a BackupId,
+    job: &'a str,
+    host: &'a str,
+    started_at: &'a DateTime<Utc>,
+    finished_at: &'a DateTime<Utc>,
+    tags: &'a [String],
+    sources: &'a [catalog::SourceRecord],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    failed: &'a [catalog::FailedSource],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    encryption: Option<&'a catalog::EncryptionRecord>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seal: Option<&'a str>,
+}
+
+impl<'a> From<&'a Manifest> for Listed<'a> {
+    fn from(m: &'a Manifest) -> Listed<'a> {
+        // Every field named: a new manifest field does not compile until it is listed here too.
+        let Manifest {
+            format,
+            tool,
+            id,
+            job,
+            host,
+            started_at,
+            finished_at,
+            tags,
+            sources,
+            failed,
+            encryption,
+            seal,
+        } = m;
+        Listed {
+            format: *format,
+            tool,
+            id,
+            job,
+            host,
+            started_at,
+            finished_at,
+            tags,
+            sources,
+            failed,
+            encryption: encryption.as_ref(),
+            seal: seal.as_deref(),
+        }
+    }
+}
+
+fn list_out<'a>(target: &'a str, l: &'a catalog::Listing) -> ListOut<'a> {
+    ListOut {
+        target,
+        backups: l.backups.iter().map(Listed::from).collect(),
+        incomplete: l.incomplete.iter().map(|(id, _)| id).collect(),
+        unreadable: l
+            .unreadable
+            .iter()
+            .map(|(id, error)| Unreadable { id, error })
+            .collect(),
+    }
+}
+
 /// `voltar show`: one backup.
 pub(super) async fn show(
     config: &Config,
     backup: String,
     sources: Vec<String>,
     job: Option<String>,
-    target: TargetArgs,
+    target: ReadTargetArgs,
     json: bool,
 ) -> Result<i32> {
     let (store, listing) = open_listing(config, job, target).await?;
@@ -204,4 +286,55 @@ fn render_show(target: &str, m: &Manifest) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The keys of the top-level object of pretty JSON, in order.
+    fn keys(pretty: &str) -> Vec<String> {
+        pretty
+            .lines()
+            .filter_map(|l| l.strip_prefix("  \""))
+            .filter_map(|l| l.split_once("\":").map(|(k, _)| k.to_string()))
+            .collect()
+    }
+
+    /// Issue 10: `list --json` gives each backup in `show --json`'s field order, with its tags (`[]` when none),
+    /// and its own fields in a fixed order.
+    #[test]
+    fn issue10_list_json_has_tags_and_the_order_of_show() {
+        let mut tagged = crate::restore::tests::sample_plan().manifest;
+        let plain = tagged.clone();
+        tagged.tags = vec!["pre-restore".into()];
+        let listing = catalog::Listing {
+            backups: vec![plain.clone(), tagged.clone()],
+            incomplete: vec![],
+            unreadable: vec![],
+        };
+        let doc = serde_json::to_value(list_out("/backups", &listing)).unwrap();
+        assert_eq!(doc["backups"][0]["tags"], serde_json::json!([]), "{doc:#}");
+        assert_eq!(
+            doc["backups"][1]["tags"],
+            serde_json::json!(["pre-restore"]),
+            "{doc:#}"
+        );
+        // Field order: as `show --json` (the manifest), tags included.
+        let show = keys(&serde_json::to_string_pretty(&tagged).unwrap());
+        assert!(show.contains(&"tags".to_string()), "{show:?}");
+        let listed = keys(&serde_json::to_string_pretty(&Listed::from(&tagged)).unwrap());
+        assert_eq!(listed, show);
+        let mut show_plain = keys(&serde_json::to_string_pretty(&plain).unwrap());
+        let at = show_plain.iter().position(|k| k == "finished-at").unwrap() + 1;
+        show_plain.insert(at, "tags".into());
+        let listed_plain = keys(&serde_json::to_string_pretty(&Listed::from(&plain)).unwrap());
+        assert_eq!(listed_plain, show_plain);
+        // The document itself: target first, then the backups.
+        let text = serde_json::to_string_pretty(&list_out("/backups", &listing)).unwrap();
+        assert_eq!(
+            keys(&text),
+            ["target", "backups", "incomplete", "unreadable"]
+        );
+    }
 }

@@ -28,6 +28,9 @@ pub const EXIT_OK: i32 = 0;
 pub const EXIT_FAILED: i32 = 1;
 pub const EXIT_FATAL: i32 = 2;
 
+/// Heading of the options every command takes: listed after a command's own.
+const GLOBAL: &str = "Global options";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "voltar",
@@ -37,29 +40,52 @@ pub const EXIT_FATAL: i32 = 2;
 )]
 pub struct Cli {
     /// Config file (default: /etc/voltar/config.toml, then ./voltar.toml, else built-in defaults).
-    #[arg(short, long, global = true, env = "VOLTAR_CONFIG")]
+    #[arg(short, long, global = true, env = "VOLTAR_CONFIG", help_heading = GLOBAL)]
     pub config: Option<PathBuf>,
     /// Machine-readable JSON on stdout instead of tables.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL)]
     pub json: bool,
     /// More log output (-v info, -vv debug, -vvv trace). VOLTAR_LOG=... overrides.
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, help_heading = GLOBAL)]
     pub verbose: u8,
     /// Only errors on stderr, no progress bar; `backup` prints its summary only when something failed (cron).
-    #[arg(short, long, global = true)]
+    #[arg(short, long, global = true, help_heading = GLOBAL)]
     pub quiet: bool,
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// `--target` of the commands that work on every target given (backup, prune).
 #[derive(Debug, Clone, Args)]
 pub struct TargetArgs {
     /// Storage to use: a directory, file:///dir, s3://bucket/prefix, or the name of a configured target.
     /// A bare name must be a configured target or an existing directory (write ./NAME for a new one).
-    /// Repeat to write to several (backup). Overrides the config's targets.
+    /// Repeat for several. Overrides the job's targets.
     #[arg(short = 't', long = "target", value_name = "TARGET")]
     pub targets: Vec<String>,
 }
+
+/// `--target` of the commands that read one target (list, show, restore, verify).
+#[derive(Debug, Clone, Args)]
+pub struct ReadTargetArgs {
+    /// Storage to read from: a directory, file:///dir, s3://bucket/prefix, or the name of a configured target
+    /// (default: the job's first target). A bare name must be a configured target or an existing directory.
+    #[arg(short = 't', long = "target", value_name = "TARGET")]
+    pub target: Option<String>,
+}
+
+impl ReadTargetArgs {
+    /// As the target list [`resolve_targets`] takes.
+    pub fn as_list(&self) -> TargetArgs {
+        TargetArgs {
+            targets: self.target.iter().cloned().collect(),
+        }
+    }
+}
+
+/// Help of `--job` (the same on every command that takes it).
+const JOB_HELP: &str =
+    "The job to use, as configured in [job.NAME] (default: the job named `default`, or the only one)";
 
 #[derive(Debug, Clone, Args)]
 pub struct KeyArgs {
@@ -76,7 +102,7 @@ pub enum Command {
     /// Show what would be backed up: volumes, bind mounts, the containers using them and what voltar will do.
     #[command(alias = "discover")]
     Plan {
-        #[arg(long)]
+        #[arg(long, value_name = "NAME", help = JOB_HELP)]
         job: Option<String>,
         /// Only these sources.
         #[arg(long = "only", value_name = "SOURCE")]
@@ -87,7 +113,7 @@ pub enum Command {
     },
     /// Back up the selected volumes and bind mounts.
     Backup {
-        #[arg(long)]
+        #[arg(long, value_name = "NAME", help = JOB_HELP)]
         job: Option<String>,
         #[command(flatten)]
         target: TargetArgs,
@@ -103,10 +129,10 @@ pub enum Command {
     },
     /// List the backups in a target.
     List {
-        #[arg(long)]
+        #[arg(long, value_name = "NAME", help = JOB_HELP)]
         job: Option<String>,
         #[command(flatten)]
-        target: TargetArgs,
+        target: ReadTargetArgs,
     },
     /// Show one backup: sources, sizes, containers, downtime, sha256.
     Show {
@@ -115,10 +141,10 @@ pub enum Command {
         /// With `latest`: the newest backup that holds these sources.
         #[arg(long = "source", value_name = "NAME")]
         sources: Vec<String>,
-        #[arg(long)]
+        #[arg(long, value_name = "NAME", help = JOB_HELP)]
         job: Option<String>,
         #[command(flatten)]
-        target: TargetArgs,
+        target: ReadTargetArgs,
     },
     /// Restore volumes from a backup (or import a plain archive with --archive).
     Restore(restore::RestoreArgs),
@@ -134,24 +160,44 @@ pub enum Command {
     Recover,
 }
 
+/// A count flag's value: a whole number, said in those words when it is not one (not "invalid digit").
+pub(crate) fn whole_number<T: std::str::FromStr>(s: &str) -> Result<T, String> {
+    s.trim()
+        .parse()
+        .map_err(|_| format!("expected a whole number (0 or more), e.g. 7; got `{s}`"))
+}
+
 /// Entry point used by `main`: parse, run, map to an exit code.
 pub fn main() -> i32 {
+    // Known before parsing, so that a usage error is JSON too when `--json` was asked for.
+    let json_asked = std::env::args_os()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .any(|a| a == "--json");
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() { EXIT_FATAL } else { EXIT_OK };
             let _ = e.print();
+            if json_asked && e.use_stderr() {
+                error_json(&usage_error(&e), code);
+            }
             return code;
         }
     };
     init_logging(cli.verbose, cli.quiet);
+    let json = cli.json;
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("voltar: cannot start the async runtime: {e}");
+            let msg = format!("cannot start the async runtime: {e}");
+            eprintln!("voltar: error: {msg}");
+            if json {
+                error_json(&msg, EXIT_FATAL);
+            }
             return EXIT_FATAL;
         }
     };
@@ -170,23 +216,55 @@ pub fn main() -> i32 {
             cmd.await
         }
     });
-    let code = match result {
-        Ok(code) => code,
+    let (code, error) = match result {
+        Ok(code) => (code, None),
         Err(e) => {
-            if cancel.is_cancelled() {
-                eprintln!("voltar: interrupted{}", stop.after());
+            let msg = if cancel.is_cancelled() {
+                let msg = format!("interrupted{}", stop.after());
+                eprintln!("voltar: {msg}");
+                msg
             } else {
-                eprintln!("voltar: error: {}", chain(&e));
-            }
-            EXIT_FATAL
+                let msg = chain(&e);
+                eprintln!("voltar: error: {msg}");
+                msg
+            };
+            (EXIT_FATAL, Some(msg))
         }
     };
     // A dropped command may leave a blocking read or a request behind: do not wait for it.
     rt.shutdown_timeout(std::time::Duration::from_millis(500));
-    if cancel.is_cancelled() {
-        return signal.load(std::sync::atomic::Ordering::SeqCst);
+    let code = if cancel.is_cancelled() {
+        signal.load(std::sync::atomic::Ordering::SeqCst)
+    } else {
+        code
+    };
+    if let (true, Some(msg)) = (json, error) {
+        error_json(&msg, code);
     }
     code
+}
+
+/// A command that failed as a whole, with `--json`: the error on stdout as well (`{"error": …, "exit-code": …}`),
+/// so that scripts never parse stderr. The human line stays on stderr (cron mails).
+fn error_json(msg: &str, code: i32) {
+    #[derive(serde::Serialize)]
+    struct Failure<'a> {
+        error: &'a str,
+        #[serde(rename = "exit-code")]
+        exit_code: i32,
+    }
+    out_json(&Failure {
+        error: msg,
+        exit_code: code,
+    });
+}
+
+/// A usage error in one line: clap's first paragraph, without its `error: ` (usage and tips stay on stderr).
+fn usage_error(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let first = text.split("\n\n").next().unwrap_or_default().trim();
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    format!("{} (see --help)", first.replace('\n', " "))
 }
 
 /// What a SIGINT/SIGTERM does to a command, and what it says.
@@ -394,5 +472,122 @@ async fn run(cli: Cli, cancel: CancellationToken) -> Result<i32> {
             }
             Ok(EXIT_OK)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn built() -> clap::Command {
+        let mut cmd = Cli::command();
+        cmd.build();
+        cmd
+    }
+
+    fn sub<'a>(cmd: &'a clap::Command, path: &[&str]) -> &'a clap::Command {
+        path.iter().fold(cmd, |c, name| {
+            c.find_subcommand(name)
+                .unwrap_or_else(|| panic!("no subcommand {name}"))
+        })
+    }
+
+    fn help_of(cmd: &clap::Command, arg: &str) -> String {
+        let a = cmd
+            .get_arguments()
+            .find(|a| a.get_id() == arg)
+            .unwrap_or_else(|| panic!("{} has no {arg}", cmd.get_name()));
+        a.get_long_help()
+            .or(a.get_help())
+            .map(|h| h.to_string())
+            .unwrap_or_default()
+    }
+
+    /// Issue 10: every command has a description and every flag and argument of every command has help.
+    #[test]
+    fn issue10_every_argument_has_help() {
+        fn walk(cmd: &clap::Command, path: String, missing: &mut Vec<String>) {
+            if cmd.get_about().is_none() && cmd.get_long_about().is_none() {
+                missing.push(format!("`{path}` (the command)"));
+            }
+            for a in cmd.get_arguments().filter(|a| !a.is_hide_set()) {
+                if a.get_help().is_none() && a.get_long_help().is_none() {
+                    missing.push(format!("`{path}` {}", a.get_id()));
+                }
+            }
+            for s in cmd.get_subcommands() {
+                walk(s, format!("{path} {}", s.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&built(), "voltar".into(), &mut missing);
+        assert!(missing.is_empty(), "without help: {missing:#?}");
+    }
+
+    /// Issue 10: the commands that read one target do not talk about writing to several; backup and prune say
+    /// that --target repeats.
+    #[test]
+    fn issue10_read_commands_have_their_own_target_help() {
+        let cmd = built();
+        for name in ["list", "show", "restore", "verify"] {
+            let h = help_of(sub(&cmd, &[name]), "target");
+            assert!(h.contains("read"), "{name}: {h}");
+            for word in ["several", "write", "Repeat"] {
+                assert!(!h.contains(word), "{name} --target help says `{word}`: {h}");
+            }
+        }
+        for name in ["backup", "prune"] {
+            let h = help_of(sub(&cmd, &[name]), "targets");
+            assert!(h.contains("Repeat for several"), "{name}: {h}");
+        }
+    }
+
+    /// Issue 10: no internal function names in what users read: no string in `src/` names a snake_case
+    /// identifier in backticks (as "`sweep_incomplete` removes it later" did). Config keys are kebab-case.
+    #[test]
+    fn issue10_messages_name_no_internal_functions() {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut found = Vec::new();
+        for e in walkdir::WalkDir::new(&src).into_iter().flatten() {
+            if e.path().extension().is_none_or(|x| x != "rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(e.path()).unwrap();
+            for (n, line) in text.lines().enumerate() {
+                let code = line.trim_start();
+                if code.starts_with("//") || !code.contains('"') {
+                    continue;
+                }
+                // Backticked words: every other piece between backticks.
+                for word in code.split('`').skip(1).step_by(2) {
+                    let ident = word.starts_with(|c: char| c.is_ascii_lowercase())
+                        && word.contains('_')
+                        && word
+                            .chars()
+                            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+                    if ident {
+                        found.push(format!("{}:{}: {word}", e.path().display(), n + 1));
+                    }
+                }
+            }
+        }
+        assert!(found.is_empty(), "internal names in messages: {found:#?}");
+    }
+
+    /// Issue 10: a command's own options come first in its help, the global ones after them.
+    #[test]
+    fn issue10_command_options_come_before_global_ones() {
+        let mut cmd = built();
+        let list = cmd.find_subcommand_mut("list").unwrap();
+        let help = list.render_long_help().to_string();
+        let at = |s: &str| {
+            help.find(s)
+                .unwrap_or_else(|| panic!("`{s}` not in the help:\n{help}"))
+        };
+        assert!(at("--job") < at("Global options:"), "{help}");
+        assert!(at("--target") < at("Global options:"), "{help}");
+        assert!(at("Global options:") < at("--json"), "{help}");
+        assert!(at("Global options:") < at("--config"), "{help}");
     }
 }

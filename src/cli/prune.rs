@@ -11,21 +11,27 @@ use crate::retention::{format_duration, Action};
 pub struct PruneArgs {
     /// Prune only this job's backups, with its policy (default: the default job's policy, all jobs' backups
     /// judged per job).
-    #[arg(long)]
+    #[arg(long, value_name = "NAME")]
     pub job: Option<String>,
     #[command(flatten)]
     pub target: super::TargetArgs,
-    #[arg(long, value_name = "N")]
+    /// Keep the last N backups.
+    #[arg(long, value_name = "N", value_parser = super::whole_number::<u32>)]
     pub keep_last: Option<u32>,
-    #[arg(long, value_name = "N")]
+    /// Keep the newest backup of each of the last N hours that have one.
+    #[arg(long, value_name = "N", value_parser = super::whole_number::<u32>)]
     pub keep_hourly: Option<u32>,
-    #[arg(long, value_name = "N")]
+    /// Keep the newest backup of each of the last N days that have one.
+    #[arg(long, value_name = "N", value_parser = super::whole_number::<u32>)]
     pub keep_daily: Option<u32>,
-    #[arg(long, value_name = "N")]
+    /// Keep the newest backup of each of the last N weeks that have one.
+    #[arg(long, value_name = "N", value_parser = super::whole_number::<u32>)]
     pub keep_weekly: Option<u32>,
-    #[arg(long, value_name = "N")]
+    /// Keep the newest backup of each of the last N months that have one.
+    #[arg(long, value_name = "N", value_parser = super::whole_number::<u32>)]
     pub keep_monthly: Option<u32>,
-    #[arg(long, value_name = "N")]
+    /// Keep the newest backup of each of the last N years that have one.
+    #[arg(long, value_name = "N", value_parser = super::whole_number::<u32>)]
     pub keep_yearly: Option<u32>,
     /// Keep everything within this duration of the newest backup (e.g. 14d).
     #[arg(long, value_name = "DURATION")]
@@ -100,9 +106,17 @@ pub fn render(r: &PruneReport) -> String {
     );
     out.push_str(&super::table(&decision_rows(r)));
     for i in &r.incomplete {
+        let action = match (i.action, r.dry_run) {
+            (Action::Keep, _) => "kept",
+            (Action::Delete, true) => "would be removed",
+            (Action::Delete, false) if r.incomplete_removed.contains(&i.id) => "removed",
+            (Action::Delete, false) => "not removed (see the error below)",
+        };
         out.push_str(&format!(
-            "incomplete {}: {:?} ({})\n",
-            i.id, i.action, i.reason
+            "incomplete {} ({}): {action} ({})\n",
+            i.id,
+            super::render::count(i.objects as u64, "object", "objects"),
+            i.reason
         ));
     }
     for u in &r.leftover_uploads {
@@ -230,4 +244,52 @@ fn totals(r: &PruneReport) -> String {
     }
     out.push('\n');
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::prune::IncompleteDecision;
+
+    /// Issue 10: an incomplete backup's line says what became of it in words ("would be removed"), not the
+    /// decision's Rust name ("Delete").
+    #[test]
+    fn issue10_incomplete_lines_are_in_words() {
+        let t = chrono::DateTime::parse_from_rfc3339("2026-11-28T03:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let decision = |id: &str, action| IncompleteDecision {
+            id: id.parse().unwrap(),
+            action,
+            objects: 2,
+            last_activity: t,
+            reason: "why".into(),
+        };
+        let mut r = PruneReport {
+            target: "/b".into(),
+            dry_run: true,
+            incomplete: vec![
+                decision("20261128T030000Z-aaaa", Action::Delete),
+                decision("20261128T030000Z-bbbb", Action::Keep),
+            ],
+            ..PruneReport::default()
+        };
+        let text = render(&r);
+        assert!(
+            text.contains("incomplete 20261128T030000Z-aaaa (2 objects): would be removed (why)\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("incomplete 20261128T030000Z-bbbb (2 objects): kept (why)\n"),
+            "{text}"
+        );
+        r.dry_run = false;
+        r.incomplete_removed = vec!["20261128T030000Z-aaaa".parse().unwrap()];
+        let text = render(&r);
+        assert!(
+            text.contains("incomplete 20261128T030000Z-aaaa (2 objects): removed (why)\n"),
+            "{text}"
+        );
+        assert!(!text.contains("Delete") && !text.contains("Keep"), "{text}");
+    }
 }

@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::progress::Progress;
 use crate::restore::{self, RestoreOutcome, RestoreReport, RestoreRequest, RestoreStatus};
 
-use super::{emit, human, out, KeyArgs, TargetArgs, EXIT_FAILED, EXIT_OK};
+use super::{emit, human, out, out_json, KeyArgs, ReadTargetArgs, EXIT_FAILED, EXIT_OK, JOB_HELP};
 
 #[derive(Debug, Clone, Args)]
 pub struct RestoreArgs {
@@ -24,7 +24,8 @@ pub struct RestoreArgs {
     /// Only these sources of the backup (default: all).
     #[arg(long = "source", value_name = "NAME")]
     pub sources: Vec<String>,
-    /// Restore into a new volume (created with the original driver, options and labels).
+    /// Restore into another volume: a new one (created with the original driver, options and labels), or an
+    /// existing empty one (a non-empty one needs --force).
     #[arg(long, value_name = "NAME", conflicts_with = "to_dir")]
     pub to_volume: Option<String>,
     /// Restore into a directory on the host.
@@ -39,19 +40,19 @@ pub struct RestoreArgs {
     /// Do not take a safety backup of the current contents first.
     #[arg(long)]
     pub no_safety_backup: bool,
-    /// Allow --to-dir into a non-empty directory (its contents are replaced).
+    /// Allow --to-dir or --to-volume into a non-empty directory or volume (its contents are replaced).
     #[arg(long)]
     pub force: bool,
     /// Import a plain archive made by other tools (.tar, .tar.gz, .tar.zst) instead of a voltar backup.
     #[arg(long, value_name = "FILE", conflicts_with = "backup")]
     pub archive: Option<PathBuf>,
     /// With --archive: drop N leading path components (after a leading `/` is removed, as GNU tar does).
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = super::whole_number::<usize>)]
     pub strip_components: usize,
-    #[arg(long)]
+    #[arg(long, value_name = "NAME", help = JOB_HELP)]
     pub job: Option<String>,
     #[command(flatten)]
-    pub target: TargetArgs,
+    pub target: ReadTargetArgs,
     #[command(flatten)]
     pub keys: KeyArgs,
 }
@@ -79,7 +80,9 @@ pub async fn command(
         if before.is_some() && spec != "latest" {
             bail!("--before only applies to `latest`");
         }
-        target = Some(super::resolve_targets(config, args.job.as_deref(), &args.target)?.remove(0));
+        target = Some(
+            super::resolve_targets(config, args.job.as_deref(), &args.target.as_list())?.remove(0),
+        );
     }
     let req = RestoreRequest {
         target,
@@ -101,10 +104,18 @@ pub async fn command(
     let report = match restore::run(config, req, progress, cancel).await? {
         RestoreOutcome::Report(r) => r,
         RestoreOutcome::ImportPlan { file, destination } => {
-            out(&format!(
-                "plan: import {} into {destination}\n",
-                file.display()
-            ));
+            if json {
+                out_json(&serde_json::json!({
+                    "dry-run": true,
+                    "archive": file,
+                    "destination": destination,
+                }));
+            } else {
+                out(&format!(
+                    "plan: import {} into {destination}\n",
+                    file.display()
+                ));
+            }
             return Ok(EXIT_OK);
         }
     };

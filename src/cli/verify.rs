@@ -8,7 +8,7 @@ use crate::config::Config;
 use crate::progress::Progress;
 use crate::verify::{self, VerifyReport, VerifyRequest};
 
-use super::{emit, human, KeyArgs, TargetArgs, EXIT_FAILED, EXIT_OK};
+use super::{emit, human, KeyArgs, ReadTargetArgs, EXIT_FAILED, EXIT_OK, JOB_HELP};
 
 #[derive(Debug, Clone, Args)]
 pub struct VerifyArgs {
@@ -23,10 +23,10 @@ pub struct VerifyArgs {
     /// Only these sources; with `latest`, the newest backup that holds them.
     #[arg(long = "source", value_name = "NAME")]
     pub sources: Vec<String>,
-    #[arg(long)]
+    #[arg(long, value_name = "NAME", help = JOB_HELP)]
     pub job: Option<String>,
     #[command(flatten)]
-    pub target: TargetArgs,
+    pub target: ReadTargetArgs,
     #[command(flatten)]
     pub keys: KeyArgs,
 }
@@ -38,7 +38,8 @@ pub async fn command(
     progress: Progress,
     cancel: CancellationToken,
 ) -> Result<i32> {
-    let target = super::resolve_targets(config, args.job.as_deref(), &args.target)?.remove(0);
+    let target =
+        super::resolve_targets(config, args.job.as_deref(), &args.target.as_list())?.remove(0);
     let req = VerifyRequest {
         target,
         backup: args.backup,

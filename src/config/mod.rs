@@ -242,7 +242,23 @@ fn default_state_dir() -> PathBuf {
 /// `line L, column C: <what>` — the toml crate's own rendering spans several lines with a source excerpt, which
 /// reads as noise once folded into one error line.
 fn toml_message(text: &str, e: &toml::de::Error) -> String {
-    let what = e.message().trim().replace('\n', " ");
+    let mut what = e.message().trim().replace('\n', " ");
+    // serde names Rust types ("expected u32"): say what the user has to write.
+    for (rust, words) in [
+        ("u8", "a whole number (0 or more)"),
+        ("u16", "a whole number (0 or more)"),
+        ("u32", "a whole number (0 or more)"),
+        ("u64", "a whole number (0 or more)"),
+        ("usize", "a whole number (0 or more)"),
+        ("i32", "a whole number"),
+        ("i64", "a whole number"),
+        ("f32", "a number"),
+        ("f64", "a number"),
+    ] {
+        if let Some(head) = what.strip_suffix(&format!("expected {rust}")) {
+            what = format!("{head}expected {words}");
+        }
+    }
     match e.span() {
         Some(span) => {
             let before = &text[..span.start.min(text.len())];

@@ -79,6 +79,10 @@ async fn import_destination(
                     }
                     (Destination::Volume(v.clone()), info.mountpoint, false)
                 }
+                // A dry run creates nothing: the volume would be new.
+                Err(crate::docker::DockerError::NoSuchVolume(_)) if args.dry_run => {
+                    (Destination::Volume(v.clone()), PathBuf::new(), true)
+                }
                 Err(crate::docker::DockerError::NoSuchVolume(_)) => {
                     let info = e
                         .create_volume(v, "local", &Default::default(), &Default::default())
@@ -96,7 +100,9 @@ async fn import_destination(
                     d.display()
                 );
             }
-            std::fs::create_dir_all(d)?;
+            if !args.dry_run {
+                std::fs::create_dir_all(d)?;
+            }
             Ok((None, Destination::Dir(d.clone()), d.clone(), false))
         }
         (None, None) => bail!("--archive needs a destination: --to-volume NAME or --to-dir PATH"),

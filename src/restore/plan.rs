@@ -224,12 +224,29 @@ async fn destination(
     many: bool,
 ) -> Result<(Destination, PathBuf, bool)> {
     Ok(match (&args.to_volume, &args.to_dir) {
-        (Some(v), _) => {
-            if engine.inspect_volume(v).await.is_ok() {
-                bail!("volume {v} already exists: pick a new name for --to-volume, or restore into it with `--source` and no --to-volume when it is the original");
+        (Some(v), _) => match engine.inspect_volume(v).await {
+            // An existing volume is taken as it is when empty (made with `docker volume create` for this, say);
+            // one with contents only with --force, as --to-dir has it.
+            Ok(info) => {
+                if !args.force && args.paths.is_empty() {
+                    match std::fs::read_dir(&info.mountpoint).map(|mut d| d.next().is_none()) {
+                        Ok(true) => {}
+                        Ok(false) => bail!(
+                            "volume {v} is not empty: its contents would be replaced; pass --force to allow it, or pick a new name for --to-volume"
+                        ),
+                        Err(e) => bail!(
+                            "cannot see whether volume {v} is empty ({}: {e}); pass --force to restore into it anyway",
+                            info.mountpoint.display()
+                        ),
+                    }
+                }
+                (Destination::Volume(v.clone()), info.mountpoint, false)
             }
-            (Destination::Volume(v.clone()), PathBuf::new(), true)
-        }
+            Err(crate::docker::DockerError::NoSuchVolume(_)) => {
+                (Destination::Volume(v.clone()), PathBuf::new(), true)
+            }
+            Err(e) => return Err(e.into()),
+        },
         (None, Some(d)) => {
             let p = if many { d.join(&src.name) } else { d.clone() };
             (Destination::Dir(p.clone()), p, false)

@@ -1614,6 +1614,8 @@ fn issue8_unreadable_entries_make_the_source_incomplete_and_the_run_exit_1() {
     ]);
     run.expect_code(1);
     let report = run.json();
+    // Issue 10: the run as a whole says so too.
+    assert_eq!(report["status"], "incomplete", "{report:#}");
     let s = &report["sources"][0];
     assert_eq!(s["status"], "incomplete", "{s:#}");
     assert_eq!(s["not-archived-count"], 2, "{s:#}");

@@ -7,6 +7,7 @@ mod tree;
 mod archive_pack;
 mod archive_unpack;
 mod backup;
+mod cli;
 mod frozen;
 mod key;
 mod layers;

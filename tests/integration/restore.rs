@@ -570,13 +570,55 @@ fn to_volume_copies_driver_options() {
     assert_eq!(b["Driver"], a["Driver"]);
     assert_eq!(b["Options"], a["Options"]);
     assert_eq!(b["Labels"], a["Labels"]);
-    // An existing name is refused.
+    // An existing volume that is not empty is refused without --force (see the test below).
+    fs::write(mountpoint(&copy).join("there.txt"), b"x").unwrap();
     let r = w.run(&["restore", "latest", "--to-volume", &copy]);
     assert_eq!(r.code, 2, "{r:?}");
     assert!(
-        r.stderr.contains(&format!("volume {copy} already exists")),
+        r.stderr.contains(&format!("volume {copy} is not empty")),
         "{r:?}"
     );
+}
+
+/// Issue 10: `--to-volume` into an existing empty volume is allowed (as made by `docker volume create`); a
+/// non-empty one is refused and left as it is, unless `--force`, which replaces its contents and keeps a safety
+/// backup of them.
+#[test]
+fn issue10_to_volume_into_an_existing_empty_volume() {
+    require_docker!();
+    let mut w = World::new();
+    let vol = w.volume_with("src", &[]);
+    let mp = mountpoint(&vol);
+    fill_simple(&mp);
+    let backed_up = snap(&mp);
+    w.backup(&vol);
+
+    // Empty: restored into, kept as it was made (its label stays).
+    let empty = w.volume_with("empty", &["--label", "made=by-user"]);
+    let r = w.ok(&["restore", "latest", "--to-volume", &empty]);
+    assert_same(&backed_up, &snap(&mountpoint(&empty)), "empty volume");
+    assert!(!r.stdout.contains("(new)"), "{r:?}");
+    assert_eq!(volume_inspect(&empty)["Labels"]["made"], "by-user");
+
+    // Not empty: refused, untouched.
+    let full = w.volume_with("full", &[]);
+    let fmp = mountpoint(&full);
+    fs::write(fmp.join("keep.txt"), b"mine").unwrap();
+    let before = snap(&fmp);
+    let r = w.run(&["restore", "latest", "--to-volume", &full]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(
+        r.stderr.contains(&format!(
+            "volume {full} is not empty: its contents would be replaced; pass --force"
+        )),
+        "{r:?}"
+    );
+    assert_same(&before, &snap(&fmp), "refused volume");
+
+    // --force: replaced, with a safety backup of what was there.
+    let r = w.ok(&["restore", "latest", "--to-volume", &full, "--force"]);
+    assert_same(&backed_up, &snap(&fmp), "forced volume");
+    assert!(r.stdout.contains("safety backup:"), "{r:?}");
 }
 
 /// `--dry-run` lists what would be removed and changes nothing: no container stopped, no safety backup, the

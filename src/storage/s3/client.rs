@@ -448,11 +448,11 @@ impl Inner {
             tokio::time::sleep(self.policy.delay(round)).await;
         }
         let why = last.map(|e| e.to_string()).unwrap_or_default();
-        tracing::warn!(key, error = %why, "could not confirm the abort of a multipart upload; `sweep_incomplete` removes it later");
+        tracing::warn!(key, error = %why, "could not confirm the abort of a multipart upload; `voltar prune` removes it once it is older than `incomplete-grace`");
         Err(StorageError::Transient {
             target: self.describe.clone(),
             message: format!(
-                "could not confirm that the multipart upload of {key} was aborted ({why}); a later sweep of incomplete uploads removes it"
+                "could not confirm that the multipart upload of {key} was aborted ({why}); `voltar prune` removes it once it is older than `incomplete-grace`"
             ),
         })
     }
