@@ -140,8 +140,21 @@ pub enum AfterBackup {
 
 #[derive(Debug, thiserror::Error)]
 pub enum PruneError {
-    #[error("cannot list the backups in {target}: {cause}; nothing was deleted (check the target and retry)")]
+    #[error(
+        "cannot list the backups{}; nothing was deleted (check the target and retry)",
+        in_target(target, cause)
+    )]
     List { target: String, cause: CatalogError },
+}
+
+/// ` in TARGET: CAUSE`, or `: CAUSE` when the cause names the target already (storage errors do).
+fn in_target(target: &str, cause: &CatalogError) -> String {
+    let cause = cause.to_string();
+    if cause.starts_with(target) {
+        format!(": {cause}")
+    } else {
+        format!(" in {target}: {cause}")
+    }
 }
 
 impl PruneError {
@@ -525,4 +538,23 @@ pub async fn run(config: &Config, req: &PruneRequest) -> anyhow::Result<Vec<Prun
         reports.push(prune(store.as_ref(), &settings, &opts).await?);
     }
     Ok(reports)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::StorageError;
+
+    /// A listing error names its target once (storage errors start with it), never `in T: T: …`.
+    #[test]
+    fn a_listing_error_names_its_target_once() {
+        let target = "s3://b/p".to_string();
+        let cause = CatalogError::Storage(StorageError::Permanent {
+            target: target.clone(),
+            message: "listing: no such bucket".into(),
+        });
+        let e = PruneError::List { target, cause }.to_string();
+        assert_eq!(e.matches("s3://b/p").count(), 1, "{e}");
+        assert!(e.contains("nothing was deleted"), "{e}");
+    }
 }
