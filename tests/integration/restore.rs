@@ -1273,6 +1273,24 @@ fn kill_restore_when(
     staging
 }
 
+/// `voltar recover` after a killed restore: it removes the staging directory and says so.
+fn recover_removes(w: &World, staging: &Path, volume_dir: &Path) -> Run {
+    assert!(staging.exists());
+    let r = w.voltar(&["recover"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let name = staging.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        r.stdout.contains(&name) && r.stdout.contains("removed"),
+        "recover reports the staging directory it removed: {r:?}"
+    );
+    assert!(
+        staging_dirs(volume_dir).is_empty(),
+        "{:?}",
+        staging_dirs(volume_dir)
+    );
+    r
+}
+
 /// Row 26: a restore killed with SIGKILL while it extracts leaves its staging tree behind, its container still
 /// running (it is stopped only for the safety backup and the swap). Killed while the container is stopped, it
 /// leaves the container stopped. `voltar recover` starts the container and removes the staging tree, saying so;
@@ -1302,15 +1320,7 @@ fn issue8_killed_restore_staging_is_removed_by_recover_and_the_next_restore() {
         "running",
         "extracting into staging does not stop the users"
     );
-    assert!(staging.exists());
-    let r = w.voltar(&["recover"]);
-    assert_eq!(r.code, 0, "{r:?}");
-    let name = staging.file_name().unwrap().to_string_lossy().into_owned();
-    assert!(
-        r.stdout.contains(&name) && r.stdout.contains("removed"),
-        "recover reports the staging directory it removed: {r:?}"
-    );
-    assert!(staging_dirs(&volume_dir).is_empty());
+    recover_removes(&w, &staging, &volume_dir);
 
     // Killed during the safety backup, which runs with the users stopped.
     let staging = kill_restore_when(&w, &vol, &volume_dir, &[], |_| {
@@ -1321,21 +1331,8 @@ fn issue8_killed_restore_staging_is_removed_by_recover_and_the_next_restore() {
         "exited",
         "the killed restore had stopped it"
     );
-    assert!(staging.exists());
-
-    let r = w.voltar(&["recover"]);
-    assert_eq!(r.code, 0, "{r:?}");
-    let name = staging.file_name().unwrap().to_string_lossy().into_owned();
-    assert!(
-        r.stdout.contains(&name) && r.stdout.contains("removed"),
-        "recover reports the staging directory it removed: {r:?}"
-    );
+    let r = recover_removes(&w, &staging, &volume_dir);
     assert!(r.stdout.contains(&user), "{r:?}");
-    assert!(
-        staging_dirs(&volume_dir).is_empty(),
-        "{:?}",
-        staging_dirs(&volume_dir)
-    );
     assert_eq!(support::state(&user), "running");
     assert_same(
         &live,
