@@ -768,7 +768,8 @@ pub const HASH_QUEUE: usize = 4;
 /// Why a thread: reading back an object, the same thread decompresses (and decrypts) the stored bytes; sha256
 /// of the stored bytes cost as much as a third of that (10% of a restore's CPU in `perf`), and on two cores the
 /// hashing then runs beside decompression and extraction instead of before the next chunk is decompressed.
-/// The bounded channel keeps memory flat: a slow hasher slows the read, it never queues the object.
+/// The bounded channel keeps memory flat: a slow hasher slows the read, it never queues the object (a full queue
+/// blocks the poll, so read the stream on a blocking thread, through [`blocking_reader`]).
 ///
 /// Verify and restore check stored objects against the manifest with [`StoredDigest::finish`].
 pub fn hash_aside(
