@@ -14,6 +14,11 @@
 #   BENCH_S3=0                    # skip the S3 case (as BENCH_ONLY without s3)
 #   BENCH_ROUNDS=4                # ABBA rounds for restore and verify (default 4: two AB pairs, two BA pairs)
 #   BENCH_BIN=path                # time this voltar binary instead of building target/release/voltar
+#   BENCH_TMPDIR=/dev/shm         # where the target and --to-dir output go (default /var/tmp). On a disk other
+#                                 # processes write to, restore's syncfs also waits for their dirty pages: tmpfs
+#                                 # shows voltar's own cost (the volume stays where Docker keeps it)
+# Next to each wall-clock ratio the CPU ratio (user + sys) is printed: on a machine busy with other work it moves
+# much less than wall time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scale=${1:-1.0}
@@ -24,7 +29,7 @@ only=${BENCH_ONLY:-backup,restore,verify,s3}
 want() { [[ ",$only," == *",$1,"* ]]; }
 rounds=${BENCH_ROUNDS:-4}
 if [ -n "${BENCH_BIN:-}" ]; then bin=$BENCH_BIN; else cargo build --release -q; bin=$PWD/target/release/voltar; fi
-work=$(mktemp -d /var/tmp/voltar-bench.XXXXXX)
+work=$(mktemp -d "${BENCH_TMPDIR:-/var/tmp}/voltar-bench.XXXXXX")
 vol=voltar-bench-$$
 export VOLTAR_STATE_DIR=$work/state
 cleanup() { docker volume rm -f "$vol" >/dev/null 2>&1 || true; rm -rf "$work"; }
@@ -39,13 +44,13 @@ size=$(du -sb "$mp" | cut -f1)
 echo "dataset: $(numfmt --to=iec "$size") in $(find "$mp" -type f | wc -l) files" >&2
 sync
 
-measure() { # name, command...: prints "seconds maxrss_kb"
+measure() { # name, command...: prints "seconds maxrss_kb cpu_seconds" (cpu: user + sys)
   local name=$1; shift
   # Start each run with no dirty pages from the previous one: voltar fsyncs its archive (durability), so it would
   # otherwise also pay for writing back the reference's output.
   sync
-  /usr/bin/time -f "%e %M" -o "$work/$name.time" "$@" >/dev/null 2>"$work/$name.err" || { cat "$work/$name.err" >&2; exit 1; }
-  cat "$work/$name.time" | tail -1
+  /usr/bin/time -f "%e %M %U %S" -o "$work/$name.time" "$@" >/dev/null 2>"$work/$name.err" || { cat "$work/$name.err" >&2; exit 1; }
+  tail -1 "$work/$name.time" | awk '{ printf "%s %s %.2f\n", $1, $2, $3 + $4 }'
 }
 
 # Warm the page cache once so both read the same way, then alternate runs and keep the best of each.
@@ -56,13 +61,13 @@ for round in $(seq 1 $rounds_backup); do
   if ! want backup; then # only the archive restore and verify read
     rm -rf "$work/target"; measure voltar "$bin" --quiet backup --only "$vol" --target "$work/target" >/dev/null; break
   fi
-  read -r t m < <(measure ref sh -c "tar -cf - -C '$mp' . | zstd -3 -T0 -q > '$work/ref.tar.zst'")
+  read -r t m _ < <(measure ref sh -c "tar -cf - -C '$mp' . | zstd -3 -T0 -q > '$work/ref.tar.zst'")
   best_ref=$(python3 -c "print(min($best_ref, $t))")
   # The same, made durable as voltar makes its archive (fsync before it counts as written).
-  read -r t m < <(measure refsync sh -c "tar -cf - -C '$mp' . | zstd -3 -T0 -q > '$work/ref.tar.zst' && sync '$work/ref.tar.zst'")
+  read -r t m _ < <(measure refsync sh -c "tar -cf - -C '$mp' . | zstd -3 -T0 -q > '$work/ref.tar.zst' && sync '$work/ref.tar.zst'")
   best_refsync=$(python3 -c "print(min($best_refsync, $t))")
   rm -rf "$work/target"
-  read -r t m < <(measure voltar "$bin" --quiet backup --only "$vol" --target "$work/target")
+  read -r t m _ < <(measure voltar "$bin" --quiet backup --only "$vol" --target "$work/target")
   best_v=$(python3 -c "print(min($best_v, $t))"); rss_v=$(( m > rss_v ? m : rss_v ))
 done
 if want backup; then
@@ -82,31 +87,33 @@ fi
 # reference run in the same rounds (e.g. the reference plus what voltar also guarantees), reported as a ratio too.
 abba() {
   local label=$1 ref_setup=$2 ref_cmd=$3 v_setup=$4 v_cmd=$5 ref2_label=${6:-} ref2_cmd=${7:-}
-  local ratios=() ratios2=() rss=0 t_ref t_v t_ref2 m line=""
+  local ratios=() ratios2=() cratios=() rss=0 t_ref t_v t_ref2 m c_ref c_v line=""
   for round in $(seq 1 "$rounds"); do
     t_ref2=""
     # ABBA: rounds 1 and 4 run the reference first, rounds 2 and 3 voltar first.
     if [ $(( round % 4 )) -le 1 ]; then
-      eval "$ref_setup"; read -r t_ref m < <(measure ref sh -c "$ref_cmd")
-      eval "$v_setup"; read -r t_v m < <(measure voltar sh -c "$v_cmd")
+      eval "$ref_setup"; read -r t_ref m c_ref < <(measure ref sh -c "$ref_cmd")
+      eval "$v_setup"; read -r t_v m c_v < <(measure voltar sh -c "$v_cmd")
     else
-      eval "$v_setup"; read -r t_v m < <(measure voltar sh -c "$v_cmd")
-      eval "$ref_setup"; read -r t_ref m2 < <(measure ref sh -c "$ref_cmd")
+      eval "$v_setup"; read -r t_v m c_v < <(measure voltar sh -c "$v_cmd")
+      eval "$ref_setup"; read -r t_ref _ c_ref < <(measure ref sh -c "$ref_cmd")
     fi
     rss=$(( m > rss ? m : rss ))
     if [ -n "$ref2_cmd" ]; then
-      eval "$ref_setup"; read -r t_ref2 _ < <(measure ref2 sh -c "$ref2_cmd")
+      eval "$ref_setup"; read -r t_ref2 _ _ < <(measure ref2 sh -c "$ref2_cmd")
       ratios2+=("$(python3 -c "print(f'{$t_v/$t_ref2:.2f}')")")
     fi
     ratios+=("$(python3 -c "print(f'{$t_v/$t_ref:.2f}')")")
-    printf '  round %d: reference %6.2f s  voltar %6.2f s  ratio %s%s\n' "$round" "$t_ref" "$t_v" "${ratios[-1]}" \
+    cratios+=("$(python3 -c "print(f'{$c_v/max($c_ref, 0.01):.2f}')")")
+    printf '  round %d: reference %6.2f s  voltar %6.2f s  ratio %s  (cpu %s s / %s s: %s)%s\n' "$round" "$t_ref" "$t_v" \
+      "${ratios[-1]}" "$c_ref" "$c_v" "${cratios[-1]}" \
       "${t_ref2:+  ($ref2_label $t_ref2 s: ${ratios2[-1]})}"
   done
-  python3 - "$label" "$rss" "$ref2_label" "${ratios[*]}" "${ratios2[*]:-}" <<'PY'
+  python3 - "$label" "$rss" "$ref2_label" "${ratios[*]}" "${ratios2[*]:-}" "${cratios[*]}" <<'PY'
 import statistics, sys
-label, rss, ref2, r, r2 = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4].split(), sys.argv[5].split()
+label, rss, ref2, r, r2, c = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4].split(), sys.argv[5].split(), sys.argv[6].split()
 extra = f"; against {ref2}: {statistics.median(map(float, r2)):.2f}" if r2 else ""
-print(f"{label}: median ratio voltar/reference {statistics.median(map(float, r)):.2f}{extra}; voltar peak RSS {rss // 1024} MiB")
+print(f"{label}: median ratio voltar/reference {statistics.median(map(float, r)):.2f}{extra}; cpu ratio {statistics.median(map(float, c)):.2f}; voltar peak RSS {rss // 1024} MiB")
 PY
 }
 
@@ -145,13 +152,13 @@ urllib.request.urlopen(req).read()
 PY
   echo
   echo "== S3 target (local moto server; in-memory, so sizes are kept modest)"
-  read -r t m < <(measure s3 "$bin" --quiet backup --only "$vol" --target "s3://$bucket/big")
+  read -r t m _ < <(measure s3 "$bin" --quiet backup --only "$vol" --target "s3://$bucket/big")
   python3 -c "print(f'voltar -> s3: {$t} s, {$size/$t/2**20:.0f} MiB/s of source, peak RSS {$m//1024} MiB')"
   # Same again on a dataset a quarter the size: RSS must not scale with the data.
   small=voltar-bench-small-$$
   docker volume create "$small" >/dev/null
   python3 scripts/gen_dataset.py "$(docker volume inspect -f '{{.Mountpoint}}' "$small")" "$(python3 -c "print($scale/4)")"
-  read -r t2 m2 < <(measure s3small "$bin" --quiet backup --only "$small" --target "s3://$bucket/small")
+  read -r t2 m2 _ < <(measure s3small "$bin" --quiet backup --only "$small" --target "s3://$bucket/small")
   docker volume rm -f "$small" >/dev/null
   echo "peak RSS: $((m2 / 1024)) MiB at 1/4 size, $((m / 1024)) MiB at full size"
 fi

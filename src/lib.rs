@@ -18,6 +18,7 @@
 
 pub mod archive;
 pub mod backup;
+pub mod buffers;
 pub mod catalog;
 pub mod cli;
 pub mod config;

@@ -1,7 +1,7 @@
 //! The one verified read of a stored object, used by `restore` (unpack), `verify` (scan), the `restore --dry-run`
 //! listing (list) and `restore --archive` (unpack, without the storage part):
 //!
-//! get → sha256 and size of the stored bytes → [age decryption] → decompression (format sniffed) → tar walk
+//! get → sha256 and size of the stored bytes (on a thread of its own: `pipeline::hash_aside`) → [age decryption] → decompression (format sniffed) → tar walk
 //! ([`Entries`]: scan, unpack or list) → the stream read to its end, so that the zstd frame checksum and age's
 //! last chunk are checked.
 //!
@@ -9,7 +9,7 @@
 //! against the manifest to the caller: restore stops at the first mismatch, verify reports every one.
 
 use std::collections::BTreeSet;
-use std::io::Read;
+use std::io::{BufRead, Read};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -17,7 +17,7 @@ use crate::archive::unpack::{UnpackOptions, UnpackReport};
 use crate::archive::{self, ArchiveError, Counts};
 use crate::catalog::{self, Manifest, SourceRecord};
 use crate::crypto::Decryptor;
-use crate::pipeline::{self, HashingReader};
+use crate::pipeline;
 use crate::progress::Progress;
 use crate::storage::{Storage, StorageError};
 
@@ -113,15 +113,29 @@ pub async fn read(
 ) -> Result<ReadBack, StorageError> {
     let key = catalog::object_key(&manifest.id, &src.object);
     let stream = store.get(&key).await?;
+    // The stored bytes are hashed on a thread of their own while this one decompresses them (`hash_aside`).
+    let (stream, stored_digest) = match pipeline::hash_aside(stream) {
+        Ok(s) => s,
+        Err(e) => {
+            return Ok(ReadBack {
+                walked: Err(WalkError::Open(RestoreError::Read {
+                    object: key.clone(),
+                    message: format!("cannot start a thread: {e}"),
+                })),
+                key,
+                digest: None,
+            })
+        }
+    };
     let reader = pipeline::blocking_reader(stream);
     let encrypted = manifest.encryption.is_some();
     let object = key.clone();
     let joined = tokio::task::spawn_blocking(move || {
-        let mut hr = HashingReader::new(ProgressReader::new(reader, progress));
-        let walked = tar_stream(&mut hr, encrypted.then_some(&*decryptor), &object)
+        let mut stored = ProgressReader::new(reader, progress);
+        let walked = tar_stream(&mut stored, encrypted.then_some(&*decryptor), &object)
             .map_err(WalkError::Open)
             .and_then(|dec| walk(dec, entries));
-        let digest = (walked.is_ok() || digest_on_error).then(|| hr.finish());
+        let digest = (walked.is_ok() || digest_on_error).then(|| stored_digest.finish(stored));
         (walked, digest)
     })
     .await;
@@ -159,20 +173,24 @@ pub fn walk<R: Read>(mut dec: R, entries: Entries) -> Result<Walked, WalkError> 
 }
 
 /// The tar stream inside a stored object: age-decrypted when `decryptor` is given (an encrypted backup), then
-/// decompressed by its sniffed format. Errors name `object`.
-pub fn tar_stream<'a, R: Read + 'a>(
+/// decompressed by its sniffed format (reading a plain object's bytes straight from `stored`'s buffer). Errors
+/// name `object`.
+pub fn tar_stream<'a, R: BufRead + 'a>(
     stored: R,
     decryptor: Option<&'a Decryptor>,
     object: &str,
 ) -> Result<Box<dyn Read + 'a>, RestoreError> {
-    let plain: Box<dyn Read + 'a> = match decryptor {
-        Some(d) => d.reader(stored, object).map_err(|e| RestoreError::Crypto {
-            object: object.to_string(),
-            source: e,
-        })?,
-        None => Box::new(stored),
+    let decoded = match decryptor {
+        Some(d) => {
+            let plain = d.reader(stored, object).map_err(|e| RestoreError::Crypto {
+                object: object.to_string(),
+                source: e,
+            })?;
+            archive::compress::decoder(plain)
+        }
+        None => archive::compress::decoder_buffered(stored),
     };
-    let (_format, dec) = archive::compress::decoder(plain).map_err(|e| RestoreError::Archive {
+    let (_format, dec) = decoded.map_err(|e| RestoreError::Archive {
         object: object.to_string(),
         source: e,
     })?;
@@ -216,5 +234,16 @@ impl<R: Read> Read for ProgressReader<R> {
         let n = self.inner.read(buf)?;
         self.progress.inc(n as u64);
         Ok(n)
+    }
+}
+
+impl<R: BufRead> BufRead for ProgressReader<R> {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        self.inner.fill_buf()
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.inner.consume(n);
+        self.progress.inc(n as u64);
     }
 }

@@ -17,7 +17,7 @@
 //! Rejected alternative: trusting the file extension. It is wrong for renamed files and lets a crafted `.tar`
 //! reach the tar parser compressed, which only produces confusing header errors.
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::path::PathBuf;
 
 use super::ArchiveError;
@@ -113,7 +113,20 @@ pub fn zstd_encoder<W: Write>(
 /// Errors while reading from the returned reader are `io::Error`s with clear messages (see the module docs); the
 /// tar layer turns them into [`ArchiveError::Corrupt`] naming the entry. Only a failure to read the first bytes is
 /// reported here.
-pub fn decoder<'a, R: Read + 'a>(mut r: R) -> Result<(Format, Box<dyn Read + 'a>), ArchiveError> {
+pub fn decoder<'a, R: Read + 'a>(r: R) -> Result<(Format, Box<dyn Read + 'a>), ArchiveError> {
+    // The input buffer zstd's own `Decoder::new` would make; gzip's is smaller, and a plain stream bypasses it for
+    // the large reads the tar walk makes.
+    decoder_buffered(io::BufReader::with_capacity(
+        zstd::zstd_safe::DCtx::in_size(),
+        r,
+    ))
+}
+
+/// [`decoder`] over a stream that has its own buffer (the stored object's chunks as they arrive): the decoders
+/// read their input straight from it, without copying it into a buffer of their own first.
+pub fn decoder_buffered<'a, R: BufRead + 'a>(
+    mut r: R,
+) -> Result<(Format, Box<dyn Read + 'a>), ArchiveError> {
     let mut prefix = [0u8; 4];
     let mut got = 0;
     // A pipe may deliver fewer than four bytes per read: loop until four or end of stream.
@@ -134,13 +147,13 @@ pub fn decoder<'a, R: Read + 'a>(mut r: R) -> Result<(Format, Box<dyn Read + 'a>
     let replay = io::Cursor::new(prefix[..got].to_vec()).chain(r);
     let reader: Box<dyn Read + 'a> = match format {
         Format::Zstd => {
-            let mut d = zstd::stream::read::Decoder::new(replay)
+            let mut d = zstd::stream::read::Decoder::with_buffer(replay)
                 .map_err(|e| ArchiveError::Corrupt(format!("cannot start zstd decoder: {e}")))?;
             d.window_log_max(MAX_WINDOW_LOG)
                 .map_err(|e| ArchiveError::Corrupt(format!("cannot cap the zstd window: {e}")))?;
             Box::new(ZstdErrors(d))
         }
-        Format::Gzip => Box::new(GzipErrors(flate2::read::MultiGzDecoder::new(replay))),
+        Format::Gzip => Box::new(GzipErrors(flate2::bufread::MultiGzDecoder::new(replay))),
         Format::Plain => Box::new(replay),
     };
     Ok((format, reader))
@@ -286,5 +299,67 @@ mod tests {
         let (f, out) = decode(b"ab");
         assert_eq!(f, Format::Plain);
         assert_eq!(out.unwrap(), b"ab");
+    }
+
+    /// A `BufRead` that hands out its input `step` bytes per fill (the stored object's chunks, at their smallest).
+    struct Trickle<'a> {
+        data: &'a [u8],
+        step: usize,
+    }
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.fill_buf()?.len().min(buf.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.consume(n);
+            Ok(n)
+        }
+    }
+
+    impl BufRead for Trickle<'_> {
+        fn fill_buf(&mut self) -> io::Result<&[u8]> {
+            Ok(&self.data[..self.step.min(self.data.len())])
+        }
+        fn consume(&mut self, n: usize) {
+            self.data = &self.data[n..];
+        }
+    }
+
+    #[test]
+    fn the_buffered_decoder_reads_what_the_plain_one_reads_whatever_the_chunking() {
+        let data: Vec<u8> = (0..300_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&data).unwrap();
+        let gz = gz.finish().unwrap();
+        for (bytes, format) in [
+            (compress(&data, 3, 0), Format::Zstd),
+            (gz, Format::Gzip),
+            (data.clone(), Format::Plain),
+        ] {
+            for step in [1, 3, 4096, usize::MAX] {
+                let (f, mut r) = decoder_buffered(Trickle { data: &bytes, step }).unwrap();
+                let mut out = Vec::new();
+                r.read_to_end(&mut out).unwrap();
+                assert_eq!(f, format, "step {step}");
+                assert!(
+                    out == data,
+                    "{format:?} read {step} bytes at a time differs"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_buffered_decoder_reports_a_truncated_zstd_stream() {
+        let z = compress(&vec![7u8; 1 << 20], 3, 0);
+        let (_, mut r) = decoder_buffered(Trickle {
+            data: &z[..z.len() - 5],
+            step: 4096,
+        })
+        .unwrap();
+        let err = r.read_to_end(&mut Vec::new()).unwrap_err();
+        assert!(err.to_string().contains("truncated"), "{err}");
     }
 }

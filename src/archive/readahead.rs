@@ -1,5 +1,5 @@
 //! Decompression on its own thread, overlapping the extraction: [`with_readahead`] reads the (decompressing,
-//! decrypting, hashing) stream on the calling thread into fixed-size chunks and hands them over a bounded channel
+//! decrypting) stream on the calling thread into fixed-size chunks and hands them over a bounded channel
 //! to a scoped thread that runs the consumer on a plain [`Read`] of those chunks.
 //!
 //! Why this shape: extraction spends most of its time in the kernel (creating files, writing data, metadata

@@ -189,7 +189,7 @@ pub fn unpack<R: Read>(
         },
         open: Vec::new(),
     };
-    // Decompression (and decryption, hashing) on this thread, extraction on its own: see `readahead`.
+    // Decompression (and decryption) on this thread, extraction on its own: see `readahead`.
     with_readahead(tar_stream, |stream| {
         x.counts = walk(stream, opts.max_entry_size, |entry, d| {
             check_cancel(&opts.cancel)?;
