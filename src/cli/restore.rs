@@ -164,15 +164,7 @@ pub fn render(report: &RestoreReport) -> String {
             ));
         }
         if !s.restarted.is_empty() {
-            let restarted: Vec<String> = s
-                .restarted
-                .iter()
-                .map(|n| match s.downtime_ms.get(n) {
-                    Some(ms) => format!("{n} (down {})", super::human_ms(*ms)),
-                    None => n.clone(),
-                })
-                .collect();
-            out.push_str(&format!("  restarted: {}\n", restarted.join(", ")));
+            out.push_str(&format!("  restarted: {}\n", restarted(s)));
         }
         if let Some(b) = &s.safety_backup {
             out.push_str(&format!("  safety backup: {b} (tag pre-restore)\n"));
@@ -195,25 +187,43 @@ pub fn render(report: &RestoreReport) -> String {
             out.push_str("  nothing was changed: the data is as it was before the restore\n");
         }
         if let Some(r) = &s.would_remove {
-            if r.is_empty() {
-                out.push_str("  nothing there now would be removed\n");
-            } else {
-                out.push_str(&format!(
-                    "  {} entr{} there now, not in the backup, would be removed:\n",
-                    r.len(),
-                    if r.len() == 1 { "y" } else { "ies" }
-                ));
-                for p in r.iter().take(50) {
-                    out.push_str(&format!("    - {p}\n"));
-                }
-                if r.len() > 50 {
-                    out.push_str(&format!("    … and {} more\n", r.len() - 50));
-                }
-            }
+            out.push_str(&would_remove(r));
         }
         for w in s.warnings.iter().take(20) {
             out.push_str(&format!("  warning: {w}\n"));
         }
+    }
+    out
+}
+
+/// The restarted containers, each with its downtime.
+fn restarted(s: &crate::restore::SourceRestore) -> String {
+    let named: Vec<String> = s
+        .restarted
+        .iter()
+        .map(|n| match s.downtime_ms.get(n) {
+            Some(ms) => format!("{n} (down {})", super::human_ms(*ms)),
+            None => n.clone(),
+        })
+        .collect();
+    named.join(", ")
+}
+
+/// The dry run's "would be removed" lines (the first 50).
+fn would_remove(r: &[String]) -> String {
+    if r.is_empty() {
+        return "  nothing there now would be removed\n".into();
+    }
+    let mut out = format!(
+        "  {} entr{} there now, not in the backup, would be removed:\n",
+        r.len(),
+        if r.len() == 1 { "y" } else { "ies" }
+    );
+    for p in r.iter().take(50) {
+        out.push_str(&format!("    - {p}\n"));
+    }
+    if r.len() > 50 {
+        out.push_str(&format!("    … and {} more\n", r.len() - 50));
     }
     out
 }
