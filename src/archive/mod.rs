@@ -62,30 +62,42 @@ impl Counts {
 }
 
 /// Count a tree on disk as an archive of it counts (without the root itself): a file with several links in the
-/// tree counts once as a file and once per extra link, bytes once per inode.
+/// tree counts once as a file and once per extra link, bytes once per inode. Walks with `*at()` calls from
+/// directory descriptors, never following a symlink, so paths of any length are counted.
 pub fn count_tree(root: &std::path::Path) -> Result<Counts, String> {
-    use std::os::unix::fs::MetadataExt;
     let mut found = Counts::default();
     let mut seen = std::collections::HashSet::new();
-    for e in walkdir::WalkDir::new(root).min_depth(1).follow_links(false) {
-        let e = e.map_err(|err| format!("walking {}: {err}", root.display()))?;
-        let Ok(m) = e.path().symlink_metadata() else {
-            continue;
-        };
-        let ft = m.file_type();
-        found.add(if ft.is_dir() {
-            Counted::Dir
-        } else if ft.is_symlink() {
-            Counted::Symlink
-        } else if !ft.is_file() {
-            Counted::Other
-        } else if m.nlink() > 1 && !seen.insert((m.dev(), m.ino())) {
-            Counted::Hardlink
-        } else {
-            Counted::File(m.len())
-        });
-    }
+    let dir = fsat::open_root(root).map_err(|e| format!("opening {}: {e}", root.display()))?;
+    count_dir(&dir, &mut found, &mut seen)
+        .map_err(|e| format!("walking {}: {e}", root.display()))?;
     Ok(found)
+}
+
+fn count_dir(
+    dir: &std::os::fd::OwnedFd,
+    found: &mut Counts,
+    seen: &mut std::collections::HashSet<(u64, u64)>,
+) -> std::io::Result<()> {
+    use rustix::fs::{statat, AtFlags, FileType};
+    use std::os::fd::AsRawFd;
+    for (name, _) in fsat::read_sorted(dir.as_raw_fd())? {
+        let st = statat(dir, name.as_c_str(), AtFlags::SYMLINK_NOFOLLOW)?;
+        let kind = match FileType::from_raw_mode(st.st_mode) {
+            FileType::Directory => {
+                let sub = fsat::open_dir_at(dir.as_raw_fd(), &name)?;
+                count_dir(&sub, found, seen)?;
+                Counted::Dir
+            }
+            FileType::Symlink => Counted::Symlink,
+            FileType::RegularFile if st.st_nlink > 1 && !seen.insert((st.st_dev, st.st_ino)) => {
+                Counted::Hardlink
+            }
+            FileType::RegularFile => Counted::File(st.st_size as u64),
+            _ => Counted::Other,
+        };
+        found.add(kind);
+    }
+    Ok(())
 }
 
 #[derive(Debug, thiserror::Error)]
