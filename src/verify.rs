@@ -122,20 +122,7 @@ pub async fn check_object(
         Err(WalkError::Trailer(e)) => problems.push(format!("corrupt archive: {e}")),
     }
     match rb.digest {
-        Some(Ok((sha, size))) => {
-            if size != src.stored_bytes {
-                problems.push(format!(
-                    "size {size} bytes, manifest says {}",
-                    src.stored_bytes
-                ));
-            }
-            if sha != src.sha256 {
-                problems.push(format!(
-                    "sha256 {sha} does not match the manifest ({})",
-                    src.sha256
-                ));
-            }
-        }
+        Some(Ok((sha, size))) => problems.extend(digest_problems(&sha, size, src)),
         Some(Err(e)) => problems.push(format!("reading: {e}")),
         None => {}
     }
@@ -169,16 +156,24 @@ async fn check_stored(
         }
     }
     let sha = hex::encode(hasher.finalize());
+    digest_problems(&sha, size, src)
+        .into_iter()
+        .map(|p| format!("{key}: {p}"))
+        .collect()
+}
+
+/// How the stored object's size and sha256 differ from what the manifest recorded.
+fn digest_problems(sha: &str, size: u64, src: &SourceRecord) -> Vec<String> {
     let mut problems = Vec::new();
     if size != src.stored_bytes {
         problems.push(format!(
-            "{key}: size {size} bytes, manifest says {}",
+            "size {size} bytes, manifest says {}",
             src.stored_bytes
         ));
     }
     if sha != src.sha256 {
         problems.push(format!(
-            "{key}: sha256 {sha} does not match the manifest ({})",
+            "sha256 {sha} does not match the manifest ({})",
             src.sha256
         ));
     }

@@ -82,23 +82,42 @@ pub async fn apply(
 }
 
 impl SourceRestore {
-    /// A source whose archive failed its check: nothing was done for it.
-    fn not_attempted(sp: &SourcePlan, e: &anyhow::Error) -> SourceRestore {
+    /// A source's report before anything was restored: no counts, nothing restarted.
+    fn starting(
+        source: &str,
+        destination: &Destination,
+        path: &Path,
+        create_volume: bool,
+        stop: Vec<String>,
+        status: RestoreStatus,
+    ) -> SourceRestore {
         SourceRestore {
-            source: sp.source.name.clone(),
-            destination: sp.destination.clone(),
-            path: sp.path.clone(),
-            // Not created: nothing was done for this source.
-            create_volume: false,
-            stop: vec![],
+            source: source.to_string(),
+            destination: destination.clone(),
+            path: path.to_path_buf(),
+            create_volume,
+            stop,
             would_remove: None,
             counts: Counts::default(),
             safety_backup: None,
             restarted: vec![],
             downtime_ms: BTreeMap::new(),
             warnings: vec![],
-            status: RestoreStatus::Failed(crate::error_chain(e)),
+            status,
         }
+    }
+
+    /// A source whose archive failed its check: nothing was done for it.
+    fn not_attempted(sp: &SourcePlan, e: &anyhow::Error) -> SourceRestore {
+        // Not created, nothing stopped: nothing was done for this source.
+        SourceRestore::starting(
+            &sp.source.name,
+            &sp.destination,
+            &sp.path,
+            false,
+            vec![],
+            RestoreStatus::Failed(crate::error_chain(e)),
+        )
     }
 }
 
@@ -133,20 +152,14 @@ async fn restore_source(ctx: &ApplyCtx<'_>, sp: SourcePlan) -> Result<SourceRest
     } = sp;
     ctx.progress
         .phase(&format!("restore {} -> {destination}", src.name));
-    let mut sr = SourceRestore {
-        source: src.name.clone(),
-        destination: destination.clone(),
-        path: path.clone(),
+    let mut sr = SourceRestore::starting(
+        &src.name,
+        &destination,
+        &path,
         create_volume,
         stop,
-        would_remove: None,
-        counts: Counts::default(),
-        safety_backup: None,
-        restarted: vec![],
-        downtime_ms: BTreeMap::new(),
-        warnings: vec![],
-        status: RestoreStatus::Failed("not restored".into()),
-    };
+        RestoreStatus::Failed("not restored".into()),
+    );
     if create_volume {
         path = create_destination_volume(ctx, &src, &destination).await?;
         sr.path = path.clone();
