@@ -147,13 +147,11 @@ pub enum PruneError {
     List { target: String, cause: CatalogError },
 }
 
-/// ` in TARGET: CAUSE`, or `: CAUSE` when the cause names the target already (storage errors do).
+/// ` in TARGET: CAUSE`, or `: CAUSE` for a storage error, whose message starts with its target.
 fn in_target(target: &str, cause: &CatalogError) -> String {
-    let cause = cause.to_string();
-    if cause.starts_with(target) {
-        format!(": {cause}")
-    } else {
-        format!(" in {target}: {cause}")
+    match cause {
+        CatalogError::Storage(_) => format!(": {cause}"),
+        _ => format!(" in {target}: {cause}"),
     }
 }
 

@@ -138,28 +138,23 @@ async fn check_stored(
     manifest: &Manifest,
     src: &SourceRecord,
 ) -> Vec<String> {
-    use futures::StreamExt;
-    use sha2::{Digest, Sha256};
     let key = catalog::object_key(&manifest.id, &src.object);
-    let mut stream = match store.get(&key).await {
-        Ok(s) => s,
-        Err(e) => return vec![format!("{key}: {e}")],
+    // The same hashing as a keyed read (`pipeline::hash_aside`), off the async runtime's threads.
+    let digest = async {
+        let (stream, digest) = crate::pipeline::hash_aside(store.get(&key).await?)?;
+        let rest = crate::pipeline::blocking_reader(stream);
+        tokio::task::spawn_blocking(move || digest.finish(rest))
+            .await
+            .map_err(std::io::Error::other)?
+            .map_err(anyhow::Error::from)
     };
-    let (mut hasher, mut size) = (Sha256::new(), 0u64);
-    while let Some(chunk) = stream.next().await {
-        match chunk {
-            Ok(b) => {
-                hasher.update(&b);
-                size += b.len() as u64;
-            }
-            Err(e) => return vec![format!("{key}: reading: {e}")],
-        }
+    match digest.await {
+        Ok((sha, size)) => digest_problems(&sha, size, src)
+            .into_iter()
+            .map(|p| format!("{key}: {p}"))
+            .collect(),
+        Err(e) => vec![format!("{key}: reading: {e}")],
     }
-    let sha = hex::encode(hasher.finalize());
-    digest_problems(&sha, size, src)
-        .into_iter()
-        .map(|p| format!("{key}: {p}"))
-        .collect()
 }
 
 /// How the stored object's size and sha256 differ from what the manifest recorded.
