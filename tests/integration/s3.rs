@@ -740,6 +740,29 @@ fn a_host_name_that_does_not_exist_fails_list_at_once() {
     );
 }
 
+/// An endpoint that has never answered (nothing listens: connection refused) is not retried for the whole
+/// `retry-deadline` by a read command: it gets the target's `check-timeout` (5 s) to answer at all, then the
+/// command fails naming the endpoint. Once an endpoint has answered, later requests keep the full deadline.
+#[test]
+fn an_endpoint_that_never_answered_fails_list_within_the_check_timeout() {
+    let port = free_port();
+    let w = World::without_bucket(&format!("http://127.0.0.1:{port}"));
+    let url = format!("s3://b/p?endpoint=http://127.0.0.1:{port}");
+    let mut c = w.cmd();
+    c.env("AWS_ACCESS_KEY_ID", KEY_ID)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET);
+    let started = Instant::now();
+    let l = run(c, &["list", "-t", &url]);
+    assert_eq!(l.code, 2, "{l:?}");
+    assert!(l.stderr.contains("cannot reach s3 endpoint"), "{l:?}");
+    assert!(l.stderr.contains(&format!("127.0.0.1:{port}")), "{l:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}: {l:?}",
+        started.elapsed()
+    );
+}
+
 // -------------------------------------------------------------------------------------------------------------
 // Several targets, one of them failing (a private S3 server, frozen mid-upload).
 

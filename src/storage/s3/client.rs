@@ -1,7 +1,7 @@
 //! The S3 client: built from a target's config, and one method per S3 request, each retried to the deadline.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,6 +47,10 @@ pub(super) struct Inner {
     pub(super) max_parts: u32,
     pub(super) parallel_parts: usize,
     pub(super) policy: Backoff,
+    /// The budget of requests to an endpoint that has not answered yet (the target's `check-timeout`).
+    pub(super) first_contact: Duration,
+    /// Whether the endpoint has answered a request yet (anything with an HTTP status, error or not).
+    pub(super) answered: Arc<AtomicBool>,
     pub(super) list_page_size: i32,
 }
 
@@ -118,6 +122,8 @@ impl S3Storage {
                 max_parts: t.max_parts.max(1),
                 parallel_parts: t.parallel_parts.max(1) as usize,
                 policy: Backoff::with_deadline(t.retry_deadline),
+                first_contact: t.check_timeout,
+                answered: Arc::new(AtomicBool::new(false)),
                 list_page_size: 1000,
             }),
         })
@@ -206,6 +212,18 @@ impl Inner {
     }
 
     /// One attempt of one request, bounded by the per-attempt timeout, its error classified.
+    /// The retry policy of the next request: the target's, except that while the endpoint has never answered
+    /// (nothing listens, nothing routes there) a request is retried for at most `first_contact`. A read command
+    /// against a dead endpoint then fails in seconds rather than after the retry deadline (minutes); once the
+    /// endpoint has answered, a failure is an interruption worth the whole deadline.
+    pub(super) fn retry_policy(&self) -> Backoff {
+        let mut p = self.policy.clone();
+        if !self.answered.load(Ordering::Relaxed) {
+            p.deadline = p.deadline.min(self.first_contact);
+        }
+        p
+    }
+
     pub(super) async fn attempt<T, E>(
         &self,
         op: &str,
@@ -219,8 +237,16 @@ impl Inner {
     {
         let limit = attempt_timeout(body_len, remaining);
         match tokio::time::timeout(limit, fut).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(self.classify(op, key, e)),
+            Ok(Ok(v)) => {
+                self.answered.store(true, Ordering::Relaxed);
+                Ok(v)
+            }
+            Ok(Err(e)) => {
+                if e.raw_response().is_some() {
+                    self.answered.store(true, Ordering::Relaxed);
+                }
+                Err(self.classify(op, key, e))
+            }
             Err(_) => Err(Failure {
                 err: StorageError::Transient {
                     target: self.describe.clone(),
@@ -243,7 +269,7 @@ impl Inner {
         data: Bytes,
     ) -> Result<(), StorageError> {
         let len = data.len() as u64;
-        retry(&self.policy, |remaining| {
+        retry(&self.retry_policy(), |remaining| {
             let req = self
                 .client
                 .put_object()
@@ -269,7 +295,7 @@ impl Inner {
         key: &str,
         full: &str,
     ) -> Result<String, StorageError> {
-        let out = retry(&self.policy, |remaining| {
+        let out = retry(&self.retry_policy(), |remaining| {
             let req = self
                 .client
                 .create_multipart_upload()
@@ -303,7 +329,7 @@ impl Inner {
         let len = body.len() as u64;
         let what = format!("uploading part {number} of");
         let this = &*self;
-        let out = retry(&this.policy, |remaining| {
+        let out = retry(&this.retry_policy(), |remaining| {
             let req = this
                 .client
                 .upload_part()
@@ -340,7 +366,7 @@ impl Inner {
         let upload = CompletedMultipartUpload::builder()
             .set_parts(Some(parts))
             .build();
-        retry(&self.policy, |remaining| {
+        retry(&self.retry_policy(), |remaining| {
             let req = self
                 .client
                 .complete_multipart_upload()

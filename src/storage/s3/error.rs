@@ -28,6 +28,11 @@ impl Inner {
         let target = self.describe.clone();
         let what = format!("{op}{}", on(key));
         let status = e.raw_response().map(|r| r.status().as_u16());
+        // Where a bucket in another region lives (AWS says so on its redirects).
+        let bucket_region = e
+            .raw_response()
+            .and_then(|r| r.headers().get("x-amz-bucket-region"))
+            .map(str::to_string);
         let (code, msg) = match e.as_service_error() {
             Some(se) => (
                 se.code().map(str::to_string),
@@ -63,6 +68,21 @@ impl Inner {
                             "bucket `{}` does not exist (create it, or fix `bucket` in the target)",
                             self.bucket
                         ),
+                    },
+                    Answer::WrongRegion => StorageError::Permanent {
+                        target,
+                        message: match &bucket_region {
+                            Some(r) => format!(
+                                "{what}: bucket `{}` is in region `{r}`, not `{}`; set region = \"{r}\" in \
+                                 the target (or ?region={r} in an s3:// URL)",
+                                self.bucket, self.region
+                            ),
+                            None => format!(
+                                "{what}: bucket `{}` is in another region than `{}` ({detail}); set `region` \
+                                 in the target (or ?region= in an s3:// URL)",
+                                self.bucket, self.region
+                            ),
+                        },
                     },
                     Answer::NotFound => StorageError::NotFound {
                         target,
@@ -155,6 +175,8 @@ impl Inner {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Answer {
     NoSuchBucket,
+    /// The bucket lives in another region (301 PermanentRedirect; a HEAD's bare 301).
+    WrongRegion,
     NotFound,
     NoSuchUpload,
     NoSpace,
@@ -169,6 +191,7 @@ impl Answer {
     fn of(code: Option<&str>, status: Option<u16>) -> Answer {
         match (code, status) {
             (Some("NoSuchBucket"), _) => Answer::NoSuchBucket,
+            (Some("PermanentRedirect"), _) | (None, Some(301)) => Answer::WrongRegion,
             (Some("NoSuchKey"), _) | (None, Some(404)) => Answer::NotFound,
             (Some("NoSuchUpload"), _) => Answer::NoSuchUpload,
             // Quota codes come with 403 on some stores: check them before the generic 403.

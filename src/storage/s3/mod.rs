@@ -27,6 +27,10 @@
 //! The SDK's own retries are **disabled**: each request is retried by [`super::retry::retry`] with exponential
 //! backoff and jitter on transient errors (5xx, throttling, timeouts, connection errors, a host name that does
 //! not resolve) until the target's `retry-deadline`, so one deadline bounds every request, parts included.
+//! An endpoint that has not answered once yet (nothing listens, nothing routes there) gets the target's
+//! `check-timeout` instead (`Inner::retry_policy`): a read command against a dead endpoint fails in seconds,
+//! not after the deadline; after its first answer, a failure is an interruption worth the whole deadline.
+//! A bucket in another region (301 `PermanentRedirect`) fails at once, naming the region to set.
 //! Credentials errors — none found, the instance metadata service (IMDS) refusing them, 401/403,
 //! `InvalidAccessKeyId`, `SignatureDoesNotMatch`, `AccessDenied`, `InvalidToken`, `ExpiredToken` — are
 //! [`StorageError::Auth`] and, like missing buckets/keys and quota errors, returned at once, never retried.
@@ -177,7 +181,7 @@ impl S3Storage {
     /// Create the bucket if it does not exist (tests, and `voltar init`-style setup).
     pub async fn ensure_bucket(&self) -> Result<(), StorageError> {
         let s = &self.inner;
-        let r = retry(&s.policy, |remaining| async move {
+        let r = retry(&s.retry_policy(), |remaining| async move {
             let mut req = s.client.create_bucket().bucket(&s.bucket);
             if s.region != "us-east-1" {
                 req = req.create_bucket_configuration(
@@ -215,7 +219,7 @@ impl S3Storage {
         let mut markers: (Option<String>, Option<String>) = (None, None);
         loop {
             let (km, um) = markers.clone();
-            let page = retry(&s.policy, |remaining| {
+            let page = retry(&s.retry_policy(), |remaining| {
                 let req = s
                     .client
                     .list_multipart_uploads()
@@ -303,7 +307,7 @@ impl Storage for S3Storage {
     async fn get(&self, key: &str) -> Result<ByteStream, StorageError> {
         let s = self.inner.clone();
         let full = s.full_key(key)?;
-        let out = retry(&s.policy, |remaining| {
+        let out = retry(&s.retry_policy(), |remaining| {
             let req = s.client.get_object().bucket(&s.bucket).key(&full);
             let s = &s;
             async move {
@@ -347,7 +351,7 @@ impl Storage for S3Storage {
         let mut out = Vec::new();
         let mut token: Option<String> = None;
         loop {
-            let page = retry(&s.policy, |remaining| {
+            let page = retry(&s.retry_policy(), |remaining| {
                 let req = s
                     .client
                     .list_objects_v2()
@@ -407,7 +411,7 @@ impl Storage for S3Storage {
                 .build()
                 .map_err(|e| s.err(format!("deleting: {e}")))?;
             let what = format!("{} objects from", batch.len());
-            let out = retry(&s.policy, |remaining| {
+            let out = retry(&s.retry_policy(), |remaining| {
                 let req = s
                     .client
                     .delete_objects()
@@ -506,7 +510,7 @@ impl Storage for S3Storage {
         let key = super::check_probe_key();
         let full = s.full_key(&key)?;
         let run = async {
-            let out = retry(&s.policy, |remaining| {
+            let out = retry(&s.retry_policy(), |remaining| {
                 let req = s
                     .client
                     .create_multipart_upload()

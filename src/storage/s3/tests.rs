@@ -127,6 +127,8 @@ fn test_inner() -> Inner {
         max_parts: 10_000,
         parallel_parts: 2,
         policy: Backoff::default(),
+        first_contact: Duration::from_secs(5),
+        answered: Default::default(),
         list_page_size: 1000,
     }
 }
@@ -192,6 +194,56 @@ fn service_errors_map_to_categories() {
         .classify("listing", "", service(Some("NoSuchBucket"), 404))
         .err;
     assert!(e.to_string().contains("bucket `bkt` does not exist"), "{e}");
+}
+
+/// A bucket in another region: AWS answers 301 PermanentRedirect (HEAD: a bare 301) with the bucket's region in
+/// `x-amz-bucket-region`. That is a setting to fix, not a server to wait for: say which region to set.
+#[test]
+fn wrong_region_says_which_region_to_set() {
+    let s = test_inner();
+    let with_region = |code: Option<&str>, status: u16, region: Option<&str>| {
+        let mut meta = aws_sdk_s3::error::ErrorMetadata::builder().message("the bucket you are attempting to access must be addressed using the specified endpoint");
+        if let Some(c) = code {
+            meta = meta.code(c);
+        }
+        let err = aws_sdk_s3::operation::upload_part::UploadPartError::generic(meta.build());
+        let mut raw = HttpResponse::new(
+            status.try_into().unwrap(),
+            aws_sdk_s3::primitives::SdkBody::empty(),
+        );
+        if let Some(r) = region {
+            raw.headers_mut()
+                .insert("x-amz-bucket-region", r.to_string());
+        }
+        SdkError::service_error(err, raw)
+    };
+    let e = s
+        .classify(
+            "listing",
+            "",
+            with_region(Some("PermanentRedirect"), 301, Some("eu-central-1")),
+        )
+        .err;
+    assert!(matches!(e, StorageError::Permanent { .. }), "{e:?}");
+    let msg = e.to_string();
+    assert!(msg.contains("region `eu-central-1`"), "{msg}");
+    assert!(msg.contains("region = \"eu-central-1\""), "{msg}");
+    // A HEAD gets no body, so no code: the status and header alone say it.
+    let e = s
+        .classify("checking", "", with_region(None, 301, Some("ap-south-1")))
+        .err;
+    assert!(matches!(e, StorageError::Permanent { .. }), "{e:?}");
+    assert!(e.to_string().contains("region = \"ap-south-1\""), "{e}");
+    // No header: still a region problem, named as one.
+    let e = s
+        .classify(
+            "listing",
+            "",
+            with_region(Some("PermanentRedirect"), 301, None),
+        )
+        .err;
+    assert!(matches!(e, StorageError::Permanent { .. }), "{e:?}");
+    assert!(e.to_string().contains("another region"), "{e}");
 }
 
 #[test]
