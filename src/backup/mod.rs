@@ -271,6 +271,14 @@ struct RunCtx<'r> {
 /// The run, in order: clean up leftover spool files, open and lock every target, check them (before anything is
 /// quiesced), back up each source ([`source`]), commit a manifest per target ([`commit`]), prune the committed
 /// targets, then let go of the target locks.
+/// Open, lock and check `targets` as a run does before it touches anything, then let them go: a restore checks
+/// where its safety backup goes before it stops anyone. `Err` when none is usable (the message names why).
+pub async fn check_targets(env: &Env<'_>, targets: &[Target]) -> Result<(), BackupError> {
+    let mut rows = Vec::new();
+    let mut opened = Targets::open(env, targets, &mut rows).await?;
+    opened.check(env, targets, &mut rows).await
+}
+
 pub async fn execute(
     env: &Env<'_>,
     req: &BackupRequest,

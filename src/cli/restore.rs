@@ -121,11 +121,16 @@ pub async fn command(
     };
     // Also on stderr, so that a failure is seen when stdout goes to a file or with --json.
     for s in &report.sources {
-        if let RestoreStatus::Failed(why) = &s.status {
-            eprintln!(
+        match &s.status {
+            RestoreStatus::Failed(why) => eprintln!(
                 "voltar: restoring {} into {} failed: {why}",
                 s.source, s.destination
-            );
+            ),
+            RestoreStatus::Unprotected(why) => eprintln!(
+                "voltar: restored {} into {}, but without a safety backup: {why}",
+                s.source, s.destination
+            ),
+            _ => {}
         }
     }
     emit(json, &report, render);
@@ -175,7 +180,7 @@ pub fn render(report: &RestoreReport) -> String {
                 s.counts.files,
                 human(s.counts.bytes)
             ));
-        } else if s.status == RestoreStatus::Ok {
+        } else if matches!(s.status, RestoreStatus::Ok | RestoreStatus::Unprotected(_)) {
             out.push_str(&format!(
                 "  restored {} file(s), {}\n",
                 s.counts.files,

@@ -64,6 +64,14 @@ pub enum Leftover {
         #[serde(with = "path_repr")]
         path: PathBuf,
     },
+    /// A restore's staging directory from its swap on: it holds the old contents of `of`, the only copy until
+    /// the restore's safety backup is committed. Never removed by `recover`, which names it for the user.
+    PreviousContents {
+        #[serde(with = "path_repr")]
+        path: PathBuf,
+        #[serde(with = "path_repr")]
+        of: PathBuf,
+    },
 }
 
 impl std::fmt::Display for Leftover {
@@ -72,6 +80,12 @@ impl std::fmt::Display for Leftover {
             Leftover::StagingDir { path } => {
                 write!(f, "restore staging directory {}", path.display())
             }
+            Leftover::PreviousContents { path, of } => write!(
+                f,
+                "previous contents of {} kept at {}",
+                of.display(),
+                path.display()
+            ),
         }
     }
 }

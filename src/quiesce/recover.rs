@@ -417,6 +417,11 @@ async fn recover_container(
 /// Remove a leftover of a dead run, after checking it is what the journal says it is.
 fn remove_leftover(leftover: &Leftover) -> LeftoverOutcome {
     match leftover {
+        Leftover::PreviousContents { .. } => LeftoverOutcome::LeftAlone(
+            "a restore ended before its safety backup was committed: this is the only copy of what was there; \
+             back it up or remove it"
+                .into(),
+        ),
         Leftover::StagingDir { path } => {
             use std::os::unix::ffi::OsStrExt;
             let named = path.is_absolute()

@@ -170,6 +170,8 @@ async fn restore_source(ctx: &ApplyCtx<'_>, sp: SourcePlan) -> Result<SourceRest
 
     let result = restore_one(ctx, &src, &path, create_volume, &users, &mut sr).await;
     match result {
+        // Restored; `restore_one` says when without a safety copy.
+        Ok(()) if matches!(sr.status, RestoreStatus::Unprotected(_)) => {}
         Ok(()) => sr.status = RestoreStatus::Ok,
         Err(e) => {
             sr.status = RestoreStatus::Failed(crate::error_chain(&e));
@@ -220,10 +222,17 @@ fn stop_holds(users: &[PlannedContainer]) -> Vec<Hold> {
         .collect()
 }
 
-/// Extract into a journaled staging directory and verify it while the users keep running; then stop them, take
-/// the safety backup of what is at `path` (unless `fresh` or not wanted), swap in and restart them. So the users
-/// are down for the safety backup and the swap only, and a bad archive never stops them. The staging directory
-/// is removed on every path; `Err` from stopping the users is fatal for the whole restore.
+/// Extract into a journaled staging directory and verify it while the users keep running; then stop them, swap
+/// in and restart them. The safety copy of what was there:
+/// - whole volume: the swap moves the old tree into the staging directory intact, so it is backed up from there
+///   after the users are back (its targets checked before anything is stopped). The users are down for the stop,
+///   the swap and the start only, never while the copy is read or uploaded to a slow or dying target. Until the
+///   copy is committed the old tree is journaled as kept (never removed by `recover`); if the copy fails, it stays
+///   on disk and the source reports where.
+/// - `--path`: the old tree does not come out whole, so the safety backup of the volume is taken while the users
+///   are stopped, before the swap.
+///
+/// A bad archive never stops the users. `Err` from stopping them is fatal for the whole restore.
 async fn restore_one(
     ctx: &ApplyCtx<'_>,
     src: &SourceRecord,
@@ -232,11 +241,39 @@ async fn restore_one(
     users: &[PlannedContainer],
     sr: &mut SourceRestore,
 ) -> Result<()> {
-    let staging = Staging::make(path, ctx.journal)?;
+    let wants_safety = !fresh && !ctx.args.no_safety_backup && dir_has_entries(path);
+    let safety = match (wants_safety, ctx.paths.is_empty()) {
+        (false, _) => Safety::None,
+        (true, true) => Safety::AfterSwap,
+        (true, false) => Safety::WhileStopped,
+    };
+    let mut staging = Staging::make(path, ctx.journal)?;
     let result = match extract(ctx, src, &staging, sr).await {
-        Ok(()) => stopped_for_swap(ctx, src, path, fresh, users, &staging, sr).await,
+        Ok(()) => match check_safety_targets(ctx, safety).await {
+            Ok(()) => stopped_for_swap(ctx, src, path, users, safety, &mut staging, sr).await,
+            Err(e) => Ok(Err(e)),
+        },
         Err(e) => Ok(Err(e)),
     };
+    let swapped = matches!(result, Ok(Ok(())));
+    if swapped && safety == Safety::AfterSwap {
+        // `staging` holds the old tree now: back it up, then let it go.
+        match safety_backup(ctx, src, &staging.path).await {
+            Ok((id, warnings)) => {
+                sr.safety_backup = Some(id);
+                sr.warnings.extend(warnings);
+            }
+            Err(e) => {
+                let kept = staging.path.clone();
+                staging.forget(ctx.journal);
+                sr.status = RestoreStatus::Unprotected(format!(
+                    "{e:#}; the previous contents are kept at {} (back them up or remove them)",
+                    kept.display()
+                ));
+                return result?;
+            }
+        }
+    }
     // After a successful exchange, `staging` holds the old contents; after a failure, the partial extraction.
     if let Err(e) = staging.remove(ctx.journal) {
         sr.warnings.push(e);
@@ -244,15 +281,42 @@ async fn restore_one(
     result?
 }
 
-/// With the users stopped (journaled; restarted on every path): safety backup, then swap. The outer `Err` is a
-/// failure to stop them (fatal), the inner one this source's failure.
+/// Where a restore's safety copy of the current contents comes from (see [`restore_one`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Safety {
+    None,
+    AfterSwap,
+    WhileStopped,
+}
+
+/// Before anything is stopped: every target the safety backup writes to opens and takes a test write, as a
+/// backup run checks them first. With `AfterSwap` a safety backup that cannot be written would only be found out
+/// after the swap.
+async fn check_safety_targets(ctx: &ApplyCtx<'_>, safety: Safety) -> Result<()> {
+    if safety != Safety::AfterSwap {
+        return Ok(());
+    }
+    ctx.progress.note("checking the safety backup's targets");
+    backup::check_targets(&backup_env(ctx), &safety_targets(ctx))
+        .await
+        .map_err(|e| {
+            anyhow!(
+                "the safety backup cannot be written: {e}; nothing was stopped or changed \
+                 (use --no-safety-backup to restore without one)"
+            )
+        })
+}
+
+/// With the users stopped (journaled; restarted on every path): the safety backup when it cannot wait
+/// (`WhileStopped`), then the swap. The outer `Err` is a failure to stop them (fatal), the inner one this
+/// source's failure. With `AfterSwap`, the staging directory is journaled as kept before the swap.
 async fn stopped_for_swap(
     ctx: &ApplyCtx<'_>,
     src: &SourceRecord,
     path: &Path,
-    fresh: bool,
     users: &[PlannedContainer],
-    staging: &Staging,
+    safety: Safety,
+    staging: &mut Staging,
     sr: &mut SourceRestore,
 ) -> Result<Result<()>> {
     let holds = stop_holds(users);
@@ -266,11 +330,22 @@ async fn stopped_for_swap(
     }
     let held = ctx.quiescer.hold(&holds).await?;
     let result = async {
-        if !fresh && !ctx.args.no_safety_backup && dir_has_entries(path) {
-            sr.safety_backup = Some(safety_backup(ctx, src, path).await?);
+        if safety == Safety::WhileStopped {
+            let (id, warnings) = safety_backup(ctx, src, path).await.map_err(|e| {
+                anyhow!(
+                    "{e:#}; nothing was changed (use --no-safety-backup to restore without one)"
+                )
+            })?;
+            sr.safety_backup = Some(id);
+            sr.warnings.extend(warnings);
         }
         if ctx.cancel.is_cancelled() {
             bail!("interrupted before the swap: nothing was changed");
+        }
+        if safety == Safety::AfterSwap {
+            // From the swap on, the staging directory holds the only copy of the old contents until the safety
+            // backup is committed: a killed run must leave it for the user, not have `recover` remove it.
+            staging.keep_after_swap(ctx.journal, path)?;
         }
         ctx.progress.note("swapping in");
         swap(ctx, path, staging)
@@ -288,10 +363,55 @@ async fn stopped_for_swap(
     Ok(result)
 }
 
-/// Safety copy of what is at `path` now, into the same target, tagged `pre-restore`; returns its backup id.
-async fn safety_backup(ctx: &ApplyCtx<'_>, src: &SourceRecord, path: &Path) -> Result<String> {
+/// The targets a safety backup goes to: the one restored from, and every target of the job (once each, by the
+/// target's lock key: one run cannot lock a target twice).
+fn safety_targets(ctx: &ApplyCtx<'_>) -> Vec<Target> {
+    let mut out = vec![ctx.target.clone()];
+    let mut seen: Vec<Vec<u8>> = crate::lock::target_key(&ctx.target)
+        .map(|k| vec![k.key])
+        .unwrap_or_default();
+    let job = ctx
+        .config
+        .job(ctx.args.job.as_deref())
+        .ok()
+        .or_else(|| ctx.config.jobs.get(&ctx.manifest.job));
+    for name in job.map(|j| j.targets.clone()).unwrap_or_default() {
+        let Some(t) = ctx.config.targets.get(&name) else {
+            continue;
+        };
+        match crate::lock::target_key(t) {
+            Ok(k) if seen.contains(&k.key) => {}
+            Ok(k) => {
+                seen.push(k.key);
+                out.push(t.clone());
+            }
+            // Cannot be resolved (e.g. a local directory that is gone): the check names it.
+            Err(_) => out.push(t.clone()),
+        }
+    }
+    out
+}
+
+fn backup_env<'a>(ctx: &'a ApplyCtx<'_>) -> backup::Env<'a> {
+    backup::Env {
+        config: ctx.config,
+        engine: ctx.engine,
+        progress: ctx.progress.clone(),
+        cancel: ctx.cancel.clone(),
+        now: Utc::now(),
+    }
+}
+
+/// Safety copy of what is at `path` now (the volume, or the old tree the swap moved out), as the source it
+/// protects, into every target of [`safety_targets`], tagged `pre-restore`; returns its backup id, and a warning
+/// per target that did not take it (it is a safety backup when at least one target committed it).
+async fn safety_backup(
+    ctx: &ApplyCtx<'_>,
+    src: &SourceRecord,
+    path: &Path,
+) -> Result<(String, Vec<String>)> {
     let config = ctx.config;
-    ctx.progress.note("safety backup of the current contents");
+    ctx.progress.note("safety backup of the previous contents");
     let job = config
         .job(ctx.args.job.as_deref())
         .cloned()
@@ -302,7 +422,7 @@ async fn safety_backup(ctx: &ApplyCtx<'_>, src: &SourceRecord, path: &Path) -> R
     job.name = ctx.manifest.job.clone();
     let req = BackupRequest {
         job,
-        targets: vec![ctx.target.clone()],
+        targets: safety_targets(ctx),
         only: vec![],
         dry_run: false,
         tags: vec![TAG_PRE_RESTORE.into()],
@@ -320,24 +440,37 @@ async fn safety_backup(ctx: &ApplyCtx<'_>, src: &SourceRecord, path: &Path) -> R
         }],
         skipped: vec![],
     };
-    let env = backup::Env {
-        config,
-        engine: ctx.engine,
-        progress: ctx.progress.clone(),
-        cancel: ctx.cancel.clone(),
-        now: Utc::now(),
-    };
-    let run = backup::execute(&env, &req, plan, Utc::now(), vec![]).await?;
-    if run.exit_code() != 0 {
-        let why = run
-            .sources
-            .first()
+    let run = backup::execute(&backup_env(ctx), &req, plan, Utc::now(), vec![]).await?;
+    // A whole copy on at least one target (`Partial`: not on every one) is a safety backup; an incomplete copy
+    // (entries it could not read) is not.
+    let source = run.sources.first();
+    let whole =
+        source.is_some_and(|s| matches!(s.status, backup::Status::Ok | backup::Status::Partial));
+    if !whole || !run.targets.iter().any(|t| t.committed) {
+        let why = source
             .and_then(|s| s.error.clone())
-            .or_else(|| run.targets.first().and_then(|t| t.error.clone()))
+            .or_else(|| {
+                source
+                    .filter(|s| s.status == backup::Status::Incomplete)
+                    .map(|s| format!("{} entries could not be read", s.not_archived_count))
+            })
+            .or_else(|| run.targets.iter().find_map(|t| t.error.clone()))
             .unwrap_or_else(|| "unknown error".into());
-        bail!("safety backup failed, nothing was changed: {why} (use --no-safety-backup to restore without one)");
+        bail!("safety backup failed: {why}");
     }
-    Ok(run.id.to_string())
+    let warnings = run
+        .targets
+        .iter()
+        .filter(|t| !t.committed)
+        .map(|t| {
+            format!(
+                "the safety backup did not reach target {}: {}",
+                t.name,
+                t.error.as_deref().unwrap_or("not committed")
+            )
+        })
+        .collect();
+    Ok((run.id.to_string(), warnings))
 }
 
 /// Extract into `staging` and verify (sha256, counts, decryption to the last byte). Nothing is stopped yet.

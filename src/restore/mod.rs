@@ -7,17 +7,21 @@
 //!    manifest recorded, and an encrypted one opens with the given keys. A source that fails this is reported
 //!    failed and nothing is done for it. Leftovers of killed runs (journaled staging directories, containers
 //!    left stopped) are recovered first.
-//! 3. Stop the running containers that mount the target volume (journaled, like backup's quiesce; each with its
+//! 3. While the users keep running: extract into a staging directory on the same filesystem (a sibling of the
+//!    volume's `_data`, journaled before it is created so that `voltar recover` or the next run removes it after
+//!    a kill), checking the stored object's sha256 and the archive's counts against the manifest *while*
+//!    streaming; decryption and zstd checksums are verified to the last byte, and the staged tree is made
+//!    durable (one `syncfs`). A bad archive stops nobody.
+//! 4. Check the targets the safety backup goes to (the one restored from and the job's), as a backup run does.
+//! 5. Stop the running containers that mount the target volume (journaled, like backup's quiesce; each with its
 //!    `voltar.stop-timeout` label, else the configured stop-timeout).
-//! 4. Take a safety backup of the current contents into the same target, tagged `pre-restore`
-//!    (`--no-safety-backup` skips it).
-//! 5. Extract into a staging directory on the same filesystem (a sibling of the volume's `_data`, journaled
-//!    before it is created so that `voltar recover` or the next run removes it after a kill), checking the
-//!    stored object's sha256 and the archive's counts against the manifest *while* streaming. Decryption and
-//!    zstd checksums are verified to the last byte before anything is swapped in.
 //! 6. Swap the staging tree in with one atomic `renameat2(RENAME_EXCHANGE)`, so the volume ends up exactly
-//!    equal to the backup (no stale files), then delete the old tree.
-//! 7. Start exactly the containers that were running.
+//!    equal to the backup (no stale files); the old tree is now in the staging directory, journaled as kept.
+//! 7. Start exactly the containers that were running: they were down for the stop, the swap and the start.
+//! 8. Safety backup of the old tree, tagged `pre-restore` (`--no-safety-backup` skips it), then remove it. If
+//!    it fails, the old tree stays on disk and the source says where (exit 1); `recover` never removes it.
+//!    (`--path` restores take the safety backup of the volume before the swap, with the users stopped: the old
+//!    tree does not come out of a per-path swap whole.)
 //!
 //! Any failure before step 6 leaves the live data byte-identical and the containers as they were found.
 //! The unpacker (`archive::unpack`) refuses entries that would write outside the staging directory.
@@ -107,6 +111,9 @@ pub enum RestoreStatus {
     Ok,
     DryRun,
     Failed(String),
+    /// Restored, but the safety copy of what was there could not be committed (it is kept on disk: the text
+    /// says where). Exit code 1.
+    Unprotected(String),
 }
 
 impl std::fmt::Display for RestoreStatus {
@@ -115,6 +122,9 @@ impl std::fmt::Display for RestoreStatus {
             RestoreStatus::Ok => f.write_str("ok"),
             RestoreStatus::DryRun => f.write_str("dry-run"),
             RestoreStatus::Failed(why) => write!(f, "failed: {why}"),
+            RestoreStatus::Unprotected(why) => {
+                write!(f, "restored, without a safety backup: {why}")
+            }
         }
     }
 }
@@ -179,10 +189,12 @@ pub struct RestoreReport {
 impl RestoreReport {
     /// True when no source failed.
     pub fn ok(&self) -> bool {
-        !self
-            .sources
-            .iter()
-            .any(|s| matches!(s.status, RestoreStatus::Failed(_)))
+        !self.sources.iter().any(|s| {
+            matches!(
+                s.status,
+                RestoreStatus::Failed(_) | RestoreStatus::Unprotected(_)
+            )
+        })
     }
 }
 

@@ -40,6 +40,23 @@ impl Staging {
         Ok(Staging { path: staging, seq })
     }
 
+    /// From the swap on, the directory holds the old contents of `of`: journal it as kept (see
+    /// [`Leftover::PreviousContents`]) before the swap, so that a killed run leaves it for the user.
+    pub(super) fn keep_after_swap(&mut self, journal: &Journal, of: &Path) -> Result<()> {
+        let seq = journal.will_create(&Leftover::PreviousContents {
+            path: self.path.clone(),
+            of: of.to_path_buf(),
+        })?;
+        journal.removed(self.seq);
+        self.seq = seq;
+        Ok(())
+    }
+
+    /// Leave the directory where it is, for the user (the report names it); the journal forgets it.
+    pub(super) fn forget(self, journal: &Journal) {
+        journal.removed(self.seq);
+    }
+
     /// Remove the directory and everything in it; the journal entry is closed only once it is gone. The error
     /// is a warning for the report: the journal keeps the entry, so recover removes it later.
     pub(super) fn remove(self, journal: &Journal) -> Result<(), String> {

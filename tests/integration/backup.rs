@@ -24,7 +24,7 @@ use serde_json::Value;
 
 use crate::require_docker;
 use crate::support::{
-    self, container_record, docker, mountpoint, source, state, unique, Cleanup, Ev, IMAGE,
+    self, container_record, docker, mountpoint, source, state, unique, Cleanup, Ev, Tmpfs, IMAGE,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_voltar");
@@ -707,28 +707,6 @@ fn issue2_stop_by_config_default_and_label_overrides_it() {
 
 // ------------------------------------------------------------------------------------------------------------
 // Failures (rows 1, 6)
-
-/// RAII: a small tmpfs mounted at a path; unmounted on drop.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &Path, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(at).unwrap();
-        let st = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .status()
-            .unwrap();
-        assert!(st.success(), "mount tmpfs (tests run as root)");
-        Tmpfs(at.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
 
 /// The target fills up while the volume is read (container paused): the container is resumed, the run fails
 /// with exit 1 naming the target and the cause, and nothing is left in the target.

@@ -25,7 +25,7 @@ use crate::tree::{diff, snapshot, snapshot_with, DiffOptions, Snapshot, Snapshot
 
 use crate::require_docker;
 use crate::support::{
-    self, chmod, docker, mkfifo, mountpoint, set_mtime, volume_exists, Cleanup, IMAGE,
+    self, chmod, docker, mkfifo, mountpoint, set_mtime, volume_exists, Cleanup, Tmpfs, IMAGE,
 };
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -877,6 +877,141 @@ fn corrupt_archive_fails_restore_and_leaves_the_volume_untouched() {
     assert_eq!(support::state(&user), "running");
 }
 
+/// The safety backup is taken from the old contents after the swap, while the users run again: they are down
+/// for the stop, the swap and the start only, never while the safety copy is read and uploaded (to a slow or
+/// dead S3 target that could be minutes). Its manifest starts after the restarted container's start.
+#[test]
+fn the_safety_backup_runs_after_the_users_are_back() {
+    require_docker!();
+    let mut w = World::new();
+    let vol = w.volume_with("aftersafety", &[]);
+    let mp = mountpoint(&vol);
+    fill_simple(&mp);
+    let running = w.run_user("aftersafety-run", &vol);
+    w.backup(&vol);
+    scribble(&mp);
+    let scribbled = snap(&mp);
+
+    let r = w.ok(&["restore", "latest", "--source", &vol]);
+    assert_eq!(support::state(&running), "running", "{r:?}");
+    let restarted: chrono::DateTime<chrono::Utc> = started_at(&running).parse().unwrap();
+    let list = w.list();
+    let safety = list["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| {
+            b["tags"]
+                .as_array()
+                .is_some_and(|t| t.iter().any(|t| t == "pre-restore"))
+        })
+        .unwrap_or_else(|| panic!("no safety backup: {list:#}"));
+    let id = safety["id"].as_str().unwrap();
+    let manifest: Value = serde_json::from_slice(
+        &fs::read(Path::new(&w.target()).join(id).join("manifest.json")).unwrap(),
+    )
+    .unwrap();
+    let began: chrono::DateTime<chrono::Utc> =
+        manifest["started-at"].as_str().unwrap().parse().unwrap();
+    assert!(
+        began > restarted,
+        "safety backup began {began} before the user was started again at {restarted}: {r:?}"
+    );
+    // It holds what was there before the restore, and nothing of it is left beside the volume.
+    let copy = w.new_volume_name("aftersafety-copy");
+    w.ok(&["restore", id, "--to-volume", &copy]);
+    assert_same(&scribbled, &snap(&mountpoint(&copy)), "safety backup");
+    let beside: Vec<_> = fs::read_dir(mp.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().starts_with(".voltar-"))
+        .collect();
+    assert!(beside.is_empty(), "left beside the volume: {beside:?}");
+}
+
+/// A safety backup that cannot be written is found out before anything is stopped: the target restored from is
+/// a read-only view (reading works, the test write fails). The restore fails saying so, the user container is
+/// never stopped and the volume is untouched.
+#[test]
+fn a_safety_backup_that_cannot_be_written_stops_nothing() {
+    require_docker!();
+    let mut w = World::new();
+    let vol = w.volume_with("rosafety", &[]);
+    let mp = mountpoint(&vol);
+    fill_simple(&mp);
+    let running = w.run_user("rosafety-run", &vol);
+    w.backup(&vol);
+    scribble(&mp);
+    let scribbled = snap(&mp);
+    let started_before = started_at(&running);
+    let ro = w.path("ro-target");
+    let _view = Tmpfs::read_only_view(Path::new(&w.target()), &ro);
+
+    let r = w.voltar(&[
+        "restore",
+        "latest",
+        "--source",
+        &vol,
+        "-t",
+        ro.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.all().contains("the safety backup cannot be written"),
+        "{r:?}"
+    );
+    assert!(r.all().contains("--no-safety-backup"), "{r:?}");
+    assert_eq!(started_at(&running), started_before, "never stopped: {r:?}");
+    assert_eq!(support::state(&running), "running");
+    assert_same(&scribbled, &snap(&mp), "the volume is untouched");
+}
+
+/// The target fills up during the safety backup, which runs after the swap: the restore itself is done (the
+/// volume holds the backup, the user runs), but the previous contents are not lost: they stay on disk where the
+/// report says, and the exit code is 1.
+#[test]
+fn a_safety_backup_failing_after_the_swap_keeps_the_previous_contents() {
+    require_docker!();
+    let mut w = World::new();
+    let vol = w.volume_with("fullsafety", &[]);
+    let mp = mountpoint(&vol);
+    fill_simple(&mp);
+    let running = w.run_user("fullsafety-run", &vol);
+    let small = w.path("small-target");
+    let _fs = Tmpfs::mount(&small, "4m");
+    let small_t = small.to_str().unwrap();
+    let backed_up = snap(&mp);
+    w.ok(&["backup", "--only", &vol, "-t", small_t]);
+    // What is there at restore time does not fit in what is left of the target (random: zstd cannot shrink it).
+    scribble(&mp);
+    let mut rng = StdRng::seed_from_u64(26);
+    let mut buf = vec![0u8; 6 << 20];
+    rng.fill(&mut buf[..]);
+    fs::write(mp.join("big.bin"), &buf).unwrap();
+    let before = snap(&mp);
+
+    let r = w.voltar(&["restore", "latest", "--source", &vol, "-t", small_t]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert_same(&backed_up, &snap(&mp), "the volume holds the backup");
+    assert_eq!(support::state(&running), "running", "{r:?}");
+    let volume_dir = mp.parent().unwrap();
+    let kept = staging_dirs(volume_dir);
+    assert_eq!(kept.len(), 1, "{kept:?} {r:?}");
+    assert_same(&before, &snap(&kept[0]), "the previous contents, kept");
+    assert!(
+        r.all().contains("without a safety backup") && r.all().contains(kept[0].to_str().unwrap()),
+        "the report says where the previous contents are: {r:?}"
+    );
+    // Nothing half-written in the target looks like a safety backup.
+    let list = w.voltar(&["list", "--json", "-t", small_t]);
+    assert!(!list.stdout.contains("pre-restore"), "{list:?}");
+    // And `recover` does not take them away (the journal forgot them: the report named them).
+    let rec = w.voltar(&["recover"]);
+    assert_eq!(rec.code, 0, "{rec:?}");
+    assert!(kept[0].exists());
+    fs::remove_dir_all(&kept[0]).unwrap();
+}
+
 /// Flips and cuts at seeded random offsets of a stored archive: `verify` fails every one, naming the object;
 /// a sample of them also fails `restore --to-volume` and leaves no volume behind. The intact backup passes
 /// `verify` and `verify --restore-test`, which removes its scratch volume.
@@ -1292,9 +1427,11 @@ fn recover_removes(w: &World, staging: &Path, volume_dir: &Path) -> Run {
 }
 
 /// Row 26: a restore killed with SIGKILL while it extracts leaves its staging tree behind, its container still
-/// running (it is stopped only for the safety backup and the swap). Killed while the container is stopped, it
-/// leaves the container stopped. `voltar recover` starts the container and removes the staging tree, saying so;
-/// after a third kill, the next `restore` removes it itself (and says so) before doing its work.
+/// running (it is stopped only for the swap). `voltar recover` removes the staging tree, saying so. Killed
+/// after the swap, while the safety backup of the old contents runs (the users are back by then), the old
+/// contents are the only copy of what was there: they are left where they are, and `recover` names them and
+/// keeps them. After a third kill, the next `restore` removes the staging tree itself (and says so) before
+/// doing its work.
 #[test]
 fn issue8_killed_restore_staging_is_removed_by_recover_and_the_next_restore() {
     require_docker!();
@@ -1322,23 +1459,28 @@ fn issue8_killed_restore_staging_is_removed_by_recover_and_the_next_restore() {
     );
     recover_removes(&w, &staging, &volume_dir);
 
-    // Killed during the safety backup, which runs with the users stopped.
+    // Killed during the safety backup: after the swap, with the users running again.
     let staging = kill_restore_when(&w, &vol, &volume_dir, &[], |_| {
-        support::state(&user) == "exited"
+        fs::read_to_string(mp.join("marker")).is_ok_and(|m| m == "backed up")
+            && support::state(&user) == "running"
     });
-    assert_eq!(
-        support::state(&user),
-        "exited",
-        "the killed restore had stopped it"
-    );
-    let r = recover_removes(&w, &staging, &volume_dir);
-    assert!(r.stdout.contains(&user), "{r:?}");
     assert_eq!(support::state(&user), "running");
+    assert_eq!(fs::read_to_string(mp.join("marker")).unwrap(), "backed up");
+    assert_same(&live, &snap(&staging), "the previous contents, kept");
+    let r = w.voltar(&["recover"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let name = staging.file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        r.stdout.contains(&name) && r.stdout.contains("kept") && !r.stdout.contains("removed"),
+        "recover names the kept previous contents and leaves them: {r:?}"
+    );
     assert_same(
         &live,
-        &snap(&mp),
-        "the volume is as it was before the killed restore",
+        &snap(&staging),
+        "the previous contents, after recover",
     );
+    // The user decides what to do with them: here, they are not needed.
+    fs::remove_dir_all(&staging).unwrap();
 
     let staging = kill_restore_while_extracting(&w, &vol, &volume_dir);
     let name = staging.file_name().unwrap().to_string_lossy().into_owned();

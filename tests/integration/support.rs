@@ -398,3 +398,51 @@ pub fn mkfifo(p: &Path) {
 pub fn volume_exists(name: &str) -> bool {
     docker_raw(&["volume", "inspect", name]).status.success()
 }
+
+// -------------------------------------------------------------------------------------------------------------
+// Small filesystems the tests mount (they run as root).
+
+/// A tmpfs of `size` mounted on `dir` (created) for the value's life; unmounted on drop.
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    pub fn mount(dir: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status();
+        assert!(
+            matches!(st, Ok(s) if s.success()),
+            "cannot mount a tmpfs on {} (the tests run as root)",
+            dir.display()
+        );
+        Tmpfs(dir.to_path_buf())
+    }
+
+    /// A read-only view of directory `of` at `dir` (a bind mount): reading works, writing fails with EROFS.
+    pub fn read_only_view(of: &Path, dir: &Path) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        for args in [
+            vec!["--bind".as_ref(), of.as_os_str(), dir.as_os_str()],
+            vec!["-o".as_ref(), "remount,bind,ro".as_ref(), dir.as_os_str()],
+        ] {
+            let st = std::process::Command::new("mount").args(&args).status();
+            assert!(
+                matches!(st, Ok(s) if s.success()),
+                "cannot bind-mount {} read-only (the tests run as root)",
+                of.display()
+            );
+        }
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
