@@ -929,6 +929,52 @@ fn the_safety_backup_runs_after_the_users_are_back() {
     assert!(beside.is_empty(), "left beside the volume: {beside:?}");
 }
 
+/// The safety backup goes to every target the job writes to, not only the one restored from (issue 10): with a
+/// job on two local targets, restoring from the first leaves a `pre-restore` backup in both.
+#[test]
+fn the_safety_backup_goes_to_every_target_of_the_job() {
+    require_docker!();
+    let mut w = World::new();
+    let vol = w.volume_with("twosafety", &[]);
+    let mp = mountpoint(&vol);
+    fill_simple(&mp);
+    let (a, b) = (w.path("a"), w.path("b"));
+    fs::create_dir_all(&a).unwrap();
+    fs::create_dir_all(&b).unwrap();
+    let cfg = w.path("two.toml");
+    fs::write(
+        &cfg,
+        format!(
+            "[target.a]\ntype = \"local\"\npath = \"{}\"\n[target.b]\ntype = \"local\"\npath = \"{}\"\n[job.default]\ntargets = [\"a\", \"b\"]\n",
+            a.display(),
+            b.display()
+        ),
+    )
+    .unwrap();
+    let cfg = cfg.display().to_string();
+    let r = w.voltar(&["-c", &cfg, "backup", "--only", &vol]);
+    assert_eq!(r.code, 0, "{r:?}");
+    scribble(&mp);
+
+    let r = w.voltar(&["-c", &cfg, "restore", "latest", "--source", &vol, "-t", "a"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    for t in ["a", "b"] {
+        let l = w.voltar(&["-c", &cfg, "--json", "list", "-t", t]);
+        let v: Value = serde_json::from_str(&l.stdout).unwrap_or_else(|_| panic!("{l:?}"));
+        let safety = v["backups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|b| {
+                b["tags"]
+                    .as_array()
+                    .is_some_and(|t| t.iter().any(|t| t == "pre-restore"))
+            })
+            .count();
+        assert_eq!(safety, 1, "target {t}: {l:?} {r:?}");
+    }
+}
+
 /// A safety backup that cannot be written is found out before anything is stopped: the target restored from is
 /// a read-only view (reading works, the test write fails). The restore fails saying so, the user container is
 /// never stopped and the volume is untouched.
