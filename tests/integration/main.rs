@@ -8,6 +8,7 @@ mod archive_pack;
 mod archive_unpack;
 mod backup;
 mod cli;
+mod engine_api;
 mod frozen;
 mod key;
 mod layers;
