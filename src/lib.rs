@@ -19,6 +19,7 @@
 pub mod archive;
 pub mod backup;
 pub mod buffers;
+pub mod caps;
 pub mod catalog;
 pub mod cli;
 pub mod config;

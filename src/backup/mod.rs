@@ -299,6 +299,8 @@ pub async fn execute(
         return Ok(report);
     }
 
+    // In a hardened container a missing capability would otherwise show only as "permission denied" per file.
+    report.notes.extend(crate::caps::backup_warning());
     let spool_dir = env.config.spool_dir();
     sweep_spool(env, &spool_dir, &mut report.notes);
     let mut targets = Targets::open(env, &req.targets, &mut report.targets).await?;

@@ -67,14 +67,19 @@ pub async fn apply(
         progress,
         cancel,
     };
+    // Owners, modes and device nodes need capabilities a hardened container may lack: say which, once.
+    let caps_warning = crate::caps::restore_warning();
     for (sp, check) in plans.into_iter().zip(checks) {
         if ctx.cancel.is_cancelled() {
             bail!("interrupted");
         }
-        let sr = match check {
+        let mut sr = match check {
             Ok(()) => restore_source(&ctx, sp).await?,
             Err(e) => SourceRestore::not_attempted(&sp, &e),
         };
+        if report.sources.is_empty() {
+            sr.warnings.extend(caps_warning.clone());
+        }
         report.sources.push(sr);
     }
     ctx.progress.finish();

@@ -7,7 +7,14 @@ use std::path::Path;
 
 /// Bottom to top; within a floor, a module may use those before it on the same floor.
 const FLOORS: &[&[&str]] = &[
-    &["config", "progress", "buffers", "error_chain", "TOOL"],
+    &[
+        "config",
+        "progress",
+        "buffers",
+        "error_chain",
+        "caps",
+        "TOOL",
+    ],
     &["docker", "storage", "archive", "lock"],
     &["catalog", "pipeline"],
     &[

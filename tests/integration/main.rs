@@ -7,6 +7,7 @@ mod tree;
 mod archive_pack;
 mod archive_unpack;
 mod backup;
+mod caps;
 mod cli;
 mod engine_api;
 mod frozen;
