@@ -17,6 +17,9 @@ fi
 export VOLTAR_TEST_S3_ENDPOINT=${VOLTAR_TEST_S3_ENDPOINT:-http://127.0.0.1:9333}
 
 if [ $quick = 0 ]; then
+  # The container image the image tests run (a static release binary: the longest step on a cold machine).
+  echo "[test] scripts/image.sh" >&2
+  scripts/image.sh >/dev/null
   echo "[test] cargo fmt --check" >&2
   cargo fmt --all -- --check
   echo "[test] cargo clippy" >&2

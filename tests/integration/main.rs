@@ -11,6 +11,7 @@ mod caps;
 mod cli;
 mod engine_api;
 mod frozen;
+mod image;
 mod key;
 mod layers;
 mod prune;
