@@ -8,7 +8,7 @@ use std::path::Path;
 /// Bottom to top; within a floor, a module may use those before it on the same floor.
 const FLOORS: &[&[&str]] = &[
     &["config", "progress", "buffers", "error_chain", "TOOL"],
-    &["docker", "storage", "archive", "lock"],
+    &["docker", "storage", "archive", "lock", "notify"],
     &["catalog", "pipeline"],
     &[
         "retention",
