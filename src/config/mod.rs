@@ -601,6 +601,66 @@ mod tests {
             other => panic!("offsite is {other:?}"),
         }
         assert!(c.job(None).is_ok(), "a single job is picked without --job");
+        assert_eq!(
+            j.healthcheck_url
+                .as_ref()
+                .map(ToString::to_string)
+                .as_deref(),
+            Some("https://hc-ping.com/5bf6…")
+        );
+        let kinds: Vec<_> = c.notify.iter().map(|n| (&n.kind, n.on)).collect();
+        assert!(
+            matches!(
+                kinds.as_slice(),
+                [
+                    (
+                        NotifyKind::Webhook,
+                        NotifyOn {
+                            failure: true,
+                            success: false
+                        }
+                    ),
+                    (
+                        NotifyKind::Ntfy,
+                        NotifyOn {
+                            failure: true,
+                            success: true
+                        }
+                    ),
+                    (
+                        NotifyKind::Email(Smtp {
+                            port: 587,
+                            tls: SmtpTls::StartTls,
+                            ..
+                        }),
+                        NotifyOn {
+                            failure: true,
+                            success: false
+                        }
+                    ),
+                ]
+            ),
+            "{kinds:?}"
+        );
+        assert_eq!(
+            c.notify[1].url.expose().as_str(),
+            "https://ntfy.sh/my-backups-4f7a"
+        );
+    }
+
+    /// A top-level healthcheck-url belongs to the implicit default job; with [job.*] tables it goes in each.
+    #[test]
+    fn healthcheck_url_is_per_job() {
+        let c = Config::parse("healthcheck-url = \"https://hc.example/ping/abc\"\n").unwrap();
+        assert!(c.job(None).unwrap().healthcheck_url.is_some());
+        let e = Config::parse("healthcheck-url = \"https://hc.example/ping/abc\"\n[job.a]\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("[job.NAME]"), "{e}");
+        let c =
+            Config::parse("[job.a]\nhealthcheck-url = \"https://hc.example/ping/abc\"\n[job.b]\n")
+                .unwrap();
+        assert!(c.job(Some("a")).unwrap().healthcheck_url.is_some());
+        assert!(c.job(Some("b")).unwrap().healthcheck_url.is_none());
     }
 
     #[test]

@@ -8,7 +8,7 @@ use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 
 use super::message::Message;
-use super::{with_retries, Failure, REQUEST_TIMEOUT};
+use super::{lowercase_first, with_retries, Failure, REQUEST_TIMEOUT};
 use crate::config::{Notify, Smtp, SmtpTls};
 
 /// Send `msg` to the receiver's recipients: the subject is its title, the text its long form (with the JSON
@@ -61,14 +61,21 @@ pub(super) async fn send(smtp: &Smtp, n: &Notify, msg: &Message) -> Result<(), S
         t = t.credentials(Credentials::new(user.clone(), password));
     }
     let transport = t.build();
-    with_retries(|| {
+    let receiver = n.url.to_string();
+    with_retries(&receiver, || {
         let mail = mail.clone();
         let transport = &transport;
         async move {
             match transport.send(mail).await {
                 Ok(_) => Ok(()),
-                Err(e) if e.is_permanent() => Err(Failure::Permanent(format!("smtp: {e}"))),
-                Err(e) => Err(Failure::Transient(format!("smtp: {e}"))),
+                Err(e) if e.is_permanent() => Err(Failure::Permanent(format!(
+                    "smtp: {}",
+                    lowercase_first(&e.to_string())
+                ))),
+                Err(e) => Err(Failure::Transient(format!(
+                    "smtp: {}",
+                    lowercase_first(&e.to_string())
+                ))),
             }
         }
     })

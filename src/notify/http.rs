@@ -10,7 +10,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use super::message::Message;
-use super::{with_retries, Event, Failure};
+use super::{lowercase_first, with_retries, Event, Failure};
 use crate::config::{Notify, ReceiverUrl};
 
 type Https = hyper_rustls::HttpsConnector<HttpConnector>;
@@ -65,7 +65,8 @@ impl Client {
             .map_err(|e| format!("not a URL an HTTP client can use: {e}"))?;
         let authorization = auth.header(url)?;
         let body = Bytes::copy_from_slice(body);
-        with_retries(|| {
+        let receiver = crate::config::redact_url(url);
+        with_retries(&receiver, || {
             let mut req = Request::builder().method(method.clone()).uri(uri.clone());
             req = req.header(USER_AGENT, crate::TOOL.replace(' ', "/"));
             if let Some(a) = &authorization {
@@ -172,20 +173,27 @@ fn judge(status: StatusCode) -> Result<(), Failure> {
     }
 }
 
-/// hyper-util's error and its causes in one line ("client error (Connect): tcp connect error: Connection
-/// refused"). None of them holds the URL.
+/// What went wrong with a request, in one lowercase line without the URL: "cannot connect: connection refused
+/// (os error 111)", else hyper-util's error and its causes.
 fn client_error(e: &hyper_util::client::legacy::Error) -> String {
-    let mut out = e.to_string();
+    let mut causes = Vec::new();
     let mut cause = std::error::Error::source(e);
     while let Some(c) = cause {
-        let s = c.to_string();
-        if !out.contains(&s) {
-            out.push_str(": ");
-            out.push_str(&s);
-        }
+        causes.push(c.to_string());
         cause = c.source();
     }
-    out
+    if e.is_connect() {
+        let why = causes.last().cloned().unwrap_or_else(|| e.to_string());
+        return format!("cannot connect: {}", lowercase_first(&why));
+    }
+    let mut out = e.to_string();
+    for c in causes {
+        if !out.contains(&c) {
+            out.push_str(": ");
+            out.push_str(&c);
+        }
+    }
+    lowercase_first(&out)
 }
 
 /// healthchecks.io: `GET <url>/start`; `POST <url>` (success) or `POST <url>/fail` with `body`.

@@ -160,7 +160,7 @@ impl Notifier {
 }
 
 fn warn(f: &NotifyFailure) {
-    tracing::warn!("{f} (the run's result is not affected)");
+    tracing::warn!("{f}; the run's result and exit code are not affected");
 }
 
 fn deadline(d: Duration) -> String {
@@ -185,7 +185,7 @@ fn cap(b: &[u8], limit: usize) -> &[u8] {
 
 /// Retry `attempt` while it fails in a way that may pass, at most [`RETRIES`] times, each try bounded by
 /// [`REQUEST_TIMEOUT`].
-async fn with_retries<F, Fut>(mut attempt: F) -> Result<(), String>
+async fn with_retries<F, Fut>(receiver: &str, mut attempt: F) -> Result<(), String>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), Failure>>,
@@ -206,11 +206,20 @@ where
                 return Err(format!("{e} ({} tries)", tries + 1))
             }
             Err(Failure::Transient(e)) => {
-                tracing::debug!("notification attempt failed, retrying: {e}");
+                tracing::debug!("notification to {receiver}: {e}; trying again");
                 tries += 1;
                 tokio::time::sleep(RETRY_PAUSE).await;
             }
         }
+    }
+}
+
+/// Library messages start as they like ("Connection error"); ours are lowercase.
+fn lowercase_first(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_lowercase().chain(c).collect(),
+        None => String::new(),
     }
 }
 

@@ -11,6 +11,7 @@ mod cli;
 mod frozen;
 mod key;
 mod layers;
+mod notify;
 mod prune;
 mod quiesce;
 mod restore;
