@@ -8,7 +8,7 @@ use lettre::transport::smtp::client::{Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 
 use super::message::Message;
-use super::{lowercase_first, with_retries, Failure, REQUEST_TIMEOUT};
+use super::{is_tls, lowercase_first, with_retries, Failure, REQUEST_TIMEOUT};
 use crate::config::{Notify, Smtp, SmtpTls};
 
 /// Send `msg` to the receiver's recipients: the subject is its title, the text its long form (with the JSON
@@ -68,14 +68,16 @@ pub(super) async fn send(smtp: &Smtp, n: &Notify, msg: &Message) -> Result<(), S
         async move {
             match transport.send(mail).await {
                 Ok(_) => Ok(()),
-                Err(e) if e.is_permanent() => Err(Failure::Permanent(format!(
-                    "smtp: {}",
-                    lowercase_first(&e.to_string())
-                ))),
-                Err(e) => Err(Failure::Transient(format!(
-                    "smtp: {}",
-                    lowercase_first(&e.to_string())
-                ))),
+                Err(e) => {
+                    // lettre says "Connection error" and so does its io::Error inside: once is enough.
+                    let text = lowercase_first(&e.to_string())
+                        .replace("connection error: Connection error: ", "connection error: ");
+                    if e.is_permanent() || e.is_tls() || is_tls(&e) {
+                        Err(Failure::Permanent(format!("smtp: {text}")))
+                    } else {
+                        Err(Failure::Transient(format!("smtp: {text}")))
+                    }
+                }
             }
         }
     })

@@ -10,7 +10,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use super::message::Message;
-use super::{lowercase_first, with_retries, Event, Failure};
+use super::{is_tls, lowercase_first, with_retries, Event, Failure};
 use crate::config::{Notify, ReceiverUrl};
 
 type Https = hyper_rustls::HttpsConnector<HttpConnector>;
@@ -79,11 +79,14 @@ impl Client {
             async move {
                 let req =
                     req.map_err(|e| Failure::Permanent(format!("cannot build the request: {e}")))?;
-                let resp = self
-                    .inner
-                    .request(req)
-                    .await
-                    .map_err(|e| Failure::Transient(client_error(&e)))?;
+                let resp = self.inner.request(req).await.map_err(|e| {
+                    // A certificate that is not trusted will not be trusted a second later.
+                    if is_tls_error(&e) {
+                        Failure::Permanent(client_error(&e))
+                    } else {
+                        Failure::Transient(client_error(&e))
+                    }
+                })?;
                 let status = resp.status();
                 // Read (and drop) the answer, so the exchange is complete before we say it worked.
                 let _ = resp.into_body().collect().await;
@@ -171,6 +174,11 @@ fn judge(status: StatusCode) -> Result<(), Failure> {
             "the receiver answered {status}"
         )))
     }
+}
+
+/// Whether the TLS handshake failed (rustls said no: an untrusted or mismatched certificate, no common protocol).
+fn is_tls_error(e: &hyper_util::client::legacy::Error) -> bool {
+    std::error::Error::source(e).is_some_and(is_tls)
 }
 
 /// What went wrong with a request, in one lowercase line without the URL: "cannot connect: connection refused

@@ -223,6 +223,31 @@ fn lowercase_first(s: &str) -> String {
     }
 }
 
+/// Whether `e` or one of its causes is a failed TLS handshake (rustls said no: an untrusted or mismatched
+/// certificate, no common protocol). That will not pass with another try.
+fn is_tls(e: &(dyn std::error::Error + 'static)) -> bool {
+    // hyper-rustls wraps tokio-rustls' io::Error (which wraps the rustls::Error) in another io::Error, and an
+    // io::Error's `source` skips the error it wraps: look through `get_ref` as well.
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        let mut e = c;
+        loop {
+            if e.is::<rustls::Error>() {
+                return true;
+            }
+            match e
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+            {
+                Some(inner) => e = inner,
+                None => break,
+            }
+        }
+        cause = c.source();
+    }
+    false
+}
+
 /// How one try failed.
 enum Failure {
     /// Worth another try: connection refused or reset, timeout, 5xx, 429.
@@ -234,6 +259,16 @@ enum Failure {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The daemon runs notifications on spawned tasks: the futures must be `Send`.
+    #[test]
+    fn notifications_can_be_spawned() {
+        fn send<T: Send + 'static>(_: T) {}
+        let n = Notifier::for_job(&Config::default(), "default");
+        let (a, b) = (n.clone(), n);
+        send(async move { a.started().await });
+        send(async move { b.finished(true, "{}").await });
+    }
 
     #[test]
     fn cap_cuts_at_a_character_boundary() {
