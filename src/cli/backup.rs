@@ -93,7 +93,11 @@ pub(super) async fn backup(
         })
         .filter(|n| !n.is_empty());
     if let Some(n) = &notifier {
-        n.started().await;
+        // A signal stops the waiting at once (the run then ends as interrupted before touching anything).
+        tokio::select! {
+            _ = n.started() => {}
+            _ = cancel.cancelled() => {}
+        }
     }
     let dry_run = flags.dry_run;
     let result = run(config, flags, progress.clone(), cancel.clone()).await;
@@ -125,8 +129,12 @@ pub(super) async fn backup(
     };
     if let Some(n) = &notifier {
         if !cancel.is_cancelled() {
-            // Failures are logged (warnings naming each receiver, redacted) by the notifier itself.
-            let _ = n.finished(code == EXIT_OK, &summary).await;
+            // Failures are logged (warnings naming each receiver, redacted) by the notifier itself. A signal
+            // while they are sent ends the waiting: the run is over, the process must go.
+            tokio::select! {
+                _ = n.finished(code == EXIT_OK, &summary) => {}
+                _ = cancel.cancelled() => {}
+            }
         }
     }
     result.map(|_| code)

@@ -535,6 +535,66 @@ fn issue12_a_hung_receiver_delays_exit_boundedly_and_changes_no_exit_code() {
     assert!(hung.seen().len() >= 2, "{:?}", paths(&hung.seen()));
 }
 
+/// SIGTERM while a hung receiver holds the `/start` ping: voltar stops at once (exit 143) instead of waiting out
+/// the ping's deadline, backs nothing up and sends no end notification (whoever sent the signal knows).
+#[test]
+fn issue12_sigterm_while_a_receiver_hangs_stops_at_once() {
+    require_docker!();
+    let w = World::new();
+    let hung = Http::start(Answer::Silence);
+    let cfg = w.config(&format!(
+        "healthcheck-url = \"{}\"\n",
+        hung.url("/5bf66975-d4c7-4bf5-bcc8-b8d8a82ea278")
+    ));
+    let target = w.target();
+    let mut child = w
+        .cmd()
+        .args(["-c", &cfg, "backup", "--only", &w.vol, "-t", &target])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while hung.seen().is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no /start ping within 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "voltar did not wait for the hung receiver"
+    );
+    let sent = Instant::now();
+    // Only the process this test started, by its id. (The target check may have begun: its probe directory
+    // can be left behind by an interrupted run, which is the target check's business, not this test's.)
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = Out::from(child.wait_with_output().unwrap());
+    let took = sent.elapsed();
+    assert_eq!(out.code, 143, "{out:?}");
+    assert!(
+        took < Duration::from_secs(3),
+        "took {took:?} after SIGTERM: {out:?}"
+    );
+    assert_eq!(
+        paths(&hung.seen()),
+        ["GET /5bf66975-d4c7-4bf5-bcc8-b8d8a82ea278/start"],
+        "{out:?}"
+    );
+    let stored: Vec<_> = walkdir::WalkDir::new(&target)
+        .into_iter()
+        .flatten()
+        .map(|e| e.path().display().to_string())
+        .collect();
+    assert!(
+        !stored
+            .iter()
+            .any(|p| p.ends_with("manifest.json") || p.contains(".tar")),
+        "something was backed up after SIGTERM: {stored:?}\n{out:?}"
+    );
+}
+
 // ------------------------------------------------------------------------------------------------------------
 // Secrets (row 16): the canary test, notify edition.
 
