@@ -10,6 +10,7 @@
 //! * [`quiesce`] pauses/stops containers with a journal so that they are always put back;
 //! * [`archive`] packs a directory into PAX tar and unpacks archives safely;
 //! * [`storage`] is a narrow object-store trait with `local` and `s3` backends;
+//! * [`notify`] tells people about runs (healthchecks pings, webhooks, ntfy, e-mail), never failing them;
 //! * [`catalog`] names objects and owns the manifest format;
 //! * [`retention`] is pure: policy + backups + now → keep/delete with reasons;
 //! * [`backup`], [`restore`], [`verify`], [`prune`] orchestrate one command each: a request in, a report out;
@@ -26,6 +27,7 @@ pub mod config;
 pub mod crypto;
 pub mod docker;
 pub mod lock;
+pub mod notify;
 pub mod pipeline;
 pub mod plan;
 pub mod progress;

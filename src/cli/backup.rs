@@ -5,11 +5,12 @@ use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
 use crate::backup::{self, BackupRequest, RunReport, SourceReport, Status, TargetReport};
-use crate::config::Config;
+use crate::config::{Config, DEFAULT_JOB};
+use crate::notify::Notifier;
 use crate::progress::Progress;
 
 use super::render::{count, human, human_ms, table};
-use super::{out, out_json, TargetArgs, EXIT_OK};
+use super::{out, out_json, TargetArgs, EXIT_FATAL, EXIT_OK};
 
 /// `voltar plan`: the plan, with each source's size unless `no_size`.
 pub(super) async fn plan(
@@ -70,6 +71,10 @@ pub(super) struct BackupFlags {
 }
 
 /// `voltar backup`: the run's summary table (`--quiet`: only when something failed), or the plan (`--dry-run`).
+/// The job's receivers (`healthcheck-url`, `[[notify]]`) hear of the start and the end of a real run, with the
+/// JSON summary `--json` prints (also when the run fails as a whole: then the `{"error", "exit-code"}` document);
+/// a notification that fails is a warning and never changes the exit code. A dry run, and a run interrupted by a
+/// signal (whoever sent it knows, and it must stop promptly), send no end notification.
 pub(super) async fn backup(
     config: &Config,
     flags: BackupFlags,
@@ -78,6 +83,70 @@ pub(super) async fn backup(
     progress: Progress,
     cancel: CancellationToken,
 ) -> Result<i32> {
+    let notifier = (!flags.dry_run)
+        .then(|| {
+            let job = config
+                .job(flags.job.as_deref())
+                .map(|j| j.name.clone())
+                .unwrap_or_else(|_| flags.job.clone().unwrap_or_else(|| DEFAULT_JOB.into()));
+            Notifier::for_job(config, &job)
+        })
+        .filter(|n| !n.is_empty());
+    if let Some(n) = &notifier {
+        // A signal stops the waiting at once (the run then ends as interrupted before touching anything).
+        tokio::select! {
+            _ = n.started() => {}
+            _ = cancel.cancelled() => {}
+        }
+    }
+    let dry_run = flags.dry_run;
+    let result = run(config, flags, progress.clone(), cancel.clone()).await;
+    progress.finish();
+    let (code, summary) = match &result {
+        Ok(report) => {
+            let summary = summary_json(report);
+            if json {
+                out(&summary);
+            } else if dry_run {
+                out(&render_plan(&report.plan, None));
+            } else if !(quiet && report.exit_code() == EXIT_OK) {
+                // `--quiet` (cron): silent on success, the full summary when something failed.
+                out(&render_run(report));
+            }
+            (report.exit_code(), summary)
+        }
+        // The document `--json` prints for a run that ended without a report (see `cli::main`).
+        Err(e) => (
+            EXIT_FATAL,
+            format!(
+                "{}\n",
+                serde_json::to_string_pretty(
+                    &serde_json::json!({ "error": super::chain(e), "exit-code": EXIT_FATAL })
+                )
+                .expect("serializable")
+            ),
+        ),
+    };
+    if let Some(n) = &notifier {
+        if !cancel.is_cancelled() {
+            // Failures are logged (warnings naming each receiver, redacted) by the notifier itself. A signal
+            // while they are sent ends the waiting: the run is over, the process must go.
+            tokio::select! {
+                _ = n.finished(code == EXIT_OK, &summary) => {}
+                _ = cancel.cancelled() => {}
+            }
+        }
+    }
+    result.map(|_| code)
+}
+
+/// One run, from flags to report.
+async fn run(
+    config: &Config,
+    flags: BackupFlags,
+    progress: Progress,
+    cancel: CancellationToken,
+) -> Result<RunReport> {
     let BackupFlags {
         job,
         target,
@@ -94,7 +163,7 @@ pub(super) async fn backup(
     let env = backup::Env {
         config,
         engine: &engine,
-        progress: progress.clone(),
+        progress,
         cancel,
         now: Utc::now(),
     };
@@ -105,20 +174,19 @@ pub(super) async fn backup(
         dry_run,
         tags: vec![],
     };
-    let report = backup::run(&env, &req).await?;
-    progress.finish();
-    if json {
-        out_json(&RunOut {
-            status: overall(&report),
-            report: &report,
-        });
-    } else if dry_run {
-        out(&render_plan(&report.plan, None));
-    } else if !(quiet && report.exit_code() == EXIT_OK) {
-        // `--quiet` (cron): silent on success, the full summary when something failed.
-        out(&render_run(&report));
-    }
-    Ok(report.exit_code())
+    Ok(backup::run(&env, &req).await?)
+}
+
+/// The run's summary as `backup --json` prints it (pretty, with a final newline): rendered once, printed and
+/// sent to the receivers as it is.
+pub(super) fn summary_json(report: &RunReport) -> String {
+    let mut s = serde_json::to_string_pretty(&RunOut {
+        status: overall(report),
+        report,
+    })
+    .expect("serializable");
+    s.push('\n');
+    s
 }
 
 /// `backup --json`: the run's report behind its overall status.

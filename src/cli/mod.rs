@@ -51,8 +51,18 @@ pub struct Cli {
     /// Only errors on stderr, no progress bar; `backup` prints its summary only when something failed (cron).
     #[arg(short, long, global = true, help_heading = GLOBAL)]
     pub quiet: bool,
+    /// Log lines on stderr as text, or as one JSON object a line (with a timestamp) for log shippers.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "VOLTAR_LOG_FORMAT", help_heading = GLOBAL)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// `--target` of the commands that work on every target given (backup, prune).
@@ -185,7 +195,7 @@ pub fn main() -> i32 {
             return code;
         }
     };
-    init_logging(cli.verbose, cli.quiet);
+    init_logging(cli.verbose, cli.quiet, cli.log_format);
     let json = cli.json;
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -307,7 +317,7 @@ impl Stopping {
 
 pub use crate::error_chain as chain;
 
-fn init_logging(verbose: u8, quiet: bool) {
+fn init_logging(verbose: u8, quiet: bool, format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let default = if quiet {
         "error"
@@ -321,17 +331,26 @@ fn init_logging(verbose: u8, quiet: bool) {
         }
     };
     let filter = EnvFilter::try_from_env("VOLTAR_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // No colour codes in cron mails, log files and pipes.
-        .with_ansi(
-            std::io::IsTerminal::is_terminal(&std::io::stderr())
-                && std::env::var_os("NO_COLOR").is_none(),
-        )
-        .with_target(false)
-        .without_time()
-        .try_init();
+    let _ = match format {
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            // No colour codes in cron mails, log files and pipes.
+            .with_ansi(
+                std::io::IsTerminal::is_terminal(&std::io::stderr())
+                    && std::env::var_os("NO_COLOR").is_none(),
+            )
+            .with_target(false)
+            .without_time()
+            .try_init(),
+        // A shipper wants every line to parse, and its own time of each event.
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_target(false)
+            .try_init(),
+    };
 }
 
 /// First SIGINT/SIGTERM cancels the run (the guard still resumes containers). Returns the exit code to use.

@@ -21,11 +21,15 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod notify;
 mod raw;
 mod retention;
 mod target;
 mod units;
 
+pub use notify::{
+    redact_url, Notify, NotifyKind, NotifyOn, RawNotify, ReceiverUrl, Secret, Smtp, SmtpTls,
+};
 pub use raw::RawConfig;
 use raw::{RawArchive, RawEncryption, RawJob, RawQuiesce, RawSelection};
 use retention::merge_retention;
@@ -175,6 +179,8 @@ pub struct Job {
     pub retention: Retention,
     /// Prune after each successful backup.
     pub prune: bool,
+    /// `healthcheck-url`: pinged at the start and end of each run (healthchecks.io convention).
+    pub healthcheck_url: Option<ReceiverUrl>,
 }
 
 #[derive(Clone, Debug)]
@@ -189,6 +195,8 @@ pub struct Config {
     pub encryption: Encryption,
     pub targets: BTreeMap<String, Target>,
     pub jobs: BTreeMap<String, Job>,
+    /// `[[notify]]`: told about every job's runs.
+    pub notify: Vec<Notify>,
     /// Path the config was read from, if any.
     pub source: Option<PathBuf>,
 }
@@ -207,6 +215,7 @@ impl Default for Config {
                 quiesce: Quiesce::default(),
                 retention: Retention::default(),
                 prune: false,
+                healthcheck_url: None,
             },
         );
         Config {
@@ -217,6 +226,7 @@ impl Default for Config {
             encryption: Encryption::default(),
             targets: BTreeMap::new(),
             jobs,
+            notify: vec![],
             source: None,
         }
     }
@@ -350,10 +360,30 @@ impl Config {
             quiesce,
             prune: !retention.policy.is_empty(),
             retention,
+            healthcheck_url: None,
         };
+        c.notify = raw
+            .notify
+            .into_iter()
+            .enumerate()
+            .map(|(i, n)| notify::notify(i, n))
+            .collect::<Result<_, _>>()?;
         c.jobs = if raw.job.is_empty() {
+            let mut base = base;
+            base.healthcheck_url = raw
+                .healthcheck_url
+                .as_deref()
+                .map(|u| notify::healthcheck_url("healthcheck-url", u))
+                .transpose()?;
             BTreeMap::from([(base.name.clone(), base)])
         } else {
+            if raw.healthcheck_url.is_some() {
+                // One check per job: a shared URL would mix the runs of every job into one check.
+                return Err(ConfigError::Invalid(
+                    "healthcheck-url: with [job.*] tables, set it in each [job.NAME] (one check per job)"
+                        .into(),
+                ));
+            }
             raw.job
                 .into_iter()
                 .map(|(name, j)| Ok((name.clone(), job(name, j, &c.targets, &base)?)))
@@ -470,7 +500,13 @@ fn job(
         }
     }
     let retention = merge_retention(base.retention.clone(), j.retention.as_ref())?;
+    let healthcheck_url = j
+        .healthcheck_url
+        .as_deref()
+        .map(|u| notify::healthcheck_url(&format!("job.{name}.healthcheck-url"), u))
+        .transpose()?;
     Ok(Job {
+        healthcheck_url,
         targets: job_targets,
         selection: merge_selection(base.selection.clone(), j.selection.as_ref())?,
         quiesce: merge_quiesce(base.quiesce.clone(), j.quiesce.as_ref())?,
@@ -565,6 +601,66 @@ mod tests {
             other => panic!("offsite is {other:?}"),
         }
         assert!(c.job(None).is_ok(), "a single job is picked without --job");
+        assert_eq!(
+            j.healthcheck_url
+                .as_ref()
+                .map(ToString::to_string)
+                .as_deref(),
+            Some("https://hc-ping.com/5bf6…")
+        );
+        let kinds: Vec<_> = c.notify.iter().map(|n| (&n.kind, n.on)).collect();
+        assert!(
+            matches!(
+                kinds.as_slice(),
+                [
+                    (
+                        NotifyKind::Webhook,
+                        NotifyOn {
+                            failure: true,
+                            success: false
+                        }
+                    ),
+                    (
+                        NotifyKind::Ntfy,
+                        NotifyOn {
+                            failure: true,
+                            success: true
+                        }
+                    ),
+                    (
+                        NotifyKind::Email(Smtp {
+                            port: 587,
+                            tls: SmtpTls::StartTls,
+                            ..
+                        }),
+                        NotifyOn {
+                            failure: true,
+                            success: false
+                        }
+                    ),
+                ]
+            ),
+            "{kinds:?}"
+        );
+        assert_eq!(
+            c.notify[1].url.expose().as_str(),
+            "https://ntfy.sh/my-backups-4f7a"
+        );
+    }
+
+    /// A top-level healthcheck-url belongs to the implicit default job; with [job.*] tables it goes in each.
+    #[test]
+    fn healthcheck_url_is_per_job() {
+        let c = Config::parse("healthcheck-url = \"https://hc.example/ping/abc\"\n").unwrap();
+        assert!(c.job(None).unwrap().healthcheck_url.is_some());
+        let e = Config::parse("healthcheck-url = \"https://hc.example/ping/abc\"\n[job.a]\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("[job.NAME]"), "{e}");
+        let c =
+            Config::parse("[job.a]\nhealthcheck-url = \"https://hc.example/ping/abc\"\n[job.b]\n")
+                .unwrap();
+        assert!(c.job(Some("a")).unwrap().healthcheck_url.is_some());
+        assert!(c.job(Some("b")).unwrap().healthcheck_url.is_none());
     }
 
     #[test]

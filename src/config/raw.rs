@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use super::notify::RawNotify;
 use super::retention::RawRetention;
 
 #[derive(Debug, Default, Deserialize)]
@@ -24,6 +25,10 @@ pub struct RawConfig {
     pub target: BTreeMap<String, RawTarget>,
     #[serde(default)]
     pub job: BTreeMap<String, RawJob>,
+    /// The implicit `default` job's healthchecks URL (only without `[job.*]` tables).
+    pub healthcheck_url: Option<String>,
+    #[serde(default)]
+    pub notify: Vec<RawNotify>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -102,4 +107,5 @@ pub struct RawJob {
     pub quiesce: Option<RawQuiesce>,
     pub retention: Option<RawRetention>,
     pub prune: Option<bool>,
+    pub healthcheck_url: Option<String>,
 }

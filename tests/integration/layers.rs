@@ -15,7 +15,7 @@ const FLOORS: &[&[&str]] = &[
         "caps",
         "TOOL",
     ],
-    &["docker", "storage", "archive", "lock"],
+    &["docker", "storage", "archive", "lock", "notify"],
     &["catalog", "pipeline"],
     &[
         "retention",

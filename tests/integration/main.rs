@@ -14,6 +14,7 @@ mod frozen;
 mod image;
 mod key;
 mod layers;
+mod notify;
 mod prune;
 mod quiesce;
 mod restore;
