@@ -21,11 +21,14 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+mod hooks;
 mod raw;
 mod retention;
 mod target;
 mod units;
 
+use hooks::merge_hooks;
+pub use hooks::{ContainerHookConfig, HookCommand, Hooks, OnError, DEFAULT_HOOK_TIMEOUT};
 pub use raw::RawConfig;
 use raw::{RawArchive, RawEncryption, RawJob, RawQuiesce, RawSelection};
 use retention::merge_retention;
@@ -175,6 +178,8 @@ pub struct Job {
     pub retention: Retention,
     /// Prune after each successful backup.
     pub prune: bool,
+    /// Host hooks around the run and container hooks around each source's read.
+    pub hooks: Hooks,
 }
 
 #[derive(Clone, Debug)]
@@ -207,6 +212,7 @@ impl Default for Config {
                 quiesce: Quiesce::default(),
                 retention: Retention::default(),
                 prune: false,
+                hooks: Hooks::default(),
             },
         );
         Config {
@@ -338,6 +344,7 @@ impl Config {
         let selection = merge_selection(Selection::default(), raw.selection.as_ref())?;
         let quiesce = merge_quiesce(Quiesce::default(), raw.quiesce.as_ref())?;
         let retention = merge_retention(Retention::default(), raw.retention.as_ref())?;
+        let hooks = merge_hooks(Hooks::default(), raw.hooks.as_ref(), "hooks")?;
         for (name, t) in raw.target {
             let target = Target::from_raw(name, t, &retention)?;
             c.targets.insert(target.name.clone(), target);
@@ -350,6 +357,7 @@ impl Config {
             quiesce,
             prune: !retention.policy.is_empty(),
             retention,
+            hooks,
         };
         c.jobs = if raw.job.is_empty() {
             BTreeMap::from([(base.name.clone(), base)])
@@ -476,6 +484,11 @@ fn job(
         quiesce: merge_quiesce(base.quiesce.clone(), j.quiesce.as_ref())?,
         prune: j.prune.unwrap_or(!retention.policy.is_empty()),
         retention,
+        hooks: merge_hooks(
+            base.hooks.clone(),
+            j.hooks.as_ref(),
+            &format!("job.{name}.hooks"),
+        )?,
         name,
     })
 }

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use super::hooks::RawHooks;
 use super::retention::RawRetention;
 
 #[derive(Debug, Default, Deserialize)]
@@ -20,6 +21,7 @@ pub struct RawConfig {
     pub archive: Option<RawArchive>,
     pub encryption: Option<RawEncryption>,
     pub retention: Option<RawRetention>,
+    pub hooks: Option<RawHooks>,
     #[serde(default)]
     pub target: BTreeMap<String, RawTarget>,
     #[serde(default)]
@@ -101,5 +103,6 @@ pub struct RawJob {
     pub selection: Option<RawSelection>,
     pub quiesce: Option<RawQuiesce>,
     pub retention: Option<RawRetention>,
+    pub hooks: Option<RawHooks>,
     pub prune: Option<bool>,
 }

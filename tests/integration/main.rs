@@ -9,6 +9,7 @@ mod archive_unpack;
 mod backup;
 mod cli;
 mod frozen;
+mod hooks;
 mod key;
 mod layers;
 mod prune;
