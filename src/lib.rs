@@ -24,6 +24,7 @@ pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod docker;
+pub mod hooks;
 pub mod lock;
 pub mod pipeline;
 pub mod plan;

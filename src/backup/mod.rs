@@ -42,12 +42,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::archive::{self, ArchiveError, Counts};
 use crate::catalog::{
-    self, BackupId, ContainerRecord, FailedSource, Manifest, QuiesceAction, SourceKind,
-    SourceRecord,
+    self, BackupId, ContainerRecord, FailedSource, HookPhase, HookRecord, Manifest, QuiesceAction,
+    SourceKind, SourceRecord,
 };
 use crate::config::{Archive, Config, Job, Target};
 use crate::crypto::{self, Encryptor};
 use crate::docker::Engine;
+use crate::hooks;
 use crate::lock::TargetLock;
 use crate::pipeline::{self, ChunkSink, Leg, LegResult, Pace};
 use crate::plan::{self, Plan, PlannedSource};
@@ -110,6 +111,9 @@ pub struct SourceReport {
     /// were held.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub spooled: BTreeMap<String, u64>,
+    /// The container hooks run around this source's read, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<HookRecord>,
     #[serde(skip)]
     records: BTreeMap<usize, SourceRecord>,
     /// Targets that failed while storing this source (not because of the source or the local spool): the

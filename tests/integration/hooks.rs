@@ -2,7 +2,7 @@
 //! the exec primitive (capture, stream, exit code, timeout that kills), container pre/post-backup hooks through
 //! the `voltar` binary, offen/docker-volume-backup labels, and host hooks.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use voltar::docker::{Engine, ExecEnd, ExecSpec, ExecStdout, Killed};
 
 use crate::require_docker;
-use crate::support::{self, docker, docker_raw, source, Cleanup, Out};
+use crate::support::{self, docker, source, Cleanup, Out};
 
 const BIN: &str = env!("CARGO_BIN_EXE_voltar");
 
@@ -160,4 +160,409 @@ async fn exec_past_its_timeout_is_killed_and_gone_from_the_container() {
         .collect();
     assert!(left.is_empty(), "still running in {ctr}: {left:?}");
     assert_eq!(support::state(&ctr), "running");
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// Container hooks through the binary
+
+/// Per-test surroundings: a state dir, a working dir without config files, a backup dir.
+struct Env {
+    _tmp: tempfile::TempDir,
+    state: PathBuf,
+    cwd: PathBuf,
+    target: PathBuf,
+}
+
+impl Env {
+    fn new() -> Env {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = tmp.path().join("state");
+        let cwd = tmp.path().join("cwd");
+        std::fs::create_dir_all(&cwd).unwrap();
+        let target = tmp.path().join("backups");
+        Env {
+            state,
+            cwd,
+            target,
+            _tmp: tmp,
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Out {
+        Command::new(BIN)
+            .args(args)
+            .current_dir(&self.cwd)
+            .env("VOLTAR_STATE_DIR", &self.state)
+            .env_remove("VOLTAR_CONFIG")
+            .env_remove("VOLTAR_LOG")
+            .env_remove("RUST_BACKTRACE")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run voltar")
+            .into()
+    }
+
+    /// `backup --json` of the named volumes to the local target.
+    fn backup(&self, volumes: &[&str], extra: &[&str]) -> Out {
+        let t = self.target.to_string_lossy().into_owned();
+        let mut args = vec!["backup", "--json", "-t", t.as_str()];
+        for v in volumes {
+            args.extend_from_slice(&["--only", v]);
+        }
+        args.extend_from_slice(extra);
+        self.run(&args)
+    }
+
+    /// The one backup in the target: (id, manifest).
+    fn only_manifest(&self) -> (String, Value) {
+        let mut found = vec![];
+        for e in std::fs::read_dir(&self.target)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let m = e.path().join("manifest.json");
+            if m.exists() {
+                let v: Value = serde_json::from_slice(&std::fs::read(&m).unwrap()).unwrap();
+                found.push((e.file_name().to_string_lossy().into_owned(), v));
+            }
+        }
+        assert_eq!(found.len(), 1, "one backup expected: {found:?}");
+        found.pop().unwrap()
+    }
+
+    /// Member names of a stored (unencrypted) archive.
+    fn archive_members(&self, id: &str, object: &str) -> Vec<String> {
+        let path = self.target.join(id).join(object);
+        let out = Command::new("sh")
+            .args(["-c", "zstd -dc \"$1\" | tar -tf -", "sh"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.trim_start_matches("./").to_string())
+            .collect()
+    }
+}
+
+#[track_caller]
+fn json(o: &Out) -> Value {
+    serde_json::from_str(&o.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {o:?}"))
+}
+
+#[track_caller]
+fn expect_code(o: &Out, code: i32) {
+    assert_eq!(o.code, code, "{o:?}");
+}
+
+/// A running container of the test image that exits promptly on SIGTERM.
+fn idle(c: &mut Cleanup, tag: &str, extra: &[&str]) -> String {
+    let name = support::unique(tag);
+    let mut args = vec!["run", "-d", "--name", name.as_str()];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&[
+        support::IMAGE,
+        "sh",
+        "-c",
+        "trap 'exit 0' TERM; while :; do sleep 1 & wait $!; done",
+    ]);
+    docker(&args);
+    c.containers.push(name.clone());
+    name
+}
+
+/// pause/unpause/stop/start/exec_start events of `container` seen by `events` so far, in order, after waiting
+/// for the stream to catch up with a marker event on `container` itself (a `WINCH` is a `kill` event).
+fn lifecycle(
+    events: &std::sync::Arc<std::sync::Mutex<Vec<support::Ev>>>,
+    container: &str,
+) -> Vec<String> {
+    let kills = || {
+        events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.container == container && e.action == "kill")
+            .count()
+    };
+    let before = kills();
+    docker(&["kill", "-s", "WINCH", container]);
+    let t = std::time::Instant::now();
+    while kills() <= before {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "docker events stream stalled"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| e.container == container)
+        .filter(|e| {
+            matches!(
+                e.action.as_str(),
+                "pause" | "unpause" | "stop" | "start" | "exec_start"
+            )
+        })
+        .map(|e| e.action.clone())
+        .collect()
+}
+
+#[test]
+fn pre_hook_output_is_in_the_archive_and_post_hook_runs_after_resume() {
+    require_docker!();
+    let env = Env::new();
+    let mut c = Cleanup::default();
+    let vol = c.volume("hk");
+    let app = idle(
+        &mut c,
+        "hkapp",
+        &[
+            "-v",
+            &format!("{vol}:/data"),
+            "--label",
+            "voltar.quiesce=pause",
+            "--label",
+            "voltar.pre-backup=echo dumped > /data/dump.sql; echo pre-said-$((40+2))",
+            "--label",
+            "voltar.post-backup=rm /data/dump.sql",
+        ],
+    );
+    let (mut child, events) = support::stream_events(&[&app]);
+    lifecycle(&events, &app);
+    let o = env.backup(&[&vol], &["-v"]);
+    expect_code(&o, 0);
+    let order = lifecycle(&events, &app);
+    let _ = child.kill();
+    let _ = child.wait();
+    // Pre hook, then the pause, the resume, then the post hook (an exec into a paused container is refused).
+    assert_eq!(
+        order,
+        ["exec_start", "pause", "unpause", "exec_start"],
+        "{o:?}"
+    );
+
+    let report = json(&o);
+    let s = source(&report, &vol);
+    assert_eq!(s["status"], "ok");
+    let hooks = s["hooks"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no hooks in {s:#}"));
+    assert_eq!(hooks.len(), 2, "{s:#}");
+    assert_eq!(hooks[0]["container"], app.as_str());
+    assert_eq!(hooks[0]["phase"], "pre-backup");
+    assert_eq!(
+        hooks[0]["command"],
+        "echo dumped > /data/dump.sql; echo pre-said-$((40+2))"
+    );
+    assert_eq!(hooks[0]["exit-code"], 0);
+    assert_eq!(hooks[0]["outcome"], "ok");
+    assert!(hooks[0]["duration-ms"].is_u64());
+    assert_eq!(hooks[1]["phase"], "post-backup");
+    assert_eq!(hooks[1]["outcome"], "ok");
+    // Output goes to the log (`-v`: a hook that succeeded logs at info), never into the report or the manifest.
+    assert!(o.stderr.contains("pre-said-42"), "{o:?}");
+    assert!(!o.stdout.contains("pre-said-42"));
+
+    // The file the pre hook wrote is in the archive; the post hook removed it from the volume afterwards.
+    let (id, manifest) = env.only_manifest();
+    let m = source(&manifest, &vol);
+    assert_eq!(m["hooks"].as_array().map(Vec::len), Some(2), "{m:#}");
+    assert_eq!(m["hooks"][0]["command"], hooks[0]["command"]);
+    let members = env.archive_members(&id, m["object"].as_str().unwrap());
+    assert!(members.iter().any(|n| n == "dump.sql"), "{members:?}");
+    assert!(!support::mountpoint(&vol).join("dump.sql").exists());
+    assert_eq!(support::state(&app), "running");
+
+    // The summary table names the hooks.
+    let t = env.target.to_string_lossy().into_owned();
+    let o = env.run(&["backup", "-t", &t, "--only", &vol]);
+    expect_code(&o, 0);
+    assert!(
+        o.stdout.contains("hook: ") && o.stdout.contains("pre-backup"),
+        "{o:?}"
+    );
+}
+
+#[test]
+fn failing_pre_hook_fails_its_source_only_and_still_runs_the_post_hook() {
+    require_docker!();
+    let env = Env::new();
+    let mut c = Cleanup::default();
+    let bad = c.volume("hkbad");
+    let good = c.volume("hkgood");
+    let app = idle(
+        &mut c,
+        "hkfail",
+        &[
+            "-v",
+            &format!("{bad}:/data"),
+            "--label",
+            "voltar.quiesce=pause",
+            "--label",
+            "voltar.pre-backup=echo starting; exit 7",
+            "--label",
+            "voltar.post-backup=touch /data/post-ran",
+        ],
+    );
+    let other = idle(
+        &mut c,
+        "hkother",
+        &[
+            "-v",
+            &format!("{good}:/data"),
+            "--label",
+            "voltar.quiesce=pause",
+        ],
+    );
+    let (mut child, events) = support::stream_events(&[&app, &other]);
+    lifecycle(&events, &app);
+    let o = env.backup(&[&bad, &good], &[]);
+    expect_code(&o, 1);
+    let order = lifecycle(&events, &app);
+    let _ = child.kill();
+    let _ = child.wait();
+    // Never paused: the pre hook failed before; the post hook still ran.
+    assert_eq!(order, ["exec_start", "exec_start"], "{o:?}");
+    assert_eq!(support::state(&app), "running");
+    assert_eq!(support::state(&other), "running");
+    assert!(support::mountpoint(&bad).join("post-ran").exists());
+
+    let report = json(&o);
+    assert_eq!(report["status"], "partial");
+    let s = source(&report, &bad);
+    assert_eq!(s["status"], "failed", "{s:#}");
+    let err = s["error"].as_str().unwrap();
+    assert!(
+        err.contains("pre-backup hook") && err.contains(&app) && err.contains("exit code 7"),
+        "{err}"
+    );
+    assert_eq!(s["hooks"][0]["outcome"], "failed");
+    assert_eq!(s["hooks"][0]["exit-code"], 7);
+    assert_eq!(s["hooks"][1]["phase"], "post-backup");
+    assert_eq!(s["hooks"][1]["outcome"], "ok");
+    assert_eq!(source(&report, &good)["status"], "ok");
+
+    // Nothing was stored for the failed source.
+    let (id, manifest) = env.only_manifest();
+    let names: Vec<&str> = manifest["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, [good.as_str()]);
+    let stored: Vec<String> = std::fs::read_dir(env.target.join(&id))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!stored.iter().any(|n| n.starts_with(&bad)), "{stored:?}");
+}
+
+#[test]
+fn failing_hook_with_continue_is_a_warning() {
+    require_docker!();
+    let env = Env::new();
+    let mut c = Cleanup::default();
+    let vol = c.volume("hkcont");
+    let app = idle(
+        &mut c,
+        "hkcont",
+        &[
+            "-v",
+            &format!("{vol}:/data"),
+            "--label",
+            "voltar.pre-backup=exit 3",
+            "--label",
+            "voltar.hook-on-error=continue",
+        ],
+    );
+    let o = env.backup(&[&vol], &[]);
+    expect_code(&o, 0);
+    let report = json(&o);
+    let s = source(&report, &vol);
+    assert_eq!(s["status"], "ok");
+    assert_eq!(s["hooks"][0]["outcome"], "failed");
+    let warnings = s["warnings"].to_string();
+    assert!(
+        warnings.contains("pre-backup hook")
+            && warnings.contains(&app)
+            && warnings.contains("exit code 3"),
+        "{warnings}"
+    );
+}
+
+#[test]
+fn hanging_hook_is_killed_at_its_timeout() {
+    require_docker!();
+    let env = Env::new();
+    let mut c = Cleanup::default();
+    let vol = c.volume("hkhang");
+    let app = idle(
+        &mut c,
+        "hkhang",
+        &[
+            "-v",
+            &format!("{vol}:/data"),
+            "--label",
+            "voltar.quiesce=pause",
+            "--label",
+            "voltar.pre-backup=sleep 600",
+            "--label",
+            "voltar.hook-timeout=2s",
+        ],
+    );
+    let started = std::time::Instant::now();
+    let o = env.backup(&[&vol], &[]);
+    let took = started.elapsed();
+    expect_code(&o, 1);
+    assert!(took < Duration::from_secs(30), "took {took:?}: {o:?}");
+    let report = json(&o);
+    let s = source(&report, &vol);
+    assert_eq!(s["status"], "failed");
+    assert_eq!(s["hooks"][0]["outcome"], "timed-out", "{s:#}");
+    assert!(
+        s["error"].as_str().unwrap().contains("timed out after 2s"),
+        "{s:#}"
+    );
+    let left: Vec<String> = processes(&app)
+        .into_iter()
+        .filter(|p| p.contains("sleep 600"))
+        .collect();
+    assert!(left.is_empty(), "still running in {app}: {left:?}");
+    assert_eq!(support::state(&app), "running");
+}
+
+#[test]
+fn json_array_hook_runs_without_a_shell() {
+    require_docker!();
+    let env = Env::new();
+    let mut c = Cleanup::default();
+    let vol = c.volume("hkargv");
+    idle(
+        &mut c,
+        "hkargv",
+        &[
+            "-v",
+            &format!("{vol}:/data"),
+            "--label",
+            r#"voltar.pre-backup=["/bin/busybox","touch","/data/a b;touch c"]"#,
+        ],
+    );
+    let o = env.backup(&[&vol], &[]);
+    expect_code(&o, 0);
+    let data = support::mountpoint(&vol);
+    // One file with that literal name: no shell split it or ran the second command.
+    assert!(data.join("a b;touch c").exists(), "{o:?}");
+    assert!(!data.join("c").exists() && !data.join("a").exists());
+    let s = json(&o);
+    assert_eq!(
+        source(&s, &vol)["hooks"][0]["command"],
+        r#"["/bin/busybox","touch","/data/a b;touch c"]"#
+    );
 }

@@ -13,6 +13,7 @@ const FLOORS: &[&[&str]] = &[
     &[
         "retention",
         "crypto",
+        "hooks",
         "plan",
         "sizes",
         "quiesce",
