@@ -299,35 +299,59 @@ pub enum HostHookOutcome {
     Failed(String),
 }
 
+/// Bytes of a host hook's output (stdout and stderr together) kept for the log.
+const HOST_OUTPUT_CAP: usize = 64 * 1024;
+
 /// Run a host hook `name` (`before`, `after`, `on-failure`): `sh -c command` with `env` added to voltar's own
-/// environment, killed (its whole process group) after `timeout`. Its output goes to voltar's stderr as it
-/// comes (the operator's log; never captured into a report).
+/// environment, killed (its whole process group) after `timeout`. Its output is captured (capped) and given
+/// back for the log: never onto voltar's stdout (which may be `--json`), and only into the log, so that
+/// `--quiet` stays silent when all went well.
 pub async fn run_host_hook(
     name: &str,
     command: &str,
     env: &[(String, String)],
     timeout: Duration,
-) -> HostHookOutcome {
-    use std::os::unix::process::CommandExt;
-    let mut cmd = std::process::Command::new("sh");
+) -> (HostHookOutcome, String) {
+    use tokio::io::AsyncReadExt;
+    let mut cmd = tokio::process::Command::new("sh");
     cmd.arg("-c")
         .arg(command)
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdin(std::process::Stdio::null())
-        // Its stdout is not voltar's (which may be `--json`): both go to stderr, the log.
-        .stdout(std::io::stderr())
-        .stderr(std::process::Stdio::inherit())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         // Its own process group, so that a timeout kills what it started too.
-        .process_group(0);
-    let mut child = match tokio::process::Command::from(cmd)
-        .kill_on_drop(true)
-        .spawn()
-    {
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = match cmd.spawn() {
         Ok(c) => c,
-        Err(e) => return HostHookOutcome::Failed(format!("{name} hook could not be started: {e}")),
+        Err(e) => {
+            return (
+                HostHookOutcome::Failed(format!("{name} hook could not be started: {e}")),
+                String::new(),
+            )
+        }
     };
+    // Read both pipes to their end (when every process of the hook is gone), keeping the first bytes.
+    let drain = |r: Option<Box<dyn tokio::io::AsyncRead + Send + Unpin>>| {
+        tokio::spawn(async move {
+            let mut kept = Vec::new();
+            let Some(mut r) = r else { return kept };
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = r.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                let room = HOST_OUTPUT_CAP.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+            }
+            kept
+        })
+    };
+    let out = drain(child.stdout.take().map(|r| Box::new(r) as _));
+    let err = drain(child.stderr.take().map(|r| Box::new(r) as _));
     let pid = child.id();
-    match tokio::time::timeout(timeout, child.wait()).await {
+    let outcome = match tokio::time::timeout(timeout, child.wait()).await {
         Ok(Ok(s)) if s.success() => HostHookOutcome::Ok,
         Ok(Ok(s)) => HostHookOutcome::Failed(match s.code() {
             Some(c) => format!("{name} hook `{command}` failed with exit code {c}"),
@@ -344,7 +368,22 @@ pub async fn run_host_hook(
                 humantime::format_duration(timeout)
             ))
         }
+    };
+    // A process that left the group keeps a pipe open: do not wait for it forever.
+    let mut text = String::new();
+    for h in [out, err] {
+        if let Ok(Ok(bytes)) = tokio::time::timeout(Duration::from_secs(5), h).await {
+            let t = String::from_utf8_lossy(&bytes);
+            let t = t.trim_end();
+            if !t.is_empty() {
+                if !text.is_empty() {
+                    text.push('\n');
+                }
+                text.push_str(t);
+            }
+        }
     }
+    (outcome, text)
 }
 
 #[cfg(test)]
@@ -509,6 +548,39 @@ hook-on-error = "continue"
         ] {
             assert!(Config::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[tokio::test]
+    async fn host_hook_gets_env_output_and_is_killed_at_its_timeout() {
+        let env = vec![("VOLTAR_RESULT".to_string(), "ok".to_string())];
+        let (o, out) = run_host_hook(
+            "after",
+            "echo \"r=$VOLTAR_RESULT\"; echo e >&2",
+            &env,
+            Duration::from_secs(10),
+        )
+        .await;
+        assert_eq!(o, HostHookOutcome::Ok);
+        assert_eq!(out, "r=ok\ne");
+        let (o, _) = run_host_hook("after", "exit 4", &[], Duration::from_secs(10)).await;
+        assert!(
+            matches!(&o, HostHookOutcome::Failed(m) if m.contains("exit code 4")),
+            "{o:?}"
+        );
+        // A child that keeps the pipes open is killed with the shell: the call returns at the timeout.
+        let t = Instant::now();
+        let (o, _) = run_host_hook(
+            "before",
+            "sleep 600 & sleep 601",
+            &[],
+            Duration::from_secs(1),
+        )
+        .await;
+        assert!(
+            matches!(&o, HostHookOutcome::Failed(m) if m.contains("timed out after 1s")),
+            "{o:?}"
+        );
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! the exec primitive (capture, stream, exit code, timeout that kills), container pre/post-backup hooks through
 //! the `voltar` binary, offen/docker-volume-backup labels, and host hooks.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -167,7 +167,7 @@ async fn exec_past_its_timeout_is_killed_and_gone_from_the_container() {
 
 /// Per-test surroundings: a state dir, a working dir without config files, a backup dir.
 struct Env {
-    _tmp: tempfile::TempDir,
+    tmp: tempfile::TempDir,
     state: PathBuf,
     cwd: PathBuf,
     target: PathBuf,
@@ -184,8 +184,18 @@ impl Env {
             state,
             cwd,
             target,
-            _tmp: tmp,
+            tmp,
         }
+    }
+
+    fn dir(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    fn config(&self, text: &str) -> String {
+        let p = self.dir().join("voltar.toml");
+        std::fs::write(&p, text).unwrap();
+        p.to_string_lossy().into_owned()
     }
 
     fn run(&self, args: &[&str]) -> Out {
@@ -565,4 +575,287 @@ fn json_array_hook_runs_without_a_shell() {
         source(&s, &vol)["hooks"][0]["command"],
         r#"["/bin/busybox","touch","/data/a b;touch c"]"#
     );
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// offen/docker-volume-backup labels
+
+/// What a plan says about one source, without what names it (names, ids, reasons, what decided a hook).
+fn plan_shape(plan: &Value, source_name: &str) -> Value {
+    let s = source(plan, source_name);
+    let containers: Vec<Value> = s["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let mut hooks = c["hooks"].clone();
+            for phase in ["pre-backup", "post-backup"] {
+                if let Some(h) = hooks.get_mut(phase).and_then(Value::as_object_mut) {
+                    h.remove("from");
+                }
+            }
+            serde_json::json!({
+                "state": c["state"], "rw": c["rw"], "action": c["action"],
+                "stop-timeout": c["stop-timeout"], "hooks": hooks,
+            })
+        })
+        .collect();
+    serde_json::json!({"kind": s["kind"], "containers": containers})
+}
+
+#[test]
+fn offen_labels_plan_like_voltar_labels_and_plan_says_which_label_decided() {
+    require_docker!();
+    let env = Env::new();
+    let mut c = Cleanup::default();
+    let ours = c.volume("hkours");
+    let theirs = c.volume("hkoffen");
+    let both = c.volume("hkboth");
+    let dump = "/bin/sh -c 'echo dump > /data/dump.sql'";
+    let ours_ctr = idle(
+        &mut c,
+        "hkours",
+        &[
+            "-v",
+            &format!("{ours}:/data"),
+            "--label",
+            "voltar.quiesce=stop",
+            "--label",
+            r#"voltar.pre-backup=["/bin/sh","-c","echo dump > /data/dump.sql"]"#,
+            "--label",
+            r#"voltar.post-backup=["rm","/data/dump.sql"]"#,
+        ],
+    );
+    let offen_ctr = idle(
+        &mut c,
+        "hkoffen",
+        &[
+            "-v",
+            &format!("{theirs}:/data"),
+            "--label",
+            "docker-volume-backup.stop-during-backup=true",
+            "--label",
+            &format!("docker-volume-backup.archive-pre={dump}"),
+            "--label",
+            "docker-volume-backup.archive-post=rm /data/dump.sql",
+        ],
+    );
+    // Both kinds of label: voltar's win.
+    let both_ctr = idle(
+        &mut c,
+        "hkboth",
+        &[
+            "-v",
+            &format!("{both}:/data"),
+            "--label",
+            "docker-volume-backup.stop-during-backup=true",
+            "--label",
+            "voltar.quiesce=pause",
+            "--label",
+            "docker-volume-backup.archive-pre=touch /data/offen",
+            "--label",
+            "voltar.pre-backup=touch /data/voltar",
+        ],
+    );
+    let o = env.run(&[
+        "plan",
+        "--json",
+        "--no-size",
+        "--only",
+        &ours,
+        "--only",
+        &theirs,
+        "--only",
+        &both,
+    ]);
+    expect_code(&o, 0);
+    let plan = json(&o);
+    assert_eq!(
+        plan_shape(&plan, &ours),
+        plan_shape(&plan, &theirs),
+        "{plan:#}"
+    );
+    let offen = container_of(&plan, &theirs, &offen_ctr);
+    assert_eq!(offen["action"], "stop");
+    assert_eq!(
+        offen["reason"],
+        "label docker-volume-backup.stop-during-backup"
+    );
+    assert_eq!(
+        offen["hooks"]["pre-backup"]["from"],
+        "label docker-volume-backup.archive-pre"
+    );
+    assert_eq!(
+        offen["hooks"]["pre-backup"]["command"],
+        r#"["/bin/sh","-c","echo dump > /data/dump.sql"]"#
+    );
+    let mine = container_of(&plan, &ours, &ours_ctr);
+    assert_eq!(mine["reason"], "label voltar.quiesce");
+    let b = container_of(&plan, &both, &both_ctr);
+    assert_eq!(b["action"], "pause");
+    assert_eq!(b["reason"], "label voltar.quiesce");
+    assert_eq!(b["hooks"]["pre-backup"]["command"], "touch /data/voltar");
+    assert_eq!(b["hooks"]["pre-backup"]["from"], "label voltar.pre-backup");
+
+    // The table says it too.
+    let o = env.run(&["plan", "--no-size", "--only", &theirs]);
+    expect_code(&o, 0);
+    assert!(
+        o.stdout
+            .contains("stop (label docker-volume-backup.stop-during-backup)"),
+        "{o:?}"
+    );
+    assert!(
+        o.stdout.contains("label docker-volume-backup.archive-pre"),
+        "{o:?}"
+    );
+
+    // And the offen-labelled container's hooks run: the dump is in the archive.
+    let o = env.backup(&[&theirs], &[]);
+    expect_code(&o, 0);
+    let (id, manifest) = env.only_manifest();
+    let m = source(&manifest, &theirs);
+    let members = env.archive_members(&id, m["object"].as_str().unwrap());
+    assert!(members.iter().any(|n| n == "dump.sql"), "{members:?}");
+    assert!(!support::mountpoint(&theirs).join("dump.sql").exists());
+    assert_eq!(
+        support::container_record(m, &offen_ctr)["action"],
+        "stop",
+        "{m:#}"
+    );
+}
+
+#[track_caller]
+fn container_of<'a>(plan: &'a Value, source_name: &str, container: &str) -> &'a Value {
+    support::container_record(source(plan, source_name), container)
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// Host hooks
+
+/// A host hook that writes the run's `VOLTAR_*` variables to `dir/NAME.env`.
+fn dump_env(dir: &Path, name: &str) -> String {
+    format!(
+        "env | grep ^VOLTAR_ | sort > '{}'",
+        dir.join(format!("{name}.env")).display()
+    )
+}
+
+fn read_env(dir: &Path, name: &str) -> Option<std::collections::BTreeMap<String, String>> {
+    let text = std::fs::read_to_string(dir.join(format!("{name}.env"))).ok()?;
+    Some(
+        text.lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    )
+}
+
+#[test]
+fn host_hooks_see_the_run_in_their_environment() {
+    require_docker!();
+    let env = Env::new();
+    let mut c = Cleanup::default();
+    let vol = c.volume("hkhost");
+    let out = env.dir().join("hooks-out");
+    std::fs::create_dir_all(&out).unwrap();
+    let config = env.config(&format!(
+        "[hooks]\nbefore = \"{}\"\nafter = \"{}\"\non-failure = \"{}\"\ntimeout = \"30s\"\n",
+        dump_env(&out, "before").replace('"', "\\\""),
+        dump_env(&out, "after").replace('"', "\\\""),
+        dump_env(&out, "on-failure").replace('"', "\\\""),
+    ));
+    let o = env.backup(&[&vol], &["--config", &config]);
+    expect_code(&o, 0);
+    let report = json(&o);
+    let id = report["id"].as_str().unwrap();
+
+    let before = read_env(&out, "before").unwrap_or_else(|| panic!("before did not run: {o:?}"));
+    assert_eq!(before["VOLTAR_JOB"], "default");
+    assert_eq!(before["VOLTAR_BACKUP_ID"], id);
+    assert_eq!(before["VOLTAR_TARGETS"], env.target.to_string_lossy());
+    assert!(!before.contains_key("VOLTAR_RESULT"), "{before:?}");
+
+    let after = read_env(&out, "after").unwrap_or_else(|| panic!("after did not run: {o:?}"));
+    assert_eq!(after["VOLTAR_RESULT"], "ok");
+    assert_eq!(after["VOLTAR_EXIT_CODE"], "0");
+    assert_eq!(after["VOLTAR_BACKUP_ID"], id);
+    assert_eq!(after["VOLTAR_JOB"], "default");
+    assert_eq!(after["VOLTAR_TARGETS"], env.target.to_string_lossy());
+    assert!(
+        read_env(&out, "on-failure").is_none(),
+        "on-failure ran after a good run"
+    );
+    // Their output went to the log, not into --json's stdout.
+    assert!(report.is_object());
+
+    // A run that fails a source: result partial, exit code 1, on-failure runs too.
+    let bad = c.volume("hkhostbad");
+    idle(
+        &mut c,
+        "hkhostbad",
+        &[
+            "-v",
+            &format!("{bad}:/data"),
+            "--label",
+            "voltar.pre-backup=exit 1",
+        ],
+    );
+    std::fs::remove_file(out.join("after.env")).unwrap();
+    let o = env.backup(&[&vol, &bad], &["--config", &config]);
+    expect_code(&o, 1);
+    let after = read_env(&out, "after").unwrap();
+    assert_eq!(after["VOLTAR_RESULT"], "partial");
+    assert_eq!(after["VOLTAR_EXIT_CODE"], "1");
+    let failed =
+        read_env(&out, "on-failure").unwrap_or_else(|| panic!("on-failure did not run: {o:?}"));
+    assert_eq!(failed["VOLTAR_RESULT"], "partial");
+}
+
+#[test]
+fn failing_before_hook_touches_no_container() {
+    require_docker!();
+    let env = Env::new();
+    let mut c = Cleanup::default();
+    let vol = c.volume("hkbefore");
+    let app = idle(
+        &mut c,
+        "hkbefore",
+        &[
+            "-v",
+            &format!("{vol}:/data"),
+            "--label",
+            "voltar.quiesce=pause",
+            "--label",
+            "voltar.pre-backup=touch /data/pre-ran",
+        ],
+    );
+    let out = env.dir().join("hooks-out");
+    std::fs::create_dir_all(&out).unwrap();
+    let config = env.config(&format!(
+        "[hooks]\nbefore = \"echo no-space-left >&2; exit 3\"\non-failure = \"{}\"\n",
+        dump_env(&out, "on-failure").replace('"', "\\\""),
+    ));
+    let (mut child, events) = support::stream_events(&[&app]);
+    lifecycle(&events, &app);
+    let o = env.backup(&[&vol], &["--config", &config]);
+    let seen = lifecycle(&events, &app);
+    let _ = child.kill();
+    let _ = child.wait();
+    expect_code(&o, 2);
+    assert!(seen.is_empty(), "container touched: {seen:?}");
+    assert!(!support::mountpoint(&vol).join("pre-ran").exists());
+    assert!(!env.target.exists() || std::fs::read_dir(&env.target).unwrap().next().is_none());
+    let err = json(&o)["error"].as_str().unwrap().to_string();
+    assert!(
+        err.contains("before hook")
+            && err.contains("exit code 3")
+            && err.contains("no container was touched"),
+        "{err}"
+    );
+    assert!(o.stderr.contains("no-space-left"), "{o:?}");
+    let failed =
+        read_env(&out, "on-failure").unwrap_or_else(|| panic!("on-failure did not run: {o:?}"));
+    assert_eq!(failed["VOLTAR_RESULT"], "failed");
+    assert_eq!(failed["VOLTAR_EXIT_CODE"], "2");
 }
