@@ -578,6 +578,9 @@ mod tests {
             other => panic!("offsite is {other:?}"),
         }
         assert!(c.job(None).is_ok(), "a single job is picked without --job");
+        assert_eq!(j.hooks.timeout, DEFAULT_HOOK_TIMEOUT);
+        assert_eq!(j.hooks.before, None);
+        assert!(j.hooks.containers.is_empty());
     }
 
     #[test]
