@@ -271,7 +271,7 @@ pub async fn run_container_hook(
                 ExecEnd::TimedOut(k) => {
                     record.outcome = HookOutcome::TimedOut;
                     Some(format!(
-                        "{what} timed out after {} and was {k}",
+                        "{what} timed out after {}: {k}",
                         humantime::format_duration(timeout)
                     ))
                 }

@@ -17,8 +17,9 @@
 //!   Docker host (or with `--pid host`) is what makes timeouts enforceable.
 //! * **Errors.** Creating or starting the exec is a [`DockerError`] (a container that is not running, a user that
 //!   does not exist, a program that is not found — the engine reports the last two as exit code 126/127 or as a
-//!   start error, depending on the runtime). A command that runs and fails is not an error here: its exit code is
-//!   in the [`ExecOutcome`].
+//!   start error, depending on the runtime), and so is losing the output stream midway (the command is killed
+//!   first, as at a timeout). A command that runs and fails is not an error here: its exit code is in the
+//!   [`ExecOutcome`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -244,6 +245,11 @@ impl Engine {
                 }
             }
         }
+        if stream_error.is_some() {
+            // We lost the command's output: do not leave it running unseen (it would also block a stream
+            // receiver's pipeline waiting for an end that never comes).
+            end = ExecEnd::Cancelled(self.kill_exec(&exec_id).await);
+        }
         if end != ExecEnd::Exited {
             // Let the output end (the process is gone, if we could kill it), bounded: a process we could not
             // kill keeps the stream open.
@@ -258,7 +264,7 @@ impl Engine {
         }
         drop(sink);
         let exit_code = self.exit_code(&exec_id, end != ExecEnd::Exited).await?;
-        if let (Some(e), ExecEnd::Exited, None) = (stream_error, &end, exit_code) {
+        if let Some(e) = stream_error {
             return Err(self.map_err(&action(), e, || {
                 DockerError::NoSuchContainer(container.to_string())
             }));

@@ -508,6 +508,53 @@ fn failing_hook_with_continue_is_a_warning() {
 }
 
 #[test]
+fn config_hooks_by_container_name_and_a_failing_post_hook_keeps_the_backup_but_exits_1() {
+    require_docker!();
+    let env = Env::new();
+    let mut c = Cleanup::default();
+    let vol = c.volume("hkcfg");
+    let app = idle(&mut c, "hkcfg", &["-v", &format!("{vol}:/data")]);
+    let config = env.config(&format!(
+        "[hooks.container.\"{app}\"]\npre-backup = [\"/bin/busybox\", \"touch\", \"/data/from-config\"]\npost-backup = \"exit 5\"\n"
+    ));
+    let o = env.backup(&[&vol], &["--config", &config]);
+    expect_code(&o, 1);
+    let report = json(&o);
+    assert_eq!(report["status"], "partial");
+    let s = source(&report, &vol);
+    assert_eq!(s["status"], "partial", "{s:#}");
+    let err = s["error"].as_str().unwrap();
+    assert!(
+        err.contains("post-backup hook")
+            && err.contains("exit code 5")
+            && err.contains("was stored"),
+        "{err}"
+    );
+    assert_eq!(
+        s["hooks"][0]["command"],
+        r#"["/bin/busybox","touch","/data/from-config"]"#
+    );
+    // Stored and committed all the same, with the file the pre hook wrote.
+    let (id, manifest) = env.only_manifest();
+    let m = source(&manifest, &vol);
+    assert!(env
+        .archive_members(&id, m["object"].as_str().unwrap())
+        .iter()
+        .any(|n| n == "from-config"));
+    assert_eq!(m["hooks"][1]["outcome"], "failed");
+    assert_eq!(m["hooks"][1]["exit-code"], 5);
+
+    // The plan says where the hooks come from.
+    let o = env.run(&["plan", "--no-size", "--config", &config, "--only", &vol]);
+    expect_code(&o, 0);
+    assert!(
+        o.stdout
+            .contains(&format!("config hooks.container.\"{app}\"")),
+        "{o:?}"
+    );
+}
+
+#[test]
 fn hanging_hook_is_killed_at_its_timeout() {
     require_docker!();
     let env = Env::new();
