@@ -30,6 +30,17 @@ pub(super) async fn back_up_source(ctx: &RunCtx<'_>, src: &PlannedSource) -> Sou
         report.error = Some(not_stored(&report.target_errors));
         return report;
     }
+    // Containers with hooks stay locked against other runs from their pre hook to their post hook.
+    let hook_locks = match lock_hooked(ctx, src).await {
+        Ok(l) => l,
+        Err(e) => {
+            for leg in legs {
+                let _ = leg.writer.abort().await;
+            }
+            report.error = Some(format!("running hooks: {e}"));
+            return report;
+        }
+    };
     // Pre-backup hooks run in the running containers, before any is paused or stopped (a paused container
     // cannot exec). Whatever happens next, the post hook of every container whose pre hook ran runs too.
     let mut pre_ran = BTreeSet::new();
@@ -42,7 +53,7 @@ pub(super) async fn back_up_source(ctx: &RunCtx<'_>, src: &PlannedSource) -> Sou
         return report;
     }
     // Quiesce. On failure `hold` has already resumed whatever it changed.
-    let held = match quiesce(ctx, src).await {
+    let held = match quiesce(ctx, src, &hook_locks).await {
         Ok(h) => h,
         Err(e) => {
             for leg in legs {
@@ -55,6 +66,7 @@ pub(super) async fn back_up_source(ctx: &RunCtx<'_>, src: &PlannedSource) -> Sou
     };
     // `read` releases what is held on every path, then runs the post hooks.
     let read = read(ctx, src, legs, held, &pre_ran, &mut report).await;
+    drop(hook_locks);
     let legs = settle_legs(ctx, read.legs, &mut report);
     let packed = match read.packed {
         Ok(p) => p,
@@ -154,7 +166,11 @@ async fn open_legs(ctx: &RunCtx<'_>, key: &str, report: &mut SourceReport) -> Ve
 
 /// Pause or stop the containers the plan holds for this source (journaled). On failure whatever was changed has
 /// already been resumed.
-async fn quiesce(ctx: &RunCtx<'_>, src: &PlannedSource) -> Result<Held, quiesce::QuiesceError> {
+async fn quiesce(
+    ctx: &RunCtx<'_>,
+    src: &PlannedSource,
+    locked: &quiesce::ContainerLocks,
+) -> Result<Held, quiesce::QuiesceError> {
     let holds: Vec<Hold> = src
         .holds()
         .map(|c| Hold {
@@ -175,7 +191,25 @@ async fn quiesce(ctx: &RunCtx<'_>, src: &PlannedSource) -> Result<Held, quiesce:
             holds.len()
         ));
     }
-    ctx.quiescer.hold(&holds).await
+    ctx.quiescer.hold_locked(&holds, locked).await
+}
+
+/// Take the quiesce locks of the source's containers whose hooks will run (waiting, bounded, for another run
+/// that holds one), kept until their post hooks have run.
+async fn lock_hooked(
+    ctx: &RunCtx<'_>,
+    src: &PlannedSource,
+) -> Result<quiesce::ContainerLocks, quiesce::QuiesceError> {
+    let hooked: Vec<(String, String)> = src
+        .containers
+        .iter()
+        .filter(|c| c.hooks.is_some() && c.state == "running")
+        .map(|c| (c.id.clone(), c.name.clone()))
+        .collect();
+    if hooked.is_empty() {
+        return Ok(quiesce::ContainerLocks::default());
+    }
+    ctx.quiescer.lock_containers(&hooked).await
 }
 
 /// What reading a source left: the packer's outcome (an error message when it failed or was capped) and how

@@ -906,3 +906,68 @@ fn failing_before_hook_touches_no_container() {
     assert_eq!(failed["VOLTAR_RESULT"], "failed");
     assert_eq!(failed["VOLTAR_EXIT_CODE"], "2");
 }
+
+// ------------------------------------------------------------------------------------------------------------
+// Two runs over one container (row 27)
+
+/// Two runs that back up the same volume at once (two jobs, two targets): the second waits for the first to be
+/// done with the container — its pre hook, read and post hook — before it runs its own pre hook. Without that,
+/// the first run's post hook removed the dump while the second was reading: the second backup silently missed it.
+#[test]
+fn two_runs_never_interleave_one_containers_hooks() {
+    require_docker!();
+    let env = Env::new();
+    let mut c = Cleanup::default();
+    let vol = c.volume("hktwo");
+    idle(
+        &mut c,
+        "hktwo",
+        &[
+            "-v",
+            &format!("{vol}:/data"),
+            "--label",
+            "voltar.pre-backup=echo dump > /data/dump.sql; sleep 2",
+            "--label",
+            "voltar.post-backup=rm /data/dump.sql",
+        ],
+    );
+    let second_target = env.dir().join("backups-2");
+    let spawn = |target: &Path| {
+        Command::new(BIN)
+            .args(["backup", "--json", "--only", &vol, "-t"])
+            .arg(target)
+            .current_dir(&env.cwd)
+            .env("VOLTAR_STATE_DIR", &env.state)
+            .env_remove("VOLTAR_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let first = spawn(&env.target);
+    std::thread::sleep(Duration::from_millis(500));
+    let second = spawn(&second_target);
+    for (child, target) in [(first, env.target.clone()), (second, second_target)] {
+        let o: Out = child.wait_with_output().unwrap().into();
+        expect_code(&o, 0);
+        let id = json(&o)["id"].as_str().unwrap().to_string();
+        let m: Value =
+            serde_json::from_slice(&std::fs::read(target.join(&id).join("manifest.json")).unwrap())
+                .unwrap();
+        let object = source(&m, &vol)["object"].as_str().unwrap().to_string();
+        let out = Command::new("sh")
+            .args(["-c", "zstd -dc \"$1\" | tar -tf -", "sh"])
+            .arg(target.join(&id).join(&object))
+            .output()
+            .unwrap();
+        let members = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            members
+                .lines()
+                .any(|l| l.trim_start_matches("./") == "dump.sql"),
+            "the backup in {} misses the dump its pre hook wrote: {members}\n{o:?}",
+            target.display()
+        );
+    }
+}
