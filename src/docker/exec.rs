@@ -433,6 +433,32 @@ mod tests {
     }
 
     #[test]
+    fn a_process_outside_the_containers_cgroup_is_never_killed() {
+        // What a pid from a remote engine (or another pid namespace) looks like here: some process of ours.
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let k = kill_tree(child.id() as i32, &"f".repeat(64));
+        assert!(
+            matches!(&k, Killed::NotLocal(why) if why.contains("cgroup")),
+            "{k:?}"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the process was killed"
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // A pid that does not exist here.
+        let k = kill_tree(i32::MAX - 1, "abc");
+        assert!(
+            matches!(&k, Killed::NotLocal(why) if why.contains("not visible")),
+            "{k:?}"
+        );
+    }
+
+    #[test]
     fn parent_pid_from_stat_with_odd_names() {
         assert_eq!(parent_of("42 (sleep) S 7 42 42 0 -1"), Some(7));
         assert_eq!(parent_of("42 (a b) c) R 9 1 1"), Some(9));
