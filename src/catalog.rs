@@ -185,6 +185,61 @@ pub struct SourceRecord {
     /// How many entries were not archived (the list above may be shorter).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub not_archived_count: u64,
+    /// The container hooks run around this source's read, in the order they ran (absent in older manifests).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<HookRecord>,
+}
+
+/// When a container hook runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HookPhase {
+    /// In the running container, before it is paused or stopped and its source is read.
+    PreBackup,
+    /// After the source was read and the container resumed or started again.
+    PostBackup,
+}
+
+impl fmt::Display for HookPhase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            HookPhase::PreBackup => "pre-backup",
+            HookPhase::PostBackup => "post-backup",
+        })
+    }
+}
+
+/// How a hook ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HookOutcome {
+    /// Exit code 0.
+    Ok,
+    /// A non-zero exit code.
+    Failed,
+    /// Ran past its timeout and was killed.
+    TimedOut,
+    /// Could not be run (the engine refused: no such user or program, container not running).
+    Error,
+    /// The run was interrupted while it ran.
+    Interrupted,
+}
+
+/// One container hook that ran (or was tried): its command (never its environment), exit code and duration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct HookRecord {
+    /// Container name.
+    pub container: String,
+    pub phase: HookPhase,
+    /// The command as configured: the shell string, or the argv as a JSON array.
+    pub command: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    pub outcome: HookOutcome,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    pub duration_ms: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -657,6 +712,7 @@ mod tests {
             warnings: vec![],
             not_archived: vec![],
             not_archived_count: 0,
+            hooks: vec![],
         };
         let mut full = manifest_at("20260102T030405Z-0001", t);
         full.sources = vec![src("a"), src("b")];

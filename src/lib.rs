@@ -26,6 +26,7 @@ pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod docker;
+pub mod hooks;
 pub mod lock;
 pub mod notify;
 pub mod pipeline;

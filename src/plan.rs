@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::catalog::SourceKind;
 use crate::config::{Job, QuiesceAction};
 use crate::docker::{ContainerInfo, ContainerState, Discovery, MountInfo, MountKind, VolumeInfo};
+use crate::hooks::{self, ContainerHooks};
 
 /// A container to act on while one source is read.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -31,6 +32,9 @@ pub struct PlannedContainer {
     pub stop_timeout: Duration,
     /// Why this action.
     pub reason: String,
+    /// Commands run in this container before / after the source is read (labels or config; see `hooks`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hooks: Option<ContainerHooks>,
 }
 
 mod secs {
@@ -473,6 +477,11 @@ fn plan_containers(users: &[(&ContainerInfo, bool)], job: &Job) -> Vec<PlannedCo
                     job.quiesce.default,
                     "invalid voltar.quiesce label ignored; config default",
                 ),
+                // offen/docker-volume-backup's label, when voltar's own is absent.
+                None if hooks::offen_wants_stop(&c.labels) => (
+                    QuiesceAction::Stop,
+                    "label docker-volume-backup.stop-during-backup",
+                ),
                 None => (job.quiesce.default, "config default"),
             };
             let stop_timeout = stop_timeout(c, job.quiesce.stop_timeout);
@@ -497,7 +506,9 @@ fn plan_containers(users: &[(&ContainerInfo, bool)], job: &Job) -> Vec<PlannedCo
             } else {
                 (mode, mode_src.to_string())
             };
-            PlannedContainer::new(c, *rw, action, stop_timeout, reason)
+            let mut planned = PlannedContainer::new(c, *rw, action, stop_timeout, reason);
+            planned.hooks = hooks::resolve(c, &job.hooks);
+            planned
         })
         .collect()
 }
@@ -528,6 +539,7 @@ impl PlannedContainer {
             action,
             stop_timeout,
             reason,
+            hooks: None,
         }
     }
 }

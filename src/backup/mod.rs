@@ -42,12 +42,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::archive::{self, ArchiveError, Counts};
 use crate::catalog::{
-    self, BackupId, ContainerRecord, FailedSource, Manifest, QuiesceAction, SourceKind,
-    SourceRecord,
+    self, BackupId, ContainerRecord, FailedSource, HookPhase, HookRecord, Manifest, QuiesceAction,
+    SourceKind, SourceRecord,
 };
 use crate::config::{Archive, Config, Job, Target};
 use crate::crypto::{self, Encryptor};
 use crate::docker::Engine;
+use crate::hooks;
 use crate::lock::TargetLock;
 use crate::pipeline::{self, ChunkSink, Leg, LegResult, Pace};
 use crate::plan::{self, Plan, PlannedSource};
@@ -110,6 +111,9 @@ pub struct SourceReport {
     /// were held.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub spooled: BTreeMap<String, u64>,
+    /// The container hooks run around this source's read, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<HookRecord>,
     #[serde(skip)]
     records: BTreeMap<usize, SourceRecord>,
     /// Targets that failed while storing this source (not because of the source or the local spool): the
@@ -181,6 +185,18 @@ impl RunReport {
             1
         }
     }
+
+    /// The run's result for the host hooks (`VOLTAR_RESULT`): `ok` (exit 0), `partial` (something was
+    /// committed, not everything, or a source is incomplete) or `failed` (nothing committed).
+    pub fn result(&self) -> &'static str {
+        if self.exit_code() == 0 {
+            "ok"
+        } else if self.targets.iter().any(|t| t.committed) {
+            "partial"
+        } else {
+            "failed"
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -207,6 +223,9 @@ pub enum BackupError {
     /// Every target failed to open or failed its check: nothing was quiesced.
     #[error("no usable target, nothing was backed up and no container was touched: {0}")]
     NoUsableTarget(String),
+    /// The job's `before` host hook failed: the run did not start.
+    #[error("{0}; the run was not started and no container was touched (fix the hook, or remove `before` from [hooks])")]
+    BeforeHook(String),
     #[error("interrupted")]
     Cancelled,
 }
@@ -233,12 +252,109 @@ pub async fn plan_for(
     Ok(plan::plan(&discovery, job, only, &plan::probe_path)?)
 }
 
-/// Run one backup job.
+/// Run one backup job, between its host hooks: `before` first (a failure is fatal, before anything is touched),
+/// then `after` (always) and `on-failure` (when the result is not ok), each with the run's result in `VOLTAR_*`
+/// variables; their failures are warnings. A dry run runs no hook, an interrupted run no after hook (it stops
+/// at once).
 pub async fn run(env: &Env<'_>, req: &BackupRequest) -> Result<RunReport, BackupError> {
     let started_at = Utc::now();
     if req.targets.is_empty() {
         return Err(BackupError::NoTarget);
     }
+    let id = BackupId::new(started_at);
+    let hooks = &req.job.hooks;
+    let vars = |result: Option<(&str, i32)>| {
+        let mut v = vec![
+            ("VOLTAR_JOB".to_string(), req.job.name.clone()),
+            ("VOLTAR_BACKUP_ID".to_string(), id.to_string()),
+            (
+                "VOLTAR_TARGETS".to_string(),
+                req.targets
+                    .iter()
+                    .map(|t| t.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+        ];
+        if let Some((result, code)) = result {
+            v.push(("VOLTAR_RESULT".to_string(), result.to_string()));
+            v.push(("VOLTAR_EXIT_CODE".to_string(), code.to_string()));
+        }
+        v
+    };
+    let host_hook = |name: &'static str, cmd: Option<&String>, vars: Vec<(String, String)>| {
+        let cmd = cmd.cloned();
+        let progress = env.progress.clone();
+        async move {
+            let cmd = cmd?;
+            progress.note(&format!("running the {name} hook"));
+            let (outcome, output) = hooks::run_host_hook(name, &cmd, &vars, hooks.timeout).await;
+            let said = |o: &str| format!("{name} hook said:\n{o}");
+            match outcome {
+                hooks::HostHookOutcome::Ok => {
+                    if !output.is_empty() {
+                        progress.note(&said(&output));
+                    }
+                    None
+                }
+                hooks::HostHookOutcome::Failed(why) => {
+                    if !output.is_empty() {
+                        progress.warn(&said(&output));
+                    }
+                    Some(why)
+                }
+            }
+        }
+    };
+    if req.dry_run {
+        return run_unhooked(env, req, started_at, id.clone()).await;
+    }
+    if let Some(why) = host_hook("before", hooks.before.as_ref(), vars(None)).await {
+        if let Some(w) = host_hook(
+            "on-failure",
+            hooks.on_failure.as_ref(),
+            vars(Some(("failed", 2))),
+        )
+        .await
+        {
+            env.progress.warn(&w);
+        }
+        return Err(BackupError::BeforeHook(why));
+    }
+    let result = run_unhooked(env, req, started_at, id.clone()).await;
+    let (outcome, code) = match &result {
+        Err(BackupError::Cancelled) => return result,
+        Err(_) => ("failed", 2),
+        Ok(r) => (r.result(), r.exit_code()),
+    };
+    let mut warnings = Vec::new();
+    warnings.extend(host_hook("after", hooks.after.as_ref(), vars(Some((outcome, code)))).await);
+    if outcome != "ok" {
+        warnings.extend(
+            host_hook(
+                "on-failure",
+                hooks.on_failure.as_ref(),
+                vars(Some((outcome, code))),
+            )
+            .await,
+        );
+    }
+    for w in &warnings {
+        env.progress.warn(w);
+    }
+    result.map(|mut r| {
+        r.notes.extend(warnings);
+        r
+    })
+}
+
+/// The run itself: recover what a killed run left, plan, back up.
+async fn run_unhooked(
+    env: &Env<'_>,
+    req: &BackupRequest,
+    started_at: DateTime<Utc>,
+    id: BackupId,
+) -> Result<RunReport, BackupError> {
     let mut recovered = Vec::new();
     if !req.dry_run {
         // Undo what a killed run left behind before touching anything.
@@ -250,7 +366,7 @@ pub async fn run(env: &Env<'_>, req: &BackupRequest) -> Result<RunReport, Backup
         }
     }
     let plan = plan_for(env.engine, &req.job, &req.only, &env.config.state_dir).await?;
-    execute(env, req, plan, started_at, recovered).await
+    execute_as(env, req, plan, started_at, recovered, id).await
 }
 
 /// What every source of one run shares: the surroundings, the quiescer, the backup id, the targets (with the ones
@@ -286,7 +402,20 @@ pub async fn execute(
     started_at: DateTime<Utc>,
     recovered: Vec<String>,
 ) -> Result<RunReport, BackupError> {
-    let mut report = RunReport::new(req, &plan, started_at, recovered);
+    let id = BackupId::new(started_at);
+    execute_as(env, req, plan, started_at, recovered, id).await
+}
+
+/// [`execute`] under a backup id chosen before (the host hooks are told it).
+async fn execute_as(
+    env: &Env<'_>,
+    req: &BackupRequest,
+    plan: Plan,
+    started_at: DateTime<Utc>,
+    recovered: Vec<String>,
+    id: BackupId,
+) -> Result<RunReport, BackupError> {
+    let mut report = RunReport::new(req, &plan, started_at, recovered, id);
     if req.dry_run {
         report.finished_at = Utc::now();
         return Ok(report);
@@ -352,9 +481,10 @@ impl RunReport {
         plan: &Plan,
         started_at: DateTime<Utc>,
         recovered: Vec<String>,
+        id: BackupId,
     ) -> RunReport {
         RunReport {
-            id: BackupId::new(started_at),
+            id,
             job: req.job.name.clone(),
             started_at,
             finished_at: started_at,

@@ -19,8 +19,8 @@ pub(super) async fn back_up_source(ctx: &RunCtx<'_>, src: &PlannedSource) -> Sou
     // How much a volume holds is not known before it is read (`voltar plan` measures it): open-ended count.
     ctx.env.progress.expect_bytes(None);
 
-    // The source must be readable here, before any container is touched.
-    if let Err(why) = readable(&src.path) {
+    // The source must be readable here, and its hooks understood, before any container is touched.
+    if let Err(why) = readable(&src.path).and_then(|()| hook_problems(src)) {
         report.error = Some(why);
         return report;
     }
@@ -30,19 +30,43 @@ pub(super) async fn back_up_source(ctx: &RunCtx<'_>, src: &PlannedSource) -> Sou
         report.error = Some(not_stored(&report.target_errors));
         return report;
     }
+    // Containers with hooks stay locked against other runs from their pre hook to their post hook.
+    let hook_locks = match lock_hooked(ctx, src).await {
+        Ok(l) => l,
+        Err(e) => {
+            for leg in legs {
+                let _ = leg.writer.abort().await;
+            }
+            report.error = Some(format!("running hooks: {e}"));
+            return report;
+        }
+    };
+    // Pre-backup hooks run in the running containers, before any is paused or stopped (a paused container
+    // cannot exec). Whatever happens next, the post hook of every container whose pre hook ran runs too.
+    let mut pre_ran = BTreeSet::new();
+    if let Err(why) = pre_hooks(ctx, src, &mut pre_ran, &mut report).await {
+        for leg in legs {
+            let _ = leg.writer.abort().await;
+        }
+        post_hooks(ctx, src, &pre_ran, false, &mut report).await;
+        report.error = Some(why);
+        return report;
+    }
     // Quiesce. On failure `hold` has already resumed whatever it changed.
-    let held = match quiesce(ctx, src).await {
+    let held = match quiesce(ctx, src, &hook_locks).await {
         Ok(h) => h,
         Err(e) => {
             for leg in legs {
                 let _ = leg.writer.abort().await;
             }
+            post_hooks(ctx, src, &pre_ran, false, &mut report).await;
             report.error = Some(format!("quiescing containers: {e}"));
             return report;
         }
     };
-    // `read` releases what is held on every path.
-    let read = read(ctx, src, legs, held, &mut report).await;
+    // `read` releases what is held on every path, then runs the post hooks.
+    let read = read(ctx, src, legs, held, &pre_ran, &mut report).await;
+    drop(hook_locks);
     let legs = settle_legs(ctx, read.legs, &mut report);
     let packed = match read.packed {
         Ok(p) => p,
@@ -54,6 +78,11 @@ pub(super) async fn back_up_source(ctx: &RunCtx<'_>, src: &PlannedSource) -> Sou
     take_pack_report(ctx, src, &packed, &mut report);
     record_legs(ctx, src, &object, legs, &packed, &mut report);
     report.status = status(&mut report);
+    if let (Some(why), Status::Ok) = (read.post_failure, report.status) {
+        // Stored whole, but a post hook that must not fail did: the app may not be back to normal.
+        report.status = Status::Partial;
+        report.error = Some(format!("{why} (the source itself was stored)"));
+    }
     report
 }
 
@@ -87,6 +116,7 @@ impl SourceReport {
             error: None,
             target_errors: BTreeMap::new(),
             spooled: BTreeMap::new(),
+            hooks: vec![],
             records: BTreeMap::new(),
             failed_targets: BTreeSet::new(),
         }
@@ -136,7 +166,11 @@ async fn open_legs(ctx: &RunCtx<'_>, key: &str, report: &mut SourceReport) -> Ve
 
 /// Pause or stop the containers the plan holds for this source (journaled). On failure whatever was changed has
 /// already been resumed.
-async fn quiesce(ctx: &RunCtx<'_>, src: &PlannedSource) -> Result<Held, quiesce::QuiesceError> {
+async fn quiesce(
+    ctx: &RunCtx<'_>,
+    src: &PlannedSource,
+    locked: &quiesce::ContainerLocks,
+) -> Result<Held, quiesce::QuiesceError> {
     let holds: Vec<Hold> = src
         .holds()
         .map(|c| Hold {
@@ -157,7 +191,25 @@ async fn quiesce(ctx: &RunCtx<'_>, src: &PlannedSource) -> Result<Held, quiesce:
             holds.len()
         ));
     }
-    ctx.quiescer.hold(&holds).await
+    ctx.quiescer.hold_locked(&holds, locked).await
+}
+
+/// Take the quiesce locks of the source's containers whose hooks will run (waiting, bounded, for another run
+/// that holds one), kept until their post hooks have run.
+async fn lock_hooked(
+    ctx: &RunCtx<'_>,
+    src: &PlannedSource,
+) -> Result<quiesce::ContainerLocks, quiesce::QuiesceError> {
+    let hooked: Vec<(String, String)> = src
+        .containers
+        .iter()
+        .filter(|c| c.hooks.is_some() && c.state == "running")
+        .map(|c| (c.id.clone(), c.name.clone()))
+        .collect();
+    if hooked.is_empty() {
+        return Ok(quiesce::ContainerLocks::default());
+    }
+    ctx.quiescer.lock_containers(&hooked).await
 }
 
 /// What reading a source left: the packer's outcome (an error message when it failed or was capped) and how
@@ -167,6 +219,8 @@ struct Read {
     legs: Vec<LegResult>,
     /// The read reached `max-downtime` and was aborted.
     capped: bool,
+    /// A post-backup hook with `hook-on-error = fail` failed.
+    post_failure: Option<String>,
 }
 
 /// Read the source: pack on a blocking thread, fan out on this one, then release `held` as soon as the read
@@ -177,6 +231,7 @@ async fn read(
     src: &PlannedSource,
     legs: Vec<Leg>,
     held: Held,
+    pre_ran: &BTreeSet<String>,
     report: &mut SourceReport,
 ) -> Read {
     let holding = !held.is_empty();
@@ -218,8 +273,10 @@ async fn read(
         report.read_ms = started.elapsed().as_millis() as u64;
     }
 
-    // Resume right away: the source has been read (or the cap was reached).
+    // Resume right away: the source has been read (or the cap was reached). Then the post hooks, which need
+    // the containers running again.
     release(ctx, held, report).await;
+    let post_failure = post_hooks(ctx, src, pre_ran, true, report).await;
     let packed = match packed {
         Some(p) => p,
         None => packer.await,
@@ -236,7 +293,172 @@ async fn read(
         packed,
         legs,
         capped,
+        post_failure,
     }
+}
+
+/// The first hook setting of this source's containers that could not be understood, as the source's error.
+fn hook_problems(src: &PlannedSource) -> Result<(), String> {
+    match src
+        .containers
+        .iter()
+        .find_map(|c| c.hooks.as_ref().and_then(|h| h.problem.clone()))
+    {
+        Some(p) => Err(p),
+        None => Ok(()),
+    }
+}
+
+/// The containers of `src` whose hooks run: those with hooks that were running when planned. A container the
+/// user paused cannot exec: its hooks are skipped with a warning.
+fn hooked<'s>(
+    ctx: &RunCtx<'_>,
+    src: &'s PlannedSource,
+    report: &mut SourceReport,
+    phase: HookPhase,
+) -> Vec<(&'s plan::PlannedContainer, &'s hooks::ContainerHooks)> {
+    let mut out = Vec::new();
+    for c in &src.containers {
+        let Some(h) = c.hooks.as_ref() else { continue };
+        if h.of(phase).is_none() {
+            continue;
+        }
+        match c.state.as_str() {
+            "running" => out.push((c, h)),
+            "paused" => {
+                let w = format!(
+                    "container {} is paused: its {phase} hook was not run",
+                    c.name
+                );
+                ctx.env.progress.warn(&format!("{}: {w}", src.name));
+                report.warnings.push(w);
+            }
+            // Not running: nothing in it to make consistent.
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Run the pre-backup hooks of `src`'s containers in order, noting in `ran` each container whose hook ran. A
+/// failure with `hook-on-error = fail` stops there and is the source's error; with `continue` it is a warning.
+async fn pre_hooks(
+    ctx: &RunCtx<'_>,
+    src: &PlannedSource,
+    ran: &mut BTreeSet<String>,
+    report: &mut SourceReport,
+) -> Result<(), String> {
+    for (c, h) in hooked(ctx, src, report, HookPhase::PreBackup) {
+        let Some(hook) = h.pre_backup.as_ref() else {
+            continue;
+        };
+        ctx.env.progress.note(&format!(
+            "{}: pre-backup hook in container {}",
+            src.name, c.name
+        ));
+        let run = hooks::run_container_hook(
+            ctx.env.engine,
+            &c.id,
+            &c.name,
+            HookPhase::PreBackup,
+            hook,
+            h.timeout,
+            &ctx.env.cancel,
+        )
+        .await;
+        ran.insert(c.id.clone());
+        if let Some(why) = hook_done(ctx, src, run, report) {
+            if h.on_error == crate::config::OnError::Continue {
+                let w = format!("{why} (hook-on-error = continue: backed up anyway)");
+                ctx.env.progress.warn(&format!("{}: {w}", src.name));
+                report.warnings.push(w);
+            } else {
+                return Err(format!(
+                    "{why}; the source was not read (containers were not paused or stopped for it)"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Run the post-backup hooks of `src`'s containers: each one whose pre hook ran (`pre_ran`), and, when the
+/// source was `read`, those without a pre hook. They get no cancel token: an interrupted run still puts its
+/// apps back, within each hook's timeout. A failure is a warning; the first with `hook-on-error = fail` is
+/// returned.
+async fn post_hooks(
+    ctx: &RunCtx<'_>,
+    src: &PlannedSource,
+    pre_ran: &BTreeSet<String>,
+    read: bool,
+    report: &mut SourceReport,
+) -> Option<String> {
+    let mut failure = None;
+    let never = CancellationToken::new();
+    for (c, h) in hooked(ctx, src, report, HookPhase::PostBackup) {
+        let Some(hook) = h.post_backup.as_ref() else {
+            continue;
+        };
+        if !(pre_ran.contains(&c.id) || (read && h.pre_backup.is_none())) {
+            continue;
+        }
+        ctx.env.progress.note(&format!(
+            "{}: post-backup hook in container {}",
+            src.name, c.name
+        ));
+        let run = hooks::run_container_hook(
+            ctx.env.engine,
+            &c.id,
+            &c.name,
+            HookPhase::PostBackup,
+            hook,
+            h.timeout,
+            &never,
+        )
+        .await;
+        if let Some(why) = hook_done(ctx, src, run, report) {
+            ctx.env.progress.warn(&format!("{}: {why}", src.name));
+            report.warnings.push(why.clone());
+            if h.on_error == crate::config::OnError::Fail && failure.is_none() {
+                failure = Some(why);
+            }
+        }
+    }
+    failure
+}
+
+/// Record a hook that ran and log its output (capped; info when it succeeded, a warning when not). Returns
+/// why it failed, if it did.
+fn hook_done(
+    ctx: &RunCtx<'_>,
+    src: &PlannedSource,
+    run: hooks::HookRun,
+    report: &mut SourceReport,
+) -> Option<String> {
+    let r = &run.record;
+    let head = format!(
+        "{}: {} hook in container {}",
+        src.name, r.phase, r.container
+    );
+    if !run.output.is_empty() {
+        let text = format!("{head} said:\n{}", run.output);
+        if run.failure.is_some() {
+            ctx.env.progress.warn(&text);
+        } else {
+            ctx.env.progress.note(&text);
+        }
+    }
+    ctx.env.progress.note(&format!(
+        "{head}: {} in {}",
+        match (&run.failure, r.exit_code) {
+            (None, _) => "ok".to_string(),
+            (Some(_), Some(c)) => format!("exit code {c}"),
+            (Some(_), None) => "failed".to_string(),
+        },
+        humantime::format_duration(Duration::from_millis(r.duration_ms))
+    ));
+    report.hooks.push(run.record);
+    run.failure
 }
 
 /// The packer's outcome as the source sees it: its result, or why the read failed.
@@ -439,6 +661,7 @@ fn record_legs(
                     warnings: report.warnings.clone(),
                     not_archived: report.not_archived.clone(),
                     not_archived_count: report.not_archived_count,
+                    hooks: report.hooks.clone(),
                 };
                 report.records.insert(i, record);
             }

@@ -295,6 +295,7 @@ fn render_plan(plan: &crate::plan::Plan, sizes: Option<&[Option<u64>]>) -> Strin
     }
     let mut out = format!("{} source(s) to back up:\n", plan.sources.len());
     out.push_str(&table(&rows));
+    out.push_str(&plan_hook_lines(plan));
     if !plan.skipped.is_empty() {
         out.push_str(&format!("\n{} skipped:\n", plan.skipped.len()));
         let mut rows = vec![vec!["SOURCE".to_string(), "KIND".into(), "REASON".into()]];
@@ -358,6 +359,19 @@ fn render_run(r: &RunReport) -> String {
     for s in r.sources.iter().filter(|s| s.not_archived_count > 0) {
         out.push_str(&not_archived_lines(s));
     }
+    for s in &r.sources {
+        for h in &s.hooks {
+            out.push_str(&format!(
+                "hook: {}: {} {} `{}`: {} in {}\n",
+                s.name,
+                h.container,
+                h.phase,
+                h.command,
+                hook_result(h),
+                human_ms(h.duration_ms)
+            ));
+        }
+    }
     for w in r
         .sources
         .iter()
@@ -374,6 +388,53 @@ fn render_run(r: &RunReport) -> String {
     }
     for n in &r.recovered {
         out.push_str(&format!("recovered: {n}\n"));
+    }
+    out
+}
+
+/// How a hook ended, for the summary.
+fn hook_result(h: &crate::catalog::HookRecord) -> String {
+    use crate::catalog::HookOutcome;
+    match (h.outcome, h.exit_code) {
+        (HookOutcome::Ok, _) => "ok".into(),
+        (HookOutcome::Failed, Some(c)) => format!("FAILED (exit code {c})"),
+        (HookOutcome::Failed, None) => "FAILED".into(),
+        (HookOutcome::TimedOut, _) => "TIMED OUT".into(),
+        (HookOutcome::Error, _) => "NOT RUN (engine error)".into(),
+        (HookOutcome::Interrupted, _) => "interrupted".into(),
+    }
+}
+
+/// The hooks of the plan's containers, one line each, with what decided them.
+fn plan_hook_lines(plan: &crate::plan::Plan) -> String {
+    let mut out = String::new();
+    for s in &plan.sources {
+        for c in &s.containers {
+            let Some(h) = &c.hooks else { continue };
+            for (phase, hook) in [
+                ("pre-backup", &h.pre_backup),
+                ("post-backup", &h.post_backup),
+            ] {
+                if let Some(hook) = hook {
+                    out.push_str(&format!(
+                        "hook: {}: {} {phase} `{}`{} (timeout {}, on error {}; {})\n",
+                        s.name,
+                        c.name,
+                        hook.command,
+                        hook.user
+                            .as_ref()
+                            .map(|u| format!(" as {u}"))
+                            .unwrap_or_default(),
+                        humantime::format_duration(h.timeout),
+                        h.on_error,
+                        hook.from
+                    ));
+                }
+            }
+            if let Some(p) = &h.problem {
+                out.push_str(&format!("hook: {}: {} PROBLEM: {p}\n", s.name, c.name));
+            }
+        }
     }
     out
 }

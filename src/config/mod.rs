@@ -22,6 +22,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 mod notify;
+mod hooks;
 mod raw;
 mod retention;
 mod target;
@@ -30,6 +31,8 @@ mod units;
 pub use notify::{
     redact_url, Notify, NotifyKind, NotifyOn, RawNotify, ReceiverUrl, Secret, Smtp, SmtpTls,
 };
+use hooks::merge_hooks;
+pub use hooks::{ContainerHookConfig, HookCommand, Hooks, OnError, DEFAULT_HOOK_TIMEOUT};
 pub use raw::RawConfig;
 use raw::{RawArchive, RawEncryption, RawJob, RawQuiesce, RawSelection};
 use retention::merge_retention;
@@ -181,6 +184,8 @@ pub struct Job {
     pub prune: bool,
     /// `healthcheck-url`: pinged at the start and end of each run (healthchecks.io convention).
     pub healthcheck_url: Option<ReceiverUrl>,
+    /// Host hooks around the run and container hooks around each source's read.
+    pub hooks: Hooks,
 }
 
 #[derive(Clone, Debug)]
@@ -216,6 +221,7 @@ impl Default for Config {
                 retention: Retention::default(),
                 prune: false,
                 healthcheck_url: None,
+                hooks: Hooks::default(),
             },
         );
         Config {
@@ -348,6 +354,7 @@ impl Config {
         let selection = merge_selection(Selection::default(), raw.selection.as_ref())?;
         let quiesce = merge_quiesce(Quiesce::default(), raw.quiesce.as_ref())?;
         let retention = merge_retention(Retention::default(), raw.retention.as_ref())?;
+        let hooks = merge_hooks(Hooks::default(), raw.hooks.as_ref(), "hooks")?;
         for (name, t) in raw.target {
             let target = Target::from_raw(name, t, &retention)?;
             c.targets.insert(target.name.clone(), target);
@@ -361,6 +368,7 @@ impl Config {
             prune: !retention.policy.is_empty(),
             retention,
             healthcheck_url: None,
+            hooks,
         };
         c.notify = raw
             .notify
@@ -512,6 +520,11 @@ fn job(
         quiesce: merge_quiesce(base.quiesce.clone(), j.quiesce.as_ref())?,
         prune: j.prune.unwrap_or(!retention.policy.is_empty()),
         retention,
+        hooks: merge_hooks(
+            base.hooks.clone(),
+            j.hooks.as_ref(),
+            &format!("job.{name}.hooks"),
+        )?,
         name,
     })
 }
@@ -601,6 +614,9 @@ mod tests {
             other => panic!("offsite is {other:?}"),
         }
         assert!(c.job(None).is_ok(), "a single job is picked without --job");
+        assert_eq!(j.hooks.timeout, DEFAULT_HOOK_TIMEOUT);
+        assert_eq!(j.hooks.before, None);
+        assert!(j.hooks.containers.is_empty());
         assert_eq!(
             j.healthcheck_url
                 .as_ref()

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::notify::RawNotify;
+use super::hooks::RawHooks;
 use super::retention::RawRetention;
 
 #[derive(Debug, Default, Deserialize)]
@@ -21,6 +22,7 @@ pub struct RawConfig {
     pub archive: Option<RawArchive>,
     pub encryption: Option<RawEncryption>,
     pub retention: Option<RawRetention>,
+    pub hooks: Option<RawHooks>,
     #[serde(default)]
     pub target: BTreeMap<String, RawTarget>,
     #[serde(default)]
@@ -106,6 +108,7 @@ pub struct RawJob {
     pub selection: Option<RawSelection>,
     pub quiesce: Option<RawQuiesce>,
     pub retention: Option<RawRetention>,
+    pub hooks: Option<RawHooks>,
     pub prune: Option<bool>,
     pub healthcheck_url: Option<String>,
 }

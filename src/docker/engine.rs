@@ -51,7 +51,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(120);
 /// A connection to one Docker Engine, API version already negotiated.
 #[derive(Clone, Debug)]
 pub struct Engine {
-    docker: Docker,
+    pub(super) docker: Docker,
     endpoint: String,
 }
 
@@ -386,7 +386,7 @@ impl Engine {
     }
 
     /// Map a bollard error of `action` to ours; `not_found` decides what a 404 means.
-    fn map_err(
+    pub(super) fn map_err(
         &self,
         action: &str,
         err: BollardError,

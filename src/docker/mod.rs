@@ -2,6 +2,7 @@
 //! sees the plain types below and the [`Runtime`] trait (which tests can fake to record the order of calls).
 
 pub mod engine;
+pub mod exec;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -10,6 +11,7 @@ use std::path::PathBuf;
 use async_trait::async_trait;
 
 pub use engine::Engine;
+pub use exec::{Captured, ExecEnd, ExecOutcome, ExecSpec, ExecStdout, Killed};
 
 /// Compose labels, read for display and for grouping.
 pub const LABEL_COMPOSE_PROJECT: &str = "com.docker.compose.project";

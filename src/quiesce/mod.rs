@@ -47,6 +47,9 @@
 //!   running (that is its state for the user), so the plan quiesces it again instead of leaving it "as found".
 //!   A container paused while its lock is free was paused by the user (or by a dead run, which recover — run
 //!   first by every backup — puts back) and stays untouched.
+//!   A container with hooks is locked longer: from before its pre-backup hook until after its post-backup hook
+//!   ([`Quiescer::lock_containers`], then [`Quiescer::hold_locked`]), so two runs never interleave one
+//!   container's hooks and reads.
 //! * **Leftovers are journaled too** (row 26). A restore's staging directory is journaled before it is created
 //!   and marked done when it is removed; `recover` (and so the next backup or restore) removes what a killed
 //!   run left and reports it with its size. [`Leftover`] is the place for other things a run creates and must
@@ -69,8 +72,8 @@ mod recover;
 
 pub use journal::{journal_dir, Journal, Leftover, JOURNAL_DIR, STAGING_PREFIX};
 pub use quiescer::{
-    see_through_other_runs, Held, HeldContainer, Hold, Quiescer, ReleaseOutcome, ReleaseReport,
-    Released, Skipped, QUIESCE_WAIT,
+    see_through_other_runs, ContainerLocks, Held, HeldContainer, Hold, Quiescer, ReleaseOutcome,
+    ReleaseReport, Released, Skipped, QUIESCE_WAIT,
 };
 pub use recover::{
     recover, recover_run, LeftoverOutcome, RecoverOutcome, RecoverReport, Recovered,

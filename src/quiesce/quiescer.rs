@@ -138,6 +138,19 @@ pub struct Quiescer<'a> {
     wait: Duration,
 }
 
+/// Quiesce locks a run keeps on containers over more than one hold: a source's hooked containers, from before
+/// their pre-backup hooks until after their post-backup hooks, so that another run neither runs its hooks in
+/// between (one run's post hook removing what the other's pre hook wrote while it is read) nor finds the
+/// container paused by this run when it wants to exec. Dropping it lets the containers go.
+#[derive(Debug, Default)]
+pub struct ContainerLocks(BTreeMap<String, ContainerLock>);
+
+impl ContainerLocks {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// How one hold ended.
 enum Step {
     Held(HeldContainer),
@@ -171,10 +184,11 @@ impl<'a> Quiescer<'a> {
     async fn lock_all(
         &self,
         holds: &[Hold],
+        already: &ContainerLocks,
     ) -> Result<BTreeMap<String, ContainerLock>, QuiesceError> {
         let wanted: BTreeMap<&str, &str> = holds
             .iter()
-            .filter(|h| h.action != QuiesceAction::None)
+            .filter(|h| h.action != QuiesceAction::None && !already.0.contains_key(&h.id))
             .map(|h| (h.id.as_str(), h.name.as_str()))
             .collect();
         let deadline = Instant::now() + self.wait;
@@ -221,7 +235,37 @@ impl<'a> Quiescer<'a> {
     /// Quiesce `holds` in order. Only containers running right now are touched. On the first failure the
     /// containers already quiesced are resumed (in reverse order) before the error is returned.
     pub async fn hold(&self, holds: &[Hold]) -> Result<Held, QuiesceError> {
-        let mut locks = self.lock_all(holds).await?;
+        self.hold_locked(holds, &ContainerLocks::default()).await
+    }
+
+    /// Take the quiesce locks of `containers` (id, name) and keep them in the returned value, waiting (bounded,
+    /// as `hold` does) for other runs that hold one. Nothing is touched.
+    pub async fn lock_containers(
+        &self,
+        containers: &[(String, String)],
+    ) -> Result<ContainerLocks, QuiesceError> {
+        let holds: Vec<Hold> = containers
+            .iter()
+            .map(|(id, name)| Hold {
+                id: id.clone(),
+                name: name.clone(),
+                action: QuiesceAction::Pause,
+                stop_timeout: Duration::ZERO,
+            })
+            .collect();
+        Ok(ContainerLocks(
+            self.lock_all(&holds, &ContainerLocks::default()).await?,
+        ))
+    }
+
+    /// [`hold`](Self::hold), for containers some of which this run has locked already (`locked`, kept by the
+    /// caller past the release).
+    pub async fn hold_locked(
+        &self,
+        holds: &[Hold],
+        locked: &ContainerLocks,
+    ) -> Result<Held, QuiesceError> {
+        let mut locks = self.lock_all(holds, locked).await?;
         let mut held = Held::default();
         for h in holds {
             match self.hold_one(h, locks.remove(&h.id)).await {

@@ -319,6 +319,7 @@ pub(crate) mod tests {
             action,
             stop_timeout: std::time::Duration::from_secs(10),
             reason: String::new(),
+            hooks: None,
         };
         RestorePlan {
             manifest: Manifest {

@@ -20,6 +20,7 @@ const FLOORS: &[&[&str]] = &[
     &[
         "retention",
         "crypto",
+        "hooks",
         "plan",
         "sizes",
         "quiesce",

@@ -12,6 +12,7 @@ mod cli;
 mod engine_api;
 mod frozen;
 mod image;
+mod hooks;
 mod key;
 mod layers;
 mod notify;

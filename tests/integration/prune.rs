@@ -80,6 +80,7 @@ async fn write_backup(
             warnings: vec![],
             not_archived: vec![],
             not_archived_count: 0,
+            hooks: vec![],
         });
     }
     let m = Manifest {
