@@ -21,18 +21,18 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-mod notify;
 mod hooks;
+mod notify;
 mod raw;
 mod retention;
 mod target;
 mod units;
 
+use hooks::merge_hooks;
+pub use hooks::{ContainerHookConfig, HookCommand, Hooks, OnError, DEFAULT_HOOK_TIMEOUT};
 pub use notify::{
     redact_url, Notify, NotifyKind, NotifyOn, RawNotify, ReceiverUrl, Secret, Smtp, SmtpTls,
 };
-use hooks::merge_hooks;
-pub use hooks::{ContainerHookConfig, HookCommand, Hooks, OnError, DEFAULT_HOOK_TIMEOUT};
 pub use raw::RawConfig;
 use raw::{RawArchive, RawEncryption, RawJob, RawQuiesce, RawSelection};
 use retention::merge_retention;

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::notify::RawNotify;
 use super::hooks::RawHooks;
+use super::notify::RawNotify;
 use super::retention::RawRetention;
 
 #[derive(Debug, Default, Deserialize)]

@@ -1,4 +1,4 @@
-//! Row 18: voltar needs only the Engine API endpoints `docs/engine-api.md` lists. Backup (pause and stop),
+//! Row 18: voltar needs only the Engine API endpoints `docs/engine-api.md` lists. Backup (pause, stop, a hook),
 //! restore (in place with its safety backup, into a new volume), verify and recover run through an allow-listing
 //! proxy on a Unix socket that forwards only the endpoints of that page's table and answers anything else 403;
 //! the test fails on any refused request, and checks the proxy saw the calls each scenario must make (so a
@@ -280,6 +280,8 @@ fn every_engine_call_is_documented_and_allowed() {
         &[
             "-l",
             "voltar.quiesce=pause",
+            "-l",
+            "voltar.pre-backup=echo hooked > /data/hook.txt",
             "-v",
             &format!("{paused}:/data"),
         ],
@@ -304,7 +306,7 @@ fn every_engine_call_is_documented_and_allowed() {
     assert_eq!(b.code, 0, "{b:?}");
     proxy.assert_nothing_refused("backup");
     proxy.assert_seen(
-        "backup",
+        &format!("backup {b:?}"),
         &[
             "GET /_ping",
             "GET /containers/json",
@@ -313,7 +315,14 @@ fn every_engine_call_is_documented_and_allowed() {
             "POST /containers/{id}/unpause",
             "POST /containers/{id}/stop",
             "POST /containers/{id}/start",
+            "POST /containers/{id}/exec",
+            "POST /exec/{id}/start",
+            "GET /exec/{id}/json",
         ],
+    );
+    assert_eq!(
+        std::fs::read_to_string(mountpoint(&paused).join("hook.txt")).unwrap(),
+        "hooked\n"
     );
 
     // In place (the user is stopped and started again; a safety backup of what is there), then into a new volume.
