@@ -20,10 +20,17 @@ pub struct RawConfig {
     pub archive: Option<RawArchive>,
     pub encryption: Option<RawEncryption>,
     pub retention: Option<RawRetention>,
+    pub daemon: Option<RawDaemon>,
     #[serde(default)]
     pub target: BTreeMap<String, RawTarget>,
     #[serde(default)]
     pub job: BTreeMap<String, RawJob>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawDaemon {
+    pub listen: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -102,4 +109,8 @@ pub struct RawJob {
     pub quiesce: Option<RawQuiesce>,
     pub retention: Option<RawRetention>,
     pub prune: Option<bool>,
+    pub schedule: Option<String>,
+    pub timezone: Option<String>,
+    pub jitter: Option<String>,
+    pub max_age: Option<String>,
 }
