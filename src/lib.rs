@@ -33,6 +33,7 @@ pub mod quiesce;
 pub mod readback;
 pub mod restore;
 pub mod retention;
+pub mod schedule;
 pub mod sizes;
 pub mod storage;
 pub mod verify;
