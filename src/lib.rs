@@ -23,6 +23,7 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod crypto;
+pub mod daemon;
 pub mod docker;
 pub mod lock;
 pub mod pipeline;
