@@ -151,6 +151,44 @@ pub trait JobRunner: Send + Sync {
         cancel: CancellationToken,
         observer: &dyn RunObserver,
     ) -> JobOutcome;
+
+    /// What the jobs back up now, for the source series of the metrics and `voltar_volumes_unprotected`;
+    /// `None` when it cannot be known (engine unreachable; a runner in a test).
+    async fn coverage(&self, _config: &Config) -> Option<Coverage> {
+        None
+    }
+}
+
+/// What the jobs of a config back up: each job's sources (from its plan now) and the named volumes no job
+/// selects.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Coverage {
+    pub sources: BTreeMap<String, Vec<String>>,
+    pub unprotected: Vec<String>,
+}
+
+/// [`Coverage`] of `config`'s jobs on `engine` now. Anonymous volumes (64-hex names) are not counted as
+/// unprotected: no job selects them unless labelled, by design.
+pub async fn coverage(engine: &Engine, config: &Config) -> Result<Coverage, String> {
+    let discovery = engine.discover().await.map_err(|e| e.to_string())?;
+    let mut cov = Coverage::default();
+    let mut covered = BTreeSet::new();
+    for (name, job) in &config.jobs {
+        let plan = crate::plan::plan(&discovery, job, &[], &crate::plan::probe_path)
+            .map_err(|e| format!("job {name}: {e}"))?;
+        let sources: Vec<String> = plan.sources.iter().map(|s| s.name.clone()).collect();
+        covered.extend(sources.iter().cloned());
+        cov.sources.insert(name.clone(), sources);
+    }
+    cov.unprotected = discovery
+        .volumes
+        .iter()
+        .filter(|v| !crate::plan::is_anonymous(&v.name) && !covered.contains(&v.name))
+        .map(|v| v.name.clone())
+        .collect();
+    cov.unprotected.sort();
+    Ok(cov)
 }
 
 /// The real runner: `backup::run` of the job on its configured targets (with its prune), as
@@ -218,6 +256,11 @@ impl JobRunner for BackupRunner {
                 error: crate::error_chain(&anyhow::Error::new(e)),
             },
         }
+    }
+
+    async fn coverage(&self, config: &Config) -> Option<Coverage> {
+        let engine = Engine::connect(config.docker_host.as_deref()).await.ok()?;
+        coverage(&engine, config).await.ok()
     }
 }
 
@@ -540,6 +583,7 @@ impl Daemon {
         }
         let mut jobs = self.slot_jobs(&config, &BTreeMap::new(), clock.now())?;
         self.publish(&jobs);
+        self.refresh_coverage(&config).await;
         self.announce(&jobs, None).await;
         // Job name → the cancel token of its run (present while the run goes on, waiting for targets included).
         let mut running: HashMap<String, CancellationToken> = HashMap::new();
@@ -565,6 +609,9 @@ impl Daemon {
                     running.remove(&name);
                     self.record(&name, started, &outcome).await;
                     self.observer.finished(&name, &outcome).await;
+                    if matches!(outcome, JobOutcome::Finished(_)) {
+                        self.refresh_coverage(&config).await;
+                    }
                 }
                 _ = control.reload.notified() => {
                     match (control.load)() {
@@ -585,6 +632,7 @@ impl Daemon {
                                 self.observer.event(&Event::Reloaded { path: new.source.clone() }).await;
                                 config = Arc::new(new);
                                 jobs = new_jobs;
+                                self.refresh_coverage(&config).await;
                                 self.publish(&jobs);
                                 self.announce(&jobs, Some(&changed)).await;
                             }
@@ -663,6 +711,20 @@ impl Daemon {
                 .await;
         }
         Ok(())
+    }
+
+    /// Source series and the unprotected count, from what the jobs back up now.
+    async fn refresh_coverage(&self, config: &Config) {
+        if let Some(cov) = self.runner.coverage(config).await {
+            for (job, sources) in &cov.sources {
+                if let Some(j) = config.jobs.get(job).filter(|j| j.schedule.is_some()) {
+                    self.shared
+                        .metrics
+                        .declare_sources(job, &j.targets, sources);
+                }
+            }
+            self.shared.metrics.unprotected(cov.unprotected.len());
+        }
     }
 
     /// Record a run's outcome: state (persisted), metrics.
