@@ -8,6 +8,7 @@ mod archive_pack;
 mod archive_unpack;
 mod backup;
 mod cli;
+mod daemon;
 mod frozen;
 mod key;
 mod layers;
