@@ -571,3 +571,36 @@ fn issue12_healthz_turns_503_when_a_run_fails_and_200_when_the_next_succeeds() {
     assert_eq!(hc.code, 1, "{hc:?}");
     assert!(hc.stderr.contains("nothing answers"), "{hc:?}");
 }
+
+#[test]
+fn issue12_a_run_waits_for_a_target_another_voltar_holds_rather_than_failing() {
+    require_docker!();
+    let mut cleanup = Cleanup::default();
+    let vol = cleanup.volume("wait");
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("bk");
+    let port = support::free_port();
+    let cfg = write_config(
+        dir.path(),
+        port,
+        &target,
+        &format!("[selection]\ninclude = [\"{vol}\"]\n[job.w]\nschedule = \"*/2 * * * * *\"\ntimezone = \"UTC\"\n"),
+    );
+    // Another voltar run holds the target (as `voltar backup` does for its whole run).
+    let config = voltar::config::Config::load(Some(&cfg)).unwrap();
+    let held = voltar::lock::TargetLock::acquire(&config.state_dir, &config.targets["bk"]).unwrap();
+    let mut d = Daemon::start(&cfg, dir.path(), port);
+    let waiting = d.event("waiting", 60);
+    assert_eq!(waiting["job"], "w");
+    assert!(
+        !d.seen.iter().any(|v| v["event"] == "finished"),
+        "{}",
+        d.said()
+    );
+    assert!(committed(&target).is_empty());
+    drop(held);
+    d.finished("ok", 60);
+    assert!(!committed(&target).is_empty(), "{}", d.said());
+    let (code, _) = d.stop();
+    assert_eq!(code, 0, "{}", d.said());
+}
