@@ -699,6 +699,7 @@ mod tests {
             for n in names {
                 assert!(e.contains(n), "{bad}: `{e}` does not say {n}");
             }
+            assert!(!e.contains("Component error") && !e.contains(".;"), "{e}");
         }
     }
 

@@ -62,7 +62,15 @@ pub fn cron(expr: &str) -> Result<croner::Cron, String> {
     let parsed = croner::Cron::new(expr.trim())
         .with_seconds_optional()
         .parse()
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| {
+            // croner says "Component error: Number out of bounds.": our messages are lowercase, without the stop.
+            let m = e.to_string();
+            let m = m.trim().trim_end_matches('.');
+            let mut c = m.chars();
+            c.next()
+                .map(|f| f.to_lowercase().chain(c).collect::<String>())
+                .unwrap_or_default()
+        })?;
     // An expression that never matches (`0 0 31 2 *`) parses: say so now rather than never run.
     if parsed.find_next_occurrence(&Utc::now(), false).is_err() {
         return Err("it never matches a real date".into());

@@ -105,11 +105,20 @@ fn answer(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             body.push('\n');
             reply(status, "application/json", body)
         }
-        "/metrics" => reply(
-            StatusCode::OK,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            shared.metrics.encode(),
-        ),
+        "/metrics" => {
+            // Prometheus asks for OpenMetrics; anything else gets the same text as 0.0.4, which it parses as such
+            // (`# EOF` is a comment there, counters keep their `_total` names).
+            let open_metrics = req.headers().get_all("accept").iter().any(|v| {
+                v.to_str()
+                    .is_ok_and(|v| v.contains("application/openmetrics-text"))
+            });
+            let ctype = if open_metrics {
+                "application/openmetrics-text; version=1.0.0; charset=utf-8"
+            } else {
+                "text/plain; version=0.0.4; charset=utf-8"
+            };
+            reply(StatusCode::OK, ctype, shared.metrics.encode())
+        }
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain; charset=utf-8",

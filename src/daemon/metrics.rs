@@ -1,5 +1,6 @@
 //! The daemon's Prometheus metrics (`GET /metrics`), encoded by `prometheus-client` (OpenMetrics text, which
-//! Prometheus 0.0.4 text parsers read too: the `# EOF` line is a comment to them). Names follow what backup
+//! Prometheus 0.0.4 text parsers read too: the `# EOF` line is a comment to them; served as
+//! `text/plain; version=0.0.4` unless the scraper asks for OpenMetrics). Names follow what backup
 //! exporters use; labels `job`, `target`, `source` where they apply. Every job and target series exists from the
 //! start (sources as soon as a plan names them), at 0 or at the persisted last outcome, so an alert on
 //! `time() - voltar_backup_last_success_timestamp_seconds` never sees a missing series.

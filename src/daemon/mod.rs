@@ -434,6 +434,8 @@ pub struct Daemon {
     observer: Arc<dyn RunObserver>,
     gate: TargetGate,
     state_file: PathBuf,
+    /// The jobs and their first slots, published from the start (the listener may answer before the loop runs).
+    initial: BTreeMap<String, Slotted>,
 }
 
 /// How the loop is told to reload or stop.
@@ -455,7 +457,6 @@ impl Daemon {
         runner: Arc<dyn JobRunner>,
         observer: Arc<dyn RunObserver>,
     ) -> Result<(Daemon, Option<String>), DaemonError> {
-        scheduled(config)?;
         let state_file = state_path(&config.state_dir);
         let (state, warning) = match read_state(&state_file) {
             Ok(s) => (s, None),
@@ -469,16 +470,18 @@ impl Daemon {
             metrics,
             clock,
         });
-        Ok((
-            Daemon {
-                shared,
-                runner,
-                observer,
-                gate: TargetGate::default(),
-                state_file,
-            },
-            warning,
-        ))
+        let mut daemon = Daemon {
+            shared,
+            runner,
+            observer,
+            gate: TargetGate::default(),
+            state_file,
+            initial: BTreeMap::new(),
+        };
+        let now = daemon.shared.clock.now();
+        daemon.initial = daemon.slot_jobs(config, &BTreeMap::new(), now)?;
+        daemon.publish(&daemon.initial);
+        Ok((daemon, warning))
     }
 
     fn slot_jobs(
@@ -564,7 +567,7 @@ impl Daemon {
 
     /// The loop: until `control.shutdown`, run each job at its slots. Returns after a clean stop (every run
     /// ended or [`STOP_WAIT`] passed).
-    pub async fn run(self, config: Config, control: Control) -> Result<(), DaemonError> {
+    pub async fn run(mut self, config: Config, control: Control) -> Result<(), DaemonError> {
         let clock = self.shared.clock.clone();
         let mut config = Arc::new(config);
         for j in config.jobs.values() {
@@ -581,8 +584,7 @@ impl Daemon {
                     .await;
             }
         }
-        let mut jobs = self.slot_jobs(&config, &BTreeMap::new(), clock.now())?;
-        self.publish(&jobs);
+        let mut jobs = std::mem::take(&mut self.initial);
         self.refresh_coverage(&config).await;
         self.announce(&jobs, None).await;
         // Job name → the cancel token of its run (present while the run goes on, waiting for targets included).

@@ -142,11 +142,24 @@ impl Drop for Daemon {
 }
 
 fn http_get(port: u16, path: &str) -> (u16, String) {
+    let (code, head, body) = http_get_with(port, path, "");
+    if path == "/metrics" {
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: text/plain; version=0.0.4"),
+            "{head}"
+        );
+    }
+    (code, body)
+}
+
+/// `GET path` with extra header lines (each ending in CRLF): status code, head, body.
+fn http_get_with(port: u16, path: &str, headers: &str) -> (u16, String, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{headers}\r\n"
     )
     .unwrap();
     let mut text = String::new();
@@ -156,8 +169,8 @@ fn http_get(port: u16, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or_else(|| panic!("no status line: {text}"));
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    (code, body.to_string())
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (code, head.to_string(), body.to_string())
 }
 
 /// A config in `dir`: state in `dir/state`, one local target `bk` at `target`, the given jobs and extra sections.
@@ -320,6 +333,20 @@ fn issue12_daemon_runs_on_schedule_writes_backups_and_serves_metrics_and_status(
         }
         other => panic!("duration is {other:?}"),
     }
+
+    // Prometheus asks for OpenMetrics and gets it.
+    let (code, head, body) = http_get_with(
+        port,
+        "/metrics",
+        "Accept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5\r\n",
+    );
+    assert_eq!(code, 200);
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/openmetrics-text; version=1.0.0"),
+        "{head}"
+    );
+    assert!(body.ends_with("# EOF\n"), "{body}");
 
     // status reads the daemon's state.
     let st = voltar(&cfg, &["status", "--json"]);
@@ -601,6 +628,53 @@ fn issue12_a_run_waits_for_a_target_another_voltar_holds_rather_than_failing() {
     drop(held);
     d.finished("ok", 60);
     assert!(!committed(&target).is_empty(), "{}", d.said());
+    let (code, _) = d.stop();
+    assert_eq!(code, 0, "{}", d.said());
+}
+
+#[test]
+fn issue12_health_survives_a_restart() {
+    require_docker!();
+    let mut cleanup = Cleanup::default();
+    let vol = cleanup.volume("rst");
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("bk");
+    std::fs::write(&target, b"not a directory").unwrap();
+    let port = support::free_port();
+    let jobs = format!("[selection]\ninclude = [\"{vol}\"]\n[job.r]\ntimezone = \"UTC\"\n");
+    let cfg = write_config(
+        dir.path(),
+        port,
+        &target,
+        &format!("{jobs}schedule = \"*/2 * * * * *\"\n"),
+    );
+    let mut d = Daemon::start(&cfg, dir.path(), port);
+    d.finished("failed", 60);
+    let (code, _) = d.stop();
+    assert_eq!(code, 0, "{}", d.said());
+    // Restarted with a slot a year away: the failure it recorded is still the job's health.
+    let port = support::free_port();
+    let cfg = write_config(
+        dir.path(),
+        port,
+        &target,
+        &format!("{jobs}schedule = \"0 0 1 1 *\"\n"),
+    );
+    let mut d = Daemon::start(&cfg, dir.path(), port);
+    d.event("listening", 60);
+    let (code, body) = d.get("/healthz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("job r: last run at"), "{body}");
+    let (_, body) = d.get("/metrics");
+    let s = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).unwrap();
+    assert_eq!(
+        sample(
+            &s,
+            "voltar_backup_last_status",
+            &[("job", "r"), ("target", "bk")]
+        ),
+        0.0
+    );
     let (code, _) = d.stop();
     assert_eq!(code, 0, "{}", d.said());
 }
