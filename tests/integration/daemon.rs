@@ -678,3 +678,74 @@ fn issue12_health_survives_a_restart() {
     let (code, _) = d.stop();
     assert_eq!(code, 0, "{}", d.said());
 }
+
+#[test]
+fn issue12_two_jobs_sharing_a_target_never_run_at_once() {
+    require_docker!();
+    let mut cleanup = Cleanup::default();
+    let va = cleanup.volume("sha");
+    let vb = cleanup.volume("shb");
+    // Job a's runs take over 3 s (a container that waits out its stop timeout).
+    cleanup.run(
+        "sha",
+        &[
+            "-v",
+            &format!("{va}:/data"),
+            "--label",
+            "voltar.quiesce=stop",
+            "--label",
+            "voltar.stop-timeout=3s",
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let target = dir.path().join("bk");
+    let port = support::free_port();
+    let cfg = write_config(
+        dir.path(),
+        port,
+        &target,
+        &format!(
+            "[job.a]\nschedule = \"*/2 * * * * *\"\ntimezone = \"UTC\"\n[job.a.selection]\ninclude = [\"{va}\"]\n[job.b]\nschedule = \"*/2 * * * * *\"\ntimezone = \"UTC\"\n[job.b.selection]\ninclude = [\"{vb}\"]\n"
+        ),
+    );
+    let mut d = Daemon::start(&cfg, dir.path(), port);
+    d.event("waiting", 60);
+    for job in ["a", "b"] {
+        d.wait_for(&format!("job {job} ok"), 60, |v| {
+            v["event"] == "finished" && v["status"] == "ok" && v["job"] == job
+        });
+    }
+    let (code, _) = d.stop();
+    assert_eq!(code, 0, "{}", d.said());
+    assert!(
+        !d.seen
+            .iter()
+            .any(|v| v["event"] == "finished" && v["status"] == "failed"),
+        "a run failed instead of waiting:\n{}",
+        d.said()
+    );
+    // The committed backups' run times never overlap.
+    let mut spans: Vec<(String, String, String)> = committed(&target)
+        .iter()
+        .map(|id| {
+            let m: Value = serde_json::from_slice(
+                &std::fs::read(target.join(id).join("manifest.json")).unwrap(),
+            )
+            .unwrap();
+            (
+                m["started-at"].as_str().unwrap().to_string(),
+                m["finished-at"].as_str().unwrap().to_string(),
+                m["job"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    spans.sort();
+    assert!(spans.len() >= 2, "{spans:?}");
+    for w in spans.windows(2) {
+        let (a, b) = (
+            chrono::DateTime::parse_from_rfc3339(&w[0].1).unwrap(),
+            chrono::DateTime::parse_from_rfc3339(&w[1].0).unwrap(),
+        );
+        assert!(a <= b, "runs overlap on one target: {w:?}");
+    }
+}
