@@ -6,6 +6,7 @@
 
 mod backup;
 mod catalog;
+mod daemon;
 mod key;
 pub mod prune;
 mod render;
@@ -168,6 +169,15 @@ pub enum Command {
     /// Put back containers that a killed run left paused or stopped, and remove restore staging directories it
     /// left behind.
     Recover,
+    /// Run the jobs that have a `schedule`, and serve /healthz and /metrics on [daemon] listen. SIGHUP reloads
+    /// the config; SIGTERM/SIGINT cancel the running backup (containers resumed) and exit 0.
+    Daemon,
+    /// Per job and target: the last run, its result, size and duration, the next run; and the volumes no job
+    /// backs up.
+    Status,
+    /// Ask the running daemon's /healthz: exit 0 when healthy, 1 when not or when nothing answers (for a
+    /// container HEALTHCHECK without curl).
+    Healthcheck,
 }
 
 /// A count flag's value: a whole number, said in those words when it is not one (not "invalid digit").
@@ -243,7 +253,8 @@ pub fn main() -> i32 {
     };
     // A dropped command may leave a blocking read or a request behind: do not wait for it.
     rt.shutdown_timeout(std::time::Duration::from_millis(500));
-    let code = if cancel.is_cancelled() {
+    // A daemon that stopped cleanly on a signal exits 0 (a service manager's normal stop).
+    let code = if cancel.is_cancelled() && !(stop == Stopping::Daemon && error.is_none()) {
         signal.load(std::sync::atomic::Ordering::SeqCst)
     } else {
         code
@@ -286,6 +297,8 @@ enum Stopping {
     Restore,
     /// Read-only or crash-safe commands (plan, list, show, verify, prune): dropped at once.
     Drop,
+    /// The daemon: no new runs, the running backup is cancelled (and puts its containers back), exit 0.
+    Daemon,
 }
 
 impl Stopping {
@@ -294,6 +307,7 @@ impl Stopping {
             Command::Backup { .. } => Stopping::Backup,
             Command::Restore(_) | Command::Recover => Stopping::Restore,
             Command::Verify(a) if a.restore_test => Stopping::Restore,
+            Command::Daemon => Stopping::Daemon,
             _ => Stopping::Drop,
         }
     }
@@ -304,13 +318,16 @@ impl Stopping {
             }
             Stopping::Restore => "stopping: putting containers back; nothing is swapped in",
             Stopping::Drop => "stopping",
+            Stopping::Daemon => {
+                "stopping: no new runs; a running backup resumes its containers and commits nothing"
+            }
         }
     }
     fn after(self) -> &'static str {
         match self {
             Stopping::Backup => ": containers were resumed, nothing was committed",
             Stopping::Restore => ": containers were put back, the volume was not changed",
-            Stopping::Drop => "",
+            Stopping::Drop | Stopping::Daemon => "",
         }
     }
 }
@@ -436,6 +453,7 @@ pub async fn open_one(
 }
 
 async fn run(cli: Cli, cancel: CancellationToken) -> Result<i32> {
+    let config_path = cli.config.clone();
     let config = match cli.command {
         // Needs no config (and works where none exists yet).
         Command::Key(_) => Config::default(),
@@ -491,6 +509,9 @@ async fn run(cli: Cli, cancel: CancellationToken) -> Result<i32> {
             }
             Ok(EXIT_OK)
         }
+        Command::Daemon => daemon::daemon(config, config_path, cli.json, cancel).await,
+        Command::Status => daemon::status(&config, cli.json).await,
+        Command::Healthcheck => daemon::healthcheck(&config, cli.json).await,
     }
 }
 

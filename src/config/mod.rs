@@ -25,6 +25,7 @@ mod hooks;
 mod notify;
 mod raw;
 mod retention;
+mod schedule;
 mod target;
 mod units;
 
@@ -37,6 +38,7 @@ pub use raw::RawConfig;
 use raw::{RawArchive, RawEncryption, RawJob, RawQuiesce, RawSelection};
 use retention::merge_retention;
 pub use retention::{Policy, RawRetention, Retention};
+pub use schedule::{cron, machine_zone, Daemon, JobSchedule, ZoneFrom, DEFAULT_LISTEN};
 pub use target::{ChecksumMode, S3Target, Target, TargetKind, CHECK_TIMEOUT};
 pub use units::{parse_duration, parse_size, read_secret_file};
 
@@ -186,6 +188,8 @@ pub struct Job {
     pub healthcheck_url: Option<ReceiverUrl>,
     /// Host hooks around the run and container hooks around each source's read.
     pub hooks: Hooks,
+    /// When `voltar daemon` runs it; `None`: not scheduled (one-shot `voltar backup --job` only).
+    pub schedule: Option<JobSchedule>,
 }
 
 #[derive(Clone, Debug)]
@@ -202,6 +206,8 @@ pub struct Config {
     pub jobs: BTreeMap<String, Job>,
     /// `[[notify]]`: told about every job's runs.
     pub notify: Vec<Notify>,
+    /// `[daemon]`: the health and metrics listener.
+    pub daemon: Daemon,
     /// Path the config was read from, if any.
     pub source: Option<PathBuf>,
 }
@@ -222,6 +228,7 @@ impl Default for Config {
                 prune: false,
                 healthcheck_url: None,
                 hooks: Hooks::default(),
+                schedule: None,
             },
         );
         Config {
@@ -233,6 +240,7 @@ impl Default for Config {
             targets: BTreeMap::new(),
             jobs,
             notify: vec![],
+            daemon: Daemon::default(),
             source: None,
         }
     }
@@ -345,6 +353,7 @@ impl Config {
         }
         c.spool_dir = raw.spool_dir;
         c.docker_host = raw.docker.and_then(|d| d.host);
+        c.daemon = schedule::daemon(raw.daemon.as_ref().and_then(|d| d.listen.as_deref()))?;
         if let Some(a) = raw.archive {
             c.archive = archive(a)?;
         }
@@ -369,6 +378,7 @@ impl Config {
             retention,
             healthcheck_url: None,
             hooks,
+            schedule: None,
         };
         c.notify = raw
             .notify
@@ -513,8 +523,16 @@ fn job(
         .as_deref()
         .map(|u| notify::healthcheck_url(&format!("job.{name}.healthcheck-url"), u))
         .transpose()?;
+    let schedule = schedule::job_schedule(
+        &name,
+        j.schedule.as_deref(),
+        j.timezone.as_deref(),
+        j.jitter.as_deref(),
+        j.max_age.as_deref(),
+    )?;
     Ok(Job {
         healthcheck_url,
+        schedule,
         targets: job_targets,
         selection: merge_selection(base.selection.clone(), j.selection.as_ref())?,
         quiesce: merge_quiesce(base.quiesce.clone(), j.quiesce.as_ref())?,
@@ -614,6 +632,12 @@ mod tests {
             other => panic!("offsite is {other:?}"),
         }
         assert!(c.job(None).is_ok(), "a single job is picked without --job");
+        let s = j.schedule.as_ref().expect("the example schedules nightly");
+        assert_eq!(s.expr, "15 3 * * *");
+        assert_eq!(s.timezone, chrono_tz::Europe::Berlin);
+        assert_eq!(s.jitter, Duration::from_secs(600));
+        assert_eq!(s.max_age, Some(Duration::from_secs(26 * 3600)));
+        assert_eq!(c.daemon.listen, Some("127.0.0.1:9799".parse().unwrap()));
         assert_eq!(j.hooks.timeout, DEFAULT_HOOK_TIMEOUT);
         assert_eq!(j.hooks.before, None);
         assert!(j.hooks.containers.is_empty());
@@ -717,6 +741,77 @@ mod tests {
                 e.contains("max-downtime") || e.contains("check-timeout"),
                 "{bad}: {e}"
             );
+        }
+    }
+
+    #[test]
+    fn schedules_are_checked_at_load_naming_the_job_and_key() {
+        let c = Config::parse(
+            "[daemon]\nlisten = \"127.0.0.1:9800\"\n[job.n]\nschedule = \"15 3 * * *\"\ntimezone = \"Europe/Berlin\"\njitter = \"10m\"\nmax-age = \"26h\"\n[job.s]\nschedule = \"*/2 * * * * *\"\n[job.w]\nschedule = \"@weekly\"\n[job.once]\n",
+        )
+        .unwrap();
+        assert_eq!(c.daemon.listen, Some("127.0.0.1:9800".parse().unwrap()));
+        let n = c.jobs["n"].schedule.as_ref().unwrap();
+        assert_eq!(n.timezone, chrono_tz::Europe::Berlin);
+        assert_eq!(n.zone_from, ZoneFrom::Config);
+        assert_eq!(n.jitter, Duration::from_secs(600));
+        assert_eq!(n.max_age, Some(Duration::from_secs(26 * 3600)));
+        let s = c.jobs["s"].schedule.as_ref().unwrap();
+        assert_eq!((s.jitter, s.max_age), (Duration::ZERO, None));
+        assert_ne!(s.zone_from, ZoneFrom::Config, "no timezone: the machine's");
+        assert!(c.jobs["w"].schedule.is_some());
+        assert!(c.jobs["once"].schedule.is_none());
+        assert_eq!(
+            Config::parse("[daemon]\nlisten = \"\"\n")
+                .unwrap()
+                .daemon
+                .listen,
+            None
+        );
+        assert_eq!(
+            Config::parse("").unwrap().daemon.listen,
+            Some(DEFAULT_LISTEN.parse().unwrap())
+        );
+        for (bad, names) in [
+            (
+                "[job.n]\nschedule = \"61 * * * *\"\n",
+                &["job.n.schedule", "e.g."][..],
+            ),
+            (
+                "[job.n]\nschedule = \"every day\"\n",
+                &["job.n.schedule", "15 3 * * *"],
+            ),
+            (
+                "[job.n]\nschedule = \"0 0 31 2 *\"\n",
+                &["job.n.schedule", "never"],
+            ),
+            (
+                "[job.n]\nschedule = \"@daily\"\ntimezone = \"Mars/Olympus\"\n",
+                &["job.n.timezone", "Europe/Berlin"],
+            ),
+            (
+                "[job.n]\nschedule = \"@daily\"\njitter = \"soon\"\n",
+                &["job.n.jitter"],
+            ),
+            (
+                "[job.n]\nschedule = \"@daily\"\nmax-age = \"0s\"\n",
+                &["job.n.max-age"],
+            ),
+            (
+                "[job.n]\nmax-age = \"1d\"\n",
+                &["job.n.max-age", "no schedule"],
+            ),
+            (
+                "[daemon]\nlisten = \"localhost\"\n",
+                &["daemon.listen", "127.0.0.1:9799"],
+            ),
+            ("[daemon]\nport = 1\n", &["port"]),
+        ] {
+            let e = Config::parse(bad).unwrap_err().to_string();
+            for n in names {
+                assert!(e.contains(n), "{bad}: `{e}` does not say {n}");
+            }
+            assert!(!e.contains("Component error") && !e.contains(".;"), "{e}");
         }
     }
 

@@ -23,6 +23,7 @@ pub struct RawConfig {
     pub encryption: Option<RawEncryption>,
     pub retention: Option<RawRetention>,
     pub hooks: Option<RawHooks>,
+    pub daemon: Option<RawDaemon>,
     #[serde(default)]
     pub target: BTreeMap<String, RawTarget>,
     #[serde(default)]
@@ -31,6 +32,12 @@ pub struct RawConfig {
     pub healthcheck_url: Option<String>,
     #[serde(default)]
     pub notify: Vec<RawNotify>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawDaemon {
+    pub listen: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -111,4 +118,8 @@ pub struct RawJob {
     pub hooks: Option<RawHooks>,
     pub prune: Option<bool>,
     pub healthcheck_url: Option<String>,
+    pub schedule: Option<String>,
+    pub timezone: Option<String>,
+    pub jitter: Option<String>,
+    pub max_age: Option<String>,
 }

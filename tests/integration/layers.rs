@@ -25,8 +25,9 @@ const FLOORS: &[&[&str]] = &[
         "sizes",
         "quiesce",
         "readback",
+        "schedule",
     ],
-    &["prune", "backup", "restore", "verify"],
+    &["prune", "backup", "restore", "verify", "daemon"],
     &["cli"],
 ];
 

@@ -9,6 +9,7 @@ mod archive_unpack;
 mod backup;
 mod caps;
 mod cli;
+mod daemon;
 mod engine_api;
 mod frozen;
 mod hooks;

@@ -27,9 +27,9 @@ const BIN: &str = env!("CARGO_BIN_EXE_voltar");
 
 /// One request an HTTP receiver saw.
 #[derive(Clone, Debug)]
-struct Seen {
-    method: String,
-    path: String,
+pub(crate) struct Seen {
+    pub(crate) method: String,
+    pub(crate) path: String,
     /// Names in lower case.
     headers: Vec<(String, String)>,
     body: Vec<u8>,
@@ -56,20 +56,20 @@ impl Seen {
 
 /// How an HTTP receiver answers.
 #[derive(Clone, Copy)]
-enum Answer {
+pub(crate) enum Answer {
     Status(u16),
     /// Accept the connection, read the request, never answer (a hung receiver).
     Silence,
 }
 
 /// A recording HTTP receiver on 127.0.0.1.
-struct Http {
+pub(crate) struct Http {
     port: u16,
     seen: Arc<Mutex<Vec<Seen>>>,
 }
 
 impl Http {
-    fn start(answer: Answer) -> Http {
+    pub(crate) fn start(answer: Answer) -> Http {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -84,11 +84,11 @@ impl Http {
         Http { port, seen }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
-    fn seen(&self) -> Vec<Seen> {
+    pub(crate) fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
     }
 }
