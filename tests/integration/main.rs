@@ -17,3 +17,4 @@ mod restore;
 mod s3;
 mod signals;
 mod storage;
+mod ux;

@@ -1,0 +1,195 @@
+//! Issue 10, the rest of "what a new user still trips over": read commands over every target, warnings once,
+//! dry-run and plan details. Through the real binary and the real engine.
+
+use serde_json::Value;
+
+use crate::cli::Here;
+use crate::support::{self, Cleanup, Out};
+
+/// A configured S3 target whose host the resolver says does not exist (`.invalid` is reserved): it cannot be
+/// read, and fails at once.
+const GONE: &str = "[target.gone]\ntype = \"s3\"\nbucket = \"b\"\nprefix = \"p\"\n\
+    endpoint = \"http://voltar-test.invalid\"\npath-style = true\nregion = \"us-east-1\"\n";
+
+fn local_target(name: &str, path: &str) -> String {
+    format!("[target.{name}]\ntype = \"local\"\npath = \"{path}\"\n")
+}
+
+fn json(out: &Out) -> Value {
+    serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {out:?}"))
+}
+
+/// A volume with one file, backed up by `voltar backup` into each of `targets` (one run, one id).
+fn backed_up(h: &Here, c: &mut Cleanup, targets: &[&str]) -> (String, String) {
+    let vol = c.volume("ux");
+    std::fs::write(support::mountpoint(&vol).join("f"), b"data").unwrap();
+    let mut args = vec!["--json", "backup", "--only", &vol];
+    for t in targets {
+        args.extend_from_slice(&["-t", t]);
+    }
+    let b = h.voltar(&args);
+    assert_eq!(b.code, 0, "{b:?}");
+    let id = json(&b)["id"]
+        .as_str()
+        .expect("backup --json has the id")
+        .to_string();
+    (vol, id)
+}
+
+/// Issue 10: `list`, `show` and `verify` read every target of the job when no `--target` is given (and take
+/// `--target` repeatedly): `list` has a heading per target and the target of each backup in `--json`; `show`
+/// says which target it read and where else the backup is; `verify --all` checks each target.
+#[test]
+fn issue10_read_commands_read_every_target_of_the_job() {
+    crate::require_docker!();
+    let mut c = Cleanup::default();
+    let h = Here::new();
+    let (a, b) = (
+        h.path("a").display().to_string(),
+        h.path("b").display().to_string(),
+    );
+    let (_vol, id) = backed_up(&h, &mut c, &[&a, &b]);
+    let cfg = h.config(&format!(
+        "{}{}[job.default]\ntargets = [\"a\", \"b\"]\n",
+        local_target("a", &a),
+        local_target("b", &b)
+    ));
+
+    let l = h.voltar(&["-c", &cfg, "list"]);
+    assert_eq!(l.code, 0, "{l:?}");
+    for t in [&a, &b] {
+        assert!(l.stdout.contains(&format!("1 backup(s) in {t}\n")), "{l:?}");
+    }
+    assert_eq!(l.stdout.matches(&id).count(), 2, "{l:?}");
+    for args in [
+        vec!["-c", &cfg, "--json", "list"],
+        vec!["--json", "list", "-t", &a, "-t", &b],
+    ] {
+        let l = h.voltar(&args);
+        assert_eq!(l.code, 0, "{args:?}: {l:?}");
+        let v = json(&l);
+        let targets: Vec<&str> = v["backups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .inspect(|b| assert_eq!(b["id"], id.as_str(), "{v:#}"))
+            .map(|b| b["target"].as_str().unwrap())
+            .collect();
+        assert_eq!(targets, [a.as_str(), b.as_str()], "{v:#}");
+        assert_eq!(v["targets"][0]["target"], a.as_str(), "{v:#}");
+        assert_eq!(v["targets"][1]["target"], b.as_str(), "{v:#}");
+    }
+
+    let s = h.voltar(&["-c", &cfg, "show", "latest"]);
+    assert_eq!(s.code, 0, "{s:?}");
+    assert!(
+        s.stdout.starts_with(&format!("backup {id} in {a}\n")),
+        "{s:?}"
+    );
+    assert!(s.stdout.contains(&format!("also in: {b}\n")), "{s:?}");
+    let s = h.voltar(&["-c", &cfg, "--json", "show", &id]);
+    assert_eq!(s.code, 0, "{s:?}");
+    let v = json(&s);
+    assert_eq!(v["target"], a.as_str(), "{v:#}");
+    assert_eq!(v["also-in"], serde_json::json!([b]), "{v:#}");
+    assert_eq!(v["id"], id.as_str(), "{v:#}");
+
+    let r = h.voltar(&["-c", &cfg, "verify", "--all"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    for t in [&a, &b] {
+        assert!(
+            r.stdout
+                .contains(&format!("1 object(s) checked in {t}, 0 problem(s)")),
+            "{r:?}"
+        );
+    }
+    let r = h.voltar(&["-c", &cfg, "--json", "verify", "--all"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let v = json(&r);
+    let checked: Vec<&str> = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .inspect(|c| assert_eq!(c["ok"], true, "{v:#}"))
+        .map(|c| c["target"].as_str().unwrap())
+        .collect();
+    assert_eq!(checked, [a.as_str(), b.as_str()], "{v:#}");
+}
+
+/// Issue 10: a target that cannot be read is reported and the others are still shown, with exit 1; exit 2 only
+/// when no target could be read.
+#[test]
+fn issue10_an_unreadable_target_is_reported_beside_the_others() {
+    crate::require_docker!();
+    let mut c = Cleanup::default();
+    let h = Here::new();
+    let a = h.path("a").display().to_string();
+    let (_vol, id) = backed_up(&h, &mut c, &[&a]);
+    let cfg = h.config(&format!(
+        "{}{GONE}[job.default]\ntargets = [\"gone\", \"a\"]\n",
+        local_target("a", &a)
+    ));
+
+    let l = h.voltar(&["-c", &cfg, "list"]);
+    assert_eq!(l.code, 1, "{l:?}");
+    assert!(
+        l.stdout.contains(&id),
+        "the readable target is shown: {l:?}"
+    );
+    assert!(l.all().contains("voltar-test.invalid"), "{l:?}");
+    let v = json(&h.voltar(&["-c", &cfg, "--json", "list"]));
+    assert_eq!(v["backups"].as_array().unwrap().len(), 1, "{v:#}");
+    assert!(
+        v["targets"][0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("voltar-test.invalid")),
+        "{v:#}"
+    );
+    assert_eq!(v["targets"][1]["target"], a.as_str(), "{v:#}");
+    assert!(v["targets"][1].get("error").is_none(), "{v:#}");
+
+    let s = h.voltar(&["-c", &cfg, "show", "latest"]);
+    assert_eq!(s.code, 1, "{s:?}");
+    assert!(s.stdout.contains(&format!("backup {id} in {a}")), "{s:?}");
+    assert!(s.all().contains("voltar-test.invalid"), "{s:?}");
+
+    let r = h.voltar(&["-c", &cfg, "verify"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stdout
+            .contains(&format!("1 object(s) checked in {a}, 0 problem(s)")),
+        "{r:?}"
+    );
+    assert!(r.all().contains("voltar-test.invalid"), "{r:?}");
+
+    // None readable: exit 2, for each command.
+    for cmd in [&["list"][..], &["show", "latest"], &["verify"]] {
+        let mut args = vec!["-c", cfg.as_str()];
+        args.extend_from_slice(cmd);
+        args.extend_from_slice(&["-t", "gone"]);
+        let r = h.voltar(&args);
+        assert_eq!(r.code, 2, "{args:?}: {r:?}");
+        assert!(r.stderr.contains("voltar-test.invalid"), "{args:?}: {r:?}");
+    }
+}
+
+/// Issue 10: `list -t FILE` (a file, not a directory) said "no backups" and exit 0; it is an error naming the
+/// path, exit 2.
+#[test]
+fn issue10_a_target_that_is_a_file_is_an_error() {
+    let h = Here::new();
+    let file = h.path("a-file");
+    std::fs::write(&file, b"not a dir").unwrap();
+    let file = file.display().to_string();
+    for cmd in [&["list"][..], &["show", "latest"], &["verify"]] {
+        let mut args = cmd.to_vec();
+        args.extend_from_slice(&["-t", &file]);
+        let r = h.voltar(&args);
+        assert_eq!(r.code, 2, "{args:?}: {r:?}");
+        assert!(
+            r.stderr.contains(&file) && r.stderr.contains("not a directory"),
+            "{args:?}: {r:?}"
+        );
+    }
+}
