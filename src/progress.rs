@@ -81,6 +81,12 @@ impl Progress {
         }
     }
 
+    /// A warning the command's report carries and its summary prints: logged at info level only (`-v`), so that
+    /// each warning is printed once per run.
+    pub fn reported(&self, msg: &str) {
+        tracing::info!("{msg}");
+    }
+
     pub fn finish(&self) {
         if let Some(b) = &self.bar {
             b.finish_and_clear();

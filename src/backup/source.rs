@@ -307,7 +307,7 @@ async fn release(ctx: &RunCtx<'_>, held: Held, report: &mut SourceReport) {
     }
     for e in &released.errors {
         report.warnings.push(e.to_string());
-        ctx.env.progress.warn(&e.to_string());
+        ctx.env.progress.reported(&e.to_string());
     }
 }
 
@@ -390,11 +390,11 @@ fn take_pack_report(
     if pack_report.counts.files == 0 && pack_report.counts.bytes == 0 {
         // Row 10: an empty source is worth a look (a volume mounted at the wrong path, data moved away).
         let w = "source is empty: no files were found (is this the right volume?)".to_string();
-        progress.warn(&format!("{}: {w}", src.name));
+        progress.reported(&format!("{}: {w}", src.name));
         report.warnings.push(w);
     }
     for w in &pack_report.warnings {
-        progress.warn(&format!("{}: {w}", src.name));
+        progress.reported(&format!("{}: {w}", src.name));
     }
     // Row 24: an entry that existed but is not in the archive is never a warning only.
     report.not_archived_count = pack_report.not_archived_count;
@@ -405,6 +405,10 @@ fn take_pack_report(
         .cloned()
         .collect();
     for w in &report.not_archived {
+        progress.reported(&format!("{}: NOT ARCHIVED: {w}", src.name));
+    }
+    // Past what the report lists: the log is the only place these are named.
+    for w in pack_report.not_archived.iter().skip(NOT_ARCHIVED_LISTED) {
         progress.warn(&format!("{}: NOT ARCHIVED: {w}", src.name));
     }
 }

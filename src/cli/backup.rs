@@ -260,6 +260,7 @@ fn render_run(r: &RunReport) -> String {
         "DOWNTIME".into(),
         "STATUS".into(),
     ]];
+    let shared = shared_errors(r);
     for s in &r.sources {
         let downtime = s
             .containers
@@ -280,7 +281,7 @@ fn render_run(r: &RunReport) -> String {
             } else {
                 downtime
             },
-            status_cell(s),
+            status_cell(s, &shared),
         ]);
     }
     let mut out = format!("backup {} (job {})\n", r.id, r.job);
@@ -290,14 +291,8 @@ fn render_run(r: &RunReport) -> String {
     for s in r.sources.iter().filter(|s| s.not_archived_count > 0) {
         out.push_str(&not_archived_lines(s));
     }
-    for w in r
-        .sources
-        .iter()
-        .flat_map(|s| s.warnings.iter().map(move |w| (s, w)))
-        .take(20)
-    {
-        out.push_str(&format!("warning: {}: {}\n", w.0.name, w.1));
-    }
+    out.push_str(&shared_lines(&shared));
+    out.push_str(&warning_lines(r));
     for t in &r.targets {
         out.push_str(&target_lines(t));
     }
@@ -310,15 +305,102 @@ fn render_run(r: &RunReport) -> String {
     out
 }
 
-/// The STATUS cell of a source's row.
-fn status_cell(s: &SourceReport) -> String {
+/// Warning lines shown in the summary; the rest are counted (`--json` has them all).
+const WARNINGS_SHOWN: usize = 20;
+
+/// Each warning once: a text that several sources have is one line naming them all.
+fn warning_lines(r: &RunReport) -> String {
+    let mut seen: Vec<(&str, Vec<&str>)> = Vec::new();
+    for s in &r.sources {
+        for w in &s.warnings {
+            match seen.iter_mut().find(|(t, _)| t == w) {
+                Some((_, names)) if names.contains(&s.name.as_str()) => {}
+                Some((_, names)) => names.push(&s.name),
+                None => seen.push((w, vec![&s.name])),
+            }
+        }
+    }
+    let mut out = String::new();
+    for (w, names) in seen.iter().take(WARNINGS_SHOWN) {
+        out.push_str(&format!("warning: {}: {w}\n", names.join(", ")));
+    }
+    if seen.len() > WARNINGS_SHOWN {
+        out.push_str(&format!(
+            "… and {} more warning(s) (--json lists them)\n",
+            seen.len() - WARNINGS_SHOWN
+        ));
+    }
+    out
+}
+
+/// An error in the STATUS column: a source's own, or a target's for that source.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Shown<'a> {
+    /// The target it happened on, or `None` for the source's own error.
+    target: Option<&'a str>,
+    error: &'a str,
+}
+
+/// The errors that several rows have: printed once below the table, with the number of rows, and named in
+/// the rows as "(see below)".
+fn shared_errors(r: &RunReport) -> Vec<(Shown<'_>, usize)> {
+    let mut seen: Vec<(Shown, usize)> = Vec::new();
+    for s in &r.sources {
+        let own = s.error.as_deref().filter(|_| s.status == Status::Failed);
+        let errors = own
+            .map(|error| Shown {
+                target: None,
+                error,
+            })
+            .into_iter()
+            .chain(s.target_errors.iter().map(|(t, e)| Shown {
+                target: Some(t),
+                error: e,
+            }));
+        for e in errors {
+            match seen.iter_mut().find(|(x, _)| *x == e) {
+                Some((_, n)) => *n += 1,
+                None => seen.push((e, 1)),
+            }
+        }
+    }
+    seen.retain(|(_, n)| *n > 1);
+    seen
+}
+
+fn shared_lines(shared: &[(Shown, usize)]) -> String {
+    let mut out = String::new();
+    for (e, n) in shared {
+        match e.target {
+            None => out.push_str(&format!("failed ({n} sources): {}\n", e.error)),
+            Some(t) => out.push_str(&format!("not stored on {t} ({n} sources): {}\n", e.error)),
+        }
+    }
+    out
+}
+
+/// The STATUS cell of a source's row. An error several rows share is named "(see below)".
+fn status_cell(s: &SourceReport, shared: &[(Shown, usize)]) -> String {
+    let is_shared = |e: Shown| shared.iter().any(|(x, _)| *x == e);
+    // "TARGET: ERROR", or "TARGET (see below)".
+    let on = |(t, e): (&String, &String)| {
+        let e = Shown {
+            target: Some(t),
+            error: e,
+        };
+        if is_shared(e) {
+            format!("{t} (see below)")
+        } else {
+            format!("{t}: {}", e.error)
+        }
+    };
     match s.status {
         Status::Ok => "ok".to_string(),
         Status::Partial => format!(
             "partial: {}",
             s.target_errors
                 .iter()
-                .map(|(t, e)| format!("{t}: {e}"))
+                .map(on)
                 .collect::<Vec<_>>()
                 .join("; ")
         ),
@@ -327,12 +409,22 @@ fn status_cell(s: &SourceReport) -> String {
                 "INCOMPLETE: {} not archived",
                 count(s.not_archived_count, "entry", "entries")
             );
-            for (target, e) in &s.target_errors {
-                t.push_str(&format!("; not stored on {target}: {e}"));
+            for te in &s.target_errors {
+                t.push_str(&format!("; not stored on {}", on(te)));
             }
             t
         }
-        Status::Failed => format!("FAILED: {}", s.error.clone().unwrap_or_default()),
+        Status::Failed => {
+            let e = s.error.as_deref().unwrap_or_default();
+            if is_shared(Shown {
+                target: None,
+                error: e,
+            }) {
+                "FAILED (see below)".into()
+            } else {
+                format!("FAILED: {e}")
+            }
+        }
         Status::Skipped => "skipped".into(),
     }
 }

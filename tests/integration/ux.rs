@@ -193,3 +193,71 @@ fn issue10_a_target_that_is_a_file_is_an_error() {
         );
     }
 }
+
+/// Issue 10: each warning is printed once per run. An empty volume's warning was printed on stderr while the run
+/// went and again in the summary; a skipped socket three times (the packer's log line, the run's, the
+/// summary's). Two sources with the same warning share one line.
+#[test]
+fn issue10_each_warning_is_printed_once() {
+    crate::require_docker!();
+    let mut c = Cleanup::default();
+    let h = Here::new();
+    let t = h.target();
+    let (empty1, empty2) = (c.volume("empty"), c.volume("empty"));
+    let sock = c.volume("sock");
+    let dir = support::mountpoint(&sock);
+    std::fs::write(dir.join("f"), b"data").unwrap();
+    let _listener = std::os::unix::net::UnixListener::bind(dir.join("app.sock")).unwrap();
+    let b = h.voltar(&[
+        "backup", "--only", &empty1, "--only", &empty2, "--only", &sock, "-t", &t,
+    ]);
+    assert_eq!(b.code, 0, "{b:?}");
+    let all = b.all();
+    assert_eq!(all.matches("source is empty").count(), 1, "{b:?}");
+    assert!(
+        all.contains(&format!("warning: {empty1}, {empty2}: source is empty")),
+        "{b:?}"
+    );
+    assert_eq!(all.matches("app.sock").count(), 1, "{b:?}");
+}
+
+/// Issue 10: an error that is the same for several rows of the summary is printed once below the table; the
+/// rows say "(see below)".
+#[test]
+fn issue10_an_error_shared_by_the_rows_is_printed_once_below_the_table() {
+    crate::require_docker!();
+    let mut c = Cleanup::default();
+    let h = Here::new();
+    let t = h.target();
+    let (v1, v2) = (c.volume("shared"), c.volume("shared"));
+    for v in [&v1, &v2] {
+        std::fs::write(support::mountpoint(v).join("f"), b"data").unwrap();
+    }
+    let cfg = h.config(GONE);
+    let b = h.voltar(&[
+        "-c", &cfg, "backup", "--only", &v1, "--only", &v2, "-t", &t, "-t", "gone",
+    ]);
+    assert_eq!(b.code, 1, "{b:?}");
+    let rows: Vec<&str> = b
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with(&v1) || l.starts_with(&v2))
+        .collect();
+    assert_eq!(rows.len(), 2, "{b:?}");
+    for r in &rows {
+        assert!(r.contains("(see below)"), "{r}\n{b:?}");
+        assert!(!r.contains("failed its check"), "{r}\n{b:?}");
+    }
+    assert_eq!(
+        b.stdout
+            .matches("skipped: target gone failed its check")
+            .count(),
+        1,
+        "{b:?}"
+    );
+    let table_end = b.stdout.find(rows[1]).unwrap();
+    assert!(
+        b.stdout[table_end..].contains("skipped: target gone failed its check"),
+        "{b:?}"
+    );
+}
