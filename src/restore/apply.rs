@@ -98,8 +98,10 @@ impl SourceRestore {
             create_volume,
             stop,
             would_remove: None,
+            changes: None,
             counts: Counts::default(),
             safety_backup: None,
+            undo: None,
             restarted: vec![],
             downtime_ms: BTreeMap::new(),
             warnings: vec![],
@@ -267,7 +269,9 @@ async fn stopped_for_swap(
     let held = ctx.quiescer.hold(&holds).await?;
     let result = async {
         if !fresh && !ctx.args.no_safety_backup && dir_has_entries(path) {
-            sr.safety_backup = Some(safety_backup(ctx, src, path).await?);
+            let id = safety_backup(ctx, src, path).await?;
+            sr.undo = Some(undo_command(&id, src, &sr.destination, &ctx.target.name));
+            sr.safety_backup = Some(id);
         }
         if ctx.cancel.is_cancelled() {
             bail!("interrupted before the swap: nothing was changed");

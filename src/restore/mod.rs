@@ -55,7 +55,7 @@ use crate::storage::{ObjectMeta, Storage};
 use self::apply::checked;
 pub use self::apply::{apply, fetch_and_unpack};
 use self::import::import;
-use self::plan::dry_run;
+use self::plan::{dry_run, undo_command};
 pub use self::plan::{plan, Resources, RestorePlan, SourcePlan};
 use self::swap::{current_names, dir_has_entries, exchange, swap_path_in, Staging};
 /// `voltar restore`: what to restore from, which sources, where to, and how.
@@ -153,15 +153,49 @@ pub struct SourceRestore {
     pub stop: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub would_remove: Option<Vec<String>>,
+    /// Dry run: what would change back or come back, and where the safety backup would go (`None` for a volume
+    /// still to be created).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub changes: Option<DryRunChanges>,
     pub counts: Counts,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub safety_backup: Option<String>,
+    /// The command that undoes this restore: a restore from the safety backup (its id a placeholder on a dry
+    /// run).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub undo: Option<String>,
     pub restarted: Vec<String>,
     /// How long each stopped container was down (name → milliseconds), as backup reports it.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub downtime_ms: BTreeMap<String, u64>,
     pub warnings: Vec<String>,
     pub status: RestoreStatus,
+}
+
+/// Entries listed per kind in a dry run's report; the counts are exact.
+pub const DRY_RUN_LISTED: usize = 1000;
+
+/// What a restore would change at a destination besides the removals: entries there now that differ from the
+/// backup's, and entries of the backup missing there now. Lists cut at [`DRY_RUN_LISTED`].
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct DryRunChanges {
+    pub would_change: Vec<Changed>,
+    pub would_change_count: u64,
+    pub would_come_back: Vec<String>,
+    pub would_come_back_count: u64,
+    /// The target the safety backup of what is there now would go to (none: nothing there, or
+    /// `--no-safety-backup`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub safety_backup_to: Option<String>,
+}
+
+/// An entry there now that the restore would set back to the backup's, and what differs: `type`, `size`,
+/// `mode`, `mtime`, `link target`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Changed {
+    pub path: String,
+    pub differs: Vec<&'static str>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -269,7 +303,7 @@ pub async fn run(
     }
     let (plan, resources) = plan(config, &args, &progress).await?;
     let report = if args.dry_run {
-        dry_run(&plan, &resources).await?
+        dry_run(&plan, &resources, args.no_safety_backup).await?
     } else {
         apply(config, &args, plan, resources, progress, cancel).await?
     };
@@ -344,7 +378,7 @@ pub(crate) mod tests {
     fn issue9_the_dry_run_reports_the_plan() {
         let plan = sample_plan();
         assert_eq!(plan.sources[0].stops(), vec!["db".to_string()]);
-        let r = plan.dry_run_report(vec![vec!["stale.log".into()]]);
+        let r = plan.dry_run_report(vec![(vec!["stale.log".into()], None)]);
         assert!(r.dry_run);
         assert!(r.ok());
         assert_eq!(r.backup.as_deref(), Some("20261128T030000Z-abcd"));

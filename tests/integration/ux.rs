@@ -261,3 +261,105 @@ fn issue10_an_error_shared_by_the_rows_is_printed_once_below_the_table() {
         "{b:?}"
     );
 }
+
+/// Issue 10: `restore --dry-run` lists, beside what would be removed, what would change back (size, mode, mtime,
+/// type) and what would come back (missing now), leaving out what is as the backup has it; it says where the
+/// safety backup goes and prints the command that undoes the restore.
+#[test]
+fn issue10_restore_dry_run_lists_changes_comebacks_and_the_undo() {
+    crate::require_docker!();
+    let mut c = Cleanup::default();
+    let h = Here::new();
+    let t = h.target();
+    let vol = c.volume("dry");
+    let mp = support::mountpoint(&vol);
+    std::fs::create_dir(mp.join("d")).unwrap();
+    for f in ["grown.txt", "chmod.txt", "same.txt", "d/gone.txt"] {
+        std::fs::write(mp.join(f), b"as backed up\n").unwrap();
+        support::chmod(&mp.join(f), 0o644);
+    }
+    let b = h.voltar(&["backup", "--only", &vol, "-t", &t]);
+    assert_eq!(b.code, 0, "{b:?}");
+    std::fs::write(mp.join("grown.txt"), b"as backed up, and more since\n").unwrap();
+    support::chmod(&mp.join("chmod.txt"), 0o600);
+    std::fs::remove_file(mp.join("d/gone.txt")).unwrap();
+    std::fs::write(mp.join("new.txt"), b"new\n").unwrap();
+
+    let r = h.voltar(&["restore", "latest", "--source", &vol, "-t", &t, "--dry-run"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let line = |p: &str| {
+        r.stdout
+            .lines()
+            .find(|l| {
+                l.trim_start()
+                    .split_once(' ')
+                    .is_some_and(|(_, rest)| rest.starts_with(p))
+            })
+            .unwrap_or_else(|| panic!("no line for {p}: {r:?}"))
+            .trim()
+            .to_string()
+    };
+    assert!(
+        line("grown.txt").starts_with("~ grown.txt") && line("grown.txt").contains("size"),
+        "{r:?}"
+    );
+    assert!(
+        line("chmod.txt").starts_with("~ chmod.txt") && line("chmod.txt").contains("mode"),
+        "{r:?}"
+    );
+    assert!(!line("chmod.txt").contains("size"), "{r:?}");
+    assert_eq!(line("d/gone.txt"), "+ d/gone.txt", "{r:?}");
+    assert_eq!(line("new.txt"), "- new.txt", "{r:?}");
+    assert!(
+        !r.stdout.contains("same.txt"),
+        "unchanged files are not listed: {r:?}"
+    );
+    assert!(
+        r.stdout
+            .contains(&format!("safety backup of what is there now goes to {t}")),
+        "{r:?}"
+    );
+    assert!(
+        r.stdout.contains(&format!(
+            "undo: voltar restore <safety backup id> --source {vol} -t {t}"
+        )),
+        "{r:?}"
+    );
+    assert_eq!(
+        std::fs::read(mp.join("grown.txt")).unwrap(),
+        b"as backed up, and more since\n"
+    );
+
+    let j = h.voltar(&[
+        "--json",
+        "restore",
+        "latest",
+        "--source",
+        &vol,
+        "-t",
+        &t,
+        "--dry-run",
+    ]);
+    assert_eq!(j.code, 0, "{j:?}");
+    let v = json(&j);
+    let s = &v["sources"][0];
+    let changed: Vec<&str> = s["would-change"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{v:#}"))
+        .iter()
+        .map(|c| c["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(changed, ["chmod.txt", "grown.txt"], "{v:#}");
+    assert_eq!(
+        s["would-come-back"],
+        serde_json::json!(["d/gone.txt"]),
+        "{v:#}"
+    );
+    assert_eq!(s["would-remove"], serde_json::json!(["new.txt"]), "{v:#}");
+    assert!(
+        s["undo"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("voltar restore ")),
+        "{v:#}"
+    );
+}
