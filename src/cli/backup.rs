@@ -38,10 +38,13 @@ pub(super) async fn plan(
         }
         #[derive(serde::Serialize)]
         struct PlanOut<'a> {
+            #[serde(flatten)]
+            setup: Setup,
             sources: Vec<SizedSource<'a>>,
             skipped: &'a [crate::plan::SkippedSource],
         }
         let doc = PlanOut {
+            setup: setup(config, job),
             sources: plan
                 .sources
                 .iter()
@@ -55,9 +58,198 @@ pub(super) async fn plan(
         };
         out_json(&doc);
     } else {
-        out(&render_plan(&plan, sizes.as_deref()));
+        out(&(render_setup(&setup(config, job)) + &render_plan(&plan, sizes.as_deref())));
     }
     Ok(EXIT_OK)
+}
+
+/// What `voltar plan` says about the setup before the sources: the config file, the job, its targets (where, no
+/// secrets), encryption and retention.
+#[derive(serde::Serialize)]
+struct Setup {
+    /// The config file read; `None`: none found, built-in defaults.
+    config: Option<String>,
+    job: String,
+    targets: Vec<SetupTarget>,
+    encryption: SetupEncryption,
+    /// The job's retention policy in words, and each target's where it has its own.
+    retention: String,
+    #[serde(rename = "target-retention", skip_serializing_if = "Vec::is_empty")]
+    target_retention: Vec<SetupTarget>,
+    /// Pruning after each backup.
+    prune: bool,
+    /// No keep-* rules: nothing to prune by.
+    #[serde(skip)]
+    keeps_all: bool,
+}
+
+#[derive(serde::Serialize)]
+struct SetupTarget {
+    name: String,
+    /// Where it is (a target) or its retention in words (`target-retention`).
+    #[serde(rename = "location")]
+    what: String,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct SetupEncryption {
+    enabled: bool,
+    recipients: usize,
+    passphrase_file: bool,
+}
+
+fn setup(config: &Config, job: &crate::config::Job) -> Setup {
+    let targets: Vec<&crate::config::Target> = job
+        .targets
+        .iter()
+        .filter_map(|n| config.targets.get(n))
+        .collect();
+    Setup {
+        config: config.source.as_ref().map(|p| p.display().to_string()),
+        job: job.name.clone(),
+        targets: targets
+            .iter()
+            .map(|t| SetupTarget {
+                name: t.name.clone(),
+                what: location(t),
+            })
+            .collect(),
+        encryption: SetupEncryption {
+            enabled: config.encryption.enabled(),
+            recipients: config.encryption.recipients.len(),
+            passphrase_file: config.encryption.passphrase_file.is_some(),
+        },
+        retention: policy_words(&job.retention.policy),
+        target_retention: targets
+            .iter()
+            .filter(|t| t.retention.is_some())
+            .map(|t| SetupTarget {
+                name: t.name.clone(),
+                what: policy_words(&t.effective_retention(&job.retention).policy),
+            })
+            .collect(),
+        prune: job.prune,
+        keeps_all: job.retention.policy.is_empty(),
+    }
+}
+
+fn render_setup(s: &Setup) -> String {
+    let mut out = match &s.config {
+        Some(p) => format!("config: {p}\n"),
+        None => "config: none found: built-in defaults\n".into(),
+    };
+    out.push_str(&format!("job: {}\n", s.job));
+    if s.targets.is_empty() {
+        out.push_str("targets: none configured (pass --target to backup)\n");
+    } else {
+        out.push_str("targets:\n");
+        for t in &s.targets {
+            out.push_str(&format!("  {}: {}\n", t.name, t.what));
+        }
+    }
+    let e = &s.encryption;
+    out.push_str(&if e.recipients > 0 {
+        format!("encryption: {} recipients (age)\n", e.recipients)
+    } else if e.passphrase_file {
+        "encryption: passphrase (from passphrase-file)\n".into()
+    } else {
+        "encryption: off\n".into()
+    });
+    out.push_str(&format!(
+        "retention: {}{}\n",
+        s.retention,
+        if s.prune || s.keeps_all {
+            ""
+        } else {
+            " (not pruned after backups)"
+        }
+    ));
+    for t in &s.target_retention {
+        out.push_str(&format!("  on {}: {}\n", t.name, t.what));
+    }
+    out.push('\n');
+    out
+}
+
+/// Where a target is, without secrets: a directory, or `s3://bucket/prefix` with its endpoint (no user or
+/// password) and region.
+fn location(t: &crate::config::Target) -> String {
+    use crate::config::TargetKind;
+    match &t.kind {
+        TargetKind::Local { path, prefix } => {
+            if prefix.is_empty() {
+                path.display().to_string()
+            } else {
+                path.join(prefix).display().to_string()
+            }
+        }
+        TargetKind::S3(s) => {
+            let mut l = format!("s3://{}/{}", s.bucket, s.prefix);
+            if let Some(ep) = &s.endpoint {
+                l.push_str(&format!(" at {}", without_userinfo(ep)));
+            }
+            if let Some(r) = &s.region {
+                l.push_str(&format!(" ({r})"));
+            }
+            l
+        }
+    }
+}
+
+/// A URL without its `user:password@`.
+fn without_userinfo(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let host_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(host_end);
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if scheme.is_empty() {
+        format!("{host}{path}")
+    } else {
+        format!("{scheme}://{host}{path}")
+    }
+}
+
+/// A retention policy in words: "keep the last 3, 7 daily, 4 weekly, and all within 2d".
+pub(super) fn policy_words(p: &crate::config::Policy) -> String {
+    if p.is_empty() {
+        return "keep everything (no keep-* rules)".into();
+    }
+    let mut parts = Vec::new();
+    if let Some(n) = p.keep_last {
+        parts.push(format!("the last {n}"));
+    }
+    for (n, what) in [
+        (p.keep_hourly, "hourly"),
+        (p.keep_daily, "daily"),
+        (p.keep_weekly, "weekly"),
+        (p.keep_monthly, "monthly"),
+        (p.keep_yearly, "yearly"),
+    ] {
+        if let Some(n) = n {
+            parts.push(format!("{n} {what}"));
+        }
+    }
+    if let Some(d) = p.keep_within {
+        parts.push(format!("all within {}", span(d)));
+    }
+    let last = parts.pop().expect("a rule");
+    if parts.is_empty() {
+        format!("keep {last}")
+    } else {
+        format!("keep {}, and {last}", parts.join(", "))
+    }
+}
+
+/// A span as the config writes it: `2d`, `12h`, `30m`, `45s`.
+fn span(d: chrono::Duration) -> String {
+    let s = d.num_seconds();
+    match s {
+        _ if s % 86400 == 0 => format!("{}d", s / 86400),
+        _ if s % 3600 == 0 => format!("{}h", s / 3600),
+        _ if s % 60 == 0 => format!("{}m", s / 60),
+        _ => format!("{s}s"),
+    }
 }
 
 /// The flags of `voltar backup`.
@@ -113,7 +305,8 @@ pub(super) async fn backup(
             report: &report,
         });
     } else if dry_run {
-        out(&render_plan(&report.plan, None));
+        let sizes = crate::sizes::of_sources(&report.plan).await?;
+        out(&render_plan(&report.plan, Some(&sizes)));
     } else if !(quiet && report.exit_code() == EXIT_OK) {
         // `--quiet` (cron): silent on success, the full summary when something failed.
         out(&render_run(&report));

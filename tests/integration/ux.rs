@@ -363,3 +363,59 @@ fn issue10_restore_dry_run_lists_changes_comebacks_and_the_undo() {
         "{v:#}"
     );
 }
+
+/// Issue 10: `plan` says which config file it read (or that there is none), the job's targets (a password in
+/// an endpoint URL left out), encryption and retention in words; `backup --dry-run` shows each source's size as
+/// `plan` does (it showed `-`).
+#[test]
+fn issue10_plan_shows_config_targets_encryption_retention_and_dry_run_sizes() {
+    crate::require_docker!();
+    let mut c = Cleanup::default();
+    let h = Here::new();
+    let a = h.path("a").display().to_string();
+    let vol = c.volume("plan");
+    std::fs::write(support::mountpoint(&vol).join("f"), vec![1u8; 3 * 1024]).unwrap();
+    let cfg = h.config(&format!(
+        "{}[target.offsite]\ntype = \"s3\"\nbucket = \"bk\"\nprefix = \"host1\"\n\
+         endpoint = \"http://minio:topsecret@127.0.0.1:9\"\n\
+         [encryption]\nrecipients = [\"age1one\", \"age1two\"]\n\
+         [retention]\nkeep-last = 3\nkeep-daily = 7\nkeep-within = \"2d\"\n\
+         [job.default]\ntargets = [\"a\", \"offsite\"]\n",
+        local_target("a", &a)
+    ));
+    let p = h.voltar(&["-c", &cfg, "plan", "--only", &vol]);
+    assert_eq!(p.code, 0, "{p:?}");
+    for want in [
+        format!("config: {cfg}"),
+        format!("a: {a}"),
+        "offsite: s3://bk/host1".to_string(),
+        "127.0.0.1:9".to_string(),
+        "encryption: 2 recipients".to_string(),
+        "retention: keep the last 3, 7 daily, and all within 2d".to_string(),
+    ] {
+        assert!(p.stdout.contains(&want), "missing `{want}`: {p:?}");
+    }
+    assert!(!p.all().contains("topsecret"), "{p:?}");
+    let v = json(&h.voltar(&["-c", &cfg, "--json", "plan", "--only", &vol]));
+    assert_eq!(v["config"], cfg.as_str(), "{v:#}");
+    assert_eq!(v["targets"][1]["name"], "offsite", "{v:#}");
+    assert_eq!(v["encryption"]["recipients"], 2, "{v:#}");
+    assert!(!v.to_string().contains("topsecret"), "{v:#}");
+
+    let p = h.voltar(&["plan", "--only", &vol, "--no-size"]);
+    assert_eq!(p.code, 0, "{p:?}");
+    assert!(
+        p.stdout.contains("config: none found: built-in defaults"),
+        "{p:?}"
+    );
+    assert!(p.stdout.contains("encryption: off"), "{p:?}");
+
+    let d = h.voltar(&["backup", "--dry-run", "--only", &vol, "-t", &a]);
+    assert_eq!(d.code, 0, "{d:?}");
+    let row = d
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&vol))
+        .unwrap_or_else(|| panic!("{d:?}"));
+    assert!(row.contains("3.0 KiB"), "{row}\n{d:?}");
+}
