@@ -80,6 +80,9 @@ pub struct SkippedSource {
     pub kind: SourceKind,
     pub path: PathBuf,
     pub reason: String,
+    /// The containers that mount it (what names an anonymous volume to a human).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub used_by: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -169,6 +172,7 @@ fn plan_volumes(discovery: &Discovery, job: &Job, plan: &mut Plan) -> Result<(),
                 kind: SourceKind::Volume,
                 path: v.mountpoint.clone(),
                 reason,
+                used_by: names_of(&users),
             }),
         }
     }
@@ -214,6 +218,7 @@ fn plan_binds(
                 kind: SourceKind::Bind,
                 path: path.clone(),
                 reason,
+                used_by: names_of(&users),
             }),
         }
     }
@@ -297,6 +302,7 @@ fn keep_only_named(only: &[String], plan: &mut Plan) {
         .partition(|s| only.contains(&s.name));
     plan.sources = keep;
     plan.skipped.extend(drop.into_iter().map(|s| SkippedSource {
+        used_by: s.containers.iter().map(|c| c.name.clone()).collect(),
         name: s.name,
         kind: s.kind,
         path: s.path,
@@ -313,6 +319,10 @@ fn globs(patterns: &[String]) -> Result<GlobSet, PlanError> {
         b.add(Glob::new(p).map_err(|_| PlanError::Pattern(p.clone()))?);
     }
     b.build().map_err(|e| PlanError::Pattern(e.to_string()))
+}
+
+fn names_of(users: &[(&ContainerInfo, bool)]) -> Vec<String> {
+    users.iter().map(|(c, _)| c.name.clone()).collect()
 }
 
 /// Containers mounting something, each with whether any of its matching mounts is read-write.

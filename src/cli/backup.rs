@@ -381,9 +381,10 @@ fn render_plan(plan: &crate::plan::Plan, sizes: Option<&[Option<u64>]>) -> Strin
             .and_then(|v| v.get(i).copied().flatten())
             .map(human)
             .unwrap_or_else(|| "-".into());
+        let name = source_label(&s.name, s.containers.iter().map(|c| c.name.as_str()));
         if s.containers.is_empty() {
             rows.push(vec![
-                s.name.clone(),
+                name.clone(),
                 s.kind.to_string(),
                 size.clone(),
                 "-".into(),
@@ -399,11 +400,7 @@ fn render_plan(plan: &crate::plan::Plan, sizes: Option<&[Option<u64>]>) -> Strin
                 _ => String::new(),
             };
             rows.push(vec![
-                if j == 0 {
-                    s.name.clone()
-                } else {
-                    String::new()
-                },
+                if j == 0 { name.clone() } else { String::new() },
                 if j == 0 {
                     s.kind.to_string()
                 } else {
@@ -424,11 +421,29 @@ fn render_plan(plan: &crate::plan::Plan, sizes: Option<&[Option<u64>]>) -> Strin
         out.push_str(&format!("\n{} skipped:\n", plan.skipped.len()));
         let mut rows = vec![vec!["SOURCE".to_string(), "KIND".into(), "REASON".into()]];
         for s in &plan.skipped {
-            rows.push(vec![s.name.clone(), s.kind.to_string(), s.reason.clone()]);
+            rows.push(vec![
+                source_label(&s.name, s.used_by.iter().map(String::as_str)),
+                s.kind.to_string(),
+                s.reason.clone(),
+            ]);
         }
         out.push_str(&table(&rows));
     }
     out
+}
+
+/// A source's name in a table: an anonymous volume's 64 hex digits shortened to 12, with the containers that use
+/// it (`3f2a5b6c7d8e… (anonymous, used by web)`; `--json` has the whole name).
+fn source_label<'a>(name: &str, users: impl Iterator<Item = &'a str>) -> String {
+    if !crate::plan::is_anonymous(name) {
+        return name.to_string();
+    }
+    let users: Vec<&str> = users.collect();
+    if users.is_empty() {
+        format!("{}… (anonymous, unused)", &name[..12])
+    } else {
+        format!("{}… (anonymous, used by {})", &name[..12], users.join(", "))
+    }
 }
 
 fn ratio(bytes: u64, stored: u64) -> String {
@@ -463,7 +478,7 @@ fn render_run(r: &RunReport) -> String {
             .collect::<Vec<_>>()
             .join(", ");
         rows.push(vec![
-            s.name.clone(),
+            source_label(&s.name, s.containers.iter().map(|c| c.name.as_str())),
             s.counts.files.to_string(),
             human(s.counts.bytes),
             human(s.stored_bytes),

@@ -419,3 +419,35 @@ fn issue10_plan_shows_config_targets_encryption_retention_and_dry_run_sizes() {
         .unwrap_or_else(|| panic!("{d:?}"));
     assert!(row.contains("3.0 KiB"), "{row}\n{d:?}");
 }
+
+/// Issue 10: an anonymous volume (64 hex digits) says which container uses it, in `plan` and in the `backup`
+/// summary: `3f2a5b6c7d8e… (anonymous, used by web)`.
+#[test]
+fn issue10_anonymous_volumes_name_their_container() {
+    crate::require_docker!();
+    let mut c = Cleanup::default();
+    let h = Here::new();
+    let t = h.target();
+    let web = c.run("anon-web", &["-v", "/data"]);
+    let anon = support::docker(&["inspect", "-f", "{{range .Mounts}}{{.Name}}{{end}}", &web]);
+    c.volumes.push(anon.clone());
+    assert_eq!(anon.len(), 64, "{anon}");
+    let shown = format!("{}… (anonymous, used by {web})", &anon[..12]);
+
+    let p = h.voltar(&["plan", "--no-size"]);
+    assert_eq!(p.code, 0, "{p:?}");
+    let row = p
+        .stdout
+        .lines()
+        .find(|l| l.contains(&anon[..12]))
+        .unwrap_or_else(|| panic!("{p:?}"));
+    assert!(row.starts_with(&shown), "{row}\n{p:?}");
+    assert!(row.contains("anonymous volume"), "the skip reason: {row}");
+
+    let b = h.voltar(&["backup", "--only", &anon, "-t", &t]);
+    assert_eq!(b.code, 0, "{b:?}");
+    assert!(
+        b.stdout.lines().any(|l| l.starts_with(&shown)),
+        "{shown}\n{b:?}"
+    );
+}
