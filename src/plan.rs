@@ -90,6 +90,9 @@ pub struct SkippedSource {
 pub struct Plan {
     pub sources: Vec<PlannedSource>,
     pub skipped: Vec<SkippedSource>,
+    /// voltar runs in this container: its own mounts were left out ([`leave_out_own`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub running_in: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -319,6 +322,24 @@ fn globs(patterns: &[String]) -> Result<GlobSet, PlanError> {
         b.add(Glob::new(p).map_err(|_| PlanError::Pattern(p.clone()))?);
     }
     b.build().map_err(|e| PlanError::Pattern(e.to_string()))
+}
+
+/// voltar runs in container `own`: leave its own mounts out of the plan — its bind mounts (docker.sock, the
+/// volumes directory, the config, the state dir) and its volumes, whether selected or skipped — and never hold
+/// it for another source.
+pub fn leave_out_own(plan: &mut Plan, own: &ContainerInfo) {
+    let mine = |kind: SourceKind, name: &str, path: &Path| {
+        own.mounts.iter().any(|m| match kind {
+            SourceKind::Volume => m.kind == MountKind::Volume && m.name.as_deref() == Some(name),
+            SourceKind::Bind => m.kind == MountKind::Bind && m.source == path,
+        })
+    };
+    plan.sources.retain(|s| !mine(s.kind, &s.name, &s.path));
+    plan.skipped.retain(|s| !mine(s.kind, &s.name, &s.path));
+    for s in &mut plan.sources {
+        s.containers.retain(|c| c.id != own.id);
+    }
+    plan.running_in = Some(own.name.clone());
 }
 
 fn names_of(users: &[(&ContainerInfo, bool)]) -> Vec<String> {

@@ -42,6 +42,8 @@ pub(super) async fn plan(
             setup: Setup,
             sources: Vec<SizedSource<'a>>,
             skipped: &'a [crate::plan::SkippedSource],
+            #[serde(rename = "running-in", skip_serializing_if = "Option::is_none")]
+            running_in: Option<&'a str>,
         }
         let doc = PlanOut {
             setup: setup(config, job),
@@ -55,6 +57,7 @@ pub(super) async fn plan(
                 })
                 .collect(),
             skipped: &plan.skipped,
+            running_in: plan.running_in.as_deref(),
         };
         out_json(&doc);
     } else {
@@ -415,7 +418,8 @@ fn render_plan(plan: &crate::plan::Plan, sizes: Option<&[Option<u64>]>) -> Strin
             ]);
         }
     }
-    let mut out = format!("{} source(s) to back up:\n", plan.sources.len());
+    let mut out = running_in(plan);
+    out.push_str(&format!("{} source(s) to back up:\n", plan.sources.len()));
     out.push_str(&table(&rows));
     if !plan.skipped.is_empty() {
         out.push_str(&format!("\n{} skipped:\n", plan.skipped.len()));
@@ -443,6 +447,14 @@ fn source_label<'a>(name: &str, users: impl Iterator<Item = &'a str>) -> String 
         format!("{}… (anonymous, unused)", &name[..12])
     } else {
         format!("{}… (anonymous, used by {})", &name[..12], users.join(", "))
+    }
+}
+
+/// The one line saying that voltar's own container's mounts are left out.
+fn running_in(plan: &crate::plan::Plan) -> String {
+    match &plan.running_in {
+        Some(c) => format!("running in container {c}: its own mounts are not backed up\n"),
+        None => String::new(),
     }
 }
 
@@ -493,6 +505,7 @@ fn render_run(r: &RunReport) -> String {
         ]);
     }
     let mut out = format!("backup {} (job {})\n", r.id, r.job);
+    out.push_str(&running_in(&r.plan));
     out.push_str(&table(&rows));
     // Entries missing from an archive first: they are why a source is incomplete (the list is capped per source,
     // the count is exact).

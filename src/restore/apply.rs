@@ -323,6 +323,7 @@ async fn safety_backup(ctx: &ApplyCtx<'_>, src: &SourceRecord, path: &Path) -> R
             reason: "safety backup before restore".into(),
         }],
         skipped: vec![],
+        running_in: None,
     };
     let env = backup::Env {
         config,

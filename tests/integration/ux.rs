@@ -451,3 +451,76 @@ fn issue10_anonymous_volumes_name_their_container() {
         "{shown}\n{b:?}"
     );
 }
+
+/// Issue 10: run in a container, voltar leaves that container's own mounts out of the plan (its bind mounts:
+/// docker.sock, the volumes directory, the config, the state dir; its volumes), saying so once. The container is
+/// named through the hidden `VOLTAR_SELF_CONTAINER` (what the detection finds from `/.dockerenv`, the hostname
+/// and `/proc/self/mountinfo` inside a container).
+#[test]
+fn issue10_own_mounts_are_left_out_in_a_container() {
+    crate::require_docker!();
+    let mut c = Cleanup::default();
+    let h = Here::new();
+    let bind = h.path("state-dir");
+    std::fs::create_dir(&bind).unwrap();
+    let bind = bind.display().to_string();
+    let own_vol = c.volume("own");
+    let app_vol = c.volume("app");
+    let me = c.run(
+        "voltar-self",
+        &[
+            "-v",
+            &format!("{bind}:/state"),
+            "-v",
+            &format!("{own_vol}:/config"),
+        ],
+    );
+    let _app = c.run(
+        "app",
+        &[
+            "-v",
+            &format!("{app_vol}:/data"),
+            "-v",
+            &format!("{own_vol}:/shared"),
+        ],
+    );
+
+    let plain = h.voltar(&["--json", "plan", "--no-size"]).stdout;
+    assert!(
+        plain.contains(&own_vol) && plain.contains(&bind),
+        "without it: {plain}"
+    );
+
+    let run = |args: &[&str]| -> Out {
+        std::process::Command::new(env!("CARGO_BIN_EXE_voltar"))
+            .args(args)
+            .current_dir(h.path("cwd"))
+            .env("VOLTAR_STATE_DIR", h.path("state"))
+            .env("VOLTAR_SELF_CONTAINER", &me)
+            .env_remove("VOLTAR_CONFIG")
+            .output()
+            .unwrap()
+            .into()
+    };
+    let p = run(&["plan", "--no-size"]);
+    assert_eq!(p.code, 0, "{p:?}");
+    assert_eq!(
+        p.all()
+            .matches(&format!(
+                "running in container {me}: its own mounts are not backed up"
+            ))
+            .count(),
+        1,
+        "{p:?}"
+    );
+    assert!(!p.stdout.contains(&own_vol), "{p:?}");
+    assert!(!p.stdout.contains(&bind), "{p:?}");
+    assert!(p.stdout.contains(&app_vol), "{p:?}");
+    let j = run(&["--json", "plan", "--no-size"]);
+    let v = json(&j);
+    assert_eq!(v["running-in"], me.as_str(), "{v:#}");
+    assert!(
+        !j.stdout.contains(&own_vol) && !j.stdout.contains(&bind),
+        "{v:#}"
+    );
+}
