@@ -146,18 +146,28 @@ async fn quiesce(ctx: &RunCtx<'_>, src: &PlannedSource) -> Result<Held, quiesce:
             stop_timeout: c.stop_timeout,
         })
         .collect();
+    let stops = holds.iter().any(|h| h.action == QuiesceAction::Stop);
+    let pauses = holds.iter().any(|h| h.action != QuiesceAction::Stop);
     if !holds.is_empty() {
         ctx.env.progress.note(&format!(
             "{} {} container(s)",
-            if holds.iter().any(|h| h.action == QuiesceAction::Stop) {
-                "stopping/pausing"
-            } else {
-                "pausing"
-            },
+            if stops { "stopping/pausing" } else { "pausing" },
             holds.len()
         ));
     }
-    ctx.quiescer.hold(&holds).await
+    let held = ctx.quiescer.hold(&holds).await?;
+    if !holds.is_empty() {
+        // The bar says who is held and for how long until `release`.
+        ctx.env.progress.note("");
+        let names: Vec<String> = holds.iter().map(|h| h.name.clone()).collect();
+        let action = match (stops, pauses) {
+            (true, true) => "paused/stopped",
+            (true, false) => "stopped",
+            _ => "paused",
+        };
+        ctx.env.progress.holding(&names, action);
+    }
+    Ok(held)
 }
 
 /// What reading a source left: the packer's outcome (an error message when it failed or was capped) and how
@@ -299,6 +309,7 @@ fn spawn_packer(
 /// Resume what was held, recording each container's action and downtime; a failure to resume is a warning.
 async fn release(ctx: &RunCtx<'_>, held: Held, report: &mut SourceReport) {
     let released = ctx.quiescer.release(held).await;
+    ctx.env.progress.released();
     for r in &released.released {
         if let Some(c) = report.containers.iter_mut().find(|c| c.id == r.id) {
             c.action = r.action;
