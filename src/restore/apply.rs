@@ -267,6 +267,11 @@ async fn stopped_for_swap(
             .note(&format!("stopping {}…", stopping.join(", ")));
     }
     let held = ctx.quiescer.hold(&holds).await?;
+    if !holds.is_empty() {
+        let names: Vec<String> = holds.iter().map(|h| h.name.clone()).collect();
+        ctx.progress.note("");
+        ctx.progress.holding(&names, "stopped");
+    }
     let result = async {
         if !fresh && !ctx.args.no_safety_backup && dir_has_entries(path) {
             let id = safety_backup(ctx, src, path).await?;
@@ -281,6 +286,7 @@ async fn stopped_for_swap(
     }
     .await;
     let released = ctx.quiescer.release(held).await;
+    ctx.progress.released();
     sr.restarted = released.released.iter().map(|c| c.name.clone()).collect();
     sr.downtime_ms = released
         .released
