@@ -50,6 +50,7 @@ pub enum LockError {
 /// Held while a run uses a target; released on drop (or by the kernel when the process dies).
 #[derive(Debug)]
 pub struct TargetLock {
+    /// Held for its lock; closed after `Drop::drop` has unlinked it.
     _file: File,
     pub path: PathBuf,
 }
@@ -228,24 +229,105 @@ fn write_pid(file: &mut File) {
 
 impl TargetLock {
     /// Take the lock for `target` without waiting.
+    ///
+    /// The lock file holds the pid from the moment it can be locked at its path: it is written and locked under
+    /// a temporary name first, then linked into place (or renamed over a file a killed run left behind, once
+    /// that one is locked too). A run that finds the lock held therefore always reads the holder's pid; one
+    /// that locked a file no longer at the path (replaced or released meanwhile) looks again.
     pub fn acquire(state_dir: &Path, target: &Target) -> Result<TargetLock, LockError> {
         let key = target_key(target)?;
         let dir = lock_dir(state_dir)?;
         let h = hex::encode(Sha256::digest(&key.key));
         let path = dir.join(format!("target-{}.lock", &h[..16]));
-        let mut file = open_lock_file(&path)?;
-        let got = try_flock(&file).map_err(|source| LockError::Io {
+        let io = |source| LockError::Io {
             path: path.clone(),
             source,
-        })?;
-        if !got {
-            return Err(LockError::Busy {
-                target: key.display,
-                pid: read_pid(&mut file),
-            });
+        };
+        for _ in 0..64 {
+            let (file, temp) = locked_pid_file(&dir, &h[..16]).map_err(io)?;
+            let placed = fs::hard_link(&temp, &path);
+            if placed.is_ok() {
+                let _ = fs::remove_file(&temp);
+                return Ok(TargetLock { _file: file, path });
+            }
+            let taken = take_over(&path, &temp);
+            let _ = fs::remove_file(&temp);
+            match taken.map_err(io)? {
+                Place::Ours => return Ok(TargetLock { _file: file, path }),
+                Place::Held(pid) => {
+                    return Err(LockError::Busy {
+                        target: key.display,
+                        pid,
+                    })
+                }
+                Place::Moved => continue,
+            }
         }
-        write_pid(&mut file);
-        Ok(TargetLock { _file: file, path })
+        Err(io(io::Error::other(
+            "the lock file keeps being replaced while it is taken",
+        )))
+    }
+}
+
+/// What is at a lock path that already exists.
+enum Place {
+    /// It was left by a run that is gone: our file replaced it.
+    Ours,
+    /// Another live run holds it, with this pid.
+    Held(String),
+    /// It went away or was replaced while we looked: look again.
+    Moved,
+}
+
+/// A new file in `dir` holding this process's pid, locked (nobody else has it open yet), and its name.
+fn locked_pid_file(dir: &Path, stem: &str) -> io::Result<(File, PathBuf)> {
+    let temp = dir.join(format!(
+        ".{stem}.{}.{:08x}.tmp",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&temp)?;
+    write!(file, "{}", std::process::id())?;
+    if !try_flock(&file)? {
+        return Err(io::Error::other(
+            "a new lock file is locked by someone else",
+        ));
+    }
+    Ok((file, temp))
+}
+
+/// The lock file at `path` exists: its holder's pid when it is held, else replace it with `ours` (locked, with
+/// our pid) while holding the old one, so that nobody can lock the path in between.
+fn take_over(path: &Path, ours: &Path) -> io::Result<Place> {
+    let mut old = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Place::Moved),
+        Err(e) => return Err(e),
+    };
+    if !try_flock(&old)? {
+        let pid = read_pid(&mut old);
+        return Ok(if still_at(path, &old)? {
+            Place::Held(pid)
+        } else {
+            Place::Moved
+        });
+    }
+    if !still_at(path, &old)? {
+        return Ok(Place::Moved);
+    }
+    fs::rename(ours, path)?;
+    Ok(Place::Ours)
+}
+
+impl Drop for TargetLock {
+    fn drop(&mut self) {
+        // Unlink while still holding the lock: the next run links a file of its own, pid included. A run that
+        // locks this inode after us finds it no longer at the path and looks again.
+        let _ = fs::remove_file(&self.path);
     }
 }
 
@@ -347,6 +429,45 @@ mod tests {
         let _c = TargetLock::acquire(dir.path(), &local("s3://b/p")).unwrap();
         drop(a);
         TargetLock::acquire(dir.path(), &t).unwrap();
+    }
+
+    /// The refusal always names the holder's pid: it used to read "another voltar run (pid ) is using target"
+    /// when the other run had taken the lock but not yet written its pid (or had just emptied the file to write
+    /// it). One thread takes and releases the lock over and over; another keeps trying and checks each refusal.
+    #[test]
+    fn a_refusal_names_the_pid_of_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = local(dir.path().join("bk").to_str().unwrap());
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let holder = {
+            let (state, t, stop) = (dir.path().to_path_buf(), t.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    drop(TargetLock::acquire(&state, &t));
+                }
+            })
+        };
+        let me = format!("(pid {})", std::process::id());
+        let (mut refused, mut bad) = (0, Vec::new());
+        let start = std::time::Instant::now();
+        while refused < 2_000 && start.elapsed() < std::time::Duration::from_secs(10) {
+            if let Err(e) = TargetLock::acquire(dir.path(), &t) {
+                refused += 1;
+                let msg = e.to_string();
+                if !msg.contains(&me) {
+                    bad.push(msg);
+                }
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        holder.join().unwrap();
+        assert!(refused > 100, "the lock was hardly ever busy ({refused})");
+        assert!(
+            bad.is_empty(),
+            "{} of {refused} refusals without the holder's pid, e.g. {:?}",
+            bad.len(),
+            &bad[..bad.len().min(3)]
+        );
     }
 
     /// Row 25: the spellings of one directory are one lock, whether or not the directory exists yet.

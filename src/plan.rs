@@ -84,6 +84,9 @@ pub struct SkippedSource {
     pub kind: SourceKind,
     pub path: PathBuf,
     pub reason: String,
+    /// The containers that mount it (what names an anonymous volume to a human).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub used_by: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -91,6 +94,9 @@ pub struct SkippedSource {
 pub struct Plan {
     pub sources: Vec<PlannedSource>,
     pub skipped: Vec<SkippedSource>,
+    /// voltar runs in this container: its own mounts were left out ([`leave_out_own`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub running_in: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -173,6 +179,7 @@ fn plan_volumes(discovery: &Discovery, job: &Job, plan: &mut Plan) -> Result<(),
                 kind: SourceKind::Volume,
                 path: v.mountpoint.clone(),
                 reason,
+                used_by: names_of(&users),
             }),
         }
     }
@@ -218,6 +225,7 @@ fn plan_binds(
                 kind: SourceKind::Bind,
                 path: path.clone(),
                 reason,
+                used_by: names_of(&users),
             }),
         }
     }
@@ -301,6 +309,7 @@ fn keep_only_named(only: &[String], plan: &mut Plan) {
         .partition(|s| only.contains(&s.name));
     plan.sources = keep;
     plan.skipped.extend(drop.into_iter().map(|s| SkippedSource {
+        used_by: s.containers.iter().map(|c| c.name.clone()).collect(),
         name: s.name,
         kind: s.kind,
         path: s.path,
@@ -317,6 +326,28 @@ fn globs(patterns: &[String]) -> Result<GlobSet, PlanError> {
         b.add(Glob::new(p).map_err(|_| PlanError::Pattern(p.clone()))?);
     }
     b.build().map_err(|e| PlanError::Pattern(e.to_string()))
+}
+
+/// voltar runs in container `own`: leave its own mounts out of the plan — its bind mounts (docker.sock, the
+/// volumes directory, the config, the state dir) and its volumes, whether selected or skipped — and never hold
+/// it for another source.
+pub fn leave_out_own(plan: &mut Plan, own: &ContainerInfo) {
+    let mine = |kind: SourceKind, name: &str, path: &Path| {
+        own.mounts.iter().any(|m| match kind {
+            SourceKind::Volume => m.kind == MountKind::Volume && m.name.as_deref() == Some(name),
+            SourceKind::Bind => m.kind == MountKind::Bind && m.source == path,
+        })
+    };
+    plan.sources.retain(|s| !mine(s.kind, &s.name, &s.path));
+    plan.skipped.retain(|s| !mine(s.kind, &s.name, &s.path));
+    for s in &mut plan.sources {
+        s.containers.retain(|c| c.id != own.id);
+    }
+    plan.running_in = Some(own.name.clone());
+}
+
+fn names_of(users: &[(&ContainerInfo, bool)]) -> Vec<String> {
+    users.iter().map(|(c, _)| c.name.clone()).collect()
 }
 
 /// Containers mounting something, each with whether any of its matching mounts is read-write.

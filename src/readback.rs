@@ -8,7 +8,7 @@
 //! [`read`] returns what was found ([`ReadBack`]: the walk's result and the digest) and leaves the judgement
 //! against the manifest to the caller: restore stops at the first mismatch, verify reports every one.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::io::{BufRead, Read};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -64,7 +64,7 @@ pub enum Entries {
 pub enum Walked {
     Scanned(Counts),
     Unpacked(UnpackReport),
-    Listed(BTreeSet<PathBuf>),
+    Listed(BTreeMap<PathBuf, Option<archive::unpack::ListedEntry>>),
 }
 
 impl Walked {

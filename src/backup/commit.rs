@@ -105,7 +105,7 @@ pub(super) async fn prune(
             Ok(prune::AfterBackup::Pruned(p)) => row.prune = Some(*p),
             Ok(prune::AfterBackup::Skipped { reason }) => {
                 env.progress
-                    .warn(&format!("not pruning {}: {reason}", row.location));
+                    .reported(&format!("not pruning {}: {reason}", row.location));
                 row.prune_skipped = Some(reason);
             }
             Err(e) => row.error = Some(format!("prune: {e}")),

@@ -249,7 +249,11 @@ pub async fn plan_for(
 ) -> Result<Plan, BackupError> {
     let mut discovery = engine.discover().await?;
     quiesce::see_through_other_runs(state_dir, &mut discovery.containers);
-    Ok(plan::plan(&discovery, job, only, &plan::probe_path)?)
+    let mut plan = plan::plan(&discovery, job, only, &plan::probe_path)?;
+    if let Some(own) = crate::docker::own_container(&discovery.containers) {
+        plan::leave_out_own(&mut plan, own);
+    }
+    Ok(plan)
 }
 
 /// Run one backup job, between its host hooks: `before` first (a failure is fatal, before anything is touched),

@@ -180,18 +180,28 @@ async fn quiesce(
             stop_timeout: c.stop_timeout,
         })
         .collect();
+    let stops = holds.iter().any(|h| h.action == QuiesceAction::Stop);
+    let pauses = holds.iter().any(|h| h.action != QuiesceAction::Stop);
     if !holds.is_empty() {
         ctx.env.progress.note(&format!(
             "{} {} container(s)",
-            if holds.iter().any(|h| h.action == QuiesceAction::Stop) {
-                "stopping/pausing"
-            } else {
-                "pausing"
-            },
+            if stops { "stopping/pausing" } else { "pausing" },
             holds.len()
         ));
     }
-    ctx.quiescer.hold_locked(&holds, locked).await
+    let held = ctx.quiescer.hold_locked(&holds, locked).await?;
+    if !holds.is_empty() {
+        // The bar says who is held and for how long until `release`.
+        ctx.env.progress.note("");
+        let names: Vec<String> = holds.iter().map(|h| h.name.clone()).collect();
+        let action = match (stops, pauses) {
+            (true, true) => "paused/stopped",
+            (true, false) => "stopped",
+            _ => "paused",
+        };
+        ctx.env.progress.holding(&names, action);
+    }
+    Ok(held)
 }
 
 /// Take the quiesce locks of the source's containers whose hooks will run (waiting, bounded, for another run
@@ -521,6 +531,7 @@ fn spawn_packer(
 /// Resume what was held, recording each container's action and downtime; a failure to resume is a warning.
 async fn release(ctx: &RunCtx<'_>, held: Held, report: &mut SourceReport) {
     let released = ctx.quiescer.release(held).await;
+    ctx.env.progress.released();
     for r in &released.released {
         if let Some(c) = report.containers.iter_mut().find(|c| c.id == r.id) {
             c.action = r.action;
@@ -529,7 +540,7 @@ async fn release(ctx: &RunCtx<'_>, held: Held, report: &mut SourceReport) {
     }
     for e in &released.errors {
         report.warnings.push(e.to_string());
-        ctx.env.progress.warn(&e.to_string());
+        ctx.env.progress.reported(&e.to_string());
     }
 }
 
@@ -612,11 +623,11 @@ fn take_pack_report(
     if pack_report.counts.files == 0 && pack_report.counts.bytes == 0 {
         // Row 10: an empty source is worth a look (a volume mounted at the wrong path, data moved away).
         let w = "source is empty: no files were found (is this the right volume?)".to_string();
-        progress.warn(&format!("{}: {w}", src.name));
+        progress.reported(&format!("{}: {w}", src.name));
         report.warnings.push(w);
     }
     for w in &pack_report.warnings {
-        progress.warn(&format!("{}: {w}", src.name));
+        progress.reported(&format!("{}: {w}", src.name));
     }
     // Row 24: an entry that existed but is not in the archive is never a warning only.
     report.not_archived_count = pack_report.not_archived_count;
@@ -627,6 +638,10 @@ fn take_pack_report(
         .cloned()
         .collect();
     for w in &report.not_archived {
+        progress.reported(&format!("{}: NOT ARCHIVED: {w}", src.name));
+    }
+    // Past what the report lists: the log is the only place these are named.
+    for w in pack_report.not_archived.iter().skip(NOT_ARCHIVED_LISTED) {
         progress.warn(&format!("{}: NOT ARCHIVED: {w}", src.name));
     }
 }

@@ -39,10 +39,15 @@ pub(super) async fn plan(
         }
         #[derive(serde::Serialize)]
         struct PlanOut<'a> {
+            #[serde(flatten)]
+            setup: Setup,
             sources: Vec<SizedSource<'a>>,
             skipped: &'a [crate::plan::SkippedSource],
+            #[serde(rename = "running-in", skip_serializing_if = "Option::is_none")]
+            running_in: Option<&'a str>,
         }
         let doc = PlanOut {
+            setup: setup(config, job),
             sources: plan
                 .sources
                 .iter()
@@ -53,12 +58,202 @@ pub(super) async fn plan(
                 })
                 .collect(),
             skipped: &plan.skipped,
+            running_in: plan.running_in.as_deref(),
         };
         out_json(&doc);
     } else {
-        out(&render_plan(&plan, sizes.as_deref()));
+        out(&(render_setup(&setup(config, job)) + &render_plan(&plan, sizes.as_deref())));
     }
     Ok(EXIT_OK)
+}
+
+/// What `voltar plan` says about the setup before the sources: the config file, the job, its targets (where, no
+/// secrets), encryption and retention.
+#[derive(serde::Serialize)]
+struct Setup {
+    /// The config file read; `None`: none found, built-in defaults.
+    config: Option<String>,
+    job: String,
+    targets: Vec<SetupTarget>,
+    encryption: SetupEncryption,
+    /// The job's retention policy in words, and each target's where it has its own.
+    retention: String,
+    #[serde(rename = "target-retention", skip_serializing_if = "Vec::is_empty")]
+    target_retention: Vec<SetupTarget>,
+    /// Pruning after each backup.
+    prune: bool,
+    /// No keep-* rules: nothing to prune by.
+    #[serde(skip)]
+    keeps_all: bool,
+}
+
+#[derive(serde::Serialize)]
+struct SetupTarget {
+    name: String,
+    /// Where it is (a target) or its retention in words (`target-retention`).
+    #[serde(rename = "location")]
+    what: String,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct SetupEncryption {
+    enabled: bool,
+    recipients: usize,
+    passphrase_file: bool,
+}
+
+fn setup(config: &Config, job: &crate::config::Job) -> Setup {
+    let targets: Vec<&crate::config::Target> = job
+        .targets
+        .iter()
+        .filter_map(|n| config.targets.get(n))
+        .collect();
+    Setup {
+        config: config.source.as_ref().map(|p| p.display().to_string()),
+        job: job.name.clone(),
+        targets: targets
+            .iter()
+            .map(|t| SetupTarget {
+                name: t.name.clone(),
+                what: location(t),
+            })
+            .collect(),
+        encryption: SetupEncryption {
+            enabled: config.encryption.enabled(),
+            recipients: config.encryption.recipients.len(),
+            passphrase_file: config.encryption.passphrase_file.is_some(),
+        },
+        retention: policy_words(&job.retention.policy),
+        target_retention: targets
+            .iter()
+            .filter(|t| t.retention.is_some())
+            .map(|t| SetupTarget {
+                name: t.name.clone(),
+                what: policy_words(&t.effective_retention(&job.retention).policy),
+            })
+            .collect(),
+        prune: job.prune,
+        keeps_all: job.retention.policy.is_empty(),
+    }
+}
+
+fn render_setup(s: &Setup) -> String {
+    let mut out = match &s.config {
+        Some(p) => format!("config: {p}\n"),
+        None => "config: none found: built-in defaults\n".into(),
+    };
+    out.push_str(&format!("job: {}\n", s.job));
+    if s.targets.is_empty() {
+        out.push_str("targets: none configured (pass --target to backup)\n");
+    } else {
+        out.push_str("targets:\n");
+        for t in &s.targets {
+            out.push_str(&format!("  {}: {}\n", t.name, t.what));
+        }
+    }
+    let e = &s.encryption;
+    out.push_str(&if e.recipients > 0 {
+        format!("encryption: {} recipients (age)\n", e.recipients)
+    } else if e.passphrase_file {
+        "encryption: passphrase (from passphrase-file)\n".into()
+    } else {
+        "encryption: off\n".into()
+    });
+    out.push_str(&format!(
+        "retention: {}{}\n",
+        s.retention,
+        if s.prune || s.keeps_all {
+            ""
+        } else {
+            " (not pruned after backups)"
+        }
+    ));
+    for t in &s.target_retention {
+        out.push_str(&format!("  on {}: {}\n", t.name, t.what));
+    }
+    out.push('\n');
+    out
+}
+
+/// Where a target is, without secrets: a directory, or `s3://bucket/prefix` with its endpoint (no user or
+/// password) and region.
+fn location(t: &crate::config::Target) -> String {
+    use crate::config::TargetKind;
+    match &t.kind {
+        TargetKind::Local { path, prefix } => {
+            if prefix.is_empty() {
+                path.display().to_string()
+            } else {
+                path.join(prefix).display().to_string()
+            }
+        }
+        TargetKind::S3(s) => {
+            let mut l = format!("s3://{}/{}", s.bucket, s.prefix);
+            if let Some(ep) = &s.endpoint {
+                l.push_str(&format!(" at {}", without_userinfo(ep)));
+            }
+            if let Some(r) = &s.region {
+                l.push_str(&format!(" ({r})"));
+            }
+            l
+        }
+    }
+}
+
+/// A URL without its `user:password@`.
+fn without_userinfo(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let host_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(host_end);
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if scheme.is_empty() {
+        format!("{host}{path}")
+    } else {
+        format!("{scheme}://{host}{path}")
+    }
+}
+
+/// A retention policy in words: "keep the last 3, 7 daily, 4 weekly, and all within 2d".
+pub(super) fn policy_words(p: &crate::config::Policy) -> String {
+    if p.is_empty() {
+        return "keep everything (no keep-* rules)".into();
+    }
+    let mut parts = Vec::new();
+    if let Some(n) = p.keep_last {
+        parts.push(format!("the last {n}"));
+    }
+    for (n, what) in [
+        (p.keep_hourly, "hourly"),
+        (p.keep_daily, "daily"),
+        (p.keep_weekly, "weekly"),
+        (p.keep_monthly, "monthly"),
+        (p.keep_yearly, "yearly"),
+    ] {
+        if let Some(n) = n {
+            parts.push(format!("{n} {what}"));
+        }
+    }
+    if let Some(d) = p.keep_within {
+        parts.push(format!("all within {}", span(d)));
+    }
+    let last = parts.pop().expect("a rule");
+    if parts.is_empty() {
+        format!("keep {last}")
+    } else {
+        format!("keep {}, and {last}", parts.join(", "))
+    }
+}
+
+/// A span as the config writes it: `2d`, `12h`, `30m`, `45s`.
+fn span(d: chrono::Duration) -> String {
+    let s = d.num_seconds();
+    match s {
+        _ if s % 86400 == 0 => format!("{}d", s / 86400),
+        _ if s % 3600 == 0 => format!("{}h", s / 3600),
+        _ if s % 60 == 0 => format!("{}m", s / 60),
+        _ => format!("{s}s"),
+    }
 }
 
 /// The flags of `voltar backup`.
@@ -108,7 +303,8 @@ pub(super) async fn backup(
             if json {
                 out(&summary);
             } else if dry_run {
-                out(&render_plan(&report.plan, None));
+                let sizes = crate::sizes::of_sources(&report.plan).await?;
+                out(&render_plan(&report.plan, Some(&sizes)));
             } else if !(quiet && report.exit_code() == EXIT_OK) {
                 // `--quiet` (cron): silent on success, the full summary when something failed.
                 out(&render_run(report));
@@ -256,9 +452,10 @@ fn render_plan(plan: &crate::plan::Plan, sizes: Option<&[Option<u64>]>) -> Strin
             .and_then(|v| v.get(i).copied().flatten())
             .map(human)
             .unwrap_or_else(|| "-".into());
+        let name = source_label(&s.name, s.containers.iter().map(|c| c.name.as_str()));
         if s.containers.is_empty() {
             rows.push(vec![
-                s.name.clone(),
+                name.clone(),
                 s.kind.to_string(),
                 size.clone(),
                 "-".into(),
@@ -274,11 +471,7 @@ fn render_plan(plan: &crate::plan::Plan, sizes: Option<&[Option<u64>]>) -> Strin
                 _ => String::new(),
             };
             rows.push(vec![
-                if j == 0 {
-                    s.name.clone()
-                } else {
-                    String::new()
-                },
+                if j == 0 { name.clone() } else { String::new() },
                 if j == 0 {
                     s.kind.to_string()
                 } else {
@@ -293,18 +486,45 @@ fn render_plan(plan: &crate::plan::Plan, sizes: Option<&[Option<u64>]>) -> Strin
             ]);
         }
     }
-    let mut out = format!("{} source(s) to back up:\n", plan.sources.len());
+    let mut out = running_in(plan);
+    out.push_str(&format!("{} source(s) to back up:\n", plan.sources.len()));
     out.push_str(&table(&rows));
     out.push_str(&plan_hook_lines(plan));
     if !plan.skipped.is_empty() {
         out.push_str(&format!("\n{} skipped:\n", plan.skipped.len()));
         let mut rows = vec![vec!["SOURCE".to_string(), "KIND".into(), "REASON".into()]];
         for s in &plan.skipped {
-            rows.push(vec![s.name.clone(), s.kind.to_string(), s.reason.clone()]);
+            rows.push(vec![
+                source_label(&s.name, s.used_by.iter().map(String::as_str)),
+                s.kind.to_string(),
+                s.reason.clone(),
+            ]);
         }
         out.push_str(&table(&rows));
     }
     out
+}
+
+/// A source's name in a table: an anonymous volume's 64 hex digits shortened to 12, with the containers that use
+/// it (`3f2a5b6c7d8e… (anonymous, used by web)`; `--json` has the whole name).
+fn source_label<'a>(name: &str, users: impl Iterator<Item = &'a str>) -> String {
+    if !crate::plan::is_anonymous(name) {
+        return name.to_string();
+    }
+    let users: Vec<&str> = users.collect();
+    if users.is_empty() {
+        format!("{}… (anonymous, unused)", &name[..12])
+    } else {
+        format!("{}… (anonymous, used by {})", &name[..12], users.join(", "))
+    }
+}
+
+/// The one line saying that voltar's own container's mounts are left out.
+fn running_in(plan: &crate::plan::Plan) -> String {
+    match &plan.running_in {
+        Some(c) => format!("running in container {c}: its own mounts are not backed up\n"),
+        None => String::new(),
+    }
 }
 
 fn ratio(bytes: u64, stored: u64) -> String {
@@ -329,6 +549,7 @@ fn render_run(r: &RunReport) -> String {
         "DOWNTIME".into(),
         "STATUS".into(),
     ]];
+    let shared = shared_errors(r);
     for s in &r.sources {
         let downtime = s
             .containers
@@ -338,7 +559,7 @@ fn render_run(r: &RunReport) -> String {
             .collect::<Vec<_>>()
             .join(", ");
         rows.push(vec![
-            s.name.clone(),
+            source_label(&s.name, s.containers.iter().map(|c| c.name.as_str())),
             s.counts.files.to_string(),
             human(s.counts.bytes),
             human(s.stored_bytes),
@@ -349,10 +570,11 @@ fn render_run(r: &RunReport) -> String {
             } else {
                 downtime
             },
-            status_cell(s),
+            status_cell(s, &shared),
         ]);
     }
     let mut out = format!("backup {} (job {})\n", r.id, r.job);
+    out.push_str(&running_in(&r.plan));
     out.push_str(&table(&rows));
     // Entries missing from an archive first: they are why a source is incomplete (the list is capped per source,
     // the count is exact).
@@ -372,14 +594,8 @@ fn render_run(r: &RunReport) -> String {
             ));
         }
     }
-    for w in r
-        .sources
-        .iter()
-        .flat_map(|s| s.warnings.iter().map(move |w| (s, w)))
-        .take(20)
-    {
-        out.push_str(&format!("warning: {}: {}\n", w.0.name, w.1));
-    }
+    out.push_str(&shared_lines(&shared));
+    out.push_str(&warning_lines(r));
     for t in &r.targets {
         out.push_str(&target_lines(t));
     }
@@ -439,15 +655,102 @@ fn plan_hook_lines(plan: &crate::plan::Plan) -> String {
     out
 }
 
-/// The STATUS cell of a source's row.
-fn status_cell(s: &SourceReport) -> String {
+/// Warning lines shown in the summary; the rest are counted (`--json` has them all).
+const WARNINGS_SHOWN: usize = 20;
+
+/// Each warning once: a text that several sources have is one line naming them all.
+fn warning_lines(r: &RunReport) -> String {
+    let mut seen: Vec<(&str, Vec<&str>)> = Vec::new();
+    for s in &r.sources {
+        for w in &s.warnings {
+            match seen.iter_mut().find(|(t, _)| t == w) {
+                Some((_, names)) if names.contains(&s.name.as_str()) => {}
+                Some((_, names)) => names.push(&s.name),
+                None => seen.push((w, vec![&s.name])),
+            }
+        }
+    }
+    let mut out = String::new();
+    for (w, names) in seen.iter().take(WARNINGS_SHOWN) {
+        out.push_str(&format!("warning: {}: {w}\n", names.join(", ")));
+    }
+    if seen.len() > WARNINGS_SHOWN {
+        out.push_str(&format!(
+            "… and {} more warning(s) (--json lists them)\n",
+            seen.len() - WARNINGS_SHOWN
+        ));
+    }
+    out
+}
+
+/// An error in the STATUS column: a source's own, or a target's for that source.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Shown<'a> {
+    /// The target it happened on, or `None` for the source's own error.
+    target: Option<&'a str>,
+    error: &'a str,
+}
+
+/// The errors that several rows have: printed once below the table, with the number of rows, and named in
+/// the rows as "(see below)".
+fn shared_errors(r: &RunReport) -> Vec<(Shown<'_>, usize)> {
+    let mut seen: Vec<(Shown, usize)> = Vec::new();
+    for s in &r.sources {
+        let own = s.error.as_deref().filter(|_| s.status == Status::Failed);
+        let errors = own
+            .map(|error| Shown {
+                target: None,
+                error,
+            })
+            .into_iter()
+            .chain(s.target_errors.iter().map(|(t, e)| Shown {
+                target: Some(t),
+                error: e,
+            }));
+        for e in errors {
+            match seen.iter_mut().find(|(x, _)| *x == e) {
+                Some((_, n)) => *n += 1,
+                None => seen.push((e, 1)),
+            }
+        }
+    }
+    seen.retain(|(_, n)| *n > 1);
+    seen
+}
+
+fn shared_lines(shared: &[(Shown, usize)]) -> String {
+    let mut out = String::new();
+    for (e, n) in shared {
+        match e.target {
+            None => out.push_str(&format!("failed ({n} sources): {}\n", e.error)),
+            Some(t) => out.push_str(&format!("not stored on {t} ({n} sources): {}\n", e.error)),
+        }
+    }
+    out
+}
+
+/// The STATUS cell of a source's row. An error several rows share is named "(see below)".
+fn status_cell(s: &SourceReport, shared: &[(Shown, usize)]) -> String {
+    let is_shared = |e: Shown| shared.iter().any(|(x, _)| *x == e);
+    // "TARGET: ERROR", or "TARGET (see below)".
+    let on = |(t, e): (&String, &String)| {
+        let e = Shown {
+            target: Some(t),
+            error: e,
+        };
+        if is_shared(e) {
+            format!("{t} (see below)")
+        } else {
+            format!("{t}: {}", e.error)
+        }
+    };
     match s.status {
         Status::Ok => "ok".to_string(),
         Status::Partial => format!(
             "partial: {}",
             s.target_errors
                 .iter()
-                .map(|(t, e)| format!("{t}: {e}"))
+                .map(on)
                 .collect::<Vec<_>>()
                 .join("; ")
         ),
@@ -456,12 +759,22 @@ fn status_cell(s: &SourceReport) -> String {
                 "INCOMPLETE: {} not archived",
                 count(s.not_archived_count, "entry", "entries")
             );
-            for (target, e) in &s.target_errors {
-                t.push_str(&format!("; not stored on {target}: {e}"));
+            for te in &s.target_errors {
+                t.push_str(&format!("; not stored on {}", on(te)));
             }
             t
         }
-        Status::Failed => format!("FAILED: {}", s.error.clone().unwrap_or_default()),
+        Status::Failed => {
+            let e = s.error.as_deref().unwrap_or_default();
+            if is_shared(Shown {
+                target: None,
+                error: e,
+            }) {
+                "FAILED (see below)".into()
+            } else {
+                format!("FAILED: {e}")
+            }
+        }
         Status::Skipped => "skipped".into(),
     }
 }

@@ -1,70 +1,139 @@
 //! `voltar list` and `voltar show`: read the catalog, render it (tables or `--json`), exit codes.
 
+use std::sync::Arc;
+
 use anyhow::Result;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::catalog::{self, BackupId, Manifest};
-use crate::config::Config;
+use crate::config::{Config, Target};
+use crate::storage::Storage;
 
 use super::render::{count, human, human_ms, local_time, table};
-use super::{out, out_json, ReadTargetArgs, EXIT_FAILED, EXIT_OK};
+use super::{chain, out, out_json, ReadTargetsArgs, EXIT_FAILED, EXIT_OK};
 
-/// The target a read command uses, and its listing.
-async fn open_listing(
-    config: &Config,
-    job: Option<String>,
-    target: ReadTargetArgs,
-) -> Result<(
-    std::sync::Arc<dyn crate::storage::Storage>,
-    catalog::Listing,
-)> {
-    let store = super::open_one(config, job.as_deref(), &target.as_list()).await?;
-    let listing = catalog::list(store.as_ref()).await?;
-    Ok((store, listing))
+/// One target a read command was asked to read: where it is, and its listing or why it could not be read.
+struct Read {
+    /// The target's location once opened (`/backups`, `s3://bucket/prefix`), else its name.
+    target: String,
+    listing: Result<catalog::Listing, String>,
 }
 
-/// `voltar list`: the backups in the target (exit 1 when a manifest is unreadable).
+/// The targets a read command reads (`--target` values, else every target of the job), each listed. A target
+/// that cannot be read is in the list with its error; `Err` (exit 2) when none could be read, or for a usage
+/// error (a mistyped target name).
+async fn read_all(config: &Config, job: Option<&str>, args: &ReadTargetsArgs) -> Result<Vec<Read>> {
+    let targets = super::resolve_targets(config, job, &args.as_list())?;
+    let mut reads = Vec::new();
+    let mut errors = Vec::new();
+    for t in &targets {
+        let (target, listing) = match open(t).await {
+            Ok(store) => {
+                let listing = catalog::list(store.as_ref())
+                    .await
+                    .map_err(anyhow::Error::from);
+                (store.describe(), listing)
+            }
+            Err(e) => (t.name.clone(), Err(e)),
+        };
+        let listing = listing.map_err(|e| {
+            let msg = chain(&e);
+            errors.push(e);
+            msg
+        });
+        reads.push(Read { target, listing });
+    }
+    if reads.iter().all(|r| r.listing.is_err()) {
+        return Err(none_readable(errors));
+    }
+    Ok(reads)
+}
+
+async fn open(t: &Target) -> Result<Arc<dyn Storage>> {
+    use anyhow::Context;
+    crate::storage::open(t)
+        .await
+        .with_context(|| format!("opening target {}", t.name))
+}
+
+/// The error of a read command none of whose targets could be read: the one error as it is, or each target's.
+pub(super) fn none_readable(mut errors: Vec<anyhow::Error>) -> anyhow::Error {
+    if errors.len() == 1 {
+        return errors.remove(0);
+    }
+    anyhow::anyhow!(
+        "no target could be read: {}",
+        errors.iter().map(chain).collect::<Vec<_>>().join("; ")
+    )
+}
+
+/// `voltar list`: the backups in each target (exit 1 when a manifest or a target is unreadable).
 pub(super) async fn list(
     config: &Config,
     job: Option<String>,
-    target: ReadTargetArgs,
+    target: ReadTargetsArgs,
     json: bool,
 ) -> Result<i32> {
-    let (store, listing) = open_listing(config, job, target).await?;
+    let reads = read_all(config, job.as_deref(), &target).await?;
     if json {
-        out_json(&list_out(&store.describe(), &listing));
+        out_json(&list_out(&reads));
     } else {
-        out(&render_list(&store.describe(), &listing));
+        out(&render_list(&reads));
     }
-    Ok(if listing.unreadable.is_empty() {
-        EXIT_OK
-    } else {
-        EXIT_FAILED
-    })
+    let sound = reads
+        .iter()
+        .all(|r| r.listing.as_ref().is_ok_and(|l| l.unreadable.is_empty()));
+    Ok(if sound { EXIT_OK } else { EXIT_FAILED })
 }
 
-/// `list --json`, fields in a fixed order.
+/// `list --json`, fields in a fixed order: the targets read (with the error of each that could not be), then
+/// every backup, incomplete id and unreadable manifest, each with its target.
 #[derive(Serialize)]
 struct ListOut<'a> {
-    target: &'a str,
+    targets: Vec<TargetRead<'a>>,
     backups: Vec<Listed<'a>>,
     /// Ids with objects but no manifest.
-    incomplete: Vec<&'a BackupId>,
+    incomplete: Vec<Incomplete<'a>>,
     unreadable: Vec<Unreadable<'a>>,
+}
+
+/// A target a read command read, and why it could not when it could not.
+#[derive(Serialize)]
+struct TargetRead<'a> {
+    target: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+}
+
+impl<'a> From<&'a Read> for TargetRead<'a> {
+    fn from(r: &'a Read) -> TargetRead<'a> {
+        TargetRead {
+            target: &r.target,
+            error: r.listing.as_ref().err().map(String::as_str),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Incomplete<'a> {
+    target: &'a str,
+    id: &'a BackupId,
 }
 
 #[derive(Serialize)]
 struct Unreadable<'a> {
+    target: &'a str,
     id: &'a BackupId,
     error: &'a str,
 }
 
-/// One backup in `list --json`: its manifest as `show --json` prints it (the same fields in the same order),
-/// with `tags` always there (`[]` when none) for scripts that filter on them.
+/// One backup in `list --json`: its target, then its manifest as `show --json` prints it (the same fields in the
+/// same order), with `tags` always there (`[]` when none) for scripts that filter on them.
 #[derive(Serialize)]
 #[serde(rename_all = "kebab-case")]
 struct Listed<'a> {
+    target: &'a str,
     format: u32,
     tool: &'a str,
     id: &'a BackupId,
@@ -82,8 +151,8 @@ struct Listed<'a> {
     seal: Option<&'a str>,
 }
 
-impl<'a> From<&'a Manifest> for Listed<'a> {
-    fn from(m: &'a Manifest) -> Listed<'a> {
+impl<'a> Listed<'a> {
+    fn new(target: &'a str, m: &'a Manifest) -> Listed<'a> {
         // Every field named: a new manifest field does not compile until it is listed here too.
         let Manifest {
             format,
@@ -100,6 +169,7 @@ impl<'a> From<&'a Manifest> for Listed<'a> {
             seal,
         } = m;
         Listed {
+            target,
             format: *format,
             tool,
             id,
@@ -116,42 +186,144 @@ impl<'a> From<&'a Manifest> for Listed<'a> {
     }
 }
 
-fn list_out<'a>(target: &'a str, l: &'a catalog::Listing) -> ListOut<'a> {
-    ListOut {
-        target,
-        backups: l.backups.iter().map(Listed::from).collect(),
-        incomplete: l.incomplete.iter().map(|(id, _)| id).collect(),
-        unreadable: l
-            .unreadable
+fn list_out(reads: &[Read]) -> ListOut<'_> {
+    let listed = || {
+        reads
             .iter()
-            .map(|(id, error)| Unreadable { id, error })
+            .filter_map(|r| r.listing.as_ref().ok().map(|l| (r.target.as_str(), l)))
+    };
+    ListOut {
+        targets: reads.iter().map(TargetRead::from).collect(),
+        backups: listed()
+            .flat_map(|(t, l)| l.backups.iter().map(move |m| Listed::new(t, m)))
+            .collect(),
+        incomplete: listed()
+            .flat_map(|(target, l)| {
+                l.incomplete
+                    .iter()
+                    .map(move |(id, _)| Incomplete { target, id })
+            })
+            .collect(),
+        unreadable: listed()
+            .flat_map(|(target, l)| {
+                l.unreadable
+                    .iter()
+                    .map(move |(id, error)| Unreadable { target, id, error })
+            })
             .collect(),
     }
 }
 
-/// `voltar show`: one backup.
+/// `show --json`: the target read, the other targets holding the same backup, the targets that could not be
+/// read, then the manifest.
+#[derive(Serialize)]
+#[serde(rename_all = "kebab-case")]
+struct Shown<'a> {
+    target: &'a str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    also_in: Vec<&'a str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    unreadable_targets: Vec<TargetRead<'a>>,
+    #[serde(flatten)]
+    manifest: &'a Manifest,
+}
+
+/// `voltar show`: one backup, from the first target that has it (for `latest`, the newest over all targets),
+/// naming the other targets that hold the same backup. Exit 1 when a target could not be read.
 pub(super) async fn show(
     config: &Config,
     backup: String,
     sources: Vec<String>,
     job: Option<String>,
-    target: ReadTargetArgs,
+    target: ReadTargetsArgs,
     json: bool,
 ) -> Result<i32> {
-    let (store, listing) = open_listing(config, job, target).await?;
-    let m = catalog::resolve(&listing, &backup, None, &sources)?;
+    let reads = read_all(config, job.as_deref(), &target).await?;
+    let mut found: Vec<(&str, &Manifest)> = Vec::new();
+    let mut misses = Vec::new();
+    for r in &reads {
+        if let Ok(l) = &r.listing {
+            match catalog::resolve(l, &backup, None, &sources) {
+                Ok(m) => found.push((&r.target, m)),
+                Err(e) => misses.push((r.target.as_str(), e)),
+            }
+        }
+    }
+    // The newest; on a tie (the same backup in several targets) the first target's.
+    let Some((at, m)) = found.iter().copied().reduce(|best, x| {
+        if x.1.started_at > best.1.started_at {
+            x
+        } else {
+            best
+        }
+    }) else {
+        return Err(match misses.len() {
+            // One target read: its error as it is.
+            1 => misses.remove(0).1.into(),
+            _ => none_found(&misses),
+        });
+    };
     if let Some(n) = sources.iter().find(|n| m.source(n).is_none()) {
         anyhow::bail!("backup {} has no source `{n}`", m.id);
     }
+    let doc = Shown {
+        target: at,
+        also_in: found
+            .iter()
+            .filter(|(t, o)| *t != at && o.id == m.id)
+            .map(|(t, _)| *t)
+            .collect(),
+        unreadable_targets: reads
+            .iter()
+            .filter(|r| r.listing.is_err())
+            .map(TargetRead::from)
+            .collect(),
+        manifest: m,
+    };
     if json {
-        out_json(m);
+        out_json(&doc);
     } else {
-        out(&render_show(&store.describe(), m));
+        out(&render_show(&doc));
     }
-    Ok(EXIT_OK)
+    Ok(if doc.unreadable_targets.is_empty() {
+        EXIT_OK
+    } else {
+        EXIT_FAILED
+    })
 }
 
-fn render_list(target: &str, l: &catalog::Listing) -> String {
+/// No target read has the backup asked for: each target's reason.
+fn none_found(misses: &[(&str, catalog::CatalogError)]) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{}",
+        misses
+            .iter()
+            .map(|(t, e)| format!("{t}: {e}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    )
+}
+
+/// A section per target read, in the order given; a target that could not be read says why.
+fn render_list(reads: &[Read]) -> String {
+    reads
+        .iter()
+        .map(|r| match &r.listing {
+            Ok(l) => render_listing(&r.target, l),
+            Err(e) => cannot_read(&r.target, e),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// "cannot read TARGET: why", the target named once (storage errors start with it).
+fn cannot_read(target: &str, e: &str) -> String {
+    let why = e.strip_prefix(target).and_then(|r| r.strip_prefix(": "));
+    format!("cannot read {target}: {}\n", why.unwrap_or(e))
+}
+
+/// One target's listing: a heading naming it, the table, incomplete ids and unreadable manifests.
+fn render_listing(target: &str, l: &catalog::Listing) -> String {
     let mut rows = vec![vec![
         "ID".to_string(),
         "TIME".into(),
@@ -209,10 +381,14 @@ fn render_list(target: &str, l: &catalog::Listing) -> String {
     out
 }
 
-fn render_show(target: &str, m: &Manifest) -> String {
-    let mut out = format!(
-        "backup {} in {target}\n  job {}  host {}  {}  took {}\n",
-        m.id,
+fn render_show(doc: &Shown) -> String {
+    let m = doc.manifest;
+    let mut out = format!("backup {} in {}\n", m.id, doc.target);
+    if !doc.also_in.is_empty() {
+        out.push_str(&format!("  also in: {}\n", doc.also_in.join(", ")));
+    }
+    out += &format!(
+        "  job {}  host {}  {}  took {}\n",
         m.job,
         m.host,
         local_time(m.started_at),
@@ -285,6 +461,9 @@ fn render_show(target: &str, m: &Manifest) -> String {
             ));
         }
     }
+    for t in &doc.unreadable_targets {
+        out.push_str(&cannot_read(t.target, t.error.unwrap_or_default()));
+    }
     out
 }
 
@@ -313,28 +492,42 @@ mod tests {
             incomplete: vec![],
             unreadable: vec![],
         };
-        let doc = serde_json::to_value(list_out("/backups", &listing)).unwrap();
+        let reads = [Read {
+            target: "/backups".into(),
+            listing: Ok(listing),
+        }];
+        let doc = serde_json::to_value(list_out(&reads)).unwrap();
         assert_eq!(doc["backups"][0]["tags"], serde_json::json!([]), "{doc:#}");
         assert_eq!(
             doc["backups"][1]["tags"],
             serde_json::json!(["pre-restore"]),
             "{doc:#}"
         );
-        // Field order: as `show --json` (the manifest), tags included.
+        // Field order: the target, then as `show --json` (the manifest), tags included.
         let show = keys(&serde_json::to_string_pretty(&tagged).unwrap());
         assert!(show.contains(&"tags".to_string()), "{show:?}");
-        let listed = keys(&serde_json::to_string_pretty(&Listed::from(&tagged)).unwrap());
-        assert_eq!(listed, show);
+        let listed = keys(&serde_json::to_string_pretty(&Listed::new("/b", &tagged)).unwrap());
+        assert_eq!(listed[0], "target");
+        assert_eq!(listed[1..], show);
         let mut show_plain = keys(&serde_json::to_string_pretty(&plain).unwrap());
         let at = show_plain.iter().position(|k| k == "finished-at").unwrap() + 1;
         show_plain.insert(at, "tags".into());
-        let listed_plain = keys(&serde_json::to_string_pretty(&Listed::from(&plain)).unwrap());
-        assert_eq!(listed_plain, show_plain);
-        // The document itself: target first, then the backups.
-        let text = serde_json::to_string_pretty(&list_out("/backups", &listing)).unwrap();
+        let listed_plain = keys(&serde_json::to_string_pretty(&Listed::new("/b", &plain)).unwrap());
+        assert_eq!(listed_plain[1..], show_plain);
+        // `show --json` of the same backup: its target, then the manifest's fields in order.
+        let shown = Shown {
+            target: "/b",
+            also_in: vec![],
+            unreadable_targets: vec![],
+            manifest: &tagged,
+        };
+        let shown = keys(&serde_json::to_string_pretty(&shown).unwrap());
+        assert_eq!(shown, listed);
+        // The document itself: the targets read first, then the backups.
+        let text = serde_json::to_string_pretty(&list_out(&reads)).unwrap();
         assert_eq!(
             keys(&text),
-            ["target", "backups", "incomplete", "unreadable"]
+            ["targets", "backups", "incomplete", "unreadable"]
         );
     }
 }

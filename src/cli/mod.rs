@@ -76,13 +76,32 @@ pub struct TargetArgs {
     pub targets: Vec<String>,
 }
 
-/// `--target` of the commands that read one target (list, show, restore, verify).
+/// `--target` of the command that reads one target (restore).
 #[derive(Debug, Clone, Args)]
 pub struct ReadTargetArgs {
     /// Storage to read from: a directory, file:///dir, s3://bucket/prefix, or the name of a configured target
     /// (default: the job's first target). A bare name must be a configured target or an existing directory.
     #[arg(short = 't', long = "target", value_name = "TARGET")]
     pub target: Option<String>,
+}
+
+/// `--target` of the commands that read every target given (list, show, verify).
+#[derive(Debug, Clone, Args)]
+pub struct ReadTargetsArgs {
+    /// Storage to read from: a directory, file:///dir, s3://bucket/prefix, or the name of a configured target
+    /// (default: every target of the job). Repeat to read several. A bare name must be a configured target or an
+    /// existing directory.
+    #[arg(short = 't', long = "target", value_name = "TARGET")]
+    pub targets: Vec<String>,
+}
+
+impl ReadTargetsArgs {
+    /// As the target list [`resolve_targets`] takes.
+    pub fn as_list(&self) -> TargetArgs {
+        TargetArgs {
+            targets: self.targets.clone(),
+        }
+    }
 }
 
 impl ReadTargetArgs {
@@ -138,12 +157,12 @@ pub enum Command {
         #[arg(long)]
         no_prune: bool,
     },
-    /// List the backups in a target.
+    /// List the backups in each target.
     List {
         #[arg(long, value_name = "NAME", help = JOB_HELP)]
         job: Option<String>,
         #[command(flatten)]
-        target: ReadTargetArgs,
+        target: ReadTargetsArgs,
     },
     /// Show one backup: sources, sizes, containers, downtime, sha256.
     Show {
@@ -155,7 +174,7 @@ pub enum Command {
         #[arg(long, value_name = "NAME", help = JOB_HELP)]
         job: Option<String>,
         #[command(flatten)]
-        target: ReadTargetArgs,
+        target: ReadTargetsArgs,
     },
     /// Restore volumes from a backup (or import a plain archive with --archive).
     Restore(restore::RestoreArgs),
@@ -565,17 +584,28 @@ mod tests {
         assert!(missing.is_empty(), "without help: {missing:#?}");
     }
 
-    /// Issue 10: the commands that read one target do not talk about writing to several; backup and prune say
-    /// that --target repeats.
+    /// Issue 10: the commands that read do not talk about writing; list, show and verify read several targets
+    /// (every target of the job by default), restore reads one; backup and prune say that --target repeats.
     #[test]
     fn issue10_read_commands_have_their_own_target_help() {
         let cmd = built();
-        for name in ["list", "show", "restore", "verify"] {
-            let h = help_of(sub(&cmd, &[name]), "target");
+        for name in ["list", "show", "verify"] {
+            let h = help_of(sub(&cmd, &[name]), "targets");
             assert!(h.contains("read"), "{name}: {h}");
-            for word in ["several", "write", "Repeat"] {
-                assert!(!h.contains(word), "{name} --target help says `{word}`: {h}");
-            }
+            assert!(h.contains("every target of the job"), "{name}: {h}");
+            assert!(h.contains("Repeat to read several"), "{name}: {h}");
+            assert!(
+                !h.contains("write"),
+                "{name} --target help says `write`: {h}"
+            );
+        }
+        let h = help_of(sub(&cmd, &["restore"]), "target");
+        assert!(h.contains("read"), "restore: {h}");
+        for word in ["several", "write", "Repeat"] {
+            assert!(
+                !h.contains(word),
+                "restore --target help says `{word}`: {h}"
+            );
         }
         for name in ["backup", "prune"] {
             let h = help_of(sub(&cmd, &[name]), "targets");

@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::progress::Progress;
 use crate::restore::{self, RestoreOutcome, RestoreReport, RestoreRequest, RestoreStatus};
 
+use super::render::count;
 use super::{emit, human, out, out_json, KeyArgs, ReadTargetArgs, EXIT_FAILED, EXIT_OK, JOB_HELP};
 
 #[derive(Debug, Clone, Args)]
@@ -174,6 +175,9 @@ pub fn render(report: &RestoreReport) -> String {
         if let Some(b) = &s.safety_backup {
             out.push_str(&format!("  safety backup: {b} (tag pre-restore)\n"));
         }
+        if let (Some(u), false) = (&s.undo, report.dry_run) {
+            out.push_str(&format!("  undo: {u}\n"));
+        }
         if report.dry_run {
             out.push_str(&format!(
                 "  the backup holds {} file(s), {}\n",
@@ -191,8 +195,24 @@ pub fn render(report: &RestoreReport) -> String {
         } else {
             out.push_str("  nothing was changed: the data is as it was before the restore\n");
         }
+        if let Some(c) = &s.changes {
+            out.push_str(&would_change(c));
+        }
         if let Some(r) = &s.would_remove {
             out.push_str(&would_remove(r));
+        }
+        if let Some(c) = &s.changes {
+            out.push_str(&if c.safety_backup_to.is_empty() {
+                "  no safety backup (nothing there, or --no-safety-backup)\n".into()
+            } else {
+                format!(
+                    "  a safety backup of what is there now goes to {} (tag pre-restore)\n",
+                    c.safety_backup_to.join(", ")
+                )
+            });
+        }
+        if let (Some(u), true) = (&s.undo, report.dry_run) {
+            out.push_str(&format!("  undo: {u}\n"));
         }
         for w in s.warnings.iter().take(20) {
             out.push_str(&format!("  warning: {w}\n"));
@@ -212,6 +232,44 @@ fn restarted(s: &crate::restore::SourceRestore) -> String {
         })
         .collect();
     named.join(", ")
+}
+
+/// Lines shown per list of a dry run; the counts are exact.
+const DRY_RUN_SHOWN: usize = 50;
+
+/// The dry run's "would change" (`~`) and "would come back" (`+`) lines, the first [`DRY_RUN_SHOWN`] of each.
+fn would_change(c: &crate::restore::DryRunChanges) -> String {
+    let mut out = String::new();
+    if c.would_change_count > 0 {
+        out.push_str(&format!(
+            "  {} there now would be set back to the backup's:\n",
+            count(c.would_change_count, "entry", "entries")
+        ));
+        for ch in c.would_change.iter().take(DRY_RUN_SHOWN) {
+            out.push_str(&format!("    ~ {} ({})\n", ch.path, ch.differs.join(", ")));
+        }
+        more(&mut out, c.would_change_count, DRY_RUN_SHOWN);
+    }
+    if c.would_come_back_count > 0 {
+        out.push_str(&format!(
+            "  {} missing there now would come back:\n",
+            count(c.would_come_back_count, "entry", "entries")
+        ));
+        for p in c.would_come_back.iter().take(DRY_RUN_SHOWN) {
+            out.push_str(&format!("    + {p}\n"));
+        }
+        more(&mut out, c.would_come_back_count, DRY_RUN_SHOWN);
+    }
+    if c.would_change_count == 0 && c.would_come_back_count == 0 {
+        out.push_str("  every entry of the backup is there now as the backup has it\n");
+    }
+    out
+}
+
+fn more(out: &mut String, total: u64, shown: usize) {
+    if total > shown as u64 {
+        out.push_str(&format!("    … and {} more\n", total - shown as u64));
+    }
 }
 
 /// The dry run's "would be removed" lines (the first 50).
@@ -240,7 +298,8 @@ mod tests {
     /// Issue 9: the `restore --dry-run` text is rendered from the plan's report.
     #[test]
     fn issue9_dry_run_text_comes_from_the_plan() {
-        let report = restore::tests::sample_plan().dry_run_report(vec![vec!["stale.log".into()]]);
+        let report =
+            restore::tests::sample_plan().dry_run_report(vec![(vec!["stale.log".into()], None)]);
         assert_eq!(
             render(&report),
             "plan: restore from backup 20261128T030000Z-abcd\n\

@@ -158,3 +158,76 @@ pub trait Runtime: Send + Sync {
     async fn stop(&self, id: &str, timeout_s: u32) -> Result<(), DockerError>;
     async fn start(&self, id: &str) -> Result<(), DockerError>;
 }
+
+/// The container voltar itself runs in, when it runs in one of this engine's: named by the hidden
+/// `VOLTAR_SELF_CONTAINER` (tests), else found when `/.dockerenv` exists or the cgroup says docker, by a container
+/// id in `/proc/self/mountinfo` (`…/containers/ID/hostname`) or the hostname (Docker sets it to the id's first 12
+/// digits).
+pub fn own_container(containers: &[ContainerInfo]) -> Option<&ContainerInfo> {
+    let hints = own_container_hints();
+    containers.iter().find(|c| {
+        hints
+            .iter()
+            .any(|h| c.name == *h || (h.len() >= 12 && c.id.starts_with(h.as_str())))
+    })
+}
+
+fn own_container_hints() -> Vec<String> {
+    if let Ok(v) = std::env::var("VOLTAR_SELF_CONTAINER") {
+        return vec![v];
+    }
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    if !std::path::Path::new("/.dockerenv").exists() && !cgroup.contains("docker") {
+        return vec![];
+    }
+    let mut hints =
+        container_ids_in(&std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default());
+    hints.extend(container_ids_in(&cgroup));
+    let host = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned();
+    if host.len() == 12 && host.bytes().all(|b| b.is_ascii_hexdigit()) {
+        hints.push(host);
+    }
+    hints
+}
+
+/// Container ids (64 hex digits after `containers/` or `docker-`/`docker/`) in `/proc/self/mountinfo` or
+/// `/proc/self/cgroup` text.
+fn container_ids_in(text: &str) -> Vec<String> {
+    let mut ids = Vec::new();
+    for marker in ["/containers/", "docker-", "/docker/"] {
+        for (i, _) in text.match_indices(marker) {
+            let id: String = text[i + marker.len()..]
+                .chars()
+                .take_while(char::is_ascii_hexdigit)
+                .collect();
+            if id.len() == 64 && !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+    }
+    ids
+}
+
+#[cfg(test)]
+mod own_tests {
+    /// The ids a container sees of itself: the hostname file Docker bind-mounts, and a cgroup v1 path.
+    #[test]
+    fn container_ids_are_found_in_mountinfo_and_cgroup() {
+        let id = "3f2a".repeat(16);
+        let mountinfo = format!(
+            "651 640 8:1 /var/lib/docker/containers/{id}/hostname /etc/hostname rw,relatime - ext4 /dev/sda1 rw\n\
+             652 640 8:1 /var/lib/docker/volumes/x/_data /data rw - ext4 /dev/sda1 rw\n"
+        );
+        assert_eq!(super::container_ids_in(&mountinfo), vec![id.clone()]);
+        assert_eq!(
+            super::container_ids_in(&format!(
+                "12:pids:/docker/{id}\n0::/system.slice/docker-{id}.scope\n"
+            )),
+            vec![id]
+        );
+        assert!(super::container_ids_in("0::/user.slice\n").is_empty());
+    }
+}

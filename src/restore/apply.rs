@@ -103,8 +103,10 @@ impl SourceRestore {
             create_volume,
             stop,
             would_remove: None,
+            changes: None,
             counts: Counts::default(),
             safety_backup: None,
+            undo: None,
             restarted: vec![],
             downtime_ms: BTreeMap::new(),
             warnings: vec![],
@@ -265,6 +267,7 @@ async fn restore_one(
         // `staging` holds the old tree now: back it up, then let it go.
         match safety_backup(ctx, src, &staging.path).await {
             Ok((id, warnings)) => {
+                sr.undo = Some(undo_command(&id, src, &sr.destination, &ctx.target.name));
                 sr.safety_backup = Some(id);
                 sr.warnings.extend(warnings);
             }
@@ -334,6 +337,11 @@ async fn stopped_for_swap(
             .note(&format!("stopping {}…", stopping.join(", ")));
     }
     let held = ctx.quiescer.hold(&holds).await?;
+    if !holds.is_empty() {
+        let names: Vec<String> = holds.iter().map(|h| h.name.clone()).collect();
+        ctx.progress.note("");
+        ctx.progress.holding(&names, "stopped");
+    }
     let result = async {
         if safety == Safety::WhileStopped {
             let (id, warnings) = safety_backup(ctx, src, path).await.map_err(|e| {
@@ -341,6 +349,7 @@ async fn stopped_for_swap(
                     "{e:#}; nothing was changed (use --no-safety-backup to restore without one)"
                 )
             })?;
+            sr.undo = Some(undo_command(&id, src, &sr.destination, &ctx.target.name));
             sr.safety_backup = Some(id);
             sr.warnings.extend(warnings);
         }
@@ -357,6 +366,7 @@ async fn stopped_for_swap(
     }
     .await;
     let released = ctx.quiescer.release(held).await;
+    ctx.progress.released();
     sr.restarted = released.released.iter().map(|c| c.name.clone()).collect();
     sr.downtime_ms = released
         .released
@@ -368,33 +378,13 @@ async fn stopped_for_swap(
     Ok(result)
 }
 
-/// The targets a safety backup goes to: the one restored from, and every target of the job (once each, by the
-/// target's lock key: one run cannot lock a target twice).
 fn safety_targets(ctx: &ApplyCtx<'_>) -> Vec<Target> {
-    let mut out = vec![ctx.target.clone()];
-    let mut seen: Vec<Vec<u8>> = crate::lock::target_key(&ctx.target)
-        .map(|k| vec![k.key])
-        .unwrap_or_default();
-    let job = ctx
-        .config
-        .job(ctx.args.job.as_deref())
-        .ok()
-        .or_else(|| ctx.config.jobs.get(&ctx.manifest.job));
-    for name in job.map(|j| j.targets.clone()).unwrap_or_default() {
-        let Some(t) = ctx.config.targets.get(&name) else {
-            continue;
-        };
-        match crate::lock::target_key(t) {
-            Ok(k) if seen.contains(&k.key) => {}
-            Ok(k) => {
-                seen.push(k.key);
-                out.push(t.clone());
-            }
-            // Cannot be resolved (e.g. a local directory that is gone): the check names it.
-            Err(_) => out.push(t.clone()),
-        }
-    }
-    out
+    super::safety_targets(
+        ctx.config,
+        ctx.args.job.as_deref(),
+        &ctx.manifest.job,
+        &ctx.target,
+    )
 }
 
 fn backup_env<'a>(ctx: &'a ApplyCtx<'_>) -> backup::Env<'a> {
@@ -444,6 +434,7 @@ async fn safety_backup(
             reason: "safety backup before restore".into(),
         }],
         skipped: vec![],
+        running_in: None,
     };
     let run = backup::execute(&backup_env(ctx), &req, plan, Utc::now(), vec![]).await?;
     // A whole copy on at least one target (`Partial`: not on every one) is a safety backup; an incomplete copy

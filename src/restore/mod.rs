@@ -59,7 +59,7 @@ use crate::storage::{ObjectMeta, Storage};
 use self::apply::checked;
 pub use self::apply::{apply, fetch_and_unpack};
 use self::import::import;
-use self::plan::dry_run;
+use self::plan::{dry_run, undo_command};
 pub use self::plan::{plan, Resources, RestorePlan, SourcePlan};
 use self::swap::{current_names, dir_has_entries, exchange, swap_path_in, Staging};
 /// `voltar restore`: what to restore from, which sources, where to, and how.
@@ -163,15 +163,49 @@ pub struct SourceRestore {
     pub stop: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub would_remove: Option<Vec<String>>,
+    /// Dry run: what would change back or come back, and where the safety backup would go (`None` for a volume
+    /// still to be created).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub changes: Option<DryRunChanges>,
     pub counts: Counts,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub safety_backup: Option<String>,
+    /// The command that undoes this restore: a restore from the safety backup (its id a placeholder on a dry
+    /// run).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub undo: Option<String>,
     pub restarted: Vec<String>,
     /// How long each stopped container was down (name → milliseconds), as backup reports it.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub downtime_ms: BTreeMap<String, u64>,
     pub warnings: Vec<String>,
     pub status: RestoreStatus,
+}
+
+/// Entries listed per kind in a dry run's report; the counts are exact.
+pub const DRY_RUN_LISTED: usize = 1000;
+
+/// What a restore would change at a destination besides the removals: entries there now that differ from the
+/// backup's, and entries of the backup missing there now. Lists cut at [`DRY_RUN_LISTED`].
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct DryRunChanges {
+    pub would_change: Vec<Changed>,
+    pub would_change_count: u64,
+    pub would_come_back: Vec<String>,
+    pub would_come_back_count: u64,
+    /// The targets the safety backup of what is there now would go to: the one restored from first, then the
+    /// job's others (empty: nothing there, or `--no-safety-backup`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub safety_backup_to: Vec<String>,
+}
+
+/// An entry there now that the restore would set back to the backup's, and what differs: `type`, `size`,
+/// `mode`, `mtime`, `link target`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Changed {
+    pub path: String,
+    pub differs: Vec<&'static str>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -270,6 +304,36 @@ fn clean_paths(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
 
 /// Restore (or, with `dry_run`, plan) what `args` asks for. Per-source failures are in the report; `Err` is a
 /// fatal or usage error.
+/// The targets a safety backup goes to: the one restored from, and every target of the job (`--job`, else the
+/// backup's own job), once each by the target's lock key (one run cannot lock a target twice).
+fn safety_targets(
+    config: &Config,
+    job: Option<&str>,
+    backup_job: &str,
+    from: &Target,
+) -> Vec<Target> {
+    let mut out = vec![from.clone()];
+    let mut seen: Vec<Vec<u8>> = crate::lock::target_key(from)
+        .map(|k| vec![k.key])
+        .unwrap_or_default();
+    let job = config.job(job).ok().or_else(|| config.jobs.get(backup_job));
+    for name in job.map(|j| j.targets.clone()).unwrap_or_default() {
+        let Some(t) = config.targets.get(&name) else {
+            continue;
+        };
+        match crate::lock::target_key(t) {
+            Ok(k) if seen.contains(&k.key) => {}
+            Ok(k) => {
+                seen.push(k.key);
+                out.push(t.clone());
+            }
+            // Cannot be resolved (e.g. a local directory that is gone): the check names it.
+            Err(_) => out.push(t.clone()),
+        }
+    }
+    out
+}
+
 pub async fn run(
     config: &Config,
     args: RestoreRequest,
@@ -281,7 +345,18 @@ pub async fn run(
     }
     let (plan, resources) = plan(config, &args, &progress).await?;
     let report = if args.dry_run {
-        dry_run(&plan, &resources).await?
+        let safety_to = (!args.no_safety_backup).then(|| {
+            safety_targets(
+                config,
+                args.job.as_deref(),
+                &plan.manifest.job,
+                &resources.target,
+            )
+            .iter()
+            .map(|t| t.name.clone())
+            .collect::<Vec<_>>()
+        });
+        dry_run(&plan, &resources, safety_to).await?
     } else {
         apply(config, &args, plan, resources, progress, cancel).await?
     };
@@ -357,7 +432,7 @@ pub(crate) mod tests {
     fn issue9_the_dry_run_reports_the_plan() {
         let plan = sample_plan();
         assert_eq!(plan.sources[0].stops(), vec!["db".to_string()]);
-        let r = plan.dry_run_report(vec![vec!["stale.log".into()]]);
+        let r = plan.dry_run_report(vec![(vec!["stale.log".into()], None)]);
         assert!(r.dry_run);
         assert!(r.ok());
         assert_eq!(r.backup.as_deref(), Some("20261128T030000Z-abcd"));

@@ -39,23 +39,33 @@ impl SourcePlan {
 }
 
 impl RestorePlan {
-    /// The report of a dry run. `would_remove[i]`: the entries at source `i`'s destination now that the backup
-    /// does not hold.
-    pub fn dry_run_report(&self, would_remove: Vec<Vec<String>>) -> RestoreReport {
+    /// The report of a dry run. `found[i]`: the entries at source `i`'s destination now that the backup does not
+    /// hold (removed), and what would change or come back there.
+    pub fn dry_run_report(
+        &self,
+        found: Vec<(Vec<String>, Option<DryRunChanges>)>,
+    ) -> RestoreReport {
         RestoreReport {
             backup: Some(self.manifest.id.to_string()),
             dry_run: true,
             sources: self
                 .sources
                 .iter()
-                .zip(would_remove)
-                .map(|(sp, would_remove)| SourceRestore {
+                .zip(found)
+                .map(|(sp, (would_remove, changes))| SourceRestore {
                     source: sp.source.name.clone(),
                     destination: sp.destination.clone(),
                     path: sp.path.clone(),
                     create_volume: sp.create_volume,
                     stop: sp.stops(),
                     would_remove: Some(would_remove),
+                    undo: changes
+                        .as_ref()
+                        .and_then(|c| c.safety_backup_to.first())
+                        .map(|t| {
+                            undo_command("<safety backup id>", &sp.source, &sp.destination, t)
+                        }),
+                    changes,
                     counts: sp.source.counts.clone(),
                     safety_backup: None,
                     restarted: vec![],
@@ -327,11 +337,15 @@ fn planned_user(config: &Config, args: &RestoreRequest, c: &ContainerInfo) -> Pl
 }
 
 /// `--dry-run`: the plan, with what each destination holds now that the backup does not (with `--path`: below
-/// those paths, which the restore swaps whole).
-pub(super) async fn dry_run(plan: &RestorePlan, res: &Resources) -> Result<RestoreReport> {
-    let mut would_remove = Vec::new();
+/// those paths, which the restore swaps whole), what differs from the backup and what is missing.
+pub(super) async fn dry_run(
+    plan: &RestorePlan,
+    res: &Resources,
+    safety_to: Option<Vec<String>>,
+) -> Result<RestoreReport> {
+    let mut found = Vec::new();
     for sp in &plan.sources {
-        let archive_names = list_archive(
+        let archive = list_archive(
             res.store.clone(),
             &plan.manifest,
             &sp.source,
@@ -339,9 +353,12 @@ pub(super) async fn dry_run(plan: &RestorePlan, res: &Resources) -> Result<Resto
             &plan.paths,
         )
         .await?;
-        let now = if sp.path.as_os_str().is_empty() {
-            BTreeSet::new()
-        } else if plan.paths.is_empty() {
+        if sp.path.as_os_str().is_empty() {
+            // A volume still to be created: nothing there to remove, change or keep a copy of.
+            found.push((vec![], None));
+            continue;
+        }
+        let now = if plan.paths.is_empty() {
             current_names(&sp.path)
         } else {
             plan.paths
@@ -349,13 +366,158 @@ pub(super) async fn dry_run(plan: &RestorePlan, res: &Resources) -> Result<Resto
                 .flat_map(|p| names_below(&sp.path, p))
                 .collect()
         };
-        would_remove.push(
-            now.difference(&archive_names)
-                .map(|p| p.to_string_lossy().into_owned())
-                .collect(),
-        );
+        let would_remove = now
+            .iter()
+            .filter(|p| !archive.contains_key(*p))
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
+        let mut changes = compare(&sp.path, &archive);
+        if dir_has_entries(&sp.path) {
+            changes.safety_backup_to = safety_to.clone().unwrap_or_default();
+        }
+        found.push((would_remove, Some(changes)));
     }
-    Ok(plan.dry_run_report(would_remove))
+    Ok(plan.dry_run_report(found))
+}
+
+/// Each entry of the backup against what is at `root` now: missing (it comes back) or different (type; a
+/// file's size; mode; mtime, except of directories, whose mtime follows their contents; a symlink's target).
+/// A hard link is compared by its presence only. Nothing below a symlink is looked at (the restore does not go
+/// through one either).
+fn compare(
+    root: &Path,
+    archive: &BTreeMap<PathBuf, Option<archive::unpack::ListedEntry>>,
+) -> DryRunChanges {
+    let mut c = DryRunChanges::default();
+    for (p, was) in archive {
+        let Some(was) = was else { continue };
+        let name = || p.to_string_lossy().into_owned();
+        match present(root, p) {
+            None => {
+                c.would_come_back_count += 1;
+                if c.would_come_back.len() < DRY_RUN_LISTED {
+                    c.would_come_back.push(name());
+                }
+            }
+            Some(now) => {
+                let differs = differences(&now, was, || std::fs::read_link(root.join(p)).ok());
+                if !differs.is_empty() {
+                    c.would_change_count += 1;
+                    if c.would_change.len() < DRY_RUN_LISTED {
+                        c.would_change.push(Changed {
+                            path: name(),
+                            differs,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    c
+}
+
+/// The metadata of `root/p` (not following a symlink at `p`), when every directory on the way is a directory
+/// and not a symlink.
+fn present(root: &Path, p: &Path) -> Option<std::fs::Metadata> {
+    let mut at = root.to_path_buf();
+    let mut comps = p.components().peekable();
+    while let Some(c) = comps.next() {
+        at.push(c);
+        let m = std::fs::symlink_metadata(&at).ok()?;
+        if comps.peek().is_none() {
+            return Some(m);
+        }
+        if !m.is_dir() {
+            return None;
+        }
+    }
+    None
+}
+
+/// How an entry there now differs from the backup's.
+fn differences(
+    now: &std::fs::Metadata,
+    was: &archive::unpack::ListedEntry,
+    link_now: impl FnOnce() -> Option<PathBuf>,
+) -> Vec<&'static str> {
+    use archive::unpack::ListedKind as K;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let t = now.file_type();
+    let kind = if t.is_symlink() {
+        K::Symlink
+    } else if t.is_dir() {
+        K::Dir
+    } else if t.is_fifo() {
+        K::Fifo
+    } else if t.is_char_device() {
+        K::Char
+    } else if t.is_block_device() {
+        K::Block
+    } else {
+        K::File
+    };
+    match was.kind {
+        K::Hardlink => return vec![],
+        k if k != kind => return vec!["type"],
+        _ => {}
+    }
+    let mut d = Vec::new();
+    if kind == K::File && now.len() != was.size {
+        d.push("size");
+    }
+    if kind != K::Symlink && now.mode() & 0o7777 != was.mode {
+        d.push("mode");
+    }
+    if kind != K::Dir && (now.mtime(), now.mtime_nsec() as u32) != was.mtime {
+        d.push("mtime");
+    }
+    if kind == K::Symlink && link_now() != was.link {
+        d.push("link target");
+    }
+    d
+}
+
+/// The command that restores `src` from the safety backup `id` into `destination` again: undoes a restore.
+pub(super) fn undo_command(
+    id: &str,
+    src: &SourceRecord,
+    destination: &Destination,
+    target: &str,
+) -> String {
+    let mut cmd = format!(
+        "voltar restore {id} --source {} -t {}",
+        shell_word(&src.name),
+        shell_word(target)
+    );
+    let own = match (src.kind, destination) {
+        (SourceKind::Volume, Destination::Volume(v)) => *v == src.name,
+        (SourceKind::Bind, Destination::Dir(d)) => d.as_os_str() == src.path.as_str(),
+        _ => false,
+    };
+    if !own {
+        match destination {
+            Destination::Volume(v) => {
+                cmd.push_str(&format!(" --to-volume {} --force", shell_word(v)))
+            }
+            Destination::Dir(d) => cmd.push_str(&format!(
+                " --to-dir {} --force",
+                shell_word(&d.to_string_lossy())
+            )),
+        }
+    }
+    cmd
+}
+
+/// `s` as one shell word: as it is when that is safe, else in single quotes.
+fn shell_word(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@%+,".contains(c));
+    if plain {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
 }
 
 /// The entries below `root/p` now, relative to `root`; none when `p` or a parent of it is not a directory (a
@@ -379,7 +541,7 @@ async fn list_archive(
     src: &SourceRecord,
     decryptor: Arc<Decryptor>,
     paths: &[PathBuf],
-) -> Result<BTreeSet<PathBuf>> {
+) -> Result<BTreeMap<PathBuf, Option<archive::unpack::ListedEntry>>> {
     let rb = readback::read(
         store,
         manifest,

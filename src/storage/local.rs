@@ -211,6 +211,17 @@ impl Inner {
             }
             None => self.root.clone(),
         };
+        // A file where the target should be: an error, not an empty target ("no backups").
+        if let Ok(m) = std::fs::metadata(&start) {
+            if !m.is_dir() {
+                return Err(StorageError::Permanent {
+                    target: self.describe.clone(),
+                    message:
+                        "not a directory (a local target is the directory that holds the backups)"
+                            .into(),
+                });
+            }
+        }
         let mut out = Vec::new();
         for entry in walkdir::WalkDir::new(&start).follow_links(false) {
             let entry = match entry {

@@ -119,7 +119,7 @@ fn unpacked(tar: &[u8], opts: UnpackOptions) -> Result<BTreeSet<PathBuf>, Archiv
 
 fn listed(tar: &[u8], opts: UnpackOptions) -> Result<BTreeSet<PathBuf>, ArchiveError> {
     match readback::walk(tar, Entries::List(opts)) {
-        Ok(Walked::Listed(names)) => Ok(names),
+        Ok(Walked::Listed(names)) => Ok(names.into_keys().collect()),
         Ok(w) => panic!("{w:?}"),
         Err(WalkError::Entries(e)) => Err(e),
         Err(e) => panic!("{e:?}"),

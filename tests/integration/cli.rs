@@ -11,12 +11,12 @@ use crate::support::Out;
 const BIN: &str = env!("CARGO_BIN_EXE_voltar");
 
 /// A temp dir holding a state dir, a working dir without config files and an empty target directory.
-struct Here {
+pub(crate) struct Here {
     dir: tempfile::TempDir,
 }
 
 impl Here {
-    fn new() -> Here {
+    pub(crate) fn new() -> Here {
         let dir = tempfile::tempdir().unwrap();
         for d in ["state", "cwd", "target"] {
             std::fs::create_dir(dir.path().join(d)).unwrap();
@@ -24,22 +24,22 @@ impl Here {
         Here { dir }
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
-    fn target(&self) -> String {
+    pub(crate) fn target(&self) -> String {
         self.path("target").display().to_string()
     }
 
     /// Write a config file and return its path.
-    fn config(&self, text: &str) -> String {
+    pub(crate) fn config(&self, text: &str) -> String {
         let p = self.path("voltar.toml");
         std::fs::write(&p, text).unwrap();
         p.display().to_string()
     }
 
-    fn voltar(&self, args: &[&str]) -> Out {
+    pub(crate) fn voltar(&self, args: &[&str]) -> Out {
         Command::new(BIN)
             .args(args)
             .current_dir(self.path("cwd"))

@@ -23,3 +23,4 @@ mod restore;
 mod s3;
 mod signals;
 mod storage;
+mod ux;

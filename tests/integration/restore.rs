@@ -643,10 +643,12 @@ fn dry_run_lists_removals_and_changes_nothing() {
         r.stdout.contains(&user),
         "names the container it would stop: {r:?}"
     );
+    // Files in the backup are not removed; one changed since is listed as set back (issue 10).
     assert!(
-        !r.stdout.contains("hello.txt"),
+        !r.stdout.contains("- hello.txt"),
         "files in the backup are not removed: {r:?}"
     );
+    assert!(r.stdout.contains("~ hello.txt (size"), "{r:?}");
     assert_same(&now, &snap(&mp), "volume after --dry-run");
     assert_eq!(started_at(&user), started, "container untouched");
     assert_eq!(w.list()["backups"].as_array().unwrap().len(), 1);

@@ -332,10 +332,12 @@ impl<'o, 'p, W: Write> Packer<'o, 'p, W> {
     /// The source changed under us (or a socket): the archive is still complete.
     fn warn(&mut self, rel: &[u8], what: std::fmt::Arguments<'_>) {
         let line = Self::line(rel, what);
-        tracing::warn!(target: "voltar::pack", "{line}");
+        // One in the report is printed by the command (once): a debug line here. One past the cap only here.
         if self.report.warnings.len() < MAX_WARNINGS {
+            tracing::debug!(target: "voltar::pack", "{line}");
             self.report.warnings.push(line);
         } else {
+            tracing::warn!(target: "voltar::pack", "{line}");
             self.dropped_warnings += 1;
         }
     }
@@ -343,10 +345,13 @@ impl<'o, 'p, W: Write> Packer<'o, 'p, W> {
     /// An entry that exists is missing from the archive, wholly or in part: the archive is incomplete.
     fn not_archived(&mut self, rel: &[u8], what: std::fmt::Arguments<'_>) {
         let line = Self::line(rel, what);
-        tracing::warn!(target: "voltar::pack", "not archived: {line}");
         self.report.not_archived_count += 1;
+        // As with warnings: one in the report is printed by the command, one past the cap is logged here.
         if self.report.not_archived.len() < MAX_WARNINGS {
+            tracing::debug!(target: "voltar::pack", "not archived: {line}");
             self.report.not_archived.push(line);
+        } else {
+            tracing::warn!(target: "voltar::pack", "not archived: {line}");
         }
     }
 

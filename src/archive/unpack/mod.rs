@@ -77,7 +77,7 @@
 //! that name in a non-empty destination would be wrong); it is listed in the warnings so the user can widen
 //! the filter.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Read};
@@ -222,16 +222,46 @@ pub fn scan<R: Read>(tar_stream: R) -> Result<Counts, ArchiveError> {
     })
 }
 
+/// The type of an entry [`list`] names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ListedKind {
+    File,
+    Dir,
+    Symlink,
+    /// A hard link to another entry: it gets that entry's content and metadata.
+    Hardlink,
+    Fifo,
+    Char,
+    Block,
+}
+
+/// What the archive says about an entry [`list`] names: what a restore sets (the dry run compares it with what
+/// is there now).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListedEntry {
+    pub kind: ListedKind,
+    /// The file's size (the real size of a sparse file); 0 for other types.
+    pub size: u64,
+    /// Permission bits (with setuid/setgid/sticky).
+    pub mode: u32,
+    /// Seconds and nanoseconds since the epoch.
+    pub mtime: (i64, u32),
+    /// A symlink's target.
+    pub link: Option<PathBuf>,
+}
+
 /// What [`unpack`] with `opts` would write, without writing anything: the relative paths of the entries it
-/// extracts and of the parent directories it creates for them (the destination root left out). The same walk,
-/// name rules and selection as `unpack` (`..`, NUL, `--strip`, `--path`, hardlinks to outside the selection), so
-/// an archive unpack refuses fails here too, with the same error. The `restore --dry-run` listing.
+/// extracts (with what the archive says about each) and of the parent directories it creates for them (`None`:
+/// not an entry of its own), the destination root left out. The same walk, name rules and selection as `unpack`
+/// (`..`, NUL, `--strip`, `--path`, hardlinks to outside the selection), so an archive unpack refuses fails here
+/// too, with the same error. The `restore --dry-run` listing.
 pub fn list<R: Read>(
     tar_stream: R,
     opts: &UnpackOptions,
-) -> Result<BTreeSet<PathBuf>, ArchiveError> {
+) -> Result<BTreeMap<PathBuf, Option<ListedEntry>>, ArchiveError> {
     let sel = Selection::new(opts.strip_components, &opts.paths);
-    let mut names = BTreeSet::new();
+    let mut names = BTreeMap::new();
     let mut buf = vec![0u8; BUF_SIZE];
     walk(tar_stream, opts.max_entry_size, |entry, d| {
         check_cancel(&opts.cancel)?;
@@ -251,15 +281,49 @@ pub fn list<R: Read>(
             };
             if let (true, Some(comps)) = (written, comps) {
                 let mut p: PathBuf = comps.iter().collect();
-                // The entry, then its parents up to the first one already listed.
-                while !p.as_os_str().is_empty() && names.insert(p.clone()) {
+                if p.as_os_str().is_empty() {
+                    // The root itself: not a name below the destination.
+                } else {
+                    names.insert(p.clone(), listed_entry(d));
+                    // Its parents, up to the first one already listed.
                     p.pop();
+                    while !p.as_os_str().is_empty() && !names.contains_key(&p) {
+                        names.insert(p.clone(), None);
+                        p.pop();
+                    }
                 }
             }
         }
         drain(entry, d.data_size, &d.display, &mut buf, &opts.cancel)
     })?;
     Ok(names)
+}
+
+fn listed_entry(d: &Described) -> Option<ListedEntry> {
+    let kind = match d.kind {
+        Kind::File => ListedKind::File,
+        Kind::Dir => ListedKind::Dir,
+        Kind::Symlink => ListedKind::Symlink,
+        Kind::Hardlink => ListedKind::Hardlink,
+        Kind::Fifo => ListedKind::Fifo,
+        Kind::Char => ListedKind::Char,
+        Kind::Block => ListedKind::Block,
+        Kind::Skip(_) => return None,
+    };
+    Some(ListedEntry {
+        kind,
+        size: if kind == ListedKind::File {
+            d.logical_size
+        } else {
+            0
+        },
+        mode: d.mode,
+        mtime: d.mtime,
+        link: match kind {
+            ListedKind::Symlink => d.link.as_ref().map(|l| PathBuf::from(OsStr::from_bytes(l))),
+            _ => None,
+        },
+    })
 }
 
 /// The one loop over an archive's entries that `unpack` and `scan` share: metadata headers capped (`PaxTap`),
