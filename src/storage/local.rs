@@ -316,7 +316,21 @@ impl Inner {
         }
     }
 
-    /// Temp files under the root last written `older_than` ago or earlier, with their metadata.
+    /// A target check's probe (`<root>/.voltar-check-*/probe`), left when the check was interrupted between
+    /// writing and deleting it.
+    fn is_check_probe(&self, path: &Path) -> bool {
+        let Ok(rel) = path.strip_prefix(&self.root) else {
+            return false;
+        };
+        let mut parts = rel.components().map(|c| c.as_os_str().to_string_lossy());
+        matches!(
+            (parts.next(), parts.next(), parts.next()),
+            (Some(dir), Some(file), None) if dir.starts_with(super::CHECK_KEY_PREFIX) && file == "probe"
+        )
+    }
+
+    /// Temp files (and interrupted checks' probes) under the root last written `older_than` ago or earlier, with
+    /// their metadata.
     fn stale_temps(&self, older_than: Duration) -> Vec<(PathBuf, fs::Metadata)> {
         let cutoff = SystemTime::now()
             .checked_sub(older_than)
@@ -325,7 +339,8 @@ impl Inner {
         for entry in walkdir::WalkDir::new(&self.root).follow_links(false) {
             let Ok(entry) = entry else { continue };
             if !entry.file_type().is_file()
-                || !entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX)
+                || !(entry.file_name().to_string_lossy().starts_with(TEMP_PREFIX)
+                    || self.is_check_probe(entry.path()))
             {
                 continue;
             }

@@ -777,3 +777,23 @@ async fn s3_part_size_grows_to_fit_the_part_limit() {
     assert!(s.get("g/too-big").await.err().unwrap().is_not_found());
     assert!(s.list_incomplete().await.unwrap().is_empty());
 }
+
+/// A local target's check writes a probe and deletes it; a run interrupted in between (SIGTERM while checking,
+/// then the future dropped) left `.voltar-check-*/probe` in the target for good. It is swept like a temp file:
+/// listed by `stale_uploads` (so `prune --dry-run` shows it) and removed, with its directory, by the sweep.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_local_checks_probe_is_swept() {
+    let f = Fixture::local().await;
+    let s = &f.storage;
+    let key = voltar::storage::check_probe_key();
+    s.put(&key, Bytes::from_static(b"voltar target check\n"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let stale = s.stale_uploads(Duration::from_secs(1)).await.unwrap();
+    assert_eq!(stale.len(), 1, "{stale:?}");
+    assert_eq!(s.sweep_incomplete(Duration::from_secs(1)).await.unwrap(), 1);
+    let dir = key.split('/').next().unwrap();
+    let root = f.root.clone().expect("a local fixture has a root");
+    assert!(!root.join(&key).exists() && !root.join(dir).exists());
+}
