@@ -33,6 +33,7 @@
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -124,6 +125,19 @@ impl Write for ChunkSink {
 pub struct Leg {
     pub target: usize,
     pub writer: Box<dyn ObjectWriter>,
+    /// Bytes handed to `writer` so far (from its queue and its spool): what the progress shows as sent while an
+    /// upload goes on after the read.
+    pub sent: Arc<AtomicU64>,
+}
+
+impl Leg {
+    pub fn new(target: usize, writer: Box<dyn ObjectWriter>) -> Leg {
+        Leg {
+            target,
+            writer,
+            sent: Arc::new(AtomicU64::new(0)),
+        }
+    }
 }
 
 /// How one leg ended.
@@ -204,6 +218,7 @@ fn start_legs(
             leg.target,
             tokio::spawn(run_leg(
                 leg.writer,
+                leg.sent,
                 queue,
                 spool,
                 decision.clone(),
@@ -391,6 +406,7 @@ impl Feed {
 /// the commit decision says. Stopped (and aborted) early by `stop` or a negative decision.
 async fn run_leg(
     mut writer: Box<dyn ObjectWriter>,
+    sent: Arc<AtomicU64>,
     queue: mpsc::Receiver<Bytes>,
     spool: oneshot::Receiver<SpoolReader>,
     mut decision: watch::Receiver<Option<bool>>,
@@ -408,12 +424,16 @@ async fn run_leg(
         let drain = async move {
             let mut queue = queue;
             while let Some(c) = queue.recv().await {
+                let n = c.len() as u64;
                 w.write(c).await?;
+                sent.fetch_add(n, AtomicOrdering::Relaxed);
             }
             drop(queue);
             if let Ok(mut reader) = spool.await {
                 while let Some(c) = reader.next().await? {
+                    let n = c.len() as u64;
                     w.write(c).await?;
+                    sent.fetch_add(n, AtomicOrdering::Relaxed);
                 }
             }
             Ok::<(), StorageError>(())
@@ -901,18 +921,11 @@ mod tests {
         let (healthy, fast) = gated(&open_gate);
         let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
         let (commit_tx, commit_rx) = oneshot::channel();
+        let legs = vec![Leg::new(0, stalled), Leg::new(1, healthy)];
+        let sent: Vec<Arc<AtomicU64>> = legs.iter().map(|l| l.sent.clone()).collect();
         let fan = tokio::spawn(fan_out(
             rx,
-            vec![
-                Leg {
-                    target: 0,
-                    writer: stalled,
-                },
-                Leg {
-                    target: 1,
-                    writer: healthy,
-                },
-            ],
+            legs,
             async move { commit_rx.await.unwrap_or(false) },
             Pace::Spool { dir: spool.clone() },
             CancellationToken::new(),
@@ -932,6 +945,10 @@ mod tests {
         .expect("the packer was held up by a stalled writer");
         drop(tx);
         assert!(slow.got.lock().unwrap().len() <= CHUNK_SIZE);
+        // What each writer was handed so far: the stalled one nothing (at most the chunk it is stuck on), the
+        // other everything.
+        assert!(sent[0].load(Ordering::SeqCst) <= CHUNK_SIZE as u64);
+        assert_eq!(sent[1].load(Ordering::SeqCst), all.len() as u64);
         // The spool file is unlinked from the start: nothing to see in the directory.
         assert!(files_in(&spool).is_empty(), "{:?}", files_in(&spool));
 
@@ -951,6 +968,10 @@ mod tests {
             );
         }
         assert!(results[0].spooled > 0);
+        // The spooled leg's count includes what it read back from the spool.
+        for s in &sent {
+            assert_eq!(s.load(Ordering::SeqCst), all.len() as u64);
+        }
         assert_eq!(
             results[1].spooled, 0,
             "the writer that kept up was not spooled"
@@ -966,10 +987,7 @@ mod tests {
         let (commit_tx, commit_rx) = oneshot::channel();
         let fan = tokio::spawn(fan_out(
             rx,
-            vec![Leg {
-                target: 0,
-                writer: stalled,
-            }],
+            vec![Leg::new(0, stalled)],
             async move { commit_rx.await.unwrap_or(false) },
             Pace::Backpressure,
             CancellationToken::new(),
@@ -1014,10 +1032,7 @@ mod tests {
         let (commit_tx, commit_rx) = oneshot::channel();
         let fan = tokio::spawn(fan_out(
             rx,
-            vec![Leg {
-                target: 0,
-                writer: stalled,
-            }],
+            vec![Leg::new(0, stalled)],
             async move { commit_rx.await.unwrap_or(false) },
             Pace::Spool {
                 dir: dir.path().to_path_buf(),

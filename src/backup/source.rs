@@ -6,6 +6,7 @@
 //! writer that falls behind during the read is fed from a spool file (`Pace::Spool`) after the release.
 
 use super::*;
+use crate::progress::human;
 
 /// What the packer returns: its report, and the sha256 and size of the stored object.
 type Packed = (archive::pack::PackReport, String, u64);
@@ -152,7 +153,7 @@ async fn open_legs(ctx: &RunCtx<'_>, key: &str, report: &mut SourceReport) -> Ve
         }
         let Some(store) = store else { continue };
         match store.put_stream(key, PutOptions::default()).await {
-            Ok(writer) => legs.push(Leg { target: i, writer }),
+            Ok(writer) => legs.push(Leg::new(i, writer)),
             Err(e) => {
                 if target_failed(&e) {
                     report.failed_targets.insert(i);
@@ -254,6 +255,10 @@ async fn read(
     };
     let (tx, rx) = mpsc::channel(pipeline::CHANNEL_CHUNKS);
     let (commit_tx, commit_rx) = oneshot::channel::<bool>();
+    let sent: Vec<(String, Arc<AtomicU64>)> = legs
+        .iter()
+        .map(|l| (ctx.targets.names[l.target].clone(), l.sent.clone()))
+        .collect();
     let fan = tokio::spawn(pipeline::fan_out(
         rx,
         legs,
@@ -298,12 +303,71 @@ async fn read(
 
     let packed = judge_packed(packed, capped, ctx.max_downtime);
     let _ = commit_tx.send(packed.is_ok());
-    let legs = fan.await.unwrap_or_default();
+    let total = packed.as_ref().ok().map(|p| p.2);
+    let legs = uploads_finishing(ctx, fan, &sent, total).await;
     Read {
         packed,
         legs,
         capped,
         post_failure,
+    }
+}
+
+/// Wait for the uploads that go on after the read (a target slower than the disk, a spooled leg catching up);
+/// meanwhile the bar says how much each target has been sent, so it never looks frozen.
+async fn uploads_finishing(
+    ctx: &RunCtx<'_>,
+    mut fan: tokio::task::JoinHandle<Vec<LegResult>>,
+    sent: &[(String, Arc<AtomicU64>)],
+    total: Option<u64>,
+) -> Vec<LegResult> {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            r = &mut fan => return r.unwrap_or_default(),
+            _ = tick.tick() => {
+                let now: Vec<(String, u64)> = sent
+                    .iter()
+                    .map(|(n, c)| (n.clone(), c.load(Ordering::Relaxed)))
+                    .collect();
+                ctx.env.progress.note(&uploading_note(&now, total));
+            }
+        }
+    }
+}
+
+/// "uploading: offsite 12.0 MiB of 40.0 MiB, local done" — per target, what it was sent of the stored size.
+fn uploading_note(sent: &[(String, u64)], total: Option<u64>) -> String {
+    let parts: Vec<String> = sent
+        .iter()
+        .map(|(name, n)| match total {
+            Some(t) if *n >= t => format!("{name} done"),
+            Some(t) => format!("{name} {} of {}", human(*n), human(t)),
+            None => format!("{name} {} sent", human(*n)),
+        })
+        .collect();
+    format!("uploading: {}", parts.join(", "))
+}
+
+#[cfg(test)]
+mod upload_note_tests {
+    use super::uploading_note;
+
+    #[test]
+    fn says_what_each_target_was_sent_of_the_whole() {
+        let sent = vec![
+            ("offsite".to_string(), 12 << 20),
+            ("local".to_string(), 40 << 20),
+        ];
+        assert_eq!(
+            uploading_note(&sent, Some(40 << 20)),
+            "uploading: offsite 12.0 MiB of 40.0 MiB, local done"
+        );
+        assert_eq!(
+            uploading_note(&sent[..1], None),
+            "uploading: offsite 12.0 MiB sent"
+        );
     }
 }
 
