@@ -350,27 +350,6 @@ fn uploading_note(sent: &[(String, u64)], total: Option<u64>) -> String {
     format!("uploading: {}", parts.join(", "))
 }
 
-#[cfg(test)]
-mod upload_note_tests {
-    use super::uploading_note;
-
-    #[test]
-    fn says_what_each_target_was_sent_of_the_whole() {
-        let sent = vec![
-            ("offsite".to_string(), 12 << 20),
-            ("local".to_string(), 40 << 20),
-        ];
-        assert_eq!(
-            uploading_note(&sent, Some(40 << 20)),
-            "uploading: offsite 12.0 MiB of 40.0 MiB, local done"
-        );
-        assert_eq!(
-            uploading_note(&sent[..1], None),
-            "uploading: offsite 12.0 MiB sent"
-        );
-    }
-}
-
 /// The first hook setting of this source's containers that could not be understood, as the source's error.
 fn hook_problems(src: &PlannedSource) -> Result<(), String> {
     match src
@@ -807,4 +786,25 @@ fn not_stored(target_errors: &BTreeMap<String, String>) -> String {
             .collect::<Vec<_>>()
             .join("; ")
     )
+}
+
+#[cfg(test)]
+mod upload_note_tests {
+    use super::uploading_note;
+
+    #[test]
+    fn says_what_each_target_was_sent_of_the_whole() {
+        let sent = vec![
+            ("offsite".to_string(), 12 << 20),
+            ("local".to_string(), 40 << 20),
+        ];
+        assert_eq!(
+            uploading_note(&sent, Some(40 << 20)),
+            "uploading: offsite 12.0 MiB of 40.0 MiB, local done"
+        );
+        assert_eq!(
+            uploading_note(&sent[..1], None),
+            "uploading: offsite 12.0 MiB sent"
+        );
+    }
 }
