@@ -35,7 +35,12 @@ cp "$bin" "$ctx/voltar"
 cp "$certs" "$ctx/ca-certificates.crt"
 cp deploy/Dockerfile "$ctx/Dockerfile"
 echo "[image] docker build (legacy builder) voltar:$version voltar:$minor" >&2
-DOCKER_BUILDKIT=0 docker build -q --build-arg VERSION="$version" -t "voltar:$version" -t "voltar:$minor" "$ctx" >/dev/null
+# (The legacy builder's deprecation notice is noise here: its output is shown only when the build fails.)
+if ! DOCKER_BUILDKIT=0 docker build -q --build-arg VERSION="$version" -t "voltar:$version" -t "voltar:$minor" \
+    "$ctx" >"$ctx/build.log" 2>&1; then
+  cat "$ctx/build.log" >&2
+  exit 1
+fi
 size=$(docker image inspect -f '{{.Size}}' "voltar:$version")
 echo "[image] voltar:$version ($((size / 1024 / 1024)) MiB)" >&2
 echo "voltar:$version"

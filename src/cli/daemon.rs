@@ -54,6 +54,12 @@ impl Lines {
                         s.error.clone().unwrap_or_default()
                     ));
                 }
+                if result != RunResult::Ok {
+                    // Why a run without a source or target error failed: e.g. nothing was selected.
+                    for n in &r.notes {
+                        human_line.push_str(&format!("; {n}"));
+                    }
+                }
                 for t in r.targets.iter().filter(|t| t.error.is_some()) {
                     human_line.push_str(&format!(
                         "; target {}: {}",

@@ -189,3 +189,95 @@ fn compose_accepts_the_deployment_file() {
         assert_eq!(o.code, 0, "profile {profile:?}: {o:?}");
     }
 }
+
+/// The daemon service of `deploy/compose.yaml`, run with the Compose tool (hardened as written: read-only root,
+/// all capabilities dropped but DAC_READ_SEARCH, no-new-privileges), backs up on its schedule and becomes
+/// healthy through the image's own `voltar healthcheck`. The test's override only adds a local target directory
+/// and a quicker health interval.
+#[test]
+fn the_compose_daemon_backs_up_and_becomes_healthy() {
+    require_docker!();
+    let Some(_img) = image() else { return };
+    if Command::new("docker-compose")
+        .arg("version")
+        .output()
+        .is_err()
+    {
+        let msg = "docker-compose is not installed (scripts/env.sh installs it)";
+        assert!(!in_ci(), "{msg}");
+        eprintln!("\n!!! SKIPPING: {msg}\n");
+        return;
+    }
+    let mut c = Cleanup::default();
+    let vol = c.volume("compose-src");
+    std::fs::write(mountpoint(&vol).join("data.txt"), "compose").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::copy(
+        root.join("deploy/compose.yaml"),
+        dir.path().join("compose.yaml"),
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("secrets")).unwrap();
+    std::fs::create_dir(dir.path().join("bk")).unwrap();
+    for f in ["secrets/s3-key-id", "secrets/s3-secret"] {
+        std::fs::write(dir.path().join(f), "unused").unwrap();
+        std::fs::set_permissions(dir.path().join(f), std::fs::Permissions::from_mode(0o600))
+            .unwrap();
+    }
+    std::fs::write(
+        dir.path().join("config.toml"),
+        format!(
+            "[selection]\ninclude = [\"{vol}\"]\n[target.local]\ntype = \"local\"\npath = \"/backups\"\n\
+             [job.nightly]\ntargets = [\"local\"]\nschedule = \"*/2 * * * * *\"\ntimezone = \"UTC\"\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("override.yaml"),
+        "services:\n  voltar:\n    volumes:\n      - ./bk:/backups\n    healthcheck:\n      interval: 2s\n      start_period: 0s\n",
+    )
+    .unwrap();
+    let project = crate::support::unique("cz").replace(['-', '.'], "");
+    let compose = |args: &[&str]| -> Out {
+        Command::new("docker-compose")
+            .current_dir(dir.path())
+            .args(["-p", &project, "-f", "compose.yaml", "-f", "override.yaml"])
+            .args(args)
+            .output()
+            .unwrap()
+            .into()
+    };
+    struct Down<'a>(&'a dyn Fn(&[&str]) -> Out);
+    impl Drop for Down<'_> {
+        fn drop(&mut self) {
+            let _ = (self.0)(&["down", "-v"]);
+        }
+    }
+    let _down = Down(&compose);
+    let up = compose(&["up", "-d", "voltar"]);
+    assert_eq!(up.code, 0, "{up:?}");
+    let container = format!("{project}_voltar_1");
+    let inspect = |f: &str| docker(&["inspect", "-f", f, &container]);
+    assert_eq!(inspect("{{.HostConfig.ReadonlyRootfs}}"), "true");
+    assert_eq!(inspect("{{json .HostConfig.CapDrop}}"), "[\"ALL\"]");
+    assert_eq!(
+        inspect("{{json .HostConfig.CapAdd}}"),
+        "[\"DAC_READ_SEARCH\"]"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        let health = inspect("{{.State.Health.Status}}");
+        if health == "healthy" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still {health} after 90 s; logs:\n{}",
+            docker(&["logs", &container])
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let backups = std::fs::read_dir(dir.path().join("bk")).unwrap().count();
+    assert!(backups >= 1, "no backup in the target");
+}
