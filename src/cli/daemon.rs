@@ -124,7 +124,7 @@ impl RunObserver for Lines {
         }
     }
 
-    async fn finished(&self, job: &str, outcome: &JobOutcome) {
+    async fn finished(&self, job: &str, outcome: &JobOutcome) -> usize {
         self.log_finished(job, outcome);
         // A skipped slot is not a run, and an interrupted one (the daemon stopping) has no result to report.
         let summary = match outcome {
@@ -141,8 +141,9 @@ impl RunObserver for Lines {
             )),
             JobOutcome::Skipped { .. } | JobOutcome::Interrupted => None,
         };
-        if let (Some((ok, body)), Some(n)) = (summary, self.notifier(job)) {
-            n.finished(ok, &body).await;
+        match (summary, self.notifier(job)) {
+            (Some((ok, body)), Some(n)) => n.finished(ok, &body).await.len(),
+            _ => 0,
         }
     }
 

@@ -63,6 +63,7 @@ pub struct Metrics {
     attempts: Family<JobL, Counter>,
     failures: Family<JobL, Counter>,
     skipped: Family<JobL, Counter>,
+    notify_failed: Family<JobL, Counter>,
     duration: Family<JobL, Histogram, fn() -> Histogram>,
     bytes_read: Family<JobSource, Counter>,
     stored: Family<JobTargetSource, Gauge>,
@@ -87,6 +88,7 @@ impl Metrics {
             attempts: Family::default(),
             failures: Family::default(),
             skipped: Family::default(),
+            notify_failed: Family::default(),
             duration: Family::new_with_constructor(duration_histogram),
             bytes_read: Family::default(),
             stored: Family::default(),
@@ -119,6 +121,11 @@ impl Metrics {
             "voltar_backup_skipped_slots",
             "Slots skipped because the job's previous run was still going",
             m.skipped.clone(),
+        );
+        registry.register(
+            "voltar_notifications_failed",
+            "Notifications of the job's runs (healthchecks pings, webhooks, ntfy, e-mail) that could not be delivered",
+            m.notify_failed.clone(),
         );
         registry.register(
             "voltar_backup_duration_seconds",
@@ -167,6 +174,7 @@ impl Metrics {
             let _ = self.attempts.get_or_create(&jl);
             let _ = self.failures.get_or_create(&jl);
             let _ = self.skipped.get_or_create(&jl);
+            let _ = self.notify_failed.get_or_create(&jl);
             let _ = self.duration.get_or_create(&jl);
             let _ = self.next_run.get_or_create(&jl);
             let js = state.jobs.get(name);
@@ -214,6 +222,14 @@ impl Metrics {
         self.next_run
             .get_or_create(&JobL { job: job.into() })
             .set(seconds(at));
+    }
+
+    pub fn notifications_failed(&self, job: &str, n: usize) {
+        if n > 0 {
+            self.notify_failed
+                .get_or_create(&JobL { job: job.into() })
+                .inc_by(n as u64);
+        }
     }
 
     pub fn skipped(&self, job: &str) {

@@ -138,8 +138,9 @@ pub enum Event {
 #[async_trait::async_trait]
 pub trait RunObserver: Send + Sync {
     async fn started(&self, job: &str);
-    /// The run's report, or its error, or the skipped slot.
-    async fn finished(&self, job: &str, outcome: &JobOutcome);
+    /// The run's report, or its error, or the skipped slot. Returns how many notifications of it could not be
+    /// delivered (counted in `voltar_notifications_failed_total`).
+    async fn finished(&self, job: &str, outcome: &JobOutcome) -> usize;
     async fn event(&self, _event: &Event) {}
 }
 
@@ -613,7 +614,8 @@ impl Daemon {
                     };
                     running.remove(&name);
                     self.record(&name, started, &outcome).await;
-                    self.observer.finished(&name, &outcome).await;
+                    let failed = self.observer.finished(&name, &outcome).await;
+                    self.shared.metrics.notifications_failed(&name, failed);
                     if matches!(outcome, JobOutcome::Finished(_)) {
                         self.refresh_coverage(&config).await;
                     }
@@ -662,7 +664,7 @@ impl Daemon {
                         j.due = next + jitter_of(j.jitter);
                         if running.contains_key(&name) {
                             self.shared.metrics.skipped(&name);
-                            self.observer.finished(&name, &JobOutcome::Skipped { slot }).await;
+                            let _ = self.observer.finished(&name, &JobOutcome::Skipped { slot }).await;
                             continue;
                         }
                         let token = control.shutdown.child_token();
@@ -708,7 +710,8 @@ impl Daemon {
             while let Some(done) = tasks.join_next().await {
                 if let Ok((name, started, outcome)) = done {
                     self.record(&name, started, &outcome).await;
-                    self.observer.finished(&name, &outcome).await;
+                    let failed = self.observer.finished(&name, &outcome).await;
+                    self.shared.metrics.notifications_failed(&name, failed);
                 }
             }
         };

@@ -106,7 +106,7 @@ impl RunObserver for TestObserver {
     async fn started(&self, job: &str) {
         let _ = self.seen.send(format!("started {job}"));
     }
-    async fn finished(&self, job: &str, outcome: &JobOutcome) {
+    async fn finished(&self, job: &str, outcome: &JobOutcome) -> usize {
         let what = match outcome {
             JobOutcome::Finished(r) => format!("finished exit {}", r.exit_code()),
             JobOutcome::Failed { .. } => "failed".into(),
@@ -114,6 +114,7 @@ impl RunObserver for TestObserver {
             JobOutcome::Interrupted => "interrupted".into(),
         };
         let _ = self.seen.send(format!("finished {job} {what}"));
+        0
     }
     async fn event(&self, event: &Event) {
         let line = match event {

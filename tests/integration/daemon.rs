@@ -767,7 +767,7 @@ fn issue12_daemon_runs_ping_healthchecks_and_notify_receivers() {
     let port = support::free_port();
     let job = |hc_url: &str| {
         format!(
-            "[selection]\ninclude = [\"{vol}\"]\n[[notify]]\nurl = \"{}\"\n[job.dn]\nschedule = \"*/2 * * * * *\"\ntimezone = \"UTC\"\nhealthcheck-url = \"{hc_url}\"\n",
+            "[selection]\ninclude = [\"{vol}\"]\n[[notify]]\nurl = \"{}\"\n[[notify]]\nurl = \"http://127.0.0.1:9/dead\"\non = [\"failure\", \"success\"]\n[job.dn]\nschedule = \"*/2 * * * * *\"\ntimezone = \"UTC\"\nhealthcheck-url = \"{hc_url}\"\n",
             hook.url("/hook")
         )
     };
@@ -813,6 +813,18 @@ fn issue12_daemon_runs_ping_healthchecks_and_notify_receivers() {
         paths(&hc2).iter().any(|p| p == "/ping/def"),
         "after the reload: {:?}",
         paths(&hc2)
+    );
+    // The receiver nobody answers at is counted, per job, and the runs were not failed by it.
+    let (_, metrics) = d.get("/metrics");
+    let scrape =
+        prometheus_parse::Scrape::parse(metrics.lines().map(|l| Ok(l.to_string()))).unwrap();
+    assert!(
+        sample(
+            &scrape,
+            "voltar_notifications_failed_total",
+            &[("job", "dn")]
+        ) >= 1.0,
+        "{metrics}"
     );
     let (code, _) = d.stop();
     assert_eq!(code, 0, "{}", d.said());
