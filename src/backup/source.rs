@@ -405,22 +405,18 @@ async fn pre_hooks(
         let Some(hook) = h.pre_backup.as_ref() else {
             continue;
         };
-        ctx.env.progress.note(&format!(
-            "{}: pre-backup hook in container {}",
-            src.name, c.name
-        ));
-        let run = hooks::run_container_hook(
-            ctx.env.engine,
-            &c.id,
-            &c.name,
-            HookPhase::PreBackup,
-            hook,
-            h.timeout,
+        let failed = run_hook(
+            ctx,
+            src,
+            c,
+            (HookPhase::PreBackup, hook),
+            h,
             &ctx.env.cancel,
+            report,
         )
         .await;
         ran.insert(c.id.clone());
-        if let Some(why) = hook_done(ctx, src, run, report) {
+        if let Some(why) = failed {
             if h.on_error == crate::config::OnError::Continue {
                 let w = format!("{why} (hook-on-error = continue: backed up anyway)");
                 ctx.env.progress.warn(&format!("{}: {w}", src.name));
@@ -455,21 +451,17 @@ async fn post_hooks(
         if !(pre_ran.contains(&c.id) || (read && h.pre_backup.is_none())) {
             continue;
         }
-        ctx.env.progress.note(&format!(
-            "{}: post-backup hook in container {}",
-            src.name, c.name
-        ));
-        let run = hooks::run_container_hook(
-            ctx.env.engine,
-            &c.id,
-            &c.name,
-            HookPhase::PostBackup,
-            hook,
-            h.timeout,
+        let failed = run_hook(
+            ctx,
+            src,
+            c,
+            (HookPhase::PostBackup, hook),
+            h,
             &never,
+            report,
         )
         .await;
-        if let Some(why) = hook_done(ctx, src, run, report) {
+        if let Some(why) = failed {
             ctx.env.progress.warn(&format!("{}: {why}", src.name));
             report.warnings.push(why.clone());
             if h.on_error == crate::config::OnError::Fail && failure.is_none() {
@@ -478,6 +470,33 @@ async fn post_hooks(
         }
     }
     failure
+}
+
+/// Run one container hook (saying so on the bar), record it and log its output; returns why it failed, if it did.
+async fn run_hook(
+    ctx: &RunCtx<'_>,
+    src: &PlannedSource,
+    c: &plan::PlannedContainer,
+    (phase, hook): (HookPhase, &hooks::PlannedHook),
+    h: &hooks::ContainerHooks,
+    cancel: &CancellationToken,
+    report: &mut SourceReport,
+) -> Option<String> {
+    ctx.env.progress.note(&format!(
+        "{}: {phase} hook in container {}",
+        src.name, c.name
+    ));
+    let run = hooks::run_container_hook(
+        ctx.env.engine,
+        &c.id,
+        &c.name,
+        phase,
+        hook,
+        h.timeout,
+        cancel,
+    )
+    .await;
+    hook_done(ctx, src, run, report)
 }
 
 /// Record a hook that ran and log its output (capped; info when it succeeded, a warning when not). Returns
