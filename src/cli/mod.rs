@@ -335,7 +335,7 @@ impl Stopping {
             Stopping::Backup => {
                 "stopping: resuming containers and discarding the unfinished backup"
             }
-            Stopping::Restore => "stopping: putting containers back; nothing is swapped in",
+            Stopping::Restore => "stopping: putting containers back; nothing more is swapped in",
             Stopping::Drop => "stopping",
             Stopping::Daemon => {
                 "stopping: no new runs; a running backup resumes its containers and commits nothing"
@@ -345,7 +345,7 @@ impl Stopping {
     fn after(self) -> &'static str {
         match self {
             Stopping::Backup => ": containers were resumed, nothing was committed",
-            Stopping::Restore => ": containers were put back, the volume was not changed",
+            Stopping::Restore => ": containers were put back; no volume was left half-restored",
             Stopping::Drop | Stopping::Daemon => "",
         }
     }
