@@ -102,12 +102,22 @@ fn issue8_sigterm_stops_list_against_a_hung_endpoint_within_seconds() {
 
 #[test]
 fn issue8_sigterm_stops_list_against_a_dead_endpoint_within_seconds() {
-    // Nothing listens there: every attempt is refused and retried with backoff until the deadline.
+    // Nothing listens there: every attempt is refused and retried with backoff. An endpoint that never answered
+    // gets the target's `check-timeout` (5 s by default, after which `list` fails by itself: see
+    // `s3::an_endpoint_that_never_answered_fails_list_within_the_check_timeout`); a long one keeps it retrying
+    // here, so that the signal is what ends it.
     let port = support::free_port();
     let ep = format!("http://127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("voltar.toml");
+    std::fs::write(
+        &cfg,
+        "[target.dead]\ntype = \"s3\"\nbucket = \"bucket\"\nprefix = \"prefix\"\ncheck-timeout = \"5m\"\n",
+    )
+    .unwrap();
     let (out, took) = term_after(
         &ep,
-        &["list", "-t", "s3://bucket/prefix"],
+        &["-c", cfg.to_str().unwrap(), "list", "-t", "dead"],
         Duration::from_secs(3),
     );
     check(&out, took);
