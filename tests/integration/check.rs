@@ -222,3 +222,36 @@ fn issue14_json_is_one_document_with_each_check() {
     );
     assert_eq!(by("job nightly")["ok"], true, "{v:#}");
 }
+
+/// A target's secret file that group or others can read: exit 1, the file's line names it and the fix (the
+/// loader's rule); the secret itself is never printed.
+#[test]
+fn issue14_a_group_readable_secret_file_fails_naming_it() {
+    use std::os::unix::fs::PermissionsExt;
+    crate::require_docker!();
+    let Some(endpoint) = support::s3_endpoint() else {
+        return;
+    };
+    let w = World::new(&endpoint);
+    let mut cleanup = Cleanup::default();
+    let vol = cleanup.volume("check-secret");
+    let local = w.path("local");
+    let secret = w.path("secret");
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let cfg = w.config("voltar.toml", &config_text(&w, &local, &vol));
+
+    let out = check(&w, &cfg, &[]);
+    assert_eq!(out.code, 1, "{out:?}");
+    let l = line(&out, &format!("secret {}", secret.display()));
+    assert!(l.starts_with("FAILED "), "{l}");
+    assert!(
+        l.contains(&format!("chmod 600 {}", secret.display())),
+        "{l}"
+    );
+    assert!(l.contains("target offsite"), "{l}");
+    assert!(
+        line(&out, &format!("secret {}", w.path("key-id").display())).starts_with("ok "),
+        "{out:?}"
+    );
+    assert!(!out.all().contains(crate::s3::SECRET), "{out:?}");
+}
