@@ -14,6 +14,7 @@
 //! * [`catalog`] names objects and owns the manifest format;
 //! * [`retention`] is pure: policy + backups + now → keep/delete with reasons;
 //! * [`backup`], [`restore`], [`verify`], [`prune`] orchestrate one command each: a request in, a report out;
+//! * [`check`] is `voltar config check`: what a run needs, checked before the night;
 //! * [`readback`] is the one verified read of a stored object (restore, verify, the dry-run listing, import);
 //! * [`cli`] is the only face: flags → request, report → table or `--json`, exit codes.
 
@@ -22,6 +23,7 @@ pub mod backup;
 pub mod buffers;
 pub mod caps;
 pub mod catalog;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod crypto;

@@ -6,6 +6,7 @@
 
 mod backup;
 mod catalog;
+mod check;
 mod daemon;
 mod key;
 pub mod prune;
@@ -182,6 +183,9 @@ pub enum Command {
     Verify(verify::VerifyArgs),
     /// Delete backups by the retention policy.
     Prune(prune::PruneArgs),
+    /// Check the config and everything a run needs before the night (`voltar config check`).
+    #[command(subcommand)]
+    Config(check::ConfigCommand),
     /// Make an age key for encrypted backups, or show the public key of one.
     #[command(subcommand)]
     Key(key::KeyCommand),
@@ -514,6 +518,7 @@ async fn run(cli: Cli, cancel: CancellationToken) -> Result<i32> {
         Command::Verify(args) => verify::command(&config, args, cli.json, progress, cancel).await,
         Command::Prune(args) => prune::command(&config, args, cli.json).await,
         Command::Key(cmd) => key::command(cmd, cli.json, cli.quiet),
+        Command::Config(cmd) => check::command(&config, cmd, cli.json).await,
         Command::Recover => {
             let engine = connect(&config).await?;
             let run = crate::quiesce::recover_run(&config.state_dir, &config.spool_dir(), &engine)

@@ -27,7 +27,7 @@ const FLOORS: &[&[&str]] = &[
         "readback",
         "schedule",
     ],
-    &["prune", "backup", "restore", "verify", "daemon"],
+    &["prune", "backup", "restore", "verify", "daemon", "check"],
     &["cli"],
 ];
 

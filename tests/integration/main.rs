@@ -8,6 +8,7 @@ mod archive_pack;
 mod archive_unpack;
 mod backup;
 mod caps;
+mod check;
 mod cli;
 mod daemon;
 mod engine_api;
