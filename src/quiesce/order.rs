@@ -7,6 +7,12 @@
 //! `service:<name>` is matched by service too). Stopping dependents first and starting them last (release and
 //! `recover` both resume in reverse) means no container starts without what it needs, nor keeps writing to one
 //! that is already gone. Containers with no tie keep their place; a cycle (bad labels) keeps the given order.
+//!
+//! The ties are read by `hold` from the engine ([`crate::docker::Runtime::links`]) right before it acts, not
+//! carried in the plan: every caller that builds a [`super::Hold`] (backup, restore) gets the order without
+//! change, and it follows the containers as they are, not as they were minutes ago. The order is a stable
+//! topological one (always the first container in the given order whose dependents are all done), not a plain
+//! Kahn queue, so containers without ties are never shuffled.
 
 use std::collections::BTreeMap;
 
