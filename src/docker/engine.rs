@@ -648,6 +648,30 @@ impl Runtime for Engine {
             })),
         }
     }
+
+    async fn links(&self, id: &str) -> Result<super::ContainerLinks, DockerError> {
+        let c = self
+            .docker
+            .inspect_container(
+                id,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+            .map_err(|e| {
+                self.map_err(&format!("inspecting container {id}"), e, || {
+                    DockerError::NoSuchContainer(id.to_string())
+                })
+            })?;
+        Ok(super::ContainerLinks {
+            labels: c
+                .config
+                .and_then(|cfg| cfg.labels)
+                .unwrap_or_default()
+                .into_iter()
+                .collect(),
+            network_mode: c.host_config.and_then(|h| h.network_mode),
+        })
+    }
 }
 
 #[cfg(test)]

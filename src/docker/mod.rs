@@ -157,6 +157,20 @@ pub trait Runtime: Send + Sync {
     /// Stop with a grace period before SIGKILL.
     async fn stop(&self, id: &str, timeout_s: u32) -> Result<(), DockerError>;
     async fn start(&self, id: &str) -> Result<(), DockerError>;
+    /// What ties the container to others (labels, network mode), read by quiesce to order its holds. The
+    /// default knows nothing, which keeps the given order.
+    async fn links(&self, id: &str) -> Result<ContainerLinks, DockerError> {
+        let _ = id;
+        Ok(ContainerLinks::default())
+    }
+}
+
+/// A container's ties to other containers, as far as quiesce ordering needs them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ContainerLinks {
+    pub labels: BTreeMap<String, String>,
+    /// `HostConfig.NetworkMode`, e.g. `bridge` or `container:<id or name>`.
+    pub network_mode: Option<String>,
 }
 
 /// The container voltar itself runs in, when it runs in one of this engine's: named by the hidden

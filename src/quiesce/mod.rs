@@ -9,6 +9,9 @@
 //!   before it returns an error, so a caller only ever has to release a [`Held`] it actually got.
 //!   `hold` is not cancel-safe (do not `select!` it away); [`Quiescer::release_pending`] is the backstop that
 //!   resumes everything this run journaled and did not resume yet, whoever holds the `Held`.
+//! * **Dependents first.** Within one hold, a container is quiesced after every container that depends on it
+//!   (compose `depends_on` within its project, network mode `container:`; `order.rs`), so release, the
+//!   `release_pending` backstop and `recover` (all newest first) start dependencies before their dependents.
 //! * **Only what was running, only what we changed.** `hold` re-reads each container's state right before acting:
 //!   a container that is not running (stopped, or paused by the user) is skipped and reported, so release never
 //!   starts a container that was down and never unpauses one the user paused. A refused pause (the user paused
@@ -67,6 +70,7 @@ use crate::docker::DockerError;
 use crate::lock::LockError;
 
 mod journal;
+mod order;
 mod quiescer;
 mod recover;
 

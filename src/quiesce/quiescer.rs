@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use super::order::{stop_order, Node};
 use super::{Journal, QuiesceError};
 use crate::catalog::QuiesceAction;
 use crate::docker::{ContainerInfo, ContainerState, DockerError, Runtime};
@@ -232,7 +233,8 @@ impl<'a> Quiescer<'a> {
         Ok(locks)
     }
 
-    /// Quiesce `holds` in order. Only containers running right now are touched. On the first failure the
+    /// Quiesce `holds`: dependents before what they depend on (compose `depends_on`, network mode
+    /// `container:`), otherwise in the given order. Only containers running right now are touched. On the first failure the
     /// containers already quiesced are resumed (in reverse order) before the error is returned.
     pub async fn hold(&self, holds: &[Hold]) -> Result<Held, QuiesceError> {
         self.hold_locked(holds, &ContainerLocks::default()).await
@@ -266,8 +268,9 @@ impl<'a> Quiescer<'a> {
         locked: &ContainerLocks,
     ) -> Result<Held, QuiesceError> {
         let mut locks = self.lock_all(holds, locked).await?;
+        let ordered = self.dependency_order(holds).await;
         let mut held = Held::default();
-        for h in holds {
+        for h in ordered {
             match self.hold_one(h, locks.remove(&h.id)).await {
                 Ok(Step::Held(c)) => held.held.push(c),
                 Ok(Step::Skipped(s)) => held.skipped.push(s),
@@ -295,6 +298,45 @@ impl<'a> Quiescer<'a> {
             }
         }
         Ok(held)
+    }
+
+    /// `holds` reordered so that dependents are quiesced before what they depend on ([`super::order`]); the
+    /// given order when nothing ties them, when a container cannot be inspected, or on a cycle (with a warning).
+    async fn dependency_order<'h>(&self, holds: &'h [Hold]) -> Vec<&'h Hold> {
+        if holds.len() < 2 {
+            return holds.iter().collect();
+        }
+        let mut links = Vec::with_capacity(holds.len());
+        for h in holds {
+            match self.runtime.links(&h.id).await {
+                Ok(l) => links.push(l),
+                Err(e) => {
+                    // hold_one looks at it again and reports what is wrong with it.
+                    tracing::debug!(container = %h.name, error = %e, "no dependency information; quiesced in plan order");
+                    return holds.iter().collect();
+                }
+            }
+        }
+        let nodes: Vec<Node<'_>> = holds
+            .iter()
+            .zip(&links)
+            .map(|(h, l)| Node {
+                id: &h.id,
+                name: &h.name,
+                labels: &l.labels,
+                network_mode: l.network_mode.as_deref(),
+            })
+            .collect();
+        match stop_order(&nodes) {
+            Ok(order) => order.into_iter().map(|i| &holds[i]).collect(),
+            Err(cycle) => {
+                tracing::warn!(
+                    containers = ?cycle,
+                    "containers depend on each other in a cycle (com.docker.compose.depends_on or network mode container:); quiescing them in plan order"
+                );
+                holds.iter().collect()
+            }
+        }
     }
 
     async fn hold_one(&self, h: &Hold, lock: Option<ContainerLock>) -> Result<Step, QuiesceError> {

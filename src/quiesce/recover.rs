@@ -1,4 +1,9 @@
 //! `voltar recover`: replay the journals of dead runs by the live state, and remove their leftovers.
+//!
+//! A journal's containers are resumed newest first, the reverse of the order they were quiesced in. `hold`
+//! quiesces dependents before what they depend on (compose `depends_on`, network mode `container:`; see
+//! `order.rs`) and journals each one just before it touches it, so a replay after a SIGKILL starts (or unpauses)
+//! dependencies before their dependents, exactly like `release` would have.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};

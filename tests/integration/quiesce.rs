@@ -645,3 +645,149 @@ async fn volume_create_inspect_remove() {
     ));
     assert!(!docker_raw(&["volume", "inspect", &name]).status.success());
 }
+
+/// Three containers of one compose project, `web` and `worker` depending on `db`, all mounting one volume and
+/// stoppable. Returns (db, web, worker) names.
+fn compose_trio(c: &mut Cleanup) -> (String, String, String) {
+    let vol = c.volume("qdep");
+    let project = support::unique("qproj");
+    let mount = format!("{vol}:/data");
+    let mut make = |service: &str, depends: bool| {
+        let mut extra = vec![
+            "-v".to_string(),
+            mount.clone(),
+            "--label".to_string(),
+            format!("com.docker.compose.project={project}"),
+            "--label".to_string(),
+            format!("com.docker.compose.service={service}"),
+            "--label".to_string(),
+            "voltar.stop-timeout=1s".to_string(),
+        ];
+        if depends {
+            extra.push("--label".to_string());
+            extra.push("com.docker.compose.depends_on=db:service_started:false".to_string());
+        }
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        run_stoppable(c, &format!("q{service}"), &extra)
+    };
+    let db = make("db", false);
+    let web = make("web", true);
+    let worker = make("worker", true);
+    (db, web, worker)
+}
+
+/// `name action` for every stop/start event of `containers` since `since`, in the engine's order.
+fn ordered_events(containers: &[&str], since: &str) -> Vec<(String, String)> {
+    let mut args = vec![
+        "events".to_string(),
+        "--since".to_string(),
+        since.to_string(),
+        "--until".to_string(),
+        now_ts(),
+        "--format".to_string(),
+        "{{.Actor.Attributes.name}} {{.Action}}".to_string(),
+    ];
+    for c in containers {
+        args.push("--filter".to_string());
+        args.push(format!("container={c}"));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    docker(&args)
+        .lines()
+        .filter_map(|l| l.trim().split_once(' '))
+        .filter(|(_, a)| matches!(*a, "stop" | "start" | "pause" | "unpause"))
+        .map(|(n, a)| (n.to_string(), a.to_string()))
+        .collect()
+}
+
+/// The position of `name`'s `action` event in `events`.
+fn at(events: &[(String, String)], name: &str, action: &str) -> usize {
+    events
+        .iter()
+        .position(|(n, a)| n == name && a == action)
+        .unwrap_or_else(|| panic!("no {action} event of {name} in {events:?}"))
+}
+
+/// Dependents stop before what they depend on, and start after it.
+fn assert_dependency_order(events: &[(String, String)], db: &str, web: &str, worker: &str) {
+    for dependent in [web, worker] {
+        assert!(
+            at(events, dependent, "stop") < at(events, db, "stop"),
+            "{dependent} must stop before {db}: {events:?}"
+        );
+        assert!(
+            at(events, db, "start") < at(events, dependent, "start"),
+            "{db} must start before {dependent}: {events:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn compose_dependencies_stop_dependents_first_and_start_them_last() {
+    require_docker!();
+    let mut c = Cleanup::default();
+    let (db, web, worker) = compose_trio(&mut c);
+    let engine = engine().await;
+    let state = tempfile::tempdir().unwrap();
+    let journal = Journal::open(state.path()).unwrap();
+    let q = Quiescer::new(&engine, &journal);
+    let since = now_ts();
+
+    // Given in the order the plan lists them (db first): hold must reorder.
+    let holds = [
+        hold(&db, QuiesceAction::Stop),
+        hold(&web, QuiesceAction::Stop),
+        hold(&worker, QuiesceAction::Stop),
+    ];
+    let held = q.hold(&holds).await.unwrap();
+    let taken: Vec<&str> = held.containers().iter().map(|h| h.name.as_str()).collect();
+    assert_eq!(taken.last(), Some(&db.as_str()), "{taken:?}");
+    let report = q.release(held).await;
+    assert!(report.is_ok(), "{:?}", report.errors);
+    for n in [&db, &web, &worker] {
+        assert_eq!(support::state(n), "running");
+    }
+
+    let events = ordered_events(&[&db, &web, &worker], &since);
+    assert_eq!(events.len(), 6, "{events:?}");
+    assert_dependency_order(&events, &db, &web, &worker);
+}
+
+#[tokio::test]
+async fn compose_dependencies_start_first_after_sigkill_and_recover() {
+    require_docker!();
+    let mut c = Cleanup::default();
+    let (db, web, worker) = compose_trio(&mut c);
+    let state = tempfile::tempdir().unwrap();
+    let since = now_ts();
+    let holds = [
+        hold(&db, QuiesceAction::Stop),
+        hold(&web, QuiesceAction::Stop),
+        hold(&worker, QuiesceAction::Stop),
+    ];
+    let (mut child, rx) = spawn_child(
+        "hold",
+        &[
+            (CHILD_STATE_DIR, state.path().display().to_string()),
+            (CHILD_HOLDS, encode_holds(&holds)),
+        ],
+    );
+    wait_for(&rx, HELD_MARKER);
+    child.kill(); // SIGKILL during the read: no release
+    for n in [&db, &web, &worker] {
+        assert_eq!(support::state(n), "exited");
+    }
+
+    let engine = engine().await;
+    let report = recover(state.path(), &engine).await.unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    let started: Vec<&str> = report.containers.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(started.first(), Some(&db.as_str()), "{report:?}");
+    for n in [&db, &web, &worker] {
+        assert_eq!(support::state(n), "running");
+    }
+
+    let events = ordered_events(&[&db, &web, &worker], &since);
+    assert_eq!(events.len(), 6, "{events:?}");
+    assert_dependency_order(&events, &db, &web, &worker);
+}
