@@ -574,11 +574,13 @@ fn container_info(c: ContainerSummary) -> ContainerInfo {
     }
 }
 
-#[async_trait]
-impl Runtime for Engine {
-    async fn state(&self, id: &str) -> Result<ContainerState, DockerError> {
-        let c = self
-            .docker
+impl Engine {
+    /// `GET /containers/{id}/json`; a container that is gone is [`DockerError::NoSuchContainer`].
+    async fn inspect_container(
+        &self,
+        id: &str,
+    ) -> Result<bollard::models::ContainerInspectResponse, DockerError> {
+        self.docker
             .inspect_container(
                 id,
                 None::<bollard::query_parameters::InspectContainerOptions>,
@@ -588,7 +590,14 @@ impl Runtime for Engine {
                 self.map_err(&format!("inspecting container {id}"), e, || {
                     DockerError::NoSuchContainer(id.to_string())
                 })
-            })?;
+            })
+    }
+}
+
+#[async_trait]
+impl Runtime for Engine {
+    async fn state(&self, id: &str) -> Result<ContainerState, DockerError> {
+        let c = self.inspect_container(id).await?;
         let status = c
             .state
             .and_then(|s| s.status)
@@ -650,18 +659,7 @@ impl Runtime for Engine {
     }
 
     async fn links(&self, id: &str) -> Result<super::ContainerLinks, DockerError> {
-        let c = self
-            .docker
-            .inspect_container(
-                id,
-                None::<bollard::query_parameters::InspectContainerOptions>,
-            )
-            .await
-            .map_err(|e| {
-                self.map_err(&format!("inspecting container {id}"), e, || {
-                    DockerError::NoSuchContainer(id.to_string())
-                })
-            })?;
+        let c = self.inspect_container(id).await?;
         Ok(super::ContainerLinks {
             labels: c
                 .config
