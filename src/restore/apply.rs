@@ -177,9 +177,8 @@ async fn restore_source(ctx: &ApplyCtx<'_>, sp: SourcePlan) -> Result<SourceRest
 
     let result = restore_one(ctx, &src, &path, create_volume, &users, &mut sr).await;
     match result {
-        // Restored; `restore_one` says when without a safety copy.
-        Ok(()) if matches!(sr.status, RestoreStatus::Unprotected(_)) => {}
-        Ok(()) => sr.status = RestoreStatus::Ok,
+        // Restored: `Ok`, or `Unprotected` when the safety copy could not be committed.
+        Ok(status) => sr.status = status,
         Err(e) => {
             sr.status = RestoreStatus::Failed(crate::error_chain(&e));
             if create_volume {
@@ -247,7 +246,7 @@ async fn restore_one(
     fresh: bool,
     users: &[PlannedContainer],
     sr: &mut SourceRestore,
-) -> Result<()> {
+) -> Result<RestoreStatus> {
     let wants_safety = !fresh && !ctx.args.no_safety_backup && dir_has_entries(path);
     let safety = match (wants_safety, ctx.paths.is_empty()) {
         (false, _) => Safety::None,
@@ -274,11 +273,12 @@ async fn restore_one(
             Err(e) => {
                 let kept = staging.path.clone();
                 staging.forget(ctx.journal);
-                sr.status = RestoreStatus::Unprotected(format!(
-                    "{e:#}; the previous contents are kept at {} (back them up or remove them)",
-                    kept.display()
-                ));
-                return result?;
+                return result?.map(|()| {
+                    RestoreStatus::Unprotected(format!(
+                        "{e:#}; the previous contents are kept at {} (back them up or remove them)",
+                        kept.display()
+                    ))
+                });
             }
         }
     }
@@ -286,7 +286,7 @@ async fn restore_one(
     if let Err(e) = staging.remove(ctx.journal) {
         sr.warnings.push(e);
     }
-    result?
+    result?.map(|()| RestoreStatus::Ok)
 }
 
 /// Where a restore's safety copy of the current contents comes from (see [`restore_one`]).
