@@ -288,6 +288,12 @@ fn a_killed_s3_server_does_not_extend_the_pause() {
     let took = started.elapsed();
     assert_eq!(out.code, 1, "{out:?}");
     let r = json(&out);
+    // The kill is meant to land while `va` (the large one) is read: it must be the first source read.
+    assert_eq!(
+        r["sources"][0]["name"],
+        va.as_str(),
+        "the sources were not read in the order this test relies on: {out:?}"
+    );
 
     assert_pauses_bounded(&watch, &app_a, read_a, &out);
     assert_pauses_bounded(&watch, &app_b, read_b, &out);

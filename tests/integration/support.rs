@@ -72,11 +72,15 @@ pub fn s3_endpoint() -> Option<String> {
     Some(ep)
 }
 
-/// A name unique to this test process and call, e.g. `vt-1234-7-pg`.
+/// A name unique to this test process and call, e.g. `vt-1234-00007-pg`.
+///
+/// The counter is zero-padded so that names sort in the order they were made: voltar reads sources in name order,
+/// and tests that make `a` before `b` expect `a` to be read first (with a bare counter, `…-100-b` sorts before
+/// `…-99-a`).
 pub fn unique(tag: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     format!(
-        "vt-{}-{}-{tag}",
+        "vt-{}-{:05}-{tag}",
         std::process::id(),
         N.fetch_add(1, Ordering::SeqCst)
     )
