@@ -87,6 +87,15 @@ impl Clock for SystemClock {
     }
 }
 
+/// One run's task, done: its job, when it started, what became of it, and the telling of its start (which the
+/// telling of its end waits for).
+struct Ran {
+    name: String,
+    started: DateTime<Utc>,
+    outcome: JobOutcome,
+    told: tokio::task::JoinHandle<()>,
+}
+
 /// What became of one slot of a job.
 #[derive(Debug)]
 pub enum JobOutcome {
@@ -593,31 +602,38 @@ impl Daemon {
         self.announce(&jobs, None).await;
         // Job name → the cancel token of its run (present while the run goes on, waiting for targets included).
         let mut running: HashMap<String, CancellationToken> = HashMap::new();
-        let mut tasks: JoinSet<(String, DateTime<Utc>, JobOutcome)> = JoinSet::new();
+        let mut tasks: JoinSet<Ran> = JoinSet::new();
         let mut ids: HashMap<tokio::task::Id, String> = HashMap::new();
+        // The end of each run being told (log line, notifications): job name → failed notifications.
+        let mut notes: JoinSet<(String, usize)> = JoinSet::new();
         loop {
             let next_due = jobs.values().map(|j| j.due).min().expect("a scheduled job");
             tokio::select! {
                 biased;
                 _ = control.shutdown.cancelled() => break,
                 Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => {
-                    let (name, started, outcome) = match done {
-                        Ok((id, d)) => {
+                    let (name, started, outcome, told) = match done {
+                        Ok((id, r)) => {
                             ids.remove(&id);
-                            d
+                            (r.name, r.started, r.outcome, Some(r.told))
                         }
                         // A panic in a run: recorded as its failure; the job is free again, the daemon goes on.
                         Err(e) => {
                             let name = ids.remove(&e.id()).unwrap_or_default();
-                            (name, clock.now(), JobOutcome::Failed { error: format!("the run panicked: {e}") })
+                            (name, clock.now(), JobOutcome::Failed { error: format!("the run panicked: {e}") }, None)
                         }
                     };
                     running.remove(&name);
                     self.record(&name, started, &outcome).await;
-                    let failed = self.observer.finished(&name, &outcome).await;
-                    self.shared.metrics.notifications_failed(&name, failed);
-                    if matches!(outcome, JobOutcome::Finished(_)) {
+                    let refresh = matches!(outcome, JobOutcome::Finished(_));
+                    self.tell_finished(&mut notes, name, outcome, told);
+                    if refresh {
                         self.refresh_coverage(&config).await;
+                    }
+                }
+                Some(told) = notes.join_next(), if !notes.is_empty() => {
+                    if let Ok((name, failed)) = told {
+                        self.shared.metrics.notifications_failed(&name, failed);
                     }
                 }
                 _ = control.reload.notified() => {
@@ -664,12 +680,11 @@ impl Daemon {
                         j.due = next + jitter_of(j.jitter);
                         if running.contains_key(&name) {
                             self.shared.metrics.skipped(&name);
-                            let _ = self.observer.finished(&name, &JobOutcome::Skipped { slot }).await;
+                            self.tell_finished(&mut notes, name, JobOutcome::Skipped { slot }, None);
                             continue;
                         }
                         let token = control.shutdown.child_token();
                         running.insert(name.clone(), token.clone());
-                        self.observer.started(&name).await;
                         let job = j.job.clone();
                         let config = config.clone();
                         let runner = self.runner.clone();
@@ -678,20 +693,29 @@ impl Daemon {
                         let clock = clock.clone();
                         let task = tasks.spawn(async move {
                             let started = clock.now();
-                            let targets: Vec<Target> = job
-                                .targets
-                                .iter()
-                                .filter_map(|n| config.targets.get(n).cloned())
-                                .collect();
-                            let held = tokio::select! {
-                                h = gate.enter(&targets, &job.name, observer.as_ref()) => Some(h),
-                                _ = token.cancelled() => None,
+                            let run = async {
+                                let targets: Vec<Target> = job
+                                    .targets
+                                    .iter()
+                                    .filter_map(|n| config.targets.get(n).cloned())
+                                    .collect();
+                                let held = tokio::select! {
+                                    h = gate.enter(&targets, &job.name, observer.as_ref()) => Some(h),
+                                    _ = token.cancelled() => None,
+                                };
+                                let Some(_held) = held else {
+                                    return JobOutcome::Interrupted;
+                                };
+                                runner.run(&config, &job, clock.now(), token.clone(), observer.as_ref()).await
                             };
-                            let Some(_held) = held else {
-                                return (job.name.clone(), started, JobOutcome::Interrupted);
+                            // The start is told beside the run, not before it: a slow or dead receiver does not
+                            // delay the backup (the end is told after it, see `tell_finished`).
+                            let told = {
+                                let (observer, name) = (observer.clone(), job.name.clone());
+                                tokio::spawn(async move { observer.started(&name).await })
                             };
-                            let outcome = runner.run(&config, &job, clock.now(), token, observer.as_ref()).await;
-                            (job.name.clone(), started, outcome)
+                            let outcome = run.await;
+                            Ran { name: job.name.clone(), started, outcome, told }
                         });
                         ids.insert(task.id(), name.clone());
                     }
@@ -708,9 +732,13 @@ impl Daemon {
             .await;
         let wait = async {
             while let Some(done) = tasks.join_next().await {
-                if let Ok((name, started, outcome)) = done {
-                    self.record(&name, started, &outcome).await;
-                    let failed = self.observer.finished(&name, &outcome).await;
+                if let Ok(r) = done {
+                    self.record(&r.name, r.started, &r.outcome).await;
+                    self.tell_finished(&mut notes, r.name, r.outcome, Some(r.told));
+                }
+            }
+            while let Some(told) = notes.join_next().await {
+                if let Ok((name, failed)) = told {
                     self.shared.metrics.notifications_failed(&name, failed);
                 }
             }
@@ -724,6 +752,26 @@ impl Daemon {
                 .await;
         }
         Ok(())
+    }
+
+    /// Tells the observer (log, notifications) how a run ended, on a task of its own: a receiver that hangs up to
+    /// its deadline does not hold the loop, so other jobs' slots, reloads and the stop are not delayed by it. The
+    /// end is told after the run's start was (`told`): healthchecks-style receivers need `/start` before the ping.
+    fn tell_finished(
+        &self,
+        notes: &mut JoinSet<(String, usize)>,
+        name: String,
+        outcome: JobOutcome,
+        told: Option<tokio::task::JoinHandle<()>>,
+    ) {
+        let observer = self.observer.clone();
+        notes.spawn(async move {
+            if let Some(told) = told {
+                let _ = told.await;
+            }
+            let failed = observer.finished(&name, &outcome).await;
+            (name, failed)
+        });
     }
 
     /// Source series and the unprotected count, from what the jobs back up now.

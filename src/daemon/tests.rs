@@ -97,14 +97,26 @@ impl JobRunner for TestRunner {
 }
 
 /// What the observer saw, as text: `started a`, `finished a skipped 00:00:20`, `finished a failed`, `event …`.
+/// The start and end of a job in `stuck` hang (like a notification receiver that never answers) until `unstick`.
 struct TestObserver {
     seen: mpsc::UnboundedSender<String>,
+    stuck: Mutex<Vec<String>>,
+    unstick: watch::Sender<bool>,
+}
+
+impl TestObserver {
+    async fn hang_if_stuck(&self, job: &str) {
+        if self.stuck.lock().unwrap().iter().any(|j| j == job) {
+            let _ = self.unstick.subscribe().wait_for(|go| *go).await;
+        }
+    }
 }
 
 #[async_trait::async_trait]
 impl RunObserver for TestObserver {
     async fn started(&self, job: &str) {
         let _ = self.seen.send(format!("started {job}"));
+        self.hang_if_stuck(job).await;
     }
     async fn finished(&self, job: &str, outcome: &JobOutcome) -> usize {
         let what = match outcome {
@@ -114,6 +126,7 @@ impl RunObserver for TestObserver {
             JobOutcome::Interrupted => "interrupted".into(),
         };
         let _ = self.seen.send(format!("finished {job} {what}"));
+        self.hang_if_stuck(job).await;
         0
     }
     async fn event(&self, event: &Event) {
@@ -138,6 +151,7 @@ impl RunObserver for TestObserver {
 
 struct Harness {
     clock: Arc<TestClock>,
+    observer: Arc<TestObserver>,
     runner: Arc<TestRunner>,
     calls: mpsc::UnboundedReceiver<Call>,
     seen: mpsc::UnboundedReceiver<String>,
@@ -170,8 +184,13 @@ fn start(now: &str, jobs: &str) -> Harness {
         most_at_once: Mutex::default(),
         cancelled: AtomicUsize::new(0),
     });
-    let observer = Arc::new(TestObserver { seen: seen_tx });
-    let (daemon, warning) = Daemon::new(&cfg, clock.clone(), runner.clone(), observer).unwrap();
+    let observer = Arc::new(TestObserver {
+        seen: seen_tx,
+        stuck: Mutex::default(),
+        unstick: watch::Sender::new(false),
+    });
+    let (daemon, warning) =
+        Daemon::new(&cfg, clock.clone(), runner.clone(), observer.clone()).unwrap();
     assert!(warning.is_none());
     let shared = daemon.shared.clone();
     let reload = Arc::new(Notify::new());
@@ -187,6 +206,7 @@ fn start(now: &str, jobs: &str) -> Harness {
     let done = tokio::spawn(daemon.run(cfg, control));
     Harness {
         clock,
+        observer,
         runner,
         calls,
         seen,
@@ -367,6 +387,64 @@ async fn a_broken_reload_keeps_the_old_schedule_and_a_good_one_changes_the_next_
     h.done.await.unwrap().unwrap();
     assert_eq!(h.runner.cancelled.load(Ordering::SeqCst), 1);
     drop(run);
+}
+
+/// A notification receiver that hangs (a dead healthchecks URL, a webhook that never answers) delays neither its
+/// own job's backup nor another job's slot: the start goes out beside the run, the end after the loop moved on,
+/// and a job's end is still told after its start.
+#[tokio::test]
+async fn a_hanging_notification_delays_no_run() {
+    let mut h = start(
+        "10:00:05",
+        &format!(
+            "[job.a]\ntargets = [\"t1\"]\n{EVERY_10S}[job.b]\ntargets = [\"t2\"]\n{EVERY_10S}"
+        ),
+    );
+    for _ in 0..2 {
+        assert!(h.next().await.starts_with("event scheduled"));
+    }
+    h.observer.stuck.lock().unwrap().push("a".into());
+    h.clock.set("10:00:10");
+    let mut runs = vec![h.call().await, h.call().await];
+    runs.sort_by(|x, y| x.job.cmp(&y.job));
+    assert_eq!(
+        runs.iter().map(|c| c.job.as_str()).collect::<Vec<_>>(),
+        ["a", "b"],
+        "a run waited for its start notification"
+    );
+    let mut lines = vec![h.next().await, h.next().await];
+    lines.sort();
+    assert_eq!(lines, ["started a", "started b"]);
+    // a's notifications hang: its run's end is recorded all the same, b's end is told, the next slot runs both.
+    let (b, a) = (runs.pop().unwrap(), runs.pop().unwrap());
+    a.reply
+        .send(JobOutcome::Failed {
+            error: "a broke".into(),
+        })
+        .unwrap();
+    b.reply
+        .send(JobOutcome::Failed {
+            error: "b broke".into(),
+        })
+        .unwrap();
+    h.expect("finished b failed").await;
+    let health = h.shared.health();
+    assert!(
+        health.problems.iter().any(|p| p.contains("a broke")),
+        "a's end was not recorded while its notification hung: {health:?}"
+    );
+    h.clock.set("10:00:20");
+    let mut again = vec![h.call().await.job, h.call().await.job];
+    again.sort();
+    assert_eq!(again, ["a", "b"]);
+    let mut lines = vec![h.next().await, h.next().await];
+    lines.sort();
+    assert_eq!(lines, ["started a", "started b"]);
+    // Released: a's first end is told now (after its start, which is what was hanging).
+    h.observer.unstick.send_replace(true);
+    h.expect("finished a failed").await;
+    h.shutdown.cancel();
+    h.done.await.unwrap().unwrap();
 }
 
 /// Health at two clocks: a fresh job is healthy until its first slot + max-age; a success ages out; a failure
