@@ -18,6 +18,7 @@ use std::io::{self, Read, Seek, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
 
 use rustix::fs::FlockOperation;
 use rustix::io::Errno;
@@ -243,6 +244,7 @@ impl TargetLock {
             path: path.clone(),
             source,
         };
+        sweep_temps(&dir);
         for _ in 0..64 {
             let (file, temp) = locked_pid_file(&dir, &h[..16]).map_err(io)?;
             let placed = fs::hard_link(&temp, &path);
@@ -277,6 +279,38 @@ enum Place {
     Held(String),
     /// It went away or was replaced while we looked: look again.
     Moved,
+}
+
+/// How old a lock's temporary file must be to count as left by a killed run: its writer locks it right after
+/// making it, so this only covers a writer that was descheduled in between.
+const TEMP_GRACE: Duration = Duration::from_secs(60);
+
+/// Removes the temporary pid files (`.<stem>.<pid>.<random>.tmp`, see [`locked_pid_file`]) that runs killed before
+/// linking them into place left in `dir`: older than [`TEMP_GRACE`] and not locked by a live writer.
+fn sweep_temps(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let n = name.as_bytes();
+        if !(n.starts_with(b".") && n.ends_with(b".tmp")) {
+            continue;
+        }
+        let path = e.path();
+        let Ok(f) = File::open(&path) else {
+            continue;
+        };
+        let stale = f
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > TEMP_GRACE);
+        if stale && try_flock(&f).unwrap_or(false) && still_at(&path, &f).unwrap_or(false) {
+            let _ = fs::remove_file(&path);
+        }
+    }
 }
 
 /// A new file in `dir` holding this process's pid, locked (nobody else has it open yet), and its name.
@@ -409,6 +443,7 @@ impl Drop for ContainerLock {
 mod tests {
     use super::*;
     use crate::config::S3Target;
+    use std::time::SystemTime;
 
     fn local(p: &str) -> Target {
         Target::from_url(p).unwrap()
@@ -429,6 +464,43 @@ mod tests {
         let _c = TargetLock::acquire(dir.path(), &local("s3://b/p")).unwrap();
         drop(a);
         TargetLock::acquire(dir.path(), &t).unwrap();
+    }
+
+    /// A run killed between writing its pid file and linking it into place leaves a `.….tmp` file behind; the
+    /// next lock of that target removes it. A temporary file still locked by its writer, or only just made (its
+    /// writer may not have locked it yet), is left alone.
+    #[test]
+    fn a_killed_writers_temporary_file_is_removed_by_the_next_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = local(dir.path().join("bk").to_str().unwrap());
+        drop(TargetLock::acquire(dir.path(), &t).unwrap());
+        let locks = dir.path().join(LOCK_DIR);
+        let old = SystemTime::now() - Duration::from_secs(3600);
+        let make = |name: &str, age: SystemTime| {
+            let f = File::create(locks.join(name)).unwrap();
+            f.set_modified(age).unwrap();
+            f
+        };
+        drop(make(".0123456789abcdef.4242.0000beef.tmp", old));
+        let _held = make(".0123456789abcdef.4243.0000cafe.tmp", old);
+        assert!(try_flock(&_held).unwrap());
+        drop(make(
+            ".0123456789abcdef.4244.0000f00d.tmp",
+            SystemTime::now(),
+        ));
+        drop(TargetLock::acquire(dir.path(), &t).unwrap());
+        let mut left: Vec<String> = fs::read_dir(&locks)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                ".0123456789abcdef.4243.0000cafe.tmp",
+                ".0123456789abcdef.4244.0000f00d.tmp"
+            ]
+        );
     }
 
     /// The refusal always names the holder's pid: it used to read "another voltar run (pid ) is using target"
