@@ -24,6 +24,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -35,6 +36,7 @@ use bollard::query_parameters::{
 };
 use bollard::{Docker, API_DEFAULT_VERSION};
 
+use super::ssh::{SshBridge, SshDest};
 use super::{
     ContainerInfo, ContainerState, Discovery, DockerError, MountInfo, MountKind, Runtime,
     VolumeInfo,
@@ -53,6 +55,8 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(120);
 pub struct Engine {
     pub(super) docker: Docker,
     endpoint: String,
+    /// For an `ssh://` endpoint: the local socket whose connections ssh carries to the remote engine.
+    _bridge: Option<Arc<SshBridge>>,
 }
 
 /// How to reach the engine, parsed from a `DOCKER_HOST`-style string.
@@ -66,6 +70,8 @@ enum Endpoint {
         addr: String,
         files: TlsFiles,
     },
+    /// Through `ssh … docker system dial-stdio` (see `ssh.rs`).
+    Ssh(SshDest),
 }
 
 /// The files TLS needs, like the docker CLI's `--tlscacert`, `--tlscert`, `--tlskey` defaults.
@@ -214,11 +220,9 @@ fn resolve_endpoint(
         })?;
         return Ok((endpoint, Endpoint::Tls { addr, files }));
     }
-    if host.starts_with("ssh://") {
-        return Err(unsupported(
-            "ssh endpoints are not supported; forward the socket with `ssh -L /tmp/docker.sock:/var/run/docker.sock HOST` \
-             and set DOCKER_HOST=unix:///tmp/docker.sock",
-        ));
+    if let Some(rest) = host.strip_prefix("ssh://") {
+        let dest = SshDest::parse(rest).map_err(|e| unsupported(&e))?;
+        return Ok((host.clone(), Endpoint::Ssh(dest)));
     }
     Err(unsupported(
         "unknown scheme (use unix:///path/to/docker.sock or tcp://HOST:PORT)",
@@ -315,6 +319,7 @@ impl Engine {
         env: &(dyn Fn(&str) -> Option<String> + Sync),
     ) -> Result<Engine, DockerError> {
         let (endpoint, target) = resolve_endpoint(host, env)?;
+        let mut bridge = None;
         let docker = match &target {
             Endpoint::Unix(path) => {
                 // bollard only checks that the path exists; connecting ourselves tells "not there" / "refused"
@@ -336,6 +341,18 @@ impl Engine {
             }
             Endpoint::Tcp(addr) => {
                 Docker::connect_with_http(addr, CONNECT_TIMEOUT.as_secs(), API_DEFAULT_VERSION)
+            }
+            Endpoint::Ssh(dest) => {
+                let b = SshBridge::start(dest, env("VOLTAR_SSH_COMMAND").as_deref())
+                    .map_err(|e| unreachable(&endpoint, &e))?;
+                let socket = b.socket();
+                bridge = Some(Arc::new(b));
+                Docker::connect_with_unix(
+                    &socket.to_string_lossy(),
+                    // ssh's own connect timeout is 10 s; the engine's answer comes after it.
+                    CONNECT_TIMEOUT.as_secs() + 10,
+                    API_DEFAULT_VERSION,
+                )
             }
             Endpoint::Tls { addr, files } => {
                 files.check(&endpoint)?;
@@ -362,8 +379,14 @@ impl Engine {
             }
         }
         .map_err(|e| unreachable(&endpoint, &e))?;
-        let failed = |e: BollardError| match &target {
-            Endpoint::Tls { files, .. } => tls_failure(&endpoint, files, &e),
+        let failed = |e: BollardError| match (&target, &bridge) {
+            (Endpoint::Tls { files, .. }, _) => tls_failure(&endpoint, files, &e),
+            // What ssh said (refused, permission denied, `docker: command not found`) rather than "connection
+            // closed before message completed".
+            (Endpoint::Ssh(_), Some(b)) if !b.said().is_empty() => DockerError::Ssh {
+                endpoint: endpoint.clone(),
+                message: b.said().trim_start_matches("ssh: ").to_string(),
+            },
             _ => unreachable(&endpoint, &e),
         };
         let docker = docker.negotiate_version().await.map_err(failed)?;
@@ -371,6 +394,7 @@ impl Engine {
         Ok(Engine {
             docker: docker.with_timeout(CALL_TIMEOUT),
             endpoint,
+            _bridge: bridge,
         })
     }
 
@@ -761,9 +785,15 @@ mod tests {
     }
 
     #[test]
-    fn endpoint_ssh_and_unknown_schemes_are_refused_with_the_reason() {
-        let err = resolve_endpoint(Some("ssh://me@h"), &env_of(&[])).unwrap_err();
-        assert!(err.to_string().contains("ssh -L"), "{err}");
+    fn endpoint_ssh_is_parsed_and_unknown_schemes_are_refused_with_the_reason() {
+        let (endpoint, target) = resolve_endpoint(Some("ssh://me@h:2222"), &env_of(&[])).unwrap();
+        assert_eq!(endpoint, "ssh://me@h:2222");
+        assert!(
+            matches!(&target, Endpoint::Ssh(d) if d.destination == "me@h" && d.port == Some(2222)),
+            "{target:?}"
+        );
+        let err = resolve_endpoint(Some("ssh://me@h:x"), &env_of(&[])).unwrap_err();
+        assert!(err.to_string().contains("`x` is not a port"), "{err}");
         let err = resolve_endpoint(Some("ftp://h"), &env_of(&[])).unwrap_err();
         assert!(err.to_string().contains("ftp://h"), "{err}");
     }

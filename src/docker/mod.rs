@@ -3,6 +3,7 @@
 
 pub mod engine;
 pub mod exec;
+mod ssh;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -130,6 +131,8 @@ pub struct Discovery {
 pub enum DockerError {
     #[error("cannot reach the Docker Engine at {endpoint}: {message} (is dockerd running? set DOCKER_HOST to point elsewhere)")]
     Unreachable { endpoint: String, message: String },
+    #[error("cannot reach the Docker Engine at {endpoint} through ssh: {message} (check that `ssh HOST docker version` works for this user without a prompt; VOLTAR_SSH_COMMAND sets the ssh command and its options)")]
+    Ssh { endpoint: String, message: String },
     #[error("permission denied on the Docker Engine at {endpoint} (run voltar as root or as a member of the docker group)")]
     PermissionDenied { endpoint: String },
     #[error("container {0} not found")]

@@ -20,6 +20,7 @@ mod layers;
 mod notify;
 mod prune;
 mod quiesce;
+mod remote;
 mod restore;
 mod s3;
 mod signals;
