@@ -23,7 +23,7 @@
 //! * **No bollard type in a public signature**: everything is converted to the types in `docker/mod.rs`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,6 +44,21 @@ use super::{
 
 /// Where the docker CLI looks when nothing is configured.
 pub const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
+const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
+
+/// The endpoint when none is configured: the system engine's socket; when there is none, a rootless engine's
+/// (`$XDG_RUNTIME_DIR/docker.sock`, where `dockerd-rootless.sh` puts it) if that exists.
+fn default_host(env: &dyn Fn(&str) -> Option<String>, system: &Path) -> String {
+    if !system.exists() {
+        if let Some(dir) = env("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+            let rootless = Path::new(&dir).join("docker.sock");
+            if rootless.exists() {
+                return format!("unix://{}", rootless.display());
+            }
+        }
+    }
+    format!("unix://{}", system.display())
+}
 
 /// Deadline for connecting, negotiating the API version and the first ping.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -162,7 +177,7 @@ fn resolve_endpoint(
         .map(str::to_string)
         .filter(|h| !h.trim().is_empty())
         .or_else(|| env("DOCKER_HOST").filter(|h| !h.trim().is_empty()))
-        .unwrap_or_else(|| DEFAULT_HOST.to_string());
+        .unwrap_or_else(|| default_host(env, Path::new(DEFAULT_SOCKET)));
     let host = host.trim().to_string();
     let unsupported = |message: &str| DockerError::Unsupported {
         endpoint: host.clone(),
@@ -726,6 +741,36 @@ mod tests {
         // An empty DOCKER_HOST counts as unset, like the CLI.
         let (ep, _) = resolve_endpoint(None, &env_of(&[("DOCKER_HOST", "")])).unwrap();
         assert_eq!(ep, DEFAULT_HOST);
+    }
+
+    /// No DOCKER_HOST and no system socket: a rootless engine's socket in `$XDG_RUNTIME_DIR` is used when it is
+    /// there; otherwise (or with a system socket) the system socket, as the docker CLI does.
+    #[test]
+    fn a_rootless_engine_is_found_when_there_is_no_system_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = dir.path().join("run");
+        std::fs::create_dir(&runtime).unwrap();
+        let missing = dir.path().join("var-run-docker.sock");
+        let xdg = runtime.display().to_string();
+        let env = move |k: &str| (k == "XDG_RUNTIME_DIR").then(|| xdg.clone());
+        // Nothing in XDG_RUNTIME_DIR: the system default, named in the error that follows.
+        assert_eq!(
+            default_host(&env, &missing),
+            format!("unix://{}", missing.display())
+        );
+        let rootless = runtime.join("docker.sock");
+        let _l = std::os::unix::net::UnixListener::bind(&rootless).unwrap();
+        assert_eq!(
+            default_host(&env, &missing),
+            format!("unix://{}", rootless.display())
+        );
+        // A system engine wins.
+        let system = dir.path().join("system.sock");
+        let _s = std::os::unix::net::UnixListener::bind(&system).unwrap();
+        assert_eq!(
+            default_host(&env, &system),
+            format!("unix://{}", system.display())
+        );
     }
 
     #[test]
