@@ -158,16 +158,14 @@ pub fn render(report: &RestoreReport) -> String {
             if s.create_volume { " (new)" } else { "" },
             s.status
         ));
-        if !s.stop.is_empty() {
-            out.push_str(&format!(
-                "  containers {}: {}\n",
-                if report.dry_run {
-                    "to stop and restart"
-                } else {
-                    "stopped"
-                },
-                s.stop.join(", ")
-            ));
+        // What a dry run would stop; what a real one did stop (nothing, when it failed before).
+        let (stops, what) = if report.dry_run {
+            (&s.stop, "to stop and restart")
+        } else {
+            (&s.stopped, "stopped")
+        };
+        if !stops.is_empty() {
+            out.push_str(&format!("  containers {what}: {}\n", stops.join(", ")));
         }
         if !s.restarted.is_empty() {
             out.push_str(&format!("  restarted: {}\n", restarted(s)));

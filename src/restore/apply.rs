@@ -102,6 +102,7 @@ impl SourceRestore {
             path: path.to_path_buf(),
             create_volume,
             stop,
+            stopped: vec![],
             would_remove: None,
             changes: None,
             counts: Counts::default(),
@@ -341,6 +342,7 @@ async fn stopped_for_swap(
         let names: Vec<String> = holds.iter().map(|h| h.name.clone()).collect();
         ctx.progress.note("");
         ctx.progress.holding(&names, "stopped");
+        sr.stopped = names;
     }
     let result = async {
         if safety == Safety::WhileStopped {

@@ -39,6 +39,7 @@ pub(super) async fn import(
                     path,
                     create_volume: created,
                     stop: vec![],
+                    stopped: vec![],
                     would_remove: None,
                     changes: None,
                     counts: rep.counts,

@@ -160,7 +160,10 @@ pub struct SourceRestore {
     /// Host path whose contents are replaced.
     pub path: PathBuf,
     pub create_volume: bool,
+    /// The containers that use the destination and are stopped for the swap (the plan).
     pub stop: Vec<String>,
+    /// Those that were stopped (none when the restore failed before stopping anything, and in a dry run).
+    pub stopped: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub would_remove: Option<Vec<String>>,
     /// Dry run: what would change back or come back, and where the safety backup would go (`None` for a volume

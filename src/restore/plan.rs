@@ -58,6 +58,7 @@ impl RestorePlan {
                     path: sp.path.clone(),
                     create_volume: sp.create_volume,
                     stop: sp.stops(),
+                    stopped: vec![],
                     would_remove: Some(would_remove),
                     undo: changes
                         .as_ref()
