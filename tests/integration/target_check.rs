@@ -1,0 +1,291 @@
+//! Issue 14, "Check before the night": `voltar target check NAME|URL` through the real binary against the real S3
+//! server (VOLTAR_TEST_S3_ENDPOINT), private S3 servers this test kills or starts with authentication on, and
+//! local directories (one read-only).
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::s3::World;
+use crate::support::{self, free_port, Out, PrivateS3, Tmpfs};
+use voltar::storage::Storage;
+
+/// `voltar -c CONFIG target check TARGET [--json]` in the world's clean environment.
+fn target_check(w: &World, config: &std::path::Path, target: &str, json: bool) -> Out {
+    let mut c = w.cmd();
+    c.arg("-c").arg(config).args(["target", "check", target]);
+    if json {
+        c.arg("--json");
+    }
+    c.output().expect("run voltar").into()
+}
+
+/// The `--json` document's step named `name`.
+#[track_caller]
+fn step<'a>(doc: &'a Value, name: &str) -> &'a Value {
+    doc["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == name)
+        .unwrap_or_else(|| panic!("no step {name}: {doc:#}"))
+}
+
+#[track_caller]
+fn json(out: &Out) -> Value {
+    serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {out:?}"))
+}
+
+/// An S3 target `offsite` on the world's bucket with 5 MiB parts (the S3 minimum: the test upload is 11 MiB).
+fn s3_config(w: &World, extra: &str) -> std::path::PathBuf {
+    w.config(
+        "voltar.toml",
+        &w.s3_target_toml(
+            "offsite",
+            "host1",
+            &format!("part-size = \"5MiB\"\n{extra}"),
+        ),
+    )
+}
+
+/// Nothing at all in the world's bucket: no object, no incomplete multipart upload.
+#[track_caller]
+fn bucket_is_empty(w: &World) {
+    let store = w.store("");
+    let objects = w.block(store.list("")).unwrap();
+    assert!(objects.is_empty(), "objects left: {objects:?}");
+    let uploads = w.block(store.list_incomplete()).unwrap();
+    assert!(uploads.is_empty(), "incomplete uploads left: {uploads:?}");
+}
+
+/// A good S3 target: every step passes (table and JSON), exit 0, and the bucket is left empty — no object and no
+/// incomplete multipart upload (the aborted one included).
+#[test]
+fn issue14_target_check_round_trip_on_s3_passes_and_leaves_nothing() {
+    let Some(endpoint) = support::s3_endpoint() else {
+        return;
+    };
+    let w = World::new(&endpoint);
+    let cfg = s3_config(&w, "");
+
+    let out = target_check(&w, &cfg, "offsite", false);
+    assert_eq!(out.code, 0, "{out:?}");
+    for name in [
+        "addressing",
+        "upload",
+        "read back",
+        "list",
+        "delete",
+        "gone",
+        "abort",
+        "leftovers",
+    ] {
+        let line = out
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no line for {name}: {out:?}"));
+        let result = line[name.len()..].split_whitespace().next().unwrap();
+        assert_eq!(result, "ok", "{line}\n{out:?}");
+    }
+    assert!(
+        out.stdout
+            .contains("multipart upload of 11.0 MiB in 3 parts of 5.0 MiB"),
+        "{out:?}"
+    );
+    assert!(out.stdout.ends_with("all steps passed\n"), "{out:?}");
+    bucket_is_empty(&w);
+
+    let out = target_check(&w, &cfg, "offsite", true);
+    assert_eq!(out.code, 0, "{out:?}");
+    let doc = json(&out);
+    assert_eq!(doc["ok"], true, "{doc:#}");
+    assert_eq!(doc["target"], "offsite");
+    assert_eq!(step(&doc, "read back")["status"], "ok");
+    assert_eq!(step(&doc, "object lock")["status"], "ok");
+    // The part limits at the configured part size: 5 MiB parts reach 5 TiB at 10,000 parts, 0.9 TiB at 1,000.
+    let limits = step(&doc, "part limits");
+    assert_eq!(limits["status"], "info");
+    let d = limits["detail"].as_str().unwrap();
+    assert!(
+        d.contains("5.0 TiB at 10,000 parts") && d.contains("at 1,000"),
+        "{d}"
+    );
+    assert!(
+        limits["fix"]
+            .as_str()
+            .unwrap()
+            .contains("set max-parts = 1000 in [target.offsite]"),
+        "{limits}"
+    );
+    bucket_is_empty(&w);
+}
+
+/// A dead endpoint (a private S3 server, killed): exit 1 within seconds, the upload step says the endpoint cannot
+/// be reached and what to check; the later steps are skipped, not run against a dead server.
+#[test]
+fn issue14_target_check_of_a_dead_endpoint_fails_fast() {
+    let Some(server) = PrivateS3::start(free_port()) else {
+        return;
+    };
+    let w = World::new(&server.endpoint());
+    let cfg = s3_config(&w, "");
+    drop(server);
+
+    let started = Instant::now();
+    let out = target_check(&w, &cfg, "offsite", true);
+    let took = started.elapsed();
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(took < Duration::from_secs(15), "took {took:?}: {out:?}");
+    let doc = json(&out);
+    assert_eq!(doc["ok"], false);
+    let up = step(&doc, "upload");
+    assert_eq!(up["status"], "failed", "{up}");
+    assert!(
+        up["detail"]
+            .as_str()
+            .unwrap()
+            .contains("cannot reach s3 endpoint"),
+        "{up}"
+    );
+    assert!(
+        up["fix"]
+            .as_str()
+            .unwrap()
+            .contains("check `endpoint` of [target.offsite]"),
+        "{up}"
+    );
+    for s in ["read back", "delete", "abort"] {
+        assert_eq!(step(&doc, s)["status"], "skipped", "{doc:#}");
+    }
+}
+
+/// A server that checks access keys and a target whose keys it does not know: exit 1, the upload step says the
+/// access was denied and names the credentials settings of the target.
+#[test]
+fn issue14_target_check_with_wrong_credentials_names_the_credentials() {
+    let Some(server) =
+        PrivateS3::start_with_env(free_port(), &[("INITIAL_NO_AUTH_ACTION_COUNT", "0")])
+    else {
+        return;
+    };
+    let w = World::without_bucket(&server.endpoint());
+    let cfg = s3_config(&w, "");
+
+    let out = target_check(&w, &cfg, "offsite", false);
+    assert_eq!(out.code, 1, "{out:?}");
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("upload "))
+        .unwrap_or_else(|| panic!("{out:?}"));
+    assert!(line.contains("FAILED") && line.contains("denied"), "{line}");
+    assert!(
+        out.stdout
+            .contains("fix: check the credentials: access-key-id-file and secret-access-key-file of [target.offsite]"),
+        "{out:?}"
+    );
+    assert!(out.stdout.ends_with("step(s) FAILED\n"), "{out:?}");
+}
+
+/// A bucket that does not exist: exit 1, naming the bucket.
+#[test]
+fn issue14_target_check_of_a_missing_bucket_names_it() {
+    let Some(endpoint) = support::s3_endpoint() else {
+        return;
+    };
+    let w = World::without_bucket(&endpoint);
+    let cfg = s3_config(&w, "");
+    let out = target_check(&w, &cfg, "offsite", true);
+    assert_eq!(out.code, 1, "{out:?}");
+    let doc = json(&out);
+    let up = step(&doc, "upload");
+    assert_eq!(up["status"], "failed", "{up}");
+    assert!(
+        up["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("bucket `{}` does not exist", w.bucket)),
+        "{up}"
+    );
+}
+
+/// A good local directory: every step passes, the free space is compared, nothing is left in the directory.
+#[test]
+fn issue14_target_check_of_a_local_directory_passes_and_leaves_nothing() {
+    let w = World::without_bucket("http://127.0.0.1:9");
+    let dir = w.path("local");
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = w.config(
+        "voltar.toml",
+        &format!(
+            "[target.local]\ntype = \"local\"\npath = \"{}\"\n",
+            dir.display()
+        ),
+    );
+    let out = target_check(&w, &cfg, "local", true);
+    assert_eq!(out.code, 0, "{out:?}");
+    let doc = json(&out);
+    for s in [
+        "write",
+        "read back",
+        "list",
+        "delete",
+        "gone",
+        "abort",
+        "leftovers",
+    ] {
+        assert_eq!(step(&doc, s)["status"], "ok", "{s}: {doc:#}");
+    }
+    let free = step(&doc, "free space");
+    assert!(free["detail"].as_str().unwrap().contains("free"), "{free}");
+    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// A local target on a read-only mount: exit 1, the write step says so and how to fix it; nothing is created.
+#[test]
+fn issue14_target_check_of_a_read_only_directory_fails_naming_the_fix() {
+    let w = World::without_bucket("http://127.0.0.1:9");
+    let real = w.path("real");
+    std::fs::create_dir_all(&real).unwrap();
+    let view = w.path("ro");
+    let _ro = Tmpfs::read_only_view(&real, &view);
+    let cfg = w.config(
+        "voltar.toml",
+        &format!(
+            "[target.ro]\ntype = \"local\"\npath = \"{}\"\n",
+            view.display()
+        ),
+    );
+    let out = target_check(&w, &cfg, "ro", false);
+    assert_eq!(out.code, 1, "{out:?}");
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("write "))
+        .unwrap_or_else(|| panic!("{out:?}"));
+    assert!(line.contains("FAILED"), "{line}");
+    assert!(line.to_lowercase().contains("read-only"), "{line}");
+    assert!(
+        out.stdout
+            .contains("fix: make the directory of [target.ro] writable"),
+        "{out:?}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&real).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// An unknown target name is a usage error (exit 2) naming the configured ones, before anything is tried.
+#[test]
+fn issue14_target_check_of_an_unknown_name_exits_2() {
+    let w = World::without_bucket("http://127.0.0.1:9");
+    let cfg = w.config(
+        "voltar.toml",
+        "[target.offsite]\ntype = \"local\"\npath = \"/nonexistent-voltar\"\n",
+    );
+    let out = target_check(&w, &cfg, "ofsite", false);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("did you mean `offsite`?"), "{out:?}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+}
