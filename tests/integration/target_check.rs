@@ -289,3 +289,178 @@ fn issue14_target_check_of_an_unknown_name_exits_2() {
     assert!(out.stderr.contains("did you mean `offsite`?"), "{out:?}");
     assert!(out.stdout.is_empty(), "{out:?}");
 }
+
+// -------------------------------------------------------------------------------------------------------------
+// A store that refuses the AWS SDK's default checksums.
+
+/// A proxy in front of the real S3 server that answers like Backblaze B2 does to uploads and downloads that carry
+/// the SDK's flexible checksums (`x-amz-checksum-*`, `x-amz-sdk-checksum-algorithm`, `x-amz-trailer`): 400
+/// `InvalidArgument` "Unsupported header … received for this API call." (B2's documented answer). Everything else
+/// is forwarded unchanged. Counts what it refused.
+struct ChecksumRefusingProxy {
+    port: u16,
+    refused: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ChecksumRefusingProxy {
+    fn start(upstream: &str) -> ChecksumRefusingProxy {
+        use http_body_util::{BodyExt, Full};
+        use hyper::service::service_fn;
+        use hyper_util::rt::{TokioExecutor, TokioIo};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let refused = std::sync::Arc::new(AtomicUsize::new(0));
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let upstream = upstream.trim_end_matches('/').to_string();
+        let counter = refused.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+                    .build_http::<Full<bytes::Bytes>>();
+                loop {
+                    let (sock, _) = tokio::select! {
+                        a = listener.accept() => a.unwrap(),
+                        _ = &mut stopped => return,
+                    };
+                    let (client, upstream, counter) =
+                        (client.clone(), upstream.clone(), counter.clone());
+                    tokio::spawn(async move {
+                        let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                            let (client, upstream, counter) =
+                                (client.clone(), upstream.clone(), counter.clone());
+                            async move {
+                                let refused_header = req.headers().keys().find(|h| {
+                                    let h = h.as_str();
+                                    h.starts_with("x-amz-checksum-")
+                                        || h == "x-amz-sdk-checksum-algorithm"
+                                        || h == "x-amz-trailer"
+                                });
+                                let upload_or_download = matches!(
+                                    *req.method(),
+                                    hyper::Method::PUT | hyper::Method::GET
+                                );
+                                if let (Some(h), true) = (refused_header, upload_or_download) {
+                                    counter.fetch_add(1, Ordering::SeqCst);
+                                    let body = format!(
+                                        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>InvalidArgument</Code>\
+                                         <Message>Unsupported header '{h}' received for this API call.</Message></Error>"
+                                    );
+                                    return Ok::<_, hyper::Error>(
+                                        hyper::Response::builder()
+                                            .status(400)
+                                            .header("content-type", "application/xml")
+                                            .body(Full::new(bytes::Bytes::from(body)))
+                                            .unwrap(),
+                                    );
+                                }
+                                let (parts, body) = req.into_parts();
+                                let body = body.collect().await?.to_bytes();
+                                let uri = format!(
+                                    "{upstream}{}",
+                                    parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
+                                );
+                                let mut fwd = hyper::Request::builder().method(parts.method).uri(uri);
+                                for (k, v) in parts.headers.iter() {
+                                    fwd = fwd.header(k, v);
+                                }
+                                let resp = client
+                                    .request(fwd.body(Full::new(body)).unwrap())
+                                    .await
+                                    .expect("upstream S3 server answers");
+                                let (parts, body) = resp.into_parts();
+                                let body = body.collect().await?.to_bytes();
+                                Ok(hyper::Response::from_parts(parts, Full::new(body)))
+                            }
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(sock), svc)
+                            .await;
+                    });
+                }
+            });
+        });
+        ChecksumRefusingProxy {
+            port,
+            refused,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn refused(&self) -> usize {
+        self.refused.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for ChecksumRefusingProxy {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Behind a store that refuses the SDK's default checksums, `checksum = "default"` fails the upload step with
+/// the line that fixes it (`checksum = "when-required"`), and the rest of the round trip — run with that setting
+/// — passes and leaves nothing; with `checksum = "when-required"` configured, every step passes and the store
+/// refuses nothing.
+#[test]
+fn issue14_target_check_names_the_checksum_setting_for_stores_that_refuse_sdk_checksums() {
+    let Some(endpoint) = support::s3_endpoint() else {
+        return;
+    };
+    let real = World::new(&endpoint);
+    let proxy = ChecksumRefusingProxy::start(&endpoint);
+    // The same bucket, reached through the proxy.
+    let mut w = World::without_bucket(&proxy.endpoint());
+    w.bucket = real.bucket.clone();
+    let cfg = s3_config(&w, "");
+
+    let out = target_check(&w, &cfg, "offsite", true);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        proxy.refused() > 0,
+        "our client sent no SDK checksum: {out:?}"
+    );
+    let doc = json(&out);
+    let up = step(&doc, "upload");
+    assert_eq!(up["status"], "failed", "{up}");
+    let d = up["detail"].as_str().unwrap();
+    assert!(
+        d.contains("default CRC32 checksums") && d.contains("Unsupported header"),
+        "{d}"
+    );
+    assert_eq!(
+        up["fix"], "set checksum = \"when-required\" in [target.offsite]",
+        "{up}"
+    );
+    for s in ["read back", "list", "delete", "gone", "abort", "leftovers"] {
+        assert_eq!(step(&doc, s)["status"], "ok", "{s}: {doc:#}");
+    }
+    bucket_is_empty(&real);
+
+    // The fix, applied: nothing refused, every step ok.
+    let before = proxy.refused();
+    let cfg = s3_config(&w, "checksum = \"when-required\"");
+    let out = target_check(&w, &cfg, "offsite", true);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(proxy.refused(), before, "{out:?}");
+    bucket_is_empty(&real);
+}
