@@ -363,6 +363,16 @@ pub fn largest_archive(part_size: u64, max_parts: u32) -> u64 {
     total.min(s3::MAX_OBJECT_SIZE)
 }
 
+/// How large an archive gets while every part has the same size (the writer doubles the part size every
+/// `max_parts / GROWTH_STEPS` parts): stores that want equal parts (Cloudflare R2) take archives up to this.
+pub fn equal_parts_up_to(part_size: u64, max_parts: u32) -> u64 {
+    let first = s3::part_size_for(1, part_size, None, max_parts);
+    let same = (1..=max_parts.max(1))
+        .take_while(|&n| s3::part_size_for(n, part_size, None, max_parts) == first)
+        .count() as u64;
+    first.saturating_mul(same)
+}
+
 async fn s3_check(t: &S3Target, fixes: &Fixes<'_>) -> (String, Vec<Step>) {
     let mut t = t.clone();
     t.retry_deadline = t.retry_deadline.min(STEP_DEADLINE);
@@ -627,11 +637,13 @@ fn part_limits(t: &S3Target, fixes: &Fixes<'_>) -> Step {
         "part limits",
         format!(
             "part-size {}: archives up to {} at 10,000 parts (AWS), {} at 1,000; max-parts = {} here (not \
-             tested: it would take 1,001 parts)",
+             tested: it would take 1,001 parts); parts stay one size up to {} (stores that want equal parts, \
+             like Cloudflare R2, take archives up to that: raise part-size for larger ones)",
             human(t.part_size),
             human(largest_archive(t.part_size, 10_000)),
             human(largest_archive(t.part_size, 1_000)),
             t.max_parts,
+            human(equal_parts_up_to(t.part_size, t.max_parts)),
         ),
     );
     if t.max_parts > 1_000 {
@@ -817,6 +829,14 @@ mod tests {
         assert!((0.92..1.62).contains(&k), "{k}");
         // One part: the part itself.
         assert_eq!(largest_archive(8 << 20, 1), 8 << 20);
+    }
+
+    #[test]
+    fn parts_stay_one_size_for_the_first_growth_step() {
+        // 10,000 parts in 11 growth steps: 909 parts of the base size before the first doubling.
+        assert_eq!(equal_parts_up_to(8 << 20, 10_000), 909 * (8 << 20));
+        assert_eq!(equal_parts_up_to(64 << 20, 1_000), 90 * (64 << 20));
+        assert_eq!(equal_parts_up_to(5 << 20, 1), 5 << 20);
     }
 
     #[test]
