@@ -464,3 +464,116 @@ fn issue14_target_check_names_the_checksum_setting_for_stores_that_refuse_sdk_ch
     assert_eq!(proxy.refused(), before, "{out:?}");
     bucket_is_empty(&real);
 }
+
+// -------------------------------------------------------------------------------------------------------------
+// Object Lock and addressing.
+
+/// A PUT with no body to the test S3 server (which checks no signature), for what the library does not do:
+/// creating a bucket with Object Lock on.
+fn unsigned_put(endpoint: &str, path: &str, headers: &[(&str, &str)]) -> String {
+    use std::io::{Read, Write};
+    let hostport = endpoint.trim_start_matches("http://").trim_end_matches('/');
+    let mut s = std::net::TcpStream::connect(hostport).unwrap();
+    let mut req = format!(
+        "PUT {path} HTTP/1.1\r\nHost: {hostport}\r\nContent-Length: 0\r\nConnection: close\r\n"
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+/// A bucket with Object Lock on: the check says so (uploads need a checksum, deleted versions stay), and with
+/// `checksum = "when-required"` it names the line that keeps uploads working (`checksum = "default"`).
+#[test]
+fn issue14_target_check_reports_object_lock_and_the_checksum_it_needs() {
+    let Some(endpoint) = support::s3_endpoint() else {
+        return;
+    };
+    let w = World::without_bucket(&endpoint);
+    let answer = unsigned_put(
+        &endpoint,
+        &format!("/{}", w.bucket),
+        &[("x-amz-bucket-object-lock-enabled", "true")],
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    let cfg = s3_config(&w, "");
+    let out = target_check(&w, &cfg, "offsite", true);
+    assert_eq!(out.code, 0, "{out:?}");
+    let doc = json(&out);
+    let lock = step(&doc, "object lock");
+    assert_eq!(lock["status"], "info", "{lock}");
+    let d = lock["detail"].as_str().unwrap();
+    assert!(
+        d.starts_with("on (") && d.contains("must carry a checksum"),
+        "{d}"
+    );
+    assert!(!d.contains("when-required"), "{d}");
+    assert!(
+        step(&doc, "leftovers")["detail"]
+            .as_str()
+            .unwrap()
+            .contains("deleted versions stay"),
+        "{doc:#}"
+    );
+
+    let cfg = s3_config(&w, "checksum = \"when-required\"");
+    let out = target_check(&w, &cfg, "offsite", true);
+    let doc = json(&out);
+    let d = step(&doc, "object lock")["detail"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        d.contains("set checksum = \"default\" in [target.offsite]"),
+        "{d}"
+    );
+}
+
+/// Virtual-host requests to an endpoint whose `bucket.host` name does not resolve (here `localhost`, whose
+/// subdomains the resolver does not know): the addressing step fails with `path-style = true`, at once, and
+/// nothing is uploaded.
+#[test]
+fn issue14_target_check_names_path_style_when_bucket_host_names_do_not_resolve() {
+    use std::net::ToSocketAddrs;
+    let Some(endpoint) = support::s3_endpoint() else {
+        return;
+    };
+    let real = World::new(&endpoint);
+    let port = endpoint.rsplit(':').next().unwrap().to_string();
+    let probe = format!("{}.localhost:{port}", real.bucket);
+    if probe
+        .to_socket_addrs()
+        .is_ok_and(|mut a| a.next().is_some())
+    {
+        eprintln!("\n!!! SKIPPING: {probe} resolves on this machine (a resolver that serves *.localhost)\n");
+        return;
+    }
+    let mut w = World::without_bucket(&format!("http://localhost:{port}"));
+    w.bucket = real.bucket.clone();
+    let cfg = w.config(
+        "voltar.toml",
+        &w.s3_target_toml("offsite", "host1", "part-size = \"5MiB\"")
+            .replace("path-style = true", "path-style = false"),
+    );
+    let started = Instant::now();
+    let out = target_check(&w, &cfg, "offsite", true);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(started.elapsed() < Duration::from_secs(15), "{out:?}");
+    let doc = json(&out);
+    let a = step(&doc, "addressing");
+    assert_eq!(a["status"], "failed", "{a}");
+    let d = a["detail"].as_str().unwrap();
+    assert!(
+        d.contains(&format!("{}.localhost", w.bucket)) && d.contains("does not resolve"),
+        "{d}"
+    );
+    assert_eq!(a["fix"], "set path-style = true in [target.offsite]", "{a}");
+    assert_eq!(step(&doc, "upload")["status"], "skipped", "{doc:#}");
+    bucket_is_empty(&real);
+}
