@@ -14,7 +14,8 @@
 //! * [`catalog`] names objects and owns the manifest format;
 //! * [`retention`] is pure: policy + backups + now → keep/delete with reasons;
 //! * [`backup`], [`restore`], [`verify`], [`prune`] orchestrate one command each: a request in, a report out;
-//! * [`check`] is `voltar config check`: what a run needs, checked before the night;
+//! * [`check`] is `voltar config check`: what a run needs, checked before the night; [`target_check`] is
+//!   `voltar target check`: a real round trip on one target, with the fix for what the store differs in;
 //! * [`readback`] is the one verified read of a stored object (restore, verify, the dry-run listing, import);
 //! * [`cli`] is the only face: flags → request, report → table or `--json`, exit codes.
 
@@ -43,6 +44,7 @@ pub mod retention;
 pub mod schedule;
 pub mod sizes;
 pub mod storage;
+pub mod target_check;
 pub mod verify;
 
 /// The version string recorded in manifests.

@@ -12,6 +12,7 @@ mod key;
 pub mod prune;
 mod render;
 mod restore;
+mod target;
 mod verify;
 
 use std::path::PathBuf;
@@ -186,6 +187,9 @@ pub enum Command {
     /// Check the config and everything a run needs before the night (`voltar config check`).
     #[command(subcommand)]
     Config(check::ConfigCommand),
+    /// Check one target with a real round trip before trusting backups to it (`voltar target check NAME|URL`).
+    #[command(subcommand)]
+    Target(target::TargetCommand),
     /// Make an age key for encrypted backups, or show the public key of one.
     #[command(subcommand)]
     Key(key::KeyCommand),
@@ -519,6 +523,7 @@ async fn run(cli: Cli, cancel: CancellationToken) -> Result<i32> {
         Command::Prune(args) => prune::command(&config, args, cli.json).await,
         Command::Key(cmd) => key::command(cmd, cli.json, cli.quiet),
         Command::Config(cmd) => check::command(&config, cmd, cli.json).await,
+        Command::Target(cmd) => target::command(&config, cmd, cli.json).await,
         Command::Recover => {
             let engine = connect(&config).await?;
             let run = crate::quiesce::recover_run(&config.state_dir, &config.spool_dir(), &engine)

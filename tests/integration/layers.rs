@@ -27,7 +27,15 @@ const FLOORS: &[&[&str]] = &[
         "readback",
         "schedule",
     ],
-    &["prune", "backup", "restore", "verify", "daemon", "check"],
+    &[
+        "prune",
+        "backup",
+        "restore",
+        "verify",
+        "daemon",
+        "check",
+        "target_check",
+    ],
     &["cli"],
 ];
 

@@ -25,4 +25,5 @@ mod restore;
 mod s3;
 mod signals;
 mod storage;
+mod target_check;
 mod ux;

@@ -206,6 +206,9 @@ impl Answer {
                 _,
             )
             | (_, Some(507)) => Answer::NoSpace,
+            // A feature the store does not have (R2 answered a checksum header it did not know this way):
+            // asking again cannot help. Before the 5xx row below.
+            (Some("NotImplemented"), _) | (_, Some(501)) => Answer::Permanent,
             (
                 Some(
                     "AccessDenied"
@@ -331,6 +334,8 @@ mod tests {
             (None, Some(401), Answer::Auth),
             (Some("SlowDown"), Some(503), Answer::Transient),
             (None, Some(500), Answer::Transient),
+            (Some("NotImplemented"), Some(501), Answer::Permanent),
+            (None, Some(501), Answer::Permanent),
             (None, Some(429), Answer::Transient),
             (None, Some(200), Answer::Unreadable),
             (Some("InvalidArgument"), Some(400), Answer::Permanent),

@@ -147,6 +147,16 @@ pub struct IncompleteUpload {
     pub initiated: Option<SystemTime>,
 }
 
+/// A bucket's S3 Object Lock setting ([`S3Storage::object_lock`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ObjectLock {
+    Off,
+    /// On; the default retention applied to new objects (mode and period), if the bucket has one.
+    On {
+        default_retention: Option<String>,
+    },
+}
+
 /// An S3 bucket + prefix. Cheap to clone. See the module docs for the contract.
 #[derive(Clone)]
 pub struct S3Storage {
@@ -210,6 +220,57 @@ impl S3Storage {
         })
         .await;
         r
+    }
+
+    /// The endpoint requests go to (the configured one, or AWS's for the region), for messages.
+    pub fn endpoint(&self) -> &str {
+        &self.inner.endpoint
+    }
+
+    /// The region requests are signed for.
+    pub fn region(&self) -> &str {
+        &self.inner.region
+    }
+
+    /// Whether the bucket has S3 Object Lock on (`GetObjectLockConfiguration`), and its default retention.
+    /// `Err`: the store would not say (no permission, not implemented): callers treat that as unknown.
+    pub async fn object_lock(&self) -> Result<ObjectLock, StorageError> {
+        let s = &self.inner;
+        let r = retry(&s.retry_policy(), |remaining| async move {
+            let req = s.client.get_object_lock_configuration().bucket(&s.bucket);
+            match s
+                .attempt(
+                    "reading the object lock configuration",
+                    "",
+                    0,
+                    remaining,
+                    req.send(),
+                )
+                .await
+            {
+                Ok(out) => Ok(Some(out)),
+                Err(f) if f.code.as_deref() == Some("ObjectLockConfigurationNotFoundError") => {
+                    Ok(None)
+                }
+                Err(f) => Err(f.err),
+            }
+        })
+        .await?;
+        let Some(conf) = r.as_ref().and_then(|o| o.object_lock_configuration()) else {
+            return Ok(ObjectLock::Off);
+        };
+        if conf.object_lock_enabled() != Some(&aws_sdk_s3::types::ObjectLockEnabled::Enabled) {
+            return Ok(ObjectLock::Off);
+        }
+        let default_retention = conf.rule().and_then(|r| r.default_retention()).map(|d| {
+            let mode = d.mode().map(|m| m.as_str().to_string()).unwrap_or_default();
+            match (d.days(), d.years()) {
+                (Some(n), _) => format!("{mode} {n} day(s)"),
+                (_, Some(n)) => format!("{mode} {n} year(s)"),
+                _ => mode,
+            }
+        });
+        Ok(ObjectLock::On { default_retention })
     }
 
     /// Multipart uploads under the prefix that were started and never completed or aborted (all pages).
