@@ -9,7 +9,7 @@ use crate::config::{Config, DEFAULT_JOB};
 use crate::notify::Notifier;
 use crate::progress::Progress;
 
-use super::render::{count, human, human_ms, table};
+use super::render::{count, hook_line, human, human_ms, table};
 use super::{out, out_json, TargetArgs, EXIT_FATAL, EXIT_OK};
 
 /// `voltar plan`: the plan, with each source's size unless `no_size`.
@@ -583,15 +583,7 @@ fn render_run(r: &RunReport) -> String {
     }
     for s in &r.sources {
         for h in &s.hooks {
-            out.push_str(&format!(
-                "hook: {}: {} {} `{}`: {} in {}\n",
-                s.name,
-                h.container,
-                h.phase,
-                h.command,
-                hook_result(h),
-                human_ms(h.duration_ms)
-            ));
+            out.push_str(&hook_line(&s.name, h));
         }
     }
     out.push_str(&shared_lines(&shared));
@@ -606,19 +598,6 @@ fn render_run(r: &RunReport) -> String {
         out.push_str(&format!("recovered: {n}\n"));
     }
     out
-}
-
-/// How a hook ended, for the summary.
-fn hook_result(h: &crate::catalog::HookRecord) -> String {
-    use crate::catalog::HookOutcome;
-    match (h.outcome, h.exit_code) {
-        (HookOutcome::Ok, _) => "ok".into(),
-        (HookOutcome::Failed, Some(c)) => format!("FAILED (exit code {c})"),
-        (HookOutcome::Failed, None) => "FAILED".into(),
-        (HookOutcome::TimedOut, _) => "TIMED OUT".into(),
-        (HookOutcome::Error, _) => "NOT RUN (engine error)".into(),
-        (HookOutcome::Interrupted, _) => "interrupted".into(),
-    }
 }
 
 /// The hooks of the plan's containers, one line each, with what decided them.

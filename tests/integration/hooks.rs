@@ -507,6 +507,68 @@ fn failing_hook_with_continue_is_a_warning() {
     );
 }
 
+/// Issue 13: `voltar show` prints each source's hooks from the manifest (command, user, outcome, exit code,
+/// duration), and `show --json` carries them.
+#[test]
+fn show_prints_each_sources_hooks_and_json_carries_them() {
+    require_docker!();
+    let env = Env::new();
+    let mut c = Cleanup::default();
+    let vol = c.volume("hkshow");
+    let app = idle(
+        &mut c,
+        "hkshow",
+        &[
+            "-v",
+            &format!("{vol}:/data"),
+            "--label",
+            "voltar.pre-backup=true",
+            "--label",
+            "voltar.post-backup=exit 4",
+            "--label",
+            "voltar.hook-user=65534",
+            "--label",
+            "voltar.hook-on-error=continue",
+        ],
+    );
+    expect_code(&env.backup(&[&vol], &[]), 0);
+    let t = env.target.to_string_lossy().into_owned();
+
+    let o = env.run(&["show", "latest", "-t", &t]);
+    expect_code(&o, 0);
+    let lines: Vec<&str> = o
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("hook: "))
+        .collect();
+    assert_eq!(lines.len(), 2, "{o:?}");
+    assert!(
+        lines[0].starts_with(&format!(
+            "hook: {vol}: {app} pre-backup `true` as 65534: ok in "
+        )),
+        "{o:?}"
+    );
+    assert!(
+        lines[1].starts_with(&format!(
+            "hook: {vol}: {app} post-backup `exit 4` as 65534: FAILED (exit code 4) in "
+        )),
+        "{o:?}"
+    );
+
+    let o = env.run(&["show", "latest", "-t", &t, "--json"]);
+    expect_code(&o, 0);
+    let doc = json(&o);
+    let hooks = &source(&doc, &vol)["hooks"];
+    assert_eq!(hooks[0]["phase"], "pre-backup", "{doc:#}");
+    assert_eq!(hooks[0]["user"], "65534");
+    assert_eq!(hooks[0]["outcome"], "ok");
+    assert_eq!(hooks[0]["exit-code"], 0);
+    assert!(hooks[0]["duration-ms"].is_u64());
+    assert_eq!(hooks[1]["command"], "exit 4");
+    assert_eq!(hooks[1]["outcome"], "failed");
+    assert_eq!(hooks[1]["exit-code"], 4);
+}
+
 #[test]
 fn config_hooks_by_container_name_and_a_failing_post_hook_keeps_the_backup_but_exits_1() {
     require_docker!();
