@@ -22,10 +22,12 @@
 //!
 //! Layout: this file holds the request and report types and the run ([`execute`]: targets, sources, commit,
 //! prune); `targets` opens, locks and checks the targets and keeps the ones later sources skip; `source` backs up
-//! one source (quiesce, pack, fan out, resume, judge each target's upload); `commit` writes the manifests and
-//! prunes.
+//! one source (quiesce, pack, fan out, resume, judge each target's upload); `group` backs up the sources of one
+//! quiesce group (`plan::QuiesceGroup`) in one window (hold once, read each, resume once); `commit` writes the
+//! manifests and prunes.
 
 mod commit;
+mod group;
 mod source;
 mod targets;
 
@@ -453,13 +455,31 @@ async fn execute_as(
         archive: &env.config.archive,
         encryptor,
     };
+    let mut in_windows = BTreeSet::new();
     for src in &plan.sources {
         if env.cancel.is_cancelled() {
             break;
         }
-        let r = source::back_up_source(&ctx, src).await;
-        ctx.targets.skip_failed_by(&r);
-        report.sources.push(r);
+        if in_windows.contains(&src.name) {
+            continue;
+        }
+        // The first source of a quiesce group brings the whole group: one window for all of them.
+        let reports = match plan.window_of(&src.name) {
+            Some(g) => {
+                let members: Vec<&PlannedSource> = plan
+                    .sources
+                    .iter()
+                    .filter(|s| g.sources.contains(&s.name))
+                    .collect();
+                in_windows.extend(members.iter().map(|s| s.name.clone()));
+                group::back_up_group(&ctx, g, &members).await
+            }
+            None => vec![source::back_up_source(&ctx, src).await],
+        };
+        for r in reports {
+            ctx.targets.skip_failed_by(&r);
+            report.sources.push(r);
+        }
     }
     if env.cancel.is_cancelled() {
         // Nothing is committed after an interrupt: the run is not a backup.

@@ -45,6 +45,8 @@ pub(super) async fn plan(
             skipped: &'a [crate::plan::SkippedSource],
             #[serde(rename = "running-in", skip_serializing_if = "Option::is_none")]
             running_in: Option<&'a str>,
+            #[serde(skip_serializing_if = "<[_]>::is_empty")]
+            groups: &'a [crate::plan::QuiesceGroup],
         }
         let doc = PlanOut {
             setup: setup(config, job),
@@ -59,6 +61,7 @@ pub(super) async fn plan(
                 .collect(),
             skipped: &plan.skipped,
             running_in: plan.running_in.as_deref(),
+            groups: &plan.groups,
         };
         out_json(&doc);
     } else {
@@ -489,6 +492,7 @@ fn render_plan(plan: &crate::plan::Plan, sizes: Option<&[Option<u64>]>) -> Strin
     let mut out = running_in(plan);
     out.push_str(&format!("{} source(s) to back up:\n", plan.sources.len()));
     out.push_str(&table(&rows));
+    out.push_str(&group_lines(plan));
     out.push_str(&plan_hook_lines(plan));
     if !plan.skipped.is_empty() {
         out.push_str(&format!("\n{} skipped:\n", plan.skipped.len()));
@@ -503,6 +507,35 @@ fn render_plan(plan: &crate::plan::Plan, sizes: Option<&[Option<u64>]>) -> Strin
         out.push_str(&table(&rows));
     }
     out
+}
+
+/// One line per quiesce group: its sources, and what made it a group.
+fn group_lines(plan: &crate::plan::Plan) -> String {
+    plan.groups
+        .iter()
+        .map(|g| {
+            let names: Vec<String> = g
+                .sources
+                .iter()
+                .map(|n| source_label(n, std::iter::empty()))
+                .collect();
+            if g.sources.len() > 1 {
+                format!(
+                    "group {}: {} read in one quiesce window ({})\n",
+                    g.name,
+                    names.join(", "),
+                    g.from
+                )
+            } else {
+                format!(
+                    "group {}: {} (the only source of the group selected: read on its own; {})\n",
+                    g.name,
+                    names.join(", "),
+                    g.from
+                )
+            }
+        })
+        .collect()
 }
 
 /// A source's name in a table: an anonymous volume's 64 hex digits shortened to 12, with the containers that use
