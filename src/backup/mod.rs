@@ -386,6 +386,8 @@ struct RunCtx<'r> {
     max_downtime: Duration,
     archive: &'r Archive,
     encryptor: Option<Encryptor>,
+    /// Container id → journal entry of the post-backup hook its pre hook obliges (done once the post hook ran).
+    owed_post_hooks: std::sync::Mutex<BTreeMap<String, u64>>,
 }
 
 /// Back up an already-made plan (restore's safety backup uses this with the containers already stopped).
@@ -454,6 +456,7 @@ async fn execute_as(
         max_downtime: req.job.quiesce.max_downtime,
         archive: &env.config.archive,
         encryptor,
+        owed_post_hooks: Default::default(),
     };
     let mut in_windows = BTreeSet::new();
     for src in &plan.sources {

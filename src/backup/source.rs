@@ -486,16 +486,69 @@ async fn run_hook(
         "{}: {phase} hook in container {}",
         src.name, c.name
     ));
+    let journal = ctx.quiescer.journal();
+    // A pre hook obliges its post hook: journaled before the pre hook starts, so a run killed from here on
+    // leaves `recover` the post hook to run (a failed write poisons the journal: the exec below is refused).
+    if let (HookPhase::PreBackup, Some(post)) = (phase, h.post_backup.as_ref()) {
+        let owed = quiesce::Leftover::PostHook {
+            container_id: c.id.clone(),
+            container: c.name.clone(),
+            command: post.command.to_string(),
+            argv: post.command.to_argv(),
+            user: post.user.clone(),
+            timeout_ms: u64::try_from(h.timeout.as_millis()).unwrap_or(u64::MAX),
+        };
+        match journal.will_create(&owed) {
+            Ok(seq) => {
+                let mut owed = ctx
+                    .owed_post_hooks
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                if let Some(old) = owed.insert(c.id.clone(), seq) {
+                    journal.removed(old);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot journal the post-backup hook owed"),
+        }
+    }
+    // The hook's command is journaled once the engine created it and before it starts.
+    let exec_seq = std::sync::Mutex::new(None);
+    let note = |exec_id: &str| -> Result<(), String> {
+        let seq = journal
+            .will_create(&quiesce::Leftover::HookExec {
+                container_id: c.id.clone(),
+                container: c.name.clone(),
+                exec_id: exec_id.to_string(),
+                phase: phase.to_string(),
+                command: hook.command.to_string(),
+            })
+            .map_err(|e| e.to_string())?;
+        *exec_seq.lock().unwrap_or_else(|p| p.into_inner()) = Some(seq);
+        Ok(())
+    };
     let run = hooks::run_container_hook(
         ctx.env.engine,
-        &c.id,
-        &c.name,
+        (&c.id, &c.name),
         phase,
         hook,
         h.timeout,
         cancel,
+        &note,
     )
     .await;
+    if let Some(seq) = exec_seq.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        journal.removed(seq);
+    }
+    if phase == HookPhase::PostBackup {
+        let owed = ctx
+            .owed_post_hooks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&c.id);
+        if let Some(seq) = owed {
+            journal.removed(seq);
+        }
+    }
     hook_done(ctx, src, run, report)
 }
 

@@ -1033,3 +1033,74 @@ fn two_runs_never_interleave_one_containers_hooks() {
         );
     }
 }
+
+/// Issue 13: voltar SIGKILLed while a pre-backup hook runs leaves the hook's exec in its journal: `voltar recover`
+/// kills the hook's process (still running in the container until then), runs the post-backup hook the pre hook
+/// obliged (the "after" side undoes the "before" side), and says both; the container is as it was found.
+#[test]
+fn sigkill_during_a_pre_hook_is_repaired_by_recover() {
+    require_docker!();
+    let env = Env::new();
+    let mut c = Cleanup::default();
+    let vol = c.volume("hkkill");
+    let app = idle(
+        &mut c,
+        "hkkill",
+        &[
+            "-v",
+            &format!("{vol}:/data"),
+            "--label",
+            "voltar.quiesce=pause",
+            "--label",
+            "voltar.pre-backup=touch /data/pre-started; exec sleep 4321",
+            "--label",
+            "voltar.post-backup=touch /data/post-ran",
+        ],
+    );
+    let t = env.target.to_string_lossy().into_owned();
+    let mut voltar = Command::new(BIN)
+        .args(["backup", "-t", &t, "--only", &vol])
+        .current_dir(&env.cwd)
+        .env("VOLTAR_STATE_DIR", &env.state)
+        .env_remove("VOLTAR_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let hook_runs = || processes(&app).iter().any(|p| p.contains("sleep 4321"));
+    let started = std::time::Instant::now();
+    while !hook_runs() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the pre hook never started"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    voltar.kill().unwrap(); // SIGKILL: no cancel, no post hook, no journal cleanup
+    voltar.wait().unwrap();
+    assert!(hook_runs(), "the hook should outlive the killed run");
+    assert!(!support::mountpoint(&vol).join("post-ran").exists());
+
+    let o = env.run(&["recover"]);
+    expect_code(&o, 0);
+    assert!(
+        o.stdout.contains(&format!(
+            "pre-backup hook `touch /data/pre-started; exec sleep 4321` in container {app}: left running by an interrupted run: killed ("
+        )),
+        "{o:?}"
+    );
+    assert!(
+        o.stdout.contains(&format!(
+            "post-backup hook `touch /data/post-ran` owed to container {app}: run now (exit code 0)"
+        )),
+        "{o:?}"
+    );
+    assert!(!hook_runs(), "{:?}", processes(&app));
+    assert!(support::mountpoint(&vol).join("post-ran").exists());
+    assert_eq!(support::state(&app), "running");
+    // Nothing is left for a second recover.
+    let o = env.run(&["recover"]);
+    expect_code(&o, 0);
+    assert!(o.stdout.starts_with("nothing to recover"), "{o:?}");
+}
