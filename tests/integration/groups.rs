@@ -237,3 +237,50 @@ fn a_failing_pre_hook_fails_the_whole_group_before_anything_is_held() {
         );
     }
 }
+
+/// Issue 13: `max-downtime` caps the whole window: the source being read when it is reached fails, the ones not
+/// read yet fail without being read, and every container is resumed (paused once).
+#[test]
+fn max_downtime_caps_the_whole_window() {
+    require_docker!();
+    let mut c = Cleanup::default();
+    let (v1, v2, db, app) = project(&mut c, &[]);
+    // Enough incompressible data that reading it takes longer than the cap.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let data: Vec<u8> = (0..16 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(support::mountpoint(&v1).join("big"), data).unwrap();
+    let env = Env::new("[quiesce]\ngroup-by-project = true\nmax-downtime = \"1ms\"\n");
+    let watch = Watch::start(&[&db, &app]);
+    let o = env.backup(&[&v1, &v2]);
+    assert_eq!(o.code, 1, "{o:?}");
+    assert_eq!(actions(&watch.touched(&db)), ["pause", "unpause"], "{o:?}");
+    assert_eq!(actions(&watch.touched(&app)), ["pause", "unpause"], "{o:?}");
+    let report = json(&o);
+    let first = source(&report, &v1);
+    assert_eq!(first["status"], "failed", "{first:#}");
+    assert!(
+        first["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("max-downtime"),
+        "{first:#}"
+    );
+    let second = source(&report, &v2);
+    assert_eq!(second["status"], "failed", "{second:#}");
+    assert!(
+        second["error"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("not read: the group"),
+        "{second:#}"
+    );
+    assert_eq!(support::state(&db), "running");
+    assert_eq!(support::state(&app), "running");
+}
