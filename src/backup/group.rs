@@ -131,12 +131,17 @@ pub(super) async fn back_up_group(
     let mut capped = false;
     let mut readings = Vec::new();
     for (i, legs, object) in open {
-        if capped {
-            reports[i].error = Some(format!(
-                "not read: the group {}'s quiesce window reached max-downtime before this source: {}",
-                group.name,
-                cap_error(ctx.max_downtime)
-            ));
+        let interrupted = ctx.env.cancel.is_cancelled();
+        if capped || interrupted {
+            reports[i].error = Some(if interrupted {
+                "not read: interrupted".to_string()
+            } else {
+                format!(
+                    "not read: the group {}'s quiesce window reached max-downtime before this source: {}",
+                    group.name,
+                    cap_error(ctx.max_downtime)
+                )
+            });
             for leg in legs {
                 let _ = leg.writer.abort().await;
             }
@@ -163,9 +168,6 @@ pub(super) async fn back_up_group(
             reports[i].read_ms = r.started.elapsed().as_millis() as u64;
         }
         readings.push(r);
-        if ctx.env.cancel.is_cancelled() {
-            break;
-        }
     }
 
     // Resume once, right away; then the post hooks (they need the containers running).
