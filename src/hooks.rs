@@ -217,15 +217,17 @@ pub struct HookRun {
     pub output: String,
 }
 
-/// Run the `phase` hook `hook` of container `name` (`id`) with `timeout`.
+/// Run the `phase` hook `hook` of container `name` (`id`) with `timeout`. `before_start` is told the exec's id
+/// after the engine created it and before it starts (the run journals it, so `recover` can kill a hook a killed
+/// run left running); when it refuses, the hook is not run.
 pub async fn run_container_hook(
     engine: &Engine,
-    id: &str,
-    name: &str,
+    (id, name): (&str, &str),
     phase: HookPhase,
     hook: &PlannedHook,
     timeout: Duration,
     cancel: &CancellationToken,
+    before_start: &(dyn Fn(&str) -> Result<(), String> + Send + Sync),
 ) -> HookRun {
     let spec = ExecSpec {
         argv: hook.command.to_argv(),
@@ -244,7 +246,10 @@ pub async fn run_container_hook(
         duration_ms: 0,
     };
     let what = format!("{phase} hook in container {name} (`{}`)", hook.command);
-    let (failure, output) = match engine.exec(id, &spec, ExecStdout::Capture, cancel).await {
+    let (failure, output) = match engine
+        .exec_noted(id, &spec, ExecStdout::Capture, cancel, before_start)
+        .await
+    {
         Err(e) => (Some(format!("{what} could not be run: {e}")), String::new()),
         Ok(o) => {
             record.exit_code = o.exit_code;

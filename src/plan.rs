@@ -97,6 +97,36 @@ pub struct Plan {
     /// voltar runs in this container: its own mounts were left out ([`leave_out_own`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub running_in: Option<String>,
+    /// Quiesce groups ([`QuiesceGroup`]): the selected sources read in one quiesce window each.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<QuiesceGroup>,
+}
+
+/// Sources whose containers are held once for all of them: every volume of the group is read inside one quiesce
+/// window (`backup/group.rs`), so volumes that must agree with each other are one instant.
+///
+/// A container is in the group its `voltar.group` label names, else (with `[quiesce] group-by-project = true`)
+/// in its compose project's; a source is in the groups of the containers that mount it. Groups are a property
+/// of containers, not volumes, because the window is about *who* is held: a volume used by no container needs
+/// no window. Two groups that share a source (a volume mounted by containers of both) are one window, named
+/// `a+b`, since its read must be one instant with both.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct QuiesceGroup {
+    pub name: String,
+    /// The selected sources of the group, in plan order.
+    pub sources: Vec<String>,
+    /// What made it a group: `label voltar.group` and/or `compose project (group-by-project)`.
+    pub from: String,
+}
+
+impl Plan {
+    /// The group `source` is read in, when it shares its window with other sources.
+    pub fn window_of(&self, source: &str) -> Option<&QuiesceGroup> {
+        self.groups
+            .iter()
+            .find(|g| g.sources.len() > 1 && g.sources.iter().any(|s| s == source))
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -124,6 +154,8 @@ pub enum PathKind {
 pub const LABEL_BACKUP: &str = "voltar.backup";
 pub const LABEL_QUIESCE: &str = "voltar.quiesce";
 pub const LABEL_STOP_TIMEOUT: &str = "voltar.stop-timeout";
+/// A container's quiesce group ([`QuiesceGroup`]).
+pub const LABEL_GROUP: &str = "voltar.group";
 
 /// Host paths never backed up as bind mounts, whatever the config says.
 const FORBIDDEN_BIND_ROOTS: &[&str] = &[
@@ -152,7 +184,81 @@ pub fn plan(
     }
     plan.sources.sort_by(|a, b| a.name.cmp(&b.name));
     plan.skipped.sort_by(|a, b| a.name.cmp(&b.name));
+    plan.groups = groups(discovery, job, &plan.sources);
     Ok(plan)
+}
+
+/// The quiesce groups of the selected `sources` (see [`QuiesceGroup`]).
+fn groups(discovery: &Discovery, job: &Job, sources: &[PlannedSource]) -> Vec<QuiesceGroup> {
+    // (group name, what decided it) of a container, if it is in one.
+    let group_of = |id: &str| -> Option<(String, &'static str)> {
+        let c = discovery.containers.iter().find(|c| c.id == id)?;
+        match c.labels.get(LABEL_GROUP).map(|g| g.trim()) {
+            Some(g) if !g.is_empty() => Some((g.to_string(), "label voltar.group")),
+            _ if job.quiesce.group_by_project => c
+                .compose_project()
+                .map(|p| (p.to_string(), "compose project (group-by-project)")),
+            _ => None,
+        }
+    };
+    // Windows as sets of group names, merged when a source ties two together; each with its sources and origins.
+    let mut windows: Vec<(Vec<String>, Vec<String>, Vec<&'static str>)> = Vec::new();
+    for s in sources {
+        let mut names = Vec::new();
+        let mut from = Vec::new();
+        for c in &s.containers {
+            if let Some((g, f)) = group_of(&c.id) {
+                if !names.contains(&g) {
+                    names.push(g);
+                }
+                if !from.contains(&f) {
+                    from.push(f);
+                }
+            }
+        }
+        if names.is_empty() {
+            continue;
+        }
+        let mut merged = (names, vec![s.name.clone()], from);
+        let mut i = 0;
+        while i < windows.len() {
+            if windows[i].0.iter().any(|g| merged.0.contains(g)) {
+                let (n, srcs, f) = windows.remove(i);
+                for g in n {
+                    if !merged.0.contains(&g) {
+                        merged.0.push(g);
+                    }
+                }
+                let mut srcs = srcs;
+                srcs.append(&mut merged.1);
+                merged.1 = srcs;
+                for x in f {
+                    if !merged.2.contains(&x) {
+                        merged.2.push(x);
+                    }
+                }
+            } else {
+                i += 1;
+            }
+        }
+        windows.push(merged);
+    }
+    let order = |name: &str| sources.iter().position(|s| s.name == name);
+    let mut out: Vec<QuiesceGroup> = windows
+        .into_iter()
+        .map(|(mut names, mut srcs, mut from)| {
+            names.sort();
+            srcs.sort_by_key(|s| order(s));
+            from.sort();
+            QuiesceGroup {
+                name: names.join("+"),
+                sources: srcs,
+                from: from.join(", "),
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
 }
 
 /// Every named volume: selected (with the containers that use it) or skipped, with the reason.
@@ -343,6 +449,11 @@ pub fn leave_out_own(plan: &mut Plan, own: &ContainerInfo) {
     for s in &mut plan.sources {
         s.containers.retain(|c| c.id != own.id);
     }
+    let kept: Vec<&str> = plan.sources.iter().map(|s| s.name.as_str()).collect();
+    for g in &mut plan.groups {
+        g.sources.retain(|s| kept.contains(&s.as_str()));
+    }
+    plan.groups.retain(|g| !g.sources.is_empty());
     plan.running_in = Some(own.name.clone());
 }
 
@@ -814,5 +925,104 @@ mod tests {
         .unwrap();
         let names: Vec<&str> = p.sources.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, vec!["app_db"]);
+    }
+
+    fn groups_of(p: &Plan) -> Vec<(String, Vec<String>, String)> {
+        p.groups
+            .iter()
+            .map(|g| (g.name.clone(), g.sources.clone(), g.from.clone()))
+            .collect()
+    }
+
+    /// Issue 13: the volumes of a `voltar.group` (or, with group-by-project, of a compose project) are one
+    /// window; a volume shared by two groups ties them into one; nothing is grouped by default.
+    #[test]
+    fn groups_by_label_and_by_compose_project() {
+        let project = |p: &'static str| ("com.docker.compose.project", p);
+        let d = Discovery {
+            volumes: vec![
+                vol("db", &[]),
+                vol("files", &[]),
+                vol("cache", &[]),
+                vol("m1", &[]),
+                vol("m2", &[]),
+                vol("alone", &[]),
+            ],
+            containers: vec![
+                ctr(
+                    "pg",
+                    ContainerState::Running,
+                    &[project("shop")],
+                    vec![vmount("db", true)],
+                ),
+                ctr(
+                    "web",
+                    ContainerState::Running,
+                    &[project("shop")],
+                    vec![vmount("files", true), vmount("cache", true)],
+                ),
+                ctr(
+                    "mail",
+                    ContainerState::Running,
+                    &[("voltar.group", "mail"), project("shop")],
+                    vec![vmount("m1", true)],
+                ),
+                ctr(
+                    "mail2",
+                    ContainerState::Running,
+                    &[("voltar.group", "mail")],
+                    vec![vmount("m2", true)],
+                ),
+                ctr(
+                    "other",
+                    ContainerState::Running,
+                    &[],
+                    vec![vmount("alone", true)],
+                ),
+            ],
+        };
+        // Default: only the label groups.
+        let p = plan(&d, &job(""), &[], &dirs).unwrap();
+        assert_eq!(
+            groups_of(&p),
+            vec![(
+                "mail".to_string(),
+                vec!["m1".to_string(), "m2".to_string()],
+                "label voltar.group".to_string()
+            )]
+        );
+        assert_eq!(p.window_of("m2").map(|g| g.name.as_str()), Some("mail"));
+        assert_eq!(p.window_of("db"), None);
+        // group-by-project: the project is the default group; the label still wins for `mail`.
+        let p = plan(&d, &job("[quiesce]\ngroup-by-project = true\n"), &[], &dirs).unwrap();
+        assert_eq!(
+            groups_of(&p),
+            vec![
+                (
+                    "mail".to_string(),
+                    vec!["m1".to_string(), "m2".to_string()],
+                    "label voltar.group".to_string()
+                ),
+                (
+                    "shop".to_string(),
+                    vec!["cache".to_string(), "db".to_string(), "files".to_string()],
+                    "compose project (group-by-project)".to_string()
+                ),
+            ]
+        );
+        // A volume mounted by containers of two groups ties them into one window.
+        let mut d2 = d.clone();
+        d2.containers[4].mounts.push(vmount("m1", false));
+        d2.containers[4]
+            .labels
+            .insert("voltar.group".into(), "other".into());
+        let p = plan(&d2, &job(""), &[], &dirs).unwrap();
+        assert_eq!(p.groups.len(), 1, "{p:#?}");
+        assert_eq!(p.groups[0].name, "mail+other");
+        assert_eq!(p.groups[0].sources, vec!["alone", "m1", "m2"]);
+        // --only keeps only the named members.
+        let p = plan(&d, &job(""), &["m1".into()], &dirs).unwrap();
+        assert_eq!(p.groups[0].sources, vec!["m1"]);
+        assert_eq!(p.window_of("m1"), None, "a group of one is no window");
     }
 }

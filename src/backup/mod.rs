@@ -22,10 +22,12 @@
 //!
 //! Layout: this file holds the request and report types and the run ([`execute`]: targets, sources, commit,
 //! prune); `targets` opens, locks and checks the targets and keeps the ones later sources skip; `source` backs up
-//! one source (quiesce, pack, fan out, resume, judge each target's upload); `commit` writes the manifests and
-//! prunes.
+//! one source (quiesce, pack, fan out, resume, judge each target's upload); `group` backs up the sources of one
+//! quiesce group (`plan::QuiesceGroup`) in one window (hold once, read each, resume once); `commit` writes the
+//! manifests and prunes.
 
 mod commit;
+mod group;
 mod source;
 mod targets;
 
@@ -384,6 +386,8 @@ struct RunCtx<'r> {
     max_downtime: Duration,
     archive: &'r Archive,
     encryptor: Option<Encryptor>,
+    /// Container id → journal entry of the post-backup hook its pre hook obliges (done once the post hook ran).
+    owed_post_hooks: std::sync::Mutex<BTreeMap<String, u64>>,
 }
 
 /// Back up an already-made plan (restore's safety backup uses this with the containers already stopped).
@@ -452,14 +456,33 @@ async fn execute_as(
         max_downtime: req.job.quiesce.max_downtime,
         archive: &env.config.archive,
         encryptor,
+        owed_post_hooks: Default::default(),
     };
+    let mut in_windows = BTreeSet::new();
     for src in &plan.sources {
         if env.cancel.is_cancelled() {
             break;
         }
-        let r = source::back_up_source(&ctx, src).await;
-        ctx.targets.skip_failed_by(&r);
-        report.sources.push(r);
+        if in_windows.contains(&src.name) {
+            continue;
+        }
+        // The first source of a quiesce group brings the whole group: one window for all of them.
+        let reports = match plan.window_of(&src.name) {
+            Some(g) => {
+                let members: Vec<&PlannedSource> = plan
+                    .sources
+                    .iter()
+                    .filter(|s| g.sources.contains(&s.name))
+                    .collect();
+                in_windows.extend(members.iter().map(|s| s.name.clone()));
+                group::back_up_group(&ctx, g, &members).await
+            }
+            None => vec![source::back_up_source(&ctx, src).await],
+        };
+        for r in reports {
+            ctx.targets.skip_failed_by(&r);
+            report.sources.push(r);
+        }
     }
     if env.cancel.is_cancelled() {
         // Nothing is committed after an interrupt: the run is not a backup.

@@ -9,7 +9,7 @@ use super::*;
 use crate::progress::human;
 
 /// What the packer returns: its report, and the sha256 and size of the stored object.
-type Packed = (archive::pack::PackReport, String, u64);
+pub(super) type Packed = (archive::pack::PackReport, String, u64);
 
 /// Back up one source to every open target. Never returns early without resuming what it held.
 pub(super) async fn back_up_source(ctx: &RunCtx<'_>, src: &PlannedSource) -> SourceReport {
@@ -89,7 +89,7 @@ pub(super) async fn back_up_source(ctx: &RunCtx<'_>, src: &PlannedSource) -> Sou
 
 impl SourceReport {
     /// A source not backed up yet: failed until proven otherwise, its containers not touched.
-    fn planned(src: &PlannedSource) -> SourceReport {
+    pub(super) fn planned(src: &PlannedSource) -> SourceReport {
         SourceReport {
             name: src.name.clone(),
             kind: src.kind,
@@ -125,7 +125,7 @@ impl SourceReport {
 }
 
 /// Whether the source is a directory this process can read; else why not, with the likely fix.
-fn readable(path: &Path) -> Result<(), String> {
+pub(super) fn readable(path: &Path) -> Result<(), String> {
     match std::fs::metadata(path) {
         Ok(m) if m.is_dir() => Ok(()),
         Ok(_) => Err(format!("{} is not a directory", path.display())),
@@ -143,7 +143,7 @@ fn readable(path: &Path) -> Result<(), String> {
 
 /// Open one streamed upload of `key` per target that is not skipped. A target that refuses is recorded in the
 /// report (and skipped by later sources when the target itself failed).
-async fn open_legs(ctx: &RunCtx<'_>, key: &str, report: &mut SourceReport) -> Vec<Leg> {
+pub(super) async fn open_legs(ctx: &RunCtx<'_>, key: &str, report: &mut SourceReport) -> Vec<Leg> {
     let names = &ctx.targets.names;
     let mut legs = Vec::new();
     for (i, store) in ctx.targets.stores.iter().enumerate() {
@@ -167,7 +167,7 @@ async fn open_legs(ctx: &RunCtx<'_>, key: &str, report: &mut SourceReport) -> Ve
 
 /// Pause or stop the containers the plan holds for this source (journaled). On failure whatever was changed has
 /// already been resumed.
-async fn quiesce(
+pub(super) async fn quiesce(
     ctx: &RunCtx<'_>,
     src: &PlannedSource,
     locked: &quiesce::ContainerLocks,
@@ -207,7 +207,7 @@ async fn quiesce(
 
 /// Take the quiesce locks of the source's containers whose hooks will run (waiting, bounded, for another run
 /// that holds one), kept until their post hooks have run.
-async fn lock_hooked(
+pub(super) async fn lock_hooked(
     ctx: &RunCtx<'_>,
     src: &PlannedSource,
 ) -> Result<quiesce::ContainerLocks, quiesce::QuiesceError> {
@@ -315,7 +315,7 @@ async fn read(
 
 /// Wait for the uploads that go on after the read (a target slower than the disk, a spooled leg catching up);
 /// meanwhile the bar says how much each target has been sent, so it never looks frozen.
-async fn uploads_finishing(
+pub(super) async fn uploads_finishing(
     ctx: &RunCtx<'_>,
     mut fan: tokio::task::JoinHandle<Vec<LegResult>>,
     sent: &[(String, Arc<AtomicU64>)],
@@ -351,7 +351,7 @@ fn uploading_note(sent: &[(String, u64)], total: Option<u64>) -> String {
 }
 
 /// The first hook setting of this source's containers that could not be understood, as the source's error.
-fn hook_problems(src: &PlannedSource) -> Result<(), String> {
+pub(super) fn hook_problems(src: &PlannedSource) -> Result<(), String> {
     match src
         .containers
         .iter()
@@ -395,7 +395,7 @@ fn hooked<'s>(
 
 /// Run the pre-backup hooks of `src`'s containers in order, noting in `ran` each container whose hook ran. A
 /// failure with `hook-on-error = fail` stops there and is the source's error; with `continue` it is a warning.
-async fn pre_hooks(
+pub(super) async fn pre_hooks(
     ctx: &RunCtx<'_>,
     src: &PlannedSource,
     ran: &mut BTreeSet<String>,
@@ -435,7 +435,7 @@ async fn pre_hooks(
 /// source was `read`, those without a pre hook. They get no cancel token: an interrupted run still puts its
 /// apps back, within each hook's timeout. A failure is a warning; the first with `hook-on-error = fail` is
 /// returned.
-async fn post_hooks(
+pub(super) async fn post_hooks(
     ctx: &RunCtx<'_>,
     src: &PlannedSource,
     pre_ran: &BTreeSet<String>,
@@ -486,16 +486,69 @@ async fn run_hook(
         "{}: {phase} hook in container {}",
         src.name, c.name
     ));
+    let journal = ctx.quiescer.journal();
+    // A pre hook obliges its post hook: journaled before the pre hook starts, so a run killed from here on
+    // leaves `recover` the post hook to run (a failed write poisons the journal: the exec below is refused).
+    if let (HookPhase::PreBackup, Some(post)) = (phase, h.post_backup.as_ref()) {
+        let owed = quiesce::Leftover::PostHook {
+            container_id: c.id.clone(),
+            container: c.name.clone(),
+            command: post.command.to_string(),
+            argv: post.command.to_argv(),
+            user: post.user.clone(),
+            timeout_ms: u64::try_from(h.timeout.as_millis()).unwrap_or(u64::MAX),
+        };
+        match journal.will_create(&owed) {
+            Ok(seq) => {
+                let mut owed = ctx
+                    .owed_post_hooks
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                if let Some(old) = owed.insert(c.id.clone(), seq) {
+                    journal.removed(old);
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cannot journal the post-backup hook owed"),
+        }
+    }
+    // The hook's command is journaled once the engine created it and before it starts.
+    let exec_seq = std::sync::Mutex::new(None);
+    let note = |exec_id: &str| -> Result<(), String> {
+        let seq = journal
+            .will_create(&quiesce::Leftover::HookExec {
+                container_id: c.id.clone(),
+                container: c.name.clone(),
+                exec_id: exec_id.to_string(),
+                phase: phase.to_string(),
+                command: hook.command.to_string(),
+            })
+            .map_err(|e| e.to_string())?;
+        *exec_seq.lock().unwrap_or_else(|p| p.into_inner()) = Some(seq);
+        Ok(())
+    };
     let run = hooks::run_container_hook(
         ctx.env.engine,
-        &c.id,
-        &c.name,
+        (&c.id, &c.name),
         phase,
         hook,
         h.timeout,
         cancel,
+        &note,
     )
     .await;
+    if let Some(seq) = exec_seq.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        journal.removed(seq);
+    }
+    if phase == HookPhase::PostBackup {
+        let owed = ctx
+            .owed_post_hooks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&c.id);
+        if let Some(seq) = owed {
+            journal.removed(seq);
+        }
+    }
     hook_done(ctx, src, run, report)
 }
 
@@ -534,7 +587,7 @@ fn hook_done(
 }
 
 /// The packer's outcome as the source sees it: its result, or why the read failed.
-fn judge_packed(
+pub(super) fn judge_packed(
     packed: Result<Result<Packed, ArchiveError>, tokio::task::JoinError>,
     capped: bool,
     cap: Duration,
@@ -553,7 +606,10 @@ fn judge_packed(
 }
 
 /// Set `flag` (which the blocking packer polls) when the run is cancelled.
-fn watch_cancel(token: &CancellationToken, flag: &Arc<AtomicBool>) -> tokio::task::JoinHandle<()> {
+pub(super) fn watch_cancel(
+    token: &CancellationToken,
+    flag: &Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
     let flag = flag.clone();
     let token = token.clone();
     tokio::spawn(async move {
@@ -563,7 +619,7 @@ fn watch_cancel(token: &CancellationToken, flag: &Arc<AtomicBool>) -> tokio::tas
 }
 
 /// Start the packer on a blocking thread: walk → tar → zstd → [age] → sha256 → chunks into `tx`.
-fn spawn_packer(
+pub(super) fn spawn_packer(
     ctx: &RunCtx<'_>,
     src: &PlannedSource,
     tx: mpsc::Sender<bytes::Bytes>,
@@ -608,7 +664,7 @@ async fn release(ctx: &RunCtx<'_>, held: Held, report: &mut SourceReport) {
 
 /// Note the streams that went through a spool file, mark the targets that failed (not the spool), and say in a
 /// spool failure's error which stream was spooled and why.
-fn settle_legs(
+pub(super) fn settle_legs(
     ctx: &RunCtx<'_>,
     mut legs: Vec<LegResult>,
     report: &mut SourceReport,
@@ -645,7 +701,7 @@ fn settle_legs(
 
 /// The error of a source whose packer failed (`e`), with each target's error recorded. When every target
 /// failed, the packer only saw a closed pipe: the targets' errors are the cause.
-fn pack_failed(
+pub(super) fn pack_failed(
     ctx: &RunCtx<'_>,
     e: String,
     capped: bool,
@@ -671,7 +727,7 @@ fn pack_failed(
 }
 
 /// Take the packer's counts, size, warnings and entries not archived into the report (and say them).
-fn take_pack_report(
+pub(super) fn take_pack_report(
     ctx: &RunCtx<'_>,
     src: &PlannedSource,
     packed: &Packed,
@@ -709,7 +765,7 @@ fn take_pack_report(
 }
 
 /// Per leg: the record the target's manifest lists when the upload was stored, else the target's error.
-fn record_legs(
+pub(super) fn record_legs(
     ctx: &RunCtx<'_>,
     src: &PlannedSource,
     object: &str,
@@ -752,7 +808,7 @@ fn record_legs(
 }
 
 /// The source's status from what was stored where (setting its error when it is not ok or partial).
-fn status(report: &mut SourceReport) -> Status {
+pub(super) fn status(report: &mut SourceReport) -> Status {
     if report.records.is_empty() {
         report.error = Some("not stored on any target".into());
         Status::Failed
@@ -784,7 +840,7 @@ fn target_failed(e: &storage::StorageError) -> bool {
 }
 
 /// The error of a source whose read reached `[quiesce] max-downtime`.
-fn cap_error(cap: Duration) -> String {
+pub(super) fn cap_error(cap: Duration) -> String {
     format!(
         "reading took longer than max-downtime ({}) while containers were held: aborted, nothing was stored, \
          the containers were resumed (raise `max-downtime` in [quiesce], or quiesce this source with `none`)",
@@ -793,7 +849,7 @@ fn cap_error(cap: Duration) -> String {
 }
 
 /// "not stored: <each target's error>" (the errors name their target).
-fn not_stored(target_errors: &BTreeMap<String, String>) -> String {
+pub(super) fn not_stored(target_errors: &BTreeMap<String, String>) -> String {
     if target_errors.is_empty() {
         return "not stored: no target accepted the upload".into();
     }

@@ -9,7 +9,7 @@ use crate::config::{Config, DEFAULT_JOB};
 use crate::notify::Notifier;
 use crate::progress::Progress;
 
-use super::render::{count, human, human_ms, table};
+use super::render::{count, hook_line, human, human_ms, table};
 use super::{out, out_json, TargetArgs, EXIT_FATAL, EXIT_OK};
 
 /// `voltar plan`: the plan, with each source's size unless `no_size`.
@@ -45,6 +45,8 @@ pub(super) async fn plan(
             skipped: &'a [crate::plan::SkippedSource],
             #[serde(rename = "running-in", skip_serializing_if = "Option::is_none")]
             running_in: Option<&'a str>,
+            #[serde(skip_serializing_if = "<[_]>::is_empty")]
+            groups: &'a [crate::plan::QuiesceGroup],
         }
         let doc = PlanOut {
             setup: setup(config, job),
@@ -59,6 +61,7 @@ pub(super) async fn plan(
                 .collect(),
             skipped: &plan.skipped,
             running_in: plan.running_in.as_deref(),
+            groups: &plan.groups,
         };
         out_json(&doc);
     } else {
@@ -489,6 +492,7 @@ fn render_plan(plan: &crate::plan::Plan, sizes: Option<&[Option<u64>]>) -> Strin
     let mut out = running_in(plan);
     out.push_str(&format!("{} source(s) to back up:\n", plan.sources.len()));
     out.push_str(&table(&rows));
+    out.push_str(&group_lines(plan));
     out.push_str(&plan_hook_lines(plan));
     if !plan.skipped.is_empty() {
         out.push_str(&format!("\n{} skipped:\n", plan.skipped.len()));
@@ -503,6 +507,35 @@ fn render_plan(plan: &crate::plan::Plan, sizes: Option<&[Option<u64>]>) -> Strin
         out.push_str(&table(&rows));
     }
     out
+}
+
+/// One line per quiesce group: its sources, and what made it a group.
+fn group_lines(plan: &crate::plan::Plan) -> String {
+    plan.groups
+        .iter()
+        .map(|g| {
+            let names: Vec<String> = g
+                .sources
+                .iter()
+                .map(|n| source_label(n, std::iter::empty()))
+                .collect();
+            if g.sources.len() > 1 {
+                format!(
+                    "group {}: {} read in one quiesce window ({})\n",
+                    g.name,
+                    names.join(", "),
+                    g.from
+                )
+            } else {
+                format!(
+                    "group {}: {} (the only source of the group selected: read on its own; {})\n",
+                    g.name,
+                    names.join(", "),
+                    g.from
+                )
+            }
+        })
+        .collect()
 }
 
 /// A source's name in a table: an anonymous volume's 64 hex digits shortened to 12, with the containers that use
@@ -583,15 +616,7 @@ fn render_run(r: &RunReport) -> String {
     }
     for s in &r.sources {
         for h in &s.hooks {
-            out.push_str(&format!(
-                "hook: {}: {} {} `{}`: {} in {}\n",
-                s.name,
-                h.container,
-                h.phase,
-                h.command,
-                hook_result(h),
-                human_ms(h.duration_ms)
-            ));
+            out.push_str(&hook_line(&s.name, h));
         }
     }
     out.push_str(&shared_lines(&shared));
@@ -606,19 +631,6 @@ fn render_run(r: &RunReport) -> String {
         out.push_str(&format!("recovered: {n}\n"));
     }
     out
-}
-
-/// How a hook ended, for the summary.
-fn hook_result(h: &crate::catalog::HookRecord) -> String {
-    use crate::catalog::HookOutcome;
-    match (h.outcome, h.exit_code) {
-        (HookOutcome::Ok, _) => "ok".into(),
-        (HookOutcome::Failed, Some(c)) => format!("FAILED (exit code {c})"),
-        (HookOutcome::Failed, None) => "FAILED".into(),
-        (HookOutcome::TimedOut, _) => "TIMED OUT".into(),
-        (HookOutcome::Error, _) => "NOT RUN (engine error)".into(),
-        (HookOutcome::Interrupted, _) => "interrupted".into(),
-    }
 }
 
 /// The hooks of the plan's containers, one line each, with what decided them.

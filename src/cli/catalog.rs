@@ -10,7 +10,7 @@ use crate::catalog::{self, BackupId, Manifest};
 use crate::config::{Config, Target};
 use crate::storage::Storage;
 
-use super::render::{count, human, human_ms, local_time, table};
+use super::render::{count, hook_line, human, human_ms, local_time, table};
 use super::{chain, out, out_json, ReadTargetsArgs, EXIT_FAILED, EXIT_OK};
 
 /// One target a read command was asked to read: where it is, and its listing or why it could not be read.
@@ -441,6 +441,12 @@ fn render_show(doc: &Shown) -> String {
         ]);
     }
     out.push_str(&table(&rows));
+    // The container hooks run around each source's read (the manifest has no output of theirs, by design).
+    for s in &m.sources {
+        for h in &s.hooks {
+            out.push_str(&hook_line(&s.name, h));
+        }
+    }
     for f in &m.failed {
         out.push_str(&format!("failed: {}: {}\n", f.name, f.error));
     }

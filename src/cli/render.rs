@@ -85,6 +85,31 @@ pub fn table(rows: &[Vec<String>]) -> String {
     out
 }
 
+/// One container hook that ran, as the backup summary and `voltar show` print it:
+/// "hook: SOURCE: CONTAINER PHASE `COMMAND` [as USER]: RESULT in DURATION".
+pub(super) fn hook_line(source: &str, h: &crate::catalog::HookRecord) -> String {
+    use crate::catalog::HookOutcome;
+    let result = match (h.outcome, h.exit_code) {
+        (HookOutcome::Ok, _) => "ok".into(),
+        (HookOutcome::Failed, Some(c)) => format!("FAILED (exit code {c})"),
+        (HookOutcome::Failed, None) => "FAILED".into(),
+        (HookOutcome::TimedOut, _) => "TIMED OUT".into(),
+        (HookOutcome::Error, _) => "NOT RUN (engine error)".into(),
+        (HookOutcome::Interrupted, _) => "interrupted".into(),
+    };
+    format!(
+        "hook: {source}: {} {} `{}`{}: {result} in {}\n",
+        h.container,
+        h.phase,
+        h.command,
+        h.user
+            .as_ref()
+            .map(|u| format!(" as {u}"))
+            .unwrap_or_default(),
+        human_ms(h.duration_ms)
+    )
+}
+
 /// "1 entry", "3 entries".
 pub(super) fn count(n: u64, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })

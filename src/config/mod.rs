@@ -94,6 +94,9 @@ pub struct Quiesce {
     /// The longest a source's read may keep its containers paused or stopped; past it the source is aborted
     /// and the containers are resumed.
     pub max_downtime: Duration,
+    /// A container's compose project is its quiesce group when it has no `voltar.group` label: the volumes of
+    /// one project are read in one quiesce window.
+    pub group_by_project: bool,
 }
 
 /// Default of `[quiesce] max-downtime`.
@@ -105,6 +108,7 @@ impl Default for Quiesce {
             default: QuiesceAction::None,
             stop_timeout: Duration::from_secs(30),
             max_downtime: DEFAULT_MAX_DOWNTIME,
+            group_by_project: false,
         }
     }
 }
@@ -597,6 +601,9 @@ fn merge_quiesce(mut q: Quiesce, raw: Option<&RawQuiesce>) -> Result<Quiesce, Co
                     "quiesce.max-downtime must be more than 0s".into(),
                 ));
             }
+        }
+        if let Some(g) = r.group_by_project {
+            q.group_by_project = g;
         }
     }
     Ok(q)

@@ -62,6 +62,7 @@ pub struct RawQuiesce {
     pub default: Option<String>,
     pub stop_timeout: Option<String>,
     pub max_downtime: Option<String>,
+    pub group_by_project: Option<bool>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]

@@ -709,6 +709,30 @@ impl Runtime for Engine {
             network_mode: c.host_config.and_then(|h| h.network_mode),
         })
     }
+
+    async fn kill_left_exec(&self, exec_id: &str) -> super::Killed {
+        Engine::kill_left_exec(self, exec_id).await
+    }
+
+    async fn run_command(
+        &self,
+        id: &str,
+        argv: &[String],
+        user: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Option<i64>, DockerError> {
+        let spec = super::ExecSpec {
+            argv: argv.to_vec(),
+            user: user.map(String::from),
+            env: vec![],
+            timeout,
+        };
+        let never = tokio_util::sync::CancellationToken::new();
+        let o = self
+            .exec(id, &spec, super::ExecStdout::Capture, &never)
+            .await?;
+        Ok(o.exit_code)
+    }
 }
 
 #[cfg(test)]

@@ -156,6 +156,21 @@ impl Engine {
         stdout: ExecStdout,
         cancel: &CancellationToken,
     ) -> Result<ExecOutcome, DockerError> {
+        self.exec_noted(container, spec, stdout, cancel, &|_| Ok(()))
+            .await
+    }
+
+    /// [`exec`](Self::exec), telling `before_start` the exec's id after it is created and before it starts (a
+    /// crash journal records it there, so a run killed while the command runs leaves its id for `recover`). When
+    /// `before_start` refuses, the command is not started and its reason is the error.
+    pub async fn exec_noted(
+        &self,
+        container: &str,
+        spec: &ExecSpec,
+        stdout: ExecStdout,
+        cancel: &CancellationToken,
+        before_start: &(dyn Fn(&str) -> Result<(), String> + Send + Sync),
+    ) -> Result<ExecOutcome, DockerError> {
         let started = Instant::now();
         let action = || format!("running a command in container {container}");
         let created = self
@@ -180,6 +195,10 @@ impl Engine {
                 })
             })?;
         let exec_id = created.id;
+        before_start(&exec_id).map_err(|message| DockerError::Api {
+            action: action(),
+            message,
+        })?;
         let started_exec = self
             .docker
             .start_exec(
@@ -304,6 +323,12 @@ impl Engine {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// SIGKILL the processes of an exec a dead run left running (its id from that run's journal), when they are
+    /// visibly the container's on this host; `AlreadyGone` when it ended.
+    pub async fn kill_left_exec(&self, exec_id: &str) -> Killed {
+        self.kill_exec(exec_id).await
     }
 
     /// SIGKILL the exec's process and everything below it, when it is visibly the container's on this host.

@@ -166,6 +166,28 @@ pub trait Runtime: Send + Sync {
         let _ = id;
         Ok(ContainerLinks::default())
     }
+    /// SIGKILL the processes of a command (exec) a dead run left running, when this host can see them
+    /// (`Engine::kill_left_exec`). The default cannot.
+    async fn kill_left_exec(&self, exec_id: &str) -> Killed {
+        let _ = exec_id;
+        Killed::NotLocal("this runtime cannot kill commands".into())
+    }
+    /// Run `argv` (as `user`) in the running container `id`, killed after `timeout`: its exit code (`None`
+    /// when it had none, e.g. killed). Recover runs a post-backup hook a dead run owed with it. The default
+    /// cannot.
+    async fn run_command(
+        &self,
+        id: &str,
+        argv: &[String],
+        user: Option<&str>,
+        timeout: std::time::Duration,
+    ) -> Result<Option<i64>, DockerError> {
+        let _ = (id, argv, user, timeout);
+        Err(DockerError::Api {
+            action: "running a command".into(),
+            message: "this runtime cannot run commands".into(),
+        })
+    }
 }
 
 /// A container's ties to other containers, as far as quiesce ordering needs them.

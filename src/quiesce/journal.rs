@@ -72,6 +72,28 @@ pub enum Leftover {
         #[serde(with = "path_repr")]
         of: PathBuf,
     },
+    /// A container hook's command (an exec), journaled after the engine created it and before it starts, done
+    /// when it ended: `recover` SIGKILLs it if it still runs (a local engine only, as the hook timeout does).
+    HookExec {
+        container_id: String,
+        container: String,
+        exec_id: String,
+        /// `pre-backup` or `post-backup`, and the command, for the report.
+        phase: String,
+        command: String,
+    },
+    /// A post-backup hook owed: journaled before the container's pre-backup hook starts, done once the post
+    /// hook ran. `recover` runs it (the "after" side undoes what the "before" side did: unlock tables, leave
+    /// maintenance mode) when the container runs once its containers are resumed.
+    PostHook {
+        container_id: String,
+        container: String,
+        command: String,
+        argv: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<String>,
+        timeout_ms: u64,
+    },
 }
 
 impl std::fmt::Display for Leftover {
@@ -85,6 +107,18 @@ impl std::fmt::Display for Leftover {
                 "previous contents of {} kept at {}",
                 of.display(),
                 path.display()
+            ),
+            Leftover::HookExec {
+                container,
+                phase,
+                command,
+                ..
+            } => write!(f, "{phase} hook `{command}` in container {container}"),
+            Leftover::PostHook {
+                container, command, ..
+            } => write!(
+                f,
+                "post-backup hook `{command}` owed to container {container}"
             ),
         }
     }

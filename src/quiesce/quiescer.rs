@@ -180,6 +180,11 @@ impl<'a> Quiescer<'a> {
         self
     }
 
+    /// The run's crash journal (hooks journal their commands and the post hooks they owe in it).
+    pub fn journal(&self) -> &Journal {
+        self.journal
+    }
+
     /// Take the quiesce lock of every container `holds` may change, in id order, waiting (bounded) for other
     /// runs that hold one. Nothing is touched yet, so a wait never extends a pause or stop of this run.
     async fn lock_all(

@@ -71,6 +71,10 @@ pub enum LeftoverOutcome {
     LeftAlone(String),
     /// Could not be removed; the journal is kept for the next attempt.
     Failed(String),
+    /// A hook's command a dead run left running was SIGKILLed (what was killed), or had ended by itself.
+    HookKilled(String),
+    /// A post-backup hook a dead run owed was run: its exit code (`None`: none, e.g. killed at its timeout).
+    PostHookRan(Option<i64>),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -135,6 +139,18 @@ impl RecoverReport {
                     "{}: could not be removed: {e} (journal kept; run `voltar recover` again)",
                     l.leftover
                 ),
+                LeftoverOutcome::HookKilled(what) => {
+                    format!("{}: left running by an interrupted run: {what}", l.leftover)
+                }
+                LeftoverOutcome::PostHookRan(Some(0)) => {
+                    format!("{}: run now (exit code 0)", l.leftover)
+                }
+                LeftoverOutcome::PostHookRan(Some(c)) => {
+                    format!("{}: run now: FAILED (exit code {c})", l.leftover)
+                }
+                LeftoverOutcome::PostHookRan(None) => {
+                    format!("{}: run now: ended without an exit code", l.leftover)
+                }
             });
         }
         out.extend(self.problems.iter().cloned());
@@ -345,6 +361,25 @@ async fn recover_one(
             .problems
             .push(format!("journal {}: unreadable {p}", path.display()));
     }
+    // A hook's command still running first: it may hold the app in a state (a lock, a dump) the containers
+    // must not be resumed into. Post-backup hooks owed last, once the containers run again.
+    let (execs, leftovers): (Vec<Leftover>, Vec<Leftover>) = leftovers
+        .into_iter()
+        .partition(|l| matches!(l, Leftover::HookExec { .. }));
+    let (owed, leftovers): (Vec<Leftover>, Vec<Leftover>) = leftovers
+        .into_iter()
+        .partition(|l| matches!(l, Leftover::PostHook { .. }));
+    for leftover in execs {
+        let Leftover::HookExec { exec_id, .. } = &leftover else {
+            continue;
+        };
+        let outcome =
+            LeftoverOutcome::HookKilled(runtime.kill_left_exec(exec_id).await.to_string());
+        tracing::info!(leftover = %leftover, outcome = ?outcome, "recover");
+        report
+            .leftovers
+            .push(RecoveredLeftover { leftover, outcome });
+    }
     // Newest first, like release.
     for OpenEntry { id, name, action } in entries.into_iter().rev() {
         let outcome = recover_container(runtime, &id, action).await;
@@ -364,6 +399,13 @@ async fn recover_one(
         if matches!(outcome, LeftoverOutcome::Failed(_)) {
             keep = true;
         }
+        tracing::info!(leftover = %leftover, outcome = ?outcome, "recover");
+        report
+            .leftovers
+            .push(RecoveredLeftover { leftover, outcome });
+    }
+    for leftover in owed {
+        let outcome = run_owed_post_hook(runtime, &leftover).await;
         tracing::info!(leftover = %leftover, outcome = ?outcome, "recover");
         report
             .leftovers
@@ -419,9 +461,48 @@ async fn recover_container(
     }
 }
 
+/// Run a post-backup hook a dead run owed, when its container runs (else it is left, and said so). Run once:
+/// a failure is reported, not retried (the journal is not kept for it).
+async fn run_owed_post_hook(runtime: &dyn Runtime, owed: &Leftover) -> LeftoverOutcome {
+    let Leftover::PostHook {
+        container_id,
+        argv,
+        user,
+        timeout_ms,
+        ..
+    } = owed
+    else {
+        return LeftoverOutcome::LeftAlone("not a post-backup hook".into());
+    };
+    match runtime.state(container_id).await {
+        Ok(ContainerState::Running) => {}
+        Ok(s) => return LeftoverOutcome::LeftAlone(format!("the container is {s}: not run")),
+        Err(DockerError::NoSuchContainer(_)) => {
+            return LeftoverOutcome::LeftAlone("the container no longer exists: not run".into())
+        }
+        Err(e) => return LeftoverOutcome::LeftAlone(format!("not run: {e}")),
+    }
+    match runtime
+        .run_command(
+            container_id,
+            argv,
+            user.as_deref(),
+            Duration::from_millis(*timeout_ms),
+        )
+        .await
+    {
+        Ok(code) => LeftoverOutcome::PostHookRan(code),
+        Err(e) => LeftoverOutcome::LeftAlone(format!("could not be run: {e}")),
+    }
+}
+
 /// Remove a leftover of a dead run, after checking it is what the journal says it is.
 fn remove_leftover(leftover: &Leftover) -> LeftoverOutcome {
     match leftover {
+        // Handled by `recover_one` (they need the engine), never here.
+        Leftover::HookExec { .. } | Leftover::PostHook { .. } => {
+            LeftoverOutcome::LeftAlone("a hook, not a file".into())
+        }
         Leftover::PreviousContents { .. } => LeftoverOutcome::LeftAlone(
             "a restore ended before its safety backup was committed: this is the only copy of what was there; \
              back it up or remove it"

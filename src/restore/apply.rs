@@ -435,8 +435,7 @@ async fn safety_backup(
             containers: vec![],
             reason: "safety backup before restore".into(),
         }],
-        skipped: vec![],
-        running_in: None,
+        ..Default::default()
     };
     let run = backup::execute(&backup_env(ctx), &req, plan, Utc::now(), vec![]).await?;
     // A whole copy on at least one target (`Partial`: not on every one) is a safety backup; an incomplete copy

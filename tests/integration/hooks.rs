@@ -507,6 +507,68 @@ fn failing_hook_with_continue_is_a_warning() {
     );
 }
 
+/// Issue 13: `voltar show` prints each source's hooks from the manifest (command, user, outcome, exit code,
+/// duration), and `show --json` carries them.
+#[test]
+fn show_prints_each_sources_hooks_and_json_carries_them() {
+    require_docker!();
+    let env = Env::new();
+    let mut c = Cleanup::default();
+    let vol = c.volume("hkshow");
+    let app = idle(
+        &mut c,
+        "hkshow",
+        &[
+            "-v",
+            &format!("{vol}:/data"),
+            "--label",
+            "voltar.pre-backup=true",
+            "--label",
+            "voltar.post-backup=exit 4",
+            "--label",
+            "voltar.hook-user=65534",
+            "--label",
+            "voltar.hook-on-error=continue",
+        ],
+    );
+    expect_code(&env.backup(&[&vol], &[]), 0);
+    let t = env.target.to_string_lossy().into_owned();
+
+    let o = env.run(&["show", "latest", "-t", &t]);
+    expect_code(&o, 0);
+    let lines: Vec<&str> = o
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("hook: "))
+        .collect();
+    assert_eq!(lines.len(), 2, "{o:?}");
+    assert!(
+        lines[0].starts_with(&format!(
+            "hook: {vol}: {app} pre-backup `true` as 65534: ok in "
+        )),
+        "{o:?}"
+    );
+    assert!(
+        lines[1].starts_with(&format!(
+            "hook: {vol}: {app} post-backup `exit 4` as 65534: FAILED (exit code 4) in "
+        )),
+        "{o:?}"
+    );
+
+    let o = env.run(&["show", "latest", "-t", &t, "--json"]);
+    expect_code(&o, 0);
+    let doc = json(&o);
+    let hooks = &source(&doc, &vol)["hooks"];
+    assert_eq!(hooks[0]["phase"], "pre-backup", "{doc:#}");
+    assert_eq!(hooks[0]["user"], "65534");
+    assert_eq!(hooks[0]["outcome"], "ok");
+    assert_eq!(hooks[0]["exit-code"], 0);
+    assert!(hooks[0]["duration-ms"].is_u64());
+    assert_eq!(hooks[1]["command"], "exit 4");
+    assert_eq!(hooks[1]["outcome"], "failed");
+    assert_eq!(hooks[1]["exit-code"], 4);
+}
+
 #[test]
 fn config_hooks_by_container_name_and_a_failing_post_hook_keeps_the_backup_but_exits_1() {
     require_docker!();
@@ -970,4 +1032,75 @@ fn two_runs_never_interleave_one_containers_hooks() {
             target.display()
         );
     }
+}
+
+/// Issue 13: voltar SIGKILLed while a pre-backup hook runs leaves the hook's exec in its journal: `voltar recover`
+/// kills the hook's process (still running in the container until then), runs the post-backup hook the pre hook
+/// obliged (the "after" side undoes the "before" side), and says both; the container is as it was found.
+#[test]
+fn sigkill_during_a_pre_hook_is_repaired_by_recover() {
+    require_docker!();
+    let env = Env::new();
+    let mut c = Cleanup::default();
+    let vol = c.volume("hkkill");
+    let app = idle(
+        &mut c,
+        "hkkill",
+        &[
+            "-v",
+            &format!("{vol}:/data"),
+            "--label",
+            "voltar.quiesce=pause",
+            "--label",
+            "voltar.pre-backup=touch /data/pre-started; exec sleep 4321",
+            "--label",
+            "voltar.post-backup=touch /data/post-ran",
+        ],
+    );
+    let t = env.target.to_string_lossy().into_owned();
+    let mut voltar = Command::new(BIN)
+        .args(["backup", "-t", &t, "--only", &vol])
+        .current_dir(&env.cwd)
+        .env("VOLTAR_STATE_DIR", &env.state)
+        .env_remove("VOLTAR_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let hook_runs = || processes(&app).iter().any(|p| p.contains("sleep 4321"));
+    let started = std::time::Instant::now();
+    while !hook_runs() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the pre hook never started"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    voltar.kill().unwrap(); // SIGKILL: no cancel, no post hook, no journal cleanup
+    voltar.wait().unwrap();
+    assert!(hook_runs(), "the hook should outlive the killed run");
+    assert!(!support::mountpoint(&vol).join("post-ran").exists());
+
+    let o = env.run(&["recover"]);
+    expect_code(&o, 0);
+    assert!(
+        o.stdout.contains(&format!(
+            "pre-backup hook `touch /data/pre-started; exec sleep 4321` in container {app}: left running by an interrupted run: killed ("
+        )),
+        "{o:?}"
+    );
+    assert!(
+        o.stdout.contains(&format!(
+            "post-backup hook `touch /data/post-ran` owed to container {app}: run now (exit code 0)"
+        )),
+        "{o:?}"
+    );
+    assert!(!hook_runs(), "{:?}", processes(&app));
+    assert!(support::mountpoint(&vol).join("post-ran").exists());
+    assert_eq!(support::state(&app), "running");
+    // Nothing is left for a second recover.
+    let o = env.run(&["recover"]);
+    expect_code(&o, 0);
+    assert!(o.stdout.starts_with("nothing to recover"), "{o:?}");
 }

@@ -13,6 +13,7 @@ mod cli;
 mod daemon;
 mod engine_api;
 mod frozen;
+mod groups;
 mod hooks;
 mod image;
 mod key;
