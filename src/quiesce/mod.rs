@@ -76,12 +76,13 @@ mod recover;
 
 pub use journal::{journal_dir, Journal, Leftover, JOURNAL_DIR, STAGING_PREFIX};
 pub use quiescer::{
-    see_through_other_runs, ContainerLocks, Held, HeldContainer, Hold, Quiescer, ReleaseOutcome,
-    ReleaseReport, Released, Skipped, QUIESCE_WAIT,
+    see_through_other_runs, ContainerLocks, Held, HeldContainer, HeldService, Hold, Quiescer,
+    ReleaseOutcome, ReleaseReport, Released, ReleasedService, ServiceHold, ServiceOutcome, Skipped,
+    QUIESCE_WAIT, SERVICE_DOWN_MARGIN,
 };
 pub use recover::{
     recover, recover_run, LeftoverOutcome, RecoverOutcome, RecoverReport, Recovered,
-    RecoveredLeftover,
+    RecoveredLeftover, RecoveredService,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +110,31 @@ pub enum QuiesceError {
         id: String,
         name: String,
         action: QuiesceAction,
+        #[source]
+        source: Box<DockerError>,
+    },
+    /// A Swarm service could not be scaled to 0; whatever this hold changed was put back.
+    #[error("cannot scale swarm service {name} to 0: {source}")]
+    Scale {
+        name: String,
+        #[source]
+        source: Box<DockerError>,
+    },
+    /// A global service (or a job) cannot be scaled to 0, and stopping its task would only make swarm replace it.
+    #[error("swarm service {name} is {mode} and cannot be scaled to 0 (stopping its task would only make swarm replace it): set the label voltar.quiesce=pause on the service (pauses its task on this node while the volume is read) or voltar.quiesce=none")]
+    NotScalable { name: String, mode: String },
+    /// The service was scaled to 0, but its task containers here did not go down in time; it was scaled back.
+    #[error("swarm service {name} was scaled to 0 but its tasks {} were still up after {}; it was scaled back and the source not read", tasks.join(", "), humantime::format_duration(*.waited))]
+    TasksStillUp {
+        name: String,
+        tasks: Vec<String>,
+        waited: Duration,
+    },
+    /// A service could not be scaled back: it is still at 0 replicas.
+    #[error("swarm service {name} is still scaled to 0: {source}: run `voltar recover` or `docker service scale {name}={replicas}`")]
+    ScaleBack {
+        name: String,
+        replicas: u64,
         #[source]
         source: Box<DockerError>,
     },
@@ -148,7 +174,7 @@ impl QuiesceError {
     pub fn leaves_containers_quiesced(&self) -> bool {
         match self {
             QuiesceError::Hold { still_held, .. } => !still_held.is_empty(),
-            QuiesceError::Resume { .. } => true,
+            QuiesceError::Resume { .. } | QuiesceError::ScaleBack { .. } => true,
             _ => false,
         }
     }

@@ -431,6 +431,7 @@ async fn safety_backup(
             driver_opts: src.driver_opts.clone(),
             labels: src.labels.clone(),
             containers: vec![],
+            services: vec![],
             reason: "safety backup before restore".into(),
         }],
         skipped: vec![],

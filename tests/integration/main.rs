@@ -24,4 +24,5 @@ mod restore;
 mod s3;
 mod signals;
 mod storage;
+mod swarm;
 mod ux;
