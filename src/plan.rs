@@ -618,7 +618,9 @@ fn plan_containers(
                     QuiesceAction::None,
                     format!("swarm task: its service {} is acted on instead", svc.name),
                 )
-            } else if mode == QuiesceAction::Stop && c.swarm_service().is_some() {
+            } else if mode == QuiesceAction::Stop
+                && (c.swarm_service().is_some() || c.swarm_service_id().is_some())
+            {
                 // A service voltar cannot read (a worker node): pausing does not make swarm replace the task.
                 (
                     QuiesceAction::Pause,
@@ -946,5 +948,107 @@ mod tests {
         .unwrap();
         let names: Vec<&str> = p.sources.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, vec!["app_db"]);
+    }
+
+    fn service(id: &str, mode: ServiceMode, labels: &[(&str, &str)]) -> ServiceInfo {
+        ServiceInfo {
+            id: id.into(),
+            name: format!("{id}-name"),
+            version: 7,
+            mode,
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            container_labels: BTreeMap::new(),
+        }
+    }
+
+    fn task(name: &str, service_id: &str, labels: &[(&str, &str)], rw: bool) -> ContainerInfo {
+        let mut l: Vec<(&str, &str)> = vec![("com.docker.swarm.service.id", service_id)];
+        l.extend_from_slice(labels);
+        ctr(name, ContainerState::Running, &l, vec![vmount("data", rw)])
+    }
+
+    /// Swarm tasks with quiesce `stop` put their service in the plan once (however many tasks), their containers
+    /// are not touched; the label comes from the container (`--container-label`) or else the service (`--label`);
+    /// a container label wins; a global service is planned too (the quiesce refuses it, with the fix); `pause`
+    /// pauses the task; a service discovery could not read (a worker node) falls back to pausing the task.
+    #[test]
+    fn swarm_tasks_with_stop_scale_their_service_once() {
+        let services = vec![
+            service(
+                "s-web",
+                ServiceMode::Replicated { replicas: 2 },
+                &[("voltar.quiesce", "stop")],
+            ),
+            service(
+                "s-cl",
+                ServiceMode::Replicated { replicas: 1 },
+                &[("voltar.quiesce", "none")],
+            ),
+            service("s-glob", ServiceMode::Global, &[("voltar.quiesce", "stop")]),
+            service(
+                "s-pause",
+                ServiceMode::Replicated { replicas: 1 },
+                &[("voltar.quiesce", "pause")],
+            ),
+        ];
+        let d = Discovery {
+            volumes: vec![vol("data", &[])],
+            containers: vec![
+                task("web.1", "s-web", &[], true),
+                task("web.2", "s-web", &[], true),
+                task("cl.1", "s-cl", &[("voltar.quiesce", "stop")], true),
+                task("glob.x", "s-glob", &[], true),
+                task("pause.1", "s-pause", &[], true),
+                task("ro.1", "s-web", &[], false),
+                task("unread.1", "s-unknown", &[("voltar.quiesce", "stop")], true),
+            ],
+            services,
+        };
+        let p = plan(&d, &job(""), &[], &dirs).unwrap();
+        let s = &p.sources[0];
+        let svcs: Vec<(&str, Option<u64>, Vec<&str>)> = s
+            .services
+            .iter()
+            .map(|v| {
+                (
+                    v.name.as_str(),
+                    v.replicas,
+                    v.tasks.iter().map(String::as_str).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            svcs,
+            vec![
+                ("s-cl-name", Some(1), vec!["cl.1"]),
+                ("s-glob-name", None, vec!["glob.x"]),
+                ("s-web-name", Some(2), vec!["web.1", "web.2"]),
+            ]
+        );
+        assert_eq!(
+            s.services[2].describe(),
+            "scale s-web-name (service, 2 replicas) to 0"
+        );
+        assert!(s.services[1].describe().contains("voltar.quiesce=pause"));
+        let actions: Vec<(&str, QuiesceAction)> = s
+            .containers
+            .iter()
+            .map(|c| (c.name.as_str(), c.action))
+            .collect();
+        assert_eq!(
+            actions,
+            vec![
+                ("cl.1", QuiesceAction::None),
+                ("glob.x", QuiesceAction::None),
+                ("pause.1", QuiesceAction::Pause),
+                ("ro.1", QuiesceAction::None),
+                ("unread.1", QuiesceAction::Pause),
+                ("web.1", QuiesceAction::None),
+                ("web.2", QuiesceAction::None),
+            ]
+        );
     }
 }

@@ -219,4 +219,6 @@ fn still_note(still: &[String]) -> String {
 }
 
 #[cfg(test)]
+mod service_tests;
+#[cfg(test)]
 mod tests;
