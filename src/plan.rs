@@ -70,6 +70,29 @@ pub struct PlannedService {
 }
 
 impl PlannedService {
+    /// `svc`, acted on for its task containers `tasks` (the first one's stop timeout counts).
+    pub fn of(
+        svc: &ServiceInfo,
+        tasks: Vec<String>,
+        stop_timeout: Duration,
+        reason: &str,
+    ) -> PlannedService {
+        let (mode, replicas) = match &svc.mode {
+            ServiceMode::Replicated { replicas } => ("replicated".to_string(), Some(*replicas)),
+            ServiceMode::Global => ("global".to_string(), None),
+            ServiceMode::Other(m) => (m.clone(), None),
+        };
+        PlannedService {
+            id: svc.id.clone(),
+            name: svc.name.clone(),
+            mode,
+            replicas,
+            tasks,
+            stop_timeout,
+            reason: reason.to_string(),
+        }
+    }
+
     /// What `voltar plan` says will happen, e.g. `scale web (service, 2 replicas) to 0`.
     pub fn describe(&self) -> String {
         match self.replicas {
@@ -655,20 +678,12 @@ fn plan_services(
                 .max(stop_timeout(c, job.quiesce.stop_timeout));
             continue;
         }
-        let (mode, replicas) = match &svc.mode {
-            ServiceMode::Replicated { replicas } => ("replicated".to_string(), Some(*replicas)),
-            ServiceMode::Global => ("global".to_string(), None),
-            ServiceMode::Other(m) => (m.clone(), None),
-        };
-        out.push(PlannedService {
-            id: svc.id.clone(),
-            name: svc.name.clone(),
-            mode,
-            replicas,
-            tasks: vec![c.name.clone()],
-            stop_timeout: stop_timeout(c, job.quiesce.stop_timeout),
-            reason: quiesce_mode(c, Some(svc), job).1.to_string(),
-        });
+        out.push(PlannedService::of(
+            svc,
+            vec![c.name.clone()],
+            stop_timeout(c, job.quiesce.stop_timeout),
+            quiesce_mode(c, Some(svc), job).1,
+        ));
     }
     out
 }

@@ -159,6 +159,53 @@ impl World {
             .collect()
     }
 
+    /// The service's updates since `since` (engine events): (time in ns, replicas before, replicas after).
+    fn service_updates(&self, service: &str, since: &str) -> Vec<(i128, String, String)> {
+        self.engine
+            .docker(&[
+                "events",
+                "--since",
+                since,
+                "--until",
+                &chrono_now(),
+                "--filter",
+                "type=service",
+                "--filter",
+                &format!("service={service}"),
+                "--format",
+                "{{.TimeNano}} {{.Action}} {{index .Actor.Attributes \"replicas.old\"}} {{index .Actor.Attributes \"replicas.new\"}}",
+            ])
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() == 4 && f[1] == "update")
+                    .then(|| (f[0].parse().unwrap(), f[2].to_string(), f[3].to_string()))
+            })
+            .collect()
+    }
+
+    /// When container `id` died (engine events since `since`, in ns); panics if it did not.
+    fn died_at(&self, id: &str, since: &str) -> i128 {
+        let out = self.engine.docker(&[
+            "events",
+            "--since",
+            since,
+            "--until",
+            &chrono_now(),
+            "--filter",
+            &format!("container={id}"),
+            "--filter",
+            "event=die",
+            "--format",
+            "{{.TimeNano}}",
+        ]);
+        out.lines()
+            .next()
+            .unwrap_or_else(|| panic!("container {id} did not die"))
+            .parse()
+            .unwrap()
+    }
+
     fn journal_files(&self) -> Vec<String> {
         std::fs::read_dir(voltar::quiesce::journal_dir(&self.state()))
             .map(|rd| {
@@ -412,6 +459,97 @@ fn issue15_global_service_stop_is_refused_and_pause_pauses_its_task() {
         "{:#?}",
         w.task_history(&svc)
     );
+}
+
+/// Restore into the volume of a replicated service (2 replicas; no quiesce label: a restore stops every user):
+/// the service is scaled to 0, its old tasks die, the swap happens, then it is scaled back to 2 (in that order,
+/// by the engine's event times and the volume directory's ctime); no task was stopped directly; the volume holds
+/// the backup's data again; the report names the service as stopped and restarted.
+#[test]
+fn issue15_restore_into_a_service_volume_scales_it_down_and_back() {
+    let Some(w) = World::new() else { return };
+    let vol = w.volume("svc-restore", 0);
+    let svc = unique("web");
+    w.service(
+        &svc,
+        &[
+            "--replicas",
+            "2",
+            "--mount",
+            &format!("type=volume,src={vol},dst=/data"),
+        ],
+    );
+    w.wait_running(&svc, 2);
+    let t = w.target();
+    let out = w.run(&["backup", "--only", &vol, "-t", &t]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let dir = PathBuf::from(
+        w.engine
+            .docker(&["volume", "inspect", "-f", "{{.Mountpoint}}", &vol]),
+    );
+    std::fs::write(dir.join("marker.txt"), "changed\n").unwrap();
+    let before = w.running_tasks(&svc);
+
+    let since = chrono_now();
+    let out = w.run(&["--json", "restore", "latest", "--source", &vol, "-t", &t]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("marker.txt")).unwrap(),
+        format!("data of {vol}\n")
+    );
+    // The order of things, from the engine's own clock: scaled to 0, the old tasks died, the swap (the
+    // volume's directory was renamed into place: its ctime), scaled back to 2.
+    let updates = w.service_updates(&svc, &since);
+    assert_eq!(
+        updates
+            .iter()
+            .map(|u| (u.1.as_str(), u.2.as_str()))
+            .collect::<Vec<_>>(),
+        vec![("2", "0"), ("0", "2")],
+        "{updates:?} {out:?}"
+    );
+    let (down_at, up_at) = (updates[0].0, updates[1].0);
+    let swapped_at = {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(&dir).unwrap();
+        i128::from(m.ctime()) * 1_000_000_000 + i128::from(m.ctime_nsec())
+    };
+    for task in &before {
+        let died = w.died_at(task, &since);
+        assert!(
+            down_at < died && died < swapped_at && swapped_at < up_at,
+            "task {task}: scaled down at {down_at}, died at {died}, swap at {swapped_at}, scaled up at {up_at}"
+        );
+    }
+    let r: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let named = format!("service {svc}");
+    assert!(
+        r["sources"][0]["stop"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s == &named[..])
+            && r["sources"][0]["restarted"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s == &named[..]),
+        "{out:?}"
+    );
+    assert_eq!(w.replicas(&svc), 2);
+    w.wait_running(&svc, 2);
+    let after = w.running_tasks(&svc);
+    assert!(
+        before.iter().all(|b| !after.contains(b)),
+        "the old tasks were not scaled away"
+    );
+    let history = w.task_history(&svc);
+    assert_eq!(history.len(), 2, "{history:#?}");
+    assert!(
+        history.iter().all(|h| h.starts_with("Running")),
+        "{history:#?}"
+    );
+    assert!(w.journal_files().is_empty(), "{:?}", w.journal_files());
 }
 
 /// Unix time with fractions, as `docker events --since/--until` take it.
