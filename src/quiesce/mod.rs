@@ -53,6 +53,18 @@
 //!   A container with hooks is locked longer: from before its pre-backup hook until after its post-backup hook
 //!   ([`Quiescer::lock_containers`], then [`Quiescer::hold_locked`]), so two runs never interleave one
 //!   container's hooks and reads.
+//! * **Swarm services are scaled, never their tasks stopped.** Stopping a task container makes the orchestrator
+//!   start a replacement (writing to the volume while it is read), so a replicated service whose tasks use a
+//!   source with quiesce `stop` is scaled to 0 ([`Quiescer::scale_down`], before the containers are held) and back
+//!   to its replica count at release. The replica count is journaled ("scaled from N", a `scale` record) and
+//!   fsynced before the scale-down; the service's quiesce lock (`service_<id>` beside the containers' locks) is
+//!   kept until it is back. The hold waits until the service's task containers on this engine are down (stop
+//!   timeout + [`SERVICE_DOWN_MARGIN`]), else scales it back and fails. Release and recover scale it back only
+//!   while it is still at 0: a user who rescaled it meanwhile is not fought. A global service (or a job) cannot be
+//!   scaled: `scale_down` refuses it untouched, naming the label to set (`voltar.quiesce=pause`: pausing a task
+//!   does not make swarm replace it — seen on Engine 20.10 for 25 s, also with a 1 s healthcheck). Rejected: stopping
+//!   the task container and racing the orchestrator; updating the service with a placement constraint that
+//!   excludes this node (it rewrites the user's spec, and a crash leaves that rewrite behind).
 //! * **Leftovers are journaled too** (row 26). A restore's staging directory is journaled before it is created
 //!   and marked done when it is removed; `recover` (and so the next backup or restore) removes what a killed
 //!   run left and reports it with its size. [`Leftover`] is the place for other things a run creates and must
