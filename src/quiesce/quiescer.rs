@@ -747,7 +747,7 @@ pub(super) fn still_quiesced(action: QuiesceAction, state: &ContainerState) -> b
 }
 
 /// At plan time: a container that another live voltar run holds paused or stopped right now (that run holds its
-/// quiesce lock) is, for its user, running — that run resumes it soon. Mark it running, so the plan quiesces it
+/// quiesce lock, or the lock of the Swarm service it is a task of) is, for its user, running — that run resumes it soon. Mark it running, so the plan quiesces it
 /// again (and `hold` waits for the other run first) instead of taking that run's pause for the user's. A
 /// container paused or stopped while its lock is free is left as found. Returns the names it changed.
 pub fn see_through_other_runs(state_dir: &Path, containers: &mut [ContainerInfo]) -> Vec<String> {
@@ -756,7 +756,12 @@ pub fn see_through_other_runs(state_dir: &Path, containers: &mut [ContainerInfo]
         if !matches!(c.state, ContainerState::Paused | ContainerState::Exited) {
             continue;
         }
-        if let Some(pid) = ContainerLock::holder(state_dir, &c.id) {
+        // A task of a service another run scaled to 0: that run scales it back soon, so plan the service again.
+        let holder = ContainerLock::holder(state_dir, &c.id).or_else(|| {
+            c.swarm_service_id()
+                .and_then(|id| ContainerLock::holder(state_dir, &service_lock_key(id)))
+        });
+        if let Some(pid) = holder {
             tracing::info!(
                 container = %c.name,
                 state = %c.state,

@@ -244,3 +244,29 @@ async fn recover_scales_back_only_what_is_still_at_zero() {
             .to_string()
     ));
 }
+
+/// Row 27 for services: while one run holds a service at 0, another run's plan sees its exited tasks as running
+/// (so it plans the service and waits for the first run's lock instead of reading with no quiesce); an exited
+/// task of a service nobody holds stays exited.
+#[test]
+fn a_task_of_a_service_another_run_holds_is_planned_as_running() {
+    use crate::docker::{ContainerInfo, LABEL_SWARM_SERVICE_ID};
+    let dir = tempfile::tempdir().unwrap();
+    let task = |name: &str, service: &str| ContainerInfo {
+        id: format!("id-{name}"),
+        name: name.into(),
+        image: "img".into(),
+        state: ContainerState::Exited,
+        labels: [(LABEL_SWARM_SERVICE_ID.to_string(), service.to_string())].into(),
+        mounts: vec![],
+    };
+    let mut containers = vec![task("web.1", "held"), task("other.1", "free")];
+    let other_run = crate::lock::ContainerLock::try_acquire(dir.path(), "service_held")
+        .unwrap()
+        .unwrap();
+    let changed = see_through_other_runs(dir.path(), &mut containers);
+    assert_eq!(changed, vec!["web.1".to_string()]);
+    assert_eq!(containers[0].state, ContainerState::Running);
+    assert_eq!(containers[1].state, ContainerState::Exited);
+    drop(other_run);
+}
