@@ -10,7 +10,10 @@ use serde::Serialize;
 
 use crate::catalog::SourceKind;
 use crate::config::{Job, QuiesceAction};
-use crate::docker::{ContainerInfo, ContainerState, Discovery, MountInfo, MountKind, VolumeInfo};
+use crate::docker::{
+    ContainerInfo, ContainerState, Discovery, MountInfo, MountKind, ServiceInfo, ServiceMode,
+    VolumeInfo,
+};
 use crate::hooks::{self, ContainerHooks};
 
 /// A container to act on while one source is read.
@@ -46,6 +49,62 @@ mod secs {
     }
 }
 
+/// A Swarm service whose tasks use a source with quiesce `stop`: scaled to 0 while the source is read and back
+/// to its replica count after (stopping a task container would only make the orchestrator replace it). A global
+/// service cannot be scaled: the quiesce refuses it, and the source fails with the fix (see `quiesce`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct PlannedService {
+    pub id: String,
+    pub name: String,
+    /// `replicated` or `global` (or a job mode) at plan time; the quiesce reads it again before acting.
+    pub mode: String,
+    /// Replica count at plan time (replicated services).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u64>,
+    /// Its task containers using the source.
+    pub tasks: Vec<String>,
+    #[serde(with = "secs")]
+    pub stop_timeout: Duration,
+    pub reason: String,
+}
+
+impl PlannedService {
+    /// `svc`, acted on for its task containers `tasks` (the first one's stop timeout counts).
+    pub fn of(
+        svc: &ServiceInfo,
+        tasks: Vec<String>,
+        stop_timeout: Duration,
+        reason: &str,
+    ) -> PlannedService {
+        let (mode, replicas) = match &svc.mode {
+            ServiceMode::Replicated { replicas } => ("replicated".to_string(), Some(*replicas)),
+            ServiceMode::Global => ("global".to_string(), None),
+            ServiceMode::Other(m) => (m.clone(), None),
+        };
+        PlannedService {
+            id: svc.id.clone(),
+            name: svc.name.clone(),
+            mode,
+            replicas,
+            tasks,
+            stop_timeout,
+            reason: reason.to_string(),
+        }
+    }
+
+    /// What `voltar plan` says will happen, e.g. `scale web (service, 2 replicas) to 0`.
+    pub fn describe(&self) -> String {
+        match self.replicas {
+            Some(n) => format!("scale {} (service, {n} replicas) to 0", self.name),
+            None => format!(
+                "refused: {} is a {} service and cannot be scaled to 0 (set the label voltar.quiesce=pause on it to pause its tasks on this node instead)",
+                self.name, self.mode
+            ),
+        }
+    }
+}
+
 /// A source selected for backup.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -63,6 +122,9 @@ pub struct PlannedSource {
     pub labels: BTreeMap<String, String>,
     /// Every container that mounts the source, with what voltar will do to it.
     pub containers: Vec<PlannedContainer>,
+    /// Swarm services scaled to 0 while the source is read (their task containers above are not touched).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub services: Vec<PlannedService>,
     /// Why it was selected.
     pub reason: String,
 }
@@ -277,7 +339,8 @@ fn plan_volumes(discovery: &Discovery, job: &Job, plan: &mut Plan) -> Result<(),
                 driver: Some(v.driver.clone()),
                 driver_opts: v.options.clone(),
                 labels: v.labels.clone(),
-                containers: plan_containers(&users, job),
+                containers: plan_containers(&users, job, &discovery.services),
+                services: plan_services(&users, job, &discovery.services),
                 reason,
             }),
             Err(reason) => plan.skipped.push(SkippedSource {
@@ -323,7 +386,8 @@ fn plan_binds(
                 driver: None,
                 driver_opts: BTreeMap::new(),
                 labels: BTreeMap::new(),
-                containers: plan_containers(&users, job),
+                containers: plan_containers(&users, job, &discovery.services),
+                services: plan_services(&users, job, &discovery.services),
                 reason,
             }),
             Err(reason) => plan.skipped.push(SkippedSource {
@@ -402,7 +466,8 @@ fn promote_named(discovery: &Discovery, job: &Job, only: &[String], plan: &mut P
             driver: vol.map(|v| v.driver.clone()),
             driver_opts: vol.map(|v| v.options.clone()).unwrap_or_default(),
             labels: vol.map(|v| v.labels.clone()).unwrap_or_default(),
-            containers: plan_containers(&users, job),
+            containers: plan_containers(&users, job, &discovery.services),
+            services: plan_services(&users, job, &discovery.services),
             reason: format!("named with --only (was: {})", s.reason),
         });
     }
@@ -605,27 +670,70 @@ fn bind_name(path: &Path, used: &mut BTreeMap<String, PathBuf>) -> String {
     name
 }
 
-fn plan_containers(users: &[(&ContainerInfo, bool)], job: &Job) -> Vec<PlannedContainer> {
+/// The quiesce mode asked for `c`, and what decided it: its `voltar.quiesce` label (for a Swarm task this includes
+/// the service's `--container-label`s, which the engine copies onto each task), else its service's own label
+/// (`docker service create --label`), else offen's label, else the job's default.
+fn quiesce_mode(
+    c: &ContainerInfo,
+    service: Option<&ServiceInfo>,
+    job: &Job,
+) -> (QuiesceAction, &'static str) {
+    match c
+        .labels
+        .get(LABEL_QUIESCE)
+        .map(|s| (s.parse::<QuiesceAction>(), "label voltar.quiesce"))
+        .or_else(|| {
+            service.and_then(|s| s.labels.get(LABEL_QUIESCE)).map(|s| {
+                (
+                    s.parse::<QuiesceAction>(),
+                    "label voltar.quiesce of its swarm service",
+                )
+            })
+        }) {
+        Some((Ok(m), src)) => (m, src),
+        Some((Err(_), _)) => (
+            job.quiesce.default,
+            "invalid voltar.quiesce label ignored; config default",
+        ),
+        // offen/docker-volume-backup's label, when voltar's own is absent.
+        None if hooks::offen_wants_stop(&c.labels) => (
+            QuiesceAction::Stop,
+            "label docker-volume-backup.stop-during-backup",
+        ),
+        None => (job.quiesce.default, "config default"),
+    }
+}
+
+/// The service of a Swarm task container, when discovery could read it.
+fn service_of<'a>(c: &ContainerInfo, services: &'a [ServiceInfo]) -> Option<&'a ServiceInfo> {
+    let id = c.swarm_service_id()?;
+    services.iter().find(|s| s.id == id)
+}
+
+/// Whether `c` is a running read-write task whose service is acted on as a whole (scaled, or refused when it
+/// cannot be) instead of the container itself.
+fn scaled_with_service<'a>(
+    c: &ContainerInfo,
+    rw: bool,
+    job: &Job,
+    services: &'a [ServiceInfo],
+) -> Option<&'a ServiceInfo> {
+    let svc = service_of(c, services)?;
+    (rw && c.state == ContainerState::Running
+        && quiesce_mode(c, Some(svc), job).0 == QuiesceAction::Stop)
+        .then_some(svc)
+}
+
+fn plan_containers(
+    users: &[(&ContainerInfo, bool)],
+    job: &Job,
+    services: &[ServiceInfo],
+) -> Vec<PlannedContainer> {
     users
         .iter()
         .map(|(c, rw)| {
-            let (mode, mode_src) = match c
-                .labels
-                .get(LABEL_QUIESCE)
-                .map(|s| s.parse::<QuiesceAction>())
-            {
-                Some(Ok(m)) => (m, "label voltar.quiesce"),
-                Some(Err(_)) => (
-                    job.quiesce.default,
-                    "invalid voltar.quiesce label ignored; config default",
-                ),
-                // offen/docker-volume-backup's label, when voltar's own is absent.
-                None if hooks::offen_wants_stop(&c.labels) => (
-                    QuiesceAction::Stop,
-                    "label docker-volume-backup.stop-during-backup",
-                ),
-                None => (job.quiesce.default, "config default"),
-            };
+            let service = service_of(c, services);
+            let (mode, mode_src) = quiesce_mode(c, service, job);
             let stop_timeout = stop_timeout(c, job.quiesce.stop_timeout);
             // A read-only user is never quiesced, whatever the label or default says: say that first.
             let (action, reason) = if !rw {
@@ -639,10 +747,18 @@ fn plan_containers(users: &[(&ContainerInfo, bool)], job: &Job) -> Vec<PlannedCo
                 )
             } else if c.state != ContainerState::Running {
                 (QuiesceAction::None, format!("{}: not running", c.state))
-            } else if mode == QuiesceAction::Stop && c.swarm_service().is_some() {
+            } else if let Some(svc) = scaled_with_service(c, *rw, job, services) {
+                (
+                    QuiesceAction::None,
+                    format!("swarm task: its service {} is acted on instead", svc.name),
+                )
+            } else if mode == QuiesceAction::Stop
+                && (c.swarm_service().is_some() || c.swarm_service_id().is_some())
+            {
+                // A service voltar cannot read (a worker node): pausing does not make swarm replace the task.
                 (
                     QuiesceAction::Pause,
-                    "swarm task: paused instead of stopped (swarm would replace a stopped task)"
+                    "swarm task: paused instead of stopped (its service cannot be read here to scale it; swarm would replace a stopped task)"
                         .to_string(),
                 )
             } else {
@@ -653,6 +769,34 @@ fn plan_containers(users: &[(&ContainerInfo, bool)], job: &Job) -> Vec<PlannedCo
             planned
         })
         .collect()
+}
+
+/// The Swarm services to scale to 0 for a source: one per service, however many of its tasks use the source.
+fn plan_services(
+    users: &[(&ContainerInfo, bool)],
+    job: &Job,
+    services: &[ServiceInfo],
+) -> Vec<PlannedService> {
+    let mut out: Vec<PlannedService> = Vec::new();
+    for (c, rw) in users {
+        let Some(svc) = scaled_with_service(c, *rw, job, services) else {
+            continue;
+        };
+        if let Some(p) = out.iter_mut().find(|p| p.id == svc.id) {
+            p.tasks.push(c.name.clone());
+            p.stop_timeout = p
+                .stop_timeout
+                .max(stop_timeout(c, job.quiesce.stop_timeout));
+            continue;
+        }
+        out.push(PlannedService::of(
+            svc,
+            vec![c.name.clone()],
+            stop_timeout(c, job.quiesce.stop_timeout),
+            quiesce_mode(c, Some(svc), job).1,
+        ));
+    }
+    out
 }
 
 /// How long a stop waits for `c`: its `voltar.stop-timeout` label, else `default` (the job's setting).
@@ -782,6 +926,7 @@ mod tests {
                 &[],
                 vec![bmount("/srv/web", true)],
             )],
+            services: vec![],
         };
         let p = plan(&d, &job(""), &[], &dirs).unwrap();
         let names: Vec<&str> = p.sources.iter().map(|s| s.name.as_str()).collect();
@@ -838,6 +983,7 @@ mod tests {
                     vec![vmount("elsewhere", true)],
                 ),
             ],
+            services: vec![],
         };
         let p = plan(
             &d,
@@ -880,6 +1026,7 @@ mod tests {
                     bmount("/tmp/x.sock", true),
                 ],
             )],
+            services: vec![],
         };
         let p = plan(&d, &job(""), &[], &dirs).unwrap();
         let names: Vec<&str> = p.sources.iter().map(|s| s.name.as_str()).collect();
@@ -899,6 +1046,7 @@ mod tests {
                 vol("c", &[("voltar.backup", "false")]),
             ],
             containers: vec![],
+            services: vec![],
         };
         let p = plan(&d, &job(""), &["b".into(), "c".into()], &dirs).unwrap();
         let names: Vec<&str> = p.sources.iter().map(|s| s.name.as_str()).collect();
@@ -915,6 +1063,7 @@ mod tests {
         let d = Discovery {
             volumes: vec![vol("app_db", &[]), vol("app_cache", &[]), vol("other", &[])],
             containers: vec![],
+            services: vec![],
         };
         let p = plan(
             &d,
@@ -980,6 +1129,7 @@ mod tests {
                     vec![vmount("alone", true)],
                 ),
             ],
+            services: vec![],
         };
         // Default: only the label groups.
         let p = plan(&d, &job(""), &[], &dirs).unwrap();
@@ -1024,5 +1174,107 @@ mod tests {
         let p = plan(&d, &job(""), &["m1".into()], &dirs).unwrap();
         assert_eq!(p.groups[0].sources, vec!["m1"]);
         assert_eq!(p.window_of("m1"), None, "a group of one is no window");
+    }
+
+    fn service(id: &str, mode: ServiceMode, labels: &[(&str, &str)]) -> ServiceInfo {
+        ServiceInfo {
+            id: id.into(),
+            name: format!("{id}-name"),
+            version: 7,
+            mode,
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            container_labels: BTreeMap::new(),
+        }
+    }
+
+    fn task(name: &str, service_id: &str, labels: &[(&str, &str)], rw: bool) -> ContainerInfo {
+        let mut l: Vec<(&str, &str)> = vec![("com.docker.swarm.service.id", service_id)];
+        l.extend_from_slice(labels);
+        ctr(name, ContainerState::Running, &l, vec![vmount("data", rw)])
+    }
+
+    /// Swarm tasks with quiesce `stop` put their service in the plan once (however many tasks), their containers
+    /// are not touched; the label comes from the container (`--container-label`) or else the service (`--label`);
+    /// a container label wins; a global service is planned too (the quiesce refuses it, with the fix); `pause`
+    /// pauses the task; a service discovery could not read (a worker node) falls back to pausing the task.
+    #[test]
+    fn swarm_tasks_with_stop_scale_their_service_once() {
+        let services = vec![
+            service(
+                "s-web",
+                ServiceMode::Replicated { replicas: 2 },
+                &[("voltar.quiesce", "stop")],
+            ),
+            service(
+                "s-cl",
+                ServiceMode::Replicated { replicas: 1 },
+                &[("voltar.quiesce", "none")],
+            ),
+            service("s-glob", ServiceMode::Global, &[("voltar.quiesce", "stop")]),
+            service(
+                "s-pause",
+                ServiceMode::Replicated { replicas: 1 },
+                &[("voltar.quiesce", "pause")],
+            ),
+        ];
+        let d = Discovery {
+            volumes: vec![vol("data", &[])],
+            containers: vec![
+                task("web.1", "s-web", &[], true),
+                task("web.2", "s-web", &[], true),
+                task("cl.1", "s-cl", &[("voltar.quiesce", "stop")], true),
+                task("glob.x", "s-glob", &[], true),
+                task("pause.1", "s-pause", &[], true),
+                task("ro.1", "s-web", &[], false),
+                task("unread.1", "s-unknown", &[("voltar.quiesce", "stop")], true),
+            ],
+            services,
+        };
+        let p = plan(&d, &job(""), &[], &dirs).unwrap();
+        let s = &p.sources[0];
+        let svcs: Vec<(&str, Option<u64>, Vec<&str>)> = s
+            .services
+            .iter()
+            .map(|v| {
+                (
+                    v.name.as_str(),
+                    v.replicas,
+                    v.tasks.iter().map(String::as_str).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            svcs,
+            vec![
+                ("s-cl-name", Some(1), vec!["cl.1"]),
+                ("s-glob-name", None, vec!["glob.x"]),
+                ("s-web-name", Some(2), vec!["web.1", "web.2"]),
+            ]
+        );
+        assert_eq!(
+            s.services[2].describe(),
+            "scale s-web-name (service, 2 replicas) to 0"
+        );
+        assert!(s.services[1].describe().contains("voltar.quiesce=pause"));
+        let actions: Vec<(&str, QuiesceAction)> = s
+            .containers
+            .iter()
+            .map(|c| (c.name.as_str(), c.action))
+            .collect();
+        assert_eq!(
+            actions,
+            vec![
+                ("cl.1", QuiesceAction::None),
+                ("glob.x", QuiesceAction::None),
+                ("pause.1", QuiesceAction::Pause),
+                ("ro.1", QuiesceAction::None),
+                ("unread.1", QuiesceAction::Pause),
+                ("web.1", QuiesceAction::None),
+                ("web.2", QuiesceAction::None),
+            ]
+        );
     }
 }

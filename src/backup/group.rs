@@ -302,6 +302,15 @@ fn window_source(group: &plan::QuiesceGroup, members: &[&PlannedSource]) -> Plan
             }
         }
     }
+    // Swarm services of every member, each once (scaled to 0 for the whole window).
+    let mut services: Vec<plan::PlannedService> = Vec::new();
+    for s in members {
+        for svc in &s.services {
+            if !services.iter().any(|x| x.id == svc.id) {
+                services.push(svc.clone());
+            }
+        }
+    }
     let first = members.first().copied();
     PlannedSource {
         name: format!("group {}", group.name),
@@ -311,6 +320,7 @@ fn window_source(group: &plan::QuiesceGroup, members: &[&PlannedSource]) -> Plan
         driver_opts: BTreeMap::new(),
         labels: BTreeMap::new(),
         containers,
+        services,
         reason: group.from.clone(),
     }
 }

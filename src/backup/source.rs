@@ -190,7 +190,32 @@ pub(super) async fn quiesce(
             holds.len()
         ));
     }
-    let held = ctx.quiescer.hold_locked(&holds, locked).await?;
+    // Swarm services first (their tasks take their grace period to go down), then the containers.
+    let services: Vec<quiesce::ServiceHold> = src
+        .services
+        .iter()
+        .map(|s| quiesce::ServiceHold {
+            id: s.id.clone(),
+            name: s.name.clone(),
+            stop_timeout: s.stop_timeout,
+        })
+        .collect();
+    if !services.is_empty() {
+        ctx.env
+            .progress
+            .note(&format!("scaling {} swarm service(s) to 0", services.len()));
+    }
+    let mut held = ctx.quiescer.scale_down(&services).await?;
+    match ctx.quiescer.hold_locked(&holds, locked).await {
+        Ok(h) => held.absorb(h),
+        Err(e) => {
+            let report = ctx.quiescer.release(held).await;
+            for e in &report.errors {
+                tracing::error!(error = %e, "scaling back after a failed hold");
+            }
+            return Err(e);
+        }
+    }
     if !holds.is_empty() {
         // The bar says who is held and for how long until `release`.
         ctx.env.progress.note("");

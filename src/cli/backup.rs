@@ -494,6 +494,17 @@ fn render_plan(plan: &crate::plan::Plan, sizes: Option<&[Option<u64>]>) -> Strin
     out.push_str(&table(&rows));
     out.push_str(&group_lines(plan));
     out.push_str(&plan_hook_lines(plan));
+    for s in &plan.sources {
+        for sv in &s.services {
+            out.push_str(&format!(
+                "swarm: {}: {} ({}; tasks {})\n",
+                s.name,
+                sv.describe(),
+                sv.reason,
+                sv.tasks.join(", ")
+            ));
+        }
+    }
     if !plan.skipped.is_empty() {
         out.push_str(&format!("\n{} skipped:\n", plan.skipped.len()));
         let mut rows = vec![vec!["SOURCE".to_string(), "KIND".into(), "REASON".into()]];

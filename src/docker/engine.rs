@@ -484,11 +484,34 @@ impl Engine {
             })?
             .into_iter()
             .map(container_info)
-            .collect();
+            .collect::<Vec<_>>();
+        let services = self.services_of(&containers).await;
         Ok(Discovery {
             volumes,
             containers,
+            services,
         })
+    }
+
+    /// The services of the task containers among `containers`, one `GET /services/{id}` each (nothing is asked
+    /// when there is no task container, so an engine outside a swarm never sees a services call). A service that
+    /// cannot be read (a worker node cannot read services, or it was removed meanwhile) is left out, and its tasks
+    /// are planned like plain containers.
+    async fn services_of(&self, containers: &[ContainerInfo]) -> Vec<super::ServiceInfo> {
+        let ids: std::collections::BTreeSet<&str> = containers
+            .iter()
+            .filter_map(ContainerInfo::swarm_service_id)
+            .collect();
+        let mut out = Vec::new();
+        for id in ids {
+            match Runtime::service(self, id).await {
+                Ok(s) => out.push(s),
+                Err(e) => {
+                    tracing::warn!(service = id, error = %e, "cannot read the swarm service of a task container (voltar must run on a manager node to scale services); its tasks are planned like plain containers");
+                }
+            }
+        }
+        out
     }
 
     /// One volume by name.
@@ -633,8 +656,141 @@ impl Engine {
     }
 }
 
+/// How often an update is retried when the service's spec changed between our read and our write.
+const SCALE_ATTEMPTS: u32 = 5;
+
+fn service_info(s: bollard::models::Service) -> Result<super::ServiceInfo, String> {
+    let id = s.id.unwrap_or_default();
+    let version = s.version.and_then(|v| v.index).ok_or("no spec version")?;
+    let spec = s.spec.ok_or("no spec")?;
+    let mode = match spec.mode {
+        Some(m) if m.global.is_some() => super::ServiceMode::Global,
+        Some(m) if m.replicated.is_some() => super::ServiceMode::Replicated {
+            replicas: m.replicated.and_then(|r| r.replicas).unwrap_or(1).max(0) as u64,
+        },
+        Some(m) if m.replicated_job.is_some() => super::ServiceMode::Other("replicated-job".into()),
+        Some(m) if m.global_job.is_some() => super::ServiceMode::Other("global-job".into()),
+        // The engine's default mode.
+        _ => super::ServiceMode::Replicated { replicas: 1 },
+    };
+    let container_labels = spec
+        .task_template
+        .as_ref()
+        .and_then(|t| t.container_spec.as_ref())
+        .and_then(|c| c.labels.clone())
+        .unwrap_or_default();
+    Ok(super::ServiceInfo {
+        name: spec.name.unwrap_or_else(|| id.clone()),
+        id,
+        version,
+        mode,
+        labels: spec.labels.unwrap_or_default().into_iter().collect(),
+        container_labels: container_labels.into_iter().collect(),
+    })
+}
+
+impl Engine {
+    async fn inspect_service_raw(&self, id: &str) -> Result<bollard::models::Service, DockerError> {
+        self.docker
+            .inspect_service(id, None::<bollard::query_parameters::InspectServiceOptions>)
+            .await
+            .map_err(|e| {
+                self.map_err(&format!("reading swarm service {id}"), e, || {
+                    DockerError::NoSuchService(id.to_string())
+                })
+            })
+    }
+}
+
 #[async_trait]
 impl Runtime for Engine {
+    async fn service(&self, id: &str) -> Result<super::ServiceInfo, DockerError> {
+        service_info(self.inspect_service_raw(id).await?).map_err(|m| DockerError::Api {
+            action: format!("reading swarm service {id}"),
+            message: m,
+        })
+    }
+
+    async fn scale_service(&self, id: &str, replicas: u64) -> Result<(), DockerError> {
+        let action = format!("scaling swarm service {id} to {replicas}");
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            // The whole spec goes back with only the replica count changed, naming the version it was read at:
+            // the engine refuses the write if anyone changed the service in between, and we read it again.
+            let svc = self.inspect_service_raw(id).await?;
+            let version = svc.version.as_ref().and_then(|v| v.index).unwrap_or(0);
+            let mut spec = svc.spec.unwrap_or_default();
+            match spec.mode.as_mut().and_then(|m| m.replicated.as_mut()) {
+                Some(r) => r.replicas = Some(i64::try_from(replicas).unwrap_or(i64::MAX)),
+                None => {
+                    return Err(DockerError::Api {
+                        action,
+                        message: "not a replicated service: only replicated services can be scaled"
+                            .into(),
+                    })
+                }
+            }
+            let opts = bollard::query_parameters::UpdateServiceOptionsBuilder::new()
+                .version(i32::try_from(version).map_err(|_| DockerError::Api {
+                    action: action.clone(),
+                    message: format!("spec version {version} does not fit the API's version field"),
+                })?)
+                .build();
+            match self.docker.update_service(id, spec, opts, None).await {
+                Ok(_) => return Ok(()),
+                // "update out of sequence": the spec changed since we read it.
+                Err(BollardError::DockerResponseServerError { message, .. })
+                    if message.contains("out of sequence") && attempt < SCALE_ATTEMPTS =>
+                {
+                    tracing::debug!(
+                        service = id,
+                        attempt,
+                        "service changed while scaling it; reading it again"
+                    );
+                }
+                Err(e) => {
+                    return Err(
+                        self.map_err(&action, e, || DockerError::NoSuchService(id.to_string()))
+                    )
+                }
+            }
+        }
+    }
+
+    async fn service_tasks_up(&self, id: &str) -> Result<Vec<String>, DockerError> {
+        let filters: HashMap<String, Vec<String>> = HashMap::from([(
+            "label".to_string(),
+            vec![format!("{}={id}", super::LABEL_SWARM_SERVICE_ID)],
+        )]);
+        let list = self
+            .docker
+            .list_containers(Some(
+                ListContainersOptionsBuilder::new()
+                    .all(true)
+                    .filters(&filters)
+                    .build(),
+            ))
+            .await
+            .map_err(|e| {
+                self.map_err("listing containers", e, || DockerError::Api {
+                    action: "listing containers".into(),
+                    message: "not found".into(),
+                })
+            })?;
+        Ok(list
+            .into_iter()
+            .map(container_info)
+            .filter(|c| {
+                matches!(
+                    c.state,
+                    ContainerState::Running | ContainerState::Paused | ContainerState::Restarting
+                )
+            })
+            .map(|c| c.name)
+            .collect())
+    }
+
     async fn state(&self, id: &str) -> Result<ContainerState, DockerError> {
         let c = self.inspect_container(id).await?;
         let status = c

@@ -18,6 +18,8 @@ pub use exec::{Captured, ExecEnd, ExecOutcome, ExecSpec, ExecStdout, Killed};
 pub const LABEL_COMPOSE_PROJECT: &str = "com.docker.compose.project";
 pub const LABEL_COMPOSE_SERVICE: &str = "com.docker.compose.service";
 pub const LABEL_SWARM_SERVICE: &str = "com.docker.swarm.service.name";
+/// The id of the Swarm service a task container belongs to (set by the engine on every task container).
+pub const LABEL_SWARM_SERVICE_ID: &str = "com.docker.swarm.service.id";
 
 /// A named volume as the engine reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -117,6 +119,44 @@ impl ContainerInfo {
     pub fn swarm_service(&self) -> Option<&str> {
         self.labels.get(LABEL_SWARM_SERVICE).map(String::as_str)
     }
+    pub fn swarm_service_id(&self) -> Option<&str> {
+        self.labels.get(LABEL_SWARM_SERVICE_ID).map(String::as_str)
+    }
+}
+
+/// How a Swarm service runs its tasks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServiceMode {
+    /// A fixed number of tasks: can be scaled to 0 and back.
+    Replicated { replicas: u64 },
+    /// One task per node: cannot be scaled.
+    Global,
+    /// Jobs (`replicated-job`, `global-job`) and anything newer: never scaled by voltar.
+    Other(String),
+}
+
+impl fmt::Display for ServiceMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServiceMode::Replicated { replicas } => write!(f, "replicated, {replicas} replica(s)"),
+            ServiceMode::Global => f.write_str("global"),
+            ServiceMode::Other(m) => f.write_str(m),
+        }
+    }
+}
+
+/// A Swarm service as far as quiesce needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceInfo {
+    pub id: String,
+    pub name: String,
+    /// The spec's version: an update must name it (the engine refuses an update of an outdated version).
+    pub version: u64,
+    pub mode: ServiceMode,
+    /// The service's own labels (`docker service create --label`).
+    pub labels: BTreeMap<String, String>,
+    /// The labels its task containers get (`--container-label`); the engine shows them on each task container too.
+    pub container_labels: BTreeMap<String, String>,
 }
 
 /// Everything discovery found on the engine.
@@ -125,6 +165,9 @@ pub struct Discovery {
     pub volumes: Vec<VolumeInfo>,
     /// All containers, running or not.
     pub containers: Vec<ContainerInfo>,
+    /// The Swarm services of the task containers among `containers` (none on an engine outside a swarm, and
+    /// none on a worker node, which cannot read services).
+    pub services: Vec<ServiceInfo>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -139,6 +182,8 @@ pub enum DockerError {
     NoSuchContainer(String),
     #[error("volume {0} not found (see `voltar plan` for the volumes voltar can see)")]
     NoSuchVolume(String),
+    #[error("swarm service {0} not found")]
+    NoSuchService(String),
     #[error("volume {0} already exists")]
     VolumeExists(String),
     /// The engine answered with an error: it refused, nothing was done. (Timeouts are `Unreachable`: unknown.)
@@ -187,6 +232,29 @@ pub trait Runtime: Send + Sync {
             action: "running a command".into(),
             message: "this runtime cannot run commands".into(),
         })
+    }
+    /// A Swarm service by id, read now (mode, replicas, spec version).
+    async fn service(&self, id: &str) -> Result<ServiceInfo, DockerError> {
+        Err(no_swarm(id))
+    }
+    /// Set a replicated service's replica count (retrying when the spec changed under us); returns at once,
+    /// the orchestrator starts or stops the tasks afterwards.
+    async fn scale_service(&self, id: &str, replicas: u64) -> Result<(), DockerError> {
+        let _ = replicas;
+        Err(no_swarm(id))
+    }
+    /// Names of the service's task containers on this engine that are up (running, paused or restarting): the
+    /// ones that may still write to its volumes.
+    async fn service_tasks_up(&self, id: &str) -> Result<Vec<String>, DockerError> {
+        Err(no_swarm(id))
+    }
+}
+
+/// What a runtime without Swarm support answers.
+fn no_swarm(id: &str) -> DockerError {
+    DockerError::Api {
+        action: format!("reading swarm service {id}"),
+        message: "this runtime has no swarm services".into(),
     }
 }
 

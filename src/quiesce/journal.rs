@@ -43,6 +43,15 @@ pub(super) enum Record {
         state_before: String,
         at: String,
     },
+    /// Written (and fsynced) before a Swarm service is scaled to 0: "service scaled from `replicas`". Recover
+    /// scales it back to `replicas` if it is still at 0.
+    Scale {
+        seq: u64,
+        id: String,
+        name: String,
+        replicas: u64,
+        at: String,
+    },
     /// Written (and fsynced) before a leftover is created, e.g. a restore's staging directory.
     Create {
         seq: u64,
@@ -164,10 +173,20 @@ pub(super) struct Pending {
     pub(super) since: Instant,
 }
 
+/// A Swarm service this run scaled to 0 and has not scaled back yet.
+#[derive(Clone, Debug)]
+pub(super) struct PendingService {
+    pub(super) id: String,
+    pub(super) name: String,
+    pub(super) replicas: u64,
+    pub(super) since: Instant,
+}
+
 struct Inner {
     file: File,
     next_seq: u64,
     pending: BTreeMap<u64, Pending>,
+    services: BTreeMap<u64, PendingService>,
     /// The quiesce locks of pending containers, released when their entry is done.
     locks: BTreeMap<u64, ContainerLock>,
     /// Leftovers journaled and not removed yet.
@@ -252,6 +271,7 @@ impl Journal {
                 file,
                 next_seq: 0,
                 pending: BTreeMap::new(),
+                services: BTreeMap::new(),
                 locks: BTreeMap::new(),
                 leftovers: BTreeMap::new(),
                 poisoned: false,
@@ -341,11 +361,55 @@ impl Journal {
         Ok(seq)
     }
 
+    /// Journal a service before it is scaled to 0 from `replicas`; its quiesce lock stays with the entry.
+    pub(super) fn begin_scale(
+        &self,
+        id: &str,
+        name: &str,
+        replicas: u64,
+        lock: Option<ContainerLock>,
+    ) -> Result<u64, QuiesceError> {
+        let mut inner = self.lock_inner();
+        let seq = self.record(&mut inner, |seq| Record::Scale {
+            seq,
+            id: id.to_string(),
+            name: name.to_string(),
+            replicas,
+            at: now_rfc3339(),
+        })?;
+        if let Some(l) = lock {
+            inner.locks.insert(seq, l);
+        }
+        inner.services.insert(
+            seq,
+            PendingService {
+                id: id.to_string(),
+                name: name.to_string(),
+                replicas,
+                since: Instant::now(),
+            },
+        );
+        Ok(seq)
+    }
+
+    pub(super) fn pending_services(&self) -> Vec<(u64, PendingService)> {
+        self.lock_inner()
+            .services
+            .iter()
+            .map(|(s, p)| (*s, p.clone()))
+            .collect()
+    }
+
+    pub(super) fn is_pending_service(&self, seq: u64) -> bool {
+        self.lock_inner().services.contains_key(&seq)
+    }
+
     /// Mark an entry resumed (or a leftover removed). A failure here is harmless (recover will find the
     /// container running, the leftover gone) and is logged. Releases the container's quiesce lock last.
     pub(super) fn done(&self, seq: u64) {
         let mut inner = self.lock_inner();
         inner.pending.remove(&seq);
+        inner.services.remove(&seq);
         inner.leftovers.remove(&seq);
         if !inner.poisoned {
             let rec = Record::Done {
@@ -389,12 +453,19 @@ impl Journal {
         self.lock_inner().pending.contains_key(&seq)
     }
 
-    /// Names of the containers journaled and not resumed yet.
+    /// Names of the containers (and `service NAME` of the services) journaled and not resumed yet.
     pub fn pending(&self) -> Vec<String> {
-        self.lock_inner()
+        let inner = self.lock_inner();
+        inner
             .pending
             .values()
             .map(|p| p.name.clone())
+            .chain(
+                inner
+                    .services
+                    .values()
+                    .map(|s| format!("service {}", s.name)),
+            )
             .collect()
     }
 
@@ -411,7 +482,7 @@ impl Drop for Journal {
         if inner.abandon {
             return;
         }
-        if inner.pending.is_empty() && inner.leftovers.is_empty() {
+        if inner.pending.is_empty() && inner.services.is_empty() && inner.leftovers.is_empty() {
             // Everything is back: the journal has nothing left to say. Unlink while still holding the lock, so a
             // concurrent recover that opened it sees the inode is gone and skips it.
             if let Err(e) = fs::remove_file(&self.path) {
@@ -419,8 +490,18 @@ impl Drop for Journal {
             } else {
                 let _ = fsync_dir(&self.dir);
             }
-        } else if !inner.pending.is_empty() {
-            let names: Vec<&str> = inner.pending.values().map(|p| p.name.as_str()).collect();
+        } else if !inner.pending.is_empty() || !inner.services.is_empty() {
+            let names: Vec<String> = inner
+                .pending
+                .values()
+                .map(|p| p.name.clone())
+                .chain(
+                    inner
+                        .services
+                        .values()
+                        .map(|s| format!("service {}", s.name)),
+                )
+                .collect();
             tracing::error!(
                 journal = %self.path.display(),
                 containers = ?names,

@@ -53,6 +53,18 @@
 //!   A container with hooks is locked longer: from before its pre-backup hook until after its post-backup hook
 //!   ([`Quiescer::lock_containers`], then [`Quiescer::hold_locked`]), so two runs never interleave one
 //!   container's hooks and reads.
+//! * **Swarm services are scaled, never their tasks stopped.** Stopping a task container makes the orchestrator
+//!   start a replacement (writing to the volume while it is read), so a replicated service whose tasks use a
+//!   source with quiesce `stop` is scaled to 0 ([`Quiescer::scale_down`], before the containers are held) and back
+//!   to its replica count at release. The replica count is journaled ("scaled from N", a `scale` record) and
+//!   fsynced before the scale-down; the service's quiesce lock (`service_<id>` beside the containers' locks) is
+//!   kept until it is back. The hold waits until the service's task containers on this engine are down (stop
+//!   timeout + [`SERVICE_DOWN_MARGIN`]), else scales it back and fails. Release and recover scale it back only
+//!   while it is still at 0: a user who rescaled it meanwhile is not fought. A global service (or a job) cannot be
+//!   scaled: `scale_down` refuses it untouched, naming the label to set (`voltar.quiesce=pause`: pausing a task
+//!   does not make swarm replace it — seen on Engine 20.10 for 25 s, also with a 1 s healthcheck). Rejected: stopping
+//!   the task container and racing the orchestrator; updating the service with a placement constraint that
+//!   excludes this node (it rewrites the user's spec, and a crash leaves that rewrite behind).
 //! * **Leftovers are journaled too** (row 26). A restore's staging directory is journaled before it is created
 //!   and marked done when it is removed; `recover` (and so the next backup or restore) removes what a killed
 //!   run left and reports it with its size. [`Leftover`] is the place for other things a run creates and must
@@ -76,12 +88,13 @@ mod recover;
 
 pub use journal::{journal_dir, Journal, Leftover, JOURNAL_DIR, STAGING_PREFIX};
 pub use quiescer::{
-    see_through_other_runs, ContainerLocks, Held, HeldContainer, Hold, Quiescer, ReleaseOutcome,
-    ReleaseReport, Released, Skipped, QUIESCE_WAIT,
+    see_through_other_runs, ContainerLocks, Held, HeldContainer, HeldService, Hold, Quiescer,
+    ReleaseOutcome, ReleaseReport, Released, ReleasedService, ServiceHold, ServiceOutcome, Skipped,
+    QUIESCE_WAIT, SERVICE_DOWN_MARGIN,
 };
 pub use recover::{
     recover, recover_run, LeftoverOutcome, RecoverOutcome, RecoverReport, Recovered,
-    RecoveredLeftover,
+    RecoveredLeftover, RecoveredService,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +122,31 @@ pub enum QuiesceError {
         id: String,
         name: String,
         action: QuiesceAction,
+        #[source]
+        source: Box<DockerError>,
+    },
+    /// A Swarm service could not be scaled to 0; whatever this hold changed was put back.
+    #[error("cannot scale swarm service {name} to 0: {source}")]
+    Scale {
+        name: String,
+        #[source]
+        source: Box<DockerError>,
+    },
+    /// A global service (or a job) cannot be scaled to 0, and stopping its task would only make swarm replace it.
+    #[error("swarm service {name} is {mode} and cannot be scaled to 0 (stopping its task would only make swarm replace it): set the label voltar.quiesce=pause on the service (pauses its task on this node while the volume is read) or voltar.quiesce=none")]
+    NotScalable { name: String, mode: String },
+    /// The service was scaled to 0, but its task containers here did not go down in time; it was scaled back.
+    #[error("swarm service {name} was scaled to 0 but its tasks {} were still up after {}; it was scaled back and the source not read", tasks.join(", "), humantime::format_duration(*.waited))]
+    TasksStillUp {
+        name: String,
+        tasks: Vec<String>,
+        waited: Duration,
+    },
+    /// A service could not be scaled back: it is still at 0 replicas.
+    #[error("swarm service {name} is still scaled to 0: {source}: run `voltar recover` or `docker service scale {name}={replicas}`")]
+    ScaleBack {
+        name: String,
+        replicas: u64,
         #[source]
         source: Box<DockerError>,
     },
@@ -148,7 +186,7 @@ impl QuiesceError {
     pub fn leaves_containers_quiesced(&self) -> bool {
         match self {
             QuiesceError::Hold { still_held, .. } => !still_held.is_empty(),
-            QuiesceError::Resume { .. } => true,
+            QuiesceError::Resume { .. } | QuiesceError::ScaleBack { .. } => true,
             _ => false,
         }
     }
@@ -192,5 +230,7 @@ fn still_note(still: &[String]) -> String {
     }
 }
 
+#[cfg(test)]
+mod service_tests;
 #[cfg(test)]
 mod tests;

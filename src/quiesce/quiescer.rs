@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use super::order::{stop_order, Node};
 use super::{Journal, QuiesceError};
 use crate::catalog::QuiesceAction;
-use crate::docker::{ContainerInfo, ContainerState, DockerError, Runtime};
+use crate::docker::{ContainerInfo, ContainerState, DockerError, Runtime, ServiceMode};
 use crate::lock::ContainerLock;
 
 /// How long `hold` waits for another voltar run to resume a container it holds before failing that source: the
@@ -31,12 +31,39 @@ pub struct Hold {
     pub stop_timeout: Duration,
 }
 
+/// A Swarm service to scale to 0 while a source is read (instead of stopping its task containers, which the
+/// orchestrator would replace at once).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceHold {
+    pub id: String,
+    pub name: String,
+    /// The task containers' stop grace period: how long their tasks may take to go down, on top of
+    /// [`SERVICE_DOWN_MARGIN`].
+    pub stop_timeout: Duration,
+}
+
+/// How long, beyond the tasks' stop grace period, `scale_down` waits for a service's task containers on this
+/// engine to be down before it gives up (and scales the service back).
+pub const SERVICE_DOWN_MARGIN: Duration = Duration::from_secs(60);
+
 /// What `hold` did: the containers it quiesced, and the ones it found not running and left alone.
 #[must_use = "containers stay paused or stopped until `Quiescer::release` is called"]
 #[derive(Debug, Default)]
 pub struct Held {
     held: Vec<HeldContainer>,
     skipped: Vec<Skipped>,
+    services: Vec<HeldService>,
+}
+
+/// A Swarm service `scale_down` scaled to 0.
+#[derive(Clone, Debug)]
+pub struct HeldService {
+    pub id: String,
+    pub name: String,
+    /// The replica count it had, and gets back.
+    pub replicas: u64,
+    seq: u64,
+    since: Instant,
 }
 
 /// A container `hold` paused or stopped.
@@ -66,15 +93,30 @@ impl Held {
     pub fn skipped(&self) -> &[Skipped] {
         &self.skipped
     }
+    /// The services scaled to 0, in the order they were scaled.
+    pub fn services(&self) -> &[HeldService] {
+        &self.services
+    }
     pub fn is_empty(&self) -> bool {
-        self.held.is_empty()
+        self.held.is_empty() && self.services.is_empty()
+    }
+    /// Take over what `other` holds (released after what `self` held before).
+    pub fn absorb(&mut self, mut other: Held) {
+        self.held.append(&mut other.held);
+        self.skipped.append(&mut other.skipped);
+        self.services.append(&mut other.services);
     }
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
-        if !self.held.is_empty() {
-            let names: Vec<&str> = self.held.iter().map(|h| h.name.as_str()).collect();
+        if !self.is_empty() {
+            let names: Vec<&str> = self
+                .held
+                .iter()
+                .map(|h| h.name.as_str())
+                .chain(self.services.iter().map(|s| s.name.as_str()))
+                .collect();
             tracing::error!(containers = ?names, "quiesced containers dropped without release (bug); they stay in the journal");
         }
     }
@@ -109,10 +151,33 @@ impl Released {
     }
 }
 
+/// One service after release.
+#[derive(Clone, Debug)]
+pub struct ReleasedService {
+    pub id: String,
+    pub name: String,
+    pub replicas: u64,
+    /// From just before the scale-down to just after the scale-up was accepted (its tasks start after that).
+    pub downtime: Duration,
+    pub outcome: ServiceOutcome,
+}
+
+/// What became of a service voltar scaled to 0.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ServiceOutcome {
+    /// Scaled back to its replica count.
+    ScaledBack,
+    /// Someone else changed its replica count meanwhile (to this): left alone.
+    LeftAlone(u64),
+    /// Removed meanwhile.
+    Gone,
+}
+
 /// What `release` did; it tries every container, so there may be several errors.
 #[derive(Debug, Default)]
 pub struct ReleaseReport {
     pub released: Vec<Released>,
+    pub services: Vec<ReleasedService>,
     pub errors: Vec<QuiesceError>,
 }
 
@@ -425,6 +490,7 @@ impl<'a> Quiescer<'a> {
     /// Resume `held` in reverse order. Tries every container even when one fails; errors are in the report.
     pub async fn release(&self, mut held: Held) -> ReleaseReport {
         let mut report = ReleaseReport::default();
+        let services = std::mem::take(&mut held.services);
         let containers = std::mem::take(&mut held.held);
         for c in containers.iter().rev() {
             // release_pending may have resumed it already.
@@ -436,6 +502,18 @@ impl<'a> Quiescer<'a> {
                 .await
             {
                 Ok(r) => report.released.push(r),
+                Err(e) => report.errors.push(e),
+            }
+        }
+        for s in services.iter().rev() {
+            if !self.journal.is_pending_service(s.seq) {
+                continue;
+            }
+            match self
+                .scale_back(s.seq, &s.id, &s.name, s.replicas, s.since)
+                .await
+            {
+                Ok(r) => report.services.push(r),
                 Err(e) => report.errors.push(e),
             }
         }
@@ -455,7 +533,137 @@ impl<'a> Quiescer<'a> {
                 Err(e) => report.errors.push(e),
             }
         }
+        for (seq, p) in self.journal.pending_services().into_iter().rev() {
+            match self
+                .scale_back(seq, &p.id, &p.name, p.replicas, p.since)
+                .await
+            {
+                Ok(r) => report.services.push(r),
+                Err(e) => report.errors.push(e),
+            }
+        }
         report
+    }
+
+    /// Scale `services` to 0, one after the other, each journaled ("scaled from N") before it is touched and
+    /// held under its quiesce lock; wait until each one's task containers on this engine are down. A service
+    /// already at 0 is left alone. A global service (or a job) cannot be scaled: refused, with the fix. On the
+    /// first failure the services scaled so far are scaled back before the error is returned.
+    pub async fn scale_down(&self, services: &[ServiceHold]) -> Result<Held, QuiesceError> {
+        let keyed: Vec<Hold> = services
+            .iter()
+            .map(|s| Hold {
+                id: service_lock_key(&s.id),
+                name: format!("service {}", s.name),
+                action: QuiesceAction::Stop,
+                stop_timeout: s.stop_timeout,
+            })
+            .collect();
+        let mut locks = self.lock_all(&keyed, &ContainerLocks::default()).await?;
+        let mut held = Held::default();
+        for s in services {
+            let lock = locks.remove(&service_lock_key(&s.id));
+            if let Err(err) = self.scale_down_one(s, lock, &mut held).await {
+                let report = self.release(held).await;
+                for e in &report.errors {
+                    tracing::error!(error = %e, "rolling back a failed scale-down");
+                }
+                return Err(err);
+            }
+        }
+        Ok(held)
+    }
+
+    async fn scale_down_one(
+        &self,
+        s: &ServiceHold,
+        lock: Option<ContainerLock>,
+        held: &mut Held,
+    ) -> Result<(), QuiesceError> {
+        let err = |source: DockerError| QuiesceError::Scale {
+            name: s.name.clone(),
+            source: Box::new(source),
+        };
+        // Read it now: the plan may be minutes old.
+        let svc = self.runtime.service(&s.id).await.map_err(err)?;
+        let replicas = match svc.mode {
+            ServiceMode::Replicated { replicas: 0 } => return Ok(()),
+            ServiceMode::Replicated { replicas } => replicas,
+            ServiceMode::Global | ServiceMode::Other(_) => {
+                return Err(QuiesceError::NotScalable {
+                    name: s.name.clone(),
+                    mode: svc.mode.to_string(),
+                })
+            }
+        };
+        let seq = self.journal.begin_scale(&s.id, &s.name, replicas, lock)?;
+        let since = Instant::now();
+        if let Err(e) = self.runtime.scale_service(&s.id, 0).await {
+            // Refused, or the answer was lost: put it back if it is at 0 now.
+            let _ = self.scale_back(seq, &s.id, &s.name, replicas, since).await;
+            return Err(err(e));
+        }
+        held.services.push(HeldService {
+            id: s.id.clone(),
+            name: s.name.clone(),
+            replicas,
+            seq,
+            since,
+        });
+        // The volume is quiet only once the task containers here are down (the orchestrator stops them with
+        // their grace period).
+        let waited = s.stop_timeout + SERVICE_DOWN_MARGIN;
+        let deadline = Instant::now() + waited;
+        loop {
+            let up = self.runtime.service_tasks_up(&s.id).await.map_err(err)?;
+            if up.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(QuiesceError::TasksStillUp {
+                    name: s.name.clone(),
+                    tasks: up,
+                    waited,
+                });
+            }
+            let nap = tokio::time::sleep(QUIESCE_POLL);
+            match &self.cancel {
+                Some(c) => tokio::select! {
+                    _ = c.cancelled() => return Err(QuiesceError::Interrupted { name: format!("service {}", s.name) }),
+                    _ = nap => {}
+                },
+                None => nap.await,
+            }
+        }
+    }
+
+    /// Scale a service back to `replicas`, if it is still at 0 (someone who changed it since is not fought).
+    async fn scale_back(
+        &self,
+        seq: u64,
+        id: &str,
+        name: &str,
+        replicas: u64,
+        since: Instant,
+    ) -> Result<ReleasedService, QuiesceError> {
+        let err = |source: DockerError| QuiesceError::ScaleBack {
+            name: name.to_string(),
+            replicas,
+            source: Box::new(source),
+        };
+        let outcome = match scale_back_if_untouched(self.runtime, id, replicas).await {
+            Ok(o) => o,
+            Err(e) => return Err(err(e)),
+        };
+        let downtime = since.elapsed();
+        self.journal.done(seq);
+        Ok(ReleasedService {
+            id: id.to_string(),
+            name: name.to_string(),
+            replicas,
+            downtime,
+            outcome,
+        })
     }
 
     async fn resume_one(
@@ -503,6 +711,37 @@ impl<'a> Quiescer<'a> {
     }
 }
 
+/// The quiesce lock key of a service (its own namespace beside the containers' ids).
+fn service_lock_key(id: &str) -> String {
+    format!("service_{id}")
+}
+
+/// Scale service `id` back to `replicas` when it is still at 0 as voltar left it; a service someone scaled
+/// meanwhile is left alone, a removed one is gone. Shared by release and recover.
+pub(super) async fn scale_back_if_untouched(
+    runtime: &dyn Runtime,
+    id: &str,
+    replicas: u64,
+) -> Result<ServiceOutcome, DockerError> {
+    let svc = match runtime.service(id).await {
+        Ok(s) => s,
+        Err(DockerError::NoSuchService(_)) => return Ok(ServiceOutcome::Gone),
+        Err(e) => return Err(e),
+    };
+    match svc.mode {
+        ServiceMode::Replicated { replicas: 0 } => {
+            match runtime.scale_service(id, replicas).await {
+                Ok(()) => Ok(ServiceOutcome::ScaledBack),
+                Err(DockerError::NoSuchService(_)) => Ok(ServiceOutcome::Gone),
+                Err(e) => Err(e),
+            }
+        }
+        ServiceMode::Replicated { replicas: now } => Ok(ServiceOutcome::LeftAlone(now)),
+        // Someone replaced it with a service of another mode: not ours to touch.
+        _ => Ok(ServiceOutcome::LeftAlone(0)),
+    }
+}
+
 /// Whether `state` is what `action` leaves behind (so it is ours to undo).
 pub(super) fn still_quiesced(action: QuiesceAction, state: &ContainerState) -> bool {
     match action {
@@ -513,7 +752,7 @@ pub(super) fn still_quiesced(action: QuiesceAction, state: &ContainerState) -> b
 }
 
 /// At plan time: a container that another live voltar run holds paused or stopped right now (that run holds its
-/// quiesce lock) is, for its user, running — that run resumes it soon. Mark it running, so the plan quiesces it
+/// quiesce lock, or the lock of the Swarm service it is a task of) is, for its user, running — that run resumes it soon. Mark it running, so the plan quiesces it
 /// again (and `hold` waits for the other run first) instead of taking that run's pause for the user's. A
 /// container paused or stopped while its lock is free is left as found. Returns the names it changed.
 pub fn see_through_other_runs(state_dir: &Path, containers: &mut [ContainerInfo]) -> Vec<String> {
@@ -522,7 +761,12 @@ pub fn see_through_other_runs(state_dir: &Path, containers: &mut [ContainerInfo]
         if !matches!(c.state, ContainerState::Paused | ContainerState::Exited) {
             continue;
         }
-        if let Some(pid) = ContainerLock::holder(state_dir, &c.id) {
+        // A task of a service another run scaled to 0: that run scales it back soon, so plan the service again.
+        let holder = ContainerLock::holder(state_dir, &c.id).or_else(|| {
+            c.swarm_service_id()
+                .and_then(|id| ContainerLock::holder(state_dir, &service_lock_key(id)))
+        });
+        if let Some(pid) = holder {
             tracing::info!(
                 container = %c.name,
                 state = %c.state,

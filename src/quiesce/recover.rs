@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use super::journal::{fsync_dir, journal_dir, Leftover, Record, STAGING_PREFIX};
-use super::quiescer::still_quiesced;
+use super::quiescer::{scale_back_if_untouched, still_quiesced, ServiceOutcome};
 use super::QuiesceError;
 use crate::catalog::QuiesceAction;
 use crate::docker::{ContainerState, DockerError, Runtime};
@@ -44,6 +44,18 @@ pub struct Recovered {
     pub outcome: RecoverOutcome,
 }
 
+/// What recover did to one Swarm service an abandoned journal says was scaled to 0.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecoveredService {
+    pub id: String,
+    pub name: String,
+    /// The replica count it had before the interrupted run scaled it to 0.
+    pub replicas: u64,
+    /// Back at `replicas`, left alone (changed by someone since), gone; `Err`: could not be scaled back, the
+    /// journal is kept.
+    pub outcome: Result<ServiceOutcome, String>,
+}
+
 /// What [`recover`] found and did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RecoverReport {
@@ -54,6 +66,8 @@ pub struct RecoverReport {
     /// Journals of runs still alive: left alone.
     pub live: usize,
     pub containers: Vec<Recovered>,
+    /// Swarm services dead runs scaled to 0.
+    pub services: Vec<RecoveredService>,
     /// Leftovers of dead runs (restore staging directories) and what became of them.
     pub leftovers: Vec<RecoveredLeftover>,
     /// Problems other than containers: unreadable journal lines, files that could not be removed.
@@ -126,6 +140,24 @@ impl RecoverReport {
                 format!("container {}: {what}", c.name)
             })
             .collect();
+        for sv in &self.services {
+            let n = sv.replicas;
+            out.push(match &sv.outcome {
+                Ok(ServiceOutcome::ScaledBack) => format!(
+                    "service {}: scaled back to {n} replica(s) (left at 0 by an interrupted run)",
+                    sv.name
+                ),
+                Ok(ServiceOutcome::LeftAlone(now)) => format!(
+                    "service {}: at {now} replica(s), not the 0 an interrupted run left: left alone (changed by someone else since; it had {n})",
+                    sv.name
+                ),
+                Ok(ServiceOutcome::Gone) => format!("service {}: no longer exists", sv.name),
+                Err(e) => format!(
+                    "service {}: could not be scaled back to {n}: {e} (journal kept; run `voltar recover` again)",
+                    sv.name
+                ),
+            });
+        }
         for l in &self.leftovers {
             out.push(match &l.outcome {
                 LeftoverOutcome::Removed { bytes } => format!(
@@ -238,10 +270,19 @@ pub(super) struct OpenEntry {
     pub(super) action: QuiesceAction,
 }
 
+/// A journaled scale-down with no `done` record.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct OpenService {
+    pub(super) id: String,
+    pub(super) name: String,
+    pub(super) replicas: u64,
+}
+
 /// What a journal's text says is still open, in journal order.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(super) struct Parsed {
     pub(super) containers: Vec<OpenEntry>,
+    pub(super) services: Vec<OpenService>,
     pub(super) leftovers: Vec<Leftover>,
     /// Descriptions of unreadable lines.
     pub(super) problems: Vec<String>,
@@ -250,6 +291,7 @@ pub(super) struct Parsed {
 pub(super) fn parse_journal(text: &str) -> Parsed {
     let mut holds: BTreeMap<u64, OpenEntry> = BTreeMap::new();
     let mut leftovers: BTreeMap<u64, Leftover> = BTreeMap::new();
+    let mut services: BTreeMap<u64, OpenService> = BTreeMap::new();
     let mut problems = Vec::new();
     let lines: Vec<&str> = text.split('\n').collect();
     let last = lines.len().saturating_sub(1);
@@ -270,8 +312,18 @@ pub(super) fn parse_journal(text: &str) -> Parsed {
             Ok(Record::Create { seq, leftover, .. }) => {
                 leftovers.insert(seq, leftover);
             }
+            Ok(Record::Scale {
+                seq,
+                id,
+                name,
+                replicas,
+                ..
+            }) => {
+                services.insert(seq, OpenService { id, name, replicas });
+            }
             Ok(Record::Done { seq, .. }) => {
                 holds.remove(&seq);
+                services.remove(&seq);
                 leftovers.remove(&seq);
             }
             // A last line without its newline is a write cut short by the crash; we fsync before acting, so the
@@ -282,6 +334,7 @@ pub(super) fn parse_journal(text: &str) -> Parsed {
     }
     Parsed {
         containers: holds.into_values().collect(),
+        services: services.into_values().collect(),
         leftovers: leftovers.into_values().collect(),
         problems,
     }
@@ -352,6 +405,7 @@ async fn recover_one(
     }
     let Parsed {
         containers: entries,
+        services,
         leftovers,
         problems,
     } = parse_journal(&text);
@@ -391,6 +445,22 @@ async fn recover_one(
             id,
             name,
             action,
+            outcome,
+        });
+    }
+    // Services after the containers: a hold scales its services before it pauses or stops containers.
+    for OpenService { id, name, replicas } in services.into_iter().rev() {
+        let outcome = scale_back_if_untouched(runtime, &id, replicas)
+            .await
+            .map_err(|e| e.to_string());
+        if outcome.is_err() {
+            keep = true;
+        }
+        tracing::info!(service = %name, replicas, outcome = ?outcome, "recover");
+        report.services.push(RecoveredService {
+            id,
+            name,
+            replicas,
             outcome,
         });
     }

@@ -2,6 +2,8 @@
 //! backup, swap, restart.
 
 use super::*;
+use crate::plan::PlannedService;
+use crate::quiesce::{ServiceHold, ServiceOutcome};
 
 /// What every source of one restore shares: the request, the opened target and keys, the backup, the engine and
 /// the journal (with the quiescer on them), progress and the cancel token.
@@ -157,6 +159,7 @@ async fn restore_source(ctx: &ApplyCtx<'_>, sp: SourcePlan) -> Result<SourceRest
         mut path,
         create_volume,
         users,
+        services,
     } = sp;
     ctx.progress
         .phase(&format!("restore {} -> {destination}", src.name));
@@ -176,7 +179,15 @@ async fn restore_source(ctx: &ApplyCtx<'_>, sp: SourcePlan) -> Result<SourceRest
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
 
-    let result = restore_one(ctx, &src, &path, create_volume, &users, &mut sr).await;
+    let result = restore_one(
+        ctx,
+        &src,
+        &path,
+        create_volume,
+        (&users, &services),
+        &mut sr,
+    )
+    .await;
     match result {
         // Restored: `Ok`, or `Unprotected` when the safety copy could not be committed.
         Ok(status) => sr.status = status,
@@ -245,7 +256,7 @@ async fn restore_one(
     src: &SourceRecord,
     path: &Path,
     fresh: bool,
-    users: &[PlannedContainer],
+    users: (&[PlannedContainer], &[PlannedService]),
     sr: &mut SourceRestore,
 ) -> Result<RestoreStatus> {
     let wants_safety = !fresh && !ctx.args.no_safety_backup && dir_has_entries(path);
@@ -323,12 +334,28 @@ async fn stopped_for_swap(
     ctx: &ApplyCtx<'_>,
     src: &SourceRecord,
     path: &Path,
-    users: &[PlannedContainer],
+    (users, services): (&[PlannedContainer], &[PlannedService]),
     safety: Safety,
     staging: &mut Staging,
     sr: &mut SourceRestore,
 ) -> Result<Result<()>> {
     let holds = stop_holds(users);
+    // Swarm services first: scaled to 0 (their tasks go down with their grace period), never their tasks
+    // stopped, which swarm would replace.
+    let scaled: Vec<ServiceHold> = services
+        .iter()
+        .map(|s| ServiceHold {
+            id: s.id.clone(),
+            name: s.name.clone(),
+            stop_timeout: s.stop_timeout,
+        })
+        .collect();
+    if !scaled.is_empty() {
+        let names: Vec<&str> = scaled.iter().map(|s| s.name.as_str()).collect();
+        ctx.progress
+            .note(&format!("scaling service(s) {} to 0…", names.join(", ")));
+    }
+    let mut held = ctx.quiescer.scale_down(&scaled).await?;
     if !holds.is_empty() {
         let stopping: Vec<String> = holds
             .iter()
@@ -337,7 +364,16 @@ async fn stopped_for_swap(
         ctx.progress
             .note(&format!("stopping {}…", stopping.join(", ")));
     }
-    let held = ctx.quiescer.hold(&holds).await?;
+    match ctx.quiescer.hold(&holds).await {
+        Ok(h) => held.absorb(h),
+        Err(e) => {
+            let report = ctx.quiescer.release(held).await;
+            for e in &report.errors {
+                tracing::error!(error = %e, "scaling back after a failed stop");
+            }
+            return Err(e.into());
+        }
+    }
     if !holds.is_empty() {
         let names: Vec<String> = holds.iter().map(|h| h.name.clone()).collect();
         ctx.progress.note("");
@@ -369,7 +405,18 @@ async fn stopped_for_swap(
     .await;
     let released = ctx.quiescer.release(held).await;
     ctx.progress.released();
-    sr.restarted = released.released.iter().map(|c| c.name.clone()).collect();
+    sr.restarted = released
+        .released
+        .iter()
+        .map(|c| c.name.clone())
+        .chain(
+            released
+                .services
+                .iter()
+                .filter(|s| s.outcome == ServiceOutcome::ScaledBack)
+                .map(|s| format!("service {}", s.name)),
+        )
+        .collect();
     sr.downtime_ms = released
         .released
         .iter()
@@ -433,6 +480,7 @@ async fn safety_backup(
             driver_opts: src.driver_opts.clone(),
             labels: src.labels.clone(),
             containers: vec![],
+            services: vec![],
             reason: "safety backup before restore".into(),
         }],
         ..Default::default()

@@ -423,6 +423,7 @@ pub(crate) mod tests {
                     user("db", QuiesceAction::Stop),
                     user("old", QuiesceAction::None),
                 ],
+                services: vec![],
             }],
             paths: vec![],
             recovered: vec![],

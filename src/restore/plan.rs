@@ -25,15 +25,20 @@ pub struct SourcePlan {
     pub create_volume: bool,
     /// Containers that use the destination; those to stop have [`QuiesceAction::Stop`].
     pub users: Vec<PlannedContainer>,
+    /// Swarm services whose running tasks use the destination: scaled to 0 for the swap and back after (their
+    /// task containers are never stopped directly: swarm would replace them).
+    pub services: Vec<crate::plan::PlannedService>,
 }
 
 impl SourcePlan {
-    /// Names of the containers stopped (and restarted) for this source.
+    /// Names of the containers stopped (and restarted) for this source, and `service NAME` of the services
+    /// scaled to 0 (and back).
     pub fn stops(&self) -> Vec<String> {
         self.users
             .iter()
             .filter(|u| u.action == QuiesceAction::Stop)
             .map(|u| u.name.clone())
+            .chain(self.services.iter().map(|s| format!("service {}", s.name)))
             .collect()
     }
 }
@@ -122,7 +127,7 @@ pub async fn plan(
     for src in &chosen {
         let (destination, path, create_volume) =
             destination(args, &engine, src, chosen.len() > 1).await?;
-        let users = users_of(config, args, &discovery.containers, &destination)?;
+        let (users, services) = users_of(config, args, &discovery, &destination)?;
         if let Destination::Dir(d) = &destination {
             if args.to_dir.is_some() && !args.force && dir_has_entries(d) && paths.is_empty() {
                 bail!(
@@ -137,6 +142,7 @@ pub async fn plan(
             path,
             create_volume,
             users,
+            services,
         });
     }
     let plan = RestorePlan {
@@ -279,16 +285,18 @@ async fn destination(
     })
 }
 
-/// The containers that use `destination`: the running ones are stopped. A swarm task or a paused container
-/// using it stops the plan (the fix is the user's).
+/// The containers that use `destination`: the running ones are stopped, except Swarm tasks, whose replicated
+/// service is scaled to 0 instead (once per service). A task of a service that cannot be scaled (global, a job,
+/// or not readable from here) or a paused container using it stops the plan (the fix is the user's).
 fn users_of(
     config: &Config,
     args: &RestoreRequest,
-    containers: &[ContainerInfo],
+    discovery: &crate::docker::Discovery,
     destination: &Destination,
-) -> Result<Vec<PlannedContainer>> {
+) -> Result<(Vec<PlannedContainer>, Vec<crate::plan::PlannedService>)> {
     let mut users: Vec<PlannedContainer> = Vec::new();
-    for c in containers {
+    let mut services: Vec<crate::plan::PlannedService> = Vec::new();
+    for c in &discovery.containers {
         let uses = c.mounts.iter().any(|m| match destination {
             Destination::Volume(v) => m.name.as_deref() == Some(v.as_str()),
             Destination::Dir(d) => {
@@ -298,8 +306,43 @@ fn users_of(
         if !uses {
             continue;
         }
-        if let Some(svc) = c.swarm_service() {
-            bail!("{destination} is used by swarm service {svc} (task {}): scale it to 0 first (`docker service scale {svc}=0`), restore, then scale it back", c.name);
+        let service = c
+            .swarm_service_id()
+            .and_then(|id| discovery.services.iter().find(|s| s.id == id));
+        if let Some(svc_name) = c.swarm_service().or(c.swarm_service_id()) {
+            let running = matches!(
+                c.state,
+                ContainerState::Running | ContainerState::Restarting | ContainerState::Paused
+            );
+            if !running {
+                users.push(planned_user(config, args, c));
+                continue;
+            }
+            let Some(svc) =
+                service.filter(|s| matches!(s.mode, crate::docker::ServiceMode::Replicated { .. }))
+            else {
+                bail!(
+                    "{destination} is used by swarm service {svc_name} (task {}), which voltar cannot scale to 0 here (a global service, a job, or not a manager node): remove the service or its mount first, restore, then deploy it again",
+                    c.name
+                );
+            };
+            let mut planned = planned_user(config, args, c);
+            planned.action = QuiesceAction::None;
+            planned.reason = format!(
+                "swarm task: its service {} is scaled to 0 instead",
+                svc.name
+            );
+            match services.iter_mut().find(|p| p.id == svc.id) {
+                Some(p) => p.tasks.push(c.name.clone()),
+                None => services.push(crate::plan::PlannedService::of(
+                    svc,
+                    vec![c.name.clone()],
+                    planned.stop_timeout,
+                    "uses the restore target",
+                )),
+            }
+            users.push(planned);
+            continue;
         }
         if c.state == ContainerState::Paused {
             bail!(
@@ -309,7 +352,7 @@ fn users_of(
         }
         users.push(planned_user(config, args, c));
     }
-    Ok(users)
+    Ok((users, services))
 }
 
 /// A container using the destination: stopped when it is running, left alone otherwise.

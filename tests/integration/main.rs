@@ -26,5 +26,6 @@ mod restore;
 mod s3;
 mod signals;
 mod storage;
+mod swarm;
 mod target_check;
 mod ux;

@@ -1021,8 +1021,16 @@ fn a_safety_backup_that_cannot_be_written_stops_nothing() {
         ro.to_str().unwrap(),
     ]);
     let report: Value = serde_json::from_str(&j.stdout).unwrap();
-    assert_eq!(report["sources"][0]["stopped"], serde_json::json!([]), "{j:?}");
-    assert_eq!(report["sources"][0]["stop"], serde_json::json!([running]), "{j:?}");
+    assert_eq!(
+        report["sources"][0]["stopped"],
+        serde_json::json!([]),
+        "{j:?}"
+    );
+    assert_eq!(
+        report["sources"][0]["stop"],
+        serde_json::json!([running]),
+        "{j:?}"
+    );
     assert_eq!(started_at(&running), started_before, "never stopped: {r:?}");
     assert_eq!(support::state(&running), "running");
     assert_same(&scribbled, &snap(&mp), "the volume is untouched");

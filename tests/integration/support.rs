@@ -450,3 +450,186 @@ impl Drop for Tmpfs {
             .status();
     }
 }
+
+// -------------------------------------------------------------------------------------------------------------
+// A second Docker Engine of the tests' own (Swarm mode, later remote engines): the shared engine is never
+// switched into swarm mode, since other tests run on it at the same time.
+
+/// A private `dockerd` with its data root, exec root (its own containerd) and socket in a temporary directory,
+/// `voltar-test:latest` loaded into it. Reach it with `DOCKER_HOST=` [`SecondEngine::host`]. On drop it leaves
+/// its swarm (if it joined one), removes its containers, is stopped (SIGTERM by the pid of the process this test
+/// started, SIGKILL after 20 s) and its directory is removed.
+pub struct SecondEngine {
+    dir: Option<tempfile::TempDir>,
+    child: Child,
+    host: String,
+    swarm: bool,
+}
+
+impl SecondEngine {
+    /// Start it and wait until it answers (at most 60 s). `None` when `dockerd` is not installed (a panic under
+    /// CI); a daemon that does not come up is a test failure, with its log.
+    pub fn start() -> Option<SecondEngine> {
+        if Command::new("dockerd").arg("--version").output().is_err() {
+            let msg = "dockerd is not installed: cannot start a second engine (apt-get install docker.io)";
+            assert!(!in_ci(), "{msg}");
+            eprintln!("\n!!! SKIPPING: {msg}\n");
+            return None;
+        }
+        // Short paths: the socket's path must fit a sockaddr_un (108 bytes), containerd's too.
+        let dir = tempfile::Builder::new()
+            .prefix("vt2e-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let d = dir.path();
+        let sock = d.join("docker.sock");
+        let log = std::fs::File::create(d.join("dockerd.log")).unwrap();
+        let ns = format!("voltar-test-{}", std::process::id());
+        let child = Command::new("dockerd")
+            .arg("--data-root")
+            .arg(d.join("root"))
+            .arg("--exec-root")
+            .arg(d.join("x"))
+            .arg("--pidfile")
+            .arg(d.join("dockerd.pid"))
+            .arg("-H")
+            .arg(format!("unix://{}", sock.display()))
+            .args(["--bridge=none", "--iptables=false", "--ip6tables=false"])
+            .args(["--containerd-namespace", &ns])
+            .args(["--containerd-plugins-namespace", &format!("{ns}-plugins")])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start dockerd");
+        let mut engine = SecondEngine {
+            host: format!("unix://{}", sock.display()),
+            dir: Some(dir),
+            child,
+            swarm: false,
+        };
+        let t = Instant::now();
+        loop {
+            if engine.docker_raw(&["version"]).status.success() {
+                break;
+            }
+            if let Ok(Some(st)) = engine.child.try_wait() {
+                panic!("the second dockerd exited ({st}):\n{}", engine.log());
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "the second dockerd did not answer in 60 s:\n{}",
+                engine.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        // `docker save IMAGE | docker -H … load`: the image without a registry.
+        let mut save = Command::new("docker")
+            .args(["save", IMAGE])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("docker save");
+        let load = Command::new("docker")
+            .args(["-H", &engine.host, "load", "-q"])
+            .stdin(save.stdout.take().unwrap())
+            .output()
+            .expect("docker load");
+        assert!(save.wait().unwrap().success(), "docker save {IMAGE} failed");
+        assert!(
+            load.status.success(),
+            "loading {IMAGE} into the second engine: {}",
+            String::from_utf8_lossy(&load.stderr)
+        );
+        Some(engine)
+    }
+
+    /// `unix://…/docker.sock`, for `DOCKER_HOST` and `docker -H`.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// Run `docker -H <this engine> <args>`; panic with its stderr on failure.
+    pub fn docker(&self, args: &[&str]) -> String {
+        let out = self.docker_raw(args);
+        if !out.status.success() {
+            panic!(
+                "docker -H {} {:?} failed: {}",
+                self.host,
+                args,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    pub fn docker_raw(&self, args: &[&str]) -> Output {
+        Command::new("docker")
+            .arg("-H")
+            .arg(&self.host)
+            .args(args)
+            .output()
+            .expect("docker CLI")
+    }
+
+    /// `docker swarm init` on this engine only: a single-node swarm on loopback, on ports of its own.
+    pub fn swarm_init(&mut self) {
+        let listen = format!("127.0.0.1:{}", free_port());
+        // VXLAN port in the range the engine accepts, away from the default 4789.
+        let data_port = (40000 + std::process::id() % 9000).to_string();
+        self.docker(&[
+            "swarm",
+            "init",
+            "--advertise-addr",
+            "127.0.0.1",
+            "--listen-addr",
+            &listen,
+            "--data-path-port",
+            &data_port,
+        ]);
+        self.swarm = true;
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        self.dir
+            .as_ref()
+            .and_then(|d| std::fs::read_to_string(d.path().join("dockerd.log")).ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for SecondEngine {
+    fn drop(&mut self) {
+        if self.swarm {
+            let _ = self.docker_raw(&["swarm", "leave", "--force"]);
+        }
+        let ids = self.docker_raw(&["ps", "-aq"]);
+        for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
+            let _ = self.docker_raw(&["rm", "-f", id]);
+        }
+        // Only the dockerd this value started, by its pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let t = Instant::now();
+        while matches!(self.child.try_wait(), Ok(None)) {
+            if t.elapsed() > Duration::from_secs(20) {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if let Some(dir) = self.dir.take() {
+            // Whatever the daemon left mounted under its roots (overlay layers, shm) goes first.
+            let _ = Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "grep -o ' {0}[^ ]*' /proc/self/mounts | sort -r | xargs -r -n1 umount -l",
+                    dir.path().display()
+                ))
+                .status();
+            let _ = dir.close();
+        }
+    }
+}
