@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::catalog::SourceKind;
 use crate::config::{Job, QuiesceAction};
 use crate::docker::{ContainerInfo, ContainerState, Discovery, MountInfo, MountKind, VolumeInfo};
+use crate::dump::{self, DumpSpec};
 use crate::hooks::{self, ContainerHooks};
 
 /// A container to act on while one source is read.
@@ -65,6 +66,9 @@ pub struct PlannedSource {
     pub containers: Vec<PlannedContainer>,
     /// Why it was selected.
     pub reason: String,
+    /// A `dump` source: the command run in its container (see `dump`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dump: Option<DumpSpec>,
 }
 
 impl PlannedSource {
@@ -145,6 +149,7 @@ pub fn plan(
     let mut plan = Plan::default();
     plan_volumes(discovery, job, &mut plan)?;
     plan_binds(discovery, job, probe, &mut plan)?;
+    plan_dumps(discovery, &mut plan);
     if !only.is_empty() {
         check_only(&plan, only)?;
         promote_named(discovery, job, only, &mut plan);
@@ -173,6 +178,7 @@ fn plan_volumes(discovery: &Discovery, job: &Job, plan: &mut Plan) -> Result<(),
                 labels: v.labels.clone(),
                 containers: plan_containers(&users, job),
                 reason,
+                dump: None,
             }),
             Err(reason) => plan.skipped.push(SkippedSource {
                 name: v.name.clone(),
@@ -219,6 +225,7 @@ fn plan_binds(
                 labels: BTreeMap::new(),
                 containers: plan_containers(&users, job),
                 reason,
+                dump: None,
             }),
             Err(reason) => plan.skipped.push(SkippedSource {
                 name,
@@ -280,11 +287,16 @@ fn promote_named(discovery: &Discovery, job: &Job, only: &[String], plan: &mut P
         }
     });
     for s in promoted {
+        if s.kind == SourceKind::Dump {
+            // A dump skipped because its container does not run cannot be made to run by naming it.
+            plan.skipped.push(s);
+            continue;
+        }
         let users = match s.kind {
             SourceKind::Volume => users_of(discovery, |m| {
                 m.kind == MountKind::Volume && m.name.as_deref() == Some(s.name.as_str())
             }),
-            SourceKind::Bind => users_of(discovery, |m| {
+            SourceKind::Bind | SourceKind::Dump => users_of(discovery, |m| {
                 m.kind == MountKind::Bind && m.source == s.path
             }),
         };
@@ -298,6 +310,7 @@ fn promote_named(discovery: &Discovery, job: &Job, only: &[String], plan: &mut P
             labels: vol.map(|v| v.labels.clone()).unwrap_or_default(),
             containers: plan_containers(&users, job),
             reason: format!("named with --only (was: {})", s.reason),
+            dump: None,
         });
     }
 }
@@ -315,6 +328,77 @@ fn keep_only_named(only: &[String], plan: &mut Plan) {
         path: s.path,
         reason: "not named with --only".into(),
     }));
+}
+
+/// Every container with a dump label: its dump is a source of its own (`dump@<container>`) when the container
+/// runs, else skipped with the reason (its volumes are then archived as usual). With `voltar.dump-only=true` the
+/// volumes and bind mounts that container mounts are skipped: the dump is their backup.
+fn plan_dumps(discovery: &Discovery, plan: &mut Plan) {
+    for c in &discovery.containers {
+        let Some(spec) = dump::resolve(c) else {
+            continue;
+        };
+        let name = dump::source_name(&c.name);
+        if let Err(reason) = dump::runnable(c) {
+            plan.skipped.push(SkippedSource {
+                name,
+                kind: SourceKind::Dump,
+                path: PathBuf::new(),
+                reason,
+                used_by: vec![c.name.clone()],
+            });
+            continue;
+        }
+        if spec.only && spec.problem.is_none() {
+            let why = format!(
+                "container {} has {}=true: its dump {name} is backed up instead",
+                c.name,
+                dump::LABEL_DUMP_ONLY
+            );
+            let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut plan.sources)
+                .into_iter()
+                .partition(|s| s.containers.iter().any(|u| u.id == c.id));
+            plan.sources = rest;
+            plan.skipped.extend(mine.into_iter().map(|s| SkippedSource {
+                used_by: s.containers.iter().map(|u| u.name.clone()).collect(),
+                name: s.name,
+                kind: s.kind,
+                path: s.path,
+                reason: why.clone(),
+            }));
+        }
+        let runs = PlannedContainer::new(
+            c,
+            false,
+            QuiesceAction::None,
+            Duration::ZERO,
+            format!("runs the dump, not paused or stopped; {}", spec.from),
+        );
+        plan.sources.push(PlannedSource {
+            name,
+            kind: SourceKind::Dump,
+            path: PathBuf::new(),
+            driver: None,
+            driver_opts: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            containers: vec![runs],
+            reason: spec.from.clone(),
+            dump: Some(spec),
+        });
+    }
+}
+
+/// Whether container `c`'s dump will run: then the dump is its consistent copy and its volumes are read
+/// without pausing or stopping it (unless its `voltar.quiesce` label asks for that).
+fn dumped(c: &ContainerInfo) -> Option<String> {
+    let spec = dump::resolve(c)?;
+    (spec.problem.is_none() && dump::runnable(c).is_ok()).then(|| {
+        format!(
+            "not quiesced: its dump {} is the consistent copy ({}; set voltar.quiesce to quiesce it anyway)",
+            dump::source_name(&c.name),
+            spec.from
+        )
+    })
 }
 
 /// Prefix of skip reasons that `--only` cannot override.
@@ -336,6 +420,7 @@ pub fn leave_out_own(plan: &mut Plan, own: &ContainerInfo) {
         own.mounts.iter().any(|m| match kind {
             SourceKind::Volume => m.kind == MountKind::Volume && m.name.as_deref() == Some(name),
             SourceKind::Bind => m.kind == MountKind::Bind && m.source == path,
+            SourceKind::Dump => false,
         })
     };
     plan.sources.retain(|s| !mine(s.kind, &s.name, &s.path));
@@ -503,24 +588,25 @@ fn plan_containers(users: &[(&ContainerInfo, bool)], job: &Job) -> Vec<PlannedCo
                 .get(LABEL_QUIESCE)
                 .map(|s| s.parse::<QuiesceAction>())
             {
-                Some(Ok(m)) => (m, "label voltar.quiesce"),
+                Some(Ok(m)) => (m, "label voltar.quiesce".to_string()),
                 Some(Err(_)) => (
                     job.quiesce.default,
-                    "invalid voltar.quiesce label ignored; config default",
+                    "invalid voltar.quiesce label ignored; config default".to_string(),
                 ),
+                None if dumped(c).is_some() => (QuiesceAction::None, dumped(c).unwrap_or_default()),
                 // offen/docker-volume-backup's label, when voltar's own is absent.
                 None if hooks::offen_wants_stop(&c.labels) => (
                     QuiesceAction::Stop,
-                    "label docker-volume-backup.stop-during-backup",
+                    "label docker-volume-backup.stop-during-backup".to_string(),
                 ),
-                None => (job.quiesce.default, "config default"),
+                None => (job.quiesce.default, "config default".to_string()),
             };
             let stop_timeout = stop_timeout(c, job.quiesce.stop_timeout);
             // A read-only user is never quiesced, whatever the label or default says: say that first.
             let (action, reason) = if !rw {
                 (QuiesceAction::None, "mounted read-only".to_string())
             } else if mode == QuiesceAction::None {
-                (QuiesceAction::None, mode_src.to_string())
+                (QuiesceAction::None, mode_src.clone())
             } else if c.state == ContainerState::Paused {
                 (
                     QuiesceAction::None,
@@ -535,7 +621,7 @@ fn plan_containers(users: &[(&ContainerInfo, bool)], job: &Job) -> Vec<PlannedCo
                         .to_string(),
                 )
             } else {
-                (mode, mode_src.to_string())
+                (mode, mode_src)
             };
             let mut planned = PlannedContainer::new(c, *rw, action, stop_timeout, reason);
             planned.hooks = hooks::resolve(c, &job.hooks);

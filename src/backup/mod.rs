@@ -26,6 +26,7 @@
 //! prunes.
 
 mod commit;
+mod dump;
 mod source;
 mod targets;
 

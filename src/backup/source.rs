@@ -13,6 +13,10 @@ type Packed = (archive::pack::PackReport, String, u64);
 
 /// Back up one source to every open target. Never returns early without resuming what it held.
 pub(super) async fn back_up_source(ctx: &RunCtx<'_>, src: &PlannedSource) -> SourceReport {
+    if let Some(spec) = &src.dump {
+        // A database dump: no quiesce, no hooks, the command's stdout is the stream (`dump.rs`).
+        return super::dump::back_up_dump(ctx, src, spec).await;
+    }
     let mut report = SourceReport::planned(src);
     ctx.env
         .progress
@@ -89,7 +93,7 @@ pub(super) async fn back_up_source(ctx: &RunCtx<'_>, src: &PlannedSource) -> Sou
 
 impl SourceReport {
     /// A source not backed up yet: failed until proven otherwise, its containers not touched.
-    fn planned(src: &PlannedSource) -> SourceReport {
+    pub(super) fn planned(src: &PlannedSource) -> SourceReport {
         SourceReport {
             name: src.name.clone(),
             kind: src.kind,
@@ -143,7 +147,7 @@ fn readable(path: &Path) -> Result<(), String> {
 
 /// Open one streamed upload of `key` per target that is not skipped. A target that refuses is recorded in the
 /// report (and skipped by later sources when the target itself failed).
-async fn open_legs(ctx: &RunCtx<'_>, key: &str, report: &mut SourceReport) -> Vec<Leg> {
+pub(super) async fn open_legs(ctx: &RunCtx<'_>, key: &str, report: &mut SourceReport) -> Vec<Leg> {
     let names = &ctx.targets.names;
     let mut legs = Vec::new();
     for (i, store) in ctx.targets.stores.iter().enumerate() {
@@ -608,7 +612,7 @@ async fn release(ctx: &RunCtx<'_>, held: Held, report: &mut SourceReport) {
 
 /// Note the streams that went through a spool file, mark the targets that failed (not the spool), and say in a
 /// spool failure's error which stream was spooled and why.
-fn settle_legs(
+pub(super) fn settle_legs(
     ctx: &RunCtx<'_>,
     mut legs: Vec<LegResult>,
     report: &mut SourceReport,
@@ -645,7 +649,7 @@ fn settle_legs(
 
 /// The error of a source whose packer failed (`e`), with each target's error recorded. When every target
 /// failed, the packer only saw a closed pipe: the targets' errors are the cause.
-fn pack_failed(
+pub(super) fn pack_failed(
     ctx: &RunCtx<'_>,
     e: String,
     capped: bool,
@@ -739,6 +743,7 @@ fn record_legs(
                     not_archived: report.not_archived.clone(),
                     not_archived_count: report.not_archived_count,
                     hooks: report.hooks.clone(),
+                    dump: None,
                 };
                 report.records.insert(i, record);
             }
@@ -752,7 +757,7 @@ fn record_legs(
 }
 
 /// The source's status from what was stored where (setting its error when it is not ok or partial).
-fn status(report: &mut SourceReport) -> Status {
+pub(super) fn status(report: &mut SourceReport) -> Status {
     if report.records.is_empty() {
         report.error = Some("not stored on any target".into());
         Status::Failed
@@ -779,7 +784,7 @@ fn incomplete(report: &SourceReport) -> String {
 
 /// Whether a leg's error means the target itself failed (so later sources skip it), rather than the run being
 /// cancelled.
-fn target_failed(e: &storage::StorageError) -> bool {
+pub(super) fn target_failed(e: &storage::StorageError) -> bool {
     !matches!(e, storage::StorageError::Cancelled { .. })
 }
 
@@ -793,7 +798,7 @@ fn cap_error(cap: Duration) -> String {
 }
 
 /// "not stored: <each target's error>" (the errors name their target).
-fn not_stored(target_errors: &BTreeMap<String, String>) -> String {
+pub(super) fn not_stored(target_errors: &BTreeMap<String, String>) -> String {
     if target_errors.is_empty() {
         return "not stored: no target accepted the upload".into();
     }

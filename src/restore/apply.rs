@@ -432,6 +432,7 @@ async fn safety_backup(
             labels: src.labels.clone(),
             containers: vec![],
             reason: "safety backup before restore".into(),
+            dump: None,
         }],
         skipped: vec![],
         running_in: None,

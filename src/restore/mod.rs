@@ -141,6 +141,10 @@ impl Serialize for RestoreStatus {
 pub enum Destination {
     Volume(String),
     Dir(PathBuf),
+    /// A dump streamed into the restore command in this running container.
+    Container(String),
+    /// A dump written out, decompressed, to this file.
+    File(PathBuf),
 }
 
 impl std::fmt::Display for Destination {
@@ -148,6 +152,8 @@ impl std::fmt::Display for Destination {
         match self {
             Destination::Volume(v) => write!(f, "volume {v}"),
             Destination::Dir(d) => write!(f, "directory {}", d.display()),
+            Destination::Container(c) => write!(f, "container {c}"),
+            Destination::File(p) => write!(f, "file {}", p.display()),
         }
     }
 }

@@ -197,7 +197,29 @@ fn load_keys(args: &RestoreRequest, manifest: &Manifest) -> Result<Arc<Decryptor
 /// The sources to restore: `--source` names (each must be in the backup), else all of them.
 fn choose_sources(args: &RestoreRequest, manifest: &Manifest) -> Result<Vec<SourceRecord>> {
     if args.sources.is_empty() {
-        return Ok(manifest.sources.clone());
+        // A dump goes into a running database (`--to-container`) or a file (`--to-file`), never into a volume
+        // or directory: restoring "everything" leaves dumps out and says how to restore them.
+        let (dumps, rest): (Vec<_>, Vec<_>) = manifest
+            .sources
+            .iter()
+            .cloned()
+            .partition(|s| s.kind == SourceKind::Dump);
+        for d in &dumps {
+            tracing::warn!(
+                "{} is a database dump, not restored with the volumes: restore it with --source {} \
+                 --to-container NAME (or --to-file PATH)",
+                d.name,
+                d.name
+            );
+        }
+        if rest.is_empty() && !dumps.is_empty() {
+            bail!(
+                "backup {} holds only database dumps: restore one with --source NAME --to-container CONTAINER \
+                 (or --to-file PATH)",
+                manifest.id
+            );
+        }
+        return Ok(rest);
     }
     args.sources
         .iter()
@@ -233,6 +255,13 @@ async fn destination(
     src: &SourceRecord,
     many: bool,
 ) -> Result<(Destination, PathBuf, bool)> {
+    if src.kind == SourceKind::Dump {
+        bail!(
+            "{} is a database dump: restore it into a running database with --to-container NAME, or write it out \
+             with --to-file PATH",
+            src.name
+        );
+    }
     Ok(match (&args.to_volume, &args.to_dir) {
         (Some(v), _) => match engine.inspect_volume(v).await {
             // An existing volume is taken as it is when empty (made with `docker volume create` for this, say);
@@ -274,6 +303,7 @@ async fn destination(
                 PathBuf::from(&src.path),
                 false,
             ),
+            SourceKind::Dump => unreachable!("refused above"),
         },
     })
 }
@@ -293,6 +323,7 @@ fn users_of(
             Destination::Dir(d) => {
                 !d.as_os_str().is_empty() && (m.source == *d || m.source.starts_with(d))
             }
+            Destination::Container(_) | Destination::File(_) => false,
         });
         if !uses {
             continue;
@@ -502,6 +533,13 @@ pub(super) fn undo_command(
             Destination::Dir(d) => cmd.push_str(&format!(
                 " --to-dir {} --force",
                 shell_word(&d.to_string_lossy())
+            )),
+            Destination::Container(c) => {
+                cmd.push_str(&format!(" --to-container {}", shell_word(c)))
+            }
+            Destination::File(f) => cmd.push_str(&format!(
+                " --to-file {} --force",
+                shell_word(&f.to_string_lossy())
             )),
         }
     }
