@@ -111,6 +111,7 @@ impl SourceRestore {
             downtime_ms: BTreeMap::new(),
             warnings: vec![],
             status,
+            command: None,
         }
     }
 
