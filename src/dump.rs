@@ -255,7 +255,11 @@ impl DumpSpec {
 /// The restore command of a stored dump: the one recorded (the label's, or the preset's), else the preset's,
 /// else why there is none.
 pub fn restore_command(rec: &DumpRecord) -> Result<HookCommand, String> {
-    let preset = rec.preset.as_deref().map(str::parse::<Preset>).transpose()?;
+    let preset = rec
+        .preset
+        .as_deref()
+        .map(str::parse::<Preset>)
+        .transpose()?;
     match (&rec.restore_command, preset) {
         (Some(text), _) => HookCommand::parse(text),
         (None, Some(p)) => p.restore_command().map_err(str::to_string),
@@ -425,13 +429,19 @@ mod tests {
     fn preset_commands_take_passwords_from_the_environment_not_argv() {
         for p in Preset::ALL {
             let cmd = p.dump_command().to_string();
-            assert!(!cmd.contains("-p\"") && !cmd.contains("--password"), "{p}: {cmd}");
+            assert!(
+                !cmd.contains("-p\"") && !cmd.contains("--password"),
+                "{p}: {cmd}"
+            );
             if let Ok(r) = p.restore_command() {
                 let r = r.to_string();
                 assert!(!r.contains("-p\"") && !r.contains("--password"), "{p}: {r}");
             }
         }
-        assert!(Preset::Mysql.dump_command().to_string().contains("MYSQL_PWD"));
+        assert!(Preset::Mysql
+            .dump_command()
+            .to_string()
+            .contains("MYSQL_PWD"));
         assert!(Preset::Mariadb
             .dump_command()
             .to_string()
@@ -471,7 +481,10 @@ mod tests {
         ]))
         .unwrap();
         let p = d.problem.unwrap();
-        assert!(p.contains("voltar.dump-command") && p.contains("voltar.dump-timeout"), "{p}");
+        assert!(
+            p.contains("voltar.dump-command") && p.contains("voltar.dump-timeout"),
+            "{p}"
+        );
     }
 
     #[test]

@@ -35,8 +35,7 @@ pub(super) async fn back_up_dump(
         report.error = Some(p.clone());
         return report;
     }
-    let object =
-        catalog::dump_object_name(&src.name, spec.extension(), ctx.encryptor.is_some());
+    let object = catalog::dump_object_name(&src.name, spec.extension(), ctx.encryptor.is_some());
     let legs = open_legs(ctx, &catalog::object_key(&ctx.id, &object), &mut report).await;
     if legs.is_empty() {
         report.error = Some(not_stored(&report.target_errors));
@@ -95,7 +94,9 @@ pub(super) async fn back_up_dump(
                 (ExecEnd::Exited, Some(0)) => match compressed {
                     Ok(Ok(c)) => Ok((c, o.exit_code)),
                     Ok(Err(e)) => Err(format!("storing the dump: {e}")),
-                    Err(e) => Err(format!("internal error: the compressor did not finish: {e}")),
+                    Err(e) => Err(format!(
+                        "internal error: the compressor did not finish: {e}"
+                    )),
                 },
                 (ExecEnd::Exited, Some(code)) => Err(format!(
                     "{what} failed with exit code {code}{}; nothing was stored for it",

@@ -205,7 +205,9 @@ pub fn render(report: &RestoreReport) -> String {
         if is_dump {
             out.push_str(&match (&s.status, report.dry_run) {
                 (_, true) => format!("  the dump is {}\n", human(s.counts.bytes)),
-                (RestoreStatus::Ok, _) => format!("  restored the dump, {}\n", human(s.counts.bytes)),
+                (RestoreStatus::Ok, _) => {
+                    format!("  restored the dump, {}\n", human(s.counts.bytes))
+                }
                 _ => String::new(),
             });
         } else if report.dry_run {

@@ -105,7 +105,12 @@ impl DumpCtx {
         judge(rb, &self.src)
     }
 
-    fn report(&self, destination: Destination, path: PathBuf, status: RestoreStatus) -> SourceRestore {
+    fn report(
+        &self,
+        destination: Destination,
+        path: PathBuf,
+        status: RestoreStatus,
+    ) -> SourceRestore {
         SourceRestore {
             source: self.src.name.clone(),
             destination,
@@ -141,9 +146,7 @@ fn judge(rb: RawReadBack, src: &SourceRecord) -> Result<u64, DumpReadError> {
         Ok(n) => n,
         Err(RawError::Open(e)) => return Err(DumpReadError::Bad(e.to_string())),
         Err(RawError::Read(e)) => {
-            return Err(DumpReadError::Bad(format!(
-                "{object}: corrupt dump: {e}"
-            )))
+            return Err(DumpReadError::Bad(format!("{object}: corrupt dump: {e}")))
         }
         Err(RawError::Write(e)) => return Err(DumpReadError::Sink(e.to_string())),
     };
@@ -223,17 +226,17 @@ async fn into_container(
         let why = match e {
             DumpReadError::Bad(w) | DumpReadError::Sink(w) => w,
         };
-        sr.status = RestoreStatus::Failed(format!(
-            "{why}; nothing was sent to container {name}"
-        ));
+        sr.status = RestoreStatus::Failed(format!("{why}; nothing was sent to container {name}"));
         return Ok(sr);
     }
     if cancel.is_cancelled() {
         bail!("interrupted");
     }
     // 2. Into the command's stdin.
-    ctx.progress
-        .note(&format!("{}: restoring into container {name}", ctx.src.name));
+    ctx.progress.note(&format!(
+        "{}: restoring into container {name}",
+        ctx.src.name
+    ));
     let (tx, rx) = mpsc::channel(STDIN_CHUNKS);
     let spec = ExecSpec {
         argv: command.to_argv(),
@@ -274,9 +277,9 @@ async fn into_container(
         (ExecEnd::Exited, Some(0), Err(DumpReadError::Bad(why))) => RestoreStatus::Failed(format!(
             "{why} (the object changed after it was checked){partly}"
         )),
-        (ExecEnd::Exited, Some(0), Err(DumpReadError::Sink(why))) => RestoreStatus::Failed(format!(
-            "{what} stopped reading the dump before its end ({why}){partly}"
-        )),
+        (ExecEnd::Exited, Some(0), Err(DumpReadError::Sink(why))) => RestoreStatus::Failed(
+            format!("{what} stopped reading the dump before its end ({why}){partly}"),
+        ),
         (ExecEnd::Exited, Some(code), _) => {
             RestoreStatus::Failed(format!("{what} failed with exit code {code}{partly}"))
         }
@@ -379,10 +382,7 @@ async fn into_file(
         Ok(()) => RestoreStatus::Ok,
         Err(e) => {
             let _ = std::fs::remove_file(&temp);
-            RestoreStatus::Failed(format!(
-                "{}; no file was written",
-                crate::error_chain(&e)
-            ))
+            RestoreStatus::Failed(format!("{}; no file was written", crate::error_chain(&e)))
         }
     };
     Ok(sr)

@@ -156,7 +156,9 @@ pub async fn plan(
 
 /// Open the target and resolve the backup the request names (an id, `latest`, `--before`). With `latest` and no
 /// `--source`, warn about the sources of the job that a partial run left out of it.
-pub(super) async fn open_backup(args: &RestoreRequest) -> Result<(Target, Arc<dyn Storage>, Manifest)> {
+pub(super) async fn open_backup(
+    args: &RestoreRequest,
+) -> Result<(Target, Arc<dyn Storage>, Manifest)> {
     let (Some(target), Some(spec)) = (args.target.clone(), args.backup.clone()) else {
         bail!("which backup? give a backup id or `latest` (see `voltar list`), or --archive FILE");
     };
@@ -196,7 +198,10 @@ pub(super) fn load_keys(args: &RestoreRequest, manifest: &Manifest) -> Result<Ar
 }
 
 /// The sources to restore: `--source` names (each must be in the backup), else all of them.
-pub(super) fn choose_sources(args: &RestoreRequest, manifest: &Manifest) -> Result<Vec<SourceRecord>> {
+pub(super) fn choose_sources(
+    args: &RestoreRequest,
+    manifest: &Manifest,
+) -> Result<Vec<SourceRecord>> {
     if args.sources.is_empty() {
         // A dump goes into a running database (`--to-container`) or a file (`--to-file`), never into a volume
         // or directory: restoring "everything" leaves dumps out and says how to restore them.
