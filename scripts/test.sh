@@ -25,8 +25,9 @@ if [ $quick = 0 ]; then
   echo "[test] cargo clippy" >&2
   cargo clippy --all-targets -q -- -D warnings
 fi
-# The PostgreSQL image the dump tests run (tests/integration/dump.rs); a no-op when it exists.
-echo "[test] scripts/pg-image.sh" >&2
+# The database images the dump tests run (tests/integration/dump.rs); no-ops when they exist.
+echo "[test] scripts/pg-image.sh scripts/mariadb-image.sh" >&2
 scripts/pg-image.sh
+scripts/mariadb-image.sh
 echo "[test] cargo test" >&2
 cargo test -q --all-targets

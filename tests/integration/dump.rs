@@ -3,8 +3,9 @@
 //! restores with `--to-container` into a fresh PostgreSQL with its invariant intact; a failing dump fails its
 //! source only and leaves nothing stored; dumps are verified and restored as streams, not tars.
 //!
-//! The PostgreSQL tests need the image `voltar-test-postgres:15` (`scripts/pg-image.sh`, which `scripts/test.sh`
-//! runs): they skip loudly without it, and fail under CI. The others use the busybox test image.
+//! The PostgreSQL and MariaDB tests need the images `voltar-test-postgres:15` and `voltar-test-mariadb:10.11`
+//! (`scripts/pg-image.sh`, `scripts/mariadb-image.sh`, which `scripts/test.sh` runs): they skip loudly without
+//! them, and fail under CI. The others use the busybox test image.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -19,14 +20,21 @@ use crate::support::{self, docker, docker_raw, source, unique, Cleanup, Out};
 const BIN: &str = env!("CARGO_BIN_EXE_voltar");
 const PG_IMAGE: &str = "voltar-test-postgres:15";
 
+const MARIADB_IMAGE: &str = "voltar-test-mariadb:10.11";
+
 /// Whether the PostgreSQL test image exists; under CI its absence is a failure.
 fn pg_available() -> bool {
+    image_available(PG_IMAGE, "scripts/pg-image.sh")
+}
+
+/// Whether the database test image `image` (built by `script`) exists; under CI its absence is a failure.
+fn image_available(image: &str, script: &str) -> bool {
     if !support::docker_available() {
         return false;
     }
-    let ok = docker_raw(&["image", "inspect", PG_IMAGE]).status.success();
+    let ok = docker_raw(&["image", "inspect", image]).status.success();
     if !ok {
-        let msg = format!("{PG_IMAGE} is not available: run scripts/pg-image.sh");
+        let msg = format!("{image} is not available: run {script}");
         if support::in_ci() {
             panic!("{msg}");
         }
@@ -784,5 +792,189 @@ fn dump_only_and_stopped_containers_in_the_plan() {
             .iter()
             .any(|s| s["name"] == vol.as_str()),
         "{p}"
+    );
+}
+
+// ------------------------------------------------------------------------------------------------------------
+// MariaDB
+
+const MARIADB_PW: &str = "md-canary-51c0de";
+
+/// Run SQL in database `bank` of the MariaDB in `container` as root; the output (tab-separated, no headers).
+fn mariadb(container: &str, sql: &str) -> String {
+    docker(&[
+        "exec",
+        "-e",
+        &format!("MYSQL_PWD={MARIADB_PW}"),
+        container,
+        "mariadb",
+        "-uroot",
+        "-N",
+        "-B",
+        "bank",
+        "-e",
+        sql,
+    ])
+}
+
+/// Start a MariaDB container of the test image (cleaned up by `c`), wait until it takes connections, make the
+/// `bank` database (empty).
+fn start_mariadb(c: &mut Cleanup, tag: &str, extra: &[&str]) -> (String, String) {
+    let name = unique(tag);
+    let vol = unique(&format!("{tag}-data"));
+    c.containers.push(name.clone());
+    c.volumes.push(vol.clone());
+    let mount = format!("{vol}:/var/lib/mysql");
+    let pw = format!("MARIADB_ROOT_PASSWORD={MARIADB_PW}");
+    let mut args = vec!["run", "-d", "--name", &name, "-v", &mount, "-e", &pw];
+    args.extend_from_slice(extra);
+    args.push(MARIADB_IMAGE);
+    docker(&args);
+    let start = Instant::now();
+    let env = format!("MYSQL_PWD={MARIADB_PW}");
+    loop {
+        let ok = docker_raw(&[
+            "exec", "-e", &env, &name, "mariadb", "-uroot", "-e", "SELECT 1",
+        ])
+        .status
+        .success();
+        if ok {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "mariadb in {name} did not come up: {}",
+            String::from_utf8_lossy(&docker_raw(&["logs", &name]).stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    (name, vol)
+}
+
+fn mariadb_history(container: &str) -> u64 {
+    mariadb(container, "SELECT count(*) FROM history")
+        .parse()
+        .unwrap()
+}
+
+/// Issue 13, the same for MariaDB (Debian's `mariadb-server-core` in an image built here): under write load,
+/// dumped with `voltar.dump=mariadb` (`mariadb-dump --all-databases --single-transaction`, the root password from
+/// the container's `MARIADB_ROOT_PASSWORD` through `MYSQL_PWD`), never paused or stopped, restored with
+/// `--to-container` into a fresh MariaDB where the balances add up.
+#[test]
+fn issue13_mariadb_dump_under_write_load_is_consistent_and_never_quiesces() {
+    if !image_available(MARIADB_IMAGE, "scripts/mariadb-image.sh") {
+        return;
+    }
+    let env = Env::new();
+    let mut c = Cleanup::default();
+    let (db, vol) = start_mariadb(&mut c, "mdb", &["-l", "voltar.dump=mariadb"]);
+    let pw_env = format!("MYSQL_PWD={MARIADB_PW}");
+    docker(&[
+        "exec",
+        "-e",
+        &pw_env,
+        &db,
+        "mariadb",
+        "-uroot",
+        "-e",
+        "CREATE DATABASE bank; \
+         CREATE TABLE bank.acct (id int PRIMARY KEY, bal bigint NOT NULL) ENGINE=InnoDB; \
+         CREATE TABLE bank.history (n bigint AUTO_INCREMENT PRIMARY KEY, a int, b int, x int) ENGINE=InnoDB; \
+         INSERT INTO bank.acct WITH RECURSIVE s (n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < 100) \
+         SELECT n, 1000 FROM s;",
+    ]);
+    // Transfers: one transaction per transfer, one client after another.
+    docker(&[
+        "exec",
+        "-d",
+        "-e",
+        &pw_env,
+        &db,
+        "sh",
+        "-c",
+        "while :; do a=$((RANDOM % 100 + 1)); b=$((RANDOM % 100 + 1)); x=$((RANDOM % 50 + 1)); \
+         mariadb -uroot bank -e \"START TRANSACTION; UPDATE acct SET bal = bal - $x WHERE id = $a; \
+         UPDATE acct SET bal = bal + $x WHERE id = $b; INSERT INTO history (a, b, x) VALUES ($a, $b, $x); \
+         COMMIT;\"; done",
+    ]);
+    let wait_past = |n: u64| {
+        let start = Instant::now();
+        loop {
+            let now = mariadb_history(&db);
+            if now > n {
+                return now;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "no transfer in {db}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let before = wait_past(0);
+    let dump = format!("dump@{db}");
+    let config = env.config("[quiesce]\ndefault = \"pause\"\n");
+    let watch = Watch::start(&[&db]);
+    let t = env.t();
+    let o = env.run_env(
+        &[
+            "backup", "--json", "-t", &t, "--config", &config, "--only", &dump, "--only", &vol,
+        ],
+        &[("VOLTAR_LOG", "trace")],
+    );
+    assert_eq!(o.code, 0, "{o:?}");
+    let touched = watch.touched(&db);
+    assert!(
+        touched.is_empty(),
+        "the database container was paused or stopped: {touched:?}"
+    );
+    let after = wait_past(mariadb_history(&db));
+    assert!(
+        !o.all().contains(MARIADB_PW),
+        "the password is in the output"
+    );
+    let report = json(&o);
+    assert_eq!(source(&report, &dump)["status"], "ok");
+    assert_eq!(source(&report, &vol)["containers"][0]["action"], "none");
+    let (id, m) = env.only_manifest();
+    assert_eq!(
+        source(&m, &dump)["object"],
+        format!("{dump}.sql.zst").as_str()
+    );
+    assert_eq!(source(&m, &dump)["dump"]["preset"], "mariadb");
+    assert!(!serde_json::to_string(&m).unwrap().contains(MARIADB_PW));
+
+    let (fresh, _) = start_mariadb(&mut c, "mdb-fresh", &[]);
+    let o = env.run(&[
+        "restore",
+        &id,
+        "-t",
+        &t,
+        "--source",
+        &dump,
+        "--to-container",
+        &fresh,
+    ]);
+    assert_eq!(o.code, 0, "{o:?}");
+    assert_eq!(mariadb(&fresh, "SELECT count(*) FROM acct"), "100");
+    assert_eq!(
+        mariadb(&fresh, "SELECT sum(bal) FROM acct"),
+        TOTAL.to_string(),
+        "the balances of the restored dump do not add up"
+    );
+    assert_eq!(
+        mariadb(
+            &fresh,
+            "SELECT count(*) FROM acct a WHERE a.bal <> 1000 \
+             + coalesce((SELECT sum(x) FROM history WHERE b = a.id), 0) \
+             - coalesce((SELECT sum(x) FROM history WHERE history.a = a.id), 0)"
+        ),
+        "0"
+    );
+    let dumped = mariadb_history(&fresh);
+    assert!(
+        before <= dumped && dumped < after,
+        "the dump's history ({dumped} rows) is not an instant within the load ({before}..{after})"
     );
 }
