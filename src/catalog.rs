@@ -806,4 +806,33 @@ mod tests {
             assert!(bad.parse::<BackupId>().is_err(), "{bad}");
         }
     }
+
+    /// A source record written before dumps existed (no `dump` field) still loads; a dump's record round-trips.
+    #[test]
+    fn dump_records_and_older_source_records() {
+        let old = serde_json::json!({
+            "name": "pgdata", "kind": "volume", "path": "/v", "object": "pgdata.tar.zst",
+            "counts": {"entries": 1, "files": 1, "dirs": 0, "symlinks": 0, "hardlinks": 0, "other": 0, "bytes": 3},
+            "stored-bytes": 9, "sha256": "ab", "read-ms": 1
+        });
+        let r: SourceRecord = serde_json::from_value(old).unwrap();
+        assert_eq!((r.kind, &r.dump), (SourceKind::Volume, &None));
+        let mut d = r.clone();
+        d.kind = SourceKind::Dump;
+        d.object = dump_object_name("dump@db", "sql", true);
+        d.dump = Some(DumpRecord {
+            container: "db".into(),
+            preset: Some("postgres".into()),
+            command: "pg_dumpall".into(),
+            restore_command: Some("psql".into()),
+            exit_code: Some(0),
+            duration_ms: 5,
+            dump_bytes: 3,
+        });
+        let v = serde_json::to_value(&d).unwrap();
+        assert_eq!(v["kind"], "dump");
+        assert_eq!(v["object"], "dump@db.sql.zst.age");
+        assert_eq!(v["dump"]["exit-code"], 0);
+        assert_eq!(serde_json::from_value::<SourceRecord>(v).unwrap(), d);
+    }
 }

@@ -583,6 +583,14 @@ fn custom_dump_round_trips_through_file_and_container_and_corruption_is_caught()
 
     let o = env.run(&["verify", &id, "-t", &env.t()]);
     assert_eq!(o.code, 0, "{o:?}");
+    let o = env.run(&["show", &id, "-t", &env.t()]);
+    assert_eq!(o.code, 0, "{o:?}");
+    assert!(
+        o.stdout.contains(&format!(
+            "dump: {dump}: voltar.dump-command in container {app}, exit 0"
+        )),
+        "{o:?}"
+    );
 
     // --to-file: the dump, decompressed, owner-only; an existing file needs --force.
     let file = env.tmp.path().join("out.dump");
