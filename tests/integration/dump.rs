@@ -12,6 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use voltar::storage::Storage;
 
 use crate::frozen::Watch;
 use crate::require_docker;
@@ -984,5 +985,80 @@ fn issue13_mariadb_dump_under_write_load_is_consistent_and_never_quiesces() {
     assert!(
         before <= dumped && dumped < after,
         "the dump's history ({dumped} rows) is not an instant within the load ({before}..{after})"
+    );
+}
+
+/// Acceptance row 2 for dumps: a dump that fails after streaming several S3 parts leaves no object and no
+/// multipart upload behind on the S3 target, nor anything on the local one; a good dump to both is stored on both.
+#[test]
+fn issue13_failing_dump_aborts_its_s3_upload() {
+    require_docker!();
+    let Some(ep) = support::s3_endpoint() else {
+        return;
+    };
+    let w = crate::s3::World::new(&ep);
+    let mut c = Cleanup::default();
+    let bad = c.run(
+        "s3-bad-dump",
+        &[
+            "-l",
+            "voltar.dump-command=head -c 40000000 /dev/urandom; exit 3",
+        ],
+    );
+    let good = c.run("s3-good-dump", &["-l", "voltar.dump-command=seq 1 200000"]);
+    let local = w.path("local");
+    let config = w.config(
+        "voltar.toml",
+        &format!(
+            "{}\n[target.local]\ntype = \"local\"\npath = \"{}\"\n",
+            w.s3_target_toml("offsite", "dumps", ""),
+            local.display()
+        ),
+    );
+    let (bad_dump, good_dump) = (format!("dump@{bad}"), format!("dump@{good}"));
+    let o = crate::s3::run(
+        w.cmd(),
+        &[
+            "backup",
+            "--json",
+            "--config",
+            &config.to_string_lossy(),
+            "-t",
+            "offsite",
+            "-t",
+            "local",
+            "--only",
+            &bad_dump,
+            "--only",
+            &good_dump,
+        ],
+    );
+    assert_eq!(o.code, 1, "{o:?}");
+    let report = json(&o);
+    let b = source(&report, &bad_dump);
+    assert_eq!(b["status"], "failed", "{b}");
+    assert!(b["error"].as_str().unwrap().contains("exit code 3"), "{b}");
+    assert_eq!(source(&report, &good_dump)["status"], "ok");
+
+    let s = w.store("dumps");
+    let keys = w.block(crate::s3::keys(&s));
+    assert!(
+        keys.iter().all(|k| !k.contains(&bad_dump)),
+        "the failed dump is on S3: {keys:?}"
+    );
+    assert!(
+        keys.iter()
+            .any(|k| k.ends_with(&format!("{good_dump}.dump.zst"))),
+        "{keys:?}"
+    );
+    let uploads = w.block(s.stale_uploads(Duration::ZERO)).unwrap();
+    assert!(uploads.is_empty(), "multipart uploads left: {uploads:?}");
+    let on_disk: Vec<String> = walk(&local)
+        .iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        on_disk.iter().all(|p| !p.contains(&bad_dump)),
+        "the failed dump is on the local target: {on_disk:?}"
     );
 }
