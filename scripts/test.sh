@@ -53,5 +53,9 @@ if [ $quick = 0 ]; then
   cargo clippy --all-targets -q -- -D warnings
   supply_chain
 fi
+# The database images the dump tests run (tests/integration/dump.rs); no-ops when they exist.
+echo "[test] scripts/pg-image.sh scripts/mariadb-image.sh" >&2
+scripts/pg-image.sh
+scripts/mariadb-image.sh
 echo "[test] cargo test" >&2
 cargo test -q --all-targets

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! <backup-id>/manifest.json          written last: the commit
-//! <backup-id>/<source>.tar.zst       one archive per source ([.age] when encrypted)
+//! <backup-id>/<source>.tar.zst       one archive per volume or bind mount ([.age] when encrypted)
+//! <backup-id>/dump@<ctr>.sql.zst     one compressed dump per dump source (`.archive`, `.rdb`, `.dump`; [.age])
 //! ```
 //!
 //! Keys here are relative to the target's root (its directory or bucket prefix); the storage backend adds the
@@ -107,6 +108,16 @@ pub fn object_key(id: &BackupId, object: &str) -> String {
     format!("{id}/{object}")
 }
 
+/// Object file name of a dump source: `<source>.<ext>.zst` (`ext`: `sql`, `archive`, `rdb`, `dump`), plus `.age`
+/// when encrypted. A dump is not a tar: the stored stream is the command's output, compressed.
+pub fn dump_object_name(source: &str, ext: &str, encrypted: bool) -> String {
+    if encrypted {
+        format!("{source}.{ext}.zst.age")
+    } else {
+        format!("{source}.{ext}.zst")
+    }
+}
+
 /// Object file name for a source: `<source>.tar.zst`, plus `.age` when encrypted.
 pub fn object_name(source: &str, encrypted: bool) -> String {
     if encrypted {
@@ -121,6 +132,8 @@ pub fn object_name(source: &str, encrypted: bool) -> String {
 pub enum SourceKind {
     Volume,
     Bind,
+    /// A database dump streamed out of a running container (`dump@<container>`, see `dump`).
+    Dump,
 }
 
 impl fmt::Display for SourceKind {
@@ -128,6 +141,7 @@ impl fmt::Display for SourceKind {
         f.write_str(match self {
             SourceKind::Volume => "volume",
             SourceKind::Bind => "bind",
+            SourceKind::Dump => "dump",
         })
     }
 }
@@ -188,6 +202,30 @@ pub struct SourceRecord {
     /// The container hooks run around this source's read, in the order they ran (absent in older manifests).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hooks: Vec<HookRecord>,
+    /// A `dump` source's command and its outcome (absent for volumes, bind mounts and older manifests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dump: Option<DumpRecord>,
+}
+
+/// What the manifest says about a dump source (absent for volumes and bind mounts).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct DumpRecord {
+    /// The container the dump ran in.
+    pub container: String,
+    /// `postgres`, `mysql`, `mariadb`, `mongodb`, `redis`; absent for a `voltar.dump-command`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset: Option<String>,
+    /// The dump command as configured (the preset's shell text, or the label's).
+    pub command: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_command: Option<String>,
+    /// The dump command's exit status (0 for every stored dump; kept for the record).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    pub duration_ms: u64,
+    /// Size of the dump itself (the command's stdout), before compression.
+    pub dump_bytes: u64,
 }
 
 /// When a container hook runs.
@@ -713,6 +751,7 @@ mod tests {
             not_archived: vec![],
             not_archived_count: 0,
             hooks: vec![],
+            dump: None,
         };
         let mut full = manifest_at("20260102T030405Z-0001", t);
         full.sources = vec![src("a"), src("b")];
@@ -766,5 +805,34 @@ mod tests {
         ] {
             assert!(bad.parse::<BackupId>().is_err(), "{bad}");
         }
+    }
+
+    /// A source record written before dumps existed (no `dump` field) still loads; a dump's record round-trips.
+    #[test]
+    fn dump_records_and_older_source_records() {
+        let old = serde_json::json!({
+            "name": "pgdata", "kind": "volume", "path": "/v", "object": "pgdata.tar.zst",
+            "counts": {"entries": 1, "files": 1, "dirs": 0, "symlinks": 0, "hardlinks": 0, "other": 0, "bytes": 3},
+            "stored-bytes": 9, "sha256": "ab", "read-ms": 1
+        });
+        let r: SourceRecord = serde_json::from_value(old).unwrap();
+        assert_eq!((r.kind, &r.dump), (SourceKind::Volume, &None));
+        let mut d = r.clone();
+        d.kind = SourceKind::Dump;
+        d.object = dump_object_name("dump@db", "sql", true);
+        d.dump = Some(DumpRecord {
+            container: "db".into(),
+            preset: Some("postgres".into()),
+            command: "pg_dumpall".into(),
+            restore_command: Some("psql".into()),
+            exit_code: Some(0),
+            duration_ms: 5,
+            dump_bytes: 3,
+        });
+        let v = serde_json::to_value(&d).unwrap();
+        assert_eq!(v["kind"], "dump");
+        assert_eq!(v["object"], "dump@db.sql.zst.age");
+        assert_eq!(v["dump"]["exit-code"], 0);
+        assert_eq!(serde_json::from_value::<SourceRecord>(v).unwrap(), d);
     }
 }

@@ -30,6 +30,7 @@ pub mod config;
 pub mod crypto;
 pub mod daemon;
 pub mod docker;
+pub mod dump;
 pub mod hooks;
 pub mod lock;
 pub mod notify;

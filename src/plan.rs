@@ -14,6 +14,7 @@ use crate::docker::{
     ContainerInfo, ContainerState, Discovery, MountInfo, MountKind, ServiceInfo, ServiceMode,
     VolumeInfo,
 };
+use crate::dump::{self, DumpSpec};
 use crate::hooks::{self, ContainerHooks};
 
 /// A container to act on while one source is read.
@@ -127,6 +128,9 @@ pub struct PlannedSource {
     pub services: Vec<PlannedService>,
     /// Why it was selected.
     pub reason: String,
+    /// A `dump` source: the command run in its container (see `dump`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dump: Option<DumpSpec>,
 }
 
 impl PlannedSource {
@@ -239,6 +243,7 @@ pub fn plan(
     let mut plan = Plan::default();
     plan_volumes(discovery, job, &mut plan)?;
     plan_binds(discovery, job, probe, &mut plan)?;
+    plan_dumps(discovery, &mut plan);
     if !only.is_empty() {
         check_only(&plan, only)?;
         promote_named(discovery, job, only, &mut plan);
@@ -265,7 +270,8 @@ fn groups(discovery: &Discovery, job: &Job, sources: &[PlannedSource]) -> Vec<Qu
     };
     // Windows as sets of group names, merged when a source ties two together; each with its sources and origins.
     let mut windows: Vec<(Vec<String>, Vec<String>, Vec<&'static str>)> = Vec::new();
-    for s in sources {
+    // A dump is its own consistent copy, taken while its container runs: never part of a quiesce window.
+    for s in sources.iter().filter(|s| s.dump.is_none()) {
         let mut names = Vec::new();
         let mut from = Vec::new();
         for c in &s.containers {
@@ -342,6 +348,7 @@ fn plan_volumes(discovery: &Discovery, job: &Job, plan: &mut Plan) -> Result<(),
                 containers: plan_containers(&users, job, &discovery.services),
                 services: plan_services(&users, job, &discovery.services),
                 reason,
+                dump: None,
             }),
             Err(reason) => plan.skipped.push(SkippedSource {
                 name: v.name.clone(),
@@ -389,6 +396,7 @@ fn plan_binds(
                 containers: plan_containers(&users, job, &discovery.services),
                 services: plan_services(&users, job, &discovery.services),
                 reason,
+                dump: None,
             }),
             Err(reason) => plan.skipped.push(SkippedSource {
                 name,
@@ -450,11 +458,16 @@ fn promote_named(discovery: &Discovery, job: &Job, only: &[String], plan: &mut P
         }
     });
     for s in promoted {
+        if s.kind == SourceKind::Dump {
+            // A dump skipped because its container does not run cannot be made to run by naming it.
+            plan.skipped.push(s);
+            continue;
+        }
         let users = match s.kind {
             SourceKind::Volume => users_of(discovery, |m| {
                 m.kind == MountKind::Volume && m.name.as_deref() == Some(s.name.as_str())
             }),
-            SourceKind::Bind => users_of(discovery, |m| {
+            SourceKind::Bind | SourceKind::Dump => users_of(discovery, |m| {
                 m.kind == MountKind::Bind && m.source == s.path
             }),
         };
@@ -469,6 +482,7 @@ fn promote_named(discovery: &Discovery, job: &Job, only: &[String], plan: &mut P
             containers: plan_containers(&users, job, &discovery.services),
             services: plan_services(&users, job, &discovery.services),
             reason: format!("named with --only (was: {})", s.reason),
+            dump: None,
         });
     }
 }
@@ -486,6 +500,78 @@ fn keep_only_named(only: &[String], plan: &mut Plan) {
         path: s.path,
         reason: "not named with --only".into(),
     }));
+}
+
+/// Every container with a dump label: its dump is a source of its own (`dump@<container>`) when the container
+/// runs, else skipped with the reason (its volumes are then archived as usual). With `voltar.dump-only=true` the
+/// volumes and bind mounts that container mounts are skipped: the dump is their backup.
+fn plan_dumps(discovery: &Discovery, plan: &mut Plan) {
+    for c in &discovery.containers {
+        let Some(spec) = dump::resolve(c) else {
+            continue;
+        };
+        let name = dump::source_name(&c.name);
+        if let Err(reason) = dump::runnable(c) {
+            plan.skipped.push(SkippedSource {
+                name,
+                kind: SourceKind::Dump,
+                path: PathBuf::new(),
+                reason,
+                used_by: vec![c.name.clone()],
+            });
+            continue;
+        }
+        if spec.only && spec.problem.is_none() {
+            let why = format!(
+                "container {} has {}=true: its dump {name} is backed up instead",
+                c.name,
+                dump::LABEL_DUMP_ONLY
+            );
+            let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut plan.sources)
+                .into_iter()
+                .partition(|s| s.containers.iter().any(|u| u.id == c.id));
+            plan.sources = rest;
+            plan.skipped.extend(mine.into_iter().map(|s| SkippedSource {
+                used_by: s.containers.iter().map(|u| u.name.clone()).collect(),
+                name: s.name,
+                kind: s.kind,
+                path: s.path,
+                reason: why.clone(),
+            }));
+        }
+        let runs = PlannedContainer::new(
+            c,
+            false,
+            QuiesceAction::None,
+            Duration::ZERO,
+            format!("runs the dump, not paused or stopped; {}", spec.from),
+        );
+        plan.sources.push(PlannedSource {
+            name,
+            kind: SourceKind::Dump,
+            path: PathBuf::new(),
+            driver: None,
+            driver_opts: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            containers: vec![runs],
+            services: vec![],
+            reason: spec.from.clone(),
+            dump: Some(spec),
+        });
+    }
+}
+
+/// Whether container `c`'s dump will run: then the dump is its consistent copy and its volumes are read
+/// without pausing or stopping it (unless its `voltar.quiesce` label asks for that).
+fn dumped(c: &ContainerInfo) -> Option<String> {
+    let spec = dump::resolve(c)?;
+    (spec.problem.is_none() && dump::runnable(c).is_ok()).then(|| {
+        format!(
+            "not quiesced: its dump {} is the consistent copy ({}; set voltar.quiesce to quiesce it anyway)",
+            dump::source_name(&c.name),
+            spec.from
+        )
+    })
 }
 
 /// Prefix of skip reasons that `--only` cannot override.
@@ -507,6 +593,7 @@ pub fn leave_out_own(plan: &mut Plan, own: &ContainerInfo) {
         own.mounts.iter().any(|m| match kind {
             SourceKind::Volume => m.kind == MountKind::Volume && m.name.as_deref() == Some(name),
             SourceKind::Bind => m.kind == MountKind::Bind && m.source == path,
+            SourceKind::Dump => false,
         })
     };
     plan.sources.retain(|s| !mine(s.kind, &s.name, &s.path));
@@ -677,8 +764,10 @@ fn quiesce_mode(
     c: &ContainerInfo,
     service: Option<&ServiceInfo>,
     job: &Job,
-) -> (QuiesceAction, &'static str) {
-    match c
+) -> (QuiesceAction, String) {
+    // A container whose dump is a source is not quiesced for its volumes unless a label says so.
+    let dump_reason = dumped(c);
+    let (mode, src): (QuiesceAction, &str) = match c
         .labels
         .get(LABEL_QUIESCE)
         .map(|s| (s.parse::<QuiesceAction>(), "label voltar.quiesce"))
@@ -695,13 +784,17 @@ fn quiesce_mode(
             job.quiesce.default,
             "invalid voltar.quiesce label ignored; config default",
         ),
+        None if dump_reason.is_some() => {
+            return (QuiesceAction::None, dump_reason.unwrap_or_default());
+        }
         // offen/docker-volume-backup's label, when voltar's own is absent.
         None if hooks::offen_wants_stop(&c.labels) => (
             QuiesceAction::Stop,
             "label docker-volume-backup.stop-during-backup",
         ),
         None => (job.quiesce.default, "config default"),
-    }
+    };
+    (mode, src.to_string())
 }
 
 /// The service of a Swarm task container, when discovery could read it.
@@ -739,7 +832,7 @@ fn plan_containers(
             let (action, reason) = if !rw {
                 (QuiesceAction::None, "mounted read-only".to_string())
             } else if mode == QuiesceAction::None {
-                (QuiesceAction::None, mode_src.to_string())
+                (QuiesceAction::None, mode_src.clone())
             } else if c.state == ContainerState::Paused {
                 (
                     QuiesceAction::None,
@@ -762,7 +855,7 @@ fn plan_containers(
                         .to_string(),
                 )
             } else {
-                (mode, mode_src.to_string())
+                (mode, mode_src)
             };
             let mut planned = PlannedContainer::new(c, *rw, action, stop_timeout, reason);
             planned.hooks = hooks::resolve(c, &job.hooks);
@@ -793,7 +886,7 @@ fn plan_services(
             svc,
             vec![c.name.clone()],
             stop_timeout(c, job.quiesce.stop_timeout),
-            quiesce_mode(c, Some(svc), job).1,
+            &quiesce_mode(c, Some(svc), job).1,
         ));
     }
     out
@@ -1174,6 +1267,17 @@ mod tests {
         let p = plan(&d, &job(""), &["m1".into()], &dirs).unwrap();
         assert_eq!(p.groups[0].sources, vec!["m1"]);
         assert_eq!(p.window_of("m1"), None, "a group of one is no window");
+        // A dump of a grouped container is a source of its own, never read inside the window.
+        let mut d3 = d.clone();
+        d3.containers[2]
+            .labels
+            .insert("voltar.dump".into(), "postgres".into());
+        let p = plan(&d3, &job(""), &[], &dirs).unwrap();
+        assert!(
+            p.sources.iter().any(|s| s.dump.is_some()),
+            "the dump is planned: {p:#?}"
+        );
+        assert_eq!(p.groups[0].sources, vec!["m1", "m2"], "{p:#?}");
     }
 
     fn service(id: &str, mode: ServiceMode, labels: &[(&str, &str)]) -> ServiceInfo {

@@ -1,5 +1,6 @@
 //! The one verified read of a stored object, used by `restore` (unpack), `verify` (scan), the `restore --dry-run`
-//! listing (list) and `restore --archive` (unpack, without the storage part):
+//! listing (list) and `restore --archive` (unpack, without the storage part); a dump (not a tar) is read the same
+//! way up to the decompression and then copied whole into a sink ([`read_raw`]):
 //!
 //! get → sha256 and size of the stored bytes (on a thread of its own: `pipeline::hash_aside`) → [age decryption] → decompression (format sniffed) → tar walk
 //! ([`Entries`]: scan, unpack or list) → the stream read to its end, so that the zstd frame checksum and age's
@@ -153,6 +154,98 @@ pub async fn read(
         walked,
         digest,
     })
+}
+
+/// Why a raw read (a dump) failed.
+#[derive(Debug)]
+pub enum RawError {
+    /// The stream could not be opened: decryption header, compression format.
+    Open(RestoreError),
+    /// The stored stream did not read cleanly (decryption, decompression, the zstd checksum): a bad object.
+    Read(std::io::Error),
+    /// The sink refused the bytes (a restore command that exited, a full disk).
+    Write(std::io::Error),
+}
+
+/// What one raw read of a stored object found: how many bytes it decoded to (or why not) and the digest.
+#[derive(Debug)]
+pub struct RawReadBack {
+    pub key: String,
+    pub copied: Result<u64, RawError>,
+    /// sha256 and size of the stored bytes; `None` when the copy failed and the caller did not ask for it then.
+    pub digest: Option<Result<(String, u64), std::io::Error>>,
+}
+
+/// Read `src`'s stored object (a dump: not a tar) — decrypted and decompressed to its last byte — into `sink`,
+/// on a blocking thread, hashing the stored bytes as [`read`] does. `digest_on_error` as for [`read`].
+pub async fn read_raw(
+    store: Arc<dyn Storage>,
+    manifest: &Manifest,
+    src: &SourceRecord,
+    decryptor: Arc<Decryptor>,
+    mut sink: Box<dyn std::io::Write + Send>,
+    digest_on_error: bool,
+    progress: Progress,
+) -> Result<RawReadBack, StorageError> {
+    let key = catalog::object_key(&manifest.id, &src.object);
+    let stream = store.get(&key).await?;
+    let (stream, stored_digest) = match pipeline::hash_aside(stream) {
+        Ok(s) => s,
+        Err(e) => {
+            return Ok(RawReadBack {
+                copied: Err(RawError::Open(RestoreError::Read {
+                    object: key.clone(),
+                    message: format!("cannot start a thread: {e}"),
+                })),
+                key,
+                digest: None,
+            })
+        }
+    };
+    let reader = pipeline::blocking_reader(stream);
+    let encrypted = manifest.encryption.is_some();
+    let object = key.clone();
+    let joined = tokio::task::spawn_blocking(move || {
+        let mut stored = ProgressReader::new(reader, progress);
+        let copied = tar_stream(&mut stored, encrypted.then_some(&*decryptor), &object)
+            .map_err(RawError::Open)
+            .and_then(|dec| copy_raw(dec, &mut sink));
+        let digest = (copied.is_ok() || digest_on_error).then(|| stored_digest.finish(stored));
+        (copied, digest)
+    })
+    .await;
+    let (copied, digest) = match joined {
+        Ok(r) => r,
+        Err(e) => (
+            Err(RawError::Read(std::io::Error::other(format!(
+                "internal error: {e}"
+            )))),
+            None,
+        ),
+    };
+    Ok(RawReadBack {
+        key,
+        copied,
+        digest,
+    })
+}
+
+/// Copy a decoded stream into `sink` to its end, telling read errors from write errors; flushes the sink.
+fn copy_raw<R: Read>(mut dec: R, sink: &mut dyn std::io::Write) -> Result<u64, RawError> {
+    let mut buf = vec![0u8; 256 << 10];
+    let mut total = 0u64;
+    loop {
+        let n = match dec.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(RawError::Read(e)),
+        };
+        sink.write_all(&buf[..n]).map_err(RawError::Write)?;
+        total += n as u64;
+    }
+    sink.flush().map_err(RawError::Write)?;
+    Ok(total)
 }
 
 /// Walk an (already decrypted and decompressed) tar stream, then read the stream to its end.

@@ -321,6 +321,7 @@ fn window_source(group: &plan::QuiesceGroup, members: &[&PlannedSource]) -> Plan
         labels: BTreeMap::new(),
         containers,
         services,
+        dump: None,
         reason: group.from.clone(),
     }
 }

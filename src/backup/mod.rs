@@ -27,6 +27,7 @@
 //! manifests and prunes.
 
 mod commit;
+mod dump;
 mod group;
 mod source;
 mod targets;

@@ -13,6 +13,10 @@ pub(super) type Packed = (archive::pack::PackReport, String, u64);
 
 /// Back up one source to every open target. Never returns early without resuming what it held.
 pub(super) async fn back_up_source(ctx: &RunCtx<'_>, src: &PlannedSource) -> SourceReport {
+    if let Some(spec) = &src.dump {
+        // A database dump: no quiesce, no hooks, the command's stdout is the stream (`dump.rs`).
+        return super::dump::back_up_dump(ctx, src, spec).await;
+    }
     let mut report = SourceReport::planned(src);
     ctx.env
         .progress
@@ -820,6 +824,7 @@ pub(super) fn record_legs(
                     not_archived: report.not_archived.clone(),
                     not_archived_count: report.not_archived_count,
                     hooks: report.hooks.clone(),
+                    dump: None,
                 };
                 report.records.insert(i, record);
             }
@@ -860,7 +865,7 @@ fn incomplete(report: &SourceReport) -> String {
 
 /// Whether a leg's error means the target itself failed (so later sources skip it), rather than the run being
 /// cancelled.
-fn target_failed(e: &storage::StorageError) -> bool {
+pub(super) fn target_failed(e: &storage::StorageError) -> bool {
     !matches!(e, storage::StorageError::Cancelled { .. })
 }
 

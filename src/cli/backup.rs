@@ -484,7 +484,11 @@ fn render_plan(plan: &crate::plan::Plan, sizes: Option<&[Option<u64>]>) -> Strin
                 c.name.clone(),
                 ps,
                 c.state.clone(),
-                if c.rw { "rw".into() } else { "ro".into() },
+                match (s.kind, c.rw) {
+                    (crate::catalog::SourceKind::Dump, _) => "-".into(),
+                    (_, true) => "rw".into(),
+                    (_, false) => "ro".into(),
+                },
                 format!("{} ({})", c.action, c.reason),
             ]);
         }

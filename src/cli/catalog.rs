@@ -447,6 +447,22 @@ fn render_show(doc: &Shown) -> String {
             out.push_str(&hook_line(&s.name, h));
         }
     }
+    for s in &m.sources {
+        if let Some(d) = &s.dump {
+            out.push_str(&format!(
+                "dump: {}: {} in container {}, exit {}, {}; restore with --source {} --to-container NAME \
+                 (or --to-file PATH)\n",
+                s.name,
+                d.preset.as_deref().unwrap_or("voltar.dump-command"),
+                d.container,
+                d.exit_code
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "?".into()),
+                human_ms(d.duration_ms),
+                s.name
+            ));
+        }
+    }
     for f in &m.failed {
         out.push_str(&format!("failed: {}: {}\n", f.name, f.error));
     }

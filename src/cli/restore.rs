@@ -32,6 +32,14 @@ pub struct RestoreArgs {
     /// Restore into a directory on the host.
     #[arg(long, value_name = "PATH")]
     pub to_dir: Option<PathBuf>,
+    /// A database dump (`--source dump@NAME`): stream it into the restore command (psql, mysql, mongorestore,
+    /// or the container's voltar.dump-restore-command label) in this running container.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["to_volume", "to_dir", "paths", "archive", "to_file"])]
+    pub to_container: Option<String>,
+    /// A database dump (`--source dump@NAME`): write it out, decompressed, to this file (0600; --force replaces
+    /// an existing one).
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["to_volume", "to_dir", "paths", "archive"])]
+    pub to_file: Option<PathBuf>,
     /// Restore only these files or directories (relative to the volume root).
     #[arg(long = "path", value_name = "SUBPATH")]
     pub paths: Vec<PathBuf>,
@@ -92,6 +100,8 @@ pub async fn command(
         sources: args.sources,
         to_volume: args.to_volume,
         to_dir: args.to_dir,
+        to_container: args.to_container,
+        to_file: args.to_file,
         paths: args.paths,
         dry_run: args.dry_run,
         no_safety_backup: args.no_safety_backup,
@@ -170,13 +180,35 @@ pub fn render(report: &RestoreReport) -> String {
         if !s.restarted.is_empty() {
             out.push_str(&format!("  restarted: {}\n", restarted(s)));
         }
+        if let Some(c) = &s.command {
+            out.push_str(&format!(
+                "  {}: {c}\n",
+                if report.dry_run {
+                    "would stream the dump into"
+                } else {
+                    "streamed the dump into"
+                }
+            ));
+        }
         if let Some(b) = &s.safety_backup {
             out.push_str(&format!("  safety backup: {b} (tag pre-restore)\n"));
         }
         if let (Some(u), false) = (&s.undo, report.dry_run) {
             out.push_str(&format!("  undo: {u}\n"));
         }
-        if report.dry_run {
+        let is_dump = matches!(
+            s.destination,
+            restore::Destination::Container(_) | restore::Destination::File(_)
+        );
+        if is_dump {
+            out.push_str(&match (&s.status, report.dry_run) {
+                (_, true) => format!("  the dump is {}\n", human(s.counts.bytes)),
+                (RestoreStatus::Ok, _) => {
+                    format!("  restored the dump, {}\n", human(s.counts.bytes))
+                }
+                _ => String::new(),
+            });
+        } else if report.dry_run {
             out.push_str(&format!(
                 "  the backup holds {} file(s), {}\n",
                 s.counts.files,

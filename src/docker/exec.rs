@@ -1,10 +1,12 @@
-//! Running a command inside a running container (the Engine's exec API): hooks now, streamed dumps later.
+//! Running a command inside a running container (the Engine's exec API): hooks, and streamed dumps both ways.
 //!
 //! Design:
 //! * **One primitive for both uses.** [`ExecSpec`] is argv (a shell is the caller's choice: `["sh", "-c", …]`),
 //!   user, environment and a timeout; stdout is either captured (capped) or sent chunk by chunk into a channel
 //!   (a dump streamed into the archive pipeline; the channel's bound is the back-pressure). stderr is always
-//!   captured, capped. The exit code comes from inspecting the exec after its output ended.
+//!   captured, capped. The exit code comes from inspecting the exec after its output ended. stdin is closed at
+//!   once, or ([`Engine::exec_with_stdin`]) fed chunk by chunk from a channel and closed (EOF) when the channel
+//!   ends — a dump streamed into a restore command; a command that exits without reading it all ends the feed.
 //! * **Capped capture.** Each captured stream keeps its first [`CAPTURE_CAP`] bytes and counts the rest, so a
 //!   chatty command costs bounded memory and the log says how much was cut.
 //! * **Timeouts kill.** The Engine API has no "kill exec". At the timeout (or when the run is cancelled) we
@@ -156,7 +158,7 @@ impl Engine {
         stdout: ExecStdout,
         cancel: &CancellationToken,
     ) -> Result<ExecOutcome, DockerError> {
-        self.exec_noted(container, spec, stdout, cancel, &|_| Ok(()))
+        self.exec_io(container, spec, stdout, None, cancel, &|_| Ok(()))
             .await
     }
 
@@ -171,6 +173,34 @@ impl Engine {
         cancel: &CancellationToken,
         before_start: &(dyn Fn(&str) -> Result<(), String> + Send + Sync),
     ) -> Result<ExecOutcome, DockerError> {
+        self.exec_io(container, spec, stdout, None, cancel, before_start)
+            .await
+    }
+
+    /// [`Engine::exec`] with the chunks of `stdin` written to the command's standard input, which is closed when
+    /// the channel ends (the sender dropped). When the command stops reading (it exited), the rest of the
+    /// channel is dropped: the sender's next send fails.
+    pub async fn exec_with_stdin(
+        &self,
+        container: &str,
+        spec: &ExecSpec,
+        stdout: ExecStdout,
+        stdin: mpsc::Receiver<Bytes>,
+        cancel: &CancellationToken,
+    ) -> Result<ExecOutcome, DockerError> {
+        self.exec_io(container, spec, stdout, Some(stdin), cancel, &|_| Ok(()))
+            .await
+    }
+
+    async fn exec_io(
+        &self,
+        container: &str,
+        spec: &ExecSpec,
+        stdout: ExecStdout,
+        stdin: Option<mpsc::Receiver<Bytes>>,
+        cancel: &CancellationToken,
+        before_start: &(dyn Fn(&str) -> Result<(), String> + Send + Sync),
+    ) -> Result<ExecOutcome, DockerError> {
         let started = Instant::now();
         let action = || format!("running a command in container {container}");
         let created = self
@@ -180,7 +210,7 @@ impl Engine {
                 CreateExecOptions::<String> {
                     attach_stdout: Some(true),
                     attach_stderr: Some(true),
-                    attach_stdin: Some(false),
+                    attach_stdin: Some(stdin.is_some()),
                     tty: Some(false),
                     cmd: Some(spec.argv.clone()),
                     user: spec.user.clone(),
@@ -221,8 +251,8 @@ impl Engine {
                 message: "the engine did not attach to the command's output".into(),
             });
         };
-        // No stdin: closing our end lets a command that reads stdin see EOF instead of waiting forever.
-        drop(input);
+        // Without stdin, closing our end lets a command that reads stdin see EOF instead of waiting forever.
+        let feeder = stdin.map(|rx| tokio::spawn(feed_stdin(rx, input)));
 
         let mut out = Captured::default();
         let mut err = Captured::default();
@@ -282,6 +312,11 @@ impl Engine {
             .await;
         }
         drop(sink);
+        if let Some(f) = feeder {
+            // The command has ended (its output did): a feeder still waiting for input has nobody to give it to.
+            f.abort();
+            let _ = f.await;
+        }
         let exit_code = self.exit_code(&exec_id, end != ExecEnd::Exited).await?;
         if let Some(e) = stream_error {
             return Err(self.map_err(&action(), e, || {
@@ -352,6 +387,23 @@ impl Engine {
             .await
             .unwrap_or_else(|e| Killed::NotLocal(format!("internal error while killing: {e}")))
     }
+}
+
+/// Write every chunk of `rx` to the command's stdin, then close it (EOF). A write that fails (the command exited
+/// or closed its stdin) ends the feed: `rx` is dropped, so the sender learns it at its next send.
+async fn feed_stdin(
+    mut rx: mpsc::Receiver<Bytes>,
+    mut input: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+) {
+    use tokio::io::AsyncWriteExt;
+    while let Some(chunk) = rx.recv().await {
+        if input.write_all(&chunk).await.is_err() {
+            return;
+        }
+    }
+    let _ = input.flush().await;
+    // Half-close: the engine then closes the command's stdin, and the command sees the end of its input.
+    let _ = input.shutdown().await;
 }
 
 /// Kill `pid` and its descendants (and its process group when it leads one), after checking that `pid` is a

@@ -114,6 +114,7 @@ impl SourceRestore {
             downtime_ms: BTreeMap::new(),
             warnings: vec![],
             status,
+            command: None,
         }
     }
 
@@ -482,6 +483,7 @@ async fn safety_backup(
             containers: vec![],
             services: vec![],
             reason: "safety backup before restore".into(),
+            dump: None,
         }],
         ..Default::default()
     };

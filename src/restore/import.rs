@@ -49,6 +49,7 @@ pub(super) async fn import(
                     downtime_ms: Default::default(),
                     warnings: rep.warnings.into_iter().chain(cleanup.err()).collect(),
                     status: RestoreStatus::Ok,
+                    command: None,
                 }],
                 recovered: vec![],
             };

@@ -27,6 +27,7 @@
 //! The unpacker (`archive::unpack`) refuses entries that would write outside the staging directory.
 
 mod apply;
+mod dump;
 mod import;
 mod plan;
 mod swap;
@@ -77,6 +78,10 @@ pub struct RestoreRequest {
     pub to_volume: Option<String>,
     /// Restore into a directory on the host.
     pub to_dir: Option<PathBuf>,
+    /// A dump source: stream it into the restore command in this running container.
+    pub to_container: Option<String>,
+    /// A dump source: write it out, decompressed, to this file.
+    pub to_file: Option<PathBuf>,
     /// Restore only these files or directories (relative to the volume root).
     pub paths: Vec<PathBuf>,
     /// Plan only: say what would happen (including files that would be removed).
@@ -141,6 +146,10 @@ impl Serialize for RestoreStatus {
 pub enum Destination {
     Volume(String),
     Dir(PathBuf),
+    /// A dump streamed into the restore command in this running container.
+    Container(String),
+    /// A dump written out, decompressed, to this file.
+    File(PathBuf),
 }
 
 impl std::fmt::Display for Destination {
@@ -148,6 +157,8 @@ impl std::fmt::Display for Destination {
         match self {
             Destination::Volume(v) => write!(f, "volume {v}"),
             Destination::Dir(d) => write!(f, "directory {}", d.display()),
+            Destination::Container(c) => write!(f, "container {c}"),
+            Destination::File(p) => write!(f, "file {}", p.display()),
         }
     }
 }
@@ -183,6 +194,9 @@ pub struct SourceRestore {
     pub downtime_ms: BTreeMap<String, u64>,
     pub warnings: Vec<String>,
     pub status: RestoreStatus,
+    /// A dump restored into a container: the command it was (or, dry run, would be) streamed into.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
 }
 
 /// Entries listed per kind in a dry run's report; the counts are exact.
@@ -345,6 +359,11 @@ pub async fn run(
 ) -> Result<RestoreOutcome> {
     if args.archive.is_some() {
         return import(config, args, progress).await;
+    }
+    if args.to_container.is_some() || args.to_file.is_some() {
+        return Ok(RestoreOutcome::Report(
+            dump::run(config, args, progress, cancel).await?,
+        ));
     }
     let (plan, resources) = plan(config, &args, &progress).await?;
     let report = if args.dry_run {

@@ -78,6 +78,7 @@ impl RestorePlan {
                     downtime_ms: Default::default(),
                     warnings: vec![],
                     status: RestoreStatus::DryRun,
+                    command: None,
                 })
                 .collect(),
             recovered: self.recovered.clone(),
@@ -162,7 +163,9 @@ pub async fn plan(
 
 /// Open the target and resolve the backup the request names (an id, `latest`, `--before`). With `latest` and no
 /// `--source`, warn about the sources of the job that a partial run left out of it.
-async fn open_backup(args: &RestoreRequest) -> Result<(Target, Arc<dyn Storage>, Manifest)> {
+pub(super) async fn open_backup(
+    args: &RestoreRequest,
+) -> Result<(Target, Arc<dyn Storage>, Manifest)> {
     let (Some(target), Some(spec)) = (args.target.clone(), args.backup.clone()) else {
         bail!("which backup? give a backup id or `latest` (see `voltar list`), or --archive FILE");
     };
@@ -184,7 +187,7 @@ async fn open_backup(args: &RestoreRequest) -> Result<(Target, Arc<dyn Storage>,
 }
 
 /// The keys given; an encrypted backup needs one, and its manifest's seal must check out.
-fn load_keys(args: &RestoreRequest, manifest: &Manifest) -> Result<Arc<Decryptor>> {
+pub(super) fn load_keys(args: &RestoreRequest, manifest: &Manifest) -> Result<Arc<Decryptor>> {
     let decryptor = Arc::new(Decryptor::load(
         &args.identities,
         args.passphrase_file.as_deref(),
@@ -202,9 +205,34 @@ fn load_keys(args: &RestoreRequest, manifest: &Manifest) -> Result<Arc<Decryptor
 }
 
 /// The sources to restore: `--source` names (each must be in the backup), else all of them.
-fn choose_sources(args: &RestoreRequest, manifest: &Manifest) -> Result<Vec<SourceRecord>> {
+pub(super) fn choose_sources(
+    args: &RestoreRequest,
+    manifest: &Manifest,
+) -> Result<Vec<SourceRecord>> {
     if args.sources.is_empty() {
-        return Ok(manifest.sources.clone());
+        // A dump goes into a running database (`--to-container`) or a file (`--to-file`), never into a volume
+        // or directory: restoring "everything" leaves dumps out and says how to restore them.
+        let (dumps, rest): (Vec<_>, Vec<_>) = manifest
+            .sources
+            .iter()
+            .cloned()
+            .partition(|s| s.kind == SourceKind::Dump);
+        for d in &dumps {
+            tracing::warn!(
+                "{} is a database dump, not restored with the volumes: restore it with --source {} \
+                 --to-container NAME (or --to-file PATH)",
+                d.name,
+                d.name
+            );
+        }
+        if rest.is_empty() && !dumps.is_empty() {
+            bail!(
+                "backup {} holds only database dumps: restore one with --source NAME --to-container CONTAINER \
+                 (or --to-file PATH)",
+                manifest.id
+            );
+        }
+        return Ok(rest);
     }
     args.sources
         .iter()
@@ -240,6 +268,13 @@ async fn destination(
     src: &SourceRecord,
     many: bool,
 ) -> Result<(Destination, PathBuf, bool)> {
+    if src.kind == SourceKind::Dump {
+        bail!(
+            "{} is a database dump: restore it into a running database with --to-container NAME, or write it out \
+             with --to-file PATH",
+            src.name
+        );
+    }
     Ok(match (&args.to_volume, &args.to_dir) {
         (Some(v), _) => match engine.inspect_volume(v).await {
             // An existing volume is taken as it is when empty (made with `docker volume create` for this, say);
@@ -281,6 +316,7 @@ async fn destination(
                 PathBuf::from(&src.path),
                 false,
             ),
+            SourceKind::Dump => unreachable!("refused above"),
         },
     })
 }
@@ -302,6 +338,7 @@ fn users_of(
             Destination::Dir(d) => {
                 !d.as_os_str().is_empty() && (m.source == *d || m.source.starts_with(d))
             }
+            Destination::Container(_) | Destination::File(_) => false,
         });
         if !uses {
             continue;
@@ -546,6 +583,13 @@ pub(super) fn undo_command(
             Destination::Dir(d) => cmd.push_str(&format!(
                 " --to-dir {} --force",
                 shell_word(&d.to_string_lossy())
+            )),
+            Destination::Container(c) => {
+                cmd.push_str(&format!(" --to-container {}", shell_word(c)))
+            }
+            Destination::File(f) => cmd.push_str(&format!(
+                " --to-file {} --force",
+                shell_word(&f.to_string_lossy())
             )),
         }
     }

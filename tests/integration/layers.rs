@@ -21,6 +21,7 @@ const FLOORS: &[&[&str]] = &[
         "retention",
         "crypto",
         "hooks",
+        "dump",
         "plan",
         "sizes",
         "quiesce",

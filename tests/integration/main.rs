@@ -11,6 +11,7 @@ mod caps;
 mod check;
 mod cli;
 mod daemon;
+mod dump;
 mod engine_api;
 mod frozen;
 mod groups;

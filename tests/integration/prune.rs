@@ -81,6 +81,7 @@ async fn write_backup(
             not_archived: vec![],
             not_archived_count: 0,
             hooks: vec![],
+            dump: None,
         });
     }
     let m = Manifest {
