@@ -479,7 +479,8 @@ impl Storage for LocalStorage {
                         Ok(_) => {}
                         Err(rustix::io::Errno::INTR) => {}
                         Err(e) => {
-                            let _ = tx.blocking_send(Err(inner.read_err(&key, "reading", e.into())));
+                            let _ =
+                                tx.blocking_send(Err(inner.read_err(&key, "reading", e.into())));
                             return;
                         }
                     }
