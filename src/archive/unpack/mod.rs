@@ -535,7 +535,7 @@ mod tests {
         let mut e = EndCheck::new(&data[..]);
         let mut b = [0u8; 10];
         e.read_exact(&mut b).unwrap();
-        assert_eq!(e.seek(io::SeekFrom::Current(0)).unwrap(), 10);
+        assert_eq!(e.stream_position().unwrap(), 10);
         assert_eq!(e.seek(io::SeekFrom::Current(80)).unwrap(), 90);
         e.read_exact(&mut b).unwrap();
         assert_eq!(b[0], 90);
