@@ -1,24 +1,30 @@
 #!/usr/bin/env bash
 # Benchmark voltar against the reference pipelines on the same data, in the same run:
-#   backup   `voltar backup` vs `tar -cf - | zstd -3 -T0` (time, compressed size, voltar's peak RSS)
+#   backup   `voltar backup` vs `tar -cf - | zstd -3 -T0 > FILE` (and that plus an fsync of FILE, as voltar makes its
+#            archive durable); compressed sizes
 #   restore  `voltar restore --to-dir` and `voltar restore --source VOL --no-safety-backup` (into the volume) vs
-#            `zstd -dc A | tar --xattrs --numeric-owner -xpf -` on the same archive A (voltar's own object)
-#   verify   `voltar verify` vs `zstd -dc A > /dev/null` (and vs that plus `sha256sum A`, what verify also does)
+#            `zstd -dc A | tar --xattrs --numeric-owner -xpf -` on the same archive A (voltar's own object), and that
+#            plus `sync -f` (voltar's restore ends with one syncfs)
+#   verify   `voltar verify` vs `zstd -dc A > /dev/null` (and vs that plus `sha256sum A`, what verify also does,
+#            one after the other and side by side)
+#   restic   when installed (Debian's `restic`): its backup and restore of the same data in the same rounds;
+#            otherwise "restic not installed, skipped"
 #   s3       throughput to the local S3 test server, peak RSS at two dataset sizes (memory stays flat)
-# Restore and verify runs are ABBA-alternated (reference, voltar, voltar, reference, ...): every pair's ratio is
-# printed, then the median. Timings on a shared 2-core machine are noisy: compare ratios, never absolute times.
+# Backup, restore and verify runs are ABBA-alternated (reference, voltar, voltar, reference, ...): every round's
+# ratio voltar/reference is printed, wall-clock AND CPU (user + sys), then the medians and both peak RSS. The
+# load average is printed at the start and the end: with it above the number of cores, wall-clock ratios are
+# noise (compare the CPU ratios), and absolute times mean nothing across runs.
 #
 #   scripts/bench.sh [SCALE]      # SCALE 1.0 ≈ 1.7 GiB (default 1.0); 0.25 is fine while iterating
 #   BENCH_ONLY=restore,verify     # only these parts (backup, restore, verify, s3; default all). The backup itself
 #                                 # always runs once: restore and verify read its archive
 #   BENCH_S3=0                    # skip the S3 case (as BENCH_ONLY without s3)
-#   BENCH_ROUNDS=4                # ABBA rounds for restore and verify (default 4: two AB pairs, two BA pairs)
+#   BENCH_ROUNDS=4                # ABBA rounds (default 4: two AB pairs, two BA pairs)
 #   BENCH_BIN=path                # time this voltar binary instead of building target/release/voltar
+#   BENCH_DATA=dir                # copy this tree into the volume instead of generating the dataset (SCALE unused)
 #   BENCH_TMPDIR=/dev/shm         # where the target and --to-dir output go (default /var/tmp). On a disk other
 #                                 # processes write to, restore's syncfs also waits for their dirty pages: tmpfs
 #                                 # shows voltar's own cost (the volume stays where Docker keeps it)
-# Next to each wall-clock ratio the CPU ratio (user + sys) is printed: on a machine busy with other work it moves
-# much less than wall time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scale=${1:-1.0}
@@ -32,14 +38,22 @@ if [ -n "${BENCH_BIN:-}" ]; then bin=$BENCH_BIN; else cargo build --release -q; 
 work=$(mktemp -d "${BENCH_TMPDIR:-/var/tmp}/voltar-bench.XXXXXX")
 vol=voltar-bench-$$
 export VOLTAR_STATE_DIR=$work/state
-cleanup() { docker volume rm -f "$vol" >/dev/null 2>&1 || true; rm -rf "$work"; }
-echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+cleanup() {
+  docker volume rm -f "$vol" >/dev/null 2>&1 || true; rm -rf "$work"
+  echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg) ($(nproc) cores)"
+}
+echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg) ($(nproc) cores; above that, timings are noise: read the cpu ratios)"
 trap cleanup EXIT
 
 docker volume create "$vol" >/dev/null
 mp=$(docker volume inspect -f '{{.Mountpoint}}' "$vol")
-echo "generating dataset (scale $scale) in volume $vol ..." >&2
-python3 scripts/gen_dataset.py "$mp" "$scale"
+if [ -n "${BENCH_DATA:-}" ]; then
+  echo "copying $BENCH_DATA into volume $vol ..." >&2
+  cp -a "$BENCH_DATA/." "$mp/"
+else
+  echo "generating dataset (scale $scale) in volume $vol ..." >&2
+  python3 scripts/gen_dataset.py "$mp" "$scale"
+fi
 size=$(du -sb "$mp" | cut -f1)
 echo "dataset: $(numfmt --to=iec "$size") in $(find "$mp" -type f | wc -l) files" >&2
 sync
@@ -53,69 +67,87 @@ measure() { # name, command...: prints "seconds maxrss_kb cpu_seconds" (cpu: use
   tail -1 "$work/$name.time" | awk '{ printf "%s %s %.2f\n", $1, $2, $3 + $4 }'
 }
 
-# Warm the page cache once so both read the same way, then alternate runs and keep the best of each.
-tar -cf - -C "$mp" . >/dev/null
-best_ref=999999; best_refsync=999999; best_v=999999; rss_v=0
-rounds_backup=2; want backup || rounds_backup=1
-for round in $(seq 1 $rounds_backup); do
-  if ! want backup; then # only the archive restore and verify read
-    rm -rf "$work/target"; measure voltar "$bin" --quiet backup --only "$vol" --target "$work/target" >/dev/null; break
-  fi
-  read -r t m _ < <(measure ref sh -c "tar -cf - -C '$mp' . | zstd -3 -T0 -q > '$work/ref.tar.zst'")
-  best_ref=$(python3 -c "print(min($best_ref, $t))")
-  # The same, made durable as voltar makes its archive (fsync before it counts as written).
-  read -r t m _ < <(measure refsync sh -c "tar -cf - -C '$mp' . | zstd -3 -T0 -q > '$work/ref.tar.zst' && sync '$work/ref.tar.zst'")
-  best_refsync=$(python3 -c "print(min($best_refsync, $t))")
-  rm -rf "$work/target"
-  read -r t m _ < <(measure voltar "$bin" --quiet backup --only "$vol" --target "$work/target")
-  best_v=$(python3 -c "print(min($best_v, $t))"); rss_v=$(( m > rss_v ? m : rss_v ))
-done
-if want backup; then
-ref_size=$(stat -c %s "$work/ref.tar.zst")
-v_size=$(find "$work/target" -name '*.tar.zst' -exec stat -c %s {} +)
-echo
-echo "== local target (dataset $(numfmt --to=iec "$size"))"
-printf '%-28s %8s s  %10s\n' "tar | zstd -3 -T0" "$best_ref" "$(numfmt --to=iec "$ref_size")"
-printf '%-28s %8s s\n' "  same + fsync of the output" "$best_refsync"
-printf '%-28s %8s s  %10s  peak RSS %s MiB\n' "voltar backup" "$best_v" "$(numfmt --to=iec "$v_size")" "$((rss_v / 1024))"
-python3 -c "print(f'ratio voltar/reference time: {$best_v/$best_ref:.2f} ({$best_v/$best_refsync:.2f} against the fsynced reference); size ratio {$v_size/$ref_size:.3f}')"
-fi
-
 # ABBA comparison of one voltar command with its reference, both preceded by an untimed setup.
-#   abba LABEL REF_SETUP REF_CMD V_SETUP V_CMD [REF2_LABEL REF2_CMD]
-# Prints each round's ratio voltar/reference, the medians and voltar's peak RSS. REF2 (optional) is a second
-# reference run in the same rounds (e.g. the reference plus what voltar also guarantees), reported as a ratio too.
+#   abba LABEL REF_SETUP REF_CMD V_SETUP V_CMD [X_LABEL X_SETUP X_CMD]...
+# Prints each round's ratio voltar/reference (wall, and CPU = user + sys), the medians and both peak RSS. Each
+# extra X (e.g. the reference plus what voltar also guarantees, or restic) runs once per round after the pair and
+# is reported as a ratio voltar/X too.
 abba() {
-  local label=$1 ref_setup=$2 ref_cmd=$3 v_setup=$4 v_cmd=$5 ref2_label=${6:-} ref2_cmd=${7:-}
-  local ratios=() ratios2=() cratios=() rss=0 t_ref t_v t_ref2 m c_ref c_v line=""
+  local label=$1 ref_setup=$2 ref_cmd=$3 v_setup=$4 v_cmd=$5; shift 5
+  local xs=("$@") nx=$(( $# / 3 ))
+  local ratios=() cratios=() rss=0 rss_ref=0 t_ref t_v m m_ref c_ref c_v i t c line
+  local -a xr xc xrss
   for round in $(seq 1 "$rounds"); do
-    t_ref2=""
     # ABBA: rounds 1 and 4 run the reference first, rounds 2 and 3 voltar first.
     if [ $(( round % 4 )) -le 1 ]; then
-      eval "$ref_setup"; read -r t_ref m c_ref < <(measure ref sh -c "$ref_cmd")
+      eval "$ref_setup"; read -r t_ref m_ref c_ref < <(measure ref sh -c "$ref_cmd")
       eval "$v_setup"; read -r t_v m c_v < <(measure voltar sh -c "$v_cmd")
     else
       eval "$v_setup"; read -r t_v m c_v < <(measure voltar sh -c "$v_cmd")
-      eval "$ref_setup"; read -r t_ref _ c_ref < <(measure ref sh -c "$ref_cmd")
+      eval "$ref_setup"; read -r t_ref m_ref c_ref < <(measure ref sh -c "$ref_cmd")
     fi
-    rss=$(( m > rss ? m : rss ))
-    if [ -n "$ref2_cmd" ]; then
-      eval "$ref_setup"; read -r t_ref2 _ _ < <(measure ref2 sh -c "$ref2_cmd")
-      ratios2+=("$(python3 -c "print(f'{$t_v/$t_ref2:.2f}')")")
-    fi
-    ratios+=("$(python3 -c "print(f'{$t_v/$t_ref:.2f}')")")
+    rss=$(( m > rss ? m : rss )); rss_ref=$(( m_ref > rss_ref ? m_ref : rss_ref ))
+    ratios+=("$(python3 -c "print(f'{$t_v/max($t_ref, 0.01):.2f}')")")
     cratios+=("$(python3 -c "print(f'{$c_v/max($c_ref, 0.01):.2f}')")")
+    line=""
+    for (( i = 0; i < nx; i++ )); do
+      eval "${xs[3*i+1]}"; read -r t m c < <(measure "x$i" sh -c "${xs[3*i+2]}")
+      xr[i]="${xr[i]:-} $(python3 -c "print(f'{$t_v/max($t, 0.01):.2f}')")"
+      xc[i]="${xc[i]:-} $(python3 -c "print(f'{$c_v/max($c, 0.01):.2f}')")"
+      xrss[i]=$(( m > ${xrss[i]:-0} ? m : ${xrss[i]:-0} ))
+      line+="  (${xs[3*i]} $t s, cpu $c s)"
+    done
     printf '  round %d: reference %6.2f s  voltar %6.2f s  ratio %s  (cpu %s s / %s s: %s)%s\n' "$round" "$t_ref" "$t_v" \
-      "${ratios[-1]}" "$c_ref" "$c_v" "${cratios[-1]}" \
-      "${t_ref2:+  ($ref2_label $t_ref2 s: ${ratios2[-1]})}"
+      "${ratios[-1]}" "$c_ref" "$c_v" "${cratios[-1]}" "$line"
   done
-  python3 - "$label" "$rss" "$ref2_label" "${ratios[*]}" "${ratios2[*]:-}" "${cratios[*]}" <<'PY'
+  local extra=()
+  for (( i = 0; i < nx; i++ )); do extra+=("${xs[3*i]}" "${xr[i]}" "${xc[i]}" "${xrss[i]}"); done
+  python3 - "$label" "$rss" "$rss_ref" "${ratios[*]}" "${cratios[*]}" "${extra[@]}" <<'PY'
 import statistics, sys
-label, rss, ref2, r, r2, c = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4].split(), sys.argv[5].split(), sys.argv[6].split()
-extra = f"; against {ref2}: {statistics.median(map(float, r2)):.2f}" if r2 else ""
-print(f"{label}: median ratio voltar/reference {statistics.median(map(float, r)):.2f}{extra}; cpu ratio {statistics.median(map(float, c)):.2f}; voltar peak RSS {rss // 1024} MiB")
+label, rss, rss_ref, r, c = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4].split(), sys.argv[5].split()
+med = lambda v: statistics.median(map(float, v.split() if isinstance(v, str) else v))
+print(f"{label}: median ratio voltar/reference wall {med(r):.2f}, cpu {med(c):.2f}; peak RSS voltar {rss // 1024} MiB, reference {rss_ref // 1024} MiB")
+x = sys.argv[6:]
+for i in range(0, len(x), 4):
+    print(f"  against {x[i]}: wall {med(x[i+1]):.2f}, cpu {med(x[i+2]):.2f}; its peak RSS {int(x[i+3]) // 1024} MiB")
 PY
 }
+
+# restic (Debian's `restic`), when installed: the same data through it, in the same rounds.
+restic_ok=0
+if command -v restic >/dev/null; then
+  restic_ok=1
+  export RESTIC_PASSWORD=bench RESTIC_REPOSITORY=$work/restic RESTIC_CACHE_DIR=$work/restic-cache
+  echo "restic: $(restic version | head -1)" >&2
+else
+  echo "restic not installed (apt-get install restic), skipped" >&2
+fi
+restic_backup=(); restic_restore=()
+if [ "$restic_ok" = 1 ]; then
+  restic_backup=("restic backup" 'rm -rf "$RESTIC_REPOSITORY" "$RESTIC_CACHE_DIR"; restic init -q >/dev/null' "restic -q backup '$mp'")
+  restic_restore=("restic restore" 'rm -rf "$work/out"' "restic -q restore latest --target '$work/out'")
+fi
+
+# Warm the page cache once so every run reads the same way.
+tar -cf - -C "$mp" . >/dev/null
+if want backup; then
+  echo
+  echo "== backup to a local target (dataset $(numfmt --to=iec "$size")): voltar backup vs tar -cf - | zstd -3 -T0 > FILE"
+  abba "backup" \
+    ':' "tar -cf - -C '$mp' . | zstd -3 -T0 -q > '$work/ref.tar.zst'" \
+    'rm -rf "$work/target"' "'$bin' --quiet backup --only '$vol' --target '$work/target'" \
+    "reference + fsync" ':' "tar -cf - -C '$mp' . | zstd -3 -T0 -q > '$work/ref.tar.zst' && sync '$work/ref.tar.zst'" \
+    "${restic_backup[@]}"
+  ref_size=$(stat -c %s "$work/ref.tar.zst")
+  v_size=$(find "$work/target" -name '*.tar.zst' -exec stat -c %s {} +)
+  python3 -c "print(f'size: voltar {$v_size} bytes, reference {$ref_size} bytes, ratio {$v_size/$ref_size:.3f}')"
+else
+  # Only the archive restore and verify read.
+  measure voltar "$bin" --quiet backup --only "$vol" --target "$work/target" >/dev/null
+fi
+if [ "$restic_ok" = 1 ] && ! want backup && want restore; then
+  restic init -q >/dev/null && restic -q backup "$mp" >/dev/null
+fi
 
 archive=$(find "$work/target" -name '*.tar.zst' | head -1)
 tarx="tar --xattrs --numeric-owner -xpf -"
@@ -126,13 +158,14 @@ if want restore; then
   abba "restore --to-dir" \
     'rm -rf "$work/out"; mkdir "$work/out"' "zstd -dc '$archive' | $tarx -C '$work/out'" \
     'rm -rf "$work/out"' "'$bin' --quiet restore latest --target '$work/target' --to-dir '$work/out'" \
-    "reference + syncfs" "zstd -dc '$archive' | $tarx -C '$work/out' && sync -f '$work/out'"
+    "reference + syncfs" 'rm -rf "$work/out"; mkdir "$work/out"' "zstd -dc '$archive' | $tarx -C '$work/out' && sync -f '$work/out'" \
+    "${restic_restore[@]}"
   rm -rf "$work/out"
   echo "-- into the volume: voltar restore latest --source VOL --no-safety-backup vs emptying it + zstd -dc A | $tarx -C MOUNTPOINT"
   abba "restore into a volume" \
     ':' "find '$mp' -mindepth 1 -delete && zstd -dc '$archive' | $tarx -C '$mp'" \
     ':' "'$bin' --quiet restore latest --target '$work/target' --source '$vol' --no-safety-backup" \
-    "reference + syncfs" "find '$mp' -mindepth 1 -delete && zstd -dc '$archive' | $tarx -C '$mp' && sync -f '$mp'"
+    "reference + syncfs" ':' "find '$mp' -mindepth 1 -delete && zstd -dc '$archive' | $tarx -C '$mp' && sync -f '$mp'"
 fi
 if want verify; then
   echo
@@ -140,7 +173,8 @@ if want verify; then
   abba "verify" \
     ':' "zstd -dc '$archive' > /dev/null" \
     ':' "'$bin' --quiet verify latest --target '$work/target'" \
-    "zstd -dc + sha256sum" "sha256sum '$archive' > /dev/null && zstd -dc '$archive' > /dev/null"
+    "zstd -dc + sha256sum" ':' "sha256sum '$archive' > /dev/null && zstd -dc '$archive' > /dev/null" \
+    "zstd -dc and sha256sum side by side" ':' "sha256sum '$archive' > /dev/null & zstd -dc '$archive' > /dev/null; wait"
 fi
 if want s3; then
   export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench AWS_REGION=us-east-1 AWS_ENDPOINT_URL=$VOLTAR_TEST_S3_ENDPOINT

@@ -75,8 +75,7 @@ impl ChunkSink {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let mut next = pool_take(&self.pool, CHUNK_SIZE);
-        next.clear();
+        let next = pool_take(&self.pool, CHUNK_SIZE);
         let data = std::mem::replace(&mut self.buf, next);
         let chunk = pooled(data, &self.pool);
         let tx = self.tx.as_ref().ok_or_else(closed)?;

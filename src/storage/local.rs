@@ -32,7 +32,7 @@
 //! pool (a fresh zeroed buffer per piece cost a page fault per 4 KiB read).
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -459,7 +459,7 @@ impl Storage for LocalStorage {
                 key: key.to_string(),
             });
         }
-        let mut file = file.into_std().await;
+        let file = file.into_std().await;
         let inner = self.inner.clone();
         let key = key.to_string();
         // One blocking thread reads the file ahead of the consumer, READ_CHUNK at a time, into buffers that come
@@ -471,23 +471,23 @@ impl Storage for LocalStorage {
             let pool = crate::buffers::read_pool();
             loop {
                 let mut buf = crate::buffers::pool_take(&pool, READ_CHUNK);
-                let mut n = 0;
-                // Fill the piece (short reads happen); 0 means end of file.
-                while n < buf.len() {
-                    match file.read(&mut buf[n..]) {
+                // Fill the piece (short reads happen; 0 means end of file), reading into the buffer's spare
+                // capacity so that nothing is zeroed first.
+                while buf.len() < READ_CHUNK {
+                    match rustix::io::read(&file, rustix::buffer::spare_capacity(&mut buf)) {
                         Ok(0) => break,
-                        Ok(k) => n += k,
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Ok(_) => {}
+                        Err(rustix::io::Errno::INTR) => {}
                         Err(e) => {
-                            let _ = tx.blocking_send(Err(inner.read_err(&key, "reading", e)));
+                            let _ =
+                                tx.blocking_send(Err(inner.read_err(&key, "reading", e.into())));
                             return;
                         }
                     }
                 }
-                if n == 0 {
+                if buf.is_empty() {
                     return;
                 }
-                buf.truncate(n);
                 // A failed send: the consumer dropped the stream, nobody wants the rest.
                 if tx
                     .blocking_send(Ok(crate::buffers::pooled(buf, &pool)))

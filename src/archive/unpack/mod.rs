@@ -343,8 +343,9 @@ fn walk<R: Read>(
     let refused = tap.refused.clone();
     let mut archive = tar::Archive::new(EndCheck::new(tap));
     {
+        // With seek: skips go through `EndCheck`'s reused buffer (see there).
         let entries = archive
-            .entries()
+            .entries_with_seek()
             .map_err(|e| ArchiveError::Corrupt(format!("cannot read the archive: {e}")))?;
         let mut last: Option<String> = None;
         for entry in entries {
@@ -434,16 +435,31 @@ fn drain<R: Read>(
 
 /// Tracks whether the underlying stream hit its end: the tar crate reports a stream that simply stops at a header
 /// boundary as a clean end, which for us is a truncated archive.
+///
+/// It is also [`Seek`] for forward skips, done by reading (the stream cannot seek) into a buffer kept here, so the
+/// tar crate (`entries_with_seek`) skips the padding after each entry, and the data of an entry nobody read, with
+/// this instead of its own skip, which zeroes a 32 KiB stack buffer on every call: a `memset` of 32 KiB per entry,
+/// 3.8% of a verify's instructions (callgrind). Every byte still passes through `read`, in order, so the layers
+/// below (`PaxTap`, the decompressor) see the same stream, and a stream that ends inside a skip is the same error.
 struct EndCheck<R> {
     inner: R,
     hit_eof: bool,
+    /// Bytes read so far: the position [`Seek`] reports (the tar crate keeps its own count in step with it).
+    pos: u64,
+    /// Where skipped bytes are read to; allocated on the first skip, then reused.
+    scratch: Vec<u8>,
 }
+
+/// Size of [`EndCheck`]'s skip buffer.
+const SKIP_BUF: usize = 64 * 1024;
 
 impl<R> EndCheck<R> {
     fn new(inner: R) -> Self {
         EndCheck {
             inner,
             hit_eof: false,
+            pos: 0,
+            scratch: Vec::new(),
         }
     }
 }
@@ -454,7 +470,42 @@ impl<R: Read> Read for EndCheck<R> {
         if n == 0 && !buf.is_empty() {
             self.hit_eof = true;
         }
+        self.pos += n as u64;
         Ok(n)
+    }
+}
+
+impl<R: Read> io::Seek for EndCheck<R> {
+    /// Only `SeekFrom::Current` forward (what the tar crate's skip asks for); returns the new position.
+    fn seek(&mut self, to: io::SeekFrom) -> io::Result<u64> {
+        let mut left = match to {
+            io::SeekFrom::Current(n) if n >= 0 => n as u64,
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "the archive stream can only skip forward",
+                ))
+            }
+        };
+        if left > 0 && self.scratch.is_empty() {
+            self.scratch = vec![0u8; SKIP_BUF];
+        }
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let r = loop {
+            if left == 0 {
+                break Ok(self.pos);
+            }
+            let want = left.min(scratch.len() as u64) as usize;
+            match self.read(&mut scratch[..want]) {
+                // The tar crate's own skip says the same.
+                Ok(0) => break Err(io::Error::other("unexpected EOF during skip")),
+                Ok(n) => left -= n as u64,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        self.scratch = scratch;
+        r
     }
 }
 
@@ -474,6 +525,29 @@ fn finish_stream<R: Read>(mut s: EndCheck<R>) -> Result<(), ArchiveError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `EndCheck`'s skip (what the tar crate calls between entries) reads forward, reports the position the crate
+    /// keeps in step with, and fails, as the crate's own skip did, when the stream ends inside it.
+    #[test]
+    fn end_check_skips_forward_by_reading_and_fails_at_a_short_end() {
+        use std::io::Seek;
+        let data: Vec<u8> = (0..100u8).collect();
+        let mut e = EndCheck::new(&data[..]);
+        let mut b = [0u8; 10];
+        e.read_exact(&mut b).unwrap();
+        assert_eq!(e.stream_position().unwrap(), 10);
+        assert_eq!(e.seek(io::SeekFrom::Current(80)).unwrap(), 90);
+        e.read_exact(&mut b).unwrap();
+        assert_eq!(b[0], 90);
+        assert!(!e.hit_eof);
+        let err = e.seek(io::SeekFrom::Current(1)).unwrap_err();
+        assert!(
+            err.to_string().contains("unexpected EOF during skip"),
+            "{err}"
+        );
+        assert!(e.hit_eof);
+        assert!(e.seek(io::SeekFrom::Start(0)).is_err());
+    }
 
     /// Regression (issue 3 round trip): xattr values holding a newline broke the tar crate's PAX parser.
     #[test]
