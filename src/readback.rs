@@ -10,7 +10,7 @@
 //! against the manifest to the caller: restore stops at the first mismatch, verify reports every one.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, Read};
+use std::io::{self, BufRead, Read};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -112,20 +112,55 @@ pub async fn read(
     digest_on_error: bool,
     progress: Progress,
 ) -> Result<ReadBack, StorageError> {
+    let (key, walked, digest) = read_with(
+        store,
+        manifest,
+        src,
+        decryptor,
+        digest_on_error,
+        progress,
+        WalkError::Open,
+        WalkError::Trailer,
+        move |dec| walk(dec, entries),
+    )
+    .await?;
+    Ok(ReadBack {
+        key,
+        walked,
+        digest,
+    })
+}
+
+/// An object's key, what was done with its decoded stream, and the stored bytes' sha256 and size.
+type ReadOutcome<T, E> = (String, Result<T, E>, Option<io::Result<(String, u64)>>);
+
+/// The one read both [`read`] and [`read_raw`] make: get `src`'s object, hash the stored bytes on a thread of
+/// their own while a blocking thread decrypts and decompresses them (`hash_aside`) and hands the decoded stream
+/// to `consume`; then the stored stream's digest (also after a failed `consume` with `digest_on_error`).
+/// `open_error` and `thread_error` say in `consume`'s error type that the stream could not be opened, and that a
+/// thread failed.
+#[allow(clippy::too_many_arguments)]
+async fn read_with<T: Send + 'static, E: Send + 'static>(
+    store: Arc<dyn Storage>,
+    manifest: &Manifest,
+    src: &SourceRecord,
+    decryptor: Arc<Decryptor>,
+    digest_on_error: bool,
+    progress: Progress,
+    open_error: fn(RestoreError) -> E,
+    thread_error: fn(io::Error) -> E,
+    consume: impl FnOnce(Box<dyn Read + '_>) -> Result<T, E> + Send + 'static,
+) -> Result<ReadOutcome<T, E>, StorageError> {
     let key = catalog::object_key(&manifest.id, &src.object);
     let stream = store.get(&key).await?;
-    // The stored bytes are hashed on a thread of their own while this one decompresses them (`hash_aside`).
     let (stream, stored_digest) = match pipeline::hash_aside(stream) {
         Ok(s) => s,
         Err(e) => {
-            return Ok(ReadBack {
-                walked: Err(WalkError::Open(RestoreError::Read {
-                    object: key.clone(),
-                    message: format!("cannot start a thread: {e}"),
-                })),
-                key,
-                digest: None,
-            })
+            let failed = Err(open_error(RestoreError::Read {
+                object: key.clone(),
+                message: format!("cannot start a thread: {e}"),
+            }));
+            return Ok((key, failed, None));
         }
     };
     let reader = pipeline::blocking_reader(stream);
@@ -133,27 +168,23 @@ pub async fn read(
     let object = key.clone();
     let joined = tokio::task::spawn_blocking(move || {
         let mut stored = ProgressReader::new(reader, progress);
-        let walked = tar_stream(&mut stored, encrypted.then_some(&*decryptor), &object)
-            .map_err(WalkError::Open)
-            .and_then(|dec| walk(dec, entries));
-        let digest = (walked.is_ok() || digest_on_error).then(|| stored_digest.finish(stored));
-        (walked, digest)
+        let done = tar_stream(&mut stored, encrypted.then_some(&*decryptor), &object)
+            .map_err(open_error)
+            .and_then(consume);
+        let digest = (done.is_ok() || digest_on_error).then(|| stored_digest.finish(stored));
+        (done, digest)
     })
     .await;
-    let (walked, digest) = match joined {
+    let (done, digest) = match joined {
         Ok(r) => r,
         Err(e) => (
-            Err(WalkError::Trailer(std::io::Error::other(format!(
+            Err(thread_error(io::Error::other(format!(
                 "internal error: {e}"
             )))),
             None,
         ),
     };
-    Ok(ReadBack {
-        key,
-        walked,
-        digest,
-    })
+    Ok((key, done, digest))
 }
 
 /// Why a raw read (a dump) failed.
@@ -187,42 +218,18 @@ pub async fn read_raw(
     digest_on_error: bool,
     progress: Progress,
 ) -> Result<RawReadBack, StorageError> {
-    let key = catalog::object_key(&manifest.id, &src.object);
-    let stream = store.get(&key).await?;
-    let (stream, stored_digest) = match pipeline::hash_aside(stream) {
-        Ok(s) => s,
-        Err(e) => {
-            return Ok(RawReadBack {
-                copied: Err(RawError::Open(RestoreError::Read {
-                    object: key.clone(),
-                    message: format!("cannot start a thread: {e}"),
-                })),
-                key,
-                digest: None,
-            })
-        }
-    };
-    let reader = pipeline::blocking_reader(stream);
-    let encrypted = manifest.encryption.is_some();
-    let object = key.clone();
-    let joined = tokio::task::spawn_blocking(move || {
-        let mut stored = ProgressReader::new(reader, progress);
-        let copied = tar_stream(&mut stored, encrypted.then_some(&*decryptor), &object)
-            .map_err(RawError::Open)
-            .and_then(|dec| copy_raw(dec, &mut sink));
-        let digest = (copied.is_ok() || digest_on_error).then(|| stored_digest.finish(stored));
-        (copied, digest)
-    })
-    .await;
-    let (copied, digest) = match joined {
-        Ok(r) => r,
-        Err(e) => (
-            Err(RawError::Read(std::io::Error::other(format!(
-                "internal error: {e}"
-            )))),
-            None,
-        ),
-    };
+    let (key, copied, digest) = read_with(
+        store,
+        manifest,
+        src,
+        decryptor,
+        digest_on_error,
+        progress,
+        RawError::Open,
+        RawError::Read,
+        move |dec| copy_raw(dec, &mut sink),
+    )
+    .await?;
     Ok(RawReadBack {
         key,
         copied,
