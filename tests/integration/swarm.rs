@@ -159,6 +159,33 @@ impl World {
             .collect()
     }
 
+    /// [`task_history`](Self::task_history) once no task is still on its way up: swarm reports a task as
+    /// `Starting` for a moment after its container runs, so wait (at most 30 s) until every task has left the
+    /// states before `Running` (new, pending, assigned, accepted, preparing, ready, starting).
+    fn settled_history(&self, service: &str) -> Vec<String> {
+        let t = Instant::now();
+        loop {
+            let h = self.task_history(service);
+            let on_the_way = |s: &String| {
+                [
+                    "New",
+                    "Pending",
+                    "Assigned",
+                    "Accepted",
+                    "Preparing",
+                    "Ready",
+                    "Starting",
+                ]
+                .iter()
+                .any(|p| s.starts_with(p))
+            };
+            if !h.iter().any(on_the_way) || t.elapsed() > Duration::from_secs(30) {
+                return h;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// The service's updates since `since` (engine events): (time in ns, replicas before, replicas after).
     fn service_updates(&self, service: &str, since: &str) -> Vec<(i128, String, String)> {
         self.engine
@@ -307,7 +334,7 @@ fn issue15_replicated_service_is_scaled_to_zero_while_read_and_back_after() {
 
     // Scaling to 0 removes the old tasks from the history; a task container stopped directly would stay there as a
     // failed or completed task beside its replacement.
-    let history = w.task_history(&svc);
+    let history = w.settled_history(&svc);
     assert_eq!(history.len(), 2, "{history:#?}");
     for h in &history {
         assert!(
@@ -543,7 +570,7 @@ fn issue15_restore_into_a_service_volume_scales_it_down_and_back() {
         before.iter().all(|b| !after.contains(b)),
         "the old tasks were not scaled away"
     );
-    let history = w.task_history(&svc);
+    let history = w.settled_history(&svc);
     assert_eq!(history.len(), 2, "{history:#?}");
     assert!(
         history.iter().all(|h| h.starts_with("Running")),
