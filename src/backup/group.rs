@@ -27,8 +27,8 @@
 
 use super::source::{
     cap_error, hook_problems, judge_packed, lock_hooked, not_stored, open_legs, pack_failed,
-    post_hooks, pre_hooks, quiesce, readable, record_legs, settle_legs, spawn_packer, status,
-    take_pack_report, uploads_finishing, watch_cancel, Packed,
+    post_hooks, pre_hooks, quiesce, readable, record_legs, settle_legs, start_read, status,
+    take_pack_report, uploads_finishing, Packed, Started,
 };
 use super::*;
 
@@ -151,7 +151,7 @@ pub(super) async fn back_up_group(
             "{} {} (group {})",
             members[i].kind, members[i].name, group.name
         ));
-        let mut r = start_read(ctx, members[i], i, legs, object, holding);
+        let mut r = start_member(ctx, members[i], i, legs, object, holding);
         r.packed = if holding {
             match tokio::time::timeout_at(deadline, &mut r.packer).await {
                 Ok(p) => Some(p),
@@ -236,9 +236,8 @@ pub(super) async fn back_up_group(
     reports
 }
 
-/// Start reading `src` into its `legs`: the fan-out on this runtime, the packer on a blocking thread. While
-/// containers are held (`holding`) a leg that falls behind is spooled, never waited on.
-fn start_read(
+/// Start reading member `member` (`src`) into its `legs` ([`start_read`]).
+fn start_member(
     ctx: &RunCtx<'_>,
     src: &PlannedSource,
     member: usize,
@@ -246,30 +245,15 @@ fn start_read(
     object: String,
     holding: bool,
 ) -> Reading {
-    let pace = if holding {
-        Pace::Spool {
-            dir: ctx.spool_dir.clone(),
-        }
-    } else {
-        Pace::Backpressure
-    };
-    let (tx, rx) = mpsc::channel(pipeline::CHANNEL_CHUNKS);
-    let (commit_tx, commit_rx) = oneshot::channel::<bool>();
-    let sent: Vec<(String, Arc<AtomicU64>)> = legs
-        .iter()
-        .map(|l| (ctx.targets.names[l.target].clone(), l.sent.clone()))
-        .collect();
-    let fan = tokio::spawn(pipeline::fan_out(
-        rx,
-        legs,
-        async move { commit_rx.await.unwrap_or(false) },
-        pace,
-        ctx.env.cancel.clone(),
-    ));
-    let flag = Arc::new(AtomicBool::new(false));
-    let watcher = watch_cancel(&ctx.env.cancel, &flag);
-    let started = Instant::now();
-    let packer = spawn_packer(ctx, src, tx, flag.clone());
+    let Started {
+        fan,
+        commit_tx,
+        sent,
+        packer,
+        watcher,
+        flag,
+        started,
+    } = start_read(ctx, src, legs, holding);
     Reading {
         member,
         object,

@@ -263,18 +263,28 @@ struct Read {
     post_failure: Option<String>,
 }
 
-/// Read the source: pack on a blocking thread, fan out on this one, then release `held` as soon as the read
-/// ends (or reaches `max-downtime`), and only then wait for the uploads. While containers are held no writer may
-/// slow the read down: one that falls behind is fed from a spool file once they are resumed.
-async fn read(
+/// A read under way ([`start_read`]): the packer feeding the fan-out to every leg.
+pub(super) struct Started {
+    pub fan: tokio::task::JoinHandle<Vec<LegResult>>,
+    /// Tells the fan-out whether to commit the uploads (the read succeeded) or abort them.
+    pub commit_tx: oneshot::Sender<bool>,
+    /// Per target, the bytes handed to its writer so far.
+    pub sent: Vec<(String, Arc<AtomicU64>)>,
+    pub packer: tokio::task::JoinHandle<Result<Packed, ArchiveError>>,
+    pub watcher: tokio::task::JoinHandle<()>,
+    /// Polled by the packer: set to stop it (the run cancelled, `max-downtime`).
+    pub flag: Arc<AtomicBool>,
+    pub started: Instant,
+}
+
+/// Start reading `src` into its `legs`: the fan-out on this runtime, the packer on a blocking thread. While
+/// containers are held (`holding`) a leg that falls behind is spooled, never waited on.
+pub(super) fn start_read(
     ctx: &RunCtx<'_>,
     src: &PlannedSource,
     legs: Vec<Leg>,
-    held: Held,
-    pre_ran: &BTreeSet<String>,
-    report: &mut SourceReport,
-) -> Read {
-    let holding = !held.is_empty();
+    holding: bool,
+) -> Started {
     let pace = if holding {
         Pace::Spool {
             dir: ctx.spool_dir.clone(),
@@ -295,10 +305,42 @@ async fn read(
         pace,
         ctx.env.cancel.clone(),
     ));
-    let cancel_flag = Arc::new(AtomicBool::new(false));
-    let watcher = watch_cancel(&ctx.env.cancel, &cancel_flag);
+    let flag = Arc::new(AtomicBool::new(false));
+    let watcher = watch_cancel(&ctx.env.cancel, &flag);
     let started = Instant::now();
-    let mut packer = spawn_packer(ctx, src, tx, cancel_flag.clone());
+    let packer = spawn_packer(ctx, src, tx, flag.clone());
+    Started {
+        fan,
+        commit_tx,
+        sent,
+        packer,
+        watcher,
+        flag,
+        started,
+    }
+}
+
+/// Read the source: pack on a blocking thread, fan out on this one, then release `held` as soon as the read
+/// ends (or reaches `max-downtime`), and only then wait for the uploads. While containers are held no writer may
+/// slow the read down: one that falls behind is fed from a spool file once they are resumed.
+async fn read(
+    ctx: &RunCtx<'_>,
+    src: &PlannedSource,
+    legs: Vec<Leg>,
+    held: Held,
+    pre_ran: &BTreeSet<String>,
+    report: &mut SourceReport,
+) -> Read {
+    let holding = !held.is_empty();
+    let Started {
+        fan,
+        commit_tx,
+        sent,
+        mut packer,
+        watcher,
+        flag: cancel_flag,
+        started,
+    } = start_read(ctx, src, legs, holding);
     // The hard cap on downtime: a read that is slow by itself (a huge volume, a slow disk) is aborted at
     // `max-downtime`, and the containers are resumed right then, not when the packer has noticed.
     let packed = if holding {

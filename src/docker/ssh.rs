@@ -86,12 +86,10 @@ impl SshDest {
     /// The command that opens one connection: `ssh [opts] [-p PORT] -- DEST docker [--host unix://SOCKET]
     /// system dial-stdio`, with `ssh [opts]` from `ssh_command` (split on whitespace) when given.
     pub fn command(&self, ssh_command: Option<&str>) -> Vec<String> {
-        let mut argv: Vec<String> = match ssh_command.map(str::split_whitespace) {
-            Some(words) if ssh_command.is_some_and(|c| !c.trim().is_empty()) => {
-                words.map(str::to_string).collect()
-            }
-            _ => vec!["ssh".into()],
-        };
+        let mut argv: Vec<String> = ssh_command
+            .map(|c| c.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+            .filter(|words| !words.is_empty())
+            .unwrap_or_else(|| vec!["ssh".into()]);
         argv.extend(
             ["-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-T"]
                 .into_iter()
