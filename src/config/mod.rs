@@ -378,7 +378,7 @@ impl Config {
             targets: c.targets.keys().cloned().collect(),
             selection,
             quiesce,
-            prune: !retention.policy.is_empty(),
+            prune: prunes_by_default(&retention, c.targets.values()),
             retention,
             healthcheck_url: None,
             hooks,
@@ -504,6 +504,16 @@ fn encryption(e: RawEncryption) -> Result<Encryption, ConfigError> {
     })
 }
 
+/// Whether a job prunes after its backups when its config does not say: when a retention policy applies to any of
+/// its targets (the job's own, or a target's `[target.NAME.retention]` keys over it).
+fn prunes_by_default<'a>(
+    retention: &Retention,
+    mut targets: impl Iterator<Item = &'a Target>,
+) -> bool {
+    !retention.policy.is_empty()
+        || targets.any(|t| !t.effective_retention(retention).policy.is_empty())
+}
+
 /// A `[job.NAME]` table over `base` (the top-level sections); its targets must be configured ones.
 fn job(
     name: String,
@@ -534,13 +544,19 @@ fn job(
         j.jitter.as_deref(),
         j.max_age.as_deref(),
     )?;
+    let prune = j.prune.unwrap_or_else(|| {
+        prunes_by_default(
+            &retention,
+            job_targets.iter().filter_map(|t| targets.get(t)),
+        )
+    });
     Ok(Job {
         healthcheck_url,
         schedule,
         targets: job_targets,
         selection: merge_selection(base.selection.clone(), j.selection.as_ref())?,
         quiesce: merge_quiesce(base.quiesce.clone(), j.quiesce.as_ref())?,
-        prune: j.prune.unwrap_or(!retention.policy.is_empty()),
+        prune,
         retention,
         hooks: merge_hooks(
             base.hooks.clone(),
@@ -619,6 +635,28 @@ mod tests {
         assert!(e.to_string().contains("defualt"), "{e}");
         let e = Config::parse("colour = 1\n").unwrap_err();
         assert!(e.to_string().contains("colour"), "{e}");
+    }
+
+    /// A retention policy set only on a target prunes that target after each backup, as a top-level one does
+    /// (it used to apply only to `voltar prune`, so such a target grew for ever); `prune = false` still wins.
+    #[test]
+    fn a_target_retention_alone_turns_pruning_on() {
+        let target =
+            "[target.local]\ntype = \"local\"\npath = \"/b\"\nretention = { keep-last = 1 }\n";
+        let c = Config::parse(target).unwrap();
+        assert!(c.job(None).unwrap().prune);
+        let c = Config::parse(&format!("{target}[job.n]\ntargets = [\"local\"]\n")).unwrap();
+        assert!(c.job(Some("n")).unwrap().prune);
+        let c = Config::parse(&format!(
+            "{target}[job.n]\ntargets = [\"local\"]\nprune = false\n"
+        ))
+        .unwrap();
+        assert!(!c.job(Some("n")).unwrap().prune);
+        let c = Config::parse("[target.local]\ntype = \"local\"\npath = \"/b\"\n").unwrap();
+        assert!(
+            !c.job(None).unwrap().prune,
+            "no policy anywhere: nothing to prune"
+        );
     }
 
     #[test]
