@@ -113,6 +113,43 @@ impl Default for Quiesce {
     }
 }
 
+/// `[docker] data-path`: where a volume's contents are read from and restored to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DataPath {
+    /// The host path when this process can read it, else the engine.
+    #[default]
+    Auto,
+    /// Only the host path (`/var/lib/docker/volumes/…`): a volume that is not readable here fails.
+    Host,
+    /// Always through the engine: a helper container with the volume mounted, and the archive API.
+    Engine,
+}
+
+impl fmt::Display for DataPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DataPath::Auto => "auto",
+            DataPath::Host => "host",
+            DataPath::Engine => "engine",
+        })
+    }
+}
+
+impl FromStr for DataPath {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(DataPath::Auto),
+            "host" => Ok(DataPath::Host),
+            "engine" => Ok(DataPath::Engine),
+            other => Err(format!(
+                "`{other}` is not a data path (use auto, host or engine)"
+            )),
+        }
+    }
+}
+
 /// What is done to a container while a source is read, as the config and labels name it and as the manifest
 /// records it (`none`, `pause`, `stop`: this serde form is in every manifest and must not change).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -204,6 +241,11 @@ pub struct Config {
     /// `<state_dir>/spool` (see [`Config::spool_dir`]).
     pub spool_dir: Option<PathBuf>,
     pub docker_host: Option<String>,
+    /// `[docker] data-path`: how volume contents are read and written (host path or the engine's archive API).
+    pub data_path: DataPath,
+    /// `[docker] helper-image`: the image of the helper containers the engine data path creates (never pulled);
+    /// `None`: an image of a container that uses the volume, else voltar's own image when the engine has it.
+    pub helper_image: Option<String>,
     pub archive: Archive,
     pub encryption: Encryption,
     pub targets: BTreeMap<String, Target>,
@@ -239,6 +281,8 @@ impl Default for Config {
             state_dir: default_state_dir(),
             spool_dir: None,
             docker_host: None,
+            data_path: DataPath::Auto,
+            helper_image: None,
             archive: Archive::default(),
             encryption: Encryption::default(),
             targets: BTreeMap::new(),
@@ -356,7 +400,15 @@ impl Config {
             c.state_dir = d;
         }
         c.spool_dir = raw.spool_dir;
-        c.docker_host = raw.docker.and_then(|d| d.host);
+        if let Some(d) = raw.docker {
+            c.docker_host = d.host;
+            if let Some(p) = d.data_path {
+                c.data_path = p
+                    .parse()
+                    .map_err(|e| ConfigError::Invalid(format!("[docker] data-path: {e}")))?;
+            }
+            c.helper_image = d.helper_image.filter(|i| !i.trim().is_empty());
+        }
         c.daemon = schedule::daemon(raw.daemon.as_ref().and_then(|d| d.listen.as_deref()))?;
         if let Some(a) = raw.archive {
             c.archive = archive(a)?;
@@ -635,6 +687,25 @@ mod tests {
         assert!(e.to_string().contains("defualt"), "{e}");
         let e = Config::parse("colour = 1\n").unwrap_err();
         assert!(e.to_string().contains("colour"), "{e}");
+    }
+
+    #[test]
+    fn docker_data_path_and_helper_image() {
+        let c = Config::parse("").unwrap();
+        assert_eq!(c.data_path, DataPath::Auto);
+        assert_eq!(c.helper_image, None);
+        let c =
+            Config::parse("[docker]\ndata-path = \"Engine\"\nhelper-image = \"voltar:0.1.0\"\n")
+                .unwrap();
+        assert_eq!(c.data_path, DataPath::Engine);
+        assert_eq!(c.helper_image.as_deref(), Some("voltar:0.1.0"));
+        let e = Config::parse("[docker]\ndata-path = \"nfs\"\n").unwrap_err();
+        let e = e.to_string();
+        assert!(
+            e.contains("[docker] data-path") && e.contains("`nfs`"),
+            "{e}"
+        );
+        assert!(e.contains("auto, host or engine"), "{e}");
     }
 
     /// A retention policy set only on a target prunes that target after each backup, as a top-level one does

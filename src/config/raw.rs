@@ -44,6 +44,8 @@ pub struct RawDaemon {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawDocker {
     pub host: Option<String>,
+    pub data_path: Option<String>,
+    pub helper_image: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
