@@ -240,6 +240,9 @@ pub struct Env<'a> {
     pub progress: Progress,
     pub cancel: CancellationToken,
     pub now: DateTime<Utc>,
+    /// `--wait`: wait this long for targets another run holds, instead of failing at once; nothing is touched
+    /// while waiting (the targets are locked before anything is quiesced).
+    pub wait: Option<crate::lock::Wait>,
 }
 
 /// Plan only: discovery + selection, no side effects. A container another live voltar run holds paused or
@@ -264,10 +267,30 @@ pub async fn plan_for(
 /// variables; their failures are warnings. A dry run runs no hook, an interrupted run no after hook (it stops
 /// at once).
 pub async fn run(env: &Env<'_>, req: &BackupRequest) -> Result<RunReport, BackupError> {
-    let started_at = Utc::now();
     if req.targets.is_empty() {
         return Err(BackupError::NoTarget);
     }
+    let waited_env;
+    let env = match (&env.wait, req.dry_run) {
+        (Some(w), false) => {
+            // Before anything (hooks, recovery, the plan, the backup's id and time): the run starts when its
+            // turn comes, and its clock moves on by the time waited. The targets are locked for real later; one
+            // that another run takes meanwhile is waited for there.
+            let before = Utc::now();
+            wait_for_targets(env, &req.targets, w).await?;
+            waited_env = Env {
+                config: env.config,
+                engine: env.engine,
+                progress: env.progress.clone(),
+                cancel: env.cancel.clone(),
+                now: env.now + (Utc::now() - before),
+                wait: env.wait,
+            };
+            &waited_env
+        }
+        _ => env,
+    };
+    let started_at = Utc::now();
     let id = BackupId::new(started_at);
     let hooks = &req.job.hooks;
     let vars = |result: Option<(&str, i32)>| {
@@ -352,6 +375,22 @@ pub async fn run(env: &Env<'_>, req: &BackupRequest) -> Result<RunReport, Backup
     result.map(|mut r| {
         r.notes.extend(warnings);
         r
+    })
+}
+
+/// `--wait`: until no target of `targets` is held by another run, saying who is waited for.
+async fn wait_for_targets(
+    env: &Env<'_>,
+    targets: &[Target],
+    w: &crate::lock::Wait,
+) -> Result<(), BackupError> {
+    crate::lock::wait_free(&env.config.state_dir, targets, Some(w), &env.cancel, |h| {
+        env.progress.note(&h.waiting_line())
+    })
+    .await
+    .map_err(|e| match e {
+        crate::lock::LockError::Interrupted { .. } => BackupError::Cancelled,
+        e => BackupError::Lock(e),
     })
 }
 

@@ -26,7 +26,9 @@ impl Targets {
         let mut stores: Vec<Option<Arc<dyn Storage>>> = Vec::new();
         let mut locks: Vec<TargetLock> = Vec::new();
         let mut first_error: Option<BackupError> = None;
+        let mut taken = lock_all(env, targets).await?.into_iter();
         for t in targets {
+            let lock = taken.next().expect("one lock result per target");
             let mut tr = TargetReport {
                 name: t.name.clone(),
                 location: t.name.clone(),
@@ -38,7 +40,7 @@ impl Targets {
             match storage::open(t).await {
                 Ok(s) => {
                     tr.location = s.describe();
-                    match TargetLock::acquire(&env.config.state_dir, t) {
+                    match lock {
                         Ok(l) => {
                             locks.push(l);
                             stores.push(Some(s));
@@ -133,6 +135,34 @@ impl Targets {
                     r.name
                 )
             });
+        }
+    }
+}
+
+/// Take the lock of each of `targets` (one result each, in order). With `--wait`, a target another run holds is
+/// waited for: every lock taken is let go first (so two waiting runs never hold each other up), then all are
+/// taken again once none is held.
+async fn lock_all(
+    env: &Env<'_>,
+    targets: &[Target],
+) -> Result<Vec<Result<TargetLock, crate::lock::LockError>>, BackupError> {
+    loop {
+        let taken: Vec<_> = targets
+            .iter()
+            .map(|t| TargetLock::acquire(&env.config.state_dir, t))
+            .collect();
+        // A target this process holds itself (named twice under two spellings) is not waited for: it would never
+        // come free.
+        let me = std::process::id().to_string();
+        let busy = taken
+            .iter()
+            .any(|l| matches!(l, Err(crate::lock::LockError::Busy { pid, .. }) if *pid != me));
+        match &env.wait {
+            Some(w) if busy => {
+                drop(taken);
+                wait_for_targets(env, targets, w).await?;
+            }
+            _ => return Ok(taken),
         }
     }
 }

@@ -266,6 +266,8 @@ pub(super) struct BackupFlags {
     pub only: Vec<String>,
     pub dry_run: bool,
     pub no_prune: bool,
+    /// `--wait`, started when the command started.
+    pub wait: Option<crate::lock::Wait>,
 }
 
 /// `voltar backup`: the run's summary table (`--quiet`: only when something failed), or the plan (`--dry-run`).
@@ -352,6 +354,7 @@ async fn run(
         only,
         dry_run,
         no_prune,
+        wait,
     } = flags;
     let targets = super::resolve_targets(config, job.as_deref(), &target)?;
     let engine = super::connect(config).await?;
@@ -365,6 +368,7 @@ async fn run(
         progress,
         cancel,
         now: Utc::now(),
+        wait,
     };
     let req = BackupRequest {
         job: jobcfg,

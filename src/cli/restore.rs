@@ -64,6 +64,8 @@ pub struct RestoreArgs {
     pub target: ReadTargetArgs,
     #[command(flatten)]
     pub keys: KeyArgs,
+    #[command(flatten)]
+    pub wait: super::WaitArgs,
 }
 
 pub async fn command(
@@ -111,6 +113,7 @@ pub async fn command(
         job: args.job,
         identities: args.keys.identities,
         passphrase_file: args.keys.passphrase_file,
+        wait: args.wait.start(),
     };
     let report = match restore::run(config, req, progress, cancel).await? {
         RestoreOutcome::Report(r) => r,

@@ -444,6 +444,8 @@ fn backup_env<'a>(ctx: &'a ApplyCtx<'_>) -> backup::Env<'a> {
         progress: ctx.progress.clone(),
         cancel: ctx.cancel.clone(),
         now: Utc::now(),
+        // `--wait` (`--path` restores take their safety copy with the users stopped: never wait then).
+        wait: ctx.args.wait.filter(|_| ctx.paths.is_empty()),
     }
 }
 

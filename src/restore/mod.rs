@@ -97,6 +97,10 @@ pub struct RestoreRequest {
     pub job: Option<String>,
     pub identities: Vec<PathBuf>,
     pub passphrase_file: Option<PathBuf>,
+    /// `--wait`: wait this long for the safety backup's targets when another run holds one, before anything is
+    /// extracted or stopped (and, for a whole volume, again before stopping for one taken meanwhile), instead of
+    /// failing.
+    pub wait: Option<crate::lock::Wait>,
 }
 
 /// What `restore` did, or (dry run) would do.
@@ -380,6 +384,25 @@ pub async fn run(
         });
         dry_run(&plan, &resources, safety_to).await?
     } else {
+        if let (Some(w), false) = (&args.wait, args.no_safety_backup) {
+            // The safety backup locks its targets: wait for them before anything is extracted or stopped.
+            let targets = safety_targets(
+                config,
+                args.job.as_deref(),
+                &plan.manifest.job,
+                &resources.target,
+            );
+            let waited =
+                crate::lock::wait_free(&config.state_dir, &targets, Some(w), &cancel, |h| {
+                    progress.note(&h.waiting_line())
+                });
+            match waited.await {
+                // Timed out: each source then fails its check of the safety backup's targets with this time-out,
+                // before anything is stopped, as a busy target fails it without --wait.
+                Ok(()) | Err(crate::lock::LockError::TimedOut { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         apply(config, &args, plan, resources, progress, cancel).await?
     };
     Ok(RestoreOutcome::Report(report))
