@@ -1129,3 +1129,71 @@ fn encrypted_dump_round_trips_with_the_key() {
         "the restored dump differs"
     );
 }
+
+/// A voltar killed with SIGKILL in the middle of a dump leaves the dump's command running in its container (the
+/// run cannot stop it any more). The command is journaled like a hook's: `voltar recover` kills it, the journal
+/// is then empty, and nothing of the dump was committed.
+#[test]
+fn a_dump_left_running_by_a_killed_run_is_killed_by_recover() {
+    require_docker!();
+    let env = Env::new();
+    let mut c = Cleanup::default();
+    let app = c.run(
+        "hung-dump",
+        &["-l", "voltar.dump-command=echo started; sleep 7777"],
+    );
+    let dump = format!("dump@{app}");
+    let t = env.t();
+    let mut child = Command::new(BIN)
+        .args(["backup", "--json", "-t", &t, "--only", &dump])
+        .current_dir(&env.cwd)
+        .env("VOLTAR_STATE_DIR", &env.state)
+        .env_remove("VOLTAR_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !docker(&["top", &app]).contains("sleep 7777") {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "voltar ended before the dump ran"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the dump never started"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        docker(&["top", &app]).contains("sleep 7777"),
+        "the dump outlives the killed run"
+    );
+
+    let o = env.run(&["recover"]);
+    assert_eq!(o.code, 0, "{o:?}");
+    assert!(o.stdout.contains(&app), "recover names the dump:\n{o:?}");
+    let killed = Instant::now();
+    while docker(&["top", &app]).contains("sleep 7777") {
+        assert!(
+            killed.elapsed() < Duration::from_secs(10),
+            "the dump is still running after recover:\n{o:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let journal: Vec<_> = std::fs::read_dir(voltar::quiesce::journal_dir(&env.state))
+        .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(journal.is_empty(), "{journal:?}");
+    assert!(
+        env.stored_files()
+            .iter()
+            .all(|f| !f.ends_with("manifest.json")),
+        "{:?}",
+        env.stored_files()
+    );
+}
+
