@@ -1197,3 +1197,93 @@ fn a_dump_left_running_by_a_killed_run_is_killed_by_recover() {
     );
 }
 
+/// Run SQL in database `db` of `container` as the superuser; the output (unaligned, tuples only).
+fn psql_in(container: &str, db: &str, sql: &str) -> String {
+    docker(&[
+        "exec",
+        container,
+        "psql",
+        "-X",
+        "-q",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-A",
+        "-t",
+        "-U",
+        "postgres",
+        "-d",
+        db,
+        "-c",
+        sql,
+    ])
+}
+
+/// psql goes on after an error and exits 0, so a PostgreSQL restore whose SQL failed used to say "ok" with the
+/// errors as warnings. The expected noise of loading a `pg_dumpall` into a running cluster (its superuser role,
+/// a database the image already made, empty) still restores; a real error (the tables exist: restoring into
+/// the database the dump came from) fails the restore, exit 1, with psql's error.
+#[test]
+fn a_postgres_restore_whose_sql_fails_fails() {
+    if !pg_available() {
+        return;
+    }
+    let env = Env::new();
+    let mut c = Cleanup::default();
+    let (db, _) = start_pg(&mut c, "pgsrc", &["-l", "voltar.dump=postgres"]);
+    psql(&db, "CREATE DATABASE app");
+    psql_in(
+        &db,
+        "app",
+        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'one'), (2, 'two');",
+    );
+    let dump = format!("dump@{db}");
+    let o = env.backup(&[&dump]);
+    assert_eq!(o.code, 0, "{o:?}");
+    let t = env.t();
+
+    // A fresh cluster with the database made already (as POSTGRES_DB does) and empty: restores, exit 0.
+    let (fresh, _) = start_pg(&mut c, "pgfresh", &[]);
+    psql(&fresh, "CREATE DATABASE app");
+    let o = env.run(&[
+        "restore",
+        "latest",
+        "-t",
+        &t,
+        "--source",
+        &dump,
+        "--to-container",
+        &fresh,
+    ]);
+    assert_eq!(o.code, 0, "{o:?}");
+    assert_eq!(
+        psql_in(&fresh, "app", "SELECT v FROM t ORDER BY id"),
+        "one\ntwo"
+    );
+
+    // Into the cluster it came from: the table exists, its rows clash. The restore fails and says why.
+    let o = env.run(&[
+        "restore",
+        "latest",
+        "-t",
+        &t,
+        "--source",
+        &dump,
+        "--to-container",
+        &db,
+    ]);
+    assert_eq!(o.code, 1, "{o:?}");
+    let line = o
+        .stdout
+        .lines()
+        .find(|l| l.contains(&format!("{dump} -> container {db}:")))
+        .unwrap_or_else(|| panic!("no line for the dump: {o:?}"))
+        .to_string();
+    assert!(
+        line.contains("failed") && line.contains("relation \"t\" already exists"),
+        "{line}\n{o:?}"
+    );
+    assert!(
+        !line.contains("role \"postgres\""),
+        "the noise is not the error: {line}"
+    );
+}
