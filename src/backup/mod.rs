@@ -46,7 +46,7 @@ use tokio_util::sync::CancellationToken;
 use crate::archive::{self, ArchiveError, Counts};
 use crate::catalog::{
     self, BackupId, ContainerRecord, FailedSource, HookPhase, HookRecord, Manifest, QuiesceAction,
-    SourceKind, SourceRecord,
+    ServiceRecord, SourceKind, SourceRecord,
 };
 use crate::config::{Archive, Config, Job, Target};
 use crate::crypto::{self, Encryptor};
@@ -117,6 +117,9 @@ pub struct SourceReport {
     /// The container hooks run around this source's read, in order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub hooks: Vec<HookRecord>,
+    /// The Swarm services scaled to 0 while this source was read.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServiceRecord>,
     #[serde(skip)]
     records: BTreeMap<usize, SourceRecord>,
     /// Targets that failed while storing this source (not because of the source or the local spool): the
@@ -376,6 +379,29 @@ pub async fn run(env: &Env<'_>, req: &BackupRequest) -> Result<RunReport, Backup
         r.notes.extend(warnings);
         r
     })
+}
+
+/// What the manifest and the reports say about a service a hold scaled to 0 and its release scaled back (or not).
+pub fn service_record(s: &quiesce::ReleasedService) -> ServiceRecord {
+    let (scaled_back, not_back) = match s.outcome {
+        quiesce::ServiceOutcome::ScaledBack => (true, None),
+        quiesce::ServiceOutcome::LeftAlone(now) => (
+            false,
+            Some(format!(
+                "its replica count was changed to {now} meanwhile: left alone"
+            )),
+        ),
+        quiesce::ServiceOutcome::Gone => (false, Some("removed meanwhile".to_string())),
+    };
+    ServiceRecord {
+        id: s.id.clone(),
+        name: s.name.clone(),
+        replicas: s.replicas,
+        scaled_to: 0,
+        downtime_ms: u64::try_from(s.downtime.as_millis()).unwrap_or(u64::MAX),
+        scaled_back,
+        not_back,
+    }
 }
 
 /// `--wait`: until no target of `targets` is held by another run, saying who is waited for.

@@ -604,10 +604,15 @@ fn render_run(r: &RunReport) -> String {
     let shared = shared_errors(r);
     for s in &r.sources {
         let downtime = s
-            .containers
+            .services
             .iter()
-            .filter(|c| c.downtime_ms > 0)
-            .map(|c| format!("{} {} {}", c.name, c.action, human_ms(c.downtime_ms)))
+            .map(service_downtime)
+            .chain(
+                s.containers
+                    .iter()
+                    .filter(|c| c.downtime_ms > 0)
+                    .map(|c| format!("{} {} {}", c.name, c.action, human_ms(c.downtime_ms))),
+            )
             .collect::<Vec<_>>()
             .join(", ");
         rows.push(vec![
@@ -648,6 +653,21 @@ fn render_run(r: &RunReport) -> String {
     }
     for n in &r.recovered {
         out.push_str(&format!("recovered: {n}\n"));
+    }
+    out
+}
+
+/// A scaled service in the DOWNTIME column: "service web scaled 2→0 1.4 s", and what went wrong after.
+pub(super) fn service_downtime(s: &crate::catalog::ServiceRecord) -> String {
+    let mut out = format!(
+        "service {} scaled {}→{} {}",
+        s.name,
+        s.replicas,
+        s.scaled_to,
+        human_ms(s.downtime_ms)
+    );
+    if let Some(why) = &s.not_back {
+        out.push_str(&format!(" (not scaled back: {why})"));
     }
     out
 }

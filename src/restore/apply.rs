@@ -112,6 +112,7 @@ impl SourceRestore {
             undo: None,
             restarted: vec![],
             downtime_ms: BTreeMap::new(),
+            services: vec![],
             warnings: vec![],
             status,
             command: None,
@@ -422,6 +423,11 @@ async fn stopped_for_swap(
         .released
         .iter()
         .map(|c| (c.name.clone(), c.downtime_ms()))
+        .collect();
+    sr.services = released
+        .services
+        .iter()
+        .map(backup::service_record)
         .collect();
     sr.warnings
         .extend(released.errors.iter().map(|e| e.to_string()));

@@ -126,6 +126,7 @@ impl DumpCtx {
             undo: None,
             restarted: vec![],
             downtime_ms: BTreeMap::new(),
+            services: vec![],
             warnings: vec![],
             status,
             command: None,

@@ -196,6 +196,9 @@ pub struct SourceRestore {
     /// How long each stopped container was down (name → milliseconds), as backup reports it.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub downtime_ms: BTreeMap<String, u64>,
+    /// The Swarm services scaled to 0 for the swap, and back (as a backup's manifest records them).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<catalog::ServiceRecord>,
     pub warnings: Vec<String>,
     pub status: RestoreStatus,
     /// A dump restored into a container: the command it was (or, dry run, would be) streamed into.
