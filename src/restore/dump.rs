@@ -276,11 +276,17 @@ async fn into_container(
     }
     let partly = "; the database may hold part of the dump";
     // psql goes on after an error and exits 0: its stderr says whether the database holds the dump.
-    let psql = c
+    // (The preset's psql, not a restore command of the user's: none on the container, none but the preset's
+    // recorded with the dump.)
+    let preset = crate::dump::Preset::Postgres.restore_command().ok();
+    let psql = !c
         .labels
-        .get(crate::dump::LABEL_DUMP_RESTORE_COMMAND)
-        .is_none()
-        && rec.preset.as_deref() == Some("postgres");
+        .contains_key(crate::dump::LABEL_DUMP_RESTORE_COMMAND)
+        && rec.preset.as_deref() == Some("postgres")
+        && rec
+            .restore_command
+            .as_ref()
+            .is_none_or(|r| preset.is_some_and(|p| p.to_string() == *r));
     let psql_failed = match crate::dump::psql_errors(&said).as_slice() {
         _ if !psql => None,
         [] if outcome.stderr.dropped > 0 => Some(format!(

@@ -383,3 +383,90 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// A restore whose safety backup goes to a target another run holds: without `--wait` its source fails before
+/// anything is stopped (exit 1, as before); `--wait 1s` waits, then fails the same way, saying it waited; with
+/// `--wait` it restores once the first run is done, and its container was not stopped before that.
+#[test]
+fn a_restore_with_wait_runs_after_the_first_run() {
+    require_docker!();
+    let mut c = Cleanup::default();
+    let env = Env::new();
+    let t = env.target_str();
+    let vol = c.volume("rst");
+    let data = mountpoint(&vol).join("data");
+    std::fs::write(&data, b"backed up").unwrap();
+    let user = idle(&mut c, "rstuser", &["-v", &format!("{vol}:/data")]);
+    let o = env.run(&["backup", "--only", &vol, "-t", &t]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    std::fs::write(&data, b"changed").unwrap();
+
+    let h = hold_target(&mut c, &env);
+    let (events, seen) = support::stream_events(&[&user]);
+    let _events = KillOnDrop(events);
+    let restore = |extra: &[&str]| {
+        let mut a = vec![
+            "restore",
+            "latest",
+            "--source",
+            vol.as_str(),
+            "-t",
+            t.as_str(),
+        ];
+        a.extend_from_slice(extra);
+        a.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let args = restore(&[]);
+    let now = env.run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(code(&now), 1, "{}", String::from_utf8_lossy(&now.stdout));
+    let args = restore(&["--wait", "1s"]);
+    let timed = env.run(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&timed.stdout),
+        stderr(&timed)
+    );
+    assert_eq!(code(&timed), 1, "{said}");
+    assert!(said.contains("after waiting 1s"), "{said}");
+    assert_eq!(
+        std::fs::read(&data).unwrap(),
+        b"changed",
+        "nothing restored"
+    );
+
+    let args = restore(&["--wait"]);
+    let mut waiting = env.spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!waiting.exited(), "the restore waits");
+    assert_eq!(state(&user), "running");
+    std::fs::write(&h.release, b"").unwrap();
+    let (rc, _, err) = h.first.finish(Duration::from_secs(120));
+    assert_eq!(rc, 0, "{err}");
+    let first_done = manifests(&env.target)
+        .iter()
+        .map(|m| std::fs::metadata(m).unwrap().modified().unwrap())
+        .max()
+        .unwrap();
+    let (rc, out, err) = waiting.finish(Duration::from_secs(120));
+    assert_eq!(rc, 0, "{err}\n{out}");
+    assert_eq!(std::fs::read(&data).unwrap(), b"backed up");
+    wait_until("the restore's stop event", Duration::from_secs(20), || {
+        seen.lock().unwrap().iter().any(|e| e.action == "start")
+    });
+    let done = first_done
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i128;
+    let stops: Vec<_> = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| e.action == "kill" || e.action == "stop" || e.action == "die")
+        .cloned()
+        .collect();
+    assert!(!stops.is_empty(), "the restore stopped its user");
+    assert!(
+        stops.iter().all(|e| e.nanos >= done),
+        "stopped before the first run committed: {stops:?}"
+    );
+}
