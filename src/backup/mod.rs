@@ -280,7 +280,11 @@ pub async fn run(env: &Env<'_>, req: &BackupRequest) -> Result<RunReport, Backup
             // turn comes, and its clock moves on by the time waited. The targets are locked for real later; one
             // that another run takes meanwhile is waited for there.
             let before = Utc::now();
-            wait_for_targets(env, &req.targets, w).await?;
+            match wait_for_targets(env, &req.targets, w).await {
+                // Waited it out: the targets still held fail alone when they are taken (all of them: the run).
+                Ok(()) | Err(BackupError::Lock(crate::lock::LockError::TimedOut { .. })) => {}
+                Err(e) => return Err(e),
+            }
             waited_env = Env {
                 config: env.config,
                 engine: env.engine,

@@ -2,6 +2,7 @@
 //! targets the later sources skip (it failed to open, failed its check, or failed while storing a source).
 
 use super::*;
+use crate::lock::LockError;
 
 /// The targets of one run, indexed like the request's targets.
 pub(super) struct Targets {
@@ -141,28 +142,46 @@ impl Targets {
 
 /// Take the lock of each of `targets` (one result each, in order). With `--wait`, a target another run holds is
 /// waited for: every lock taken is let go first (so two waiting runs never hold each other up), then all are
-/// taken again once none is held.
+/// taken again once none is held. When the wait runs out, the targets still held by others fail alone (as a busy
+/// target does without `--wait`), with the time-out as their error.
 async fn lock_all(
     env: &Env<'_>,
     targets: &[Target],
-) -> Result<Vec<Result<TargetLock, crate::lock::LockError>>, BackupError> {
-    loop {
-        let taken: Vec<_> = targets
+) -> Result<Vec<Result<TargetLock, LockError>>, BackupError> {
+    let take = || -> Vec<Result<TargetLock, LockError>> {
+        targets
             .iter()
             .map(|t| TargetLock::acquire(&env.config.state_dir, t))
-            .collect();
+            .collect()
+    };
+    loop {
+        let taken = take();
         // A target this process holds itself (named twice under two spellings) is not waited for: it would never
         // come free.
         let me = std::process::id().to_string();
         let busy = taken
             .iter()
-            .any(|l| matches!(l, Err(crate::lock::LockError::Busy { pid, .. }) if *pid != me));
-        match &env.wait {
-            Some(w) if busy => {
-                drop(taken);
-                wait_for_targets(env, targets, w).await?;
+            .any(|l| matches!(l, Err(LockError::Busy { pid, .. }) if *pid != me));
+        let Some(w) = env.wait.as_ref().filter(|_| busy) else {
+            return Ok(taken);
+        };
+        drop(taken);
+        match wait_for_targets(env, targets, w).await {
+            Ok(()) => {}
+            Err(BackupError::Lock(LockError::TimedOut { waited, .. })) => {
+                let timed_out = |l| match l {
+                    Err(LockError::Busy { target, pid, .. }) if pid != me => {
+                        Err(LockError::TimedOut {
+                            target,
+                            pid,
+                            waited: waited.clone(),
+                        })
+                    }
+                    l => l,
+                };
+                return Ok(take().into_iter().map(timed_out).collect());
             }
-            _ => return Ok(taken),
+            Err(e) => return Err(e),
         }
     }
 }

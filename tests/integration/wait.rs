@@ -470,3 +470,39 @@ fn a_restore_with_wait_runs_after_the_first_run() {
         "stopped before the first run committed: {stops:?}"
     );
 }
+
+/// With two targets, one held by another run: when `--wait` runs out, the busy target fails alone (as it does
+/// without `--wait`) and the other one takes the backup (exit 1), instead of the whole run failing.
+#[test]
+fn a_wait_that_runs_out_fails_only_the_busy_target() {
+    require_docker!();
+    let mut c = Cleanup::default();
+    let env = Env::new();
+    let h = hold_target(&mut c, &env);
+    let t = env.target_str();
+    let free = env.target.with_file_name("free");
+    let f = free.display().to_string();
+    let o = env.run(&[
+        "backup", "--only", &h.other, "-t", &t, "-t", &f, "--wait", "1s", "--json",
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert_eq!(code(&o), 1, "{out}\n{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let busy = r["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["committed"] == false)
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        busy["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("after waiting 1s")),
+        "{out}"
+    );
+    assert_eq!(manifests(&free).len(), 1, "{out}");
+    assert!(manifests(&env.target).is_empty(), "{out}");
+    std::fs::write(&h.release, b"").unwrap();
+    let (rc, _, err) = h.first.finish(Duration::from_secs(120));
+    assert_eq!(rc, 0, "{err}");
+}
