@@ -1133,6 +1133,9 @@ fn encrypted_dump_round_trips_with_the_key() {
 /// A voltar killed with SIGKILL in the middle of a dump leaves the dump's command running in its container (the
 /// run cannot stop it any more). The command is journaled like a hook's: `voltar recover` kills it, the journal
 /// is then empty, and nothing of the dump was committed.
+///
+/// The process is followed by the exec id the run journaled (and its pid, as the engine reports it): another test's
+/// run that backs up every labelled container at the same time may run this dump too, in an exec of its own.
 #[test]
 fn a_dump_left_running_by_a_killed_run_is_killed_by_recover() {
     require_docker!();
@@ -1154,8 +1157,10 @@ fn a_dump_left_running_by_a_killed_run_is_killed_by_recover() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    // The journal names the exec before it starts; wait until the engine says it runs.
+    let journal_dir = voltar::quiesce::journal_dir(&env.state);
     let started = Instant::now();
-    while !docker(&["top", &app]).contains("sleep 7777") {
+    let (exec_id, pid) = loop {
         assert!(
             child.try_wait().unwrap().is_none(),
             "voltar ended before the dump ran"
@@ -1164,12 +1169,19 @@ fn a_dump_left_running_by_a_killed_run_is_killed_by_recover() {
             started.elapsed() < Duration::from_secs(60),
             "the dump never started"
         );
+        let journaled = journaled_dump_exec(&journal_dir);
+        if let Some(id) = journaled {
+            let (running, pid) = exec_state(&id);
+            if running && pid > 0 && top_pids(&app).contains(&pid) {
+                break (id, pid);
+            }
+        }
         std::thread::sleep(Duration::from_millis(100));
-    }
+    };
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(
-        docker(&["top", &app]).contains("sleep 7777"),
+        exec_state(&exec_id).0 && top_pids(&app).contains(&pid),
         "the dump outlives the killed run"
     );
 
@@ -1177,14 +1189,14 @@ fn a_dump_left_running_by_a_killed_run_is_killed_by_recover() {
     assert_eq!(o.code, 0, "{o:?}");
     assert!(o.stdout.contains(&app), "recover names the dump:\n{o:?}");
     let killed = Instant::now();
-    while docker(&["top", &app]).contains("sleep 7777") {
+    while exec_state(&exec_id).0 || top_pids(&app).contains(&pid) {
         assert!(
             killed.elapsed() < Duration::from_secs(10),
-            "the dump is still running after recover:\n{o:?}"
+            "the dump (exec {exec_id}, pid {pid}) is still running after recover:\n{o:?}"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let journal: Vec<_> = std::fs::read_dir(voltar::quiesce::journal_dir(&env.state))
+    let journal: Vec<_> = std::fs::read_dir(&journal_dir)
         .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
     assert!(journal.is_empty(), "{journal:?}");
@@ -1195,6 +1207,44 @@ fn a_dump_left_running_by_a_killed_run_is_killed_by_recover() {
         "{:?}",
         env.stored_files()
     );
+}
+
+/// The exec id of the dump journaled in `dir`, if any.
+fn journaled_dump_exec(dir: &Path) -> Option<String> {
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        for line in text.lines() {
+            let v: Value = serde_json::from_str(line).unwrap_or_default();
+            if v["leftover"]["kind"] == "dump-exec" {
+                return v["leftover"]["exec-id"]
+                    .as_str()
+                    .or(v["leftover"]["exec_id"].as_str())
+                    .map(String::from);
+            }
+        }
+    }
+    None
+}
+
+/// Whether the engine says exec `id` runs, and its pid (from `GET /exec/{id}/json` on the local socket).
+fn exec_state(id: &str) -> (bool, i64) {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect("/var/run/docker.sock").unwrap();
+    write!(s, "GET /exec/{id}/json HTTP/1.0\r\nHost: docker\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let body = resp.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let v: Value = serde_json::from_str(body).unwrap_or_default();
+    (v["Running"] == true, v["Pid"].as_i64().unwrap_or(0))
+}
+
+/// The host pids of the processes in `container` (`docker top`).
+fn top_pids(container: &str) -> Vec<i64> {
+    docker(&["top", container, "-o", "pid"])
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
 }
 
 /// Run SQL in database `db` of `container` as the superuser; the output (unaligned, tuples only).
