@@ -146,6 +146,26 @@ impl fmt::Display for SourceKind {
     }
 }
 
+/// A Swarm service a run scaled to 0 while a source was read or restored (its task containers are never stopped
+/// themselves: their records say `none`), and what became of it after.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ServiceRecord {
+    pub id: String,
+    pub name: String,
+    /// The replica count it had, and was to get back.
+    pub replicas: u64,
+    /// What it was scaled to (0).
+    pub scaled_to: u64,
+    /// From the scale-down to the scale-back, in milliseconds (its tasks start after that).
+    pub downtime_ms: u64,
+    /// Back at `replicas`.
+    pub scaled_back: bool,
+    /// Why not, when it is not: someone changed its replica count meanwhile (left alone), or it was removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_back: Option<String>,
+}
+
 /// A container that used a source, and what the backup did to it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -205,6 +225,9 @@ pub struct SourceRecord {
     /// A `dump` source's command and its outcome (absent for volumes, bind mounts and older manifests).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dump: Option<DumpRecord>,
+    /// The Swarm services scaled to 0 while this source was read (absent when none, and in older manifests).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServiceRecord>,
 }
 
 /// What the manifest says about a dump source (absent for volumes and bind mounts).
@@ -752,6 +775,7 @@ mod tests {
             not_archived_count: 0,
             hooks: vec![],
             dump: None,
+            services: vec![],
         };
         let mut full = manifest_at("20260102T030405Z-0001", t);
         full.sources = vec![src("a"), src("b")];
@@ -834,5 +858,35 @@ mod tests {
         assert_eq!(v["object"], "dump@db.sql.zst.age");
         assert_eq!(v["dump"]["exit-code"], 0);
         assert_eq!(serde_json::from_value::<SourceRecord>(v).unwrap(), d);
+    }
+
+    /// A source record written before scaled services were recorded (no `services`) loads with none, and writes
+    /// none back; a scaled service round-trips.
+    #[test]
+    fn service_records_and_older_source_records() {
+        let old = serde_json::json!({
+            "name": "web", "kind": "volume", "path": "/v", "object": "web.tar.zst",
+            "counts": {"entries": 1, "files": 1, "dirs": 0, "symlinks": 0, "hardlinks": 0, "other": 0, "bytes": 3},
+            "stored-bytes": 9, "sha256": "ab", "read-ms": 1,
+            "containers": [{"id": "t1", "name": "web.1.x", "state": "running", "rw": true, "action": "none",
+                            "downtime-ms": 0}]
+        });
+        let r: SourceRecord = serde_json::from_value(old).unwrap();
+        assert!(r.services.is_empty());
+        assert!(serde_json::to_value(&r).unwrap().get("services").is_none());
+        let mut s = r.clone();
+        s.services = vec![ServiceRecord {
+            id: "svc1".into(),
+            name: "web".into(),
+            replicas: 2,
+            scaled_to: 0,
+            downtime_ms: 1400,
+            scaled_back: false,
+            not_back: Some("removed meanwhile".into()),
+        }];
+        let v = serde_json::to_value(&s).unwrap();
+        assert_eq!(v["services"][0]["scaled-to"], 0);
+        assert_eq!(v["services"][0]["not-back"], "removed meanwhile");
+        assert_eq!(serde_json::from_value::<SourceRecord>(v).unwrap(), s);
     }
 }

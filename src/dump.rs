@@ -116,8 +116,9 @@ impl Preset {
     pub fn restore_command(self) -> Result<HookCommand, &'static str> {
         Ok(HookCommand::Shell(
             match self {
-                // No ON_ERROR_STOP: a dump of a whole cluster recreates roles that a fresh cluster already has
-                // (its superuser), which psql reports and goes on; errors are shown as the restore's warnings.
+                // No ON_ERROR_STOP: a dump of a whole cluster recreates roles (its superuser) and databases
+                // (`POSTGRES_DB`) that a fresh cluster already has, which psql reports and goes on. Which errors
+                // are that noise and which fail the restore is judged from psql's stderr: [`psql_errors`].
                 Preset::Postgres => {
                     "PGPASSWORD=\"${PGPASSWORD:-${POSTGRES_PASSWORD:-}}\"; export PGPASSWORD; \
                      exec psql -q -X -U \"${POSTGRES_USER:-postgres}\" -d postgres"
@@ -250,6 +251,32 @@ impl DumpSpec {
             dump_bytes: bytes,
         }
     }
+}
+
+/// The errors in the stderr of a `postgres` preset restore (`psql` fed a `pg_dumpall`) that fail it: every
+/// `ERROR:` line except the expected noise of loading a whole cluster into a running one, which psql reports and
+/// goes past. That noise is a role or a database that already exists: pg_dumpall writes `CREATE ROLE` then
+/// `ALTER ROLE` so that an existing role (the superuser, always) still gets its attributes, and a database the
+/// image made (`POSTGRES_DB`) is then filled as it is. Anything else (a table that exists or cannot be made, a
+/// row that does not load) means the database does not hold the dump.
+///
+/// Why not `ON_ERROR_STOP`: it stops at the superuser's `CREATE ROLE`, the first statement of every dump.
+/// Skipping those statements in the container would need the dump's own quoting of names, and dumps already
+/// stored keep the restore command recorded with them: judging the output works for those too.
+pub fn psql_errors(stderr: &str) -> Vec<&str> {
+    stderr
+        .lines()
+        .filter_map(|l| {
+            let at = l.find("ERROR:")?;
+            let msg = l[at + "ERROR:".len()..].trim();
+            let exists = |kind: &str| {
+                msg.strip_prefix(kind)
+                    .and_then(|m| m.strip_prefix(" \""))
+                    .is_some_and(|m| m.ends_with("\" already exists"))
+            };
+            (!(exists("role") || exists("database"))).then_some(l.trim())
+        })
+        .collect()
 }
 
 /// The restore command of a stored dump: the one recorded (the label's, or the preset's), else the preset's,
@@ -484,6 +511,29 @@ mod tests {
         assert!(
             p.contains("voltar.dump-command") && p.contains("voltar.dump-timeout"),
             "{p}"
+        );
+    }
+
+    #[test]
+    fn psql_errors_are_all_but_existing_roles_and_databases() {
+        let stderr = "psql:<stdin>:14: ERROR:  role \"postgres\" already exists\n\
+                      psql:<stdin>:40: ERROR:  database \"app\" already exists\n\
+                      psql:<stdin>:41: NOTICE:  something\n\
+                      psql:<stdin>:77: ERROR:  relation \"accounts\" already exists\n\
+                      psql:<stdin>:90: ERROR:  duplicate key value violates unique constraint \"a_pkey\"\n\
+                      DETAIL:  Key (id)=(1) already exists.\n\
+                      psql:<stdin>:95: ERROR:  role \"x\" does not exist\n";
+        assert_eq!(
+            psql_errors(stderr),
+            [
+                "psql:<stdin>:77: ERROR:  relation \"accounts\" already exists",
+                "psql:<stdin>:90: ERROR:  duplicate key value violates unique constraint \"a_pkey\"",
+                "psql:<stdin>:95: ERROR:  role \"x\" does not exist",
+            ]
+        );
+        assert!(psql_errors("").is_empty());
+        assert!(
+            psql_errors("psql:<stdin>:3: ERROR:  role \"postgres\" already exists\n").is_empty()
         );
     }
 

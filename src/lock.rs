@@ -18,11 +18,13 @@ use std::io::{self, Read, Seek, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use rustix::fs::FlockOperation;
 use rustix::io::Errno;
 use sha2::{Digest, Sha256};
+
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{Target, TargetKind};
 
@@ -34,8 +36,24 @@ const MAX_SYMLINKS: u32 = 40;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
-    #[error("another voltar run (pid {pid}) is using target {target}; wait for it to finish")]
-    Busy { target: String, pid: String },
+    #[error("another voltar run (pid {pid}) is using target {target}; wait for it to finish (or pass --wait)")]
+    Busy {
+        target: String,
+        pid: String,
+        /// When the holder took the lock (the lock file's time), when it can be read.
+        since: Option<SystemTime>,
+    },
+    #[error(
+        "another voltar run (pid {pid}) is still using target {target} after waiting {waited}; nothing was \
+         stopped or changed (wait longer with --wait DURATION, or run again later)"
+    )]
+    TimedOut {
+        target: String,
+        pid: String,
+        waited: String,
+    },
+    #[error("interrupted while waiting for target {target}; nothing was stopped or changed")]
+    Interrupted { target: String },
     #[error("cannot create lock file {path}: {source} (set state-dir in the config to a writable directory)")]
     Io {
         path: PathBuf,
@@ -256,10 +274,11 @@ impl TargetLock {
             let _ = fs::remove_file(&temp);
             match taken.map_err(io)? {
                 Place::Ours => return Ok(TargetLock { _file: file, path }),
-                Place::Held(pid) => {
+                Place::Held(pid, since) => {
                     return Err(LockError::Busy {
                         target: key.display,
                         pid,
+                        since,
                     })
                 }
                 Place::Moved => continue,
@@ -271,12 +290,123 @@ impl TargetLock {
     }
 }
 
+/// Another run's hold on a target, as [`wait_free`] reports it while waiting.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Holder {
+    /// The target's canonical name.
+    pub target: String,
+    pub pid: String,
+    /// When the holder took the lock, when known.
+    pub since: Option<SystemTime>,
+}
+
+impl Holder {
+    /// "waiting for voltar run (pid N) on target X… (since 21:40:03)", for the progress line.
+    pub fn waiting_line(&self) -> String {
+        let since = self
+            .since
+            .map(|t| {
+                let t: chrono::DateTime<chrono::Local> = t.into();
+                format!(" (since {})", t.format("%H:%M:%S"))
+            })
+            .unwrap_or_default();
+        format!(
+            "waiting for voltar run (pid {}) on target {}…{since}",
+            self.pid, self.target
+        )
+    }
+}
+
+/// The first of `targets` that another run holds now. Each is probed as [`TargetLock::acquire`] takes it, and let
+/// go at once; a target whose lock cannot be made (unresolvable, no lock directory) counts as free: taking it
+/// for real reports that.
+pub fn holder(state_dir: &Path, targets: &[Target]) -> Option<Holder> {
+    targets
+        .iter()
+        .find_map(|t| match TargetLock::acquire(state_dir, t) {
+            Ok(_) => None,
+            Err(LockError::Busy { target, pid, since }) => Some(Holder { target, pid, since }),
+            Err(_) => None,
+        })
+}
+
+/// First and longest pause between two looks at a busy target in [`wait_free`]. Polling, not a blocking
+/// `flock`: a holder unlinks its lock file on release (the next run links a file of its own), so a blocked
+/// waiter would wake on a file no longer at the path and have to look again anyway; and a sleep can be cut short
+/// by a signal, a thread blocked in `flock` cannot. Two seconds at most between looks is short against a run.
+const WAIT_POLL_FIRST: Duration = Duration::from_millis(100);
+const WAIT_POLL_MAX: Duration = Duration::from_secs(2);
+
+/// `--wait DURATION`: how long a command may wait for targets other runs hold, counted from its start (one
+/// budget for all the waits of the command).
+#[derive(Clone, Copy, Debug)]
+pub struct Wait {
+    pub deadline: Instant,
+    /// As asked, for the message when it runs out.
+    pub asked: Duration,
+}
+
+impl Wait {
+    /// A budget of `asked` from now.
+    pub fn new(asked: Duration) -> Wait {
+        Wait {
+            deadline: Instant::now() + asked,
+            asked,
+        }
+    }
+}
+
+/// Wait until no target of `targets` is held by another run (see [`holder`]), without holding any: a run
+/// waiting for one target never holds another one up. `on_wait` hears of each new holder (the first one, and
+/// another run that took a target next). Gives up when `wait` runs out ([`LockError::TimedOut`], naming who
+/// still holds it) or when `cancel` fires ([`LockError::Interrupted`]); `None`: no deadline.
+///
+/// The daemon waits this way before a job's run, and `--wait` before a run and again when its targets are taken
+/// (another run may slip in between).
+pub async fn wait_free(
+    state_dir: &Path,
+    targets: &[Target],
+    wait: Option<&Wait>,
+    cancel: &CancellationToken,
+    mut on_wait: impl FnMut(&Holder),
+) -> Result<(), LockError> {
+    let mut pause = WAIT_POLL_FIRST;
+    let mut last: Option<Holder> = None;
+    loop {
+        let Some(h) = holder(state_dir, targets) else {
+            return Ok(());
+        };
+        if last.as_ref() != Some(&h) {
+            on_wait(&h);
+        }
+        let now = Instant::now();
+        let sleep = match wait {
+            Some(w) if now >= w.deadline => {
+                return Err(LockError::TimedOut {
+                    target: h.target,
+                    pid: h.pid,
+                    waited: humantime::format_duration(w.asked).to_string(),
+                })
+            }
+            Some(w) => pause.min(w.deadline - now),
+            None => pause,
+        };
+        let target = h.target.clone();
+        last = Some(h);
+        tokio::select! {
+            _ = tokio::time::sleep(sleep) => {}
+            _ = cancel.cancelled() => return Err(LockError::Interrupted { target }),
+        }
+        pause = (pause * 2).min(WAIT_POLL_MAX);
+    }
+}
+
 /// What is at a lock path that already exists.
 enum Place {
     /// It was left by a run that is gone: our file replaced it.
     Ours,
-    /// Another live run holds it, with this pid.
-    Held(String),
+    /// Another live run holds it, with this pid, since this time.
+    Held(String, Option<SystemTime>),
     /// It went away or was replaced while we looked: look again.
     Moved,
 }
@@ -344,8 +474,9 @@ fn take_over(path: &Path, ours: &Path) -> io::Result<Place> {
     };
     if !try_flock(&old)? {
         let pid = read_pid(&mut old);
+        let since = old.metadata().and_then(|m| m.modified()).ok();
         return Ok(if still_at(path, &old)? {
-            Place::Held(pid)
+            Place::Held(pid, since)
         } else {
             Place::Moved
         });

@@ -506,13 +506,22 @@ pub struct PruneRequest {
     pub policy: Option<Policy>,
     pub dry_run: bool,
     pub now: DateTime<Utc>,
+    /// `--wait`: wait this long for a target another run holds, instead of failing.
+    pub wait: Option<crate::lock::Wait>,
 }
 
-/// Prune each target of `req` in turn, under its target lock: one report per target.
-pub async fn run(config: &Config, req: &PruneRequest) -> anyhow::Result<Vec<PruneReport>> {
+/// Prune each target of `req` in turn, under its target lock: one report per target. `waiting` is told who a
+/// target is waited for (with `--wait`).
+pub async fn run(
+    config: &Config,
+    req: &PruneRequest,
+    waiting: &(dyn Fn(&crate::lock::Holder) + Sync),
+) -> anyhow::Result<Vec<PruneReport>> {
     use anyhow::Context;
     let job = config.job(req.job.as_deref())?;
     let mut reports = Vec::new();
+    // Time spent waiting for targets moves the clock the policy is judged at.
+    let mut waited = chrono::Duration::zero();
     for t in &req.targets {
         let mut settings = t.effective_retention(&job.retention);
         if let Some(p) = &req.policy {
@@ -527,10 +536,29 @@ pub async fn run(config: &Config, req: &PruneRequest) -> anyhow::Result<Vec<Prun
         let store = crate::storage::open(t)
             .await
             .with_context(|| format!("opening target {}", t.name))?;
-        let _lock = crate::lock::TargetLock::acquire(&config.state_dir, t)?;
+        let _lock = loop {
+            match crate::lock::TargetLock::acquire(&config.state_dir, t) {
+                Err(crate::lock::LockError::Busy { .. }) if req.wait.is_some() => {
+                    // A signal drops this command (nothing to put back), so nothing cancels the wait here.
+                    let never = tokio_util::sync::CancellationToken::new();
+                    let one = std::slice::from_ref(t);
+                    let before = Utc::now();
+                    crate::lock::wait_free(
+                        &config.state_dir,
+                        one,
+                        req.wait.as_ref(),
+                        &never,
+                        waiting,
+                    )
+                    .await?;
+                    waited += Utc::now() - before;
+                }
+                taken => break taken?,
+            }
+        };
         let opts = PruneOptions {
             dry_run: req.dry_run,
-            now: req.now,
+            now: req.now + waited,
             job: req.job.clone(),
         };
         reports.push(prune(store.as_ref(), &settings, &opts).await?);

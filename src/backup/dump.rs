@@ -63,17 +63,38 @@ pub(super) async fn back_up_dump(
         env: vec![],
         timeout: spec.timeout,
     };
+    // The command is journaled once the engine created it and before it starts (as a hook's is): a run killed
+    // while it runs leaves `recover` its id to kill it by. A journal that cannot be written refuses the start.
+    let journal = ctx.quiescer.journal();
+    let exec_seq = std::sync::Mutex::new(None);
+    let note = |exec_id: &str| -> Result<(), String> {
+        let seq = journal
+            .will_create(&quiesce::Leftover::DumpExec {
+                container_id: spec.container_id.clone(),
+                container: spec.container.clone(),
+                exec_id: exec_id.to_string(),
+                command: spec.command.to_string(),
+            })
+            .map_err(|e| e.to_string())?;
+        *exec_seq.lock().unwrap_or_else(|p| p.into_inner()) = Some(seq);
+        Ok(())
+    };
     let started = Instant::now();
     let outcome = ctx
         .env
         .engine
-        .exec(
+        .exec_noted(
             &spec.container_id,
             &exec,
             ExecStdout::Stream(raw_tx),
             &ctx.env.cancel,
+            &note,
         )
         .await;
+    // Ended (or killed at its timeout or on a signal by the exec itself): nothing left to recover.
+    if let Some(seq) = exec_seq.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        journal.removed(seq);
+    }
     // The exec dropped its sender: the compressor sees the end of the stream and finishes.
     let compressed = compressor.await;
     report.read_ms = started.elapsed().as_millis() as u64;
@@ -164,6 +185,7 @@ pub(super) async fn back_up_dump(
                         not_archived_count: 0,
                         hooks: vec![],
                         dump: Some(record.clone()),
+                        services: vec![],
                     },
                 );
             }

@@ -180,6 +180,14 @@ pub(super) async fn back_up_group(
                 c.downtime_ms = r.downtime_ms();
             }
         }
+        // A service is the member's whose volume its tasks use.
+        reports[i].services.extend(
+            released
+                .services
+                .iter()
+                .filter(|s| src.services.iter().any(|p| p.id == s.id))
+                .map(super::service_record),
+        );
         // A container that could not be resumed is a warning of the members it belongs to.
         for e in &released.errors {
             let mine = match e {

@@ -46,7 +46,7 @@ use tokio_util::sync::CancellationToken;
 use crate::archive::{self, ArchiveError, Counts};
 use crate::catalog::{
     self, BackupId, ContainerRecord, FailedSource, HookPhase, HookRecord, Manifest, QuiesceAction,
-    SourceKind, SourceRecord,
+    ServiceRecord, SourceKind, SourceRecord,
 };
 use crate::config::{Archive, Config, Job, Target};
 use crate::crypto::{self, Encryptor};
@@ -117,6 +117,9 @@ pub struct SourceReport {
     /// The container hooks run around this source's read, in order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub hooks: Vec<HookRecord>,
+    /// The Swarm services scaled to 0 while this source was read.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServiceRecord>,
     #[serde(skip)]
     records: BTreeMap<usize, SourceRecord>,
     /// Targets that failed while storing this source (not because of the source or the local spool): the
@@ -240,6 +243,9 @@ pub struct Env<'a> {
     pub progress: Progress,
     pub cancel: CancellationToken,
     pub now: DateTime<Utc>,
+    /// `--wait`: wait this long for targets another run holds, instead of failing at once; nothing is touched
+    /// while waiting (the targets are locked before anything is quiesced).
+    pub wait: Option<crate::lock::Wait>,
 }
 
 /// Plan only: discovery + selection, no side effects. A container another live voltar run holds paused or
@@ -264,10 +270,34 @@ pub async fn plan_for(
 /// variables; their failures are warnings. A dry run runs no hook, an interrupted run no after hook (it stops
 /// at once).
 pub async fn run(env: &Env<'_>, req: &BackupRequest) -> Result<RunReport, BackupError> {
-    let started_at = Utc::now();
     if req.targets.is_empty() {
         return Err(BackupError::NoTarget);
     }
+    let waited_env;
+    let env = match (&env.wait, req.dry_run) {
+        (Some(w), false) => {
+            // Before anything (hooks, recovery, the plan, the backup's id and time): the run starts when its
+            // turn comes, and its clock moves on by the time waited. The targets are locked for real later; one
+            // that another run takes meanwhile is waited for there.
+            let before = Utc::now();
+            match wait_for_targets(env, &req.targets, w).await {
+                // Waited it out: the targets still held fail alone when they are taken (all of them: the run).
+                Ok(()) | Err(BackupError::Lock(crate::lock::LockError::TimedOut { .. })) => {}
+                Err(e) => return Err(e),
+            }
+            waited_env = Env {
+                config: env.config,
+                engine: env.engine,
+                progress: env.progress.clone(),
+                cancel: env.cancel.clone(),
+                now: env.now + (Utc::now() - before),
+                wait: env.wait,
+            };
+            &waited_env
+        }
+        _ => env,
+    };
+    let started_at = Utc::now();
     let id = BackupId::new(started_at);
     let hooks = &req.job.hooks;
     let vars = |result: Option<(&str, i32)>| {
@@ -352,6 +382,45 @@ pub async fn run(env: &Env<'_>, req: &BackupRequest) -> Result<RunReport, Backup
     result.map(|mut r| {
         r.notes.extend(warnings);
         r
+    })
+}
+
+/// What the manifest and the reports say about a service a hold scaled to 0 and its release scaled back (or not).
+pub fn service_record(s: &quiesce::ReleasedService) -> ServiceRecord {
+    let (scaled_back, not_back) = match s.outcome {
+        quiesce::ServiceOutcome::ScaledBack => (true, None),
+        quiesce::ServiceOutcome::LeftAlone(now) => (
+            false,
+            Some(format!(
+                "its replica count was changed to {now} meanwhile: left alone"
+            )),
+        ),
+        quiesce::ServiceOutcome::Gone => (false, Some("removed meanwhile".to_string())),
+    };
+    ServiceRecord {
+        id: s.id.clone(),
+        name: s.name.clone(),
+        replicas: s.replicas,
+        scaled_to: 0,
+        downtime_ms: u64::try_from(s.downtime.as_millis()).unwrap_or(u64::MAX),
+        scaled_back,
+        not_back,
+    }
+}
+
+/// `--wait`: until no target of `targets` is held by another run, saying who is waited for.
+async fn wait_for_targets(
+    env: &Env<'_>,
+    targets: &[Target],
+    w: &crate::lock::Wait,
+) -> Result<(), BackupError> {
+    crate::lock::wait_free(&env.config.state_dir, targets, Some(w), &env.cancel, |h| {
+        env.progress.note(&h.waiting_line())
+    })
+    .await
+    .map_err(|e| match e {
+        crate::lock::LockError::Interrupted { .. } => BackupError::Cancelled,
+        e => BackupError::Lock(e),
     })
 }
 

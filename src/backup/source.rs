@@ -122,6 +122,7 @@ impl SourceReport {
             target_errors: BTreeMap::new(),
             spooled: BTreeMap::new(),
             hooks: vec![],
+            services: vec![],
             records: BTreeMap::new(),
             failed_targets: BTreeSet::new(),
         }
@@ -727,6 +728,9 @@ async fn release(ctx: &RunCtx<'_>, held: Held, report: &mut SourceReport) {
             c.downtime_ms = r.downtime_ms();
         }
     }
+    report
+        .services
+        .extend(released.services.iter().map(super::service_record));
     for e in &released.errors {
         report.warnings.push(e.to_string());
         ctx.env.progress.reported(&e.to_string());
@@ -867,6 +871,7 @@ pub(super) fn record_legs(
                     not_archived_count: report.not_archived_count,
                     hooks: report.hooks.clone(),
                     dump: None,
+                    services: report.services.clone(),
                 };
                 report.records.insert(i, record);
             }

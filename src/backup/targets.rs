@@ -2,6 +2,7 @@
 //! targets the later sources skip (it failed to open, failed its check, or failed while storing a source).
 
 use super::*;
+use crate::lock::LockError;
 
 /// The targets of one run, indexed like the request's targets.
 pub(super) struct Targets {
@@ -26,7 +27,9 @@ impl Targets {
         let mut stores: Vec<Option<Arc<dyn Storage>>> = Vec::new();
         let mut locks: Vec<TargetLock> = Vec::new();
         let mut first_error: Option<BackupError> = None;
+        let mut taken = lock_all(env, targets).await?.into_iter();
         for t in targets {
+            let lock = taken.next().expect("one lock result per target");
             let mut tr = TargetReport {
                 name: t.name.clone(),
                 location: t.name.clone(),
@@ -38,7 +41,7 @@ impl Targets {
             match storage::open(t).await {
                 Ok(s) => {
                     tr.location = s.describe();
-                    match TargetLock::acquire(&env.config.state_dir, t) {
+                    match lock {
                         Ok(l) => {
                             locks.push(l);
                             stores.push(Some(s));
@@ -133,6 +136,52 @@ impl Targets {
                     r.name
                 )
             });
+        }
+    }
+}
+
+/// Take the lock of each of `targets` (one result each, in order). With `--wait`, a target another run holds is
+/// waited for: every lock taken is let go first (so two waiting runs never hold each other up), then all are
+/// taken again once none is held. When the wait runs out, the targets still held by others fail alone (as a busy
+/// target does without `--wait`), with the time-out as their error.
+async fn lock_all(
+    env: &Env<'_>,
+    targets: &[Target],
+) -> Result<Vec<Result<TargetLock, LockError>>, BackupError> {
+    let take = || -> Vec<Result<TargetLock, LockError>> {
+        targets
+            .iter()
+            .map(|t| TargetLock::acquire(&env.config.state_dir, t))
+            .collect()
+    };
+    loop {
+        let taken = take();
+        // A target this process holds itself (named twice under two spellings) is not waited for: it would never
+        // come free.
+        let me = std::process::id().to_string();
+        let busy = taken
+            .iter()
+            .any(|l| matches!(l, Err(LockError::Busy { pid, .. }) if *pid != me));
+        let Some(w) = env.wait.as_ref().filter(|_| busy) else {
+            return Ok(taken);
+        };
+        drop(taken);
+        match wait_for_targets(env, targets, w).await {
+            Ok(()) => {}
+            Err(BackupError::Lock(LockError::TimedOut { waited, .. })) => {
+                let timed_out = |l| match l {
+                    Err(LockError::Busy { target, pid, .. }) if pid != me => {
+                        Err(LockError::TimedOut {
+                            target,
+                            pid,
+                            waited: waited.clone(),
+                        })
+                    }
+                    l => l,
+                };
+                return Ok(take().into_iter().map(timed_out).collect());
+            }
+            Err(e) => return Err(e),
         }
     }
 }

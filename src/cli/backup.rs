@@ -266,6 +266,8 @@ pub(super) struct BackupFlags {
     pub only: Vec<String>,
     pub dry_run: bool,
     pub no_prune: bool,
+    /// `--wait`, started when the command started.
+    pub wait: Option<crate::lock::Wait>,
 }
 
 /// `voltar backup`: the run's summary table (`--quiet`: only when something failed), or the plan (`--dry-run`).
@@ -352,6 +354,7 @@ async fn run(
         only,
         dry_run,
         no_prune,
+        wait,
     } = flags;
     let targets = super::resolve_targets(config, job.as_deref(), &target)?;
     let engine = super::connect(config).await?;
@@ -365,6 +368,7 @@ async fn run(
         progress,
         cancel,
         now: Utc::now(),
+        wait,
     };
     let req = BackupRequest {
         job: jobcfg,
@@ -600,10 +604,15 @@ fn render_run(r: &RunReport) -> String {
     let shared = shared_errors(r);
     for s in &r.sources {
         let downtime = s
-            .containers
+            .services
             .iter()
-            .filter(|c| c.downtime_ms > 0)
-            .map(|c| format!("{} {} {}", c.name, c.action, human_ms(c.downtime_ms)))
+            .map(service_downtime)
+            .chain(
+                s.containers
+                    .iter()
+                    .filter(|c| c.downtime_ms > 0)
+                    .map(|c| format!("{} {} {}", c.name, c.action, human_ms(c.downtime_ms))),
+            )
             .collect::<Vec<_>>()
             .join(", ");
         rows.push(vec![
@@ -644,6 +653,21 @@ fn render_run(r: &RunReport) -> String {
     }
     for n in &r.recovered {
         out.push_str(&format!("recovered: {n}\n"));
+    }
+    out
+}
+
+/// A scaled service in the DOWNTIME column: "service web scaled 2→0 1.4 s", and what went wrong after.
+pub(super) fn service_downtime(s: &crate::catalog::ServiceRecord) -> String {
+    let mut out = format!(
+        "service {} scaled {}→{} {}",
+        s.name,
+        s.replicas,
+        s.scaled_to,
+        human_ms(s.downtime_ms)
+    );
+    if let Some(why) = &s.not_back {
+        out.push_str(&format!(" (not scaled back: {why})"));
     }
     out
 }

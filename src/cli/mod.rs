@@ -115,6 +115,43 @@ impl ReadTargetArgs {
     }
 }
 
+/// `--wait [DURATION]` of the commands that lock their targets (backup, restore, prune).
+#[derive(Debug, Clone, Args)]
+pub struct WaitArgs {
+    /// When another voltar run is using a target, wait for it to finish (up to DURATION, e.g. 30m or 6h;
+    /// default 1h) instead of failing at once. Nothing is stopped or paused while waiting.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        num_args = 0..=1,
+        default_missing_value = DEFAULT_WAIT,
+        value_parser = wait_duration
+    )]
+    pub wait: Option<std::time::Duration>,
+}
+
+/// `--wait` given without a duration. An hour covers a nightly run of most hosts; a cron job that waits longer
+/// should say so (`--wait 6h`), so that runs do not pile up unseen behind a hung one.
+pub const DEFAULT_WAIT: &str = "1h";
+
+impl WaitArgs {
+    /// The budget, counted from now (the command's start).
+    pub fn start(&self) -> Option<crate::lock::Wait> {
+        self.wait.map(crate::lock::Wait::new)
+    }
+}
+
+/// `--wait`'s value. `--wait` takes the next word when it does not start with `-`: a restore's backup id after
+/// it would be read as a duration, so say how to write that.
+fn wait_duration(s: &str) -> Result<std::time::Duration, String> {
+    crate::config::parse_duration(s).map_err(|_| {
+        format!(
+            "expected a duration such as 30s, 10m or 2h; got `{s}` (for the default of {DEFAULT_WAIT}, put \
+             --wait after the other arguments, or write --wait={DEFAULT_WAIT})"
+        )
+    })
+}
+
 /// Help of `--job` (the same on every command that takes it).
 const JOB_HELP: &str =
     "The job to use, as configured in [job.NAME] (default: the job named `default`, or the only one)";
@@ -158,6 +195,8 @@ pub enum Command {
         /// Do not prune after the backup, even when the job has a retention policy.
         #[arg(long)]
         no_prune: bool,
+        #[command(flatten)]
+        wait: WaitArgs,
     },
     /// List the backups in each target.
     List {
@@ -501,6 +540,7 @@ async fn run(cli: Cli, cancel: CancellationToken) -> Result<i32> {
             only,
             dry_run,
             no_prune,
+            wait,
         } => {
             let flags = backup::BackupFlags {
                 job,
@@ -508,6 +548,7 @@ async fn run(cli: Cli, cancel: CancellationToken) -> Result<i32> {
                 only,
                 dry_run,
                 no_prune,
+                wait: wait.start(),
             };
             backup::backup(&config, flags, cli.json, cli.quiet, progress, cancel).await
         }
@@ -520,7 +561,7 @@ async fn run(cli: Cli, cancel: CancellationToken) -> Result<i32> {
         } => catalog::show(&config, backup, sources, job, target, cli.json).await,
         Command::Restore(args) => restore::command(&config, args, cli.json, progress, cancel).await,
         Command::Verify(args) => verify::command(&config, args, cli.json, progress, cancel).await,
-        Command::Prune(args) => prune::command(&config, args, cli.json).await,
+        Command::Prune(args) => prune::command(&config, args, cli.json, progress).await,
         Command::Key(cmd) => key::command(cmd, cli.json, cli.quiet),
         Command::Config(cmd) => check::command(&config, cmd, cli.json).await,
         Command::Target(cmd) => target::command(&config, cmd, cli.json).await,

@@ -39,12 +39,15 @@ pub struct PruneArgs {
     /// Show the decisions, delete nothing.
     #[arg(long)]
     pub dry_run: bool,
+    #[command(flatten)]
+    pub wait: super::WaitArgs,
 }
 
 pub async fn command(
     config: &crate::config::Config,
     args: PruneArgs,
     json: bool,
+    progress: crate::progress::Progress,
 ) -> anyhow::Result<i32> {
     let targets = super::resolve_targets(config, args.job.as_deref(), &args.target)?;
     config.job(args.job.as_deref())?;
@@ -80,8 +83,11 @@ pub async fn command(
         policy,
         dry_run: args.dry_run,
         now: Utc::now(),
+        wait: args.wait.start(),
     };
-    let reports = run(config, &req).await?;
+    let reports = run(config, &req, &|h| progress.note(&h.waiting_line())).await;
+    progress.finish();
+    let reports = reports?;
     if json {
         super::out_json(&reports);
     } else {

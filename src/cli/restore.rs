@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::progress::Progress;
 use crate::restore::{self, RestoreOutcome, RestoreReport, RestoreRequest, RestoreStatus};
 
-use super::render::count;
+use super::render::{count, human_ms};
 use super::{emit, human, out, out_json, KeyArgs, ReadTargetArgs, EXIT_FAILED, EXIT_OK, JOB_HELP};
 
 #[derive(Debug, Clone, Args)]
@@ -64,6 +64,8 @@ pub struct RestoreArgs {
     pub target: ReadTargetArgs,
     #[command(flatten)]
     pub keys: KeyArgs,
+    #[command(flatten)]
+    pub wait: super::WaitArgs,
 }
 
 pub async fn command(
@@ -111,6 +113,7 @@ pub async fn command(
         job: args.job,
         identities: args.keys.identities,
         passphrase_file: args.keys.passphrase_file,
+        wait: args.wait.start(),
     };
     let report = match restore::run(config, req, progress, cancel).await? {
         RestoreOutcome::Report(r) => r,
@@ -176,6 +179,19 @@ pub fn render(report: &RestoreReport) -> String {
         };
         if !stops.is_empty() {
             out.push_str(&format!("  containers {what}: {}\n", stops.join(", ")));
+        }
+        for sv in &s.services {
+            out.push_str(&format!(
+                "  service {}: scaled from {} to {} for {}, {}\n",
+                sv.name,
+                sv.replicas,
+                sv.scaled_to,
+                human_ms(sv.downtime_ms),
+                match &sv.not_back {
+                    None => format!("back at {}", sv.replicas),
+                    Some(why) => format!("not scaled back: {why}"),
+                }
+            ));
         }
         if !s.restarted.is_empty() {
             out.push_str(&format!("  restarted: {}\n", restarted(s)));

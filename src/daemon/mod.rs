@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backup::{self, BackupRequest, RunReport};
 use crate::config::{Config, Job, Target};
 use crate::docker::Engine;
-use crate::lock::{self, TargetLock};
+use crate::lock;
 use crate::progress::Progress;
 use crate::schedule::Schedule;
 
@@ -55,9 +55,6 @@ pub use self::state::{
 /// The longest a stop waits for the cancelled runs to put their containers back (the process must end within
 /// 30 s of SIGTERM: container stop timeouts are a container runtime's usual 10 s, uploads abort at once).
 pub const STOP_WAIT: Duration = Duration::from_secs(25);
-
-/// How often a run that waits for a target another voltar process holds looks again.
-const LOCK_POLL: Duration = Duration::from_millis(500);
 
 /// The time source of the loop. [`SystemClock`] in the daemon, a hand-driven one in tests.
 #[async_trait::async_trait]
@@ -226,18 +223,17 @@ impl JobRunner for BackupRunner {
         // Another voltar process (a `voltar backup` from cron, a restore's safety backup) may hold a target:
         // wait for it rather than fail the run. The backup takes the lock itself right after; a run that slips
         // in between fails this one with the lock's message (recorded like any failure).
-        if let Some(target) = busy_target(config, &targets) {
+        if let Some(h) = lock::holder(&config.state_dir, &targets) {
             observer
                 .event(&Event::WaitingForTarget {
                     job: job.name.clone(),
-                    target,
+                    target: h.target,
                 })
                 .await;
-            while busy_target(config, &targets).is_some() {
-                tokio::select! {
-                    _ = tokio::time::sleep(LOCK_POLL) => {}
-                    _ = cancel.cancelled() => return JobOutcome::Interrupted,
-                }
+            let waited = lock::wait_free(&config.state_dir, &targets, None, &cancel, |_| {});
+            if waited.await.is_err() {
+                // Without a deadline only a cancel ends the waiting.
+                return JobOutcome::Interrupted;
             }
         }
         let engine = match Engine::connect(config.docker_host.as_deref()).await {
@@ -254,6 +250,8 @@ impl JobRunner for BackupRunner {
             progress: Progress::hidden(),
             cancel: cancel.clone(),
             now,
+            // Waited for above, without a deadline.
+            wait: None,
         };
         let req = BackupRequest {
             job: job.clone(),
@@ -275,19 +273,6 @@ impl JobRunner for BackupRunner {
         let engine = Engine::connect(config.docker_host.as_deref()).await.ok()?;
         coverage(&engine, config).await.ok()
     }
-}
-
-/// The first of `targets` whose lock another process holds now, by its canonical name.
-fn busy_target(config: &Config, targets: &[Target]) -> Option<String> {
-    targets.iter().find_map(|t| {
-        match TargetLock::acquire(&config.state_dir, t) {
-            // Free: dropping our probe releases it at once.
-            Ok(_) => None,
-            Err(lock::LockError::Busy { target, .. }) => Some(target),
-            // Unresolvable or no lock directory: the backup reports it.
-            Err(_) => None,
-        }
-    })
 }
 
 /// One in-process lock per target (by the target lock's canonical key): runs of jobs that share a target take

@@ -91,6 +91,15 @@ pub enum Leftover {
         phase: String,
         command: String,
     },
+    /// A dump source's command (an exec), journaled after the engine created it and before it starts, done when
+    /// it ended: `recover` SIGKILLs it if it still runs, as a hook's (a killed run cannot end it: the dump would
+    /// go on loading the database for nothing).
+    DumpExec {
+        container_id: String,
+        container: String,
+        exec_id: String,
+        command: String,
+    },
     /// A post-backup hook owed: journaled before the container's pre-backup hook starts, done once the post
     /// hook ran. `recover` runs it (the "after" side undoes what the "before" side did: unlock tables, leave
     /// maintenance mode) when the container runs once its containers are resumed.
@@ -123,6 +132,9 @@ impl std::fmt::Display for Leftover {
                 command,
                 ..
             } => write!(f, "{phase} hook `{command}` in container {container}"),
+            Leftover::DumpExec {
+                container, command, ..
+            } => write!(f, "dump `{command}` in container {container}"),
             Leftover::PostHook {
                 container, command, ..
             } => write!(

@@ -85,7 +85,8 @@ pub enum LeftoverOutcome {
     LeftAlone(String),
     /// Could not be removed; the journal is kept for the next attempt.
     Failed(String),
-    /// A hook's command a dead run left running was SIGKILLed (what was killed), or had ended by itself.
+    /// A hook's or a dump's command a dead run left running was SIGKILLed (what was killed), or had ended by
+    /// itself.
     HookKilled(String),
     /// A post-backup hook a dead run owed was run: its exit code (`None`: none, e.g. killed at its timeout).
     PostHookRan(Option<i64>),
@@ -419,12 +420,13 @@ async fn recover_one(
     // must not be resumed into. Post-backup hooks owed last, once the containers run again.
     let (execs, leftovers): (Vec<Leftover>, Vec<Leftover>) = leftovers
         .into_iter()
-        .partition(|l| matches!(l, Leftover::HookExec { .. }));
+        .partition(|l| matches!(l, Leftover::HookExec { .. } | Leftover::DumpExec { .. }));
     let (owed, leftovers): (Vec<Leftover>, Vec<Leftover>) = leftovers
         .into_iter()
         .partition(|l| matches!(l, Leftover::PostHook { .. }));
     for leftover in execs {
-        let Leftover::HookExec { exec_id, .. } = &leftover else {
+        let (Leftover::HookExec { exec_id, .. } | Leftover::DumpExec { exec_id, .. }) = &leftover
+        else {
             continue;
         };
         let outcome =
@@ -570,8 +572,8 @@ async fn run_owed_post_hook(runtime: &dyn Runtime, owed: &Leftover) -> LeftoverO
 fn remove_leftover(leftover: &Leftover) -> LeftoverOutcome {
     match leftover {
         // Handled by `recover_one` (they need the engine), never here.
-        Leftover::HookExec { .. } | Leftover::PostHook { .. } => {
-            LeftoverOutcome::LeftAlone("a hook, not a file".into())
+        Leftover::HookExec { .. } | Leftover::DumpExec { .. } | Leftover::PostHook { .. } => {
+            LeftoverOutcome::LeftAlone("a command, not a file".into())
         }
         Leftover::PreviousContents { .. } => LeftoverOutcome::LeftAlone(
             "a restore ended before its safety backup was committed: this is the only copy of what was there; \

@@ -112,6 +112,7 @@ impl SourceRestore {
             undo: None,
             restarted: vec![],
             downtime_ms: BTreeMap::new(),
+            services: vec![],
             warnings: vec![],
             status,
             command: None,
@@ -423,6 +424,11 @@ async fn stopped_for_swap(
         .iter()
         .map(|c| (c.name.clone(), c.downtime_ms()))
         .collect();
+    sr.services = released
+        .services
+        .iter()
+        .map(backup::service_record)
+        .collect();
     sr.warnings
         .extend(released.errors.iter().map(|e| e.to_string()));
     Ok(result)
@@ -444,6 +450,8 @@ fn backup_env<'a>(ctx: &'a ApplyCtx<'_>) -> backup::Env<'a> {
         progress: ctx.progress.clone(),
         cancel: ctx.cancel.clone(),
         now: Utc::now(),
+        // `--wait` (`--path` restores take their safety copy with the users stopped: never wait then).
+        wait: ctx.args.wait.filter(|_| ctx.paths.is_empty()),
     }
 }
 

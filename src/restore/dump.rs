@@ -10,8 +10,9 @@
 //! `PATH`, checked, fsynced and renamed into place: a failed restore leaves no file.
 //!
 //! The restore command's exit code decides; its stderr (capped) goes to the log and, line by line (at most
-//! [`WARNINGS_SHOWN`]), into the report's warnings: `psql` reports errors such as an existing role and goes on,
-//! exit code 0.
+//! [`WARNINGS_SHOWN`]), into the report's warnings. `psql` (the `postgres` preset) reports errors and goes on,
+//! exit code 0: there its stderr decides too (`dump::psql_errors`: an existing role or database is the expected
+//! noise, any other error fails the restore). `mysql`/`mariadb` stop at the first error with exit code 1.
 
 use std::io::Write;
 
@@ -125,6 +126,7 @@ impl DumpCtx {
             undo: None,
             restarted: vec![],
             downtime_ms: BTreeMap::new(),
+            services: vec![],
             warnings: vec![],
             status,
             command: None,
@@ -273,7 +275,35 @@ async fn into_container(
         );
     }
     let partly = "; the database may hold part of the dump";
+    // psql goes on after an error and exits 0: its stderr says whether the database holds the dump.
+    // (The preset's psql, not a restore command of the user's: none on the container, none but the preset's
+    // recorded with the dump.)
+    let preset = crate::dump::Preset::Postgres.restore_command().ok();
+    let psql = !c
+        .labels
+        .contains_key(crate::dump::LABEL_DUMP_RESTORE_COMMAND)
+        && rec.preset.as_deref() == Some("postgres")
+        && rec
+            .restore_command
+            .as_ref()
+            .is_none_or(|r| preset.is_some_and(|p| p.to_string() == *r));
+    let psql_failed = match crate::dump::psql_errors(&said).as_slice() {
+        _ if !psql => None,
+        [] if outcome.stderr.dropped > 0 => Some(format!(
+            "{what} wrote more on stderr than voltar keeps ({} bytes were not read), so its errors could not \
+             all be checked; see the log{partly}",
+            outcome.stderr.dropped
+        )),
+        [] => None,
+        [first, rest @ ..] => Some(format!(
+            "{what} reported {} error(s), the first: {first}{partly}",
+            rest.len() + 1
+        )),
+    };
     sr.status = match (&outcome.end, outcome.exit_code, read) {
+        (ExecEnd::Exited, Some(0), Ok(_)) if psql_failed.is_some() => {
+            RestoreStatus::Failed(psql_failed.unwrap_or_default())
+        }
         (ExecEnd::Exited, Some(0), Ok(_)) => RestoreStatus::Ok,
         (ExecEnd::Exited, Some(0), Err(DumpReadError::Bad(why))) => RestoreStatus::Failed(format!(
             "{why} (the object changed after it was checked){partly}"

@@ -47,6 +47,7 @@ pub(super) async fn import(
                     undo: None,
                     restarted: vec![],
                     downtime_ms: Default::default(),
+                    services: vec![],
                     warnings: rep.warnings.into_iter().chain(cleanup.err()).collect(),
                     status: RestoreStatus::Ok,
                     command: None,

@@ -97,6 +97,10 @@ pub struct RestoreRequest {
     pub job: Option<String>,
     pub identities: Vec<PathBuf>,
     pub passphrase_file: Option<PathBuf>,
+    /// `--wait`: wait this long for the safety backup's targets when another run holds one, before anything is
+    /// extracted or stopped (and, for a whole volume, again before stopping for one taken meanwhile), instead of
+    /// failing.
+    pub wait: Option<crate::lock::Wait>,
 }
 
 /// What `restore` did, or (dry run) would do.
@@ -192,6 +196,9 @@ pub struct SourceRestore {
     /// How long each stopped container was down (name → milliseconds), as backup reports it.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub downtime_ms: BTreeMap<String, u64>,
+    /// The Swarm services scaled to 0 for the swap, and back (as a backup's manifest records them).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<catalog::ServiceRecord>,
     pub warnings: Vec<String>,
     pub status: RestoreStatus,
     /// A dump restored into a container: the command it was (or, dry run, would be) streamed into.
@@ -380,6 +387,25 @@ pub async fn run(
         });
         dry_run(&plan, &resources, safety_to).await?
     } else {
+        if let (Some(w), false) = (&args.wait, args.no_safety_backup) {
+            // The safety backup locks its targets: wait for them before anything is extracted or stopped.
+            let targets = safety_targets(
+                config,
+                args.job.as_deref(),
+                &plan.manifest.job,
+                &resources.target,
+            );
+            let waited =
+                crate::lock::wait_free(&config.state_dir, &targets, Some(w), &cancel, |h| {
+                    progress.note(&h.waiting_line())
+                });
+            match waited.await {
+                // Timed out: each source then fails its check of the safety backup's targets with this time-out,
+                // before anything is stopped, as a busy target fails it without --wait.
+                Ok(()) | Err(crate::lock::LockError::TimedOut { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         apply(config, &args, plan, resources, progress, cancel).await?
     };
     Ok(RestoreOutcome::Report(report))

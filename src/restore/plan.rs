@@ -76,6 +76,7 @@ impl RestorePlan {
                     safety_backup: None,
                     restarted: vec![],
                     downtime_ms: Default::default(),
+                    services: vec![],
                     warnings: vec![],
                     status: RestoreStatus::DryRun,
                     command: None,

@@ -1129,3 +1129,211 @@ fn encrypted_dump_round_trips_with_the_key() {
         "the restored dump differs"
     );
 }
+
+/// A voltar killed with SIGKILL in the middle of a dump leaves the dump's command running in its container (the
+/// run cannot stop it any more). The command is journaled like a hook's: `voltar recover` kills it, the journal
+/// is then empty, and nothing of the dump was committed.
+///
+/// The process is followed by the exec id the run journaled (and its pid, as the engine reports it): another test's
+/// run that backs up every labelled container at the same time may run this dump too, in an exec of its own.
+#[test]
+fn a_dump_left_running_by_a_killed_run_is_killed_by_recover() {
+    require_docker!();
+    let env = Env::new();
+    let mut c = Cleanup::default();
+    let app = c.run(
+        "hung-dump",
+        &["-l", "voltar.dump-command=echo started; sleep 7777"],
+    );
+    let dump = format!("dump@{app}");
+    let t = env.t();
+    let mut child = Command::new(BIN)
+        .args(["backup", "--json", "-t", &t, "--only", &dump])
+        .current_dir(&env.cwd)
+        .env("VOLTAR_STATE_DIR", &env.state)
+        .env_remove("VOLTAR_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The journal names the exec before it starts; wait until the engine says it runs.
+    let journal_dir = voltar::quiesce::journal_dir(&env.state);
+    let started = Instant::now();
+    let (exec_id, pid) = loop {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "voltar ended before the dump ran"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the dump never started"
+        );
+        let journaled = journaled_dump_exec(&journal_dir);
+        if let Some(id) = journaled {
+            let (running, pid) = exec_state(&id);
+            if running && pid > 0 && top_pids(&app).contains(&pid) {
+                break (id, pid);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        exec_state(&exec_id).0 && top_pids(&app).contains(&pid),
+        "the dump outlives the killed run"
+    );
+
+    let o = env.run(&["recover"]);
+    assert_eq!(o.code, 0, "{o:?}");
+    assert!(o.stdout.contains(&app), "recover names the dump:\n{o:?}");
+    let killed = Instant::now();
+    while exec_state(&exec_id).0 || top_pids(&app).contains(&pid) {
+        assert!(
+            killed.elapsed() < Duration::from_secs(10),
+            "the dump (exec {exec_id}, pid {pid}) is still running after recover:\n{o:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let journal: Vec<_> = std::fs::read_dir(&journal_dir)
+        .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(journal.is_empty(), "{journal:?}");
+    assert!(
+        env.stored_files()
+            .iter()
+            .all(|f| !f.ends_with("manifest.json")),
+        "{:?}",
+        env.stored_files()
+    );
+}
+
+/// The exec id of the dump journaled in `dir`, if any.
+fn journaled_dump_exec(dir: &Path) -> Option<String> {
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        for line in text.lines() {
+            let v: Value = serde_json::from_str(line).unwrap_or_default();
+            if v["leftover"]["kind"] == "dump-exec" {
+                return v["leftover"]["exec-id"]
+                    .as_str()
+                    .or(v["leftover"]["exec_id"].as_str())
+                    .map(String::from);
+            }
+        }
+    }
+    None
+}
+
+/// Whether the engine says exec `id` runs, and its pid (from `GET /exec/{id}/json` on the local socket).
+fn exec_state(id: &str) -> (bool, i64) {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect("/var/run/docker.sock").unwrap();
+    write!(s, "GET /exec/{id}/json HTTP/1.0\r\nHost: docker\r\n\r\n").unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let body = resp.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let v: Value = serde_json::from_str(body).unwrap_or_default();
+    (v["Running"] == true, v["Pid"].as_i64().unwrap_or(0))
+}
+
+/// The host pids of the processes in `container` (`docker top`).
+fn top_pids(container: &str) -> Vec<i64> {
+    docker(&["top", container, "-o", "pid"])
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// Run SQL in database `db` of `container` as the superuser; the output (unaligned, tuples only).
+fn psql_in(container: &str, db: &str, sql: &str) -> String {
+    docker(&[
+        "exec",
+        container,
+        "psql",
+        "-X",
+        "-q",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-A",
+        "-t",
+        "-U",
+        "postgres",
+        "-d",
+        db,
+        "-c",
+        sql,
+    ])
+}
+
+/// psql goes on after an error and exits 0, so a PostgreSQL restore whose SQL failed used to say "ok" with the
+/// errors as warnings. The expected noise of loading a `pg_dumpall` into a running cluster (its superuser role,
+/// a database the image already made, empty) still restores; a real error (the tables exist: restoring into
+/// the database the dump came from) fails the restore, exit 1, with psql's error.
+#[test]
+fn a_postgres_restore_whose_sql_fails_fails() {
+    if !pg_available() {
+        return;
+    }
+    let env = Env::new();
+    let mut c = Cleanup::default();
+    let (db, _) = start_pg(&mut c, "pgsrc", &["-l", "voltar.dump=postgres"]);
+    psql(&db, "CREATE DATABASE app");
+    psql_in(
+        &db,
+        "app",
+        "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'one'), (2, 'two');",
+    );
+    let dump = format!("dump@{db}");
+    let o = env.backup(&[&dump]);
+    assert_eq!(o.code, 0, "{o:?}");
+    let t = env.t();
+
+    // A fresh cluster with the database made already (as POSTGRES_DB does) and empty: restores, exit 0.
+    let (fresh, _) = start_pg(&mut c, "pgfresh", &[]);
+    psql(&fresh, "CREATE DATABASE app");
+    let o = env.run(&[
+        "restore",
+        "latest",
+        "-t",
+        &t,
+        "--source",
+        &dump,
+        "--to-container",
+        &fresh,
+    ]);
+    assert_eq!(o.code, 0, "{o:?}");
+    assert_eq!(
+        psql_in(&fresh, "app", "SELECT v FROM t ORDER BY id"),
+        "one\ntwo"
+    );
+
+    // Into the cluster it came from: the table exists, its rows clash. The restore fails and says why.
+    let o = env.run(&[
+        "restore",
+        "latest",
+        "-t",
+        &t,
+        "--source",
+        &dump,
+        "--to-container",
+        &db,
+    ]);
+    assert_eq!(o.code, 1, "{o:?}");
+    let line = o
+        .stdout
+        .lines()
+        .find(|l| l.contains(&format!("{dump} -> container {db}:")))
+        .unwrap_or_else(|| panic!("no line for the dump: {o:?}"))
+        .to_string();
+    assert!(
+        line.contains("failed") && line.contains("relation \"t\" already exists"),
+        "{line}\n{o:?}"
+    );
+    assert!(
+        !line.contains("role \"postgres\""),
+        "the noise is not the error: {line}"
+    );
+}

@@ -30,3 +30,4 @@ mod storage;
 mod swarm;
 mod target_check;
 mod ux;
+mod wait;

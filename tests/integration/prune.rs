@@ -76,6 +76,7 @@ async fn write_backup(
             stored_bytes: data.len() as u64,
             sha256: hex::encode(Sha256::digest(&data)),
             containers: vec![],
+            services: vec![],
             read_ms: 1,
             warnings: vec![],
             not_archived: vec![],

@@ -586,3 +586,90 @@ fn chrono_now() -> String {
         .unwrap();
     format!("{}.{:09}", d.as_secs(), d.subsec_nanos())
 }
+
+/// A scaled service is part of what a run did: the manifest, `backup --json` and the summary table say which
+/// service was scaled from how many replicas to 0, for how long, and that it is back (its task containers were
+/// not touched themselves: action `none`); `restore --json` and its report say the same. (Older manifests without
+/// the field load: `catalog::tests::service_records_and_older_source_records`.)
+#[test]
+fn scaled_services_are_in_the_manifest_the_json_and_the_tables() {
+    let Some(w) = World::new() else { return };
+    let vol = w.volume("svc-rec", 0);
+    let svc = unique("web");
+    w.service(
+        &svc,
+        &[
+            "--replicas",
+            "2",
+            "--label",
+            "voltar.quiesce=stop",
+            "--mount",
+            &format!("type=volume,src={vol},dst=/data"),
+        ],
+    );
+    w.wait_running(&svc, 2);
+    let t = w.target();
+    let check = |rec: &serde_json::Value, what: &str| {
+        let s = &rec["services"];
+        assert_eq!(s.as_array().map(Vec::len), Some(1), "{what}: {rec:#}");
+        assert_eq!(s[0]["name"], svc.as_str(), "{what}: {rec:#}");
+        assert_eq!(s[0]["replicas"], 2, "{what}: {rec:#}");
+        assert_eq!(s[0]["scaled-to"], 0, "{what}: {rec:#}");
+        assert_eq!(s[0]["scaled-back"], true, "{what}: {rec:#}");
+        assert!(
+            s[0]["downtime-ms"].as_u64().unwrap_or(0) > 0,
+            "{what}: {rec:#}"
+        );
+    };
+
+    let out = w.run(&["--json", "backup", "--only", &vol, "-t", &t]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let r: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    check(&r["sources"][0], "backup --json");
+    let manifest = std::fs::read_dir(&t)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("manifest.json"))
+        .find(|m| m.exists())
+        .expect("a manifest");
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    check(&m["sources"][0], "manifest");
+    w.wait_running(&svc, 2);
+
+    // The summary table: the service in the downtime column, as scaled.
+    let out = w.run(&["backup", "--only", &vol, "-t", &t]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let row = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&vol))
+        .unwrap_or_else(|| panic!("no row for {vol}: {out:?}"))
+        .to_string();
+    assert!(
+        row.contains(&format!("service {svc} scaled 2→0")),
+        "{row}\n{out:?}"
+    );
+    w.wait_running(&svc, 2);
+
+    let out = w.run(&["--json", "restore", "latest", "--source", &vol, "-t", &t]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let r: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    check(&r["sources"][0], "restore --json");
+    w.wait_running(&svc, 2);
+    let out = w.run(&[
+        "restore",
+        "latest",
+        "--source",
+        &vol,
+        "-t",
+        &t,
+        "--no-safety-backup",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout
+            .contains(&format!("service {svc}: scaled from 2 to 0")),
+        "{out:?}"
+    );
+    assert_eq!(w.replicas(&svc), 2);
+}
