@@ -21,7 +21,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, Target};
+use crate::config::{Config, Placeholders, Target};
 use crate::docker::Engine;
 use crate::progress::Progress;
 use crate::storage;
@@ -479,13 +479,75 @@ pub async fn open_one(
     Ok(s)
 }
 
+/// What `{node}` and `{hostname}` in the configured targets stand for in this run (issue 15), asked once, before
+/// any target is opened or locked, and only when a target uses them; with `all` (the daemon, whose reloaded
+/// config may start using them) both are asked, and one that cannot be found stays unknown until a target needs
+/// it. `{node}` is `VOLTAR_NODE` when set (to read another node's backups), else the engine's name.
+pub(crate) async fn placeholders(config: &Config, all: bool) -> Result<Placeholders> {
+    let used = config.placeholders();
+    let mut p = Placeholders::default();
+    let user = |name: &str| {
+        config
+            .targets
+            .values()
+            .find(|t| t.placeholders().contains(name))
+            .map(|t| format!("target.{}", t.name))
+            .unwrap_or_else(|| "a target".into())
+    };
+    if all || used.contains("node") {
+        let node = match std::env::var("VOLTAR_NODE") {
+            Ok(v) if !v.is_empty() => Ok((v, "VOLTAR_NODE".to_string())),
+            _ => match connect(config).await {
+                Ok(engine) => engine
+                    .name()
+                    .await
+                    .map(|n| {
+                        (
+                            n,
+                            format!("the name of the engine at {}", engine.endpoint()),
+                        )
+                    })
+                    .map_err(anyhow::Error::from),
+                Err(e) => Err(e),
+            },
+        };
+        match node {
+            Ok(v) => p.node = Some(v),
+            Err(e) if used.contains("node") => {
+                return Err(e.context(format!(
+                    "{} uses {{node}}, the engine's name, which could not be read; \
+                     set VOLTAR_NODE to this node's name",
+                    user("node")
+                )))
+            }
+            Err(_) => {}
+        }
+    }
+    if all || used.contains("hostname") {
+        let name = rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned();
+        p.hostname = Some((name, "this machine's host name".to_string()));
+    }
+    Ok(p)
+}
+
 async fn run(cli: Cli, cancel: CancellationToken) -> Result<i32> {
     let config_path = cli.config.clone();
-    let config = match cli.command {
+    let mut config = match cli.command {
         // Needs no config (and works where none exists yet).
         Command::Key(_) => Config::default(),
         _ => Config::load(cli.config.as_deref())?,
     };
+    // Targets' placeholders are filled in once, here, so that every command (and every lock key) sees only the
+    // expanded targets. `status` and `healthcheck` name targets only, and must not wait for the engine.
+    let placeholders = match cli.command {
+        Command::Key(_) | Command::Status | Command::Healthcheck => Placeholders::default(),
+        Command::Daemon => placeholders(&config, true).await?,
+        _ => placeholders(&config, false).await?,
+    };
+    config.expand_targets(&placeholders)?;
     let progress = if cli.json || cli.quiet {
         Progress::hidden()
     } else {
@@ -538,7 +600,9 @@ async fn run(cli: Cli, cancel: CancellationToken) -> Result<i32> {
             }
             Ok(EXIT_OK)
         }
-        Command::Daemon => daemon::daemon(config, config_path, cli.json, cancel).await,
+        Command::Daemon => {
+            daemon::daemon(config, config_path, placeholders, cli.json, cancel).await
+        }
         Command::Status => daemon::status(&config, cli.json).await,
         Command::Healthcheck => daemon::healthcheck(&config, cli.json).await,
     }
