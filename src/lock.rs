@@ -11,7 +11,7 @@
 //!   is held knows the pause is voltar's, not the user's.
 //!
 //! This guards runs on one host. Two hosts writing to the same S3 prefix are not detected; give each host its
-//! own prefix.
+//! own prefix (one config for many: `prefix = "nodes/{node}"`, expanded before the key is made).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
