@@ -272,3 +272,61 @@ fn issue15_global_service_backs_up_each_node_under_its_own_prefix() {
         String::from_utf8_lossy(&rm.stderr)
     );
 }
+
+/// `voltar` with `config` (a file in `dir`), no engine reachable, `VOLTAR_NODE` as given.
+fn voltar_without_engine(dir: &Path, config: &str, node: Option<&str>, args: &[&str]) -> Out {
+    let path = dir.join("voltar.toml");
+    std::fs::write(&path, config).unwrap();
+    let mut c = Command::new(BIN);
+    c.arg("-c")
+        .arg(&path)
+        .args(args)
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .env("VOLTAR_STATE_DIR", dir.join("state"))
+        .env_remove("VOLTAR_CONFIG")
+        .env_remove("VOLTAR_NODE")
+        .stdin(Stdio::null());
+    if let Some(n) = node {
+        c.env("VOLTAR_NODE", n);
+    }
+    Out::from(c.output().unwrap())
+}
+
+/// The user-visible side of placeholders, no engine needed: `list` shows the expanded target; a placeholder
+/// misspelt is a config error (exit 2) naming the key; `{node}` with no engine and no `VOLTAR_NODE` says to set
+/// it; a `VOLTAR_NODE` that is not one path component is refused.
+#[test]
+fn issue15_placeholders_on_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let bk = dir.path().join("bk");
+    let config = |prefix: &str| {
+        format!(
+            "[target.disk]\ntype = \"local\"\npath = \"{}\"\nprefix = \"{prefix}\"\n",
+            bk.display()
+        )
+    };
+    let out = voltar_without_engine(dir.path(), &config("nodes/{node}"), Some("n1"), &["list"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout.contains(&format!("{}/nodes/n1", bk.display())),
+        "{out:?}"
+    );
+
+    let out = voltar_without_engine(dir.path(), &config("nodes/{nod}"), Some("n1"), &["list"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("target.disk.prefix: unknown placeholder `{nod}`"),
+        "{out:?}"
+    );
+
+    let out = voltar_without_engine(dir.path(), &config("nodes/{node}"), None, &["list"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("target.disk uses {node}"), "{out:?}");
+    assert!(out.stderr.contains("set VOLTAR_NODE"), "{out:?}");
+
+    let out = voltar_without_engine(dir.path(), &config("nodes/{node}"), Some("../x"), &["list"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("not one path component"), "{out:?}");
+    assert!(!dir.path().join("x").exists());
+}
