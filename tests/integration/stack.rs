@@ -330,3 +330,63 @@ fn issue15_placeholders_on_the_command_line() {
     assert!(out.stderr.contains("not one path component"), "{out:?}");
     assert!(!dir.path().join("x").exists());
 }
+
+/// Retention is judged per expanded prefix: two nodes sharing one config (`prefix = "nodes/{node}"`) each
+/// back up the same volume twice under `keep-last = 1`; node a's prune removes one of its own backups and none
+/// of node b's (run on the shared engine, `VOLTAR_NODE` standing in for two nodes).
+#[test]
+fn issue15_each_node_prunes_only_its_own_prefix() {
+    require_docker!();
+    let mut c = crate::support::Cleanup::default();
+    let vol = c.volume("stack-prune");
+    std::fs::write(crate::support::mountpoint(&vol).join("f"), "data").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let bk = dir.path().join("bk");
+    let config = dir.path().join("voltar.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[selection]\ninclude = [\"{vol}\"]\n[retention]\nkeep-last = 1\n\
+             [target.disk]\ntype = \"local\"\npath = \"{}\"\nprefix = \"nodes/{{node}}\"\n",
+            bk.display()
+        ),
+    )
+    .unwrap();
+    let run = |node: &str, args: &[&str]| {
+        Out::from(
+            Command::new(BIN)
+                .arg("-c")
+                .arg(&config)
+                .args(args)
+                .env("VOLTAR_NODE", node)
+                .env("VOLTAR_STATE_DIR", dir.path().join("state"))
+                .env_remove("VOLTAR_CONFIG")
+                .stdin(Stdio::null())
+                .output()
+                .unwrap(),
+        )
+    };
+    let backups = |node: &str| {
+        std::fs::read_dir(bk.join("nodes").join(node))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().join("manifest.json").exists())
+            .count()
+    };
+    for node in ["node-a", "node-a", "node-b", "node-b"] {
+        let out = run(node, &["backup", "--no-prune"]);
+        assert_eq!(out.code, 0, "{node}: {out:?}");
+    }
+    assert_eq!((backups("node-a"), backups("node-b")), (2, 2));
+    let out = run("node-a", &["prune"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!((backups("node-a"), backups("node-b")), (1, 2));
+    let dry = run("node-b", &["prune", "--dry-run"]);
+    assert_eq!(dry.code, 0, "{dry:?}");
+    assert!(
+        dry.stdout
+            .contains(&format!("{}/nodes/node-b", bk.display())),
+        "{dry:?}"
+    );
+    assert_eq!(backups("node-b"), 2);
+}
