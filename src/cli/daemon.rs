@@ -258,7 +258,8 @@ pub(super) async fn daemon(
     let path = config_path.or_else(|| config.source.clone());
     let control = Control {
         reload,
-        // A reloaded config's targets are expanded with the values found at start (once per daemon).
+        // A reloaded config's targets are expanded with the values found at start (once per daemon; a reload
+        // that starts using {node} without VOLTAR_NODE fails and keeps the old config: restart the daemon).
         load: Box::new(move || {
             let mut c = Config::load(path.as_deref()).map_err(|e| e.to_string())?;
             c.expand_targets(&placeholders).map_err(|e| e.to_string())?;

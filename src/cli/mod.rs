@@ -479,57 +479,39 @@ pub async fn open_one(
     Ok(s)
 }
 
-/// What `{node}` and `{hostname}` in the configured targets stand for in this run (issue 15), asked once, before
-/// any target is opened or locked, and only when a target uses them; with `all` (the daemon, whose reloaded
-/// config may start using them) both are asked, and one that cannot be found stays unknown until a target needs
-/// it. `{node}` is `VOLTAR_NODE` when set (to read another node's backups), else the engine's name.
-pub(crate) async fn placeholders(config: &Config, all: bool) -> Result<Placeholders> {
-    let used = config.placeholders();
+/// What `{node}` and `{hostname}` in the configured targets stand for in this run (issue 15), found once, before
+/// any target is opened or locked. `{node}` is `VOLTAR_NODE` when set (to read another node's backups), else the
+/// engine's name — asked (`GET /info`) only when a target uses `{node}`, so that other configs call no endpoint
+/// more than before. `{hostname}` costs nothing and is always known.
+pub(crate) async fn placeholders(config: &Config) -> Result<Placeholders> {
     let mut p = Placeholders::default();
-    let user = |name: &str| {
-        config
-            .targets
-            .values()
-            .find(|t| t.placeholders().contains(name))
-            .map(|t| format!("target.{}", t.name))
-            .unwrap_or_else(|| "a target".into())
-    };
-    if all || used.contains("node") {
-        let node = match std::env::var("VOLTAR_NODE") {
-            Ok(v) if !v.is_empty() => Ok((v, "VOLTAR_NODE".to_string())),
-            _ => match connect(config).await {
-                Ok(engine) => engine
-                    .name()
-                    .await
-                    .map(|n| {
-                        (
-                            n,
-                            format!("the name of the engine at {}", engine.endpoint()),
-                        )
-                    })
-                    .map_err(anyhow::Error::from),
-                Err(e) => Err(e),
-            },
-        };
-        match node {
-            Ok(v) => p.node = Some(v),
-            Err(e) if used.contains("node") => {
-                return Err(e.context(format!(
-                    "{} uses {{node}}, the engine's name, which could not be read; \
-                     set VOLTAR_NODE to this node's name",
-                    user("node")
-                )))
-            }
-            Err(_) => {}
+    match std::env::var("VOLTAR_NODE") {
+        Ok(v) if !v.is_empty() => p.node = Some((v, "VOLTAR_NODE".to_string())),
+        _ if config.placeholders().contains("node") => {
+            let user = config
+                .targets
+                .values()
+                .find(|t| t.placeholders().contains("node"))
+                .map(|t| format!("target.{}", t.name))
+                .unwrap_or_else(|| "a target".into());
+            let fix = || {
+                format!(
+                    "{user} uses {{node}}, the engine's name, which could not be read; \
+                     set VOLTAR_NODE to this node's name"
+                )
+            };
+            let engine = connect(config).await.with_context(fix)?;
+            let name = engine.name().await.with_context(fix)?;
+            let from = format!("the name of the engine at {}", engine.endpoint());
+            p.node = Some((name, from));
         }
+        _ => {}
     }
-    if all || used.contains("hostname") {
-        let name = rustix::system::uname()
-            .nodename()
-            .to_string_lossy()
-            .into_owned();
-        p.hostname = Some((name, "this machine's host name".to_string()));
-    }
+    let host = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned();
+    p.hostname = Some((host, "this machine's host name".to_string()));
     Ok(p)
 }
 
@@ -544,8 +526,7 @@ async fn run(cli: Cli, cancel: CancellationToken) -> Result<i32> {
     // expanded targets. `status` and `healthcheck` name targets only, and must not wait for the engine.
     let placeholders = match cli.command {
         Command::Key(_) | Command::Status | Command::Healthcheck => Placeholders::default(),
-        Command::Daemon => placeholders(&config, true).await?,
-        _ => placeholders(&config, false).await?,
+        _ => placeholders(&config).await?,
     };
     config.expand_targets(&placeholders)?;
     let progress = if cli.json || cli.quiet {

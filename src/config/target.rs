@@ -296,7 +296,8 @@ fn expand(key: &str, value: &str, values: &Placeholders) -> Result<String, Confi
             Piece::Placeholder(name) => {
                 let Some((v, from)) = values.get(name) else {
                     return Err(invalid(format!(
-                        "no value for {{{name}}} in `{value}` (set VOLTAR_NODE for {{node}})"
+                        "no value for {{{name}}} in `{value}` (a daemon reads the engine's name at its \
+                         start only when a target uses {{node}}: restart it, or set VOLTAR_NODE)"
                     )));
                 };
                 let bad =

@@ -374,7 +374,7 @@ fn issue15_each_node_prunes_only_its_own_prefix() {
             .count()
     };
     for node in ["node-a", "node-a", "node-b", "node-b"] {
-        let out = run(node, &["backup", "--no-prune"]);
+        let out = run(node, &["backup", "--no-prune", "--only", &vol]);
         assert_eq!(out.code, 0, "{node}: {out:?}");
     }
     assert_eq!((backups("node-a"), backups("node-b")), (2, 2));
