@@ -11,7 +11,7 @@
 //!   is held knows the pause is voltar's, not the user's.
 //!
 //! This guards runs on one host. Two hosts writing to the same S3 prefix are not detected; give each host its
-//! own prefix.
+//! own prefix (one config for many: `prefix = "nodes/{node}"`, expanded before the key is made).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
@@ -738,6 +738,49 @@ mod tests {
         assert_ne!(k(&a), k(&s3(Some("http://127.0.0.1:9333"), "b", "p/q")));
         assert_ne!(k(&a), k(&s3(Some("http://127.0.0.1:9333"), "c", "p")));
         assert_ne!(k(&a), k(&s3(None, "b", "p")));
+    }
+
+    /// Issue 15: the lock key is the expanded target: two nodes sharing one config (`prefix = "nodes/{node}"`)
+    /// lock different keys, the same node the same key, and a local `path` with `{node}` is keyed by the
+    /// expanded directory.
+    #[test]
+    fn issue15_lock_key_is_the_expanded_target() {
+        use crate::config::{Config, Placeholders};
+        let dir = tempfile::tempdir().unwrap();
+        let root = canonical_path(dir.path()).unwrap();
+        let c = Config::parse(&format!(
+            "[target.s3]\ntype = \"s3\"\nbucket = \"b\"\nendpoint = \"http://127.0.0.1:9333\"\n\
+             prefix = \"nodes/{{node}}\"\n[target.disk]\ntype = \"local\"\npath = \"{}/{{node}}\"\n",
+            root.display()
+        ))
+        .unwrap();
+        let on = |node: &str| {
+            let mut c = c.clone();
+            c.expand_targets(&Placeholders {
+                node: Some((node.to_string(), "VOLTAR_NODE".to_string())),
+                hostname: None,
+            })
+            .unwrap();
+            c
+        };
+        let (a, b) = (on("node-a"), on("node-b"));
+        let key = |c: &Config, t: &str| target_key(&c.targets[t]).unwrap();
+        assert_eq!(
+            key(&a, "s3").display,
+            "s3://b/nodes/node-a at http://127.0.0.1:9333"
+        );
+        assert_ne!(key(&a, "s3").key, key(&b, "s3").key);
+        assert_eq!(key(&a, "s3").key, key(&on("node-a"), "s3").key);
+        assert_eq!(
+            key(&a, "disk").display,
+            root.join("node-a").display().to_string()
+        );
+        assert_ne!(key(&a, "disk").key, key(&b, "disk").key);
+        // Both nodes run at once (one lock each), and node A's second run waits for its first.
+        let held_a = TargetLock::acquire(dir.path(), &a.targets["s3"]).unwrap();
+        let _held_b = TargetLock::acquire(dir.path(), &b.targets["s3"]).unwrap();
+        assert!(TargetLock::acquire(dir.path(), &on("node-a").targets["s3"]).is_err());
+        drop(held_a);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, Placeholders};
 use crate::daemon::{
     self, BackupRunner, Control, Daemon, Event, JobOutcome, RunObserver, RunResult, SystemClock,
 };
@@ -214,6 +214,7 @@ impl RunObserver for Lines {
 pub(super) async fn daemon(
     config: Config,
     config_path: Option<PathBuf>,
+    placeholders: Placeholders,
     json: bool,
     cancel: CancellationToken,
 ) -> Result<i32> {
@@ -257,7 +258,13 @@ pub(super) async fn daemon(
     let path = config_path.or_else(|| config.source.clone());
     let control = Control {
         reload,
-        load: Box::new(move || Config::load(path.as_deref()).map_err(|e| e.to_string())),
+        // A reloaded config's targets are expanded with the values found at start (once per daemon; a reload
+        // that starts using {node} without VOLTAR_NODE fails and keeps the old config: restart the daemon).
+        load: Box::new(move || {
+            let mut c = Config::load(path.as_deref()).map_err(|e| e.to_string())?;
+            c.expand_targets(&placeholders).map_err(|e| e.to_string())?;
+            Ok(c)
+        }),
         shutdown: cancel,
     };
     daemon.run(config, control).await?;

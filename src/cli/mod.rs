@@ -21,7 +21,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, Target};
+use crate::config::{Config, Placeholders, Target};
 use crate::docker::Engine;
 use crate::progress::Progress;
 use crate::storage;
@@ -518,13 +518,56 @@ pub async fn open_one(
     Ok(s)
 }
 
+/// What `{node}` and `{hostname}` in the configured targets stand for in this run (issue 15), found once, before
+/// any target is opened or locked. `{node}` is `VOLTAR_NODE` when set (to read another node's backups), else the
+/// engine's name — asked (`GET /info`) only when a target uses `{node}`, so that other configs call no endpoint
+/// more than before. `{hostname}` costs nothing and is always known.
+pub(crate) async fn placeholders(config: &Config) -> Result<Placeholders> {
+    let mut p = Placeholders::default();
+    match std::env::var("VOLTAR_NODE") {
+        Ok(v) if !v.is_empty() => p.node = Some((v, "VOLTAR_NODE".to_string())),
+        _ if config.placeholders().contains("node") => {
+            let user = config
+                .targets
+                .values()
+                .find(|t| t.placeholders().contains("node"))
+                .map(|t| format!("target.{}", t.name))
+                .unwrap_or_else(|| "a target".into());
+            let fix = || {
+                format!(
+                    "{user} uses {{node}}, the engine's name, which could not be read; \
+                     set VOLTAR_NODE to this node's name"
+                )
+            };
+            let engine = connect(config).await.with_context(fix)?;
+            let name = engine.name().await.with_context(fix)?;
+            let from = format!("the name of the engine at {}", engine.endpoint());
+            p.node = Some((name, from));
+        }
+        _ => {}
+    }
+    let host = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned();
+    p.hostname = Some((host, "this machine's host name".to_string()));
+    Ok(p)
+}
+
 async fn run(cli: Cli, cancel: CancellationToken) -> Result<i32> {
     let config_path = cli.config.clone();
-    let config = match cli.command {
+    let mut config = match cli.command {
         // Needs no config (and works where none exists yet).
         Command::Key(_) => Config::default(),
         _ => Config::load(cli.config.as_deref())?,
     };
+    // Targets' placeholders are filled in once, here, so that every command (and every lock key) sees only the
+    // expanded targets. `status` and `healthcheck` name targets only, and must not wait for the engine.
+    let placeholders = match cli.command {
+        Command::Key(_) | Command::Status | Command::Healthcheck => Placeholders::default(),
+        _ => placeholders(&config).await?,
+    };
+    config.expand_targets(&placeholders)?;
     let progress = if cli.json || cli.quiet {
         Progress::hidden()
     } else {
@@ -579,7 +622,9 @@ async fn run(cli: Cli, cancel: CancellationToken) -> Result<i32> {
             }
             Ok(EXIT_OK)
         }
-        Command::Daemon => daemon::daemon(config, config_path, cli.json, cancel).await,
+        Command::Daemon => {
+            daemon::daemon(config, config_path, placeholders, cli.json, cancel).await
+        }
         Command::Status => daemon::status(&config, cli.json).await,
         Command::Healthcheck => daemon::healthcheck(&config, cli.json).await,
     }

@@ -39,7 +39,9 @@ use raw::{RawArchive, RawEncryption, RawJob, RawQuiesce, RawSelection};
 use retention::merge_retention;
 pub use retention::{Policy, RawRetention, Retention};
 pub use schedule::{cron, machine_zone, Daemon, JobSchedule, ZoneFrom, DEFAULT_LISTEN};
-pub use target::{ChecksumMode, S3Target, Target, TargetKind, CHECK_TIMEOUT};
+pub use target::{
+    ChecksumMode, Placeholders, S3Target, Target, TargetKind, CHECK_TIMEOUT, PLACEHOLDERS,
+};
 pub use units::{parse_duration, parse_size, read_secret_file};
 
 /// Where the config is looked for when `--config` is not given.

@@ -1,7 +1,14 @@
 //! Targets: where backups go. A `[target.NAME]` table ([`Target::from_raw`]), a `--target` URL or path
 //! ([`Target::from_url`]), and what a `--target` word means against the configured ones ([`Config::target_arg`],
 //! with a "did you mean" for a near miss). `storage` opens what this builds.
+//!
+//! A configured target's `path` and `prefix` may hold placeholders ([`PLACEHOLDERS`]: `{node}`, `{hostname}`),
+//! checked when the file is loaded and filled in once per run by [`Config::expand_targets`] with the values the
+//! face found ([`Placeholders`]): one config for every node of a Swarm global service, each node writing under
+//! its own prefix. Everything after that (the lock key, `plan`, `list`, prune) sees only the expanded target.
+//! `--target` URLs are taken literally.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -108,6 +115,12 @@ impl Target {
                 e.to_string().trim_start_matches("config: ")
             ))
         })?;
+        if let Some(p) = &t.prefix {
+            check_template(&format!("target.{name}.prefix"), p)?;
+        }
+        if let Some(p) = &t.path {
+            check_template(&format!("target.{name}.path"), &p.to_string_lossy())?;
+        }
         let kind = target_kind(&name, &t)?;
         Ok(Target {
             name,
@@ -171,6 +184,190 @@ impl Target {
             },
             retention: None,
         })
+    }
+}
+
+/// The placeholders a configured target's `path` and `prefix` may hold, without their braces.
+///
+/// * `{node}`: the Docker node this run works on: `VOLTAR_NODE` when set, else the name the engine reports
+///   (`GET /info` `Name`: its host's name, which is also the node's hostname in `docker node ls` when the engine
+///   is in a swarm; `node inspect` is not used because only managers may call it, and a global service runs on
+///   workers too).
+/// * `{hostname}`: the name of the machine (or container) voltar itself runs on.
+pub const PLACEHOLDERS: [&str; 2] = ["node", "hostname"];
+
+/// What the placeholders stand for in one run, each with where the value came from (for messages). A
+/// placeholder that no configured target uses may stay unknown.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Placeholders {
+    pub node: Option<(String, String)>,
+    pub hostname: Option<(String, String)>,
+}
+
+impl Placeholders {
+    fn get(&self, name: &str) -> Option<&(String, String)> {
+        match name {
+            "node" => self.node.as_ref(),
+            "hostname" => self.hostname.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+/// One piece of a `path` or `prefix` as written: text, or a placeholder (one of [`PLACEHOLDERS`]).
+#[derive(Debug, PartialEq, Eq)]
+enum Piece<'a> {
+    Text(&'a str),
+    Placeholder(&'static str),
+}
+
+/// Split `value` into text and placeholders; a `{` or `}` that is not part of a known placeholder is an error
+/// (there is no escape: a brace in a target's path or prefix is almost surely a mistake).
+fn pieces(value: &str) -> Result<Vec<Piece<'_>>, String> {
+    let known = || {
+        PLACEHOLDERS
+            .iter()
+            .map(|p| format!("{{{p}}}"))
+            .collect::<Vec<_>>()
+            .join(" and ")
+    };
+    let mut out = Vec::new();
+    let mut rest = value;
+    while let Some(i) = rest.find(['{', '}']) {
+        if rest[i..].starts_with('}') {
+            return Err(format!(
+                "`}}` without an opening `{{` in `{value}` (the placeholders are {})",
+                known()
+            ));
+        }
+        if i > 0 {
+            out.push(Piece::Text(&rest[..i]));
+        }
+        let after = &rest[i + 1..];
+        let Some(end) = after
+            .find(['{', '}'])
+            .filter(|&e| after[e..].starts_with('}'))
+        else {
+            return Err(format!(
+                "`{{` without a closing `}}` in `{value}` (the placeholders are {})",
+                known()
+            ));
+        };
+        let name = &after[..end];
+        let Some(p) = PLACEHOLDERS.iter().find(|p| **p == name) else {
+            return Err(format!(
+                "unknown placeholder `{{{name}}}` in `{value}` (the placeholders are {})",
+                known()
+            ));
+        };
+        out.push(Piece::Placeholder(p));
+        rest = &after[end + 1..];
+    }
+    if !rest.is_empty() {
+        out.push(Piece::Text(rest));
+    }
+    Ok(out)
+}
+
+/// A configured `path` or `prefix` (named by `key`) may hold only known placeholders.
+fn check_template(key: &str, value: &str) -> Result<(), ConfigError> {
+    pieces(value)
+        .map(|_| ())
+        .map_err(|m| ConfigError::Invalid(format!("{key}: {m}")))
+}
+
+/// The placeholders `value` uses (it was checked at load).
+fn used_in(value: &str, into: &mut BTreeSet<&'static str>) {
+    for p in pieces(value).unwrap_or_default() {
+        if let Piece::Placeholder(n) = p {
+            into.insert(n);
+        }
+    }
+}
+
+/// `value` with its placeholders filled in. Each value must be one path component (not empty, no `/`, not `.`
+/// or `..`, no braces): a node named `../x` must not move a target out of its prefix.
+fn expand(key: &str, value: &str, values: &Placeholders) -> Result<String, ConfigError> {
+    let invalid = |m: String| ConfigError::Invalid(format!("{key}: {m}"));
+    let mut out = String::new();
+    for piece in pieces(value).map_err(invalid)? {
+        match piece {
+            Piece::Text(t) => out.push_str(t),
+            Piece::Placeholder(name) => {
+                let Some((v, from)) = values.get(name) else {
+                    return Err(invalid(format!(
+                        "no value for {{{name}}} in `{value}` (a daemon reads the engine's name at its \
+                         start only when a target uses {{node}}: restart it, or set VOLTAR_NODE)"
+                    )));
+                };
+                let bad =
+                    v.is_empty() || v == "." || v == ".." || v.contains(['/', '{', '}', '\0']);
+                if bad {
+                    return Err(invalid(format!(
+                        "{{{name}}} would be `{v}` (from {from}), which is not one path component: \
+                         set VOLTAR_NODE to a plain name"
+                    )));
+                }
+                out.push_str(v);
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl Target {
+    /// The placeholders this target's `path` and `prefix` use.
+    pub fn placeholders(&self) -> BTreeSet<&'static str> {
+        let mut used = BTreeSet::new();
+        match &self.kind {
+            TargetKind::Local { path, prefix } => {
+                used_in(&path.to_string_lossy(), &mut used);
+                used_in(prefix, &mut used);
+            }
+            TargetKind::S3(s) => used_in(&s.prefix, &mut used),
+        }
+        used
+    }
+
+    /// This target with its placeholders filled in (itself when it has none).
+    pub fn expand(&self, values: &Placeholders) -> Result<Target, ConfigError> {
+        let mut t = self.clone();
+        if self.placeholders().is_empty() {
+            return Ok(t);
+        }
+        let name = &self.name;
+        match &mut t.kind {
+            TargetKind::Local { path, prefix } => {
+                *path = PathBuf::from(expand(
+                    &format!("target.{name}.path"),
+                    &path.to_string_lossy(),
+                    values,
+                )?);
+                *prefix = expand(&format!("target.{name}.prefix"), prefix, values)?;
+            }
+            TargetKind::S3(s) => {
+                s.prefix = expand(&format!("target.{name}.prefix"), &s.prefix, values)?;
+            }
+        }
+        Ok(t)
+    }
+}
+
+impl Config {
+    /// The placeholders the configured targets use: what [`Config::expand_targets`] needs values for.
+    pub fn placeholders(&self) -> BTreeSet<&'static str> {
+        self.targets
+            .values()
+            .flat_map(|t| t.placeholders())
+            .collect()
+    }
+
+    /// Fill in every configured target's placeholders, once per run, before any target is opened or locked.
+    pub fn expand_targets(&mut self, values: &Placeholders) -> Result<(), ConfigError> {
+        for t in self.targets.values_mut() {
+            *t = t.expand(values)?;
+        }
+        Ok(())
     }
 }
 
@@ -517,6 +714,97 @@ mod tests {
         let none = Config::parse("").unwrap();
         let e = none.target_arg("backups-typo").unwrap_err().to_string();
         assert!(e.contains("configured: none"), "{e}");
+    }
+
+    fn values(node: &str) -> Placeholders {
+        Placeholders {
+            node: Some((node.to_string(), "VOLTAR_NODE".to_string())),
+            hostname: Some(("box1".to_string(), "this machine".to_string())),
+        }
+    }
+
+    fn prefix_of(t: &Target) -> String {
+        match &t.kind {
+            TargetKind::S3(s) => s.prefix.clone(),
+            TargetKind::Local { path, prefix } => format!("{}|{prefix}", path.display()),
+        }
+    }
+
+    const NODES: &str = "[target.s3]\ntype = \"s3\"\nbucket = \"b\"\nprefix = \"nodes/{node}\"\n\
+        [target.disk]\ntype = \"local\"\npath = \"/srv/{hostname}/bk\"\nprefix = \"n-{node}-x\"\n\
+        [target.plain]\ntype = \"local\"\npath = \"/srv/plain\"\n";
+
+    /// Issue 15: `{node}` and `{hostname}` in a prefix or a local path are filled in per run; a target without
+    /// placeholders stays as it was; the config says which placeholders it needs.
+    #[test]
+    fn issue15_placeholders_expand_in_prefix_and_path() {
+        let mut c = Config::parse(NODES).unwrap();
+        assert_eq!(
+            c.placeholders().into_iter().collect::<Vec<_>>(),
+            ["hostname", "node"]
+        );
+        assert!(c.targets["plain"].placeholders().is_empty());
+        c.expand_targets(&values("worker-2")).unwrap();
+        assert_eq!(prefix_of(&c.targets["s3"]), "nodes/worker-2");
+        assert_eq!(prefix_of(&c.targets["disk"]), "/srv/box1/bk|n-worker-2-x");
+        assert_eq!(prefix_of(&c.targets["plain"]), "/srv/plain|");
+        assert!(c.placeholders().is_empty(), "expanded twice?");
+        // Only the placeholders in use need a value.
+        let mut c =
+            Config::parse("[target.s3]\ntype = \"s3\"\nbucket = \"b\"\nprefix = \"{node}\"\n")
+                .unwrap();
+        let only_node = Placeholders {
+            node: Some(("n1".into(), "the engine".into())),
+            hostname: None,
+        };
+        c.expand_targets(&only_node).unwrap();
+        assert_eq!(prefix_of(&c.targets["s3"]), "n1");
+    }
+
+    /// Issue 15: an unknown placeholder or a stray brace is a config error naming the key and the placeholders.
+    #[test]
+    fn issue15_placeholder_misuse_is_a_config_error_naming_the_key() {
+        for (key, value, want) in [
+            ("prefix", "nodes/{nod}", "unknown placeholder `{nod}`"),
+            ("prefix", "nodes/{Node}", "unknown placeholder `{Node}`"),
+            ("prefix", "nodes/{}", "unknown placeholder `{}`"),
+            ("prefix", "nodes/{node", "`{` without a closing `}`"),
+            ("prefix", "nodes/{{node}}", "`{` without a closing `}`"),
+            ("prefix", "nodes/node}", "`}` without an opening `{`"),
+            ("path", "/srv/{host}", "unknown placeholder `{host}`"),
+        ] {
+            let toml = if key == "path" {
+                format!("[target.t]\ntype = \"local\"\npath = \"{value}\"\n")
+            } else {
+                format!("[target.t]\ntype = \"s3\"\nbucket = \"b\"\nprefix = \"{value}\"\n")
+            };
+            let e = Config::parse(&toml).unwrap_err().to_string();
+            assert!(e.contains(&format!("target.t.{key}")), "{value}: {e}");
+            assert!(e.contains(want), "{value}: {e}");
+            assert!(e.contains("{node} and {hostname}"), "{value}: {e}");
+        }
+    }
+
+    /// Issue 15: a value that is not one plain path component never reaches a prefix (a node called `..` must
+    /// not move the target), and a placeholder without a value is an error, not a literal `{node}` directory.
+    #[test]
+    fn issue15_placeholder_values_must_be_one_path_component() {
+        let c = Config::parse(NODES).unwrap();
+        for bad in ["", ".", "..", "a/b", "{node}"] {
+            let e = c
+                .clone()
+                .expand_targets(&values(bad))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("not one path component"), "{bad:?}: {e}");
+            assert!(e.contains("VOLTAR_NODE"), "{bad:?}: {e}");
+        }
+        let e = c
+            .clone()
+            .expand_targets(&Placeholders::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no value for {"), "{e}");
     }
 
     #[test]

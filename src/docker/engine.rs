@@ -424,6 +424,25 @@ impl Engine {
         format!("{}.{}", v.major_version, v.minor_version)
     }
 
+    /// The engine's name (`GET /info` `Name`): its host's name, which is also the node's hostname when the engine
+    /// is in a swarm (what `{node}` in a target's prefix stands for). Not `node inspect`: only managers may call
+    /// it, and a global service runs on workers too.
+    pub async fn name(&self) -> Result<String, DockerError> {
+        let info = self.docker.info().await.map_err(|e| {
+            self.map_err("reading the engine's info", e, || DockerError::Api {
+                action: "reading the engine's info".into(),
+                message: "not found".into(),
+            })
+        })?;
+        match info.name.filter(|n| !n.trim().is_empty()) {
+            Some(n) => Ok(n),
+            None => Err(DockerError::Api {
+                action: "reading the engine's info".into(),
+                message: "the engine reports no name".into(),
+            }),
+        }
+    }
+
     /// Map a bollard error of `action` to ours; `not_found` decides what a 404 means.
     pub(super) fn map_err(
         &self,

@@ -26,6 +26,7 @@ mod remote;
 mod restore;
 mod s3;
 mod signals;
+mod stack;
 mod storage;
 mod swarm;
 mod target_check;
