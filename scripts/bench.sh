@@ -13,7 +13,9 @@
 # Backup, restore and verify runs are ABBA-alternated (reference, voltar, voltar, reference, ...): every round's
 # ratio voltar/reference is printed, wall-clock AND CPU (user + sys), then the medians and both peak RSS. The
 # load average is printed at the start and the end: with it above the number of cores, wall-clock ratios are
-# noise (compare the CPU ratios), and absolute times mean nothing across runs.
+# noise (compare the CPU ratios), and absolute times mean nothing across runs; each round's line ends with the
+# 1-minute load average at its end. The backup section first prints what each side is (tar and zstd versions,
+# zstd workers and job size, what voltar does on top: sha256, fsync, the target check, docker discovery).
 #
 #   scripts/bench.sh [SCALE]      # SCALE 1.0 ≈ 1.7 GiB (default 1.0); 0.25 is fine while iterating
 #   BENCH_ONLY=restore,verify     # only these parts (backup, restore, verify, s3; default all). The backup itself
@@ -103,8 +105,8 @@ abba() {
       xrss[i]=$(( m > ${xrss[i]:-0} ? m : ${xrss[i]:-0} ))
       line+="  (${xs[3*i]} $t s, cpu $c s)"
     done
-    printf '  round %d: reference %6.2f s  voltar %6.2f s  ratio %s  (cpu %s s / %s s: %s)%s\n' "$round" "$t_ref" "$t_v" \
-      "${ratios[-1]}" "$c_ref" "$c_v" "${cratios[-1]}" "$line"
+    printf '  round %d: reference %6.2f s  voltar %6.2f s  ratio %s  (cpu %s s / %s s: %s)%s  load %s\n' "$round" "$t_ref" \
+      "$t_v" "${ratios[-1]}" "$c_ref" "$c_v" "${cratios[-1]}" "$line" "$(cut -d' ' -f1 /proc/loadavg)"
   done
   local extra=()
   for (( i = 0; i < nx; i++ )); do extra+=("${xs[3*i]}" "${xr[i]}" "${xc[i]}" "${xrss[i]}"); done
@@ -139,6 +141,16 @@ tar -cf - -C "$mp" . >/dev/null
 if want backup; then
   echo
   echo "== backup to a local target (dataset $(numfmt --to=iec "$size")): voltar backup vs tar -cf - | zstd -3 -T0 > FILE"
+  # What the two sides are, so that figures from different runs (or machines) can be compared: the compressor's
+  # version and worker count differ between the CLI and voltar's built-in zstd, and only voltar hashes (sha256)
+  # and fsyncs what it writes (the "reference + fsync" line adds the fsync to the reference).
+  zstd_cli=$(zstd -V | sed -n 's/.* v\([0-9.]*\),.*/\1/p')
+  zstd_ref_threads=$(echo | zstd -vv -3 -T0 -c 2>&1 >/dev/null | sed -n 's/.*--threads=\([0-9]*\).*/\1/p')
+  echo "   reference: $(tar --version | head -1), no -S | zstd $zstd_cli -3 -T0 = ${zstd_ref_threads:-?} workers, its default" \
+    "job size (8 MiB at level 3), frame checksum on; output not fsynced"
+  echo "   voltar:    zstd $(sed -n 's/^version = "\(.*+zstd\.\)\(.*\)"/\2/p' Cargo.lock | head -1) (built in) level 3," \
+    "$(( $(nproc) + 1 )) workers (cores + 1), 1 MiB jobs, overlap log 3, frame checksum on; + sha256 of the stored" \
+    "bytes, the archive fsynced, the target checked first; wall time includes docker discovery"
   abba "backup" \
     ':' "tar -cf - -C '$mp' . | zstd -3 -T0 -q > '$work/ref.tar.zst'" \
     'rm -rf "$work/target"' "'$bin' --quiet backup --only '$vol' --target '$work/target'" \
