@@ -205,6 +205,29 @@ pub struct SourceRecord {
     /// A `dump` source's command and its outcome (absent for volumes, bind mounts and older manifests).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dump: Option<DumpRecord>,
+    /// How a volume or bind mount was read: from its host path or through the engine (a helper container and
+    /// the archive API). Absent for dumps and in older manifests (which were all read from the host path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_via: Option<ReadVia>,
+}
+
+/// Where a source's contents were read from (`[docker] data-path`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReadVia {
+    /// The host path (`/var/lib/docker/volumes/NAME/_data`, a bind's source).
+    Host,
+    /// The engine's archive API, from a helper container with the volume mounted read-only.
+    Engine,
+}
+
+impl std::fmt::Display for ReadVia {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ReadVia::Host => "host path",
+            ReadVia::Engine => "through the engine",
+        })
+    }
 }
 
 /// What the manifest says about a dump source (absent for volumes and bind mounts).
@@ -752,6 +775,7 @@ mod tests {
             not_archived_count: 0,
             hooks: vec![],
             dump: None,
+            read_via: None,
         };
         let mut full = manifest_at("20260102T030405Z-0001", t);
         full.sources = vec![src("a"), src("b")];

@@ -164,6 +164,7 @@ pub(super) async fn back_up_dump(
                         not_archived_count: 0,
                         hooks: vec![],
                         dump: Some(record.clone()),
+                        read_via: None,
                     },
                 );
             }
