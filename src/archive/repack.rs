@@ -350,7 +350,9 @@ mod tests {
     fn engine_names_are_rewritten_to_the_packers_layout_and_counted_alike() {
         let (report, out) = repack_vec(&engine_tar(|_| {})).unwrap();
         let mut a = tar::Archive::new(&out[..]);
-        let got: Vec<(Vec<u8>, u8, Vec<u8>, u32, u64)> = a
+        /// Name, type flag, link name, mode, uid.
+        type Row = (Vec<u8>, u8, Vec<u8>, u32, u64);
+        let got: Vec<Row> = a
             .entries()
             .unwrap()
             .map(|e| {
