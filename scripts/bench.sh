@@ -10,6 +10,9 @@
 #   restic   when installed (Debian's `restic`): its backup and restore of the same data in the same rounds;
 #            otherwise "restic not installed, skipped"
 #   s3       throughput to the local S3 test server, peak RSS at two dataset sizes (memory stays flat)
+#   engine   the engine data path against the host path: the same volume backed up with `data-path = "engine"`
+#            (a helper container, the engine's archive API, repacked) and with `data-path = "host"`, ABBA; both
+#            throughputs, CPU, peak RSS, and the engine's own CPU (dockerd builds the tar) per engine run
 # Backup, restore and verify runs are ABBA-alternated (reference, voltar, voltar, reference, ...): every round's
 # ratio voltar/reference is printed, wall-clock AND CPU (user + sys), then the medians and both peak RSS. The
 # load average is printed at the start and the end: with it above the number of cores, wall-clock ratios are
@@ -18,7 +21,7 @@
 # zstd workers and job size, what voltar does on top: sha256, fsync, the target check, docker discovery).
 #
 #   scripts/bench.sh [SCALE]      # SCALE 1.0 ≈ 1.7 GiB (default 1.0); 0.25 is fine while iterating
-#   BENCH_ONLY=restore,verify     # only these parts (backup, restore, verify, s3; default all). The backup itself
+#   BENCH_ONLY=restore,verify     # only these parts (backup, restore, verify, s3, engine; default all). The backup itself
 #                                 # always runs once: restore and verify read its archive
 #   BENCH_S3=0                    # skip the S3 case (as BENCH_ONLY without s3)
 #   BENCH_ROUNDS=4                # ABBA rounds (default 4: two AB pairs, two BA pairs)
@@ -37,7 +40,7 @@ cd "$(dirname "$0")/.."
 scale=${1:-1.0}
 eval "$(scripts/env.sh all)"
 apt-get install -y -q zstd time >/dev/null 2>&1 || true
-only=${BENCH_ONLY:-backup,restore,verify,s3}
+only=${BENCH_ONLY:-backup,restore,verify,s3,engine}
 [ "${BENCH_S3:-1}" = 1 ] || only=${only//s3/}
 want() { [[ ",$only," == *",$1,"* ]]; }
 rounds=${BENCH_ROUNDS:-4}
@@ -159,7 +162,7 @@ if want backup; then
   ref_size=$(stat -c %s "$work/ref.tar.zst")
   v_size=$(find "$work/target" -name '*.tar.zst' -exec stat -c %s {} +)
   python3 -c "print(f'size: voltar {$v_size} bytes, reference {$ref_size} bytes, ratio {$v_size/$ref_size:.3f}')"
-else
+elif want restore || want verify; then
   # Only the archive restore and verify read.
   measure voltar "$bin" --quiet backup --only "$vol" --target "$work/target" >/dev/null
 fi
@@ -167,7 +170,49 @@ if [ "$restic_ok" = 1 ] && ! want backup && want restore; then
   restic init -q >/dev/null && restic -q backup "$mp" >/dev/null
 fi
 
-archive=$(find "$work/target" -name '*.tar.zst' | head -1)
+if want engine; then
+  echo
+  echo "== engine data path vs host path: voltar backup with data-path = \"engine\" vs = \"host\" (same volume, ABBA), load average $(cut -d' ' -f1-3 /proc/loadavg)"
+  printf '[docker]\ndata-path = "engine"\nhelper-image = "voltar-test:latest"\n' > "$work/engine.toml"
+  printf '[docker]\ndata-path = "host"\n' > "$work/host.toml"
+  dpid=$(cat /var/run/docker.pid)
+  # dockerd's CPU (user + sys, its own and its reaped children's), in clock ticks.
+  dcpu() { awk '{ print $14 + $15 + $16 + $17 }' "/proc/$dpid/stat"; }
+  hz=$(getconf CLK_TCK)
+  eng_t=(); host_t=(); eng_c=(); host_c=(); eng_d=(); eng_rss=0; host_rss=0
+  for round in $(seq 1 "$rounds"); do
+    if [ $(( round % 4 )) -le 1 ]; then order="host engine"; else order="engine host"; fi
+    for side in $order; do
+      rm -rf "$work/t-$side"
+      d0=$(dcpu)
+      read -r t m c < <(measure "$side" "$bin" --quiet -c "$work/$side.toml" backup --only "$vol" --target "$work/t-$side")
+      d1=$(dcpu)
+      if [ "$side" = engine ]; then
+        eng_t+=("$t"); eng_c+=("$c"); eng_rss=$(( m > eng_rss ? m : eng_rss ))
+        eng_d+=("$(python3 -c "print(f'{($d1 - $d0) / $hz:.2f}')")")
+      else
+        host_t+=("$t"); host_c+=("$c"); host_rss=$(( m > host_rss ? m : host_rss ))
+      fi
+    done
+    printf '  round %d: host path %6.2f s (cpu %s s)  engine %6.2f s (cpu %s s, dockerd cpu %s s)\n' "$round" \
+      "${host_t[-1]}" "${host_c[-1]}" "${eng_t[-1]}" "${eng_c[-1]}" "${eng_d[-1]}"
+  done
+  python3 - "$size" "$host_rss" "$eng_rss" "${host_t[*]}" "${eng_t[*]}" "${host_c[*]}" "${eng_c[*]}" "${eng_d[*]}" <<'PY'
+import statistics, sys
+size, host_rss, eng_rss = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+ht, et, hc, ec, ed = (list(map(float, a.split())) for a in sys.argv[4:9])
+med = statistics.median
+mib = size / 2**20
+print(f"engine vs host: host path {mib / med(ht):.0f} MiB/s (median {med(ht):.2f} s, cpu {med(hc):.2f} s, peak RSS {host_rss // 1024} MiB); "
+      f"engine {mib / med(et):.0f} MiB/s (median {med(et):.2f} s, cpu {med(ec):.2f} s + dockerd {med(ed):.2f} s, peak RSS {eng_rss // 1024} MiB); "
+      f"ratio engine/host wall {med(et) / med(ht):.2f}")
+PY
+  for side in host engine; do
+    printf '  %s: ' "$side"; python3 -c "import json,glob; m=json.load(open(glob.glob('$work/t-$side/*/manifest.json')[0])); s=m['sources'][0]; print(s['counts'], s.get('read-via'))"
+  done
+fi
+
+archive=$(find "$work/target" -name '*.tar.zst' 2>/dev/null | head -1 || true)
 tarx="tar --xattrs --numeric-owner -xpf -"
 # Where restore --to-dir writes: a new ext4 per round (see BENCH_FRESH_FS), or $work/out.
 fresh_fs() {

@@ -228,6 +228,29 @@ pub struct SourceRecord {
     /// The Swarm services scaled to 0 while this source was read (absent when none, and in older manifests).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<ServiceRecord>,
+    /// How a volume or bind mount was read: from its host path or through the engine (a helper container and
+    /// the archive API). Absent for dumps and in older manifests (which were all read from the host path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_via: Option<ReadVia>,
+}
+
+/// Where a source's contents were read from (`[docker] data-path`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReadVia {
+    /// The host path (`/var/lib/docker/volumes/NAME/_data`, a bind's source).
+    Host,
+    /// The engine's archive API, from a helper container with the volume mounted read-only.
+    Engine,
+}
+
+impl std::fmt::Display for ReadVia {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ReadVia::Host => "host path",
+            ReadVia::Engine => "through the engine",
+        })
+    }
 }
 
 /// What the manifest says about a dump source (absent for volumes and bind mounts).
@@ -776,6 +799,7 @@ mod tests {
             hooks: vec![],
             dump: None,
             services: vec![],
+            read_via: None,
         };
         let mut full = manifest_at("20260102T030405Z-0001", t);
         full.sources = vec![src("a"), src("b")];

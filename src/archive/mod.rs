@@ -7,6 +7,7 @@ mod names;
 pub mod pack;
 mod pax;
 mod readahead;
+pub mod repack;
 pub mod unpack;
 
 use std::path::PathBuf;

@@ -186,6 +186,7 @@ pub(super) async fn back_up_dump(
                         hooks: vec![],
                         dump: Some(record.clone()),
                         services: vec![],
+                        read_via: None,
                     },
                 );
             }

@@ -26,9 +26,10 @@
 //! of those containers. A group with one selected source is read as a lone source (`source.rs`).
 
 use super::source::{
-    cap_error, hook_problems, judge_packed, lock_hooked, not_stored, open_legs, pack_failed,
-    post_hooks, pre_hooks, quiesce, readable, record_legs, settle_legs, start_read, status,
-    take_pack_report, uploads_finishing, Packed, Started,
+    cap_error, end_read, hook_problems, judge_packed, lock_hooked, not_stored, open_legs,
+    pack_failed, post_hooks, pre_hooks, prepare_read, quiesce, record_legs, settle_legs,
+    start_read, status, take_pack_report, uploads_finishing, HelperGuard, Packed, ReadFrom,
+    Started,
 };
 use super::*;
 
@@ -50,10 +51,26 @@ struct Reading {
 }
 
 /// Back up the `members` of `group` in one quiesce window. One report per member, in the members' order.
+/// The helper containers of members read through the engine are removed after the window, on every path.
 pub(super) async fn back_up_group(
     ctx: &RunCtx<'_>,
     group: &plan::QuiesceGroup,
     members: &[&PlannedSource],
+) -> Vec<SourceReport> {
+    let mut froms: Vec<(usize, ReadFrom, HelperGuard)> = Vec::new();
+    let mut reports = window(ctx, group, members, &mut froms).await;
+    for (i, from, guard) in froms {
+        end_read(ctx, from, guard, &mut reports[i]).await;
+    }
+    reports
+}
+
+/// [`back_up_group`], with each member's way of reading (and helper container) put in `froms` as it is made.
+async fn window(
+    ctx: &RunCtx<'_>,
+    group: &plan::QuiesceGroup,
+    members: &[&PlannedSource],
+    froms: &mut Vec<(usize, ReadFrom, HelperGuard)>,
 ) -> Vec<SourceReport> {
     let mut reports: Vec<SourceReport> = members.iter().map(|s| SourceReport::planned(s)).collect();
     ctx.env.progress.phase(&format!("group {}", group.name));
@@ -70,10 +87,16 @@ pub(super) async fn back_up_group(
     // Each member readable and with its uploads open, or failed on its own.
     let mut open: Vec<(usize, Vec<Leg>, String)> = Vec::new();
     for (i, src) in members.iter().enumerate() {
-        if let Err(why) = readable(&src.path) {
-            reports[i].error = Some(why);
-            continue;
-        }
+        let from = match prepare_read(ctx, src).await {
+            Ok(f) => f,
+            Err(why) => {
+                reports[i].error = Some(why);
+                continue;
+            }
+        };
+        reports[i].read_via = Some(from.via());
+        let guard = HelperGuard::new(ctx, &from);
+        froms.push((i, from, guard));
         let object = catalog::object_name(&src.name, ctx.encryptor.is_some());
         let legs = open_legs(ctx, &catalog::object_key(&ctx.id, &object), &mut reports[i]).await;
         if legs.is_empty() {
@@ -151,7 +174,12 @@ pub(super) async fn back_up_group(
             "{} {} (group {})",
             members[i].kind, members[i].name, group.name
         ));
-        let mut r = start_member(ctx, members[i], i, legs, object, holding);
+        let from = froms
+            .iter()
+            .find(|(m, _, _)| *m == i)
+            .map(|(_, f, _)| f)
+            .expect("every open member has its way of reading");
+        let mut r = start_member(ctx, from, i, legs, object, holding);
         r.packed = if holding {
             match tokio::time::timeout_at(deadline, &mut r.packer).await {
                 Ok(p) => Some(p),
@@ -244,10 +272,10 @@ pub(super) async fn back_up_group(
     reports
 }
 
-/// Start reading member `member` (`src`) into its `legs` ([`start_read`]).
+/// Start reading member `member` (from `from`) into its `legs` ([`start_read`]).
 fn start_member(
     ctx: &RunCtx<'_>,
-    src: &PlannedSource,
+    from: &ReadFrom,
     member: usize,
     legs: Vec<Leg>,
     object: String,
@@ -261,7 +289,7 @@ fn start_member(
         watcher,
         flag,
         started,
-    } = start_read(ctx, src, legs, holding);
+    } = start_read(ctx, from, legs, holding);
     Reading {
         member,
         object,

@@ -30,6 +30,8 @@ mod commit;
 mod dump;
 mod group;
 mod source;
+
+pub use source::read_via;
 mod targets;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -46,7 +48,7 @@ use tokio_util::sync::CancellationToken;
 use crate::archive::{self, ArchiveError, Counts};
 use crate::catalog::{
     self, BackupId, ContainerRecord, FailedSource, HookPhase, HookRecord, Manifest, QuiesceAction,
-    ServiceRecord, SourceKind, SourceRecord,
+    ReadVia, ServiceRecord, SourceKind, SourceRecord,
 };
 use crate::config::{Archive, Config, Job, Target};
 use crate::crypto::{self, Encryptor};
@@ -120,6 +122,9 @@ pub struct SourceReport {
     /// The Swarm services scaled to 0 while this source was read.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<ServiceRecord>,
+    /// How the source was read (`[docker] data-path`); none for a dump, or a source not read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_via: Option<ReadVia>,
     #[serde(skip)]
     records: BTreeMap<usize, SourceRecord>,
     /// Targets that failed while storing this source (not because of the source or the local spool): the

@@ -6,6 +6,8 @@
 //! writer that falls behind during the read is fed from a spool file (`Pace::Spool`) after the release.
 
 use super::*;
+use crate::config::DataPath;
+use crate::docker;
 use crate::progress::human;
 
 /// What the packer returns: its report, and the sha256 and size of the stored object.
@@ -24,11 +26,33 @@ pub(super) async fn back_up_source(ctx: &RunCtx<'_>, src: &PlannedSource) -> Sou
     // How much a volume holds is not known before it is read (`voltar plan` measures it): open-ended count.
     ctx.env.progress.expect_bytes(None);
 
-    // The source must be readable here, and its hooks understood, before any container is touched.
-    if let Err(why) = readable(&src.path).and_then(|()| hook_problems(src)) {
+    // The source must be readable (here, or through the engine's helper container, created now: creating it is
+    // not a read), and its hooks understood, before any container is touched.
+    if let Err(why) = hook_problems(src) {
         report.error = Some(why);
         return report;
     }
+    let from = match prepare_read(ctx, src).await {
+        Ok(f) => f,
+        Err(why) => {
+            report.error = Some(why);
+            return report;
+        }
+    };
+    report.read_via = Some(from.via());
+    let guard = HelperGuard::new(ctx, &from);
+    let mut report = read_source(ctx, src, &from, report).await;
+    end_read(ctx, from, guard, &mut report).await;
+    report
+}
+
+/// [`back_up_source`] once the way of reading is settled (and a helper created): everything up to the judging.
+async fn read_source(
+    ctx: &RunCtx<'_>,
+    src: &PlannedSource,
+    from: &ReadFrom,
+    mut report: SourceReport,
+) -> SourceReport {
     let object = catalog::object_name(&src.name, ctx.encryptor.is_some());
     let legs = open_legs(ctx, &catalog::object_key(&ctx.id, &object), &mut report).await;
     if legs.is_empty() {
@@ -70,7 +94,7 @@ pub(super) async fn back_up_source(ctx: &RunCtx<'_>, src: &PlannedSource) -> Sou
         }
     };
     // `read` releases what is held on every path, then runs the post hooks.
-    let read = read(ctx, src, legs, held, &pre_ran, &mut report).await;
+    let read = read(ctx, src, from, legs, held, &pre_ran, &mut report).await;
     drop(hook_locks);
     let legs = settle_legs(ctx, read.legs, &mut report);
     let packed = match read.packed {
@@ -123,6 +147,7 @@ impl SourceReport {
             spooled: BTreeMap::new(),
             hooks: vec![],
             services: vec![],
+            read_via: None,
             records: BTreeMap::new(),
             failed_targets: BTreeSet::new(),
         }
@@ -282,7 +307,7 @@ pub(super) struct Started {
 /// containers are held (`holding`) a leg that falls behind is spooled, never waited on.
 pub(super) fn start_read(
     ctx: &RunCtx<'_>,
-    src: &PlannedSource,
+    from: &ReadFrom,
     legs: Vec<Leg>,
     holding: bool,
 ) -> Started {
@@ -309,7 +334,7 @@ pub(super) fn start_read(
     let flag = Arc::new(AtomicBool::new(false));
     let watcher = watch_cancel(&ctx.env.cancel, &flag);
     let started = Instant::now();
-    let packer = spawn_packer(ctx, src, tx, flag.clone());
+    let packer = spawn_packer(ctx, from, tx, flag.clone());
     Started {
         fan,
         commit_tx,
@@ -327,6 +352,7 @@ pub(super) fn start_read(
 async fn read(
     ctx: &RunCtx<'_>,
     src: &PlannedSource,
+    from: &ReadFrom,
     legs: Vec<Leg>,
     held: Held,
     pre_ran: &BTreeSet<String>,
@@ -341,7 +367,7 @@ async fn read(
         watcher,
         flag: cancel_flag,
         started,
-    } = start_read(ctx, src, legs, holding);
+    } = start_read(ctx, from, legs, holding);
     // The hard cap on downtime: a read that is slow by itself (a huge volume, a slow disk) is aborted at
     // `max-downtime`, and the containers are resumed right then, not when the packer has noticed.
     let packed = if holding {
@@ -690,18 +716,31 @@ pub(super) fn watch_cancel(
     })
 }
 
-/// Start the packer on a blocking thread: walk → tar → zstd → [age] → sha256 → chunks into `tx`.
+/// Start the packer on a blocking thread: walk (or the engine's tar, repacked) → tar → zstd → [age] → sha256 →
+/// chunks into `tx`. The engine's archive is asked for when the packer first reads it: inside the hold.
 pub(super) fn spawn_packer(
     ctx: &RunCtx<'_>,
-    src: &PlannedSource,
+    from: &ReadFrom,
     tx: mpsc::Sender<bytes::Bytes>,
     flag: Arc<AtomicBool>,
 ) -> tokio::task::JoinHandle<Result<Packed, ArchiveError>> {
-    let path: PathBuf = src.path.clone();
     let level = ctx.archive.zstd_level;
     let threads = ctx.archive.zstd_threads;
     let progress = ctx.env.progress.clone();
     let enc = ctx.encryptor.clone();
+    // Bounded memory: the bridge pulls one HTTP chunk at a time, when the repacker wants more.
+    let input = match from {
+        ReadFrom::Host(path) => Input::Host(path.clone()),
+        ReadFrom::Engine(h) => Input::Engine {
+            reader: tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(
+                ctx.env.engine.helper_archive(&h.id),
+            )),
+            what: PathBuf::from(format!(
+                "the Docker Engine's archive of volume {} (helper container {})",
+                h.volume, h.name
+            )),
+        },
+    };
     tokio::task::spawn_blocking(move || -> Result<Packed, ArchiveError> {
         let sink = ChunkSink::new(tx);
         let stored = crypto::StoredWriter::new(sink, enc.as_ref()).map_err(ArchiveError::Sink)?;
@@ -710,12 +749,199 @@ pub(super) fn spawn_packer(
         let opts = archive::pack::PackOptions {
             cancel: Some(&flag),
         };
-        let (rep, zw) = archive::pack::pack(&path, zw, &opts, &mut |n| progress.inc(n))?;
+        let (rep, zw) = match input {
+            Input::Host(path) => archive::pack::pack(&path, zw, &opts, &mut |n| progress.inc(n))?,
+            Input::Engine { reader, what } => {
+                archive::repack::repack(reader, HELPER_TOP, &what, zw, &opts, &mut |n| {
+                    progress.inc(n)
+                })?
+            }
+        };
         let stored = zw.finish().map_err(ArchiveError::Sink)?;
         let sink = stored.finish().map_err(ArchiveError::Sink)?;
         let (sha, size) = sink.finish().map_err(ArchiveError::Sink)?;
         Ok((rep, sha, size))
     })
+}
+
+/// What the packer reads.
+enum Input {
+    Host(PathBuf),
+    Engine {
+        reader: tokio_util::io::SyncIoBridge<
+            tokio_util::io::StreamReader<docker::helper::ArchiveStream, bytes::Bytes>,
+        >,
+        what: PathBuf,
+    },
+}
+
+/// The base name of [`docker::helper::HELPER_MOUNT`]: the engine's tar names begin with it.
+const HELPER_TOP: &[u8] = b"src";
+
+/// How a source is read: its host path, or through the engine from a helper container.
+pub(super) enum ReadFrom {
+    Host(PathBuf),
+    Engine(HelperRef),
+}
+
+/// A helper container created for one source (journaled as `seq` before it was created).
+pub(super) struct HelperRef {
+    pub name: String,
+    pub id: String,
+    pub volume: String,
+    seq: Option<u64>,
+}
+
+impl ReadFrom {
+    pub(super) fn via(&self) -> ReadVia {
+        match self {
+            ReadFrom::Host(_) => ReadVia::Host,
+            ReadFrom::Engine(_) => ReadVia::Engine,
+        }
+    }
+}
+
+/// How `src` will be read under `data_path` (`[docker] data-path`): a bind mount and a readable host path (with
+/// `auto`) from the host, a volume through the engine when its host path is not readable here (or `engine`).
+/// `Err`: the host path is needed (`host`, or a bind mount) and not readable, with why and the fix.
+pub fn read_via(data_path: DataPath, src: &PlannedSource) -> Result<ReadVia, String> {
+    let volume = src.kind == SourceKind::Volume;
+    match (data_path, volume) {
+        (DataPath::Engine, true) => Ok(ReadVia::Engine),
+        (DataPath::Auto, true) => Ok(if readable(&src.path).is_ok() {
+            ReadVia::Host
+        } else {
+            ReadVia::Engine
+        }),
+        (DataPath::Host, true) => readable(&src.path).map(|()| ReadVia::Host).map_err(|why| {
+            format!(
+                "{why}; [docker] data-path = \"host\" forbids reading it through the engine (set data-path = \"auto\" \
+                 or \"engine\" to read it from a helper container)"
+            )
+        }),
+        // Bind mounts are read from the host path whatever the data path (a remote engine's host paths are not
+        // here, and discovery leaves such binds out already).
+        (_, false) => readable(&src.path).map(|()| ReadVia::Host),
+    }
+}
+
+/// Helper containers made by this process, for unique names within a run.
+static HELPERS_MADE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Choose how `src` is read and, through the engine, create its helper container: the image first (never
+/// pulled), then the journal entry, then the container. Before anything is quiesced: a failure touches nothing.
+pub(super) async fn prepare_read(
+    ctx: &RunCtx<'_>,
+    src: &PlannedSource,
+) -> Result<ReadFrom, String> {
+    match read_via(ctx.env.config.data_path, src)? {
+        ReadVia::Host => return Ok(ReadFrom::Host(src.path.clone())),
+        ReadVia::Engine => {}
+    }
+    let engine = ctx.env.engine;
+    let users: Vec<String> = src.containers.iter().map(|c| c.id.clone()).collect();
+    let image = engine
+        .helper_image(ctx.env.config.helper_image.as_deref(), &src.name, &users)
+        .await
+        .map_err(|e| format!("cannot read volume {} through the engine: {e}", src.name))?;
+    let run = ctx.id.to_string();
+    let n = HELPERS_MADE.fetch_add(1, Ordering::Relaxed);
+    let name = docker::helper::helper_name(&run, n);
+    let journal = ctx.quiescer.journal();
+    let seq = journal
+        .will_create(&quiesce::Leftover::Helper {
+            name: name.clone(),
+            volume: src.name.clone(),
+        })
+        .map_err(|e| {
+            format!(
+                "cannot journal the helper container for volume {}: {e}",
+                src.name
+            )
+        })?;
+    match engine.create_helper(&name, &src.name, &image, &run).await {
+        Ok(id) => {
+            ctx.env.progress.note(&format!(
+                "{}: reading through the engine (helper container {name})",
+                src.name
+            ));
+            Ok(ReadFrom::Engine(HelperRef {
+                name,
+                id,
+                volume: src.name.clone(),
+                seq: Some(seq),
+            }))
+        }
+        Err(e) => {
+            // It may exist all the same (a timeout): remove it by name; the journal keeps it if that fails.
+            match engine.remove_helper(&name).await {
+                Ok(_) => journal.removed(seq),
+                Err(re) => {
+                    tracing::warn!(helper = %name, error = %re, "cannot remove a helper container whose creation failed; `voltar recover` will")
+                }
+            }
+            Err(format!(
+                "cannot read volume {} through the engine: {e}",
+                src.name
+            ))
+        }
+    }
+}
+
+/// Removes a helper container if the source's code path never got to ([`end_read`]): a panic unwinding
+/// through it. Best effort on the runtime (a `Drop` cannot wait); the journal entry stays for `recover`.
+pub(super) struct HelperGuard {
+    armed: Option<(Engine, String)>,
+}
+
+impl HelperGuard {
+    pub(super) fn new(ctx: &RunCtx<'_>, from: &ReadFrom) -> HelperGuard {
+        HelperGuard {
+            armed: match from {
+                ReadFrom::Engine(h) => Some((ctx.env.engine.clone(), h.name.clone())),
+                ReadFrom::Host(_) => None,
+            },
+        }
+    }
+}
+
+impl Drop for HelperGuard {
+    fn drop(&mut self) {
+        if let (Some((engine, name)), Ok(rt)) =
+            (self.armed.take(), tokio::runtime::Handle::try_current())
+        {
+            rt.spawn(async move {
+                let _ = engine.remove_helper(&name).await;
+            });
+        }
+    }
+}
+
+/// The read is over (whatever happened): remove the helper container, if any (a failure is a warning, and
+/// the journal keeps it for `recover`).
+pub(super) async fn end_read(
+    ctx: &RunCtx<'_>,
+    from: ReadFrom,
+    mut guard: HelperGuard,
+    report: &mut SourceReport,
+) {
+    guard.armed = None;
+    let ReadFrom::Engine(h) = from else { return };
+    match ctx.env.engine.remove_helper(&h.name).await {
+        Ok(_) => {
+            if let Some(seq) = h.seq {
+                ctx.quiescer.journal().removed(seq);
+            }
+        }
+        Err(e) => {
+            let w = format!(
+                "helper container {} could not be removed: {e} (`voltar recover` removes it)",
+                h.name
+            );
+            ctx.env.progress.reported(&format!("{}: {w}", report.name));
+            report.warnings.push(w);
+        }
+    }
 }
 
 /// Resume what was held, recording each container's action and downtime; a failure to resume is a warning.
@@ -819,6 +1045,15 @@ pub(super) fn take_pack_report(
         progress.reported(&format!("{}: {w}", src.name));
         report.warnings.push(w);
     }
+    if report.read_via == Some(ReadVia::Engine) {
+        // Once per source: what the engine's tar does not carry (`archive::repack`).
+        let w = format!(
+            "read through the engine: {} not carried",
+            archive::repack::NOT_CARRIED
+        );
+        progress.reported(&format!("{}: {w}", src.name));
+        report.warnings.push(w);
+    }
     for w in &pack_report.warnings {
         progress.reported(&format!("{}: {w}", src.name));
     }
@@ -872,6 +1107,7 @@ pub(super) fn record_legs(
                     hooks: report.hooks.clone(),
                     dump: None,
                     services: report.services.clone(),
+                    read_via: report.read_via,
                 };
                 report.records.insert(i, record);
             }

@@ -28,6 +28,16 @@ pub(super) async fn plan(
     } else {
         Some(crate::sizes::of_sources(&plan).await?)
     };
+    // How each source will be read: its host path, or through the engine (`[docker] data-path`).
+    let vias: Vec<Option<Result<crate::catalog::ReadVia, String>>> = plan
+        .sources
+        .iter()
+        .map(|s| {
+            s.dump
+                .is_none()
+                .then(|| crate::backup::read_via(config.data_path, s))
+        })
+        .collect();
     if json {
         // Fields in the order of the plan's own JSON (as in `backup --json`), with each source's size.
         #[derive(serde::Serialize)]
@@ -36,6 +46,9 @@ pub(super) async fn plan(
             source: &'a crate::plan::PlannedSource,
             #[serde(skip_serializing_if = "Option::is_none")]
             size: Option<u64>,
+            /// How it will be read (`[docker] data-path`); none for a dump.
+            #[serde(rename = "read-via", skip_serializing_if = "Option::is_none")]
+            read_via: Option<crate::catalog::ReadVia>,
         }
         #[derive(serde::Serialize)]
         struct PlanOut<'a> {
@@ -57,6 +70,7 @@ pub(super) async fn plan(
                 .map(|(i, source)| SizedSource {
                     source,
                     size: sizes.as_ref().and_then(|v| v.get(i).copied().flatten()),
+                    read_via: vias[i].as_ref().and_then(|v| v.as_ref().ok().copied()),
                 })
                 .collect(),
             skipped: &plan.skipped,
@@ -65,7 +79,18 @@ pub(super) async fn plan(
         };
         out_json(&doc);
     } else {
-        out(&(render_setup(&setup(config, job)) + &render_plan(&plan, sizes.as_deref())));
+        let mut text = render_setup(&setup(config, job)) + &render_plan(&plan, sizes.as_deref());
+        for (s, via) in plan.sources.iter().zip(&vias) {
+            match via {
+                Some(Ok(crate::catalog::ReadVia::Engine)) => text.push_str(&format!(
+                    "{}: read through the engine (a helper container; [docker] data-path = {})\n",
+                    s.name, config.data_path
+                )),
+                Some(Err(why)) => text.push_str(&format!("{}: cannot be read: {why}\n", s.name)),
+                _ => {}
+            }
+        }
+        out(&text);
     }
     Ok(EXIT_OK)
 }

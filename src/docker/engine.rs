@@ -301,7 +301,7 @@ fn has_io_kind(err: &(dyn std::error::Error + 'static), kind: std::io::ErrorKind
 }
 
 /// "outer: inner: innermost", lowercase-first as our messages are, without repeating identical links.
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+pub(super) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = cur {
@@ -723,6 +723,10 @@ impl Engine {
 
 #[async_trait]
 impl Runtime for Engine {
+    async fn remove_left_helper(&self, name: &str) -> Result<bool, DockerError> {
+        self.remove_helper(name).await
+    }
+
     async fn service(&self, id: &str) -> Result<super::ServiceInfo, DockerError> {
         service_info(self.inspect_service_raw(id).await?).map_err(|m| DockerError::Api {
             action: format!("reading swarm service {id}"),

@@ -3,6 +3,7 @@
 
 pub mod engine;
 pub mod exec;
+pub mod helper;
 mod ssh;
 
 use std::collections::BTreeMap;
@@ -231,6 +232,14 @@ pub trait Runtime: Send + Sync {
         Err(DockerError::Api {
             action: "running a command".into(),
             message: "this runtime cannot run commands".into(),
+        })
+    }
+    /// Remove a helper container a dead run left (`helper.rs`; only one labelled as a helper). `Ok(false)`: it
+    /// was not there. The default cannot.
+    async fn remove_left_helper(&self, name: &str) -> Result<bool, DockerError> {
+        Err(DockerError::Api {
+            action: format!("removing helper container {name}"),
+            message: "this runtime cannot remove containers".into(),
         })
     }
     /// A Swarm service by id, read now (mode, replicas, spec version).

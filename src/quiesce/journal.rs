@@ -112,6 +112,10 @@ pub enum Leftover {
         user: Option<String>,
         timeout_ms: u64,
     },
+    /// A helper container (`docker::helper`, created and never started, reading a volume through the engine),
+    /// journaled by name before it is created, done once it is removed: `recover` removes it (force), only when
+    /// it carries the `voltar.helper` label.
+    Helper { name: String, volume: String },
 }
 
 impl std::fmt::Display for Leftover {
@@ -141,6 +145,9 @@ impl std::fmt::Display for Leftover {
                 f,
                 "post-backup hook `{command}` owed to container {container}"
             ),
+            Leftover::Helper { name, volume } => {
+                write!(f, "helper container {name} (reading volume {volume})")
+            }
         }
     }
 }

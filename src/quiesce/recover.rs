@@ -161,6 +161,11 @@ impl RecoverReport {
         }
         for l in &self.leftovers {
             out.push(match &l.outcome {
+                LeftoverOutcome::Removed { .. }
+                    if matches!(l.leftover, Leftover::Helper { .. }) =>
+                {
+                    format!("{}: removed (left by an interrupted run)", l.leftover)
+                }
                 LeftoverOutcome::Removed { bytes } => format!(
                     "{}: removed ({}, left by an interrupted run)",
                     l.leftover,
@@ -436,6 +441,27 @@ async fn recover_one(
             .leftovers
             .push(RecoveredLeftover { leftover, outcome });
     }
+    // Helper containers a dead run left (created, never started: nothing to wait for).
+    let (helpers, leftovers): (Vec<Leftover>, Vec<Leftover>) = leftovers
+        .into_iter()
+        .partition(|l| matches!(l, Leftover::Helper { .. }));
+    for leftover in helpers {
+        let Leftover::Helper { name, .. } = &leftover else {
+            continue;
+        };
+        let outcome = match runtime.remove_left_helper(name).await {
+            Ok(true) => LeftoverOutcome::Removed { bytes: 0 },
+            Ok(false) => LeftoverOutcome::AlreadyGone,
+            Err(e) => {
+                keep = true;
+                LeftoverOutcome::Failed(e.to_string())
+            }
+        };
+        tracing::info!(leftover = %leftover, outcome = ?outcome, "recover");
+        report
+            .leftovers
+            .push(RecoveredLeftover { leftover, outcome });
+    }
     // Newest first, like release.
     for OpenEntry { id, name, action } in entries.into_iter().rev() {
         let outcome = recover_container(runtime, &id, action).await;
@@ -572,8 +598,11 @@ async fn run_owed_post_hook(runtime: &dyn Runtime, owed: &Leftover) -> LeftoverO
 fn remove_leftover(leftover: &Leftover) -> LeftoverOutcome {
     match leftover {
         // Handled by `recover_one` (they need the engine), never here.
-        Leftover::HookExec { .. } | Leftover::DumpExec { .. } | Leftover::PostHook { .. } => {
-            LeftoverOutcome::LeftAlone("a command, not a file".into())
+        Leftover::HookExec { .. }
+        | Leftover::DumpExec { .. }
+        | Leftover::PostHook { .. }
+        | Leftover::Helper { .. } => {
+            LeftoverOutcome::LeftAlone("a command or a container, not a file".into())
         }
         Leftover::PreviousContents { .. } => LeftoverOutcome::LeftAlone(
             "a restore ended before its safety backup was committed: this is the only copy of what was there; \

@@ -83,6 +83,7 @@ async fn write_backup(
             not_archived_count: 0,
             hooks: vec![],
             dump: None,
+            read_via: None,
         });
     }
     let m = Manifest {

@@ -596,6 +596,90 @@ impl SecondEngine {
             .and_then(|d| std::fs::read_to_string(d.path().join("dockerd.log")).ok())
             .unwrap_or_default()
     }
+
+    /// Like [`SecondEngine::start`], but a stand-in for a remote or rootless engine: its data root is a tmpfs
+    /// mounted in dockerd's OWN mount namespace (`unshare -m --propagation private`), so this process cannot see
+    /// its volumes (their `Mountpoint`s are empty directories here), and it listens on `tcp://127.0.0.1:<free
+    /// port>` ([`SecondEngine::host`]) besides its socket. `unshare` and `sh` exec dockerd, so the child's pid is
+    /// dockerd's and `Drop` stops it as usual; the tmpfs goes with its mount namespace.
+    pub fn start_hidden() -> Option<SecondEngine> {
+        if Command::new("dockerd").arg("--version").output().is_err() {
+            let msg = "dockerd is not installed: cannot start a second engine (apt-get install docker.io)";
+            assert!(!in_ci(), "{msg}");
+            eprintln!("\n!!! SKIPPING: {msg}\n");
+            return None;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("vt2h-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let d = dir.path();
+        let root = d.join("root");
+        std::fs::create_dir(&root).unwrap();
+        let sock = d.join("docker.sock");
+        let port = free_port();
+        let log = std::fs::File::create(d.join("dockerd.log")).unwrap();
+        let ns = format!("voltar-test-h{}", std::process::id());
+        let script = format!(
+            "mount -t tmpfs -o size=1g tmpfs '{root}' && exec dockerd --data-root '{root}' --exec-root '{x}' \
+             --pidfile '{pid}' -H 'unix://{sock}' -H tcp://127.0.0.1:{port} --bridge=none --iptables=false \
+             --ip6tables=false --containerd-namespace {ns} --containerd-plugins-namespace {ns}-plugins",
+            root = root.display(),
+            x = d.join("x").display(),
+            pid = d.join("dockerd.pid").display(),
+            sock = sock.display(),
+        );
+        let child = Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c", &script])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start dockerd in its own mount namespace");
+        let mut engine = SecondEngine {
+            host: format!("tcp://127.0.0.1:{port}"),
+            dir: Some(dir),
+            child,
+            swarm: false,
+        };
+        let t = Instant::now();
+        loop {
+            if engine.docker_raw(&["version"]).status.success() {
+                break;
+            }
+            if let Ok(Some(st)) = engine.child.try_wait() {
+                panic!("the hidden dockerd exited ({st}):\n{}", engine.log());
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(90),
+                "the hidden dockerd did not answer in 90 s:\n{}",
+                engine.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let mut save = Command::new("docker")
+            .args(["save", IMAGE])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("docker save");
+        let load = Command::new("docker")
+            .args(["-H", &engine.host, "load", "-q"])
+            .stdin(save.stdout.take().unwrap())
+            .output()
+            .expect("docker load");
+        assert!(save.wait().unwrap().success(), "docker save {IMAGE} failed");
+        assert!(
+            load.status.success(),
+            "loading {IMAGE} into the hidden engine: {}",
+            String::from_utf8_lossy(&load.stderr)
+        );
+        Some(engine)
+    }
+
+    /// The pid of the dockerd this value started (for checking that `Drop` stopped it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for SecondEngine {

@@ -167,6 +167,13 @@ impl<W: Write> Packer<'_, '_, W> {
         let path;
         let at = match src {
             XattrSrc::None => return Ok(()),
+            XattrSrc::Given(pairs) => {
+                for (name, value) in pairs {
+                    let key = xattr_key(name);
+                    pax_record(&mut self.pax, &key, value);
+                }
+                return Ok(());
+            }
             XattrSrc::Fd(fd) => XattrAt::Fd(fd),
             XattrSrc::At(dir, name, rel) => match self.xattr_path(dir, name, rel) {
                 Some(p) => {
@@ -192,15 +199,7 @@ impl<W: Write> Packer<'_, '_, W> {
         for name in names.split(|&b| b == 0).filter(|n| !n.is_empty()) {
             match self.read_xattr(at, name) {
                 Ok(true) => {
-                    let mut key = Vec::with_capacity(13 + name.len());
-                    key.extend_from_slice(b"SCHILY.xattr.");
-                    for &b in name {
-                        match b {
-                            b'%' => key.extend_from_slice(b"%25"),
-                            b'=' => key.extend_from_slice(b"%3D"),
-                            b => key.push(b),
-                        }
-                    }
+                    let key = xattr_key(name);
                     pax_record(&mut self.pax, &key, &self.xattr_value);
                 }
                 Ok(false) => {} // removed since the listing
@@ -228,6 +227,21 @@ impl<W: Write> Packer<'_, '_, W> {
             Err(e) => Err(e),
         }
     }
+}
+
+/// The PAX key of the extended attribute `name`: `SCHILY.xattr.<name>`, `%` and `=` written as `%25` and `%3D`
+/// (as GNU tar does).
+fn xattr_key(name: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(13 + name.len());
+    key.extend_from_slice(b"SCHILY.xattr.");
+    for &b in name {
+        match b {
+            b'%' => key.extend_from_slice(b"%25"),
+            b'=' => key.extend_from_slice(b"%3D"),
+            b => key.push(b),
+        }
+    }
+    key
 }
 
 /// The inode fields a header needs. A trait so that unit tests can write headers for values (sizes over

@@ -244,7 +244,133 @@ enum XattrSrc<'a> {
     Fd(RawFd),
     /// Directory fd, name in it, and the entry's relative path (only used when `/proc` is not mounted).
     At(RawFd, &'a CStr, &'a [u8]),
+    /// Names and values already read (an entry of another archive: `archive::repack`).
+    Given(&'a [(Vec<u8>, Vec<u8>)]),
     None,
+}
+
+/// The fields of an entry that does not come from a walk of this host's filesystem (`archive::repack`).
+#[derive(Clone, Copy, Debug, Default)]
+pub(in crate::archive) struct EntryMeta {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: i64,
+    pub mtime_nsec: i64,
+}
+
+impl header::HeaderStat for EntryMeta {
+    fn mode(&self) -> u32 {
+        self.mode
+    }
+    fn uid(&self) -> u32 {
+        self.uid
+    }
+    fn gid(&self) -> u32 {
+        self.gid
+    }
+    fn mtime(&self) -> i64 {
+        self.mtime
+    }
+    fn mtime_nsec(&self) -> i64 {
+        self.mtime_nsec
+    }
+}
+
+/// The packer's writer for entries that come from elsewhere (`archive::repack`: the engine's tar), so that their
+/// headers, counts, warnings and report are made by the same code as [`pack`]'s.
+pub(in crate::archive) struct EntryWriter<'o, 'p, W: Write>(Packer<'o, 'p, W>);
+
+impl<'o, 'p, W: Write> EntryWriter<'o, 'p, W> {
+    pub(in crate::archive) fn new(
+        out: W,
+        cancel: Option<&'o AtomicBool>,
+        progress: &'p mut dyn FnMut(u64),
+    ) -> Self {
+        EntryWriter(Packer::new(out, cancel, progress))
+    }
+
+    pub(in crate::archive) fn check_cancel(&self) -> Result<(), ArchiveError> {
+        self.0.check_cancel()
+    }
+
+    /// Write one entry's headers (layout as in the module docs) and count it as `counted`; a regular file's
+    /// content follows with [`EntryWriter::content`].
+    #[allow(clippy::too_many_arguments)]
+    pub(in crate::archive) fn header(
+        &mut self,
+        name: &[u8],
+        kind: u8,
+        md: &EntryMeta,
+        size: u64,
+        link: &[u8],
+        rdev: (u64, u64),
+        xattrs: &[(Vec<u8>, Vec<u8>)],
+        counted: Counted,
+    ) -> Result<(), ArchiveError> {
+        self.0.pax.clear();
+        self.0.header_simple(
+            name,
+            kind,
+            md,
+            size,
+            link,
+            rdev,
+            XattrSrc::Given(xattrs),
+            name,
+        )?;
+        self.0.report.counts.add(counted);
+        Ok(())
+    }
+
+    /// Copy exactly `size` bytes of content from `r` (then the padding). `r` ending early or failing is
+    /// `ArchiveError::Io` naming `what`: the archive written so far is then unusable.
+    pub(in crate::archive) fn content(
+        &mut self,
+        r: &mut impl io::Read,
+        size: u64,
+        what: &Path,
+    ) -> Result<(), ArchiveError> {
+        let mut left = size;
+        while left > 0 {
+            self.0.check_cancel()?;
+            let want = left.min(self.0.buf.len() as u64) as usize;
+            let n = match r.read(&mut self.0.buf[..want]) {
+                Ok(0) => {
+                    return Err(ArchiveError::Io {
+                        path: what.to_path_buf(),
+                        cause: io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            format!("ended inside an entry, {left} of its {size} bytes missing"),
+                        ),
+                    })
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return Err(ArchiveError::Io {
+                        path: what.to_path_buf(),
+                        cause: e,
+                    })
+                }
+            };
+            let Packer { out, buf, .. } = &mut self.0;
+            out.write_all(&buf[..n]).map_err(ArchiveError::Sink)?;
+            left -= n as u64;
+            self.0.add_progress(n as u64);
+        }
+        self.0.pad(size)
+    }
+
+    /// An entry that is missing from the archive, wholly or in part (see [`PackReport::not_archived`]).
+    pub(in crate::archive) fn not_archived(&mut self, rel: &[u8], what: std::fmt::Arguments<'_>) {
+        self.0.not_archived(rel, what);
+    }
+
+    /// The end-of-archive blocks; the report and the flushed writer.
+    pub(in crate::archive) fn finish(self) -> Result<(PackReport, W), ArchiveError> {
+        self.0.finish()
+    }
 }
 
 /// What happened while copying a file range.

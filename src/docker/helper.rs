@@ -1,0 +1,256 @@
+//! Helper containers: how voltar reads a volume the engine does not let it see on this host's filesystem (a remote
+//! engine, rootless Docker, Docker Desktop).
+//!
+//! A helper is a container that is CREATED and NEVER STARTED: the volume mounted read-only at [`HELPER_MOUNT`],
+//! no network (`NetworkMode=none`), labelled `voltar.helper=<run id>`, named `voltar-helper-<run id>-<n>`. The
+//! engine serves `GET /containers/{id}/archive?path=/voltar/src` from a created container's mounts, so nothing
+//! runs in it: no process, no entrypoint, no network, no write to the volume (the mount is read-only and
+//! `NoCopy`, so the image's contents are never copied into an empty volume either).
+//!
+//! Its image is never pulled: `[docker] helper-image` when set, else the image of a container that uses the
+//! volume (it is on the engine: its container was made from it), else voltar's own image
+//! (`voltar:<version>`) when the engine has it; none of them = an error naming `helper-image` and `docker load`,
+//! before anything is quiesced.
+//!
+//! Removal (`DELETE /containers/{id}?force=1`) is the caller's on every path; the crash journal names each helper
+//! before it is created, so `voltar recover` removes the ones a killed run left ([`Engine::remove_helper`] only
+//! removes a container that carries the helper label).
+
+use std::pin::Pin;
+
+use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountTypeEnum, MountVolumeOptions};
+use bollard::query_parameters::{
+    CreateContainerOptions, DownloadFromContainerOptions, RemoveContainerOptions,
+};
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+
+use super::engine::Engine;
+use super::DockerError;
+
+/// Where a helper container mounts the volume it reads. The engine's tar names begin with its base name.
+pub const HELPER_MOUNT: &str = "/voltar/src";
+/// The label every helper container carries: its value is the run's id.
+pub const LABEL_HELPER: &str = "voltar.helper";
+/// Helper container names begin with this.
+pub const HELPER_PREFIX: &str = "voltar-helper-";
+/// The command a helper is created with: never run (the container is never started), but the engine refuses to
+/// create a container without one, and a scratch image has none.
+const NEVER_RUN: &str = "/voltar-helper-is-never-started";
+
+/// The bytes of the engine's tar of a helper's volume.
+pub type ArchiveStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
+
+/// The name of the `n`th helper container of run `run_id` (a name the engine accepts: `[a-zA-Z0-9_.-]`).
+pub fn helper_name(run_id: &str, n: u32) -> String {
+    let id: String = run_id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    format!("{HELPER_PREFIX}{id}-{n}")
+}
+
+/// voltar's own image, as the release builds tag it.
+pub fn own_image() -> String {
+    format!("voltar:{}", env!("CARGO_PKG_VERSION"))
+}
+
+impl Engine {
+    /// The image to create a helper for a volume used by `users` (container ids) from: see the module docs.
+    pub async fn helper_image(
+        &self,
+        configured: Option<&str>,
+        volume: &str,
+        users: &[String],
+    ) -> Result<String, DockerError> {
+        if let Some(image) = configured {
+            return match self.docker.inspect_image(image).await {
+                Ok(_) => Ok(image.to_string()),
+                Err(e) if status(&e) == Some(404) => Err(DockerError::Api {
+                    action: format!("finding the helper image for volume {volume}"),
+                    message: format!(
+                        "[docker] helper-image `{image}` is not on the engine (voltar never pulls: `docker load` \
+                         it there, or name an image the engine has)"
+                    ),
+                }),
+                Err(e) => Err(self.map_err("inspecting the helper image", e, || {
+                    DockerError::Api {
+                        action: "inspecting the helper image".into(),
+                        message: "not found".into(),
+                    }
+                })),
+            };
+        }
+        for id in users {
+            if let Ok(c) = self
+                .docker
+                .inspect_container(
+                    id,
+                    None::<bollard::query_parameters::InspectContainerOptions>,
+                )
+                .await
+            {
+                if let Some(image) = c.image.filter(|i| !i.is_empty()) {
+                    return Ok(image);
+                }
+            }
+        }
+        let own = own_image();
+        match self.docker.inspect_image(&own).await {
+            Ok(_) => Ok(own),
+            Err(e) if status(&e) == Some(404) => Err(DockerError::Api {
+                action: format!("finding an image for the helper container of volume {volume}"),
+                message: format!(
+                    "no container uses the volume and the engine has no {own} image; set [docker] helper-image \
+                     to an image the engine has, or `docker load` voltar's image there (voltar never pulls)"
+                ),
+            }),
+            Err(e) => Err(self.map_err("inspecting voltar's image", e, || DockerError::Api {
+                action: "inspecting voltar's image".into(),
+                message: "not found".into(),
+            })),
+        }
+    }
+
+    /// Create (never start) the helper container `name` with `volume` mounted read-only at [`HELPER_MOUNT`];
+    /// returns its id.
+    pub async fn create_helper(
+        &self,
+        name: &str,
+        volume: &str,
+        image: &str,
+        run_id: &str,
+    ) -> Result<String, DockerError> {
+        let action = format!("creating helper container {name} for volume {volume}");
+        let body = ContainerCreateBody {
+            image: Some(image.to_string()),
+            cmd: Some(vec![NEVER_RUN.to_string()]),
+            entrypoint: Some(vec![]),
+            labels: Some([(LABEL_HELPER.to_string(), run_id.to_string())].into()),
+            network_disabled: Some(true),
+            host_config: Some(HostConfig {
+                network_mode: Some("none".into()),
+                mounts: Some(vec![Mount {
+                    target: Some(HELPER_MOUNT.into()),
+                    source: Some(volume.into()),
+                    typ: Some(MountTypeEnum::VOLUME),
+                    read_only: Some(true),
+                    volume_options: Some(MountVolumeOptions {
+                        no_copy: Some(true),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let opts = CreateContainerOptions {
+            name: Some(name.to_string()),
+            ..Default::default()
+        };
+        self.docker
+            .create_container(Some(opts), body)
+            .await
+            .map(|r| r.id)
+            .map_err(|e| {
+                self.map_err(&action, e, || DockerError::Api {
+                    action: action.clone(),
+                    message: format!("image {image} not found (voltar never pulls)"),
+                })
+            })
+    }
+
+    /// The engine's tar of the helper's volume (`GET /containers/{id}/archive?path=/voltar/src`), streamed.
+    pub fn helper_archive(&self, id: &str) -> ArchiveStream {
+        let endpoint = self.endpoint().to_string();
+        Box::pin(
+            self.docker
+                .download_from_container(
+                    id,
+                    Some(DownloadFromContainerOptions {
+                        path: HELPER_MOUNT.to_string(),
+                    }),
+                )
+                .map(move |r| {
+                    r.map_err(|e| {
+                        std::io::Error::other(format!(
+                            "reading the archive from the Docker Engine at {endpoint}: {}",
+                            super::engine::error_chain(&e)
+                        ))
+                    })
+                }),
+        )
+    }
+
+    /// Remove the helper container `name_or_id` (forced), only when it carries [`LABEL_HELPER`]. `Ok(false)`:
+    /// it was not there.
+    pub async fn remove_helper(&self, name_or_id: &str) -> Result<bool, DockerError> {
+        let action = format!("removing helper container {name_or_id}");
+        match self
+            .docker
+            .inspect_container(
+                name_or_id,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+        {
+            Ok(c) => {
+                let labelled = c
+                    .config
+                    .and_then(|c| c.labels)
+                    .is_some_and(|l| l.contains_key(LABEL_HELPER));
+                if !labelled {
+                    return Err(DockerError::Api {
+                        action,
+                        message: format!(
+                            "it has no {LABEL_HELPER} label: not a voltar helper, left alone"
+                        ),
+                    });
+                }
+            }
+            Err(e) if status(&e) == Some(404) => return Ok(false),
+            Err(e) => {
+                return Err(self.map_err(&action, e, || {
+                    DockerError::NoSuchContainer(name_or_id.to_string())
+                }))
+            }
+        }
+        let opts = RemoveContainerOptions {
+            force: true,
+            v: false,
+            link: false,
+        };
+        match self.docker.remove_container(name_or_id, Some(opts)).await {
+            Ok(()) => Ok(true),
+            Err(e) if status(&e) == Some(404) => Ok(false),
+            Err(e) => Err(self.map_err(&action, e, || {
+                DockerError::NoSuchContainer(name_or_id.to_string())
+            })),
+        }
+    }
+}
+
+fn status(e: &bollard::errors::Error) -> Option<u16> {
+    match e {
+        bollard::errors::Error::DockerResponseServerError { status_code, .. } => Some(*status_code),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn helper_names_are_names_the_engine_accepts() {
+        assert_eq!(
+            super::helper_name("2026-11-30T21:25:00Z+ab", 3),
+            "voltar-helper-2026-11-30T21-25-00Z-ab-3"
+        );
+    }
+}
