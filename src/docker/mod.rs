@@ -3,6 +3,7 @@
 
 pub mod engine;
 pub mod exec;
+pub mod put;
 mod ssh;
 
 use std::collections::BTreeMap;
@@ -247,6 +248,22 @@ pub trait Runtime: Send + Sync {
     /// ones that may still write to its volumes.
     async fn service_tasks_up(&self, id: &str) -> Result<Vec<String>, DockerError> {
         Err(no_swarm(id))
+    }
+    /// Remove a helper container a dead run left (forced; already gone is Ok). Recover uses it for restore's
+    /// helpers (`docker::put`). The default cannot.
+    async fn remove_left_helper(&self, name: &str) -> Result<(), DockerError> {
+        Err(DockerError::Api {
+            action: format!("removing helper container {name}"),
+            message: "this runtime cannot remove containers".into(),
+        })
+    }
+    /// Remove a volume a dead restore created and did not finish (not forced: refused while a container uses
+    /// it). The default cannot.
+    async fn remove_left_volume(&self, name: &str) -> Result<(), DockerError> {
+        Err(DockerError::Api {
+            action: format!("removing volume {name}"),
+            message: "this runtime cannot remove volumes".into(),
+        })
     }
 }
 

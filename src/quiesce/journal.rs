@@ -103,6 +103,13 @@ pub enum Leftover {
         user: Option<String>,
         timeout_ms: u64,
     },
+    /// A volume a restore creates (`--to-volume`, written through the engine), journaled before it is created and
+    /// done once the restore into it is complete: `recover` removes it (not forced, so never while a container
+    /// uses it), since a half-restored volume must not pass for a restored one.
+    NewVolume { volume: String },
+    /// A helper container a restore creates (`docker::put`: created, never started), journaled by its name
+    /// before it is created: `recover` removes it (before the volumes: a volume in use cannot be removed).
+    HelperContainer { name: String },
 }
 
 impl std::fmt::Display for Leftover {
@@ -129,6 +136,10 @@ impl std::fmt::Display for Leftover {
                 f,
                 "post-backup hook `{command}` owed to container {container}"
             ),
+            Leftover::NewVolume { volume } => {
+                write!(f, "volume {volume}, created by an unfinished restore")
+            }
+            Leftover::HelperContainer { name } => write!(f, "helper container {name}"),
         }
     }
 }

@@ -464,6 +464,27 @@ async fn recover_one(
             outcome,
         });
     }
+    // Engine leftovers of a restore: its helpers first (a volume in use cannot be removed), then its volume.
+    let (engine_left, leftovers): (Vec<Leftover>, Vec<Leftover>) =
+        leftovers.into_iter().partition(|l| {
+            matches!(
+                l,
+                Leftover::HelperContainer { .. } | Leftover::NewVolume { .. }
+            )
+        });
+    let (helpers, volumes): (Vec<Leftover>, Vec<Leftover>) = engine_left
+        .into_iter()
+        .partition(|l| matches!(l, Leftover::HelperContainer { .. }));
+    for leftover in helpers.into_iter().chain(volumes) {
+        let outcome = remove_engine_leftover(runtime, &leftover).await;
+        if matches!(outcome, LeftoverOutcome::Failed(_)) {
+            keep = true;
+        }
+        tracing::info!(leftover = %leftover, outcome = ?outcome, "recover");
+        report
+            .leftovers
+            .push(RecoveredLeftover { leftover, outcome });
+    }
     for leftover in leftovers {
         let outcome = remove_leftover(&leftover);
         if matches!(outcome, LeftoverOutcome::Failed(_)) {
@@ -566,12 +587,31 @@ async fn run_owed_post_hook(runtime: &dyn Runtime, owed: &Leftover) -> LeftoverO
     }
 }
 
+/// Remove a helper container or an unfinished restore's new volume a dead run left.
+async fn remove_engine_leftover(runtime: &dyn Runtime, leftover: &Leftover) -> LeftoverOutcome {
+    let done = match leftover {
+        Leftover::HelperContainer { name } => runtime.remove_left_helper(name).await,
+        Leftover::NewVolume { volume } => runtime.remove_left_volume(volume).await,
+        _ => return LeftoverOutcome::LeftAlone("not an engine object".into()),
+    };
+    match done {
+        Ok(()) => LeftoverOutcome::Removed { bytes: 0 },
+        Err(DockerError::NoSuchVolume(_) | DockerError::NoSuchContainer(_)) => {
+            LeftoverOutcome::AlreadyGone
+        }
+        Err(e) => LeftoverOutcome::Failed(e.to_string()),
+    }
+}
+
 /// Remove a leftover of a dead run, after checking it is what the journal says it is.
 fn remove_leftover(leftover: &Leftover) -> LeftoverOutcome {
     match leftover {
         // Handled by `recover_one` (they need the engine), never here.
         Leftover::HookExec { .. } | Leftover::PostHook { .. } => {
             LeftoverOutcome::LeftAlone("a hook, not a file".into())
+        }
+        Leftover::NewVolume { .. } | Leftover::HelperContainer { .. } => {
+            LeftoverOutcome::LeftAlone("an engine object, not a file".into())
         }
         Leftover::PreviousContents { .. } => LeftoverOutcome::LeftAlone(
             "a restore ended before its safety backup was committed: this is the only copy of what was there; \

@@ -128,6 +128,7 @@ impl DumpCtx {
             warnings: vec![],
             status,
             command: None,
+            through_engine: false,
         }
     }
 }

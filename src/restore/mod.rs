@@ -28,6 +28,7 @@
 
 mod apply;
 mod dump;
+mod engine;
 mod import;
 mod plan;
 mod swap;
@@ -197,6 +198,9 @@ pub struct SourceRestore {
     /// A dump restored into a container: the command it was (or, dry run, would be) streamed into.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub command: Option<String>,
+    /// Written through the engine (a helper container and the archive API), not the host path.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub through_engine: bool,
 }
 
 /// Entries listed per kind in a dry run's report; the counts are exact.
@@ -378,7 +382,17 @@ pub async fn run(
             .map(|t| t.name.clone())
             .collect::<Vec<_>>()
         });
-        dry_run(&plan, &resources, safety_to).await?
+        let mut report = dry_run(&plan, &resources, safety_to).await?;
+        for s in &mut report.sources {
+            if let Destination::Volume(v) = &s.destination {
+                // A volume still to be created (no path yet) under `auto` is decided once it exists.
+                s.through_engine = match (config.data_path, s.path.as_os_str().is_empty()) {
+                    (crate::config::DataPath::Auto, true) => false,
+                    (mode, _) => engine::through_engine(mode, v, &s.path)?,
+                };
+            }
+        }
+        report
     } else {
         apply(config, &args, plan, resources, progress, cancel).await?
     };

@@ -79,6 +79,7 @@ impl RestorePlan {
                     warnings: vec![],
                     status: RestoreStatus::DryRun,
                     command: None,
+                    through_engine: false,
                 })
                 .collect(),
             recovered: self.recovered.clone(),

@@ -13,6 +13,7 @@ mod cli;
 mod daemon;
 mod dump;
 mod engine_api;
+mod engine_restore;
 mod frozen;
 mod groups;
 mod hooks;

@@ -1,0 +1,382 @@
+//! Issue 15, the write half: restore through the engine (`PUT /containers/{id}/archive` into a helper container
+//! that mounts the volume), against the real engine. The tests use the shared engine with `[docker] data-path =
+//! "engine"`, so the result can be checked on the host path.
+
+use std::fs;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+
+use crate::require_docker;
+use crate::support::{
+    self, chmod, docker, mkfifo, mountpoint, set_mtime, volume_exists, Cleanup, IMAGE,
+};
+use crate::tree::{diff, snapshot, DiffOptions, Snapshot};
+
+struct World {
+    dir: tempfile::TempDir,
+    cleanup: Cleanup,
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+impl World {
+    /// A target directory, a state dir and a config that writes volumes through the engine (helper image: the
+    /// test image, which the engine has).
+    fn new() -> World {
+        let dir = tempfile::tempdir().expect("tempdir");
+        fs::create_dir(dir.path().join("target")).unwrap();
+        fs::create_dir(dir.path().join("state")).unwrap();
+        fs::write(
+            dir.path().join("voltar.toml"),
+            format!("[docker]\ndata-path = \"engine\"\nhelper-image = \"{IMAGE}\"\n"),
+        )
+        .unwrap();
+        World {
+            dir,
+            cleanup: Cleanup::default(),
+        }
+    }
+
+    fn voltar(&self, args: &[&str]) -> Run {
+        let t = self.dir.path().join("target").display().to_string();
+        let mut a = args.to_vec();
+        a.extend_from_slice(&["-t", &t]);
+        let out = Command::cargo_bin("voltar")
+            .expect("voltar binary")
+            .args(&a)
+            .current_dir(self.dir.path())
+            .env("VOLTAR_STATE_DIR", self.dir.path().join("state"))
+            .env("VOLTAR_CONFIG", self.dir.path().join("voltar.toml"))
+            .env_remove("VOLTAR_LOG")
+            .output()
+            .expect("running voltar");
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    fn volume(&mut self, tag: &str) -> String {
+        let name = support::unique(tag);
+        docker(&["volume", "create", &name]);
+        self.cleanup.volumes.push(name.clone());
+        name
+    }
+
+    /// A name for a volume the restore creates (removed at the end if it exists).
+    fn new_name(&mut self, tag: &str) -> String {
+        let name = support::unique(tag);
+        self.cleanup.volumes.push(name.clone());
+        name
+    }
+
+    fn backup(&self, volume: &str) -> String {
+        let r = self.voltar(&["--json", "backup", "--only", volume]);
+        assert_eq!(r.code, 0, "{r:?}");
+        let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("backup --json");
+        v["id"].as_str().expect("id").to_string()
+    }
+
+    fn object(&self, id: &str, vol: &str) -> PathBuf {
+        self.dir
+            .path()
+            .join("target")
+            .join(id)
+            .join(format!("{vol}.tar.zst"))
+    }
+}
+
+/// Helper containers voltar left on the engine.
+fn helpers_left() -> Vec<String> {
+    docker(&["ps", "-a", "-q", "--filter", "label=voltar.helper"])
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+/// A tree with everything a volume may hold.
+fn fill_varied(root: &Path) {
+    fs::create_dir_all(root.join("dir with spaces/ünïcødé ☃")).unwrap();
+    fs::write(root.join("dir with spaces/ünïcødé ☃/file ✓.txt"), "héllo").unwrap();
+    let mut long = root.to_path_buf();
+    for i in 0..12 {
+        long.push(format!("{i:02}-{}", "l".repeat(60)));
+    }
+    fs::create_dir_all(&long).unwrap();
+    fs::write(long.join("deep.txt"), "deep").unwrap();
+    fs::create_dir(root.join("empty")).unwrap();
+    fs::write(
+        root.join("data.bin"),
+        (0..200_000u32).map(|i| (i % 251) as u8).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    symlink("data.bin", root.join("rel-link")).unwrap();
+    symlink("/etc/passwd", root.join("abs-link")).unwrap();
+    symlink("missing", root.join("dangling")).unwrap();
+    fs::hard_link(root.join("data.bin"), root.join("hard-link")).unwrap();
+    fs::write(root.join("setuid"), "#!/bin/sh\n").unwrap();
+    chmod(&root.join("setuid"), 0o4755);
+    fs::create_dir(root.join("sticky")).unwrap();
+    chmod(&root.join("sticky"), 0o1777);
+    fs::write(root.join("private"), "secret").unwrap();
+    chmod(&root.join("private"), 0o600);
+    fs::write(root.join("owned"), "by 1234").unwrap();
+    std::os::unix::fs::chown(root.join("owned"), Some(1234), Some(5678)).unwrap();
+    std::os::unix::fs::chown(root.join("sticky"), Some(999), Some(999)).unwrap();
+    let sparse = fs::File::create(root.join("sparse")).unwrap();
+    sparse.set_len(64 << 20).unwrap();
+    (&sparse).seek(SeekFrom::Start(32 << 20)).unwrap();
+    (&sparse).write_all(b"middle").unwrap();
+    drop(sparse);
+    mkfifo(&root.join("fifo"));
+    xattr::set(root.join("data.bin"), "user.voltar", b"x\ny")
+        .expect("user xattrs on the volume filesystem");
+    set_mtime(&root.join("data.bin"), 1_600_000_000, 123_456_789);
+    set_mtime(&root.join("empty"), 1_500_000_000, 1);
+    set_mtime(&root.join("dir with spaces"), 1_400_000_000, 42);
+}
+
+/// The engine skips the archive's `.` entry: the new volume's root keeps the owner, mode and mtime the engine
+/// gave it. And it writes a sparse file out in full (Go's tar reader hands it over as data with its holes
+/// filled): same size and content, all blocks allocated. Both are left out of the comparison here, by name.
+fn engine_view(mut s: Snapshot) -> Snapshot {
+    s.remove(Path::new("."));
+    if let Some(n) = s.get_mut(Path::new("sparse")) {
+        n.blocks = n.size / 512;
+    }
+    s
+}
+
+/// `--to-volume NEW` through the engine: the new volume equals the source in names, types, modes (setuid,
+/// sticky), owners, mtimes (ns), contents, symlinks, hardlinks, fifos and xattrs; the helper is gone; the report
+/// says "through the engine".
+#[test]
+fn to_volume_through_the_engine_is_identical_to_the_source() {
+    require_docker!();
+    let mut w = World::new();
+    let src = w.volume("engsrc");
+    let mp = mountpoint(&src);
+    fill_varied(&mp);
+    let before = snapshot(&mp).unwrap();
+    w.backup(&src);
+    let new = w.new_name("engnew");
+
+    let dry = w.voltar(&[
+        "restore",
+        "latest",
+        "--source",
+        &src,
+        "--to-volume",
+        &new,
+        "--dry-run",
+    ]);
+    assert_eq!(dry.code, 0, "{dry:?}");
+    assert!(dry.stdout.contains("through the engine"), "{dry:?}");
+    assert!(!volume_exists(&new), "a dry run made the volume");
+
+    let r = w.voltar(&["restore", "latest", "--source", &src, "--to-volume", &new]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("written through the engine"), "{r:?}");
+    let after = snapshot(&mountpoint(&new)).unwrap();
+    let d = diff(
+        &engine_view(before),
+        &engine_view(after),
+        &DiffOptions::default(),
+    );
+    assert!(
+        d.is_empty(),
+        "restored through the engine differs:\n{}",
+        d.join("\n")
+    );
+    assert!(
+        helpers_left().is_empty(),
+        "helper containers left: {:?}",
+        helpers_left()
+    );
+}
+
+fn flip(p: &Path, off: u64, mask: u8) {
+    let mut f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(p)
+        .unwrap();
+    let mut b = [0u8];
+    f.seek(SeekFrom::Start(off)).unwrap();
+    f.read_exact(&mut b).unwrap();
+    b[0] ^= mask;
+    f.seek(SeekFrom::Start(off)).unwrap();
+    f.write_all(&b).unwrap();
+}
+
+/// A corrupted stored object: exit 1 naming the object (as a host-path restore), the new volume removed, no
+/// helper left.
+#[test]
+fn a_corrupt_archive_leaves_no_volume_through_the_engine() {
+    require_docker!();
+    let mut w = World::new();
+    let src = w.volume("engbad");
+    let mp = mountpoint(&src);
+    fs::write(
+        mp.join("big"),
+        (0..3_000_000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    fs::write(mp.join("small"), "s").unwrap();
+    let id = w.backup(&src);
+    let obj = w.object(&id, &src);
+    let len = fs::metadata(&obj).unwrap().len();
+    flip(&obj, len / 2, 0x40);
+    let new = w.new_name("engbadnew");
+    let r = w.voltar(&["restore", &id, "--source", &src, "--to-volume", &new]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stdout.contains(&format!("{src}.tar.zst"))
+            || r.stderr.contains(&format!("{src}.tar.zst")),
+        "{r:?}"
+    );
+    assert!(
+        !volume_exists(&new),
+        "the half-restored volume is still there: {r:?}"
+    );
+    assert!(
+        helpers_left().is_empty(),
+        "helper containers left: {:?}",
+        helpers_left()
+    );
+}
+
+/// Writes a backup of one hostile archive into the target by hand: a manifest whose object is `tar`
+/// (zstd-compressed), with the right sha256, size and counts, so only the archive's content is wrong.
+fn hostile_backup(w: &mut World, tar: Vec<u8>, tag: &str) -> (String, String) {
+    // A real backup gives a manifest to start from.
+    let src = w.volume(tag);
+    fs::write(mountpoint(&src).join("x"), "x").unwrap();
+    let id = w.backup(&src);
+    let zst = zstd::encode_all(&tar[..], 3).unwrap();
+    let obj = w.object(&id, &src);
+    fs::write(&obj, &zst).unwrap();
+    let mpath = w.dir.path().join("target").join(&id).join("manifest.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&fs::read(&mpath).unwrap()).unwrap();
+    let s = &mut m["sources"][0];
+    use sha2::Digest;
+    s["sha256"] = hex::encode(sha2::Sha256::digest(&zst)).into();
+    s["stored-bytes"] = (zst.len() as u64).into();
+    // Sealed again as voltar seals it (`Manifest::to_json`): the checksum of the body is its last field.
+    m.as_object_mut().unwrap().remove("checksum");
+    let body = serde_json::to_vec_pretty(&m).unwrap();
+    let sum = hex::encode(sha2::Sha256::digest(&body));
+    let mut sealed = body[..body.len() - 1].to_vec();
+    sealed.extend_from_slice(format!(",\n  \"checksum\": \"{sum}\"\n}}\n").as_bytes());
+    fs::write(&mpath, sealed).unwrap();
+    (id, src)
+}
+
+fn raw_tar(entries: &[(&str, tar::EntryType, &str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, kind, link, data) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(*kind);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1);
+        h.set_size(data.len() as u64);
+        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+        h.set_cksum();
+        b.append(&h, *data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+/// Hostile archives (`../escape`; a symlink to a directory outside, then a file through it) are refused before
+/// they reach the engine: exit 1, nothing written outside (the volume's parent, the symlink's target), the new
+/// volume removed.
+#[test]
+fn hostile_archives_are_refused_before_the_engine() {
+    require_docker!();
+    let outside = tempfile::tempdir().unwrap();
+    let out_dir = outside.path().display().to_string();
+    let cases = [
+        (
+            "dotdot",
+            raw_tar(&[
+                ("ok", tar::EntryType::Regular, "", b"ok"),
+                ("../escape", tar::EntryType::Regular, "", b"pwned"),
+            ]),
+        ),
+        (
+            "symlink",
+            raw_tar(&[
+                ("link", tar::EntryType::Symlink, &out_dir, b""),
+                ("link/pwned", tar::EntryType::Regular, "", b"pwned"),
+            ]),
+        ),
+    ];
+    for (what, tar) in cases {
+        let mut w = World::new();
+        let (id, src) = hostile_backup(&mut w, tar, "enghost");
+        let new = w.new_name("enghostnew");
+        let r = w.voltar(&["restore", &id, "--source", &src, "--to-volume", &new]);
+        assert_eq!(r.code, 1, "{what}: {r:?}");
+        let all = format!("{}{}", r.stdout, r.stderr);
+        assert!(all.contains("unsafe archive entry"), "{what}: {r:?}");
+        assert!(!volume_exists(&new), "{what}: the volume is left: {r:?}");
+        assert!(
+            fs::read_dir(outside.path()).unwrap().next().is_none(),
+            "{what}: something was written outside"
+        );
+        let vols = mountpoint(&src);
+        let parent = vols.parent().unwrap().parent().unwrap();
+        assert!(
+            !parent.join("escape").exists(),
+            "{what}: escaped beside the volumes"
+        );
+        assert!(
+            helpers_left().is_empty(),
+            "{what}: helpers left: {:?}",
+            helpers_left()
+        );
+    }
+}
+
+/// In place through the engine is not built: it fails before anything is stopped or changed, naming
+/// `--to-volume`.
+#[test]
+fn in_place_through_the_engine_is_refused_before_anything_is_touched() {
+    require_docker!();
+    let mut w = World::new();
+    let src = w.volume("enginplace");
+    let mp = mountpoint(&src);
+    fs::write(mp.join("f"), "v1").unwrap();
+    w.backup(&src);
+    fs::write(mp.join("f"), "v2").unwrap();
+    let r = w.voltar(&["restore", "latest", "--source", &src, "--no-safety-backup"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stdout.contains("--to-volume") || r.stderr.contains("--to-volume"),
+        "{r:?}"
+    );
+    assert_eq!(fs::read_to_string(mp.join("f")).unwrap(), "v2");
+}
