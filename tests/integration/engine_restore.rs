@@ -125,7 +125,7 @@ fn fill_varied(root: &Path) {
     fs::create_dir(root.join("empty")).unwrap();
     fs::write(
         root.join("data.bin"),
-        (0..200_000u32).map(|i| (i % 251) as u8).collect::<Vec<_>>(),
+        (0..60_000u32).map(|i| (i % 251) as u8).collect::<Vec<_>>(),
     )
     .unwrap();
     symlink("data.bin", root.join("rel-link")).unwrap();
@@ -213,18 +213,10 @@ fn to_volume_through_the_engine_is_identical_to_the_source() {
     );
 }
 
-fn flip(p: &Path, off: u64, mask: u8) {
-    let mut f = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(p)
-        .unwrap();
-    let mut b = [0u8];
-    f.seek(SeekFrom::Start(off)).unwrap();
-    f.read_exact(&mut b).unwrap();
-    b[0] ^= mask;
-    f.seek(SeekFrom::Start(off)).unwrap();
-    f.write_all(&b).unwrap();
+fn flipped(bytes: &[u8], off: u64) -> Vec<u8> {
+    let mut v = bytes.to_vec();
+    v[off as usize] ^= 0x40;
+    v
 }
 
 /// A corrupted stored object: exit 1 naming the object (as a host-path restore), the new volume removed, no
@@ -237,38 +229,60 @@ fn a_corrupt_archive_leaves_no_volume_through_the_engine() {
     let mp = mountpoint(&src);
     fs::write(
         mp.join("big"),
-        (0..3_000_000u32)
-            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-            .collect::<Vec<_>>(),
+        (0..60_000u32)
+            .map(|i| format!("line {i} of the big file\n"))
+            .collect::<String>(),
     )
     .unwrap();
     fs::write(mp.join("small"), "s").unwrap();
     let id = w.backup(&src);
     let obj = w.object(&id, &src);
-    let len = fs::metadata(&obj).unwrap().len();
-    flip(&obj, len / 2, 0x40);
-    let new = w.new_name("engbadnew");
-    let r = w.voltar(&["restore", &id, "--source", &src, "--to-volume", &new]);
-    assert_eq!(r.code, 1, "{r:?}");
-    assert!(
-        r.stdout.contains(&format!("{src}.tar.zst"))
-            || r.stderr.contains(&format!("{src}.tar.zst")),
-        "{r:?}"
-    );
-    assert!(
-        !volume_exists(&new),
-        "the half-restored volume is still there: {r:?}"
-    );
-    assert!(
-        helpers_left().is_empty(),
-        "helper containers left: {:?}",
-        helpers_left()
-    );
+    let good = fs::read(&obj).unwrap();
+    let len = good.len() as u64;
+    // In the middle (the stream breaks there), and in the last byte: the zstd frame's checksum, so the tar
+    // itself reads to its end cleanly and only the verdict (sha256, frame checksum) can stop it.
+    // And a replaced object of the same size that decodes to the same tar (compressed again at another level,
+    // padded with a zstd skippable frame): only its sha256 tells.
+    let tar = zstd::decode_all(&good[..]).unwrap();
+    let mut replaced = zstd::encode_all(&tar[..], 19).unwrap();
+    let pad = good.len() - replaced.len() - 8;
+    replaced.extend_from_slice(&0x184D2A50u32.to_le_bytes());
+    replaced.extend_from_slice(&(pad as u32).to_le_bytes());
+    replaced.resize(good.len(), 0);
+    for (what, bytes) in [
+        ("middle", flipped(&good, len / 2)),
+        ("last byte", flipped(&good, len - 1)),
+        ("replaced", replaced),
+    ] {
+        fs::write(&obj, bytes).unwrap();
+        let new = w.new_name("engbadnew");
+        let r = w.voltar(&["restore", &id, "--source", &src, "--to-volume", &new]);
+        assert_eq!(r.code, 1, "{what}: {r:?}");
+        assert!(
+            r.stdout.contains(&format!("{src}.tar.zst"))
+                || r.stderr.contains(&format!("{src}.tar.zst")),
+            "{what}: {r:?}"
+        );
+        assert!(
+            !volume_exists(&new),
+            "{what}: the half-restored volume is still there: {r:?}"
+        );
+        assert!(
+            helpers_left().is_empty(),
+            "{what}: helper containers left: {:?}",
+            helpers_left()
+        );
+    }
 }
 
 /// Writes a backup of one hostile archive into the target by hand: a manifest whose object is `tar`
-/// (zstd-compressed), with the right sha256, size and counts, so only the archive's content is wrong.
-fn hostile_backup(w: &mut World, tar: Vec<u8>, tag: &str) -> (String, String) {
+/// (zstd-compressed), with its sha256, size and `counts`, so only the archive's names are wrong.
+fn hostile_backup(
+    w: &mut World,
+    tar: Vec<u8>,
+    counts: serde_json::Value,
+    tag: &str,
+) -> (String, String) {
     // A real backup gives a manifest to start from.
     let src = w.volume(tag);
     fs::write(mountpoint(&src).join("x"), "x").unwrap();
@@ -282,6 +296,8 @@ fn hostile_backup(w: &mut World, tar: Vec<u8>, tag: &str) -> (String, String) {
     use sha2::Digest;
     s["sha256"] = hex::encode(sha2::Sha256::digest(&zst)).into();
     s["stored-bytes"] = (zst.len() as u64).into();
+    // The archive's own counts: only its names are wrong, so only the gate can refuse it.
+    s["counts"] = counts;
     // Sealed again as voltar seals it (`Manifest::to_json`): the checksum of the body is its last field.
     m.as_object_mut().unwrap().remove("checksum");
     let body = serde_json::to_vec_pretty(&m).unwrap();
@@ -325,6 +341,8 @@ fn hostile_archives_are_refused_before_the_engine() {
                 ("ok", tar::EntryType::Regular, "", b"ok"),
                 ("../escape", tar::EntryType::Regular, "", b"pwned"),
             ]),
+            serde_json::json!({"entries": 2, "files": 2, "dirs": 0, "symlinks": 0, "hardlinks": 0,
+                               "other": 0, "bytes": 7}),
         ),
         (
             "symlink",
@@ -332,11 +350,13 @@ fn hostile_archives_are_refused_before_the_engine() {
                 ("link", tar::EntryType::Symlink, &out_dir, b""),
                 ("link/pwned", tar::EntryType::Regular, "", b"pwned"),
             ]),
+            serde_json::json!({"entries": 2, "files": 1, "dirs": 0, "symlinks": 1, "hardlinks": 0,
+                               "other": 0, "bytes": 5}),
         ),
     ];
-    for (what, tar) in cases {
+    for (what, tar, counts) in cases {
         let mut w = World::new();
-        let (id, src) = hostile_backup(&mut w, tar, "enghost");
+        let (id, src) = hostile_backup(&mut w, tar, counts, "enghost");
         let new = w.new_name("enghostnew");
         let r = w.voltar(&["restore", &id, "--source", &src, "--to-volume", &new]);
         assert_eq!(r.code, 1, "{what}: {r:?}");
