@@ -183,15 +183,28 @@ async fn put_verified(ctx: &ApplyCtx<'_>, src: &SourceRecord, id: &str) -> Resul
         let (gated, out) = gate.await.map_err(|e| anyhow!("internal error: {e}"))?;
         let verdict = judge(raw, gated, src, &object);
         match &verdict {
-            Ok(()) => out.finish(),
+            Ok(_) => out.finish(),
             Err(e) => out.fail(e),
         }
         verdict
     };
     let (uploaded, verdict) = tokio::join!(upload, read);
     // The archive's own problem first: an upload that failed because it was aborted says less.
-    verdict?;
+    let root = verdict?;
     uploaded.with_context(|| format!("writing {object} through the engine"))?;
+    // The engine skips the archive's `.` entry: the volume root's owner, mode, mtime and xattrs go in a second
+    // archive of one directory entry, the mount point, which the engine merges into the existing directory.
+    if let Some(root) = root {
+        let name = PUT_AT.trim_start_matches('/');
+        let tar = archive::unpack::dir_meta_tar(name, &root);
+        let body = futures::stream::iter([Ok::<_, io::Error>(Bytes::from(tar))]);
+        ctx.engine
+            .put_archive(id, "/", body)
+            .await
+            .with_context(|| {
+                format!("setting the owner, mode and mtime of volume root from {object}")
+            })?;
+    }
     if ctx.cancel.is_cancelled() {
         bail!("interrupted");
     }
@@ -201,16 +214,16 @@ async fn put_verified(ctx: &ApplyCtx<'_>, src: &SourceRecord, id: &str) -> Resul
 /// The read and the gate judged against the manifest, as a host-path restore judges them.
 fn judge(
     raw: Result<readback::RawReadBack, crate::storage::StorageError>,
-    gated: Result<Counts, archive::ArchiveError>,
+    gated: Result<archive::unpack::Forwarded, archive::ArchiveError>,
     src: &SourceRecord,
     object: &str,
-) -> Result<()> {
+) -> Result<Option<archive::unpack::DirMeta>> {
     let raw = raw.with_context(|| format!("reading {object}"))?;
     let archive_err = |source| RestoreError::Archive {
         object: object.to_string(),
         source,
     };
-    let counts = match (raw.copied, gated) {
+    let forwarded = match (raw.copied, gated) {
         (Err(RawError::Open(e)), _) => return Err(e.into()),
         (Err(RawError::Read(e)), _) => {
             return Err(archive_err(archive::ArchiveError::Corrupt(e.to_string())).into())
@@ -237,14 +250,14 @@ fn judge(
         }
         .into());
     }
-    if counts != src.counts {
+    if forwarded.counts != src.counts {
         return Err(RestoreError::Counts {
-            detail: count_diff(&src.counts, &counts),
+            detail: count_diff(&src.counts, &forwarded.counts),
             object: object.to_string(),
         }
         .into());
     }
-    Ok(())
+    Ok(forwarded.root)
 }
 
 /// The decoded stream, in [`CHUNK`]s, to the gate's thread.

@@ -152,13 +152,16 @@ fn fill_varied(root: &Path) {
     set_mtime(&root.join("data.bin"), 1_600_000_000, 123_456_789);
     set_mtime(&root.join("empty"), 1_500_000_000, 1);
     set_mtime(&root.join("dir with spaces"), 1_400_000_000, 42);
+    // The root too (the engine skips the archive's `.` entry: voltar sets it with a second PUT).
+    chmod(root, 0o750);
+    std::os::unix::fs::chown(root, Some(4321), Some(8765)).unwrap();
+    xattr::set(root, "user.root", b"r").unwrap();
+    set_mtime(root, 1_300_000_000, 7);
 }
 
-/// The engine skips the archive's `.` entry: the new volume's root keeps the owner, mode and mtime the engine
-/// gave it. And it writes a sparse file out in full (Go's tar reader hands it over as data with its holes
-/// filled): same size and content, all blocks allocated. Both are left out of the comparison here, by name.
+/// The engine writes a sparse file out in full (Go's tar reader hands it over as data with its holes filled):
+/// same size and content, all blocks allocated. Left out of the comparison here, by name.
 fn engine_view(mut s: Snapshot) -> Snapshot {
-    s.remove(Path::new("."));
     if let Some(n) = s.get_mut(Path::new("sparse")) {
         n.blocks = n.size / 512;
     }

@@ -79,11 +79,70 @@ impl<R: Read, W: Write> Read for Gate<R, W> {
     }
 }
 
+/// What [`forward`] passed on.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Forwarded {
+    /// The archive's counts (the same rules as [`scan`]).
+    pub counts: Counts,
+    /// The metadata of the archive's root directory entry (`.` or `./`), if it has one: an extractor that
+    /// skips that entry (the engine's does) can be given it separately ([`dir_meta_tar`]).
+    pub root: Option<DirMeta>,
+}
+
+/// A directory's metadata as the archive states it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DirMeta {
+    pub mode: u32,
+    pub uid: u64,
+    pub gid: u64,
+    /// Seconds and nanoseconds since the epoch.
+    pub mtime: (i64, u32),
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// A tar of one directory entry `name` carrying `meta` (PAX `mtime` with nanoseconds and `SCHILY.xattr.*`), to
+/// set a directory's metadata through an extractor that merges a directory entry into an existing directory.
+pub fn dir_meta_tar(name: &str, meta: &DirMeta) -> Vec<u8> {
+    use super::super::pax::pax_record;
+    let mut pax = Vec::new();
+    let (secs, ns) = meta.mtime;
+    pax_record(&mut pax, b"mtime", format!("{secs}.{ns:09}").as_bytes());
+    for (k, v) in &meta.xattrs {
+        let mut key = b"SCHILY.xattr.".to_vec();
+        key.extend_from_slice(k);
+        pax_record(&mut pax, &key, v);
+    }
+    let header = |kind: tar::EntryType, path: &str, size: usize, mode: u32| {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(kind);
+        h.set_path(path).expect("a short ASCII name");
+        h.set_size(size as u64);
+        h.set_mode(mode);
+        h.set_uid(meta.uid);
+        h.set_gid(meta.gid);
+        h.set_mtime(secs.max(0) as u64);
+        h.set_cksum();
+        h
+    };
+    let mut b = tar::Builder::new(Vec::new());
+    b.append(
+        &header(tar::EntryType::XHeader, "PaxHeaders/root", pax.len(), 0o644),
+        &pax[..],
+    )
+    .expect("writing to memory");
+    b.append(
+        &header(tar::EntryType::Directory, &format!("{name}/"), 0, meta.mode),
+        io::empty(),
+    )
+    .expect("writing to memory");
+    b.into_inner().expect("writing to memory")
+}
+
 /// Pass `tar_stream` (decompressed) on to `sink`, entry by entry, each only after it passed the rules in the
-/// module docs; returns the archive's counts (the same rules as [`scan`]). On `Err`, the sink got a prefix of the
+/// module docs; returns the archive's counts and its root's metadata. On `Err`, the sink got a prefix of the
 /// archive that ends before the refused entry's first byte (or wherever the stream broke): the caller must
 /// discard what the sink made of it. The sink is flushed at the end.
-pub fn forward<R: Read, W: Write>(tar_stream: R, sink: W) -> Result<Counts, ArchiveError> {
+pub fn forward<R: Read, W: Write>(tar_stream: R, sink: W) -> Result<Forwarded, ArchiveError> {
     let shared = Rc::new(RefCell::new(Shared {
         sink,
         held: Vec::new(),
@@ -95,9 +154,18 @@ pub fn forward<R: Read, W: Write>(tar_stream: R, sink: W) -> Result<Counts, Arch
         shared: shared.clone(),
     };
     let mut symlinks: BTreeSet<Vec<OsString>> = BTreeSet::new();
+    let mut root = None;
     let mut buf = vec![0u8; BUF_SIZE];
     let walked = walk(gate, u64::MAX, |entry, d| {
-        judge(entry, d, &mut symlinks)?;
+        if judge(entry, d, &mut symlinks)? {
+            root = Some(DirMeta {
+                mode: d.mode,
+                uid: d.uid,
+                gid: d.gid,
+                mtime: d.mtime,
+                xattrs: d.xattrs.clone(),
+            });
+        }
         let mut s = shared.borrow_mut();
         s.release().map_err(ArchiveError::Sink)?;
         s.open = true;
@@ -113,15 +181,16 @@ pub fn forward<R: Read, W: Write>(tar_stream: R, sink: W) -> Result<Counts, Arch
     let counts = walked?;
     s.release().map_err(ArchiveError::Sink)?;
     s.sink.flush().map_err(ArchiveError::Sink)?;
-    Ok(counts)
+    Ok(Forwarded { counts, root })
 }
 
-/// The rules of the module docs for one entry; records the symlinks it creates.
+/// The rules of the module docs for one entry; records the symlinks it creates. `true`: the entry is the root
+/// directory.
 fn judge<R: Read>(
     entry: &tar::Entry<'_, R>,
     d: &Described,
     symlinks: &mut BTreeSet<Vec<OsString>>,
-) -> Result<(), ArchiveError> {
+) -> Result<bool, ArchiveError> {
     let is_dir = d.kind == Kind::Dir;
     let mut names: Vec<Vec<u8>> = vec![d.path.clone(), entry.header().path_bytes().into_owned()];
     names.push(entry.path_bytes().into_owned());
@@ -168,6 +237,7 @@ fn judge<R: Read>(
             }
         }
     }
+    let is_root = is_dir && all.iter().all(|c| c.is_empty());
     // A later entry at a symlink's name replaces it; a symlink entry makes one.
     for comps in all {
         if d.kind == Kind::Symlink {
@@ -176,7 +246,7 @@ fn judge<R: Read>(
             symlinks.remove(&comps);
         }
     }
-    Ok(())
+    Ok(is_root)
 }
 
 /// One candidate name of an entry by unpack's rules, absolute names refused: its components.
@@ -228,9 +298,13 @@ mod tests {
         let (_, tar) =
             crate::archive::pack::pack(&src, Vec::new(), &Default::default(), &mut |_| {}).unwrap();
         let mut out = Vec::new();
-        let counts = forward(&tar[..], &mut out).unwrap();
+        let fw = forward(&tar[..], &mut out).unwrap();
         assert!(out == tar, "forwarded bytes differ");
-        assert_eq!(counts, scan(&tar[..]).unwrap());
+        assert_eq!(fw.counts, scan(&tar[..]).unwrap());
+        let root = fw.root.expect("the root entry");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&src).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(root.mode, mode);
     }
 
     /// Hostile entries are refused, and nothing of the refused entry has reached the sink.
