@@ -3,7 +3,7 @@
 //! "engine"`, so the result can be checked on the host path.
 
 use std::fs;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
@@ -54,13 +54,19 @@ impl World {
         }
     }
 
+    /// `voltar <args> -t <target>`.
     fn voltar(&self, args: &[&str]) -> Run {
         let t = self.dir.path().join("target").display().to_string();
         let mut a = args.to_vec();
         a.extend_from_slice(&["-t", &t]);
+        self.voltar_bare(&a)
+    }
+
+    /// `voltar <args>`, with this world's config and state dir.
+    fn voltar_bare(&self, a: &[&str]) -> Run {
         let out = Command::cargo_bin("voltar")
             .expect("voltar binary")
-            .args(&a)
+            .args(a)
             .current_dir(self.dir.path())
             .env("VOLTAR_STATE_DIR", self.dir.path().join("state"))
             .env("VOLTAR_CONFIG", self.dir.path().join("voltar.toml"))
@@ -104,12 +110,20 @@ impl World {
     }
 }
 
-/// Helper containers voltar left on the engine.
-fn helpers_left() -> Vec<String> {
-    docker(&["ps", "-a", "-q", "--filter", "label=voltar.helper"])
-        .lines()
-        .map(String::from)
-        .collect()
+/// Helper containers voltar left on the engine that mount `volume` (other tests' helpers may be running).
+fn helpers_of(volume: &str) -> Vec<String> {
+    docker(&[
+        "ps",
+        "-a",
+        "-q",
+        "--filter",
+        "label=voltar.helper",
+        "--filter",
+        &format!("volume={volume}"),
+    ])
+    .lines()
+    .map(String::from)
+    .collect()
 }
 
 /// A tree with everything a volume may hold.
@@ -209,11 +223,7 @@ fn to_volume_through_the_engine_is_identical_to_the_source() {
         "restored through the engine differs:\n{}",
         d.join("\n")
     );
-    assert!(
-        helpers_left().is_empty(),
-        "helper containers left: {:?}",
-        helpers_left()
-    );
+    assert!(helpers_of(&new).is_empty(), "helper containers left");
 }
 
 fn flipped(bytes: &[u8], off: u64) -> Vec<u8> {
@@ -271,9 +281,8 @@ fn a_corrupt_archive_leaves_no_volume_through_the_engine() {
             "{what}: the half-restored volume is still there: {r:?}"
         );
         assert!(
-            helpers_left().is_empty(),
-            "{what}: helper containers left: {:?}",
-            helpers_left()
+            helpers_of(&new).is_empty(),
+            "{what}: helper containers left"
         );
     }
 }
@@ -376,11 +385,7 @@ fn hostile_archives_are_refused_before_the_engine() {
             !parent.join("escape").exists(),
             "{what}: escaped beside the volumes"
         );
-        assert!(
-            helpers_left().is_empty(),
-            "{what}: helpers left: {:?}",
-            helpers_left()
-        );
+        assert!(helpers_of(&new).is_empty(), "{what}: helpers left");
     }
 }
 
@@ -402,4 +407,82 @@ fn in_place_through_the_engine_is_refused_before_anything_is_touched() {
         "{r:?}"
     );
     assert_eq!(fs::read_to_string(mp.join("f")).unwrap(), "v2");
+}
+
+/// A restore through the engine killed (SIGKILL) while it streams into the helper leaves the new, half-written
+/// volume and the helper; `voltar recover` removes both (they were journaled before they were created).
+#[test]
+fn recover_removes_what_a_killed_engine_restore_left() {
+    require_docker!();
+    let mut w = World::new();
+    let src = w.volume("engkill");
+    let mp = mountpoint(&src);
+    // Incompressible, so the stream takes a while.
+    let mut x = 0x9E3779B97F4A7C15u64;
+    for i in 0..6 {
+        let data: Vec<u8> = (0..(32 << 20))
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        fs::write(mp.join(format!("blob{i}")), data).unwrap();
+    }
+    w.backup(&src);
+    let new = w.new_name("engkillnew");
+    let t = w.dir.path().join("target").display().to_string();
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("voltar"))
+        .args([
+            "restore",
+            "latest",
+            "--source",
+            &src,
+            "--to-volume",
+            &new,
+            "-t",
+            &t,
+        ])
+        .current_dir(w.dir.path())
+        .env("VOLTAR_STATE_DIR", w.dir.path().join("state"))
+        .env("VOLTAR_CONFIG", w.dir.path().join("voltar.toml"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while helpers_of(&new).is_empty() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the restore ended before its helper was seen"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no helper within 60 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Some data on its way in, then the kill.
+    let data = mountpoint(&new);
+    while fs::read_dir(&data).map(|d| d.count()).unwrap_or(0) == 0 {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the restore ended first"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(volume_exists(&new), "the killed run's volume");
+    assert_eq!(helpers_of(&new).len(), 1, "the killed run's helper");
+
+    let r = w.voltar_bare(&["recover"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains(&new), "recover names the volume: {r:?}");
+    assert!(
+        helpers_of(&new).is_empty(),
+        "helper left after recover: {r:?}"
+    );
+    assert!(!volume_exists(&new), "volume left after recover: {r:?}");
 }
