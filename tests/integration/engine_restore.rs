@@ -486,3 +486,28 @@ fn recover_removes_what_a_killed_engine_restore_left() {
     );
     assert!(!volume_exists(&new), "volume left after recover: {r:?}");
 }
+
+/// A helper image the engine does not have is never pulled: the restore fails naming `[docker] helper-image`,
+/// and the new volume is removed again.
+#[test]
+fn a_missing_helper_image_is_named_and_nothing_is_left() {
+    require_docker!();
+    let mut w = World::new();
+    fs::write(
+        w.dir.path().join("voltar.toml"),
+        "[docker]\ndata-path = \"engine\"\nhelper-image = \"voltar-no-such-image:0\"\n",
+    )
+    .unwrap();
+    let src = w.volume("engnoimg");
+    fs::write(mountpoint(&src).join("f"), "x").unwrap();
+    w.backup(&src);
+    let new = w.new_name("engnoimgnew");
+    let r = w.voltar(&["restore", "latest", "--source", &src, "--to-volume", &new]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stdout
+            .contains("[docker] helper-image voltar-no-such-image:0 is not on the engine"),
+        "{r:?}"
+    );
+    assert!(!volume_exists(&new), "{r:?}");
+}
