@@ -99,7 +99,8 @@ impl Engine {
             })
     }
 
-    /// Remove a helper container (forced, its volumes kept). One that is already gone is fine.
+    /// Remove a helper container (forced), with the anonymous volumes its image's `VOLUME`s made at create (a
+    /// named volume, like the one it wrote, is never removed by this). One that is already gone is fine.
     pub async fn remove_helper(&self, name: &str) -> Result<(), DockerError> {
         match self
             .docker

@@ -55,11 +55,12 @@ pub(super) fn through_engine(data_path: DataPath, volume: &str, path: &Path) -> 
     }
 }
 
-/// A directory this process can write into.
+/// A directory this process can write into (by its effective ids, as the writes would be made).
 fn writable_here(path: &Path) -> bool {
+    use rustix::fs::{accessat, Access, AtFlags, CWD};
     !path.as_os_str().is_empty()
         && path.is_dir()
-        && rustix::fs::access(path, rustix::fs::Access::WRITE_OK).is_ok()
+        && accessat(CWD, path, Access::WRITE_OK, AtFlags::EACCESS).is_ok()
 }
 
 /// Why a restore that needs the engine cannot have it (in place, or `--path`): the fix.
@@ -189,9 +190,14 @@ async fn put_verified(ctx: &ApplyCtx<'_>, src: &SourceRecord, id: &str) -> Resul
         verdict
     };
     let (uploaded, verdict) = tokio::join!(upload, read);
-    // The archive's own problem first: an upload that failed because it was aborted says less.
-    let root = verdict?;
-    uploaded.with_context(|| format!("writing {object} through the engine"))?;
+    let uploaded = uploaded.with_context(|| format!("writing {object} through the engine"));
+    // The archive's own problem first (an upload that failed because we aborted it says less), unless the gate
+    // only stopped because the engine hung up: then the engine's answer says why.
+    let root = match verdict {
+        Err(e) if e.is::<EngineHungUp>() && uploaded.is_err() => return uploaded,
+        v => v?,
+    };
+    uploaded?;
     // The engine skips the archive's `.` entry: the volume root's owner, mode, mtime and xattrs go in a second
     // archive of one directory entry, the mount point, which the engine merges into the existing directory.
     if let Some(root) = root {
@@ -228,7 +234,9 @@ fn judge(
         (Err(RawError::Read(e)), _) => {
             return Err(archive_err(archive::ArchiveError::Corrupt(e.to_string())).into())
         }
-        // The gate stopped taking bytes: its error says why (a refused entry, or the engine hung up).
+        // The engine stopped taking bytes: its answer says why (see `put_verified`).
+        (_, Err(archive::ArchiveError::Sink(e))) => return Err(EngineHungUp(e).into()),
+        // The gate refused an entry, or the stream broke.
         (_, Err(e)) => return Err(archive_err(e).into()),
         (Err(RawError::Write(e)), Ok(_)) => bail!("{object}: {e}"),
         (Ok(_), Ok(c)) => c,
@@ -259,6 +267,11 @@ fn judge(
     }
     Ok(forwarded.root)
 }
+
+/// The gate stopped because the PUT body was no longer taken: the upload's own result has the engine's reason.
+#[derive(Debug, thiserror::Error)]
+#[error("the engine stopped taking the archive: {0}")]
+struct EngineHungUp(io::Error);
 
 /// The decoded stream, in [`CHUNK`]s, to the gate's thread.
 struct ChanWriter(SyncSender<Vec<u8>>);

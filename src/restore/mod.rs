@@ -385,10 +385,11 @@ pub async fn run(
         let mut report = dry_run(&plan, &resources, safety_to).await?;
         for s in &mut report.sources {
             if let Destination::Volume(v) = &s.destination {
-                // A volume still to be created (no path yet) under `auto` is decided once it exists.
+                // A volume still to be created (no path yet) is decided once it exists, except under `engine`.
                 s.through_engine = match (config.data_path, s.path.as_os_str().is_empty()) {
-                    (crate::config::DataPath::Auto, true) => false,
-                    (mode, _) => engine::through_engine(mode, v, &s.path)?,
+                    (crate::config::DataPath::Engine, _) => true,
+                    (_, true) => false,
+                    (mode, false) => engine::through_engine(mode, v, &s.path)?,
                 };
             }
         }

@@ -407,6 +407,21 @@ fn in_place_through_the_engine_is_refused_before_anything_is_touched() {
         "{r:?}"
     );
     assert_eq!(fs::read_to_string(mp.join("f")).unwrap(), "v2");
+    // `--path` through the engine: the same, and no new volume is left.
+    let new = w.new_name("engpathnew");
+    let r = w.voltar(&[
+        "restore",
+        "latest",
+        "--source",
+        &src,
+        "--to-volume",
+        &new,
+        "--path",
+        "f",
+    ]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stdout.contains("--path through the engine"), "{r:?}");
+    assert!(!volume_exists(&new), "{r:?}");
 }
 
 /// A restore through the engine killed (SIGKILL) while it streams into the helper leaves the new, half-written
