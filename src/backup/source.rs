@@ -859,7 +859,10 @@ pub(super) async fn prepare_read(
                 src.name
             )
         })?;
-    match engine.create_helper(&name, &src.name, &image, &run).await {
+    match engine
+        .create_helper(&name, &src.name, &image, &run, docker::helper::Access::Read)
+        .await
+    {
         Ok(id) => {
             ctx.env.progress.note(&format!(
                 "{}: reading through the engine (helper container {name})",

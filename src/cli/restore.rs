@@ -171,6 +171,17 @@ pub fn render(report: &RestoreReport) -> String {
             if s.create_volume { " (new)" } else { "" },
             s.status
         ));
+        if s.through_engine {
+            out.push_str(&format!(
+                "  {} through the engine (a helper container and the engine's archive API)
+",
+                if report.dry_run {
+                    "would be written"
+                } else {
+                    "written"
+                }
+            ));
+        }
         // What a dry run would stop; what a real one did stop (nothing, when it failed before).
         let (stops, what) = if report.dry_run {
             (&s.stop, "to stop and restart")

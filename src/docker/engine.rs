@@ -893,6 +893,10 @@ impl Runtime for Engine {
         Engine::kill_left_exec(self, exec_id).await
     }
 
+    async fn remove_left_volume(&self, name: &str) -> Result<(), DockerError> {
+        self.remove_volume(name).await
+    }
+
     async fn run_command(
         &self,
         id: &str,

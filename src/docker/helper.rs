@@ -1,11 +1,23 @@
-//! Helper containers: how voltar reads a volume the engine does not let it see on this host's filesystem (a remote
-//! engine, rootless Docker, Docker Desktop).
+//! Helper containers: how voltar reads and writes a volume the engine does not let it see on this host's
+//! filesystem (a remote engine, rootless Docker, Docker Desktop).
 //!
-//! A helper is a container that is CREATED and NEVER STARTED: the volume mounted read-only at [`HELPER_MOUNT`],
-//! no network (`NetworkMode=none`), labelled `voltar.helper=<run id>`, named `voltar-helper-<run id>-<n>`. The
-//! engine serves `GET /containers/{id}/archive?path=/voltar/src` from a created container's mounts, so nothing
-//! runs in it: no process, no entrypoint, no network, no write to the volume (the mount is read-only and
-//! `NoCopy`, so the image's contents are never copied into an empty volume either).
+//! A helper is a container that is CREATED and NEVER STARTED, with no network (`NetworkMode=none`), labelled
+//! `voltar.helper=<run id>` (`put` for a restore's), named `voltar-helper-…`, and a command that does not exist, so
+//! that starting it by mistake fails at once. The engine serves the archive API from a created container's
+//! mounts, so nothing runs in it:
+//! - reading ([`Access::Read`]): the volume mounted read-only at [`HELPER_MOUNT`];
+//!   `GET /containers/{id}/archive?path=/voltar/src` streams it as a tar;
+//! - writing ([`Access::Write`], a restore into a new volume): the volume mounted read-write at [`PUT_AT`];
+//!   `PUT /containers/{id}/archive` extracts a tar into it.
+//!
+//! Both mounts are `NoCopy`, so the image's contents are never copied into an empty volume.
+//!
+//! What the engine's extraction keeps (Engine 20.10, checked by `tests/integration/engine_restore.rs`): names of
+//! any length and bytes, file contents, modes with setuid/setgid/sticky, numeric owners (without `copyUIDGID`,
+//! which would give everything the helper's user instead: not set here), mtimes with nanoseconds (directories'
+//! too), symlinks, hardlinks, fifos and devices, `user.*` xattrs. It does not keep: the metadata of the volume's
+//! root directory (the engine skips the `.` entry: the restore sets it with a second, one-entry archive) and holes
+//! (a sparse file is written out in full: same content, all blocks allocated).
 //!
 //! Its image is never pulled: `[docker] helper-image` when set, else the image of a container that uses the
 //! volume (it is on the engine: its container was made from it), else voltar's own image
@@ -21,6 +33,7 @@ use std::pin::Pin;
 use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountTypeEnum, MountVolumeOptions};
 use bollard::query_parameters::{
     CreateContainerOptions, DownloadFromContainerOptions, RemoveContainerOptions,
+    UploadToContainerOptionsBuilder,
 };
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -30,6 +43,19 @@ use super::DockerError;
 
 /// Where a helper container mounts the volume it reads. The engine's tar names begin with its base name.
 pub const HELPER_MOUNT: &str = "/voltar/src";
+/// Where a restore's helper container mounts the volume it writes.
+pub const PUT_AT: &str = "/voltar-put";
+/// A PUT lasts as long as its stream; the engine's ordinary call timeout would cut a large restore.
+const PUT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+/// What a helper container is for: how its volume is mounted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Read-only at [`HELPER_MOUNT`] (a backup through the engine).
+    Read,
+    /// Read-write at [`PUT_AT`] (a restore into a new volume through the engine).
+    Write,
+}
 /// The label every helper container carries: its value is the run's id.
 pub const LABEL_HELPER: &str = "voltar.helper";
 /// Helper container names begin with this.
@@ -118,29 +144,34 @@ impl Engine {
         }
     }
 
-    /// Create (never start) the helper container `name` with `volume` mounted read-only at [`HELPER_MOUNT`];
-    /// returns its id.
+    /// Create (never start) the helper container `name` with `volume` mounted as `access` says; `label` is the
+    /// value of its [`LABEL_HELPER`] label (a run's id). Returns its id.
     pub async fn create_helper(
         &self,
         name: &str,
         volume: &str,
         image: &str,
-        run_id: &str,
+        label: &str,
+        access: Access,
     ) -> Result<String, DockerError> {
         let action = format!("creating helper container {name} for volume {volume}");
+        let (target, read_only) = match access {
+            Access::Read => (HELPER_MOUNT, true),
+            Access::Write => (PUT_AT, false),
+        };
         let body = ContainerCreateBody {
             image: Some(image.to_string()),
             cmd: Some(vec![NEVER_RUN.to_string()]),
             entrypoint: Some(vec![]),
-            labels: Some([(LABEL_HELPER.to_string(), run_id.to_string())].into()),
+            labels: Some([(LABEL_HELPER.to_string(), label.to_string())].into()),
             network_disabled: Some(true),
             host_config: Some(HostConfig {
                 network_mode: Some("none".into()),
                 mounts: Some(vec![Mount {
-                    target: Some(HELPER_MOUNT.into()),
+                    target: Some(target.into()),
                     source: Some(volume.into()),
                     typ: Some(MountTypeEnum::VOLUME),
-                    read_only: Some(true),
+                    read_only: Some(read_only),
                     volume_options: Some(MountVolumeOptions {
                         no_copy: Some(true),
                         ..Default::default()
@@ -187,6 +218,27 @@ impl Engine {
                     })
                 }),
         )
+    }
+
+    /// Stream a tar into `path` of container `id` (`PUT /containers/{id}/archive`, no `copyUIDGID`: the owners
+    /// in the tar are kept). An `Err` item in `tar` aborts the request: the engine sees a broken upload and fails
+    /// it, never a clean end.
+    pub async fn put_archive(
+        &self,
+        id: &str,
+        path: &str,
+        tar: impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+    ) -> Result<(), DockerError> {
+        let docker = self.docker.clone().with_timeout(PUT_TIMEOUT);
+        let action = format!("writing into {path} of helper container {id}");
+        docker
+            .upload_to_container(
+                id,
+                Some(UploadToContainerOptionsBuilder::new().path(path).build()),
+                bollard::body_try_stream(tar),
+            )
+            .await
+            .map_err(|e| self.map_err(&action, e, || DockerError::NoSuchContainer(id.to_string())))
     }
 
     /// Remove the helper container `name_or_id` (forced), only when it carries [`LABEL_HELPER`]. `Ok(false)`:

@@ -234,8 +234,8 @@ pub trait Runtime: Send + Sync {
             message: "this runtime cannot run commands".into(),
         })
     }
-    /// Remove a helper container a dead run left (`helper.rs`; only one labelled as a helper). `Ok(false)`: it
-    /// was not there. The default cannot.
+    /// Remove a helper container a dead run left, backup's or restore's (`helper.rs`; only one labelled as a
+    /// helper; forced). `Ok(false)`: it was not there. The default cannot.
     async fn remove_left_helper(&self, name: &str) -> Result<bool, DockerError> {
         Err(DockerError::Api {
             action: format!("removing helper container {name}"),
@@ -256,6 +256,14 @@ pub trait Runtime: Send + Sync {
     /// ones that may still write to its volumes.
     async fn service_tasks_up(&self, id: &str) -> Result<Vec<String>, DockerError> {
         Err(no_swarm(id))
+    }
+    /// Remove a volume a dead restore created and did not finish (not forced: refused while a container uses
+    /// it). The default cannot.
+    async fn remove_left_volume(&self, name: &str) -> Result<(), DockerError> {
+        Err(DockerError::Api {
+            action: format!("removing volume {name}"),
+            message: "this runtime cannot remove volumes".into(),
+        })
     }
 }
 

@@ -112,10 +112,15 @@ pub enum Leftover {
         user: Option<String>,
         timeout_ms: u64,
     },
-    /// A helper container (`docker::helper`, created and never started, reading a volume through the engine),
-    /// journaled by name before it is created, done once it is removed: `recover` removes it (force), only when
-    /// it carries the `voltar.helper` label.
+    /// A helper container (`docker::helper`, created and never started, reading a volume through the engine for
+    /// a backup, or writing a new one for a restore), journaled by name before it is created, done once it is
+    /// removed: `recover` removes it (force), only when it carries the `voltar.helper` label, and before any
+    /// volume a restore left (a volume in use cannot be removed).
     Helper { name: String, volume: String },
+    /// A volume a restore creates (`--to-volume`, written through the engine), journaled before it is created and
+    /// done once the restore into it is complete: `recover` removes it (not forced, so never while a container
+    /// uses it), since a half-restored volume must not pass for a restored one.
+    NewVolume { volume: String },
 }
 
 impl std::fmt::Display for Leftover {
@@ -146,7 +151,10 @@ impl std::fmt::Display for Leftover {
                 "post-backup hook `{command}` owed to container {container}"
             ),
             Leftover::Helper { name, volume } => {
-                write!(f, "helper container {name} (reading volume {volume})")
+                write!(f, "helper container {name} (of volume {volume})")
+            }
+            Leftover::NewVolume { volume } => {
+                write!(f, "volume {volume}, created by an unfinished restore")
             }
         }
     }

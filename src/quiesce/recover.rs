@@ -492,6 +492,20 @@ async fn recover_one(
             outcome,
         });
     }
+    // A restore's new volume that it did not finish (its helpers are gone already, above).
+    let (volumes, leftovers): (Vec<Leftover>, Vec<Leftover>) = leftovers
+        .into_iter()
+        .partition(|l| matches!(l, Leftover::NewVolume { .. }));
+    for leftover in volumes {
+        let outcome = remove_engine_leftover(runtime, &leftover).await;
+        if matches!(outcome, LeftoverOutcome::Failed(_)) {
+            keep = true;
+        }
+        tracing::info!(leftover = %leftover, outcome = ?outcome, "recover");
+        report
+            .leftovers
+            .push(RecoveredLeftover { leftover, outcome });
+    }
     for leftover in leftovers {
         let outcome = remove_leftover(&leftover);
         if matches!(outcome, LeftoverOutcome::Failed(_)) {
@@ -594,6 +608,21 @@ async fn run_owed_post_hook(runtime: &dyn Runtime, owed: &Leftover) -> LeftoverO
     }
 }
 
+/// Remove a helper container or an unfinished restore's new volume a dead run left.
+async fn remove_engine_leftover(runtime: &dyn Runtime, leftover: &Leftover) -> LeftoverOutcome {
+    let done = match leftover {
+        Leftover::NewVolume { volume } => runtime.remove_left_volume(volume).await,
+        _ => return LeftoverOutcome::LeftAlone("not an engine object".into()),
+    };
+    match done {
+        Ok(()) => LeftoverOutcome::Removed { bytes: 0 },
+        Err(DockerError::NoSuchVolume(_) | DockerError::NoSuchContainer(_)) => {
+            LeftoverOutcome::AlreadyGone
+        }
+        Err(e) => LeftoverOutcome::Failed(e.to_string()),
+    }
+}
+
 /// Remove a leftover of a dead run, after checking it is what the journal says it is.
 fn remove_leftover(leftover: &Leftover) -> LeftoverOutcome {
     match leftover {
@@ -603,6 +632,9 @@ fn remove_leftover(leftover: &Leftover) -> LeftoverOutcome {
         | Leftover::PostHook { .. }
         | Leftover::Helper { .. } => {
             LeftoverOutcome::LeftAlone("a command or a container, not a file".into())
+        }
+        Leftover::NewVolume { .. } => {
+            LeftoverOutcome::LeftAlone("an engine object, not a file".into())
         }
         Leftover::PreviousContents { .. } => LeftoverOutcome::LeftAlone(
             "a restore ended before its safety backup was committed: this is the only copy of what was there; \

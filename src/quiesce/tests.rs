@@ -115,6 +115,17 @@ impl Fake {
 
 #[async_trait]
 impl Runtime for Fake {
+    async fn remove_left_helper(&self, name: &str) -> Result<bool, DockerError> {
+        self.calls.lock().unwrap().push(format!("rm-helper:{name}"));
+        Ok(true)
+    }
+    async fn remove_left_volume(&self, name: &str) -> Result<(), DockerError> {
+        self.calls.lock().unwrap().push(format!("rm-volume:{name}"));
+        if name == "gone" {
+            return Err(DockerError::NoSuchVolume(name.into()));
+        }
+        Ok(())
+    }
     async fn state(&self, id: &str) -> Result<ContainerState, DockerError> {
         let n = {
             let mut l = self.state_lookups.lock().unwrap();
@@ -742,6 +753,59 @@ async fn recover_removes_the_staging_directories_of_a_dead_run() {
     assert!(
         lines[0].contains(&staging.display().to_string()) && lines[0].contains("removed (2.9 KiB"),
         "{lines:?}"
+    );
+    assert!(journal_files(dir.path()).is_empty());
+}
+
+/// Issue 15: a restore through the engine killed half-way leaves its new volume and its helper container in the
+/// journal; recover removes the helper first (a volume in use cannot be removed), then the volume, and a volume
+/// already gone is fine. One the run finished (marked done) is not touched.
+#[tokio::test]
+async fn recover_removes_an_unfinished_engine_restores_helper_then_its_volume() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Fake::new(dir.path(), &[]);
+    let journal = Journal::open(dir.path()).unwrap();
+    journal
+        .will_create(&Leftover::NewVolume {
+            volume: "half".into(),
+        })
+        .unwrap();
+    journal
+        .will_create(&Leftover::NewVolume {
+            volume: "gone".into(),
+        })
+        .unwrap();
+    let done = journal
+        .will_create(&Leftover::NewVolume {
+            volume: "finished".into(),
+        })
+        .unwrap();
+    journal.removed(done);
+    journal
+        .will_create(&Leftover::Helper {
+            name: "voltar-helper-1".into(),
+            volume: "half".into(),
+        })
+        .unwrap();
+    journal.abandon();
+    let rep = recover(dir.path(), &fake).await.unwrap();
+    assert!(rep.is_clean(), "{rep:?}");
+    assert_eq!(
+        fake.calls(),
+        [
+            "rm-helper:voltar-helper-1",
+            "rm-volume:half",
+            "rm-volume:gone"
+        ]
+    );
+    let outcomes: Vec<_> = rep.leftovers.iter().map(|l| l.outcome.clone()).collect();
+    assert_eq!(
+        outcomes,
+        [
+            LeftoverOutcome::Removed { bytes: 0 },
+            LeftoverOutcome::Removed { bytes: 0 },
+            LeftoverOutcome::AlreadyGone
+        ]
     );
     assert!(journal_files(dir.path()).is_empty());
 }

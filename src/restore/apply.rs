@@ -1,26 +1,27 @@
 //! Restore, step 2: apply a plan — check every archive, extract and verify into staging, then stop, safety
 //! backup, swap, restart.
 
+use super::engine;
 use super::*;
 use crate::plan::PlannedService;
 use crate::quiesce::{ServiceHold, ServiceOutcome};
 
 /// What every source of one restore shares: the request, the opened target and keys, the backup, the engine and
 /// the journal (with the quiescer on them), progress and the cancel token.
-struct ApplyCtx<'a> {
-    config: &'a Config,
-    args: &'a RestoreRequest,
-    store: Arc<dyn Storage>,
-    target: Target,
-    decryptor: Arc<Decryptor>,
-    engine: &'a Engine,
-    journal: &'a Journal,
-    quiescer: Quiescer<'a>,
-    manifest: Manifest,
+pub(super) struct ApplyCtx<'a> {
+    pub(super) config: &'a Config,
+    pub(super) args: &'a RestoreRequest,
+    pub(super) store: Arc<dyn Storage>,
+    pub(super) target: Target,
+    pub(super) decryptor: Arc<Decryptor>,
+    pub(super) engine: &'a Engine,
+    pub(super) journal: &'a Journal,
+    pub(super) quiescer: Quiescer<'a>,
+    pub(super) manifest: Manifest,
     /// `--path` arguments, cleaned (empty: whole volumes).
-    paths: Vec<PathBuf>,
-    progress: Progress,
-    cancel: CancellationToken,
+    pub(super) paths: Vec<PathBuf>,
+    pub(super) progress: Progress,
+    pub(super) cancel: CancellationToken,
 }
 
 /// Carry out a plan: check every archive, then per source extract and verify into staging, stop its users,
@@ -116,6 +117,7 @@ impl SourceRestore {
             warnings: vec![],
             status,
             command: None,
+            through_engine: false,
         }
     }
 
@@ -173,32 +175,74 @@ async fn restore_source(ctx: &ApplyCtx<'_>, sp: SourcePlan) -> Result<SourceRest
         stop,
         RestoreStatus::Failed("not restored".into()),
     );
+    let mut new_volume = None;
     if create_volume {
-        path = create_destination_volume(ctx, &src, &destination).await?;
+        let (p, seq) = create_destination_volume(ctx, &src, &destination).await?;
+        path = p;
         sr.path = path.clone();
+        new_volume = Some(seq);
     }
     if let Destination::Dir(d) = &destination {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
 
-    let result = restore_one(
-        ctx,
-        &src,
-        &path,
-        create_volume,
-        (&users, &services),
-        &mut sr,
-    )
-    .await;
+    let result = match &destination {
+        Destination::Volume(v) => match engine::through_engine(ctx.config.data_path, v, &path) {
+            Ok(true) => {
+                sr.through_engine = true;
+                if create_volume {
+                    engine::put_new_volume(ctx, &src, v, &mut sr)
+                        .await
+                        .map(|()| RestoreStatus::Ok)
+                } else {
+                    Err(engine::not_through_engine("restoring in place", v))
+                }
+            }
+            Ok(false) => {
+                restore_one(
+                    ctx,
+                    &src,
+                    &path,
+                    create_volume,
+                    (&users, &services),
+                    &mut sr,
+                )
+                .await
+            }
+            Err(e) => Err(e),
+        },
+        _ => {
+            restore_one(
+                ctx,
+                &src,
+                &path,
+                create_volume,
+                (&users, &services),
+                &mut sr,
+            )
+            .await
+        }
+    };
     match result {
         // Restored: `Ok`, or `Unprotected` when the safety copy could not be committed.
-        Ok(status) => sr.status = status,
+        Ok(status) => {
+            sr.status = status;
+            if let Some(seq) = new_volume {
+                ctx.journal.removed(seq);
+            }
+        }
         Err(e) => {
             sr.status = RestoreStatus::Failed(crate::error_chain(&e));
-            if create_volume {
-                // Do not leave a half-made new volume behind.
-                if let Destination::Volume(v) = &destination {
-                    let _ = ctx.engine.remove_volume(v).await;
+            if let (Some(seq), Destination::Volume(v)) = (new_volume, &destination) {
+                // Do not leave a half-made new volume behind (the journal keeps it for `recover` until it is
+                // gone).
+                match ctx.engine.remove_volume(v).await {
+                    Ok(()) | Err(crate::docker::DockerError::NoSuchVolume(_)) => {
+                        ctx.journal.removed(seq)
+                    }
+                    Err(e) => sr.warnings.push(format!(
+                        "cannot remove the new volume {v}: {e} (`voltar recover` removes it later)"
+                    )),
                 }
             }
         }
@@ -206,17 +250,21 @@ async fn restore_source(ctx: &ApplyCtx<'_>, sp: SourcePlan) -> Result<SourceRest
     Ok(sr)
 }
 
-/// Create the new volume a source is restored into (with the original driver, options and labels); returns
-/// its mountpoint.
+/// Create the new volume a source is restored into (with the original driver, options and labels), journaled
+/// first ([`Leftover::NewVolume`]: `recover` removes it if the restore does not finish); returns its mountpoint
+/// and the journal entry, closed by the caller once the restore is complete or the volume removed.
 async fn create_destination_volume(
     ctx: &ApplyCtx<'_>,
     src: &SourceRecord,
     destination: &Destination,
-) -> Result<PathBuf> {
+) -> Result<(PathBuf, u64)> {
     let Destination::Volume(name) = destination else {
         unreachable!("only volumes are created")
     };
-    let v = ctx
+    let seq = ctx.journal.will_create(&Leftover::NewVolume {
+        volume: name.clone(),
+    })?;
+    match ctx
         .engine
         .create_volume(
             name,
@@ -224,8 +272,15 @@ async fn create_destination_volume(
             &src.driver_opts,
             &src.labels,
         )
-        .await?;
-    Ok(v.mountpoint)
+        .await
+    {
+        Ok(v) => Ok((v.mountpoint, seq)),
+        Err(e) => {
+            // Not created (or someone else's, already there): not ours to remove.
+            ctx.journal.removed(seq);
+            Err(e.into())
+        }
+    }
 }
 
 /// The holds that stop the users the plan stops.

@@ -130,6 +130,7 @@ impl DumpCtx {
             warnings: vec![],
             status,
             command: None,
+            through_engine: false,
         }
     }
 }

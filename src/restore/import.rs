@@ -51,6 +51,7 @@ pub(super) async fn import(
                     warnings: rep.warnings.into_iter().chain(cleanup.err()).collect(),
                     status: RestoreStatus::Ok,
                     command: None,
+                    through_engine: false,
                 }],
                 recovered: vec![],
             };

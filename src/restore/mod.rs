@@ -28,6 +28,7 @@
 
 mod apply;
 mod dump;
+mod engine;
 mod import;
 mod plan;
 mod swap;
@@ -204,6 +205,9 @@ pub struct SourceRestore {
     /// A dump restored into a container: the command it was (or, dry run, would be) streamed into.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub command: Option<String>,
+    /// Written through the engine (a helper container and the archive API), not the host path.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub through_engine: bool,
 }
 
 /// Entries listed per kind in a dry run's report; the counts are exact.
@@ -385,7 +389,18 @@ pub async fn run(
             .map(|t| t.name.clone())
             .collect::<Vec<_>>()
         });
-        dry_run(&plan, &resources, safety_to).await?
+        let mut report = dry_run(&plan, &resources, safety_to).await?;
+        for s in &mut report.sources {
+            if let Destination::Volume(v) = &s.destination {
+                // A volume still to be created (no path yet) is decided once it exists, except under `engine`.
+                s.through_engine = match (config.data_path, s.path.as_os_str().is_empty()) {
+                    (crate::config::DataPath::Engine, _) => true,
+                    (_, true) => false,
+                    (mode, false) => engine::through_engine(mode, v, &s.path)?,
+                };
+            }
+        }
+        report
     } else {
         if let (Some(w), false) = (&args.wait, args.no_safety_backup) {
             // The safety backup locks its targets: wait for them before anything is extracted or stopped.

@@ -80,6 +80,7 @@ impl RestorePlan {
                     warnings: vec![],
                     status: RestoreStatus::DryRun,
                     command: None,
+                    through_engine: false,
                 })
                 .collect(),
             recovered: self.recovered.clone(),

@@ -14,6 +14,7 @@ mod daemon;
 mod dump;
 mod engine_api;
 mod engine_path;
+mod engine_restore;
 mod frozen;
 mod groups;
 mod hooks;

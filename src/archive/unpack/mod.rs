@@ -104,6 +104,8 @@ use super::{ArchiveError, Counted, Counts};
 
 mod extract;
 use extract::*;
+mod gate;
+pub use gate::{dir_meta_tar, forward, DirMeta, Forwarded};
 
 /// Default header sanity limit for one entry's size: 16 TiB.
 pub const DEFAULT_MAX_ENTRY_SIZE: u64 = 16 << 40;

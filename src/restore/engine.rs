@@ -1,0 +1,371 @@
+//! Restore through the engine: when a volume's host path is not writable here (a remote engine, rootless Docker,
+//! Docker Desktop) or `[docker] data-path = "engine"` asks for it.
+//!
+//! Built: `--to-volume NEW`. The new volume is journaled before it is created ([`Leftover::NewVolume`]); a helper
+//! container (created, never started; `docker::helper`) mounts it read-write, journaled by name before it is created
+//! ([`Leftover::Helper`]); the backup's tar is streamed into `PUT /containers/{id}/archive`:
+//!
+//! ```text
+//! get -> sha256+size aside -> [age] -> zstd -d -> (channel) -> archive::unpack::forward -> (channel) -> PUT body
+//!        (readback::read_raw, a blocking thread)                (the gate, a blocking thread)
+//! ```
+//!
+//! The gate passes each entry on only after unpack's name rules accepted it (`..`, absolute names, names below or
+//! at the archive's own symlinks, hardlinks escaping): the engine's own checks are not our safety net. The last
+//! [`HOLD_BACK`] bytes of the tar (its end-of-archive marker) are held until the stored object's sha256 and size
+//! and the archive's counts matched the manifest, so the engine never sees a complete archive that is not the
+//! backup; otherwise the body ends in an error, the engine fails the upload, and the new volume and the helper are
+//! removed. Memory is bounded by the two channels ([`CHUNKS`] × [`CHUNK`] each) and one entry's metadata headers.
+//!
+//! Not built: restoring *in place* through the engine (the running users' volume). It needs voltar's own image on
+//! the engine to mirror a staging volume into the target while the users are stopped; until then it fails before
+//! anything is touched, naming `--to-volume` and the host path. `--path` through the engine fails the same way.
+
+use std::io::{self, Read, Write};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+
+use bytes::Bytes;
+
+use super::apply::ApplyCtx;
+use super::*;
+use crate::config::DataPath;
+use crate::docker::helper::{Access, PUT_AT};
+use crate::readback::RawError;
+
+/// Bytes per message on the two channels.
+const CHUNK: usize = 256 << 10;
+/// Messages in flight per channel.
+const CHUNKS: usize = 4;
+/// The tail of the tar held back until the verdict: its end-of-archive marker (two 512-byte zero blocks).
+const HOLD_BACK: usize = 1024;
+
+/// Whether the destination volume at `path` (its host path, as the engine reports it) is written through the
+/// engine under `data_path`. `host` with a path that is not writable here is an error naming the setting.
+pub(super) fn through_engine(data_path: DataPath, volume: &str, path: &Path) -> Result<bool> {
+    let writable = writable_here(path);
+    match data_path {
+        DataPath::Engine => Ok(true),
+        DataPath::Auto => Ok(!writable),
+        DataPath::Host if writable => Ok(false),
+        DataPath::Host => bail!(
+            "volume {volume}: its data at {} is not writable here (a remote or rootless engine?); set [docker] \
+             data-path = \"auto\" or \"engine\" to restore through the engine",
+            path.display()
+        ),
+    }
+}
+
+/// A directory this process can write into (by its effective ids, as the writes would be made).
+fn writable_here(path: &Path) -> bool {
+    use rustix::fs::{accessat, Access, AtFlags, CWD};
+    !path.as_os_str().is_empty()
+        && path.is_dir()
+        && accessat(CWD, path, Access::WRITE_OK, AtFlags::EACCESS).is_ok()
+}
+
+/// Why a restore that needs the engine cannot have it (in place, or `--path`): the fix.
+pub(super) fn not_through_engine(what: &str, volume: &str) -> anyhow::Error {
+    anyhow!(
+        "{what} through the engine is not supported yet (volume {volume} is not writable here, or [docker] \
+         data-path = \"engine\"): nothing was stopped or changed; restore into a new volume with --to-volume NEW \
+         and point the containers at it, or run voltar on the docker host with data-path = \"host\""
+    )
+}
+
+/// The image a helper container is made from: `[docker] helper-image`, else the image of a container that
+/// uses the backed-up volume (it is on the engine, and it is what the app already trusts), else voltar's own
+/// (`voltar:<version>`, from `scripts/image.sh`). Never pulled: one that is not on the engine is an error
+/// (`Engine::helper_image`, the same choice a backup through the engine makes).
+async fn helper_image(ctx: &ApplyCtx<'_>, src: &SourceRecord) -> Result<String> {
+    let discovery = ctx.engine.discover().await?;
+    let users: Vec<String> = discovery
+        .containers
+        .iter()
+        .filter(|c| {
+            c.mounts
+                .iter()
+                .any(|m| m.name.as_deref() == Some(src.name.as_str()))
+        })
+        .map(|c| c.id.clone())
+        .collect();
+    Ok(ctx
+        .engine
+        .helper_image(ctx.config.helper_image.as_deref(), &src.name, &users)
+        .await?)
+}
+
+/// Restore `src` into the new, empty volume `volume` through the engine (see the module docs). On `Err` the
+/// caller removes the volume; the helper is removed here on every path (journaled until it is gone).
+pub(super) async fn put_new_volume(
+    ctx: &ApplyCtx<'_>,
+    src: &SourceRecord,
+    volume: &str,
+    sr: &mut SourceRestore,
+) -> Result<()> {
+    if !ctx.paths.is_empty() {
+        return Err(not_through_engine("--path", volume));
+    }
+    let image = helper_image(ctx, src).await?;
+    let name = format!("voltar-helper-{:08x}", rand::random::<u32>());
+    let seq = ctx.journal.will_create(&Leftover::Helper {
+        name: name.clone(),
+        volume: volume.to_string(),
+    })?;
+    let id = match ctx
+        .engine
+        .create_helper(&name, volume, &image, "put", Access::Write)
+        .await
+    {
+        Ok(id) => id,
+        Err(e) => {
+            let _ = ctx.engine.remove_helper(&name).await;
+            ctx.journal.removed(seq);
+            return Err(e.into());
+        }
+    };
+    ctx.progress
+        .note("extracting and verifying through the engine");
+    ctx.progress.expect_bytes(Some(src.stored_bytes));
+    let result = put_verified(ctx, src, &id).await;
+    match ctx.engine.remove_helper(&id).await {
+        Ok(_) => ctx.journal.removed(seq),
+        Err(e) => sr.warnings.push(format!(
+            "cannot remove helper container {name}: {e} (`voltar recover` removes it later)"
+        )),
+    }
+    if result.is_ok() {
+        sr.counts = src.counts.clone();
+    }
+    result
+}
+
+/// Stream the archive through the gate into the helper and judge it (module docs).
+async fn put_verified(ctx: &ApplyCtx<'_>, src: &SourceRecord, id: &str) -> Result<()> {
+    let object = catalog::object_key(&ctx.manifest.id, &src.object);
+    let (body_tx, mut body_rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(CHUNKS);
+    let body = futures::stream::poll_fn(move |cx| body_rx.poll_recv(cx));
+    let upload = ctx.engine.put_archive(id, PUT_AT, body);
+
+    let (raw_tx, raw_rx) = sync_channel::<Vec<u8>>(CHUNKS);
+    let gate = tokio::task::spawn_blocking(move || {
+        let mut out = Body {
+            tx: body_tx,
+            buf: Vec::with_capacity(CHUNK + HOLD_BACK),
+        };
+        let r = archive::unpack::forward(
+            ChanReader {
+                rx: raw_rx,
+                cur: Vec::new(),
+                pos: 0,
+            },
+            &mut out,
+        );
+        (r, out)
+    });
+    let read = async {
+        let raw = readback::read_raw(
+            ctx.store.clone(),
+            &ctx.manifest,
+            src,
+            ctx.decryptor.clone(),
+            Box::new(ChanWriter(raw_tx)),
+            false,
+            ctx.progress.clone(),
+        )
+        .await;
+        let (gated, out) = gate.await.map_err(|e| anyhow!("internal error: {e}"))?;
+        let verdict = judge(raw, gated, src, &object);
+        match &verdict {
+            Ok(_) => out.finish(),
+            Err(e) => out.fail(e),
+        }
+        verdict
+    };
+    let (uploaded, verdict) = tokio::join!(upload, read);
+    let uploaded = uploaded.with_context(|| format!("writing {object} through the engine"));
+    // The archive's own problem first (an upload that failed because we aborted it says less), unless the gate
+    // only stopped because the engine hung up: then the engine's answer says why.
+    let root = match verdict {
+        Err(e) if e.is::<EngineHungUp>() && uploaded.is_err() => return uploaded,
+        v => v?,
+    };
+    uploaded?;
+    // The engine skips the archive's `.` entry: the volume root's owner, mode, mtime and xattrs go in a second
+    // archive of one directory entry, the mount point, which the engine merges into the existing directory.
+    if let Some(root) = root {
+        let name = PUT_AT.trim_start_matches('/');
+        let tar = archive::unpack::dir_meta_tar(name, &root);
+        let body = futures::stream::iter([Ok::<_, io::Error>(Bytes::from(tar))]);
+        ctx.engine
+            .put_archive(id, "/", body)
+            .await
+            .with_context(|| {
+                format!("setting the owner, mode and mtime of volume root from {object}")
+            })?;
+    }
+    if ctx.cancel.is_cancelled() {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+/// The read and the gate judged against the manifest, as a host-path restore judges them.
+fn judge(
+    raw: Result<readback::RawReadBack, crate::storage::StorageError>,
+    gated: Result<archive::unpack::Forwarded, archive::ArchiveError>,
+    src: &SourceRecord,
+    object: &str,
+) -> Result<Option<archive::unpack::DirMeta>> {
+    let raw = raw.with_context(|| format!("reading {object}"))?;
+    let archive_err = |source| RestoreError::Archive {
+        object: object.to_string(),
+        source,
+    };
+    let forwarded = match (raw.copied, gated) {
+        (Err(RawError::Open(e)), _) => return Err(e.into()),
+        (Err(RawError::Read(e)), _) => {
+            return Err(archive_err(archive::ArchiveError::Corrupt(e.to_string())).into())
+        }
+        // The engine stopped taking bytes: its answer says why (see `put_verified`).
+        (_, Err(archive::ArchiveError::Sink(e))) => return Err(EngineHungUp(e).into()),
+        // The gate refused an entry, or the stream broke.
+        (_, Err(e)) => return Err(archive_err(e).into()),
+        (Err(RawError::Write(e)), Ok(_)) => bail!("{object}: {e}"),
+        (Ok(_), Ok(c)) => c,
+    };
+    let (sha, size) = raw
+        .digest
+        .expect("a successful read is hashed")
+        .map_err(|e| RestoreError::Read {
+            object: object.to_string(),
+            message: e.to_string(),
+        })?;
+    if sha != src.sha256 || size != src.stored_bytes {
+        return Err(RestoreError::Checksum {
+            object: object.to_string(),
+            expected: src.sha256.clone(),
+            found: sha,
+            expected_size: src.stored_bytes,
+            found_size: size,
+        }
+        .into());
+    }
+    if forwarded.counts != src.counts {
+        return Err(RestoreError::Counts {
+            detail: count_diff(&src.counts, &forwarded.counts),
+            object: object.to_string(),
+        }
+        .into());
+    }
+    Ok(forwarded.root)
+}
+
+/// The gate stopped because the PUT body was no longer taken: the upload's own result has the engine's reason.
+#[derive(Debug, thiserror::Error)]
+#[error("the engine stopped taking the archive: {0}")]
+struct EngineHungUp(io::Error);
+
+/// The decoded stream, in [`CHUNK`]s, to the gate's thread.
+struct ChanWriter(SyncSender<Vec<u8>>);
+
+impl Write for ChanWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0
+            .send(buf.to_vec())
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the archive gate stopped"))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The gate's input.
+struct ChanReader {
+    rx: Receiver<Vec<u8>>,
+    cur: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChanReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.cur.len() {
+            match self.rx.recv() {
+                Ok(next) => {
+                    self.cur = next;
+                    self.pos = 0;
+                }
+                // The reader ended (its end, or its error, which it reports itself).
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.cur.len() - self.pos);
+        buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// The PUT body: the gate's output in [`CHUNK`]s, the last [`HOLD_BACK`] bytes held until the verdict.
+struct Body {
+    tx: tokio::sync::mpsc::Sender<io::Result<Bytes>>,
+    buf: Vec<u8>,
+}
+
+impl Body {
+    fn send(&mut self, item: io::Result<Bytes>) -> io::Result<()> {
+        self.tx.blocking_send(item).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the engine stopped taking the archive",
+            )
+        })
+    }
+
+    /// All is well: the held tail, then the end of the body.
+    fn finish(mut self) {
+        let rest = Bytes::from(std::mem::take(&mut self.buf));
+        let tx = self.tx;
+        if !rest.is_empty() {
+            let _ = tx.try_send(Ok(rest)).or_else(|e| match e {
+                tokio::sync::mpsc::error::TrySendError::Full(item) => {
+                    // Called from async code: hand the last piece over without blocking the runtime.
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        let _ = tx.send(item).await;
+                    });
+                    Ok(())
+                }
+                tokio::sync::mpsc::error::TrySendError::Closed(_) => Err(()),
+            });
+        }
+    }
+
+    /// The archive is not the backup: the body ends in an error, so the engine fails the upload.
+    fn fail(self, why: &anyhow::Error) {
+        let tx = self.tx;
+        let item = Err(io::Error::other(format!("{why:#}")));
+        if let Err(tokio::sync::mpsc::error::TrySendError::Full(item)) = tx.try_send(item) {
+            tokio::spawn(async move {
+                let _ = tx.send(item).await;
+            });
+        }
+    }
+}
+
+impl Write for Body {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK + HOLD_BACK {
+            let keep = self.buf.split_off(self.buf.len() - HOLD_BACK);
+            let out = std::mem::replace(&mut self.buf, keep);
+            self.send(Ok(Bytes::from(out)))?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
