@@ -38,7 +38,9 @@ impl std::fmt::Debug for Run {
 
 impl World {
     /// A target directory, a state dir and a config that writes volumes through the engine (helper image: the
-    /// test image, which the engine has).
+    /// test image, which the engine has). Backups read the host path (`backup.toml`): what is tested here is the
+    /// write half, so the archive carries everything a host-path read stores (a read through the engine drops
+    /// sub-second mtimes and most xattrs, see `engine_path.rs`).
     fn new() -> World {
         let dir = tempfile::tempdir().expect("tempdir");
         fs::create_dir(dir.path().join("target")).unwrap();
@@ -46,6 +48,11 @@ impl World {
         fs::write(
             dir.path().join("voltar.toml"),
             format!("[docker]\ndata-path = \"engine\"\nhelper-image = \"{IMAGE}\"\n"),
+        )
+        .unwrap();
+        fs::write(
+            dir.path().join("backup.toml"),
+            "[docker]\ndata-path = \"host\"\n",
         )
         .unwrap();
         World {
@@ -64,12 +71,17 @@ impl World {
 
     /// `voltar <args>`, with this world's config and state dir.
     fn voltar_bare(&self, a: &[&str]) -> Run {
+        self.voltar_with("voltar.toml", a)
+    }
+
+    /// `voltar <args>` with config file `config` of this world.
+    fn voltar_with(&self, config: &str, a: &[&str]) -> Run {
         let out = Command::cargo_bin("voltar")
             .expect("voltar binary")
             .args(a)
             .current_dir(self.dir.path())
             .env("VOLTAR_STATE_DIR", self.dir.path().join("state"))
-            .env("VOLTAR_CONFIG", self.dir.path().join("voltar.toml"))
+            .env("VOLTAR_CONFIG", self.dir.path().join(config))
             .env_remove("VOLTAR_LOG")
             .output()
             .expect("running voltar");
@@ -95,7 +107,11 @@ impl World {
     }
 
     fn backup(&self, volume: &str) -> String {
-        let r = self.voltar(&["--json", "backup", "--only", volume]);
+        let t = self.dir.path().join("target").display().to_string();
+        let r = self.voltar_with(
+            "backup.toml",
+            &["--json", "backup", "--only", volume, "-t", &t],
+        );
         assert_eq!(r.code, 0, "{r:?}");
         let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("backup --json");
         v["id"].as_str().expect("id").to_string()
