@@ -470,10 +470,7 @@ impl SecondEngine {
     /// Start it and wait until it answers (at most 60 s). `None` when `dockerd` is not installed (a panic under
     /// CI); a daemon that does not come up is a test failure, with its log.
     pub fn start() -> Option<SecondEngine> {
-        if Command::new("dockerd").arg("--version").output().is_err() {
-            let msg = "dockerd is not installed: cannot start a second engine (apt-get install docker.io)";
-            assert!(!in_ci(), "{msg}");
-            eprintln!("\n!!! SKIPPING: {msg}\n");
+        if !dockerd_installed() {
             return None;
         }
         // Short paths: the socket's path must fit a sockaddr_un (108 bytes), containerd's too.
@@ -508,38 +505,7 @@ impl SecondEngine {
             child,
             swarm: false,
         };
-        let t = Instant::now();
-        loop {
-            if engine.docker_raw(&["version"]).status.success() {
-                break;
-            }
-            if let Ok(Some(st)) = engine.child.try_wait() {
-                panic!("the second dockerd exited ({st}):\n{}", engine.log());
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(60),
-                "the second dockerd did not answer in 60 s:\n{}",
-                engine.log()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        // `docker save IMAGE | docker -H … load`: the image without a registry.
-        let mut save = Command::new("docker")
-            .args(["save", IMAGE])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("docker save");
-        let load = Command::new("docker")
-            .args(["-H", &engine.host, "load", "-q"])
-            .stdin(save.stdout.take().unwrap())
-            .output()
-            .expect("docker load");
-        assert!(save.wait().unwrap().success(), "docker save {IMAGE} failed");
-        assert!(
-            load.status.success(),
-            "loading {IMAGE} into the second engine: {}",
-            String::from_utf8_lossy(&load.stderr)
-        );
+        engine.ready_and_loaded("the second dockerd", 60);
         Some(engine)
     }
 
@@ -603,10 +569,7 @@ impl SecondEngine {
     /// port>` ([`SecondEngine::host`]) besides its socket. `unshare` and `sh` exec dockerd, so the child's pid is
     /// dockerd's and `Drop` stops it as usual; the tmpfs goes with its mount namespace.
     pub fn start_hidden() -> Option<SecondEngine> {
-        if Command::new("dockerd").arg("--version").output().is_err() {
-            let msg = "dockerd is not installed: cannot start a second engine (apt-get install docker.io)";
-            assert!(!in_ci(), "{msg}");
-            eprintln!("\n!!! SKIPPING: {msg}\n");
+        if !dockerd_installed() {
             return None;
         }
         let dir = tempfile::Builder::new()
@@ -642,18 +605,25 @@ impl SecondEngine {
             child,
             swarm: false,
         };
+        engine.ready_and_loaded("the hidden dockerd", 90);
+        Some(engine)
+    }
+
+    /// Wait until this engine answers (at most `secs`), then `docker save IMAGE | docker -H … load`: the image
+    /// without a registry. A daemon that exits or does not come up is a test failure, with its log.
+    fn ready_and_loaded(&mut self, what: &str, secs: u64) {
         let t = Instant::now();
         loop {
-            if engine.docker_raw(&["version"]).status.success() {
+            if self.docker_raw(&["version"]).status.success() {
                 break;
             }
-            if let Ok(Some(st)) = engine.child.try_wait() {
-                panic!("the hidden dockerd exited ({st}):\n{}", engine.log());
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!("{what} exited ({st}):\n{}", self.log());
             }
             assert!(
-                t.elapsed() < Duration::from_secs(90),
-                "the hidden dockerd did not answer in 90 s:\n{}",
-                engine.log()
+                t.elapsed() < Duration::from_secs(secs),
+                "{what} did not answer in {secs} s:\n{}",
+                self.log()
             );
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -663,23 +633,33 @@ impl SecondEngine {
             .spawn()
             .expect("docker save");
         let load = Command::new("docker")
-            .args(["-H", &engine.host, "load", "-q"])
+            .args(["-H", &self.host, "load", "-q"])
             .stdin(save.stdout.take().unwrap())
             .output()
             .expect("docker load");
         assert!(save.wait().unwrap().success(), "docker save {IMAGE} failed");
         assert!(
             load.status.success(),
-            "loading {IMAGE} into the hidden engine: {}",
+            "loading {IMAGE} into {what}: {}",
             String::from_utf8_lossy(&load.stderr)
         );
-        Some(engine)
     }
 
     /// The pid of the dockerd this value started (for checking that `Drop` stopped it).
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+}
+
+/// `dockerd` can be run here; else `false` after saying so (a panic under CI).
+fn dockerd_installed() -> bool {
+    if Command::new("dockerd").arg("--version").output().is_ok() {
+        return true;
+    }
+    let msg = "dockerd is not installed: cannot start a second engine (apt-get install docker.io)";
+    assert!(!in_ci(), "{msg}");
+    eprintln!("\n!!! SKIPPING: {msg}\n");
+    false
 }
 
 impl Drop for SecondEngine {
