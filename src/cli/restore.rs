@@ -177,8 +177,11 @@ pub fn render(report: &RestoreReport) -> String {
 ",
                 if report.dry_run {
                     "would be written"
-                } else {
+                } else if matches!(s.status, RestoreStatus::Ok) {
                     "written"
+                } else {
+                    // Failed or refused: nothing may sound written.
+                    "tried"
                 }
             ));
         }

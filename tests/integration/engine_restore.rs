@@ -423,6 +423,8 @@ fn in_place_through_the_engine_is_refused_before_anything_is_touched() {
         "{r:?}"
     );
     assert_eq!(fs::read_to_string(mp.join("f")).unwrap(), "v2");
+    // Refused, so nothing may read as written.
+    assert!(!r.stdout.contains("written through the engine"), "{r:?}");
     // `--path` through the engine: the same, and no new volume is left.
     let new = w.new_name("engpathnew");
     let r = w.voltar(&[
