@@ -16,8 +16,11 @@
 //! any length and bytes, file contents, modes with setuid/setgid/sticky, numeric owners (without `copyUIDGID`,
 //! which would give everything the helper's user instead: not set here), mtimes with nanoseconds (directories'
 //! too), symlinks, hardlinks, fifos and devices, `user.*` xattrs. It does not keep: the metadata of the volume's
-//! root directory (the engine skips the `.` entry: the restore sets it with a second, one-entry archive) and holes
-//! (a sparse file is written out in full: same content, all blocks allocated).
+//! root directory (the engine skips the `.` entry: the restore sets it with a second, one-entry archive), holes
+//! (a sparse file is written out in full: same content, all blocks allocated), and the set-ID bits of a file with
+//! several hard links (each link name is chowned, which clears them; the engine's chmod of a link entry looks for
+//! its target in the wrong directory, so they are not set back: `archive::unpack::Forwarded::setid_linked`, and the
+//! restore warns).
 //!
 //! Its image is never pulled: `[docker] helper-image` when set, else the image of a container that uses the
 //! volume (it is on the engine: its container was made from it), else voltar's own image

@@ -126,7 +126,14 @@ pub(super) async fn put_new_volume(
     ctx.progress
         .note("extracting and verifying through the engine");
     ctx.progress.expect_bytes(Some(src.stored_bytes));
-    let result = put_verified(ctx, src, &id).await;
+    let result = put_verified(ctx, src, &id).await.map(|setid_linked| {
+        if let Some(first) = setid_linked.first() {
+            sr.warnings.push(format!(
+                "through the engine: the set-user-ID/set-group-ID bits of {} hard-linked file(s) are not kept                  (the engine's extraction drops them), e.g. {first}: set them again (chmod u+s / g+s), or                  restore with data-path = \"host\" on the docker host",
+                setid_linked.len()
+            ));
+        }
+    });
     match ctx.engine.remove_helper(&id).await {
         Ok(_) => ctx.journal.removed(seq),
         Err(e) => sr.warnings.push(format!(
@@ -139,8 +146,9 @@ pub(super) async fn put_new_volume(
     result
 }
 
-/// Stream the archive through the gate into the helper and judge it (module docs).
-async fn put_verified(ctx: &ApplyCtx<'_>, src: &SourceRecord, id: &str) -> Result<()> {
+/// Stream the archive through the gate into the helper and judge it (module docs). Returns the set-ID files
+/// with hard links, whose set-ID bits the engine did not keep (`Forwarded::setid_linked`).
+async fn put_verified(ctx: &ApplyCtx<'_>, src: &SourceRecord, id: &str) -> Result<Vec<String>> {
     let object = catalog::object_key(&ctx.manifest.id, &src.object);
     let (body_tx, mut body_rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(CHUNKS);
     let body = futures::stream::poll_fn(move |cx| body_rx.poll_recv(cx));
@@ -185,8 +193,8 @@ async fn put_verified(ctx: &ApplyCtx<'_>, src: &SourceRecord, id: &str) -> Resul
     let uploaded = uploaded.with_context(|| format!("writing {object} through the engine"));
     // The archive's own problem first (an upload that failed because we aborted it says less), unless the gate
     // only stopped because the engine hung up: then the engine's answer says why.
-    let root = match verdict {
-        Err(e) if e.is::<EngineHungUp>() && uploaded.is_err() => return uploaded,
+    let (root, setid_linked) = match verdict {
+        Err(e) if e.is::<EngineHungUp>() && uploaded.is_err() => return uploaded.map(|()| vec![]),
         v => v?,
     };
     uploaded?;
@@ -206,7 +214,7 @@ async fn put_verified(ctx: &ApplyCtx<'_>, src: &SourceRecord, id: &str) -> Resul
     if ctx.cancel.is_cancelled() {
         bail!("interrupted");
     }
-    Ok(())
+    Ok(setid_linked)
 }
 
 /// The read and the gate judged against the manifest, as a host-path restore judges them.
@@ -215,7 +223,7 @@ fn judge(
     gated: Result<archive::unpack::Forwarded, archive::ArchiveError>,
     src: &SourceRecord,
     object: &str,
-) -> Result<Option<archive::unpack::DirMeta>> {
+) -> Result<(Option<archive::unpack::DirMeta>, Vec<String>)> {
     let raw = raw.with_context(|| format!("reading {object}"))?;
     let archive_err = |source| RestoreError::Archive {
         object: object.to_string(),
@@ -257,7 +265,7 @@ fn judge(
         }
         .into());
     }
-    Ok(forwarded.root)
+    Ok((forwarded.root, forwarded.setid_linked))
 }
 
 /// The gate stopped because the PUT body was no longer taken: the upload's own result has the engine's reason.

@@ -336,6 +336,79 @@ fn issue15_backup_through_a_hidden_engine_restores_the_same_tree() {
     let out = w.run(&["verify", "latest", "-t", &t]);
     assert_eq!(out.code, 0, "{out:?}");
 
+    // Restored into a new volume on the hidden engine (its host path is not writable here: through the engine),
+    // the new volume holds the engine's tree.
+    let new = unique("eng-new");
+    let out = w.run(&[
+        "restore",
+        "latest",
+        "--source",
+        &vol,
+        "--to-volume",
+        &new,
+        "-t",
+        &t,
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.contains("written through the engine"), "{out:?}");
+    let new_tree = e.docker(&[
+        "run",
+        "--rm",
+        "-v",
+        &format!("{new}:/d:ro"),
+        IMAGE,
+        "sh",
+        "-c",
+        LIST_TREE,
+    ]);
+    // Except what the engine's extraction cannot keep, and the report says so: the set-user-ID bit of a file
+    // with hard links (`dir/a.txt` and `dir/a-hardlink`, mode 4750).
+    let without_setid: Vec<String> = want
+        .iter()
+        .map(|l| l.replace("|regular file|4750|", "|regular file|750|"))
+        .collect();
+    assert_ne!(
+        without_setid, want,
+        "the tree has no set-ID hard-linked file"
+    );
+    assert_eq!(
+        normalize(&new_tree),
+        without_setid,
+        "the volume restored through the engine differs from the source"
+    );
+    assert!(
+        out.stdout
+            .contains("set-user-ID/set-group-ID bits of 1 hard-linked file(s) are not kept"),
+        "{out:?}"
+    );
+    assert!(
+        helpers_of(&|a| e.docker(a), &new).is_empty(),
+        "a helper was left"
+    );
+    // In place it is refused before anything is stopped: the app runs on, its volume unchanged.
+    let out = w.run(&["restore", "latest", "--source", &vol, "-t", &t]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stdout.contains("--to-volume"), "{out:?}");
+    assert_eq!(
+        e.docker(&["inspect", "-f", "{{.State.Status}}", &app]),
+        "running"
+    );
+    let after = e.docker(&[
+        "run",
+        "--rm",
+        "-v",
+        &format!("{vol}:/d:ro"),
+        IMAGE,
+        "sh",
+        "-c",
+        LIST_TREE,
+    ]);
+    assert_eq!(
+        normalize(&after),
+        want,
+        "a refused restore changed the volume"
+    );
+
     // `host` forbids the engine: a clear error naming the setting.
     let host_only = w.config("host.toml", "[docker]\ndata-path = \"host\"\n");
     let out = w.run(&[

@@ -26,7 +26,7 @@
 //! Symlinks whose *target* points outside are content, as in unpack: created, never followed by us.
 
 use std::cell::RefCell;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Read, Write};
 use std::rc::Rc;
 
@@ -87,6 +87,11 @@ pub struct Forwarded {
     /// The metadata of the archive's root directory entry (`.` or `./`), if it has one: an extractor that
     /// skips that entry (the engine's does) can be given it separately ([`dir_meta_tar`]).
     pub root: Option<DirMeta>,
+    /// Regular files with a set-user-ID or set-group-ID bit that have further hard links in the archive (their
+    /// names as the archive gives them, once each). The engine's extraction (Engine 20.10) drops those bits: it
+    /// chowns each link name, which clears them, and its chmod of a link entry looks for the link's target in
+    /// the wrong directory, so they are never set back.
+    pub setid_linked: Vec<String>,
 }
 
 /// A directory's metadata as the archive states it.
@@ -155,8 +160,22 @@ pub fn forward<R: Read, W: Write>(tar_stream: R, sink: W) -> Result<Forwarded, A
     };
     let mut symlinks: BTreeSet<Vec<OsString>> = BTreeSet::new();
     let mut root = None;
+    // Set-ID regular files by name (without a leading `./`), and those found hard-linked.
+    let mut setid: BTreeMap<Vec<u8>, String> = BTreeMap::new();
+    let mut setid_linked = Vec::new();
     let mut buf = vec![0u8; BUF_SIZE];
     let walked = walk(gate, u64::MAX, |entry, d| {
+        if d.kind == Kind::File && d.mode & 0o6000 != 0 {
+            let name = entry.path_bytes();
+            setid.insert(unprefixed(&name).to_vec(), d.display.clone());
+        } else if d.kind == Kind::Hardlink {
+            if let Some(target) = hardlink_target(d)
+                .ok()
+                .and_then(|t| setid.remove(unprefixed(t)))
+            {
+                setid_linked.push(target);
+            }
+        }
         if judge(entry, d, &mut symlinks)? {
             root = Some(DirMeta {
                 mode: d.mode,
@@ -181,7 +200,20 @@ pub fn forward<R: Read, W: Write>(tar_stream: R, sink: W) -> Result<Forwarded, A
     let counts = walked?;
     s.release().map_err(ArchiveError::Sink)?;
     s.sink.flush().map_err(ArchiveError::Sink)?;
-    Ok(Forwarded { counts, root })
+    Ok(Forwarded {
+        counts,
+        root,
+        setid_linked,
+    })
+}
+
+/// A member name without its leading `./` (a hardlink's target and its file may differ only in that).
+fn unprefixed(name: &[u8]) -> &[u8] {
+    let mut n = name;
+    while let Some(rest) = n.strip_prefix(b"./") {
+        n = rest;
+    }
+    n
 }
 
 /// The rules of the module docs for one entry; records the symlinks it creates. `true`: the entry is the root
@@ -305,6 +337,35 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&src).unwrap().permissions().mode() & 0o7777;
         assert_eq!(root.mode, mode);
+    }
+
+    /// Set-ID files with further hard links are named (the engine drops their set-ID bits); a set-ID file
+    /// without links, and a plain file with links, are not.
+    #[test]
+    fn setid_files_with_hard_links_are_named_once() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        std::fs::create_dir_all(src.join("sub")).unwrap();
+        for (name, mode) in [("sub/suid", 0o4750), ("lone", 0o4755), ("plain", 0o644)] {
+            std::fs::write(src.join(name), name).unwrap();
+            std::fs::set_permissions(src.join(name), std::fs::Permissions::from_mode(mode))
+                .unwrap();
+        }
+        std::fs::hard_link(src.join("sub/suid"), src.join("link1")).unwrap();
+        std::fs::hard_link(src.join("sub/suid"), src.join("link2")).unwrap();
+        std::fs::hard_link(src.join("plain"), src.join("plain-link")).unwrap();
+        let (_, tar) =
+            crate::archive::pack::pack(&src, Vec::new(), &Default::default(), &mut |_| {}).unwrap();
+        let fw = forward(&tar[..], Vec::new()).unwrap();
+        assert_eq!(fw.setid_linked.len(), 1, "{:?}", fw.setid_linked);
+        let named = &fw.setid_linked[0];
+        assert!(
+            ["sub/suid", "link1", "link2"]
+                .iter()
+                .any(|n| named.ends_with(n)),
+            "{named}"
+        );
     }
 
     /// Hostile entries are refused, and nothing of the refused entry has reached the sink.
