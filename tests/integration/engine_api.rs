@@ -2,7 +2,8 @@
 //! restore (in place with its safety backup, into a new volume), verify and recover run through an allow-listing
 //! proxy on a Unix socket that forwards only the endpoints of that page's table and answers anything else 403;
 //! the test fails on any refused request, and checks the proxy saw the calls each scenario must make (so a
-//! proxy that is bypassed cannot pass).
+//! proxy that is bypassed cannot pass). The engine data path (a backup read and a restore `--to-volume` written
+//! through helper containers) runs through it too.
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -399,4 +400,88 @@ fn the_proxy_refuses_what_the_page_does_not_list() {
         ["GET /images/json"]
     );
     assert!(normalise("/v1.41/containers/abc/json?all=1") == "/containers/abc/json");
+}
+
+/// The engine data path, too, calls only what the page lists: a backup read through a helper container
+/// (`[docker] data-path = "engine"`, the helper image named, so its inspect row is used) with a paused user, and
+/// a restore into a new volume written through the engine.
+#[test]
+fn the_engine_data_path_calls_only_documented_endpoints() {
+    require_docker!();
+    let proxy = Proxy::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let (target, state) = (tmp.path().join("target"), tmp.path().join("state"));
+    std::fs::create_dir_all(&target).unwrap();
+    let t = target.to_str().unwrap();
+    let config = tmp.path().join("voltar.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[docker]\ndata-path = \"engine\"\nhelper-image = \"{}\"\n",
+            crate::support::IMAGE
+        ),
+    )
+    .unwrap();
+    let cfg = config.to_str().unwrap();
+    let mut c = Cleanup::default();
+    let vol = c.volume("api-engine");
+    std::fs::write(mountpoint(&vol).join("e.txt"), "engine").unwrap();
+    let user = c.run(
+        "api-engine-user",
+        &["-l", "voltar.quiesce=pause", "-v", &format!("{vol}:/data")],
+    );
+
+    let b = voltar(
+        &proxy,
+        &state,
+        &["-c", cfg, "backup", "--only", &vol, "-t", t],
+    );
+    assert_eq!(b.code, 0, "{b:?}");
+    assert!(b.stdout.contains("read through the engine"), "{b:?}");
+    proxy.assert_nothing_refused("backup through the engine");
+    proxy.assert_seen(
+        &format!("backup through the engine {b:?}"),
+        &[
+            "GET /images/{name}/json",
+            "POST /containers/create",
+            "GET /containers/{id}/archive",
+            "DELETE /containers/{id}",
+            "POST /containers/{id}/pause",
+            "POST /containers/{id}/unpause",
+        ],
+    );
+
+    let copy = crate::support::unique("api-engine-copy");
+    c.volumes.push(copy.clone());
+    let r = voltar(
+        &proxy,
+        &state,
+        &[
+            "-c",
+            cfg,
+            "restore",
+            "latest",
+            "--source",
+            &vol,
+            "--to-volume",
+            &copy,
+            "-t",
+            t,
+        ],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("written through the engine"), "{r:?}");
+    proxy.assert_nothing_refused("restore through the engine");
+    proxy.assert_seen(
+        "restore through the engine",
+        &["POST /volumes/create", "PUT /containers/{id}/archive"],
+    );
+    assert_eq!(
+        std::fs::read_to_string(mountpoint(&copy).join("e.txt")).unwrap(),
+        "engine"
+    );
+    assert_eq!(
+        docker(&["inspect", "-f", "{{.State.Status}}", &user]),
+        "running"
+    );
 }
