@@ -186,32 +186,24 @@ async fn restore_source(ctx: &ApplyCtx<'_>, sp: SourcePlan) -> Result<SourceRest
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
 
-    let result = match &destination {
-        Destination::Volume(v) => match engine::through_engine(ctx.config.data_path, v, &path) {
-            Ok(true) => {
-                sr.through_engine = true;
-                if create_volume {
-                    engine::put_new_volume(ctx, &src, v, &mut sr)
-                        .await
-                        .map(|()| RestoreStatus::Ok)
-                } else {
-                    Err(engine::not_through_engine("restoring in place", v))
-                }
+    // A volume whose host path is not usable here (or `data-path = "engine"`) is written through the engine.
+    let through = match &destination {
+        Destination::Volume(v) => engine::through_engine(ctx.config.data_path, v, &path),
+        _ => Ok(false),
+    };
+    let result = match (through, &destination) {
+        (Err(e), _) => Err(e),
+        (Ok(true), Destination::Volume(v)) => {
+            sr.through_engine = true;
+            if create_volume {
+                engine::put_new_volume(ctx, &src, v, &mut sr)
+                    .await
+                    .map(|()| RestoreStatus::Ok)
+            } else {
+                Err(engine::not_through_engine("restoring in place", v))
             }
-            Ok(false) => {
-                restore_one(
-                    ctx,
-                    &src,
-                    &path,
-                    create_volume,
-                    (&users, &services),
-                    &mut sr,
-                )
-                .await
-            }
-            Err(e) => Err(e),
-        },
-        _ => {
+        }
+        (Ok(_), _) => {
             restore_one(
                 ctx,
                 &src,
