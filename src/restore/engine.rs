@@ -129,7 +129,9 @@ pub(super) async fn put_new_volume(
     let result = put_verified(ctx, src, &id).await.map(|setid_linked| {
         if let Some(first) = setid_linked.first() {
             sr.warnings.push(format!(
-                "through the engine: the set-user-ID/set-group-ID bits of {} hard-linked file(s) are not kept                  (the engine's extraction drops them), e.g. {first}: set them again (chmod u+s / g+s), or                  restore with data-path = \"host\" on the docker host",
+                "through the engine: the set-user-ID/set-group-ID bits of {} hard-linked file(s) are not kept \
+                 (the engine's extraction drops them), e.g. {first}: set them again (chmod u+s / g+s), or \
+                 restore with data-path = \"host\" on the docker host",
                 setid_linked.len()
             ));
         }
