@@ -789,7 +789,7 @@ pub(super) struct HelperRef {
     pub name: String,
     pub id: String,
     pub volume: String,
-    seq: Option<u64>,
+    seq: u64,
 }
 
 impl ReadFrom {
@@ -859,9 +859,8 @@ pub(super) async fn prepare_read(
                 src.name
             )
         })?;
-    match engine
-        .create_helper(&name, &src.name, &image, &run, docker::helper::Access::Read)
-        .await
+    let access = docker::helper::Access::Read;
+    match quiesce::create_helper(engine, journal, seq, &name, &src.name, &image, &run, access).await
     {
         Ok(id) => {
             ctx.env.progress.note(&format!(
@@ -872,22 +871,13 @@ pub(super) async fn prepare_read(
                 name,
                 id,
                 volume: src.name.clone(),
-                seq: Some(seq),
+                seq,
             }))
         }
-        Err(e) => {
-            // It may exist all the same (a timeout): remove it by name; the journal keeps it if that fails.
-            match engine.remove_helper(&name).await {
-                Ok(_) => journal.removed(seq),
-                Err(re) => {
-                    tracing::warn!(helper = %name, error = %re, "cannot remove a helper container whose creation failed; `voltar recover` will")
-                }
-            }
-            Err(format!(
-                "cannot read volume {} through the engine: {e}",
-                src.name
-            ))
-        }
+        Err(e) => Err(format!(
+            "cannot read volume {} through the engine: {e}",
+            src.name
+        )),
     }
 }
 
@@ -930,12 +920,9 @@ pub(super) async fn end_read(
 ) {
     guard.armed = None;
     let ReadFrom::Engine(h) = from else { return };
-    match ctx.env.engine.remove_helper(&h.name).await {
-        Ok(_) => {
-            if let Some(seq) = h.seq {
-                ctx.quiescer.journal().removed(seq);
-            }
-        }
+    let journal = ctx.quiescer.journal();
+    match quiesce::remove_helper(ctx.env.engine, journal, h.seq, &h.name).await {
+        Ok(()) => {}
         Err(e) => {
             let w = format!(
                 "helper container {} could not be removed: {e} (`voltar recover` removes it)",

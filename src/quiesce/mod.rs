@@ -230,6 +230,50 @@ fn still_note(still: &[String]) -> String {
     }
 }
 
+/// Create the helper container `name` (`docker::helper`) whose journal entry `seq` (`Leftover::Helper`) the
+/// caller has written: if the create fails, the container is removed by name all the same (it may exist, after a
+/// timeout) and the entry is dropped only when that worked, else `recover` removes it. The one lifecycle of a
+/// helper for backup's reads and restore's writes; [`remove_helper`] ends it.
+#[allow(clippy::too_many_arguments)]
+pub async fn create_helper(
+    engine: &crate::docker::Engine,
+    journal: &Journal,
+    seq: u64,
+    name: &str,
+    volume: &str,
+    image: &str,
+    label: &str,
+    access: crate::docker::helper::Access,
+) -> Result<String, DockerError> {
+    match engine
+        .create_helper(name, volume, image, label, access)
+        .await
+    {
+        Ok(id) => Ok(id),
+        Err(e) => {
+            match engine.remove_helper(name).await {
+                Ok(_) => journal.removed(seq),
+                Err(re) => tracing::warn!(helper = %name, error = %re,
+                    "cannot remove a helper container whose creation failed; `voltar recover` will"),
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Remove a helper container made by [`create_helper`] and drop its journal entry; on `Err` the entry stays,
+/// so `recover` removes it later.
+pub async fn remove_helper(
+    engine: &crate::docker::Engine,
+    journal: &Journal,
+    seq: u64,
+    name_or_id: &str,
+) -> Result<(), DockerError> {
+    engine.remove_helper(name_or_id).await?;
+    journal.removed(seq);
+    Ok(())
+}
+
 #[cfg(test)]
 mod service_tests;
 #[cfg(test)]

@@ -111,18 +111,17 @@ pub(super) async fn put_new_volume(
         name: name.clone(),
         volume: volume.to_string(),
     })?;
-    let id = match ctx
-        .engine
-        .create_helper(&name, volume, &image, "put", Access::Write)
-        .await
-    {
-        Ok(id) => id,
-        Err(e) => {
-            let _ = ctx.engine.remove_helper(&name).await;
-            ctx.journal.removed(seq);
-            return Err(e.into());
-        }
-    };
+    let id = quiesce::create_helper(
+        ctx.engine,
+        ctx.journal,
+        seq,
+        &name,
+        volume,
+        &image,
+        "put",
+        Access::Write,
+    )
+    .await?;
     ctx.progress
         .note("extracting and verifying through the engine");
     ctx.progress.expect_bytes(Some(src.stored_bytes));
@@ -136,8 +135,8 @@ pub(super) async fn put_new_volume(
             ));
         }
     });
-    match ctx.engine.remove_helper(&id).await {
-        Ok(_) => ctx.journal.removed(seq),
+    match quiesce::remove_helper(ctx.engine, ctx.journal, seq, &id).await {
+        Ok(()) => {}
         Err(e) => sr.warnings.push(format!(
             "cannot remove helper container {name}: {e} (`voltar recover` removes it later)"
         )),
