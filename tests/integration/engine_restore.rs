@@ -256,25 +256,51 @@ fn a_corrupt_archive_leaves_no_volume_through_the_engine() {
     let mut w = World::new();
     let src = w.volume("engbad");
     let mp = mountpoint(&src);
-    fs::write(
-        mp.join("big"),
-        (0..60_000u32)
-            .map(|i| format!("line {i} of the big file\n"))
-            .collect::<String>(),
-    )
-    .unwrap();
+    let big = (0..60_000u32)
+        .map(|i| format!("line {i} of the big file\n"))
+        .collect::<String>();
+    fs::write(mp.join("big"), &big).unwrap();
     fs::write(mp.join("small"), "s").unwrap();
     let id = w.backup(&src);
     let obj = w.object(&id, &src);
     let good = fs::read(&obj).unwrap();
     let len = good.len() as u64;
+    // The cases below rely on the stored object holding `big` whole (the replaced object must compress smaller
+    // than it): check that first, so a backup that lost content fails here by name.
+    let tar = zstd::decode_all(&good[..]).unwrap();
+    let mut found = None;
+    for e in tar::Archive::new(&tar[..]).entries().unwrap() {
+        let mut e = e.unwrap();
+        if e.path().unwrap().ends_with("big") {
+            let mut body = Vec::new();
+            std::io::Read::read_to_end(&mut e, &mut body).unwrap();
+            found = Some(body);
+        }
+    }
+    let found = found.expect("the backup holds no `big`");
+    assert!(
+        found == big.as_bytes(),
+        "the backup's `big` differs from the file: {} bytes against {} ({} zero bytes)",
+        found.len(),
+        big.len(),
+        found.iter().filter(|&&b| b == 0).count()
+    );
     // In the middle (the stream breaks there), and in the last byte: the zstd frame's checksum, so the tar
     // itself reads to its end cleanly and only the verdict (sha256, frame checksum) can stop it.
     // And a replaced object of the same size that decodes to the same tar (compressed again at another level,
     // padded with a zstd skippable frame): only its sha256 tells.
-    let tar = zstd::decode_all(&good[..]).unwrap();
     let mut replaced = zstd::encode_all(&tar[..], 19).unwrap();
-    let pad = good.len() - replaced.len() - 8;
+    let pad = good
+        .len()
+        .checked_sub(replaced.len() + 8)
+        .unwrap_or_else(|| {
+            panic!(
+                "level 19 ({} bytes) is not 8 bytes smaller than the stored object ({} bytes, tar {} bytes)",
+                replaced.len(),
+                good.len(),
+                tar.len()
+            )
+        });
     replaced.extend_from_slice(&0x184D2A50u32.to_le_bytes());
     replaced.extend_from_slice(&(pad as u32).to_le_bytes());
     replaced.resize(good.len(), 0);
