@@ -243,7 +243,7 @@ pub fn plan(
     let mut plan = Plan::default();
     plan_volumes(discovery, job, &mut plan)?;
     plan_binds(discovery, job, probe, &mut plan)?;
-    plan_dumps(discovery, &mut plan);
+    plan_dumps(discovery, job, &mut plan)?;
     if !only.is_empty() {
         check_only(&plan, only)?;
         promote_named(discovery, job, only, &mut plan);
@@ -459,8 +459,20 @@ fn promote_named(discovery: &Discovery, job: &Job, only: &[String], plan: &mut P
     });
     for s in promoted {
         if s.kind == SourceKind::Dump {
-            // A dump skipped because its container does not run cannot be made to run by naming it.
-            plan.skipped.push(s);
+            // A dump the job's selection left out comes back by name; one whose container does not run cannot be
+            // made to run by naming it.
+            let c = discovery
+                .containers
+                .iter()
+                .find(|c| s.used_by.first() == Some(&c.name));
+            match c.and_then(|c| Some((c, dump::resolve(c)?))) {
+                Some((c, spec)) if dump::runnable(c).is_ok() => {
+                    let mut d = dump_source(c, spec);
+                    d.reason = format!("named with --only (was: {})", s.reason);
+                    plan.sources.push(d);
+                }
+                _ => plan.skipped.push(s),
+            }
             continue;
         }
         let users = match s.kind {
@@ -503,15 +515,33 @@ fn keep_only_named(only: &[String], plan: &mut Plan) {
 }
 
 /// Every container with a dump label: its dump is a source of its own (`dump@<container>`) when the container
-/// runs, else skipped with the reason (its volumes are then archived as usual). With `voltar.dump-only=true` the
+/// runs and the job selects it, else skipped with the reason (its volumes are then archived as usual). The job
+/// selects a dump that goes with one of its container's selected volumes or bind mounts, or whose own name its
+/// `selection.include` matches; `selection.exclude` on the name leaves it out. With `voltar.dump-only=true` the
 /// volumes and bind mounts that container mounts are skipped: the dump is their backup.
-fn plan_dumps(discovery: &Discovery, plan: &mut Plan) {
+fn plan_dumps(discovery: &Discovery, job: &Job, plan: &mut Plan) -> Result<(), PlanError> {
+    let include = globs(&job.selection.include)?;
+    let exclude = globs(&job.selection.exclude)?;
     for c in &discovery.containers {
         let Some(spec) = dump::resolve(c) else {
             continue;
         };
         let name = dump::source_name(&c.name);
-        if let Err(reason) = dump::runnable(c) {
+        let with_its_data = plan
+            .sources
+            .iter()
+            .any(|s| s.kind != SourceKind::Dump && s.containers.iter().any(|u| u.id == c.id));
+        let not_selected = if exclude.is_match(&name) {
+            Some("excluded by selection.exclude".to_string())
+        } else if !with_its_data && !include.is_match(&name) {
+            Some(format!(
+                "none of {}'s volumes is selected and selection.include does not match {name}",
+                c.name
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = dump::runnable(c).err().or(not_selected) {
             plan.skipped.push(SkippedSource {
                 name,
                 kind: SourceKind::Dump,
@@ -539,25 +569,31 @@ fn plan_dumps(discovery: &Discovery, plan: &mut Plan) {
                 reason: why.clone(),
             }));
         }
-        let runs = PlannedContainer::new(
-            c,
-            false,
-            QuiesceAction::None,
-            Duration::ZERO,
-            format!("runs the dump, not paused or stopped; {}", spec.from),
-        );
-        plan.sources.push(PlannedSource {
-            name,
-            kind: SourceKind::Dump,
-            path: PathBuf::new(),
-            driver: None,
-            driver_opts: BTreeMap::new(),
-            labels: BTreeMap::new(),
-            containers: vec![runs],
-            services: vec![],
-            reason: spec.from.clone(),
-            dump: Some(spec),
-        });
+        plan.sources.push(dump_source(c, spec));
+    }
+    Ok(())
+}
+
+/// The source `dump@<container>` of a running container `c` with dump `spec`.
+fn dump_source(c: &ContainerInfo, spec: DumpSpec) -> PlannedSource {
+    let runs = PlannedContainer::new(
+        c,
+        false,
+        QuiesceAction::None,
+        Duration::ZERO,
+        format!("runs the dump, not paused or stopped; {}", spec.from),
+    );
+    PlannedSource {
+        name: dump::source_name(&c.name),
+        kind: SourceKind::Dump,
+        path: PathBuf::new(),
+        driver: None,
+        driver_opts: BTreeMap::new(),
+        labels: BTreeMap::new(),
+        containers: vec![runs],
+        services: vec![],
+        reason: spec.from.clone(),
+        dump: Some(spec),
     }
 }
 
@@ -1167,6 +1203,86 @@ mod tests {
         .unwrap();
         let names: Vec<&str> = p.sources.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, vec!["app_db"]);
+    }
+
+    /// A dump follows the job's selection: it goes with its container's selected volumes or with its own name
+    /// (`dump@<container>`) in `selection.include`; `selection.exclude` on its name leaves it out; `--only` names
+    /// it back in. (It used to be in every job, whatever the job selected.)
+    #[test]
+    fn dumps_follow_the_jobs_selection() {
+        let d = Discovery {
+            volumes: vec![vol("pgdata", &[]), vol("files", &[])],
+            containers: vec![
+                ctr(
+                    "db",
+                    ContainerState::Running,
+                    &[("voltar.dump", "postgres")],
+                    vec![vmount("pgdata", true)],
+                ),
+                ctr(
+                    "web",
+                    ContainerState::Running,
+                    &[],
+                    vec![vmount("files", true)],
+                ),
+            ],
+            services: vec![],
+        };
+        let selected =
+            |p: &Plan| -> Vec<String> { p.sources.iter().map(|s| s.name.clone()).collect() };
+        let skipped = |p: &Plan, name: &str| -> Option<String> {
+            p.skipped
+                .iter()
+                .find(|s| s.name == name)
+                .map(|s| s.reason.clone())
+        };
+        // Default (`*`): the dump and both volumes.
+        let p = plan(&d, &job(""), &[], &dirs).unwrap();
+        assert_eq!(selected(&p), vec!["dump@db", "files", "pgdata"]);
+        // A job for the files only: no dump of the database.
+        let p = plan(&d, &job("[selection]\ninclude = [\"files\"]\n"), &[], &dirs).unwrap();
+        assert_eq!(selected(&p), vec!["files"]);
+        let why = skipped(&p, "dump@db").expect("the dump is listed as skipped");
+        assert!(why.contains("selection.include"), "{why}");
+        // A job for the database's volume: its dump too.
+        let p = plan(
+            &d,
+            &job("[selection]\ninclude = [\"pgdata\"]\n"),
+            &[],
+            &dirs,
+        )
+        .unwrap();
+        assert_eq!(selected(&p), vec!["dump@db", "pgdata"]);
+        // Or by the dump's own name.
+        let p = plan(
+            &d,
+            &job("[selection]\ninclude = [\"dump@*\"]\n"),
+            &[],
+            &dirs,
+        )
+        .unwrap();
+        assert_eq!(selected(&p), vec!["dump@db"]);
+        // Excluded by name.
+        let p = plan(
+            &d,
+            &job("[selection]\nexclude = [\"dump@*\"]\n"),
+            &[],
+            &dirs,
+        )
+        .unwrap();
+        assert_eq!(selected(&p), vec!["files", "pgdata"]);
+        let why = skipped(&p, "dump@db").expect("the dump is listed as skipped");
+        assert!(why.contains("selection.exclude"), "{why}");
+        // `--only` names it back in, from a job that does not select it.
+        let p = plan(
+            &d,
+            &job("[selection]\ninclude = [\"files\"]\n"),
+            &["dump@db".into()],
+            &dirs,
+        )
+        .unwrap();
+        assert_eq!(selected(&p), vec!["dump@db"]);
+        assert!(p.sources[0].dump.is_some(), "{p:#?}");
     }
 
     fn groups_of(p: &Plan) -> Vec<(String, Vec<String>, String)> {

@@ -1337,3 +1337,52 @@ fn a_postgres_restore_whose_sql_fails_fails() {
         "the noise is not the error: {line}"
     );
 }
+
+/// A job takes the dumps that go with what it selects: a job limited to another volume runs no dump of a
+/// labelled container (it used to dump every labelled container, whatever the job selected); a job that selects
+/// the container's volume takes its dump too.
+#[test]
+fn a_job_limited_to_other_volumes_runs_no_dump() {
+    require_docker!();
+    let env = Env::new();
+    let mut c = Cleanup::default();
+    let data = c.volume("sel-data");
+    let other = c.volume("sel-other");
+    let mount = format!("{data}:/data");
+    // The dump command leaves a mark in the container's volume each time it runs.
+    let app = c.run(
+        "sel",
+        &[
+            "-v",
+            &mount,
+            "-l",
+            "voltar.dump-command=echo ran >> /data/dumped; echo dump",
+        ],
+    );
+    let dump = format!("dump@{app}");
+    let ran = || {
+        std::fs::read_to_string(crate::support::mountpoint(&data).join("dumped"))
+            .unwrap_or_default()
+    };
+    let sources = |o: &Out| -> Vec<String> {
+        json(o)["sources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+
+    let cfg = env.config(&format!("[selection]\ninclude = [\"{other}\"]\n"));
+    let t = env.t();
+    let o = env.run(&["backup", "--json", "-t", &t, "--config", &cfg]);
+    assert_eq!(o.code, 0, "{o:?}");
+    assert_eq!(sources(&o), vec![other.clone()], "{o:?}");
+    assert_eq!(ran(), "", "the dump ran in a job that does not select it");
+
+    let cfg = env.config(&format!("[selection]\ninclude = [\"{data}\"]\n"));
+    let o = env.run(&["backup", "--json", "-t", &t, "--config", &cfg]);
+    assert_eq!(o.code, 0, "{o:?}");
+    assert_eq!(sources(&o), vec![dump.clone(), data.clone()], "{o:?}");
+    assert_eq!(ran(), "ran\n");
+}
