@@ -29,7 +29,7 @@ pub(super) async fn commit(
             tool: crate::TOOL.to_string(),
             id: ctx.id.clone(),
             job: req.job.name.clone(),
-            host: hostname(),
+            host: ctx.env.config.node.clone().unwrap_or_else(hostname),
             started_at: report.started_at,
             finished_at,
             tags: req.tags.clone(),

@@ -258,6 +258,10 @@ pub struct Config {
     pub daemon: Daemon,
     /// Path the config was read from, if any.
     pub source: Option<PathBuf>,
+    /// The node this run works for, when this run knows it: what `{node}` stood for (`VOLTAR_NODE`, else the
+    /// engine's name), filled in by [`Config::expand_targets`]. A manifest's `host` names it (in a container,
+    /// the machine's own host name is the container's).
+    pub node: Option<String>,
 }
 
 pub const DEFAULT_JOB: &str = "default";
@@ -292,6 +296,7 @@ impl Default for Config {
             notify: vec![],
             daemon: Daemon::default(),
             source: None,
+            node: None,
         }
     }
 }

@@ -367,6 +367,7 @@ impl Config {
         for t in self.targets.values_mut() {
             *t = t.expand(values)?;
         }
+        self.node = values.node.as_ref().map(|(n, _)| n.clone());
         Ok(())
     }
 }

@@ -227,6 +227,11 @@ fn issue15_global_service_backs_up_each_node_under_its_own_prefix() {
         std::thread::sleep(Duration::from_millis(500));
     };
     assert!(manifest.contains("\"app\": \"stack-test\""), "{manifest}");
+    // Made in a container whose own host name is its id: the manifest names the node.
+    assert!(
+        manifest.contains(&format!("\"host\": \"{node}\"")),
+        "{manifest}"
+    );
 
     // Here, with the same target spelled for this host: VOLTAR_NODE picks the node, no engine is asked.
     let host_config = dir.path().join("host.toml");

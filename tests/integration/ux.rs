@@ -524,3 +524,56 @@ fn issue10_own_mounts_are_left_out_in_a_container() {
         "{v:#}"
     );
 }
+
+/// Issue 15: a manifest's `host` names the node the run works for when the run knows it (`VOLTAR_NODE`, or the
+/// engine's name behind `{node}`): in a container, the machine's own host name is the container's id. Without
+/// either, it is this machine's host name.
+#[test]
+fn the_manifest_host_is_the_node_when_the_run_knows_it() {
+    crate::require_docker!();
+    let h = Here::new();
+    let mut c = Cleanup::default();
+    let vol = c.volume("hostname");
+    std::fs::write(support::mountpoint(&vol).join("f"), b"x").unwrap();
+    let backups = h.path("backups");
+    let cfg = h.config(&format!(
+        "[target.nodes]\ntype = \"local\"\npath = \"{}\"\nprefix = \"n/{{node}}\"\n",
+        backups.display()
+    ));
+    let run = |args: &[&str]| -> Out {
+        std::process::Command::new(env!("CARGO_BIN_EXE_voltar"))
+            .args(["-c", &cfg])
+            .args(args)
+            .current_dir(h.path("cwd"))
+            .env("VOLTAR_STATE_DIR", h.path("state"))
+            .env("VOLTAR_NODE", "node-x")
+            .env_remove("VOLTAR_CONFIG")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run voltar")
+            .into()
+    };
+    let b = run(&["--json", "backup", "--only", &vol]);
+    assert_eq!(b.code, 0, "{b:?}");
+    let s = run(&["--json", "show", "latest"]);
+    assert_eq!(s.code, 0, "{s:?}");
+    assert_eq!(json(&s)["host"], "node-x", "{s:?}");
+    assert!(backups.join("n/node-x").is_dir());
+
+    // Without a node: this machine's host name.
+    let t = h.target();
+    let b = h.voltar(&["--json", "backup", "--only", &vol, "-t", &t]);
+    assert_eq!(b.code, 0, "{b:?}");
+    let s = h.voltar(&["--json", "show", "latest", "-t", &t]);
+    let me = uname_n();
+    assert_eq!(json(&s)["host"], me.as_str(), "{s:?}");
+}
+
+/// This machine's host name, as `uname -n` prints it.
+fn uname_n() -> String {
+    let o = std::process::Command::new("uname")
+        .arg("-n")
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
