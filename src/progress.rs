@@ -2,6 +2,7 @@
 //! Cheap to clone and to call from the packer thread.
 
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -12,6 +13,8 @@ pub struct Progress {
     bar: Option<ProgressBar>,
     /// The containers held now, shown on the bar with the time they have been held (redrawn at every tick).
     held: Arc<Mutex<Option<Held>>>,
+    /// The bar shows a wait (no byte count) until the next phase or byte count.
+    waiting: Arc<AtomicBool>,
 }
 
 /// Containers a run holds (paused or stopped) while it reads their source.
@@ -45,6 +48,7 @@ impl Progress {
         let p = Progress {
             bar: Some(bar),
             held: Default::default(),
+            waiting: Default::default(),
         };
         p.restyle(OPEN_ENDED);
         if let Some(b) = &p.bar {
@@ -73,6 +77,7 @@ impl Progress {
         Progress {
             bar: None,
             held: self.held.clone(),
+            waiting: self.waiting.clone(),
         }
     }
 
@@ -101,6 +106,7 @@ impl Progress {
     /// Count the next bytes against `total` when it is known (a stored object being read back: percentage and
     /// ETA), else open-ended. Starts the count at zero.
     pub fn expect_bytes(&self, total: Option<u64>) {
+        self.waiting.store(false, Ordering::Relaxed);
         if let Some(b) = &self.bar {
             b.set_position(0);
             b.reset_eta();
@@ -122,11 +128,18 @@ impl Progress {
         Progress {
             bar: None,
             held: Default::default(),
+            waiting: Default::default(),
         }
     }
 
     /// A new phase (e.g. `backing up pgdata`).
     pub fn phase(&self, what: &str) {
+        if self.waiting.swap(false, Ordering::Relaxed) {
+            self.restyle(OPEN_ENDED);
+            if let Some(b) = &self.bar {
+                b.reset_elapsed();
+            }
+        }
         match &self.bar {
             Some(b) => {
                 b.set_prefix(what.to_string());
@@ -140,6 +153,21 @@ impl Progress {
     pub fn note(&self, msg: &str) {
         match &self.bar {
             Some(b) => b.set_message(msg.to_string()),
+            None => tracing::info!("{msg}"),
+        }
+    }
+
+    /// Waiting for something (another run's lock): the line says what and for how long, without a byte count,
+    /// until the next phase.
+    pub fn waiting(&self, msg: &str) {
+        match &self.bar {
+            Some(b) => {
+                if !self.waiting.swap(true, Ordering::Relaxed) {
+                    self.restyle(WAITING);
+                    b.reset_elapsed();
+                }
+                b.set_message(msg.to_string());
+            }
             None => tracing::info!("{msg}"),
         }
     }
@@ -174,6 +202,7 @@ impl Progress {
 
 const OPEN_ENDED: &str =
     "{spinner} {prefix:.bold} {held}{msg} {bytes} read, {binary_bytes_per_sec}, {elapsed}";
+const WAITING: &str = "{spinner} {prefix:.bold} {msg}, waited {elapsed}";
 const KNOWN_TOTAL: &str =
     "{spinner} {prefix:.bold} {held}{msg} [{bar:20}] {bytes}/{total_bytes} ({percent}%), \
      {binary_bytes_per_sec}, eta {eta}";

@@ -420,7 +420,7 @@ async fn wait_for_targets(
     w: &crate::lock::Wait,
 ) -> Result<(), BackupError> {
     crate::lock::wait_free(&env.config.state_dir, targets, Some(w), &env.cancel, |h| {
-        env.progress.note(&h.waiting_line())
+        env.progress.waiting(&h.waiting_line())
     })
     .await
     .map_err(|e| match e {

@@ -85,7 +85,7 @@ pub async fn command(
         now: Utc::now(),
         wait: args.wait.start(),
     };
-    let reports = run(config, &req, &|h| progress.note(&h.waiting_line())).await;
+    let reports = run(config, &req, &|h| progress.waiting(&h.waiting_line())).await;
     progress.finish();
     let reports = reports?;
     if json {

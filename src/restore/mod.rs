@@ -412,7 +412,7 @@ pub async fn run(
             );
             let waited =
                 crate::lock::wait_free(&config.state_dir, &targets, Some(w), &cancel, |h| {
-                    progress.note(&h.waiting_line())
+                    progress.waiting(&h.waiting_line())
                 });
             match waited.await {
                 // Timed out: each source then fails its check of the safety backup's targets with this time-out,
