@@ -358,7 +358,7 @@ async fn round_trip_rest(
 pub fn largest_archive(part_size: u64, max_parts: u32) -> u64 {
     let mut total = 0u64;
     for n in 1..=max_parts.max(1) {
-        total = total.saturating_add(s3::part_size_for(n, part_size, None, max_parts));
+        total = total.saturating_add(s3::part_size_for(n, part_size, None, max_parts, false));
     }
     total.min(s3::MAX_OBJECT_SIZE)
 }
@@ -366,9 +366,9 @@ pub fn largest_archive(part_size: u64, max_parts: u32) -> u64 {
 /// How large an archive gets while every part has the same size (the writer doubles the part size every
 /// `max_parts / GROWTH_STEPS` parts): stores that want equal parts (Cloudflare R2) take archives up to this.
 pub fn equal_parts_up_to(part_size: u64, max_parts: u32) -> u64 {
-    let first = s3::part_size_for(1, part_size, None, max_parts);
+    let first = s3::part_size_for(1, part_size, None, max_parts, false);
     let same = (1..=max_parts.max(1))
-        .take_while(|&n| s3::part_size_for(n, part_size, None, max_parts) == first)
+        .take_while(|&n| s3::part_size_for(n, part_size, None, max_parts, false) == first)
         .count() as u64;
     first.saturating_mul(same)
 }
@@ -633,19 +633,33 @@ async fn addressing(t: &S3Target, fixes: &Fixes<'_>) -> Step {
 
 /// The largest archive at the configured part size, at 1,000 and 10,000 parts.
 fn part_limits(t: &S3Target, fixes: &Fixes<'_>) -> Step {
-    let mut step = Step::info(
-        "part limits",
+    let text = if t.equal_parts(t.endpoint.as_deref()) {
+        format!(
+            "part-size {}: every part one size (equal-parts{}), so archives up to {} with max-parts = {} (not \
+             tested: it would take {} parts); raise part-size for larger ones",
+            human(t.part_size),
+            if t.equal_parts.is_none() {
+                ", the default for Cloudflare R2"
+            } else {
+                ""
+            },
+            human(t.part_size.saturating_mul(t.max_parts as u64).min(s3::MAX_OBJECT_SIZE)),
+            t.max_parts,
+            t.max_parts as u64 + 1,
+        )
+    } else {
         format!(
             "part-size {}: archives up to {} at 10,000 parts (AWS), {} at 1,000; max-parts = {} here (not \
-             tested: it would take 1,001 parts); parts stay one size up to {} (stores that want equal parts, \
-             like Cloudflare R2, take archives up to that: raise part-size for larger ones)",
+             tested: it would take 1,001 parts); parts stay one size up to {} (for stores that want every part \
+             one size, set equal-parts = true)",
             human(t.part_size),
             human(largest_archive(t.part_size, 10_000)),
             human(largest_archive(t.part_size, 1_000)),
             t.max_parts,
             human(equal_parts_up_to(t.part_size, t.max_parts)),
-        ),
-    );
+        )
+    };
+    let mut step = Step::info("part limits", text);
     if t.max_parts > 1_000 {
         step.fix = Some(format!(
             "on a store that allows only 1,000 parts per upload, {}",

@@ -105,6 +105,7 @@ pub struct RawTarget {
     pub checksum: Option<String>,
     pub part_size: Option<String>,
     pub max_parts: Option<u32>,
+    pub equal_parts: Option<bool>,
     pub parallel_parts: Option<u32>,
     pub retry_deadline: Option<String>,
     pub check_timeout: Option<String>,

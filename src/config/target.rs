@@ -48,6 +48,9 @@ pub struct S3Target {
     pub part_size: u64,
     /// Provider's part count limit.
     pub max_parts: u32,
+    /// `equal-parts`: every part but the last has one size (no growth), for stores that require it (Cloudflare
+    /// R2). `None`: [`S3Target::equal_parts`] decides from the endpoint.
+    pub equal_parts: Option<bool>,
     /// Parts uploaded concurrently.
     pub parallel_parts: u32,
     /// Overall deadline for retrying one request.
@@ -57,6 +60,19 @@ pub struct S3Target {
 }
 
 impl S3Target {
+    /// Whether uploads keep one part size: `equal-parts` when set, else true for a Cloudflare R2 endpoint
+    /// (`….r2.cloudflarestorage.com`, which refuses parts of different sizes) — `endpoint` is the one in use (the
+    /// configured one, or `AWS_ENDPOINT_URL`).
+    pub fn equal_parts(&self, endpoint: Option<&str>) -> bool {
+        self.equal_parts.unwrap_or_else(|| {
+            endpoint.is_some_and(|e| {
+                let host = e.split("://").nth(1).unwrap_or(e);
+                let host = host.split(['/', ':']).next().unwrap_or(host);
+                host.ends_with(".r2.cloudflarestorage.com")
+            })
+        })
+    }
+
     pub fn new(bucket: String, prefix: String) -> S3Target {
         S3Target {
             bucket,
@@ -73,6 +89,7 @@ impl S3Target {
             checksum: ChecksumMode::Default,
             part_size: 8 << 20,
             max_parts: 10_000,
+            equal_parts: None,
             parallel_parts: 2,
             retry_deadline: Duration::from_secs(300),
             check_timeout: CHECK_TIMEOUT,
@@ -604,6 +621,7 @@ fn s3_transfer(name: &str, t: &RawTarget, s: &mut S3Target) -> Result<(), Config
         }
         s.max_parts = m;
     }
+    s.equal_parts = t.equal_parts;
     if let Some(p) = t.parallel_parts {
         s.parallel_parts = p.clamp(1, 64);
     }
@@ -737,6 +755,33 @@ mod tests {
 
     /// Issue 15: `{node}` and `{hostname}` in a prefix or a local path are filled in per run; a target without
     /// placeholders stays as it was; the config says which placeholders it needs.
+    /// `equal-parts`: set, or true by default for a Cloudflare R2 endpoint only.
+    #[test]
+    fn equal_parts_default_to_the_endpoint() {
+        let c = Config::parse("[target.a]\ntype = \"s3\"\nbucket = \"b\"\n").unwrap();
+        let TargetKind::S3(s) = &c.targets["a"].kind else {
+            panic!("s3")
+        };
+        assert!(!s.equal_parts(None));
+        assert!(!s.equal_parts(Some("https://s3.eu-central-1.amazonaws.com")));
+        assert!(s.equal_parts(Some("https://0123abcd.r2.cloudflarestorage.com")));
+        assert!(s.equal_parts(Some("https://0123abcd.eu.r2.cloudflarestorage.com:443/")));
+        assert!(!s.equal_parts(Some("https://r2.cloudflarestorage.com.example.org")));
+        let c = Config::parse(
+            "[target.a]\ntype = \"s3\"\nbucket = \"b\"\nequal-parts = false\n\
+             [target.m]\ntype = \"s3\"\nbucket = \"b\"\nequal-parts = true\n",
+        )
+        .unwrap();
+        let TargetKind::S3(a) = &c.targets["a"].kind else {
+            panic!("s3")
+        };
+        let TargetKind::S3(m) = &c.targets["m"].kind else {
+            panic!("s3")
+        };
+        assert!(!a.equal_parts(Some("https://x.r2.cloudflarestorage.com")));
+        assert!(m.equal_parts(Some("http://127.0.0.1:9000")));
+    }
+
     #[test]
     fn issue15_placeholders_expand_in_prefix_and_path() {
         let mut c = Config::parse(NODES).unwrap();

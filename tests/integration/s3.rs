@@ -1012,3 +1012,54 @@ fn secrets_never_reach_the_output_at_any_log_level() {
     assert!(b.all().contains("chmod 600"), "{b:?}");
     assert_no_canary("refused passphrase file", &b);
 }
+
+/// `equal-parts` (Cloudflare R2 refuses parts of different sizes): the upload keeps one part size, so an archive
+/// larger than `max-parts` × `part-size` fails while it is sent — naming the setting to raise, leaving no upload
+/// behind — instead of being refused by the store at the end. Without it the part size grows and the same archive
+/// fits.
+#[test]
+fn equal_parts_keep_one_size_and_name_the_fix_when_the_archive_outgrows_them() {
+    crate::require_docker!();
+    let Some(endpoint) = support::s3_endpoint() else {
+        return;
+    };
+    let w = World::new(&endpoint);
+    let mut c = Cleanup::default();
+    let vol = c.volume("equal");
+    // 24 MiB that does not compress: 3 parts of 5 MiB cannot hold it; 5 + 10 + 20 MiB can.
+    random_file(&support::mountpoint(&vol).join("random.bin"), 24 << 20);
+    let backup = |prefix: &str, extra: &str| {
+        let cfg = w.config(
+            &format!("{prefix}.toml"),
+            &w.s3_target_toml(
+                "offsite",
+                prefix,
+                &format!("part-size = \"5MiB\"\nmax-parts = 3\n{extra}"),
+            ),
+        );
+        run(
+            w.cmd(),
+            &["-c", cfg.to_str().unwrap(), "backup", "--only", &vol],
+        )
+    };
+
+    let b = backup("equal", "equal-parts = true");
+    assert_eq!(b.code, 1, "{b:?}");
+    let all = format!("{}{}", b.stdout, b.stderr);
+    assert!(
+        all.contains("larger than 3 parts can hold") && all.contains("raise part-size"),
+        "{b:?}"
+    );
+    let store = w.store("equal");
+    assert!(
+        !w.block(keys(&store))
+            .iter()
+            .any(|k| k.ends_with("manifest.json")),
+        "nothing is committed"
+    );
+    let left = w.block(store.list_incomplete()).unwrap();
+    assert!(left.is_empty(), "uploads left behind: {left:?}");
+
+    let b = backup("growing", "");
+    assert_eq!(b.code, 0, "{b:?}");
+}

@@ -45,6 +45,8 @@ pub(super) struct Inner {
     pub(super) sse_kms_key_id: Option<String>,
     pub(super) part_size: u64,
     pub(super) max_parts: u32,
+    /// Every part but the last one size (`S3Target::equal_parts`).
+    pub(super) equal_parts: bool,
     pub(super) parallel_parts: usize,
     pub(super) policy: Backoff,
     /// The budget of requests to an endpoint that has not answered yet (the target's `check-timeout`).
@@ -107,6 +109,7 @@ impl S3Storage {
             .endpoint
             .clone()
             .unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
+        let equal_parts = t.equal_parts(Some(&endpoint));
         Ok(S3Storage {
             inner: Arc::new(Inner {
                 client: Client::from_conf(conf),
@@ -120,6 +123,7 @@ impl S3Storage {
                 sse_kms_key_id: t.sse_kms_key_id.clone(),
                 part_size: t.part_size,
                 max_parts: t.max_parts.max(1),
+                equal_parts,
                 parallel_parts: t.parallel_parts.max(1) as usize,
                 policy: Backoff::with_deadline(t.retry_deadline),
                 first_contact: t.check_timeout,

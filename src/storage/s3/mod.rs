@@ -96,6 +96,8 @@ const ABORT_ROUNDS: u32 = 5;
 ///   after those (the hint was too small, or there was none) double in size every
 ///   `remaining parts / GROWTH_STEPS` parts.
 /// * Never above [`MAX_PART_SIZE`].
+/// * `equal` (stores that want every part but the last one size, `equal-parts`): the first size for every part;
+///   the archive then fits `max_parts` × that size.
 ///
 /// Resulting limits without a hint (sum over all parts, pinned by the tests):
 ///
@@ -110,7 +112,13 @@ const ABORT_ROUNDS: u32 = 5;
 /// archives that large. With a hint, the hinted size × 1.25 fits whenever that is at most `max_parts` × 5 GiB
 /// (any hint up to 5 TiB with 10,000 parts; up to 3.9 TiB with 1,000), and the hinted size itself fits up to
 /// the ceiling.
-pub fn part_size_for(part_number: u32, base: u64, size_hint: Option<u64>, max_parts: u32) -> u64 {
+pub fn part_size_for(
+    part_number: u32,
+    base: u64,
+    size_hint: Option<u64>,
+    max_parts: u32,
+    equal: bool,
+) -> u64 {
     let max_parts = max_parts.max(1) as u64;
     let n = part_number.max(1) as u64;
     let mut start = base.max(1);
@@ -121,7 +129,7 @@ pub fn part_size_for(part_number: u32, base: u64, size_hint: Option<u64>, max_pa
         start = start.max(need).min(MAX_PART_SIZE);
         flat = hint.div_ceil(start).min(max_parts);
     }
-    if n <= flat {
+    if n <= flat || equal {
         return start;
     }
     let step = ((max_parts - flat) / GROWTH_STEPS as u64).max(1);
@@ -348,7 +356,7 @@ impl Storage for S3Storage {
     ) -> Result<Box<dyn ObjectWriter>, StorageError> {
         let full = self.inner.full_key(key)?;
         let s = &self.inner;
-        let part_size = part_size_for(1, s.part_size, opts.size_hint, s.max_parts);
+        let part_size = part_size_for(1, s.part_size, opts.size_hint, s.max_parts, s.equal_parts);
         Ok(Box::new(S3Writer {
             s3: self.inner.clone(),
             key: key.to_string(),

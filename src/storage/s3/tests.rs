@@ -11,7 +11,7 @@ const TIB: u64 = 1 << 40;
 /// Bytes the schedule can hold within `max_parts` parts.
 fn capacity(base: u64, hint: Option<u64>, max_parts: u32) -> u64 {
     (1..=max_parts)
-        .map(|n| part_size_for(n, base, hint, max_parts))
+        .map(|n| part_size_for(n, base, hint, max_parts, false))
         .sum()
 }
 
@@ -79,13 +79,16 @@ fn with_1000_parts_a_hint_up_to_the_ceiling_itself_fits() {
 fn an_accurate_hint_keeps_parts_small_and_constant() {
     // 100 GiB with 10,000 parts needs 12.8 MiB parts: 16 MiB (the base) for all parts within the hint.
     let hint = 100u64 << 30;
-    let first = part_size_for(1, 16 * MIB, Some(hint), 10_000);
+    let first = part_size_for(1, 16 * MIB, Some(hint), 10_000, false);
     assert_eq!(first, 16 * MIB);
-    assert_eq!(part_size_for(6400, 16 * MIB, Some(hint), 10_000), 16 * MIB);
+    assert_eq!(
+        part_size_for(6400, 16 * MIB, Some(hint), 10_000, false),
+        16 * MIB
+    );
     // Past the hint the size grows, so an underestimate still fits.
-    assert!(part_size_for(9999, 16 * MIB, Some(hint), 10_000) > 16 * MIB);
+    assert!(part_size_for(9999, 16 * MIB, Some(hint), 10_000, false) > 16 * MIB);
     // 1 TiB with 1,000 parts: at least 1.25 TiB / 1000 rounded up to a MiB.
-    let p = part_size_for(1, 16 * MIB, Some(TIB), 1000);
+    let p = part_size_for(1, 16 * MIB, Some(TIB), 1000, false);
     assert_eq!(p % MIB, 0);
     assert!(p as u128 * 1000 >= TIB as u128 * 5 / 4);
 }
@@ -96,14 +99,14 @@ fn sizes_never_exceed_the_s3_maximum_and_never_shrink() {
         for max_parts in [1u32, 10, 1000, 10_000] {
             let mut prev = 0;
             for n in 1..=max_parts {
-                let s = part_size_for(n, 16 * MIB, hint, max_parts);
+                let s = part_size_for(n, 16 * MIB, hint, max_parts, false);
                 assert!(s <= MAX_PART_SIZE && s >= prev, "{hint:?} {max_parts} {n}");
                 prev = s;
             }
         }
     }
     assert_eq!(
-        part_size_for(u32::MAX, 16 * MIB, None, 10_000),
+        part_size_for(u32::MAX, 16 * MIB, None, 10_000, false),
         MAX_PART_SIZE
     );
 }
@@ -125,6 +128,7 @@ fn test_inner() -> Inner {
         sse_kms_key_id: None,
         part_size: 5 * MIB,
         max_parts: 10_000,
+        equal_parts: false,
         parallel_parts: 2,
         policy: Backoff::default(),
         first_contact: Duration::from_secs(5),
@@ -373,4 +377,24 @@ fn attempt_timeouts_scale_with_the_body() {
         attempt_timeout(600 * MIB, Duration::from_secs(1)),
         Duration::from_secs(600)
     );
+}
+
+/// `equal-parts` (Cloudflare R2): every part has the first part's size, with or without a hint; the archive
+/// then fits `max_parts` × that size.
+#[test]
+fn equal_parts_never_grow() {
+    for hint in [None, Some(100 * MIB), Some(TIB)] {
+        let first = part_size_for(1, 8 * MIB, hint, 10_000, true);
+        for n in [2, 909, 910, 5000, 10_000] {
+            assert_eq!(
+                part_size_for(n, 8 * MIB, hint, 10_000, true),
+                first,
+                "{hint:?} {n}"
+            );
+        }
+    }
+    assert_eq!(part_size_for(10_000, 8 * MIB, None, 10_000, true), 8 * MIB);
+    // A hint still picks a first size large enough for it (× 1.25).
+    let p = part_size_for(1, 8 * MIB, Some(TIB), 10_000, true);
+    assert!(p as u128 * 10_000 >= TIB as u128 * 5 / 4);
 }

@@ -83,8 +83,16 @@ impl S3Writer {
     /// Send one full part: start the multipart upload first if needed, wait for a free slot (backpressure).
     async fn ship(&mut self, part: Bytes) -> Result<(), StorageError> {
         if self.next_part > self.s3.max_parts {
+            let fix = if self.s3.equal_parts {
+                format!(
+                    "parts are all one size here (equal-parts): raise part-size (now {} bytes)",
+                    self.part_size
+                )
+            } else {
+                "pass a size hint or raise max-parts".to_string()
+            };
             return Err(self.s3.err(format!(
-                "{} is larger than {} parts can hold ({} bytes so far); pass a size hint or raise max-parts",
+                "{} is larger than {} parts can hold ({} bytes so far); {fix}",
                 self.key, self.s3.max_parts, self.size
             )));
         }
@@ -119,6 +127,7 @@ impl S3Writer {
             self.s3.part_size,
             self.size_hint,
             self.s3.max_parts,
+            self.s3.equal_parts,
         );
         Ok(())
     }
