@@ -64,13 +64,8 @@ impl S3Target {
     /// (`….r2.cloudflarestorage.com`, which refuses parts of different sizes) — `endpoint` is the one in use (the
     /// configured one, or `AWS_ENDPOINT_URL`).
     pub fn equal_parts(&self, endpoint: Option<&str>) -> bool {
-        self.equal_parts.unwrap_or_else(|| {
-            endpoint.is_some_and(|e| {
-                let host = e.split("://").nth(1).unwrap_or(e);
-                let host = host.split(['/', ':']).next().unwrap_or(host);
-                host.ends_with(".r2.cloudflarestorage.com")
-            })
-        })
+        self.equal_parts
+            .unwrap_or_else(|| endpoint_host_ends_with(endpoint, ".r2.cloudflarestorage.com"))
     }
 
     pub fn new(bucket: String, prefix: String) -> S3Target {
@@ -433,6 +428,7 @@ fn s3_url(url: &str, rest: &str, endpoint: Option<&str>) -> Result<Target, Confi
     }
     // S3-compatible servers at an endpoint of their own expect path-style requests.
     t.path_style = path_style.unwrap_or(t.endpoint.is_some());
+    t.checksum = ChecksumMode::for_endpoint(t.endpoint.as_deref());
     Ok(Target {
         name: url.to_string(),
         kind: TargetKind::S3(t),
@@ -591,7 +587,8 @@ fn s3_storing(name: &str, t: &RawTarget, s: &mut S3Target) -> Result<(), ConfigE
     s.sse = t.sse.clone();
     s.sse_kms_key_id = t.sse_kms_key_id.clone();
     s.checksum = match t.checksum.as_deref() {
-        None | Some("default") => ChecksumMode::Default,
+        None => ChecksumMode::for_endpoint(s.endpoint.as_deref()),
+        Some("default") => ChecksumMode::Default,
         Some("when-required") => ChecksumMode::WhenRequired,
         Some(o) => {
             return Err(ConfigError::Invalid(format!(
@@ -600,6 +597,27 @@ fn s3_storing(name: &str, t: &RawTarget, s: &mut S3Target) -> Result<(), ConfigE
         }
     };
     Ok(())
+}
+
+/// Whether `endpoint`'s host name ends with `suffix` (a provider's domain).
+fn endpoint_host_ends_with(endpoint: Option<&str>, suffix: &str) -> bool {
+    endpoint.is_some_and(|e| {
+        let host = e.split("://").nth(1).unwrap_or(e);
+        let host = host.split(['/', ':', '?']).next().unwrap_or(host);
+        host.to_ascii_lowercase().ends_with(suffix)
+    })
+}
+
+impl ChecksumMode {
+    /// The mode when `checksum` is not set: `when-required` for a Backblaze B2 endpoint (`….backblazeb2.com`,
+    /// which refuses the AWS SDK's default checksum headers), else the SDK's default.
+    pub fn for_endpoint(endpoint: Option<&str>) -> ChecksumMode {
+        if endpoint_host_ends_with(endpoint, ".backblazeb2.com") {
+            ChecksumMode::WhenRequired
+        } else {
+            ChecksumMode::Default
+        }
+    }
 }
 
 /// Part size and count, parallel parts, the retry deadline and the check's budget.
@@ -755,6 +773,39 @@ mod tests {
 
     /// Issue 15: `{node}` and `{hostname}` in a prefix or a local path are filled in per run; a target without
     /// placeholders stays as it was; the config says which placeholders it needs.
+    /// `checksum`: unset, it is `when-required` for a Backblaze B2 endpoint (which refuses the SDK's default
+    /// checksum headers), in a `[target]` table and in an `s3://` URL; set, it is what it says.
+    #[test]
+    fn checksum_defaults_to_when_required_for_backblaze_b2() {
+        let b2 = "endpoint = \"https://s3.us-west-004.backblazeb2.com\"\n";
+        let mode = |extra: &str| {
+            let c = Config::parse(&format!(
+                "[target.a]\ntype = \"s3\"\nbucket = \"b\"\n{extra}"
+            ))
+            .unwrap();
+            let TargetKind::S3(s) = &c.targets["a"].kind else {
+                panic!("s3")
+            };
+            s.checksum.clone()
+        };
+        assert_eq!(mode(""), ChecksumMode::Default);
+        assert_eq!(
+            mode("endpoint = \"http://127.0.0.1:9000\"\n"),
+            ChecksumMode::Default
+        );
+        assert_eq!(mode(b2), ChecksumMode::WhenRequired);
+        assert_eq!(
+            mode(&format!("{b2}checksum = \"default\"\n")),
+            ChecksumMode::Default
+        );
+        let t = Target::from_url("s3://b/p?endpoint=https://s3.eu-central-003.backblazeb2.com")
+            .unwrap();
+        let TargetKind::S3(s) = &t.kind else {
+            panic!("s3")
+        };
+        assert_eq!(s.checksum, ChecksumMode::WhenRequired);
+    }
+
     /// `equal-parts`: set, or true by default for a Cloudflare R2 endpoint only.
     #[test]
     fn equal_parts_default_to_the_endpoint() {
