@@ -697,3 +697,101 @@ impl Drop for SecondEngine {
         }
     }
 }
+
+// -------------------------------------------------------------------------------------------------------------
+// The mirror image: a restore in place through the engine runs `voltar engine-mirror` in a container of it.
+
+/// `voltar-mirror-test:<hash of the test binary's size and mtime>`: FROM scratch, this test build of voltar
+/// (debug info stripped) at `/usr/local/bin/voltar` and the shared libraries `ldd` names, at their paths. Built
+/// once per test process (and only when the engine does not have that tag yet), with `DOCKER_BUILDKIT=0`: the
+/// release image (`scripts/image.sh`) takes far too long to build for a test. Older tags are removed.
+pub fn mirror_image() -> String {
+    static BUILT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BUILT.get_or_init(build_mirror_image).clone()
+}
+
+fn build_mirror_image() -> String {
+    use std::hash::{Hash, Hasher};
+    let bin = assert_cmd::cargo::cargo_bin("voltar");
+    let meta = std::fs::metadata(&bin).expect("the voltar test binary");
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (meta.len(), meta.modified().unwrap()).hash(&mut h);
+    let tag = format!("voltar-mirror-test:{:016x}", h.finish());
+    if docker_raw(&["image", "inspect", &tag]).status.success() {
+        return tag;
+    }
+    let ctx = tempfile::tempdir().unwrap();
+    let root = ctx.path().join("rootfs");
+    std::fs::create_dir_all(root.join("usr/local/bin")).unwrap();
+    let st = Command::new("objcopy")
+        .arg("--strip-debug")
+        .arg(&bin)
+        .arg(root.join("usr/local/bin/voltar"))
+        .status()
+        .expect("objcopy");
+    assert!(st.success(), "objcopy --strip-debug {}", bin.display());
+    let ldd = Command::new("ldd").arg(&bin).output().expect("ldd");
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        // `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)` or `/lib64/ld-linux-x86-64.so.2 (0x…)`.
+        let path = line
+            .split("=>")
+            .last()
+            .and_then(|r| r.split_whitespace().next())
+            .filter(|p| p.starts_with('/'));
+        if let Some(p) = path {
+            let dest = root.join(p.trim_start_matches('/'));
+            std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+            std::fs::copy(p, &dest).unwrap_or_else(|e| panic!("copying {p}: {e}"));
+        }
+    }
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM scratch\nCOPY rootfs/ /\n",
+    )
+    .unwrap();
+    let out = Command::new("docker")
+        .args(["build", "-q", "-t", &tag])
+        .arg(ctx.path())
+        .env("DOCKER_BUILDKIT", "0")
+        .output()
+        .expect("docker build");
+    assert!(
+        out.status.success(),
+        "building {tag}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Earlier builds' tags (a tag still used by a container stays).
+    for old in docker(&[
+        "images",
+        "voltar-mirror-test",
+        "--format",
+        "{{.Repository}}:{{.Tag}}",
+    ])
+    .lines()
+    {
+        if old != tag {
+            let _ = docker_raw(&["rmi", old]);
+        }
+    }
+    tag
+}
+
+/// `docker save IMAGE | docker -H host load`.
+pub fn load_image(image: &str, host: &str) {
+    let mut save = Command::new("docker")
+        .args(["save", image])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("docker save");
+    let load = Command::new("docker")
+        .args(["-H", host, "load", "-q"])
+        .stdin(save.stdout.take().unwrap())
+        .output()
+        .expect("docker load");
+    assert!(save.wait().unwrap().success(), "docker save {image} failed");
+    assert!(
+        load.status.success(),
+        "loading {image} into {host}: {}",
+        String::from_utf8_lossy(&load.stderr)
+    );
+}
