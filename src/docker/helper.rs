@@ -335,38 +335,48 @@ impl Engine {
         })
     }
 
-    /// Check that `image` runs `voltar engine-mirror` (an older voltar does not have it): `--probe` in the
-    /// helper container `name`, which the caller removes. Returns the version line.
+    /// Check that `image` runs `voltar engine-mirror` (an older voltar, or another image, does not): `--probe`
+    /// in the helper container `name`, which the caller removes. Returns the version line; every error names
+    /// `[docker] mirror-image` and the fixes.
     pub async fn probe_mirror(
         &self,
         name: &str,
         image: &str,
         label: &str,
     ) -> Result<String, DockerError> {
-        let id = self
-            .create_voltar_helper(name, image, label, &["engine-mirror", "--probe"], &[])
-            .await?;
-        let exit = self.run_helper(&id).await?;
-        let line = exit
-            .output
-            .lines()
-            .find(|l| l.starts_with(MIRROR_PROBE_LINE))
-            .map(str::to_string);
-        match line {
-            Some(l) if exit.code == 0 => Ok(l),
-            _ => Err(DockerError::Api {
-                action: format!("checking the mirror image {image}"),
-                message: format!(
-                    "`{VOLTAR_BIN} engine-mirror --probe` exited {} ({}): the image is not a voltar that can restore \
-                     in place through the engine ([docker] mirror-image); build this version's image with \
-                     scripts/image.sh and load it on the engine (`docker save {} | docker -H … load`), or restore \
-                     with --to-volume NEW",
-                    exit.code,
-                    exit.output.lines().last().unwrap_or("no output"),
-                    own_image()
-                ),
-            }),
+        let ran = async {
+            let id = self
+                .create_voltar_helper(name, image, label, &["engine-mirror", "--probe"], &[])
+                .await?;
+            self.run_helper(&id).await
         }
+        .await;
+        let why = match ran {
+            Ok(exit) => {
+                let line = exit
+                    .output
+                    .lines()
+                    .find(|l| l.starts_with(MIRROR_PROBE_LINE));
+                match line {
+                    Some(l) if exit.code == 0 => return Ok(l.to_string()),
+                    _ => format!(
+                        "exited {} ({})",
+                        exit.code,
+                        exit.output.lines().last().unwrap_or("no output")
+                    ),
+                }
+            }
+            Err(e) => e.to_string(),
+        };
+        Err(DockerError::Api {
+            action: format!("checking the mirror image {image}"),
+            message: format!(
+                "`{VOLTAR_BIN} engine-mirror --probe` {why}: the image is not a voltar that can restore in place \
+                 through the engine ([docker] mirror-image); build this version's image with scripts/image.sh and \
+                 load it on the engine (`docker save {} | docker -H … load`), or restore with --to-volume NEW",
+                own_image()
+            ),
+        })
     }
 
     /// Create (never start) the helper container `name` with `volume` mounted as `access` says; `label` is the

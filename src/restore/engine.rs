@@ -459,19 +459,7 @@ async fn mirror_image(ctx: &ApplyCtx<'_>, target: &str) -> Result<String> {
             tracing::warn!(helper = %name, error = %e, "cannot remove the probe container; `voltar recover` will")
         }
     }
-    match probed {
-        Ok(_) => Ok(image),
-        Err(crate::docker::DockerError::Api { message, .. }) if message.contains("mirror-image") => {
-            Err(fail(&message))
-        }
-        Err(e) => Err(fail(&format!(
-            "[docker] mirror-image `{image}` does not run `{} engine-mirror --probe`: {e} (build this version's \
-             image with scripts/image.sh and load it on the engine: docker save {} | docker -H … load; or restore \
-             with --to-volume NEW)",
-            crate::docker::helper::VOLTAR_BIN,
-            crate::docker::helper::own_image()
-        ))),
-    }
+    probed.map(|_| image).map_err(|e| fail(&e))
 }
 
 /// Run one mirror container (`from` → `to`) named `name`, journaled as a helper before it is created and removed
