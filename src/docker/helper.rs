@@ -39,7 +39,9 @@
 
 use std::pin::Pin;
 
-use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountTypeEnum, MountVolumeOptions};
+use bollard::models::{
+    ContainerCreateBody, HealthConfig, HostConfig, Mount, MountTypeEnum, MountVolumeOptions,
+};
 use bollard::query_parameters::{
     CreateContainerOptions, DownloadFromContainerOptions, LogsOptions, RemoveContainerOptions,
     StartContainerOptions, UploadToContainerOptionsBuilder, WaitContainerOptions,
@@ -79,6 +81,8 @@ pub const MIRROR_FROM: &str = "/voltar/src";
 pub const MIRROR_TO: &str = "/voltar/dst";
 /// voltar's binary in its image; a mirror container runs it (the image's own ENTRYPOINT is not trusted).
 pub const VOLTAR_BIN: &str = "/usr/local/bin/voltar";
+/// The state dir voltar's image declares as a VOLUME.
+const OWN_STATE_DIR: &str = "/var/lib/voltar";
 /// The first word `voltar engine-mirror --probe` prints.
 pub const MIRROR_PROBE_LINE: &str = "voltar-engine-mirror";
 /// Lines of a mirror container's output kept for its error.
@@ -214,30 +218,40 @@ impl Engine {
         mounts: &[(&str, &str, bool)],
     ) -> Result<String, DockerError> {
         let action = format!("creating helper container {name}");
+        let volumes = mounts.iter().map(|(volume, target, read_only)| Mount {
+            target: Some(target.to_string()),
+            source: Some(volume.to_string()),
+            typ: Some(MountTypeEnum::VOLUME),
+            read_only: Some(*read_only),
+            volume_options: Some(MountVolumeOptions {
+                no_copy: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        // voltar's image declares `VOLUME /var/lib/voltar` (its state dir): a tmpfs there, so the engine makes
+        // no anonymous volume for a helper (removal's `v=1` would take one, this never leaves one behind).
+        let state = Mount {
+            target: Some(OWN_STATE_DIR.into()),
+            typ: Some(MountTypeEnum::TMPFS),
+            ..Default::default()
+        };
         let body = ContainerCreateBody {
             image: Some(image.to_string()),
             entrypoint: Some(vec![VOLTAR_BIN.to_string()]),
             cmd: Some(args.iter().map(|a| a.to_string()).collect()),
             labels: Some([(LABEL_HELPER.to_string(), label.to_string())].into()),
+            // Root whatever the image says (owners and modes are set as the backup has them), and not the
+            // image's HEALTHCHECK (`voltar healthcheck` would ask for a daemon that is not there).
+            user: Some("0:0".into()),
+            healthcheck: Some(HealthConfig {
+                test: Some(vec!["NONE".into()]),
+                ..Default::default()
+            }),
             network_disabled: Some(true),
             host_config: Some(HostConfig {
                 network_mode: Some("none".into()),
-                mounts: Some(
-                    mounts
-                        .iter()
-                        .map(|(volume, target, read_only)| Mount {
-                            target: Some(target.to_string()),
-                            source: Some(volume.to_string()),
-                            typ: Some(MountTypeEnum::VOLUME),
-                            read_only: Some(*read_only),
-                            volume_options: Some(MountVolumeOptions {
-                                no_copy: Some(true),
-                                ..Default::default()
-                            }),
-                            ..Default::default()
-                        })
-                        .collect(),
-                ),
+                mounts: Some(volumes.chain([state]).collect()),
                 ..Default::default()
             }),
             ..Default::default()

@@ -682,7 +682,16 @@ fn kill_during_mirror(w: &World, src: &str, label: &str) {
                 .collect::<Vec<_>>()
             })
             .collect();
-        if !running.is_empty() {
+        if let Some(id) = running.first() {
+            // No anonymous volume for the image's VOLUME (a tmpfs there), no health check (it would exec).
+            let how = docker(&[
+                "inspect",
+                "-f",
+                "{{range .Mounts}}{{.Type}}:{{.Destination}} {{end}}|{{.State.Health}}",
+                id,
+            ]);
+            assert!(!how.contains("volume:/var/lib/voltar"), "{how}");
+            assert!(how.ends_with("|<nil>"), "{how}");
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(10));

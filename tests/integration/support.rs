@@ -710,12 +710,17 @@ pub fn mirror_image() -> String {
     BUILT.get_or_init(build_mirror_image).clone()
 }
 
+/// As the release image (deploy/Dockerfile): a VOLUME for the state dir, an ENTRYPOINT and command, a HEALTHCHECK.
+const MIRROR_DOCKERFILE: &str = "FROM scratch\nCOPY rootfs/ /\nVOLUME [\"/var/lib/voltar\"]\n\
+    ENTRYPOINT [\"/usr/local/bin/voltar\"]\nCMD [\"daemon\"]\n\
+    HEALTHCHECK --interval=1s CMD [\"/usr/local/bin/voltar\", \"healthcheck\"]\n";
+
 fn build_mirror_image() -> String {
     use std::hash::{Hash, Hasher};
     let bin = assert_cmd::cargo::cargo_bin("voltar");
     let meta = std::fs::metadata(&bin).expect("the voltar test binary");
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    (meta.len(), meta.modified().unwrap()).hash(&mut h);
+    (meta.len(), meta.modified().unwrap(), MIRROR_DOCKERFILE).hash(&mut h);
     let tag = format!("voltar-mirror-test:{:016x}", h.finish());
     if docker_raw(&["image", "inspect", &tag]).status.success() {
         return tag;
@@ -744,11 +749,7 @@ fn build_mirror_image() -> String {
             std::fs::copy(p, &dest).unwrap_or_else(|e| panic!("copying {p}: {e}"));
         }
     }
-    std::fs::write(
-        ctx.path().join("Dockerfile"),
-        "FROM scratch\nCOPY rootfs/ /\n",
-    )
-    .unwrap();
+    std::fs::write(ctx.path().join("Dockerfile"), MIRROR_DOCKERFILE).unwrap();
     let out = Command::new("docker")
         .args(["build", "-q", "-t", &tag])
         .arg(ctx.path())
