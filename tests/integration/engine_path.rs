@@ -198,7 +198,8 @@ fn helpers_of(d: &dyn Fn(&[&str]) -> String, volume: &str) -> Vec<String> {
 
 /// Backup from the hidden engine over TCP, with the container that uses the volume paused during the read:
 /// restored locally, the tree is the one the engine has (names, types, modes, owners, sizes, mtimes, symlink
-/// targets, hard links, contents); verify passes; no helper is left; `data-path = "host"` fails naming
+/// targets, hard links, contents); verify passes; no helper is left; restored there into a new volume and in
+/// place (the app stopped and started again), both hold the source's tree; `data-path = "host"` fails naming
 /// `data-path`; a volume no container uses, on an engine without voltar's image, fails naming `helper-image`.
 /// Dropping the engine stops its dockerd.
 #[test]

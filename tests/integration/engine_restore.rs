@@ -899,3 +899,87 @@ fn a_missing_helper_image_is_named_and_nothing_is_left() {
     );
     assert!(!volume_exists(&new), "{r:?}");
 }
+
+/// The mirror fails while writing the target (a mirror image made to fail half-way on a marker file in the
+/// backup). With a keep volume: the previous contents are mirrored back, the user runs again on exactly what it
+/// had, nothing is left. Without one (`--no-safety-backup`): the user is NOT started on the half-written volume;
+/// `voltar recover` tries to finish it and, while that fails too, still does not start it; once the cause is gone
+/// (the marker removed from the staging volume), recover finishes the volume and starts the user.
+#[test]
+fn a_mirror_failing_while_writing_never_lets_the_user_run_on_a_half_written_volume() {
+    require_docker!();
+    let image = support::failing_mirror_image();
+    let mut w = World::new();
+    with_mirror(&w, &image);
+    let src = w.volume("engfailmirror");
+    let mp = mountpoint(&src);
+    fs::create_dir(mp.join("half")).unwrap();
+    fs::write(mp.join("half/f"), "backed up").unwrap();
+    fs::write(mp.join(support::FAIL_MIRROR), "").unwrap();
+    let backed = snapshot(&mp).unwrap();
+    w.backup(&src);
+    // Only the backup (so the staging volume) has the marker: copying the volume into the keep volume, and back,
+    // works; writing the volume from the staging volume fails half-way.
+    fs::remove_file(mp.join(support::FAIL_MIRROR)).unwrap();
+    fs::write(mp.join("half/f"), "changed since").unwrap();
+    fs::write(mp.join("added"), "added since").unwrap();
+    let pre = snapshot(&mp).unwrap();
+    let app = w
+        .cleanup
+        .run("engfailmirror-app", &["-v", &format!("{src}:/data")]);
+
+    let r = w.voltar(&["restore", "latest", "--source", &src]);
+    assert_eq!(r.code, 1, "{r:?}");
+    let d = diff(&pre, &snapshot(&mp).unwrap(), &DiffOptions::default());
+    assert!(d.is_empty(), "not put back:\n{}\n{r:?}", d.join("\n"));
+    assert!(
+        r.stdout.contains("previous contents were put back"),
+        "{r:?}"
+    );
+    assert!(r.stdout.contains("a failure made by the test"), "{r:?}");
+    assert_eq!(support::state(&app), "running", "{r:?}");
+    assert!(helpers_of(&src).is_empty(), "helpers left");
+    assert!(
+        made_for(&src, "voltar.staging-of").is_empty(),
+        "staging left"
+    );
+    assert!(made_for(&src, "voltar.keep-of").is_empty(), "keep left");
+    let rec = w.voltar_bare(&["recover"]);
+    assert!(rec.stdout.starts_with("nothing to recover"), "{rec:?}");
+
+    let r = w.voltar(&["restore", "latest", "--source", &src, "--no-safety-backup"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stdout.contains("left stopped"), "{r:?}");
+    assert_eq!(support::state(&app), "exited", "{r:?}");
+    let staging = made_for(&src, "voltar.staging-of");
+    assert_eq!(staging.len(), 1, "{r:?}");
+    w.cleanup.volumes.extend(staging.iter().cloned());
+
+    let rec = w.voltar_bare(&["recover"]);
+    assert_eq!(
+        support::state(&app),
+        "exited",
+        "started on a half-written volume: {rec:?}"
+    );
+    assert!(rec.stdout.contains("could NOT be finished"), "{rec:?}");
+    assert_eq!(made_for(&src, "voltar.staging-of"), staging, "{rec:?}");
+
+    fs::remove_file(mountpoint(&staging[0]).join(support::FAIL_MIRROR)).unwrap();
+    let rec = w.voltar_bare(&["recover"]);
+    assert_eq!(rec.code, 0, "{rec:?}");
+    assert!(rec.stdout.contains("finished now"), "{rec:?}");
+    assert_eq!(support::state(&app), "running", "{rec:?}");
+    let mut want = backed;
+    want.remove(Path::new(support::FAIL_MIRROR));
+    let d = diff(
+        &want,
+        &snapshot(&mp).unwrap(),
+        &DiffOptions {
+            ignore_root_mtime: true,
+            ..DiffOptions::default()
+        },
+    );
+    assert!(d.is_empty(), "not finished:\n{}\n{rec:?}", d.join("\n"));
+    assert!(made_for(&src, "voltar.staging-of").is_empty(), "{rec:?}");
+    assert!(helpers_of(&src).is_empty(), "helpers left");
+}

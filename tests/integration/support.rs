@@ -707,7 +707,9 @@ impl Drop for SecondEngine {
 /// release image (`scripts/image.sh`) takes far too long to build for a test. Older tags are removed.
 pub fn mirror_image() -> String {
     static BUILT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    BUILT.get_or_init(build_mirror_image).clone()
+    BUILT
+        .get_or_init(|| build_voltar_image("voltar-mirror-test", MIRROR_DOCKERFILE, &[]))
+        .clone()
 }
 
 /// As the release image (deploy/Dockerfile): a VOLUME for the state dir, an ENTRYPOINT and command, a HEALTHCHECK.
@@ -715,13 +717,47 @@ const MIRROR_DOCKERFILE: &str = "FROM scratch\nCOPY rootfs/ /\nVOLUME [\"/var/li
     ENTRYPOINT [\"/usr/local/bin/voltar\"]\nCMD [\"daemon\"]\n\
     HEALTHCHECK --interval=1s CMD [\"/usr/local/bin/voltar\", \"healthcheck\"]\n";
 
-fn build_mirror_image() -> String {
+/// A mirror image whose `engine-mirror` FAILS, half-way, whenever the tree it copies holds a file named
+/// [`FAIL_MIRROR`] (it copies, then removes the destination's `half` and exits 1); otherwise it is this voltar.
+/// On busybox (the test image), this voltar at `/usr/local/bin/voltar-real`.
+pub fn failing_mirror_image() -> String {
+    static BUILT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            build_voltar_image(
+                "voltar-mirror-fail-test",
+                &format!(
+                    "FROM {IMAGE}\nCOPY rootfs/ /\nRUN mv /usr/local/bin/voltar /usr/local/bin/voltar-real\n\
+                     COPY voltar.sh /usr/local/bin/voltar\n"
+                ),
+                &[("voltar.sh", FAILING_MIRROR)],
+            )
+        })
+        .clone()
+}
+
+/// The marker file [`failing_mirror_image`] fails on.
+pub const FAIL_MIRROR: &str = "FAIL-MIRROR";
+
+const FAILING_MIRROR: &str = r#"#!/bin/sh
+if [ "$1" = engine-mirror ] && [ "$2" != --probe ] && [ -e /voltar/src/FAIL-MIRROR ]; then
+  /usr/local/bin/voltar-real "$@" >/dev/null 2>&1
+  rm -rf /voltar/dst/half
+  echo "voltar engine-mirror: error: a failure made by the test" >&2
+  exit 1
+fi
+exec /usr/local/bin/voltar-real "$@"
+"#;
+
+/// Build `<repo>:<hash>` from `dockerfile` with `rootfs/` = this test build of voltar (debug info stripped) at
+/// `/usr/local/bin/voltar` and the libraries `ldd` names, plus `files` (name, text; executable) beside it.
+fn build_voltar_image(repo: &str, dockerfile: &str, files: &[(&str, &str)]) -> String {
     use std::hash::{Hash, Hasher};
     let bin = assert_cmd::cargo::cargo_bin("voltar");
     let meta = std::fs::metadata(&bin).expect("the voltar test binary");
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    (meta.len(), meta.modified().unwrap(), MIRROR_DOCKERFILE).hash(&mut h);
-    let tag = format!("voltar-mirror-test:{:016x}", h.finish());
+    (meta.len(), meta.modified().unwrap(), dockerfile, files).hash(&mut h);
+    let tag = format!("{repo}:{:016x}", h.finish());
     if docker_raw(&["image", "inspect", &tag]).status.success() {
         return tag;
     }
@@ -749,7 +785,16 @@ fn build_mirror_image() -> String {
             std::fs::copy(p, &dest).unwrap_or_else(|e| panic!("copying {p}: {e}"));
         }
     }
-    std::fs::write(ctx.path().join("Dockerfile"), MIRROR_DOCKERFILE).unwrap();
+    for (name, text) in files {
+        let p = ctx.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(
+            &p,
+            <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755),
+        )
+        .unwrap();
+    }
+    std::fs::write(ctx.path().join("Dockerfile"), dockerfile).unwrap();
     let out = Command::new("docker")
         .args(["build", "-q", "-t", &tag])
         .arg(ctx.path())
@@ -762,14 +807,7 @@ fn build_mirror_image() -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     // Earlier builds' tags (a tag still used by a container stays).
-    for old in docker(&[
-        "images",
-        "voltar-mirror-test",
-        "--format",
-        "{{.Repository}}:{{.Tag}}",
-    ])
-    .lines()
-    {
+    for old in docker(&["images", repo, "--format", "{{.Repository}}:{{.Tag}}"]).lines() {
         if old != tag {
             let _ = docker_raw(&["rmi", old]);
         }
