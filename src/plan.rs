@@ -131,6 +131,10 @@ pub struct PlannedSource {
     /// A `dump` source: the command run in its container (see `dump`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dump: Option<DumpSpec>,
+    /// Read the contents of this volume instead of the one named `name` (a restore's safety backup of the old
+    /// contents, which a restore in place through the engine moved into a keep volume). Not planned: `None`.
+    #[serde(skip)]
+    pub read_volume: Option<String>,
 }
 
 impl PlannedSource {
@@ -339,6 +343,7 @@ fn plan_volumes(discovery: &Discovery, job: &Job, plan: &mut Plan) -> Result<(),
         });
         match select_volume(v, &users, &include, &exclude) {
             Ok(reason) => plan.sources.push(PlannedSource {
+                read_volume: None,
                 name: v.name.clone(),
                 kind: SourceKind::Volume,
                 path: v.mountpoint.clone(),
@@ -387,6 +392,7 @@ fn plan_binds(
         let name = bind_name(path, &mut used_names);
         match select_bind(path, &users, job, &include_binds, &exclude_binds, probe) {
             Ok(reason) => plan.sources.push(PlannedSource {
+                read_volume: None,
                 name,
                 kind: SourceKind::Bind,
                 path: path.clone(),
@@ -485,6 +491,7 @@ fn promote_named(discovery: &Discovery, job: &Job, only: &[String], plan: &mut P
         };
         let vol = discovery.volumes.iter().find(|v| v.name == s.name);
         plan.sources.push(PlannedSource {
+            read_volume: None,
             name: s.name.clone(),
             kind: s.kind,
             path: s.path.clone(),
@@ -584,6 +591,7 @@ fn dump_source(c: &ContainerInfo, spec: DumpSpec) -> PlannedSource {
         format!("runs the dump, not paused or stopped; {}", spec.from),
     );
     PlannedSource {
+        read_volume: None,
         name: dump::source_name(&c.name),
         kind: SourceKind::Dump,
         path: PathBuf::new(),

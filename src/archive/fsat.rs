@@ -253,6 +253,16 @@ pub(super) fn unlink_at(parent: RawFd, name: &OsStr) -> io::Result<()> {
     Ok(rustix::fs::unlinkat(fd(parent), name, AtFlags::empty())?)
 }
 
+/// Remove the empty directory `name` in `parent` (`unlinkat(AT_REMOVEDIR)`; a symlink is never followed).
+pub(super) fn rmdir_at(parent: RawFd, name: &CStr) -> io::Result<()> {
+    Ok(rustix::fs::unlinkat(fd(parent), name, AtFlags::REMOVEDIR)?)
+}
+
+/// Remove the extended attribute `name` of the open file or directory `f`.
+pub(super) fn remove_xattr_fd(f: RawFd, name: &CStr) -> io::Result<()> {
+    Ok(rustix::fs::fremovexattr(fd(f), name)?)
+}
+
 pub(super) fn mkdir_at(parent: RawFd, name: &OsStr, mode: libc::mode_t) -> io::Result<()> {
     Ok(rustix::fs::mkdirat(
         fd(parent),

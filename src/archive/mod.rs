@@ -3,6 +3,7 @@
 
 pub mod compress;
 mod fsat;
+pub mod mirror;
 mod names;
 pub mod pack;
 mod pax;

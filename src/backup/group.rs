@@ -333,6 +333,7 @@ fn window_source(group: &plan::QuiesceGroup, members: &[&PlannedSource]) -> Plan
     }
     let first = members.first().copied();
     PlannedSource {
+        read_volume: None,
         name: format!("group {}", group.name),
         kind: first.map(|s| s.kind).unwrap_or(SourceKind::Volume),
         path: first.map(|s| s.path.clone()).unwrap_or_default(),

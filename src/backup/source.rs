@@ -844,6 +844,8 @@ pub(super) async fn prepare_read(
         .helper_image(ctx.env.config.helper_image.as_deref(), &src.name, &users)
         .await
         .map_err(|e| format!("cannot read volume {} through the engine: {e}", src.name))?;
+    // The volume the helper mounts: the source's own, or the one its contents were moved to (`read_volume`).
+    let volume = src.read_volume.as_deref().unwrap_or(&src.name);
     let run = ctx.id.to_string();
     let n = HELPERS_MADE.fetch_add(1, Ordering::Relaxed);
     let name = docker::helper::helper_name(&run, n);
@@ -851,7 +853,7 @@ pub(super) async fn prepare_read(
     let seq = journal
         .will_create(&quiesce::Leftover::Helper {
             name: name.clone(),
-            volume: src.name.clone(),
+            volume: volume.to_string(),
         })
         .map_err(|e| {
             format!(
@@ -860,8 +862,7 @@ pub(super) async fn prepare_read(
             )
         })?;
     let access = docker::helper::Access::Read;
-    match quiesce::create_helper(engine, journal, seq, &name, &src.name, &image, &run, access).await
-    {
+    match quiesce::create_helper(engine, journal, seq, &name, volume, &image, &run, access).await {
         Ok(id) => {
             ctx.env.progress.note(&format!(
                 "{}: reading through the engine (helper container {name})",
@@ -870,7 +871,7 @@ pub(super) async fn prepare_read(
             Ok(ReadFrom::Engine(HelperRef {
                 name,
                 id,
-                volume: src.name.clone(),
+                volume: volume.to_string(),
                 seq,
             }))
         }

@@ -9,6 +9,7 @@ mod catalog;
 mod check;
 mod daemon;
 mod key;
+pub mod mirror;
 pub mod prune;
 mod render;
 mod restore;
@@ -244,6 +245,10 @@ pub enum Command {
     /// Ask the running daemon's /healthz: exit 0 when healthy, 1 when not or when nothing answers (for a
     /// container HEALTHCHECK without curl).
     Healthcheck,
+    /// Make /voltar/dst exactly equal to /voltar/src (run by a restore in place through the engine, in a
+    /// container of voltar's image; not for direct use).
+    #[command(name = "engine-mirror", hide = true)]
+    EngineMirror(mirror::EngineMirrorArgs),
 }
 
 /// A count flag's value: a whole number, said in those words when it is not one (not "invalid digit").
@@ -271,6 +276,10 @@ pub fn main() -> i32 {
             return code;
         }
     };
+    if let Command::EngineMirror(args) = &cli.command {
+        // In a helper container: no config, no engine, no runtime.
+        return mirror::command(args);
+    }
     init_logging(cli.verbose, cli.quiet, cli.log_format);
     let json = cli.json;
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -627,6 +636,7 @@ async fn run(cli: Cli, cancel: CancellationToken) -> Result<i32> {
         }
         Command::Status => daemon::status(&config, cli.json).await,
         Command::Healthcheck => daemon::healthcheck(&config, cli.json).await,
+        Command::EngineMirror(args) => Ok(mirror::command(&args)),
     }
 }
 

@@ -172,9 +172,13 @@ pub fn render(report: &RestoreReport) -> String {
             s.status
         ));
         if s.through_engine {
+            let how = if s.create_volume {
+                "through the engine (a helper container and the engine's archive API)"
+            } else {
+                "in place through the engine (staging volume, then a mirror while the users are stopped)"
+            };
             out.push_str(&format!(
-                "  {} through the engine (a helper container and the engine's archive API)
-",
+                "  {} {how}\n",
                 if report.dry_run {
                     "would be written"
                 } else if matches!(s.status, RestoreStatus::Ok) {

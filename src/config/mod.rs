@@ -248,6 +248,10 @@ pub struct Config {
     /// `[docker] helper-image`: the image of the helper containers the engine data path creates (never pulled);
     /// `None`: an image of a container that uses the volume, else voltar's own image when the engine has it.
     pub helper_image: Option<String>,
+    /// `[docker] mirror-image`: the image whose `/usr/local/bin/voltar` runs `engine-mirror` for a restore in
+    /// place through the engine (never pulled); `None`: the image of voltar's own container, else
+    /// `voltar:<version>`.
+    pub mirror_image: Option<String>,
     pub archive: Archive,
     pub encryption: Encryption,
     pub targets: BTreeMap<String, Target>,
@@ -289,6 +293,7 @@ impl Default for Config {
             docker_host: None,
             data_path: DataPath::Auto,
             helper_image: None,
+            mirror_image: None,
             archive: Archive::default(),
             encryption: Encryption::default(),
             targets: BTreeMap::new(),
@@ -415,6 +420,7 @@ impl Config {
                     .map_err(|e| ConfigError::Invalid(format!("[docker] data-path: {e}")))?;
             }
             c.helper_image = d.helper_image.filter(|i| !i.trim().is_empty());
+            c.mirror_image = d.mirror_image.filter(|i| !i.trim().is_empty());
         }
         c.daemon = schedule::daemon(raw.daemon.as_ref().and_then(|d| d.listen.as_deref()))?;
         if let Some(a) = raw.archive {
@@ -706,6 +712,8 @@ mod tests {
                 .unwrap();
         assert_eq!(c.data_path, DataPath::Engine);
         assert_eq!(c.helper_image.as_deref(), Some("voltar:0.1.0"));
+        let c = Config::parse("[docker]\nmirror-image = \"voltar:0.1.0\"\n").unwrap();
+        assert_eq!(c.mirror_image.as_deref(), Some("voltar:0.1.0"));
         let e = Config::parse("[docker]\ndata-path = \"nfs\"\n").unwrap_err();
         let e = e.to_string();
         assert!(

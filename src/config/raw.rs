@@ -46,6 +46,7 @@ pub struct RawDocker {
     pub host: Option<String>,
     pub data_path: Option<String>,
     pub helper_image: Option<String>,
+    pub mirror_image: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]

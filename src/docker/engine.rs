@@ -727,6 +727,20 @@ impl Runtime for Engine {
         self.remove_helper(name).await
     }
 
+    async fn redo_mirror(
+        &self,
+        name: &str,
+        image: &str,
+        from: &str,
+        to: &str,
+    ) -> Result<(), DockerError> {
+        let done = self.run_mirror(name, image, "recover", from, to).await;
+        if let Err(e) = self.remove_helper(name).await {
+            tracing::warn!(helper = %name, error = %e, "cannot remove the mirror container recover ran");
+        }
+        done
+    }
+
     async fn service(&self, id: &str) -> Result<super::ServiceInfo, DockerError> {
         service_info(self.inspect_service_raw(id).await?).map_err(|m| DockerError::Api {
             action: format!("reading swarm service {id}"),

@@ -22,6 +22,12 @@
 //! its target in the wrong directory, so they are not set back: `archive::unpack::Forwarded::setid_linked`, and the
 //! restore warns).
 //!
+//! One kind of helper IS started: a mirror container of a restore in place through the engine (`run_mirror`,
+//! `probe_mirror`): made from `[docker] mirror-image` (voltar's own image) with its ENTRYPOINT replaced by
+//! [`VOLTAR_BIN`] `engine-mirror`, the source volume read-only at [`MIRROR_FROM`] and the target at [`MIRROR_TO`],
+//! no network, the same label; started, waited for (`POST /containers/{id}/wait`), its last lines read
+//! (`GET /containers/{id}/logs`) for its error, removed with its anonymous volumes (`v=1`).
+//!
 //! Its image is never pulled: `[docker] helper-image` when set, else the image of a container that uses the
 //! volume (it is on the engine: its container was made from it), else voltar's own image
 //! (`voltar:<version>`) when the engine has it; none of them = an error naming `helper-image` and `docker load`,
@@ -33,10 +39,12 @@
 
 use std::pin::Pin;
 
-use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountTypeEnum, MountVolumeOptions};
+use bollard::models::{
+    ContainerCreateBody, HealthConfig, HostConfig, Mount, MountTypeEnum, MountVolumeOptions,
+};
 use bollard::query_parameters::{
-    CreateContainerOptions, DownloadFromContainerOptions, RemoveContainerOptions,
-    UploadToContainerOptionsBuilder,
+    CreateContainerOptions, DownloadFromContainerOptions, LogsOptions, RemoveContainerOptions,
+    StartContainerOptions, UploadToContainerOptionsBuilder, WaitContainerOptions,
 };
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -66,6 +74,27 @@ pub const HELPER_PREFIX: &str = "voltar-helper-";
 /// The command a helper is created with: never run (the container is never started), but the engine refuses to
 /// create a container without one, and a scratch image has none.
 const NEVER_RUN: &str = "/voltar-helper-is-never-started";
+
+/// Where a mirror container (`voltar engine-mirror`, a restore in place through the engine) mounts the tree it
+/// copies (read-only) and the volume it makes equal to it.
+pub const MIRROR_FROM: &str = "/voltar/src";
+pub const MIRROR_TO: &str = "/voltar/dst";
+/// voltar's binary in its image; a mirror container runs it (the image's own ENTRYPOINT is not trusted).
+pub const VOLTAR_BIN: &str = "/usr/local/bin/voltar";
+/// The state dir voltar's image declares as a VOLUME.
+const OWN_STATE_DIR: &str = "/var/lib/voltar";
+/// The first word `voltar engine-mirror --probe` prints.
+pub const MIRROR_PROBE_LINE: &str = "voltar-engine-mirror";
+/// Lines of a mirror container's output kept for its error.
+const LOG_TAIL: &str = "20";
+
+/// How a started helper (a mirror) ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HelperExit {
+    pub code: i64,
+    /// The last lines it printed (stdout and stderr).
+    pub output: String,
+}
 
 /// The bytes of the engine's tar of a helper's volume.
 pub type ArchiveStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
@@ -145,6 +174,223 @@ impl Engine {
                 message: "not found".into(),
             })),
         }
+    }
+
+    /// The image a mirror container is made from (`voltar engine-mirror` at [`VOLTAR_BIN`]): `[docker]
+    /// mirror-image`, else the image of the container voltar runs in (`own_image_id`: then it is exactly this
+    /// voltar), else `voltar:<version>`. Never pulled: one the engine lacks is an error naming the fixes.
+    pub async fn mirror_image(
+        &self,
+        configured: Option<&str>,
+        own_container_image: Option<&str>,
+    ) -> Result<String, DockerError> {
+        let image = configured
+            .or(own_container_image)
+            .map(str::to_string)
+            .unwrap_or_else(own_image);
+        match self.docker.inspect_image(&image).await {
+            Ok(_) => Ok(image),
+            Err(e) if status(&e) == Some(404) => Err(DockerError::Api {
+                action: "finding the mirror image for a restore in place through the engine".into(),
+                message: format!(
+                    "the engine has no image `{image}` ([docker] mirror-image; voltar never pulls): build it with \
+                     scripts/image.sh and load it there (`docker save {} | docker -H … load`), or restore with \
+                     --to-volume NEW",
+                    own_image()
+                ),
+            }),
+            Err(e) => Err(self.map_err("inspecting the mirror image", e, || DockerError::Api {
+                action: "inspecting the mirror image".into(),
+                message: "not found".into(),
+            })),
+        }
+    }
+
+    /// Create the helper container `name` from `image` that runs `voltar <args>` ([`VOLTAR_BIN`], whatever the
+    /// image's ENTRYPOINT) with `mounts` (volume, where, read-only), no network, labelled [`LABEL_HELPER`] =
+    /// `label`; not started ([`Engine::run_helper`] starts it). Returns its id.
+    pub async fn create_voltar_helper(
+        &self,
+        name: &str,
+        image: &str,
+        label: &str,
+        args: &[&str],
+        mounts: &[(&str, &str, bool)],
+    ) -> Result<String, DockerError> {
+        let action = format!("creating helper container {name}");
+        let volumes = mounts.iter().map(|(volume, target, read_only)| Mount {
+            target: Some(target.to_string()),
+            source: Some(volume.to_string()),
+            typ: Some(MountTypeEnum::VOLUME),
+            read_only: Some(*read_only),
+            volume_options: Some(MountVolumeOptions {
+                no_copy: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        // voltar's image declares `VOLUME /var/lib/voltar` (its state dir): a tmpfs there, so the engine makes
+        // no anonymous volume for a helper (removal's `v=1` would take one, this never leaves one behind).
+        let state = Mount {
+            target: Some(OWN_STATE_DIR.into()),
+            typ: Some(MountTypeEnum::TMPFS),
+            ..Default::default()
+        };
+        let body = ContainerCreateBody {
+            image: Some(image.to_string()),
+            entrypoint: Some(vec![VOLTAR_BIN.to_string()]),
+            cmd: Some(args.iter().map(|a| a.to_string()).collect()),
+            labels: Some([(LABEL_HELPER.to_string(), label.to_string())].into()),
+            // Root whatever the image says (owners and modes are set as the backup has them), and not the
+            // image's HEALTHCHECK (`voltar healthcheck` would ask for a daemon that is not there).
+            user: Some("0:0".into()),
+            healthcheck: Some(HealthConfig {
+                test: Some(vec!["NONE".into()]),
+                ..Default::default()
+            }),
+            network_disabled: Some(true),
+            host_config: Some(HostConfig {
+                network_mode: Some("none".into()),
+                mounts: Some(volumes.chain([state]).collect()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let opts = CreateContainerOptions {
+            name: Some(name.to_string()),
+            ..Default::default()
+        };
+        self.docker
+            .create_container(Some(opts), body)
+            .await
+            .map(|r| r.id)
+            .map_err(|e| {
+                self.map_err(&action, e, || DockerError::Api {
+                    action: action.clone(),
+                    message: format!("image {image} not found (voltar never pulls)"),
+                })
+            })
+    }
+
+    /// Start the created helper `id`, wait for it to exit (as long as it takes) and read the tail of its output.
+    /// It is not removed here.
+    pub async fn run_helper(&self, id: &str) -> Result<HelperExit, DockerError> {
+        let action = format!("running helper container {id}");
+        let not_found = || DockerError::NoSuchContainer(id.to_string());
+        let docker = self.docker.clone().with_timeout(PUT_TIMEOUT);
+        docker
+            .start_container(id, None::<StartContainerOptions>)
+            .await
+            .map_err(|e| self.map_err(&action, e, not_found))?;
+        let mut waited = docker.wait_container(id, None::<WaitContainerOptions>);
+        let code = match waited.next().await {
+            Some(Ok(r)) => r.status_code,
+            Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => code,
+            Some(Err(e)) => return Err(self.map_err(&action, e, not_found)),
+            None => {
+                return Err(DockerError::Api {
+                    action,
+                    message: "the engine did not say how it ended".into(),
+                })
+            }
+        };
+        let mut logs = self.docker.logs(
+            id,
+            Some(LogsOptions {
+                stdout: true,
+                stderr: true,
+                tail: LOG_TAIL.into(),
+                ..Default::default()
+            }),
+        );
+        let mut output = String::new();
+        while let Some(Ok(chunk)) = logs.next().await {
+            output.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+        }
+        Ok(HelperExit {
+            code,
+            output: output.trim().to_string(),
+        })
+    }
+
+    /// Make volume `to` exactly equal to volume `from`: `voltar engine-mirror` in the helper container `name`
+    /// from `image` (`from` read-only at [`MIRROR_FROM`], `to` at [`MIRROR_TO`]), started, waited for. A helper
+    /// of that name an earlier attempt left is removed first (it may be running: forced), so a redo can reuse the
+    /// journaled name. The caller removes the container afterwards, on every path. A non-zero exit is an error
+    /// with the mirror's own last line.
+    pub async fn run_mirror(
+        &self,
+        name: &str,
+        image: &str,
+        label: &str,
+        from: &str,
+        to: &str,
+    ) -> Result<(), DockerError> {
+        self.remove_helper(name).await?;
+        let mounts = [(from, MIRROR_FROM, true), (to, MIRROR_TO, false)];
+        let id = self
+            .create_voltar_helper(name, image, label, &["engine-mirror"], &mounts)
+            .await?;
+        let exit = self.run_helper(&id).await?;
+        if exit.code == 0 {
+            return Ok(());
+        }
+        let last = exit
+            .output
+            .lines()
+            .last()
+            .unwrap_or("no output")
+            .to_string();
+        Err(DockerError::Api {
+            action: format!(
+                "mirroring volume {from} into {to} (helper container {name}, image {image})"
+            ),
+            message: format!("exit code {}: {last}", exit.code),
+        })
+    }
+
+    /// Check that `image` runs `voltar engine-mirror` (an older voltar, or another image, does not): `--probe`
+    /// in the helper container `name`, which the caller removes. Returns the version line; every error names
+    /// `[docker] mirror-image` and the fixes.
+    pub async fn probe_mirror(
+        &self,
+        name: &str,
+        image: &str,
+        label: &str,
+    ) -> Result<String, DockerError> {
+        let ran = async {
+            let id = self
+                .create_voltar_helper(name, image, label, &["engine-mirror", "--probe"], &[])
+                .await?;
+            self.run_helper(&id).await
+        }
+        .await;
+        let why = match ran {
+            Ok(exit) => {
+                let line = exit
+                    .output
+                    .lines()
+                    .find(|l| l.starts_with(MIRROR_PROBE_LINE));
+                match line {
+                    Some(l) if exit.code == 0 => return Ok(l.to_string()),
+                    _ => format!(
+                        "exited {} ({})",
+                        exit.code,
+                        exit.output.lines().last().unwrap_or("no output")
+                    ),
+                }
+            }
+            Err(e) => e.to_string(),
+        };
+        Err(DockerError::Api {
+            action: format!("checking the mirror image {image}"),
+            message: format!(
+                "`{VOLTAR_BIN} engine-mirror --probe` {why}: the image is not a voltar that can restore in place \
+                 through the engine ([docker] mirror-image); build this version's image with scripts/image.sh and \
+                 load it on the engine (`docker save {} | docker -H … load`), or restore with --to-volume NEW",
+                own_image()
+            ),
+        })
     }
 
     /// Create (never start) the helper container `name` with `volume` mounted as `access` says; `label` is the
@@ -277,9 +523,11 @@ impl Engine {
                 }))
             }
         }
+        // `v`: with it go the anonymous volumes the image's VOLUMEs made (voltar's own declares one); never a
+        // named volume.
         let opts = RemoveContainerOptions {
             force: true,
-            v: false,
+            v: true,
             link: false,
         };
         match self.docker.remove_container(name_or_id, Some(opts)).await {

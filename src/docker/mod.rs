@@ -242,6 +242,22 @@ pub trait Runtime: Send + Sync {
             message: "this runtime cannot remove containers".into(),
         })
     }
+    /// Finish a restore in place through the engine that a dead run left half-made: make volume `to` equal to
+    /// volume `from` again with `voltar engine-mirror` from `image` in the helper container `name` (removed
+    /// afterwards; `helper.rs` [`Engine::run_mirror`]). The default cannot.
+    async fn redo_mirror(
+        &self,
+        name: &str,
+        image: &str,
+        from: &str,
+        to: &str,
+    ) -> Result<(), DockerError> {
+        let _ = (name, image, from);
+        Err(DockerError::Api {
+            action: format!("restoring volume {to}"),
+            message: "this runtime cannot run containers".into(),
+        })
+    }
     /// A Swarm service by id, read now (mode, replicas, spec version).
     async fn service(&self, id: &str) -> Result<ServiceInfo, DockerError> {
         Err(no_swarm(id))

@@ -121,6 +121,36 @@ pub enum Leftover {
     /// done once the restore into it is complete: `recover` removes it (not forced, so never while a container
     /// uses it), since a half-restored volume must not pass for a restored one.
     NewVolume { volume: String },
+    /// A restore in place through the engine (`restore/engine.rs`) while its mirror containers run with the users
+    /// of `target` stopped. Phase [`MirrorPhase::Keeping`] (journaled before the old contents are copied into
+    /// `keep`): `target` is untouched, so `recover` only removes what was made (helpers; staging and keep
+    /// volumes, journaled as [`Leftover::NewVolume`]) and starts the users. Phase [`MirrorPhase::Applying`]
+    /// (journaled once `keep` is complete, before `target` is written): `recover` mirrors `staging` into
+    /// `target` again with `image` in the helper container `helper` BEFORE it starts the users (and does not start
+    /// them if that fails); an `Applying` entry supersedes a `Keeping` one of the same target.
+    EngineMirror {
+        target: String,
+        staging: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        keep: Option<String>,
+        image: String,
+        helper: String,
+        phase: MirrorPhase,
+    },
+    /// A volume holding the previous contents of volume `of` (a restore in place through the engine), the only
+    /// copy until the restore's safety backup is committed: never removed by `recover`, which names it (and a
+    /// [`Leftover::NewVolume`] entry of the same volume is not removed either).
+    KeptVolume { volume: String, of: String },
+}
+
+/// Where a restore in place through the engine is ([`Leftover::EngineMirror`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MirrorPhase {
+    /// The old contents are being copied into the keep volume; the target is untouched.
+    Keeping,
+    /// The target is being made equal to the staging volume.
+    Applying,
 }
 
 impl std::fmt::Display for Leftover {
@@ -155,6 +185,15 @@ impl std::fmt::Display for Leftover {
             }
             Leftover::NewVolume { volume } => {
                 write!(f, "volume {volume}, created by an unfinished restore")
+            }
+            Leftover::EngineMirror {
+                target, staging, ..
+            } => write!(
+                f,
+                "restore of volume {target} in place through the engine (from staging volume {staging})"
+            ),
+            Leftover::KeptVolume { volume, of } => {
+                write!(f, "previous contents of volume {of} kept in volume {volume}")
             }
         }
     }

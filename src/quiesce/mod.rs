@@ -86,7 +86,7 @@ mod order;
 mod quiescer;
 mod recover;
 
-pub use journal::{journal_dir, Journal, Leftover, JOURNAL_DIR, STAGING_PREFIX};
+pub use journal::{journal_dir, Journal, Leftover, MirrorPhase, JOURNAL_DIR, STAGING_PREFIX};
 pub use quiescer::{
     see_through_other_runs, ContainerLocks, Held, HeldContainer, HeldService, Hold, Quiescer,
     ReleaseOutcome, ReleaseReport, Released, ReleasedService, ServiceHold, ServiceOutcome, Skipped,

@@ -11,7 +11,7 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use super::journal::{fsync_dir, journal_dir, Leftover, Record, STAGING_PREFIX};
+use super::journal::{fsync_dir, journal_dir, Leftover, MirrorPhase, Record, STAGING_PREFIX};
 use super::quiescer::{scale_back_if_untouched, still_quiesced, ServiceOutcome};
 use super::QuiesceError;
 use crate::catalog::QuiesceAction;
@@ -90,6 +90,13 @@ pub enum LeftoverOutcome {
     HookKilled(String),
     /// A post-backup hook a dead run owed was run: its exit code (`None`: none, e.g. killed at its timeout).
     PostHookRan(Option<i64>),
+    /// A restore in place through the engine left half-made was finished from its staging volume before the
+    /// users were started; the previous contents are in the keep volume, if one was made.
+    MirrorFinished { keep: Option<String> },
+    /// The same, but finishing it failed: the users of this journal were not started, the journal is kept.
+    MirrorFailed(String),
+    /// A restore in place through the engine killed before it wrote the target: the target is untouched.
+    MirrorUntouched,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -189,6 +196,30 @@ impl RecoverReport {
                 LeftoverOutcome::PostHookRan(None) => {
                     format!("{}: run now: ended without an exit code", l.leftover)
                 }
+                LeftoverOutcome::MirrorFinished { keep } => {
+                    let Leftover::EngineMirror { target, .. } = &l.leftover else {
+                        unreachable!("only a mirror is finished")
+                    };
+                    format!(
+                        "{}: interrupted while writing the volume; finished now, before its containers were \
+                         started{}",
+                        l.leftover,
+                        keep.as_ref().map_or(String::new(), |k| format!(
+                            "; the previous contents of {target} are kept in volume {k} (back them up or remove \
+                             it: docker volume rm {k})"
+                        ))
+                    )
+                }
+                LeftoverOutcome::MirrorFailed(e) => format!(
+                    "{}: interrupted while writing the volume, and it could NOT be finished: {e}; the volume is \
+                     half-restored, so the containers of that run were NOT started: fix the cause and run `voltar \
+                     recover` again (journal kept)",
+                    l.leftover
+                ),
+                LeftoverOutcome::MirrorUntouched => format!(
+                    "{}: interrupted before the volume was written: it is unchanged",
+                    l.leftover
+                ),
             });
         }
         out.extend(self.problems.iter().cloned());
@@ -462,9 +493,73 @@ async fn recover_one(
             .leftovers
             .push(RecoveredLeftover { leftover, outcome });
     }
+    // Restores in place through the engine a dead run left with the users stopped (their helpers are gone,
+    // above): one that was writing its target is finished from its staging volume BEFORE any container of this
+    // journal is started; if that fails, none is.
+    let (mirrors, leftovers): (Vec<Leftover>, Vec<Leftover>) = leftovers
+        .into_iter()
+        .partition(|l| matches!(l, Leftover::EngineMirror { .. }));
+    let applying: Vec<String> = mirrors
+        .iter()
+        .filter_map(|l| match l {
+            Leftover::EngineMirror {
+                target,
+                phase: MirrorPhase::Applying,
+                ..
+            } => Some(target.clone()),
+            _ => None,
+        })
+        .collect();
+    // Volumes that must stay: previous contents (the only copy), and the staging volume of a failed redo.
+    let mut stay: Vec<String> = leftovers
+        .iter()
+        .filter_map(|l| match l {
+            Leftover::KeptVolume { volume, .. } => Some(volume.clone()),
+            _ => None,
+        })
+        .collect();
+    let mut half_made = None;
+    for leftover in mirrors {
+        let Leftover::EngineMirror {
+            target,
+            staging,
+            keep: kept,
+            image,
+            helper,
+            phase,
+        } = &leftover
+        else {
+            continue;
+        };
+        let outcome = match phase {
+            MirrorPhase::Applying => {
+                match runtime.redo_mirror(helper, image, staging, target).await {
+                    Ok(()) => LeftoverOutcome::MirrorFinished { keep: kept.clone() },
+                    Err(e) => {
+                        keep = true;
+                        stay.push(staging.clone());
+                        half_made = Some(target.clone());
+                        LeftoverOutcome::MirrorFailed(e.to_string())
+                    }
+                }
+            }
+            // Superseded: the same restore went on to write the target (its `Applying` entry, above).
+            MirrorPhase::Keeping if applying.contains(target) => continue,
+            MirrorPhase::Keeping => LeftoverOutcome::MirrorUntouched,
+        };
+        tracing::info!(leftover = %leftover, outcome = ?outcome, "recover");
+        report
+            .leftovers
+            .push(RecoveredLeftover { leftover, outcome });
+    }
     // Newest first, like release.
     for OpenEntry { id, name, action } in entries.into_iter().rev() {
-        let outcome = recover_container(runtime, &id, action).await;
+        let outcome = match &half_made {
+            Some(v) => RecoverOutcome::Failed(format!(
+                "not started: volume {v} is half-restored and could not be finished (see above)"
+            )),
+            None => recover_container(runtime, &id, action).await,
+        };
         if matches!(outcome, RecoverOutcome::Failed(_)) {
             keep = true;
         }
@@ -478,9 +573,14 @@ async fn recover_one(
     }
     // Services after the containers: a hold scales its services before it pauses or stops containers.
     for OpenService { id, name, replicas } in services.into_iter().rev() {
-        let outcome = scale_back_if_untouched(runtime, &id, replicas)
-            .await
-            .map_err(|e| e.to_string());
+        let outcome = match &half_made {
+            Some(v) => Err(format!(
+                "not scaled back: volume {v} is half-restored and could not be finished (see above)"
+            )),
+            None => scale_back_if_untouched(runtime, &id, replicas)
+                .await
+                .map_err(|e| e.to_string()),
+        };
         if outcome.is_err() {
             keep = true;
         }
@@ -497,7 +597,19 @@ async fn recover_one(
         .into_iter()
         .partition(|l| matches!(l, Leftover::NewVolume { .. }));
     for leftover in volumes {
-        let outcome = remove_engine_leftover(runtime, &leftover).await;
+        let outcome = match &leftover {
+            Leftover::NewVolume { volume } if stay.contains(volume) => {
+                if half_made.is_none() {
+                    // Kept as previous contents: its own entry names it.
+                    continue;
+                }
+                LeftoverOutcome::LeftAlone(
+                    "kept: the interrupted restore is finished from it (or it holds the previous contents)"
+                        .into(),
+                )
+            }
+            _ => remove_engine_leftover(runtime, &leftover).await,
+        };
         if matches!(outcome, LeftoverOutcome::Failed(_)) {
             keep = true;
         }
@@ -633,9 +745,13 @@ fn remove_leftover(leftover: &Leftover) -> LeftoverOutcome {
         | Leftover::Helper { .. } => {
             LeftoverOutcome::LeftAlone("a command or a container, not a file".into())
         }
-        Leftover::NewVolume { .. } => {
+        Leftover::NewVolume { .. } | Leftover::EngineMirror { .. } => {
             LeftoverOutcome::LeftAlone("an engine object, not a file".into())
         }
+        Leftover::KeptVolume { volume, .. } => LeftoverOutcome::LeftAlone(format!(
+            "a restore ended before its safety backup was committed: this is the only copy of what was there; \
+             back it up or remove it (docker volume rm {volume})"
+        )),
         Leftover::PreviousContents { .. } => LeftoverOutcome::LeftAlone(
             "a restore ended before its safety backup was committed: this is the only copy of what was there; \
              back it up or remove it"

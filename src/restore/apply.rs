@@ -195,12 +195,14 @@ async fn restore_source(ctx: &ApplyCtx<'_>, sp: SourcePlan) -> Result<SourceRest
         (Err(e), _) => Err(e),
         (Ok(true), Destination::Volume(v)) => {
             sr.through_engine = true;
-            if create_volume {
+            if !ctx.paths.is_empty() {
+                Err(engine::not_through_engine("--path", v))
+            } else if create_volume {
                 engine::put_new_volume(ctx, &src, v, &mut sr)
                     .await
                     .map(|()| RestoreStatus::Ok)
             } else {
-                Err(engine::not_through_engine("restoring in place", v))
+                engine::restore_in_place(ctx, &src, v, &path, (&users, &services), &mut sr).await
             }
         }
         (Ok(_), _) => {
@@ -325,7 +327,7 @@ async fn restore_one(
     let swapped = matches!(result, Ok(Ok(())));
     if swapped && safety == Safety::AfterSwap {
         // `staging` holds the old tree now: back it up, then let it go.
-        match safety_backup(ctx, src, &staging.path).await {
+        match safety_backup(ctx, src, &staging.path, None).await {
             Ok((id, warnings)) => {
                 sr.undo = Some(undo_command(&id, src, &sr.destination, &ctx.target.name));
                 sr.safety_backup = Some(id);
@@ -352,7 +354,7 @@ async fn restore_one(
 
 /// Where a restore's safety copy of the current contents comes from (see [`restore_one`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Safety {
+pub(super) enum Safety {
     None,
     AfterSwap,
     WhileStopped,
@@ -361,7 +363,7 @@ enum Safety {
 /// Before anything is stopped: every target the safety backup writes to opens and takes a test write, as a
 /// backup run checks them first. With `AfterSwap` a safety backup that cannot be written would only be found out
 /// after the swap.
-async fn check_safety_targets(ctx: &ApplyCtx<'_>, safety: Safety) -> Result<()> {
+pub(super) async fn check_safety_targets(ctx: &ApplyCtx<'_>, safety: Safety) -> Result<()> {
     if safety != Safety::AfterSwap {
         return Ok(());
     }
@@ -383,10 +385,51 @@ async fn stopped_for_swap(
     ctx: &ApplyCtx<'_>,
     src: &SourceRecord,
     path: &Path,
-    (users, services): (&[PlannedContainer], &[PlannedService]),
+    users: (&[PlannedContainer], &[PlannedService]),
     safety: Safety,
     staging: &mut Staging,
     sr: &mut SourceRestore,
+) -> Result<Result<()>> {
+    while_stopped(ctx, users, sr, async |sr: &mut SourceRestore| {
+        if safety == Safety::WhileStopped {
+            let (id, warnings) = safety_backup(ctx, src, path, None).await.map_err(|e| {
+                anyhow!(
+                    "{e:#}; nothing was changed (use --no-safety-backup to restore without one)"
+                )
+            })?;
+            sr.undo = Some(undo_command(&id, src, &sr.destination, &ctx.target.name));
+            sr.safety_backup = Some(id);
+            sr.warnings.extend(warnings);
+        }
+        if ctx.cancel.is_cancelled() {
+            bail!("interrupted before the swap: nothing was changed");
+        }
+        if safety == Safety::AfterSwap {
+            // From the swap on, the staging directory holds the only copy of the old contents until the safety
+            // backup is committed: a killed run must leave it for the user, not have `recover` remove it.
+            staging.keep_after_swap(ctx.journal, path)?;
+        }
+        ctx.progress.note("swapping in");
+        swap(ctx, path, staging)
+    })
+    .await
+}
+
+/// `body`'s error when the users must NOT be started again: their volume is half-written and could not be put
+/// right (a restore in place through the engine whose mirror failed). They stay stopped and journaled, so that
+/// `voltar recover` finishes the volume before it starts them.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:#}")]
+pub(super) struct UsersStayStopped(pub(super) anyhow::Error);
+
+/// Stop the users (Swarm services scaled to 0 first), run `body`, restart them on every path (unless `body`
+/// fails with [`UsersStayStopped`]), and fill the report's `stopped`, `restarted`, `downtime_ms` and
+/// `services`. The outer `Err` is a failure to stop them (fatal), the inner one `body`'s.
+pub(super) async fn while_stopped(
+    ctx: &ApplyCtx<'_>,
+    (users, services): (&[PlannedContainer], &[PlannedService]),
+    sr: &mut SourceRestore,
+    body: impl AsyncFnOnce(&mut SourceRestore) -> Result<()>,
 ) -> Result<Result<()>> {
     let holds = stop_holds(users);
     // Swarm services first: scaled to 0 (their tasks go down with their grace period), never their tasks
@@ -429,29 +472,15 @@ async fn stopped_for_swap(
         ctx.progress.holding(&names, "stopped");
         sr.stopped = names;
     }
-    let result = async {
-        if safety == Safety::WhileStopped {
-            let (id, warnings) = safety_backup(ctx, src, path).await.map_err(|e| {
-                anyhow!(
-                    "{e:#}; nothing was changed (use --no-safety-backup to restore without one)"
-                )
-            })?;
-            sr.undo = Some(undo_command(&id, src, &sr.destination, &ctx.target.name));
-            sr.safety_backup = Some(id);
-            sr.warnings.extend(warnings);
+    let result = body(sr).await;
+    if let Err(e) = &result {
+        if e.is::<UsersStayStopped>() {
+            // Journaled and locked as stopped: `recover` starts them once their volume is whole.
+            std::mem::forget(held);
+            ctx.progress.released();
+            return Ok(result);
         }
-        if ctx.cancel.is_cancelled() {
-            bail!("interrupted before the swap: nothing was changed");
-        }
-        if safety == Safety::AfterSwap {
-            // From the swap on, the staging directory holds the only copy of the old contents until the safety
-            // backup is committed: a killed run must leave it for the user, not have `recover` remove it.
-            staging.keep_after_swap(ctx.journal, path)?;
-        }
-        ctx.progress.note("swapping in");
-        swap(ctx, path, staging)
     }
-    .await;
     let released = ctx.quiescer.release(held).await;
     ctx.progress.released();
     sr.restarted = released
@@ -505,12 +534,24 @@ fn backup_env<'a>(ctx: &'a ApplyCtx<'_>) -> backup::Env<'a> {
 /// Safety copy of what is at `path` now (the volume, or the old tree the swap moved out), as the source it
 /// protects, into every target of [`safety_targets`], tagged `pre-restore`; returns its backup id, and a warning
 /// per target that did not take it (it is a safety backup when at least one target committed it).
-async fn safety_backup(
+pub(super) async fn safety_backup(
     ctx: &ApplyCtx<'_>,
     src: &SourceRecord,
     path: &Path,
+    read_volume: Option<(&str, &str)>,
 ) -> Result<(String, Vec<String>)> {
     let config = ctx.config;
+    // Read from another volume (a keep volume of a restore in place through the engine): no container uses it,
+    // so its helper's image, unless configured, is the one the mirror ran (the engine has it).
+    let with_image;
+    let mut env = backup_env(ctx);
+    if let Some((_, image)) = read_volume {
+        with_image = Config {
+            helper_image: config.helper_image.clone().or(Some(image.to_string())),
+            ..config.clone()
+        };
+        env.config = &with_image;
+    }
     ctx.progress.note("safety backup of the previous contents");
     let job = config
         .job(ctx.args.job.as_deref())
@@ -539,10 +580,11 @@ async fn safety_backup(
             services: vec![],
             reason: "safety backup before restore".into(),
             dump: None,
+            read_volume: read_volume.map(|(v, _)| v.to_string()),
         }],
         ..Default::default()
     };
-    let run = backup::execute(&backup_env(ctx), &req, plan, Utc::now(), vec![]).await?;
+    let run = backup::execute(&env, &req, plan, Utc::now(), vec![]).await?;
     // A whole copy on at least one target (`Partial`: not on every one) is a safety backup; an incomplete copy
     // (entries it could not read) is not.
     let source = run.sources.first();

@@ -17,9 +17,13 @@
 //! backup; otherwise the body ends in an error, the engine fails the upload, and the new volume and the helper are
 //! removed. Memory is bounded by the two channels ([`CHUNKS`] × [`CHUNK`] each) and one entry's metadata headers.
 //!
-//! Not built: restoring *in place* through the engine (the running users' volume). It needs voltar's own image on
-//! the engine to mirror a staging volume into the target while the users are stopped; until then it fails before
-//! anything is touched, naming `--to-volume` and the host path. `--path` through the engine fails the same way.
+//! In place ([`restore_in_place`]): the same PUT fills a fresh staging volume while the users run; then, with the
+//! users stopped, containers STARTED from the mirror image (`[docker] mirror-image`: voltar's own, running the
+//! hidden `voltar engine-mirror`, `archive::mirror`) copy the target into a keep volume (the safety copy's source)
+//! and the staging volume into the target. The crash journal says which phase it is in
+//! ([`Leftover::EngineMirror`]), so `recover` either leaves the untouched target alone or finishes writing it
+//! before it starts the users: no user ever runs on a half-restored volume. `--path` through the engine is
+//! refused before anything is touched, naming `--to-volume` and the host path.
 
 use std::io::{self, Read, Write};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
@@ -102,9 +106,6 @@ pub(super) async fn put_new_volume(
     volume: &str,
     sr: &mut SourceRestore,
 ) -> Result<()> {
-    if !ctx.paths.is_empty() {
-        return Err(not_through_engine("--path", volume));
-    }
     let image = helper_image(ctx, src).await?;
     let name = format!("voltar-helper-{:08x}", rand::random::<u32>());
     let seq = ctx.journal.will_create(&Leftover::Helper {
@@ -376,5 +377,305 @@ impl Write for Body {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+/// Names of the volumes a restore in place through the engine makes.
+const STAGING_VOLUME: &str = "voltar-staging-";
+const KEEP_VOLUME: &str = "voltar-keep-";
+
+fn fresh_name(prefix: &str) -> String {
+    format!("{prefix}{:08x}", rand::random::<u32>())
+}
+
+/// A volume this restore made, with its open journal entry.
+struct Made {
+    name: String,
+    seq: u64,
+}
+
+/// Create volume `name` (local driver, labelled `label` = `of`), journaled first as a [`Leftover::NewVolume`].
+async fn make_volume(ctx: &ApplyCtx<'_>, name: &str, label: &str, of: &str) -> Result<Made> {
+    let seq = ctx.journal.will_create(&Leftover::NewVolume {
+        volume: name.to_string(),
+    })?;
+    let labels = [(label.to_string(), of.to_string())].into();
+    match ctx
+        .engine
+        .create_volume(name, "local", &Default::default(), &labels)
+        .await
+    {
+        Ok(_) => Ok(Made {
+            name: name.to_string(),
+            seq,
+        }),
+        Err(e) => {
+            ctx.journal.removed(seq);
+            Err(e).with_context(|| format!("creating volume {name}"))
+        }
+    }
+}
+
+/// Remove a volume this restore made and close its journal entry; a failure is a warning (the entry stays, so
+/// `recover` removes it later).
+async fn drop_volume(ctx: &ApplyCtx<'_>, made: Made, sr: &mut SourceRestore) {
+    match ctx.engine.remove_volume(&made.name).await {
+        Ok(()) | Err(crate::docker::DockerError::NoSuchVolume(_)) => ctx.journal.removed(made.seq),
+        Err(e) => sr.warnings.push(format!(
+            "cannot remove volume {}: {e} (`voltar recover` removes it later)",
+            made.name
+        )),
+    }
+}
+
+/// The image the mirror containers run (`[docker] mirror-image`, else the image of voltar's own container, else
+/// `voltar:<version>`), checked to be a voltar with `engine-mirror` by a probe in a throwaway container
+/// (journaled as a helper). Before anything is made or stopped.
+async fn mirror_image(ctx: &ApplyCtx<'_>, target: &str) -> Result<String> {
+    let own = match ctx.config.mirror_image {
+        Some(_) => None,
+        None => {
+            let discovery = ctx.engine.discover().await?;
+            crate::docker::own_container(&discovery.containers).map(|c| c.image.clone())
+        }
+    };
+    let fail = |e: &dyn std::fmt::Display| {
+        anyhow!("cannot restore volume {target} in place through the engine: {e}; nothing was stopped or changed")
+    };
+    let image = ctx
+        .engine
+        .mirror_image(ctx.config.mirror_image.as_deref(), own.as_deref())
+        .await
+        .map_err(|e| fail(&e))?;
+    let name = fresh_name(crate::docker::helper::HELPER_PREFIX);
+    let seq = ctx.journal.will_create(&Leftover::Helper {
+        name: name.clone(),
+        volume: target.to_string(),
+    })?;
+    let probed = ctx.engine.probe_mirror(&name, &image, "probe").await;
+    match ctx.engine.remove_helper(&name).await {
+        Ok(_) => ctx.journal.removed(seq),
+        Err(e) => {
+            tracing::warn!(helper = %name, error = %e, "cannot remove the probe container; `voltar recover` will")
+        }
+    }
+    probed.map(|_| image).map_err(|e| fail(&e))
+}
+
+/// Run one mirror container (`from` → `to`) named `name`, journaled as a helper before it is created and removed
+/// on every path.
+async fn mirror(ctx: &ApplyCtx<'_>, image: &str, name: &str, from: &str, to: &str) -> Result<()> {
+    let seq = ctx.journal.will_create(&Leftover::Helper {
+        name: name.to_string(),
+        volume: to.to_string(),
+    })?;
+    let done = ctx.engine.run_mirror(name, image, "mirror", from, to).await;
+    match ctx.engine.remove_helper(name).await {
+        Ok(_) => ctx.journal.removed(seq),
+        Err(e) => {
+            tracing::warn!(helper = %name, error = %e, "cannot remove a mirror container; `voltar recover` will")
+        }
+    }
+    Ok(done?)
+}
+
+/// Restore `src` IN PLACE into the existing volume `target` through the engine:
+///
+/// 1. the mirror image is found and probed (nothing made or stopped yet);
+/// 2. while the users run, a staging volume is made (journaled) and filled through the verified PUT path
+///    ([`put_new_volume`]);
+/// 3. the safety backup's targets are checked (unless `--no-safety-backup` or the volume is empty);
+/// 4. the users are stopped (`while_stopped`, restarted on every path), and in containers started from the mirror
+///    image (`voltar engine-mirror`): (a) the target is copied into a keep volume (journaled `EngineMirror`
+///    phase `Keeping`: a killed run leaves the target untouched), (b) the staging volume is mirrored into the target
+///    (phase `Applying`, journaled only once the keep copy is whole: `recover` finishes it from the staging volume
+///    before it starts the users). If (b) fails, the keep volume is mirrored back; if that fails too, the users stay
+///    stopped for `recover`;
+/// 5. with the users back, the keep volume is backed up as the safety copy of `target` (tag `pre-restore`);
+///    committed: the keep and staging volumes are removed; not: the keep volume stays, named
+///    (`Unprotected`).
+pub(super) async fn restore_in_place(
+    ctx: &ApplyCtx<'_>,
+    src: &SourceRecord,
+    target: &str,
+    path: &Path,
+    users: (&[PlannedContainer], &[crate::plan::PlannedService]),
+    sr: &mut SourceRestore,
+) -> Result<RestoreStatus> {
+    use super::apply::{
+        check_safety_targets, safety_backup, while_stopped, Safety, UsersStayStopped,
+    };
+    use crate::quiesce::MirrorPhase;
+
+    let image = mirror_image(ctx, target).await?;
+    // An empty volume needs no safety copy; one whose host path is not readable here is not known to be empty.
+    let empty = std::fs::read_dir(path).is_ok_and(|mut d| d.next().is_none());
+    let safety = if ctx.args.no_safety_backup || empty {
+        Safety::None
+    } else {
+        Safety::AfterSwap
+    };
+
+    let staging = make_volume(
+        ctx,
+        &fresh_name(STAGING_VOLUME),
+        "voltar.staging-of",
+        target,
+    )
+    .await?;
+    if let Err(e) = put_new_volume(ctx, src, &staging.name, sr).await {
+        drop_volume(ctx, staging, sr).await;
+        return Err(e);
+    }
+    if let Err(e) = check_safety_targets(ctx, safety).await {
+        drop_volume(ctx, staging, sr).await;
+        return Err(e);
+    }
+
+    // What the stopped phase made, for the cleanup after it.
+    let mut keep: Option<Made> = None;
+    let mut kept_seq: Option<u64> = None;
+    let mut mirror_seq: Option<u64> = None;
+    let held = while_stopped(ctx, users, sr, async |_sr: &mut SourceRestore| {
+        if ctx.cancel.is_cancelled() {
+            bail!("interrupted before the volume was written: nothing was changed");
+        }
+        let mut keep_name = None;
+        if safety == Safety::AfterSwap {
+            ctx.progress.note("copying the previous contents into a keep volume");
+            let k = make_volume(ctx, &fresh_name(KEEP_VOLUME), "voltar.keep-of", target).await?;
+            let helper = fresh_name(crate::docker::helper::HELPER_PREFIX);
+            let seq = ctx.journal.will_create(&Leftover::EngineMirror {
+                target: target.to_string(),
+                staging: staging.name.clone(),
+                keep: Some(k.name.clone()),
+                image: image.clone(),
+                helper: helper.clone(),
+                phase: MirrorPhase::Keeping,
+            })?;
+            keep_name = Some(k.name.clone());
+            keep = Some(k);
+            mirror_seq = Some(seq);
+            mirror(ctx, &image, &helper, target, &keep_name.clone().unwrap_or_default())
+                .await
+                .context("copying the previous contents into a keep volume; nothing was changed")?;
+            if ctx.cancel.is_cancelled() {
+                bail!("interrupted before the volume was written: nothing was changed");
+            }
+        }
+        // From here the target is written: the keep volume is the only copy of what was there (never removed
+        // by `recover`), and a killed run is finished by `recover` before the users start.
+        let helper = fresh_name(crate::docker::helper::HELPER_PREFIX);
+        if let Some(k) = &keep {
+            kept_seq = Some(ctx.journal.will_create(&Leftover::KeptVolume {
+                volume: k.name.clone(),
+                of: target.to_string(),
+            })?);
+        }
+        let applying = ctx.journal.will_create(&Leftover::EngineMirror {
+            target: target.to_string(),
+            staging: staging.name.clone(),
+            keep: keep_name.clone(),
+            image: image.clone(),
+            helper: helper.clone(),
+            phase: MirrorPhase::Applying,
+        })?;
+        if let Some(k) = &keep {
+            ctx.journal.removed(k.seq);
+        }
+        if let Some(seq) = mirror_seq.replace(applying) {
+            ctx.journal.removed(seq);
+        }
+        ctx.progress.note("writing the volume (mirror of the staging volume)");
+        let applied = mirror(ctx, &image, &helper, &staging.name, target).await;
+        let Err(e) = applied else {
+            ctx.journal.removed(applying);
+            mirror_seq = None;
+            return Ok(());
+        };
+        // Half-written: put the previous contents back, or leave the users stopped for `recover`.
+        let Some(k) = &keep_name else {
+            return Err(UsersStayStopped(e.context(format!(
+                "volume {target} is half-restored and there is no copy of its previous contents \
+                 (--no-safety-backup); its containers were left stopped: run `voltar recover` to finish it from \
+                 staging volume {}",
+                staging.name
+            )))
+            .into());
+        };
+        let back = fresh_name(crate::docker::helper::HELPER_PREFIX);
+        match mirror(ctx, &image, &back, k, target).await {
+            Ok(()) => {
+                ctx.journal.removed(applying);
+                mirror_seq = None;
+                Err(e.context(format!(
+                    "writing volume {target} failed; its previous contents were put back from volume {k}"
+                )))
+            }
+            Err(e2) => Err(UsersStayStopped(anyhow!(
+                "writing volume {target} failed ({e:#}) and putting its previous contents back from volume {k} \
+                 failed too ({e2:#}); its containers were left stopped: run `voltar recover` to finish the restore \
+                 from staging volume {}",
+                staging.name
+            ))
+            .into()),
+        }
+    })
+    .await;
+
+    let result = match held {
+        Ok(r) => r,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(()) => {}
+        Err(e) if e.is::<UsersStayStopped>() => {
+            // Everything stays journaled for `recover`: the staging volume, the keep volume, the mirror entry.
+            return Err(e);
+        }
+        Err(e) => {
+            // The target holds what it held: nothing made is needed any more.
+            if let Some(seq) = mirror_seq {
+                ctx.journal.removed(seq);
+            }
+            if let Some(mut k) = keep {
+                if let Some(seq) = kept_seq {
+                    ctx.journal.removed(k.seq);
+                    k.seq = seq;
+                }
+                drop_volume(ctx, k, sr).await;
+            }
+            drop_volume(ctx, staging, sr).await;
+            return Err(e);
+        }
+    }
+    drop_volume(ctx, staging, sr).await;
+    let Some(mut k) = keep else {
+        return Ok(RestoreStatus::Ok);
+    };
+    k.seq = kept_seq.expect("a keep volume is journaled as kept before the target is written");
+    let keep_path = ctx
+        .engine
+        .inspect_volume(&k.name)
+        .await
+        .map(|v| v.mountpoint)
+        .unwrap_or_default();
+    match safety_backup(ctx, src, &keep_path, Some((&k.name, &image))).await {
+        Ok((id, warnings)) => {
+            sr.undo = Some(undo_command(&id, src, &sr.destination, &ctx.target.name));
+            sr.safety_backup = Some(id);
+            sr.warnings.extend(warnings);
+            drop_volume(ctx, k, sr).await;
+            Ok(RestoreStatus::Ok)
+        }
+        Err(e) => {
+            // Left for the user, named in the report; the journal forgets it (as a kept staging directory).
+            ctx.journal.removed(k.seq);
+            Ok(RestoreStatus::Unprotected(format!(
+                "{e:#}; the previous contents of volume {target} are kept in volume {} (back it up or remove it: \
+                 docker volume rm {})",
+                k.name, k.name
+            )))
+        }
     }
 }

@@ -403,8 +403,9 @@ fn the_proxy_refuses_what_the_page_does_not_list() {
 }
 
 /// The engine data path, too, calls only what the page lists: a backup read through a helper container
-/// (`[docker] data-path = "engine"`, the helper image named, so its inspect row is used) with a paused user, and
-/// a restore into a new volume written through the engine.
+/// (`[docker] data-path = "engine"`, the helper image named, so its inspect row is used) with a paused user, a
+/// restore into a new volume written through the engine, and a restore in place through the engine (mirror
+/// containers started, waited for, their output read).
 #[test]
 fn the_engine_data_path_calls_only_documented_endpoints() {
     require_docker!();
@@ -417,8 +418,9 @@ fn the_engine_data_path_calls_only_documented_endpoints() {
     std::fs::write(
         &config,
         format!(
-            "[docker]\ndata-path = \"engine\"\nhelper-image = \"{}\"\n",
-            crate::support::IMAGE
+            "[docker]\ndata-path = \"engine\"\nhelper-image = \"{}\"\nmirror-image = \"{}\"\n",
+            crate::support::IMAGE,
+            crate::support::mirror_image()
         ),
     )
     .unwrap();
@@ -478,6 +480,37 @@ fn the_engine_data_path_calls_only_documented_endpoints() {
     );
     assert_eq!(
         std::fs::read_to_string(mountpoint(&copy).join("e.txt")).unwrap(),
+        "engine"
+    );
+    assert_eq!(
+        docker(&["inspect", "-f", "{{.State.Status}}", &user]),
+        "running"
+    );
+
+    // In place through the engine (the user is stopped and started again).
+    std::fs::write(mountpoint(&vol).join("e.txt"), "changed").unwrap();
+    let r = voltar(
+        &proxy,
+        &state,
+        &["-c", cfg, "restore", "latest", "--source", &vol, "-t", t],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains("written in place through the engine"),
+        "{r:?}"
+    );
+    proxy.assert_nothing_refused("restore in place through the engine");
+    proxy.assert_seen(
+        "restore in place through the engine",
+        &[
+            "POST /containers/{id}/start",
+            "POST /containers/{id}/wait",
+            "GET /containers/{id}/logs",
+            "DELETE /volumes/{name}",
+        ],
+    );
+    assert_eq!(
+        std::fs::read_to_string(mountpoint(&vol).join("e.txt")).unwrap(),
         "engine"
     );
     assert_eq!(

@@ -431,27 +431,183 @@ fn hostile_archives_are_refused_before_the_engine() {
     }
 }
 
-/// In place through the engine is not built: it fails before anything is stopped or changed, naming
-/// `--to-volume`.
+/// The config of a world that restores in place through the engine, with the mirror image built from this test
+/// build (`support::mirror_image`).
+fn with_mirror(w: &World, image: &str) {
+    fs::write(
+        w.dir.path().join("voltar.toml"),
+        format!(
+            "[docker]\ndata-path = \"engine\"\nhelper-image = \"{IMAGE}\"\nmirror-image = \"{image}\"\n"
+        ),
+    )
+    .unwrap();
+}
+
+fn started_at(container: &str) -> String {
+    docker(&["inspect", "-f", "{{.State.StartedAt}}", container])
+}
+
+/// Volumes a restore in place made for `target` and left (staging: `voltar.staging-of`, keep: `voltar.keep-of`).
+fn made_for(target: &str, label: &str) -> Vec<String> {
+    docker(&[
+        "volume",
+        "ls",
+        "-q",
+        "--filter",
+        &format!("label={label}={target}"),
+    ])
+    .lines()
+    .map(String::from)
+    .collect()
+}
+
+/// Issue 15 ("restore into a new volume and in place, both identical to the source"): in place through the
+/// engine with a running user of the volume. The volume equals the backup in everything (as `--to-volume`
+/// does); the user was stopped and started again; no helper, staging or keep volume is left; the `pre-restore`
+/// safety backup holds the contents from before the restore, and restoring it gives them back.
 #[test]
-fn in_place_through_the_engine_is_refused_before_anything_is_touched() {
+fn in_place_through_the_engine_is_identical_to_the_backup() {
+    require_docker!();
+    let image = support::mirror_image();
+    let mut w = World::new();
+    with_mirror(&w, &image);
+    let src = w.volume("enginplace");
+    let mp = mountpoint(&src);
+    fill_varied(&mp);
+    let before = snapshot(&mp).unwrap();
+    w.backup(&src);
+    // What is there when the restore starts: changed, removed, added entries, and another root mode.
+    fs::write(mp.join("data.bin"), "changed").unwrap();
+    fs::remove_file(mp.join("private")).unwrap();
+    fs::remove_dir_all(mp.join("dir with spaces")).unwrap();
+    fs::create_dir_all(mp.join("new/dir")).unwrap();
+    fs::write(mp.join("new/dir/file"), "added after the backup").unwrap();
+    symlink("/etc", mp.join("new/link-out")).unwrap();
+    chmod(&mp, 0o755);
+    set_mtime(&mp.join("new/dir/file"), 1_650_000_000, 0);
+    let pre = snapshot(&mp).unwrap();
+    let app = w
+        .cleanup
+        .run("enginplace-app", &["-v", &format!("{src}:/data")]);
+    let app_started = started_at(&app);
+
+    let dry = w.voltar(&["restore", "latest", "--source", &src, "--dry-run"]);
+    assert_eq!(dry.code, 0, "{dry:?}");
+    assert!(
+        dry.stdout.contains(
+            "in place through the engine (staging volume, then a mirror while the users are stopped)"
+        ),
+        "{dry:?}"
+    );
+    assert_eq!(snapshot(&mp).unwrap(), pre, "a dry run changed the volume");
+
+    let r = w.voltar(&["--json", "restore", "latest", "--source", &src]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("restore --json");
+    let s = &v["sources"][0];
+    assert_eq!(s["status"], "ok", "{s:#}");
+    assert_eq!(s["through-engine"], true, "{s:#}");
+    assert_eq!(s["stopped"], serde_json::json!([app]), "{s:#}");
+    assert_eq!(s["restarted"], serde_json::json!([app]), "{s:#}");
+    assert!(s["downtime-ms"][&app].is_u64(), "{s:#}");
+
+    let after = snapshot(&mp).unwrap();
+    let d = diff(
+        &engine_view(before),
+        &engine_view(after),
+        &DiffOptions::default(),
+    );
+    assert!(
+        d.is_empty(),
+        "restored in place through the engine differs from the backup:\n{}",
+        d.join("\n")
+    );
+    assert_eq!(support::state(&app), "running");
+    assert_ne!(started_at(&app), app_started, "the user was not stopped");
+    assert!(helpers_of(&src).is_empty(), "helper containers left");
+    assert!(
+        made_for(&src, "voltar.staging-of").is_empty(),
+        "staging volume left"
+    );
+    assert!(
+        made_for(&src, "voltar.keep-of").is_empty(),
+        "keep volume left"
+    );
+    // Nothing journaled is left open either.
+    let rec = w.voltar_bare(&["recover"]);
+    assert!(rec.stdout.starts_with("nothing to recover"), "{rec:?}");
+
+    // The safety copy is the contents from before the restore: restored into a new volume (through the engine
+    // again), it equals them as far as a read through the engine carries (whole-second mtimes, no xattrs).
+    let safety = s["safety-backup"]
+        .as_str()
+        .expect("a safety backup")
+        .to_string();
+    let back = w.new_name("enginplaceback");
+    let r = w.voltar(&["restore", &safety, "--source", &src, "--to-volume", &back]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let coarse = |snap: Snapshot| -> Snapshot {
+        snap.into_iter()
+            .map(|(p, mut n)| {
+                n.mtime_ns -= n.mtime_ns % 1_000_000_000;
+                n.xattrs.clear();
+                (p, n)
+            })
+            .collect()
+    };
+    let d = diff(
+        &coarse(engine_view(pre)),
+        &coarse(engine_view(snapshot(&mountpoint(&back)).unwrap())),
+        &DiffOptions::default(),
+    );
+    assert!(
+        d.is_empty(),
+        "the pre-restore safety backup does not give back what was there:\n{}",
+        d.join("\n")
+    );
+}
+
+/// A mirror image the engine does not have, or one without `engine-mirror` (here: the busybox test image, as
+/// an older voltar would be), is refused before anything is made or stopped: the user's StartedAt is unchanged,
+/// the volume too, the error names `mirror-image` and `--to-volume`. `--path` through the engine stays refused.
+#[test]
+fn a_missing_or_old_mirror_image_is_refused_before_anything_is_stopped() {
     require_docker!();
     let mut w = World::new();
-    let src = w.volume("enginplace");
+    let src = w.volume("engnomirror");
     let mp = mountpoint(&src);
     fs::write(mp.join("f"), "v1").unwrap();
     w.backup(&src);
     fs::write(mp.join("f"), "v2").unwrap();
-    let r = w.voltar(&["restore", "latest", "--source", &src, "--no-safety-backup"]);
-    assert_eq!(r.code, 1, "{r:?}");
-    assert!(
-        r.stdout.contains("--to-volume") || r.stderr.contains("--to-volume"),
-        "{r:?}"
-    );
-    assert_eq!(fs::read_to_string(mp.join("f")).unwrap(), "v2");
-    // Refused, so nothing may read as written.
-    assert!(!r.stdout.contains("written through the engine"), "{r:?}");
-    // `--path` through the engine: the same, and no new volume is left.
+    let app = w
+        .cleanup
+        .run("engnomirror-app", &["-v", &format!("{src}:/data")]);
+    let app_started = started_at(&app);
+    for image in ["voltar-no-such-image:0", IMAGE] {
+        with_mirror(&w, image);
+        let r = w.voltar(&["restore", "latest", "--source", &src]);
+        assert_eq!(r.code, 1, "{image}: {r:?}");
+        let all = format!("{}{}", r.stdout, r.stderr);
+        assert!(all.contains("mirror-image"), "{image}: {r:?}");
+        assert!(all.contains("--to-volume"), "{image}: {r:?}");
+        assert!(
+            all.contains("nothing was stopped or changed"),
+            "{image}: {r:?}"
+        );
+        assert!(!r.stdout.contains("written in place"), "{image}: {r:?}");
+        assert_eq!(
+            started_at(&app),
+            app_started,
+            "{image}: the user was stopped"
+        );
+        assert_eq!(fs::read_to_string(mp.join("f")).unwrap(), "v2");
+        assert!(helpers_of(&src).is_empty(), "{image}: helpers left");
+        assert!(
+            made_for(&src, "voltar.staging-of").is_empty(),
+            "{image}: staging volume left"
+        );
+    }
+    // `--path` through the engine: refused, and no new volume is left.
     let new = w.new_name("engpathnew");
     let r = w.voltar(&[
         "restore",
@@ -466,6 +622,179 @@ fn in_place_through_the_engine_is_refused_before_anything_is_touched() {
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stdout.contains("--path through the engine"), "{r:?}");
     assert!(!volume_exists(&new), "{r:?}");
+}
+
+/// Incompressible blobs, so that copying the volume takes long enough to be caught in the middle.
+fn fill_big(root: &Path, n: usize) {
+    let mut x = 0x9E3779B97F4A7C15u64;
+    for i in 0..n {
+        let data: Vec<u8> = (0..(32 << 20))
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        fs::write(root.join(format!("blob{i}")), data).unwrap();
+    }
+}
+
+/// A restore in place through the engine (of `src`, used by `app`), SIGKILLed as soon as a mirror container
+/// that mounts a volume labelled `label` = `src` runs (`voltar.keep-of`: copying the old contents;
+/// `voltar.staging-of`: writing the target).
+fn kill_during_mirror(w: &World, src: &str, label: &str) {
+    let t = w.dir.path().join("target").display().to_string();
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("voltar"))
+        .args(["restore", "latest", "--source", src, "-t", &t])
+        .current_dir(w.dir.path())
+        .env("VOLTAR_STATE_DIR", w.dir.path().join("state"))
+        .env("VOLTAR_CONFIG", w.dir.path().join("voltar.toml"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    loop {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the restore ended before a mirror of a {label} volume was seen running"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no mirror within 180 s"
+        );
+        let running: Vec<String> = made_for(src, label)
+            .iter()
+            .flat_map(|v| {
+                docker(&[
+                    "ps",
+                    "-q",
+                    "--filter",
+                    "label=voltar.helper=mirror",
+                    "--filter",
+                    "status=running",
+                    "--filter",
+                    &format!("volume={v}"),
+                ])
+                .lines()
+                .map(String::from)
+                .collect::<Vec<_>>()
+            })
+            .collect();
+        if let Some(id) = running.first() {
+            // No anonymous volume for the image's VOLUME (a tmpfs there), no health check (it would exec).
+            let how = docker(&[
+                "inspect",
+                "-f",
+                "{{range .Mounts}}{{.Type}}:{{.Destination}} {{end}}|{{.State.Health}}",
+                id,
+            ]);
+            assert!(!how.contains("volume:/var/lib/voltar"), "{how}");
+            assert!(how.ends_with("|<nil>"), "{how}");
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// SIGKILL while the target is being written (journaled phase `Applying`): the user stays stopped until
+/// `voltar recover`, which finishes the volume from the staging volume BEFORE it starts the user; the volume
+/// then equals the backup, the keep volume with the old contents is named and left, staging and helpers are gone.
+#[test]
+fn sigkill_while_writing_the_target_is_finished_by_recover() {
+    require_docker!();
+    let image = support::mirror_image();
+    let mut w = World::new();
+    with_mirror(&w, &image);
+    let src = w.volume("engkillapply");
+    let mp = mountpoint(&src);
+    fill_big(&mp, 6);
+    fs::write(mp.join("small"), "backed up").unwrap();
+    let backed = snapshot(&mp).unwrap();
+    w.backup(&src);
+    fs::write(mp.join("small"), "changed since").unwrap();
+    fs::write(mp.join("extra"), "added since").unwrap();
+    let app = w
+        .cleanup
+        .run("engkillapply-app", &["-v", &format!("{src}:/data")]);
+
+    kill_during_mirror(&w, &src, "voltar.staging-of");
+    assert_eq!(
+        support::state(&app),
+        "exited",
+        "the user runs on a half-written volume"
+    );
+    let keep = made_for(&src, "voltar.keep-of");
+    assert_eq!(keep.len(), 1, "the keep volume: {keep:?}");
+    w.cleanup.volumes.extend(keep.iter().cloned());
+
+    let r = w.voltar_bare(&["recover"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let d = diff(&backed, &snapshot(&mp).unwrap(), &DiffOptions::default());
+    assert!(
+        d.is_empty(),
+        "recovered volume differs from the backup:\n{}\n{r:?}",
+        d.join("\n")
+    );
+    assert!(r.stdout.contains("finished now"), "{r:?}");
+    assert!(
+        r.stdout.contains(&format!(
+            "the previous contents of {src} are kept in volume {}",
+            keep[0]
+        )),
+        "{r:?}"
+    );
+    assert_eq!(support::state(&app), "running", "{r:?}");
+    assert_eq!(
+        fs::read_to_string(mountpoint(&keep[0]).join("small")).unwrap(),
+        "changed since",
+        "the keep volume does not hold the previous contents"
+    );
+    assert!(helpers_of(&src).is_empty(), "helpers left: {r:?}");
+    assert!(
+        made_for(&src, "voltar.staging-of").is_empty(),
+        "staging left: {r:?}"
+    );
+}
+
+/// SIGKILL while the old contents are copied into the keep volume (phase `Keeping`): the target was not written;
+/// `voltar recover` leaves it as it was, starts the user, removes the staging and keep volumes and the helpers.
+#[test]
+fn sigkill_while_keeping_leaves_the_target_as_it_was() {
+    require_docker!();
+    let image = support::mirror_image();
+    let mut w = World::new();
+    with_mirror(&w, &image);
+    let src = w.volume("engkillkeep");
+    let mp = mountpoint(&src);
+    fs::write(mp.join("small"), "backed up").unwrap();
+    w.backup(&src);
+    fill_big(&mp, 6);
+    fs::write(mp.join("small"), "changed since").unwrap();
+    let pre = snapshot(&mp).unwrap();
+    let app = w
+        .cleanup
+        .run("engkillkeep-app", &["-v", &format!("{src}:/data")]);
+
+    kill_during_mirror(&w, &src, "voltar.keep-of");
+    let r = w.voltar_bare(&["recover"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let d = diff(&pre, &snapshot(&mp).unwrap(), &DiffOptions::default());
+    assert!(d.is_empty(), "the volume changed:\n{}\n{r:?}", d.join("\n"));
+    assert!(r.stdout.contains("it is unchanged"), "{r:?}");
+    assert_eq!(support::state(&app), "running", "{r:?}");
+    assert!(helpers_of(&src).is_empty(), "helpers left: {r:?}");
+    assert!(
+        made_for(&src, "voltar.staging-of").is_empty(),
+        "staging left: {r:?}"
+    );
+    assert!(
+        made_for(&src, "voltar.keep-of").is_empty(),
+        "keep left: {r:?}"
+    );
 }
 
 /// A restore through the engine killed (SIGKILL) while it streams into the helper leaves the new, half-written
@@ -569,4 +898,88 @@ fn a_missing_helper_image_is_named_and_nothing_is_left() {
         "{r:?}"
     );
     assert!(!volume_exists(&new), "{r:?}");
+}
+
+/// The mirror fails while writing the target (a mirror image made to fail half-way on a marker file in the
+/// backup). With a keep volume: the previous contents are mirrored back, the user runs again on exactly what it
+/// had, nothing is left. Without one (`--no-safety-backup`): the user is NOT started on the half-written volume;
+/// `voltar recover` tries to finish it and, while that fails too, still does not start it; once the cause is gone
+/// (the marker removed from the staging volume), recover finishes the volume and starts the user.
+#[test]
+fn a_mirror_failing_while_writing_never_lets_the_user_run_on_a_half_written_volume() {
+    require_docker!();
+    let image = support::failing_mirror_image();
+    let mut w = World::new();
+    with_mirror(&w, &image);
+    let src = w.volume("engfailmirror");
+    let mp = mountpoint(&src);
+    fs::create_dir(mp.join("half")).unwrap();
+    fs::write(mp.join("half/f"), "backed up").unwrap();
+    fs::write(mp.join(support::FAIL_MIRROR), "").unwrap();
+    let backed = snapshot(&mp).unwrap();
+    w.backup(&src);
+    // Only the backup (so the staging volume) has the marker: copying the volume into the keep volume, and back,
+    // works; writing the volume from the staging volume fails half-way.
+    fs::remove_file(mp.join(support::FAIL_MIRROR)).unwrap();
+    fs::write(mp.join("half/f"), "changed since").unwrap();
+    fs::write(mp.join("added"), "added since").unwrap();
+    let pre = snapshot(&mp).unwrap();
+    let app = w
+        .cleanup
+        .run("engfailmirror-app", &["-v", &format!("{src}:/data")]);
+
+    let r = w.voltar(&["restore", "latest", "--source", &src]);
+    assert_eq!(r.code, 1, "{r:?}");
+    let d = diff(&pre, &snapshot(&mp).unwrap(), &DiffOptions::default());
+    assert!(d.is_empty(), "not put back:\n{}\n{r:?}", d.join("\n"));
+    assert!(
+        r.stdout.contains("previous contents were put back"),
+        "{r:?}"
+    );
+    assert!(r.stdout.contains("a failure made by the test"), "{r:?}");
+    assert_eq!(support::state(&app), "running", "{r:?}");
+    assert!(helpers_of(&src).is_empty(), "helpers left");
+    assert!(
+        made_for(&src, "voltar.staging-of").is_empty(),
+        "staging left"
+    );
+    assert!(made_for(&src, "voltar.keep-of").is_empty(), "keep left");
+    let rec = w.voltar_bare(&["recover"]);
+    assert!(rec.stdout.starts_with("nothing to recover"), "{rec:?}");
+
+    let r = w.voltar(&["restore", "latest", "--source", &src, "--no-safety-backup"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stdout.contains("left stopped"), "{r:?}");
+    assert_eq!(support::state(&app), "exited", "{r:?}");
+    let staging = made_for(&src, "voltar.staging-of");
+    assert_eq!(staging.len(), 1, "{r:?}");
+    w.cleanup.volumes.extend(staging.iter().cloned());
+
+    let rec = w.voltar_bare(&["recover"]);
+    assert_eq!(
+        support::state(&app),
+        "exited",
+        "started on a half-written volume: {rec:?}"
+    );
+    assert!(rec.stdout.contains("could NOT be finished"), "{rec:?}");
+    assert_eq!(made_for(&src, "voltar.staging-of"), staging, "{rec:?}");
+
+    fs::remove_file(mountpoint(&staging[0]).join(support::FAIL_MIRROR)).unwrap();
+    let rec = w.voltar_bare(&["recover"]);
+    assert_eq!(rec.code, 0, "{rec:?}");
+    assert!(rec.stdout.contains("finished now"), "{rec:?}");
+    assert_eq!(support::state(&app), "running", "{rec:?}");
+    let mut want = backed;
+    want.remove(Path::new(support::FAIL_MIRROR));
+    let d = diff(
+        &want,
+        &snapshot(&mp).unwrap(),
+        &DiffOptions {
+            ignore_root_mtime: true,
+            ..DiffOptions::default()
+        },
+    );
+    assert!(d.is_empty(), "not finished:\n{}\n{rec:?}", d.join("\n"));
+    assert!(made_for(&src, "voltar.staging-of").is_empty(), "{rec:?}");
+    assert!(helpers_of(&src).is_empty(), "helpers left");
 }

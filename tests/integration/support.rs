@@ -697,3 +697,140 @@ impl Drop for SecondEngine {
         }
     }
 }
+
+// -------------------------------------------------------------------------------------------------------------
+// The mirror image: a restore in place through the engine runs `voltar engine-mirror` in a container of it.
+
+/// `voltar-mirror-test:<hash of the test binary's size and mtime>`: FROM scratch, this test build of voltar
+/// (debug info stripped) at `/usr/local/bin/voltar` and the shared libraries `ldd` names, at their paths. Built
+/// once per test process (and only when the engine does not have that tag yet), with `DOCKER_BUILDKIT=0`: the
+/// release image (`scripts/image.sh`) takes far too long to build for a test. Older tags are removed.
+pub fn mirror_image() -> String {
+    static BUILT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| build_voltar_image("voltar-mirror-test", MIRROR_DOCKERFILE, &[]))
+        .clone()
+}
+
+/// As the release image (deploy/Dockerfile): a VOLUME for the state dir, an ENTRYPOINT and command, a HEALTHCHECK.
+const MIRROR_DOCKERFILE: &str = "FROM scratch\nCOPY rootfs/ /\nVOLUME [\"/var/lib/voltar\"]\n\
+    ENTRYPOINT [\"/usr/local/bin/voltar\"]\nCMD [\"daemon\"]\n\
+    HEALTHCHECK --interval=1s CMD [\"/usr/local/bin/voltar\", \"healthcheck\"]\n";
+
+/// A mirror image whose `engine-mirror` FAILS, half-way, whenever the tree it copies holds a file named
+/// [`FAIL_MIRROR`] (it copies, then removes the destination's `half` and exits 1); otherwise it is this voltar.
+/// On busybox (the test image), this voltar at `/usr/local/bin/voltar-real`.
+pub fn failing_mirror_image() -> String {
+    static BUILT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            build_voltar_image(
+                "voltar-mirror-fail-test",
+                &format!(
+                    "FROM {IMAGE}\nCOPY rootfs/ /\nRUN mv /usr/local/bin/voltar /usr/local/bin/voltar-real\n\
+                     COPY voltar.sh /usr/local/bin/voltar\n"
+                ),
+                &[("voltar.sh", FAILING_MIRROR)],
+            )
+        })
+        .clone()
+}
+
+/// The marker file [`failing_mirror_image`] fails on.
+pub const FAIL_MIRROR: &str = "FAIL-MIRROR";
+
+const FAILING_MIRROR: &str = r#"#!/bin/sh
+if [ "$1" = engine-mirror ] && [ "$2" != --probe ] && [ -e /voltar/src/FAIL-MIRROR ]; then
+  /usr/local/bin/voltar-real "$@" >/dev/null 2>&1
+  rm -rf /voltar/dst/half
+  echo "voltar engine-mirror: error: a failure made by the test" >&2
+  exit 1
+fi
+exec /usr/local/bin/voltar-real "$@"
+"#;
+
+/// Build `<repo>:<hash>` from `dockerfile` with `rootfs/` = this test build of voltar (debug info stripped) at
+/// `/usr/local/bin/voltar` and the libraries `ldd` names, plus `files` (name, text; executable) beside it.
+fn build_voltar_image(repo: &str, dockerfile: &str, files: &[(&str, &str)]) -> String {
+    use std::hash::{Hash, Hasher};
+    let bin = assert_cmd::cargo::cargo_bin("voltar");
+    let meta = std::fs::metadata(&bin).expect("the voltar test binary");
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (meta.len(), meta.modified().unwrap(), dockerfile, files).hash(&mut h);
+    let tag = format!("{repo}:{:016x}", h.finish());
+    if docker_raw(&["image", "inspect", &tag]).status.success() {
+        return tag;
+    }
+    let ctx = tempfile::tempdir().unwrap();
+    let root = ctx.path().join("rootfs");
+    std::fs::create_dir_all(root.join("usr/local/bin")).unwrap();
+    let st = Command::new("objcopy")
+        .arg("--strip-debug")
+        .arg(&bin)
+        .arg(root.join("usr/local/bin/voltar"))
+        .status()
+        .expect("objcopy");
+    assert!(st.success(), "objcopy --strip-debug {}", bin.display());
+    let ldd = Command::new("ldd").arg(&bin).output().expect("ldd");
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        // `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)` or `/lib64/ld-linux-x86-64.so.2 (0x…)`.
+        let path = line
+            .split("=>")
+            .last()
+            .and_then(|r| r.split_whitespace().next())
+            .filter(|p| p.starts_with('/'));
+        if let Some(p) = path {
+            let dest = root.join(p.trim_start_matches('/'));
+            std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+            std::fs::copy(p, &dest).unwrap_or_else(|e| panic!("copying {p}: {e}"));
+        }
+    }
+    for (name, text) in files {
+        let p = ctx.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(
+            &p,
+            <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755),
+        )
+        .unwrap();
+    }
+    std::fs::write(ctx.path().join("Dockerfile"), dockerfile).unwrap();
+    let out = Command::new("docker")
+        .args(["build", "-q", "-t", &tag])
+        .arg(ctx.path())
+        .env("DOCKER_BUILDKIT", "0")
+        .output()
+        .expect("docker build");
+    assert!(
+        out.status.success(),
+        "building {tag}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Earlier builds' tags (a tag still used by a container stays).
+    for old in docker(&["images", repo, "--format", "{{.Repository}}:{{.Tag}}"]).lines() {
+        if old != tag {
+            let _ = docker_raw(&["rmi", old]);
+        }
+    }
+    tag
+}
+
+/// `docker save IMAGE | docker -H host load`.
+pub fn load_image(image: &str, host: &str) {
+    let mut save = Command::new("docker")
+        .args(["save", image])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("docker save");
+    let load = Command::new("docker")
+        .args(["-H", host, "load", "-q"])
+        .stdin(save.stdout.take().unwrap())
+        .output()
+        .expect("docker load");
+    assert!(save.wait().unwrap().success(), "docker save {image} failed");
+    assert!(
+        load.status.success(),
+        "loading {image} into {host}: {}",
+        String::from_utf8_lossy(&load.stderr)
+    );
+}
