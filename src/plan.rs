@@ -341,7 +341,9 @@ fn plan_volumes(discovery: &Discovery, job: &Job, plan: &mut Plan) -> Result<(),
         let users: Vec<(&ContainerInfo, bool)> = users_of(discovery, |m| {
             m.kind == MountKind::Volume && m.name.as_deref() == Some(v.name.as_str())
         });
-        match select_volume(v, &users, &include, &exclude) {
+        match restore_volume(discovery, v)
+            .map_or_else(|| select_volume(v, &users, &include, &exclude), Err)
+        {
             Ok(reason) => plan.sources.push(PlannedSource {
                 read_volume: None,
                 name: v.name.clone(),
@@ -365,6 +367,35 @@ fn plan_volumes(discovery: &Discovery, job: &Job, plan: &mut Plan) -> Result<(),
         }
     }
     Ok(())
+}
+
+/// Why a volume that a voltar restore in place through the engine makes or writes is not read as a source: one a
+/// running helper (the mirror) writes holds a half-written tree (a hard rule: `--only` cannot take it either);
+/// a staging volume is the restore's own; a keep volume holds a target's previous contents for the user (named
+/// with `--only`, it is backed up).
+fn restore_volume(discovery: &Discovery, v: &VolumeInfo) -> Option<String> {
+    use crate::docker::helper::{LABEL_HELPER, LABEL_KEEP_OF, LABEL_STAGING_OF};
+    let writer = discovery.containers.iter().find(|c| {
+        c.labels.contains_key(LABEL_HELPER)
+            && matches!(c.state, ContainerState::Running | ContainerState::Paused)
+            && c.mounts.iter().any(|m| {
+                m.kind == MountKind::Volume && m.rw && m.name.as_deref() == Some(v.name.as_str())
+            })
+    });
+    if let Some(h) = writer {
+        return Some(format!(
+            "{HARD_RULE}while a voltar restore writes it (helper container {})",
+            h.name
+        ));
+    }
+    if let Some(of) = v.labels.get(LABEL_STAGING_OF) {
+        return Some(format!("the staging volume of a voltar restore into {of}"));
+    }
+    v.labels.get(LABEL_KEEP_OF).map(|of| {
+        format!(
+            "the previous contents of {of}, kept by a voltar restore in place (name it with --only to back it up)"
+        )
+    })
 }
 
 /// Every bind mount, one source per host path however many containers mount it.
@@ -662,6 +693,8 @@ fn users_of(d: &Discovery, matches: impl Fn(&MountInfo) -> bool) -> Vec<(&Contai
     let mut v: Vec<(&ContainerInfo, bool)> = d
         .containers
         .iter()
+        // voltar's own helper containers are never users: never paused, stopped or hooked.
+        .filter(|c| !c.labels.contains_key(crate::docker::helper::LABEL_HELPER))
         .filter_map(|c| {
             let ms: Vec<&MountInfo> = c.mounts.iter().filter(|m| matches(m)).collect();
             (!ms.is_empty()).then(|| (c, ms.iter().any(|m| m.rw)))
@@ -1211,6 +1244,74 @@ mod tests {
         .unwrap();
         let names: Vec<&str> = p.sources.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, vec!["app_db"]);
+    }
+
+    /// What a restore in place through the engine makes and writes is never read as an ordinary source: a volume
+    /// a running voltar helper (the mirror) writes is skipped, and even `--only` cannot take it (its contents are
+    /// half-written); a restore's staging volume and the keep volume of a target's previous contents are skipped
+    /// by default (naming them takes them); a helper container is never a user to pause or stop.
+    #[test]
+    fn volumes_a_restore_is_writing_are_never_read() {
+        let d = Discovery {
+            volumes: vec![
+                vol("target", &[]),
+                vol(
+                    "voltar-staging-1a2b3c4d",
+                    &[("voltar.staging-of", "target")],
+                ),
+                vol("voltar-keep-5e6f7a8b", &[("voltar.keep-of", "target")]),
+                vol("other", &[]),
+            ],
+            containers: vec![
+                ctr(
+                    "app",
+                    ContainerState::Exited,
+                    &[],
+                    vec![vmount("target", true)],
+                ),
+                ctr(
+                    "voltar-helper-0badf00d",
+                    ContainerState::Running,
+                    &[("voltar.helper", "run-1")],
+                    vec![
+                        vmount("target", true),
+                        vmount("voltar-staging-1a2b3c4d", false),
+                    ],
+                ),
+                ctr(
+                    "voltar-helper-reader",
+                    ContainerState::Created,
+                    &[("voltar.helper", "run-2")],
+                    vec![vmount("other", false)],
+                ),
+            ],
+            services: vec![],
+        };
+        let p = plan(&d, &job(""), &[], &dirs).unwrap();
+        let names: Vec<&str> = p.sources.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, vec!["other"], "{p:#?}");
+        assert!(
+            p.sources[0].containers.is_empty(),
+            "a helper is no user: {p:#?}"
+        );
+        let why = |name: &str| {
+            p.skipped
+                .iter()
+                .find(|s| s.name == name)
+                .map(|s| s.reason.clone())
+                .unwrap_or_else(|| panic!("{name} not skipped: {p:#?}"))
+        };
+        assert!(
+            why("target").contains("voltar-helper-0badf00d"),
+            "{}",
+            why("target")
+        );
+        assert!(why("voltar-staging-1a2b3c4d").contains("staging"));
+        assert!(why("voltar-keep-5e6f7a8b").contains("previous contents of target"));
+        let e = plan(&d, &job(""), &["target".into()], &dirs).unwrap_err();
+        assert!(e.to_string().contains("voltar-helper-0badf00d"), "{e}");
+        let p = plan(&d, &job(""), &["voltar-keep-5e6f7a8b".into()], &dirs).unwrap();
+        assert_eq!(p.sources.len(), 1, "{p:#?}");
     }
 
     /// A dump follows the job's selection: it goes with its container's selected volumes or with its own name

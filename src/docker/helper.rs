@@ -69,6 +69,10 @@ pub enum Access {
 }
 /// The label every helper container carries: its value is the run's id.
 pub const LABEL_HELPER: &str = "voltar.helper";
+/// The label of a restore's staging volume (restore in place through the engine): the target's name.
+pub const LABEL_STAGING_OF: &str = "voltar.staging-of";
+/// The label of the volume a restore in place through the engine keeps a target's previous contents in.
+pub const LABEL_KEEP_OF: &str = "voltar.keep-of";
 /// Helper container names begin with this.
 pub const HELPER_PREFIX: &str = "voltar-helper-";
 /// The command a helper is created with: never run (the container is never started), but the engine refuses to

@@ -519,7 +519,7 @@ pub(super) async fn restore_in_place(
     let staging = make_volume(
         ctx,
         &fresh_name(STAGING_VOLUME),
-        "voltar.staging-of",
+        crate::docker::helper::LABEL_STAGING_OF,
         target,
     )
     .await?;
@@ -543,7 +543,7 @@ pub(super) async fn restore_in_place(
         let mut keep_name = None;
         if safety == Safety::AfterSwap {
             ctx.progress.note("copying the previous contents into a keep volume");
-            let k = make_volume(ctx, &fresh_name(KEEP_VOLUME), "voltar.keep-of", target).await?;
+            let k = make_volume(ctx, &fresh_name(KEEP_VOLUME), crate::docker::helper::LABEL_KEEP_OF, target).await?;
             let helper = fresh_name(crate::docker::helper::HELPER_PREFIX);
             let seq = ctx.journal.will_create(&Leftover::EngineMirror {
                 target: target.to_string(),
