@@ -274,4 +274,11 @@ PY
   read -r t2 m2 _ < <(measure s3small "$bin" --quiet backup --only "$small" --target "s3://$bucket/small")
   docker volume rm -f "$small" >/dev/null
   echo "peak RSS: $((m2 / 1024)) MiB at 1/4 size, $((m / 1024)) MiB at full size"
+  # And back: restore --to-dir from each, streamed from the server (get, sha256 aside, zstd -d, unpack).
+  rm -rf "$work/s3out"
+  read -r rt rm_ _ < <(measure s3restore "$bin" --quiet restore latest --source "$vol" --target "s3://$bucket/big" --to-dir "$work/s3out")
+  rm -rf "$work/s3out"
+  read -r rt2 rm2 _ < <(measure s3restoresmall "$bin" --quiet restore latest --target "s3://$bucket/small" --to-dir "$work/s3out")
+  rm -rf "$work/s3out"
+  python3 -c "print(f's3 -> voltar restore --to-dir: {$rt} s, {$size/$rt/2**20:.0f} MiB/s of source; peak RSS {$rm2//1024} MiB at 1/4 size, {$rm_//1024} MiB at full size')"
 fi
