@@ -182,7 +182,12 @@ async fn restore_source(ctx: &ApplyCtx<'_>, sp: SourcePlan) -> Result<SourceRest
         sr.path = path.clone();
         new_volume = Some(seq);
     }
+    // A directory this restore makes is removed again if the restore fails (when it is still empty).
+    let mut made_dir = None;
     if let Destination::Dir(d) = &destination {
+        if !d.exists() {
+            made_dir = Some(d.clone());
+        }
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
 
@@ -227,6 +232,10 @@ async fn restore_source(ctx: &ApplyCtx<'_>, sp: SourcePlan) -> Result<SourceRest
         }
         Err(e) => {
             sr.status = RestoreStatus::Failed(crate::error_chain(&e));
+            if let Some(d) = &made_dir {
+                // Only an empty one: whatever else is in it now is not ours to remove.
+                let _ = std::fs::remove_dir(d);
+            }
             if let (Some(seq), Destination::Volume(v)) = (new_volume, &destination) {
                 // Do not leave a half-made new volume behind (the journal keeps it for `recover` until it is
                 // gone).

@@ -877,6 +877,20 @@ fn corrupt_archive_fails_restore_and_leaves_the_volume_untouched() {
     assert!(r.stderr.contains(&format!("{id}/{vol}.tar.zst")), "{r:?}");
     assert_same(&live, &snap(&mp), "live volume after a cut archive");
     assert_eq!(support::state(&user), "running");
+    // Into a directory the restore makes: "nothing was changed" holds there too, no empty directory is left
+    // (the flipped object again: whole size, so it fails while extracting, after the directory was made).
+    fs::write(&obj, &data).unwrap();
+    let dir = w.path("made-by-restore");
+    let r = w.run(&[
+        "restore",
+        &id,
+        "--source",
+        &vol,
+        "--to-dir",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(!dir.exists(), "{} left behind: {r:?}", dir.display());
 }
 
 /// The safety backup is taken from the old contents after the swap, while the users run again: they are down
