@@ -969,12 +969,24 @@ fn plan_services(
     out
 }
 
-/// How long a stop waits for `c`: its `voltar.stop-timeout` label, else `default` (the job's setting).
+/// How long a stop waits for `c`: its `voltar.stop-timeout` label (a duration, or whole seconds as Docker's own
+/// `--stop-timeout` takes them), else `default` (the job's setting). A label that is neither is reported (a
+/// warning) and the default used.
 pub fn stop_timeout(c: &ContainerInfo, default: Duration) -> Duration {
-    c.labels
-        .get(LABEL_STOP_TIMEOUT)
-        .and_then(|t| crate::config::parse_duration(t).ok())
-        .unwrap_or(default)
+    let Some(t) = c.labels.get(LABEL_STOP_TIMEOUT) else {
+        return default;
+    };
+    match t.trim().parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => crate::config::parse_duration(t).unwrap_or_else(|e| {
+            tracing::warn!(
+                "container {}: label {LABEL_STOP_TIMEOUT}: {e} (or whole seconds, e.g. 30); using {}s",
+                c.name,
+                default.as_secs()
+            );
+            default
+        }),
+    }
 }
 
 impl PlannedContainer {
@@ -1312,6 +1324,29 @@ mod tests {
         assert!(e.to_string().contains("voltar-helper-0badf00d"), "{e}");
         let p = plan(&d, &job(""), &["voltar-keep-5e6f7a8b".into()], &dirs).unwrap();
         assert_eq!(p.sources.len(), 1, "{p:#?}");
+    }
+
+    /// `voltar.stop-timeout` takes a duration or whole seconds (as `docker stop -t` / `--stop-timeout` do); a value
+    /// that is neither falls back to the default (it was silently the default for `60` too).
+    #[test]
+    fn stop_timeout_label_takes_durations_and_whole_seconds() {
+        let with = |v: &str| {
+            ctr(
+                "c",
+                ContainerState::Running,
+                &[(LABEL_STOP_TIMEOUT, v)],
+                vec![],
+            )
+        };
+        let d = Duration::from_secs(30);
+        assert_eq!(stop_timeout(&with("1"), d), Duration::from_secs(1));
+        assert_eq!(stop_timeout(&with(" 120 "), d), Duration::from_secs(120));
+        assert_eq!(stop_timeout(&with("2m"), d), Duration::from_secs(120));
+        assert_eq!(stop_timeout(&with("soon"), d), d);
+        assert_eq!(
+            stop_timeout(&ctr("c", ContainerState::Running, &[], vec![]), d),
+            d
+        );
     }
 
     /// A dump follows the job's selection: it goes with its container's selected volumes or with its own name
