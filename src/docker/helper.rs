@@ -260,20 +260,7 @@ impl Engine {
             }),
             ..Default::default()
         };
-        let opts = CreateContainerOptions {
-            name: Some(name.to_string()),
-            ..Default::default()
-        };
-        self.docker
-            .create_container(Some(opts), body)
-            .await
-            .map(|r| r.id)
-            .map_err(|e| {
-                self.map_err(&action, e, || DockerError::Api {
-                    action: action.clone(),
-                    message: format!("image {image} not found (voltar never pulls)"),
-                })
-            })
+        self.create_named(name, image, body, &action).await
     }
 
     /// Start the created helper `id`, wait for it to exit (as long as it takes) and read the tail of its output.
@@ -435,20 +422,7 @@ impl Engine {
             }),
             ..Default::default()
         };
-        let opts = CreateContainerOptions {
-            name: Some(name.to_string()),
-            ..Default::default()
-        };
-        self.docker
-            .create_container(Some(opts), body)
-            .await
-            .map(|r| r.id)
-            .map_err(|e| {
-                self.map_err(&action, e, || DockerError::Api {
-                    action: action.clone(),
-                    message: format!("image {image} not found (voltar never pulls)"),
-                })
-            })
+        self.create_named(name, image, body, &action).await
     }
 
     /// The engine's tar of the helper's volume (`GET /containers/{id}/archive?path=/voltar/src`), streamed.
@@ -492,6 +466,31 @@ impl Engine {
             )
             .await
             .map_err(|e| self.map_err(&action, e, || DockerError::NoSuchContainer(id.to_string())))
+    }
+
+    /// Create container `name` from `body` (whose image is `image`, never pulled: a missing one is named);
+    /// returns its id.
+    async fn create_named(
+        &self,
+        name: &str,
+        image: &str,
+        body: ContainerCreateBody,
+        action: &str,
+    ) -> Result<String, DockerError> {
+        let opts = CreateContainerOptions {
+            name: Some(name.to_string()),
+            ..Default::default()
+        };
+        self.docker
+            .create_container(Some(opts), body)
+            .await
+            .map(|r| r.id)
+            .map_err(|e| {
+                self.map_err(action, e, || DockerError::Api {
+                    action: action.to_string(),
+                    message: format!("image {image} not found (voltar never pulls)"),
+                })
+            })
     }
 
     /// Remove the helper container `name_or_id` (forced), only when it carries [`LABEL_HELPER`]. `Ok(false)`:
