@@ -633,7 +633,7 @@ async fn addressing(t: &S3Target, fixes: &Fixes<'_>) -> Step {
 
 /// The largest archive at the configured part size, at 1,000 and 10,000 parts.
 fn part_limits(t: &S3Target, fixes: &Fixes<'_>) -> Step {
-    let text = if t.equal_parts(t.endpoint.as_deref()) {
+    let text = if t.equal_parts() {
         format!(
             "part-size {}: every part one size (equal-parts{}), so archives up to {} with max-parts = {} (not \
              tested: it would take {} parts); raise part-size for larger ones",

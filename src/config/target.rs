@@ -61,11 +61,12 @@ pub struct S3Target {
 
 impl S3Target {
     /// Whether uploads keep one part size: `equal-parts` when set, else true for a Cloudflare R2 endpoint
-    /// (`….r2.cloudflarestorage.com`, which refuses parts of different sizes) — `endpoint` is the one in use (the
-    /// configured one, or `AWS_ENDPOINT_URL`).
-    pub fn equal_parts(&self, endpoint: Option<&str>) -> bool {
-        self.equal_parts
-            .unwrap_or_else(|| endpoint_host_ends_with(endpoint, ".r2.cloudflarestorage.com"))
+    /// (`….r2.cloudflarestorage.com`, which refuses parts of different sizes; the endpoint is the configured one,
+    /// or `AWS_ENDPOINT_URL`, as resolved at load).
+    pub fn equal_parts(&self) -> bool {
+        self.equal_parts.unwrap_or_else(|| {
+            endpoint_host_ends_with(self.endpoint.as_deref(), ".r2.cloudflarestorage.com")
+        })
     }
 
     pub fn new(bucket: String, prefix: String) -> S3Target {
@@ -809,28 +810,36 @@ mod tests {
     /// `equal-parts`: set, or true by default for a Cloudflare R2 endpoint only.
     #[test]
     fn equal_parts_default_to_the_endpoint() {
-        let c = Config::parse("[target.a]\ntype = \"s3\"\nbucket = \"b\"\n").unwrap();
-        let TargetKind::S3(s) = &c.targets["a"].kind else {
-            panic!("s3")
+        // `equal_parts` of a target with these extra lines (and an endpoint when given).
+        let eq = |endpoint: Option<&str>, extra: &str| {
+            let endpoint = endpoint
+                .map(|e| format!("endpoint = \"{e}\"\n"))
+                .unwrap_or_default();
+            let c = Config::parse(&format!(
+                "[target.a]\ntype = \"s3\"\nbucket = \"b\"\n{endpoint}{extra}"
+            ))
+            .unwrap();
+            let TargetKind::S3(s) = &c.targets["a"].kind else {
+                panic!("s3")
+            };
+            s.equal_parts()
         };
-        assert!(!s.equal_parts(None));
-        assert!(!s.equal_parts(Some("https://s3.eu-central-1.amazonaws.com")));
-        assert!(s.equal_parts(Some("https://0123abcd.r2.cloudflarestorage.com")));
-        assert!(s.equal_parts(Some("https://0123abcd.eu.r2.cloudflarestorage.com:443/")));
-        assert!(!s.equal_parts(Some("https://r2.cloudflarestorage.com.example.org")));
-        let c = Config::parse(
-            "[target.a]\ntype = \"s3\"\nbucket = \"b\"\nequal-parts = false\n\
-             [target.m]\ntype = \"s3\"\nbucket = \"b\"\nequal-parts = true\n",
-        )
-        .unwrap();
-        let TargetKind::S3(a) = &c.targets["a"].kind else {
-            panic!("s3")
-        };
-        let TargetKind::S3(m) = &c.targets["m"].kind else {
-            panic!("s3")
-        };
-        assert!(!a.equal_parts(Some("https://x.r2.cloudflarestorage.com")));
-        assert!(m.equal_parts(Some("http://127.0.0.1:9000")));
+        assert!(!eq(None, ""));
+        assert!(!eq(Some("https://s3.eu-central-1.amazonaws.com"), ""));
+        assert!(eq(Some("https://0123abcd.r2.cloudflarestorage.com"), ""));
+        assert!(eq(
+            Some("https://0123abcd.eu.r2.cloudflarestorage.com:443/"),
+            ""
+        ));
+        assert!(!eq(
+            Some("https://r2.cloudflarestorage.com.example.org"),
+            ""
+        ));
+        assert!(!eq(
+            Some("https://x.r2.cloudflarestorage.com"),
+            "equal-parts = false\n"
+        ));
+        assert!(eq(Some("http://127.0.0.1:9000"), "equal-parts = true\n"));
     }
 
     #[test]

@@ -448,6 +448,22 @@ fn started_at(container: &str) -> String {
 }
 
 /// Volumes a restore in place made for `target` and left (staging: `voltar.staging-of`, keep: `voltar.keep-of`).
+/// No helper container of `target` and no staging volume for it is left, nor (with `keep`) a keep volume.
+#[track_caller]
+fn nothing_left(target: &str, keep: bool, context: &str) {
+    assert!(helpers_of(target).is_empty(), "helpers left: {context}");
+    assert!(
+        made_for(target, "voltar.staging-of").is_empty(),
+        "staging volume left: {context}"
+    );
+    if keep {
+        assert!(
+            made_for(target, "voltar.keep-of").is_empty(),
+            "keep volume left: {context}"
+        );
+    }
+}
+
 fn made_for(target: &str, label: &str) -> Vec<String> {
     docker(&[
         "volume",
@@ -524,15 +540,7 @@ fn in_place_through_the_engine_is_identical_to_the_backup() {
     );
     assert_eq!(support::state(&app), "running");
     assert_ne!(started_at(&app), app_started, "the user was not stopped");
-    assert!(helpers_of(&src).is_empty(), "helper containers left");
-    assert!(
-        made_for(&src, "voltar.staging-of").is_empty(),
-        "staging volume left"
-    );
-    assert!(
-        made_for(&src, "voltar.keep-of").is_empty(),
-        "keep volume left"
-    );
+    nothing_left(&src, true, "");
     // Nothing journaled is left open either.
     let rec = w.voltar_bare(&["recover"]);
     assert!(rec.stdout.starts_with("nothing to recover"), "{rec:?}");
@@ -753,11 +761,7 @@ fn sigkill_while_writing_the_target_is_finished_by_recover() {
         "changed since",
         "the keep volume does not hold the previous contents"
     );
-    assert!(helpers_of(&src).is_empty(), "helpers left: {r:?}");
-    assert!(
-        made_for(&src, "voltar.staging-of").is_empty(),
-        "staging left: {r:?}"
-    );
+    nothing_left(&src, false, &format!("{r:?}"));
 }
 
 /// SIGKILL while the old contents are copied into the keep volume (phase `Keeping`): the target was not written;
@@ -786,15 +790,7 @@ fn sigkill_while_keeping_leaves_the_target_as_it_was() {
     assert!(d.is_empty(), "the volume changed:\n{}\n{r:?}", d.join("\n"));
     assert!(r.stdout.contains("it is unchanged"), "{r:?}");
     assert_eq!(support::state(&app), "running", "{r:?}");
-    assert!(helpers_of(&src).is_empty(), "helpers left: {r:?}");
-    assert!(
-        made_for(&src, "voltar.staging-of").is_empty(),
-        "staging left: {r:?}"
-    );
-    assert!(
-        made_for(&src, "voltar.keep-of").is_empty(),
-        "keep left: {r:?}"
-    );
+    nothing_left(&src, true, &format!("{r:?}"));
 }
 
 /// A restore through the engine killed (SIGKILL) while it streams into the helper leaves the new, half-written
@@ -938,12 +934,7 @@ fn a_mirror_failing_while_writing_never_lets_the_user_run_on_a_half_written_volu
     );
     assert!(r.stdout.contains("a failure made by the test"), "{r:?}");
     assert_eq!(support::state(&app), "running", "{r:?}");
-    assert!(helpers_of(&src).is_empty(), "helpers left");
-    assert!(
-        made_for(&src, "voltar.staging-of").is_empty(),
-        "staging left"
-    );
-    assert!(made_for(&src, "voltar.keep-of").is_empty(), "keep left");
+    nothing_left(&src, true, "");
     let rec = w.voltar_bare(&["recover"]);
     assert!(rec.stdout.starts_with("nothing to recover"), "{rec:?}");
 

@@ -109,7 +109,6 @@ impl S3Storage {
             .endpoint
             .clone()
             .unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
-        let equal_parts = t.equal_parts(Some(&endpoint));
         Ok(S3Storage {
             inner: Arc::new(Inner {
                 client: Client::from_conf(conf),
@@ -123,7 +122,7 @@ impl S3Storage {
                 sse_kms_key_id: t.sse_kms_key_id.clone(),
                 part_size: t.part_size,
                 max_parts: t.max_parts.max(1),
-                equal_parts,
+                equal_parts: t.equal_parts(),
                 parallel_parts: t.parallel_parts.max(1) as usize,
                 policy: Backoff::with_deadline(t.retry_deadline),
                 first_contact: t.check_timeout,
