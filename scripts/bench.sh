@@ -4,7 +4,8 @@
 #            archive durable); compressed sizes
 #   restore  `voltar restore --to-dir` and `voltar restore --source VOL --no-safety-backup` (into the volume) vs
 #            `zstd -dc A | tar --xattrs --numeric-owner -xpf -` on the same archive A (voltar's own object), and that
-#            plus `sync -f` (voltar's restore ends with one syncfs)
+#            plus `sync -f` (voltar's restore ends with one syncfs); and `voltar restore --to-dir --no-sync` vs the
+#            reference alone (neither waits for the disk)
 #   verify   `voltar verify` vs `zstd -dc A > /dev/null` (and vs that plus `sha256sum A`, what verify also does,
 #            one after the other and side by side)
 #   restic   when installed (Debian's `restic`): its backup and restore of the same data in the same rounds;
@@ -238,6 +239,11 @@ if want restore; then
     "$fresh" "'$bin' --quiet restore latest --target '$work/target' --to-dir '$out'" \
     "reference + syncfs" "$fresh; mkdir '$out'" "zstd -dc '$archive' | $tarx -C '$out' && sync -f '$out'" \
     "${restic_restore[@]}"
+  # Like for like: neither side waits for the disk (voltar --no-sync, where nothing is replaced, flushes nothing).
+  echo "-- into a directory, not flushed: voltar restore latest --to-dir --no-sync vs zstd -dc A | $tarx -C DIR"
+  abba "restore --to-dir --no-sync" \
+    "$fresh; mkdir '$out'" "zstd -dc '$archive' | $tarx -C '$out'" \
+    "$fresh" "'$bin' --quiet restore latest --target '$work/target' --to-dir '$out' --no-sync"
   if mountpoint -q "$work/fs"; then umount "$work/fs"; fi
   rm -rf "$work/out" "$work/fs" "$work/fs.img"
   echo "-- into the volume: voltar restore latest --source VOL --no-safety-backup vs emptying it + zstd -dc A | $tarx -C MOUNTPOINT"

@@ -25,7 +25,7 @@ apt_install() {
 }
 
 start_docker() {
-  apt_install docker.io busybox-static zstd attr python3-venv curl openssl time docker-compose ca-certificates file \
+  apt_install docker.io busybox-static zstd attr python3-venv curl openssl time docker-compose ca-certificates file strace \
     openssh-client openssh-server
   if ! docker info >/dev/null 2>&1; then
     log "starting dockerd (no bridge network: test containers get only loopback)"

@@ -52,6 +52,11 @@ pub struct RestoreArgs {
     /// Allow --to-dir or --to-volume into a non-empty directory or volume (its contents are replaced).
     #[arg(long)]
     pub force: bool,
+    /// Do not flush the restored files to disk before reporting success (faster, like `tar -x`; a power cut soon
+    /// after can lose them, the backup itself is untouched). Only where nothing is replaced: a new or empty
+    /// directory or volume. A restore that replaces contents always flushes the new tree before the swap.
+    #[arg(long)]
+    pub no_sync: bool,
     /// Import a plain archive made by other tools (.tar, .tar.gz, .tar.zst) instead of a voltar backup.
     #[arg(long, value_name = "FILE", conflicts_with = "backup")]
     pub archive: Option<PathBuf>,
@@ -108,6 +113,7 @@ pub async fn command(
         dry_run: args.dry_run,
         no_safety_backup: args.no_safety_backup,
         force: args.force,
+        no_sync: args.no_sync,
         archive: args.archive,
         strip_components: args.strip_components,
         job: args.job,

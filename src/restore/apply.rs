@@ -319,14 +319,15 @@ async fn restore_one(
     users: (&[PlannedContainer], &[PlannedService]),
     sr: &mut SourceRestore,
 ) -> Result<RestoreStatus> {
-    let wants_safety = !fresh && !ctx.args.no_safety_backup && dir_has_entries(path);
+    let replaces = !fresh && dir_has_entries(path);
+    let wants_safety = replaces && !ctx.args.no_safety_backup;
     let safety = match (wants_safety, ctx.paths.is_empty()) {
         (false, _) => Safety::None,
         (true, true) => Safety::AfterSwap,
         (true, false) => Safety::WhileStopped,
     };
     let mut staging = Staging::make(path, ctx.journal)?;
-    let result = match extract(ctx, src, &staging, sr).await {
+    let result = match extract(ctx, src, &staging, durable(ctx, replaces, sr), sr).await {
         Ok(()) => match check_safety_targets(ctx, safety).await {
             Ok(()) => stopped_for_swap(ctx, src, path, users, safety, &mut staging, sr).await,
             Err(e) => Ok(Err(e)),
@@ -626,17 +627,32 @@ pub(super) async fn safety_backup(
     Ok((run.id.to_string(), warnings))
 }
 
+/// Whether the staged tree is flushed to disk before the swap: always when the restore replaces contents (the
+/// old tree goes once the new one is in), else unless `--no-sync` (a warning says when it was not honoured).
+pub(super) fn durable(ctx: &ApplyCtx<'_>, replaces: bool, sr: &mut SourceRestore) -> bool {
+    if ctx.args.no_sync && replaces {
+        sr.warnings.push(format!(
+            "--no-sync not honoured: {} had contents, so the restored tree was flushed to disk before it replaced them",
+            sr.destination
+        ));
+    }
+    replaces || !ctx.args.no_sync
+}
+
 /// Extract into `staging` and verify (sha256, counts, decryption to the last byte). Nothing is stopped yet.
+/// `durable`: flush the staged tree to disk at the end (see [`UnpackOptions::durable`]).
 async fn extract(
     ctx: &ApplyCtx<'_>,
     src: &SourceRecord,
     staging: &Staging,
+    durable: bool,
     sr: &mut SourceRestore,
 ) -> Result<()> {
     ctx.progress.note("extracting and verifying");
     ctx.progress.expect_bytes(Some(src.stored_bytes));
     let opts = UnpackOptions {
         paths: ctx.paths.clone(),
+        durable,
         ..UnpackOptions::default()
     };
     let rep = fetch_and_unpack(

@@ -15,10 +15,19 @@ pub(super) async fn import(
         return Ok(RestoreOutcome::ImportPlan { file, destination });
     }
     let journal = Journal::open(&config.state_dir)?;
+    // Flushed to disk unless `--no-sync` and nothing is replaced (see `apply::durable`).
+    let replaces = dir_has_entries(&path);
+    let mut notes = Vec::new();
+    if args.no_sync && replaces {
+        notes.push(format!(
+            "--no-sync not honoured: {destination} had contents, so the imported tree was flushed to disk before it replaced them"
+        ));
+    }
     let staging = Staging::make(&path, &journal)?;
     let opts = UnpackOptions {
         strip_components: args.strip_components,
         paths: clean_paths(&args.paths)?,
+        durable: replaces || !args.no_sync,
         ..UnpackOptions::default()
     };
     let result = unpack_file(f, &file, staging.path.clone(), opts, progress.clone()).await?;
@@ -48,7 +57,12 @@ pub(super) async fn import(
                     restarted: vec![],
                     downtime_ms: Default::default(),
                     services: vec![],
-                    warnings: rep.warnings.into_iter().chain(cleanup.err()).collect(),
+                    warnings: rep
+                        .warnings
+                        .into_iter()
+                        .chain(notes)
+                        .chain(cleanup.err())
+                        .collect(),
                     status: RestoreStatus::Ok,
                     command: None,
                     through_engine: false,

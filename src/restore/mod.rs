@@ -91,6 +91,8 @@ pub struct RestoreRequest {
     pub no_safety_backup: bool,
     /// Allow a non-empty `to_dir` (its contents are replaced).
     pub force: bool,
+    /// Skip the final flush to disk where the restore replaces nothing (a new or empty destination).
+    pub no_sync: bool,
     /// Import this plain archive made by other tools instead of a voltar backup.
     pub archive: Option<PathBuf>,
     /// With `archive`: drop N leading path components.

@@ -621,6 +621,159 @@ fn issue10_to_volume_into_an_existing_empty_volume() {
     assert!(r.stdout.contains("safety backup:"), "{r:?}");
 }
 
+/// The flush calls (`syncfs`, `sync_file_range`) a `voltar restore … -t <target>` makes, seen with strace, and
+/// the run. None when strace is missing (a failure under CI: scripts/env.sh installs it).
+fn flushes_of(w: &World, args: &[&str]) -> Option<(Vec<String>, Run)> {
+    if Command::new("strace").arg("-V").output().is_err() {
+        assert!(
+            !support::in_ci(),
+            "strace is missing: scripts/env.sh installs it"
+        );
+        eprintln!("strace not installed: flush check skipped");
+        return None;
+    }
+    let log = w.path(&support::unique("strace"));
+    let out: Output = Command::new("strace")
+        .args([
+            "-f",
+            "-qq",
+            "-e",
+            "trace=syncfs,sync_file_range,fsync,fdatasync",
+            "-o",
+        ])
+        .arg(&log)
+        .arg(assert_cmd::cargo::cargo_bin("voltar"))
+        .args(args)
+        .args(["-t", &w.target()])
+        .current_dir(w.dir.path())
+        .env("VOLTAR_STATE_DIR", w.path("state"))
+        .env_remove("VOLTAR_CONFIG")
+        .env_remove("VOLTAR_LOG")
+        .output()
+        .expect("running voltar under strace");
+    let run = Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    let calls = fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter_map(|c| c.split('(').next())
+        .map(str::to_string)
+        .collect();
+    Some((calls, run))
+}
+
+/// `--no-sync`: a restore into a new directory or an empty volume restores the same tree without flushing it
+/// (no `syncfs`, no `sync_file_range`); one that replaces contents flushes anyway and says so. The default
+/// flushes (what makes the check above mean something).
+#[test]
+fn no_sync_skips_the_flush_only_where_nothing_is_replaced() {
+    require_docker!();
+    let mut w = World::new();
+    let vol = w.volume_with("nosync", &[]);
+    let mp = mountpoint(&vol);
+    fill_simple(&mp);
+    fs::write(mp.join("big.bin"), vec![7u8; 20 << 20]).unwrap();
+    let backed_up = snap(&mp);
+    let id = w.backup(&vol);
+    let flushing = |c: &Vec<String>| c.iter().any(|c| c == "syncfs" || c == "sync_file_range");
+
+    let dir = w.path("plain");
+    let Some((calls, r)) = flushes_of(
+        &w,
+        &["restore", "latest", "--to-dir", dir.to_str().unwrap()],
+    ) else {
+        return;
+    };
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(flushing(&calls), "the default restore flushes: {calls:?}");
+
+    let dir = w.path("nosync");
+    let (calls, r) = flushes_of(
+        &w,
+        &[
+            "restore",
+            "latest",
+            "--to-dir",
+            dir.to_str().unwrap(),
+            "--no-sync",
+        ],
+    )
+    .unwrap();
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_same(&backed_up, &snap(&dir), "--to-dir --no-sync");
+    assert!(
+        !flushing(&calls),
+        "--no-sync into a new directory flushes nothing: {calls:?}"
+    );
+    assert!(!r.all().contains("--no-sync not honoured"), "{r:?}");
+
+    let empty = w.volume_with("nosync-empty", &[]);
+    let (calls, r) = flushes_of(
+        &w,
+        &["restore", "latest", "--to-volume", &empty, "--no-sync"],
+    )
+    .unwrap();
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_same(
+        &backed_up,
+        &snap(&mountpoint(&empty)),
+        "--to-volume EMPTY --no-sync",
+    );
+    assert!(
+        !flushing(&calls),
+        "--no-sync into an empty volume flushes nothing: {calls:?}"
+    );
+
+    // An import of a plain archive (`--archive`, here the backup's own object) into a new directory: the same.
+    let dir = w.path("imported");
+    let archive = object_path(&w, &id, &vol);
+    let (calls, r) = flushes_of(
+        &w,
+        &[
+            "restore",
+            "--archive",
+            archive.to_str().unwrap(),
+            "--to-dir",
+            dir.to_str().unwrap(),
+            "--no-sync",
+        ],
+    )
+    .unwrap();
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_same(&backed_up, &snap(&dir), "--archive --to-dir --no-sync");
+    assert!(
+        !flushing(&calls),
+        "--no-sync importing into a new directory flushes nothing: {calls:?}"
+    );
+
+    // Replacing contents (in place, here; no safety backup, whose archive is flushed on its own): flushed before
+    // the swap, and the report says --no-sync was not honoured.
+    scribble(&mp);
+    let (calls, r) = flushes_of(
+        &w,
+        &[
+            "restore",
+            "latest",
+            "--source",
+            &vol,
+            "--no-sync",
+            "--no-safety-backup",
+        ],
+    )
+    .unwrap();
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_same(&backed_up, &snap(&mp), "in place --no-sync");
+    assert!(
+        flushing(&calls),
+        "a restore that replaces contents flushes: {calls:?}"
+    );
+    assert!(r.stdout.contains("--no-sync not honoured"), "{r:?}");
+}
+
 /// `--dry-run` lists what would be removed and changes nothing: no container stopped, no safety backup, the
 /// volume byte-identical.
 #[test]
