@@ -153,7 +153,7 @@ if want backup; then
   echo "   reference: $(tar --version | head -1), no -S | zstd $zstd_cli -3 -T0 = ${zstd_ref_threads:-?} workers, its default" \
     "job size (8 MiB at level 3), frame checksum on; output not fsynced"
   echo "   voltar:    zstd $(sed -n 's/^version = "\(.*+zstd\.\)\(.*\)"/\2/p' Cargo.lock | head -1) (built in) level 3," \
-    "$(( $(nproc) + 1 )) workers (cores + 1), 1 MiB jobs, overlap log 3, frame checksum on; + sha256 of the stored" \
+    "$(( $(nproc) + 1 )) workers (cores + 1), 2 MiB jobs, overlap log 3, frame checksum on; + sha256 of the stored" \
     "bytes, the archive fsynced, the target checked first; wall time includes docker discovery"
   abba "backup" \
     ':' "tar -cf - -C '$mp' . | zstd -3 -T0 -q > '$work/ref.tar.zst'" \

@@ -32,7 +32,7 @@ use super::ArchiveError;
 pub const MAX_WINDOW_LOG: u32 = 27;
 
 /// zstd multithreading job size (bytes of input per job); bounds the compressor's memory. See [`zstd_encoder`].
-pub const ZSTD_JOB_SIZE: u32 = 1 << 20;
+pub const ZSTD_JOB_SIZE: u32 = 2 << 20;
 
 /// zstd multithreading overlap between jobs (log scale: 9 = a full window, 1 = none). See [`zstd_encoder`].
 pub const ZSTD_OVERLAP_LOG: u32 = 3;
@@ -93,8 +93,10 @@ pub fn zstd_encoder<W: Write>(
     if workers > 1 {
         enc.multithread(workers)?;
         // zstd's default job size at level 3 is 8 MiB, and it keeps several jobs' input and output buffers
-        // alive per worker: ~130 MiB peak RSS measured here. 1 MiB jobs cut that to ~40 MiB with no measurable
-        // loss of ratio (scripts/bench.sh: 562.3 vs 562.8 MB on the 0.5-scale dataset) or speed.
+        // alive per worker: ~130 MiB peak RSS measured here. 2 MiB jobs: 56 MiB peak on the (incompressible)
+        // 0.5-scale dataset, same size and speed as 1 MiB jobs there. 1 MiB jobs (42 MiB) lost too much across job
+        // boundaries on compressible data: 646 MB of Rust sources (~/.cargo/registry/src) came out 76.5 MB, 3.5%
+        // bigger than `tar | zstd -3 -T0` (73.9 MB); 2 MiB jobs give 71.9 MB, 4 MiB jobs 69.9 MB but 84 MiB RSS.
         enc.set_parameter(zstd::stream::raw::CParameter::JobSize(ZSTD_JOB_SIZE))?;
         // Each job re-reads an overlap of the previous one to find matches across the boundary; with small jobs
         // the default overlap is a large share of the work. A 1/32-window overlap measured: 7.0 s → 6.0 s on
