@@ -55,7 +55,7 @@ pub struct RestoreArgs {
     /// Do not flush the restored files to disk before reporting success (faster, like `tar -x`; a power cut soon
     /// after can lose them, the backup itself is untouched). Only where nothing is replaced: a new or empty
     /// directory or volume. A restore that replaces contents always flushes the new tree before the swap.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["to_container", "to_file"])]
     pub no_sync: bool,
     /// Import a plain archive made by other tools (.tar, .tar.gz, .tar.zst) instead of a voltar backup.
     #[arg(long, value_name = "FILE", conflicts_with = "backup")]

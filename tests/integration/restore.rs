@@ -772,6 +772,24 @@ fn no_sync_skips_the_flush_only_where_nothing_is_replaced() {
         "a restore that replaces contents flushes: {calls:?}"
     );
     assert!(r.stdout.contains("--no-sync not honoured"), "{r:?}");
+
+    // Refused for a dump: `--to-container` leaves durability to the database, `--to-file` always fsyncs its file.
+    for to in ["--to-file", "--to-container"] {
+        let r = w.run(&[
+            "restore",
+            "latest",
+            "--source",
+            "dump@x",
+            to,
+            "x",
+            "--no-sync",
+        ]);
+        assert_eq!(r.code, 2, "{r:?}");
+        assert!(
+            r.stderr.contains("--no-sync") && r.stderr.contains(to),
+            "{r:?}"
+        );
+    }
 }
 
 /// `--dry-run` lists what would be removed and changes nothing: no container stopped, no safety backup, the
