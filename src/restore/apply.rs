@@ -1,6 +1,8 @@
 //! Restore, step 2: apply a plan — check every archive, extract and verify into staging, then stop, safety
 //! backup, swap, restart.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use super::engine;
 use super::*;
 use crate::plan::PlannedService;
@@ -653,9 +655,11 @@ async fn extract(
     let opts = UnpackOptions {
         paths: ctx.paths.clone(),
         durable,
+        // Ctrl-C / SIGTERM stops the extraction at the next entry or buffer, not at the end of the archive.
+        cancel: Some(cancel_flag(&ctx.cancel)),
         ..UnpackOptions::default()
     };
-    let rep = fetch_and_unpack(
+    let rep = match fetch_and_unpack(
         ctx.store.clone(),
         &ctx.manifest,
         src,
@@ -664,7 +668,13 @@ async fn extract(
         opts,
         ctx.progress.clone(),
     )
-    .await?;
+    .await
+    {
+        Err(_) if ctx.cancel.is_cancelled() => {
+            bail!("interrupted before the swap: nothing was changed")
+        }
+        r => r?,
+    };
     // What the restore writes: the whole archive, or with `--path` what the selection staged.
     sr.counts = if ctx.paths.is_empty() {
         rep.counts.clone()
@@ -676,6 +686,18 @@ async fn extract(
         bail!("interrupted before the swap: nothing was changed");
     }
     Ok(())
+}
+
+/// A flag that turns true when `token` is cancelled, for checks on blocking threads (`UnpackOptions::cancel`).
+/// Its watcher task ends with the token, or with the runtime (a restore is one command's run).
+pub(super) fn cancel_flag(token: &CancellationToken) -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(token.is_cancelled()));
+    let (f, t) = (flag.clone(), token.clone());
+    tokio::spawn(async move {
+        t.cancelled().await;
+        f.store(true, Ordering::Relaxed);
+    });
+    flag
 }
 
 /// Swap the verified staging tree in for `path` (the whole tree, or each `--path`).

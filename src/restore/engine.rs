@@ -157,6 +157,7 @@ async fn put_verified(ctx: &ApplyCtx<'_>, src: &SourceRecord, id: &str) -> Resul
     let upload = ctx.engine.put_archive(id, PUT_AT, body);
 
     let (raw_tx, raw_rx) = sync_channel::<Vec<u8>>(CHUNKS);
+    let cancel = ctx.cancel.clone();
     let gate = tokio::task::spawn_blocking(move || {
         let mut out = Body {
             tx: body_tx,
@@ -167,6 +168,7 @@ async fn put_verified(ctx: &ApplyCtx<'_>, src: &SourceRecord, id: &str) -> Resul
                 rx: raw_rx,
                 cur: Vec::new(),
                 pos: 0,
+                cancel,
             },
             &mut out,
         );
@@ -192,6 +194,11 @@ async fn put_verified(ctx: &ApplyCtx<'_>, src: &SourceRecord, id: &str) -> Resul
         verdict
     };
     let (uploaded, verdict) = tokio::join!(upload, read);
+    // Ctrl-C / SIGTERM stopped the gate (its input fails at once, so the upload is aborted mid-stream): the
+    // caller removes what was written.
+    if ctx.cancel.is_cancelled() {
+        bail!("interrupted while writing through the engine: nothing was changed");
+    }
     let uploaded = uploaded.with_context(|| format!("writing {object} through the engine"));
     // The archive's own problem first (an upload that failed because we aborted it says less), unless the gate
     // only stopped because the engine hung up: then the engine's answer says why.
@@ -296,10 +303,15 @@ struct ChanReader {
     rx: Receiver<Vec<u8>>,
     cur: Vec<u8>,
     pos: usize,
+    /// Ctrl-C / SIGTERM: the next read fails, which ends the gate, the PUT and the read of the object.
+    cancel: tokio_util::sync::CancellationToken,
 }
 
 impl Read for ChanReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.cancel.is_cancelled() {
+            return Err(io::Error::other("interrupted"));
+        }
         while self.pos == self.cur.len() {
             match self.rx.recv() {
                 Ok(next) => {

@@ -871,6 +871,87 @@ fn recover_removes_what_a_killed_engine_restore_left() {
     assert!(!volume_exists(&new), "volume left after recover: {r:?}");
 }
 
+/// Ctrl-C while the archive streams into the engine stops the stream at once (not at the end of the archive):
+/// exit 130, the new volume and the helper removed, far sooner than the whole restore takes.
+#[test]
+fn sigint_while_writing_through_the_engine_stops_at_once() {
+    require_docker!();
+    let mut w = World::new();
+    let src = w.volume("engint");
+    let mp = mountpoint(&src);
+    // 16 × 32 MiB of incompressible data: the stream takes a while.
+    for i in 0..16 {
+        let mut f = fs::File::create(mp.join(format!("blob{i:02}"))).unwrap();
+        std::io::copy(
+            &mut std::io::Read::take(fs::File::open("/dev/urandom").unwrap(), 32 << 20),
+            &mut f,
+        )
+        .unwrap();
+    }
+    w.backup(&src);
+    let whole_vol = w.new_name("engintwhole");
+    let whole = std::time::Instant::now();
+    let r = w.voltar(&[
+        "restore",
+        "latest",
+        "--source",
+        &src,
+        "--to-volume",
+        &whole_vol,
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let whole = whole.elapsed();
+
+    let new = w.new_name("engintnew");
+    let t = w.dir.path().join("target").display().to_string();
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("voltar"))
+        .args([
+            "restore",
+            "latest",
+            "--source",
+            &src,
+            "--to-volume",
+            &new,
+            "-t",
+            &t,
+        ])
+        .current_dir(w.dir.path())
+        .env("VOLTAR_STATE_DIR", w.dir.path().join("state"))
+        .env("VOLTAR_CONFIG", w.dir.path().join("voltar.toml"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    // Data on its way in: the helper exists and the volume has its first file.
+    while helpers_of(&new).is_empty()
+        || fs::read_dir(mountpoint(&new))
+            .map(|d| d.count())
+            .unwrap_or(0)
+            == 0
+    {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the restore ended first"
+        );
+        assert!(std::time::Instant::now() < deadline, "no data within 60 s");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let sent = std::time::Instant::now();
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let out = child.wait_with_output().unwrap();
+    let stopped = sent.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(
+        stopped < whole / 3,
+        "stopped {stopped:?} after SIGINT; the whole restore takes {whole:?}: {stderr}"
+    );
+    assert!(!volume_exists(&new), "the new volume is removed: {stderr}");
+    assert!(helpers_of(&new).is_empty(), "helper left: {stderr}");
+}
+
 /// A helper image the engine does not have is never pulled: the restore fails naming `[docker] helper-image`,
 /// and the new volume is removed again.
 #[test]

@@ -1663,6 +1663,89 @@ fn kill_restore_when(
     staging
 }
 
+/// Ctrl-C while extracting stops the extraction at once, not at the end of the archive: exit 130, the volume as
+/// it was, no staging directory left, and far sooner than the whole restore takes.
+#[test]
+fn sigint_while_extracting_stops_at_once_and_changes_nothing() {
+    require_docker!();
+    let mut w = World::new();
+    let vol = w.volume_with("sigint", &[]);
+    let mp = mountpoint(&vol);
+    // 16 × 32 MiB of incompressible data: the extraction takes a while.
+    for i in 0..16 {
+        let mut f = fs::File::create(mp.join(format!("blob{i:02}"))).unwrap();
+        std::io::copy(
+            &mut std::io::Read::take(fs::File::open("/dev/urandom").unwrap(), 32 << 20),
+            &mut f,
+        )
+        .unwrap();
+    }
+    w.backup(&vol);
+    fs::write(mp.join("after-the-backup.txt"), b"kept").unwrap();
+    let before = snap(&mp);
+
+    // How long the whole restore takes here.
+    let whole = std::time::Instant::now();
+    let dir = w.path("whole");
+    w.ok(&["restore", "latest", "--to-dir", dir.to_str().unwrap()]);
+    let whole = whole.elapsed();
+
+    let target = w.target();
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("voltar"))
+        .args([
+            "restore",
+            "latest",
+            "--source",
+            &vol,
+            "--no-safety-backup",
+            "-t",
+            &target,
+        ])
+        .current_dir(w.dir.path())
+        .env("VOLTAR_STATE_DIR", w.path("state"))
+        .env_remove("VOLTAR_CONFIG")
+        .env_remove("VOLTAR_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let volume_dir = mp.parent().unwrap().to_path_buf();
+    let start = std::time::Instant::now();
+    while !staging_dirs(&volume_dir)
+        .iter()
+        .any(|s| fs::read_dir(s).is_ok_and(|mut d| d.next().is_some()))
+    {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the restore ended before it was extracting"
+        );
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(120),
+            "never extracting"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let sent = std::time::Instant::now();
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let out = child.wait_with_output().unwrap();
+    let stopped = sent.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("interrupted before the swap: nothing was changed"),
+        "{stderr}"
+    );
+    assert!(
+        stopped < whole / 3,
+        "stopped {stopped:?} after SIGINT; the whole restore takes {whole:?}: {stderr}"
+    );
+    assert_same(&before, &snap(&mp), "volume after an interrupted restore");
+    assert!(
+        staging_dirs(&volume_dir).is_empty(),
+        "staging left: {stderr}"
+    );
+}
+
 /// `voltar recover` after a killed restore: it removes the staging directory and says so.
 fn recover_removes(w: &World, staging: &Path, volume_dir: &Path) -> Run {
     assert!(staging.exists());
