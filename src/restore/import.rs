@@ -7,9 +7,16 @@ pub(super) async fn import(
     config: &Config,
     args: RestoreRequest,
     progress: Progress,
+    cancel: CancellationToken,
 ) -> Result<RestoreOutcome> {
     let file = args.archive.clone().expect("checked by caller");
     let f = std::fs::File::open(&file).with_context(|| format!("opening {}", file.display()))?;
+    // A directory this import makes is removed again if it fails (when it is still empty), as a restore does.
+    let made_dir = (!args.dry_run)
+        .then_some(args.to_dir.as_ref())
+        .flatten()
+        .filter(|d| !d.exists())
+        .cloned();
     let (engine, destination, path, created) = import_destination(config, &args).await?;
     if args.dry_run {
         return Ok(RestoreOutcome::ImportPlan { file, destination });
@@ -28,9 +35,16 @@ pub(super) async fn import(
         strip_components: args.strip_components,
         paths: clean_paths(&args.paths)?,
         durable: replaces || !args.no_sync,
+        // Ctrl-C / SIGTERM stops the extraction at the next entry or buffer.
+        cancel: Some(apply::cancel_flag(&cancel)),
         ..UnpackOptions::default()
     };
-    let result = unpack_file(f, &file, staging.path.clone(), opts, progress.clone()).await?;
+    let result = unpack_file(f, &file, staging.path.clone(), opts, progress.clone())
+        .await?
+        .map_err(|e| match cancel.is_cancelled() {
+            true => anyhow!("interrupted before the swap: nothing was changed"),
+            false => e,
+        });
     let result = result.and_then(|rep| {
         exchange(&staging.path, &path)?;
         Ok(rep)
@@ -72,6 +86,9 @@ pub(super) async fn import(
             Ok(RestoreOutcome::Report(report))
         }
         Err(e) => {
+            if let Some(d) = &made_dir {
+                let _ = std::fs::remove_dir(d);
+            }
             if created {
                 if let (Some(e2), Destination::Volume(v)) = (&engine, &destination) {
                     let _ = e2.remove_volume(v).await;

@@ -371,7 +371,7 @@ pub async fn run(
     cancel: CancellationToken,
 ) -> Result<RestoreOutcome> {
     if args.archive.is_some() {
-        return import(config, args, progress).await;
+        return import(config, args, progress, cancel).await;
     }
     if args.to_container.is_some() || args.to_file.is_some() {
         return Ok(RestoreOutcome::Report(

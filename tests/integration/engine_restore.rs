@@ -92,6 +92,21 @@ impl World {
         }
     }
 
+    /// `voltar <args> -t <target>` started as a child process (to kill or interrupt), stderr piped.
+    fn spawn(&self, args: &[&str]) -> std::process::Child {
+        std::process::Command::new(assert_cmd::cargo::cargo_bin("voltar"))
+            .args(args)
+            .arg("-t")
+            .arg(self.dir.path().join("target"))
+            .current_dir(self.dir.path())
+            .env("VOLTAR_STATE_DIR", self.dir.path().join("state"))
+            .env("VOLTAR_CONFIG", self.dir.path().join("voltar.toml"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
     fn volume(&mut self, tag: &str) -> String {
         let name = support::unique(tag);
         docker(&["volume", "create", &name]);
@@ -652,16 +667,7 @@ fn fill_big(root: &Path, n: usize) {
 /// that mounts a volume labelled `label` = `src` runs (`voltar.keep-of`: copying the old contents;
 /// `voltar.staging-of`: writing the target).
 fn kill_during_mirror(w: &World, src: &str, label: &str) {
-    let t = w.dir.path().join("target").display().to_string();
-    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("voltar"))
-        .args(["restore", "latest", "--source", src, "-t", &t])
-        .current_dir(w.dir.path())
-        .env("VOLTAR_STATE_DIR", w.dir.path().join("state"))
-        .env("VOLTAR_CONFIG", w.dir.path().join("voltar.toml"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = w.spawn(&["restore", "latest", "--source", src]);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
     loop {
         assert!(
@@ -793,6 +799,28 @@ fn sigkill_while_keeping_leaves_the_target_as_it_was() {
     nothing_left(&src, true, &format!("{r:?}"));
 }
 
+/// Wait until the restore `child` streams into the volume `new` through the engine: its helper exists and the
+/// volume has its first entry.
+fn streaming_into(child: &mut std::process::Child, new: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while helpers_of(new).is_empty()
+        || fs::read_dir(mountpoint(new))
+            .map(|d| d.count())
+            .unwrap_or(0)
+            == 0
+    {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the restore ended before it was seen streaming into {new}"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no data in {new} within 60 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 /// A restore through the engine killed (SIGKILL) while it streams into the helper leaves the new, half-written
 /// volume and the helper; `voltar recover` removes both (they were journaled before they were created).
 #[test]
@@ -802,60 +830,12 @@ fn recover_removes_what_a_killed_engine_restore_left() {
     let src = w.volume("engkill");
     let mp = mountpoint(&src);
     // Incompressible, so the stream takes a while.
-    let mut x = 0x9E3779B97F4A7C15u64;
-    for i in 0..6 {
-        let data: Vec<u8> = (0..(32 << 20))
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
-        fs::write(mp.join(format!("blob{i}")), data).unwrap();
-    }
+    support::fill_random(&mp, 6, 32 << 20);
     w.backup(&src);
     let new = w.new_name("engkillnew");
-    let t = w.dir.path().join("target").display().to_string();
-    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("voltar"))
-        .args([
-            "restore",
-            "latest",
-            "--source",
-            &src,
-            "--to-volume",
-            &new,
-            "-t",
-            &t,
-        ])
-        .current_dir(w.dir.path())
-        .env("VOLTAR_STATE_DIR", w.dir.path().join("state"))
-        .env("VOLTAR_CONFIG", w.dir.path().join("voltar.toml"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while helpers_of(&new).is_empty() {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the restore ended before its helper was seen"
-        );
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no helper within 60 s"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let mut child = w.spawn(&["restore", "latest", "--source", &src, "--to-volume", &new]);
     // Some data on its way in, then the kill.
-    let data = mountpoint(&new);
-    while fs::read_dir(&data).map(|d| d.count()).unwrap_or(0) == 0 {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the restore ended first"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    streaming_into(&mut child, &new);
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(volume_exists(&new), "the killed run's volume");
@@ -880,14 +860,7 @@ fn sigint_while_writing_through_the_engine_stops_at_once() {
     let src = w.volume("engint");
     let mp = mountpoint(&src);
     // 16 × 32 MiB of incompressible data: the stream takes a while.
-    for i in 0..16 {
-        let mut f = fs::File::create(mp.join(format!("blob{i:02}"))).unwrap();
-        std::io::copy(
-            &mut std::io::Read::take(fs::File::open("/dev/urandom").unwrap(), 32 << 20),
-            &mut f,
-        )
-        .unwrap();
-    }
+    support::fill_random(&mp, 16, 32 << 20);
     w.backup(&src);
     let whole_vol = w.new_name("engintwhole");
     let whole = std::time::Instant::now();
@@ -903,45 +876,9 @@ fn sigint_while_writing_through_the_engine_stops_at_once() {
     let whole = whole.elapsed();
 
     let new = w.new_name("engintnew");
-    let t = w.dir.path().join("target").display().to_string();
-    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("voltar"))
-        .args([
-            "restore",
-            "latest",
-            "--source",
-            &src,
-            "--to-volume",
-            &new,
-            "-t",
-            &t,
-        ])
-        .current_dir(w.dir.path())
-        .env("VOLTAR_STATE_DIR", w.dir.path().join("state"))
-        .env("VOLTAR_CONFIG", w.dir.path().join("voltar.toml"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    // Data on its way in: the helper exists and the volume has its first file.
-    while helpers_of(&new).is_empty()
-        || fs::read_dir(mountpoint(&new))
-            .map(|d| d.count())
-            .unwrap_or(0)
-            == 0
-    {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the restore ended first"
-        );
-        assert!(std::time::Instant::now() < deadline, "no data within 60 s");
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    let sent = std::time::Instant::now();
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
-    let out = child.wait_with_output().unwrap();
-    let stopped = sent.elapsed();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let mut child = w.spawn(&["restore", "latest", "--source", &src, "--to-volume", &new]);
+    streaming_into(&mut child, &new);
+    let (out, stderr, stopped) = support::interrupt(child);
     assert_eq!(out.status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("interrupted"), "{stderr}");
     assert!(

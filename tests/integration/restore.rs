@@ -1672,15 +1672,8 @@ fn sigint_while_extracting_stops_at_once_and_changes_nothing() {
     let vol = w.volume_with("sigint", &[]);
     let mp = mountpoint(&vol);
     // 16 × 32 MiB of incompressible data: the extraction takes a while.
-    for i in 0..16 {
-        let mut f = fs::File::create(mp.join(format!("blob{i:02}"))).unwrap();
-        std::io::copy(
-            &mut std::io::Read::take(fs::File::open("/dev/urandom").unwrap(), 32 << 20),
-            &mut f,
-        )
-        .unwrap();
-    }
-    w.backup(&vol);
+    support::fill_random(&mp, 16, 32 << 20);
+    let id = w.backup(&vol);
     fs::write(mp.join("after-the-backup.txt"), b"kept").unwrap();
     let before = snap(&mp);
 
@@ -1690,60 +1683,70 @@ fn sigint_while_extracting_stops_at_once_and_changes_nothing() {
     w.ok(&["restore", "latest", "--to-dir", dir.to_str().unwrap()]);
     let whole = whole.elapsed();
 
-    let target = w.target();
-    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("voltar"))
-        .args([
-            "restore",
-            "latest",
-            "--source",
-            &vol,
-            "--no-safety-backup",
-            "-t",
-            &target,
-        ])
-        .current_dir(w.dir.path())
-        .env("VOLTAR_STATE_DIR", w.path("state"))
-        .env_remove("VOLTAR_CONFIG")
-        .env_remove("VOLTAR_LOG")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    // Interrupted as soon as its staging directory (in `staging_in`) holds data: it stops at once, changes
+    // nothing and leaves no staging directory.
+    let interrupted = |args: &[&str], staging_in: &Path, says: &str| {
+        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("voltar"))
+            .args(args)
+            .args(["-t", &w.target()])
+            .current_dir(w.dir.path())
+            .env("VOLTAR_STATE_DIR", w.path("state"))
+            .env_remove("VOLTAR_CONFIG")
+            .env_remove("VOLTAR_LOG")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = std::time::Instant::now();
+        while !staging_dirs(staging_in)
+            .iter()
+            .any(|s| fs::read_dir(s).is_ok_and(|mut d| d.next().is_some()))
+        {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "{args:?} ended before it was extracting"
+            );
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(120),
+                "{args:?} never extracting"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let (out, stderr, stopped) = support::interrupt(child);
+        assert_eq!(out.status.code(), Some(130), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert!(
+            stopped < whole / 3,
+            "{args:?} stopped {stopped:?} after SIGINT; the whole restore takes {whole:?}: {stderr}"
+        );
+        assert!(
+            staging_dirs(staging_in).is_empty(),
+            "{args:?} left staging: {stderr}"
+        );
+    };
+    // In place.
     let volume_dir = mp.parent().unwrap().to_path_buf();
-    let start = std::time::Instant::now();
-    while !staging_dirs(&volume_dir)
-        .iter()
-        .any(|s| fs::read_dir(s).is_ok_and(|mut d| d.next().is_some()))
-    {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the restore ended before it was extracting"
-        );
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(120),
-            "never extracting"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    let sent = std::time::Instant::now();
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
-    let out = child.wait_with_output().unwrap();
-    let stopped = sent.elapsed();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(130), "{stderr}");
-    assert!(
-        stderr.contains("interrupted before the swap: nothing was changed"),
-        "{stderr}"
-    );
-    assert!(
-        stopped < whole / 3,
-        "stopped {stopped:?} after SIGINT; the whole restore takes {whole:?}: {stderr}"
+    interrupted(
+        &["restore", "latest", "--source", &vol, "--no-safety-backup"],
+        &volume_dir,
+        "interrupted before the swap: nothing was changed",
     );
     assert_same(&before, &snap(&mp), "volume after an interrupted restore");
-    assert!(
-        staging_dirs(&volume_dir).is_empty(),
-        "staging left: {stderr}"
+    // An import of a plain archive (the backup's own object) into a new directory.
+    let object = object_path(&w, &id, &vol);
+    let imported = w.path("imported");
+    interrupted(
+        &[
+            "restore",
+            "--archive",
+            object.to_str().unwrap(),
+            "--to-dir",
+            imported.to_str().unwrap(),
+        ],
+        w.dir.path(),
+        "voltar: interrupted",
     );
+    assert!(!imported.exists(), "the import's new directory is removed");
 }
 
 /// `voltar recover` after a killed restore: it removes the staging directory and says so.

@@ -72,6 +72,26 @@ pub fn s3_endpoint() -> Option<String> {
     Some(ep)
 }
 
+/// Send SIGINT to `child` and wait for it: its output (stderr as text) and how long it took to end after the signal.
+pub fn interrupt(child: Child) -> (Output, String, Duration) {
+    let sent = Instant::now();
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let out = child.wait_with_output().unwrap();
+    let stopped = sent.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out, stderr, stopped)
+}
+
+/// `files` files `blob00`, `blob01`, … of `bytes` random (incompressible) bytes each in `dir`: data that takes a
+/// while to pack, send or extract.
+pub fn fill_random(dir: &Path, files: usize, bytes: u64) {
+    for i in 0..files {
+        let mut f = std::fs::File::create(dir.join(format!("blob{i:02}"))).unwrap();
+        let mut random = std::io::Read::take(std::fs::File::open("/dev/urandom").unwrap(), bytes);
+        std::io::copy(&mut random, &mut f).unwrap();
+    }
+}
+
 /// A name unique to this test process and call, e.g. `vt-1234-00007-pg`.
 ///
 /// The counter is zero-padded so that names sort in the order they were made: voltar reads sources in name order,
