@@ -271,8 +271,41 @@ fn a_corrupt_archive_leaves_no_volume_through_the_engine() {
     let mut w = World::new();
     let src = w.volume("engbad");
     let mp = mountpoint(&src);
+    // Text of varied words: level 19 compresses it well below level 3 (the replaced object below needs that). A
+    // counter alone ("line N of the big file") did not: the stored object, at level 3, came out 21 KB or 30+ KB
+    // depending on where zstd's jobs were cut, and level 19 gave 28 KB.
+    const WORDS: [&str; 16] = [
+        "volume",
+        "backup",
+        "restore",
+        "engine",
+        "archive",
+        "target",
+        "bucket",
+        "manifest",
+        "journal",
+        "helper",
+        "staging",
+        "mirror",
+        "quiesce",
+        "retention",
+        "verify",
+        "prune",
+    ];
+    let mut x = 0x9E3779B97F4A7C15u64;
     let big = (0..60_000u32)
-        .map(|i| format!("line {i} of the big file\n"))
+        .map(|i| {
+            let mut line = format!("{i}");
+            for _ in 0..4 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                line.push(' ');
+                line.push_str(WORDS[(x % 16) as usize]);
+            }
+            line.push('\n');
+            line
+        })
         .collect::<String>();
     fs::write(mp.join("big"), &big).unwrap();
     fs::write(mp.join("small"), "s").unwrap();
