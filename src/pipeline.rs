@@ -734,6 +734,20 @@ pub fn sweep_spool(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(removed)
 }
 
+/// Set `flag` when `token` is cancelled: blocking code (the backup's packer, a restore's extraction) polls the flag
+/// where it cannot await the token. Abort the returned task when the blocking work is done.
+pub fn watch_cancel(
+    token: &CancellationToken,
+    flag: &Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    let flag = flag.clone();
+    let token = token.clone();
+    tokio::spawn(async move {
+        token.cancelled().await;
+        flag.store(true, AtomicOrdering::SeqCst);
+    })
+}
+
 /// Stored chunks waiting for the hasher thread of [`hash_aside`]: with the storage's chunks (local: 256 KiB) a
 /// few MiB at most.
 pub const HASH_QUEUE: usize = 4;

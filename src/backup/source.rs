@@ -332,7 +332,7 @@ pub(super) fn start_read(
         ctx.env.cancel.clone(),
     ));
     let flag = Arc::new(AtomicBool::new(false));
-    let watcher = watch_cancel(&ctx.env.cancel, &flag);
+    let watcher = pipeline::watch_cancel(&ctx.env.cancel, &flag);
     let started = Instant::now();
     let packer = spawn_packer(ctx, from, tx, flag.clone());
     Started {
@@ -701,19 +701,6 @@ pub(super) fn judge_packed(
         ),
         Err(join) => Err(format!("packer did not finish: {join}")),
     }
-}
-
-/// Set `flag` (which the blocking packer polls) when the run is cancelled.
-pub(super) fn watch_cancel(
-    token: &CancellationToken,
-    flag: &Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<()> {
-    let flag = flag.clone();
-    let token = token.clone();
-    tokio::spawn(async move {
-        token.cancelled().await;
-        flag.store(true, Ordering::SeqCst);
-    })
 }
 
 /// Start the packer on a blocking thread: walk (or the engine's tar, repacked) → tar → zstd → [age] → sha256 →

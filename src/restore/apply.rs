@@ -1,7 +1,7 @@
 //! Restore, step 2: apply a plan — check every archive, extract and verify into staging, then stop, safety
 //! backup, swap, restart.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
 use super::engine;
 use super::*;
@@ -329,7 +329,13 @@ async fn restore_one(
         (true, false) => Safety::WhileStopped,
     };
     let mut staging = Staging::make(path, ctx.journal)?;
-    let result = match extract(ctx, src, &staging, durable(ctx, replaces, sr), sr).await {
+    let durable = durable(
+        ctx.args.no_sync,
+        replaces,
+        &sr.destination,
+        &mut sr.warnings,
+    );
+    let result = match extract(ctx, src, &staging, durable, sr).await {
         Ok(()) => match check_safety_targets(ctx, safety).await {
             Ok(()) => stopped_for_swap(ctx, src, path, users, safety, &mut staging, sr).await,
             Err(e) => Ok(Err(e)),
@@ -629,16 +635,22 @@ pub(super) async fn safety_backup(
     Ok((run.id.to_string(), warnings))
 }
 
-/// Whether the staged tree is flushed to disk before the swap: always when the restore replaces contents (the
-/// old tree goes once the new one is in), else unless `--no-sync` (a warning says when it was not honoured).
-pub(super) fn durable(ctx: &ApplyCtx<'_>, replaces: bool, sr: &mut SourceRestore) -> bool {
-    if ctx.args.no_sync && replaces {
-        sr.warnings.push(format!(
-            "--no-sync not honoured: {} had contents, so the restored tree was flushed to disk before it replaced them",
-            sr.destination
+/// Whether the staged tree is flushed to disk before the swap: always when the restore replaces the contents of
+/// `destination` (the old tree goes once the new one is in), else unless `no_sync`; `warnings` gets a line when
+/// `--no-sync` was not honoured.
+pub(super) fn durable(
+    no_sync: bool,
+    replaces: bool,
+    destination: &Destination,
+    warnings: &mut Vec<String>,
+) -> bool {
+    if no_sync && replaces {
+        warnings.push(format!(
+            "--no-sync not honoured: {destination} had contents, so the restored tree was flushed to disk before it \
+             replaced them"
         ));
     }
-    replaces || !ctx.args.no_sync
+    replaces || !no_sync
 }
 
 /// Extract into `staging` and verify (sha256, counts, decryption to the last byte). Nothing is stopped yet.
@@ -655,26 +667,21 @@ async fn extract(
     let opts = UnpackOptions {
         paths: ctx.paths.clone(),
         durable,
-        // Ctrl-C / SIGTERM stops the extraction at the next entry or buffer, not at the end of the archive.
-        cancel: Some(cancel_flag(&ctx.cancel)),
         ..UnpackOptions::default()
     };
-    let rep = match fetch_and_unpack(
-        ctx.store.clone(),
-        &ctx.manifest,
-        src,
-        ctx.decryptor.clone(),
-        staging.path.clone(),
-        opts,
-        ctx.progress.clone(),
-    )
-    .await
-    {
-        Err(_) if ctx.cancel.is_cancelled() => {
-            bail!("interrupted before the swap: nothing was changed")
-        }
-        r => r?,
-    };
+    let rep = unpack_cancellable(&ctx.cancel, opts, async |opts| {
+        fetch_and_unpack(
+            ctx.store.clone(),
+            &ctx.manifest,
+            src,
+            ctx.decryptor.clone(),
+            staging.path.clone(),
+            opts,
+            ctx.progress.clone(),
+        )
+        .await
+    })
+    .await?;
     // What the restore writes: the whole archive, or with `--path` what the selection staged.
     sr.counts = if ctx.paths.is_empty() {
         rep.counts.clone()
@@ -688,16 +695,24 @@ async fn extract(
     Ok(())
 }
 
-/// A flag that turns true when `token` is cancelled, for checks on blocking threads (`UnpackOptions::cancel`).
-/// Its watcher task ends with the token, or with the runtime (a restore is one command's run).
-pub(super) fn cancel_flag(token: &CancellationToken) -> Arc<AtomicBool> {
-    let flag = Arc::new(AtomicBool::new(token.is_cancelled()));
-    let (f, t) = (flag.clone(), token.clone());
-    tokio::spawn(async move {
-        t.cancelled().await;
-        f.store(true, Ordering::Relaxed);
-    });
-    flag
+/// Unpack into staging with `opts`, stopping at the next entry or buffer when `cancel` fires (Ctrl-C / SIGTERM)
+/// instead of at the end of the archive: then the error is the interruption.
+pub(super) async fn unpack_cancellable<T>(
+    cancel: &CancellationToken,
+    mut opts: UnpackOptions,
+    unpack: impl AsyncFnOnce(UnpackOptions) -> Result<T>,
+) -> Result<T> {
+    let flag = Arc::new(AtomicBool::new(cancel.is_cancelled()));
+    let watcher = pipeline::watch_cancel(cancel, &flag);
+    opts.cancel = Some(flag);
+    let result = unpack(opts).await;
+    watcher.abort();
+    match result {
+        Err(_) if cancel.is_cancelled() => {
+            bail!("interrupted before the swap: nothing was changed")
+        }
+        r => r,
+    }
 }
 
 /// Swap the verified staging tree in for `path` (the whole tree, or each `--path`).

@@ -22,29 +22,24 @@ pub(super) async fn import(
         return Ok(RestoreOutcome::ImportPlan { file, destination });
     }
     let journal = Journal::open(&config.state_dir)?;
-    // Flushed to disk unless `--no-sync` and nothing is replaced (see `apply::durable`).
-    let replaces = dir_has_entries(&path);
     let mut notes = Vec::new();
-    if args.no_sync && replaces {
-        notes.push(format!(
-            "--no-sync not honoured: {destination} had contents, so the imported tree was flushed to disk before it replaced them"
-        ));
-    }
+    let durable = apply::durable(
+        args.no_sync,
+        dir_has_entries(&path),
+        &destination,
+        &mut notes,
+    );
     let staging = Staging::make(&path, &journal)?;
     let opts = UnpackOptions {
         strip_components: args.strip_components,
         paths: clean_paths(&args.paths)?,
-        durable: replaces || !args.no_sync,
-        // Ctrl-C / SIGTERM stops the extraction at the next entry or buffer.
-        cancel: Some(apply::cancel_flag(&cancel)),
+        durable,
         ..UnpackOptions::default()
     };
-    let result = unpack_file(f, &file, staging.path.clone(), opts, progress.clone())
-        .await?
-        .map_err(|e| match cancel.is_cancelled() {
-            true => anyhow!("interrupted before the swap: nothing was changed"),
-            false => e,
-        });
+    let result = apply::unpack_cancellable(&cancel, opts, async |opts| {
+        unpack_file(f, &file, staging.path.clone(), opts, progress.clone()).await?
+    })
+    .await;
     let result = result.and_then(|rep| {
         exchange(&staging.path, &path)?;
         Ok(rep)

@@ -854,21 +854,33 @@ fn streaming_into(child: &mut std::process::Child, new: &str) {
     }
 }
 
+/// A new volume of `files` × 32 MiB of random data (incompressible: a restore of it streams for a while), backed
+/// up; returns its name.
+fn random_backed_up(w: &mut World, tag: &str, files: usize) -> String {
+    let src = w.volume(tag);
+    support::fill_random(&mountpoint(&src), files, 32 << 20);
+    w.backup(&src);
+    src
+}
+
+/// `restore latest --source src --to-volume NEW` started as a child, once it streams into NEW (a new name with
+/// `tag`): the child and NEW.
+fn restoring_into_new(w: &mut World, src: &str, tag: &str) -> (std::process::Child, String) {
+    let new = w.new_name(tag);
+    let mut child = w.spawn(&["restore", "latest", "--source", src, "--to-volume", &new]);
+    streaming_into(&mut child, &new);
+    (child, new)
+}
+
 /// A restore through the engine killed (SIGKILL) while it streams into the helper leaves the new, half-written
 /// volume and the helper; `voltar recover` removes both (they were journaled before they were created).
 #[test]
 fn recover_removes_what_a_killed_engine_restore_left() {
     require_docker!();
     let mut w = World::new();
-    let src = w.volume("engkill");
-    let mp = mountpoint(&src);
-    // Incompressible, so the stream takes a while.
-    support::fill_random(&mp, 6, 32 << 20);
-    w.backup(&src);
-    let new = w.new_name("engkillnew");
-    let mut child = w.spawn(&["restore", "latest", "--source", &src, "--to-volume", &new]);
+    let src = random_backed_up(&mut w, "engkill", 6);
     // Some data on its way in, then the kill.
-    streaming_into(&mut child, &new);
+    let (mut child, new) = restoring_into_new(&mut w, &src, "engkillnew");
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(volume_exists(&new), "the killed run's volume");
@@ -890,11 +902,7 @@ fn recover_removes_what_a_killed_engine_restore_left() {
 fn sigint_while_writing_through_the_engine_stops_at_once() {
     require_docker!();
     let mut w = World::new();
-    let src = w.volume("engint");
-    let mp = mountpoint(&src);
-    // 16 × 32 MiB of incompressible data: the stream takes a while.
-    support::fill_random(&mp, 16, 32 << 20);
-    w.backup(&src);
+    let src = random_backed_up(&mut w, "engint", 16);
     let whole_vol = w.new_name("engintwhole");
     let whole = std::time::Instant::now();
     let r = w.voltar(&[
@@ -908,9 +916,7 @@ fn sigint_while_writing_through_the_engine_stops_at_once() {
     assert_eq!(r.code, 0, "{r:?}");
     let whole = whole.elapsed();
 
-    let new = w.new_name("engintnew");
-    let mut child = w.spawn(&["restore", "latest", "--source", &src, "--to-volume", &new]);
-    streaming_into(&mut child, &new);
+    let (child, new) = restoring_into_new(&mut w, &src, "engintnew");
     let (out, stderr, stopped) = support::interrupt(child);
     assert_eq!(out.status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("interrupted"), "{stderr}");

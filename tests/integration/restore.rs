@@ -691,64 +691,42 @@ fn no_sync_skips_the_flush_only_where_nothing_is_replaced() {
     assert_eq!(r.code, 0, "{r:?}");
     assert!(flushing(&calls), "the default restore flushes: {calls:?}");
 
-    let dir = w.path("nosync");
-    let (calls, r) = flushes_of(
-        &w,
-        &[
-            "restore",
-            "latest",
-            "--to-dir",
-            dir.to_str().unwrap(),
-            "--no-sync",
-        ],
-    )
-    .unwrap();
-    assert_eq!(r.code, 0, "{r:?}");
-    assert_same(&backed_up, &snap(&dir), "--to-dir --no-sync");
-    assert!(
-        !flushing(&calls),
-        "--no-sync into a new directory flushes nothing: {calls:?}"
-    );
-    assert!(!r.all().contains("--no-sync not honoured"), "{r:?}");
-
+    // Where nothing is replaced (a new directory, an empty volume, an import of a plain archive, here the backup's
+    // own object, into a new directory): the same tree, and no flush.
+    let (dir, imported) = (w.path("nosync"), w.path("imported"));
+    let (dir_s, imported_s) = (dir.display().to_string(), imported.display().to_string());
     let empty = w.volume_with("nosync-empty", &[]);
-    let (calls, r) = flushes_of(
-        &w,
-        &["restore", "latest", "--to-volume", &empty, "--no-sync"],
-    )
-    .unwrap();
-    assert_eq!(r.code, 0, "{r:?}");
-    assert_same(
-        &backed_up,
-        &snap(&mountpoint(&empty)),
-        "--to-volume EMPTY --no-sync",
-    );
-    assert!(
-        !flushing(&calls),
-        "--no-sync into an empty volume flushes nothing: {calls:?}"
-    );
-
-    // An import of a plain archive (`--archive`, here the backup's own object) into a new directory: the same.
-    let dir = w.path("imported");
-    let archive = object_path(&w, &id, &vol);
-    let (calls, r) = flushes_of(
-        &w,
-        &[
-            "restore",
-            "--archive",
-            archive.to_str().unwrap(),
-            "--to-dir",
-            dir.to_str().unwrap(),
-            "--no-sync",
-        ],
-    )
-    .unwrap();
-    assert_eq!(r.code, 0, "{r:?}");
-    assert_same(&backed_up, &snap(&dir), "--archive --to-dir --no-sync");
-    assert!(
-        !flushing(&calls),
-        "--no-sync importing into a new directory flushes nothing: {calls:?}"
-    );
+    let archive = object_path(&w, &id, &vol).display().to_string();
+    for (args, restored) in [
+        (
+            vec!["restore", "latest", "--to-dir", &dir_s, "--no-sync"],
+            dir.clone(),
+        ),
+        (
+            vec!["restore", "latest", "--to-volume", &empty, "--no-sync"],
+            mountpoint(&empty),
+        ),
+        (
+            vec![
+                "restore",
+                "--archive",
+                &archive,
+                "--to-dir",
+                &imported_s,
+                "--no-sync",
+            ],
+            imported.clone(),
+        ),
+    ] {
+        let (calls, r) = flushes_of(&w, &args).unwrap();
+        assert_eq!(r.code, 0, "{args:?}: {r:?}");
+        assert_same(&backed_up, &snap(&restored), &format!("{args:?}"));
+        assert!(!flushing(&calls), "{args:?} flushes nothing: {calls:?}");
+        assert!(
+            !r.all().contains("--no-sync not honoured"),
+            "{args:?}: {r:?}"
+        );
+    }
 
     // Replacing contents (in place, here; no safety backup, whose archive is flushed on its own): flushed before
     // the swap, and the report says --no-sync was not honoured.
