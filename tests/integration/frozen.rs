@@ -172,6 +172,57 @@ pub(crate) fn local_read_time(w: &World, vol: &str, archive: &str) -> Duration {
     Duration::from_millis(source(&json(&out), vol)["read-ms"].as_u64().unwrap())
 }
 
+/// After a run whose S3 leg failed while the server was frozen until the run ended (`cfg`, S3 target `name` at
+/// `prefix`): no object was stored; voltar could not confirm the abort of the archive's multipart upload and says
+/// so, naming the remedy. Its abort request waits in the frozen server's queue and may or may not land once the
+/// server thaws — moto answers it 500 when a queued part of the same upload is handled at the same moment (seen
+/// in CI), and a real server that is partitioned away never sees it. The remedy voltar names, `voltar prune`
+/// (incomplete uploads older than `incomplete-grace`, here 0s), then leaves nothing on S3.
+pub(crate) fn assert_unconfirmed_abort_is_pruned(
+    w: &World,
+    cfg: &Path,
+    name: &str,
+    prefix: &str,
+    out: &Out,
+) {
+    let store = w.store(prefix);
+    let objs = w.block(crate::s3::keys(&store));
+    assert!(
+        objs.is_empty(),
+        "objects stored on the failed target: {objs:?}"
+    );
+    assert!(
+        out.stderr
+            .contains("could not confirm the abort of a multipart upload")
+            && out.stderr.contains("voltar prune"),
+        "no word of the unconfirmed abort: {out:?}"
+    );
+    let text = std::fs::read_to_string(cfg).unwrap();
+    let prune_cfg = w.config(
+        &format!("prune-{name}.toml"),
+        &format!("{text}\n[retention]\nincomplete-grace = \"0s\"\n"),
+    );
+    let p = crate::s3::run(
+        w.cmd(),
+        &[
+            "-c",
+            prune_cfg.to_str().unwrap(),
+            "prune",
+            "-t",
+            name,
+            "--keep-last",
+            "1",
+        ],
+    );
+    assert_eq!(p.code, 0, "{p:?}");
+    let ups = w.block(store.list_incomplete()).unwrap();
+    let objs = w.block(crate::s3::keys(&store));
+    assert!(
+        ups.is_empty() && objs.is_empty(),
+        "left on S3 after prune: uploads {ups:?}, objects {objs:?}; the run: {out:?}; the prune: {p:?}"
+    );
+}
+
 /// Every pause of `container` lasted no longer than reading its volume at local speed (`read`, with half of it
 /// again for a busy machine) plus [`SLACK`].
 pub(crate) fn assert_pauses_bounded(watch: &Watch, container: &str, read: Duration, out: &Out) {
@@ -626,17 +677,7 @@ fn a_spool_that_would_fill_the_disk_fails_only_its_leg() {
     );
     assert_eq!(target(&r, "s3://")["committed"], false, "{out:?}");
     assert!(files_in(&spool).is_empty(), "{:?}", files_in(&spool));
-
-    let store = w.store("full");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let ups = w.block(store.list_incomplete()).unwrap();
-        if ups.is_empty() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "uploads left: {ups:?}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    assert_unconfirmed_abort_is_pruned(&w, &cfg, "offsite", "full", &out);
     drop(server);
 }
 
