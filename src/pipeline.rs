@@ -961,6 +961,14 @@ mod tests {
         // What each writer was handed so far: the stalled one nothing (at most the chunk it is stuck on), the
         // other everything.
         assert!(sent[0].load(Ordering::SeqCst) <= CHUNK_SIZE as u64);
+        // `sent` counts a chunk once its write has returned, just after the writer took it: wait for the last.
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while sent[1].load(Ordering::SeqCst) < all.len() as u64 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("the writer that kept up was not counted its last chunk");
         assert_eq!(sent[1].load(Ordering::SeqCst), all.len() as u64);
         // The spool file is unlinked from the start: nothing to see in the directory.
         assert!(files_in(&spool).is_empty(), "{:?}", files_in(&spool));
