@@ -12,7 +12,10 @@
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, Read};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
 
 use crate::archive::unpack::{UnpackOptions, UnpackReport};
 use crate::archive::{self, ArchiveError, Counts};
@@ -102,7 +105,9 @@ pub struct ReadBack {
 
 /// Read `src`'s stored object of backup `manifest` (decrypting when the backup is encrypted) and do `entries`
 /// with it. With `digest_on_error`, the rest of the object is still read and hashed after a failed walk (verify
-/// reports every problem); otherwise a failed walk ends the read at once. `Err`: the object could not be got.
+/// reports every problem); otherwise a failed walk ends the read at once. With `cancel`, the read (the walk and
+/// the digest of the rest) fails at the next chunk once it fires. `Err`: the object could not be got.
+#[allow(clippy::too_many_arguments)]
 pub async fn read(
     store: Arc<dyn Storage>,
     manifest: &Manifest,
@@ -111,6 +116,7 @@ pub async fn read(
     entries: Entries,
     digest_on_error: bool,
     progress: Progress,
+    cancel: Option<&CancellationToken>,
 ) -> Result<ReadBack, StorageError> {
     let (key, walked, digest) = read_with(
         store,
@@ -119,6 +125,7 @@ pub async fn read(
         decryptor,
         digest_on_error,
         progress,
+        cancel,
         WalkError::Open,
         WalkError::Trailer,
         move |dec| walk(dec, entries),
@@ -147,6 +154,7 @@ async fn read_with<T: Send + 'static, E: Send + 'static>(
     decryptor: Arc<Decryptor>,
     digest_on_error: bool,
     progress: Progress,
+    cancel: Option<&CancellationToken>,
     open_error: fn(RestoreError) -> E,
     thread_error: fn(io::Error) -> E,
     consume: impl FnOnce(Box<dyn Read + '_>) -> Result<T, E> + Send + 'static,
@@ -166,8 +174,10 @@ async fn read_with<T: Send + 'static, E: Send + 'static>(
     let reader = pipeline::blocking_reader(stream);
     let encrypted = manifest.encryption.is_some();
     let object = key.clone();
+    let flag = Arc::new(AtomicBool::new(false));
+    let watcher = cancel.map(|c| pipeline::watch_cancel(c, &flag));
     let joined = tokio::task::spawn_blocking(move || {
-        let mut stored = ProgressReader::new(reader, progress);
+        let mut stored = ProgressReader::new(reader, progress).stopped_by(flag);
         let done = tar_stream(&mut stored, encrypted.then_some(&*decryptor), &object)
             .map_err(open_error)
             .and_then(consume);
@@ -175,6 +185,9 @@ async fn read_with<T: Send + 'static, E: Send + 'static>(
         (done, digest)
     })
     .await;
+    if let Some(w) = watcher {
+        w.abort();
+    }
     let (done, digest) = match joined {
         Ok(r) => r,
         Err(e) => (
@@ -208,7 +221,9 @@ pub struct RawReadBack {
 }
 
 /// Read `src`'s stored object (a dump: not a tar) — decrypted and decompressed to its last byte — into `sink`,
-/// on a blocking thread, hashing the stored bytes as [`read`] does. `digest_on_error` as for [`read`].
+/// on a blocking thread, hashing the stored bytes as [`read`] does. `digest_on_error` and `cancel` as for
+/// [`read`].
+#[allow(clippy::too_many_arguments)]
 pub async fn read_raw(
     store: Arc<dyn Storage>,
     manifest: &Manifest,
@@ -217,6 +232,7 @@ pub async fn read_raw(
     mut sink: Box<dyn std::io::Write + Send>,
     digest_on_error: bool,
     progress: Progress,
+    cancel: Option<&CancellationToken>,
 ) -> Result<RawReadBack, StorageError> {
     let (key, copied, digest) = read_with(
         store,
@@ -225,6 +241,7 @@ pub async fn read_raw(
         decryptor,
         digest_on_error,
         progress,
+        cancel,
         RawError::Open,
         RawError::Read,
         move |dec| copy_raw(dec, &mut sink),
@@ -317,20 +334,39 @@ pub fn count_diff(expected: &Counts, found: &Counts) -> String {
     d.join(", ")
 }
 
-/// Counts bytes read into the progress bar.
+/// Counts bytes read into the progress bar; fails every read once its stop flag is set.
 pub struct ProgressReader<R> {
     inner: R,
     progress: Progress,
+    stop: Option<Arc<AtomicBool>>,
 }
 
 impl<R> ProgressReader<R> {
     pub fn new(inner: R, progress: Progress) -> Self {
-        ProgressReader { inner, progress }
+        ProgressReader {
+            inner,
+            progress,
+            stop: None,
+        }
+    }
+
+    /// Reads fail ("interrupted") once `stop` is set: whatever reads this stream stops at its next chunk.
+    pub fn stopped_by(mut self, stop: Arc<AtomicBool>) -> Self {
+        self.stop = Some(stop);
+        self
+    }
+
+    fn check(&self) -> std::io::Result<()> {
+        match &self.stop {
+            Some(s) if s.load(Ordering::Relaxed) => Err(io::Error::other("interrupted")),
+            _ => Ok(()),
+        }
     }
 }
 
 impl<R: Read> Read for ProgressReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.check()?;
         let n = self.inner.read(buf)?;
         self.progress.inc(n as u64);
         Ok(n)
@@ -339,6 +375,7 @@ impl<R: Read> Read for ProgressReader<R> {
 
 impl<R: BufRead> BufRead for ProgressReader<R> {
     fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        self.check()?;
         self.inner.fill_buf()
     }
 

@@ -9,6 +9,7 @@
 //! the same code path as `voltar restore`, and walks the restored tree comparing it with the manifest.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
@@ -21,8 +22,10 @@ use crate::catalog::{self, Manifest, SourceKind, SourceRecord};
 use crate::config::{Config, Target};
 use crate::crypto::Decryptor;
 use crate::progress::Progress;
-use crate::readback::{self, count_diff, Entries, RawError, RestoreError, WalkError};
-use crate::restore::fetch_and_unpack;
+use crate::readback::{
+    self, count_diff, Entries, ProgressReader, RawError, RestoreError, WalkError,
+};
+use crate::restore::{fetch_and_unpack, unpack_until_cancelled};
 use crate::storage::Storage;
 
 /// `voltar verify`: which backups of which target, and the keys for encrypted ones.
@@ -73,16 +76,18 @@ impl VerifyReport {
 }
 
 /// Check one stored object against its manifest entry: sha256, size, decryption, decompression, counts. Every
-/// problem found is listed, each naming the object by its key.
+/// problem found is listed, each naming the object by its key. Once `cancel` fires the read stops at its next
+/// chunk (what it found then is no finding).
 pub async fn check_object(
     store: Arc<dyn Storage>,
     manifest: &Manifest,
     src: &SourceRecord,
     decryptor: Arc<Decryptor>,
     progress: Progress,
+    cancel: &CancellationToken,
 ) -> Vec<String> {
     if src.kind == SourceKind::Dump {
-        return check_dump(store, manifest, src, decryptor, progress).await;
+        return check_dump(store, manifest, src, decryptor, progress, cancel).await;
     }
     let rb = match readback::read(
         store,
@@ -92,6 +97,7 @@ pub async fn check_object(
         Entries::Scan,
         true,
         progress,
+        Some(cancel),
     )
     .await
     {
@@ -143,6 +149,7 @@ async fn check_dump(
     src: &SourceRecord,
     decryptor: Arc<Decryptor>,
     progress: Progress,
+    cancel: &CancellationToken,
 ) -> Vec<String> {
     let key = catalog::object_key(&manifest.id, &src.object);
     let rb = match readback::read_raw(
@@ -153,6 +160,7 @@ async fn check_dump(
         Box::new(std::io::sink()),
         true,
         progress,
+        Some(cancel),
     )
     .await
     {
@@ -188,23 +196,31 @@ async fn check_dump(
         .collect()
 }
 
-/// Without the key: read the stored object to its end and check its size and sha256 against the manifest.
+/// Without the key: read the stored object to its end and check its size and sha256 against the manifest. Once
+/// `cancel` fires the read stops at its next chunk.
 async fn check_stored(
     store: Arc<dyn Storage>,
     manifest: &Manifest,
     src: &SourceRecord,
+    progress: Progress,
+    cancel: &CancellationToken,
 ) -> Vec<String> {
     let key = catalog::object_key(&manifest.id, &src.object);
     // The same hashing as a keyed read (`pipeline::hash_aside`), off the async runtime's threads.
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = crate::pipeline::watch_cancel(cancel, &stop);
     let digest = async {
         let (stream, digest) = crate::pipeline::hash_aside(store.get(&key).await?)?;
-        let rest = crate::pipeline::blocking_reader(stream);
+        let rest = ProgressReader::new(crate::pipeline::blocking_reader(stream), progress)
+            .stopped_by(stop);
         tokio::task::spawn_blocking(move || digest.finish(rest))
             .await
             .map_err(std::io::Error::other)?
             .map_err(anyhow::Error::from)
     };
-    match digest.await {
+    let digest = digest.await;
+    watcher.abort();
+    match digest {
         Ok((sha, size)) => digest_problems(&sha, size, src)
             .into_iter()
             .map(|p| format!("{key}: {p}"))
@@ -261,6 +277,9 @@ struct VerifyCtx {
     decryptor: Arc<Decryptor>,
     engine: Option<crate::docker::Engine>,
     progress: Progress,
+    /// Ctrl-C / SIGTERM: the check of an object is dropped at once (nothing to put back), a restore test stops
+    /// its extraction at the next entry and removes its scratch volume.
+    cancel: CancellationToken,
 }
 
 /// Check the chosen backups; problems are in the report, `Err` is a fatal or usage error.
@@ -310,12 +329,14 @@ pub async fn run(
         decryptor,
         engine,
         progress,
+        cancel,
     };
     for m in &chosen {
-        if cancel.is_cancelled() {
+        verify_backup(&ctx, args, m, &mut report).await;
+        // What an interrupted check found is not a finding.
+        if ctx.cancel.is_cancelled() {
             bail!("interrupted");
         }
-        verify_backup(&ctx, args, m, &mut report).await;
     }
     ctx.progress.finish();
     Ok(report)
@@ -376,10 +397,19 @@ async fn verify_backup(
         ctx.progress.phase(&format!("verify {} {}", m.id, src.name));
         ctx.progress.expect_bytes(Some(src.stored_bytes));
         let store = ctx.store.clone();
-        let mut problems = if keyless {
-            check_stored(store, m, src).await
-        } else {
-            check_object(store, m, src, ctx.decryptor.clone(), ctx.progress.clone()).await
+        let (progress, cancel) = (ctx.progress.clone(), &ctx.cancel);
+        let check = async {
+            if keyless {
+                check_stored(store, m, src, progress, cancel).await
+            } else {
+                check_object(store, m, src, ctx.decryptor.clone(), progress, cancel).await
+            }
+        };
+        // The read stops at its next chunk on a signal; waiting for the store (a request and its retries) is
+        // dropped at once: a read-only check has nothing to put back.
+        let mut problems = tokio::select! {
+            p = check => p,
+            _ = ctx.cancel.cancelled() => return,
         };
         let mut tested = false;
         // A dump has no tree to restore into a scratch volume: its check above decompressed it whole.
@@ -387,9 +417,10 @@ async fn verify_backup(
         if let (Some(engine), true, true) = (&ctx.engine, problems.is_empty(), testable) {
             tested = true;
             let store = ctx.store.clone();
-            problems.extend(
-                restore_test(engine, store, m, src, ctx.decryptor.clone(), &ctx.progress).await,
-            );
+            problems.extend(restore_test(ctx, engine, store, m, src).await);
+            if ctx.cancel.is_cancelled() {
+                return;
+            }
         }
         report.checks.push(ObjectCheck {
             backup: m.id.to_string(),
@@ -404,19 +435,16 @@ async fn verify_backup(
     }
 }
 
+/// Restore `src` into a scratch volume (named after it) and compare the tree with the manifest; the volume is
+/// removed afterwards, also when Ctrl-C stopped the extraction.
 async fn restore_test(
+    ctx: &VerifyCtx,
     engine: &crate::docker::Engine,
     store: Arc<dyn Storage>,
     m: &Manifest,
     src: &SourceRecord,
-    decryptor: Arc<Decryptor>,
-    progress: &Progress,
 ) -> Vec<String> {
-    let name = format!(
-        "voltar-verify-{}-{:08x}",
-        Utc::now().format("%Y%m%d%H%M%S"),
-        rand::random::<u32>()
-    );
+    let name = scratch_name(&src.name);
     let mut labels = std::collections::BTreeMap::new();
     labels.insert("voltar.scratch".to_string(), "true".to_string());
     let vol = match engine
@@ -427,15 +455,10 @@ async fn restore_test(
         Err(e) => return vec![format!("creating scratch volume: {e}")],
     };
     let dest = vol.mountpoint.clone();
-    let r = fetch_and_unpack(
-        store,
-        m,
-        src,
-        decryptor,
-        dest.clone(),
-        Default::default(),
-        progress.clone(),
-    )
+    let r = unpack_until_cancelled(&ctx.cancel, Default::default(), async |opts| {
+        let (decryptor, progress) = (ctx.decryptor.clone(), ctx.progress.clone());
+        fetch_and_unpack(store, m, src, decryptor, dest.clone(), opts, progress).await
+    })
     .await;
     let problems = match r {
         Ok(_) => {
@@ -455,4 +478,47 @@ async fn restore_test(
         .concat();
     }
     problems
+}
+
+/// A scratch volume's name: `voltar-verify-<source>-<time>-<random>`, the source's name (at most 64 characters of
+/// it) with every character a volume name cannot hold made `_`, so `docker volume ls` shows what is tested.
+fn scratch_name(source: &str) -> String {
+    let safe: String = source
+        .chars()
+        .take(64)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_.-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!(
+        "voltar-verify-{safe}-{}-{:08x}",
+        Utc::now().format("%Y%m%d%H%M%S"),
+        rand::random::<u32>()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::scratch_name;
+
+    #[test]
+    fn a_scratch_volume_is_named_after_its_source_in_characters_a_volume_name_allows() {
+        let n = scratch_name("/srv/app data:v2");
+        assert!(n.starts_with("voltar-verify-_srv_app_data_v2-"), "{n}");
+        assert!(
+            n.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)),
+            "{n}"
+        );
+        let long = scratch_name(&"x".repeat(300));
+        assert!(
+            long.starts_with(&format!("voltar-verify-{}-", "x".repeat(64))),
+            "{long}"
+        );
+        assert!(!long.contains(&"x".repeat(65)), "{long}");
+    }
 }

@@ -368,8 +368,10 @@ fn usage_error(e: &clap::Error) -> String {
 enum Stopping {
     /// Backup: the run resumes its containers and discards the unfinished backup itself.
     Backup,
-    /// Restore (and verify --restore-test, recover): the command puts containers and volumes back itself.
+    /// Restore (and recover): the command puts containers and volumes back itself.
     Restore,
+    /// `verify --restore-test`: the command removes its scratch volume itself.
+    RestoreTest,
     /// Read-only or crash-safe commands (plan, list, show, verify, prune): dropped at once.
     Drop,
     /// The daemon: no new runs, the running backup is cancelled (and puts its containers back), exit 0.
@@ -381,7 +383,7 @@ impl Stopping {
         match c {
             Command::Backup { .. } => Stopping::Backup,
             Command::Restore(_) | Command::Recover => Stopping::Restore,
-            Command::Verify(a) if a.restore_test => Stopping::Restore,
+            Command::Verify(a) if a.restore_test => Stopping::RestoreTest,
             Command::Daemon => Stopping::Daemon,
             _ => Stopping::Drop,
         }
@@ -392,6 +394,7 @@ impl Stopping {
                 "stopping: resuming containers and discarding the unfinished backup"
             }
             Stopping::Restore => "stopping: putting containers back; nothing more is swapped in",
+            Stopping::RestoreTest => "stopping: removing the scratch volume",
             Stopping::Drop => "stopping",
             Stopping::Daemon => {
                 "stopping: no new runs; a running backup resumes its containers and commits nothing"
@@ -402,6 +405,7 @@ impl Stopping {
         match self {
             Stopping::Backup => ": containers were resumed, nothing was committed",
             Stopping::Restore => ": containers were put back; no volume was left half-restored",
+            Stopping::RestoreTest => ": no scratch volume was left",
             Stopping::Drop | Stopping::Daemon => "",
         }
     }
@@ -466,8 +470,12 @@ fn install_signals(
                 _ = term.recv() => 143,
             };
             if cancel.is_cancelled() {
-                if stop != Stopping::Drop {
-                    eprintln!("voltar: already stopping: putting containers back first");
+                match stop {
+                    Stopping::Drop => {}
+                    Stopping::RestoreTest => {
+                        eprintln!("voltar: already stopping: removing the scratch volume first")
+                    }
+                    _ => eprintln!("voltar: already stopping: putting containers back first"),
                 }
                 continue;
             }

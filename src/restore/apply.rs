@@ -699,6 +699,21 @@ async fn extract(
 /// instead of at the end of the archive: then the error is the interruption.
 pub(super) async fn unpack_cancellable<T>(
     cancel: &CancellationToken,
+    opts: UnpackOptions,
+    unpack: impl AsyncFnOnce(UnpackOptions) -> Result<T>,
+) -> Result<T> {
+    match unpack_until_cancelled(cancel, opts, unpack).await {
+        Err(_) if cancel.is_cancelled() => {
+            bail!("interrupted before the swap: nothing was changed")
+        }
+        r => r,
+    }
+}
+
+/// Run `unpack` with `opts` whose cancel flag follows `cancel`: the extraction stops at the next entry or
+/// buffer once it fires (the error then is the unpacker's; the caller tells it by `cancel.is_cancelled()`).
+pub async fn unpack_until_cancelled<T>(
+    cancel: &CancellationToken,
     mut opts: UnpackOptions,
     unpack: impl AsyncFnOnce(UnpackOptions) -> Result<T>,
 ) -> Result<T> {
@@ -707,12 +722,7 @@ pub(super) async fn unpack_cancellable<T>(
     opts.cancel = Some(flag);
     let result = unpack(opts).await;
     watcher.abort();
-    match result {
-        Err(_) if cancel.is_cancelled() => {
-            bail!("interrupted before the swap: nothing was changed")
-        }
-        r => r,
-    }
+    result
 }
 
 /// Swap the verified staging tree in for `path` (the whole tree, or each `--path`).
@@ -788,6 +798,7 @@ pub async fn fetch_and_unpack(
         Entries::Unpack { dest, opts },
         false,
         progress,
+        None,
     )
     .await
     .with_context(|| format!("reading {}", catalog::object_key(&manifest.id, &src.object)))?;

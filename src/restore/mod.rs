@@ -59,7 +59,7 @@ pub use crate::readback::{count_diff, ProgressReader, RestoreError};
 use crate::storage::{ObjectMeta, Storage};
 
 use self::apply::checked;
-pub use self::apply::{apply, fetch_and_unpack};
+pub use self::apply::{apply, fetch_and_unpack, unpack_until_cancelled};
 use self::import::import;
 use self::plan::{dry_run, undo_command};
 pub use self::plan::{plan, Resources, RestorePlan, SourcePlan};

@@ -643,6 +643,7 @@ async fn list_archive(
         }),
         false,
         Progress::hidden(),
+        None,
     )
     .await?;
     let Walked::Listed(names) = checked(rb, src, false)? else {

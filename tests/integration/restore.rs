@@ -97,6 +97,22 @@ impl World {
         }
     }
 
+    /// Start `voltar <args> -t <target>` in the background (as [`World::voltar`]), stderr piped, for a test that
+    /// signals it.
+    fn spawn(&self, args: &[&str]) -> std::process::Child {
+        std::process::Command::new(assert_cmd::cargo::cargo_bin("voltar"))
+            .args(args)
+            .args(["-t", &self.target()])
+            .current_dir(self.dir.path())
+            .env("VOLTAR_STATE_DIR", self.path("state"))
+            .env_remove("VOLTAR_CONFIG")
+            .env_remove("VOLTAR_LOG")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
     /// `voltar <args> -t <target>`, asserting exit 0.
     fn ok(&self, args: &[&str]) -> Run {
         let t = self.target();
@@ -1258,14 +1274,9 @@ fn verify_and_restore_detect_flips_and_cuts_at_random_offsets() {
     let id = w.backup(&vol);
     let r = w.ok(&["verify", &id]);
     assert!(r.stdout.contains("ok "), "{r:?}");
-    let scratch_before = docker(&["volume", "ls", "-q", "--filter", "label=voltar.scratch"]);
     let r = w.ok(&["verify", "--restore-test", "latest"]);
     assert!(r.stdout.contains("restore-tested"), "{r:?}");
-    assert_eq!(
-        docker(&["volume", "ls", "-q", "--filter", "label=voltar.scratch"]),
-        scratch_before,
-        "scratch volume removed"
-    );
+    assert!(scratch_volumes(&vol).is_empty(), "scratch volume removed");
 
     let obj = object_path(&w, &id, &vol);
     let good = fs::read(&obj).unwrap();
@@ -1664,17 +1675,7 @@ fn sigint_while_extracting_stops_at_once_and_changes_nothing() {
     // Interrupted as soon as its staging directory (in `staging_in`) holds data: it stops at once, changes
     // nothing and leaves no staging directory.
     let interrupted = |args: &[&str], staging_in: &Path, says: &str| {
-        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("voltar"))
-            .args(args)
-            .args(["-t", &w.target()])
-            .current_dir(w.dir.path())
-            .env("VOLTAR_STATE_DIR", w.path("state"))
-            .env_remove("VOLTAR_CONFIG")
-            .env_remove("VOLTAR_LOG")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = w.spawn(args);
         let start = std::time::Instant::now();
         while !staging_dirs(staging_in)
             .iter()
@@ -1725,6 +1726,79 @@ fn sigint_while_extracting_stops_at_once_and_changes_nothing() {
         "voltar: interrupted",
     );
     assert!(!imported.exists(), "the import's new directory is removed");
+}
+
+/// The scratch volumes `verify --restore-test` has for source `vol` (named after it, labelled `voltar.scratch`).
+fn scratch_volumes(vol: &str) -> Vec<String> {
+    let prefix = format!("voltar-verify-{vol}-");
+    docker(&["volume", "ls", "-q", "--filter", "label=voltar.scratch"])
+        .lines()
+        .filter(|n| n.starts_with(&prefix))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Ctrl-C during `verify --restore-test` stops at once, not at the end of the object: while it checks the stored
+/// object (no scratch volume yet) and while it restores into its scratch volume. Exit 130, far sooner than the
+/// whole verify takes, and no scratch volume is left.
+#[test]
+fn sigint_during_a_restore_test_stops_at_once_and_removes_its_scratch_volume() {
+    require_docker!();
+    let mut w = World::new();
+    let vol = w.volume_with("vsigint", &[]);
+    // 32 × 32 MiB of incompressible data: checking and restoring each take a while (the whole verify about 3.5 s
+    // here), and removing what was restored so far (about 0.1 s) stays well within the bound below.
+    support::fill_random(&mountpoint(&vol), 32, 32 << 20);
+    let id = w.backup(&vol);
+    let object = object_path(&w, &id, &vol);
+
+    let whole = std::time::Instant::now();
+    let r = w.ok(&["verify", "--restore-test", &id]);
+    let whole = whole.elapsed();
+    assert!(r.stdout.contains("restore-tested"), "{r:?}");
+    assert!(scratch_volumes(&vol).is_empty());
+
+    // Interrupted once `ready` holds (polled); it stops at once and leaves no scratch volume.
+    let interrupted = |phase: &str, ready: &dyn Fn(u32) -> bool| {
+        let child = w.spawn(&["verify", "--restore-test", &id]);
+        let start = std::time::Instant::now();
+        while !ready(child.id()) {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(120),
+                "never {phase}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let (out, stderr, stopped) = support::interrupt(child);
+        assert_eq!(out.status.code(), Some(130), "{phase}: {stderr}");
+        assert!(
+            stderr.contains("voltar: interrupted: no scratch volume was left"),
+            "{phase}: {stderr}"
+        );
+        assert!(
+            stopped < whole / 3,
+            "{phase}: stopped {stopped:?} after SIGINT; the whole verify takes {whole:?}: {stderr}"
+        );
+        let left = scratch_volumes(&vol);
+        assert!(
+            left.is_empty(),
+            "{phase}: scratch volumes left {left:?}: {stderr}"
+        );
+    };
+    // Checking: the object is open and no scratch volume exists yet.
+    interrupted("checking the object", &|pid| {
+        let open = fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+            fds.flatten()
+                .any(|fd| fs::read_link(fd.path()).is_ok_and(|p| p == object))
+        });
+        open && scratch_volumes(&vol).is_empty()
+    });
+    // Restoring: the scratch volume holds data.
+    interrupted("restoring into the scratch volume", &|_| {
+        scratch_volumes(&vol)
+            .iter()
+            .any(|s| fs::read_dir(mountpoint(s)).is_ok_and(|mut d| d.next().is_some()))
+    });
 }
 
 /// `voltar recover` after a killed restore: it removes the staging directory and says so.
