@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::io::{self, BufRead, Read};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tokio_util::sync::CancellationToken;
 
@@ -101,6 +101,9 @@ pub struct ReadBack {
     pub walked: Result<Walked, WalkError>,
     /// sha256 and size of the stored bytes; `None` when the walk failed and the caller did not ask for it then.
     pub digest: Option<Result<(String, u64), std::io::Error>>,
+    /// Why the stored object could not be read to its end (the target stopped answering, a download broke off):
+    /// then what `walked` and `digest` found says nothing about the archive itself.
+    pub unread: Option<String>,
 }
 
 /// Read `src`'s stored object of backup `manifest` (decrypting when the backup is encrypted) and do `entries`
@@ -118,7 +121,7 @@ pub async fn read(
     progress: Progress,
     cancel: Option<&CancellationToken>,
 ) -> Result<ReadBack, StorageError> {
-    let (key, walked, digest) = read_with(
+    let (key, walked, digest, unread) = read_with(
         store,
         manifest,
         src,
@@ -135,11 +138,18 @@ pub async fn read(
         key,
         walked,
         digest,
+        unread,
     })
 }
 
-/// An object's key, what was done with its decoded stream, and the stored bytes' sha256 and size.
-type ReadOutcome<T, E> = (String, Result<T, E>, Option<io::Result<(String, u64)>>);
+/// An object's key, what was done with its decoded stream, the stored bytes' sha256 and size, and why the stored
+/// stream could not be read to its end (if so).
+type ReadOutcome<T, E> = (
+    String,
+    Result<T, E>,
+    Option<io::Result<(String, u64)>>,
+    Option<String>,
+);
 
 /// The one read both [`read`] and [`read_raw`] make: get `src`'s object, hash the stored bytes on a thread of
 /// their own while a blocking thread decrypts and decompresses them (`hash_aside`) and hands the decoded stream
@@ -168,7 +178,7 @@ async fn read_with<T: Send + 'static, E: Send + 'static>(
                 object: key.clone(),
                 message: format!("cannot start a thread: {e}"),
             }));
-            return Ok((key, failed, None));
+            return Ok((key, failed, None, None));
         }
     };
     let reader = pipeline::blocking_reader(stream);
@@ -176,8 +186,13 @@ async fn read_with<T: Send + 'static, E: Send + 'static>(
     let object = key.clone();
     let flag = Arc::new(AtomicBool::new(false));
     let watcher = cancel.map(|c| pipeline::watch_cancel(c, &flag));
+    let unread = Arc::new(OnceLock::new());
+    let noting = Noting {
+        inner: reader,
+        failed: unread.clone(),
+    };
     let joined = tokio::task::spawn_blocking(move || {
-        let mut stored = ProgressReader::new(reader, progress).stopped_by(flag);
+        let mut stored = ProgressReader::new(noting, progress).stopped_by(flag);
         let done = tar_stream(&mut stored, encrypted.then_some(&*decryptor), &object)
             .map_err(open_error)
             .and_then(consume);
@@ -197,7 +212,43 @@ async fn read_with<T: Send + 'static, E: Send + 'static>(
             None,
         ),
     };
-    Ok((key, done, digest))
+    Ok((key, done, digest, unread.get().cloned()))
+}
+
+/// What a read that did not get to the end of the stored object says: `why` is the target's error.
+pub fn not_read(why: &str) -> String {
+    format!("not read to its end, so the archive was not judged: {why}")
+}
+
+/// The stored stream as it comes from the target, keeping the first error it gave: a consumer (a decoder, a tar
+/// walk) reports it as its own ("zstd decoding failed: …"), and the digest of what was read differs from the
+/// manifest's, yet the archive was never judged — the target stopped answering.
+struct Noting<R> {
+    inner: R,
+    failed: Arc<OnceLock<String>>,
+}
+
+/// Keep `e` in `failed` unless one is kept already (or it is a retry signal).
+fn note(failed: &OnceLock<String>, e: &io::Error) {
+    if e.kind() != io::ErrorKind::Interrupted {
+        let _ = failed.set(e.to_string());
+    }
+}
+
+impl<R: Read> Read for Noting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf).inspect_err(|e| note(&self.failed, e))
+    }
+}
+
+impl<R: BufRead> BufRead for Noting<R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        self.inner.fill_buf().inspect_err(|e| note(&self.failed, e))
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.inner.consume(n)
+    }
 }
 
 /// Why a raw read (a dump) failed.
@@ -218,6 +269,8 @@ pub struct RawReadBack {
     pub copied: Result<u64, RawError>,
     /// sha256 and size of the stored bytes; `None` when the copy failed and the caller did not ask for it then.
     pub digest: Option<Result<(String, u64), std::io::Error>>,
+    /// As [`ReadBack::unread`].
+    pub unread: Option<String>,
 }
 
 /// Read `src`'s stored object (a dump: not a tar) — decrypted and decompressed to its last byte — into `sink`,
@@ -234,7 +287,7 @@ pub async fn read_raw(
     progress: Progress,
     cancel: Option<&CancellationToken>,
 ) -> Result<RawReadBack, StorageError> {
-    let (key, copied, digest) = read_with(
+    let (key, copied, digest, unread) = read_with(
         store,
         manifest,
         src,
@@ -251,6 +304,7 @@ pub async fn read_raw(
         key,
         copied,
         digest,
+        unread,
     })
 }
 

@@ -109,6 +109,9 @@ pub async fn check_object(
             )]
         }
     };
+    if let Some(why) = &rb.unread {
+        return vec![format!("{}: {}", rb.key, readback::not_read(why))];
+    }
     let mut problems = Vec::new();
     match rb.walked {
         Ok(w) => {
@@ -167,6 +170,9 @@ async fn check_dump(
         Ok(rb) => rb,
         Err(e) => return vec![format!("{key}: {e}")],
     };
+    if let Some(why) = &rb.unread {
+        return vec![format!("{key}: {}", readback::not_read(why))];
+    }
     let mut problems = Vec::new();
     match rb.copied {
         Ok(n) if n != src.counts.bytes => problems.push(format!(

@@ -816,6 +816,12 @@ pub(super) fn checked(
     counts: bool,
 ) -> Result<Walked, RestoreError> {
     let object = rb.key;
+    if let Some(why) = rb.unread {
+        return Err(RestoreError::Read {
+            object,
+            message: readback::not_read(&why),
+        });
+    }
     let walked = rb.walked.map_err(|e| match e {
         WalkError::Open(e) => e,
         WalkError::Entries(source) => RestoreError::Archive {

@@ -235,6 +235,13 @@ fn judge(
     object: &str,
 ) -> Result<(Option<archive::unpack::DirMeta>, Vec<String>)> {
     let raw = raw.with_context(|| format!("reading {object}"))?;
+    if let Some(why) = raw.unread {
+        return Err(RestoreError::Read {
+            object: object.to_string(),
+            message: readback::not_read(&why),
+        }
+        .into());
+    }
     let archive_err = |source| RestoreError::Archive {
         object: object.to_string(),
         source,

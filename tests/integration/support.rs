@@ -256,6 +256,79 @@ impl Drop for PrivateS3 {
 }
 
 // -------------------------------------------------------------------------------------------------------------
+// A relay in front of a real S3 server that stops passing an answer on half-way, as a server that freezes
+// mid-download does (deterministically: after so many bytes, not after so much time).
+
+/// A TCP relay on loopback to `127.0.0.1:<upstream>`. Each connection's answer is passed on up to `limit` bytes,
+/// then held (the connection stays open, nothing more arrives) until the limit is raised.
+pub struct StallingRelay {
+    pub port: u16,
+    limit: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl StallingRelay {
+    pub fn start(upstream: u16, limit: u64) -> StallingRelay {
+        use std::sync::atomic::AtomicU64;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let limit = Arc::new(AtomicU64::new(limit));
+        let l = limit.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                // The request as it comes; the answer up to the limit.
+                std::thread::spawn(move || relay(client, server, &AtomicU64::new(u64::MAX)));
+                let l = l.clone();
+                std::thread::spawn(move || relay(s2, c2, &l));
+            }
+        });
+        StallingRelay { port, limit }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Pass everything on from now on (held answers resume).
+    pub fn unlimit(&self) {
+        self.limit.store(u64::MAX, Ordering::SeqCst);
+    }
+}
+
+/// Copy `from` to `to`, holding once `limit` bytes have passed (until the limit is raised); ends when either
+/// side closes.
+fn relay(
+    mut from: std::net::TcpStream,
+    mut to: std::net::TcpStream,
+    limit: &std::sync::atomic::AtomicU64,
+) {
+    use std::io::{Read, Write};
+    let mut buf = vec![0u8; 64 << 10];
+    let mut passed = 0u64;
+    loop {
+        let room = limit.load(Ordering::SeqCst).saturating_sub(passed);
+        if room == 0 {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
+        let want = buf.len().min(room.min(usize::MAX as u64) as usize);
+        let n = match from.read(&mut buf[..want]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+        passed += n as u64;
+    }
+    let _ = to.shutdown(std::net::Shutdown::Write);
+}
+
+// -------------------------------------------------------------------------------------------------------------
 // Container lifecycle events, streamed from the engine.
 
 /// One container lifecycle event.
