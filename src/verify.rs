@@ -212,17 +212,20 @@ async fn check_stored(
     cancel: &CancellationToken,
 ) -> Vec<String> {
     let key = catalog::object_key(&manifest.id, &src.object);
+    let stream = match store.get(&key).await {
+        Ok(s) => s,
+        Err(e) => return vec![format!("{key}: {e}")],
+    };
     // The same hashing as a keyed read (`pipeline::hash_aside`), off the async runtime's threads.
     let stop = Arc::new(AtomicBool::new(false));
     let watcher = crate::pipeline::watch_cancel(cancel, &stop);
     let digest = async {
-        let (stream, digest) = crate::pipeline::hash_aside(store.get(&key).await?)?;
+        let (stream, digest) = crate::pipeline::hash_aside(stream)?;
         let rest = ProgressReader::new(crate::pipeline::blocking_reader(stream), progress)
             .stopped_by(stop);
         tokio::task::spawn_blocking(move || digest.finish(rest))
             .await
             .map_err(std::io::Error::other)?
-            .map_err(anyhow::Error::from)
     };
     let digest = digest.await;
     watcher.abort();
@@ -231,7 +234,8 @@ async fn check_stored(
             .into_iter()
             .map(|p| format!("{key}: {p}"))
             .collect(),
-        Err(e) => vec![format!("{key}: reading: {e}")],
+        // Only reading fails here (the target stopped answering): nothing is known of the stored bytes.
+        Err(e) => vec![format!("{key}: {}", readback::not_read(&e.to_string()))],
     }
 }
 
