@@ -734,18 +734,59 @@ pub fn sweep_spool(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(removed)
 }
 
-/// Set `flag` when `token` is cancelled: blocking code (the backup's packer, a restore's extraction) polls the flag
-/// where it cannot await the token. Abort the returned task when the blocking work is done.
-pub fn watch_cancel(
-    token: &CancellationToken,
-    flag: &Arc<std::sync::atomic::AtomicBool>,
-) -> tokio::task::JoinHandle<()> {
-    let flag = flag.clone();
-    let token = token.clone();
-    tokio::spawn(async move {
-        token.cancelled().await;
-        flag.store(true, AtomicOrdering::SeqCst);
-    })
+/// The stop flag of blocking work that polls it where it cannot await (the backup's packer, an extraction, the
+/// read of a stored object). It is set when the token it follows (if any) is cancelled, by [`StopFlag::set`], and
+/// when this guard is dropped: whoever waited for that work is gone (a dropped command, a finished step), so the
+/// work stops at its next poll instead of running to its end on its own.
+pub struct StopFlag {
+    flag: Arc<std::sync::atomic::AtomicBool>,
+    watcher: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl StopFlag {
+    /// Set only by [`StopFlag::set`] or the drop.
+    pub fn new() -> StopFlag {
+        StopFlag {
+            flag: Arc::default(),
+            watcher: None,
+        }
+    }
+
+    /// Also set when `token` is cancelled (Ctrl-C / SIGTERM). Call within the runtime.
+    pub fn following(token: &CancellationToken) -> StopFlag {
+        let mut s = StopFlag::new();
+        let (flag, token) = (s.flag.clone(), token.clone());
+        s.flag.store(token.is_cancelled(), AtomicOrdering::SeqCst);
+        s.watcher = Some(tokio::spawn(async move {
+            token.cancelled().await;
+            flag.store(true, AtomicOrdering::SeqCst);
+        }));
+        s
+    }
+
+    /// The flag, for the blocking side to poll.
+    pub fn flag(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.flag.clone()
+    }
+
+    pub fn set(&self) {
+        self.flag.store(true, AtomicOrdering::SeqCst);
+    }
+}
+
+impl Default for StopFlag {
+    fn default() -> StopFlag {
+        StopFlag::new()
+    }
+}
+
+impl Drop for StopFlag {
+    fn drop(&mut self) {
+        self.set();
+        if let Some(w) = self.watcher.take() {
+            w.abort();
+        }
+    }
 }
 
 /// Stored chunks waiting for the hasher thread of [`hash_aside`]: with the storage's chunks (local: 256 KiB) a

@@ -15,8 +15,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use tokio_util::sync::CancellationToken;
-
 use crate::archive::unpack::{UnpackOptions, UnpackReport};
 use crate::archive::{self, ArchiveError, Counts};
 use crate::catalog::{self, Manifest, SourceRecord};
@@ -108,9 +106,8 @@ pub struct ReadBack {
 
 /// Read `src`'s stored object of backup `manifest` (decrypting when the backup is encrypted) and do `entries`
 /// with it. With `digest_on_error`, the rest of the object is still read and hashed after a failed walk (verify
-/// reports every problem); otherwise a failed walk ends the read at once. With `cancel`, the read (the walk and
-/// the digest of the rest) fails at the next chunk once it fires. `Err`: the object could not be got.
-#[allow(clippy::too_many_arguments)]
+/// reports every problem); otherwise a failed walk ends the read at once. Dropping the returned future stops the
+/// read (the walk and the digest of the rest) at its next chunk. `Err`: the object could not be got.
 pub async fn read(
     store: Arc<dyn Storage>,
     manifest: &Manifest,
@@ -119,7 +116,6 @@ pub async fn read(
     entries: Entries,
     digest_on_error: bool,
     progress: Progress,
-    cancel: Option<&CancellationToken>,
 ) -> Result<ReadBack, StorageError> {
     let (key, walked, digest, unread) = read_with(
         store,
@@ -128,7 +124,6 @@ pub async fn read(
         decryptor,
         digest_on_error,
         progress,
-        cancel,
         WalkError::Open,
         WalkError::Trailer,
         move |dec| walk(dec, entries),
@@ -164,7 +159,6 @@ async fn read_with<T: Send + 'static, E: Send + 'static>(
     decryptor: Arc<Decryptor>,
     digest_on_error: bool,
     progress: Progress,
-    cancel: Option<&CancellationToken>,
     open_error: fn(RestoreError) -> E,
     thread_error: fn(io::Error) -> E,
     consume: impl FnOnce(Box<dyn Read + '_>) -> Result<T, E> + Send + 'static,
@@ -184,15 +178,15 @@ async fn read_with<T: Send + 'static, E: Send + 'static>(
     let reader = pipeline::blocking_reader(stream);
     let encrypted = manifest.encryption.is_some();
     let object = key.clone();
-    let flag = Arc::new(AtomicBool::new(false));
-    let watcher = cancel.map(|c| pipeline::watch_cancel(c, &flag));
+    // Set when this future is dropped (a command stopped by a signal): the blocking read below then stops too.
+    let stop = pipeline::StopFlag::new();
     let unread = Arc::new(OnceLock::new());
     let noting = Noting {
         inner: reader,
         failed: unread.clone(),
     };
     let joined = tokio::task::spawn_blocking(move || {
-        let mut stored = ProgressReader::new(noting, progress).stopped_by(flag);
+        let mut stored = ProgressReader::new(noting, progress).stopped_by(stop.flag());
         let done = tar_stream(&mut stored, encrypted.then_some(&*decryptor), &object)
             .map_err(open_error)
             .and_then(consume);
@@ -200,9 +194,6 @@ async fn read_with<T: Send + 'static, E: Send + 'static>(
         (done, digest)
     })
     .await;
-    if let Some(w) = watcher {
-        w.abort();
-    }
     let (done, digest) = match joined {
         Ok(r) => r,
         Err(e) => (
@@ -274,9 +265,7 @@ pub struct RawReadBack {
 }
 
 /// Read `src`'s stored object (a dump: not a tar) — decrypted and decompressed to its last byte — into `sink`,
-/// on a blocking thread, hashing the stored bytes as [`read`] does. `digest_on_error` and `cancel` as for
-/// [`read`].
-#[allow(clippy::too_many_arguments)]
+/// on a blocking thread, hashing the stored bytes as [`read`] does. `digest_on_error` and dropping as for [`read`].
 pub async fn read_raw(
     store: Arc<dyn Storage>,
     manifest: &Manifest,
@@ -285,7 +274,6 @@ pub async fn read_raw(
     mut sink: Box<dyn std::io::Write + Send>,
     digest_on_error: bool,
     progress: Progress,
-    cancel: Option<&CancellationToken>,
 ) -> Result<RawReadBack, StorageError> {
     let (key, copied, digest, unread) = read_with(
         store,
@@ -294,7 +282,6 @@ pub async fn read_raw(
         decryptor,
         digest_on_error,
         progress,
-        cancel,
         RawError::Open,
         RawError::Read,
         move |dec| copy_raw(dec, &mut sink),

@@ -9,7 +9,6 @@
 //! the same code path as `voltar restore`, and walks the restored tree comparing it with the manifest.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
@@ -76,18 +75,16 @@ impl VerifyReport {
 }
 
 /// Check one stored object against its manifest entry: sha256, size, decryption, decompression, counts. Every
-/// problem found is listed, each naming the object by its key. Once `cancel` fires the read stops at its next
-/// chunk (what it found then is no finding).
+/// problem found is listed, each naming the object by its key.
 pub async fn check_object(
     store: Arc<dyn Storage>,
     manifest: &Manifest,
     src: &SourceRecord,
     decryptor: Arc<Decryptor>,
     progress: Progress,
-    cancel: &CancellationToken,
 ) -> Vec<String> {
     if src.kind == SourceKind::Dump {
-        return check_dump(store, manifest, src, decryptor, progress, cancel).await;
+        return check_dump(store, manifest, src, decryptor, progress).await;
     }
     let rb = match readback::read(
         store,
@@ -97,7 +94,6 @@ pub async fn check_object(
         Entries::Scan,
         true,
         progress,
-        Some(cancel),
     )
     .await
     {
@@ -152,7 +148,6 @@ async fn check_dump(
     src: &SourceRecord,
     decryptor: Arc<Decryptor>,
     progress: Progress,
-    cancel: &CancellationToken,
 ) -> Vec<String> {
     let key = catalog::object_key(&manifest.id, &src.object);
     let rb = match readback::read_raw(
@@ -163,7 +158,6 @@ async fn check_dump(
         Box::new(std::io::sink()),
         true,
         progress,
-        Some(cancel),
     )
     .await
     {
@@ -202,14 +196,13 @@ async fn check_dump(
         .collect()
 }
 
-/// Without the key: read the stored object to its end and check its size and sha256 against the manifest. Once
-/// `cancel` fires the read stops at its next chunk.
+/// Without the key: read the stored object to its end and check its size and sha256 against the manifest.
+/// Dropping the future stops the read at its next chunk, as [`readback::read`].
 async fn check_stored(
     store: Arc<dyn Storage>,
     manifest: &Manifest,
     src: &SourceRecord,
     progress: Progress,
-    cancel: &CancellationToken,
 ) -> Vec<String> {
     let key = catalog::object_key(&manifest.id, &src.object);
     let stream = match store.get(&key).await {
@@ -217,19 +210,16 @@ async fn check_stored(
         Err(e) => return vec![format!("{key}: {e}")],
     };
     // The same hashing as a keyed read (`pipeline::hash_aside`), off the async runtime's threads.
-    let stop = Arc::new(AtomicBool::new(false));
-    let watcher = crate::pipeline::watch_cancel(cancel, &stop);
+    let stop = crate::pipeline::StopFlag::new();
     let digest = async {
         let (stream, digest) = crate::pipeline::hash_aside(stream)?;
         let rest = ProgressReader::new(crate::pipeline::blocking_reader(stream), progress)
-            .stopped_by(stop);
+            .stopped_by(stop.flag());
         tokio::task::spawn_blocking(move || digest.finish(rest))
             .await
             .map_err(std::io::Error::other)?
     };
-    let digest = digest.await;
-    watcher.abort();
-    match digest {
+    match digest.await {
         Ok((sha, size)) => digest_problems(&sha, size, src)
             .into_iter()
             .map(|p| format!("{key}: {p}"))
@@ -407,16 +397,16 @@ async fn verify_backup(
         ctx.progress.phase(&format!("verify {} {}", m.id, src.name));
         ctx.progress.expect_bytes(Some(src.stored_bytes));
         let store = ctx.store.clone();
-        let (progress, cancel) = (ctx.progress.clone(), &ctx.cancel);
+        let progress = ctx.progress.clone();
         let check = async {
             if keyless {
-                check_stored(store, m, src, progress, cancel).await
+                check_stored(store, m, src, progress).await
             } else {
-                check_object(store, m, src, ctx.decryptor.clone(), progress, cancel).await
+                check_object(store, m, src, ctx.decryptor.clone(), progress).await
             }
         };
-        // The read stops at its next chunk on a signal; waiting for the store (a request and its retries) is
-        // dropped at once: a read-only check has nothing to put back.
+        // A read-only check has nothing to put back: on a signal it is dropped, which stops its read at the next
+        // chunk (and a wait on the store at once).
         let mut problems = tokio::select! {
             p = check => p,
             _ = ctx.cancel.cancelled() => return,

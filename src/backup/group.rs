@@ -44,9 +44,8 @@ struct Reading {
     packer: tokio::task::JoinHandle<Result<Packed, ArchiveError>>,
     /// The packer's outcome, when it ended inside the window (`None`: the cap was reached).
     packed: Option<Result<Result<Packed, ArchiveError>, tokio::task::JoinError>>,
-    watcher: tokio::task::JoinHandle<()>,
     /// Polled by the packer: set to stop it (the window's deadline, or the run cancelled).
-    flag: Arc<AtomicBool>,
+    stop: pipeline::StopFlag,
     started: Instant,
 }
 
@@ -184,7 +183,7 @@ async fn window(
             match tokio::time::timeout_at(deadline, &mut r.packer).await {
                 Ok(p) => Some(p),
                 Err(_) => {
-                    r.flag.store(true, Ordering::SeqCst);
+                    r.stop.set();
                     capped = true;
                     None
                 }
@@ -247,7 +246,7 @@ async fn window(
         if cut {
             reports[i].read_ms = r.started.elapsed().as_millis() as u64;
         }
-        r.watcher.abort();
+        drop(r.stop);
         let packed = judge_packed(packed, cut, ctx.max_downtime);
         let _ = r.commit_tx.send(packed.is_ok());
         let total = packed.as_ref().ok().map(|p| p.2);
@@ -286,8 +285,7 @@ fn start_member(
         commit_tx,
         sent,
         packer,
-        watcher,
-        flag,
+        stop,
         started,
     } = start_read(ctx, from, legs, holding);
     Reading {
@@ -298,8 +296,7 @@ fn start_member(
         sent,
         packer,
         packed: None,
-        watcher,
-        flag,
+        stop,
         started,
     }
 }

@@ -297,9 +297,8 @@ pub(super) struct Started {
     /// Per target, the bytes handed to its writer so far.
     pub sent: Vec<(String, Arc<AtomicU64>)>,
     pub packer: tokio::task::JoinHandle<Result<Packed, ArchiveError>>,
-    pub watcher: tokio::task::JoinHandle<()>,
     /// Polled by the packer: set to stop it (the run cancelled, `max-downtime`).
-    pub flag: Arc<AtomicBool>,
+    pub stop: pipeline::StopFlag,
     pub started: Instant,
 }
 
@@ -331,17 +330,15 @@ pub(super) fn start_read(
         pace,
         ctx.env.cancel.clone(),
     ));
-    let flag = Arc::new(AtomicBool::new(false));
-    let watcher = pipeline::watch_cancel(&ctx.env.cancel, &flag);
+    let stop = pipeline::StopFlag::following(&ctx.env.cancel);
     let started = Instant::now();
-    let packer = spawn_packer(ctx, from, tx, flag.clone());
+    let packer = spawn_packer(ctx, from, tx, stop.flag());
     Started {
         fan,
         commit_tx,
         sent,
         packer,
-        watcher,
-        flag,
+        stop,
         started,
     }
 }
@@ -364,8 +361,7 @@ async fn read(
         commit_tx,
         sent,
         mut packer,
-        watcher,
-        flag: cancel_flag,
+        stop,
         started,
     } = start_read(ctx, from, legs, holding);
     // The hard cap on downtime: a read that is slow by itself (a huge volume, a slow disk) is aborted at
@@ -374,7 +370,7 @@ async fn read(
         match tokio::time::timeout(ctx.max_downtime, &mut packer).await {
             Ok(p) => Some(p),
             Err(_) => {
-                cancel_flag.store(true, Ordering::SeqCst);
+                stop.set();
                 None
             }
         }
@@ -397,7 +393,7 @@ async fn read(
     if capped {
         report.read_ms = started.elapsed().as_millis() as u64;
     }
-    watcher.abort();
+    drop(stop);
 
     let packed = judge_packed(packed, capped, ctx.max_downtime);
     let _ = commit_tx.send(packed.is_ok());

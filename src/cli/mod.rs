@@ -401,6 +401,16 @@ impl Stopping {
             }
         }
     }
+    /// What a second signal has to wait for (a dropped command waits for nothing).
+    fn first(self) -> Option<&'static str> {
+        match self {
+            Stopping::Drop => None,
+            Stopping::RestoreTest => Some("removing the scratch volume"),
+            Stopping::Backup | Stopping::Restore | Stopping::Daemon => {
+                Some("putting containers back")
+            }
+        }
+    }
     fn after(self) -> &'static str {
         match self {
             Stopping::Backup => ": containers were resumed, nothing was committed",
@@ -470,12 +480,8 @@ fn install_signals(
                 _ = term.recv() => 143,
             };
             if cancel.is_cancelled() {
-                match stop {
-                    Stopping::Drop => {}
-                    Stopping::RestoreTest => {
-                        eprintln!("voltar: already stopping: removing the scratch volume first")
-                    }
-                    _ => eprintln!("voltar: already stopping: putting containers back first"),
+                if let Some(first) = stop.first() {
+                    eprintln!("voltar: already stopping: {first} first");
                 }
                 continue;
             }

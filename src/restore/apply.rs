@@ -1,8 +1,6 @@
 //! Restore, step 2: apply a plan — check every archive, extract and verify into staging, then stop, safety
 //! backup, swap, restart.
 
-use std::sync::atomic::AtomicBool;
-
 use super::engine;
 use super::*;
 use crate::plan::PlannedService;
@@ -717,12 +715,9 @@ pub async fn unpack_until_cancelled<T>(
     mut opts: UnpackOptions,
     unpack: impl AsyncFnOnce(UnpackOptions) -> Result<T>,
 ) -> Result<T> {
-    let flag = Arc::new(AtomicBool::new(cancel.is_cancelled()));
-    let watcher = pipeline::watch_cancel(cancel, &flag);
-    opts.cancel = Some(flag);
-    let result = unpack(opts).await;
-    watcher.abort();
-    result
+    let stop = pipeline::StopFlag::following(cancel);
+    opts.cancel = Some(stop.flag());
+    unpack(opts).await
 }
 
 /// Swap the verified staging tree in for `path` (the whole tree, or each `--path`).
@@ -798,7 +793,6 @@ pub async fn fetch_and_unpack(
         Entries::Unpack { dest, opts },
         false,
         progress,
-        None,
     )
     .await
     .with_context(|| format!("reading {}", catalog::object_key(&manifest.id, &src.object)))?;

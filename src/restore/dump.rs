@@ -100,7 +100,6 @@ impl DumpCtx {
             sink,
             false,
             self.progress.clone(),
-            None,
         )
         .await
         .map_err(|e| DumpReadError::Bad(format!("{}: {e}", self.src.object)))?;

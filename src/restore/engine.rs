@@ -183,7 +183,6 @@ async fn put_verified(ctx: &ApplyCtx<'_>, src: &SourceRecord, id: &str) -> Resul
             Box::new(ChanWriter(raw_tx)),
             false,
             ctx.progress.clone(),
-            None,
         )
         .await;
         let (gated, out) = gate.await.map_err(|e| anyhow!("internal error: {e}"))?;

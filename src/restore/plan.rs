@@ -643,7 +643,6 @@ async fn list_archive(
         }),
         false,
         Progress::hidden(),
-        None,
     )
     .await?;
     let Walked::Listed(names) = checked(rb, src, false)? else {

@@ -1675,23 +1675,11 @@ fn sigint_while_extracting_stops_at_once_and_changes_nothing() {
     // Interrupted as soon as its staging directory (in `staging_in`) holds data: it stops at once, changes
     // nothing and leaves no staging directory.
     let interrupted = |args: &[&str], staging_in: &Path, says: &str| {
-        let mut child = w.spawn(args);
-        let start = std::time::Instant::now();
-        while !staging_dirs(staging_in)
-            .iter()
-            .any(|s| fs::read_dir(s).is_ok_and(|mut d| d.next().is_some()))
-        {
-            assert!(
-                child.try_wait().unwrap().is_none(),
-                "{args:?} ended before it was extracting"
-            );
-            assert!(
-                start.elapsed() < std::time::Duration::from_secs(120),
-                "{args:?} never extracting"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        let (out, stderr, stopped) = support::interrupt(child);
+        let (out, stderr, stopped) = interrupt_when(&w, args, "extracting", &|_| {
+            staging_dirs(staging_in)
+                .iter()
+                .any(|s| fs::read_dir(s).is_ok_and(|mut d| d.next().is_some()))
+        });
         assert_eq!(out.status.code(), Some(130), "{args:?}: {stderr}");
         assert!(stderr.contains(says), "{args:?}: {stderr}");
         assert!(
@@ -1760,16 +1748,8 @@ fn sigint_during_a_restore_test_stops_at_once_and_removes_its_scratch_volume() {
 
     // Interrupted once `ready` holds (polled); it stops at once and leaves no scratch volume.
     let interrupted = |phase: &str, ready: &dyn Fn(u32) -> bool| {
-        let child = w.spawn(&["verify", "--restore-test", &id]);
-        let start = std::time::Instant::now();
-        while !ready(child.id()) {
-            assert!(
-                start.elapsed() < std::time::Duration::from_secs(120),
-                "never {phase}"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        let (out, stderr, stopped) = support::interrupt(child);
+        let (out, stderr, stopped) =
+            interrupt_when(&w, &["verify", "--restore-test", &id], phase, ready);
         assert_eq!(out.status.code(), Some(130), "{phase}: {stderr}");
         assert!(
             stderr.contains("voltar: interrupted: no scratch volume was left"),
@@ -1799,6 +1779,30 @@ fn sigint_during_a_restore_test_stops_at_once_and_removes_its_scratch_volume() {
             .iter()
             .any(|s| fs::read_dir(mountpoint(s)).is_ok_and(|mut d| d.next().is_some()))
     });
+}
+
+/// Start `voltar <args>`, wait until `ready(pid)` holds (polled; it must not end first, nor take over 120 s —
+/// `what` names that moment), then SIGINT it: its output, stderr, and how long it took to stop.
+fn interrupt_when(
+    w: &World,
+    args: &[&str],
+    what: &str,
+    ready: &dyn Fn(u32) -> bool,
+) -> (Output, String, std::time::Duration) {
+    let mut child = w.spawn(args);
+    let start = std::time::Instant::now();
+    while !ready(child.id()) {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{args:?} ended before it was {what}"
+        );
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(120),
+            "{args:?} never {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    support::interrupt(child)
 }
 
 /// `voltar recover` after a killed restore: it removes the staging directory and says so.

@@ -121,6 +121,17 @@ secret-access-key-file = "{sk}"
         )
     }
 
+    /// Config file `name`: backups encrypted to `public`, one S3 target `offsite` at `prefix` (`extra` its lines).
+    fn sealed_config(&self, name: &str, public: &str, prefix: &str, extra: &str) -> PathBuf {
+        self.config(
+            name,
+            &format!(
+                "[encryption]\nrecipients = [\"{public}\"]\n{}",
+                self.s3_target_toml("offsite", prefix, extra)
+            ),
+        )
+    }
+
     pub(crate) fn config(&self, name: &str, text: &str) -> PathBuf {
         let p = self.path(name);
         std::fs::write(&p, text).unwrap();
@@ -425,13 +436,7 @@ fn wrong_or_missing_key_is_a_clear_error_and_writes_nothing() {
     fill_volume(&src, "keys");
     let (_key, public) = age_identity(&w, "right.key");
     let (wrong, _) = age_identity(&w, "wrong.key");
-    let cfg = w.config(
-        "voltar.toml",
-        &format!(
-            "[encryption]\nrecipients = [\"{public}\"]\n{}",
-            w.s3_target_toml("offsite", "keys", "")
-        ),
-    );
+    let cfg = w.sealed_config("voltar.toml", &public, "keys", "");
     let cfg = cfg.to_str().unwrap();
     let b = run(w.cmd(), &["-c", cfg, "backup", "--only", &vol]);
     assert_eq!(b.code, 0, "{b:?}");
@@ -549,13 +554,7 @@ fn tampered_or_swapped_archives_and_manifests_are_detected() {
     fill_volume(&src, "first");
     let (key, public) = age_identity(&w, "id.key");
     let key = key.to_str().unwrap();
-    let cfg = w.config(
-        "voltar.toml",
-        &format!(
-            "[encryption]\nrecipients = [\"{public}\"]\n{}",
-            w.s3_target_toml("offsite", "t", "")
-        ),
-    );
+    let cfg = w.sealed_config("voltar.toml", &public, "t", "");
     let cfg = cfg.to_str().unwrap();
     let b = run(w.cmd(), &["-c", cfg, "backup", "--only", &vol]);
     assert_eq!(b.code, 0, "{b:?}");
@@ -914,13 +913,7 @@ fn a_server_that_stops_sending_mid_read_is_a_read_failure_not_a_corrupt_archive(
     assert_eq!(b.code, 0, "{b:?}");
     // An encrypted backup of the same volume under another prefix, for the keyless check.
     let (_, public) = age_identity(&w, "key.txt");
-    let sealed = w.config(
-        "sealed.toml",
-        &format!(
-            "[encryption]\nrecipients = [\"{public}\"]\n{}",
-            w.s3_target_toml("offsite", "sealed", "retry-deadline = \"3s\"")
-        ),
-    );
+    let sealed = w.sealed_config("sealed.toml", &public, "sealed", "retry-deadline = \"3s\"");
     let sealed = sealed.to_str().unwrap();
     let b = run(w.cmd(), &["-c", sealed, "backup", "--only", &vol]);
     assert_eq!(b.code, 0, "{b:?}");

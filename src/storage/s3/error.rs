@@ -260,6 +260,11 @@ pub(super) fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
         cur = next;
     }
     let s = one_line(&cur.to_string());
+    // The SDK's stalled-stream protection (downloads and uploads) says "minimum throughput was specified at 1 B/s,
+    // but throughput of 0 B/s was observed".
+    if s.contains("minimum throughput was specified") {
+        return "the transfer stalled (no data for several seconds)".into();
+    }
     let mut c = s.chars();
     match c.next() {
         Some(f) => f.to_lowercase().collect::<String>() + c.as_str(),
@@ -319,6 +324,19 @@ fn resolver_was_unsure(e: &(dyn std::error::Error + 'static)) -> bool {
 #[cfg(test)]
 mod tests {
     use super::Answer;
+
+    #[test]
+    fn a_stalled_transfer_is_said_in_words() {
+        let e = std::io::Error::other(
+            "minimum throughput was specified at 1 B/s, but throughput of 0 B/s was observed",
+        );
+        assert_eq!(
+            super::root_cause(&e),
+            "the transfer stalled (no data for several seconds)"
+        );
+        let e = std::io::Error::other("Connection reset by peer");
+        assert_eq!(super::root_cause(&e), "connection reset by peer");
+    }
 
     #[test]
     fn answers_by_code_then_status() {

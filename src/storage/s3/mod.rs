@@ -398,23 +398,14 @@ impl Storage for S3Storage {
                 match body.next().await {
                     None => Ok(None),
                     Some(Ok(b)) => Ok(Some((b, Some(body)))),
-                    Some(Err(e)) => {
-                        let why = root_cause(&e);
-                        // The SDK's stalled-stream protection: "minimum throughput was specified at 1 B/s, but
-                        // throughput of 0 B/s was observed".
-                        let why = if why.contains("minimum throughput") {
-                            "the server stopped sending".to_string()
-                        } else {
-                            why
-                        };
-                        Err(StorageError::Transient {
-                            target: s.describe.clone(),
-                            message: format!(
-                                "reading {key}: download from {} broke off: {why}",
-                                s.endpoint
-                            ),
-                        })
-                    }
+                    Some(Err(e)) => Err(StorageError::Transient {
+                        target: s.describe.clone(),
+                        message: format!(
+                            "reading {key}: download from {} broke off: {}",
+                            s.endpoint,
+                            root_cause(&e)
+                        ),
+                    }),
                 }
             }
         });
